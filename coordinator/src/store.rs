@@ -1,0 +1,230 @@
+//! The coordinator's durable state behind the [`Store`] trait: a namespaced key-value
+//! interface small enough to put on etcd later. The default backend is an embedded redb
+//! file; every `put` is committed durably before it returns.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Backend(String),
+    #[error("state store holds a damaged record {namespace}/{key}: {message}")]
+    Corrupt {
+        namespace: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("encode record: {0}")]
+    Encode(String),
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::from(redb::Error::from(e)) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The kinds of records the coordinator keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Namespace {
+    /// API tokens by SHA-256 of the secret.
+    Tokens,
+    /// Alerts by id.
+    Alerts,
+    /// Audit log by time-ordered key.
+    Audit,
+    /// Agents ever seen, by agent id.
+    Agents,
+    /// Single values: the fencing epoch, schema version.
+    Meta,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 5] = [
+        Namespace::Tokens,
+        Namespace::Alerts,
+        Namespace::Audit,
+        Namespace::Agents,
+        Namespace::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Namespace::Tokens => "tokens",
+            Namespace::Alerts => "alerts",
+            Namespace::Audit => "audit",
+            Namespace::Agents => "agents",
+            Namespace::Meta => "meta",
+        }
+    }
+}
+
+/// Durable namespaced key-value state. Keys sort as byte strings.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes durably: when it returns `Ok`, the value survives a crash.
+    fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError>;
+    /// Every record whose key starts with `prefix`, in key order.
+    fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// JSON helpers over any store.
+pub trait StoreExt: Store {
+    fn get_json<T: DeserializeOwned>(&self, ns: Namespace, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(ns, key)?
+            .map(|bytes| decode(ns, key, &bytes))
+            .transpose()
+    }
+
+    fn put_json<T: Serialize>(&self, ns: Namespace, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.put(ns, key, &bytes)
+    }
+
+    fn scan_json<T: DeserializeOwned>(&self, ns: Namespace, prefix: &str) -> Result<Vec<T>, StoreError> {
+        self.scan(ns, prefix)?
+            .iter()
+            .map(|(k, v)| decode(ns, k, v))
+            .collect()
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+fn decode<T: DeserializeOwned>(ns: Namespace, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        namespace: ns.name(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+type Table = redb::TableDefinition<'static, &'static str, &'static [u8]>;
+
+fn table(ns: Namespace) -> Table {
+    redb::TableDefinition::new(ns.name())
+}
+
+/// The embedded single-file store.
+pub struct RedbStore {
+    db: redb::Database,
+}
+
+impl RedbStore {
+    /// Opens or creates the file and every table. Fails if another process holds it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Backend(format!("create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        let db = redb::Database::create(path).map_err(|e| {
+            StoreError::Backend(format!("open {}: {e}", path.display()))
+        })?;
+        let tx = db.begin_write()?;
+        for ns in Namespace::ALL {
+            tx.open_table(table(ns))?;
+        }
+        tx.commit()?;
+        Ok(Self { db })
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table(ns))?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table(ns))?;
+            t.insert(key, value)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let existed = {
+            let mut t = tx.open_table(table(ns))?;
+            let existed = t.remove(key)?.is_some();
+            existed
+        };
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table(ns))?;
+        let mut out = Vec::new();
+        for item in t.range(prefix..)? {
+            let (k, v) = item?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store.put(Namespace::Meta, "epoch", b"3").expect("put");
+            store.put_json(Namespace::Alerts, "a_2", &2u32).expect("put");
+            store.put_json(Namespace::Alerts, "a_1", &1u32).expect("put");
+            store.put_json(Namespace::Alerts, "b_1", &9u32).expect("put");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(store.get(Namespace::Meta, "epoch").expect("get"), Some(b"3".to_vec()));
+        let a: Vec<u32> = store.scan_json(Namespace::Alerts, "a_").expect("scan");
+        assert_eq!(a, vec![1, 2]);
+        assert!(store.delete(Namespace::Alerts, "a_1").expect("delete"));
+        assert!(!store.delete(Namespace::Alerts, "a_1").expect("delete"));
+        assert_eq!(store.get(Namespace::Tokens, "x").expect("get"), None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        store.put(Namespace::Alerts, "x", b"{not json").expect("put");
+        let err = store.get_json::<u32>(Namespace::Alerts, "x").expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,274 @@
+//! REST bodies shared by the coordinator (which serves them) and the CLI (which reads them).
+//! Field names are camelCase as in the runbook.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentId, Epoch, RegionId};
+use crate::message::PgRole;
+
+/// Liveness of an agent as the coordinator derives it from heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AgentState {
+    /// Heartbeats arrive on time.
+    Up,
+    /// Heartbeats are late (missed `suspect_after` intervals).
+    Suspect,
+    /// Heartbeats stopped (missed `down_after` intervals) or the agent disconnected.
+    Down,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Up => "UP",
+            AgentState::Suspect => "SUSPECT",
+            AgentState::Down => "DOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Overall health, used for the system, a region and the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Critical,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub state: AgentState,
+    /// Role of the PostgreSQL next to the agent; absent when none is configured.
+    pub role: Option<PgRole>,
+    pub version: String,
+    pub connected: bool,
+    /// Milliseconds since the last heartbeat arrived; absent before the first one.
+    pub last_heartbeat_age_ms: Option<u64>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub timeline: Option<u32>,
+    /// PostgreSQL LSN as `X/Y`.
+    pub lsn: Option<String>,
+    /// Bytes of WAL this standby is behind the primary.
+    pub replication_lag_bytes: Option<u64>,
+    pub replication_lag_seconds: Option<f64>,
+    pub disk_free_bytes: Option<u64>,
+    pub last_backup_ids: Vec<String>,
+    pub postgres_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionStatus {
+    pub name: RegionId,
+    pub status: Health,
+    /// `primary` when the region holds the writable database, `standby` when it holds a
+    /// replica, absent when it runs no database agent.
+    pub role: Option<PgRole>,
+    pub agents: Vec<AgentStatus>,
+}
+
+/// `GET /v1/backup-recovery/disaster-recovery/status`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrStatus {
+    pub status: Health,
+    pub primary_region: Option<RegionId>,
+    pub epoch: Epoch,
+    pub regions: Vec<RegionStatus>,
+    pub generated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "LOW" => Ok(Severity::Low),
+            "MEDIUM" => Ok(Severity::Medium),
+            "HIGH" => Ok(Severity::High),
+            "CRITICAL" => Ok(Severity::Critical),
+            _ => Err(format!(
+                "unknown severity {s:?} (expected CRITICAL, HIGH, MEDIUM or LOW)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertStatus {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl std::str::FromStr for AlertStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "OPEN" => Ok(AlertStatus::Open),
+            "ACKNOWLEDGED" => Ok(AlertStatus::Acknowledged),
+            "RESOLVED" => Ok(AlertStatus::Resolved),
+            _ => Err(format!(
+                "unknown alert status {s:?} (expected OPEN, ACKNOWLEDGED or RESOLVED)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `alert_<epoch-ms>_<6 chars>`
+    pub id: String,
+    pub severity: Severity,
+    /// Machine-readable kind, e.g. `AGENT_DOWN`, `BACKUP_FAILED`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    /// What the alert is about (an agent id, a backup id).
+    pub source: String,
+    pub region: Option<RegionId>,
+    pub status: AlertStatus,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Who resolved it, or `system` when the condition cleared by itself.
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcknowledgeRequest {
+    pub acknowledged_by: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolveRequest {
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertCounts {
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCounts {
+    pub up: u64,
+    pub suspect: u64,
+    pub down: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemHealth {
+    pub status: Health,
+    pub agents: AgentCounts,
+    pub regions: u64,
+}
+
+/// `GET /v1/backup-recovery/monitoring/dashboard`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dashboard {
+    /// Open (not resolved) alerts by severity.
+    pub alerts: AlertCounts,
+    pub recent_backups: Vec<serde_json::Value>,
+    pub system_health: SystemHealth,
+    pub generated_at: DateTime<Utc>,
+}
+
+/// Access levels, each including the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads status, alerts, backups, metrics.
+    Viewer,
+    /// Also acknowledges alerts, starts backups, verifications, DR tests and failovers.
+    Operator,
+    /// Also manages tokens and plans.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "unknown role {s:?} (expected viewer, operator or admin)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// `POST /v1/tokens`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTokenRequest {
+    pub role: Role,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    pub id: String,
+    pub role: Role,
+    pub name: Option<String>,
+    /// The secret, shown once; only its hash is stored.
+    pub token: String,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// HTTP status code.
+    pub status: u16,
+    /// Stable machine-readable code, e.g. `unauthorized`, `not_found`.
+    pub error: String,
+    pub message: String,
+}

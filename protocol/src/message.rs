@@ -1,0 +1,191 @@
+//! Messages exchanged between agents and the coordinator.
+//!
+//! Each direction has one enum wrapped in a version enum; the frame header carries the
+//! version number, and the codec maps it to the matching variant. Fields are encoded by
+//! name (rmp-serde `to_vec_named`), so adding an optional field is not a breaking change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentId, CommandId, Epoch, Lsn, RegionId};
+
+/// Everything an agent sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    V1(AgentMessageV1),
+}
+
+/// Version 1 of the agent → coordinator messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessageV1 {
+    /// First frame on the control stream of every connection.
+    Hello(Hello),
+    /// Liveness and state report, sent every heartbeat interval as a QUIC datagram.
+    Heartbeat(Heartbeat),
+    /// Intermediate report on a running command.
+    Progress(Progress),
+    /// Final answer to a command; exactly one per command.
+    Result(CommandResult),
+    /// The agent refuses or cannot parse something the coordinator sent.
+    Error(ErrorMessage),
+}
+
+/// Everything the coordinator sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    V1(CoordinatorMessageV1),
+}
+
+/// Version 1 of the coordinator → agent messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessageV1 {
+    /// Answer to `Hello`: the agent is registered under the identity of its certificate.
+    Welcome(Welcome),
+    /// Work for the agent, on its own bidirectional stream.
+    Command(Command),
+    /// The coordinator refuses the connection or a message; the connection closes after it.
+    Error(ErrorMessage),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The id the agent believes it has. The coordinator compares it with the certificate
+    /// and refuses the connection when they differ.
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    /// Software version of the agent (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Features this agent supports, such as `postgres`, `documents`, `wal-archive`.
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub coordinator_version: String,
+    /// How often the coordinator expects a heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// The current fencing epoch.
+    pub epoch: Epoch,
+}
+
+/// Role of the PostgreSQL cluster next to an agent, as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgRole {
+    /// Accepts writes (`pg_is_in_recovery()` is false).
+    Primary,
+    /// In recovery, streaming or restoring WAL.
+    Standby,
+    /// Configured but not answering.
+    Unreachable,
+}
+
+impl std::fmt::Display for PgRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PgRole::Primary => "primary",
+            PgRole::Standby => "standby",
+            PgRole::Unreachable => "unreachable",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PgStatus {
+    pub role: PgRole,
+    /// Current timeline (`pg_control_checkpoint()`).
+    pub timeline: Option<u32>,
+    /// On a primary the current write LSN, on a standby the last replayed LSN.
+    pub lsn: Option<Lsn>,
+    /// On a standby, the last LSN received from the primary.
+    pub receive_lsn: Option<Lsn>,
+    /// On a standby, seconds since the last replayed transaction's commit time, or 0 when
+    /// everything received has been replayed.
+    pub lag_seconds: Option<f64>,
+    /// PostgreSQL server version number (`server_version_num`).
+    pub server_version: Option<u32>,
+    /// Why the probe failed, when `role` is `Unreachable`.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Rises by one with every heartbeat of a connection.
+    pub seq: u64,
+    /// Agent wall clock at send time, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    pub postgres: Option<PgStatus>,
+    /// Free bytes on the filesystem holding the agent's data directory.
+    pub disk_free_bytes: Option<u64>,
+    /// Ids of the newest backups this agent has taken (at most a handful).
+    pub last_backup_ids: Vec<String>,
+}
+
+/// What the coordinator asks an agent to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Round trip check; the result carries the agent's clock.
+    Ping,
+    /// Report the PostgreSQL status now instead of waiting for the next heartbeat.
+    ProbePostgres,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: CommandId,
+    /// The fencing epoch the command was issued under.
+    pub epoch: Epoch,
+    pub kind: CommandKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub command_id: CommandId,
+    /// 0.0 ..= 100.0
+    pub percent: f32,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command_id: CommandId,
+    pub ok: bool,
+    /// Human-readable outcome.
+    pub message: String,
+    /// Structured outcome as JSON text, when the command has one.
+    pub detail_json: Option<String>,
+}
+
+/// Stable error codes carried by `ErrorMessage`.
+pub mod error_code {
+    pub const IDENTITY_MISMATCH: &str = "identity_mismatch";
+    pub const BAD_FRAME: &str = "bad_frame";
+    pub const UNEXPECTED_MESSAGE: &str = "unexpected_message";
+    pub const STALE_EPOCH: &str = "stale_epoch";
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorMessage {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// QUIC application close codes.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const PROTOCOL: u32 = 2;
+    pub const SHUTDOWN: u32 = 3;
+}
