@@ -5,7 +5,7 @@
 //! against [`MAX_FRAME_SIZE`], never panics, and reports each failure with its own error:
 //! truncated, oversized, unknown version, malformed payload.
 
-use serde::de::{Deserialize, DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::message::{AgentMessage, AgentMessageV1, CoordinatorMessage, CoordinatorMessageV1};

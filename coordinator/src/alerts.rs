@@ -1,0 +1,181 @@
+//! Alerts: raised by the coordinator (an agent DOWN, later a backup failed), acknowledged
+//! and resolved by operators, or resolved by the system when the condition clears.
+
+use chrono::Utc;
+use drmesh_protocol::api::{Alert, AlertCounts, AlertStatus, Severity};
+use drmesh_protocol::ids::runbook_id;
+use drmesh_protocol::RegionId;
+
+use crate::store::{Namespace, Store, StoreError, StoreExt};
+
+/// Alert kind raised when an agent stops heartbeating.
+pub const AGENT_DOWN: &str = "AGENT_DOWN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("no alert {0}")]
+    NotFound(String),
+    #[error("alert {0} is already resolved")]
+    AlreadyResolved(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to list.
+#[derive(Clone, Debug, Default)]
+pub struct AlertFilter {
+    pub severity: Option<Severity>,
+    pub status: Option<AlertStatus>,
+}
+
+/// All alerts, newest first.
+pub fn list(store: &dyn Store, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+    let mut alerts: Vec<Alert> = store.scan_json(Namespace::Alerts, "")?;
+    alerts.retain(|a| {
+        filter.severity.is_none_or(|s| a.severity == s) && filter.status.is_none_or(|s| a.status == s)
+    });
+    alerts.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(alerts)
+}
+
+fn open_for(store: &dyn Store, kind: &str, source: &str) -> Result<Vec<Alert>, StoreError> {
+    let mut all: Vec<Alert> = store.scan_json(Namespace::Alerts, "")?;
+    all.retain(|a| a.kind == kind && a.source == source && a.status != AlertStatus::Resolved);
+    Ok(all)
+}
+
+/// Raises an alert unless one of the same kind about the same source is still open; then
+/// that one is returned and nothing is written.
+pub fn raise(
+    store: &dyn Store,
+    severity: Severity,
+    kind: &str,
+    source: &str,
+    region: Option<RegionId>,
+    message: String,
+) -> Result<(Alert, bool), StoreError> {
+    if let Some(existing) = open_for(store, kind, source)?.into_iter().next() {
+        return Ok((existing, false));
+    }
+    let alert = Alert {
+        id: runbook_id("alert"),
+        severity,
+        kind: kind.to_string(),
+        message,
+        source: source.to_string(),
+        region,
+        status: AlertStatus::Open,
+        created_at: Utc::now(),
+        acknowledged_by: None,
+        acknowledged_at: None,
+        resolved_at: None,
+        resolved_by: None,
+    };
+    store.put_json(Namespace::Alerts, &alert.id, &alert)?;
+    Ok((alert, true))
+}
+
+/// Resolves every open alert of `kind` about `source` because the condition cleared.
+pub fn resolve_cleared(store: &dyn Store, kind: &str, source: &str) -> Result<Vec<Alert>, StoreError> {
+    let mut resolved = Vec::new();
+    for mut alert in open_for(store, kind, source)? {
+        alert.status = AlertStatus::Resolved;
+        alert.resolved_at = Some(Utc::now());
+        alert.resolved_by = Some("system".into());
+        store.put_json(Namespace::Alerts, &alert.id, &alert)?;
+        resolved.push(alert);
+    }
+    Ok(resolved)
+}
+
+fn load(store: &dyn Store, id: &str) -> Result<Alert, AlertError> {
+    store
+        .get_json(Namespace::Alerts, id)?
+        .ok_or_else(|| AlertError::NotFound(id.to_string()))
+}
+
+pub fn acknowledge(store: &dyn Store, id: &str, by: &str) -> Result<Alert, AlertError> {
+    let mut alert = load(store, id)?;
+    if alert.status == AlertStatus::Resolved {
+        return Err(AlertError::AlreadyResolved(id.to_string()));
+    }
+    alert.status = AlertStatus::Acknowledged;
+    alert.acknowledged_by = Some(by.to_string());
+    alert.acknowledged_at = Some(Utc::now());
+    store.put_json(Namespace::Alerts, id, &alert)?;
+    Ok(alert)
+}
+
+pub fn resolve(store: &dyn Store, id: &str, by: &str) -> Result<Alert, AlertError> {
+    let mut alert = load(store, id)?;
+    if alert.status == AlertStatus::Resolved {
+        return Err(AlertError::AlreadyResolved(id.to_string()));
+    }
+    alert.status = AlertStatus::Resolved;
+    alert.resolved_at = Some(Utc::now());
+    alert.resolved_by = Some(by.to_string());
+    store.put_json(Namespace::Alerts, id, &alert)?;
+    Ok(alert)
+}
+
+/// Open (not resolved) alerts by severity.
+pub fn counts(store: &dyn Store) -> Result<AlertCounts, StoreError> {
+    let mut c = AlertCounts::default();
+    for a in list(store, &AlertFilter::default())? {
+        if a.status == AlertStatus::Resolved {
+            continue;
+        }
+        match a.severity {
+            Severity::Critical => c.critical += 1,
+            Severity::High => c.high += 1,
+            Severity::Medium => c.medium += 1,
+            Severity::Low => c.low += 1,
+        }
+        c.total += 1;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+
+    fn store() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn an_alert_is_raised_once_and_cleared_by_the_system() {
+        let (_d, s) = store();
+        let (a, new) = raise(&s, Severity::Critical, AGENT_DOWN, "a1", None, "down".into()).expect("raise");
+        assert!(new);
+        assert!(a.id.starts_with("alert_"));
+        let (b, new) = raise(&s, Severity::Critical, AGENT_DOWN, "a1", None, "down".into()).expect("raise");
+        assert!(!new);
+        assert_eq!(a.id, b.id);
+        assert_eq!(counts(&s).expect("counts").critical, 1);
+        let cleared = resolve_cleared(&s, AGENT_DOWN, "a1").expect("clear");
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].resolved_by.as_deref(), Some("system"));
+        assert_eq!(counts(&s).expect("counts").total, 0);
+    }
+
+    #[test]
+    fn operators_acknowledge_and_resolve() {
+        let (_d, s) = store();
+        let (a, _) = raise(&s, Severity::High, "X", "src", None, "m".into()).expect("raise");
+        let acked = acknowledge(&s, &a.id, "admin@propchain.local").expect("ack");
+        assert_eq!(acked.status, AlertStatus::Acknowledged);
+        assert_eq!(acked.acknowledged_by.as_deref(), Some("admin@propchain.local"));
+        let filter = AlertFilter { severity: Some(Severity::High), status: None };
+        assert_eq!(list(&s, &filter).expect("list").len(), 1);
+        let filter = AlertFilter { severity: Some(Severity::Critical), status: None };
+        assert!(list(&s, &filter).expect("list").is_empty());
+        resolve(&s, &a.id, "ops").expect("resolve");
+        assert!(matches!(resolve(&s, &a.id, "ops"), Err(AlertError::AlreadyResolved(_))));
+        assert!(matches!(acknowledge(&s, "alert_0_none", "x"), Err(AlertError::NotFound(_))));
+    }
+}

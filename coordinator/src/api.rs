@@ -1,0 +1,382 @@
+//! The REST API (actix-web): the runbook's routes under `/v1/backup-recovery`, tokens,
+//! audit, health and metrics. Errors become JSON in one place ([`ApiError`]).
+
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use chrono::Utc;
+use drmesh_protocol::api::{
+    AcknowledgeRequest, AlertStatus, CreateTokenRequest, ErrorBody, ResolveRequest, Role, Severity,
+};
+use drmesh_protocol::{AgentId, CommandKind};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::error;
+
+use crate::alerts::{self, AlertError, AlertFilter};
+use crate::auth::{self, Caller};
+use crate::state::Coordinator;
+use crate::store::{Namespace, StoreError, StoreExt};
+use crate::transport::{self, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("this call needs the {need} role; the token has {have}")]
+    Forbidden { need: Role, have: Role },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut resp = HttpResponse::build(status);
+        if status == StatusCode::UNAUTHORIZED {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        resp.json(ErrorBody {
+            status: status.as_u16(),
+            error: self.code().to_string(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "state store");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<AlertError> for ApiError {
+    fn from(e: AlertError) -> Self {
+        match e {
+            AlertError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            AlertError::AlreadyResolved(_) => ApiError::Conflict(e.to_string()),
+            AlertError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub type Shared = web::Data<Arc<Coordinator>>;
+
+/// The authenticated caller; extracting it is what makes a route require a token.
+pub struct Authenticated(pub Caller);
+
+impl Authenticated {
+    pub fn require(&self, need: Role) -> Result<&Caller, ApiError> {
+        if self.0.role >= need {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden {
+                need,
+                have: self.0.role,
+            })
+        }
+    }
+}
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
+    let coord = req
+        .app_data::<Shared>()
+        .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?
+        .trim();
+    let caller = auth::authenticate(coord.store.as_ref(), secret)?
+        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+    req.extensions_mut().insert(caller.clone());
+    Ok(Authenticated(caller))
+}
+
+/// Parses an optional JSON body: empty means the default, anything else must be valid.
+fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+fn required_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("a JSON body is required".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn dr_status(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(coord.dr_status()))
+}
+
+async fn dashboard(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(coord.dashboard()?))
+}
+
+#[derive(Deserialize)]
+struct AlertQuery {
+    severity: Option<String>,
+    status: Option<String>,
+}
+
+async fn alerts_list(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<AlertQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let filter = AlertFilter {
+        severity: query
+            .severity
+            .as_deref()
+            .map(str::parse::<Severity>)
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
+        status: query
+            .status
+            .as_deref()
+            .map(str::parse::<AlertStatus>)
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
+    };
+    let alerts = alerts::list(coord.store.as_ref(), &filter)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": alerts, "total": alerts.len() })))
+}
+
+async fn alert_acknowledge(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: AcknowledgeRequest = required_json(&body)?;
+    if req.acknowledged_by.trim().is_empty() {
+        return Err(ApiError::BadRequest("acknowledgedBy must not be empty".into()));
+    }
+    let _ = caller;
+    let alert = alerts::acknowledge(coord.store.as_ref(), &path, &req.acknowledged_by)?;
+    Ok(HttpResponse::Ok().json(alert))
+}
+
+async fn alert_resolve(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: ResolveRequest = optional_json(&body)?;
+    let by = req.resolved_by.unwrap_or_else(|| caller.label());
+    let alert = alerts::resolve(coord.store.as_ref(), &path, &by)?;
+    Ok(HttpResponse::Ok().json(alert))
+}
+
+async fn token_create(caller: Authenticated, coord: Shared, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let req: CreateTokenRequest = required_json(&body)?;
+    let created = auth::create_token(coord.store.as_ref(), req.role, req.name)?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit_list(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let mut records: Vec<AuditRecord> = coord.store.scan_json(Namespace::Audit, "")?;
+    records.reverse();
+    records.truncate(query.limit.unwrap_or(100).min(10_000));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "records": records })))
+}
+
+async fn agent_ping(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let agent: AgentId = path.parse().map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+    let started = std::time::Instant::now();
+    match transport::send_command(&coord, &agent, CommandKind::Ping, Duration::from_secs(10)).await {
+        Ok(result) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "agentId": agent,
+            "ok": result.ok,
+            "message": result.message,
+            "roundTripMs": started.elapsed().as_secs_f64() * 1000.0,
+        }))),
+        Err(TransportError::NotConnected(a)) => Err(ApiError::NotFound(format!("agent {a} is not connected"))),
+        Err(e) => Err(ApiError::Unavailable(format!("ping {agent}: {e}"))),
+    }
+}
+
+async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let agents = coord.agent_statuses();
+    let alerts = alerts::counts(coord.store.as_ref())?;
+    let text = coord
+        .metrics
+        .render(&agents, &alerts)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
+}
+
+/// One line of the audit log: every call that changes something, allowed or not.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub at: chrono::DateTime<Utc>,
+    pub actor: String,
+    pub role: Option<Role>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+fn audit_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    format!("{nanos:020}-{:06}", SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000)
+}
+
+fn record_audit<B>(res: &ServiceResponse<B>) {
+    let req = res.request();
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return;
+    }
+    let Some(coord) = req.app_data::<Shared>() else {
+        return;
+    };
+    let caller = req.extensions().get::<Caller>().cloned();
+    let record = AuditRecord {
+        at: Utc::now(),
+        actor: caller.as_ref().map_or_else(|| "anonymous".to_string(), Caller::label),
+        role: caller.map(|c| c.role),
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+        status: res.status().as_u16(),
+    };
+    if let Err(e) = coord.store.put_json(Namespace::Audit, &audit_key(), &record) {
+        error!(error = %e, "write audit record");
+    }
+}
+
+/// Routes and error handlers; used by the server and by in-process tests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let json_errors = web::JsonConfig::default()
+        .content_type(|_| true)
+        .error_handler(|err, _| ApiError::BadRequest(format!("malformed JSON body: {err}")).into());
+    let query_errors = web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("bad query string: {err}")).into());
+    let path_errors = web::PathConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("bad path: {err}")).into());
+    let base = "/v1/backup-recovery";
+    cfg.app_data(json_errors)
+        .app_data(query_errors)
+        .app_data(path_errors)
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route(&format!("{base}/disaster-recovery/status"), web::get().to(dr_status))
+        .route(&format!("{base}/monitoring/dashboard"), web::get().to(dashboard))
+        .route(&format!("{base}/monitoring/alerts"), web::get().to(alerts_list))
+        .route(
+            &format!("{base}/monitoring/alerts/{{alertId}}/acknowledge"),
+            web::post().to(alert_acknowledge),
+        )
+        .route(
+            &format!("{base}/monitoring/alerts/{{alertId}}/resolve"),
+            web::post().to(alert_resolve),
+        )
+        .route("/v1/tokens", web::post().to(token_create))
+        .route("/v1/audit", web::get().to(audit_list))
+        .route("/v1/agents/{agentId}/ping", web::post().to(agent_ping))
+        .default_service(web::to(not_found));
+}
+
+/// Middleware body: runs the request, then audits it.
+pub async fn audited<B: MessageBody>(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let res = next.call(req).await?;
+    record_audit(&res);
+    Ok(res)
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics. Counters and the latency histogram live for the process; gauges
+//! (agents by state, heartbeat age, open alerts) are computed at scrape time.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use drmesh_protocol::api::{AgentStatus, AlertCounts};
+
+type Labels = Vec<(String, String)>;
+
+/// Process-lifetime metrics, updated on the hot paths.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Seconds from a heartbeat datagram's arrival to the registry's update.
+    pub heartbeat_update_seconds: Histogram,
+    pub heartbeats: Counter,
+    pub bad_frames: Counter,
+    /// Connections refused, by reason.
+    pub refused_connections: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            // 1 µs .. ~0.5 s
+            heartbeat_update_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            heartbeats: Counter::default(),
+            bad_frames: Counter::default(),
+            refused_connections: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn refused(&self, reason: &str) {
+        self.refused_connections
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Renders everything in the Prometheus text format.
+    pub fn render(&self, agents: &[AgentStatus], alerts: &AlertCounts) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register(
+            "drmesh_heartbeat_update_seconds",
+            "Time from a heartbeat's arrival to the registry's update",
+            self.heartbeat_update_seconds.clone(),
+        );
+        registry.register("drmesh_heartbeats", "Heartbeats accepted", self.heartbeats.clone());
+        registry.register("drmesh_bad_frames", "Undecodable frames received from agents", self.bad_frames.clone());
+        registry.register(
+            "drmesh_refused_connections",
+            "Agent connections refused, by reason",
+            self.refused_connections.clone(),
+        );
+
+        let by_state = Family::<Labels, Gauge>::default();
+        for state in ["UP", "SUSPECT", "DOWN"] {
+            by_state.get_or_create(&vec![("state".into(), state.into())]).set(0);
+        }
+        let age = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        for a in agents {
+            by_state
+                .get_or_create(&vec![("state".into(), a.state.as_str().into())])
+                .inc();
+            if let Some(ms) = a.last_heartbeat_age_ms {
+                age.get_or_create(&vec![
+                    ("agent".into(), a.agent_id.to_string()),
+                    ("region".into(), a.region.to_string()),
+                ])
+                .set(ms as f64 / 1000.0);
+            }
+        }
+        registry.register("drmesh_agents", "Agents by liveness state", by_state);
+        registry.register(
+            "drmesh_agent_heartbeat_age_seconds",
+            "Seconds since each agent's last heartbeat",
+            age,
+        );
+
+        let open = Family::<Labels, Gauge>::default();
+        for (sev, n) in [
+            ("CRITICAL", alerts.critical),
+            ("HIGH", alerts.high),
+            ("MEDIUM", alerts.medium),
+            ("LOW", alerts.low),
+        ] {
+            open.get_or_create(&vec![("severity".into(), sev.into())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        registry.register("drmesh_alerts_open", "Open alerts by severity", open);
+
+        let mut out = String::new();
+        encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,334 @@
+//! The agent registry: who is connected, their last heartbeat, and their liveness state.
+//!
+//! State is derived from heartbeat age by a pure function ([`derive_state`]); the registry
+//! reports only changes ([`Transition`]) and the caller acts on them (alerts, logs). Time
+//! is passed in, never read here, so the logic is tested without sleeping.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use drmesh_protocol::api::AgentState;
+use drmesh_protocol::{AgentId, Heartbeat, RegionId};
+
+/// Heartbeat timing the registry judges agents by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub suspect_after: u32,
+    pub down_after: u32,
+}
+
+impl Liveness {
+    pub fn suspect_age(&self) -> Duration {
+        self.interval * self.suspect_after
+    }
+    pub fn down_age(&self) -> Duration {
+        self.interval * self.down_after
+    }
+}
+
+/// The state an agent is in, given how long ago it was last heard from.
+///
+/// Architecture Invariant: an agent is UP only while heartbeats arrive within
+/// `suspect_after` intervals; DOWN after `down_after` intervals of silence.
+pub fn derive_state(since_heard: Duration, liveness: &Liveness) -> AgentState {
+    if since_heard >= liveness.down_age() {
+        AgentState::Down
+    } else if since_heard >= liveness.suspect_age() {
+        AgentState::Suspect
+    } else {
+        AgentState::Up
+    }
+}
+
+/// One agent as the coordinator knows it.
+#[derive(Clone, Debug)]
+pub struct AgentEntry {
+    pub id: AgentId,
+    pub region: RegionId,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    pub state: AgentState,
+    /// Which connection is current; a reconnect bumps it, so events from an old
+    /// connection that is still closing are ignored.
+    pub connection: u64,
+    pub connected: bool,
+    /// When the agent was last heard from (hello or heartbeat), monotonic.
+    pub last_heard: Instant,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub last_heartbeat_instant: Option<Instant>,
+    pub last_seq: u64,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// A change of an agent's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub agent: AgentId,
+    pub region: RegionId,
+    pub from: AgentState,
+    pub to: AgentState,
+    pub reason: String,
+}
+
+/// Outcome of feeding a heartbeat to the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    Accepted(Option<Transition>),
+    /// Older than one already seen (datagrams may be reordered).
+    Stale,
+    /// No such agent or connection.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    liveness: Liveness,
+    agents: BTreeMap<AgentId, AgentEntry>,
+    next_connection: u64,
+}
+
+impl Registry {
+    pub fn new(liveness: Liveness) -> Self {
+        Self {
+            liveness,
+            agents: BTreeMap::new(),
+            next_connection: 1,
+        }
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+
+    /// Adds an agent remembered from the store, before it reconnects. It starts SUSPECT
+    /// with `now` as its last contact, so it goes DOWN (and alerts) only if it stays away.
+    pub fn remember(&mut self, id: AgentId, region: RegionId, version: String, now: Instant) {
+        self.agents.entry(id.clone()).or_insert(AgentEntry {
+            id,
+            region,
+            version,
+            capabilities: Vec::new(),
+            state: AgentState::Suspect,
+            connection: 0,
+            connected: false,
+            last_heard: now,
+            last_heartbeat_at: None,
+            last_heartbeat_instant: None,
+            last_seq: 0,
+            heartbeat: None,
+        });
+    }
+
+    /// Records a new connection (after its Hello was accepted) and returns its number.
+    pub fn connect(
+        &mut self,
+        id: &AgentId,
+        region: &RegionId,
+        version: &str,
+        capabilities: &[String],
+        now: Instant,
+    ) -> (u64, Option<Transition>) {
+        let connection = self.next_connection;
+        self.next_connection += 1;
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
+            id: id.clone(),
+            region: region.clone(),
+            version: version.to_string(),
+            capabilities: capabilities.to_vec(),
+            state: AgentState::Down,
+            connection,
+            connected: true,
+            last_heard: now,
+            last_heartbeat_at: None,
+            last_heartbeat_instant: None,
+            last_seq: 0,
+            heartbeat: None,
+        });
+        entry.region = region.clone();
+        entry.version = version.to_string();
+        entry.capabilities = capabilities.to_vec();
+        entry.connection = connection;
+        entry.connected = true;
+        entry.last_heard = now;
+        entry.last_seq = 0;
+        let transition = set_state(entry, AgentState::Up, "connected");
+        (connection, transition)
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        id: &AgentId,
+        connection: u64,
+        hb: Heartbeat,
+        now: Instant,
+    ) -> HeartbeatOutcome {
+        let Some(entry) = self.agents.get_mut(id) else {
+            return HeartbeatOutcome::Unknown;
+        };
+        if entry.connection != connection || !entry.connected {
+            return HeartbeatOutcome::Unknown;
+        }
+        if hb.seq <= entry.last_seq && entry.last_seq != 0 {
+            return HeartbeatOutcome::Stale;
+        }
+        entry.last_seq = hb.seq;
+        entry.last_heard = now;
+        entry.last_heartbeat_instant = Some(now);
+        entry.last_heartbeat_at = Some(Utc::now());
+        entry.heartbeat = Some(hb);
+        HeartbeatOutcome::Accepted(set_state(entry, AgentState::Up, "heartbeat"))
+    }
+
+    /// The connection closed. The agent is DOWN at once: it cannot be commanded.
+    pub fn disconnect(&mut self, id: &AgentId, connection: u64, reason: &str) -> Option<Transition> {
+        let entry = self.agents.get_mut(id)?;
+        if entry.connection != connection {
+            return None;
+        }
+        entry.connected = false;
+        set_state(entry, AgentState::Down, reason)
+    }
+
+    /// Re-derives every agent's state from its heartbeat age.
+    pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
+        let liveness = self.liveness;
+        let mut out = Vec::new();
+        for entry in self.agents.values_mut() {
+            let silent = now.saturating_duration_since(entry.last_heard);
+            let mut next = derive_state(silent, &liveness);
+            if !entry.connected {
+                // Without a connection an agent is never UP, and once DOWN it stays DOWN
+                // until it reconnects.
+                next = match (entry.state, next) {
+                    (AgentState::Down, _) => AgentState::Down,
+                    (_, AgentState::Up) => AgentState::Suspect,
+                    (_, n) => n,
+                };
+            }
+            let reason = format!("no heartbeat for {} ms", silent.as_millis());
+            if let Some(t) = set_state(entry, next, &reason) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &AgentEntry> {
+        self.agents.values()
+    }
+
+    pub fn get(&self, id: &AgentId) -> Option<&AgentEntry> {
+        self.agents.get(id)
+    }
+}
+
+fn set_state(entry: &mut AgentEntry, to: AgentState, reason: &str) -> Option<Transition> {
+    if entry.state == to {
+        return None;
+    }
+    let from = entry.state;
+    entry.state = to;
+    Some(Transition {
+        agent: entry.id.clone(),
+        region: entry.region.clone(),
+        from,
+        to,
+        reason: reason.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness() -> Liveness {
+        Liveness {
+            interval: Duration::from_millis(500),
+            suspect_after: 2,
+            down_after: 4,
+        }
+    }
+
+    fn hb(seq: u64) -> Heartbeat {
+        Heartbeat {
+            seq,
+            sent_at_ms: 0,
+            postgres: None,
+            disk_free_bytes: None,
+            last_backup_ids: vec![],
+        }
+    }
+
+    fn ids() -> (AgentId, RegionId) {
+        (
+            AgentId::new("a1").expect("id"),
+            RegionId::new("us-east-1").expect("region"),
+        )
+    }
+
+    #[test]
+    fn state_follows_heartbeat_age() {
+        let l = liveness();
+        assert_eq!(derive_state(Duration::from_millis(999), &l), AgentState::Up);
+        assert_eq!(derive_state(Duration::from_millis(1000), &l), AgentState::Suspect);
+        assert_eq!(derive_state(Duration::from_millis(2000), &l), AgentState::Down);
+    }
+
+    #[test]
+    fn silence_makes_an_agent_suspect_then_down_and_a_heartbeat_brings_it_back() {
+        let (id, region) = ids();
+        let mut r = Registry::new(liveness());
+        let t0 = Instant::now();
+        let (conn, t) = r.connect(&id, &region, "0.1.0", &[], t0);
+        assert_eq!(t.map(|t| t.to), Some(AgentState::Up));
+        assert!(matches!(r.heartbeat(&id, conn, hb(1), t0), HeartbeatOutcome::Accepted(None)));
+        assert!(r.tick(t0 + Duration::from_millis(900)).is_empty());
+        let t = r.tick(t0 + Duration::from_millis(1100));
+        assert_eq!(t[0].to, AgentState::Suspect);
+        let t = r.tick(t0 + Duration::from_millis(2100));
+        assert_eq!((t[0].from, t[0].to), (AgentState::Suspect, AgentState::Down));
+        assert!(r.tick(t0 + Duration::from_millis(5000)).is_empty());
+        let back = r.heartbeat(&id, conn, hb(2), t0 + Duration::from_millis(5000));
+        assert!(matches!(back, HeartbeatOutcome::Accepted(Some(Transition { to: AgentState::Up, .. }))));
+    }
+
+    #[test]
+    fn reordered_and_foreign_heartbeats_are_ignored() {
+        let (id, region) = ids();
+        let mut r = Registry::new(liveness());
+        let t0 = Instant::now();
+        let (conn, _) = r.connect(&id, &region, "0.1.0", &[], t0);
+        assert!(matches!(r.heartbeat(&id, conn, hb(5), t0), HeartbeatOutcome::Accepted(_)));
+        assert_eq!(r.heartbeat(&id, conn, hb(4), t0), HeartbeatOutcome::Stale);
+        assert_eq!(r.heartbeat(&id, conn + 1, hb(6), t0), HeartbeatOutcome::Unknown);
+        let other = AgentId::new("zz").expect("id");
+        assert_eq!(r.heartbeat(&other, conn, hb(6), t0), HeartbeatOutcome::Unknown);
+    }
+
+    #[test]
+    fn an_old_connection_closing_does_not_take_down_the_new_one() {
+        let (id, region) = ids();
+        let mut r = Registry::new(liveness());
+        let t0 = Instant::now();
+        let (old, _) = r.connect(&id, &region, "0.1.0", &[], t0);
+        let (new, _) = r.connect(&id, &region, "0.1.0", &[], t0);
+        assert_eq!(r.disconnect(&id, old, "closed"), None);
+        assert_eq!(r.get(&id).map(|e| e.state), Some(AgentState::Up));
+        let t = r.disconnect(&id, new, "closed").expect("transition");
+        assert_eq!(t.to, AgentState::Down);
+        assert!(r.tick(t0).is_empty(), "a disconnected agent stays down");
+    }
+
+    #[test]
+    fn remembered_agents_get_a_grace_period() {
+        let (id, region) = ids();
+        let mut r = Registry::new(liveness());
+        let t0 = Instant::now();
+        r.remember(id.clone(), region, "0.1.0".into(), t0);
+        assert!(r.tick(t0 + Duration::from_millis(1500)).is_empty());
+        let t = r.tick(t0 + Duration::from_millis(2000));
+        assert_eq!((t[0].from, t[0].to), (AgentState::Suspect, AgentState::Down));
+    }
+}

@@ -1,0 +1,91 @@
+//! Starts everything the coordinator runs: store, registry, QUIC endpoint, liveness
+//! watcher, REST server; and stops it on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use serde::Serialize;
+use tracing::info;
+
+use crate::config::CoordinatorConfig;
+use crate::state::Coordinator;
+use crate::store::RedbStore;
+use crate::{api, transport};
+
+/// Written to `--ready-file` once both listeners are bound, so callers that asked for
+/// port 0 learn the real ports.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub pid: u32,
+}
+
+pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    let store = RedbStore::open(&config.store_path)
+        .with_context(|| format!("open state store {}", config.store_path.display()))?;
+    let (coord, transitions) = Coordinator::new(config.clone(), Arc::new(store))?;
+    let endpoint = transport::endpoint(&coord)?;
+    let quic = endpoint.local_addr().context("read QUIC address")?;
+
+    tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
+    tokio::spawn(coord.clone().watch_liveness());
+    tokio::spawn(coord.clone().apply_transitions(transitions));
+
+    let data = web::Data::new(coord.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(from_fn(api::audited))
+            .configure(api::configure)
+    })
+    .workers(config.http_workers)
+    .disable_signals()
+    .bind(config.http_listen)
+    .with_context(|| format!("bind REST API on {}", config.http_listen))?;
+    let http = server
+        .addrs()
+        .first()
+        .copied()
+        .context("REST listener has no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    info!(%http, %quic, epoch = %coord.epoch(), "coordinator ready");
+    if let Some(path) = ready_file {
+        let ready = Ready {
+            http,
+            quic,
+            pid: std::process::id(),
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&ready)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    }
+
+    shutdown_signal().await?;
+    info!("shutting down");
+    endpoint.close(drmesh_protocol::close_code::SHUTDOWN.into(), b"coordinator shutting down");
+    handle.stop(true).await;
+    let _ = server_task.await;
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

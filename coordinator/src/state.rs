@@ -1,0 +1,321 @@
+//! The coordinator's shared state: store, registry, live sessions, epoch, metrics, and
+//! the views the REST API serves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use drmesh_protocol::api::{
+    AgentCounts, AgentState, AgentStatus, Dashboard, DrStatus, Health, RegionStatus, Severity,
+    SystemHealth,
+};
+use drmesh_protocol::{AgentId, Epoch, PgRole, RegionId};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::alerts;
+use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Liveness, Registry, Transition};
+use crate::store::{Namespace, Store, StoreError, StoreExt};
+
+/// An agent as remembered across coordinator restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownAgent {
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub version: String,
+    pub first_seen: chrono::DateTime<Utc>,
+}
+
+/// A live QUIC session with an agent.
+#[derive(Clone)]
+pub struct Session {
+    pub connection: u64,
+    pub conn: quinn::Connection,
+}
+
+pub struct Coordinator {
+    pub config: CoordinatorConfig,
+    pub store: Arc<dyn Store>,
+    pub registry: Mutex<Registry>,
+    pub sessions: Mutex<HashMap<AgentId, Session>>,
+    pub metrics: Metrics,
+    epoch: AtomicU64,
+    transitions: mpsc::UnboundedSender<Transition>,
+}
+
+const EPOCH_KEY: &str = "epoch";
+
+impl Coordinator {
+    /// Loads the epoch and the known agents from the store. The returned receiver carries
+    /// state transitions; hand it to [`Coordinator::apply_transitions`].
+    pub fn new(
+        config: CoordinatorConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Transition>), StoreError> {
+        let liveness = Liveness {
+            interval: config.heartbeat_interval,
+            suspect_after: config.suspect_after,
+            down_after: config.down_after,
+        };
+        let mut registry = Registry::new(liveness);
+        let now = Instant::now();
+        for known in store.scan_json::<KnownAgent>(Namespace::Agents, "")? {
+            registry.remember(known.agent_id, known.region, known.version, now);
+        }
+        let epoch = store.get_json::<u64>(Namespace::Meta, EPOCH_KEY)?.unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Self {
+                config,
+                store,
+                registry: Mutex::new(registry),
+                sessions: Mutex::new(HashMap::new()),
+                metrics: Metrics::default(),
+                epoch: AtomicU64::new(epoch),
+                transitions: tx,
+            }),
+            rx,
+        ))
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Queues transitions for [`Coordinator::apply_transitions`] (off the hot path).
+    pub fn report(&self, transitions: impl IntoIterator<Item = Transition>) {
+        for t in transitions {
+            // The receiver lives as long as the process; a send error means shutdown.
+            let _ = self.transitions.send(t);
+        }
+    }
+
+    /// Remembers an agent in the store the first time it connects.
+    pub fn remember_agent(&self, id: &AgentId, region: &RegionId, version: &str) {
+        let known = KnownAgent {
+            agent_id: id.clone(),
+            region: region.clone(),
+            version: version.to_string(),
+            first_seen: Utc::now(),
+        };
+        let result = match self.store.get_json::<KnownAgent>(Namespace::Agents, id.as_str()) {
+            Ok(Some(old)) if old.region == known.region && old.version == known.version => Ok(()),
+            Ok(Some(old)) => self.store.put_json(
+                Namespace::Agents,
+                id.as_str(),
+                &KnownAgent {
+                    first_seen: old.first_seen,
+                    ..known
+                },
+            ),
+            Ok(None) => self.store.put_json(Namespace::Agents, id.as_str(), &known),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            error!(agent_id = %id, error = %e, "remember agent");
+        }
+    }
+
+    /// Ticks the registry every tenth of a heartbeat interval until the process ends.
+    pub async fn watch_liveness(self: Arc<Self>) {
+        let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let transitions = self.registry.lock().tick(Instant::now());
+            self.report(transitions);
+        }
+    }
+
+    /// Logs each transition and raises or clears the matching alert.
+    pub async fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
+        while let Some(t) = rx.recv().await {
+            match t.to {
+                AgentState::Down => {
+                    warn!(agent_id = %t.agent, region = %t.region, from = %t.from, reason = %t.reason, "agent DOWN");
+                    let message = format!(
+                        "Agent {} in {} is DOWN ({})",
+                        t.agent, t.region, t.reason
+                    );
+                    match alerts::raise(
+                        self.store.as_ref(),
+                        Severity::Critical,
+                        alerts::AGENT_DOWN,
+                        t.agent.as_str(),
+                        Some(t.region.clone()),
+                        message,
+                    ) {
+                        Ok((alert, true)) => {
+                            warn!(alert_id = %alert.id, agent_id = %t.agent, "CRITICAL alert raised")
+                        }
+                        Ok((_, false)) => {}
+                        Err(e) => error!(agent_id = %t.agent, error = %e, "raise alert"),
+                    }
+                }
+                AgentState::Suspect => {
+                    warn!(agent_id = %t.agent, region = %t.region, reason = %t.reason, "agent SUSPECT")
+                }
+                AgentState::Up => {
+                    info!(agent_id = %t.agent, region = %t.region, from = %t.from, "agent UP");
+                    match alerts::resolve_cleared(self.store.as_ref(), alerts::AGENT_DOWN, t.agent.as_str()) {
+                        Ok(resolved) => {
+                            for a in resolved {
+                                info!(alert_id = %a.id, agent_id = %t.agent, "alert resolved: agent is back")
+                            }
+                        }
+                        Err(e) => error!(agent_id = %t.agent, error = %e, "resolve alert"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every agent's status, computed now.
+    pub fn agent_statuses(&self) -> Vec<AgentStatus> {
+        let now = Instant::now();
+        let registry = self.registry.lock();
+        let mut out: Vec<AgentStatus> = registry
+            .agents()
+            .map(|e| {
+                let pg = e.heartbeat.as_ref().and_then(|h| h.postgres.as_ref());
+                AgentStatus {
+                    agent_id: e.id.clone(),
+                    region: e.region.clone(),
+                    state: e.state,
+                    role: pg.map(|p| p.role),
+                    version: e.version.clone(),
+                    connected: e.connected,
+                    last_heartbeat_age_ms: e
+                        .last_heartbeat_instant
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                    last_heartbeat_at: e.last_heartbeat_at,
+                    timeline: pg.and_then(|p| p.timeline),
+                    lsn: pg.and_then(|p| p.lsn).map(|l| l.to_string()),
+                    replication_lag_bytes: None,
+                    replication_lag_seconds: pg.and_then(|p| p.lag_seconds),
+                    disk_free_bytes: e.heartbeat.as_ref().and_then(|h| h.disk_free_bytes),
+                    last_backup_ids: e
+                        .heartbeat
+                        .as_ref()
+                        .map(|h| h.last_backup_ids.clone())
+                        .unwrap_or_default(),
+                    postgres_error: pg.and_then(|p| p.error.clone()),
+                }
+            })
+            .collect();
+        drop(registry);
+        // Lag in bytes is the primary's write position minus the standby's replay position.
+        let primary_lsn = out
+            .iter()
+            .filter(|a| a.role == Some(PgRole::Primary) && a.state == AgentState::Up)
+            .filter_map(|a| a.lsn.as_deref()?.parse::<drmesh_protocol::Lsn>().ok())
+            .max();
+        if let Some(primary) = primary_lsn {
+            for a in out.iter_mut().filter(|a| a.role == Some(PgRole::Standby)) {
+                if let Some(Ok(lsn)) = a.lsn.as_deref().map(str::parse::<drmesh_protocol::Lsn>) {
+                    a.replication_lag_bytes = Some(primary.0.saturating_sub(lsn.0));
+                }
+            }
+        }
+        out
+    }
+
+    /// `GET /v1/backup-recovery/disaster-recovery/status`
+    pub fn dr_status(&self) -> DrStatus {
+        let agents = self.agent_statuses();
+        let mut regions: BTreeMap<RegionId, Vec<AgentStatus>> = BTreeMap::new();
+        for a in agents {
+            regions.entry(a.region.clone()).or_default().push(a);
+        }
+        let mut primaries = Vec::new();
+        let regions: Vec<RegionStatus> = regions
+            .into_iter()
+            .map(|(name, agents)| {
+                let up = agents.iter().filter(|a| a.state == AgentState::Up).count();
+                let status = if up == agents.len() {
+                    Health::Healthy
+                } else if up == 0 {
+                    Health::Critical
+                } else {
+                    Health::Degraded
+                };
+                let live_roles: Vec<PgRole> = agents
+                    .iter()
+                    .filter(|a| a.state != AgentState::Down)
+                    .filter_map(|a| a.role)
+                    .collect();
+                let role = if live_roles.contains(&PgRole::Primary) {
+                    primaries.push(name.clone());
+                    Some(PgRole::Primary)
+                } else if live_roles.contains(&PgRole::Standby) {
+                    Some(PgRole::Standby)
+                } else {
+                    agents.iter().find_map(|a| a.role)
+                };
+                RegionStatus {
+                    name,
+                    status,
+                    role,
+                    agents,
+                }
+            })
+            .collect();
+        let any_down = regions.iter().any(|r| r.status != Health::Healthy);
+        let has_database = regions.iter().any(|r| r.role.is_some());
+        // Two writable primaries, or a database mesh with none, is an emergency.
+        let status = if primaries.len() > 1 || (has_database && primaries.is_empty()) {
+            Health::Critical
+        } else if any_down {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        DrStatus {
+            status,
+            primary_region: if primaries.len() == 1 { primaries.pop() } else { None },
+            epoch: self.epoch(),
+            regions,
+            generated_at: Utc::now(),
+        }
+    }
+
+    /// `GET /v1/backup-recovery/monitoring/dashboard`
+    pub fn dashboard(&self) -> Result<Dashboard, StoreError> {
+        let status = self.dr_status();
+        let mut agents = AgentCounts::default();
+        for a in status.regions.iter().flat_map(|r| &r.agents) {
+            match a.state {
+                AgentState::Up => agents.up += 1,
+                AgentState::Suspect => agents.suspect += 1,
+                AgentState::Down => agents.down += 1,
+            }
+            agents.total += 1;
+        }
+        let alerts = alerts::counts(self.store.as_ref())?;
+        let health = if alerts.critical > 0 || status.status == Health::Critical {
+            Health::Critical
+        } else if alerts.high > 0 || status.status == Health::Degraded {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        Ok(Dashboard {
+            alerts,
+            recent_backups: Vec::new(),
+            system_health: SystemHealth {
+                status: health,
+                agents,
+                regions: status.regions.len() as u64,
+            },
+            generated_at: Utc::now(),
+        })
+    }
+}

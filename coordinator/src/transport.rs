@@ -1,0 +1,337 @@
+//! The QUIC side of the coordinator: accepts agents, proves who they are from their client
+//! certificates, feeds heartbeats into the registry, and sends commands.
+//!
+//! Architecture Invariant: an agent's identity is the one in its certificate. A `Hello`
+//! claiming another id or region closes the connection before the agent is registered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drmesh_protocol::codec::{decode_exact, encode, Frame};
+use drmesh_protocol::pki::agent_identity;
+use drmesh_protocol::{
+    close_code, error_code, AgentId, AgentMessage, AgentMessageV1, Command, CommandKind,
+    CommandResult, CoordinatorMessage, CoordinatorMessageV1, DecodeError, ErrorMessage,
+    FrameDecoder, Welcome,
+};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::registry::HeartbeatOutcome;
+use crate::state::{Coordinator, Session};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS: {0}")]
+    Tls(#[from] drmesh_protocol::tls::TlsError),
+    #[error("QUIC TLS config: {0}")]
+    QuicTls(String),
+    #[error("bind QUIC endpoint {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("encode frame: {0}")]
+    Encode(#[from] drmesh_protocol::EncodeError),
+    #[error("peer closed the stream before a complete message")]
+    EndOfStream,
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("agent {0} is not connected")]
+    NotConnected(AgentId),
+    #[error("agent answered: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+/// Reads the next whole frame from a QUIC stream; `None` at a clean end of stream.
+pub async fn read_frame<M: Frame>(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<M>, TransportError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(msg) = decoder.next_frame::<M>()? {
+            return Ok(Some(msg));
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => {
+                decoder.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    msg: &CoordinatorMessage,
+) -> Result<(), TransportError> {
+    send.write_all(&encode(msg)?).await?;
+    Ok(())
+}
+
+/// Binds the QUIC endpoint with the coordinator's certificate and the CA as the only
+/// accepted issuer of client certificates.
+pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> {
+    let tls = drmesh_protocol::tls::server_config(&coord.config.tls)?;
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::QuicTls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = (coord.config.heartbeat_interval * 20).max(Duration::from_secs(10));
+    transport.max_idle_timeout(idle.try_into().ok());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_concurrent_bidi_streams(16u32.into());
+    server.transport_config(Arc::new(transport));
+    let addr = coord.config.quic_listen;
+    quinn::Endpoint::server(server, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, coord: Arc<Coordinator>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let coord = coord.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                if let Err(e) = handle(incoming, &coord).await {
+                    debug!(error = %e, "agent connection ended");
+                }
+            }
+            .instrument(tracing::info_span!("agent_conn", %remote)),
+        );
+    }
+}
+
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+async fn refuse(
+    coord: &Coordinator,
+    conn: &quinn::Connection,
+    send: Option<&mut quinn::SendStream>,
+    reason: &'static str,
+    message: String,
+) {
+    warn!(reason, %message, "refused agent connection");
+    coord.metrics.refused(reason);
+    if let Some(send) = send {
+        let msg = CoordinatorMessage::V1(CoordinatorMessageV1::Error(ErrorMessage::new(
+            error_code::IDENTITY_MISMATCH,
+            message.clone(),
+        )));
+        let _ = write_frame(send, &msg).await;
+        let _ = send.finish();
+        // Give the error frame a moment to leave before the close frame overtakes it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    conn.close(close_code::REFUSED.into(), message.as_bytes());
+}
+
+async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(), TransportError> {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A missing certificate, one from another CA, or an expired one ends here.
+            warn!(error = %e, "refused agent connection: TLS handshake failed");
+            coord.metrics.refused("tls");
+            return Ok(());
+        }
+    };
+    let Some(cert) = peer_certificate(&conn) else {
+        refuse(coord, &conn, None, "no_certificate", "no client certificate".into()).await;
+        return Ok(());
+    };
+    let (cert_id, cert_region) = match agent_identity(&cert) {
+        Ok(identity) => identity,
+        Err(e) => {
+            refuse(coord, &conn, None, "not_agent", e.to_string()).await;
+            return Ok(());
+        }
+    };
+    let span = tracing::info_span!("agent", agent_id = %cert_id, region = %cert_region);
+    async move {
+        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+            .await
+            .map_err(|_| TransportError::Timeout("control stream"))??;
+        let mut decoder = FrameDecoder::new();
+        let hello = match tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<AgentMessage>(&mut recv, &mut decoder),
+        )
+        .await
+        {
+            Err(_) => return Err(TransportError::Timeout("hello")),
+            Ok(Err(TransportError::Decode(e))) => {
+                coord.metrics.bad_frames.inc();
+                refuse(coord, &conn, Some(&mut send), "bad_frame", format!("bad hello: {e}")).await;
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Err(TransportError::EndOfStream),
+            Ok(Ok(Some(AgentMessage::V1(AgentMessageV1::Hello(hello))))) => hello,
+            Ok(Ok(Some(other))) => {
+                refuse(coord, &conn, Some(&mut send), "protocol", format!("expected hello, got {other:?}")).await;
+                return Ok(());
+            }
+        };
+        if hello.agent_id != cert_id || hello.region != cert_region {
+            let message = format!(
+                "agent claims id {} in {} but its certificate says {} in {}",
+                hello.agent_id, hello.region, cert_id, cert_region
+            );
+            refuse(coord, &conn, Some(&mut send), "identity_mismatch", message).await;
+            return Ok(());
+        }
+        let (connection, transition) = coord.registry.lock().connect(
+            &cert_id,
+            &cert_region,
+            &hello.version,
+            &hello.capabilities,
+            Instant::now(),
+        );
+        coord.report(transition);
+        coord.remember_agent(&cert_id, &cert_region, &hello.version);
+        let previous = coord.sessions.lock().insert(
+            cert_id.clone(),
+            Session {
+                connection,
+                conn: conn.clone(),
+            },
+        );
+        if let Some(old) = previous {
+            old.conn.close(close_code::NORMAL.into(), b"replaced by a newer connection");
+        }
+        let welcome = CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(Welcome {
+            agent_id: cert_id.clone(),
+            region: cert_region.clone(),
+            coordinator_version: drmesh_protocol::VERSION.to_string(),
+            heartbeat_interval_ms: coord.config.heartbeat_interval.as_millis() as u64,
+            epoch: coord.epoch(),
+        }));
+        write_frame(&mut send, &welcome).await?;
+        info!(version = %hello.version, remote = %conn.remote_address(), "agent connected");
+
+        let reason = receive_heartbeats(&conn, coord, &cert_id, connection).await;
+        let transition = coord.registry.lock().disconnect(&cert_id, connection, &reason);
+        coord.report(transition);
+        {
+            let mut sessions = coord.sessions.lock();
+            if sessions.get(&cert_id).is_some_and(|s| s.connection == connection) {
+                sessions.remove(&cert_id);
+            }
+        }
+        info!(%reason, "agent disconnected");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads heartbeat datagrams until the connection ends; returns why it ended.
+async fn receive_heartbeats(
+    conn: &quinn::Connection,
+    coord: &Coordinator,
+    id: &AgentId,
+    connection: u64,
+) -> String {
+    loop {
+        let datagram = match conn.read_datagram().await {
+            Ok(d) => d,
+            Err(e) => return e.to_string(),
+        };
+        let arrived = Instant::now();
+        match decode_exact::<AgentMessage>(&datagram) {
+            Ok(AgentMessage::V1(AgentMessageV1::Heartbeat(hb))) => {
+                let outcome = coord.registry.lock().heartbeat(id, connection, hb, arrived);
+                match outcome {
+                    HeartbeatOutcome::Accepted(transition) => {
+                        coord
+                            .metrics
+                            .heartbeat_update_seconds
+                            .observe(arrived.elapsed().as_secs_f64());
+                        coord.metrics.heartbeats.inc();
+                        coord.report(transition);
+                    }
+                    HeartbeatOutcome::Stale => debug!("reordered heartbeat dropped"),
+                    HeartbeatOutcome::Unknown => {
+                        return "connection replaced".into();
+                    }
+                }
+            }
+            Ok(other) => {
+                coord.metrics.bad_frames.inc();
+                warn!(message = ?other, "unexpected datagram ignored");
+            }
+            Err(e) => {
+                coord.metrics.bad_frames.inc();
+                warn!(error = %e, "undecodable datagram ignored");
+            }
+        }
+    }
+}
+
+/// Sends one command to an agent on a new bidirectional stream and waits for its result.
+/// Progress reports are logged.
+pub async fn send_command(
+    coord: &Coordinator,
+    agent: &AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+) -> Result<CommandResult, TransportError> {
+    let session = coord
+        .sessions
+        .lock()
+        .get(agent)
+        .cloned()
+        .ok_or_else(|| TransportError::NotConnected(agent.clone()))?;
+    let command = Command {
+        id: drmesh_protocol::CommandId::random(),
+        epoch: coord.epoch(),
+        kind,
+    };
+    let command_id = command.id;
+    let exchange = async {
+        let (mut send, mut recv) = session.conn.open_bi().await?;
+        write_frame(&mut send, &CoordinatorMessage::V1(CoordinatorMessageV1::Command(command))).await?;
+        send.finish()?;
+        let mut decoder = FrameDecoder::new();
+        loop {
+            match read_frame::<AgentMessage>(&mut recv, &mut decoder).await? {
+                None => return Err(TransportError::EndOfStream),
+                Some(AgentMessage::V1(AgentMessageV1::Progress(p))) => {
+                    info!(%command_id, percent = p.percent, message = %p.message, "command progress")
+                }
+                Some(AgentMessage::V1(AgentMessageV1::Result(r))) => return Ok(r),
+                Some(AgentMessage::V1(AgentMessageV1::Error(e))) => {
+                    return Err(TransportError::Refused {
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
+                Some(other) => return Err(TransportError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| TransportError::Timeout("command result"))?
+}
