@@ -1,1 +1,54 @@
+//! The drmesh agent: runs on every database and documents host, keeps a QUIC link to the
+//! coordinator, reports its PostgreSQL's state, and (in later modules) backs up, verifies
+//! and replicates.
 
+pub mod config;
+pub mod link;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::config::AgentConfig;
+use crate::link::{Link, Observed};
+
+/// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
+pub fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    use tracing::Instrument;
+    let span = tracing::info_span!("agent", agent_id = %config.id, region = %config.region);
+    async move {
+    let observed = Arc::new(Observed::default());
+    if let Some(pg) = &config.postgres {
+        let prober = postgres::Prober::new(pg.clone());
+        tokio::spawn(link::probe_postgres(prober, config.heartbeat_interval, observed.clone()));
+    }
+    let link = Link::new(config.clone(), observed).context("set up the coordinator link")?;
+    info!(coordinator = %config.coordinator, "agent starting");
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = link.run() => {}
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    Ok(())
+    }
+    .instrument(span)
+    .await
+}

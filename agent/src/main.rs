@@ -1,1 +1,21 @@
-fn main() {}
+use std::path::PathBuf;
+
+use clap::Parser;
+use drmesh_agent::config::AgentConfig;
+
+/// The drmesh agent: heartbeats to the coordinator and runs its commands.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Path to agent.toml.
+    #[arg(long, short, env = "DRMESH_AGENT_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = AgentConfig::load(&args.config)?;
+    drmesh_agent::init_logging(config.log_format);
+    drmesh_agent::run(config).await
+}

@@ -1,1 +1,242 @@
-fn main() {}
+//! `drmesh`: the operator's command line over the coordinator's REST API, plus the local
+//! commands that need no coordinator (`ca`, `quickstart`).
+
+mod ca;
+mod client;
+mod quickstart;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use drmesh_protocol::api::{Alert, CreatedToken, DrStatus, Role};
+use serde_json::json;
+
+use crate::client::Client;
+
+#[derive(Parser)]
+#[command(version, about = "drmesh: backup and disaster recovery mesh")]
+struct Cli {
+    /// Coordinator REST URL.
+    #[arg(long, global = true, env = "DRMESH_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// API bearer token.
+    #[arg(long, global = true, env = "DRMESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Regions, agents, roles, heartbeat ages and replication lag.
+    Status {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List, acknowledge and resolve alerts.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Certificate authority for agents and coordinator.
+    #[command(subcommand)]
+    Ca(ca::CaCmd),
+    /// Run a whole local mesh in the foreground: CA, coordinator, three regions with
+    /// PostgreSQL (one primary, two streaming standbys) and their agents.
+    Quickstart(quickstart::Opts),
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    List {
+        /// CRITICAL, HIGH, MEDIUM or LOW.
+        #[arg(long)]
+        severity: Option<String>,
+        /// OPEN, ACKNOWLEDGED or RESOLVED.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    Ack {
+        id: String,
+        /// Who takes it (recorded on the alert).
+        #[arg(long = "by")]
+        by: String,
+    },
+    Resolve {
+        id: String,
+        #[arg(long = "by")]
+        by: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token; the secret is printed once.
+    Create {
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        name: Option<String>,
+        /// Write straight into a stopped coordinator's state store instead of calling the
+        /// API (how the first admin token is made).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_status(s: &DrStatus) {
+    println!(
+        "status: {:?}   primary region: {}   epoch: {}",
+        s.status,
+        s.primary_region.as_ref().map_or("-".to_string(), |r| r.to_string()),
+        s.epoch
+    );
+    println!(
+        "{:<14} {:<10} {:<22} {:<8} {:<11} {:>10} {:>4} {:>12} {:>9}",
+        "REGION", "HEALTH", "AGENT", "STATE", "ROLE", "HEARTBEAT", "TL", "LAG", "LAG(s)"
+    );
+    for r in &s.regions {
+        for a in &r.agents {
+            println!(
+                "{:<14} {:<10} {:<22} {:<8} {:<11} {:>10} {:>4} {:>12} {:>9}",
+                r.name.to_string(),
+                format!("{:?}", r.status).to_uppercase(),
+                a.agent_id.to_string(),
+                a.state.to_string(),
+                a.role.map_or("-".to_string(), |r| r.to_string()),
+                a.last_heartbeat_age_ms.map_or("-".to_string(), |ms| format!("{ms} ms")),
+                a.timeline.map_or("-".to_string(), |t| t.to_string()),
+                a.replication_lag_bytes.map_or("-".to_string(), fmt_bytes),
+                a.replication_lag_seconds.map_or("-".to_string(), |s| format!("{s:.1}")),
+            );
+        }
+    }
+}
+
+fn print_alerts(alerts: &[Alert]) {
+    println!(
+        "{:<28} {:<9} {:<13} {:<13} {:<20} MESSAGE",
+        "ID", "SEVERITY", "STATUS", "TYPE", "CREATED"
+    );
+    for a in alerts {
+        println!(
+            "{:<28} {:<9} {:<13} {:<13} {:<20} {}",
+            a.id,
+            format!("{:?}", a.severity).to_uppercase(),
+            format!("{:?}", a.status).to_uppercase(),
+            a.kind,
+            a.created_at.format("%Y-%m-%d %H:%M:%S"),
+            a.message
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let client = || Client::new(&cli.url, cli.token.clone());
+    match cli.cmd {
+        Cmd::Status { output } => {
+            let status: DrStatus = client().get("/v1/backup-recovery/disaster-recovery/status")?;
+            match output {
+                Output::Json => print_json(&status)?,
+                Output::Text => print_status(&status),
+            }
+        }
+        Cmd::Alerts(AlertsCmd::List {
+            severity,
+            status,
+            output,
+        }) => {
+            let mut query = Vec::new();
+            if let Some(s) = &severity {
+                query.push(format!("severity={s}"));
+            }
+            if let Some(s) = &status {
+                query.push(format!("status={s}"));
+            }
+            let path = format!(
+                "/v1/backup-recovery/monitoring/alerts{}{}",
+                if query.is_empty() { "" } else { "?" },
+                query.join("&")
+            );
+            let body: serde_json::Value = client().get(&path)?;
+            match output {
+                Output::Json => print_json(&body)?,
+                Output::Text => {
+                    let alerts: Vec<Alert> = serde_json::from_value(body["alerts"].clone())
+                        .context("read alerts")?;
+                    print_alerts(&alerts);
+                }
+            }
+        }
+        Cmd::Alerts(AlertsCmd::Ack { id, by }) => {
+            let alert: Alert = client().post(
+                &format!("/v1/backup-recovery/monitoring/alerts/{id}/acknowledge"),
+                &json!({ "acknowledgedBy": by }),
+            )?;
+            println!("{} acknowledged by {}", alert.id, by);
+        }
+        Cmd::Alerts(AlertsCmd::Resolve { id, by }) => {
+            let alert: Alert = client().post(
+                &format!("/v1/backup-recovery/monitoring/alerts/{id}/resolve"),
+                &json!({ "resolvedBy": by }),
+            )?;
+            println!("{} resolved", alert.id);
+        }
+        Cmd::Token(TokenCmd::Create {
+            role,
+            name,
+            store,
+            output,
+        }) => {
+            let created: CreatedToken = match store {
+                Some(path) => {
+                    let store = drmesh_coordinator::store::RedbStore::open(&path)
+                        .with_context(|| format!("open {} (is the coordinator stopped?)", path.display()))?;
+                    drmesh_coordinator::auth::create_token(&store, role, name)?
+                }
+                None => client().post("/v1/tokens", &json!({ "role": role, "name": name }))?,
+            };
+            match output {
+                Output::Json => print_json(&created)?,
+                Output::Text => println!("{}", created.token),
+            }
+        }
+        Cmd::Ca(cmd) => ca::run(cmd)?,
+        Cmd::Quickstart(opts) => quickstart::run(opts)?,
+    }
+    Ok(())
+}

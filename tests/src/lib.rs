@@ -1,1 +1,340 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: start real coordinator and agent processes in
+//! their own temporary directories on free ports, talk to them over HTTP and QUIC, and
+//! clean up every process they started.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drmesh_protocol::api::DrStatus;
+use drmesh_protocol::pki::{self, CertFiles, Validity};
+use drmesh_protocol::{AgentId, RegionId};
+use serde_json::Value;
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins` (the test command
+/// does that first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> Proc {
+        let out = fs::File::create(log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, the test's model of a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An HTTP answer: status code and JSON body (or `Value::Null`).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(15)).build();
+    let mut req = agent.request(method, url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, body, text }
+}
+
+/// A running coordinator in its own temporary directory, with a CA and an admin token.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub admin_token: String,
+    pub coordinator: Proc,
+    pub heartbeat_ms: u64,
+}
+
+impl Mesh {
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Starts a coordinator on free ports with the given heartbeat interval.
+    pub fn start(heartbeat_ms: u64) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "test CA").expect("init CA");
+        let files = pki::coordinator_files(&ca);
+        pki::issue_coordinator(&ca, &["localhost".into()], Validity::days(1), &files)
+            .expect("coordinator cert");
+        let config = dir.path().join("coordinator.toml");
+        fs::write(
+            &config,
+            format!(
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n"
+            ),
+        )
+        .expect("write config");
+        let config_s = config.display().to_string();
+        let out = Command::new(bin("drmesh-coordinator"))
+            .args(["--config", &config_s, "create-token", "--role", "admin", "--name", "test"])
+            .output()
+            .expect("run create-token");
+        assert!(out.status.success(), "create-token: {}", String::from_utf8_lossy(&out.stderr));
+        let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ready = dir.path().join("ready.json");
+        let coordinator = Proc::spawn(
+            "coordinator",
+            &bin("drmesh-coordinator"),
+            &["--config", &config_s, "--ready-file", &ready.display().to_string()],
+            &dir.path().join("coordinator.log"),
+        );
+        let ready: Value = wait_for(Duration::from_secs(20), || {
+            fs::read(&ready).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        })
+        .unwrap_or_else(|| panic!("coordinator not ready:\n{}", coordinator.log_text()));
+        Mesh {
+            http: ready["http"].as_str().unwrap().parse().unwrap(),
+            quic: ready["quic"].as_str().unwrap().parse().unwrap(),
+            admin_token,
+            coordinator,
+            heartbeat_ms,
+            dir,
+        }
+    }
+
+    /// Issues an agent certificate from the mesh's CA.
+    pub fn issue_agent(&self, id: &str, region: &str) -> CertFiles {
+        let files = pki::agent_files(&self.dir.path().join("agents"), &AgentId::new(id).unwrap());
+        pki::issue_agent(
+            &self.ca_dir(),
+            &AgentId::new(id).unwrap(),
+            &RegionId::new(region).unwrap(),
+            Validity::days(1),
+            &files,
+        )
+        .expect("issue agent cert");
+        files
+    }
+
+    /// Writes an agent config; `extra` is appended verbatim (e.g. a `[postgres]` table).
+    pub fn agent_config(&self, id: &str, region: &str, files: &CertFiles, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("agent-{id}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "id = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{}ms\"\nreconnect_max_backoff = \"1s\"\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+                self.quic,
+                self.heartbeat_ms,
+                self.ca_dir().join("ca.pem").display(),
+                files.cert.display(),
+                files.key.display(),
+            ),
+        )
+        .expect("write agent config");
+        path
+    }
+
+    pub fn spawn_agent(&self, config: &Path) -> Proc {
+        let name = config.file_stem().unwrap().to_string_lossy().to_string();
+        Proc::spawn(
+            &name,
+            &bin("drmesh-agent"),
+            &["--config", &config.display().to_string()],
+            &self.dir.path().join(format!("{name}.log")),
+        )
+    }
+
+    /// Issues a certificate, writes a config and starts the agent.
+    pub fn agent(&self, id: &str, region: &str) -> Proc {
+        let files = self.issue_agent(id, region);
+        let config = self.agent_config(id, region, &files, "");
+        self.spawn_agent(&config)
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        http("GET", &self.url(path), Some(&self.admin_token), None)
+    }
+
+    pub fn post(&self, path: &str, body: Option<&str>) -> Answer {
+        http("POST", &self.url(path), Some(&self.admin_token), body)
+    }
+
+    pub fn status(&self) -> DrStatus {
+        let a = self.get("/v1/backup-recovery/disaster-recovery/status");
+        assert_eq!(a.status, 200, "{}", a.text);
+        serde_json::from_value(a.body).expect("status body")
+    }
+
+    /// The state of one agent, if the coordinator knows it.
+    pub fn agent_state(&self, id: &str) -> Option<String> {
+        self.status()
+            .regions
+            .iter()
+            .flat_map(|r| &r.agents)
+            .find(|a| a.agent_id.as_str() == id)
+            .map(|a| a.state.to_string())
+    }
+
+    pub fn create_token(&self, role: &str) -> String {
+        let a = self.post("/v1/tokens", Some(&format!("{{\"role\":\"{role}\"}}")));
+        assert_eq!(a.status, 201, "{}", a.text);
+        a.body["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn coordinator_log(&self) -> String {
+        self.coordinator.log_text()
+    }
+}
+
+/// Connects to a coordinator with a raw QUIC client config and sends a Hello; returns
+/// what happened (`Ok` with the coordinator's answer, or the error). Used to knock on the
+/// door with credentials the real agent would never present.
+pub fn knock(addr: SocketAddr, tls: rustls::ClientConfig, hello_id: &str, region: &str) -> Result<String, String> {
+    use drmesh_protocol::codec::encode;
+    use drmesh_protocol::{AgentMessage, AgentMessageV1, CoordinatorMessage, FrameDecoder, Hello};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let attempt = async {
+            let conn = endpoint.connect(addr, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
+                agent_id: AgentId::new(hello_id).unwrap(),
+                region: RegionId::new(region).unwrap(),
+                version: "test".into(),
+                capabilities: vec![],
+            }));
+            send.write_all(&encode(&hello).unwrap()).await.map_err(|e| e.to_string())?;
+            let mut dec = FrameDecoder::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(m) = dec.next_frame::<CoordinatorMessage>().map_err(|e| e.to_string())? {
+                    return Ok(format!("{m:?}"));
+                }
+                match recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+                    Some(n) => dec.push(&buf[..n]),
+                    None => return Err("stream ended".to_string()),
+                }
+            }
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        endpoint.close(0u32.into(), b"");
+        r
+    })
+}
+
+/// Every process whose command line mentions `needle` (used to prove nothing is left).
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}

@@ -1,0 +1,394 @@
+//! The agent's QUIC link to the coordinator: connect with mutual TLS, say hello, send a
+//! heartbeat datagram every interval, answer commands on bidirectional streams, and
+//! reconnect with capped exponential backoff when anything goes wrong.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drmesh_protocol::codec::{encode, Frame};
+use drmesh_protocol::{
+    close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
+    CoordinatorMessage, CoordinatorMessageV1, DecodeError, Epoch, ErrorMessage, FrameDecoder,
+    Heartbeat, Hello, PgStatus, Welcome,
+};
+use parking_lot::Mutex;
+use quinn::crypto::rustls::QuicClientConfig;
+use rand::Rng;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::AgentConfig;
+use crate::postgres::Prober;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("TLS: {0}")]
+    Tls(#[from] drmesh_protocol::tls::TlsError),
+    #[error("QUIC TLS config: {0}")]
+    QuicTls(String),
+    #[error("resolve coordinator {addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("bind local UDP socket: {0}")]
+    Bind(std::io::Error),
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("bad frame from coordinator: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("encode frame: {0}")]
+    Encode(#[from] drmesh_protocol::EncodeError),
+    #[error("coordinator refused us: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("coordinator closed the stream before answering")]
+    EndOfStream,
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("send heartbeat: {0}")]
+    Datagram(#[from] quinn::SendDatagramError),
+}
+
+/// What the agent knows that goes into heartbeats, updated by the probe task.
+#[derive(Default)]
+pub struct Observed {
+    pub postgres: Mutex<Option<PgStatus>>,
+    pub last_backup_ids: Mutex<Vec<String>>,
+}
+
+/// Decides whether a command's epoch is acceptable and remembers the newest one.
+///
+/// Architecture Invariant: once an agent has seen epoch N it refuses anything from an
+/// older epoch, so a coordinator deposed by a failover cannot make it act.
+pub fn admit_epoch(highest: &AtomicU64, epoch: Epoch) -> Result<(), Epoch> {
+    let seen = highest.fetch_max(epoch.0, Ordering::SeqCst);
+    if epoch.0 < seen {
+        Err(Epoch(seen))
+    } else {
+        Ok(())
+    }
+}
+
+/// The next delay after a failed attempt: doubling from 100 ms up to `max`, with ±20%
+/// jitter so a coordinator restart is not met by every agent at the same instant.
+pub fn next_backoff(current: Duration, max: Duration) -> Duration {
+    let doubled = (current * 2).clamp(Duration::from_millis(100), max);
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    doubled.mul_f64(jitter).min(max)
+}
+
+pub struct Link {
+    config: AgentConfig,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    observed: Arc<Observed>,
+    highest_epoch: Arc<AtomicU64>,
+}
+
+async fn read_frame<M: Frame>(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<M>, LinkError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(msg) = decoder.next_frame::<M>()? {
+            return Ok(Some(msg));
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => {
+                decoder.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, msg: &AgentMessage) -> Result<(), LinkError> {
+    send.write_all(&encode(msg)?).await?;
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn disk_free(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+impl Link {
+    pub fn new(config: AgentConfig, observed: Arc<Observed>) -> Result<Self, LinkError> {
+        let tls = drmesh_protocol::tls::client_config(&config.tls)?;
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| LinkError::QuicTls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        let idle = (config.heartbeat_interval * 20).max(Duration::from_secs(10));
+        transport.max_idle_timeout(idle.try_into().ok());
+        transport.keep_alive_interval(Some(config.heartbeat_interval.max(Duration::from_secs(1))));
+        client.transport_config(Arc::new(transport));
+        let bind: std::net::SocketAddr = if config
+            .coordinator_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false)
+        {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(LinkError::Bind)?;
+        Ok(Self {
+            config,
+            endpoint,
+            client,
+            observed,
+            highest_epoch: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Keeps the link up forever: connect, run, back off, again.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.session().await {
+                Ok(reason) => {
+                    info!(%reason, "link closed");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = next_backoff(backoff, self.config.reconnect_max_backoff);
+        }
+    }
+
+    /// One connection, from handshake to close. `Ok` carries why a healthy link ended.
+    async fn session(&self) -> Result<String, LinkError> {
+        let addr = self
+            .config
+            .coordinator_addr()
+            .map_err(|source| LinkError::Resolve {
+                addr: self.config.coordinator.clone(),
+                source,
+            })?;
+        let conn = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, &self.config.coordinator_name)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
+            agent_id: self.config.id.clone(),
+            region: self.config.region.clone(),
+            version: drmesh_protocol::VERSION.to_string(),
+            capabilities: self.capabilities(),
+        }));
+        write_frame(&mut send, &hello).await?;
+        let mut decoder = FrameDecoder::new();
+        let welcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<CoordinatorMessage>(&mut recv, &mut decoder),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout("welcome"))?;
+        let welcome: Welcome = match welcome {
+            Ok(Some(CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(w)))) => w,
+            Ok(Some(CoordinatorMessage::V1(CoordinatorMessageV1::Error(e)))) => {
+                return Err(LinkError::Refused {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            Ok(Some(other)) => return Err(LinkError::Unexpected(format!("{other:?}"))),
+            Ok(None) => return Err(EndOfStreamOrClose::reason(&conn)),
+            Err(LinkError::Read(_)) => return Err(EndOfStreamOrClose::reason(&conn)),
+            Err(e) => return Err(e),
+        };
+        admit_epoch(&self.highest_epoch, welcome.epoch).ok();
+        info!(coordinator = %addr, epoch = %welcome.epoch, "connected to coordinator");
+
+        let commands = tokio::spawn(
+            serve_commands(conn.clone(), self.highest_epoch.clone(), self.observed.clone())
+                .in_current_span(),
+        );
+        let reason = self.heartbeat_loop(&conn).await;
+        commands.abort();
+        conn.close(close_code::NORMAL.into(), b"agent link restarting");
+        Ok(reason)
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        let mut caps = vec!["heartbeat".to_string(), "commands".to_string()];
+        if self.config.postgres.is_some() {
+            caps.push("postgres".into());
+        }
+        caps
+    }
+
+    async fn heartbeat_loop(&self, conn: &quinn::Connection) -> String {
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                e = conn.closed() => return e.to_string(),
+            }
+            seq += 1;
+            let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
+                seq,
+                sent_at_ms: unix_ms(),
+                postgres: self.observed.postgres.lock().clone(),
+                disk_free_bytes: disk_free(&self.config.data_dir),
+                last_backup_ids: self.observed.last_backup_ids.lock().clone(),
+            }));
+            let bytes = match encode(&hb) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "encode heartbeat");
+                    continue;
+                }
+            };
+            if let Err(e) = conn.send_datagram(bytes.into()) {
+                return format!("send heartbeat: {e}");
+            }
+        }
+    }
+}
+
+/// Names the reason the coordinator gave when it closed the connection.
+struct EndOfStreamOrClose;
+
+impl EndOfStreamOrClose {
+    fn reason(conn: &quinn::Connection) -> LinkError {
+        match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => LinkError::Refused {
+                code: close.error_code.to_string(),
+                message: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            Some(other) => LinkError::Connection(other),
+            None => LinkError::EndOfStream,
+        }
+    }
+}
+
+async fn serve_commands(conn: quinn::Connection, highest: Arc<AtomicU64>, observed: Arc<Observed>) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "command streams ended");
+                return;
+            }
+        };
+        tokio::spawn(handle_command(send, recv, highest.clone(), observed.clone()).in_current_span());
+    }
+}
+
+async fn handle_command(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    highest: Arc<AtomicU64>,
+    observed: Arc<Observed>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let reply = match read_frame::<CoordinatorMessage>(&mut recv, &mut decoder).await {
+        Ok(Some(CoordinatorMessage::V1(CoordinatorMessageV1::Command(cmd)))) => {
+            execute(cmd, &highest, &observed).await
+        }
+        Ok(Some(other)) => AgentMessageV1::Error(ErrorMessage::new(
+            error_code::UNEXPECTED_MESSAGE,
+            format!("expected a command, got {other:?}"),
+        )),
+        Ok(None) => return,
+        Err(e) => AgentMessageV1::Error(ErrorMessage::new(error_code::BAD_FRAME, e.to_string())),
+    };
+    if let Err(e) = write_frame(&mut send, &AgentMessage::V1(reply)).await {
+        warn!(error = %e, "send command reply");
+    }
+    let _ = send.finish();
+}
+
+async fn execute(cmd: Command, highest: &AtomicU64, observed: &Observed) -> AgentMessageV1 {
+    let span = tracing::info_span!("command", command_id = %cmd.id, epoch = %cmd.epoch);
+    async {
+        if let Err(seen) = admit_epoch(highest, cmd.epoch) {
+            warn!(%seen, "refused command from a stale epoch");
+            return AgentMessageV1::Error(ErrorMessage::new(
+                error_code::STALE_EPOCH,
+                format!("command epoch {} is older than epoch {seen}", cmd.epoch),
+            ));
+        }
+        let (ok, message, detail) = match cmd.kind {
+            CommandKind::Ping => (true, "pong".to_string(), Some(format!("{{\"agentTimeMs\":{}}}", unix_ms()))),
+            CommandKind::ProbePostgres => {
+                let status = observed.postgres.lock().clone();
+                match status {
+                    Some(s) => (true, format!("postgres is {}", s.role), None),
+                    None => (false, "no PostgreSQL configured".to_string(), None),
+                }
+            }
+        };
+        AgentMessageV1::Result(CommandResult {
+            command_id: cmd.id,
+            ok,
+            message,
+            detail_json: detail,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Probes PostgreSQL every heartbeat interval and publishes the result for heartbeats.
+pub async fn probe_postgres(mut prober: Prober, interval: Duration, observed: Arc<Observed>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let status = prober.probe().await;
+        *observed.postgres.lock() = Some(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_epochs_are_refused_newer_ones_raise_the_bar() {
+        let highest = AtomicU64::new(0);
+        assert_eq!(admit_epoch(&highest, Epoch(2)), Ok(()));
+        assert_eq!(admit_epoch(&highest, Epoch(2)), Ok(()));
+        assert_eq!(admit_epoch(&highest, Epoch(1)), Err(Epoch(2)));
+        assert_eq!(admit_epoch(&highest, Epoch(5)), Ok(()));
+        assert_eq!(admit_epoch(&highest, Epoch(4)), Err(Epoch(5)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let max = Duration::from_secs(5);
+        let mut d = Duration::from_millis(100);
+        for _ in 0..20 {
+            let next = next_backoff(d, max);
+            assert!(next <= max);
+            assert!(next >= Duration::from_millis(80));
+            d = next;
+        }
+        assert!(d >= Duration::from_secs(4), "{d:?}");
+    }
+}

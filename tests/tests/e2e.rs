@@ -1,0 +1,11 @@
+//! End-to-end tests: real coordinator, agent and PostgreSQL processes.
+
+#![allow(clippy::unwrap_used)]
+
+mod e2e {
+    pub mod certificates;
+    pub mod cli;
+    pub mod http_api;
+    pub mod liveness;
+    pub mod quickstart;
+}
