@@ -235,4 +235,15 @@ mod tests {
             .validate(Path::new("/"))
             .is_err());
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../deploy/agent.example.toml");
+        let cfg = AgentConfigFile::parse(text, Path::new("example.toml"))
+            .expect("parse")
+            .validate(Path::new("/"))
+            .expect("valid");
+        assert_eq!(cfg.coordinator_name, "coordinator.internal");
+        assert!(cfg.postgres.is_some());
+    }
 }

@@ -209,4 +209,14 @@ mod tests {
             .expect_err("no tls");
         assert!(err.to_string().contains("[tls]"), "{err}");
     }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../deploy/coordinator.example.toml");
+        let cfg = CoordinatorConfigFile::parse(text, Path::new("example.toml"))
+            .expect("parse")
+            .validate(Path::new("/"))
+            .expect("valid");
+        assert_eq!(cfg.http_listen.port(), 3000);
+    }
 }

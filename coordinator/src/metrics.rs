@@ -21,6 +21,8 @@ pub struct Metrics {
     pub bad_frames: Counter,
     /// Connections refused, by reason.
     pub refused_connections: Family<Labels, Counter>,
+    /// Agent state changes, by the state entered.
+    pub transitions: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -31,6 +33,7 @@ impl Default for Metrics {
             heartbeats: Counter::default(),
             bad_frames: Counter::default(),
             refused_connections: Family::default(),
+            transitions: Family::default(),
         }
     }
 }
@@ -39,6 +42,12 @@ impl Metrics {
     pub fn refused(&self, reason: &str) {
         self.refused_connections
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    pub fn transition(&self, to: &str) {
+        self.transitions
+            .get_or_create(&vec![("to".to_string(), to.to_string())])
             .inc();
     }
 
@@ -52,6 +61,14 @@ impl Metrics {
         );
         registry.register("drmesh_heartbeats", "Heartbeats accepted", self.heartbeats.clone());
         registry.register("drmesh_bad_frames", "Undecodable frames received from agents", self.bad_frames.clone());
+        for state in ["UP", "SUSPECT", "DOWN"] {
+            let _ = self.transitions.get_or_create(&vec![("to".into(), state.into())]);
+        }
+        registry.register(
+            "drmesh_agent_transitions",
+            "Agent state changes, by the state entered",
+            self.transitions.clone(),
+        );
         registry.register(
             "drmesh_refused_connections",
             "Agent connections refused, by reason",

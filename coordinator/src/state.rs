@@ -138,6 +138,7 @@ impl Coordinator {
     /// Logs each transition and raises or clears the matching alert.
     pub async fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
         while let Some(t) = rx.recv().await {
+            self.metrics.transition(t.to.as_str());
             match t.to {
                 AgentState::Down => {
                     warn!(agent_id = %t.agent, region = %t.region, from = %t.from, reason = %t.reason, "agent DOWN");

@@ -1,0 +1,314 @@
+//! Heartbeat load generator for the coordinator-scale benchmark.
+//!
+//! Opens N agent connections, each with its own certificate issued from the mesh's CA,
+//! heartbeats every `--interval` on each, holds for `--hold`, and reports what the
+//! coordinator did meanwhile: agents wrongly marked SUSPECT/DOWN, its CPU and RSS (from
+//! /proc), and the p99 heartbeat-arrival-to-registry-update time (from /metrics).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use drmesh_protocol::codec::encode;
+use drmesh_protocol::pki::{self, Validity};
+use drmesh_protocol::tls::{client_config, TlsFiles};
+use drmesh_protocol::{
+    AgentId, AgentMessage, AgentMessageV1, CoordinatorMessage, CoordinatorMessageV1, FrameDecoder,
+    Heartbeat, Hello, Lsn, PgRole, PgStatus, RegionId,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Number of agent connections.
+    #[arg(long)]
+    agents: usize,
+    /// Coordinator QUIC address.
+    #[arg(long)]
+    quic: std::net::SocketAddr,
+    /// CA directory (ca.pem, ca.key) used to issue the agents' certificates.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Where the agent certificates go (reused between runs).
+    #[arg(long)]
+    cert_dir: PathBuf,
+    /// Coordinator REST base URL and an admin token, to read /metrics.
+    #[arg(long)]
+    url: String,
+    #[arg(long, env = "DRMESH_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The coordinator's PID, to read its CPU time and RSS.
+    #[arg(long)]
+    coordinator_pid: u32,
+    #[arg(long, default_value = "500ms")]
+    interval: humantime::Duration,
+    #[arg(long, default_value = "60s")]
+    hold: humantime::Duration,
+    /// Handshakes in flight at once while ramping up.
+    #[arg(long, default_value_t = 64)]
+    ramp_concurrency: usize,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct ProcSample {
+    cpu_ticks: u64,
+    rss_kib: u64,
+    at: Instant,
+}
+
+fn sample(pid: u32) -> anyhow::Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is [0]; utime is [11], stime [12].
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Ok(ProcSample { cpu_ticks: utime + stime, rss_kib, at: Instant::now() })
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Counter values and histogram buckets read from /metrics.
+#[derive(Default, Debug)]
+struct Scrape {
+    suspect: f64,
+    down: f64,
+    heartbeats: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+fn scrape(url: &str, token: &str) -> anyhow::Result<Scrape> {
+    let text = ureq::get(&format!("{url}/metrics"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()?
+        .into_string()?;
+    let mut s = Scrape::default();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        if name == "drmesh_agent_transitions_total{to=\"SUSPECT\"}" {
+            s.suspect = v;
+        } else if name == "drmesh_agent_transitions_total{to=\"DOWN\"}" {
+            s.down = v;
+        } else if name == "drmesh_heartbeats_total" {
+            s.heartbeats = v;
+        } else if let Some(rest) = name.strip_prefix("drmesh_heartbeat_update_seconds_bucket{le=\"") {
+            let le = rest.trim_end_matches("\"}");
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            s.buckets.push((le, v));
+        }
+    }
+    Ok(s)
+}
+
+/// Upper bound of the bucket holding the q-quantile of the observations between scrapes.
+fn quantile(before: &Scrape, after: &Scrape, q: f64) -> f64 {
+    let deltas: Vec<(f64, f64)> = after
+        .buckets
+        .iter()
+        .map(|(le, n)| {
+            let old = before.buckets.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - old)
+        })
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, n)| *n);
+    deltas
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
+async fn run_agent(
+    quic: std::net::SocketAddr,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    id: AgentId,
+    region: RegionId,
+    interval: Duration,
+    connected: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::Notify>,
+    ramp: Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<()> {
+    let permit = ramp.acquire().await?;
+    let conn = endpoint.connect_with(config, quic, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
+        agent_id: id.clone(),
+        region,
+        version: "loadgen".into(),
+        capabilities: vec!["heartbeat".into()],
+    }));
+    send.write_all(&encode(&hello)?).await?;
+    let mut dec = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(m) = dec.next_frame::<CoordinatorMessage>()? {
+            match m {
+                CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(_)) => break,
+                other => bail!("{id}: unexpected {other:?}"),
+            }
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => dec.push(&buf[..n]),
+            None => bail!("{id}: no welcome"),
+        }
+    }
+    drop(permit);
+    connected.fetch_add(1, Ordering::SeqCst);
+    // Spread the agents' ticks over the interval, as real agents started at random times.
+    let offset = Duration::from_millis(rand_offset(&id, interval));
+    tokio::time::sleep(offset).await;
+    let mut ticker = tokio::time::interval(interval);
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.notified() => break,
+            e = conn.closed() => bail!("{id}: connection closed: {e}"),
+        }
+        seq += 1;
+        let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
+            seq,
+            sent_at_ms: unix_ms(),
+            postgres: Some(PgStatus {
+                role: PgRole::Standby,
+                timeline: Some(1),
+                lsn: Some(Lsn(seq * 8192)),
+                receive_lsn: Some(Lsn(seq * 8192)),
+                lag_seconds: Some(0.0),
+                server_version: Some(150000),
+                error: None,
+            }),
+            disk_free_bytes: Some(1 << 40),
+            last_backup_ids: vec![],
+        }));
+        conn.send_datagram(encode(&hb)?.into())?;
+    }
+    conn.close(0u32.into(), b"loadgen done");
+    Ok(())
+}
+
+fn rand_offset(id: &AgentId, interval: Duration) -> u64 {
+    let h = id.as_str().bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    h % (interval.as_millis() as u64).max(1)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.cert_dir)?;
+    let region = RegionId::new("bench-1")?;
+    let ca_cert = args.ca_dir.join("ca.pem");
+    let mut configs = Vec::with_capacity(args.agents);
+    let t = Instant::now();
+    for i in 0..args.agents {
+        let id = AgentId::new(format!("load-{i:05}"))?;
+        let files = pki::agent_files(&args.cert_dir, &id);
+        if !files.cert.exists() {
+            pki::issue_agent(&args.ca_dir, &id, &region, Validity::days(7), &files)?;
+        }
+        let tls = client_config(&TlsFiles { ca_cert: ca_cert.clone(), cert: files.cert, key: files.key })?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        configs.push((id, quinn::ClientConfig::new(Arc::new(crypto))));
+    }
+    eprintln!("{} certificates ready in {:?}", args.agents, t.elapsed());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        // Several client sockets, so the kernel's per-socket buffers are not the limit.
+        let endpoints: Vec<quinn::Endpoint> = (0..8)
+            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address")))
+            .collect::<Result<_, _>>()?;
+        let connected = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let ramp = Arc::new(tokio::sync::Semaphore::new(args.ramp_concurrency));
+        let failures = Arc::new(AtomicU64::new(0));
+        let ramp_start = Instant::now();
+        let mut tasks = Vec::new();
+        for (i, (id, config)) in configs.into_iter().enumerate() {
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            let (connected, stop, ramp, failures) = (connected.clone(), stop.clone(), ramp.clone(), failures.clone());
+            let region = region.clone();
+            let quic = args.quic;
+            let interval = *args.interval;
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_agent(quic, endpoint, config, id, region, interval, connected, stop, ramp).await {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("{e:#}");
+                }
+            }));
+        }
+        while connected.load(Ordering::SeqCst) + failures.load(Ordering::SeqCst) < args.agents as u64 {
+            if ramp_start.elapsed() > Duration::from_secs(600) {
+                bail!("ramp-up did not finish in 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ramp_time = ramp_start.elapsed();
+        eprintln!("{} connected in {:?} ({} failed)", connected.load(Ordering::SeqCst), ramp_time, failures.load(Ordering::SeqCst));
+        // Let the ramp's transitions settle, then measure the hold window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let url = args.url.clone();
+        let token = args.token.clone();
+        let before = tokio::task::spawn_blocking({
+            let (u, t) = (url.clone(), token.clone());
+            move || scrape(&u, &t)
+        })
+        .await??;
+        let cpu_before = sample(args.coordinator_pid)?;
+        let mut max_rss = cpu_before.rss_kib;
+        let hold_end = Instant::now() + *args.hold;
+        while Instant::now() < hold_end {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            max_rss = max_rss.max(sample(args.coordinator_pid)?.rss_kib);
+        }
+        let cpu_after = sample(args.coordinator_pid)?;
+        let after = tokio::task::spawn_blocking(move || scrape(&url, &token)).await??;
+        stop.notify_waiters();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        let ticks_per_sec = 100.0; // Linux USER_HZ
+        let seconds = cpu_after.at.duration_since(cpu_before.at).as_secs_f64();
+        let cores = (cpu_after.cpu_ticks - cpu_before.cpu_ticks) as f64 / ticks_per_sec / seconds;
+        let rate = (after.heartbeats - before.heartbeats) / seconds;
+        let p99 = quantile(&before, &after, 0.99);
+        let p50 = quantile(&before, &after, 0.50);
+        let report = serde_json::json!({
+            "agents": args.agents,
+            "connected": connected.load(Ordering::SeqCst),
+            "failed": failures.load(Ordering::SeqCst),
+            "rampSeconds": ramp_time.as_secs_f64(),
+            "holdSeconds": seconds,
+            "wronglySuspect": after.suspect - before.suspect,
+            "wronglyDown": after.down - before.down,
+            "heartbeatsPerSecond": rate,
+            "coordinatorCpuCores": cores,
+            "coordinatorRssMiB": max_rss as f64 / 1024.0,
+            "coordinatorPeakRssMiB": peak_rss_kib(args.coordinator_pid) as f64 / 1024.0,
+            "updateP50Seconds": p50,
+            "updateP99Seconds": p99,
+        });
+        println!("{report}");
+        Ok(())
+    })
+}
