@@ -117,8 +117,12 @@ impl AgentConfigFile {
             .ok_or_else(|| {
                 ConfigError::Invalid(format!("coordinator {coordinator:?} must be host:port"))
             })?;
-        let heartbeat_interval = self.heartbeat_interval.unwrap_or(Duration::from_millis(500));
-        if heartbeat_interval < Duration::from_millis(50) || heartbeat_interval > Duration::from_secs(60) {
+        let heartbeat_interval = self
+            .heartbeat_interval
+            .unwrap_or(Duration::from_millis(500));
+        if heartbeat_interval < Duration::from_millis(50)
+            || heartbeat_interval > Duration::from_secs(60)
+        {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval must be between 50ms and 60s".into(),
             ));

@@ -33,21 +33,25 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     use tracing::Instrument;
     let span = tracing::info_span!("agent", agent_id = %config.id, region = %config.region);
     async move {
-    let observed = Arc::new(Observed::default());
-    if let Some(pg) = &config.postgres {
-        let prober = postgres::Prober::new(pg.clone());
-        tokio::spawn(link::probe_postgres(prober, config.heartbeat_interval, observed.clone()));
-    }
-    let link = Link::new(config.clone(), observed).context("set up the coordinator link")?;
-    info!(coordinator = %config.coordinator, "agent starting");
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = link.run() => {}
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
-    }
-    Ok(())
+        let observed = Arc::new(Observed::default());
+        if let Some(pg) = &config.postgres {
+            let prober = postgres::Prober::new(pg.clone());
+            tokio::spawn(link::probe_postgres(
+                prober,
+                config.heartbeat_interval,
+                observed.clone(),
+            ));
+        }
+        let link = Link::new(config.clone(), observed).context("set up the coordinator link")?;
+        info!(coordinator = %config.coordinator, "agent starting");
+        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        tokio::select! {
+            _ = link.run() => {}
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+        }
+        Ok(())
     }
     .instrument(span)
     .await

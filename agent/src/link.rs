@@ -170,7 +170,9 @@ impl Link {
                     info!(%reason, "link closed");
                     backoff = Duration::from_millis(100);
                 }
-                Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed"),
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = next_backoff(backoff, self.config.reconnect_max_backoff);
@@ -222,8 +224,12 @@ impl Link {
         info!(coordinator = %addr, epoch = %welcome.epoch, "connected to coordinator");
 
         let commands = tokio::spawn(
-            serve_commands(conn.clone(), self.highest_epoch.clone(), self.observed.clone())
-                .in_current_span(),
+            serve_commands(
+                conn.clone(),
+                self.highest_epoch.clone(),
+                self.observed.clone(),
+            )
+            .in_current_span(),
         );
         let reason = self.heartbeat_loop(&conn).await;
         commands.abort();
@@ -295,7 +301,9 @@ async fn serve_commands(conn: quinn::Connection, highest: Arc<AtomicU64>, observ
                 return;
             }
         };
-        tokio::spawn(handle_command(send, recv, highest.clone(), observed.clone()).in_current_span());
+        tokio::spawn(
+            handle_command(send, recv, highest.clone(), observed.clone()).in_current_span(),
+        );
     }
 }
 
@@ -334,7 +342,11 @@ async fn execute(cmd: Command, highest: &AtomicU64, observed: &Observed) -> Agen
             ));
         }
         let (ok, message, detail) = match cmd.kind {
-            CommandKind::Ping => (true, "pong".to_string(), Some(format!("{{\"agentTimeMs\":{}}}", unix_ms()))),
+            CommandKind::Ping => (
+                true,
+                "pong".to_string(),
+                Some(format!("{{\"agentTimeMs\":{}}}", unix_ms())),
+            ),
             CommandKind::ProbePostgres => {
                 let status = observed.postgres.lock().clone();
                 match status {

@@ -64,7 +64,15 @@ impl Client {
         self.finish("GET", path, self.request("GET", path).call())
     }
 
-    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
-        self.finish("POST", path, self.request("POST", path).send_json(body.clone()))
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.finish(
+            "POST",
+            path,
+            self.request("POST", path).send_json(body.clone()),
+        )
     }
 }

@@ -18,7 +18,12 @@ use crate::client::Client;
 #[command(version, about = "drmesh: backup and disaster recovery mesh")]
 struct Cli {
     /// Coordinator REST URL.
-    #[arg(long, global = true, env = "DRMESH_URL", default_value = "http://127.0.0.1:3000")]
+    #[arg(
+        long,
+        global = true,
+        env = "DRMESH_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
     url: String,
     /// API bearer token.
     #[arg(long, global = true, env = "DRMESH_TOKEN", hide_env_values = true)]
@@ -121,7 +126,9 @@ fn print_status(s: &DrStatus) {
     println!(
         "status: {:?}   primary region: {}   epoch: {}",
         s.status,
-        s.primary_region.as_ref().map_or("-".to_string(), |r| r.to_string()),
+        s.primary_region
+            .as_ref()
+            .map_or("-".to_string(), |r| r.to_string()),
         s.epoch
     );
     println!(
@@ -137,10 +144,12 @@ fn print_status(s: &DrStatus) {
                 a.agent_id.to_string(),
                 a.state.to_string(),
                 a.role.map_or("-".to_string(), |r| r.to_string()),
-                a.last_heartbeat_age_ms.map_or("-".to_string(), |ms| format!("{ms} ms")),
+                a.last_heartbeat_age_ms
+                    .map_or("-".to_string(), |ms| format!("{ms} ms")),
                 a.timeline.map_or("-".to_string(), |t| t.to_string()),
                 a.replication_lag_bytes.map_or("-".to_string(), fmt_bytes),
-                a.replication_lag_seconds.map_or("-".to_string(), |s| format!("{s:.1}")),
+                a.replication_lag_seconds
+                    .map_or("-".to_string(), |s| format!("{s:.1}")),
             );
         }
     }
@@ -196,8 +205,8 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&body)?,
                 Output::Text => {
-                    let alerts: Vec<Alert> = serde_json::from_value(body["alerts"].clone())
-                        .context("read alerts")?;
+                    let alerts: Vec<Alert> =
+                        serde_json::from_value(body["alerts"].clone()).context("read alerts")?;
                     print_alerts(&alerts);
                 }
             }
@@ -224,8 +233,10 @@ fn main() -> anyhow::Result<()> {
         }) => {
             let created: CreatedToken = match store {
                 Some(path) => {
-                    let store = drmesh_coordinator::store::RedbStore::open(&path)
-                        .with_context(|| format!("open {} (is the coordinator stopped?)", path.display()))?;
+                    let store =
+                        drmesh_coordinator::store::RedbStore::open(&path).with_context(|| {
+                            format!("open {} (is the coordinator stopped?)", path.display())
+                        })?;
                     drmesh_coordinator::auth::create_token(&store, role, name)?
                 }
                 None => client().post("/v1/tokens", &json!({ "role": role, "name": name }))?,

@@ -8,8 +8,8 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -269,7 +269,12 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             ),
         )?;
         let log = dir.join(format!("logs/agent-{region}.log"));
-        let child = spawn(&format!("agent {id}"), &agent_bin, &["--config", &config.display().to_string()], &log)?;
+        let child = spawn(
+            &format!("agent {id}"),
+            &agent_bin,
+            &["--config", &config.display().to_string()],
+            &log,
+        )?;
         mesh.children.push((format!("agent {id}"), child));
     }
 
@@ -278,17 +283,26 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let env_path = dir.join("drmesh.env");
     write_private(
         &env_path,
-        &format!("export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n", token.token),
+        &format!(
+            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n",
+            token.token
+        ),
     )?;
     let client = Client::new(&url, Some(token.token.clone()));
     let status = wait_mesh_up(&client, &mut mesh)?;
     crate::print_status(&status);
     println!();
-    println!("drmesh quickstart is running ({} regions).", status.regions.len());
+    println!(
+        "drmesh quickstart is running ({} regions).",
+        status.regions.len()
+    );
     println!("  source {}", env_path.display());
     println!("  drmesh status");
     println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/monitoring/dashboard");
-    println!("Logs are in {}. Press Ctrl-C to stop everything.", dir.join("logs").display());
+    println!(
+        "Logs are in {}. Press Ctrl-C to stop everything.",
+        dir.join("logs").display()
+    );
 
     let outcome = wait_for_signal(&mut signals, &mut mesh);
     println!("stopping the mesh…");
@@ -314,7 +328,8 @@ fn wait_ready(ready: &Path, mesh: &mut Mesh, log: &Path) -> anyhow::Result<Strin
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(bytes) = fs::read(ready) {
-            let r: Ready = serde_json::from_slice(&bytes).context("read the coordinator's ready file")?;
+            let r: Ready =
+                serde_json::from_slice(&bytes).context("read the coordinator's ready file")?;
             return Ok(r.quic.to_string());
         }
         if let Err(e) = check_children(mesh) {
@@ -322,7 +337,10 @@ fn wait_ready(ready: &Path, mesh: &mut Mesh, log: &Path) -> anyhow::Result<Strin
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("the coordinator did not become ready in 30 s:\n{}", tail(log))
+    bail!(
+        "the coordinator did not become ready in 30 s:\n{}",
+        tail(log)
+    )
 }
 
 fn wait_mesh_up(client: &Client, mesh: &mut Mesh) -> anyhow::Result<DrStatus> {
@@ -333,7 +351,9 @@ fn wait_mesh_up(client: &Client, mesh: &mut Mesh) -> anyhow::Result<DrStatus> {
         if let Ok(status) = client.get::<DrStatus>("/v1/backup-recovery/disaster-recovery/status") {
             let agents: Vec<_> = status.regions.iter().flat_map(|r| &r.agents).collect();
             let all_up = agents.len() == REGIONS.len()
-                && agents.iter().all(|a| a.state == AgentState::Up && a.role.is_some());
+                && agents
+                    .iter()
+                    .all(|a| a.state == AgentState::Up && a.role.is_some());
             if all_up && status.primary_region.is_some() {
                 return Ok(status);
             }

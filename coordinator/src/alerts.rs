@@ -32,7 +32,8 @@ pub struct AlertFilter {
 pub fn list(store: &dyn Store, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
     let mut alerts: Vec<Alert> = store.scan_json(Namespace::Alerts, "")?;
     alerts.retain(|a| {
-        filter.severity.is_none_or(|s| a.severity == s) && filter.status.is_none_or(|s| a.status == s)
+        filter.severity.is_none_or(|s| a.severity == s)
+            && filter.status.is_none_or(|s| a.status == s)
     });
     alerts.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     Ok(alerts)
@@ -76,7 +77,11 @@ pub fn raise(
 }
 
 /// Resolves every open alert of `kind` about `source` because the condition cleared.
-pub fn resolve_cleared(store: &dyn Store, kind: &str, source: &str) -> Result<Vec<Alert>, StoreError> {
+pub fn resolve_cleared(
+    store: &dyn Store,
+    kind: &str,
+    source: &str,
+) -> Result<Vec<Alert>, StoreError> {
     let mut resolved = Vec::new();
     for mut alert in open_for(store, kind, source)? {
         alert.status = AlertStatus::Resolved;
@@ -150,10 +155,26 @@ mod tests {
     #[test]
     fn an_alert_is_raised_once_and_cleared_by_the_system() {
         let (_d, s) = store();
-        let (a, new) = raise(&s, Severity::Critical, AGENT_DOWN, "a1", None, "down".into()).expect("raise");
+        let (a, new) = raise(
+            &s,
+            Severity::Critical,
+            AGENT_DOWN,
+            "a1",
+            None,
+            "down".into(),
+        )
+        .expect("raise");
         assert!(new);
         assert!(a.id.starts_with("alert_"));
-        let (b, new) = raise(&s, Severity::Critical, AGENT_DOWN, "a1", None, "down".into()).expect("raise");
+        let (b, new) = raise(
+            &s,
+            Severity::Critical,
+            AGENT_DOWN,
+            "a1",
+            None,
+            "down".into(),
+        )
+        .expect("raise");
         assert!(!new);
         assert_eq!(a.id, b.id);
         assert_eq!(counts(&s).expect("counts").critical, 1);
@@ -169,13 +190,28 @@ mod tests {
         let (a, _) = raise(&s, Severity::High, "X", "src", None, "m".into()).expect("raise");
         let acked = acknowledge(&s, &a.id, "admin@propchain.local").expect("ack");
         assert_eq!(acked.status, AlertStatus::Acknowledged);
-        assert_eq!(acked.acknowledged_by.as_deref(), Some("admin@propchain.local"));
-        let filter = AlertFilter { severity: Some(Severity::High), status: None };
+        assert_eq!(
+            acked.acknowledged_by.as_deref(),
+            Some("admin@propchain.local")
+        );
+        let filter = AlertFilter {
+            severity: Some(Severity::High),
+            status: None,
+        };
         assert_eq!(list(&s, &filter).expect("list").len(), 1);
-        let filter = AlertFilter { severity: Some(Severity::Critical), status: None };
+        let filter = AlertFilter {
+            severity: Some(Severity::Critical),
+            status: None,
+        };
         assert!(list(&s, &filter).expect("list").is_empty());
         resolve(&s, &a.id, "ops").expect("resolve");
-        assert!(matches!(resolve(&s, &a.id, "ops"), Err(AlertError::AlreadyResolved(_))));
-        assert!(matches!(acknowledge(&s, "alert_0_none", "x"), Err(AlertError::NotFound(_))));
+        assert!(matches!(
+            resolve(&s, &a.id, "ops"),
+            Err(AlertError::AlreadyResolved(_))
+        ));
+        assert!(matches!(
+            acknowledge(&s, "alert_0_none", "x"),
+            Err(AlertError::NotFound(_))
+        ));
     }
 }

@@ -134,7 +134,9 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
     let value = header
         .to_str()
         .map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
@@ -154,14 +156,16 @@ fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiErr
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 fn required_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("a JSON body is required".into()));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 async fn healthz() -> HttpResponse {
@@ -217,7 +221,9 @@ async fn alert_acknowledge(
     let caller = caller.require(Role::Operator)?;
     let req: AcknowledgeRequest = required_json(&body)?;
     if req.acknowledged_by.trim().is_empty() {
-        return Err(ApiError::BadRequest("acknowledgedBy must not be empty".into()));
+        return Err(ApiError::BadRequest(
+            "acknowledgedBy must not be empty".into(),
+        ));
     }
     let _ = caller;
     let alert = alerts::acknowledge(coord.store.as_ref(), &path, &req.acknowledged_by)?;
@@ -237,7 +243,11 @@ async fn alert_resolve(
     Ok(HttpResponse::Ok().json(alert))
 }
 
-async fn token_create(caller: Authenticated, coord: Shared, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn token_create(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Admin)?;
     let req: CreateTokenRequest = required_json(&body)?;
     let created = auth::create_token(coord.store.as_ref(), req.role, req.name)?;
@@ -267,16 +277,21 @@ async fn agent_ping(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let agent: AgentId = path.parse().map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+    let agent: AgentId = path
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
     let started = std::time::Instant::now();
-    match transport::send_command(&coord, &agent, CommandKind::Ping, Duration::from_secs(10)).await {
+    match transport::send_command(&coord, &agent, CommandKind::Ping, Duration::from_secs(10)).await
+    {
         Ok(result) => Ok(HttpResponse::Ok().json(serde_json::json!({
             "agentId": agent,
             "ok": result.ok,
             "message": result.message,
             "roundTripMs": started.elapsed().as_secs_f64() * 1000.0,
         }))),
-        Err(TransportError::NotConnected(a)) => Err(ApiError::NotFound(format!("agent {a} is not connected"))),
+        Err(TransportError::NotConnected(a)) => {
+            Err(ApiError::NotFound(format!("agent {a} is not connected")))
+        }
         Err(e) => Err(ApiError::Unavailable(format!("ping {agent}: {e}"))),
     }
 }
@@ -295,7 +310,11 @@ async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, A
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// One line of the audit log: every call that changes something, allowed or not.
@@ -314,7 +333,10 @@ fn audit_key() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    format!("{nanos:020}-{:06}", SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000)
+    format!(
+        "{nanos:020}-{:06}",
+        SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000
+    )
 }
 
 fn record_audit<B>(res: &ServiceResponse<B>) {
@@ -328,13 +350,18 @@ fn record_audit<B>(res: &ServiceResponse<B>) {
     let caller = req.extensions().get::<Caller>().cloned();
     let record = AuditRecord {
         at: Utc::now(),
-        actor: caller.as_ref().map_or_else(|| "anonymous".to_string(), Caller::label),
+        actor: caller
+            .as_ref()
+            .map_or_else(|| "anonymous".to_string(), Caller::label),
         role: caller.map(|c| c.role),
         method: req.method().to_string(),
         path: req.path().to_string(),
         status: res.status().as_u16(),
     };
-    if let Err(e) = coord.store.put_json(Namespace::Audit, &audit_key(), &record) {
+    if let Err(e) = coord
+        .store
+        .put_json(Namespace::Audit, &audit_key(), &record)
+    {
         error!(error = %e, "write audit record");
     }
 }
@@ -354,9 +381,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .app_data(path_errors)
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
-        .route(&format!("{base}/disaster-recovery/status"), web::get().to(dr_status))
-        .route(&format!("{base}/monitoring/dashboard"), web::get().to(dashboard))
-        .route(&format!("{base}/monitoring/alerts"), web::get().to(alerts_list))
+        .route(
+            &format!("{base}/disaster-recovery/status"),
+            web::get().to(dr_status),
+        )
+        .route(
+            &format!("{base}/monitoring/dashboard"),
+            web::get().to(dashboard),
+        )
+        .route(
+            &format!("{base}/monitoring/alerts"),
+            web::get().to(alerts_list),
+        )
         .route(
             &format!("{base}/monitoring/alerts/{{alertId}}/acknowledge"),
             web::post().to(alert_acknowledge),

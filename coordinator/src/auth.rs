@@ -95,7 +95,9 @@ mod tests {
         let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
         let t = create_token(&store, Role::Operator, Some("ci".into())).expect("create");
         assert!(t.token.starts_with(TOKEN_PREFIX));
-        let caller = authenticate(&store, &t.token).expect("auth").expect("known");
+        let caller = authenticate(&store, &t.token)
+            .expect("auth")
+            .expect("known");
         assert_eq!(caller.role, Role::Operator);
         assert_eq!(caller.token_id, t.id);
         assert_eq!(authenticate(&store, "drm_nope").expect("auth"), None);

@@ -175,7 +175,10 @@ mod tests {
         assert_eq!(cfg.quic_listen.port(), 7443);
         assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
         assert_eq!((cfg.suspect_after, cfg.down_after), (2, 4));
-        assert_eq!(cfg.store_path, PathBuf::from("/etc/drmesh/drmesh-state.redb"));
+        assert_eq!(
+            cfg.store_path,
+            PathBuf::from("/etc/drmesh/drmesh-state.redb")
+        );
         assert_eq!(cfg.tls.ca_cert, PathBuf::from("/etc/drmesh/ca.pem"));
         assert_eq!(cfg.tls.cert, PathBuf::from("/etc/c.pem"));
     }

@@ -43,7 +43,9 @@ fn main() -> anyhow::Result<()> {
             println!("{}", token.token);
             Ok(())
         }
-        None => actix_web::rt::System::new()
-            .block_on(drmesh_coordinator::server::run(config, args.ready_file.as_deref())),
+        None => actix_web::rt::System::new().block_on(drmesh_coordinator::server::run(
+            config,
+            args.ready_file.as_deref(),
+        )),
     }
 }

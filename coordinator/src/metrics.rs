@@ -52,17 +52,31 @@ impl Metrics {
     }
 
     /// Renders everything in the Prometheus text format.
-    pub fn render(&self, agents: &[AgentStatus], alerts: &AlertCounts) -> Result<String, std::fmt::Error> {
+    pub fn render(
+        &self,
+        agents: &[AgentStatus],
+        alerts: &AlertCounts,
+    ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::default();
         registry.register(
             "drmesh_heartbeat_update_seconds",
             "Time from a heartbeat's arrival to the registry's update",
             self.heartbeat_update_seconds.clone(),
         );
-        registry.register("drmesh_heartbeats", "Heartbeats accepted", self.heartbeats.clone());
-        registry.register("drmesh_bad_frames", "Undecodable frames received from agents", self.bad_frames.clone());
+        registry.register(
+            "drmesh_heartbeats",
+            "Heartbeats accepted",
+            self.heartbeats.clone(),
+        );
+        registry.register(
+            "drmesh_bad_frames",
+            "Undecodable frames received from agents",
+            self.bad_frames.clone(),
+        );
         for state in ["UP", "SUSPECT", "DOWN"] {
-            let _ = self.transitions.get_or_create(&vec![("to".into(), state.into())]);
+            let _ = self
+                .transitions
+                .get_or_create(&vec![("to".into(), state.into())]);
         }
         registry.register(
             "drmesh_agent_transitions",
@@ -77,7 +91,9 @@ impl Metrics {
 
         let by_state = Family::<Labels, Gauge>::default();
         for state in ["UP", "SUSPECT", "DOWN"] {
-            by_state.get_or_create(&vec![("state".into(), state.into())]).set(0);
+            by_state
+                .get_or_create(&vec![("state".into(), state.into())])
+                .set(0);
         }
         let age = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         for a in agents {

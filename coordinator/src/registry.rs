@@ -182,7 +182,12 @@ impl Registry {
     }
 
     /// The connection closed. The agent is DOWN at once: it cannot be commanded.
-    pub fn disconnect(&mut self, id: &AgentId, connection: u64, reason: &str) -> Option<Transition> {
+    pub fn disconnect(
+        &mut self,
+        id: &AgentId,
+        connection: u64,
+        reason: &str,
+    ) -> Option<Transition> {
         let entry = self.agents.get_mut(id)?;
         if entry.connection != connection {
             return None;
@@ -272,8 +277,14 @@ mod tests {
     fn state_follows_heartbeat_age() {
         let l = liveness();
         assert_eq!(derive_state(Duration::from_millis(999), &l), AgentState::Up);
-        assert_eq!(derive_state(Duration::from_millis(1000), &l), AgentState::Suspect);
-        assert_eq!(derive_state(Duration::from_millis(2000), &l), AgentState::Down);
+        assert_eq!(
+            derive_state(Duration::from_millis(1000), &l),
+            AgentState::Suspect
+        );
+        assert_eq!(
+            derive_state(Duration::from_millis(2000), &l),
+            AgentState::Down
+        );
     }
 
     #[test]
@@ -283,15 +294,27 @@ mod tests {
         let t0 = Instant::now();
         let (conn, t) = r.connect(&id, &region, "0.1.0", &[], t0);
         assert_eq!(t.map(|t| t.to), Some(AgentState::Up));
-        assert!(matches!(r.heartbeat(&id, conn, hb(1), t0), HeartbeatOutcome::Accepted(None)));
+        assert!(matches!(
+            r.heartbeat(&id, conn, hb(1), t0),
+            HeartbeatOutcome::Accepted(None)
+        ));
         assert!(r.tick(t0 + Duration::from_millis(900)).is_empty());
         let t = r.tick(t0 + Duration::from_millis(1100));
         assert_eq!(t[0].to, AgentState::Suspect);
         let t = r.tick(t0 + Duration::from_millis(2100));
-        assert_eq!((t[0].from, t[0].to), (AgentState::Suspect, AgentState::Down));
+        assert_eq!(
+            (t[0].from, t[0].to),
+            (AgentState::Suspect, AgentState::Down)
+        );
         assert!(r.tick(t0 + Duration::from_millis(5000)).is_empty());
         let back = r.heartbeat(&id, conn, hb(2), t0 + Duration::from_millis(5000));
-        assert!(matches!(back, HeartbeatOutcome::Accepted(Some(Transition { to: AgentState::Up, .. }))));
+        assert!(matches!(
+            back,
+            HeartbeatOutcome::Accepted(Some(Transition {
+                to: AgentState::Up,
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -300,11 +323,20 @@ mod tests {
         let mut r = Registry::new(liveness());
         let t0 = Instant::now();
         let (conn, _) = r.connect(&id, &region, "0.1.0", &[], t0);
-        assert!(matches!(r.heartbeat(&id, conn, hb(5), t0), HeartbeatOutcome::Accepted(_)));
+        assert!(matches!(
+            r.heartbeat(&id, conn, hb(5), t0),
+            HeartbeatOutcome::Accepted(_)
+        ));
         assert_eq!(r.heartbeat(&id, conn, hb(4), t0), HeartbeatOutcome::Stale);
-        assert_eq!(r.heartbeat(&id, conn + 1, hb(6), t0), HeartbeatOutcome::Unknown);
+        assert_eq!(
+            r.heartbeat(&id, conn + 1, hb(6), t0),
+            HeartbeatOutcome::Unknown
+        );
         let other = AgentId::new("zz").expect("id");
-        assert_eq!(r.heartbeat(&other, conn, hb(6), t0), HeartbeatOutcome::Unknown);
+        assert_eq!(
+            r.heartbeat(&other, conn, hb(6), t0),
+            HeartbeatOutcome::Unknown
+        );
     }
 
     #[test]
@@ -329,6 +361,9 @@ mod tests {
         r.remember(id.clone(), region, "0.1.0".into(), t0);
         assert!(r.tick(t0 + Duration::from_millis(1500)).is_empty());
         let t = r.tick(t0 + Duration::from_millis(2000));
-        assert_eq!((t[0].from, t[0].to), (AgentState::Suspect, AgentState::Down));
+        assert_eq!(
+            (t[0].from, t[0].to),
+            (AgentState::Suspect, AgentState::Down)
+        );
     }
 }

@@ -72,7 +72,10 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
 
     shutdown_signal().await?;
     info!("shutting down");
-    endpoint.close(drmesh_protocol::close_code::SHUTDOWN.into(), b"coordinator shutting down");
+    endpoint.close(
+        drmesh_protocol::close_code::SHUTDOWN.into(),
+        b"coordinator shutting down",
+    );
     handle.stop(true).await;
     let _ = server_task.await;
     endpoint.wait_idle().await;

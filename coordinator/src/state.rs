@@ -69,7 +69,9 @@ impl Coordinator {
         for known in store.scan_json::<KnownAgent>(Namespace::Agents, "")? {
             registry.remember(known.agent_id, known.region, known.version, now);
         }
-        let epoch = store.get_json::<u64>(Namespace::Meta, EPOCH_KEY)?.unwrap_or(0);
+        let epoch = store
+            .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+            .unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Self {
@@ -105,7 +107,10 @@ impl Coordinator {
             version: version.to_string(),
             first_seen: Utc::now(),
         };
-        let result = match self.store.get_json::<KnownAgent>(Namespace::Agents, id.as_str()) {
+        let result = match self
+            .store
+            .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
+        {
             Ok(Some(old)) if old.region == known.region && old.version == known.version => Ok(()),
             Ok(Some(old)) => self.store.put_json(
                 Namespace::Agents,
@@ -142,10 +147,8 @@ impl Coordinator {
             match t.to {
                 AgentState::Down => {
                     warn!(agent_id = %t.agent, region = %t.region, from = %t.from, reason = %t.reason, "agent DOWN");
-                    let message = format!(
-                        "Agent {} in {} is DOWN ({})",
-                        t.agent, t.region, t.reason
-                    );
+                    let message =
+                        format!("Agent {} in {} is DOWN ({})", t.agent, t.region, t.reason);
                     match alerts::raise(
                         self.store.as_ref(),
                         Severity::Critical,
@@ -166,7 +169,11 @@ impl Coordinator {
                 }
                 AgentState::Up => {
                     info!(agent_id = %t.agent, region = %t.region, from = %t.from, "agent UP");
-                    match alerts::resolve_cleared(self.store.as_ref(), alerts::AGENT_DOWN, t.agent.as_str()) {
+                    match alerts::resolve_cleared(
+                        self.store.as_ref(),
+                        alerts::AGENT_DOWN,
+                        t.agent.as_str(),
+                    ) {
                         Ok(resolved) => {
                             for a in resolved {
                                 info!(alert_id = %a.id, agent_id = %t.agent, "alert resolved: agent is back")
@@ -281,7 +288,11 @@ impl Coordinator {
         };
         DrStatus {
             status,
-            primary_region: if primaries.len() == 1 { primaries.pop() } else { None },
+            primary_region: if primaries.len() == 1 {
+                primaries.pop()
+            } else {
+                None
+            },
             epoch: self.epoch(),
             regions,
             generated_at: Utc::now(),

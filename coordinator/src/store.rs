@@ -89,18 +89,31 @@ pub trait Store: Send + Sync + 'static {
 
 /// JSON helpers over any store.
 pub trait StoreExt: Store {
-    fn get_json<T: DeserializeOwned>(&self, ns: Namespace, key: &str) -> Result<Option<T>, StoreError> {
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        ns: Namespace,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         self.get(ns, key)?
             .map(|bytes| decode(ns, key, &bytes))
             .transpose()
     }
 
-    fn put_json<T: Serialize>(&self, ns: Namespace, key: &str, value: &T) -> Result<(), StoreError> {
+    fn put_json<T: Serialize>(
+        &self,
+        ns: Namespace,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
         self.put(ns, key, &bytes)
     }
 
-    fn scan_json<T: DeserializeOwned>(&self, ns: Namespace, prefix: &str) -> Result<Vec<T>, StoreError> {
+    fn scan_json<T: DeserializeOwned>(
+        &self,
+        ns: Namespace,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
         self.scan(ns, prefix)?
             .iter()
             .map(|(k, v)| decode(ns, k, v))
@@ -139,9 +152,8 @@ impl RedbStore {
                 })?;
             }
         }
-        let db = redb::Database::create(path).map_err(|e| {
-            StoreError::Backend(format!("open {}: {e}", path.display()))
-        })?;
+        let db = redb::Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         for ns in Namespace::ALL {
             tx.open_table(table(ns))?;
@@ -206,12 +218,21 @@ mod tests {
         {
             let store = RedbStore::open(&path).expect("open");
             store.put(Namespace::Meta, "epoch", b"3").expect("put");
-            store.put_json(Namespace::Alerts, "a_2", &2u32).expect("put");
-            store.put_json(Namespace::Alerts, "a_1", &1u32).expect("put");
-            store.put_json(Namespace::Alerts, "b_1", &9u32).expect("put");
+            store
+                .put_json(Namespace::Alerts, "a_2", &2u32)
+                .expect("put");
+            store
+                .put_json(Namespace::Alerts, "a_1", &1u32)
+                .expect("put");
+            store
+                .put_json(Namespace::Alerts, "b_1", &9u32)
+                .expect("put");
         }
         let store = RedbStore::open(&path).expect("reopen");
-        assert_eq!(store.get(Namespace::Meta, "epoch").expect("get"), Some(b"3".to_vec()));
+        assert_eq!(
+            store.get(Namespace::Meta, "epoch").expect("get"),
+            Some(b"3".to_vec())
+        );
         let a: Vec<u32> = store.scan_json(Namespace::Alerts, "a_").expect("scan");
         assert_eq!(a, vec![1, 2]);
         assert!(store.delete(Namespace::Alerts, "a_1").expect("delete"));
@@ -223,8 +244,12 @@ mod tests {
     fn a_damaged_record_is_reported_not_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
-        store.put(Namespace::Alerts, "x", b"{not json").expect("put");
-        let err = store.get_json::<u32>(Namespace::Alerts, "x").expect_err("corrupt");
+        store
+            .put(Namespace::Alerts, "x", b"{not json")
+            .expect("put");
+        let err = store
+            .get_json::<u32>(Namespace::Alerts, "x")
+            .expect_err("corrupt");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 }

@@ -157,7 +157,14 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
         }
     };
     let Some(cert) = peer_certificate(&conn) else {
-        refuse(coord, &conn, None, "no_certificate", "no client certificate".into()).await;
+        refuse(
+            coord,
+            &conn,
+            None,
+            "no_certificate",
+            "no client certificate".into(),
+        )
+        .await;
         return Ok(());
     };
     let (cert_id, cert_region) = match agent_identity(&cert) {
@@ -182,14 +189,28 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
             Err(_) => return Err(TransportError::Timeout("hello")),
             Ok(Err(TransportError::Decode(e))) => {
                 coord.metrics.bad_frames.inc();
-                refuse(coord, &conn, Some(&mut send), "bad_frame", format!("bad hello: {e}")).await;
+                refuse(
+                    coord,
+                    &conn,
+                    Some(&mut send),
+                    "bad_frame",
+                    format!("bad hello: {e}"),
+                )
+                .await;
                 return Ok(());
             }
             Ok(Err(e)) => return Err(e),
             Ok(Ok(None)) => return Err(TransportError::EndOfStream),
             Ok(Ok(Some(AgentMessage::V1(AgentMessageV1::Hello(hello))))) => hello,
             Ok(Ok(Some(other))) => {
-                refuse(coord, &conn, Some(&mut send), "protocol", format!("expected hello, got {other:?}")).await;
+                refuse(
+                    coord,
+                    &conn,
+                    Some(&mut send),
+                    "protocol",
+                    format!("expected hello, got {other:?}"),
+                )
+                .await;
                 return Ok(());
             }
         };
@@ -218,7 +239,8 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
             },
         );
         if let Some(old) = previous {
-            old.conn.close(close_code::NORMAL.into(), b"replaced by a newer connection");
+            old.conn
+                .close(close_code::NORMAL.into(), b"replaced by a newer connection");
         }
         let welcome = CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(Welcome {
             agent_id: cert_id.clone(),
@@ -231,11 +253,17 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
         info!(version = %hello.version, remote = %conn.remote_address(), "agent connected");
 
         let reason = receive_heartbeats(&conn, coord, &cert_id, connection).await;
-        let transition = coord.registry.lock().disconnect(&cert_id, connection, &reason);
+        let transition = coord
+            .registry
+            .lock()
+            .disconnect(&cert_id, connection, &reason);
         coord.report(transition);
         {
             let mut sessions = coord.sessions.lock();
-            if sessions.get(&cert_id).is_some_and(|s| s.connection == connection) {
+            if sessions
+                .get(&cert_id)
+                .is_some_and(|s| s.connection == connection)
+            {
                 sessions.remove(&cert_id);
             }
         }
@@ -311,7 +339,11 @@ pub async fn send_command(
     let command_id = command.id;
     let exchange = async {
         let (mut send, mut recv) = session.conn.open_bi().await?;
-        write_frame(&mut send, &CoordinatorMessage::V1(CoordinatorMessageV1::Command(command))).await?;
+        write_frame(
+            &mut send,
+            &CoordinatorMessage::V1(CoordinatorMessageV1::Command(command)),
+        )
+        .await?;
         send.finish()?;
         let mut decoder = FrameDecoder::new();
         loop {

@@ -105,9 +105,9 @@ impl Frame for CoordinatorMessage {
     }
     fn decode_payload(version: u16, payload: &[u8]) -> Result<Self, DecodeError> {
         check_version(version)?;
-        Ok(CoordinatorMessage::V1(from_payload::<CoordinatorMessageV1>(
-            payload,
-        )?))
+        Ok(CoordinatorMessage::V1(
+            from_payload::<CoordinatorMessageV1>(payload)?,
+        ))
     }
 }
 
@@ -406,7 +406,12 @@ mod tests {
                 message: m,
             })
         });
-        let result = (any::<u128>(), any::<bool>(), ".{0,50}", proptest::option::of(".{0,50}"))
+        let result = (
+            any::<u128>(),
+            any::<bool>(),
+            ".{0,50}",
+            proptest::option::of(".{0,50}"),
+        )
             .prop_map(|(id, ok, m, d)| {
                 AgentMessageV1::Result(CommandResult {
                     command_id: CommandId(uuid::Uuid::from_u128(id)),
@@ -415,8 +420,12 @@ mod tests {
                     detail_json: d,
                 })
             });
-        let error = ("[a-z_]{1,20}", ".{0,80}")
-            .prop_map(|(c, m)| AgentMessageV1::Error(ErrorMessage { code: c, message: m }));
+        let error = ("[a-z_]{1,20}", ".{0,80}").prop_map(|(c, m)| {
+            AgentMessageV1::Error(ErrorMessage {
+                code: c,
+                message: m,
+            })
+        });
         prop_oneof![heartbeat, hello, progress, result, error].prop_map(AgentMessage::V1)
     }
 

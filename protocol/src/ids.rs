@@ -153,7 +153,10 @@ pub fn runbook_id(prefix: &str) -> String {
     let suffix: String = (0..6)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("{prefix}_{}_{suffix}", chrono::Utc::now().timestamp_millis())
+    format!(
+        "{prefix}_{}_{suffix}",
+        chrono::Utc::now().timestamp_millis()
+    )
 }
 
 #[cfg(test)]
@@ -163,10 +166,7 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert!(AgentId::new("pg-us-west-2.a_1").is_ok());
-        assert_eq!(
-            AgentId::new(""),
-            Err(IdError::Empty { kind: "agent id" })
-        );
+        assert_eq!(AgentId::new(""), Err(IdError::Empty { kind: "agent id" }));
         assert!(matches!(
             RegionId::new("us west"),
             Err(IdError::BadChar { .. })

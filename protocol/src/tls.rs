@@ -88,10 +88,12 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// Server side (coordinator): only clients with a certificate from the CA get in.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca_cert)?), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&files.ca_cert)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

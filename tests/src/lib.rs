@@ -107,7 +107,9 @@ pub struct Answer {
 }
 
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(15)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(15))
+        .build();
     let mut req = agent.request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -164,20 +166,39 @@ impl Mesh {
         .expect("write config");
         let config_s = config.display().to_string();
         let out = Command::new(bin("drmesh-coordinator"))
-            .args(["--config", &config_s, "create-token", "--role", "admin", "--name", "test"])
+            .args([
+                "--config",
+                &config_s,
+                "create-token",
+                "--role",
+                "admin",
+                "--name",
+                "test",
+            ])
             .output()
             .expect("run create-token");
-        assert!(out.status.success(), "create-token: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "create-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let ready = dir.path().join("ready.json");
         let coordinator = Proc::spawn(
             "coordinator",
             &bin("drmesh-coordinator"),
-            &["--config", &config_s, "--ready-file", &ready.display().to_string()],
+            &[
+                "--config",
+                &config_s,
+                "--ready-file",
+                &ready.display().to_string(),
+            ],
             &dir.path().join("coordinator.log"),
         );
         let ready: Value = wait_for(Duration::from_secs(20), || {
-            fs::read(&ready).ok().and_then(|b| serde_json::from_slice(&b).ok())
+            fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
         })
         .unwrap_or_else(|| panic!("coordinator not ready:\n{}", coordinator.log_text()));
         Mesh {
@@ -277,16 +298,30 @@ impl Mesh {
 /// Connects to a coordinator with a raw QUIC client config and sends a Hello; returns
 /// what happened (`Ok` with the coordinator's answer, or the error). Used to knock on the
 /// door with credentials the real agent would never present.
-pub fn knock(addr: SocketAddr, tls: rustls::ClientConfig, hello_id: &str, region: &str) -> Result<String, String> {
+pub fn knock(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    hello_id: &str,
+    region: &str,
+) -> Result<String, String> {
     use drmesh_protocol::codec::encode;
     use drmesh_protocol::{AgentMessage, AgentMessageV1, CoordinatorMessage, FrameDecoder, Hello};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let attempt = async {
-            let conn = endpoint.connect(addr, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+            let conn = endpoint
+                .connect(addr, "localhost")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
                 agent_id: AgentId::new(hello_id).unwrap(),
@@ -294,11 +329,16 @@ pub fn knock(addr: SocketAddr, tls: rustls::ClientConfig, hello_id: &str, region
                 version: "test".into(),
                 capabilities: vec![],
             }));
-            send.write_all(&encode(&hello).unwrap()).await.map_err(|e| e.to_string())?;
+            send.write_all(&encode(&hello).unwrap())
+                .await
+                .map_err(|e| e.to_string())?;
             let mut dec = FrameDecoder::new();
             let mut buf = [0u8; 4096];
             loop {
-                if let Some(m) = dec.next_frame::<CoordinatorMessage>().map_err(|e| e.to_string())? {
+                if let Some(m) = dec
+                    .next_frame::<CoordinatorMessage>()
+                    .map_err(|e| e.to_string())?
+                {
                     return Ok(format!("{m:?}"));
                 }
                 match recv.read(&mut buf).await.map_err(|e| e.to_string())? {

@@ -47,7 +47,10 @@ pub enum LocalPgError {
     NoPort(std::io::Error),
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LocalPgError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> LocalPgError + 'a {
     move |source| LocalPgError::Io {
         action,
         path: path.to_path_buf(),
@@ -239,7 +242,12 @@ impl LocalCluster {
     }
 
     /// A cluster that already exists on disk (made by an earlier run).
-    pub fn open(bin: &PgBin, name: &str, data_dir: &Path, port: u16) -> Result<LocalCluster, LocalPgError> {
+    pub fn open(
+        bin: &PgBin,
+        name: &str,
+        data_dir: &Path,
+        port: u16,
+    ) -> Result<LocalCluster, LocalPgError> {
         let cluster = Self::new(bin, name, data_dir, port);
         let version = data_dir.join("PG_VERSION");
         if !version.exists() {
@@ -278,16 +286,30 @@ impl LocalCluster {
 
     /// `initdb` (trust authentication on loopback only) plus replication settings. Does
     /// not start the cluster.
-    pub fn init_primary(bin: &PgBin, name: &str, data_dir: &Path, port: u16) -> Result<LocalCluster, LocalPgError> {
+    pub fn init_primary(
+        bin: &PgBin,
+        name: &str,
+        data_dir: &Path,
+        port: u16,
+    ) -> Result<LocalCluster, LocalPgError> {
         let cluster = Self::new(bin, name, data_dir, port);
         fs::create_dir_all(data_dir).map_err(io_err("create", data_dir))?;
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", data_dir))?;
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", data_dir))?;
         chown_to_pg(data_dir)?;
         cluster.make_socket_dir()?;
         run(pg_command(bin.program("initdb"))?
             .arg("-D")
             .arg(data_dir)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]))?;
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]))?;
         cluster.append_config(
             "postgresql.conf",
             &format!(
@@ -319,7 +341,15 @@ impl LocalCluster {
         }
         cluster.make_socket_dir()?;
         run(pg_command(bin.program("pg_basebackup"))?
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
             .arg(data_dir)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]))?;
         cluster.append_config("postgresql.auto.conf", &cluster.connection_settings())?;
@@ -350,10 +380,17 @@ impl LocalCluster {
         cmd.arg("-l").arg(&log).args(["-w", "-t", "60", "start"]);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         run(&mut cmd).map_err(|e| match e {
-            LocalPgError::Command { command, status, stderr } => LocalPgError::Command {
+            LocalPgError::Command {
                 command,
                 status,
-                stderr: format!("{stderr}\nserver log:\n{}", tail_text(&fs::read_to_string(&log).unwrap_or_default(), 20)),
+                stderr,
+            } => LocalPgError::Command {
+                command,
+                status,
+                stderr: format!(
+                    "{stderr}\nserver log:\n{}",
+                    tail_text(&fs::read_to_string(&log).unwrap_or_default(), 20)
+                ),
             },
             other => other,
         })?;
@@ -422,7 +459,10 @@ impl LocalCluster {
 
     /// libpq connection string over TCP loopback.
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 
     /// Waits until `select 1` works or the timeout passes.
@@ -469,16 +509,23 @@ mod tests {
         prepare_parent_dir(&root).expect("prepare");
         let mut guard = Guard(Vec::new());
 
-        let primary = LocalCluster::init_primary(&bin, "p", &root.join("p"), free_port().expect("port"))
-            .expect("initdb");
+        let primary =
+            LocalCluster::init_primary(&bin, "p", &root.join("p"), free_port().expect("port"))
+                .expect("initdb");
         primary.start().expect("start primary");
         guard.0.push(primary.clone());
         primary
             .psql("create table t(x int); insert into t values (42)")
             .expect("write");
 
-        let standby = LocalCluster::init_standby(&bin, "s", &primary, &root.join("s"), free_port().expect("port"))
-            .expect("basebackup");
+        let standby = LocalCluster::init_standby(
+            &bin,
+            "s",
+            &primary,
+            &root.join("s"),
+            free_port().expect("port"),
+        )
+        .expect("basebackup");
         standby.start().expect("start standby");
         guard.0.push(standby.clone());
         primary.psql("insert into t values (43)").expect("write");
@@ -488,8 +535,14 @@ mod tests {
             assert!(Instant::now() < deadline, "row never reached the standby");
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(standby.psql("select pg_is_in_recovery()").expect("query"), "t");
-        assert_eq!(primary.psql("select pg_is_in_recovery()").expect("query"), "f");
+        assert_eq!(
+            standby.psql("select pg_is_in_recovery()").expect("query"),
+            "t"
+        );
+        assert_eq!(
+            primary.psql("select pg_is_in_recovery()").expect("query"),
+            "f"
+        );
         assert!(primary.postmaster_pid().is_some());
 
         standby.stop().expect("stop standby");

@@ -52,7 +52,10 @@ struct Args {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct ProcSample {
@@ -74,7 +77,11 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Ok(ProcSample { cpu_ticks: utime + stime, rss_kib, at: Instant::now() })
+    Ok(ProcSample {
+        cpu_ticks: utime + stime,
+        rss_kib,
+        at: Instant::now(),
+    })
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -104,17 +111,26 @@ fn scrape(url: &str, token: &str) -> anyhow::Result<Scrape> {
         .into_string()?;
     let mut s = Scrape::default();
     for line in text.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(v) = value.parse::<f64>() else { continue };
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
         if name == "drmesh_agent_transitions_total{to=\"SUSPECT\"}" {
             s.suspect = v;
         } else if name == "drmesh_agent_transitions_total{to=\"DOWN\"}" {
             s.down = v;
         } else if name == "drmesh_heartbeats_total" {
             s.heartbeats = v;
-        } else if let Some(rest) = name.strip_prefix("drmesh_heartbeat_update_seconds_bucket{le=\"") {
+        } else if let Some(rest) = name.strip_prefix("drmesh_heartbeat_update_seconds_bucket{le=\"")
+        {
             let le = rest.trim_end_matches("\"}");
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
             s.buckets.push((le, v));
         }
     }
@@ -127,7 +143,11 @@ fn quantile(before: &Scrape, after: &Scrape, q: f64) -> f64 {
         .buckets
         .iter()
         .map(|(le, n)| {
-            let old = before.buckets.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            let old = before
+                .buckets
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, n)| *n);
             (*le, n - old)
         })
         .collect();
@@ -138,17 +158,26 @@ fn quantile(before: &Scrape, after: &Scrape, q: f64) -> f64 {
         .map_or(f64::NAN, |(le, _)| *le)
 }
 
-async fn run_agent(
+/// What every simulated agent shares.
+struct Shared {
     quic: std::net::SocketAddr,
+    region: RegionId,
+    interval: Duration,
+    connected: AtomicU64,
+    failures: AtomicU64,
+    stop: tokio::sync::Notify,
+    ramp: tokio::sync::Semaphore,
+}
+
+async fn run_agent(
+    shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     id: AgentId,
-    region: RegionId,
-    interval: Duration,
-    connected: Arc<AtomicU64>,
-    stop: Arc<tokio::sync::Notify>,
-    ramp: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
+    let Shared { quic, interval, .. } = *shared;
+    let region = shared.region.clone();
+    let (connected, stop, ramp) = (&shared.connected, &shared.stop, &shared.ramp);
     let permit = ramp.acquire().await?;
     let conn = endpoint.connect_with(config, quic, "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -209,7 +238,10 @@ async fn run_agent(
 }
 
 fn rand_offset(id: &AgentId, interval: Duration) -> u64 {
-    let h = id.as_str().bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let h = id
+        .as_str()
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     h % (interval.as_millis() as u64).max(1)
 }
 
@@ -226,45 +258,62 @@ fn main() -> anyhow::Result<()> {
         if !files.cert.exists() {
             pki::issue_agent(&args.ca_dir, &id, &region, Validity::days(7), &files)?;
         }
-        let tls = client_config(&TlsFiles { ca_cert: ca_cert.clone(), cert: files.cert, key: files.key })?;
+        let tls = client_config(&TlsFiles {
+            ca_cert: ca_cert.clone(),
+            cert: files.cert,
+            key: files.key,
+        })?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         configs.push((id, quinn::ClientConfig::new(Arc::new(crypto))));
     }
     eprintln!("{} certificates ready in {:?}", args.agents, t.elapsed());
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         // Several client sockets, so the kernel's per-socket buffers are not the limit.
         let endpoints: Vec<quinn::Endpoint> = (0..8)
             .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address")))
             .collect::<Result<_, _>>()?;
-        let connected = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let ramp = Arc::new(tokio::sync::Semaphore::new(args.ramp_concurrency));
-        let failures = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            quic: args.quic,
+            region: region.clone(),
+            interval: *args.interval,
+            connected: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            stop: tokio::sync::Notify::new(),
+            ramp: tokio::sync::Semaphore::new(args.ramp_concurrency),
+        });
         let ramp_start = Instant::now();
         let mut tasks = Vec::new();
         for (i, (id, config)) in configs.into_iter().enumerate() {
             let endpoint = endpoints[i % endpoints.len()].clone();
-            let (connected, stop, ramp, failures) = (connected.clone(), stop.clone(), ramp.clone(), failures.clone());
-            let region = region.clone();
-            let quic = args.quic;
-            let interval = *args.interval;
+            let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = run_agent(quic, endpoint, config, id, region, interval, connected, stop, ramp).await {
-                    failures.fetch_add(1, Ordering::SeqCst);
+                if let Err(e) = run_agent(shared.clone(), endpoint, config, id).await {
+                    shared.failures.fetch_add(1, Ordering::SeqCst);
                     eprintln!("{e:#}");
                 }
             }));
         }
-        while connected.load(Ordering::SeqCst) + failures.load(Ordering::SeqCst) < args.agents as u64 {
+        let (connected, failures, stop) = (&shared.connected, &shared.failures, &shared.stop);
+        while connected.load(Ordering::SeqCst) + failures.load(Ordering::SeqCst)
+            < args.agents as u64
+        {
             if ramp_start.elapsed() > Duration::from_secs(600) {
                 bail!("ramp-up did not finish in 10 minutes");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let ramp_time = ramp_start.elapsed();
-        eprintln!("{} connected in {:?} ({} failed)", connected.load(Ordering::SeqCst), ramp_time, failures.load(Ordering::SeqCst));
+        eprintln!(
+            "{} connected in {:?} ({} failed)",
+            connected.load(Ordering::SeqCst),
+            ramp_time,
+            failures.load(Ordering::SeqCst)
+        );
         // Let the ramp's transitions settle, then measure the hold window.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let url = args.url.clone();

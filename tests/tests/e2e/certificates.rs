@@ -9,12 +9,20 @@ use drmesh_protocol::{AgentId, RegionId};
 use drmesh_tests::{bin, knock, wait_for, Mesh};
 
 fn refused_count(mesh: &Mesh) -> usize {
-    mesh.coordinator_log().matches("refused agent connection").count()
+    mesh.coordinator_log()
+        .matches("refused agent connection")
+        .count()
 }
 
 fn wait_refusals(mesh: &Mesh, at_least: usize) {
-    let seen = wait_for(Duration::from_secs(10), || (refused_count(mesh) >= at_least).then_some(()));
-    assert!(seen.is_some(), "expected {at_least} refusals in the log:\n{}", mesh.coordinator_log());
+    let seen = wait_for(Duration::from_secs(10), || {
+        (refused_count(mesh) >= at_least).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "expected {at_least} refusals in the log:\n{}",
+        mesh.coordinator_log()
+    );
 }
 
 #[test]
@@ -34,7 +42,14 @@ fn certificate_from_another_ca_is_refused() {
     pki::init_ca(&other, "rogue CA").unwrap();
     let id = AgentId::new("rogue").unwrap();
     let files = pki::agent_files(&other, &id);
-    pki::issue_agent(&other, &id, &RegionId::new("us-west-2").unwrap(), Validity::days(1), &files).unwrap();
+    pki::issue_agent(
+        &other,
+        &id,
+        &RegionId::new("us-west-2").unwrap(),
+        Validity::days(1),
+        &files,
+    )
+    .unwrap();
     // The real agent binary, trusting the right CA but presenting the rogue certificate.
     let config = mesh.agent_config("rogue", "us-west-2", &files, "");
     let mut agent = mesh.spawn_agent(&config);
@@ -42,8 +57,12 @@ fn certificate_from_another_ca_is_refused() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(mesh.agent_state("rogue").is_none(), "{:?}", mesh.status());
     assert!(agent.is_running(), "the agent keeps retrying with backoff");
-    assert!(mesh.coordinator_log().contains("UnknownIssuer") || mesh.coordinator_log().contains("unknown issuer"),
-        "{}", mesh.coordinator_log());
+    assert!(
+        mesh.coordinator_log().contains("UnknownIssuer")
+            || mesh.coordinator_log().contains("unknown issuer"),
+        "{}",
+        mesh.coordinator_log()
+    );
 }
 
 #[test]
@@ -52,15 +71,31 @@ fn expired_certificate_is_refused() {
     // Issued with the CLI, as an operator would.
     let out = std::process::Command::new(bin("drmesh"))
         .args([
-            "ca", "issue", "agent", "--id", "old", "--region", "us-west-2",
-            "--dir", &mesh.ca_dir().display().to_string(),
-            "--out", &mesh.dir.path().join("expired").display().to_string(),
-            "--not-after", "2021-01-01T00:00:00Z",
+            "ca",
+            "issue",
+            "agent",
+            "--id",
+            "old",
+            "--region",
+            "us-west-2",
+            "--dir",
+            &mesh.ca_dir().display().to_string(),
+            "--out",
+            &mesh.dir.path().join("expired").display().to_string(),
+            "--not-after",
+            "2021-01-01T00:00:00Z",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let files = pki::agent_files(&mesh.dir.path().join("expired"), &AgentId::new("old").unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = pki::agent_files(
+        &mesh.dir.path().join("expired"),
+        &AgentId::new("old").unwrap(),
+    );
     let tls = client_config(&TlsFiles {
         ca_cert: mesh.ca_dir().join("ca.pem"),
         cert: files.cert.clone(),
@@ -70,7 +105,11 @@ fn expired_certificate_is_refused() {
     let r = knock(mesh.quic, tls, "old", "us-west-2");
     assert!(r.is_err(), "expired certificate got in: {r:?}");
     wait_refusals(&mesh, 1);
-    assert!(mesh.coordinator_log().to_lowercase().contains("expired"), "{}", mesh.coordinator_log());
+    assert!(
+        mesh.coordinator_log().to_lowercase().contains("expired"),
+        "{}",
+        mesh.coordinator_log()
+    );
     assert!(mesh.agent_state("old").is_none());
 }
 

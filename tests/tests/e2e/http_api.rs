@@ -6,7 +6,11 @@ use drmesh_tests::{http, Mesh};
 fn assert_error(a: &drmesh_tests::Answer, status: u16) {
     assert_eq!(a.status, status, "{}", a.text);
     assert_eq!(a.body["status"], status, "{}", a.text);
-    assert!(a.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", a.text);
+    assert!(
+        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.text
+    );
     assert!(a.body["error"].as_str().is_some(), "{}", a.text);
 }
 
@@ -18,39 +22,114 @@ fn http_errors_are_json_with_a_message() {
     // 401: no token, wrong token, malformed header.
     assert_error(&http("GET", &mesh.url(status), None, None), 401);
     assert_error(&http("GET", &mesh.url(status), Some("drm_0000"), None), 401);
-    assert_error(&http("GET", &mesh.url(status), Some("not-a-token"), None), 401);
+    assert_error(
+        &http("GET", &mesh.url(status), Some("not-a-token"), None),
+        401,
+    );
 
     let viewer = mesh.create_token("viewer");
     let operator = mesh.create_token("operator");
-    assert_eq!(http("GET", &mesh.url(status), Some(&viewer), None).status, 200);
-    assert_eq!(http("GET", &mesh.url("/metrics"), Some(&viewer), None).status, 200);
+    assert_eq!(
+        http("GET", &mesh.url(status), Some(&viewer), None).status,
+        200
+    );
+    assert_eq!(
+        http("GET", &mesh.url("/metrics"), Some(&viewer), None).status,
+        200
+    );
     assert_eq!(http("GET", &mesh.url("/healthz"), None, None).status, 200);
 
     // 403: too low a role.
     let ack = "/v1/backup-recovery/monitoring/alerts/alert_1_abcdef/acknowledge";
-    assert_error(&http("POST", &mesh.url(ack), Some(&viewer), Some(r#"{"acknowledgedBy":"x"}"#)), 403);
-    assert_error(&http("POST", &mesh.url("/v1/tokens"), Some(&operator), Some(r#"{"role":"admin"}"#)), 403);
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url(ack),
+            Some(&viewer),
+            Some(r#"{"acknowledgedBy":"x"}"#),
+        ),
+        403,
+    );
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url("/v1/tokens"),
+            Some(&operator),
+            Some(r#"{"role":"admin"}"#),
+        ),
+        403,
+    );
 
     // 404: unknown route, unknown alert.
-    assert_error(&http("GET", &mesh.url("/v1/backup-recovery/nope"), Some(&viewer), None), 404);
+    assert_error(
+        &http(
+            "GET",
+            &mesh.url("/v1/backup-recovery/nope"),
+            Some(&viewer),
+            None,
+        ),
+        404,
+    );
     assert_error(&http("GET", &mesh.url("/nope"), None, None), 404);
-    assert_error(&http("POST", &mesh.url(ack), Some(&operator), Some(r#"{"acknowledgedBy":"x"}"#)), 404);
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url(ack),
+            Some(&operator),
+            Some(r#"{"acknowledgedBy":"x"}"#),
+        ),
+        404,
+    );
 
     // 400: malformed JSON, wrong fields, bad query values.
-    assert_error(&http("POST", &mesh.url(ack), Some(&operator), Some("{not json")), 400);
-    assert_error(&http("POST", &mesh.url(ack), Some(&operator), Some(r#"{"who":"x"}"#)), 400);
-    assert_error(&http("POST", &mesh.url(ack), Some(&operator), None), 400);
-    assert_error(&http("POST", &mesh.url("/v1/tokens"), Some(&mesh.admin_token), Some(r#"{"role":"god"}"#)), 400);
     assert_error(
-        &http("GET", &mesh.url("/v1/backup-recovery/monitoring/alerts?severity=URGENT"), Some(&viewer), None),
+        &http("POST", &mesh.url(ack), Some(&operator), Some("{not json")),
+        400,
+    );
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url(ack),
+            Some(&operator),
+            Some(r#"{"who":"x"}"#),
+        ),
+        400,
+    );
+    assert_error(&http("POST", &mesh.url(ack), Some(&operator), None), 400);
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url("/v1/tokens"),
+            Some(&mesh.admin_token),
+            Some(r#"{"role":"god"}"#),
+        ),
+        400,
+    );
+    assert_error(
+        &http(
+            "GET",
+            &mesh.url("/v1/backup-recovery/monitoring/alerts?severity=URGENT"),
+            Some(&viewer),
+            None,
+        ),
         400,
     );
 
     // The runbook's shapes.
-    let alerts = http("GET", &mesh.url("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL"), Some(&viewer), None);
+    let alerts = http(
+        "GET",
+        &mesh.url("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL"),
+        Some(&viewer),
+        None,
+    );
     assert_eq!(alerts.status, 200);
     assert!(alerts.body["alerts"].is_array());
-    let dash = http("GET", &mesh.url("/v1/backup-recovery/monitoring/dashboard"), Some(&viewer), None);
+    let dash = http(
+        "GET",
+        &mesh.url("/v1/backup-recovery/monitoring/dashboard"),
+        Some(&viewer),
+        None,
+    );
     assert_eq!(dash.status, 200);
     for key in ["critical", "high", "total"] {
         assert!(dash.body["alerts"][key].is_u64(), "{}", dash.text);
@@ -62,8 +141,23 @@ fn http_errors_are_json_with_a_message() {
     let audit = mesh.get("/v1/audit?limit=1000");
     assert_eq!(audit.status, 200, "{}", audit.text);
     let records = audit.body["records"].as_array().unwrap();
-    assert!(records.iter().any(|r| r["status"] == 403 && r["path"] == ack), "{}", audit.text);
-    assert!(records.iter().any(|r| r["status"] == 201 && r["path"] == "/v1/tokens"), "{}", audit.text);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["status"] == 403 && r["path"] == ack),
+        "{}",
+        audit.text
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["status"] == 201 && r["path"] == "/v1/tokens"),
+        "{}",
+        audit.text
+    );
     assert!(records.iter().all(|r| r["method"] != "GET"));
-    assert_error(&http("GET", &mesh.url("/v1/audit"), Some(&operator), None), 403);
+    assert_error(
+        &http("GET", &mesh.url("/v1/audit"), Some(&operator), None),
+        403,
+    );
 }

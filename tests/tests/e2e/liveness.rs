@@ -18,8 +18,16 @@ fn agents_up_killed_agent_down_with_alert_and_back() {
         (agents.len() == 3 && agents.iter().all(|a| a.state.to_string() == "UP")).then_some(())
     });
     let up_after = started.elapsed();
-    assert!(all_up.is_some(), "agents not UP: {:?}\n{}", mesh.status(), mesh.coordinator_log());
-    assert!(up_after <= Duration::from_secs(2), "all UP took {up_after:?}");
+    assert!(
+        all_up.is_some(),
+        "agents not UP: {:?}\n{}",
+        mesh.status(),
+        mesh.coordinator_log()
+    );
+    assert!(
+        up_after <= Duration::from_secs(2),
+        "all UP took {up_after:?}"
+    );
     let status = mesh.status();
     assert_eq!(status.regions.len(), 2);
 
@@ -45,15 +53,32 @@ fn agents_up_killed_agent_down_with_alert_and_back() {
     .unwrap_or_else(|| panic!("no DOWN + alert:\n{}", mesh.coordinator_log()));
     let detected = killed.elapsed();
     let limit = Duration::from_millis(3 * mesh.heartbeat_ms + 1000);
-    assert!(detected <= limit, "DOWN + alert after {detected:?}, limit {limit:?}");
+    assert!(
+        detected <= limit,
+        "DOWN + alert after {detected:?}, limit {limit:?}"
+    );
     assert_eq!(mesh.agent_state("a1").as_deref(), Some("UP"));
 
     let dashboard = mesh.get("/v1/backup-recovery/monitoring/dashboard");
-    assert_eq!(dashboard.body["alerts"]["critical"], 1, "{}", dashboard.text);
+    assert_eq!(
+        dashboard.body["alerts"]["critical"], 1,
+        "{}",
+        dashboard.text
+    );
     assert_eq!(dashboard.body["systemHealth"]["status"], "CRITICAL");
     let metrics = mesh.get("/metrics");
-    assert!(metrics.text.contains("drmesh_agents{state=\"DOWN\"} 1"), "{}", metrics.text);
-    assert!(metrics.text.contains("drmesh_alerts_open{severity=\"CRITICAL\"} 1"), "{}", metrics.text);
+    assert!(
+        metrics.text.contains("drmesh_agents{state=\"DOWN\"} 1"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("drmesh_alerts_open{severity=\"CRITICAL\"} 1"),
+        "{}",
+        metrics.text
+    );
 
     // Restart it: UP again and the alert resolved by the system.
     let config = mesh.dir.path().join("agent-a3.toml");
@@ -67,7 +92,11 @@ fn agents_up_killed_agent_down_with_alert_and_back() {
             .any(|a| a["id"] == alert_id.as_str() && a["resolvedBy"] == "system");
         (up && found).then_some(())
     });
-    assert!(resolved.is_some(), "not back UP/resolved:\n{}", mesh.coordinator_log());
+    assert!(
+        resolved.is_some(),
+        "not back UP/resolved:\n{}",
+        mesh.coordinator_log()
+    );
     let dashboard = mesh.get("/v1/backup-recovery/monitoring/dashboard");
     assert_eq!(dashboard.body["alerts"]["total"], 0, "{}", dashboard.text);
     assert_eq!(dashboard.body["systemHealth"]["status"], "HEALTHY");

@@ -9,7 +9,11 @@ use std::time::Duration;
 use drmesh_tests::{bin, processes_mentioning, wait_for, Proc};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -21,12 +25,21 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     let mut qs = Proc::spawn(
         "quickstart",
         &bin("drmesh"),
-        &["quickstart", "--dir", &dir.display().to_string(), "--http-port", &port.to_string()],
+        &[
+            "quickstart",
+            "--dir",
+            &dir.display().to_string(),
+            "--http-port",
+            &port.to_string(),
+        ],
         &tmp.path().join("quickstart.log"),
     );
     let env = wait_for(Duration::from_secs(120), || {
         assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
-        qs.log_text().contains("Press Ctrl-C").then(|| fs::read_to_string(dir.join("drmesh.env")).ok()).flatten()
+        qs.log_text()
+            .contains("Press Ctrl-C")
+            .then(|| fs::read_to_string(dir.join("drmesh.env")).ok())
+            .flatten()
     })
     .unwrap_or_else(|| panic!("quickstart not up:\n{}", qs.log_text()));
     let var = |name: &str| {
@@ -46,7 +59,11 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
             .env("DRMESH_TOKEN", &token)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let agents: Vec<serde_json::Value> = v["regions"]
             .as_array()?
@@ -63,7 +80,10 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     let regions = status["regions"].as_array().unwrap();
     assert_eq!(regions.len(), 3, "{status}");
     let role_of = |name: &str| {
-        regions.iter().find(|r| r["name"] == name).map(|r| r["role"].as_str().unwrap_or("").to_string())
+        regions
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["role"].as_str().unwrap_or("").to_string())
     };
     assert_eq!(role_of("us-west-2").as_deref(), Some("primary"));
     assert_eq!(role_of("us-east-1").as_deref(), Some("standby"));
@@ -84,10 +104,24 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     }
 
     // Ctrl-C stops everything: coordinator, agents and all three postmasters.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qs.pid() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qs.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let exited = wait_for(Duration::from_secs(60), || (!qs.is_running()).then_some(()));
-    assert!(exited.is_some(), "quickstart did not stop:\n{}", qs.log_text());
+    assert!(
+        exited.is_some(),
+        "quickstart did not stop:\n{}",
+        qs.log_text()
+    );
     let needle = dir.display().to_string();
-    let left = wait_for(Duration::from_secs(5), || processes_mentioning(&needle).is_empty().then_some(()));
-    assert!(left.is_some(), "left behind: {:?}", processes_mentioning(&needle));
+    let left = wait_for(Duration::from_secs(5), || {
+        processes_mentioning(&needle).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "left behind: {:?}",
+        processes_mentioning(&needle)
+    );
 }
