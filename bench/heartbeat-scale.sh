@@ -12,15 +12,15 @@ HOLD=${HOLD:-60s}
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 2500 5000)
 
-cargo build --release -q --bins -p drmesh-coordinator -p drmesh-tests
+cargo build --release -q --workspace --bins
 BIN=target/release
 WORK=$(mktemp -d /tmp/drmesh-bench.XXXXXX)
 cleanup() { [ -n "${COORD_PID:-}" ] && kill "$COORD_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 ulimit -n 65536 2>/dev/null || true
-cargo run -q --release --bin drmesh -- ca init --dir "$WORK/ca" >/dev/null
-cargo run -q --release --bin drmesh -- ca issue coordinator --host localhost --dir "$WORK/ca" >/dev/null
+$BIN/drmesh ca init --dir "$WORK/ca" >/dev/null
+$BIN/drmesh ca issue coordinator --host localhost --dir "$WORK/ca" >/dev/null
 
 results=()
 for N in "${COUNTS[@]}"; do

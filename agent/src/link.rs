@@ -99,7 +99,8 @@ async fn read_frame<M: Frame>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<M>, LinkError> {
-    let mut buf = [0u8; 8192];
+    // On the heap: a buffer inside the future would be kept for the whole connection.
+    let mut buf = vec![0u8; 8192];
     loop {
         if let Some(msg) = decoder.next_frame::<M>()? {
             return Ok(Some(msg));

@@ -62,7 +62,8 @@ pub async fn read_frame<M: Frame>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<M>, TransportError> {
-    let mut buf = [0u8; 8192];
+    // On the heap: a buffer inside the future would be kept for the whole connection.
+    let mut buf = vec![0u8; 8192];
     loop {
         if let Some(msg) = decoder.next_frame::<M>()? {
             return Ok(Some(msg));
@@ -99,7 +100,45 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
     transport.max_concurrent_bidi_streams(16u32.into());
     server.transport_config(Arc::new(transport));
     let addr = coord.config.quic_listen;
-    quinn::Endpoint::server(server, addr).map_err(|source| TransportError::Bind { addr, source })
+    let bind_err = |source| TransportError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    let (reset, cid_key) = restart_keys(&coord.config.tls.key)?;
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)
+}
+
+/// The keys of QUIC stateless resets and of connection-id validation, derived from the
+/// coordinator's private key so they survive restarts: a restarted coordinator recognizes
+/// the connection ids it issued before and answers their packets with a stateless reset
+/// the agent accepts, so the agent reconnects at once instead of waiting for its idle
+/// timeout.
+fn restart_keys(key_file: &std::path::Path) -> Result<(ring::hmac::Key, u64), TransportError> {
+    use sha2::{Digest, Sha256};
+    let secret = std::fs::read(key_file)
+        .map_err(|e| TransportError::QuicTls(format!("read {}: {e}", key_file.display())))?;
+    let derive = |label: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(label);
+        h.update(&secret);
+        h.finalize()
+    };
+    let reset = derive(b"drmesh quic stateless reset v1");
+    let cid = derive(b"drmesh quic connection id v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid[..8]);
+    Ok((
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset),
+        u64::from_le_bytes(cid_key),
+    ))
 }
 
 /// Accepts connections until the endpoint closes.

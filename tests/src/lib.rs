@@ -293,6 +293,42 @@ impl Mesh {
     pub fn coordinator_log(&self) -> String {
         self.coordinator.log_text()
     }
+
+    /// `kill -9` the coordinator and start it again on the same ports and store.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill9();
+        let config = self.dir.path().join("coordinator.toml");
+        let text = fs::read_to_string(&config)
+            .expect("read config")
+            .replace(
+                "http_listen = \"127.0.0.1:0\"",
+                &format!("http_listen = \"{}\"", self.http),
+            )
+            .replace(
+                "quic_listen = \"127.0.0.1:0\"",
+                &format!("quic_listen = \"{}\"", self.quic),
+            );
+        fs::write(&config, text).expect("write config");
+        let ready = self.dir.path().join("ready.json");
+        let _ = fs::remove_file(&ready);
+        self.coordinator = Proc::spawn(
+            "coordinator",
+            &bin("drmesh-coordinator"),
+            &[
+                "--config",
+                &config.display().to_string(),
+                "--ready-file",
+                &ready.display().to_string(),
+            ],
+            &self.dir.path().join("coordinator-restarted.log"),
+        );
+        let up = wait_for(Duration::from_secs(20), || fs::read(&ready).ok());
+        assert!(
+            up.is_some(),
+            "coordinator did not restart:\n{}",
+            self.coordinator.log_text()
+        );
+    }
 }
 
 /// Connects to a coordinator with a raw QUIC client config and sends a Hello; returns

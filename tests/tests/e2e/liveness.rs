@@ -101,3 +101,28 @@ fn agents_up_killed_agent_down_with_alert_and_back() {
     assert_eq!(dashboard.body["alerts"]["total"], 0, "{}", dashboard.text);
     assert_eq!(dashboard.body["systemHealth"]["status"], "HEALTHY");
 }
+
+#[test]
+fn agents_reconnect_after_a_coordinator_crash() {
+    let mut mesh = Mesh::start(200);
+    let _a = mesh.agent("r1", "us-west-2");
+    let _b = mesh.agent("r2", "eu-west-1");
+    let up = |mesh: &Mesh| {
+        wait_for(Duration::from_secs(10), || {
+            let s = mesh.status();
+            let agents: Vec<_> = s.regions.iter().flat_map(|r| &r.agents).collect();
+            (agents.len() == 2 && agents.iter().all(|a| a.state.to_string() == "UP")).then_some(())
+        })
+    };
+    assert!(up(&mesh).is_some(), "{}", mesh.coordinator_log());
+    mesh.restart_coordinator();
+    // Both agents are remembered from the store and reconnect on their own.
+    assert!(
+        up(&mesh).is_some(),
+        "{}\nagent:\n{}",
+        mesh.coordinator_log(),
+        _a.log_text()
+    );
+    let dashboard = mesh.get("/v1/backup-recovery/monitoring/dashboard");
+    assert_eq!(dashboard.body["alerts"]["total"], 0, "{}", dashboard.text);
+}
