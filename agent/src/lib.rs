@@ -5,6 +5,7 @@
 pub mod config;
 pub mod link;
 pub mod postgres;
+pub mod repo;
 
 use std::sync::Arc;
 

@@ -1,0 +1,544 @@
+//! The backup repository: content-addressed, on any object store, usable without the
+//! coordinator (the `drmesh repo …` commands open it with only a URL and a key).
+//!
+//! Layout under the repository's prefix:
+//!
+//! | key | what |
+//! |---|---|
+//! | `config` | JSON, in clear: format version, repository id, chunker sizes, and the wrapped master key when encrypted |
+//! | `data/<2 hex>/<pack id>` | packs of compressed (and sealed) chunks, ~16 MiB each |
+//! | `index/<id>` | which chunk is where, one object per backup (sealed JSON) |
+//! | `snapshots/<id>` | one manifest per backup (sealed JSON), written last |
+//! | `locks/<id>` | live writers, so garbage collection never removes what they are about to reference |
+//!
+//! Architecture Invariant: a snapshot manifest is written only after every pack and index
+//! object it depends on is durably stored, so a crash at any point leaves either a whole
+//! snapshot or none; the debris of a crashed backup is unreferenced packs, which garbage
+//! collection removes.
+
+pub mod backend;
+pub mod backup;
+pub mod crypto;
+pub mod export;
+pub mod pack;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;
+
+#[cfg(test)]
+mod roundtrip_tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use backend::{Backend, Location};
+pub use crypto::KeySource;
+use crypto::{EncryptionConfig, MasterKey};
+use pack::{ChunkId, IndexEntry};
+pub use snapshot::{Snapshot, SnapshotSummary};
+
+/// Everything that can go wrong with a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// Bad URL, options or parameters: permanent.
+    #[error("repository configuration: {0}")]
+    Config(String),
+    /// The object store failed (network, permissions, disk): may be transient.
+    #[error("storage: {0}")]
+    Backend(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The key is missing or wrong: never falls back to plaintext.
+    #[error("key: {0}")]
+    Key(String),
+    #[error("encryption: {0}")]
+    Crypto(String),
+    /// A repository object does not parse as what it should be.
+    #[error("corrupt repository: {0}")]
+    Corrupt(String),
+    /// Stored data fails its checksum or authentication.
+    #[error("damaged data: {0}")]
+    Damaged(String),
+    #[error("unsafe path {path:?} refused: {why}")]
+    UnsafePath { path: String, why: String },
+    #[error("local file: {0}")]
+    Io(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl RepoError {
+    /// Whether trying again could help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RepoError::Backend(_))
+    }
+}
+
+/// Current repository format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// FastCDC sizes. The average (1 MiB) keeps the in-memory index near one entry per MiB
+/// stored (about 150 MB of index per TB) while still deduplicating edits inside large
+/// documents; restic chose the same order of magnitude. Files below `min` are one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkerConfig {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        Self {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The `config` object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub chunker: ChunkerConfig,
+    /// Target pack size in bytes.
+    pub pack_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// How to reach a repository and unlock it.
+#[derive(Clone, Debug, Default)]
+pub struct RepoOptions {
+    pub location: Location,
+    pub key: KeySource,
+}
+
+/// An open repository: its backend, key and chunk index.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    key: Option<MasterKey>,
+    config: RepoConfig,
+    index: RwLock<HashMap<ChunkId, pack::Location>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Repository({}, encrypted: {})",
+            self.inner.backend.describe(),
+            self.inner.key.is_some()
+        )
+    }
+}
+
+/// Parses an object key's last part as an id made only of safe characters.
+fn object_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+impl Repository {
+    /// Creates a new repository at the location; fails if one is there already.
+    pub async fn init(options: &RepoOptions) -> Result<Self, RepoError> {
+        let backend = Backend::open(&options.location).await?;
+        if backend.size("config").await?.is_some() {
+            return Err(RepoError::AlreadyExists(format!(
+                "a repository already exists at {}",
+                backend.describe()
+            )));
+        }
+        let (encryption, key) = match crypto::create(&options.key)? {
+            Some((cfg, key)) => (Some(cfg), Some(key)),
+            None => (None, None),
+        };
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            created: Utc::now(),
+            chunker: ChunkerConfig::default(),
+            pack_size: 16 * 1024 * 1024,
+            encryption,
+        };
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| RepoError::Io(format!("serialize config: {e}")))?;
+        backend.put("config", Bytes::from(json)).await?;
+        info!(repo = %backend.describe(), encrypted = key.is_some(), "repository created");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                key,
+                config,
+                index: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Opens an existing repository, unlocks it and loads its index.
+    pub async fn open(options: &RepoOptions) -> Result<Self, RepoError> {
+        let backend = Backend::open(&options.location).await?;
+        let raw = match backend.get("config").await {
+            Ok(raw) => raw,
+            Err(RepoError::NotFound(_)) => {
+                return Err(RepoError::NotFound(format!(
+                    "no repository at {} (run `drmesh repo init` first)",
+                    backend.describe()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&raw).map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
+        if config.version != FORMAT_VERSION {
+            return Err(RepoError::Corrupt(format!(
+                "repository format {} is not supported (this drmesh reads {FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        let c = &config.chunker;
+        if !(64 <= c.min && c.min <= c.avg && c.avg <= c.max && c.max <= 64 * 1024 * 1024) {
+            return Err(RepoError::Corrupt(format!(
+                "config: bad chunker sizes {c:?}"
+            )));
+        }
+        let key = match (&config.encryption, &options.key) {
+            (Some(enc), source) => Some(crypto::unlock(source, enc)?),
+            (None, KeySource::None) => None,
+            (None, _) => {
+                return Err(RepoError::Key(format!(
+                    "a key was given but the repository at {} is not encrypted; refusing to write plaintext",
+                    backend.describe()
+                )))
+            }
+        };
+        let repo = Self {
+            inner: Arc::new(Inner {
+                backend,
+                key,
+                config,
+                index: RwLock::new(HashMap::new()),
+            }),
+        };
+        repo.load_index().await?;
+        Ok(repo)
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.key.is_some()
+    }
+
+    pub(crate) fn key(&self) -> Option<&MasterKey> {
+        self.inner.key.as_ref()
+    }
+
+    /// Reads every index object into memory.
+    pub async fn load_index(&self) -> Result<usize, RepoError> {
+        let keys = self.inner.backend.list("index").await?;
+        let mut map = HashMap::new();
+        for (key, _) in keys {
+            let raw = self.inner.backend.get(&key).await?;
+            let entries: Vec<IndexEntry> = pack::decode_doc(&raw, self.key(), &key)?;
+            for e in entries {
+                map.insert(e.id, e.location);
+            }
+        }
+        let n = map.len();
+        *self.inner.index.write() = map;
+        Ok(n)
+    }
+
+    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<pack::Location> {
+        self.inner.index.read().get(id).cloned()
+    }
+
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.inner.index.read().contains_key(id)
+    }
+
+    pub(crate) fn add_to_index(&self, entries: &[IndexEntry]) {
+        let mut index = self.inner.index.write();
+        for e in entries {
+            index.insert(e.id, e.location.clone());
+        }
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.inner.index.read().len()
+    }
+
+    pub(crate) async fn put_doc<T: Serialize>(&self, key: &str, doc: &T) -> Result<u64, RepoError> {
+        let bytes = pack::encode_doc(doc, self.key())?;
+        let n = bytes.len() as u64;
+        self.inner.backend.put(key, Bytes::from(bytes)).await?;
+        Ok(n)
+    }
+
+    /// One snapshot manifest, checked to be what it says it is.
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot, RepoError> {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(RepoError::NotFound(format!("snapshot {id:?}")));
+        }
+        let key = format!("snapshots/{id}");
+        let raw = match self.inner.backend.get(&key).await {
+            Err(RepoError::NotFound(_)) => {
+                return Err(RepoError::NotFound(format!("snapshot {id}")))
+            }
+            other => other?,
+        };
+        let snap: Snapshot = pack::decode_doc(&raw, self.key(), &key)?;
+        if snap.id != id {
+            return Err(RepoError::Corrupt(format!(
+                "snapshot object {id} holds snapshot {}",
+                snap.id
+            )));
+        }
+        Ok(snap)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotSummary>, RepoError> {
+        let keys = self.inner.backend.list("snapshots").await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, _) in keys {
+            out.push(self.snapshot(object_name(&key)).await?.summary());
+        }
+        out.sort_by(|a, b| a.finished_at.cmp(&b.finished_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The newest snapshot of `kind` taken from `source`, the natural parent of the next.
+    pub async fn latest(
+        &self,
+        kind: &str,
+        source: &std::path::Path,
+    ) -> Result<Option<Snapshot>, RepoError> {
+        let all = self.snapshots().await?;
+        match all
+            .iter()
+            .rev()
+            .find(|s| s.kind == kind && s.source == source)
+        {
+            Some(s) => Ok(Some(self.snapshot(&s.id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sizes of all pack objects, by pack id.
+    pub async fn packs(&self) -> Result<HashMap<String, u64>, RepoError> {
+        Ok(self
+            .inner
+            .backend
+            .list("data")
+            .await?
+            .into_iter()
+            .map(|(k, size)| (object_name(&k).to_string(), size))
+            .collect())
+    }
+
+    /// Reads and checks one chunk.
+    pub async fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        let loc = self
+            .lookup(id)
+            .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
+        let stored = self
+            .inner
+            .backend
+            .get_range(&pack_key(&loc.pack), loc.offset, loc.length as u64)
+            .await
+            .map_err(|e| match e {
+                RepoError::NotFound(_) => {
+                    RepoError::Damaged(format!("pack {} is missing", loc.pack))
+                }
+                other => other,
+            })?;
+        let repo = self.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            pack::decode_blob(&stored, &id, loc.raw_length, repo.key())
+        })
+        .await
+        .map_err(|e| RepoError::Io(format!("decode task: {e}")))?
+    }
+
+    /// A lock object that tells garbage collection a writer is at work.
+    pub(crate) async fn lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let doc = LockDoc {
+            purpose: purpose.to_string(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            created: Utc::now(),
+        };
+        let json = serde_json::to_vec(&doc).map_err(|e| RepoError::Io(e.to_string()))?;
+        self.inner
+            .backend
+            .put(&format!("locks/{id}"), Bytes::from(json))
+            .await?;
+        Ok(RepoLock {
+            repo: self.clone(),
+            key: format!("locks/{id}"),
+        })
+    }
+}
+
+pub(crate) fn pack_key(pack: &str) -> String {
+    let prefix = pack.get(..2).unwrap_or("00");
+    format!("data/{prefix}/{pack}")
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LockDoc {
+    purpose: String,
+    hostname: String,
+    pid: u32,
+    created: DateTime<Utc>,
+}
+
+/// A held lock; `release` removes it (a crashed writer's lock goes stale instead).
+pub(crate) struct RepoLock {
+    repo: Repository,
+    key: String,
+}
+
+impl RepoLock {
+    pub(crate) async fn release(self) {
+        if let Err(e) = self.repo.inner.backend.delete(&self.key).await {
+            tracing::warn!(lock = %self.key, error = %e, "could not remove lock");
+        }
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Counters a long operation updates and a caller may watch.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: std::sync::atomic::AtomicU64,
+    pub bytes_total: std::sync::atomic::AtomicU64,
+    pub files_done: std::sync::atomic::AtomicU64,
+    pub bytes_done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Done as a percentage of the total (0 when the total is not known yet).
+    pub fn percent(&self) -> f64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.bytes_total.load(Relaxed);
+        if total == 0 {
+            return if self.files_total.load(Relaxed) > 0
+                && self.files_done.load(Relaxed) >= self.files_total.load(Relaxed)
+            {
+                100.0
+            } else {
+                0.0
+            };
+        }
+        (self.bytes_done.load(Relaxed) as f64 * 100.0 / total as f64).min(100.0)
+    }
+}
+
+/// Tags as given by an operator.
+pub type Tags = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn init_then_open_and_refuse_a_second_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RepoOptions {
+            location: Location::new(dir.path().to_string_lossy()),
+            key: KeySource::None,
+        };
+        Repository::init(&opts).await.expect("init");
+        assert!(matches!(
+            Repository::init(&opts).await,
+            Err(RepoError::AlreadyExists(_))
+        ));
+        let repo = Repository::open(&opts).await.expect("open");
+        assert!(!repo.is_encrypted());
+        assert!(repo.snapshots().await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_for_a_plain_repository_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = RepoOptions {
+            location: Location::new(dir.path().to_string_lossy()),
+            key: KeySource::None,
+        };
+        Repository::init(&opts).await.expect("init");
+        opts.key = KeySource::Passphrase("a long passphrase".into());
+        assert!(matches!(
+            Repository::open(&opts).await,
+            Err(RepoError::Key(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_repository_needs_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyfile = dir.path().join("key");
+        std::fs::write(&keyfile, "0123456789abcdef0123456789abcdef").expect("key");
+        let mut opts = RepoOptions {
+            location: Location::new(dir.path().join("repo").to_string_lossy()),
+            key: KeySource::KeyFile(keyfile.clone()),
+        };
+        Repository::init(&opts).await.expect("init");
+        Repository::open(&opts).await.expect("open with key");
+        opts.key = KeySource::None;
+        assert!(matches!(
+            Repository::open(&opts).await,
+            Err(RepoError::Key(_))
+        ));
+        let wrong = dir.path().join("wrong");
+        std::fs::write(&wrong, "ffffffffffffffffffffffffffffffff").expect("key");
+        opts.key = KeySource::KeyFile(wrong);
+        assert!(matches!(
+            Repository::open(&opts).await,
+            Err(RepoError::Key(_))
+        ));
+        opts.key = KeySource::KeyFile(dir.path().join("missing"));
+        assert!(matches!(
+            Repository::open(&opts).await,
+            Err(RepoError::Key(_))
+        ));
+    }
+}

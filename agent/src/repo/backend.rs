@@ -1,0 +1,335 @@
+//! Where a repository's objects live, addressed by URL: a local directory (`/path` or
+//! `file:///path`), `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`.
+//!
+//! Reads, listings and deletes go through the `object_store` crate for every kind. Writes
+//! to a local directory are our own: `object_store` renames a temporary file into place
+//! but never calls `fsync`, and a backup is reported done only when it is durable. So a
+//! local put writes a temporary file, syncs it, renames it and syncs the directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+use super::RepoError;
+
+/// A repository location with its options (endpoint, credentials, ...).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub url: String,
+    /// Options passed to the object-store builder, e.g. `endpoint`, `allow_http`,
+    /// `access_key_id`, `secret_access_key`, `region` for S3; `account_name`,
+    /// `access_key`, `endpoint`, `use_emulator` for Azure. Credentials not given here
+    /// are taken from the usual environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`).
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(f, "Location({}, options: {keys:?})", self.url)
+    }
+}
+
+impl Location {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_option(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.options.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// An open object store with the repository's prefix.
+#[derive(Clone)]
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// Set for local directories: the root the prefix is under, for durable writes.
+    local_root: Option<PathBuf>,
+    display: String,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.display)
+    }
+}
+
+fn backend_error(op: &str, key: &str, e: object_store::Error) -> RepoError {
+    match e {
+        object_store::Error::NotFound { .. } => RepoError::NotFound(key.to_string()),
+        other => RepoError::Backend(format!("{op} {key}: {other}")),
+    }
+}
+
+/// Maps a few friendly option names onto the `object_store` keys of each kind.
+fn normalise(kind: &str, key: &str) -> String {
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    match (kind, key.as_str()) {
+        ("s3", "endpoint" | "region" | "access_key_id" | "secret_access_key" | "allow_http") => {
+            format!("aws_{key}")
+        }
+        ("s3", "session_token" | "token") => "aws_session_token".into(),
+        ("s3", "virtual_hosted_style_request") => "aws_virtual_hosted_style_request".into(),
+        _ => key,
+    }
+}
+
+impl Backend {
+    pub async fn open(location: &Location) -> Result<Self, RepoError> {
+        let url = location.url.trim();
+        if url.is_empty() {
+            return Err(RepoError::Config("repository URL is empty".into()));
+        }
+        let local = if let Some(rest) = url.strip_prefix("file://") {
+            Some(PathBuf::from(rest))
+        } else if !url.contains("://") {
+            Some(PathBuf::from(url))
+        } else {
+            None
+        };
+        if let Some(root) = local {
+            if !root.is_absolute() {
+                return Err(RepoError::Config(format!(
+                    "local repository path {} must be absolute",
+                    root.display()
+                )));
+            }
+            std::fs::create_dir_all(&root)
+                .map_err(|e| RepoError::Backend(format!("create {}: {e}", root.display())))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                .map_err(|e| RepoError::Backend(format!("open {}: {e}", root.display())))?;
+            return Ok(Self {
+                store: Arc::new(store),
+                prefix: Path::default(),
+                display: root.display().to_string(),
+                local_root: Some(root),
+            });
+        }
+        let parsed = url::Url::parse(url)
+            .map_err(|e| RepoError::Config(format!("repository URL {url:?}: {e}")))?;
+        let scheme = parsed.scheme().to_string();
+        let bucket = parsed.host_str().unwrap_or_default().to_string();
+        if bucket.is_empty() {
+            return Err(RepoError::Config(format!(
+                "repository URL {url:?} names no bucket or container"
+            )));
+        }
+        let prefix = Path::parse(parsed.path().trim_matches('/'))
+            .map_err(|e| RepoError::Config(format!("repository URL {url:?}: {e}")))?;
+        let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                for (k, v) in &location.options {
+                    let key = normalise("s3", k);
+                    let parsed_key = key.parse().map_err(|_| {
+                        RepoError::Config(format!("unknown S3 option {k:?}"))
+                    })?;
+                    b = b.with_config(parsed_key, v);
+                }
+                Arc::new(b.build().map_err(|e| RepoError::Config(format!("S3 {url}: {e}")))?)
+            }
+            "az" | "azure" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&bucket);
+                for (k, v) in &location.options {
+                    let key = normalise("az", k);
+                    let parsed_key = key.parse().map_err(|_| {
+                        RepoError::Config(format!("unknown Azure option {k:?}"))
+                    })?;
+                    b = b.with_config(parsed_key, v);
+                }
+                Arc::new(b.build().map_err(|e| RepoError::Config(format!("Azure {url}: {e}")))?)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&bucket);
+                for (k, v) in &location.options {
+                    let key = normalise("gs", k);
+                    let parsed_key = key.parse().map_err(|_| {
+                        RepoError::Config(format!("unknown GCS option {k:?}"))
+                    })?;
+                    b = b.with_config(parsed_key, v);
+                }
+                Arc::new(b.build().map_err(|e| RepoError::Config(format!("GCS {url}: {e}")))?)
+            }
+            other => {
+                return Err(RepoError::Config(format!(
+                    "repository URL scheme {other:?} is not supported (use a path, file://, s3://, az:// or gs://)"
+                )))
+            }
+        };
+        Ok(Self {
+            store,
+            prefix,
+            local_root: None,
+            display: format!("{scheme}://{bucket}/{}", parsed.path().trim_matches('/')),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.display
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in key.split('/') {
+            p = p.child(part);
+        }
+        p
+    }
+
+    /// Writes an object; returns only when it is durable.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), RepoError> {
+        if let Some(root) = &self.local_root {
+            let file = root.join(key);
+            let key = key.to_string();
+            return tokio::task::spawn_blocking(move || write_durably(&file, &data))
+                .await
+                .map_err(|e| RepoError::Backend(format!("put {key}: {e}")))?;
+        }
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| backend_error("put", key, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, RepoError> {
+        let r = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| backend_error("get", key, e))?;
+        r.bytes().await.map_err(|e| backend_error("get", key, e))
+    }
+
+    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, RepoError> {
+        self.store
+            .get_range(&self.path(key), start..start + len)
+            .await
+            .map_err(|e| backend_error("get range of", key, e))
+    }
+
+    /// Size of an object, or `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, RepoError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(backend_error("head", key, e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend_error("delete", key, e)),
+        }
+    }
+
+    /// Keys (relative to the repository) and sizes of every object under `dir`.
+    pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, RepoError> {
+        let base = self.path(dir);
+        let strip = if self.prefix.as_ref().is_empty() {
+            0
+        } else {
+            self.prefix.as_ref().len() + 1
+        };
+        let items: Vec<_> = self
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| backend_error("list", dir, e))?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.as_ref();
+                let key = full.get(strip..)?.to_string();
+                // Temporary files of an interrupted local write are not objects.
+                (!key.contains(".tmp-")).then_some((key, m.size))
+            })
+            .collect())
+    }
+}
+
+/// Temp file, fsync, rename, fsync of the directory: after a crash the object is either
+/// whole or absent.
+fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {
+    use std::io::Write;
+    let err = |what: &str, e: std::io::Error| {
+        RepoError::Backend(format!("{what} {}: {e}", file.display()))
+    };
+    let dir = file
+        .parent()
+        .ok_or_else(|| RepoError::Backend(format!("{} has no parent", file.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| err("create directory for", e))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
+        f.write_all(data).map_err(|e| err("write", e))?;
+        f.sync_all().map_err(|e| err("sync", e))?;
+        std::fs::rename(&tmp, file).map_err(|e| err("rename into", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err("sync directory of", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_put_get_list_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = Backend::open(&Location::new(dir.path().to_string_lossy()))
+            .await
+            .expect("open");
+        b.put("data/ab/abc", Bytes::from_static(b"hello"))
+            .await
+            .expect("put");
+        b.put("index/1", Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+        assert_eq!(&b.get("data/ab/abc").await.expect("get")[..], b"hello");
+        assert_eq!(
+            &b.get_range("data/ab/abc", 1, 3).await.expect("range")[..],
+            b"ell"
+        );
+        assert_eq!(b.size("data/ab/abc").await.expect("head"), Some(5));
+        assert_eq!(b.size("nope").await.expect("head"), None);
+        let listed = b.list("data").await.expect("list");
+        assert_eq!(listed, vec![("data/ab/abc".to_string(), 5)]);
+        b.delete("data/ab/abc").await.expect("delete");
+        assert!(matches!(
+            b.get("data/ab/abc").await,
+            Err(RepoError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        for url in ["", "relative/path", "ftp://x/y", "s3:///nobucket"] {
+            assert!(Backend::open(&Location::new(url)).await.is_err(), "{url}");
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! Backing a directory up into the repository.
+//!
+//! The pipeline runs on threads joined by bounded channels, so memory stays bounded
+//! whatever the size of the source (at most a few dozen chunks and a few packs in
+//! flight):
+//!
+//! ```text
+//! scanner ──(chunk id, bytes)──▶ compressors ×N ──(blob)──▶ packer ──(pack)──▶ uploaders ×2
+//! (walk, reuse unchanged files,    (zstd, seal)              (~16 MiB packs)    (durable put)
+//!  FastCDC, SHA-256, dedup)
+//! ```
+//!
+//! When the uploads are done the backup's index object is written, and the snapshot
+//! manifest last of all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use chrono::Utc;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::pack::{self, ChunkId, IndexEntry, PackBuilder};
+use super::snapshot::{Entry, EntryKind, Snapshot, SnapshotStats};
+use super::{pack_key, Progress, RepoError, Repository, Tags};
+
+/// A file whose mtime is this close to the moment it was read is read again next time:
+/// a write in the same timestamp tick would leave its mtime unchanged.
+pub const RECHECK_MARGIN: Duration = Duration::from_secs(2);
+
+/// What to back up.
+#[derive(Debug)]
+pub struct BackupRequest {
+    /// Snapshot id, e.g. `docs_1705329600000_abc123`.
+    pub id: String,
+    /// `files`, `documents`, ...
+    pub kind: String,
+    /// An absolute directory.
+    pub source: PathBuf,
+    /// The snapshot whose unchanged files are reused without reading them.
+    pub parent: Option<Snapshot>,
+    pub tags: Tags,
+    pub progress: Arc<Progress>,
+    /// Set to stop the backup; it then fails with `Cancelled` and leaves no snapshot.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl BackupRequest {
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, source: impl Into<PathBuf>) -> Self {
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            source: source.into(),
+            parent: None,
+            tags: Tags::new(),
+            progress: Arc::default(),
+            cancel: Arc::default(),
+        }
+    }
+}
+
+struct PipelineOut {
+    entries: Vec<Entry>,
+    index: Vec<IndexEntry>,
+    stats: SnapshotStats,
+}
+
+impl Repository {
+    /// Backs up `req.source`; returns the snapshot once it is durably stored.
+    pub async fn backup(&self, req: BackupRequest) -> Result<Snapshot, RepoError> {
+        valid_snapshot_id(&req.id)?;
+        if !req.source.is_absolute() {
+            return Err(RepoError::Config(format!(
+                "backup source {} must be an absolute path",
+                req.source.display()
+            )));
+        }
+        let meta = std::fs::metadata(&req.source)
+            .map_err(|e| RepoError::Io(format!("backup source {}: {e}", req.source.display())))?;
+        if !meta.is_dir() {
+            return Err(RepoError::Config(format!(
+                "backup source {} is not a directory",
+                req.source.display()
+            )));
+        }
+        if self
+            .backend()
+            .size(&format!("snapshots/{}", req.id))
+            .await?
+            .is_some()
+        {
+            return Err(RepoError::AlreadyExists(format!(
+                "snapshot {} exists",
+                req.id
+            )));
+        }
+        let lock = self.lock(&format!("backup {}", req.id)).await?;
+        let result = self.backup_locked(&req).await;
+        lock.release().await;
+        match &result {
+            Ok(s) => info!(
+                snapshot = %s.id,
+                files = s.stats.files,
+                bytes = s.stats.bytes,
+                new_bytes = s.stats.bytes_new,
+                stored = s.stats.bytes_stored,
+                "backup finished"
+            ),
+            Err(e) => warn!(snapshot = %req.id, error = %e, "backup failed"),
+        }
+        result
+    }
+
+    async fn backup_locked(&self, req: &BackupRequest) -> Result<Snapshot, RepoError> {
+        let started_at = Utc::now();
+        let handle = tokio::runtime::Handle::current();
+        let repo = self.clone();
+        let source = req.source.clone();
+        let parent = req.parent.clone();
+        let progress = req.progress.clone();
+        let cancel = req.cancel.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            run_pipeline(&repo, &handle, &source, parent.as_ref(), &progress, &cancel)
+        })
+        .await
+        .map_err(|e| RepoError::Io(format!("backup task: {e}")))??;
+        let PipelineOut {
+            entries,
+            index,
+            mut stats,
+        } = out;
+        if !index.is_empty() {
+            stats.bytes_stored += self.put_doc(&format!("index/{}", req.id), &index).await?;
+            self.add_to_index(&index);
+        }
+        let mut snap = Snapshot {
+            id: req.id.clone(),
+            kind: req.kind.clone(),
+            parent: req.parent.as_ref().map(|p| p.id.clone()),
+            source: req.source.clone(),
+            hostname: super::hostname(),
+            started_at,
+            finished_at: Utc::now(),
+            tags: req.tags.clone(),
+            stats,
+            entries,
+        };
+        // The manifest's own size is known only once it is encoded; count the estimate.
+        let approx = pack::encode_doc(&snap, None)?.len() as u64;
+        snap.stats.bytes_stored += approx;
+        if req.cancel.load(Relaxed) {
+            return Err(RepoError::Cancelled);
+        }
+        self.put_doc(&format!("snapshots/{}", snap.id), &snap)
+            .await?;
+        Ok(snap)
+    }
+}
+
+/// Snapshot ids become object names: letters, digits, `_` and `-` only.
+pub fn valid_snapshot_id(id: &str) -> Result<(), RepoError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(RepoError::Config(format!(
+            "snapshot id {id:?} must be 1-128 letters, digits, '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// The first error any stage hit; the others stop when they see it set.
+#[derive(Default)]
+struct Failure {
+    first: Mutex<Option<RepoError>>,
+    set: AtomicBool,
+}
+
+impl Failure {
+    fn fail(&self, e: RepoError) {
+        let mut first = self.first.lock();
+        if first.is_none() {
+            *first = Some(e);
+        }
+        self.set.store(true, Relaxed);
+    }
+
+    fn failed(&self) -> bool {
+        self.set.load(Relaxed)
+    }
+}
+
+fn run_pipeline(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    source: &Path,
+    parent: Option<&Snapshot>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<PipelineOut, RepoError> {
+    let listing = scan(source)?;
+    progress.files_total.store(
+        listing.iter().filter(|(_, m)| m.is_file()).count() as u64,
+        Relaxed,
+    );
+    progress.bytes_total.store(
+        listing
+            .iter()
+            .filter(|(_, m)| m.is_file())
+            .map(|(_, m)| m.len())
+            .sum(),
+        Relaxed,
+    );
+    let parent_files: HashMap<&str, &Entry> = parent
+        .map(|p| {
+            p.entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| (e.path.as_str(), e))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let (chunk_tx, chunk_rx) = bounded::<(ChunkId, Vec<u8>)>(2 * workers + 2);
+    let (blob_tx, blob_rx) = bounded::<(ChunkId, u32, Vec<u8>)>(2 * workers + 2);
+    let (pack_tx, pack_rx) = bounded::<(String, Vec<u8>, Vec<IndexEntry>)>(2);
+    let failure = Failure::default();
+    let index: Mutex<Vec<IndexEntry>> = Mutex::default();
+    let stored = AtomicU64::new(0);
+    let pack_size = repo.config().pack_size as usize;
+
+    let scanned = std::thread::scope(|s| {
+        for _ in 0..workers {
+            let rx = chunk_rx.clone();
+            let tx = blob_tx.clone();
+            let failure = &failure;
+            s.spawn(move || compress_stage(repo, rx, tx, failure));
+        }
+        drop(chunk_rx);
+        drop(blob_tx);
+        let failure_ref = &failure;
+        s.spawn(move || pack_stage(repo, blob_rx, pack_tx, pack_size, failure_ref));
+        for _ in 0..2 {
+            let rx = pack_rx.clone();
+            let (failure, index, stored) = (&failure, &index, &stored);
+            s.spawn(move || upload_stage(repo, handle, rx, index, stored, failure));
+        }
+        drop(pack_rx);
+        // The scanner runs here; dropping its sender lets the stages drain and finish.
+        let result = scan_stage(
+            repo,
+            source,
+            listing,
+            &parent_files,
+            chunk_tx,
+            progress,
+            cancel,
+            &failure,
+        );
+        if result.is_err() {
+            // Stop the stages from finishing a pack nobody will reference.
+            failure.set.store(true, Relaxed);
+        }
+        result
+    });
+    // A stage's own error explains why the scanner saw its channel close.
+    if let Some(e) = failure.first.lock().take() {
+        return Err(e);
+    }
+    let (entries, mut stats) = scanned?;
+    stats.bytes_stored = stored.load(Relaxed);
+    Ok(PipelineOut {
+        entries,
+        index: index.into_inner(),
+        stats,
+    })
+}
+
+/// Walks `source` (not following symlinks), sorted by name, as `/`-separated relative
+/// paths with their metadata. Entries that vanish during the walk are left out.
+fn scan(source: &Path) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
+    let mut out = Vec::new();
+    for item in walkdir::WalkDir::new(source)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
+        let item = match item {
+            Ok(item) => item,
+            Err(e) => {
+                if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) {
+                    continue;
+                }
+                return Err(RepoError::Io(format!("walk {}: {e}", source.display())));
+            }
+        };
+        let rel = item
+            .path()
+            .strip_prefix(source)
+            .map_err(|e| RepoError::Io(format!("walk {}: {e}", item.path().display())))?;
+        let rel = rel.to_str().ok_or_else(|| {
+            RepoError::Io(format!(
+                "{} is not valid UTF-8; drmesh stores UTF-8 paths only",
+                item.path().display()
+            ))
+        })?;
+        let meta = match item.metadata() {
+            Ok(m) => m,
+            Err(e) if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => {
+                continue
+            }
+            Err(e) => {
+                return Err(RepoError::Io(format!(
+                    "stat {}: {e}",
+                    item.path().display()
+                )))
+            }
+        };
+        out.push((rel.to_string(), meta));
+    }
+    Ok(out)
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+fn base_entry(path: String, kind: EntryKind, meta: &std::fs::Metadata) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: mtime_ns(meta),
+        size: 0,
+        inode: meta.ino(),
+        sha256: None,
+        chunks: Vec::new(),
+        target: None,
+        recheck: false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_stage(
+    repo: &Repository,
+    source: &Path,
+    listing: Vec<(String, std::fs::Metadata)>,
+    parent: &HashMap<&str, &Entry>,
+    chunk_tx: Sender<(ChunkId, Vec<u8>)>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+    failure: &Failure,
+) -> Result<(Vec<Entry>, SnapshotStats), RepoError> {
+    let chunker = repo.config().chunker;
+    let mut pending: HashSet<ChunkId> = HashSet::new();
+    let mut stats = SnapshotStats::default();
+    let mut entries = Vec::with_capacity(listing.len());
+    for (rel, meta) in listing {
+        if cancel.load(Relaxed) {
+            return Err(RepoError::Cancelled);
+        }
+        if failure.failed() {
+            break;
+        }
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            stats.dirs += 1;
+            entries.push(base_entry(rel, EntryKind::Dir, &meta));
+        } else if ft.is_symlink() {
+            let full = source.join(&rel);
+            let target = match std::fs::read_link(&full) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    stats.skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(RepoError::Io(format!("readlink {}: {e}", full.display()))),
+            };
+            let target = target.to_str().map(str::to_string).ok_or_else(|| {
+                RepoError::Io(format!("symlink target of {} is not UTF-8", full.display()))
+            })?;
+            let mut e = base_entry(rel, EntryKind::Symlink, &meta);
+            e.target = Some(target);
+            entries.push(e);
+        } else if ft.is_file() {
+            let mut e = base_entry(rel, EntryKind::File, &meta);
+            e.size = meta.len();
+            stats.files += 1;
+            let reusable = parent.get(e.path.as_str()).filter(|p| {
+                p.size == e.size
+                    && p.mtime_ns == e.mtime_ns
+                    && p.inode == e.inode
+                    && !p.recheck
+                    && p.chunks.iter().all(|c| repo.contains(c))
+            });
+            if let Some(p) = reusable {
+                e.chunks = p.chunks.clone();
+                e.sha256 = p.sha256.clone();
+                stats.bytes += e.size;
+            } else {
+                let full = source.join(&e.path);
+                match read_file(
+                    repo,
+                    &full,
+                    &mut e,
+                    chunker,
+                    &mut pending,
+                    &chunk_tx,
+                    &mut stats,
+                    progress,
+                    cancel,
+                ) {
+                    Ok(()) => {}
+                    Err(ReadError::Vanished) => {
+                        stats.skipped += 1;
+                        progress.files_done.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Err(ReadError::Repo(err)) => return Err(err),
+                }
+                stats.bytes += e.size;
+                stats.files_read += 1;
+            }
+            progress.files_done.fetch_add(1, Relaxed);
+            if reusable.is_some() {
+                progress.bytes_done.fetch_add(e.size, Relaxed);
+            }
+            entries.push(e);
+        } else {
+            warn!(path = %source.join(&rel).display(), "special file left out of the backup");
+            stats.skipped += 1;
+        }
+    }
+    Ok((entries, stats))
+}
+
+enum ReadError {
+    Vanished,
+    Repo(RepoError),
+}
+
+impl From<RepoError> for ReadError {
+    fn from(e: RepoError) -> Self {
+        ReadError::Repo(e)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_file(
+    repo: &Repository,
+    full: &Path,
+    entry: &mut Entry,
+    chunker: super::ChunkerConfig,
+    pending: &mut HashSet<ChunkId>,
+    chunk_tx: &Sender<(ChunkId, Vec<u8>)>,
+    stats: &mut SnapshotStats,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<(), ReadError> {
+    let io = |what: &str, e: std::io::Error| -> ReadError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ReadError::Vanished
+        } else {
+            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
+        }
+    };
+    let read_started = SystemTime::now();
+    let file = std::fs::File::open(full).map_err(|e| io("open", e))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut emit = |data: Vec<u8>| -> Result<(), ReadError> {
+        if cancel.load(Relaxed) {
+            return Err(ReadError::Repo(RepoError::Cancelled));
+        }
+        hasher.update(&data);
+        size += data.len() as u64;
+        progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
+        stats.bytes_read += data.len() as u64;
+        let id = ChunkId::of(&data);
+        entry.chunks.push(id);
+        if !repo.contains(&id) && pending.insert(id) {
+            stats.chunks_new += 1;
+            stats.bytes_new += data.len() as u64;
+            chunk_tx
+                .send((id, data))
+                .map_err(|_| ReadError::Repo(RepoError::Io("backup pipeline stopped".into())))?;
+        }
+        Ok(())
+    };
+    // Small files are one chunk: read them whole instead of through the chunker's buffer.
+    let mut head = Vec::new();
+    (&file)
+        .take(chunker.min as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| io("read", e))?;
+    if head.len() < chunker.min as usize {
+        if !head.is_empty() {
+            emit(head)?;
+        }
+    } else {
+        let reader = std::io::Cursor::new(head).chain(&file);
+        for chunk in fastcdc::v2020::StreamCDC::new(reader, chunker.min, chunker.avg, chunker.max) {
+            let chunk = chunk.map_err(|e| {
+                ReadError::Repo(RepoError::Io(format!("read {}: {e}", full.display())))
+            })?;
+            emit(chunk.data)?;
+        }
+    }
+    let after = std::fs::symlink_metadata(full).map_err(|e| io("stat", e))?;
+    entry.size = size;
+    entry.sha256 = Some(hex::encode(hasher.finalize()));
+    let changed = after.len() != size || mtime_ns(&after) != entry.mtime_ns;
+    if changed {
+        warn!(path = %full.display(), "file changed while it was read; it will be read again next time");
+    }
+    let recent = read_started
+        .duration_since(after.modified().unwrap_or(SystemTime::UNIX_EPOCH))
+        .map(|age| age < RECHECK_MARGIN)
+        .unwrap_or(true);
+    entry.recheck = changed || recent;
+    Ok(())
+}
+
+fn compress_stage(
+    repo: &Repository,
+    rx: Receiver<(ChunkId, Vec<u8>)>,
+    tx: Sender<(ChunkId, u32, Vec<u8>)>,
+    failure: &Failure,
+) {
+    for (id, data) in rx {
+        match pack::encode_blob(&data, repo.key()) {
+            Ok(blob) => {
+                if tx.send((id, data.len() as u32, blob)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                failure.fail(e);
+                return;
+            }
+        }
+    }
+}
+
+fn pack_stage(
+    repo: &Repository,
+    rx: Receiver<(ChunkId, u32, Vec<u8>)>,
+    tx: Sender<(String, Vec<u8>, Vec<IndexEntry>)>,
+    pack_size: usize,
+    failure: &Failure,
+) {
+    let mut builder = PackBuilder::new();
+    let finish = |b: PackBuilder| -> bool {
+        match b.finish(repo.key()) {
+            Ok(p) => tx.send(p).is_ok(),
+            Err(e) => {
+                failure.fail(e);
+                false
+            }
+        }
+    };
+    for (id, raw, blob) in rx {
+        builder.add(id, raw, &blob);
+        if builder.len() >= pack_size && !finish(std::mem::take(&mut builder)) {
+            return;
+        }
+    }
+    if !builder.is_empty() && !failure.failed() {
+        finish(builder);
+    }
+}
+
+fn upload_stage(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    rx: Receiver<(String, Vec<u8>, Vec<IndexEntry>)>,
+    index: &Mutex<Vec<IndexEntry>>,
+    stored: &AtomicU64,
+    failure: &Failure,
+) {
+    for (name, bytes, entries) in rx {
+        let n = bytes.len() as u64;
+        match handle.block_on(repo.backend().put(&pack_key(&name), Bytes::from(bytes))) {
+            Ok(()) => {
+                stored.fetch_add(n, Relaxed);
+                index.lock().extend(entries);
+            }
+            Err(e) => {
+                failure.fail(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Snapshot entries by path, for lookups.
+pub fn by_path(snapshot: &Snapshot) -> BTreeMap<&str, &Entry> {
+    snapshot
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e))
+        .collect()
+}

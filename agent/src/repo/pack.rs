@@ -1,0 +1,265 @@
+//! Blobs (one chunk each: compressed, then sealed when the repository is encrypted) and the
+//! pack objects that hold many of them, so an object store sees few large objects.
+//!
+//! A pack is `blob* trailer u32-le(trailer length)`; the trailer is a sealed, compressed
+//! JSON list of the pack's entries, so an index can be rebuilt from the packs alone. The
+//! fast path is the index objects written at the end of each backup.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::crypto::MasterKey;
+use super::RepoError;
+
+/// SHA-256 of a chunk's plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> Self {
+        Self(Sha256::digest(data).into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, RepoError> {
+        let bytes =
+            hex::decode(s).map_err(|_| RepoError::Corrupt(format!("bad chunk id {s:?}")))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| RepoError::Corrupt(format!("bad chunk id {s:?}")))?;
+        Ok(Self(arr))
+    }
+}
+
+impl std::fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex()[..16])
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ChunkId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a chunk is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Pack object name (hex SHA-256 of the pack's bytes).
+    pub pack: String,
+    pub offset: u64,
+    /// Stored (compressed, sealed) length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub id: ChunkId,
+    #[serde(flatten)]
+    pub location: Location,
+}
+
+const FLAG_ZSTD: u8 = 1;
+
+/// zstd level: 1 is the fastest level that still shrinks text-like data well; the
+/// backup is bound by hashing and I/O, not by squeezing the last percent.
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Compresses (when that shrinks it) and seals one chunk.
+pub fn encode_blob(data: &[u8], key: Option<&MasterKey>) -> Result<Vec<u8>, RepoError> {
+    let compressed = zstd::bulk::compress(data, ZSTD_LEVEL)
+        .map_err(|e| RepoError::Io(format!("compress: {e}")))?;
+    let mut plain = Vec::with_capacity(1 + data.len().min(compressed.len()));
+    if compressed.len() < data.len() {
+        plain.push(FLAG_ZSTD);
+        plain.extend_from_slice(&compressed);
+    } else {
+        plain.push(0);
+        plain.extend_from_slice(data);
+    }
+    match key {
+        Some(k) => k.seal(&plain),
+        None => Ok(plain),
+    }
+}
+
+/// Opens, decompresses and checks one stored chunk against its id.
+pub fn decode_blob(
+    stored: &[u8],
+    id: &ChunkId,
+    raw_length: u32,
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, RepoError> {
+    let damaged = |why: &str| RepoError::Damaged(format!("chunk {}: {why}", id.hex()));
+    let opened;
+    let plain: &[u8] = match key {
+        Some(k) => {
+            opened = k
+                .open(stored)
+                .ok_or_else(|| damaged("authentication failed"))?;
+            &opened
+        }
+        None => stored,
+    };
+    let (flag, body) = plain.split_first().ok_or_else(|| damaged("empty"))?;
+    let data = match *flag {
+        FLAG_ZSTD => zstd::bulk::decompress(body, raw_length as usize)
+            .map_err(|e| damaged(&format!("decompress: {e}")))?,
+        0 => body.to_vec(),
+        other => return Err(damaged(&format!("unknown flag {other}"))),
+    };
+    if data.len() != raw_length as usize || ChunkId::of(&data) != *id {
+        return Err(damaged("content does not match its id"));
+    }
+    Ok(data)
+}
+
+/// Seals a metadata document (index, snapshot): zstd JSON, encrypted when keyed.
+pub fn encode_doc<T: Serialize>(doc: &T, key: Option<&MasterKey>) -> Result<Vec<u8>, RepoError> {
+    let json = serde_json::to_vec(doc).map_err(|e| RepoError::Io(format!("serialize: {e}")))?;
+    let z = zstd::bulk::compress(&json, 3).map_err(|e| RepoError::Io(format!("compress: {e}")))?;
+    match key {
+        Some(k) => k.seal(&z),
+        None => Ok(z),
+    }
+}
+
+/// Largest metadata document accepted (decompressed).
+const MAX_DOC: usize = 1 << 30;
+
+pub fn decode_doc<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    key: Option<&MasterKey>,
+    what: &str,
+) -> Result<T, RepoError> {
+    let opened;
+    let z: &[u8] = match key {
+        Some(k) => {
+            opened = k.open(bytes).ok_or_else(|| {
+                RepoError::Damaged(format!(
+                    "{what}: authentication failed (damaged, or another key)"
+                ))
+            })?;
+            &opened
+        }
+        None => bytes,
+    };
+    let json = zstd::bulk::decompress(z, MAX_DOC)
+        .map_err(|e| RepoError::Damaged(format!("{what}: decompress: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| RepoError::Damaged(format!("{what}: {e}")))
+}
+
+/// Collects blobs into one pack.
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<(ChunkId, u64, u32, u32)>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, id: ChunkId, raw_length: u32, blob: &[u8]) {
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(blob);
+        self.entries
+            .push((id, offset, blob.len() as u32, raw_length));
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The pack's bytes, its name, and its index entries.
+    pub fn finish(
+        mut self,
+        key: Option<&MasterKey>,
+    ) -> Result<(String, Vec<u8>, Vec<IndexEntry>), RepoError> {
+        let trailer_entries: Vec<(ChunkId, u64, u32, u32)> = self.entries.clone();
+        let trailer = encode_doc(&trailer_entries, key)?;
+        self.buf.extend_from_slice(&trailer);
+        self.buf
+            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        let name = hex::encode(Sha256::digest(&self.buf));
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|(id, offset, length, raw_length)| IndexEntry {
+                id,
+                location: Location {
+                    pack: name.clone(),
+                    offset,
+                    length,
+                    raw_length,
+                },
+            })
+            .collect();
+        Ok((name, self.buf, entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_detect_damage() {
+        let data = b"hello hello hello hello hello hello".repeat(100);
+        let id = ChunkId::of(&data);
+        let blob = encode_blob(&data, None).expect("encode");
+        assert!(blob.len() < data.len(), "text compresses");
+        assert_eq!(
+            decode_blob(&blob, &id, data.len() as u32, None).expect("decode"),
+            data
+        );
+        let mut bad = blob.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(decode_blob(&bad, &id, data.len() as u32, None).is_err());
+    }
+
+    #[test]
+    fn sealed_blobs_need_the_key() {
+        let (_, key) = crate::repo::crypto::create(&crate::repo::crypto::KeySource::Passphrase(
+            "correct horse".into(),
+        ))
+        .expect("create")
+        .expect("keyed");
+        let data = b"MARKER-PLAINTEXT".repeat(64);
+        let id = ChunkId::of(&data);
+        let blob = encode_blob(&data, Some(&key)).expect("encode");
+        assert!(!blob.windows(16).any(|w| w == b"MARKER-PLAINTEXT"));
+        assert_eq!(
+            decode_blob(&blob, &id, data.len() as u32, Some(&key)).expect("decode"),
+            data
+        );
+        assert!(decode_blob(&blob, &id, data.len() as u32, None).is_err());
+    }
+}

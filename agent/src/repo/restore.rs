@@ -1,0 +1,346 @@
+//! Restoring a snapshot (or chosen paths of it) into a directory.
+//!
+//! Architecture Invariant: nothing is written outside the target directory. Every path
+//! in the manifest is checked before anything is written (no `..`, nothing absolute);
+//! no write goes through a symlink (every ancestor inside the target is checked to be a
+//! real directory, files are opened with `O_NOFOLLOW`); symlinks are created last, so a
+//! symlink in the snapshot cannot redirect a later file.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
+use super::{Progress, RepoError, Repository};
+
+/// What to restore, and where.
+#[derive(Debug)]
+pub struct RestoreRequest {
+    pub snapshot: String,
+    pub target: PathBuf,
+    /// Paths (files or directories) inside the snapshot; empty means everything.
+    pub paths: Vec<String>,
+    pub progress: Arc<Progress>,
+}
+
+impl RestoreRequest {
+    pub fn new(snapshot: impl Into<String>, target: impl Into<PathBuf>) -> Self {
+        Self {
+            snapshot: snapshot.into(),
+            target: target.into(),
+            paths: Vec::new(),
+            progress: Arc::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreReport {
+    pub snapshot: String,
+    pub target: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+/// Parallel file restores: more than the cores, since most of the time is waiting on
+/// the object store.
+const RESTORE_WORKERS: usize = 4;
+
+impl Repository {
+    pub async fn restore(&self, req: RestoreRequest) -> Result<RestoreReport, RepoError> {
+        let started = Instant::now();
+        let snap = self.snapshot(&req.snapshot).await?;
+        let plan = plan(&snap, &req.paths)?;
+        for (_, e) in &plan {
+            if e.kind == EntryKind::File {
+                for c in &e.chunks {
+                    if !self.contains(c) {
+                        return Err(RepoError::Damaged(format!(
+                            "{}: chunk {} is in no index",
+                            e.path,
+                            c.hex()
+                        )));
+                    }
+                }
+            }
+        }
+        let files: Vec<&(PathBuf, &Entry)> = plan
+            .iter()
+            .filter(|(_, e)| e.kind == EntryKind::File)
+            .collect();
+        req.progress.files_total.store(files.len() as u64, Relaxed);
+        req.progress
+            .bytes_total
+            .store(files.iter().map(|(_, e)| e.size).sum(), Relaxed);
+
+        let target = req.target.clone();
+        let repo = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let progress = req.progress.clone();
+        let owned: Vec<(PathBuf, Entry)> = plan.into_iter().map(|(p, e)| (p, e.clone())).collect();
+        let mut report = tokio::task::spawn_blocking(move || {
+            restore_blocking(&repo, &handle, &target, &owned, &progress)
+        })
+        .await
+        .map_err(|e| RepoError::Io(format!("restore task: {e}")))??;
+        report.snapshot = snap.id.clone();
+        report.target = req.target.clone();
+        report.duration = started.elapsed();
+        info!(
+            snapshot = %snap.id,
+            target = %req.target.display(),
+            files = report.files,
+            bytes = report.bytes,
+            "restore finished"
+        );
+        Ok(report)
+    }
+}
+
+/// Checks every path and picks the entries to restore, in manifest order.
+fn plan<'a>(snap: &'a Snapshot, paths: &[String]) -> Result<Vec<(PathBuf, &'a Entry)>, RepoError> {
+    let mut all = Vec::with_capacity(snap.entries.len());
+    for e in &snap.entries {
+        all.push((safe_relative(&e.path)?, e));
+    }
+    if paths.is_empty() {
+        return Ok(all);
+    }
+    let wanted: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| safe_relative(p.trim_end_matches('/')))
+        .collect::<Result<_, _>>()?;
+    for w in &wanted {
+        if !all.iter().any(|(p, _)| p.starts_with(w)) {
+            return Err(RepoError::NotFound(format!(
+                "{} is not in snapshot {}",
+                w.display(),
+                snap.id
+            )));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(p, _)| wanted.iter().any(|w| p.starts_with(w)))
+        .collect())
+}
+
+/// Joins `rel` to `target`, creating missing directories, and refuses when any existing
+/// ancestor inside the target is a symlink or not a directory.
+fn prepare_parent(target: &Path, rel: &Path) -> Result<PathBuf, RepoError> {
+    let unsafe_path = |why: String| RepoError::UnsafePath {
+        path: rel.display().to_string(),
+        why,
+    };
+    let mut dir = target.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for part in parent.components() {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(unsafe_path(format!("{} is a symlink", dir.display())))
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(unsafe_path(format!("{} is not a directory", dir.display())))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&dir)
+                        .map_err(|e| RepoError::Io(format!("create {}: {e}", dir.display())))?;
+                }
+                Err(e) => return Err(RepoError::Io(format!("stat {}: {e}", dir.display()))),
+            }
+        }
+    }
+    Ok(target.join(rel))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Owner (when root) and mtime, never following a symlink.
+fn set_owner_and_time(path: &Path, e: &Entry) -> Result<(), RepoError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let io = |what: &str, err: String| RepoError::Io(format!("{what} {}: {err}", path.display()));
+    if is_root() {
+        std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
+            .map_err(|err| io("chown", err.to_string()))?;
+    }
+    let mtime = TimeSpec::new(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000),
+    );
+    utimensat(None, path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|err| io("set times of", err.to_string()))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| RepoError::Io(format!("chmod {}: {e}", path.display())))
+}
+
+fn restore_file(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    target: &Path,
+    rel: &Path,
+    e: &Entry,
+    progress: &Progress,
+) -> Result<(), RepoError> {
+    let path = prepare_parent(target, rel)?;
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&path)
+            .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))?,
+        Ok(m) if m.is_dir() => {
+            return Err(RepoError::Io(format!(
+                "{} is a directory; cannot restore a file there",
+                path.display()
+            )))
+        }
+        _ => {}
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))?;
+    let mut hasher = Sha256::new();
+    for c in &e.chunks {
+        let data = handle
+            .block_on(repo.read_chunk(c))
+            .map_err(|err| match err {
+                RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
+                other => other,
+            })?;
+        hasher.update(&data);
+        f.write_all(&data)
+            .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
+        progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
+    }
+    f.sync_all()
+        .map_err(|err| RepoError::Io(format!("sync {}: {err}", path.display())))?;
+    drop(f);
+    let digest = hex::encode(hasher.finalize());
+    if e.sha256.as_deref() != Some(digest.as_str()) {
+        return Err(RepoError::Damaged(format!(
+            "{}: restored content does not match the manifest's SHA-256",
+            e.path
+        )));
+    }
+    set_mode(&path, e.mode)?;
+    set_owner_and_time(&path, e)?;
+    progress.files_done.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+fn restore_blocking(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    target: &Path,
+    plan: &[(PathBuf, Entry)],
+    progress: &Progress,
+) -> Result<RestoreReport, RepoError> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| RepoError::Io(format!("create {}: {e}", target.display())))?;
+    let mut report = RestoreReport::default();
+    // Directories first, so files have somewhere to go.
+    for (rel, e) in plan.iter().filter(|(_, e)| e.kind == EntryKind::Dir) {
+        let path = prepare_parent(target, rel)?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(RepoError::UnsafePath {
+                    path: e.path.clone(),
+                    why: format!("{} exists and is not a directory", path.display()),
+                })
+            }
+            Err(_) => std::fs::create_dir(&path)
+                .map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))?,
+        }
+        report.dirs += 1;
+    }
+    // Files, in parallel.
+    let files: Vec<&(PathBuf, Entry)> = plan
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::File)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<RepoError>> = Mutex::default();
+    std::thread::scope(|s| {
+        for _ in 0..RESTORE_WORKERS.min(files.len().max(1)) {
+            s.spawn(|| loop {
+                if first_error.lock().is_some() {
+                    return;
+                }
+                let i = next.fetch_add(1, Relaxed);
+                let Some((rel, e)) = files.get(i).map(|x| (&x.0, &x.1)) else {
+                    return;
+                };
+                if let Err(err) = restore_file(repo, handle, target, rel, e, progress) {
+                    first_error.lock().get_or_insert(err);
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner() {
+        return Err(e);
+    }
+    report.files = files.len() as u64;
+    report.bytes = files.iter().map(|(_, e)| e.size).sum();
+    // Symlinks after every file, so none can redirect a write.
+    for (rel, e) in plan.iter().filter(|(_, e)| e.kind == EntryKind::Symlink) {
+        let path = prepare_parent(target, rel)?;
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if m.is_dir() {
+                return Err(RepoError::Io(format!(
+                    "{} is a directory; cannot restore a symlink there",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(&path)
+                .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))?;
+        }
+        let link_target = e.target.as_deref().unwrap_or_default();
+        std::os::unix::fs::symlink(link_target, &path)
+            .map_err(|err| RepoError::Io(format!("symlink {}: {err}", path.display())))?;
+        set_owner_and_time(&path, e)?;
+        report.symlinks += 1;
+    }
+    // Directory modes and times last, deepest first (writing inside a directory moves
+    // its mtime, and a read-only mode would stop the writes).
+    let mut dirs: Vec<&(PathBuf, Entry)> = plan
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::Dir)
+        .collect();
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (rel, e) in dirs {
+        let path = target.join(rel);
+        set_mode(&path, e.mode)?;
+        set_owner_and_time(&path, e)?;
+    }
+    if let Ok(d) = File::open(target) {
+        let _ = d.sync_all();
+    }
+    Ok(report)
+}

@@ -1,0 +1,463 @@
+//! Backup, restore, verify and export against a real local repository.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::backup::BackupRequest;
+use super::restore::RestoreRequest;
+use super::snapshot::{Entry, EntryKind};
+use super::*;
+
+/// Deterministic pseudo-random bytes (xorshift), so chunk boundaries are content-defined.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn set_old_mtime(path: &Path) {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(1_600_000_000, 123_456_789);
+    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).expect("set mtime");
+}
+
+/// A source tree with an empty file, small files, a large file, nested directories, a
+/// symlink and unusual modes; every mtime set well in the past.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("docs/2024/01")).expect("mkdir");
+    std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+    std::fs::write(root.join("empty.txt"), b"").expect("write");
+    std::fs::write(root.join("docs/readme.md"), b"# documents\n".repeat(50)).expect("write");
+    std::fs::write(root.join("docs/2024/01/contract.pdf"), noise(1, 300_000)).expect("write");
+    std::fs::write(
+        root.join("docs/2024/01/scan.tiff"),
+        noise(2, 9 * 1024 * 1024),
+    )
+    .expect("write");
+    std::fs::set_permissions(
+        root.join("docs/readme.md"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("docs/readme.md", root.join("link-to-readme")).expect("symlink");
+    for e in walkdir::WalkDir::new(root).contents_first(true) {
+        set_old_mtime(e.expect("walk").path());
+    }
+}
+
+fn tree_digest(root: &Path) -> BTreeMap<String, (String, u32, i64, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.expect("walk");
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .expect("prefix")
+            .to_string_lossy()
+            .into_owned();
+        let meta = e.path().symlink_metadata().expect("stat");
+        let content = if meta.is_file() {
+            hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).expect("read")))
+        } else {
+            String::new()
+        };
+        let target = meta.file_type().is_symlink().then(|| {
+            std::fs::read_link(e.path())
+                .expect("readlink")
+                .to_string_lossy()
+                .into_owned()
+        });
+        let mtime = if meta.file_type().is_symlink() {
+            0
+        } else {
+            meta.mtime()
+        };
+        out.insert(rel, (content, meta.mode() & 0o7777, mtime, target));
+    }
+    out
+}
+
+use sha2::Digest;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    repo: Repository,
+}
+
+impl Fixture {
+    async fn new(key: KeySource) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RepoOptions {
+            location: Location::new(dir.path().join("repo").to_string_lossy()),
+            key,
+        };
+        let repo = Repository::init(&opts).await.expect("init");
+        Self { dir, repo }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    async fn backup(&self, id: &str, parent: Option<Snapshot>) -> Snapshot {
+        let mut req = BackupRequest::new(id, "files", self.path("src"));
+        req.parent = parent;
+        self.repo.backup(req).await.expect("backup")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_round_trip_keeps_content_modes_and_times() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    let snap = fx.backup("snap_1", None).await;
+    assert_eq!(snap.stats.files, 4);
+    assert_eq!(snap.stats.dirs, 4);
+    assert!(
+        snap.stats.chunks_new >= 5,
+        "the 9 MiB file is several chunks"
+    );
+    let report = fx
+        .repo
+        .restore(RestoreRequest::new("snap_1", fx.path("out")))
+        .await
+        .expect("restore");
+    assert_eq!(report.files, 4);
+    assert_eq!(tree_digest(&fx.path("src")), tree_digest(&fx.path("out")));
+
+    // A second repository handle (as another process would) sees the same snapshot.
+    let again = Repository::open(&RepoOptions {
+        location: Location::new(fx.path("repo").to_string_lossy()),
+        key: KeySource::None,
+    })
+    .await
+    .expect("open");
+    assert_eq!(again.snapshots().await.expect("list").len(), 1);
+    assert!(again.verify("snap_1", true).await.expect("verify").passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backup_reads_only_changed_files_and_stores_only_new_chunks() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    let first = fx.backup("snap_1", None).await;
+    // Append to the large file: only its last chunk(s) change.
+    let big = fx.path("src/docs/2024/01/scan.tiff");
+    let mut content = std::fs::read(&big).expect("read");
+    content.extend_from_slice(&noise(3, 10_000));
+    std::fs::write(&big, &content).expect("write");
+    set_old_mtime(&big);
+    // Touch nothing else but move one file's mtime.
+    std::fs::write(fx.path("src/new.txt"), b"new file").expect("write");
+    set_old_mtime(&fx.path("src/new.txt"));
+    let second = fx.backup("snap_2", Some(first.clone())).await;
+    assert_eq!(second.parent.as_deref(), Some("snap_1"));
+    assert_eq!(
+        second.stats.files_read, 2,
+        "only the changed and the new file are read"
+    );
+    assert!(
+        second.stats.bytes_new < 5 * 1024 * 1024,
+        "an append uploads only the changed chunks, not the 9 MiB file ({} new bytes)",
+        second.stats.bytes_new
+    );
+    let r = fx
+        .repo
+        .restore(RestoreRequest::new("snap_2", fx.path("out2")))
+        .await
+        .expect("restore");
+    assert_eq!(r.files, 5);
+    assert_eq!(tree_digest(&fx.path("src")), tree_digest(&fx.path("out2")));
+    // The first snapshot is still whole.
+    assert!(fx
+        .repo
+        .verify("snap_1", true)
+        .await
+        .expect("verify")
+        .passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recently_modified_files_are_read_again() {
+    let fx = Fixture::new(KeySource::None).await;
+    std::fs::create_dir_all(fx.path("src")).expect("mkdir");
+    std::fs::write(fx.path("src/hot.txt"), b"v1").expect("write");
+    let first = fx.backup("snap_1", None).await;
+    let hot = first
+        .entries
+        .iter()
+        .find(|e| e.path == "hot.txt")
+        .expect("entry");
+    assert!(hot.recheck, "written just now: within the safety margin");
+    let second = fx.backup("snap_2", Some(first)).await;
+    assert_eq!(second.stats.files_read, 1, "a recheck file is read again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_of_chosen_paths_only() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    fx.backup("snap_1", None).await;
+    let mut req = RestoreRequest::new("snap_1", fx.path("out"));
+    req.paths = vec!["docs/2024".into()];
+    let r = fx.repo.restore(req).await.expect("restore");
+    assert_eq!(r.files, 2);
+    assert!(fx.path("out/docs/2024/01/contract.pdf").exists());
+    assert!(!fx.path("out/empty.txt").exists());
+    let mut req = RestoreRequest::new("snap_1", fx.path("out3"));
+    req.paths = vec!["no/such/path".into()];
+    assert!(matches!(
+        fx.repo.restore(req).await,
+        Err(RepoError::NotFound(_))
+    ));
+}
+
+fn file_entry(path: &str, data: &[u8]) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        size: data.len() as u64,
+        inode: 1,
+        sha256: Some(hex::encode(sha2::Sha256::digest(data))),
+        chunks: vec![pack::ChunkId::of(data)],
+        target: None,
+        recheck: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_with_escaping_paths_are_refused_and_nothing_is_written() {
+    let fx = Fixture::new(KeySource::None).await;
+    std::fs::create_dir_all(fx.path("src")).expect("mkdir");
+    std::fs::write(fx.path("src/a.txt"), b"payload").expect("write");
+    let good = fx.backup("snap_1", None).await;
+    for (n, bad_path) in ["../escaped.txt", "/tmp/absolute.txt", "a/../../escaped.txt"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut snap = good.clone();
+        snap.id = format!("evil_{n}");
+        snap.entries.push(file_entry(bad_path, b"payload"));
+        fx.repo
+            .put_doc(&format!("snapshots/{}", snap.id), &snap)
+            .await
+            .expect("plant");
+        let target = fx.path(&format!("out{n}"));
+        let err = fx
+            .repo
+            .restore(RestoreRequest::new(&snap.id, &target))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, RepoError::UnsafePath { .. }), "{err}");
+        assert!(
+            !target.exists(),
+            "nothing is written when the manifest is unsafe"
+        );
+        let report = fx.repo.verify(&snap.id, false).await.expect("verify");
+        assert!(!report.manifest.passed, "verify flags {bad_path}");
+    }
+    assert!(!fx.dir.path().join("escaped.txt").exists());
+
+    // A symlink already in the target does not redirect a restored file.
+    let outside = fx.path("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let target = fx.path("linked");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    let mut snap = good.clone();
+    snap.id = "evil_link".into();
+    snap.entries = vec![file_entry("sub/a.txt", b"payload")];
+    fx.repo
+        .put_doc("snapshots/evil_link", &snap)
+        .await
+        .expect("plant");
+    std::os::unix::fs::symlink(&outside, target.join("sub")).expect("symlink");
+    let err = fx
+        .repo
+        .restore(RestoreRequest::new("evil_link", &target))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, RepoError::UnsafePath { .. }), "{err}");
+    assert!(!outside.join("a.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_damaged_and_missing_files() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    let snap = fx.backup("snap_1", None).await;
+    let report = fx.repo.verify("snap_1", true).await.expect("verify");
+    assert!(report.passed(), "{report:?}");
+    assert!(report.bytes_checked > 9 * 1024 * 1024);
+
+    // Flip one byte inside the chunk of contract.pdf.
+    let entry = snap
+        .entries
+        .iter()
+        .find(|e| e.path.ends_with("contract.pdf"))
+        .expect("entry");
+    let loc = fx.repo.lookup(&entry.chunks[0]).expect("indexed");
+    let pack_file = fx.path("repo").join(pack_key(&loc.pack));
+    let mut bytes = std::fs::read(&pack_file).expect("read pack");
+    bytes[loc.offset as usize + 10] ^= 0xff;
+    std::fs::write(&pack_file, &bytes).expect("write pack");
+    let report = fx.repo.verify("snap_1", true).await.expect("verify");
+    assert!(!report.passed());
+    assert!(
+        report.objects.passed,
+        "the objects exist; their content is wrong"
+    );
+    assert_eq!(report.data.as_ref().map(|c| c.passed), Some(false));
+    assert!(
+        report
+            .damaged
+            .iter()
+            .any(|d| d.path == "docs/2024/01/contract.pdf"),
+        "{:?}",
+        report.damaged
+    );
+    // Restoring that file fails loudly rather than writing wrong bytes.
+    assert!(matches!(
+        fx.repo
+            .restore(RestoreRequest::new("snap_1", fx.path("out")))
+            .await,
+        Err(RepoError::Damaged(_))
+    ));
+
+    // Remove the pack: the metadata check alone finds it.
+    std::fs::remove_file(&pack_file).expect("rm pack");
+    let report = fx.repo.verify("snap_1", false).await.expect("verify");
+    assert!(!report.objects.passed);
+    assert!(report
+        .damaged
+        .iter()
+        .any(|d| d.path.ends_with("contract.pdf")));
+    assert_eq!(report.missing_objects, vec![pack_key(&loc.pack)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_repository_holds_no_plaintext_and_needs_its_key() {
+    let fx = Fixture::new(KeySource::Passphrase("correct horse battery".into())).await;
+    std::fs::create_dir_all(fx.path("src")).expect("mkdir");
+    let marker = b"TOP-SECRET-MARKER-".repeat(1000);
+    std::fs::write(fx.path("src/secret.txt"), &marker).expect("write");
+    std::fs::write(fx.path("src/name-MARKERFILE.txt"), b"x").expect("write");
+    fx.backup("snap_1", None).await;
+    for e in walkdir::WalkDir::new(fx.path("repo")) {
+        let e = e.expect("walk");
+        if e.file_type().is_file() {
+            let bytes = std::fs::read(e.path()).expect("read");
+            assert!(
+                !bytes.windows(18).any(|w| w == b"TOP-SECRET-MARKER-"),
+                "{}",
+                e.path().display()
+            );
+            assert!(
+                !bytes.windows(10).any(|w| w == b"MARKERFILE"),
+                "{}",
+                e.path().display()
+            );
+        }
+    }
+    let location = Location::new(fx.path("repo").to_string_lossy());
+    for key in [
+        KeySource::None,
+        KeySource::Passphrase("wrong passphrase".into()),
+    ] {
+        let err = Repository::open(&RepoOptions {
+            location: location.clone(),
+            key,
+        })
+        .await
+        .expect_err("refused");
+        assert!(matches!(err, RepoError::Key(_)), "{err}");
+    }
+    let r = fx
+        .repo
+        .restore(RestoreRequest::new("snap_1", fx.path("out")))
+        .await
+        .expect("restore");
+    assert_eq!(r.files, 2);
+    assert_eq!(
+        std::fs::read(fx.path("out/secret.txt")).expect("read"),
+        marker
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_backup_leaves_no_snapshot_and_the_others_intact() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    fx.backup("snap_1", None).await;
+    std::fs::write(fx.path("src/more.bin"), noise(9, 3 * 1024 * 1024)).expect("write");
+    let req = BackupRequest::new("snap_2", "files", fx.path("src"));
+    req.cancel.store(true, Relaxed);
+    assert!(matches!(
+        fx.repo.backup(req).await,
+        Err(RepoError::Cancelled)
+    ));
+    let ids: Vec<String> = fx
+        .repo
+        .snapshots()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec!["snap_1".to_string()]);
+    assert!(fx
+        .repo
+        .verify("snap_1", true)
+        .await
+        .expect("verify")
+        .passed());
+    assert!(fx
+        .path("repo/locks")
+        .read_dir()
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_makes_a_plain_tar_gz_with_a_manifest() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    fx.backup("docs_1", None).await;
+    let archive = fx.path("exports/docs_1.tar.gz");
+    let manifest = fx
+        .repo
+        .export_archive("docs_1", &archive, "docs_backup")
+        .await
+        .expect("export");
+    assert_eq!(manifest.file_count, 4);
+    let out = fx.path("untar");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    assert_eq!(
+        tree_digest(&fx.path("src")),
+        tree_digest(&out.join("docs_backup"))
+    );
+    let parsed: export::ArchiveManifest =
+        serde_json::from_slice(&std::fs::read(out.join("MANIFEST.json")).expect("read"))
+            .expect("json");
+    assert_eq!(parsed, manifest);
+}

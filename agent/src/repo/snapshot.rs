@@ -1,0 +1,166 @@
+//! Snapshot manifests: what one backup contains. Written last, after every pack and index
+//! it refers to, so a snapshot never points at missing data.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::pack::ChunkId;
+use super::RepoError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One path in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Relative to the snapshot's source, `/`-separated, never `..` or absolute.
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    /// Owner, restored when restoring as root.
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub inode: u64,
+    /// SHA-256 of the whole file (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkId>,
+    /// Symlink target, stored as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The file's mtime was within the safety margin of the moment it was read: a write
+    /// in the same timestamp tick could go unseen, so the next backup reads it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recheck: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    /// Files read this time (the rest were unchanged since the parent).
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub chunks_new: u64,
+    /// Plaintext bytes of the new chunks.
+    pub bytes_new: u64,
+    /// Bytes written to the store (packs, index, manifest).
+    pub bytes_stored: u64,
+    /// Special files (sockets, FIFOs, devices) left out, and files that vanished while
+    /// the backup ran.
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub id: String,
+    /// What was backed up: `files`, `documents`, later `postgres`.
+    pub kind: String,
+    pub parent: Option<String>,
+    pub source: PathBuf,
+    pub hostname: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub stats: SnapshotStats,
+    pub entries: Vec<Entry>,
+}
+
+/// The list form (no entries), for `snapshots` listings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSummary {
+    pub id: String,
+    pub kind: String,
+    pub parent: Option<String>,
+    pub source: PathBuf,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub tags: BTreeMap<String, String>,
+    pub stats: SnapshotStats,
+}
+
+impl Snapshot {
+    pub fn summary(&self) -> SnapshotSummary {
+        SnapshotSummary {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            parent: self.parent.clone(),
+            source: self.source.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            tags: self.tags.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Checks that a stored path stays inside whatever directory it is restored to, and turns
+/// it into a relative `PathBuf`.
+///
+/// Architecture Invariant: restore writes only paths that passed this check.
+pub fn safe_relative(path: &str) -> Result<PathBuf, RepoError> {
+    let refuse = |why: &str| RepoError::UnsafePath {
+        path: path.to_string(),
+        why: why.to_string(),
+    };
+    if path.is_empty() {
+        return Err(refuse("empty path"));
+    }
+    if path.contains('\0') {
+        return Err(refuse("NUL byte"));
+    }
+    let p = Path::new(path);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("`..` component")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("absolute path")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(refuse("no name"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        assert_eq!(
+            safe_relative("a/b/c.txt").expect("ok"),
+            PathBuf::from("a/b/c.txt")
+        );
+        assert_eq!(safe_relative("./a").expect("ok"), PathBuf::from("a"));
+        for bad in ["../etc/passwd", "a/../../b", "/etc/passwd", "", ".", "a\0b"] {
+            assert!(
+                matches!(safe_relative(bad), Err(RepoError::UnsafePath { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Checking a snapshot: its manifest, that every object it needs exists, and (with
+//! `read_data`) that every chunk decrypts, decompresses and hashes to its id and every
+//! file to its recorded SHA-256. The report names each damaged file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
+use super::{RepoError, Repository};
+
+/// One verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn pass(detail: impl Into<String>) -> Self {
+        Self {
+            passed: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(detail: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DamagedFile {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub snapshot: String,
+    /// The manifest decodes, authenticates, and its paths and sizes are consistent.
+    pub manifest: Check,
+    /// Every chunk is in the index and every pack it lives in exists and is long enough.
+    pub objects: Check,
+    /// Every chunk read back matches its id (only with read-data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Check>,
+    /// Every file's content matches its SHA-256 (only with read-data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_checksums: Option<Check>,
+    pub damaged: Vec<DamagedFile>,
+    pub missing_objects: Vec<String>,
+    pub files_checked: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.manifest.passed
+            && self.objects.passed
+            && self.data.as_ref().is_none_or(|c| c.passed)
+            && self.file_checksums.as_ref().is_none_or(|c| c.passed)
+    }
+}
+
+const VERIFY_WORKERS: usize = 4;
+
+fn manifest_problems(snap: &Snapshot) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for e in &snap.entries {
+        if let Err(err) = safe_relative(&e.path) {
+            problems.push(err.to_string());
+        }
+        if !seen.insert(e.path.as_str()) {
+            problems.push(format!("{} appears twice", e.path));
+        }
+        match e.kind {
+            EntryKind::File => {
+                if e.sha256.as_deref().is_none_or(|h| h.len() != 64) {
+                    problems.push(format!("{} has no SHA-256", e.path));
+                }
+                if e.size > 0 && e.chunks.is_empty() {
+                    problems.push(format!("{} has {} bytes and no chunks", e.path, e.size));
+                }
+            }
+            EntryKind::Symlink if e.target.is_none() => {
+                problems.push(format!("symlink {} has no target", e.path))
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
+impl Repository {
+    /// Verifies one snapshot. Errors are for failures of the check itself (the store
+    /// unreachable); damage is reported in the report.
+    pub async fn verify(&self, id: &str, read_data: bool) -> Result<VerifyReport, RepoError> {
+        let started = Instant::now();
+        let mut report = VerifyReport {
+            snapshot: id.to_string(),
+            manifest: Check::pass("manifest valid"),
+            objects: Check::pass("all objects accessible"),
+            data: None,
+            file_checksums: None,
+            damaged: Vec::new(),
+            missing_objects: Vec::new(),
+            files_checked: 0,
+            chunks_checked: 0,
+            bytes_checked: 0,
+            duration: Duration::ZERO,
+        };
+        let snap = match self.snapshot(id).await {
+            Ok(s) => s,
+            Err(e @ (RepoError::Damaged(_) | RepoError::Corrupt(_))) => {
+                report.manifest = Check::fail(e.to_string());
+                report.objects = Check::fail("manifest unreadable");
+                report.missing_objects.push(format!("snapshots/{id}"));
+                report.duration = started.elapsed();
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        };
+        let problems = manifest_problems(&snap);
+        if !problems.is_empty() {
+            report.manifest = Check::fail(problems.join("; "));
+        }
+
+        // Objects: every chunk indexed, every pack present and long enough.
+        let packs = self.packs().await?;
+        let mut damaged: BTreeMap<String, String> = BTreeMap::new();
+        let mut missing: HashSet<String> = HashSet::new();
+        for e in snap.entries.iter().filter(|e| e.kind == EntryKind::File) {
+            let mut total = 0u64;
+            for c in &e.chunks {
+                match self.lookup(c) {
+                    None => {
+                        damaged
+                            .entry(e.path.clone())
+                            .or_insert_with(|| format!("chunk {} is in no index", c.hex()));
+                    }
+                    Some(loc) => {
+                        total += loc.raw_length as u64;
+                        match packs.get(&loc.pack) {
+                            None => {
+                                missing.insert(super::pack_key(&loc.pack));
+                                damaged
+                                    .entry(e.path.clone())
+                                    .or_insert_with(|| format!("pack {} is missing", loc.pack));
+                            }
+                            Some(size) if *size < loc.offset + loc.length as u64 => {
+                                missing.insert(super::pack_key(&loc.pack));
+                                damaged
+                                    .entry(e.path.clone())
+                                    .or_insert_with(|| format!("pack {} is truncated", loc.pack));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if !damaged.contains_key(&e.path) && total != e.size {
+                damaged.insert(
+                    e.path.clone(),
+                    format!("chunks hold {total} bytes, manifest says {}", e.size),
+                );
+            }
+        }
+        if !damaged.is_empty() {
+            report.objects = Check::fail(format!(
+                "{} file(s) reference missing or inconsistent data",
+                damaged.len()
+            ));
+        }
+
+        if read_data {
+            let (data, checksums) = self.read_back(&snap, &mut damaged, &mut report).await?;
+            report.data = Some(data);
+            report.file_checksums = Some(checksums);
+        }
+        report.files_checked = snap
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .count() as u64;
+        let mut missing: Vec<String> = missing.into_iter().collect();
+        missing.sort();
+        report.missing_objects = missing;
+        report.damaged = damaged
+            .into_iter()
+            .map(|(path, reason)| DamagedFile { path, reason })
+            .collect();
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Reads every file back; returns the data and checksum verdicts.
+    async fn read_back(
+        &self,
+        snap: &Snapshot,
+        damaged: &mut BTreeMap<String, String>,
+        report: &mut VerifyReport,
+    ) -> Result<(Check, Check), RepoError> {
+        let files: Vec<Entry> = snap
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && !damaged.contains_key(&e.path))
+            .cloned()
+            .collect();
+        let repo = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let outcome =
+            tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files))
+                .await
+                .map_err(|e| RepoError::Io(format!("verify task: {e}")))??;
+        report.chunks_checked = outcome.chunks;
+        report.bytes_checked = outcome.bytes;
+        let bad_chunks = outcome.bad_chunks.len();
+        let bad_sums = outcome.bad_checksums.len();
+        for (path, reason) in outcome.bad_chunks.into_iter().chain(outcome.bad_checksums) {
+            damaged.entry(path).or_insert(reason);
+        }
+        let data = if bad_chunks == 0 {
+            Check::pass(format!("{} chunks read back intact", outcome.chunks))
+        } else {
+            Check::fail(format!("{bad_chunks} file(s) with damaged chunks"))
+        };
+        let sums = if bad_sums == 0 && bad_chunks == 0 {
+            Check::pass("every file matches its SHA-256")
+        } else {
+            Check::fail(format!(
+                "{} file(s) do not match their SHA-256",
+                bad_sums + bad_chunks
+            ))
+        };
+        Ok((data, sums))
+    }
+}
+
+struct ReadBack {
+    chunks: u64,
+    bytes: u64,
+    bad_chunks: Vec<(String, String)>,
+    bad_checksums: Vec<(String, String)>,
+}
+
+fn read_back_blocking(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    files: &[Entry],
+) -> Result<ReadBack, RepoError> {
+    let next = AtomicUsize::new(0);
+    let chunks = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let bad_chunks = Mutex::new(Vec::new());
+    let bad_sums = Mutex::new(Vec::new());
+    let fatal: Mutex<Option<RepoError>> = Mutex::default();
+    std::thread::scope(|s| {
+        for _ in 0..VERIFY_WORKERS {
+            s.spawn(|| loop {
+                if fatal.lock().is_some() {
+                    return;
+                }
+                let i = next.fetch_add(1, Relaxed);
+                let Some(e) = files.get(i) else { return };
+                let mut hasher = Sha256::new();
+                let mut ok = true;
+                for c in &e.chunks {
+                    match handle.block_on(repo.read_chunk(c)) {
+                        Ok(data) => {
+                            chunks.fetch_add(1, Relaxed);
+                            bytes.fetch_add(data.len() as u64, Relaxed);
+                            hasher.update(&data);
+                        }
+                        Err(RepoError::Damaged(why)) => {
+                            bad_chunks.lock().push((e.path.clone(), why));
+                            ok = false;
+                            break;
+                        }
+                        Err(RepoError::NotFound(what)) => {
+                            bad_chunks
+                                .lock()
+                                .push((e.path.clone(), format!("{what} is missing")));
+                            ok = false;
+                            break;
+                        }
+                        Err(other) => {
+                            fatal.lock().get_or_insert(other);
+                            return;
+                        }
+                    }
+                }
+                if ok {
+                    let digest = hex::encode(hasher.finalize());
+                    if e.sha256.as_deref() != Some(digest.as_str()) {
+                        bad_sums
+                            .lock()
+                            .push((e.path.clone(), "content does not match its SHA-256".into()));
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = fatal.into_inner() {
+        return Err(e);
+    }
+    Ok(ReadBack {
+        chunks: chunks.into_inner(),
+        bytes: bytes.into_inner(),
+        bad_chunks: bad_chunks.into_inner(),
+        bad_checksums: bad_sums.into_inner(),
+    })
+}
