@@ -13,6 +13,17 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+# restic: the benchmark compares drmesh's backups with it.
+command -v restic >/dev/null 2>&1 || need+=(restic)
+# The object-store end-to-end tests run real S3 (moto_server, from PyPI) and Azure Blob
+# (azurite-blob, from npm) servers; these are what installs them.
+if ! moto_server --help >/dev/null 2>&1; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+fi
+if ! azurite-blob --version >/dev/null 2>&1; then
+  command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -24,6 +35,47 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
       $SUDO pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
     done
+  fi
+fi
+
+# pip refuses to install into Debian's own python3 ("externally-managed-environment",
+# PEP 668); only then is --break-system-packages used. A pyenv or venv python needs nothing.
+pip_install() {
+  local out
+  if out=$(python3 -m pip install --quiet "$@" 2>&1); then return 0; fi
+  if grep -q externally-managed-environment <<<"$out"; then
+    python3 -m pip install --quiet --break-system-packages "$@"
+  else
+    echo "$out" >&2
+    return 1
+  fi
+}
+
+# `moto_server --help` imports the server (flask): it fails when moto lacks the [server]
+# extra, not only when moto is missing.
+if ! moto_server --help >/dev/null 2>&1; then
+  echo "installing: moto[server] (pip)"
+  pip_install 'moto[server]'
+  # pyenv only sees new console scripts after a rehash.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  hash -r
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "moto_server was installed but is not on PATH (a user install puts it in ~/.local/bin): add that directory to PATH and run again" >&2
+    exit 1
+  fi
+  if ! moto_server --help >/dev/null 2>&1; then
+    echo "moto_server does not run: see \`moto_server --help\`" >&2
+    exit 1
+  fi
+fi
+
+if ! azurite-blob --version >/dev/null 2>&1; then
+  echo "installing: azurite (npm)"
+  $SUDO npm install -g --silent azurite
+  hash -r
+  if ! azurite-blob --version >/dev/null 2>&1; then
+    echo "azurite-blob does not run: see \`azurite-blob --version\`" >&2
+    exit 1
   fi
 fi
 

@@ -4,6 +4,7 @@
 mod ca;
 mod client;
 mod quickstart;
+mod repo;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,11 @@ enum Cmd {
     /// Run a whole local mesh in the foreground: CA, coordinator, three regions with
     /// PostgreSQL (one primary, two streaming standbys) and their agents.
     Quickstart(quickstart::Opts),
+    /// The backup repository, offline: init, backup, snapshots, restore, verify, export.
+    #[command(subcommand)]
+    Repo(repo::RepoCmd),
+    /// Write a snapshot as a plain tar.gz with MANIFEST.json (same as `repo export`).
+    Export(repo::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -248,6 +254,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Ca(cmd) => ca::run(cmd)?,
         Cmd::Quickstart(opts) => quickstart::run(opts)?,
+        Cmd::Repo(cmd) => repo::run(cmd)?,
+        Cmd::Export(args) => repo::run_export(args)?,
     }
     Ok(())
 }

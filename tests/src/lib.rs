@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod objstore;
+
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

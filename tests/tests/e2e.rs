@@ -7,5 +7,7 @@ mod e2e {
     pub mod cli;
     pub mod http_api;
     pub mod liveness;
+    pub mod objstore_servers;
     pub mod quickstart;
+    pub mod repo;
 }

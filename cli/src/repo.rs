@@ -1,0 +1,372 @@
+//! `drmesh repo …`: the backup repository without any coordinator or agent — only its
+//! URL and key. What an operator uses when the whole mesh is gone.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use drmesh_agent::repo::backup::BackupRequest;
+use drmesh_agent::repo::restore::RestoreRequest;
+use drmesh_agent::repo::{KeySource, Location, Progress, RepoOptions, Repository};
+
+use crate::{fmt_bytes, print_json, Output};
+
+/// Where the repository is and how to unlock it.
+#[derive(Args, Clone, Debug)]
+pub struct RepoArgs {
+    /// Repository URL: an absolute path, file://, s3://bucket/prefix, az://container/prefix
+    /// or gs://bucket/prefix.
+    #[arg(long, env = "DRMESH_REPO")]
+    repo: String,
+    /// Object-store option KEY=VALUE, repeatable (endpoint, region, allow_http,
+    /// access_key_id, secret_access_key, account_name, access_key, use_emulator, ...).
+    #[arg(long = "repo-option", value_name = "KEY=VALUE")]
+    repo_options: Vec<String>,
+    /// File holding the repository key (at least 16 bytes, e.g. 32 random bytes in hex).
+    /// A passphrase is read from DRMESH_REPO_PASSPHRASE instead, never from the command line.
+    #[arg(long, env = "DRMESH_REPO_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    fn options(&self) -> anyhow::Result<RepoOptions> {
+        let mut location = Location::new(self.repo.clone());
+        for kv in &self.repo_options {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--repo-option {kv:?} is not KEY=VALUE"))?;
+            location.options.insert(k.to_string(), v.to_string());
+        }
+        let passphrase = std::env::var("DRMESH_REPO_PASSPHRASE")
+            .ok()
+            .filter(|p| !p.is_empty());
+        let key = match (&self.key_file, passphrase) {
+            (Some(_), Some(_)) => {
+                bail!("give either a key file or DRMESH_REPO_PASSPHRASE, not both")
+            }
+            (Some(f), None) => KeySource::KeyFile(f.clone()),
+            (None, Some(p)) => KeySource::Passphrase(p),
+            (None, None) => KeySource::None,
+        };
+        Ok(RepoOptions { location, key })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum RepoCmd {
+    /// Create a repository (encrypted when a key file or passphrase is given).
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Back up a directory.
+    Backup {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Absolute directory to back up.
+        source: PathBuf,
+        /// Snapshot id (default: `<prefix>_<epoch-ms>_<6 chars>`).
+        #[arg(long)]
+        id: Option<String>,
+        /// What is backed up: `files` or `documents`.
+        #[arg(long, default_value = "files")]
+        kind: String,
+        /// Tag KEY=VALUE, repeatable.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Parent snapshot (default: the newest of the same kind and source).
+        #[arg(long, conflicts_with = "full")]
+        parent: Option<String>,
+        /// Read every file, reusing nothing from a parent.
+        #[arg(long)]
+        full: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List snapshots, oldest first.
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Restore a snapshot, or chosen paths of it, into a directory.
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        snapshot: String,
+        #[arg(long)]
+        target: PathBuf,
+        /// Restore only this path (file or directory inside the snapshot), repeatable.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Check a snapshot; exits 1 when anything is damaged or missing.
+    Verify {
+        #[command(flatten)]
+        repo: RepoArgs,
+        snapshot: String,
+        /// Also read back and check every chunk and every file's SHA-256.
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Write a snapshot as a plain tar.gz with MANIFEST.json.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    snapshot: String,
+    /// Output file (default: `<snapshot>.tar.gz` in the current directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Directory inside the archive that holds the files.
+    #[arg(long, default_value = "docs_backup")]
+    root: String,
+    /// Also write `<out dir>/<snapshot>/MANIFEST.json` beside the archive.
+    #[arg(long)]
+    manifest_beside: bool,
+}
+
+fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    tags.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--tag {kv:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// A progress bar on stderr while `work` runs, when stderr is a terminal.
+async fn with_progress<T>(
+    progress: Arc<Progress>,
+    what: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_length(progress.bytes_total.load(Relaxed));
+                bar.set_position(progress.bytes_done.load(Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let out = work.await;
+    ticker.abort();
+    bar.finish_and_clear();
+    out
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+pub fn run(cmd: RepoCmd) -> anyhow::Result<()> {
+    runtime()?.block_on(run_async(cmd))
+}
+
+pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(export(args))
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let repo = Repository::open(&args.repo.options()?).await?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("{}.tar.gz", args.snapshot)));
+    let manifest = repo
+        .export_archive(&args.snapshot, &out, &args.root)
+        .await?;
+    if args.manifest_beside {
+        let dir = out
+            .parent()
+            .map(|p| p.join(&args.snapshot))
+            .unwrap_or_else(|| PathBuf::from(&args.snapshot));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let path = dir.join("MANIFEST.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    println!(
+        "{}: {} files, {} → {}",
+        args.snapshot,
+        manifest.file_count,
+        fmt_bytes(manifest.total_bytes),
+        out.display()
+    );
+    Ok(())
+}
+
+async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
+    match cmd {
+        RepoCmd::Init { repo } => {
+            let opts = repo.options()?;
+            let r = Repository::init(&opts).await?;
+            println!(
+                "created repository {} at {}{}",
+                r.config().id,
+                r.backend().describe(),
+                if r.is_encrypted() { " (encrypted)" } else { "" }
+            );
+        }
+        RepoCmd::Backup {
+            repo,
+            source,
+            id,
+            kind,
+            tags,
+            parent,
+            full,
+            output,
+        } => {
+            let source = std::path::absolute(&source)
+                .with_context(|| format!("resolve {}", source.display()))?;
+            let r = Repository::open(&repo.options()?).await?;
+            let prefix = if kind == "documents" { "docs" } else { "snap" };
+            let id = id.unwrap_or_else(|| drmesh_protocol::ids::runbook_id(prefix));
+            let mut req = BackupRequest::new(id, kind.clone(), source.clone());
+            req.tags = parse_tags(&tags)?;
+            req.parent = match (parent, full) {
+                (Some(p), _) => Some(r.snapshot(&p).await?),
+                (None, true) => None,
+                (None, false) => r.latest(&kind, &source).await?,
+            };
+            let progress = req.progress.clone();
+            let snap = with_progress(progress, "backup", r.backup(req)).await?;
+            match output {
+                Output::Json => print_json(&snap.summary())?,
+                Output::Text => println!(
+                    "snapshot {} saved: {} files ({}), {} read, {} new, {} stored, parent {}",
+                    snap.id,
+                    snap.stats.files,
+                    fmt_bytes(snap.stats.bytes),
+                    fmt_bytes(snap.stats.bytes_read),
+                    fmt_bytes(snap.stats.bytes_new),
+                    fmt_bytes(snap.stats.bytes_stored),
+                    snap.parent.as_deref().unwrap_or("none"),
+                ),
+            }
+        }
+        RepoCmd::Snapshots { repo, output } => {
+            let r = Repository::open(&repo.options()?).await?;
+            let snaps = r.snapshots().await?;
+            match output {
+                Output::Json => print_json(&snaps)?,
+                Output::Text => {
+                    println!(
+                        "{:<32} {:<10} {:<20} {:>8} {:>11}  SOURCE",
+                        "ID", "KIND", "FINISHED", "FILES", "SIZE"
+                    );
+                    for s in snaps {
+                        println!(
+                            "{:<32} {:<10} {:<20} {:>8} {:>11}  {}",
+                            s.id,
+                            s.kind,
+                            s.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                            s.stats.files,
+                            fmt_bytes(s.stats.bytes),
+                            s.source.display()
+                        );
+                    }
+                }
+            }
+        }
+        RepoCmd::Restore {
+            repo,
+            snapshot,
+            target,
+            paths,
+            output,
+        } => {
+            let r = Repository::open(&repo.options()?).await?;
+            let mut req = RestoreRequest::new(snapshot, target);
+            req.paths = paths;
+            let progress = req.progress.clone();
+            let report = with_progress(progress, "restore", r.restore(req)).await?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Text => println!(
+                    "restored {} files ({}), {} directories, {} symlinks into {} in {}",
+                    report.files,
+                    fmt_bytes(report.bytes),
+                    report.dirs,
+                    report.symlinks,
+                    report.target.display(),
+                    humantime::format_duration(Duration::from_millis(
+                        report.duration.as_millis() as u64
+                    )),
+                ),
+            }
+        }
+        RepoCmd::Verify {
+            repo,
+            snapshot,
+            read_data,
+            output,
+        } => {
+            let r = Repository::open(&repo.options()?).await?;
+            let report = r.verify(&snapshot, read_data).await?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Text => {
+                    let verdict = |c: &drmesh_agent::repo::verify::Check| {
+                        format!(
+                            "{} ({})",
+                            if c.passed { "PASSED" } else { "FAILED" },
+                            c.detail
+                        )
+                    };
+                    println!("snapshot {}", report.snapshot);
+                    println!("  manifest:        {}", verdict(&report.manifest));
+                    println!("  objects:         {}", verdict(&report.objects));
+                    if let Some(c) = &report.data {
+                        println!("  data:            {}", verdict(c));
+                    }
+                    if let Some(c) = &report.file_checksums {
+                        println!("  file checksums:  {}", verdict(c));
+                    }
+                    for d in &report.damaged {
+                        println!("  DAMAGED {}: {}", d.path, d.reason);
+                    }
+                    for m in &report.missing_objects {
+                        println!("  MISSING {m}");
+                    }
+                }
+            }
+            if !report.passed() {
+                bail!("verification of {snapshot} FAILED");
+            }
+        }
+        RepoCmd::Export(args) => export(args).await?,
+    }
+    Ok(())
+}
