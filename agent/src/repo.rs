@@ -21,6 +21,7 @@ pub mod backup;
 pub mod crypto;
 pub mod export;
 pub mod pack;
+pub mod replicate;
 pub mod restore;
 pub mod snapshot;
 pub mod verify;
@@ -409,6 +410,15 @@ impl Repository {
             key: format!("locks/{id}"),
         })
     }
+}
+
+/// Index objects get a random suffix: a retried backup or copy of the same snapshot
+/// never overwrites the index a crashed attempt left.
+pub(crate) fn index_key(snapshot: &str) -> String {
+    format!(
+        "index/{snapshot}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 pub(crate) fn pack_key(pack: &str) -> String {

@@ -138,7 +138,7 @@ impl Repository {
             mut stats,
         } = out;
         if !index.is_empty() {
-            stats.bytes_stored += self.put_doc(&format!("index/{}", req.id), &index).await?;
+            stats.bytes_stored += self.put_doc(&super::index_key(&req.id), &index).await?;
             self.add_to_index(&index);
         }
         let mut snap = Snapshot {

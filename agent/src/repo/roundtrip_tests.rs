@@ -461,3 +461,38 @@ async fn export_makes_a_plain_tar_gz_with_a_manifest() {
             .expect("json");
     assert_eq!(parsed, manifest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_a_repository_with_another_key_moves_only_missing_chunks() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    fx.backup("snap_1", None).await;
+    let dest = Repository::init(&RepoOptions {
+        location: Location::new(fx.path("mirror").to_string_lossy()),
+        key: KeySource::Passphrase("mirror passphrase".into()),
+    })
+    .await
+    .expect("init mirror");
+    let first = fx.repo.copy_snapshot("snap_1", &dest).await.expect("copy");
+    assert!(first.chunks_copied >= 5);
+    assert!(dest.verify("snap_1", true).await.expect("verify").passed());
+    let again = fx
+        .repo
+        .copy_snapshot("snap_1", &dest)
+        .await
+        .expect("copy again");
+    assert!(again.already_present);
+
+    std::fs::write(fx.path("src/added.txt"), b"one more document").expect("write");
+    let parent = fx.repo.snapshot("snap_1").await.expect("snap");
+    fx.backup("snap_2", Some(parent)).await;
+    let second = fx.repo.copy_snapshot("snap_2", &dest).await.expect("copy");
+    assert_eq!(second.chunks_copied, 1, "only the new file's chunk moves");
+    dest.restore(RestoreRequest::new("snap_2", fx.path("from-mirror")))
+        .await
+        .expect("restore from mirror");
+    assert_eq!(
+        tree_digest(&fx.path("src")),
+        tree_digest(&fx.path("from-mirror"))
+    );
+}
