@@ -42,6 +42,130 @@ pub struct PostgresFile {
     pub probe_timeout: Option<Duration>,
 }
 
+/// One place document backups go (`[[documents.locations]]`).
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocationFile {
+    /// Short name shown in statuses, e.g. `local`, `azure`, `s3`. Required.
+    pub name: Option<String>,
+    /// Repository URL: a path (relative to this file), `s3://bucket/prefix`,
+    /// `az://container/prefix`, `gs://bucket/prefix`. `{yyyy}` and `{mm}` are replaced
+    /// by the backup's year and month, so `s3://b/document-backups/{yyyy}/{mm}` gives
+    /// the runbook's layout (one repository per month). Required.
+    pub url: Option<String>,
+    /// Object-store options: `endpoint`, `region`, `allow_http`, `access_key_id`,
+    /// `secret_access_key` (S3); `account_name`, `access_key`, `endpoint` (Azure).
+    /// Anything not given comes from the environment (`AWS_*`, `AZURE_*`).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for LocationFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(
+            f,
+            "LocationFile({:?}, {:?}, options: {keys:?})",
+            self.name, self.url
+        )
+    }
+}
+
+/// `[documents]`: the uploads directory and where its backups go.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentsFile {
+    /// The uploads directory to back up. Required when `[documents]` is present.
+    pub source: Option<PathBuf>,
+    /// Key file (at least 16 bytes) for encryption at rest in every location. Default:
+    /// none. Once a repository is encrypted, a missing key fails every backup.
+    pub key_file: Option<PathBuf>,
+    /// Keep the newest backup also as `docs_<id>.tar.gz` + `docs_latest.tar.gz` with
+    /// `docs_<id>/MANIFEST.json`, for a restore with `tar` alone. Default `true`.
+    pub keep_latest_archive: Option<bool>,
+    /// Where those archives go. Default `<data_dir>/backups/documents/snapshots`.
+    pub archive_dir: Option<PathBuf>,
+    /// Default target of restores (`<restore_dir>/<backupId>`). Default
+    /// `<data_dir>/restores`.
+    pub restore_dir: Option<PathBuf>,
+    /// At least one; the first is the primary (the backup is written there, then copied
+    /// to the others).
+    pub locations: Vec<LocationFile>,
+}
+
+/// A checked document location.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocumentLocation {
+    pub name: String,
+    /// May hold `{yyyy}` / `{mm}`.
+    pub url: String,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocumentsConfig {
+    pub source: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub keep_latest_archive: bool,
+    pub archive_dir: PathBuf,
+    pub restore_dir: PathBuf,
+    pub locations: Vec<DocumentLocation>,
+}
+
+impl DocumentsFile {
+    fn validate(self, base: &Path, data_dir: &Path) -> Result<DocumentsConfig, ConfigError> {
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let source = abs(required(self.source, "documents.source")?);
+        if self.locations.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[documents] needs at least one [[documents.locations]]".into(),
+            ));
+        }
+        let mut locations = Vec::new();
+        for (i, l) in self.locations.into_iter().enumerate() {
+            let name = required(l.name, &format!("documents.locations[{i}].name"))?;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "documents.locations[{i}].name {name:?}: letters, digits, '-' and '_' only"
+                )));
+            }
+            if locations.iter().any(|x: &DocumentLocation| x.name == name) {
+                return Err(ConfigError::Invalid(format!(
+                    "documents.locations: {name:?} appears twice"
+                )));
+            }
+            let url = required(l.url, &format!("documents.locations[{i}].url"))?;
+            let url = if url.contains("://") {
+                url
+            } else {
+                abs(PathBuf::from(&url)).to_string_lossy().into_owned()
+            };
+            locations.push(DocumentLocation {
+                name,
+                url,
+                options: l.options,
+            });
+        }
+        Ok(DocumentsConfig {
+            source,
+            key_file: self.key_file.map(abs),
+            keep_latest_archive: self.keep_latest_archive.unwrap_or(true),
+            archive_dir: self
+                .archive_dir
+                .map(abs)
+                .unwrap_or_else(|| data_dir.join("backups/documents/snapshots")),
+            restore_dir: self
+                .restore_dir
+                .map(abs)
+                .unwrap_or_else(|| data_dir.join("restores")),
+            locations,
+        })
+    }
+}
+
 /// The TOML file. Unknown keys are refused.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +193,8 @@ pub struct AgentConfigFile {
     pub tls: Option<TlsFiles>,
     /// The local PostgreSQL, if this host runs one.
     pub postgres: Option<PostgresFile>,
+    /// Document backups, if this host holds the uploads directory.
+    pub documents: Option<DocumentsFile>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +216,7 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub tls: TlsFiles,
     pub postgres: Option<PostgresConfig>,
+    pub documents: Option<DocumentsConfig>,
 }
 
 fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
@@ -142,6 +269,11 @@ impl AgentConfigFile {
                 probe_timeout: pg.probe_timeout.unwrap_or(Duration::from_secs(2)),
             }),
         };
+        let data_dir = abs(self.data_dir.unwrap_or_else(|| PathBuf::from(".")));
+        let documents = self
+            .documents
+            .map(|d| d.validate(base, &data_dir))
+            .transpose()?;
         Ok(AgentConfig {
             id,
             region,
@@ -149,7 +281,7 @@ impl AgentConfigFile {
             coordinator,
             heartbeat_interval,
             reconnect_max_backoff,
-            data_dir: abs(self.data_dir.unwrap_or_else(|| PathBuf::from("."))),
+            data_dir,
             log_format: self.log_format.unwrap_or_default(),
             tls: TlsFiles {
                 ca_cert: abs(tls.ca_cert),
@@ -157,6 +289,7 @@ impl AgentConfigFile {
                 key: abs(tls.key),
             },
             postgres,
+            documents,
         })
     }
 }
@@ -238,6 +371,46 @@ mod tests {
             .expect("parse")
             .validate(Path::new("/"))
             .is_err());
+    }
+
+    #[test]
+    fn documents_section() {
+        let text = format!(
+            "{BASE}data_dir = \"/var/lib/drmesh\"\n[documents]\nsource = \"/srv/uploads\"\n[[documents.locations]]\nname = \"local\"\nurl = \"backups/repo\"\n[[documents.locations]]\nname = \"s3\"\nurl = \"s3://b/document-backups/{{yyyy}}/{{mm}}\"\noptions = {{ region = \"us-east-1\", secret_access_key = \"hush\" }}\n"
+        );
+        let cfg = AgentConfigFile::parse(&text, Path::new("a.toml"))
+            .expect("parse")
+            .validate(Path::new("/etc/drmesh"))
+            .expect("valid");
+        let docs = cfg.documents.expect("documents");
+        assert_eq!(docs.source, PathBuf::from("/srv/uploads"));
+        assert!(docs.keep_latest_archive);
+        assert_eq!(
+            docs.archive_dir,
+            PathBuf::from("/var/lib/drmesh/backups/documents/snapshots")
+        );
+        assert_eq!(docs.locations[0].url, "/etc/drmesh/backups/repo");
+        assert_eq!(docs.locations[1].options["region"], "us-east-1");
+        assert!(!format!(
+            "{:?}",
+            AgentConfigFile::parse(&text, Path::new("a.toml")).expect("parse")
+        )
+        .contains("hush"));
+        for bad in [
+            "[documents]\nsource = \"/x\"\n",
+            "[documents]\n[[documents.locations]]\nname = \"a\"\nurl = \"/r\"\n",
+            "[documents]\nsource = \"/x\"\n[[documents.locations]]\nname = \"a b\"\nurl = \"/r\"\n",
+            "[documents]\nsource = \"/x\"\n[[documents.locations]]\nname = \"a\"\nurl = \"/r\"\n[[documents.locations]]\nname = \"a\"\nurl = \"/q\"\n",
+        ] {
+            let text = format!("{BASE}{bad}");
+            assert!(
+                AgentConfigFile::parse(&text, Path::new("a.toml"))
+                    .expect("parse")
+                    .validate(Path::new("/"))
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

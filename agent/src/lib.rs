@@ -3,6 +3,7 @@
 //! and replicates.
 
 pub mod config;
+pub mod documents;
 pub mod link;
 pub mod postgres;
 pub mod repo;

@@ -10,7 +10,7 @@ use drmesh_protocol::codec::{encode, Frame};
 use drmesh_protocol::{
     close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
     CoordinatorMessage, CoordinatorMessageV1, DecodeError, Epoch, ErrorMessage, FrameDecoder,
-    Heartbeat, Hello, PgStatus, Welcome,
+    Heartbeat, Hello, PgStatus, Progress as ProgressMessage, Welcome,
 };
 use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -18,6 +18,7 @@ use rand::Rng;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
+use crate::documents::{Documents, ProgressFn};
 use crate::postgres::Prober;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +92,15 @@ pub struct Link {
     config: AgentConfig,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
-    observed: Arc<Observed>,
-    highest_epoch: Arc<AtomicU64>,
+    commands: Arc<CommandContext>,
+}
+
+/// What commands run against; outlives any one connection, so work started before a
+/// reconnect goes on.
+pub struct CommandContext {
+    pub highest_epoch: Arc<AtomicU64>,
+    pub observed: Arc<Observed>,
+    pub documents: Option<Arc<Documents>>,
 }
 
 async fn read_frame<M: Frame>(
@@ -153,12 +161,19 @@ impl Link {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let endpoint = quinn::Endpoint::client(bind).map_err(LinkError::Bind)?;
+        let documents = config
+            .documents
+            .clone()
+            .map(|d| Arc::new(Documents::new(d)));
         Ok(Self {
             config,
             endpoint,
             client,
-            observed,
-            highest_epoch: Arc::new(AtomicU64::new(0)),
+            commands: Arc::new(CommandContext {
+                highest_epoch: Arc::new(AtomicU64::new(0)),
+                observed,
+                documents,
+            }),
         })
     }
 
@@ -221,17 +236,11 @@ impl Link {
             Err(LinkError::Read(_)) => return Err(EndOfStreamOrClose::reason(&conn)),
             Err(e) => return Err(e),
         };
-        admit_epoch(&self.highest_epoch, welcome.epoch).ok();
+        admit_epoch(&self.commands.highest_epoch, welcome.epoch).ok();
         info!(coordinator = %addr, epoch = %welcome.epoch, "connected to coordinator");
 
-        let commands = tokio::spawn(
-            serve_commands(
-                conn.clone(),
-                self.highest_epoch.clone(),
-                self.observed.clone(),
-            )
-            .in_current_span(),
-        );
+        let commands =
+            tokio::spawn(serve_commands(conn.clone(), self.commands.clone()).in_current_span());
         let reason = self.heartbeat_loop(&conn).await;
         commands.abort();
         conn.close(close_code::NORMAL.into(), b"agent link restarting");
@@ -242,6 +251,9 @@ impl Link {
         let mut caps = vec!["heartbeat".to_string(), "commands".to_string()];
         if self.config.postgres.is_some() {
             caps.push("postgres".into());
+        }
+        if self.config.documents.is_some() {
+            caps.push("documents".into());
         }
         caps
     }
@@ -259,9 +271,9 @@ impl Link {
             let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
                 seq,
                 sent_at_ms: unix_ms(),
-                postgres: self.observed.postgres.lock().clone(),
+                postgres: self.commands.observed.postgres.lock().clone(),
                 disk_free_bytes: disk_free(&self.config.data_dir),
-                last_backup_ids: self.observed.last_backup_ids.lock().clone(),
+                last_backup_ids: self.commands.observed.last_backup_ids.lock().clone(),
             }));
             let bytes = match encode(&hb) {
                 Ok(b) => b,
@@ -293,7 +305,7 @@ impl EndOfStreamOrClose {
     }
 }
 
-async fn serve_commands(conn: quinn::Connection, highest: Arc<AtomicU64>, observed: Arc<Observed>) {
+async fn serve_commands(conn: quinn::Connection, ctx: Arc<CommandContext>) {
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -302,22 +314,35 @@ async fn serve_commands(conn: quinn::Connection, highest: Arc<AtomicU64>, observ
                 return;
             }
         };
-        tokio::spawn(
-            handle_command(send, recv, highest.clone(), observed.clone()).in_current_span(),
-        );
+        tokio::spawn(handle_command(send, recv, ctx.clone()).in_current_span());
     }
 }
 
 async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    highest: Arc<AtomicU64>,
-    observed: Arc<Observed>,
+    ctx: Arc<CommandContext>,
 ) {
     let mut decoder = FrameDecoder::new();
     let reply = match read_frame::<CoordinatorMessage>(&mut recv, &mut decoder).await {
         Ok(Some(CoordinatorMessage::V1(CoordinatorMessageV1::Command(cmd)))) => {
-            execute(cmd, &highest, &observed).await
+            // Progress goes out while the command runs; a lost stream does not stop
+            // the work, only its reports.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<ProgressMessage>(16);
+            let work = execute(cmd, &ctx, tx);
+            tokio::pin!(work);
+            let mut stream_ok = true;
+            loop {
+                tokio::select! {
+                    reply = &mut work => break reply,
+                    Some(p) = rx.recv() => {
+                        if stream_ok {
+                            let frame = AgentMessage::V1(AgentMessageV1::Progress(p));
+                            stream_ok = write_frame(&mut send, &frame).await.is_ok();
+                        }
+                    }
+                }
+            }
         }
         Ok(Some(other)) => AgentMessageV1::Error(ErrorMessage::new(
             error_code::UNEXPECTED_MESSAGE,
@@ -332,16 +357,45 @@ async fn handle_command(
     let _ = send.finish();
 }
 
-async fn execute(cmd: Command, highest: &AtomicU64, observed: &Observed) -> AgentMessageV1 {
+fn outcome<T: serde::Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+    ok_message: &str,
+) -> (bool, String, Option<String>) {
+    match result {
+        Ok(v) => (true, ok_message.to_string(), serde_json::to_string(&v).ok()),
+        Err(e) => (false, e.to_string(), None),
+    }
+}
+
+async fn execute(
+    cmd: Command,
+    ctx: &CommandContext,
+    progress_tx: tokio::sync::mpsc::Sender<ProgressMessage>,
+) -> AgentMessageV1 {
     let span = tracing::info_span!("command", command_id = %cmd.id, epoch = %cmd.epoch);
     async {
-        if let Err(seen) = admit_epoch(highest, cmd.epoch) {
+        if let Err(seen) = admit_epoch(&ctx.highest_epoch, cmd.epoch) {
             warn!(%seen, "refused command from a stale epoch");
             return AgentMessageV1::Error(ErrorMessage::new(
                 error_code::STALE_EPOCH,
                 format!("command epoch {} is older than epoch {seen}", cmd.epoch),
             ));
         }
+        let command_id = cmd.id;
+        let progress: ProgressFn = Arc::new(move |percent, message| {
+            let _ = progress_tx.try_send(ProgressMessage {
+                command_id,
+                percent,
+                message,
+            });
+        });
+        let no_documents = || {
+            (
+                false,
+                "this agent has no [documents] configuration".to_string(),
+                None,
+            )
+        };
         let (ok, message, detail) = match cmd.kind {
             CommandKind::Ping => (
                 true,
@@ -349,12 +403,40 @@ async fn execute(cmd: Command, highest: &AtomicU64, observed: &Observed) -> Agen
                 Some(format!("{{\"agentTimeMs\":{}}}", unix_ms())),
             ),
             CommandKind::ProbePostgres => {
-                let status = observed.postgres.lock().clone();
+                let status = ctx.observed.postgres.lock().clone();
                 match status {
                     Some(s) => (true, format!("postgres is {}", s.role), None),
                     None => (false, "no PostgreSQL configured".to_string(), None),
                 }
             }
+            CommandKind::DocumentsBackup { backup_id, tags } => match &ctx.documents {
+                None => no_documents(),
+                Some(docs) => {
+                    let result = docs.backup(&backup_id, tags, progress).await;
+                    if result.is_ok() {
+                        let mut ids = ctx.observed.last_backup_ids.lock();
+                        ids.insert(0, backup_id.clone());
+                        ids.truncate(5);
+                    }
+                    outcome(result, "document backup completed")
+                }
+            },
+            CommandKind::DocumentsVerify { backup_id } => match &ctx.documents {
+                None => no_documents(),
+                Some(docs) => outcome(docs.verify(&backup_id, progress).await, "verified"),
+            },
+            CommandKind::DocumentsRestore {
+                backup_id,
+                paths,
+                target,
+            } => match &ctx.documents {
+                None => no_documents(),
+                Some(docs) => outcome(
+                    docs.restore(&backup_id, paths, target, None, progress)
+                        .await,
+                    "restored",
+                ),
+            },
         };
         AgentMessageV1::Result(CommandResult {
             command_id: cmd.id,

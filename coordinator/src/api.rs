@@ -11,7 +11,8 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AcknowledgeRequest, AlertStatus, CreateTokenRequest, ErrorBody, ResolveRequest, Role, Severity,
+    AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus, CreateTokenRequest,
+    DocumentBackup, DocumentRestoreRequest, ErrorBody, ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use tracing::error;
 
 use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
+use crate::documents::{self, DocumentsError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
@@ -87,6 +89,17 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         error!(error = %e, "state store");
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<DocumentsError> for ApiError {
+    fn from(e: DocumentsError) -> Self {
+        match e {
+            DocumentsError::NoAgent => ApiError::Unavailable(e.to_string()),
+            DocumentsError::NotFound(m) => ApiError::NotFound(m),
+            DocumentsError::Conflict(m) => ApiError::Conflict(m),
+            DocumentsError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -296,6 +309,105 @@ async fn agent_ping(
     }
 }
 
+async fn documents_backup(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: BackupRequest = optional_json(&body)?;
+    let accepted = documents::start_backup(&coord, req.tags, caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+#[derive(Deserialize)]
+struct BackupQuery {
+    status: Option<String>,
+}
+
+async fn documents_list(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<BackupQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<BackupStatus>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let backups = documents::list(coord.store.as_ref(), status)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "backups": backups, "total": backups.len() })))
+}
+
+fn document_backup(coord: &Coordinator, id: &str) -> Result<DocumentBackup, ApiError> {
+    documents::get(coord.store.as_ref(), id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no document backup {id}")))
+}
+
+async fn documents_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(document_backup(&coord, &path)?))
+}
+
+async fn documents_verify(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let pending = documents::start_verify(&coord, &path)?;
+    Ok(HttpResponse::Accepted().json(pending))
+}
+
+async fn documents_verification(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rec = document_backup(&coord, &path)?;
+    let v = rec.verification.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "backup {} has not been verified; POST to this path starts a verification",
+            rec.backup_id
+        ))
+    })?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+async fn documents_restore(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let req: DocumentRestoreRequest = optional_json(&body)?;
+    if let Some(t) = &req.target_directory {
+        if !t.starts_with('/') {
+            return Err(ApiError::BadRequest(format!(
+                "targetDirectory {t:?} must be an absolute path"
+            )));
+        }
+    }
+    let pending = documents::start_restore(&coord, &path, req)?;
+    Ok(HttpResponse::Accepted().json(pending))
+}
+
+async fn documents_statistics(
+    caller: Authenticated,
+    coord: Shared,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(documents::statistics(coord.store.as_ref())?))
+}
+
 async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let agents = coord.agent_statuses();
@@ -400,6 +512,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/monitoring/alerts/{{alertId}}/resolve"),
             web::post().to(alert_resolve),
+        )
+        .route(
+            &format!("{base}/documents/backup"),
+            web::post().to(documents_backup),
+        )
+        .route(
+            &format!("{base}/documents/backups"),
+            web::get().to(documents_list),
+        )
+        .route(
+            &format!("{base}/documents/backups/{{backupId}}"),
+            web::get().to(documents_get),
+        )
+        .route(
+            &format!("{base}/documents/backups/{{backupId}}/verify"),
+            web::post().to(documents_verify),
+        )
+        .route(
+            &format!("{base}/documents/backups/{{backupId}}/verify"),
+            web::get().to(documents_verification),
+        )
+        .route(
+            &format!("{base}/documents/backups/{{backupId}}/restore"),
+            web::post().to(documents_restore),
+        )
+        .route(
+            &format!("{base}/documents/statistics"),
+            web::get().to(documents_statistics),
         )
         .route("/v1/tokens", web::post().to(token_create))
         .route("/v1/audit", web::get().to(audit_list))

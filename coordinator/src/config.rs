@@ -52,6 +52,10 @@ pub struct CoordinatorConfigFile {
     pub log_format: Option<LogFormat>,
     /// HTTP worker threads. Default 2.
     pub http_workers: Option<usize>,
+    /// A backup still running after this long is failed with a CRITICAL "Backup
+    /// Timeout" alert. Default `30m` (the runbook's).
+    #[serde(with = "humantime_serde")]
+    pub backup_timeout: Option<Duration>,
     /// TLS files of the QUIC endpoint. Required.
     pub tls: Option<TlsFiles>,
 }
@@ -67,6 +71,7 @@ pub struct CoordinatorConfig {
     pub down_after: u32,
     pub log_format: LogFormat,
     pub http_workers: usize,
+    pub backup_timeout: Duration,
     pub tls: TlsFiles,
 }
 
@@ -75,6 +80,7 @@ pub const DEFAULT_QUIC_LISTEN: &str = "0.0.0.0:7443";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_SUSPECT_AFTER: u32 = 2;
 pub const DEFAULT_DOWN_AFTER: u32 = 4;
+pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn default_addr(s: &str) -> SocketAddr {
     // The defaults are literals above; a typo there is a bug caught by the unit tests.
@@ -116,6 +122,12 @@ impl CoordinatorConfigFile {
                 "http_workers {http_workers} must be between 1 and 64"
             )));
         }
+        let backup_timeout = self.backup_timeout.unwrap_or(DEFAULT_BACKUP_TIMEOUT);
+        if backup_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "backup_timeout must be at least 1s".into(),
+            ));
+        }
         let tls = self.tls.ok_or_else(|| {
             ConfigError::Invalid(
                 "[tls] with ca_cert, cert and key is required (make them with `drmesh ca init` and `drmesh ca issue coordinator`)".into(),
@@ -137,6 +149,7 @@ impl CoordinatorConfigFile {
             down_after,
             log_format: self.log_format.unwrap_or_default(),
             http_workers,
+            backup_timeout,
             tls: TlsFiles {
                 ca_cert: abs(tls.ca_cert),
                 cert: abs(tls.cert),

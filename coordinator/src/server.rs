@@ -29,6 +29,14 @@ pub struct Ready {
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let store = RedbStore::open(&config.store_path)
         .with_context(|| format!("open state store {}", config.store_path.display()))?;
+    let interrupted =
+        crate::documents::fail_interrupted(&store).context("mark interrupted backups as failed")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            count = interrupted,
+            "backups interrupted by the last stop are marked FAILED"
+        );
+    }
     let (coord, transitions) = Coordinator::new(config.clone(), Arc::new(store))?;
     let endpoint = transport::endpoint(&coord)?;
     let quic = endpoint.local_addr().context("read QUIC address")?;

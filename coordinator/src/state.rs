@@ -321,7 +321,7 @@ impl Coordinator {
         };
         Ok(Dashboard {
             alerts,
-            recent_backups: Vec::new(),
+            recent_backups: crate::documents::recent(self.store.as_ref())?,
             system_health: SystemHealth {
                 status: health,
                 agents,

@@ -55,15 +55,18 @@ pub enum Namespace {
     Agents,
     /// Single values: the fencing epoch, schema version.
     Meta,
+    /// Backups (documents; later database), by backup id.
+    Backups,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 5] = [
+    pub const ALL: [Namespace; 6] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
         Namespace::Agents,
         Namespace::Meta,
+        Namespace::Backups,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Namespace {
             Namespace::Audit => "audit",
             Namespace::Agents => "agents",
             Namespace::Meta => "meta",
+            Namespace::Backups => "backups",
         }
     }
 }

@@ -364,6 +364,21 @@ pub async fn send_command(
     kind: CommandKind,
     timeout: Duration,
 ) -> Result<CommandResult, TransportError> {
+    send_command_with_progress(coord, agent, kind, timeout, |p| {
+        info!(command_id = %p.command_id, percent = p.percent, message = %p.message, "command progress")
+    })
+    .await
+}
+
+/// Sends a command and waits for its result, handing every progress report to
+/// `on_progress` as it arrives.
+pub async fn send_command_with_progress(
+    coord: &Coordinator,
+    agent: &AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+    mut on_progress: impl FnMut(drmesh_protocol::Progress),
+) -> Result<CommandResult, TransportError> {
     let session = coord
         .sessions
         .lock()
@@ -389,7 +404,9 @@ pub async fn send_command(
             match read_frame::<AgentMessage>(&mut recv, &mut decoder).await? {
                 None => return Err(TransportError::EndOfStream),
                 Some(AgentMessage::V1(AgentMessageV1::Progress(p))) => {
-                    info!(%command_id, percent = p.percent, message = %p.message, "command progress")
+                    if p.command_id == command_id {
+                        on_progress(p)
+                    }
                 }
                 Some(AgentMessage::V1(AgentMessageV1::Result(r))) => return Ok(r),
                 Some(AgentMessage::V1(AgentMessageV1::Error(e))) => {

@@ -272,3 +272,211 @@ pub struct ErrorBody {
     pub error: String,
     pub message: String,
 }
+
+/// Life of a backup, as the runbook names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BackupStatus {
+    InProgress,
+    Completed,
+    Failed,
+    /// Completed and later verified.
+    Verified,
+}
+
+impl std::str::FromStr for BackupStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "IN_PROGRESS" => Ok(BackupStatus::InProgress),
+            "COMPLETED" => Ok(BackupStatus::Completed),
+            "FAILED" => Ok(BackupStatus::Failed),
+            "VERIFIED" => Ok(BackupStatus::Verified),
+            _ => Err(format!(
+                "unknown backup status {s:?} (expected IN_PROGRESS, COMPLETED, FAILED or VERIFIED)"
+            )),
+        }
+    }
+}
+
+/// `POST /v1/backup-recovery/documents/backup`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupRequest {
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The `202 Accepted` answer to a backup request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupAccepted {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    pub timestamp: DateTime<Utc>,
+    /// Seconds, from the previous backups' speed (or a default guess).
+    pub estimated_duration_seconds: u64,
+    /// Human form of the same estimate, e.g. `2m 30s`.
+    pub estimated_duration: String,
+    pub agent_id: AgentId,
+}
+
+/// Where one copy of a backup went, and how that went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationStatus {
+    pub name: String,
+    /// The repository URL (with date placeholders filled in).
+    pub url: String,
+    /// `COMPLETED` or `FAILED`.
+    pub status: BackupStatus,
+    pub bytes_stored: u64,
+    pub error: Option<String>,
+}
+
+/// What the agent reports when a document backup ends (the command result's detail).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentBackupOutcome {
+    pub backup_id: String,
+    pub parent_id: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub locations: Vec<LocationStatus>,
+    /// The runbook's plain archive, when `keep_latest_archive` is on.
+    pub archive: Option<String>,
+    pub manifest: Option<String>,
+}
+
+/// `GET /v1/backup-recovery/documents/backups/:backupId`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentBackup {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    /// 0..=100
+    pub progress: f32,
+    pub progress_message: String,
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub requested_by: String,
+    pub timestamp: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub outcome: Option<DocumentBackupOutcome>,
+    pub error: Option<String>,
+    pub verification: Option<DocumentVerification>,
+    pub last_restore: Option<DocumentRestoreOutcome>,
+}
+
+/// `PASSED` / `FAILED` / `IN_PROGRESS` for one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Passed,
+    Failed,
+    InProgress,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DamagedFile {
+    pub location: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// The four checks of the runbook, over every location.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentVerification {
+    pub backup_id: String,
+    pub status: Verdict,
+    pub archive_integrity: Verdict,
+    pub manifest_validity: Verdict,
+    pub file_checksums: Verdict,
+    pub data_accessible: Verdict,
+    pub locations: Vec<LocationVerification>,
+    pub damaged_files: Vec<DamagedFile>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationVerification {
+    pub name: String,
+    pub url: String,
+    pub status: Verdict,
+    pub detail: String,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+}
+
+/// `POST /v1/backup-recovery/documents/backups/:backupId/restore`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DocumentRestoreRequest {
+    /// Files or directories inside the backup; empty or absent means everything.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Directory on the agent's host; default: the agent's restore directory.
+    pub target_directory: Option<String>,
+    /// Location to restore from (default: the first one that holds the backup).
+    pub location: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentRestoreOutcome {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    pub location: Option<String>,
+    pub target_directory: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// Per-location state in the statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationStatistics {
+    pub name: String,
+    pub last_status: BackupStatus,
+    pub last_backup_id: String,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub bytes_stored: u64,
+}
+
+/// `GET /v1/backup-recovery/documents/statistics`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentStatistics {
+    pub total_backups: u64,
+    pub completed: u64,
+    pub verified: u64,
+    pub failed: u64,
+    pub in_progress: u64,
+    /// Files and bytes in the newest completed backup.
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes written to the primary location over all backups.
+    pub bytes_stored: u64,
+    /// Logical bytes over all completed backups divided by bytes stored.
+    pub dedup_ratio: f64,
+    pub newest_backup: Option<String>,
+    pub newest_backup_at: Option<DateTime<Utc>>,
+    pub locations: Vec<LocationStatistics>,
+}

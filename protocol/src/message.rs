@@ -130,6 +130,21 @@ pub enum CommandKind {
     Ping,
     /// Report the PostgreSQL status now instead of waiting for the next heartbeat.
     ProbePostgres,
+    /// Snapshot the documents directory into every configured location. The result's
+    /// detail is a `DocumentBackupOutcome` (JSON).
+    DocumentsBackup {
+        backup_id: String,
+        tags: std::collections::BTreeMap<String, String>,
+    },
+    /// Verify a document backup in every location; detail: `DocumentVerification`.
+    DocumentsVerify { backup_id: String },
+    /// Restore a document backup (all of it, or `paths`) into `target`, or into the
+    /// agent's default restore directory; detail: `DocumentRestoreOutcome`.
+    DocumentsRestore {
+        backup_id: String,
+        paths: Vec<String>,
+        target: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
