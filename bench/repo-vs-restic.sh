@@ -149,7 +149,7 @@ restic init --repository-version 2 "${RS[@]}" -q
 
 echo "full backup ..." >&2
 measure d_full "$DRMESH" repo backup "$SRC" "${DR[@]}" --id full1
-measure r_full restic backup "$SRC" "${RS[@]}" -q
+measure r_full restic backup "$SRC" "${RS[@]}"
 D_FULL=$(repo_bytes "$WORK/drmesh-repo"); R_FULL=$(repo_bytes "$RESTIC_REPOSITORY")
 
 MUTATION=$(python3 "$WORK/dataset.py" mutate "$SRC" "$SIZE_MB")
@@ -157,7 +157,7 @@ INCR_BYTES=$(data_bytes "$SRC")
 sleep 3
 echo "incremental backup ..." >&2
 measure d_incr "$DRMESH" repo backup "$SRC" "${DR[@]}" --id incr1
-measure r_incr restic backup "$SRC" "${RS[@]}" -q
+measure r_incr restic backup "$SRC" "${RS[@]}"
 D_INCR=$(repo_bytes "$WORK/drmesh-repo"); R_INCR=$(repo_bytes "$RESTIC_REPOSITORY")
 
 echo "restore ..." >&2
@@ -174,9 +174,11 @@ measure r_verify restic check --read-data "${RS[@]}" -q
 mbs() { awk -v b="$1" -v t="$2" 'BEGIN {printf "%.0f", b / 1048576 / (t > 0 ? t : 0.01)}'; }
 echo
 echo "drmesh: $("$DRMESH" --version) (git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent cli || echo '+dirty')); $(restic version | cut -d' ' -f1-2) (repository v2, --compression auto)"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $CACHE page cache before each phase"
+echo "machine: $(nproc) cores, $(free -m | awk '/Mem:/ {printf "%.0f", $2 / 1024}') GiB, $CACHE page cache before each phase"
 echo "data set: $FILES files, $(mib "$FULL_BYTES") MiB: $DATASET"
 echo "incremental: $MUTATION"
+echo "  drmesh says: $(cut -d' ' -f3- "$WORK/d_incr.out")"
+echo "  restic says: $(grep -h -E '^(Files|Added to the repository)' "$WORK/r_incr.out" | tr -s ' ' | paste -sd';')"
 echo
 echo "| phase | drmesh time | restic time | drmesh peak RSS | restic peak RSS | drmesh repo | restic repo |"
 echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -487,11 +487,16 @@ fn read_file(
     let file = std::fs::File::open(full).map_err(|e| io("open", e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut emit = |data: Vec<u8>| -> Result<(), ReadError> {
+    // A file of one chunk has the chunk's id as its SHA-256; only longer files are
+    // hashed twice (per chunk and whole).
+    let mut single = true;
+    let mut emit = |data: Vec<u8>, whole: bool| -> Result<(), ReadError> {
         if cancel.load(Relaxed) {
             return Err(ReadError::Repo(RepoError::Cancelled));
         }
-        hasher.update(&data);
+        if !whole {
+            hasher.update(&data);
+        }
         size += data.len() as u64;
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         stats.bytes_read += data.len() as u64;
@@ -514,20 +519,24 @@ fn read_file(
         .map_err(|e| io("read", e))?;
     if head.len() < chunker.min as usize {
         if !head.is_empty() {
-            emit(head)?;
+            emit(head, true)?;
         }
     } else {
+        single = false;
         let reader = std::io::Cursor::new(head).chain(&file);
         for chunk in fastcdc::v2020::StreamCDC::new(reader, chunker.min, chunker.avg, chunker.max) {
             let chunk = chunk.map_err(|e| {
                 ReadError::Repo(RepoError::Io(format!("read {}: {e}", full.display())))
             })?;
-            emit(chunk.data)?;
+            emit(chunk.data, false)?;
         }
     }
     let after = std::fs::symlink_metadata(full).map_err(|e| io("stat", e))?;
     entry.size = size;
-    entry.sha256 = Some(hex::encode(hasher.finalize()));
+    entry.sha256 = Some(match entry.chunks.first() {
+        Some(id) if single => id.hex(),
+        _ => hex::encode(hasher.finalize()),
+    });
     let changed = after.len() != size || mtime_ns(&after) != entry.mtime_ns;
     if changed {
         warn!(path = %full.display(), "file changed while it was read; it will be read again next time");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
 use super::{Progress, RepoError, Repository};
@@ -48,12 +48,23 @@ impl RestoreRequest {
 pub struct RestoreReport {
     pub snapshot: String,
     pub target: PathBuf,
+    /// Files restored whole.
     pub files: u64,
+    /// Files that could not be restored (damaged or missing data), with the reason;
+    /// every other file is restored.
+    pub failed: Vec<FailedFile>,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedFile {
+    pub path: String,
+    pub reason: String,
 }
 
 /// Parallel file restores: more than the cores, since most of the time is waiting on
@@ -100,6 +111,21 @@ impl Repository {
         report.snapshot = snap.id.clone();
         report.target = req.target.clone();
         report.duration = started.elapsed();
+        if !report.failed.is_empty() {
+            let names: Vec<String> = report
+                .failed
+                .iter()
+                .take(10)
+                .map(|f| format!("{} ({})", f.path, f.reason))
+                .collect();
+            warn!(snapshot = %snap.id, failed = report.failed.len(), "restore incomplete");
+            return Err(RepoError::Damaged(format!(
+                "{} file(s) could not be restored, {} were: {}",
+                report.failed.len(),
+                report.files,
+                names.join("; ")
+            )));
+        }
         info!(
             snapshot = %snap.id,
             target = %req.target.display(),
@@ -237,8 +263,7 @@ fn restore_file(
             .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
     }
-    f.sync_all()
-        .map_err(|err| RepoError::Io(format!("sync {}: {err}", path.display())))?;
+    // Durability comes from one syncfs at the end, not a sync per file.
     drop(f);
     let digest = hex::encode(hasher.finalize());
     if e.sha256.as_deref() != Some(digest.as_str()) {
@@ -286,6 +311,7 @@ fn restore_blocking(
         .collect();
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
+    let failed: Mutex<Vec<FailedFile>> = Mutex::default();
     std::thread::scope(|s| {
         for _ in 0..RESTORE_WORKERS.min(files.len().max(1)) {
             s.spawn(|| loop {
@@ -296,9 +322,21 @@ fn restore_blocking(
                 let Some((rel, e)) = files.get(i).map(|x| (&x.0, &x.1)) else {
                     return;
                 };
-                if let Err(err) = restore_file(repo, handle, target, rel, e, progress) {
-                    first_error.lock().get_or_insert(err);
-                    return;
+                match restore_file(repo, handle, target, rel, e, progress) {
+                    Ok(()) => {}
+                    // Damaged data spoils one file; the others are still restored.
+                    Err(RepoError::Damaged(why)) => {
+                        let path = target.join(rel);
+                        let _ = std::fs::remove_file(&path);
+                        failed.lock().push(FailedFile {
+                            path: e.path.clone(),
+                            reason: why,
+                        });
+                    }
+                    Err(err) => {
+                        first_error.lock().get_or_insert(err);
+                        return;
+                    }
                 }
             });
         }
@@ -306,8 +344,15 @@ fn restore_blocking(
     if let Some(e) = first_error.into_inner() {
         return Err(e);
     }
-    report.files = files.len() as u64;
-    report.bytes = files.iter().map(|(_, e)| e.size).sum();
+    let mut failed = failed.into_inner();
+    failed.sort_by(|a, b| a.path.cmp(&b.path));
+    report.files = files.len() as u64 - failed.len() as u64;
+    report.bytes = files
+        .iter()
+        .filter(|(_, e)| !failed.iter().any(|f| f.path == e.path))
+        .map(|(_, e)| e.size)
+        .sum();
+    report.failed = failed;
     // Symlinks after every file, so none can redirect a write.
     for (rel, e) in plan.iter().filter(|(_, e)| e.kind == EntryKind::Symlink) {
         let path = prepare_parent(target, rel)?;
@@ -339,8 +384,9 @@ fn restore_blocking(
         set_mode(&path, e.mode)?;
         set_owner_and_time(&path, e)?;
     }
-    if let Ok(d) = File::open(target) {
-        let _ = d.sync_all();
-    }
+    let d =
+        File::open(target).map_err(|e| RepoError::Io(format!("open {}: {e}", target.display())))?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d))
+        .map_err(|e| RepoError::Io(format!("sync the filesystem of {}: {e}", target.display())))?;
     Ok(report)
 }

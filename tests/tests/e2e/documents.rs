@@ -317,3 +317,81 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_killed_mid_backup_leaves_a_repository_that_verifies() {
+    let mesh = Mesh::start(200);
+    let work = mesh.dir.path().join("work");
+    let uploads = work.join("uploads");
+    write_uploads(&uploads);
+    for i in 0..16 {
+        std::fs::write(
+            uploads.join(format!("scan-{i}.tiff")),
+            noise(i, 16 * 1024 * 1024),
+        )
+        .unwrap();
+    }
+    let repo = work.join("repo");
+    let files = mesh.issue_agent("docs-1", "us-west-2");
+    let extra = format!(
+        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n",
+        uploads.display(),
+        repo.display()
+    );
+    let config = mesh.agent_config("docs-1", "us-west-2", &files, &extra);
+    let up = |mesh: &Mesh| {
+        wait_for(Duration::from_secs(15), || {
+            (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
+        })
+        .is_some()
+    };
+    let mut agent = mesh.spawn_agent(&config);
+    assert!(up(&mesh), "agent not UP:\n{}", agent.log_text());
+
+    let a = mesh.post(&format!("{BASE}/backup"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id = a.body["backupId"].as_str().unwrap().to_string();
+    let writing = wait_for(Duration::from_secs(60), || {
+        (repo.join("data").exists() && !walk(&repo.join("data")).is_empty()).then_some(())
+    });
+    assert!(writing.is_some(), "no pack written:\n{}", agent.log_text());
+    agent.kill9();
+    let failed = wait_backup(&mesh, &id);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("lost the agent"),
+        "{failed}"
+    );
+    let alerts = mesh.get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL");
+    assert!(alerts.text.contains("BACKUP_FAILED"), "{}", alerts.text);
+
+    // Back up again after a restart: it completes and verifies.
+    let agent = mesh.spawn_agent(&config);
+    assert!(up(&mesh), "agent not UP again:\n{}", agent.log_text());
+    let a = mesh.post(&format!("{BASE}/backup"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id2 = a.body["backupId"].as_str().unwrap().to_string();
+    let done = wait_backup(&mesh, &id2);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+    mesh.post(&format!("{BASE}/backups/{id2}/verify"), None);
+    let v = wait_field(&mesh, &id2, "verification");
+    assert_eq!(v["status"], "PASSED", "{v}");
+    // The killed backup left no snapshot behind.
+    assert!(!repo.join("snapshots").join(&id).exists());
+    // A repeated verify of the failed one is refused.
+    let refused = mesh.post(&format!("{BASE}/backups/{id}/verify"), None);
+    assert_eq!(refused.status, 409, "{}", refused.text);
+}
