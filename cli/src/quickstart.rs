@@ -123,6 +123,37 @@ fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Resul
         .with_context(|| format!("start {name} ({})", program.display()))
 }
 
+/// The `[documents]` table of the primary region's agent: `DIR/uploads` (with a sample
+/// document the first time) into an encrypted repository under `DIR/backups/documents`.
+fn documents_section(dir: &Path) -> anyhow::Result<String> {
+    let uploads = dir.join("uploads");
+    if !uploads.exists() {
+        let sample = uploads.join("documents/doc-0001");
+        fs::create_dir_all(&sample).with_context(|| format!("create {}", sample.display()))?;
+        fs::write(
+            sample.join("welcome.txt"),
+            "A sample upload: drmesh backs up everything under this directory.\n",
+        )?;
+    }
+    let key = dir.join("documents.key");
+    if !key.exists() {
+        let mut bytes = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .context("read /dev/urandom")?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&key, &hex)?;
+    }
+    Ok(format!(
+        "\n[documents]\nsource = {}\nkey_file = {}\narchive_dir = {}\nrestore_dir = {}\n\n[[documents.locations]]\nname = \"local\"\nurl = {}\n",
+        toml_str(&uploads),
+        toml_str(&key),
+        toml_str(&dir.join("backups/documents/snapshots")),
+        toml_str(&dir.join("restores")),
+        toml_str(&dir.join("backups/documents/repo")),
+    ))
+}
+
 fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -248,7 +279,8 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     mesh.children.push(("coordinator".into(), child));
     let quic = wait_ready(&ready, &mut mesh, &coord_log)?;
 
-    // 4. One agent per region.
+    // 4. One agent per region; the primary region's also backs up the uploads.
+    let documents = documents_section(&dir)?;
     for (i, region) in REGIONS.iter().enumerate() {
         let id = AgentId::new(format!("pg-{region}"))?;
         let region_id = RegionId::new(*region)?;
@@ -266,7 +298,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 toml_str(&files.cert),
                 toml_str(&files.key),
                 mesh.clusters[i].conninfo(),
-            ),
+            ) + if i == 0 { &documents } else { "" },
         )?;
         let log = dir.join(format!("logs/agent-{region}.log"));
         let child = spawn(
@@ -284,8 +316,10 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     write_private(
         &env_path,
         &format!(
-            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n",
-            token.token
+            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\nexport DRMESH_REPO={}\nexport DRMESH_REPO_KEY_FILE={}\n",
+            token.token,
+            dir.join("backups/documents/repo").display(),
+            dir.join("documents.key").display(),
         ),
     )?;
     let client = Client::new(&url, Some(token.token.clone()));
@@ -299,6 +333,14 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     println!("  source {}", env_path.display());
     println!("  drmesh status");
     println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/monitoring/dashboard");
+    println!("  curl -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/documents/backup");
+    println!("  drmesh repo snapshots            # the document repository, offline");
+    println!(
+        "Documents: {} is backed up to {} (plain archives in {}).",
+        dir.join("uploads").display(),
+        dir.join("backups/documents/repo").display(),
+        dir.join("backups/documents/snapshots").display()
+    );
     println!(
         "Logs are in {}. Press Ctrl-C to stop everything.",
         dir.join("logs").display()

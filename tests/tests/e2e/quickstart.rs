@@ -103,6 +103,22 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
         assert!(text.contains(r), "{text}");
     }
 
+    // The uploads are backed up through the runbook's endpoint, and kept as a plain
+    // archive in `backups/documents/snapshots/`.
+    let base = format!("{url}/v1/backup-recovery/documents");
+    let accepted = drmesh_tests::http("POST", &format!("{base}/backup"), Some(&token), None);
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"].as_str().unwrap().to_string();
+    let done = wait_for(Duration::from_secs(30), || {
+        let a = drmesh_tests::http("GET", &format!("{base}/backups/{id}"), Some(&token), None);
+        (a.body["status"] != "IN_PROGRESS").then_some(a.body)
+    })
+    .unwrap_or_else(|| panic!("document backup did not finish:\n{}", qs.log_text()));
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(dir
+        .join("backups/documents/snapshots/docs_latest.tar.gz")
+        .exists());
+
     // Ctrl-C stops everything: coordinator, agents and all three postmasters.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(qs.pid() as i32),
