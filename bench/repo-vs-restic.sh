@@ -127,7 +127,7 @@ wait_idle() {   # other work on the 2 cores would skew the times: wait (≤ 10 m
   echo "  the machine is still busy; measuring anyway" >&2
 }
 # measure NAME CMD...: wall seconds into T[NAME], CPU seconds (user+sys) into C[NAME],
-# peak RSS (MiB) into R[NAME]; NOISE is the most CPU (cores) others used during a phase.
+# peak RSS (MiB) into R[NAME]; NOISE: the most CPU (cores) used by anything else in a phase.
 measure() {
   local name=$1 rss u s b0 other; shift
   wait_idle; drop_caches; b0=$(busy)
@@ -137,7 +137,7 @@ measure() {
   read -r T[$name] rss u s <"$WORK/$name.time"
   R[$name]=$((rss / 1024)); C[$name]=$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.1f", u + s}')
   other=$(awk -v b="$(( $(busy) - b0 ))" -v c="${C[$name]}" -v t="${T[$name]}" \
-    'BEGIN {o = (b / 100 - c) / (t > 0 ? t : 0.01); printf "%.2f", o > 0 ? o : 0}')
+    'BEGIN {o = (b / 100 - c) / (t > 0 ? t : 0.01); printf "%.2f", (o > 0 ? o : 0)}')
   NOISE=$(awk -v a="$NOISE" -v b="$other" 'BEGIN {print (b > a ? b : a)}')
   echo "  $name: ${T[$name]} s, ${C[$name]} CPU-s, ${R[$name]} MiB peak RSS (others: $other cores)" >&2
 }
@@ -157,7 +157,6 @@ RS=(--cache-dir "$WORK/restic-cache" --compression auto)
 "$DRMESH" repo init "${DR[@]}" >/dev/null
 restic init --repository-version 2 "${RS[@]}" -q
 
-echo "full backup ..." >&2
 measure d_full "$DRMESH" repo backup "$SRC" "${DR[@]}" --id full1
 measure r_full restic backup "$SRC" "${RS[@]}"
 D_FULL=$(repo_bytes "$WORK/drmesh-repo"); R_FULL=$(repo_bytes "$RESTIC_REPOSITORY")
@@ -165,19 +164,16 @@ D_FULL=$(repo_bytes "$WORK/drmesh-repo"); R_FULL=$(repo_bytes "$RESTIC_REPOSITOR
 MUTATION=$(python3 "$WORK/dataset.py" mutate "$SRC" "$SIZE_MB")
 INCR_BYTES=$(data_bytes "$SRC")
 sleep 3
-echo "incremental backup ..." >&2
 measure d_incr "$DRMESH" repo backup "$SRC" "${DR[@]}" --id incr1
 measure r_incr restic backup "$SRC" "${RS[@]}"
 D_INCR=$(repo_bytes "$WORK/drmesh-repo"); R_INCR=$(repo_bytes "$RESTIC_REPOSITORY")
 
-echo "restore ..." >&2
 measure d_restore "$DRMESH" repo restore incr1 --target "$WORK/restore-drmesh" "${DR[@]}"
 measure r_restore restic restore latest --target "$WORK/restore-restic" "${RS[@]}" -q
 same() { diff -r -q "$SRC" "$1" >/dev/null && echo OK || echo MISMATCH; }
 D_OK=$(same "$WORK/restore-drmesh"); R_OK=$(same "$WORK/restore-restic$SRC")
 rm -rf "$WORK/restore-drmesh" "$WORK/restore-restic"
 
-echo "verify ..." >&2
 measure d_verify "$DRMESH" repo verify incr1 --read-data "${DR[@]}"
 measure r_verify restic check --read-data "${RS[@]}" -q
 
@@ -188,7 +184,7 @@ cell() {
 }
 echo
 echo "drmesh: $("$DRMESH" --version) (git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- agent cli || echo '+dirty')); $(restic version | cut -d' ' -f1-2) (repository v2, --compression auto)"
-echo "machine: $(nproc) cores, $(free -m | awk '/Mem:/ {printf "%.0f", $2 / 1024}') GiB, $CACHE page cache before each phase, other processes used at most $NOISE cores during a phase"
+echo "machine: $(nproc) cores, $(free -m | awk '/Mem:/ {printf "%.0f", $2 / 1024}') GiB, $CACHE page cache before each phase, at most $NOISE cores of other CPU use (other processes, kernel writeback) during a phase"
 echo "data set: $FILES files, $(mib "$FULL_BYTES") MiB: $DATASET"
 echo "incremental: $MUTATION"
 echo "  drmesh says: $(cut -d' ' -f3- "$WORK/d_incr.out")"

@@ -149,6 +149,15 @@ pub fn safe_relative(path: &str) -> Result<PathBuf, RepoError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_never_leave_their_directory(path in "[a-z./\\\\\\x00]{0,24}") {
+            if let Ok(p) = safe_relative(&path) {
+                proptest::prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
+
     #[test]
     fn escaping_paths_are_refused() {
         assert_eq!(
