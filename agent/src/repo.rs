@@ -391,6 +391,34 @@ impl Repository {
         .map_err(|e| RepoError::Io(format!("decode task: {e}")))?
     }
 
+    /// A whole pack object into `buf` (for readers that use most of a pack's chunks).
+    pub(crate) async fn read_pack(&self, pack: &str, buf: &mut Vec<u8>) -> Result<(), RepoError> {
+        self.inner
+            .backend
+            .get_into(&pack_key(pack), buf)
+            .await
+            .map_err(|e| match e {
+                RepoError::NotFound(_) => RepoError::Damaged(format!("pack {pack} is missing")),
+                other => other,
+            })
+    }
+
+    /// Decodes and checks one chunk out of a pack already in memory. In an encrypted
+    /// repository the AES-GCM tag authenticates the chunk and its id is not re-hashed
+    /// (restore's fast path); `verify` always re-hashes.
+    pub(crate) fn decode_from_pack(
+        &self,
+        pack: &[u8],
+        loc: &pack::Location,
+        id: &ChunkId,
+    ) -> Result<Vec<u8>, RepoError> {
+        let start = loc.offset as usize;
+        let stored = pack
+            .get(start..start + loc.length as usize)
+            .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
+        pack::decode_blob_checked(stored, id, loc.raw_length, self.key(), self.key().is_none())
+    }
+
     /// A lock object that tells garbage collection a writer is at work.
     pub(crate) async fn lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
         let id = uuid::Uuid::new_v4().simple().to_string();

@@ -214,6 +214,31 @@ impl Backend {
         r.bytes().await.map_err(|e| backend_error("get", key, e))
     }
 
+    /// Reads a whole object into `buf` (cleared first), reusing its allocation: readers
+    /// of many large objects keep one buffer instead of allocating one per object.
+    pub async fn get_into(&self, key: &str, buf: &mut Vec<u8>) -> Result<(), RepoError> {
+        buf.clear();
+        if let Some(root) = &self.local_root {
+            use std::io::Read;
+            let path = root.join(key);
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(RepoError::NotFound(key.to_string()))
+                }
+                Err(e) => return Err(RepoError::Backend(format!("get {key}: {e}"))),
+            };
+            let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+            buf.reserve(len + 1);
+            f.read_to_end(buf)
+                .map_err(|e| RepoError::Backend(format!("get {key}: {e}")))?;
+            return Ok(());
+        }
+        let bytes = self.get(key).await?;
+        buf.extend_from_slice(&bytes);
+        Ok(())
+    }
+
     pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, RepoError> {
         self.store
             .get_range(&self.path(key), start..start + len)

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -232,27 +232,31 @@ fn run_pipeline(
         })
         .unwrap_or_default();
 
+    // One worker per core plus one, so a worker waiting on the disk leaves the cores busy.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(1, 8);
-    let (chunk_tx, chunk_rx) = bounded::<(ChunkId, Vec<u8>)>(2 * workers + 2);
-    let (blob_tx, blob_rx) = bounded::<(ChunkId, u32, Vec<u8>)>(2 * workers + 2);
-    let (pack_tx, pack_rx) = bounded::<(String, Vec<u8>, Vec<IndexEntry>)>(2);
+        .clamp(1, 8)
+        + 1;
+    let (blob_tx, blob_rx) = bounded::<Blob>(2 * workers);
+    let (pack_tx, pack_rx) = bounded::<(String, Vec<u8>, Vec<IndexEntry>)>(1);
     let failure = Failure::default();
     let index: Mutex<Vec<IndexEntry>> = Mutex::default();
     let stored = AtomicU64::new(0);
     let pack_size = repo.config().pack_size as usize;
+    let shared = Shared {
+        repo,
+        source,
+        listing: &listing,
+        parent: &parent_files,
+        next: AtomicUsize::new(0),
+        pending: Mutex::default(),
+        progress,
+        cancel,
+        failure: &failure,
+    };
 
-    let scanned = std::thread::scope(|s| {
-        for _ in 0..workers {
-            let rx = chunk_rx.clone();
-            let tx = blob_tx.clone();
-            let failure = &failure;
-            s.spawn(move || compress_stage(repo, rx, tx, failure));
-        }
-        drop(chunk_rx);
-        drop(blob_tx);
+    let results = std::thread::scope(|s| {
         let failure_ref = &failure;
         s.spawn(move || pack_stage(repo, blob_rx, pack_tx, pack_size, failure_ref));
         for _ in 0..2 {
@@ -261,35 +265,77 @@ fn run_pipeline(
             s.spawn(move || upload_stage(repo, handle, rx, index, stored, failure));
         }
         drop(pack_rx);
-        // The scanner runs here; dropping its sender lets the stages drain and finish.
-        let result = scan_stage(
-            repo,
-            source,
-            listing,
-            &parent_files,
-            chunk_tx,
-            progress,
-            cancel,
-            &failure,
-        );
-        if result.is_err() {
+        let shared = &shared;
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let tx = blob_tx.clone();
+                s.spawn(move || file_worker(shared, &tx))
+            })
+            .collect();
+        // The packer finishes once every worker's sender is gone.
+        drop(blob_tx);
+        let results: Vec<Result<WorkerOut, RepoError>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(RepoError::Io("a backup worker panicked".into())))
+            })
+            .collect();
+        if results.iter().any(Result::is_err) {
             // Stop the stages from finishing a pack nobody will reference.
             failure.set.store(true, Relaxed);
         }
-        result
+        results
     });
-    // A stage's own error explains why the scanner saw its channel close.
+    drop(shared);
+    // A stage's own error explains why a worker saw its channel close.
     if let Some(e) = failure.first.lock().take() {
         return Err(e);
     }
-    let (entries, mut stats) = scanned?;
+    let mut numbered = Vec::with_capacity(listing.len());
+    let mut stats = SnapshotStats::default();
+    for r in results {
+        let (entries, st) = r?;
+        numbered.extend(entries);
+        stats.files += st.files;
+        stats.dirs += st.dirs;
+        stats.bytes += st.bytes;
+        stats.files_read += st.files_read;
+        stats.bytes_read += st.bytes_read;
+        stats.chunks_new += st.chunks_new;
+        stats.bytes_new += st.bytes_new;
+        stats.skipped += st.skipped;
+    }
+    numbered.sort_unstable_by_key(|(i, _)| *i);
     stats.bytes_stored = stored.load(Relaxed);
     Ok(PipelineOut {
-        entries,
+        entries: numbered.into_iter().map(|(_, e)| e).collect(),
         index: index.into_inner(),
         stats,
     })
 }
+
+/// What the file workers share.
+struct Shared<'a> {
+    repo: &'a Repository,
+    source: &'a Path,
+    listing: &'a [(String, std::fs::Metadata)],
+    parent: &'a HashMap<&'a str, &'a Entry>,
+    /// Next listing entry to take.
+    next: AtomicUsize,
+    /// Chunks this backup has already sent, so two files with the same content upload
+    /// it once.
+    pending: Mutex<HashSet<ChunkId>>,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    failure: &'a Failure,
+}
+
+/// A sealed chunk on its way to the packer: id, plaintext length, stored bytes.
+type Blob = (ChunkId, u32, Vec<u8>);
+
+/// Entries with their listing position, and the worker's share of the statistics.
+type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
 
 /// Walks `source` (not following symlinks), sorted by name, as `/`-separated relative
 /// paths with their metadata. Entries that vanish during the walk are left out.
@@ -359,98 +405,91 @@ fn base_entry(path: String, kind: EntryKind, meta: &std::fs::Metadata) -> Entry 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scan_stage(
-    repo: &Repository,
-    source: &Path,
-    listing: Vec<(String, std::fs::Metadata)>,
-    parent: &HashMap<&str, &Entry>,
-    chunk_tx: Sender<(ChunkId, Vec<u8>)>,
-    progress: &Progress,
-    cancel: &AtomicBool,
-    failure: &Failure,
-) -> Result<(Vec<Entry>, SnapshotStats), RepoError> {
-    let chunker = repo.config().chunker;
-    let mut pending: HashSet<ChunkId> = HashSet::new();
+/// Takes listing entries one at a time until none is left: reads, chunks, hashes,
+/// compresses and seals what is new, and sends the blobs to the packer.
+fn file_worker(sh: &Shared, tx: &Sender<Blob>) -> Result<WorkerOut, RepoError> {
     let mut stats = SnapshotStats::default();
-    let mut entries = Vec::with_capacity(listing.len());
-    for (rel, meta) in listing {
-        if cancel.load(Relaxed) {
+    let mut out = Vec::new();
+    loop {
+        if sh.cancel.load(Relaxed) {
             return Err(RepoError::Cancelled);
         }
-        if failure.failed() {
+        if sh.failure.failed() {
             break;
         }
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            stats.dirs += 1;
-            entries.push(base_entry(rel, EntryKind::Dir, &meta));
-        } else if ft.is_symlink() {
-            let full = source.join(&rel);
-            let target = match std::fs::read_link(&full) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    stats.skipped += 1;
-                    continue;
-                }
-                Err(e) => return Err(RepoError::Io(format!("readlink {}: {e}", full.display()))),
-            };
-            let target = target.to_str().map(str::to_string).ok_or_else(|| {
-                RepoError::Io(format!("symlink target of {} is not UTF-8", full.display()))
-            })?;
-            let mut e = base_entry(rel, EntryKind::Symlink, &meta);
-            e.target = Some(target);
-            entries.push(e);
-        } else if ft.is_file() {
-            let mut e = base_entry(rel, EntryKind::File, &meta);
-            e.size = meta.len();
-            stats.files += 1;
-            let reusable = parent.get(e.path.as_str()).filter(|p| {
-                p.size == e.size
-                    && p.mtime_ns == e.mtime_ns
-                    && p.inode == e.inode
-                    && !p.recheck
-                    && p.chunks.iter().all(|c| repo.contains(c))
-            });
-            if let Some(p) = reusable {
-                e.chunks = p.chunks.clone();
-                e.sha256 = p.sha256.clone();
-                stats.bytes += e.size;
-            } else {
-                let full = source.join(&e.path);
-                match read_file(
-                    repo,
-                    &full,
-                    &mut e,
-                    chunker,
-                    &mut pending,
-                    &chunk_tx,
-                    &mut stats,
-                    progress,
-                    cancel,
-                ) {
-                    Ok(()) => {}
-                    Err(ReadError::Vanished) => {
-                        stats.skipped += 1;
-                        progress.files_done.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    Err(ReadError::Repo(err)) => return Err(err),
-                }
-                stats.bytes += e.size;
-                stats.files_read += 1;
-            }
-            progress.files_done.fetch_add(1, Relaxed);
-            if reusable.is_some() {
-                progress.bytes_done.fetch_add(e.size, Relaxed);
-            }
-            entries.push(e);
-        } else {
-            warn!(path = %source.join(&rel).display(), "special file left out of the backup");
-            stats.skipped += 1;
+        let i = sh.next.fetch_add(1, Relaxed);
+        let Some((rel, meta)) = sh.listing.get(i) else {
+            break;
+        };
+        if let Some(e) = entry_for(sh, tx, rel, meta, &mut stats)? {
+            out.push((i, e));
         }
     }
-    Ok((entries, stats))
+    Ok((out, stats))
+}
+
+fn entry_for(
+    sh: &Shared,
+    tx: &Sender<Blob>,
+    rel: &str,
+    meta: &std::fs::Metadata,
+    stats: &mut SnapshotStats,
+) -> Result<Option<Entry>, RepoError> {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        stats.dirs += 1;
+        return Ok(Some(base_entry(rel.to_string(), EntryKind::Dir, meta)));
+    }
+    if ft.is_symlink() {
+        let full = sh.source.join(rel);
+        let target = match std::fs::read_link(&full) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                stats.skipped += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(RepoError::Io(format!("readlink {}: {e}", full.display()))),
+        };
+        let target = target.to_str().map(str::to_string).ok_or_else(|| {
+            RepoError::Io(format!("symlink target of {} is not UTF-8", full.display()))
+        })?;
+        let mut e = base_entry(rel.to_string(), EntryKind::Symlink, meta);
+        e.target = Some(target);
+        return Ok(Some(e));
+    }
+    if !ft.is_file() {
+        warn!(path = %sh.source.join(rel).display(), "special file left out of the backup");
+        stats.skipped += 1;
+        return Ok(None);
+    }
+    let mut e = base_entry(rel.to_string(), EntryKind::File, meta);
+    e.size = meta.len();
+    let reusable = sh.parent.get(rel).filter(|p| {
+        p.size == e.size
+            && p.mtime_ns == e.mtime_ns
+            && p.inode == e.inode
+            && !p.recheck
+            && p.chunks.iter().all(|c| sh.repo.contains(c))
+    });
+    if let Some(p) = reusable {
+        e.chunks = p.chunks.clone();
+        e.sha256 = p.sha256.clone();
+        sh.progress.bytes_done.fetch_add(e.size, Relaxed);
+    } else {
+        match read_file(sh, tx, &mut e, stats) {
+            Ok(()) => stats.files_read += 1,
+            Err(ReadError::Vanished) => {
+                stats.skipped += 1;
+                sh.progress.files_done.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+            Err(ReadError::Repo(err)) => return Err(err),
+        }
+    }
+    stats.files += 1;
+    stats.bytes += e.size;
+    sh.progress.files_done.fetch_add(1, Relaxed);
+    Ok(Some(e))
 }
 
 enum ReadError {
@@ -464,18 +503,13 @@ impl From<RepoError> for ReadError {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_file(
-    repo: &Repository,
-    full: &Path,
+    sh: &Shared,
+    tx: &Sender<Blob>,
     entry: &mut Entry,
-    chunker: super::ChunkerConfig,
-    pending: &mut HashSet<ChunkId>,
-    chunk_tx: &Sender<(ChunkId, Vec<u8>)>,
     stats: &mut SnapshotStats,
-    progress: &Progress,
-    cancel: &AtomicBool,
 ) -> Result<(), ReadError> {
+    let full = sh.source.join(&entry.path);
     let io = |what: &str, e: std::io::Error| -> ReadError {
         if e.kind() == std::io::ErrorKind::NotFound {
             ReadError::Vanished
@@ -483,36 +517,38 @@ fn read_file(
             ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
         }
     };
+    let chunker = sh.repo.config().chunker;
+    let key = sh.repo.key();
     let read_started = SystemTime::now();
-    let file = std::fs::File::open(full).map_err(|e| io("open", e))?;
+    let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    // A file of one chunk has the chunk's id as its SHA-256; only longer files are
-    // hashed twice (per chunk and whole).
-    let mut single = true;
     let mut emit = |data: Vec<u8>, whole: bool| -> Result<(), ReadError> {
-        if cancel.load(Relaxed) {
+        if sh.cancel.load(Relaxed) {
             return Err(ReadError::Repo(RepoError::Cancelled));
         }
         if !whole {
             hasher.update(&data);
         }
         size += data.len() as u64;
-        progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
+        sh.progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         stats.bytes_read += data.len() as u64;
         let id = ChunkId::of(&data);
         entry.chunks.push(id);
-        if !repo.contains(&id) && pending.insert(id) {
+        if !sh.repo.contains(&id) && sh.pending.lock().insert(id) {
             stats.chunks_new += 1;
             stats.bytes_new += data.len() as u64;
-            chunk_tx
-                .send((id, data))
+            let blob = pack::encode_blob(&data, key)?;
+            tx.send((id, data.len() as u32, blob))
                 .map_err(|_| ReadError::Repo(RepoError::Io("backup pipeline stopped".into())))?;
         }
         Ok(())
     };
-    // Small files are one chunk: read them whole instead of through the chunker's buffer.
-    let mut head = Vec::new();
+    // Small files are one chunk, read whole into a buffer of their size; a file of one
+    // chunk has the chunk's id as its SHA-256, so only longer files are hashed twice.
+    let mut single = true;
+    let expected = (entry.size as usize).min(chunker.min as usize);
+    let mut head = Vec::with_capacity(expected + 1);
     (&file)
         .take(chunker.min as u64)
         .read_to_end(&mut head)
@@ -531,7 +567,7 @@ fn read_file(
             emit(chunk.data, false)?;
         }
     }
-    let after = std::fs::symlink_metadata(full).map_err(|e| io("stat", e))?;
+    let after = std::fs::symlink_metadata(&full).map_err(|e| io("stat", e))?;
     entry.size = size;
     entry.sha256 = Some(match entry.chunks.first() {
         Some(id) if single => id.hex(),
@@ -549,27 +585,6 @@ fn read_file(
     Ok(())
 }
 
-fn compress_stage(
-    repo: &Repository,
-    rx: Receiver<(ChunkId, Vec<u8>)>,
-    tx: Sender<(ChunkId, u32, Vec<u8>)>,
-    failure: &Failure,
-) {
-    for (id, data) in rx {
-        match pack::encode_blob(&data, repo.key()) {
-            Ok(blob) => {
-                if tx.send((id, data.len() as u32, blob)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                failure.fail(e);
-                return;
-            }
-        }
-    }
-}
-
 fn pack_stage(
     repo: &Repository,
     rx: Receiver<(ChunkId, u32, Vec<u8>)>,
@@ -577,7 +592,9 @@ fn pack_stage(
     pack_size: usize,
     failure: &Failure,
 ) {
-    let mut builder = PackBuilder::new();
+    // Room for a full pack, its last blob (≤ 4 MiB and a little) and the trailer.
+    let capacity = pack_size + 5 * 1024 * 1024;
+    let mut builder = PackBuilder::with_capacity(capacity);
     let finish = |b: PackBuilder| -> bool {
         match b.finish(repo.key()) {
             Ok(p) => tx.send(p).is_ok(),
@@ -589,7 +606,12 @@ fn pack_stage(
     };
     for (id, raw, blob) in rx {
         builder.add(id, raw, &blob);
-        if builder.len() >= pack_size && !finish(std::mem::take(&mut builder)) {
+        if builder.len() >= pack_size
+            && !finish(std::mem::replace(
+                &mut builder,
+                PackBuilder::with_capacity(capacity),
+            ))
+        {
             return;
         }
     }

@@ -5,7 +5,8 @@
 //! repository the chance of a repeat stays far below 2^-32, the NIST bound for random
 //! GCM nonces.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+pub use ring::aead::NONCE_LEN;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -106,6 +107,45 @@ fn open_with(key: &LessSafeKey, sealed: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl MasterKey {
+    /// Encrypts `buf[NONCE_LEN..]` in place: fills `buf[..NONCE_LEN]` with a fresh nonce
+    /// and appends the tag. The caller reserves the nonce bytes at the front.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>) -> Result<(), RepoError> {
+        if buf.len() < NONCE_LEN {
+            return Err(RepoError::Crypto("no room for the nonce".into()));
+        }
+        let nonce_bytes = random::<NONCE_LEN>()?;
+        buf[..NONCE_LEN].copy_from_slice(&nonce_bytes);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::empty(),
+                &mut buf[NONCE_LEN..],
+            )
+            .map_err(|_| RepoError::Crypto("encryption failed".into()))?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Decrypts `nonce || ciphertext || tag` in place; returns the plaintext's range, or
+    /// `None` when the data was altered or sealed with another key.
+    pub fn open_in_place(&self, buf: &mut [u8]) -> Option<std::ops::Range<usize>> {
+        if buf.len() < NONCE_LEN + 16 {
+            return None;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&buf[..NONCE_LEN]);
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut buf[NONCE_LEN..],
+            )
+            .ok()?;
+        Some(NONCE_LEN..NONCE_LEN + plain.len())
+    }
+
     /// Encrypts and authenticates.
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, RepoError> {
         seal_with(&self.key, plain)

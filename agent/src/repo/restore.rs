@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
 use tracing::{info, warn};
 
+use super::pack::{self, ChunkId};
 use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
 use super::{Progress, RepoError, Repository};
 
@@ -69,7 +71,7 @@ pub struct FailedFile {
 
 /// Parallel file restores: more than the cores, since most of the time is waiting on
 /// the object store.
-const RESTORE_WORKERS: usize = 4;
+const RESTORE_WORKERS: usize = 3;
 
 impl Repository {
     pub async fn restore(&self, req: RestoreRequest) -> Result<RestoreReport, RepoError> {
@@ -222,9 +224,39 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
         .map_err(|e| RepoError::Io(format!("chmod {}: {e}", path.display())))
 }
 
+/// Reads chunks for one restore worker: whole packs (kept while the worker's files
+/// come from them) when the restore needs most of what the packs hold, single ranged
+/// reads otherwise.
+struct ChunkSource<'a> {
+    repo: &'a Repository,
+    handle: &'a tokio::runtime::Handle,
+    whole_packs: bool,
+    /// Name of the pack in `buf`, if any; `buf` is reused for every pack.
+    cached: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSource<'_> {
+    fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        if !self.whole_packs {
+            return self.handle.block_on(self.repo.read_chunk(id));
+        }
+        let loc = self
+            .repo
+            .lookup(id)
+            .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
+        if self.cached.as_deref() != Some(loc.pack.as_str()) {
+            self.cached = None;
+            self.handle
+                .block_on(self.repo.read_pack(&loc.pack, &mut self.buf))?;
+            self.cached = Some(loc.pack.clone());
+        }
+        self.repo.decode_from_pack(&self.buf, &loc, id)
+    }
+}
+
 fn restore_file(
-    repo: &Repository,
-    handle: &tokio::runtime::Handle,
+    source: &mut ChunkSource,
     target: &Path,
     rel: &Path,
     e: &Entry,
@@ -250,28 +282,27 @@ fn restore_file(
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))?;
-    let mut hasher = Sha256::new();
+    // Every chunk is checked against its SHA-256 id as it is decoded, so the content
+    // is exactly the manifest's chunk list; a one-chunk file's id is its SHA-256.
+    if let [only] = e.chunks.as_slice() {
+        if e.sha256.as_deref() != Some(only.hex().as_str()) {
+            return Err(RepoError::Damaged(format!(
+                "{}: the manifest's SHA-256 does not match its content",
+                e.path
+            )));
+        }
+    }
     for c in &e.chunks {
-        let data = handle
-            .block_on(repo.read_chunk(c))
-            .map_err(|err| match err {
-                RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
-                other => other,
-            })?;
-        hasher.update(&data);
+        let data = source.chunk(c).map_err(|err| match err {
+            RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
+            other => other,
+        })?;
         f.write_all(&data)
             .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
     }
     // Durability comes from one syncfs at the end, not a sync per file.
     drop(f);
-    let digest = hex::encode(hasher.finalize());
-    if e.sha256.as_deref() != Some(digest.as_str()) {
-        return Err(RepoError::Damaged(format!(
-            "{}: restored content does not match the manifest's SHA-256",
-            e.path
-        )));
-    }
     set_mode(&path, e.mode)?;
     set_owner_and_time(&path, e)?;
     progress.files_done.fetch_add(1, Relaxed);
@@ -305,37 +336,75 @@ fn restore_blocking(
         report.dirs += 1;
     }
     // Files, in parallel.
-    let files: Vec<&(PathBuf, Entry)> = plan
+    // Files in the order their data lies in the packs, in groups by the pack of their
+    // first chunk; a worker takes a whole group, so each pack is read about once.
+    let mut files: Vec<(&(PathBuf, Entry), Option<pack::Location>)> = plan
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::File)
+        .map(|f| (f, f.1.chunks.first().and_then(|c| repo.lookup(c))))
         .collect();
+    files.sort_by(|a, b| {
+        let key = |l: &Option<pack::Location>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
+        key(&a.1).cmp(&key(&b.1))
+    });
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    for i in 0..files.len() {
+        let same = i > 0
+            && files[i].1.as_ref().map(|l| &l.pack) == files[i - 1].1.as_ref().map(|l| &l.pack);
+        match groups.last_mut() {
+            Some(g) if same => g.end = i + 1,
+            _ => groups.push(i..i + 1),
+        }
+    }
+    // Whole packs pay off when the restore needs a good part of what they hold.
+    let mut needed: HashMap<String, u64> = HashMap::new();
+    for ((_, e), _) in &files {
+        for c in &e.chunks {
+            if let Some(l) = repo.lookup(c) {
+                *needed.entry(l.pack).or_default() += l.length as u64;
+            }
+        }
+    }
+    let packs = handle.block_on(repo.packs())?;
+    let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
+    let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();
     std::thread::scope(|s| {
-        for _ in 0..RESTORE_WORKERS.min(files.len().max(1)) {
-            s.spawn(|| loop {
-                if first_error.lock().is_some() {
-                    return;
-                }
-                let i = next.fetch_add(1, Relaxed);
-                let Some((rel, e)) = files.get(i).map(|x| (&x.0, &x.1)) else {
-                    return;
+        for _ in 0..RESTORE_WORKERS.min(groups.len().max(1)) {
+            s.spawn(|| {
+                let mut source = ChunkSource {
+                    repo,
+                    handle,
+                    whole_packs,
+                    cached: None,
+                    buf: Vec::new(),
                 };
-                match restore_file(repo, handle, target, rel, e, progress) {
-                    Ok(()) => {}
-                    // Damaged data spoils one file; the others are still restored.
-                    Err(RepoError::Damaged(why)) => {
-                        let path = target.join(rel);
-                        let _ = std::fs::remove_file(&path);
-                        failed.lock().push(FailedFile {
-                            path: e.path.clone(),
-                            reason: why,
-                        });
-                    }
-                    Err(err) => {
-                        first_error.lock().get_or_insert(err);
+                loop {
+                    if first_error.lock().is_some() {
                         return;
+                    }
+                    let g = next.fetch_add(1, Relaxed);
+                    let Some(range) = groups.get(g) else {
+                        return;
+                    };
+                    for ((rel, e), _) in &files[range.clone()] {
+                        match restore_file(&mut source, target, rel, e, progress) {
+                            Ok(()) => {}
+                            // Damaged data spoils one file; the others are still restored.
+                            Err(RepoError::Damaged(why)) => {
+                                let _ = std::fs::remove_file(target.join(rel));
+                                failed.lock().push(FailedFile {
+                                    path: e.path.clone(),
+                                    reason: why,
+                                });
+                            }
+                            Err(err) => {
+                                first_error.lock().get_or_insert(err);
+                                return;
+                            }
+                        }
                     }
                 }
             });
@@ -346,11 +415,13 @@ fn restore_blocking(
     }
     let mut failed = failed.into_inner();
     failed.sort_by(|a, b| a.path.cmp(&b.path));
-    report.files = files.len() as u64 - failed.len() as u64;
+    let failed_paths: std::collections::HashSet<&str> =
+        failed.iter().map(|f| f.path.as_str()).collect();
+    report.files = (files.len() - failed.len()) as u64;
     report.bytes = files
         .iter()
-        .filter(|(_, e)| !failed.iter().any(|f| f.path == e.path))
-        .map(|(_, e)| e.size)
+        .filter(|((_, e), _)| !failed_paths.contains(e.path.as_str()))
+        .map(|((_, e), _)| e.size)
         .sum();
     report.failed = failed;
     // Symlinks after every file, so none can redirect a write.
