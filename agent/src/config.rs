@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn documents_section() {
         let text = format!(
-            "{BASE}data_dir = \"/var/lib/drmesh\"\n[documents]\nsource = \"/srv/uploads\"\n[[documents.locations]]\nname = \"local\"\nurl = \"backups/repo\"\n[[documents.locations]]\nname = \"s3\"\nurl = \"s3://b/document-backups/{{yyyy}}/{{mm}}\"\noptions = {{ region = \"us-east-1\", secret_access_key = \"hush\" }}\n"
+            "data_dir = \"/var/lib/drmesh\"\n{BASE}[documents]\nsource = \"/srv/uploads\"\n[[documents.locations]]\nname = \"local\"\nurl = \"backups/repo\"\n[[documents.locations]]\nname = \"s3\"\nurl = \"s3://b/document-backups/{{yyyy}}/{{mm}}\"\noptions = {{ region = \"us-east-1\", secret_access_key = \"hush\" }}\n"
         );
         let cfg = AgentConfigFile::parse(&text, Path::new("a.toml"))
             .expect("parse")

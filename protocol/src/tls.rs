@@ -28,6 +28,7 @@ pub enum TlsError {
 
 /// Files making up one side's TLS identity plus the CA it trusts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// CA certificate (PEM) that the peer's certificate must chain to.
     pub ca_cert: PathBuf,
