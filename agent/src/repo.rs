@@ -21,6 +21,7 @@ pub mod backup;
 pub mod crypto;
 pub mod export;
 pub mod pack;
+mod reader;
 pub mod replicate;
 pub mod restore;
 pub mod snapshot;
@@ -401,22 +402,6 @@ impl Repository {
                 RepoError::NotFound(_) => RepoError::Damaged(format!("pack {pack} is missing")),
                 other => other,
             })
-    }
-
-    /// Decodes and checks one chunk out of a pack already in memory. In an encrypted
-    /// repository the AES-GCM tag authenticates the chunk and its id is not re-hashed
-    /// (restore's fast path); `verify` always re-hashes.
-    pub(crate) fn decode_from_pack(
-        &self,
-        pack: &[u8],
-        loc: &pack::Location,
-        id: &ChunkId,
-    ) -> Result<Vec<u8>, RepoError> {
-        let start = loc.offset as usize;
-        let stored = pack
-            .get(start..start + loc.length as usize)
-            .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
-        pack::decode_blob_checked(stored, id, loc.raw_length, self.key(), self.key().is_none())
     }
 
     /// A lock object that tells garbage collection a writer is at work.

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::HashMap;
-
 use tracing::{info, warn};
 
-use super::pack::{self, ChunkId};
+use super::reader::{self, PackReader};
 use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
 use super::{Progress, RepoError, Repository};
 
@@ -224,39 +222,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
         .map_err(|e| RepoError::Io(format!("chmod {}: {e}", path.display())))
 }
 
-/// Reads chunks for one restore worker: whole packs (kept while the worker's files
-/// come from them) when the restore needs most of what the packs hold, single ranged
-/// reads otherwise.
-struct ChunkSource<'a> {
-    repo: &'a Repository,
-    handle: &'a tokio::runtime::Handle,
-    whole_packs: bool,
-    /// Name of the pack in `buf`, if any; `buf` is reused for every pack.
-    cached: Option<String>,
-    buf: Vec<u8>,
-}
-
-impl ChunkSource<'_> {
-    fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
-        if !self.whole_packs {
-            return self.handle.block_on(self.repo.read_chunk(id));
-        }
-        let loc = self
-            .repo
-            .lookup(id)
-            .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
-        if self.cached.as_deref() != Some(loc.pack.as_str()) {
-            self.cached = None;
-            self.handle
-                .block_on(self.repo.read_pack(&loc.pack, &mut self.buf))?;
-            self.cached = Some(loc.pack.clone());
-        }
-        self.repo.decode_from_pack(&self.buf, &loc, id)
-    }
-}
-
 fn restore_file(
-    source: &mut ChunkSource,
+    source: &mut PackReader,
     target: &Path,
     rel: &Path,
     e: &Entry,
@@ -338,49 +305,19 @@ fn restore_blocking(
     // Files, in parallel.
     // Files in the order their data lies in the packs, in groups by the pack of their
     // first chunk; a worker takes a whole group, so each pack is read about once.
-    let mut files: Vec<(&(PathBuf, Entry), Option<pack::Location>)> = plan
+    let files: Vec<&(PathBuf, Entry)> = plan
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::File)
-        .map(|f| (f, f.1.chunks.first().and_then(|c| repo.lookup(c))))
         .collect();
-    files.sort_by(|a, b| {
-        let key = |l: &Option<pack::Location>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
-        key(&a.1).cmp(&key(&b.1))
-    });
-    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-    for i in 0..files.len() {
-        let same = i > 0
-            && files[i].1.as_ref().map(|l| &l.pack) == files[i - 1].1.as_ref().map(|l| &l.pack);
-        match groups.last_mut() {
-            Some(g) if same => g.end = i + 1,
-            _ => groups.push(i..i + 1),
-        }
-    }
-    // Whole packs pay off when the restore needs a good part of what they hold.
-    let mut needed: HashMap<String, u64> = HashMap::new();
-    for ((_, e), _) in &files {
-        for c in &e.chunks {
-            if let Some(l) = repo.lookup(c) {
-                *needed.entry(l.pack).or_default() += l.length as u64;
-            }
-        }
-    }
-    let packs = handle.block_on(repo.packs())?;
-    let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
-    let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
+    let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
+    let (order, groups, whole_packs) = reader::plan(repo, handle, &entries)?;
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();
     std::thread::scope(|s| {
         for _ in 0..RESTORE_WORKERS.min(groups.len().max(1)) {
             s.spawn(|| {
-                let mut source = ChunkSource {
-                    repo,
-                    handle,
-                    whole_packs,
-                    cached: None,
-                    buf: Vec::new(),
-                };
+                let mut source = PackReader::new(repo, handle, whole_packs, false);
                 loop {
                     if first_error.lock().is_some() {
                         return;
@@ -389,7 +326,8 @@ fn restore_blocking(
                     let Some(range) = groups.get(g) else {
                         return;
                     };
-                    for ((rel, e), _) in &files[range.clone()] {
+                    for &i in &order[range.clone()] {
+                        let (rel, e) = files[i];
                         match restore_file(&mut source, target, rel, e, progress) {
                             Ok(()) => {}
                             // Damaged data spoils one file; the others are still restored.
@@ -420,8 +358,8 @@ fn restore_blocking(
     report.files = (files.len() - failed.len()) as u64;
     report.bytes = files
         .iter()
-        .filter(|((_, e), _)| !failed_paths.contains(e.path.as_str()))
-        .map(|((_, e), _)| e.size)
+        .filter(|(_, e)| !failed_paths.contains(e.path.as_str()))
+        .map(|(_, e)| e.size)
         .sum();
     report.failed = failed;
     // Symlinks after every file, so none can redirect a write.

@@ -1,0 +1,106 @@
+//! Reading many chunks efficiently: whole packs into one reused buffer, files ordered
+//! by where their data lies, so each pack is read about once. Restore and verify share
+//! it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::pack::{self, ChunkId};
+use super::snapshot::Entry;
+use super::{RepoError, Repository};
+
+/// One worker's chunk reader.
+pub(crate) struct PackReader<'a> {
+    repo: &'a Repository,
+    handle: &'a tokio::runtime::Handle,
+    /// Whole packs (kept while the worker's files come from them), or single ranged reads.
+    whole_packs: bool,
+    /// Hash every chunk against its id (verify); otherwise only an unencrypted
+    /// repository's chunks are hashed, since AES-GCM already authenticates the rest.
+    always_check_ids: bool,
+    cached: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl<'a> PackReader<'a> {
+    pub(crate) fn new(
+        repo: &'a Repository,
+        handle: &'a tokio::runtime::Handle,
+        whole_packs: bool,
+        always_check_ids: bool,
+    ) -> Self {
+        Self {
+            repo,
+            handle,
+            whole_packs,
+            always_check_ids,
+            cached: None,
+            buf: Vec::new(),
+        }
+    }
+
+    pub(crate) fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
+        if !self.whole_packs {
+            return self.handle.block_on(self.repo.read_chunk(id));
+        }
+        let loc = self
+            .repo
+            .lookup(id)
+            .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
+        if self.cached.as_deref() != Some(loc.pack.as_str()) {
+            self.cached = None;
+            self.handle
+                .block_on(self.repo.read_pack(&loc.pack, &mut self.buf))?;
+            self.cached = Some(loc.pack.clone());
+        }
+        let start = loc.offset as usize;
+        let stored = self
+            .buf
+            .get(start..start + loc.length as usize)
+            .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
+        let check = self.always_check_ids || !self.repo.is_encrypted();
+        pack::decode_blob_checked(stored, id, loc.raw_length, self.repo.key(), check)
+    }
+}
+
+/// The work plan for reading `files`: their indices ordered by the pack and offset of
+/// their first chunk, cut into groups that start in the same pack (a worker takes a
+/// whole group); and whether whole-pack reads pay off (the files need at least a quarter
+/// of what the packs they touch hold).
+pub(crate) fn plan(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    files: &[&Entry],
+) -> Result<(Vec<usize>, Vec<Range<usize>>, bool), RepoError> {
+    let first: Vec<Option<pack::Location>> = files
+        .iter()
+        .map(|e| e.chunks.first().and_then(|c| repo.lookup(c)))
+        .collect();
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |l: &Option<pack::Location>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
+        key(&first[a]).cmp(&key(&first[b]))
+    });
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    for (pos, &i) in order.iter().enumerate() {
+        let same = pos > 0
+            && first[i].as_ref().map(|l| &l.pack)
+                == first[order[pos - 1]].as_ref().map(|l| &l.pack);
+        match groups.last_mut() {
+            Some(g) if same => g.end = pos + 1,
+            _ => groups.push(pos..pos + 1),
+        }
+    }
+    let mut needed: HashMap<String, u64> = HashMap::new();
+    for e in files {
+        for c in &e.chunks {
+            if let Some(l) = repo.lookup(c) {
+                *needed.entry(l.pack).or_default() += l.length as u64;
+            }
+        }
+    }
+    let packs = handle.block_on(repo.packs())?;
+    let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
+    let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
+    Ok((order, groups, whole_packs))
+}
