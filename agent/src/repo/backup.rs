@@ -1,13 +1,13 @@
 //! Backing a directory up into the repository.
 //!
 //! The pipeline runs on threads joined by bounded channels, so memory stays bounded
-//! whatever the size of the source (at most a few dozen chunks and a few packs in
-//! flight):
+//! whatever the size of the source (a few chunks per worker and a few packs in flight):
 //!
 //! ```text
-//! scanner ──(chunk id, bytes)──▶ compressors ×N ──(blob)──▶ packer ──(pack)──▶ uploaders ×2
-//! (walk, reuse unchanged files,    (zstd, seal)              (~16 MiB packs)    (durable put)
-//!  FastCDC, SHA-256, dedup)
+//! file workers ×(cores+1) ──(sealed blob)──▶ packer ──(pack)──▶ uploaders ×2
+//! (take the next file: reuse it         (~16 MiB packs)    (durable put)
+//!  from the parent, or read, FastCDC,
+//!  SHA-256, dedup, zstd, seal)
 //! ```
 //!
 //! When the uploads are done the backup's index object is written, and the snapshot

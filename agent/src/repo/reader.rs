@@ -63,15 +63,22 @@ impl<'a> PackReader<'a> {
     }
 }
 
-/// The work plan for reading `files`: their indices ordered by the pack and offset of
-/// their first chunk, cut into groups that start in the same pack (a worker takes a
-/// whole group); and whether whole-pack reads pay off (the files need at least a quarter
-/// of what the packs they touch hold).
+/// The work plan for reading many files.
+pub(crate) struct ReadPlan {
+    /// File indices ordered by the pack and offset of their first chunk.
+    pub order: Vec<usize>,
+    /// Ranges of `order` whose files start in the same pack; a worker takes a whole group.
+    pub groups: Vec<Range<usize>>,
+    /// Whole-pack reads pay off: the files need at least a quarter of what the packs
+    /// they touch hold.
+    pub whole_packs: bool,
+}
+
 pub(crate) fn plan(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     files: &[&Entry],
-) -> Result<(Vec<usize>, Vec<Range<usize>>, bool), RepoError> {
+) -> Result<ReadPlan, RepoError> {
     let first: Vec<Option<pack::Location>> = files
         .iter()
         .map(|e| e.chunks.first().and_then(|c| repo.lookup(c)))
@@ -102,5 +109,9 @@ pub(crate) fn plan(
     let packs = handle.block_on(repo.packs())?;
     let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
     let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
-    Ok((order, groups, whole_packs))
+    Ok(ReadPlan {
+        order,
+        groups,
+        whole_packs,
+    })
 }

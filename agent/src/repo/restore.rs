@@ -310,7 +310,11 @@ fn restore_blocking(
         .filter(|(_, e)| e.kind == EntryKind::File)
         .collect();
     let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
-    let (order, groups, whole_packs) = reader::plan(repo, handle, &entries)?;
+    let reader::ReadPlan {
+        order,
+        groups,
+        whole_packs,
+    } = reader::plan(repo, handle, &entries)?;
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();

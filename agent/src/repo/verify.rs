@@ -265,7 +265,11 @@ fn read_back_blocking(
     files: &[Entry],
 ) -> Result<ReadBack, RepoError> {
     let entries: Vec<&Entry> = files.iter().collect();
-    let (order, groups, whole_packs) = reader::plan(repo, handle, &entries)?;
+    let reader::ReadPlan {
+        order,
+        groups,
+        whole_packs,
+    } = reader::plan(repo, handle, &entries)?;
     let next = AtomicUsize::new(0);
     let chunks = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
