@@ -177,7 +177,7 @@ impl Repository {
             id: uuid::Uuid::new_v4().simple().to_string(),
             created: Utc::now(),
             chunker: ChunkerConfig::default(),
-            pack_size: 16 * 1024 * 1024,
+            pack_size: 8 * 1024 * 1024,
             encryption,
         };
         let json = serde_json::to_vec_pretty(&config)

@@ -180,6 +180,7 @@ fn print_alerts(alerts: &[Alert]) {
 }
 
 fn main() -> anyhow::Result<()> {
+    drmesh_agent::bound_allocator_memory();
     let cli = Cli::parse();
     let client = || Client::new(&cli.url, cli.token.clone());
     match cli.cmd {
