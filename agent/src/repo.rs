@@ -6,7 +6,7 @@
 //! | key | what |
 //! |---|---|
 //! | `config` | JSON, in clear: format version, repository id, chunker sizes, and the wrapped master key when encrypted |
-//! | `data/<2 hex>/<pack id>` | packs of compressed (and sealed) chunks, ~16 MiB each |
+//! | `data/<2 hex>/<pack id>` | packs of compressed (and sealed) chunks, ~8 MiB each (the size is in `config`) |
 //! | `index/<id>` | which chunk is where, one object per backup (sealed JSON) |
 //! | `snapshots/<id>` | one manifest per backup (sealed JSON), written last |
 //! | `locks/<id>` | live writers, so garbage collection never removes what they are about to reference |
