@@ -338,6 +338,26 @@ pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
     Ok(n)
 }
 
+/// Runs a command on `agent` and reads its result's detail as `T`; a refusal, a failure
+/// or an unreadable detail becomes the message to record.
+async fn run_for<T: serde::de::DeserializeOwned>(
+    coord: &Coordinator,
+    agent: &AgentId,
+    kind: CommandKind,
+    what: &str,
+) -> Result<T, String> {
+    match transport::send_command(coord, agent, kind, coord.config.backup_timeout).await {
+        Ok(r) if r.ok => r
+            .detail_json
+            .as_deref()
+            .map(serde_json::from_str::<T>)
+            .and_then(Result::ok)
+            .ok_or_else(|| format!("the agent's {what} could not be read")),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `POST /documents/backups/:id/verify`: starts a full verification on an agent.
 pub fn start_verify(
     coord: &Arc<Coordinator>,
@@ -383,25 +403,11 @@ pub fn start_verify(
     let span = tracing::info_span!("documents_verify", backup_id = %id, agent_id = %agent);
     tokio::spawn(
         async move {
-            let result = transport::send_command(
-                &coord,
-                &agent,
-                CommandKind::DocumentsVerify {
-                    backup_id: id.clone(),
-                },
-                coord.config.backup_timeout,
-            )
-            .await;
-            let verification = match result {
-                Ok(r) if r.ok => r
-                    .detail_json
-                    .as_deref()
-                    .map(serde_json::from_str::<DocumentVerification>)
-                    .and_then(Result::ok)
-                    .ok_or_else(|| "the agent's verification report could not be read".to_string()),
-                Ok(r) => Err(r.message),
-                Err(e) => Err(e.to_string()),
+            let kind = CommandKind::DocumentsVerify {
+                backup_id: id.clone(),
             };
+            let verification: Result<DocumentVerification, String> =
+                run_for(&coord, &agent, kind, "verification report").await;
             let Ok(Some(mut rec)) = get(coord.store.as_ref(), &id) else {
                 return;
             };
@@ -498,27 +504,13 @@ pub fn start_restore(
     let answer = pending.clone();
     tokio::spawn(
         async move {
-            let result = transport::send_command(
-                &coord,
-                &agent,
-                CommandKind::DocumentsRestore {
-                    backup_id: id.clone(),
-                    paths: req.paths,
-                    target: req.target_directory,
-                },
-                coord.config.backup_timeout,
-            )
-            .await;
-            let outcome = match result {
-                Ok(r) if r.ok => r
-                    .detail_json
-                    .as_deref()
-                    .map(serde_json::from_str::<DocumentRestoreOutcome>)
-                    .and_then(Result::ok)
-                    .ok_or_else(|| "the agent's restore report could not be read".to_string()),
-                Ok(r) => Err(r.message),
-                Err(e) => Err(e.to_string()),
+            let kind = CommandKind::DocumentsRestore {
+                backup_id: id.clone(),
+                paths: req.paths,
+                target: req.target_directory,
             };
+            let outcome: Result<DocumentRestoreOutcome, String> =
+                run_for(&coord, &agent, kind, "restore report").await;
             let outcome = outcome.unwrap_or_else(|why| {
                 warn!(error = %why, "document restore failed");
                 let mut o = pending;

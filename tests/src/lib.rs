@@ -36,6 +36,20 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Deterministic incompressible bytes (xorshift), for test files whose chunk
+/// boundaries and content must not depend on a random seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Proc {
     pub name: String,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use drmesh_tests::objstore::{
     AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
 };
-use drmesh_tests::{wait_for, Mesh};
+use drmesh_tests::{noise, wait_for, Mesh};
 use serde_json::Value;
 
 const BASE: &str = "/v1/backup-recovery/documents";
@@ -316,19 +316,6 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

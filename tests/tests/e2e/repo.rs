@@ -9,21 +9,8 @@ use std::time::Duration;
 use drmesh_tests::objstore::{
     AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
 };
-use drmesh_tests::{bin, wait_for, Proc};
+use drmesh_tests::{bin, noise, wait_for, Proc};
 use serde_json::Value;
-
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn make_docs(root: &Path) {
     std::fs::create_dir_all(root.join("documents/42")).unwrap();
