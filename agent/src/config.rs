@@ -422,5 +422,8 @@ mod tests {
             .expect("valid");
         assert_eq!(cfg.coordinator_name, "coordinator.internal");
         assert!(cfg.postgres.is_some());
+        let docs = cfg.documents.expect("documents");
+        assert_eq!(docs.locations.len(), 3);
+        assert_eq!(docs.locations[2].url, "s3://propchain-backups/document-backups/{yyyy}/{mm}");
     }
 }
