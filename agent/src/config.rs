@@ -424,6 +424,9 @@ mod tests {
         assert!(cfg.postgres.is_some());
         let docs = cfg.documents.expect("documents");
         assert_eq!(docs.locations.len(), 3);
-        assert_eq!(docs.locations[2].url, "s3://propchain-backups/document-backups/{yyyy}/{mm}");
+        assert_eq!(
+            docs.locations[2].url,
+            "s3://propchain-backups/document-backups/{yyyy}/{mm}"
+        );
     }
 }
