@@ -179,8 +179,19 @@ fn print_alerts(alerts: &[Alert]) {
     }
 }
 
+/// `drmesh … | head` should end quietly when the reader goes away, as other command-line
+/// tools do, not panic on the failed write: take SIGPIPE's default action again (Rust
+/// ignores it at start).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default disposition, no handler code; runs before any thread.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> anyhow::Result<()> {
     drmesh_agent::bound_allocator_memory();
+    default_sigpipe();
     let cli = Cli::parse();
     let client = || Client::new(&cli.url, cli.token.clone());
     match cli.cmd {
