@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn, Instrument};
 
 use crate::config::{DocumentLocation, DocumentsConfig};
+use crate::repo::backend::write_durably;
 use crate::repo::backup::BackupRequest;
 use crate::repo::export::ArchiveManifest;
 use crate::repo::restore::RestoreRequest;
@@ -87,10 +88,6 @@ impl Documents {
             config,
             busy: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn config(&self) -> &DocumentsConfig {
-        &self.config
     }
 
     fn key(&self) -> KeySource {
@@ -253,14 +250,22 @@ impl Documents {
                 RepoError::Io(format!("{what} {}: {e}", p.display()))
             };
             std::fs::create_dir_all(&manifest_dir).map_err(|e| io("create", &manifest_dir, e))?;
-            write_synced(&mpath2, &json)?;
+            write_durably(&mpath2, &json)?;
+            // `docs_latest` is a second name for the archive just written (synced by the
+            // export), not a second copy of it; a filesystem without hard links gets a copy.
             let latest = dir2.join("docs_latest.tar.gz");
             let tmp = dir2.join(".docs_latest.tar.gz.tmp");
-            std::fs::copy(&archive2, &tmp).map_err(|e| io("copy to", &tmp, e))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("sync", &tmp, e))?;
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(&archive2, &tmp).is_err() {
+                std::fs::copy(&archive2, &tmp).map_err(|e| io("copy to", &tmp, e))?;
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io("sync", &tmp, e))?;
+            }
             std::fs::rename(&tmp, &latest).map_err(|e| io("rename to", &latest, e))?;
+            std::fs::File::open(&dir2)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync", &dir2, e))?;
             // Older archives go; the repository keeps every snapshot.
             if let Ok(rd) = std::fs::read_dir(&dir2) {
                 for entry in rd.flatten() {
@@ -524,16 +529,6 @@ fn watch(counters: Arc<Progress>, progress: ProgressFn, scale: f32) -> tokio::ta
             );
         }
     })
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> Result<(), RepoError> {
-    use std::io::Write;
-    let io = |e: std::io::Error| RepoError::Io(format!("write {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Reads a plain archive end to end: gzip and tar framing intact, `MANIFEST.json` there,

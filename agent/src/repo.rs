@@ -77,13 +77,6 @@ pub enum RepoError {
     Cancelled,
 }
 
-impl RepoError {
-    /// Whether trying again could help.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, RepoError::Backend(_))
-    }
-}
-
 /// Current repository format.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -153,7 +146,7 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-/// Parses an object key's last part as an id made only of safe characters.
+/// The last part of an object key (the snapshot or pack id).
 fn object_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
@@ -290,10 +283,6 @@ impl Repository {
         }
     }
 
-    pub fn chunk_count(&self) -> usize {
-        self.inner.index.read().len()
-    }
-
     pub(crate) async fn put_doc<T: Serialize>(&self, key: &str, doc: &T) -> Result<u64, RepoError> {
         let bytes = pack::encode_doc(doc, self.key())?;
         let n = bytes.len() as u64;
@@ -344,15 +333,18 @@ impl Repository {
         kind: &str,
         source: &std::path::Path,
     ) -> Result<Option<Snapshot>, RepoError> {
-        let all = self.snapshots().await?;
-        match all
-            .iter()
-            .rev()
-            .find(|s| s.kind == kind && s.source == source)
-        {
-            Some(s) => Ok(Some(self.snapshot(&s.id).await?)),
-            None => Ok(None),
+        // Each manifest is read once; only the newest match is kept.
+        let mut newest: Option<Snapshot> = None;
+        for (key, _) in self.inner.backend.list("snapshots").await? {
+            let s = self.snapshot(object_name(&key)).await?;
+            let newer = newest
+                .as_ref()
+                .is_none_or(|n| (s.finished_at, &s.id) > (n.finished_at, &n.id));
+            if s.kind == kind && s.source == source && newer {
+                newest = Some(s);
+            }
         }
+        Ok(newest)
     }
 
     /// Sizes of all pack objects, by pack id.

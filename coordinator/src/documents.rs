@@ -61,6 +61,23 @@ fn must_get(store: &dyn Store, id: &str) -> Result<DocumentBackup, DocumentsErro
     get(store, id)?.ok_or_else(|| DocumentsError::NotFound(format!("no document backup {id}")))
 }
 
+/// A backup that finished well: COMPLETED, or VERIFIED since.
+fn is_done(status: BackupStatus) -> bool {
+    matches!(status, BackupStatus::Completed | BackupStatus::Verified)
+}
+
+/// The record of a finished backup, for an operation (`doing`) that needs one.
+fn completed(store: &dyn Store, id: &str, doing: &str) -> Result<DocumentBackup, DocumentsError> {
+    let rec = must_get(store, id)?;
+    if !is_done(rec.status) {
+        return Err(DocumentsError::Conflict(format!(
+            "backup {id} is {:?}; only a completed backup can be {doing}",
+            rec.status
+        )));
+    }
+    Ok(rec)
+}
+
 fn save(store: &dyn Store, rec: &DocumentBackup) -> Result<(), StoreError> {
     store.put_json(Namespace::Backups, &rec.backup_id, rec)
 }
@@ -102,9 +119,7 @@ fn pick_agent(
 
 /// A guess from the last completed backup's duration (one minute before any).
 fn estimate(store: &dyn Store) -> Result<Duration, StoreError> {
-    let last = list(store, None)?
-        .into_iter()
-        .find(|b| matches!(b.status, BackupStatus::Completed | BackupStatus::Verified));
+    let last = list(store, None)?.into_iter().find(|b| is_done(b.status));
     Ok(last
         .and_then(|b| b.duration_ms)
         .map(|ms| Duration::from_millis(ms.max(1000)))
@@ -364,13 +379,7 @@ pub fn start_verify(
     id: &str,
 ) -> Result<DocumentVerification, DocumentsError> {
     let store = coord.store.as_ref();
-    let mut rec = must_get(store, id)?;
-    if !matches!(rec.status, BackupStatus::Completed | BackupStatus::Verified) {
-        return Err(DocumentsError::Conflict(format!(
-            "backup {id} is {:?}; only a completed backup can be verified",
-            rec.status
-        )));
-    }
+    let mut rec = completed(store, id, "verified")?;
     if rec
         .verification
         .as_ref()
@@ -468,13 +477,7 @@ pub fn start_restore(
     req: DocumentRestoreRequest,
 ) -> Result<DocumentRestoreOutcome, DocumentsError> {
     let store = coord.store.as_ref();
-    let mut rec = must_get(store, id)?;
-    if !matches!(rec.status, BackupStatus::Completed | BackupStatus::Verified) {
-        return Err(DocumentsError::Conflict(format!(
-            "backup {id} is {:?}; only a completed backup can be restored",
-            rec.status
-        )));
-    }
+    let mut rec = completed(store, id, "restored")?;
     if rec
         .last_restore
         .as_ref()
@@ -535,10 +538,7 @@ pub fn start_restore(
 pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
     let all = list(store, None)?;
     let count = |s: BackupStatus| all.iter().filter(|b| b.status == s).count() as u64;
-    let done: Vec<&DocumentBackup> = all
-        .iter()
-        .filter(|b| matches!(b.status, BackupStatus::Completed | BackupStatus::Verified))
-        .collect();
+    let done: Vec<&DocumentBackup> = all.iter().filter(|b| is_done(b.status)).collect();
     let logical: u64 = done
         .iter()
         .filter_map(|b| b.outcome.as_ref())

@@ -42,11 +42,6 @@ impl Location {
             options: BTreeMap::new(),
         }
     }
-
-    pub fn with_option(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.options.insert(key.to_string(), value.into());
-        self
-    }
 }
 
 /// An open object store with the repository's prefix.
@@ -290,7 +285,7 @@ impl Backend {
 
 /// Temp file, fsync, rename, fsync of the directory: after a crash the object is either
 /// whole or absent.
-fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {
+pub(crate) fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {
     use std::io::Write;
     let err = |what: &str, e: std::io::Error| {
         RepoError::Backend(format!("{what} {}: {e}", file.display()))

@@ -13,7 +13,7 @@
 //! When the uploads are done the backup's index object is written, and the snapshot
 //! manifest last of all.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -383,6 +383,15 @@ fn scan(source: &Path) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
     Ok(out)
 }
 
+/// The file is the parent snapshot's, unread: same size, mtime and inode, and not
+/// marked to be read again.
+fn unchanged(parent: &Entry, meta: &std::fs::Metadata) -> bool {
+    parent.size == meta.len()
+        && parent.mtime_ns == mtime_ns(meta)
+        && parent.inode == meta.ino()
+        && !parent.recheck
+}
+
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
@@ -435,13 +444,11 @@ fn prefetch(sh: &Shared) {
         if !meta.is_file() || meta.len() > 4 * 1024 * 1024 {
             continue;
         }
-        let unchanged = sh.parent.get(rel.as_str()).is_some_and(|p| {
-            p.size == meta.len()
-                && p.mtime_ns == mtime_ns(meta)
-                && p.inode == meta.ino()
-                && !p.recheck
-        });
-        if unchanged {
+        if sh
+            .parent
+            .get(rel.as_str())
+            .is_some_and(|p| unchanged(p, meta))
+        {
             continue;
         }
         if let Ok(f) = std::fs::File::open(sh.source.join(rel)) {
@@ -509,13 +516,10 @@ fn entry_for(
     }
     let mut e = base_entry(rel.to_string(), EntryKind::File, meta);
     e.size = meta.len();
-    let reusable = sh.parent.get(rel).filter(|p| {
-        p.size == e.size
-            && p.mtime_ns == e.mtime_ns
-            && p.inode == e.inode
-            && !p.recheck
-            && p.chunks.iter().all(|c| sh.repo.contains(c))
-    });
+    let reusable = sh
+        .parent
+        .get(rel)
+        .filter(|p| unchanged(p, meta) && p.chunks.iter().all(|c| sh.repo.contains(c)));
     if let Some(p) = reusable {
         e.chunks = p.chunks.clone();
         e.sha256 = p.sha256.clone();
@@ -637,9 +641,7 @@ fn pack_stage(
     pack_size: usize,
     failure: &Failure,
 ) {
-    // Room for a full pack, its last blob (≤ 4 MiB and a little) and the trailer.
-    let capacity = pack_size + 5 * 1024 * 1024;
-    let mut builder = PackBuilder::with_capacity(capacity);
+    let mut builder = PackBuilder::for_pack(pack_size);
     let finish = |b: PackBuilder| -> bool {
         match b.finish(repo.key()) {
             Ok(p) => tx.send(p).is_ok(),
@@ -654,7 +656,7 @@ fn pack_stage(
         if builder.len() >= pack_size
             && !finish(std::mem::replace(
                 &mut builder,
-                PackBuilder::with_capacity(capacity),
+                PackBuilder::for_pack(pack_size),
             ))
         {
             return;
@@ -686,13 +688,4 @@ fn upload_stage(
             }
         }
     }
-}
-
-/// Snapshot entries by path, for lookups.
-pub fn by_path(snapshot: &Snapshot) -> BTreeMap<&str, &Entry> {
-    snapshot
-        .entries
-        .iter()
-        .map(|e| (e.path.as_str(), e))
-        .collect()
 }

@@ -246,24 +246,13 @@ pub struct PackBuilder {
     entries: Vec<(ChunkId, u64, u32, u32)>,
 }
 
-impl Default for PackBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl PackBuilder {
-    pub fn new() -> Self {
+    /// A builder for a pack that is finished once it reaches `pack_size`: its buffer has
+    /// room for that, the last blob (≤ 4 MiB and a little) and the trailer, so it never
+    /// grows (and copies itself) on the way.
+    pub fn for_pack(pack_size: usize) -> Self {
         Self {
-            buf: Vec::new(),
-            entries: Vec::new(),
-        }
-    }
-
-    /// A builder whose buffer will not need to grow for a pack of `bytes`.
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(bytes),
+            buf: Vec::with_capacity(pack_size + 5 * 1024 * 1024),
             entries: Vec::new(),
         }
     }

@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use parking_lot::Mutex;
 
 use super::pack::{self, ChunkId};
 use super::snapshot::Entry;
@@ -64,21 +67,62 @@ impl<'a> PackReader<'a> {
 }
 
 /// The work plan for reading many files.
-pub(crate) struct ReadPlan {
+struct ReadPlan {
     /// File indices ordered by the pack and offset of their first chunk.
-    pub order: Vec<usize>,
+    order: Vec<usize>,
     /// Ranges of `order` whose files start in the same pack; a worker takes a whole group.
-    pub groups: Vec<Range<usize>>,
+    groups: Vec<Range<usize>>,
     /// Whole-pack reads pay off: the files need at least a quarter of what the packs
     /// they touch hold.
-    pub whole_packs: bool,
+    whole_packs: bool,
 }
 
-pub(crate) fn plan(
+/// Calls `visit(reader, i)` for every index `i` of `files`, on up to `workers` threads,
+/// each with its own [`PackReader`] and taking whole groups of files that start in the
+/// same pack, so each pack is read about once. `packs` is the repository's pack listing
+/// (name → size). The first error `visit` returns stops every worker and is returned;
+/// a visitor that only records a problem returns `Ok`.
+pub(crate) fn read_files(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     files: &[&Entry],
-) -> Result<ReadPlan, RepoError> {
+    packs: &HashMap<String, u64>,
+    workers: usize,
+    always_check_ids: bool,
+    visit: impl Fn(&mut PackReader, usize) -> Result<(), RepoError> + Sync,
+) -> Result<(), RepoError> {
+    let ReadPlan {
+        order,
+        groups,
+        whole_packs,
+    } = plan(repo, files, packs);
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<RepoError>> = Mutex::default();
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(groups.len()).max(1) {
+            s.spawn(|| {
+                let mut reader = PackReader::new(repo, handle, whole_packs, always_check_ids);
+                while first_error.lock().is_none() {
+                    let Some(range) = groups.get(next.fetch_add(1, Relaxed)) else {
+                        return;
+                    };
+                    for &i in &order[range.clone()] {
+                        if let Err(e) = visit(&mut reader, i) {
+                            first_error.lock().get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn plan(repo: &Repository, files: &[&Entry], packs: &HashMap<String, u64>) -> ReadPlan {
     let first: Vec<Option<pack::Location>> = files
         .iter()
         .map(|e| e.chunks.first().and_then(|c| repo.lookup(c)))
@@ -106,12 +150,11 @@ pub(crate) fn plan(
             }
         }
     }
-    let packs = handle.block_on(repo.packs())?;
     let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
     let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
-    Ok(ReadPlan {
+    ReadPlan {
         order,
         groups,
         whole_packs,
-    })
+    }
 }

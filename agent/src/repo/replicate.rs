@@ -96,15 +96,19 @@ impl Repository {
                 .map_err(|e| RepoError::Io(format!("encode task: {e}")))?
             })
             .buffered(COPY_CONCURRENCY);
-        let mut builder = PackBuilder::new();
+        let mut builder = PackBuilder::for_pack(pack_size);
         let mut index: Vec<IndexEntry> = Vec::new();
         while let Some((id, raw, blob)) = blobs.try_next().await? {
             report.chunks_copied += 1;
             report.bytes_copied += raw as u64;
             builder.add(id, raw, &blob);
             if builder.len() >= pack_size {
-                report.bytes_stored +=
-                    upload(dest, std::mem::take(&mut builder), &mut index).await?;
+                report.bytes_stored += upload(
+                    dest,
+                    std::mem::replace(&mut builder, PackBuilder::for_pack(pack_size)),
+                    &mut index,
+                )
+                .await?;
             }
         }
         if !builder.is_empty() {

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -302,59 +302,37 @@ fn restore_blocking(
         }
         report.dirs += 1;
     }
-    // Files, in parallel.
-    // Files in the order their data lies in the packs, in groups by the pack of their
-    // first chunk; a worker takes a whole group, so each pack is read about once.
+    // Files, in parallel, in the order their data lies in the packs.
     let files: Vec<&(PathBuf, Entry)> = plan
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::File)
         .collect();
     let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
-    let reader::ReadPlan {
-        order,
-        groups,
-        whole_packs,
-    } = reader::plan(repo, handle, &entries)?;
-    let next = AtomicUsize::new(0);
-    let first_error: Mutex<Option<RepoError>> = Mutex::default();
+    let packs = handle.block_on(repo.packs())?;
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();
-    std::thread::scope(|s| {
-        for _ in 0..RESTORE_WORKERS.min(groups.len().max(1)) {
-            s.spawn(|| {
-                let mut source = PackReader::new(repo, handle, whole_packs, false);
-                loop {
-                    if first_error.lock().is_some() {
-                        return;
-                    }
-                    let g = next.fetch_add(1, Relaxed);
-                    let Some(range) = groups.get(g) else {
-                        return;
-                    };
-                    for &i in &order[range.clone()] {
-                        let (rel, e) = files[i];
-                        match restore_file(&mut source, target, rel, e, progress) {
-                            Ok(()) => {}
-                            // Damaged data spoils one file; the others are still restored.
-                            Err(RepoError::Damaged(why)) => {
-                                let _ = std::fs::remove_file(target.join(rel));
-                                failed.lock().push(FailedFile {
-                                    path: e.path.clone(),
-                                    reason: why,
-                                });
-                            }
-                            Err(err) => {
-                                first_error.lock().get_or_insert(err);
-                                return;
-                            }
-                        }
-                    }
+    reader::read_files(
+        repo,
+        handle,
+        &entries,
+        &packs,
+        RESTORE_WORKERS,
+        false,
+        |source, i| {
+            let (rel, e) = files[i];
+            match restore_file(source, target, rel, e, progress) {
+                // Damaged data spoils one file; the others are still restored.
+                Err(RepoError::Damaged(why)) => {
+                    let _ = std::fs::remove_file(target.join(rel));
+                    failed.lock().push(FailedFile {
+                        path: e.path.clone(),
+                        reason: why,
+                    });
+                    Ok(())
                 }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner() {
-        return Err(e);
-    }
+                other => other,
+            }
+        },
+    )?;
     let mut failed = failed.into_inner();
     failed.sort_by(|a, b| a.path.cmp(&b.path));
     let failed_paths: std::collections::HashSet<&str> =

@@ -2,15 +2,15 @@
 //! `read_data`) that every chunk decrypts, decompresses and hashes to its id and every
 //! file to its recorded SHA-256. The report names each damaged file.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::reader::{self, PackReader};
+use super::reader;
 use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
 use super::{RepoError, Repository};
 
@@ -189,7 +189,9 @@ impl Repository {
         }
 
         if read_data {
-            let (data, checksums) = self.read_back(&snap, &mut damaged, &mut report).await?;
+            let (data, checksums) = self
+                .read_back(&snap, packs, &mut damaged, &mut report)
+                .await?;
             report.data = Some(data);
             report.file_checksums = Some(checksums);
         }
@@ -213,6 +215,7 @@ impl Repository {
     async fn read_back(
         &self,
         snap: &Snapshot,
+        packs: HashMap<String, u64>,
         damaged: &mut BTreeMap<String, String>,
         report: &mut VerifyReport,
     ) -> Result<(Check, Check), RepoError> {
@@ -225,7 +228,7 @@ impl Repository {
         let repo = self.clone();
         let handle = tokio::runtime::Handle::current();
         let outcome =
-            tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files))
+            tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files, &packs))
                 .await
                 .map_err(|e| RepoError::Io(format!("verify task: {e}")))??;
         report.chunks_checked = outcome.chunks;
@@ -263,86 +266,63 @@ fn read_back_blocking(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     files: &[Entry],
+    packs: &HashMap<String, u64>,
 ) -> Result<ReadBack, RepoError> {
     let entries: Vec<&Entry> = files.iter().collect();
-    let reader::ReadPlan {
-        order,
-        groups,
-        whole_packs,
-    } = reader::plan(repo, handle, &entries)?;
-    let next = AtomicUsize::new(0);
     let chunks = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let bad_chunks = Mutex::new(Vec::new());
     let bad_sums = Mutex::new(Vec::new());
-    let fatal: Mutex<Option<RepoError>> = Mutex::default();
-    std::thread::scope(|s| {
-        for _ in 0..VERIFY_WORKERS {
-            s.spawn(|| {
-                let mut source = PackReader::new(repo, handle, whole_packs, true);
-                loop {
-                    if fatal.lock().is_some() {
-                        return;
-                    }
-                    let g = next.fetch_add(1, Relaxed);
-                    let Some(range) = groups.get(g) else { return };
-                    for &i in &order[range.clone()] {
-                        let e = &files[i];
-                        // A one-chunk file's SHA-256 is its chunk's id, checked as it is decoded.
-                        let single = e.chunks.len() == 1;
-                        if single && e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
-                            bad_sums.lock().push((
-                                e.path.clone(),
-                                "content does not match its SHA-256".into(),
-                            ));
-                            continue;
-                        }
-                        let mut hasher = Sha256::new();
-                        let mut ok = true;
-                        for c in &e.chunks {
-                            match source.chunk(c) {
-                                Ok(data) => {
-                                    chunks.fetch_add(1, Relaxed);
-                                    bytes.fetch_add(data.len() as u64, Relaxed);
-                                    if !single {
-                                        hasher.update(&data);
-                                    }
-                                }
-                                Err(RepoError::Damaged(why)) => {
-                                    bad_chunks.lock().push((e.path.clone(), why));
-                                    ok = false;
-                                    break;
-                                }
-                                Err(RepoError::NotFound(what)) => {
-                                    bad_chunks
-                                        .lock()
-                                        .push((e.path.clone(), format!("{what} is missing")));
-                                    ok = false;
-                                    break;
-                                }
-                                Err(other) => {
-                                    fatal.lock().get_or_insert(other);
-                                    return;
-                                }
-                            }
-                        }
-                        if ok && !single {
-                            let digest = hex::encode(hasher.finalize());
-                            if e.sha256.as_deref() != Some(digest.as_str()) {
-                                bad_sums.lock().push((
-                                    e.path.clone(),
-                                    "content does not match its SHA-256".into(),
-                                ));
-                            }
+    let mismatch = |e: &Entry| {
+        bad_sums.lock().push((
+            e.path.clone(),
+            "content does not match its SHA-256".to_string(),
+        ))
+    };
+    reader::read_files(
+        repo,
+        handle,
+        &entries,
+        packs,
+        VERIFY_WORKERS,
+        true,
+        |source, i| {
+            let e = &files[i];
+            // A one-chunk file's SHA-256 is its chunk's id, checked as it is decoded.
+            let single = e.chunks.len() == 1;
+            if single && e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
+                mismatch(e);
+                return Ok(());
+            }
+            let mut hasher = Sha256::new();
+            for c in &e.chunks {
+                match source.chunk(c) {
+                    Ok(data) => {
+                        chunks.fetch_add(1, Relaxed);
+                        bytes.fetch_add(data.len() as u64, Relaxed);
+                        if !single {
+                            hasher.update(&data);
                         }
                     }
+                    Err(RepoError::Damaged(why)) => {
+                        bad_chunks.lock().push((e.path.clone(), why));
+                        return Ok(());
+                    }
+                    Err(RepoError::NotFound(what)) => {
+                        bad_chunks
+                            .lock()
+                            .push((e.path.clone(), format!("{what} is missing")));
+                        return Ok(());
+                    }
+                    Err(other) => return Err(other),
                 }
-            });
-        }
-    });
-    if let Some(e) = fatal.into_inner() {
-        return Err(e);
-    }
+            }
+            if !single && e.sha256.as_deref() != Some(hex::encode(hasher.finalize()).as_str()) {
+                mismatch(e);
+            }
+            Ok(())
+        },
+    )?;
     Ok(ReadBack {
         chunks: chunks.into_inner(),
         bytes: bytes.into_inner(),

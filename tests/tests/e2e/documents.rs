@@ -9,7 +9,7 @@ use std::time::Duration;
 use drmesh_tests::objstore::{
     AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
 };
-use drmesh_tests::{noise, wait_for, Mesh};
+use drmesh_tests::{noise, wait_for, walk_files, Mesh};
 use serde_json::Value;
 
 const BASE: &str = "/v1/backup-recovery/documents";
@@ -251,7 +251,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
 
     // Damage the local copy: verification fails, names the file, and raises an alert.
     let local = work.join("repo-local");
-    for pack in walk(&local.join("data")) {
+    for pack in walk_files(&local.join("data")) {
         let mut b = std::fs::read(&pack).unwrap();
         b[5] ^= 0xff;
         std::fs::write(&pack, b).unwrap();
@@ -302,22 +302,6 @@ fn chrono_month(id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn an_agent_killed_mid_backup_leaves_a_repository_that_verifies() {
     let mesh = Mesh::start(200);
@@ -352,7 +336,7 @@ fn an_agent_killed_mid_backup_leaves_a_repository_that_verifies() {
     assert_eq!(a.status, 202, "{}", a.text);
     let id = a.body["backupId"].as_str().unwrap().to_string();
     let writing = wait_for(Duration::from_secs(60), || {
-        (repo.join("data").exists() && !walk(&repo.join("data")).is_empty()).then_some(())
+        (repo.join("data").exists() && !walk_files(&repo.join("data")).is_empty()).then_some(())
     });
     assert!(writing.is_some(), "no pack written:\n{}", agent.log_text());
     agent.kill9();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use drmesh_tests::objstore::{
     AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
 };
-use drmesh_tests::{bin, noise, wait_for, Proc};
+use drmesh_tests::{bin, noise, wait_for, walk_files, Proc};
 use serde_json::Value;
 
 fn make_docs(root: &Path) {
@@ -82,19 +82,13 @@ impl RepoCli {
 }
 
 fn digest(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
+    let mut out: Vec<(String, Vec<u8>)> = walk_files(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect();
     out.sort();
     out
 }
@@ -246,7 +240,7 @@ fn a_backup_killed_mid_way_leaves_a_consistent_repository() {
     cli.ok(&["init"]);
     let first = cli.json(&["backup", src.to_str().unwrap(), "--id", "snap_first"]);
     assert_eq!(first["id"], "snap_first");
-    let packs_before = count_files(&repo.join("data"));
+    let packs_before = walk_files(&repo.join("data")).len();
     // A source big enough that the backup is still running when it is killed.
     for i in 0..12 {
         std::fs::write(
@@ -268,7 +262,7 @@ fn a_backup_killed_mid_way_leaves_a_consistent_repository() {
     let args: Vec<&str> = cmd_args.iter().map(String::as_str).collect();
     let mut backup = Proc::spawn("drmesh backup", &bin("drmesh"), &args, &log);
     let grew = wait_for(Duration::from_secs(60), || {
-        (count_files(&repo.join("data")) > packs_before + 1).then_some(())
+        (walk_files(&repo.join("data")).len() > packs_before + 1).then_some(())
     });
     assert!(
         grew.is_some(),
@@ -307,29 +301,6 @@ fn a_backup_killed_mid_way_leaves_a_consistent_repository() {
     let out = dir.path().join("out");
     cli.ok(&["restore", "snap_after", "--target", out.to_str().unwrap()]);
     assert_eq!(digest(&src), digest(&out));
-}
-
-fn walk_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn count_files(root: &Path) -> usize {
-    walk_files(root).len()
 }
 
 /// SHA-256 of every file under `root`, by relative path (via `sha256sum`, independent of
