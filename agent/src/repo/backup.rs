@@ -21,14 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use chrono::Utc;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::pack::{self, ChunkId, IndexEntry, PackBuilder};
+use super::pack::{self, ChunkId, IndexEntry, PackBuilder, PackBytes};
 use super::snapshot::{Entry, EntryKind, Snapshot, SnapshotStats};
 use super::{pack_key, Progress, RepoError, Repository, Tags};
 
@@ -239,7 +238,7 @@ fn run_pipeline(
         .clamp(1, 8)
         + 1;
     let (blob_tx, blob_rx) = bounded::<Blob>(2 * workers);
-    let (pack_tx, pack_rx) = bounded::<(String, Vec<u8>, Vec<IndexEntry>)>(1);
+    let (pack_tx, pack_rx) = bounded::<(String, PackBytes, Vec<IndexEntry>)>(1);
     let failure = Failure::default();
     let index: Mutex<Vec<IndexEntry>> = Mutex::default();
     let stored = AtomicU64::new(0);
@@ -637,7 +636,7 @@ fn read_file(
 fn pack_stage(
     repo: &Repository,
     rx: Receiver<(ChunkId, u32, Vec<u8>)>,
-    tx: Sender<(String, Vec<u8>, Vec<IndexEntry>)>,
+    tx: Sender<(String, PackBytes, Vec<IndexEntry>)>,
     pack_size: usize,
     failure: &Failure,
 ) {
@@ -670,14 +669,14 @@ fn pack_stage(
 fn upload_stage(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
-    rx: Receiver<(String, Vec<u8>, Vec<IndexEntry>)>,
+    rx: Receiver<(String, PackBytes, Vec<IndexEntry>)>,
     index: &Mutex<Vec<IndexEntry>>,
     stored: &AtomicU64,
     failure: &Failure,
 ) {
     for (name, bytes, entries) in rx {
         let n = bytes.len() as u64;
-        match handle.block_on(repo.backend().put(&pack_key(&name), Bytes::from(bytes))) {
+        match handle.block_on(repo.backend().put(&pack_key(&name), bytes.into_bytes())) {
             Ok(()) => {
                 stored.fetch_add(n, Relaxed);
                 index.lock().extend(entries);

@@ -5,6 +5,7 @@
 //! JSON list of the pack's entries, so an index can be rebuilt from the packs alone. The
 //! fast path is the index objects written at the end of each backup.
 
+use aligned_vec::{AVec, ConstAlign};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -240,9 +241,37 @@ pub fn decode_doc<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&json).map_err(|e| RepoError::Damaged(format!("{what}: {e}")))
 }
 
+/// Pack buffers are aligned to the page, so the local backend can write them with
+/// `O_DIRECT`: the disk reads them in place instead of the kernel copying them into the
+/// page cache (a copy that cost a third of a backup's system time).
+pub const PACK_ALIGN: usize = 4096;
+
+/// A finished pack's bytes, page-aligned (see [`PACK_ALIGN`]).
+pub struct PackBytes(AVec<u8, ConstAlign<PACK_ALIGN>>);
+
+impl AsRef<[u8]> for PackBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PackBytes {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self)
+    }
+}
+
 /// Collects blobs into one pack.
 pub struct PackBuilder {
-    buf: Vec<u8>,
+    buf: AVec<u8, ConstAlign<PACK_ALIGN>>,
     entries: Vec<(ChunkId, u64, u32, u32)>,
 }
 
@@ -252,7 +281,7 @@ impl PackBuilder {
     /// grows (and copies itself) on the way.
     pub fn for_pack(pack_size: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(pack_size + 5 * 1024 * 1024),
+            buf: AVec::with_capacity(PACK_ALIGN, pack_size + 5 * 1024 * 1024),
             entries: Vec::new(),
         }
     }
@@ -272,17 +301,21 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// The pack's bytes, its name, and its index entries.
+    /// The pack's name, its bytes, and its index entries.
+    ///
+    /// The name is the SHA-256 of the trailer, not of the whole pack: the trailer lists
+    /// every blob's chunk id (a hash of its content), offset and length, and is sealed with
+    /// a fresh nonce when encrypted, so it names the pack as well as a hash of all its bytes
+    /// would — without hashing every stored byte a second time.
     pub fn finish(
         mut self,
         key: Option<&MasterKey>,
-    ) -> Result<(String, Vec<u8>, Vec<IndexEntry>), RepoError> {
+    ) -> Result<(String, PackBytes, Vec<IndexEntry>), RepoError> {
         let trailer_entries: Vec<(ChunkId, u64, u32, u32)> = self.entries.clone();
-        let trailer = encode_doc(&trailer_entries, key)?;
+        let mut trailer = encode_doc(&trailer_entries, key)?;
+        trailer.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        let name = hex::encode(Sha256::digest(&trailer));
         self.buf.extend_from_slice(&trailer);
-        self.buf
-            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        let name = hex::encode(Sha256::digest(&self.buf));
         let entries = self
             .entries
             .into_iter()
@@ -296,7 +329,7 @@ impl PackBuilder {
                 },
             })
             .collect();
-        Ok((name, self.buf, entries))
+        Ok((name, PackBytes(self.buf), entries))
     }
 }
 

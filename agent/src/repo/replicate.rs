@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::info;
@@ -133,7 +132,7 @@ async fn upload(
     let (name, bytes, entries) = builder.finish(dest.key())?;
     let n = bytes.len() as u64;
     dest.backend()
-        .put(&pack_key(&name), Bytes::from(bytes))
+        .put(&pack_key(&name), bytes.into_bytes())
         .await?;
     index.extend(entries);
     Ok(n)
