@@ -385,7 +385,11 @@ impl Repository {
     }
 
     /// A whole pack object into `buf` (for readers that use most of a pack's chunks).
-    pub(crate) async fn read_pack(&self, pack: &str, buf: &mut Vec<u8>) -> Result<(), RepoError> {
+    pub(crate) async fn read_pack(
+        &self,
+        pack: &str,
+        buf: &mut pack::PackBuf,
+    ) -> Result<usize, RepoError> {
         self.inner
             .backend
             .get_into(&pack_key(pack), buf)

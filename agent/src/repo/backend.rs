@@ -16,6 +16,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
+use super::pack::PackBuf;
 use super::RepoError;
 
 /// A repository location with its options (endpoint, credentials, ...).
@@ -210,29 +211,21 @@ impl Backend {
         r.bytes().await.map_err(|e| backend_error("get", key, e))
     }
 
-    /// Reads a whole object into `buf` (cleared first), reusing its allocation: readers
-    /// of many large objects keep one buffer instead of allocating one per object.
-    pub async fn get_into(&self, key: &str, buf: &mut Vec<u8>) -> Result<(), RepoError> {
-        buf.clear();
+    /// Reads a whole object into `buf[..n]` and returns `n`, reusing the buffer's
+    /// allocation: readers of many large objects keep one buffer instead of allocating one
+    /// per object. Local objects are read with `O_DIRECT` (the buffer is page-aligned), so
+    /// a restore does not copy every pack through the page cache.
+    pub async fn get_into(&self, key: &str, buf: &mut PackBuf) -> Result<usize, RepoError> {
         if let Some(root) = &self.local_root {
-            use std::io::Read;
-            let path = root.join(key);
-            let mut f = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(RepoError::NotFound(key.to_string()))
-                }
-                Err(e) => return Err(RepoError::Backend(format!("get {key}: {e}"))),
-            };
-            let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
-            buf.reserve(len + 1);
-            f.read_to_end(buf)
-                .map_err(|e| RepoError::Backend(format!("get {key}: {e}")))?;
-            return Ok(());
+            return read_direct(&root.join(key), buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => RepoError::NotFound(key.to_string()),
+                _ => RepoError::Backend(format!("get {key}: {e}")),
+            });
         }
         let bytes = self.get(key).await?;
+        buf.clear();
         buf.extend_from_slice(&bytes);
-        Ok(())
+        Ok(bytes.len())
     }
 
     pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, RepoError> {
@@ -340,7 +333,7 @@ fn create_direct(path: &FsPath, data: &[u8]) -> std::io::Result<std::fs::File> {
 /// page-aligned start.
 fn aligned_len(data: &[u8]) -> usize {
     let page = super::pack::PACK_ALIGN;
-    if data.as_ptr() as usize % page == 0 {
+    if (data.as_ptr() as usize).is_multiple_of(page) {
         data.len() / page * page
     } else {
         0
@@ -362,6 +355,39 @@ fn direct_prefix(f: &std::fs::File, data: &[u8]) -> std::io::Result<usize> {
     let mut f = f;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(n as u64))?;
     Ok(n)
+}
+
+/// Reads the file at `path` into `buf[..n]`, with `O_DIRECT` where the filesystem takes
+/// it; `buf` only grows (by whole pages), so a reused buffer is not zeroed again.
+fn read_direct(path: &FsPath, buf: &mut PackBuf) -> std::io::Result<usize> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_DIRECT.bits())
+        .open(path);
+    let mut f = match direct {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => std::fs::File::open(path)?,
+        other => other?,
+    };
+    let page = super::pack::PACK_ALIGN;
+    // One page more than the size, so reaching the end is seen even if the file grew.
+    let room = (f.metadata()?.len() as usize / page + 1) * page;
+    if buf.len() < room {
+        buf.resize(room, 0);
+    }
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..room]) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if n == room {
+            return Err(std::io::Error::other("the object grew while it was read"));
+        }
+    }
 }
 
 #[cfg(test)]

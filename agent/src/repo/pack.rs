@@ -246,8 +246,11 @@ pub fn decode_doc<T: serde::de::DeserializeOwned>(
 /// page cache (a copy that cost a third of a backup's system time).
 pub const PACK_ALIGN: usize = 4096;
 
+/// A page-aligned buffer for a whole pack, written or read with `O_DIRECT`.
+pub type PackBuf = AVec<u8, ConstAlign<PACK_ALIGN>>;
+
 /// A finished pack's bytes, page-aligned (see [`PACK_ALIGN`]).
-pub struct PackBytes(AVec<u8, ConstAlign<PACK_ALIGN>>);
+pub struct PackBytes(PackBuf);
 
 impl AsRef<[u8]> for PackBytes {
     fn as_ref(&self) -> &[u8] {
@@ -271,7 +274,7 @@ impl PackBytes {
 
 /// Collects blobs into one pack.
 pub struct PackBuilder {
-    buf: AVec<u8, ConstAlign<PACK_ALIGN>>,
+    buf: PackBuf,
     entries: Vec<(ChunkId, u64, u32, u32)>,
 }
 

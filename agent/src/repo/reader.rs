@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
-use super::pack::{self, ChunkId};
+use super::pack::{self, ChunkId, PackBuf, PACK_ALIGN};
 use super::snapshot::Entry;
 use super::{RepoError, Repository};
 
@@ -22,7 +22,9 @@ pub(crate) struct PackReader<'a> {
     /// repository's chunks are hashed, since AES-GCM already authenticates the rest.
     always_check_ids: bool,
     cached: Option<String>,
-    buf: Vec<u8>,
+    /// The cached pack is `buf[..len]`.
+    buf: PackBuf,
+    len: usize,
 }
 
 impl<'a> PackReader<'a> {
@@ -38,7 +40,8 @@ impl<'a> PackReader<'a> {
             whole_packs,
             always_check_ids,
             cached: None,
-            buf: Vec::new(),
+            buf: PackBuf::new(PACK_ALIGN),
+            len: 0,
         }
     }
 
@@ -52,13 +55,13 @@ impl<'a> PackReader<'a> {
             .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
         if self.cached.as_deref() != Some(loc.pack.as_str()) {
             self.cached = None;
-            self.handle
+            self.len = self
+                .handle
                 .block_on(self.repo.read_pack(&loc.pack, &mut self.buf))?;
             self.cached = Some(loc.pack.clone());
         }
         let start = loc.offset as usize;
-        let stored = self
-            .buf
+        let stored = self.buf[..self.len]
             .get(start..start + loc.length as usize)
             .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
         let check = self.always_check_ids || !self.repo.is_encrypted();

@@ -6,11 +6,12 @@
 //! real directory, files are opened with `O_NOFOLLOW`); symlinks are created last, so a
 //! symlink in the snapshot cannot redirect a later file.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,18 +203,21 @@ fn is_root() -> bool {
 /// Owner (when root) and mtime, never following a symlink.
 fn set_owner_and_time(path: &Path, e: &Entry) -> Result<(), RepoError> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
     let io = |what: &str, err: String| RepoError::Io(format!("{what} {}: {err}", path.display()));
     if is_root() {
         std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
             .map_err(|err| io("chown", err.to_string()))?;
     }
-    let mtime = TimeSpec::new(
-        e.mtime_ns.div_euclid(1_000_000_000),
-        e.mtime_ns.rem_euclid(1_000_000_000),
-    );
+    let mtime = mtime_spec(e);
     utimensat(None, path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
         .map_err(|err| io("set times of", err.to_string()))
+}
+
+fn mtime_spec(e: &Entry) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000),
+    )
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
@@ -230,25 +234,29 @@ fn restore_file(
     progress: &Progress,
 ) -> Result<(), RepoError> {
     let path = prepare_parent(target, rel)?;
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&path)
-            .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))?,
-        Ok(m) if m.is_dir() => {
-            return Err(RepoError::Io(format!(
-                "{} is a directory; cannot restore a file there",
-                path.display()
-            )))
-        }
-        _ => {}
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))?;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let created = match create() {
+        // A symlink where the file goes is replaced, never followed.
+        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => std::fs::remove_file(&path)
+            .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))
+            .and_then(|()| {
+                create().map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))
+            }),
+        Err(err) if err.raw_os_error() == Some(nix::libc::EISDIR) => Err(RepoError::Io(format!(
+            "{} is a directory; cannot restore a file there",
+            path.display()
+        ))),
+        other => other.map_err(|err| RepoError::Io(format!("create {}: {err}", path.display()))),
+    };
+    let mut f = created?;
     // Every chunk is checked against its SHA-256 id as it is decoded, so the content
     // is exactly the manifest's chunk list; a one-chunk file's id is its SHA-256.
     if let [only] = e.chunks.as_slice() {
@@ -268,13 +276,82 @@ fn restore_file(
             .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
     }
+    // Owner, then mode (a chown clears set-id bits), then times, all on the open file.
+    let io = |what: &str, err: std::io::Error| {
+        RepoError::Io(format!("{what} {}: {err}", path.display()))
+    };
+    if is_root() {
+        std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid)).map_err(|err| io("chown", err))?;
+    }
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(e.mode))
+        .map_err(|err| io("chmod", err))?;
+    let mtime = mtime_spec(e);
+    nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&f), &mtime, &mtime)
+        .map_err(|err| io("set times of", err.into()))?;
     // Durability comes from one syncfs at the end, not a sync per file.
     drop(f);
-    set_mode(&path, e.mode)?;
-    set_owner_and_time(&path, e)?;
     progress.files_done.fetch_add(1, Relaxed);
     Ok(())
 }
+
+/// Restores `files` on the reader's workers; a damaged file is removed and listed in
+/// `failed` while the others are restored.
+fn restore_files(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    target: &Path,
+    files: &[&(PathBuf, Entry)],
+    packs: &HashMap<String, u64>,
+    progress: &Progress,
+    failed: &Mutex<Vec<FailedFile>>,
+) -> Result<(), RepoError> {
+    let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
+    reader::read_files(
+        repo,
+        handle,
+        &entries,
+        packs,
+        RESTORE_WORKERS,
+        false,
+        |source, i| {
+            let (rel, e) = files[i];
+            match restore_file(source, target, rel, e, progress) {
+                // Damaged data spoils one file; the others are still restored.
+                Err(RepoError::Damaged(why)) => {
+                    let _ = std::fs::remove_file(target.join(rel));
+                    failed.lock().push(FailedFile {
+                        path: e.path.clone(),
+                        reason: why,
+                    });
+                    Ok(())
+                }
+                other => other,
+            }
+        },
+    )
+}
+
+/// While `running`, starts writing the restored data to disk each time another
+/// [`FLUSH_EVERY`] bytes have been restored, so the disk works alongside the restore
+/// instead of taking all of it in the final `syncfs`. Durability still comes from that
+/// final `syncfs`, which reports errors; these early ones only move work forward.
+fn flush_while(target: &Path, progress: &Progress, running: &AtomicBool) {
+    let Ok(dir) = File::open(target) else {
+        return;
+    };
+    let mut flushed = 0;
+    while running.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        let done = progress.bytes_done.load(Relaxed);
+        if done >= flushed + FLUSH_EVERY {
+            let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir));
+            flushed = done;
+        }
+    }
+}
+
+/// How much restored data [`flush_while`] lets pile up before it starts writing.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 fn restore_blocking(
     repo: &Repository,
@@ -307,32 +384,15 @@ fn restore_blocking(
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::File)
         .collect();
-    let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
     let packs = handle.block_on(repo.packs())?;
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();
-    reader::read_files(
-        repo,
-        handle,
-        &entries,
-        &packs,
-        RESTORE_WORKERS,
-        false,
-        |source, i| {
-            let (rel, e) = files[i];
-            match restore_file(source, target, rel, e, progress) {
-                // Damaged data spoils one file; the others are still restored.
-                Err(RepoError::Damaged(why)) => {
-                    let _ = std::fs::remove_file(target.join(rel));
-                    failed.lock().push(FailedFile {
-                        path: e.path.clone(),
-                        reason: why,
-                    });
-                    Ok(())
-                }
-                other => other,
-            }
-        },
-    )?;
+    let restoring = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| flush_while(target, progress, &restoring));
+        let result = restore_files(repo, handle, target, &files, &packs, progress, &failed);
+        restoring.store(false, Relaxed);
+        result
+    })?;
     let mut failed = failed.into_inner();
     failed.sort_by(|a, b| a.path.cmp(&b.path));
     let failed_paths: std::collections::HashSet<&str> =
@@ -372,8 +432,10 @@ fn restore_blocking(
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (rel, e) in dirs {
         let path = target.join(rel);
-        set_mode(&path, e.mode)?;
+        // The owner before the mode, which a chown could strip of set-id bits (a chmod
+        // leaves the times alone).
         set_owner_and_time(&path, e)?;
+        set_mode(&path, e.mode)?;
     }
     let d =
         File::open(target).map_err(|e| RepoError::Io(format!("open {}: {e}", target.display())))?;
