@@ -166,6 +166,85 @@ impl DocumentsFile {
     }
 }
 
+/// `[database]`: the PostgreSQL data directory this agent backs up and archives WAL of,
+/// and the repository that holds them.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// The cluster's data directory (PGDATA). Required.
+    pub data_dir: Option<PathBuf>,
+    /// Repository URL: a path, `s3://…`, `az://…` or `gs://…`. Default:
+    /// `<data_dir of the agent>/backups/database`.
+    pub repository: Option<String>,
+    /// Object-store options for `repository` (endpoint, region, credentials, …).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Key file: when set, the repository is encrypted and unusable without it.
+    pub key_file: Option<PathBuf>,
+    /// How long a backup waits for its WAL to reach the archive before it fails
+    /// naming the missing segment. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub archive_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for DatabaseFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(
+            f,
+            "DatabaseFile({:?}, {:?}, options: {keys:?})",
+            self.data_dir, self.repository
+        )
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub data_dir: PathBuf,
+    pub repository: String,
+    pub options: std::collections::BTreeMap<String, String>,
+    pub key_file: Option<PathBuf>,
+    pub archive_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(
+            f,
+            "DatabaseConfig({:?}, {:?}, key_file: {:?}, options: {keys:?})",
+            self.data_dir, self.repository, self.key_file
+        )
+    }
+}
+
+impl DatabaseFile {
+    fn validate(self, base: &Path, data_dir: &Path) -> Result<DatabaseConfig, ConfigError> {
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let pgdata = abs(required(self.data_dir, "database.data_dir")?);
+        let repository = match self.repository {
+            Some(url) if url.contains("://") => url,
+            Some(path) => abs(PathBuf::from(path)).to_string_lossy().into_owned(),
+            None => data_dir
+                .join("backups/database")
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let archive_timeout = self.archive_timeout.unwrap_or(Duration::from_secs(60));
+        if archive_timeout < Duration::from_secs(1) || archive_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid(
+                "database.archive_timeout must be between 1s and 1h".into(),
+            ));
+        }
+        Ok(DatabaseConfig {
+            data_dir: pgdata,
+            repository,
+            options: self.options,
+            key_file: self.key_file.map(abs),
+            archive_timeout,
+        })
+    }
+}
+
 /// The TOML file. Unknown keys are refused.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -195,6 +274,8 @@ pub struct AgentConfigFile {
     pub postgres: Option<PostgresFile>,
     /// Document backups, if this host holds the uploads directory.
     pub documents: Option<DocumentsFile>,
+    /// `[database]`: base backups and the WAL archive (see [`DatabaseFile`]).
+    pub database: Option<DatabaseFile>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -217,6 +298,7 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     pub postgres: Option<PostgresConfig>,
     pub documents: Option<DocumentsConfig>,
+    pub database: Option<DatabaseConfig>,
 }
 
 fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
@@ -274,6 +356,10 @@ impl AgentConfigFile {
             .documents
             .map(|d| d.validate(base, &data_dir))
             .transpose()?;
+        let database = self
+            .database
+            .map(|d| d.validate(base, &data_dir))
+            .transpose()?;
         Ok(AgentConfig {
             id,
             region,
@@ -290,6 +376,7 @@ impl AgentConfigFile {
             },
             postgres,
             documents,
+            database,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! and replicates.
 
 pub mod config;
+pub mod database;
 pub mod documents;
 pub mod link;
 pub mod postgres;
@@ -34,8 +35,13 @@ pub fn bound_allocator_memory() {
 
 /// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
 pub fn init_logging(format: config::LogFormat) {
+    init_logging_with(format, "info")
+}
+
+/// As [`init_logging`], with `default` as the filter when `RUST_LOG` is not set.
+pub fn init_logging_with(format: config::LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,28 +1,288 @@
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::Parser;
-use drmesh_agent::config::AgentConfig;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use drmesh_agent::config::{AgentConfig, DatabaseConfig};
+use drmesh_agent::database::{self, basebackup, recovery, wal};
 
-/// The drmesh agent: heartbeats to the coordinator and runs its commands.
+/// The drmesh agent: heartbeats to the coordinator and runs its commands. With a
+/// subcommand it runs one job on this host and exits, without the coordinator.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// Path to agent.toml.
-    #[arg(long, short, env = "DRMESH_AGENT_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "DRMESH_AGENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// For `archive_command`: archive one WAL file (`wal-push %p`). Exits 0 only once it
+    /// is durably in the repository.
+    WalPush {
+        /// The file, as PostgreSQL's `%p`.
+        path: PathBuf,
+    },
+    /// For `restore_command`: fetch one archived WAL file (`wal-fetch %f %p`). Exits 1
+    /// when it is not archived.
+    WalFetch {
+        /// The file name, as PostgreSQL's `%f`.
+        name: String,
+        /// Where to write it, as PostgreSQL's `%p`.
+        dest: PathBuf,
+    },
+    /// Report gaps in the WAL archive; exits 1 when there are any.
+    WalCheck,
+    /// Take a base backup of the configured cluster now.
+    Backup {
+        #[arg(value_enum)]
+        kind: Kind,
+        /// A tag, as key=value (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Restore a base backup into a new directory, set up to recover from the archive.
+    Restore {
+        /// The new data directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Recover up to this instant (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+        #[arg(long)]
+        time: Option<String>,
+        /// The base backup (default: the newest that can reach --time).
+        #[arg(long)]
+        backup: Option<String>,
+        /// The port the restored server will listen on.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// List the base backups in the repository.
+    Backups {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Full,
+    Incr,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
     drmesh_agent::bound_allocator_memory();
-    tokio::runtime::Builder::new_multi_thread()
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drmesh-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            // Exit 1, never a signal or > 125: PostgreSQL's archiver retries on 1 but
+            // restarts itself on those.
+            eprintln!("drmesh-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config = AgentConfig::load(&args.config)?;
-    drmesh_agent::init_logging(config.log_format);
-    drmesh_agent::run(config).await
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let path = args
+        .config
+        .context("--config (or DRMESH_AGENT_CONFIG) is required")?;
+    let config = AgentConfig::load(&path)?;
+    let command = args.command.unwrap_or(Command::Run);
+    // WAL commands run once per segment and log into PostgreSQL's log: warnings only.
+    let quiet = matches!(command, Command::WalPush { .. } | Command::WalFetch { .. });
+    drmesh_agent::init_logging_with(config.log_format, if quiet { "warn" } else { "info" });
+    let db = || -> anyhow::Result<&DatabaseConfig> {
+        config
+            .database
+            .as_ref()
+            .context("this command needs a [database] section in the agent configuration")
+    };
+    match command {
+        Command::Run => {
+            drmesh_agent::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WalPush { path } => {
+            let repo = database::open_repository(db()?).await?;
+            wal::push(&repo, &path)
+                .await
+                .with_context(|| format!("wal-push {}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WalFetch { name, dest } => {
+            let repo = database::open_repository(db()?).await?;
+            if wal::fetch(&repo, &name, &dest)
+                .await
+                .with_context(|| format!("wal-fetch {name}"))?
+            {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::WalCheck => {
+            let db = db()?;
+            let repo = database::open_repository(db).await?;
+            let files = repo.wal_files().await?;
+            let size = basebackup::latest(&repo)
+                .await?
+                .and_then(|s| s.postgres.map(|p| p.wal_segment_size))
+                .unwrap_or(16 << 20);
+            let gaps = wal::gaps(&files, size);
+            if gaps.is_empty() {
+                println!("WAL archive: {} files, no gaps", files.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for g in &gaps {
+                    println!("missing {g}");
+                }
+                eprintln!(
+                    "drmesh-agent: {} WAL segments missing from the archive",
+                    gaps.len()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Backup { kind, tags } => {
+            let db = db()?;
+            let conninfo = &config
+                .postgres
+                .as_ref()
+                .context("backups need a [postgres] section with conninfo")?
+                .conninfo;
+            let repo = database::open_repository(db).await?;
+            let backup_type = match kind {
+                Kind::Full => basebackup::BackupType::Full,
+                Kind::Incr => basebackup::BackupType::Incremental,
+            };
+            let mut tag_map = drmesh_agent::repo::Tags::new();
+            for t in tags {
+                let (k, v) = t
+                    .split_once('=')
+                    .with_context(|| format!("tag {t:?}: use key=value"))?;
+                tag_map.insert(k.to_string(), v.to_string());
+            }
+            let req = basebackup::BaseBackup {
+                id: drmesh_protocol::ids::runbook_id(backup_type.id_prefix()),
+                backup_type,
+                tags: tag_map,
+                progress: Default::default(),
+                cancel: Default::default(),
+            };
+            let snap = basebackup::run(&repo, db, conninfo, req).await?;
+            let pg = snap.postgres.as_ref();
+            println!(
+                "backup {} completed: {} files, {:.1} MiB, {:.1} MiB new, {:.1} MiB stored, WAL {} to {}",
+                snap.id,
+                snap.stats.files,
+                snap.stats.bytes as f64 / 1048576.0,
+                snap.stats.bytes_new as f64 / 1048576.0,
+                snap.stats.bytes_stored as f64 / 1048576.0,
+                pg.map(|p| p.start_wal.as_str()).unwrap_or("?"),
+                pg.map(|p| p.stop_wal.as_str()).unwrap_or("?"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            to,
+            time,
+            backup,
+            port,
+        } => {
+            let db = db()?;
+            let repo = database::open_repository(db).await?;
+            let time = time
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .with_context(|| {
+                            format!("--time {t:?}: use RFC 3339, e.g. 2026-11-25T10:00:00Z")
+                        })
+                })
+                .transpose()?;
+            let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
+            let restored = recovery::restore(
+                &repo,
+                &recovery::Restore {
+                    backup,
+                    target: to,
+                    time,
+                    port,
+                    agent_config,
+                },
+            )
+            .await?;
+            println!(
+                "restored {} into {} ({} files, {:.1} MiB); start PostgreSQL there to recover",
+                restored.backup,
+                restored.target.display(),
+                restored.files,
+                restored.bytes as f64 / 1048576.0
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backups { output } => {
+            let repo = database::open_repository(db()?).await?;
+            let mut list = Vec::new();
+            for s in repo.snapshots().await? {
+                if s.kind == basebackup::KIND {
+                    list.push(repo.snapshot(&s.id).await?);
+                }
+            }
+            list.sort_by_key(|s| s.finished_at);
+            if output == Output::Json {
+                let summaries: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "backupId": s.id,
+                            "parent": s.parent,
+                            "startedAt": s.started_at,
+                            "finishedAt": s.finished_at,
+                            "stats": s.stats,
+                            "postgres": s.postgres,
+                            "tags": s.tags,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+            } else {
+                for s in &list {
+                    let pg = s.postgres.as_ref();
+                    println!(
+                        "{}  {}  {:>10.1} MiB  parent {}  WAL {}..{}",
+                        s.id,
+                        s.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                        s.stats.bytes as f64 / 1048576.0,
+                        s.parent.as_deref().unwrap_or("-"),
+                        pg.map(|p| p.start_lsn.as_str()).unwrap_or("?"),
+                        pg.map(|p| p.stop_lsn.as_str()).unwrap_or("?"),
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

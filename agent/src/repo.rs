@@ -9,6 +9,7 @@
 //! | `data/<2 hex>/<pack id>` | packs of compressed (and sealed) chunks, ~8 MiB each (the size is in `config`) |
 //! | `index/<id>` | which chunk is where, one object per backup (sealed JSON) |
 //! | `snapshots/<id>` | one manifest per backup (sealed JSON), written last |
+//! | `wal/<timeline>/<name>` | archived WAL files, each with its SHA-256 ([`wal`]) |
 //! | `locks/<id>` | live writers, so garbage collection never removes what they are about to reference |
 //!
 //! Architecture Invariant: a snapshot manifest is written only after every pack and index
@@ -26,6 +27,7 @@ pub mod replicate;
 pub mod restore;
 pub mod snapshot;
 pub mod verify;
+pub mod wal;
 
 #[cfg(test)]
 mod roundtrip_tests;

@@ -5,6 +5,7 @@
 mod e2e {
     pub mod certificates;
     pub mod cli;
+    pub mod database;
     pub mod documents;
     pub mod http_api;
     pub mod liveness;

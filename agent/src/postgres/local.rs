@@ -266,7 +266,7 @@ impl LocalCluster {
         chown_to_pg(&self.socket_dir)
     }
 
-    fn append_config(&self, file: &str, text: &str) -> Result<(), LocalPgError> {
+    pub fn append_config(&self, file: &str, text: &str) -> Result<(), LocalPgError> {
         let path = self.data_dir.join(file);
         let mut f = fs::OpenOptions::new()
             .append(true)

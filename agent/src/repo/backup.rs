@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::pack::{self, ChunkId, IndexEntry, PackBuilder, PackBytes};
 use super::snapshot::{Entry, EntryKind, Snapshot, SnapshotStats};
-use super::{pack_key, Progress, RepoError, Repository, Tags};
+use super::{pack_key, Progress, RepoError, RepoLock, Repository, Tags};
 
 /// A file whose mtime is this close to the moment it was read is read again next time:
 /// a write in the same timestamp tick would leave its mtime unchanged.
@@ -50,6 +50,8 @@ pub struct BackupRequest {
     pub progress: Arc<Progress>,
     /// Set to stop the backup; it then fails with `Cancelled` and leaves no snapshot.
     pub cancel: Arc<AtomicBool>,
+    /// Paths (relative, `/`-separated) to leave out; a directory left out is not walked.
+    pub exclude: Option<fn(&str) -> bool>,
 }
 
 impl BackupRequest {
@@ -62,6 +64,7 @@ impl BackupRequest {
             tags: Tags::new(),
             progress: Arc::default(),
             cancel: Arc::default(),
+            exclude: None,
         }
     }
 }
@@ -75,6 +78,13 @@ struct PipelineOut {
 impl Repository {
     /// Backs up `req.source`; returns the snapshot once it is durably stored.
     pub async fn backup(&self, req: BackupRequest) -> Result<Snapshot, RepoError> {
+        self.begin_backup(req).await?.commit().await
+    }
+
+    /// Stores `req.source`'s data but not yet the manifest: the caller may add files and
+    /// metadata (a database backup adds `backup_label` once the copy is over), then
+    /// [`PendingBackup::commit`]s or [`PendingBackup::abandon`]s it.
+    pub async fn begin_backup(&self, req: BackupRequest) -> Result<PendingBackup, RepoError> {
         valid_snapshot_id(&req.id)?;
         if !req.source.is_absolute() {
             return Err(RepoError::Config(format!(
@@ -102,23 +112,22 @@ impl Repository {
             )));
         }
         let lock = self.lock(&format!("backup {}", req.id)).await?;
-        let result = self.backup_locked(&req).await;
-        lock.release().await;
-        match &result {
-            Ok(s) => info!(
-                snapshot = %s.id,
-                files = s.stats.files,
-                bytes = s.stats.bytes,
-                new_bytes = s.stats.bytes_new,
-                stored = s.stats.bytes_stored,
-                "backup finished"
-            ),
-            Err(e) => warn!(snapshot = %req.id, error = %e, "backup failed"),
+        match self.store_data(&req).await {
+            Ok(snap) => Ok(PendingBackup {
+                repo: self.clone(),
+                lock,
+                snap,
+                cancel: req.cancel.clone(),
+            }),
+            Err(e) => {
+                lock.release().await;
+                warn!(snapshot = %req.id, error = %e, "backup failed");
+                Err(e)
+            }
         }
-        result
     }
 
-    async fn backup_locked(&self, req: &BackupRequest) -> Result<Snapshot, RepoError> {
+    async fn store_data(&self, req: &BackupRequest) -> Result<Snapshot, RepoError> {
         let started_at = Utc::now();
         let handle = tokio::runtime::Handle::current();
         let repo = self.clone();
@@ -126,8 +135,17 @@ impl Repository {
         let parent = req.parent.clone();
         let progress = req.progress.clone();
         let cancel = req.cancel.clone();
+        let exclude = req.exclude;
         let out = tokio::task::spawn_blocking(move || {
-            run_pipeline(&repo, &handle, &source, parent.as_ref(), &progress, &cancel)
+            run_pipeline(
+                &repo,
+                &handle,
+                &source,
+                exclude,
+                parent.as_ref(),
+                &progress,
+                &cancel,
+            )
         })
         .await
         .map_err(|e| RepoError::Io(format!("backup task: {e}")))??;
@@ -140,7 +158,7 @@ impl Repository {
             stats.bytes_stored += self.put_doc(&super::index_key(&req.id), &index).await?;
             self.add_to_index(&index);
         }
-        let mut snap = Snapshot {
+        Ok(Snapshot {
             id: req.id.clone(),
             kind: req.kind.clone(),
             parent: req.parent.as_ref().map(|p| p.id.clone()),
@@ -150,17 +168,119 @@ impl Repository {
             finished_at: Utc::now(),
             tags: req.tags.clone(),
             stats,
+            postgres: None,
             entries,
+        })
+    }
+}
+
+/// A backup whose data is durably stored but whose manifest is not written yet: until
+/// [`commit`](Self::commit) it is no snapshot at all, and its packs are unreferenced.
+pub struct PendingBackup {
+    repo: Repository,
+    lock: RepoLock,
+    snap: Snapshot,
+    cancel: Arc<AtomicBool>,
+}
+
+impl PendingBackup {
+    /// The manifest to be written, for metadata such as [`Snapshot::postgres`].
+    pub fn snapshot_mut(&mut self) -> &mut Snapshot {
+        &mut self.snap
+    }
+
+    /// Adds (or replaces) a small file that is not in the source directory, such as the
+    /// `backup_label` PostgreSQL hands over at the end of a backup. `like` gives its owner.
+    pub async fn add_file(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        like: &Entry,
+    ) -> Result<(), RepoError> {
+        super::snapshot::safe_relative(path)?;
+        let id = ChunkId::of(data);
+        let mut chunks = Vec::new();
+        if !data.is_empty() {
+            if !self.repo.contains(&id) {
+                let mut builder = PackBuilder::for_pack(data.len() + 4096);
+                builder.add(
+                    id,
+                    data.len() as u32,
+                    &pack::encode_blob(data, self.repo.key())?,
+                );
+                let (name, bytes, entries) = builder.finish(self.repo.key())?;
+                self.snap.stats.bytes_stored += bytes.len() as u64;
+                self.repo
+                    .backend()
+                    .put(&super::pack_key(&name), bytes.into_bytes())
+                    .await?;
+                self.snap.stats.bytes_stored += self
+                    .repo
+                    .put_doc(&super::index_key(&self.snap.id), &entries)
+                    .await?;
+                self.repo.add_to_index(&entries);
+            }
+            chunks.push(id);
+        }
+        let entry = Entry {
+            path: path.to_string(),
+            kind: EntryKind::File,
+            mode,
+            uid: like.uid,
+            gid: like.gid,
+            mtime_ns: Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            size: data.len() as u64,
+            inode: 0,
+            sha256: Some(id.hex()),
+            chunks,
+            target: None,
+            recheck: true,
         };
+        self.snap.entries.retain(|e| e.path != path);
+        self.snap.stats.files += 1;
+        self.snap.stats.bytes += data.len() as u64;
+        self.snap.entries.push(entry);
+        Ok(())
+    }
+
+    /// Writes the manifest: from here on the snapshot exists.
+    pub async fn commit(mut self) -> Result<Snapshot, RepoError> {
+        let result = self.write_manifest().await;
+        self.lock.release().await;
+        match &result {
+            Ok(s) => info!(
+                snapshot = %s.id,
+                files = s.stats.files,
+                bytes = s.stats.bytes,
+                new_bytes = s.stats.bytes_new,
+                stored = s.stats.bytes_stored,
+                "backup finished"
+            ),
+            Err(e) => warn!(snapshot = %self.snap.id, error = %e, "backup failed"),
+        }
+        result
+    }
+
+    async fn write_manifest(&mut self) -> Result<Snapshot, RepoError> {
+        self.snap.finished_at = Utc::now();
         // The manifest's own size is known only once it is encoded; count the estimate.
-        let approx = pack::encode_doc(&snap, None)?.len() as u64;
-        snap.stats.bytes_stored += approx;
-        if req.cancel.load(Relaxed) {
+        let approx = pack::encode_doc(&self.snap, None)?.len() as u64;
+        self.snap.stats.bytes_stored += approx;
+        if self.cancel.load(Relaxed) {
             return Err(RepoError::Cancelled);
         }
-        self.put_doc(&format!("snapshots/{}", snap.id), &snap)
+        self.repo
+            .put_doc(&format!("snapshots/{}", self.snap.id), &self.snap)
             .await?;
-        Ok(snap)
+        Ok(self.snap.clone())
+    }
+
+    /// Gives the backup up: no manifest is written, and its packs are left for garbage
+    /// collection.
+    pub async fn abandon(self) {
+        warn!(snapshot = %self.snap.id, "backup abandoned");
+        self.lock.release().await;
     }
 }
 
@@ -204,11 +324,12 @@ fn run_pipeline(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     source: &Path,
+    exclude: Option<fn(&str) -> bool>,
     parent: Option<&Snapshot>,
     progress: &Progress,
     cancel: &AtomicBool,
 ) -> Result<PipelineOut, RepoError> {
-    let listing = scan(source)?;
+    let listing = scan(source, exclude)?;
     progress.files_total.store(
         listing.iter().filter(|(_, m)| m.is_file()).count() as u64,
         Relaxed,
@@ -339,12 +460,23 @@ type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
 
 /// Walks `source` (not following symlinks), sorted by name, as `/`-separated relative
 /// paths with their metadata. Entries that vanish during the walk are left out.
-fn scan(source: &Path) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
+fn scan(
+    source: &Path,
+    exclude: Option<fn(&str) -> bool>,
+) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
     let mut out = Vec::new();
+    let keep = |item: &walkdir::DirEntry| match (exclude, item.path().strip_prefix(source)) {
+        (Some(excluded), Ok(rel)) => rel
+            .to_str()
+            .is_none_or(|rel| rel.is_empty() || !excluded(rel)),
+        _ => true,
+    };
     for item in walkdir::WalkDir::new(source)
         .follow_links(false)
         .sort_by_file_name()
         .min_depth(1)
+        .into_iter()
+        .filter_entry(keep)
     {
         let item = match item {
             Ok(item) => item,

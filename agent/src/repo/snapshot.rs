@@ -82,7 +82,28 @@ pub struct Snapshot {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub stats: SnapshotStats,
+    /// For a PostgreSQL base backup: where in the WAL it starts and stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgBackupInfo>,
     pub entries: Vec<Entry>,
+}
+
+/// What a PostgreSQL base backup needs to be restored: the WAL from `start_lsn` to
+/// `stop_lsn` on `timeline` (segments `start_wal` to `stop_wal`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBackupInfo {
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub wal_segment_size: u64,
+    pub system_identifier: String,
+    pub server_version: u32,
+    /// When PostgreSQL confirmed the end of the backup: the earliest time it can be
+    /// recovered to.
+    pub stopped_at: DateTime<Utc>,
 }
 
 /// The list form (no entries), for `snapshots` listings.

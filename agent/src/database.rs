@@ -1,0 +1,81 @@
+//! PostgreSQL backups on the database host: physical base backups taken with the
+//! low-level backup API ([`basebackup`]), the WAL archive that `archive_command` and
+//! `restore_command` use ([`wal`]), and restores to a point in time ([`recovery`]).
+//! Everything goes into the same repository format as documents.
+
+pub mod basebackup;
+pub mod recovery;
+pub mod wal;
+
+use crate::config::DatabaseConfig;
+use crate::repo::{KeySource, Location, RepoError, RepoOptions, Repository};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("{0:?} is not a WAL file name PostgreSQL archives")]
+    BadWalName(String),
+    #[error("WAL segment {name} refused: {why}")]
+    BadSegment { name: String, why: String },
+    #[error(
+        "WAL segment {name} comes from another cluster (system identifier {this}; the \
+         archive holds {archived}'s): point this cluster at its own repository"
+    )]
+    OtherCluster {
+        name: String,
+        archived: String,
+        this: u64,
+    },
+    #[error("the agent configuration has no {0}")]
+    NotConfigured(&'static str),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("WAL segment {missing} of backup {backup} is not in the archive after {waited:?}: the backup is not usable")]
+    WalMissing {
+        backup: String,
+        missing: String,
+        waited: std::time::Duration,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("local file: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<tokio_postgres::Error> for DatabaseError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The database's own message (and detail) says more than the driver's summary.
+        match e.as_db_error() {
+            Some(db) => DatabaseError::Postgres(format!(
+                "{}{}",
+                db.message(),
+                db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+            None => DatabaseError::Postgres(e.to_string()),
+        }
+    }
+}
+
+/// Opens the database repository, creating it (encrypted when a key file is configured)
+/// the first time.
+pub async fn open_repository(cfg: &DatabaseConfig) -> Result<Repository, DatabaseError> {
+    let mut location = Location::new(cfg.repository.clone());
+    location.options = cfg.options.clone();
+    let options = RepoOptions {
+        location,
+        key: match &cfg.key_file {
+            Some(f) => KeySource::KeyFile(f.clone()),
+            None => KeySource::None,
+        },
+    };
+    match Repository::open(&options).await {
+        Err(RepoError::NotFound(_)) => match Repository::init(&options).await {
+            Ok(repo) => Ok(repo),
+            // Another process created it first.
+            Err(RepoError::AlreadyExists(_)) => Ok(Repository::open(&options).await?),
+            Err(e) => Err(e.into()),
+        },
+        other => Ok(other?),
+    }
+}

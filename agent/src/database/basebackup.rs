@@ -1,0 +1,377 @@
+//! Physical base backups with PostgreSQL's low-level API: `pg_backup_start` and
+//! `pg_backup_stop` on one session, the data directory's files read directly (what
+//! PostgreSQL documents as safe to leave out, left out), `backup_label` and
+//! `tablespace_map` stored from `pg_backup_stop`, and the snapshot written only once
+//! every WAL segment from the start to the stop LSN is in the archive.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use drmesh_protocol::Lsn;
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn, Instrument};
+
+use super::wal::{needed_segments, segment_name, segment_of};
+use super::DatabaseError;
+use crate::config::DatabaseConfig;
+use crate::repo::backup::BackupRequest;
+use crate::repo::snapshot::{EntryKind, PgBackupInfo, Snapshot};
+use crate::repo::{Progress, Repository, Tags};
+
+/// The snapshot kind of a PostgreSQL base backup.
+pub const KIND: &str = "postgres";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupType {
+    Full,
+    /// Shares every unchanged file (and chunk) with the newest base backup.
+    Incremental,
+}
+
+impl BackupType {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Incremental => "incr",
+        }
+    }
+}
+
+/// One base backup to take.
+pub struct BaseBackup {
+    pub id: String,
+    pub backup_type: BackupType,
+    pub tags: Tags,
+    pub progress: Arc<Progress>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Paths in a data directory that a base backup leaves out (PostgreSQL's "Backing Up the
+/// Data Directory" list and what `pg_basebackup` skips): the contents of `pg_wal` (the
+/// archive has the WAL) and of the directories rebuilt at startup, the postmaster's
+/// files, an old `backup_label`/`tablespace_map`, relation cache files and temporary
+/// files. The directories themselves are kept, so a restore has them.
+pub fn excluded(rel: &str) -> bool {
+    const CONTENTS: [&str; 8] = [
+        "pg_wal",
+        "pg_replslot",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_stat_tmp",
+        "pg_subtrans",
+    ];
+    const FILES: [&str; 8] = [
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label",
+        "backup_label.old",
+        "tablespace_map",
+        "backup_manifest",
+        "postgresql.auto.conf.tmp",
+        "current_logfiles.tmp",
+    ];
+    let mut parts = rel.split('/');
+    let first = parts.next().unwrap_or_default();
+    let below = parts.next().is_some();
+    if below && CONTENTS.contains(&first) && rel != "pg_wal/archive_status" {
+        return true;
+    }
+    if !below && (FILES.contains(&first) || first == "recovery.signal" || first == "standby.signal")
+    {
+        return true;
+    }
+    rel.rsplit('/')
+        .next()
+        .is_some_and(|name| name == "pg_internal.init" || name.starts_with("pgsql_tmp"))
+}
+
+async fn connect(conninfo: &str) -> Result<Client, DatabaseError> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "backup session closed");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(client)
+}
+
+/// What the server says before the backup starts.
+struct Server {
+    version: u32,
+    segment_size: u64,
+    system_identifier: String,
+}
+
+async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseError> {
+    let row = client
+        .query_one(
+            "select current_setting('server_version_num')::int, \
+                    (select setting::bigint from pg_settings where name = 'wal_segment_size'), \
+                    current_setting('data_directory'), \
+                    current_setting('archive_mode'), \
+                    pg_is_in_recovery(), \
+                    (select system_identifier::text from pg_control_system())",
+            &[],
+        )
+        .await?;
+    let version: i32 = row.try_get(0)?;
+    let segment_size: i64 = row.try_get(1)?;
+    let server_dir: String = row.try_get(2)?;
+    let archive_mode: String = row.try_get(3)?;
+    let in_recovery: bool = row.try_get(4)?;
+    let system_identifier: String = row.try_get(5)?;
+    let same_dir = match (
+        std::fs::canonicalize(&server_dir),
+        std::fs::canonicalize(data_dir),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => Path::new(&server_dir) == data_dir,
+    };
+    if !same_dir {
+        return Err(DatabaseError::Invalid(format!(
+            "the server at the configured conninfo runs on {server_dir}, but database.data_dir is {}",
+            data_dir.display()
+        )));
+    }
+    if archive_mode == "off" {
+        return Err(DatabaseError::Invalid(
+            "archive_mode is off: set archive_mode = on and archive_command = \
+             'drmesh-agent --config <agent.toml> wal-push %p', or no backup can be restored"
+                .into(),
+        ));
+    }
+    if in_recovery {
+        return Err(DatabaseError::Invalid(
+            "the server is a standby; back up the primary".into(),
+        ));
+    }
+    if version < 100_000 {
+        return Err(DatabaseError::Invalid(format!(
+            "PostgreSQL {version} is not supported (10 or later)"
+        )));
+    }
+    Ok(Server {
+        version: version as u32,
+        segment_size: segment_size as u64,
+        system_identifier,
+    })
+}
+
+/// The newest base backup in the repository (by when it stopped, then its stop LSN).
+pub async fn latest(repo: &Repository) -> Result<Option<Snapshot>, DatabaseError> {
+    let mut best: Option<Snapshot> = None;
+    for s in repo.snapshots().await? {
+        if s.kind != KIND {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| s.finished_at > b.finished_at) {
+            best = Some(repo.snapshot(&s.id).await?);
+        }
+    }
+    Ok(best)
+}
+
+/// Takes one base backup; returns the snapshot once it and its WAL are durably stored.
+pub async fn run(
+    repo: &Repository,
+    cfg: &DatabaseConfig,
+    conninfo: &str,
+    req: BaseBackup,
+) -> Result<Snapshot, DatabaseError> {
+    let span = tracing::info_span!("base_backup", backup_id = %req.id);
+    run_inner(repo, cfg, conninfo, req).instrument(span).await
+}
+
+async fn run_inner(
+    repo: &Repository,
+    cfg: &DatabaseConfig,
+    conninfo: &str,
+    req: BaseBackup,
+) -> Result<Snapshot, DatabaseError> {
+    let client = connect(conninfo).await?;
+    let server = server(&client, &cfg.data_dir).await?;
+    let parent = match req.backup_type {
+        BackupType::Full => None,
+        BackupType::Incremental => {
+            let parent = latest(repo).await?;
+            if parent.is_none() {
+                warn!("no base backup to build on: this incremental backup copies everything");
+            }
+            parent
+        }
+    };
+    // The session must outlive the copy: no timeouts on it.
+    client
+        .batch_execute("set statement_timeout = 0; set lock_timeout = 0")
+        .await?;
+    if server.version >= 140_000 {
+        client.batch_execute("set idle_session_timeout = 0").await?;
+    }
+    let label = format!("drmesh {}", req.id);
+    let start_sql = if server.version >= 150_000 {
+        "select pg_backup_start($1, true)::text"
+    } else {
+        "select pg_start_backup($1, true, false)::text"
+    };
+    let start: String = client.query_one(start_sql, &[&label]).await?.try_get(0)?;
+    let start_lsn: Lsn = start
+        .parse()
+        .map_err(|_| DatabaseError::Postgres(format!("bad start LSN {start:?}")))?;
+    let timeline: i32 = client
+        .query_one("select timeline_id from pg_control_checkpoint()", &[])
+        .await?
+        .try_get(0)?;
+    let timeline = timeline as u32;
+    info!(start_lsn = %start_lsn, timeline, "backup started");
+
+    let mut request = BackupRequest::new(req.id.clone(), KIND, cfg.data_dir.clone());
+    request.parent = parent;
+    request.tags = req.tags.clone();
+    request.progress = req.progress.clone();
+    request.cancel = req.cancel.clone();
+    request.exclude = Some(excluded);
+    let copied = repo.begin_backup(request).await;
+    let stop_sql = if server.version >= 150_000 {
+        "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
+    } else {
+        "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
+    };
+    // Stop the backup mode even when the copy failed, so the server is not left in it.
+    let stopped = client.query_one(stop_sql, &[]).await;
+    let mut pending = copied?;
+    let row = match stopped {
+        Ok(row) => row,
+        Err(e) => {
+            pending.abandon().await;
+            return Err(e.into());
+        }
+    };
+    let stop: String = row.try_get(0)?;
+    let label_file: String = row.try_get(1)?;
+    let map_file: Option<String> = row.try_get(2)?;
+    let stop_lsn: Lsn = stop
+        .parse()
+        .map_err(|_| DatabaseError::Postgres(format!("bad stop LSN {stop:?}")))?;
+    let stopped_at = Utc::now();
+    info!(stop_lsn = %stop_lsn, "backup stopped");
+
+    let root_like = pending
+        .snapshot_mut()
+        .entries
+        .iter()
+        .find(|e| e.kind == EntryKind::File)
+        .cloned();
+    let Some(like) = root_like else {
+        pending.abandon().await;
+        return Err(DatabaseError::Invalid(format!(
+            "{} holds no files: is it a data directory?",
+            cfg.data_dir.display()
+        )));
+    };
+    pending
+        .add_file("backup_label", label_file.as_bytes(), 0o600, &like)
+        .await?;
+    if let Some(map) = map_file.filter(|m| !m.is_empty()) {
+        pending
+            .add_file("tablespace_map", map.as_bytes(), 0o600, &like)
+            .await?;
+    }
+    let size = server.segment_size;
+    let needed = needed_segments(timeline, start_lsn, stop_lsn, size);
+    if let Err(e) = wait_for_wal(repo, &req.id, timeline, &needed, cfg.archive_timeout).await {
+        pending.abandon().await;
+        return Err(e);
+    }
+    pending.snapshot_mut().postgres = Some(PgBackupInfo {
+        start_lsn: start_lsn.to_string(),
+        stop_lsn: stop_lsn.to_string(),
+        timeline,
+        start_wal: segment_name(timeline, segment_of(start_lsn, size), size),
+        stop_wal: needed.last().cloned().unwrap_or_default(),
+        wal_segment_size: size,
+        system_identifier: server.system_identifier,
+        server_version: server.version,
+        stopped_at,
+    });
+    Ok(pending.commit().await?)
+}
+
+/// Waits (up to `timeout`) until every segment in `needed` is archived, like
+/// pgBackRest's archive check; names the first one still missing otherwise.
+async fn wait_for_wal(
+    repo: &Repository,
+    backup: &str,
+    timeline: u32,
+    needed: &[String],
+    timeout: Duration,
+) -> Result<(), DatabaseError> {
+    let started = Instant::now();
+    for name in needed {
+        loop {
+            if repo.has_wal(timeline, name).await? {
+                break;
+            }
+            if started.elapsed() >= timeout {
+                return Err(DatabaseError::WalMissing {
+                    backup: backup.to_string(),
+                    missing: name.clone(),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excluded;
+
+    #[test]
+    fn what_a_base_backup_leaves_out() {
+        for out in [
+            "pg_wal/000000010000000000000001",
+            "pg_wal/archive_status/000000010000000000000001.done",
+            "pg_replslot/slot1",
+            "pg_replslot/slot1/state",
+            "pg_stat_tmp/global.stat",
+            "pg_subtrans/0000",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "tablespace_map",
+            "recovery.signal",
+            "standby.signal",
+            "global/pg_internal.init",
+            "base/16384/pg_internal.init",
+            "base/pgsql_tmp",
+            "base/pgsql_tmp/pgsql_tmp123.0",
+        ] {
+            assert!(excluded(out), "{out} should be left out");
+        }
+        for kept in [
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_replslot",
+            "pg_subtrans",
+            "base/16384/16385",
+            "global/pg_control",
+            "postgresql.conf",
+            "postgresql.auto.conf",
+            "pg_xact/0000",
+            "pg_multixact/offsets/0000",
+            "base/1/backup_label",
+        ] {
+            assert!(!excluded(kept), "{kept} should be kept");
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! PostgreSQL base backups, the WAL archive and point-in-time recovery, on real clusters,
+//! through the agent's one-shot commands (`drmesh-agent backup|restore|wal-push|…`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_tests::bin;
+
+/// A primary archiving into a repository through `drmesh-agent wal-push`, stopped (and
+/// with every cluster the test made) on drop.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bin: PgBin,
+    config: PathBuf,
+    primary: LocalCluster,
+    others: Vec<LocalCluster>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for c in self.others.iter().chain([&self.primary]) {
+            let _ = c.stop_immediate();
+        }
+    }
+}
+
+fn pg_bin() -> PgBin {
+    PgBin::find().unwrap_or_else(|e| {
+        panic!("{e}: install PostgreSQL (apt-get install -y postgresql), or set DRMESH_PG_BIN")
+    })
+}
+
+/// The postgres user's ids: the agent's database commands run as the cluster's owner,
+/// as `archive_command` does.
+fn postgres_ids() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .expect("the postgres OS user (apt-get install -y postgresql)");
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+impl Fixture {
+    fn new(archive_timeout: &str) -> Fixture {
+        let pg = pg_bin();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        prepare_parent_dir(&root).expect("make the directory reachable by postgres");
+        let port = free_port().expect("port");
+        let primary = LocalCluster::init_primary(&pg, "primary", &root.join("primary"), port)
+            .expect("initdb");
+        let config = root.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"db-1\"\nregion = \"us-west-2\"\ncoordinator = \"127.0.0.1:1\"\n\
+                 data_dir = \"{root}/agent\"\n\
+                 [tls]\nca_cert = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+                 [postgres]\nconninfo = \"{conninfo}\"\n\
+                 [database]\ndata_dir = \"{pgdata}\"\nrepository = \"{root}/repo\"\n\
+                 archive_timeout = \"{archive_timeout}\"\n",
+                root = root.display(),
+                conninfo = primary.conninfo(),
+                pgdata = primary.data_dir.display(),
+            ),
+        )
+        .expect("write agent.toml");
+        let repo = root.join("repo");
+        std::fs::create_dir(&repo).expect("repo dir");
+        prepare_parent_dir(&repo).expect("repo owned by postgres");
+        let fx = Fixture {
+            _dir: dir,
+            root,
+            bin: pg,
+            config,
+            primary,
+            others: Vec::new(),
+        };
+        fx.primary
+            .append_config(
+                "postgresql.conf",
+                &format!(
+                    "archive_mode = on\narchive_command = '{} --config {} wal-push %p'\n",
+                    bin("drmesh-agent").display(),
+                    fx.config.display()
+                ),
+            )
+            .expect("archive settings");
+        fx.primary.start().expect("start primary");
+        fx.primary
+            .wait_ready(Duration::from_secs(30))
+            .expect("primary ready");
+        fx
+    }
+
+    /// Runs `drmesh-agent --config … ARGS` as the cluster's owner.
+    fn agent(&self, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin("drmesh-agent"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        if let Some((uid, gid)) = postgres_ids() {
+            cmd.uid(uid).gid(gid).current_dir("/");
+        }
+        cmd.output().expect("run drmesh-agent")
+    }
+
+    fn agent_ok(&self, args: &[&str]) -> String {
+        let out = self.agent(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "drmesh-agent {args:?} failed: {text}");
+        text
+    }
+
+    fn pgbench(&self, args: &[&str]) {
+        let out = Command::new(self.bin.dir().join("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .expect("run pgbench");
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Switches to a new WAL segment and waits until the archiver has pushed the old one.
+    fn archive_current_wal(&self) {
+        let last = self
+            .primary
+            .psql("select pg_walfile_name(pg_switch_wal())")
+            .expect("switch wal");
+        let archived = drmesh_tests::wait_for(Duration::from_secs(30), || {
+            let done = self
+                .primary
+                .psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
+                .ok()?;
+            (done >= last).then_some(())
+        });
+        assert!(
+            archived.is_some(),
+            "segment {last} was not archived within 30 s"
+        );
+    }
+
+    fn restored(&mut self, name: &str, dir: &Path, port: u16) -> LocalCluster {
+        let c = LocalCluster::open(&self.bin, name, dir, port).expect("open restored cluster");
+        self.others.push(c.clone());
+        c
+    }
+}
+
+/// What the data looked like: each pgbench table's row count and an md5 over its rows
+/// in key order, and the marker rows.
+fn fingerprint(c: &LocalCluster) -> String {
+    c.psql(
+        "select string_agg(t, ' | ' order by t) from ( \
+           select 'accounts ' || count(*) || ' ' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) as t from pgbench_accounts \
+           union all select 'branches ' || count(*) || ' ' || md5(string_agg(bid || ':' || bbalance, ',' order by bid)) from pgbench_branches \
+           union all select 'tellers ' || count(*) || ' ' || md5(string_agg(tid || ':' || tbalance, ',' order by tid)) from pgbench_tellers \
+           union all select 'history ' || count(*) || ' ' || coalesce(md5(string_agg(tid || ':' || delta || ':' || mtime, ',' order by mtime, tid, delta)), '') from pgbench_history \
+           union all select 'markers ' || coalesce(string_agg(note, ',' order by note), '') from markers) s",
+    )
+    .expect("fingerprint")
+}
+
+#[test]
+fn point_in_time_recovery_stops_at_the_marker() {
+    let mut fx = Fixture::new("30s");
+    fx.pgbench(&["-i", "-s", "5", "-q"]);
+    fx.primary
+        .psql("create table markers (note text primary key)")
+        .expect("markers");
+    let out = fx.agent_ok(&["backup", "full"]);
+    assert!(out.contains("completed"), "{out}");
+
+    fx.pgbench(&["-T", "2", "-c", "2"]);
+    fx.primary
+        .psql("insert into markers values ('before')")
+        .expect("marker");
+    let at_t = fingerprint(&fx.primary);
+    let t = fx
+        .primary
+        .psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        .expect("time");
+    std::thread::sleep(Duration::from_millis(1100));
+    fx.pgbench(&["-T", "2", "-c", "2"]);
+    fx.primary
+        .psql("insert into markers values ('after')")
+        .expect("marker");
+    fx.archive_current_wal();
+
+    let target = fx.root.join("pitr");
+    let port = free_port().expect("port");
+    let out = fx.agent_ok(&[
+        "restore",
+        "--to",
+        target.to_str().expect("utf-8"),
+        "--time",
+        &t,
+        "--port",
+        &port.to_string(),
+    ]);
+    assert!(out.contains("restored full_"), "{out}");
+    let pitr = fx.restored("pitr", &target, port);
+    pitr.start().expect("start the restored cluster");
+    let promoted = drmesh_tests::wait_for(Duration::from_secs(60), || {
+        (pitr.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "recovery did not finish: {}",
+        std::fs::read_to_string(pitr.log_path()).unwrap_or_default()
+    );
+    assert_eq!(fingerprint(&pitr), at_t, "the data at T");
+    assert_eq!(
+        pitr.psql("select string_agg(note, ',') from markers")
+            .expect("markers"),
+        "before"
+    );
+}
+
+#[test]
+fn wal_push_is_idempotent_and_refuses_bad_segments() {
+    let fx = Fixture::new("30s");
+    fx.pgbench(&["-i", "-s", "1", "-q"]);
+    fx.archive_current_wal();
+    let archived = fx
+        .primary
+        .psql("select last_archived_wal from pg_stat_archiver")
+        .expect("archived");
+    // A copy of an archived segment, pushed again: same content succeeds.
+    let copy_dir = fx.root.join("copies");
+    std::fs::create_dir(&copy_dir).expect("dir");
+    prepare_parent_dir(&copy_dir).expect("chown");
+    let fetched = copy_dir.join(&archived);
+    fx.agent_ok(&["wal-fetch", &archived, fetched.to_str().expect("utf-8")]);
+    fx.agent_ok(&["wal-push", fetched.to_str().expect("utf-8")]);
+
+    // Same name, other content: refused, and the archived copy is unchanged.
+    let original = std::fs::read(&fetched).expect("read");
+    let mut other = original.clone();
+    let at = other.len() - 100;
+    other[at] ^= 0xFF;
+    std::fs::write(&fetched, &other).expect("write");
+    let out = fx.agent(&["wal-push", fetched.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = copy_dir.join("again");
+    fx.agent_ok(&["wal-fetch", &archived, again.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(&again).expect("read"), original);
+
+    // A truncated segment is never acknowledged.
+    let truncated = copy_dir.join("000000010000000000000099");
+    std::fs::write(&truncated, &original[..original.len() / 2]).expect("write");
+    let out = fx.agent(&["wal-push", truncated.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "a truncated segment must fail");
+
+    // A missing segment: wal-fetch exits 1 (the end of the archive, for PostgreSQL).
+    let out = fx.agent(&[
+        "wal-fetch",
+        "0000000100000000000000FE",
+        copy_dir.join("x").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The repository unreachable: exit 1, so PostgreSQL keeps the segment and retries.
+    let unreachable = fx.root.join("unreachable.toml");
+    let text = std::fs::read_to_string(&fx.config)
+        .expect("config")
+        .replace(
+            &format!("repository = \"{}/repo\"", fx.root.display()),
+            "repository = \"s3://drmesh-test/wal\"\noptions = { endpoint = \"http://127.0.0.1:1\", allow_http = \"true\", region = \"us-east-1\", access_key_id = \"x\", secret_access_key = \"y\" }",
+        );
+    std::fs::write(&unreachable, text).expect("write");
+    let out = Command::new(bin("drmesh-agent"))
+        .arg("--config")
+        .arg(&unreachable)
+        .args(["wal-push", fetched.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_backup_whose_wal_is_held_back_fails_naming_the_segment() {
+    let fx = Fixture::new("3s");
+    fx.pgbench(&["-i", "-s", "1", "-q"]);
+    // From now on the archiver fails for every segment, as if the archive were cut off.
+    fx.primary
+        .psql("alter system set archive_command = 'false'")
+        .expect("hold back");
+    fx.primary.psql("select pg_reload_conf()").expect("reload");
+    let out = fx.agent(&["backup", "full"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is not in the archive") && text.contains("00000001"),
+        "{text}"
+    );
+    // No snapshot was written.
+    let list = fx.agent_ok(&["backups"]);
+    assert!(!list.contains("full_"), "{list}");
+    // The archive's gaps are reported with a non-zero exit once later WAL is there.
+    fx.primary
+        .psql(&format!(
+            "alter system set archive_command = '{} --config {} wal-push %p'",
+            bin("drmesh-agent").display(),
+            fx.config.display()
+        ))
+        .expect("restore archive_command");
+    fx.primary.psql("select pg_reload_conf()").expect("reload");
+    fx.archive_current_wal();
+    fx.archive_current_wal();
+    let check = fx.agent(&["wal-check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Lose one segment between others: the gap is named and the exit is non-zero.
+    let wal_dir = fx.root.join("repo/wal/00000001");
+    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
+        .expect("wal dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let lost = segments[1].clone();
+    std::fs::remove_file(wal_dir.join(&lost)).expect("remove");
+    let check = fx.agent(&["wal-check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains(&format!("missing {lost}")),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
