@@ -299,6 +299,8 @@ pub struct AgentConfig {
     pub postgres: Option<PostgresConfig>,
     pub documents: Option<DocumentsConfig>,
     pub database: Option<DatabaseConfig>,
+    /// The file this was loaded from (the agent runs its one-shot commands with it).
+    pub path: Option<PathBuf>,
 }
 
 fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
@@ -377,6 +379,7 @@ impl AgentConfigFile {
             postgres,
             documents,
             database,
+            path: None,
         })
     }
 }
@@ -388,7 +391,9 @@ impl AgentConfig {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        AgentConfigFile::parse(&text, path)?.validate(base)
+        let mut config = AgentConfigFile::parse(&text, path)?.validate(base)?;
+        config.path = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
     }
 
     /// Resolves `coordinator` to a socket address.

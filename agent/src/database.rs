@@ -4,6 +4,7 @@
 //! Everything goes into the same repository format as documents.
 
 pub mod basebackup;
+pub mod child;
 pub mod recovery;
 pub mod wal;
 

@@ -101,6 +101,8 @@ pub struct CommandContext {
     pub highest_epoch: Arc<AtomicU64>,
     pub observed: Arc<Observed>,
     pub documents: Option<Arc<Documents>>,
+    /// `[database]`, and the configuration file its backup processes are given.
+    pub database: Option<(crate::config::DatabaseConfig, std::path::PathBuf)>,
 }
 
 async fn read_frame<M: Frame>(
@@ -165,6 +167,7 @@ impl Link {
             .documents
             .clone()
             .map(|d| Arc::new(Documents::new(d)));
+        let database = config.database.clone().zip(config.path.clone());
         Ok(Self {
             config,
             endpoint,
@@ -173,6 +176,7 @@ impl Link {
                 highest_epoch: Arc::new(AtomicU64::new(0)),
                 observed,
                 documents,
+                database,
             }),
         })
     }
@@ -254,6 +258,9 @@ impl Link {
         }
         if self.config.documents.is_some() {
             caps.push("documents".into());
+        }
+        if self.config.database.is_some() {
+            caps.push("database".into());
         }
         caps
     }
@@ -436,6 +443,35 @@ async fn execute(
                         .await,
                     "restored",
                 ),
+            },
+            CommandKind::DatabaseBackup {
+                backup_id,
+                backup_type,
+                tags,
+            } => match &ctx.database {
+                None => (
+                    false,
+                    "this agent has no [database] configuration (or was not started from a file)"
+                        .to_string(),
+                    None,
+                ),
+                Some((db, path)) => {
+                    let result = crate::database::child::backup(
+                        path,
+                        db,
+                        &backup_id,
+                        &backup_type,
+                        &tags,
+                        progress,
+                    )
+                    .await;
+                    if result.is_ok() {
+                        let mut ids = ctx.observed.last_backup_ids.lock();
+                        ids.insert(0, backup_id.clone());
+                        ids.truncate(5);
+                    }
+                    outcome(result, "database backup completed")
+                }
             },
         };
         AgentMessageV1::Result(CommandResult {

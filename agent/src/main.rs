@@ -45,6 +45,14 @@ enum Command {
         /// A tag, as key=value (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// The backup id (default: a new `full_…` / `incr_…` id).
+        #[arg(long)]
+        id: Option<String>,
+        /// Report progress and the outcome as JSON lines on stdout, and stop when the
+        /// parent process (the agent) dies: how the agent runs coordinator-requested
+        /// backups.
+        #[arg(long, hide = true)]
+        report_json: bool,
     },
     /// Restore a base backup into a new directory, set up to recover from the archive.
     Restore {
@@ -165,7 +173,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Backup { kind, tags } => {
+        Command::Backup {
+            kind,
+            tags,
+            id,
+            report_json,
+        } => {
             let db = db()?;
             let conninfo = &config
                 .postgres
@@ -185,12 +198,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tag_map.insert(k.to_string(), v.to_string());
             }
             let req = basebackup::BaseBackup {
-                id: drmesh_protocol::ids::runbook_id(backup_type.id_prefix()),
+                id: id.unwrap_or_else(|| drmesh_protocol::ids::runbook_id(backup_type.id_prefix())),
                 backup_type,
                 tags: tag_map,
                 progress: Default::default(),
                 cancel: Default::default(),
             };
+            if report_json {
+                let reporter =
+                    tokio::spawn(report_progress(req.progress.clone(), req.cancel.clone()));
+                let result = basebackup::run(&repo, db, conninfo, req).await;
+                reporter.abort();
+                let snap = result?;
+                let line = database::child::ChildLine::Outcome(Box::new(basebackup::outcome(
+                    &snap,
+                    &db.repository,
+                )));
+                println!("{}", serde_json::to_string(&line)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let snap = basebackup::run(&repo, db, conninfo, req).await?;
             let pg = snap.postgres.as_ref();
             println!(
@@ -283,6 +309,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// For `backup --report-json`: a progress line every second, and the backup cancelled
+/// (so it leaves no snapshot) as soon as the agent that started it is gone.
+async fn report_progress(
+    progress: std::sync::Arc<drmesh_agent::repo::Progress>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let parent = nix::unistd::getppid();
+    let mut ticks = 0u32;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if nix::unistd::getppid() != parent {
+            cancel.store(true, Relaxed);
+            return;
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(5) {
+            let line = database::child::ChildLine::Progress {
+                percent: progress.percent() as f32,
+                message: format!(
+                    "{} of {} files, {:.0} of {:.0} MiB",
+                    progress.files_done.load(Relaxed),
+                    progress.files_total.load(Relaxed),
+                    progress.bytes_done.load(Relaxed) as f64 / 1048576.0,
+                    progress.bytes_total.load(Relaxed) as f64 / 1048576.0
+                ),
+            };
+            if let Ok(text) = serde_json::to_string(&line) {
+                println!("{text}");
+            }
         }
     }
 }

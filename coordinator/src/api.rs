@@ -21,6 +21,7 @@ use tracing::error;
 
 use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
+use crate::database::{self, DatabaseError};
 use crate::documents::{self, DocumentsError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
@@ -99,6 +100,17 @@ impl From<DocumentsError> for ApiError {
             DocumentsError::NotFound(m) => ApiError::NotFound(m),
             DocumentsError::Conflict(m) => ApiError::Conflict(m),
             DocumentsError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<DatabaseError> for ApiError {
+    fn from(e: DatabaseError) -> Self {
+        match e {
+            DatabaseError::NoAgent => ApiError::Unavailable(e.to_string()),
+            DatabaseError::NotFound(m) => ApiError::NotFound(m),
+            DatabaseError::Conflict(m) => ApiError::Conflict(m),
+            DatabaseError::Store(s) => s.into(),
         }
     }
 }
@@ -325,19 +337,65 @@ struct BackupQuery {
     status: Option<String>,
 }
 
+impl BackupQuery {
+    fn status(&self) -> Result<Option<BackupStatus>, ApiError> {
+        self.status
+            .as_deref()
+            .map(str::parse::<BackupStatus>)
+            .transpose()
+            .map_err(ApiError::BadRequest)
+    }
+}
+
+async fn database_backup(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let backup_type = match path.as_str() {
+        "full" => database::BackupType::Full,
+        "incremental" => database::BackupType::Incremental,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no backup type {other:?}: full or incremental"
+            )))
+        }
+    };
+    let req: BackupRequest = optional_json(&body)?;
+    let accepted = database::start_backup(&coord, backup_type, req.tags, caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+async fn database_list(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<BackupQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let backups = database::list(coord.store.as_ref(), query.status()?)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "backups": backups, "total": backups.len() })))
+}
+
+async fn database_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rec = database::get(coord.store.as_ref(), &path)?
+        .ok_or_else(|| ApiError::NotFound(format!("no database backup {path}")))?;
+    Ok(HttpResponse::Ok().json(rec))
+}
+
 async fn documents_list(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<BackupQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    let status = query
-        .status
-        .as_deref()
-        .map(str::parse::<BackupStatus>)
-        .transpose()
-        .map_err(ApiError::BadRequest)?;
-    let backups = documents::list(coord.store.as_ref(), status)?;
+    let backups = documents::list(coord.store.as_ref(), query.status()?)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "backups": backups, "total": backups.len() })))
 }
 
@@ -512,6 +570,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/monitoring/alerts/{{alertId}}/resolve"),
             web::post().to(alert_resolve),
+        )
+        .route(
+            &format!("{base}/database/backup/{{type}}"),
+            web::post().to(database_backup),
+        )
+        .route(
+            &format!("{base}/database/backups"),
+            web::get().to(database_list),
+        )
+        .route(
+            &format!("{base}/database/backups/{{backupId}}"),
+            web::get().to(database_get),
         )
         .route(
             &format!("{base}/documents/backup"),

@@ -126,7 +126,7 @@ fn estimate(store: &dyn Store) -> Result<Duration, StoreError> {
         .unwrap_or(Duration::from_secs(60)))
 }
 
-fn raise(
+pub(crate) fn raise(
     coord: &Coordinator,
     severity: Severity,
     kind: &str,
@@ -196,12 +196,13 @@ pub fn start_backup(
 }
 
 /// Writes progress to the store at most once a second.
-struct Throttle {
+#[derive(Default)]
+pub(crate) struct Throttle {
     last: Option<Instant>,
 }
 
 impl Throttle {
-    fn ready(&mut self) -> bool {
+    pub(crate) fn ready(&mut self) -> bool {
         if self
             .last
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
@@ -218,7 +219,7 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
     let started = Instant::now();
     let store = coord.store.clone();
     let id = rec.backup_id.clone();
-    let mut throttle = Throttle { last: None };
+    let mut throttle = Throttle::default();
     let kind = CommandKind::DocumentsBackup {
         backup_id: id.clone(),
         tags: rec.tags.clone(),

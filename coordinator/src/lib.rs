@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod database;
 pub mod documents;
 pub mod metrics;
 pub mod registry;

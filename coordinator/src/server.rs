@@ -29,8 +29,10 @@ pub struct Ready {
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let store = RedbStore::open(&config.store_path)
         .with_context(|| format!("open state store {}", config.store_path.display()))?;
-    let interrupted =
-        crate::documents::fail_interrupted(&store).context("mark interrupted backups as failed")?;
+    let interrupted = crate::documents::fail_interrupted(&store)
+        .context("mark interrupted backups as failed")?
+        + crate::database::fail_interrupted(&store)
+            .context("mark interrupted database backups as failed")?;
     if interrupted > 0 {
         tracing::warn!(
             count = interrupted,

@@ -376,6 +376,61 @@ pub struct DocumentBackup {
     pub last_restore: Option<DocumentRestoreOutcome>,
 }
 
+/// What an agent reports for a finished PostgreSQL base backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupOutcome {
+    pub backup_id: String,
+    /// `full` or `incr`.
+    pub backup_type: String,
+    /// The backup an incremental one shares unchanged files with.
+    pub parent: Option<String>,
+    pub files: u64,
+    /// Bytes in the data directory's files.
+    pub bytes: u64,
+    /// Bytes read this time (unchanged files are not read).
+    pub bytes_read: u64,
+    /// Bytes of new chunks (before compression).
+    pub bytes_new: u64,
+    /// Bytes written to the repository.
+    pub bytes_stored: u64,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub start_wal: String,
+    pub stop_wal: String,
+    /// When the backup became consistent: the earliest instant it can recover to.
+    pub stopped_at: DateTime<Utc>,
+    pub repository: String,
+}
+
+/// A database backup as `GET /database/backups/:id` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackup {
+    pub backup_id: String,
+    /// `full` or `incr`.
+    pub backup_type: String,
+    pub status: BackupStatus,
+    /// 0..=100
+    pub progress: f32,
+    pub progress_message: String,
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub requested_by: String,
+    pub timestamp: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub bytes_read: Option<u64>,
+    pub bytes_stored: Option<u64>,
+    pub start_lsn: Option<String>,
+    pub stop_lsn: Option<String>,
+    pub timeline: Option<u32>,
+    pub outcome: Option<DatabaseBackupOutcome>,
+    pub error: Option<String>,
+}
+
 /// `PASSED` / `FAILED` / `IN_PROGRESS` for one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

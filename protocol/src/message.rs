@@ -145,6 +145,13 @@ pub enum CommandKind {
         paths: Vec<String>,
         target: Option<String>,
     },
+    /// Take a PostgreSQL base backup (`backup_type`: `full` or `incr`) of the agent's
+    /// `[database]`; detail: `DatabaseBackupOutcome`.
+    DatabaseBackup {
+        backup_id: String,
+        backup_type: String,
+        tags: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use drmesh_protocol::api::DatabaseBackupOutcome;
 use drmesh_protocol::Lsn;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn, Instrument};
@@ -163,6 +164,28 @@ async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseErro
         segment_size: segment_size as u64,
         system_identifier,
     })
+}
+
+/// What the coordinator records of a finished base backup.
+pub fn outcome(snap: &Snapshot, repository: &str) -> DatabaseBackupOutcome {
+    let pg = snap.postgres.clone();
+    DatabaseBackupOutcome {
+        backup_id: snap.id.clone(),
+        backup_type: snap.id.split('_').next().unwrap_or("full").to_string(),
+        parent: snap.parent.clone(),
+        files: snap.stats.files,
+        bytes: snap.stats.bytes,
+        bytes_read: snap.stats.bytes_read,
+        bytes_new: snap.stats.bytes_new,
+        bytes_stored: snap.stats.bytes_stored,
+        start_lsn: pg.as_ref().map(|p| p.start_lsn.clone()).unwrap_or_default(),
+        stop_lsn: pg.as_ref().map(|p| p.stop_lsn.clone()).unwrap_or_default(),
+        timeline: pg.as_ref().map(|p| p.timeline).unwrap_or_default(),
+        start_wal: pg.as_ref().map(|p| p.start_wal.clone()).unwrap_or_default(),
+        stop_wal: pg.as_ref().map(|p| p.stop_wal.clone()).unwrap_or_default(),
+        stopped_at: pg.map(|p| p.stopped_at).unwrap_or(snap.finished_at),
+        repository: repository.to_string(),
+    }
 }
 
 /// The newest base backup in the repository (by when it stopped, then its stop LSN).

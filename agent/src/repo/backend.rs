@@ -454,9 +454,15 @@ mod tests {
         let mut loc = Location::new("gs://drmesh-bucket/backups/db");
         loc.options.insert("service_account_key".into(), key.into());
         let b = Backend::open(&loc).await.expect("gs:// opens");
-        assert!(b.describe().contains("gs://drmesh-bucket/backups/db"), "{}", b.describe());
+        assert!(
+            b.describe().contains("gs://drmesh-bucket/backups/db"),
+            "{}",
+            b.describe()
+        );
         loc.options.insert("no_such_option".into(), "1".into());
-        let err = Backend::open(&loc).await.err().expect("unknown option");
+        let Err(err) = Backend::open(&loc).await else {
+            panic!("an unknown option must be refused");
+        };
         assert!(err.to_string().contains("unknown GCS option"), "{err}");
     }
 

@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
-use drmesh_tests::bin;
+use drmesh_tests::{bin, wait_for, Mesh};
+use serde_json::Value;
 
 /// A primary archiving into a repository through `drmesh-agent wal-push`, stopped (and
 /// with every cluster the test made) on drop.
@@ -46,6 +47,18 @@ fn postgres_ids() -> Option<(u32, u32)> {
     Some((user.uid.as_raw(), user.gid.as_raw()))
 }
 
+/// The `[postgres]` and `[database]` tables of an agent next to `primary`.
+fn database_sections(root: &Path, primary: &LocalCluster, archive_timeout: &str) -> String {
+    format!(
+        "[postgres]\nconninfo = \"{conninfo}\"\n\
+         [database]\ndata_dir = \"{pgdata}\"\nrepository = \"{root}/repo\"\n\
+         archive_timeout = \"{archive_timeout}\"\n",
+        root = root.display(),
+        conninfo = primary.conninfo(),
+        pgdata = primary.data_dir.display(),
+    )
+}
+
 impl Fixture {
     fn new(archive_timeout: &str) -> Fixture {
         let pg = pg_bin();
@@ -61,13 +74,9 @@ impl Fixture {
             format!(
                 "id = \"db-1\"\nregion = \"us-west-2\"\ncoordinator = \"127.0.0.1:1\"\n\
                  data_dir = \"{root}/agent\"\n\
-                 [tls]\nca_cert = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
-                 [postgres]\nconninfo = \"{conninfo}\"\n\
-                 [database]\ndata_dir = \"{pgdata}\"\nrepository = \"{root}/repo\"\n\
-                 archive_timeout = \"{archive_timeout}\"\n",
+                 [tls]\nca_cert = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n{}",
+                database_sections(&root, &primary, archive_timeout),
                 root = root.display(),
-                conninfo = primary.conninfo(),
-                pgdata = primary.data_dir.display(),
             ),
         )
         .expect("write agent.toml");
@@ -148,7 +157,7 @@ impl Fixture {
             .primary
             .psql("select pg_walfile_name(pg_switch_wal())")
             .expect("switch wal");
-        let archived = drmesh_tests::wait_for(Duration::from_secs(30), || {
+        let archived = wait_for(Duration::from_secs(30), || {
             let done = self
                 .primary
                 .psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
@@ -222,7 +231,7 @@ fn point_in_time_recovery_stops_at_the_marker() {
     assert!(out.contains("restored full_"), "{out}");
     let pitr = fx.restored("pitr", &target, port);
     pitr.start().expect("start the restored cluster");
-    let promoted = drmesh_tests::wait_for(Duration::from_secs(60), || {
+    let promoted = wait_for(Duration::from_secs(60), || {
         (pitr.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
     });
     assert!(
@@ -364,4 +373,112 @@ fn a_backup_whose_wal_is_held_back_fails_naming_the_segment() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+/// Polls a database backup until it leaves IN_PROGRESS.
+fn wait_backup(mesh: &Mesh, id: &str) -> Value {
+    wait_for(Duration::from_secs(90), || {
+        let a = mesh.get(&format!("{DB}/backups/{id}"));
+        assert_eq!(a.status, 200, "{}", a.text);
+        (a.body["status"] != "IN_PROGRESS").then_some(a.body)
+    })
+    .unwrap_or_else(|| panic!("backup {id} did not finish:\n{}", mesh.coordinator_log()))
+}
+
+const DB: &str = "/v1/backup-recovery/database";
+
+#[test]
+fn database_backups_through_the_runbook_endpoints() {
+    let fx = Fixture::new("5s");
+    fx.pgbench(&["-i", "-s", "1", "-q"]);
+    let mesh = Mesh::start(200);
+    let files = mesh.issue_agent("db-1", "us-west-2");
+    let written = mesh.agent_config(
+        "db-1",
+        "us-west-2",
+        &files,
+        &database_sections(&fx.root, &fx.primary, "5s"),
+    );
+    // The backup process runs as the cluster's owner and reads this file.
+    let config = fx.root.join("agent-daemon.toml");
+    std::fs::copy(&written, &config).expect("copy config");
+    let mut agent = mesh.spawn_agent(&config);
+
+    // The runbook's call; 503 until the agent has reported its primary.
+    let body = r#"{"tags": {"type": "manual", "reason": "pre-deployment", "operator": "admin@propchain.local"}}"#;
+    let accepted = wait_for(Duration::from_secs(30), || {
+        let a = mesh.post(&format!("{DB}/backup/full"), Some(body));
+        (a.status != 503).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"]
+        .as_str()
+        .expect("backupId")
+        .to_string();
+    let parts: Vec<&str> = id.split('_').collect();
+    assert_eq!(parts[0], "full", "{id}");
+    assert_eq!(parts[1].len(), 13, "epoch ms in {id}");
+    assert_eq!(parts[2].len(), 6, "{id}");
+    assert!(accepted.body["timestamp"].is_string(), "{}", accepted.text);
+    assert!(
+        accepted.body["estimatedDuration"].is_string(),
+        "{}",
+        accepted.text
+    );
+
+    let done = wait_backup(&mesh, &id);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+    for field in [
+        "startLsn",
+        "stopLsn",
+        "timeline",
+        "bytesRead",
+        "bytesStored",
+        "durationMs",
+    ] {
+        assert!(!done[field].is_null(), "{field} in {done}");
+    }
+    assert_eq!(done["tags"]["reason"], "pre-deployment");
+    assert_eq!(done["progress"], 100.0);
+
+    let listed = mesh.get(&format!("{DB}/backups?status=COMPLETED"));
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert!(listed.text.contains(&id), "{}", listed.text);
+    assert_eq!(mesh.get(&format!("{DB}/backups?status=BOGUS")).status, 400);
+    assert_eq!(mesh.get(&format!("{DB}/backups/full_0_nope")).status, 404);
+
+    // An incremental backup builds on it.
+    fx.pgbench(&["-T", "1"]);
+    let a = mesh.post(&format!("{DB}/backup/incremental"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let incr = a.body["backupId"].as_str().expect("backupId").to_string();
+    assert!(incr.starts_with("incr_"), "{incr}");
+    let done = wait_backup(&mesh, &incr);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["outcome"]["parent"], id.as_str(), "{done}");
+
+    // With the archive cut off the backup fails, names the segment, and raises the
+    // runbook's CRITICAL alert.
+    fx.primary
+        .psql("alter system set archive_command = 'false'")
+        .expect("hold back");
+    fx.primary.psql("select pg_reload_conf()").expect("reload");
+    let a = mesh.post(&format!("{DB}/backup/full"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let failed = a.body["backupId"].as_str().expect("backupId").to_string();
+    let done = wait_backup(&mesh, &failed);
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let error = done["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("is not in the archive") && error.contains("00000001"),
+        "{done}"
+    );
+    let alerts = mesh.get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL");
+    assert!(
+        alerts.text.contains("Backup Failed") && alerts.text.contains(&failed),
+        "{}",
+        alerts.text
+    );
+    agent.kill9();
 }

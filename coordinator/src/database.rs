@@ -1,0 +1,291 @@
+//! Database backups as the coordinator sees them: a record per backup in the store, the
+//! command that makes the primary's agent take it, and the record updated from the
+//! agent's progress reports and result.
+//!
+//! Architecture Invariant: a database backup record is COMPLETED only when the agent's
+//! result says the snapshot is written — which the agent does only after every WAL
+//! segment from the backup's start to its stop LSN is in the archive. Anything else ends
+//! FAILED with the reason and raises the runbook's CRITICAL alert.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use drmesh_protocol::api::{
+    AgentState, BackupAccepted, BackupStatus, DatabaseBackup, DatabaseBackupOutcome, Severity,
+};
+use drmesh_protocol::ids::runbook_id;
+use drmesh_protocol::PgRole;
+use drmesh_protocol::{AgentId, CommandKind, RegionId};
+use tracing::{error, info, warn, Instrument};
+
+use crate::alerts;
+use crate::documents::{raise, Throttle, BACKUP_FAILED, BACKUP_TIMEOUT};
+use crate::state::Coordinator;
+use crate::store::{Namespace, Store, StoreError, StoreExt};
+use crate::transport::{self, TransportError};
+
+/// Capability an agent announces when it has a `[database]` configuration.
+pub const CAPABILITY: &str = "database";
+
+/// Key prefixes of database backups in the `backups` namespace (ids sort by time).
+const PREFIXES: [&str; 2] = ["full_", "incr_"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("no agent with a [database] configuration next to a primary is connected and UP")]
+    NoAgent,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `full` or `incr`, as in the ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupType {
+    Full,
+    Incremental,
+}
+
+impl BackupType {
+    fn prefix(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Incremental => "incr",
+        }
+    }
+}
+
+pub fn get(store: &dyn Store, id: &str) -> Result<Option<DatabaseBackup>, StoreError> {
+    if !PREFIXES.iter().any(|p| id.starts_with(p)) {
+        return Ok(None);
+    }
+    store.get_json(Namespace::Backups, id)
+}
+
+fn save(store: &dyn Store, rec: &DatabaseBackup) -> Result<(), StoreError> {
+    store.put_json(Namespace::Backups, &rec.backup_id, rec)
+}
+
+/// Newest first, optionally only those with `status`.
+pub fn list(
+    store: &dyn Store,
+    status: Option<BackupStatus>,
+) -> Result<Vec<DatabaseBackup>, StoreError> {
+    let mut all: Vec<DatabaseBackup> = Vec::new();
+    for prefix in PREFIXES {
+        all.extend(store.scan_json::<DatabaseBackup>(Namespace::Backups, prefix)?);
+    }
+    all.sort_by_key(|b| std::cmp::Reverse(b.timestamp));
+    all.retain(|b| status.is_none_or(|s| b.status == s));
+    Ok(all)
+}
+
+/// The agent that takes database backups: UP, connected, with the database capability,
+/// and next to a primary (by its last heartbeat); lowest id first.
+fn pick_agent(coord: &Coordinator) -> Option<(AgentId, RegionId)> {
+    let registry = coord.registry.lock();
+    let mut candidates: Vec<_> = registry
+        .agents()
+        .filter(|e| {
+            e.connected
+                && e.state == AgentState::Up
+                && e.capabilities.iter().any(|c| c == CAPABILITY)
+                && e.heartbeat
+                    .as_ref()
+                    .and_then(|h| h.postgres.as_ref())
+                    .is_some_and(|pg| pg.role == PgRole::Primary)
+        })
+        .map(|e| (e.id.clone(), e.region.clone()))
+        .collect();
+    candidates.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    candidates.into_iter().next()
+}
+
+/// A guess from the last completed backup of the same type (five minutes before any).
+fn estimate(store: &dyn Store, backup_type: BackupType) -> Result<Duration, StoreError> {
+    let last = list(store, None)?.into_iter().find(|b| {
+        b.backup_type == backup_type.prefix()
+            && matches!(b.status, BackupStatus::Completed | BackupStatus::Verified)
+    });
+    Ok(last
+        .and_then(|b| b.duration_ms)
+        .map(|ms| Duration::from_millis(ms.max(1000)))
+        .unwrap_or(Duration::from_secs(300)))
+}
+
+/// `POST /database/backup/full|incremental`: records the backup and starts it on the
+/// primary's agent.
+pub fn start_backup(
+    coord: &Arc<Coordinator>,
+    backup_type: BackupType,
+    tags: BTreeMap<String, String>,
+    requested_by: String,
+) -> Result<BackupAccepted, DatabaseError> {
+    let store = coord.store.as_ref();
+    if let Some(running) = list(store, Some(BackupStatus::InProgress))?.first() {
+        return Err(DatabaseError::Conflict(format!(
+            "database backup {} is still in progress",
+            running.backup_id
+        )));
+    }
+    let (agent, region) = pick_agent(coord).ok_or(DatabaseError::NoAgent)?;
+    let estimated = estimate(store, backup_type)?;
+    let rec = DatabaseBackup {
+        backup_id: runbook_id(backup_type.prefix()),
+        backup_type: backup_type.prefix().into(),
+        status: BackupStatus::InProgress,
+        progress: 0.0,
+        progress_message: "queued".into(),
+        agent_id: agent.clone(),
+        region,
+        tags,
+        requested_by,
+        timestamp: Utc::now(),
+        completed_at: None,
+        duration_ms: None,
+        bytes_read: None,
+        bytes_stored: None,
+        start_lsn: None,
+        stop_lsn: None,
+        timeline: None,
+        outcome: None,
+        error: None,
+    };
+    save(store, &rec)?;
+    let accepted = BackupAccepted {
+        backup_id: rec.backup_id.clone(),
+        status: rec.status,
+        timestamp: rec.timestamp,
+        estimated_duration_seconds: estimated.as_secs(),
+        estimated_duration: humantime::format_duration(Duration::from_secs(estimated.as_secs()))
+            .to_string(),
+        agent_id: agent,
+    };
+    let span = tracing::info_span!("database_backup", backup_id = %rec.backup_id, agent_id = %rec.agent_id);
+    tokio::spawn(run_backup(coord.clone(), rec).instrument(span));
+    Ok(accepted)
+}
+
+async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
+    info!("database backup started");
+    let started = Instant::now();
+    let store = coord.store.clone();
+    let id = rec.backup_id.clone();
+    let mut throttle = Throttle::default();
+    let kind = CommandKind::DatabaseBackup {
+        backup_id: id.clone(),
+        backup_type: rec.backup_type.clone(),
+        tags: rec.tags.clone(),
+    };
+    let result = transport::send_command_with_progress(
+        &coord,
+        &rec.agent_id,
+        kind,
+        coord.config.backup_timeout,
+        |p| {
+            if !throttle.ready() {
+                return;
+            }
+            if let Ok(Some(mut current)) = get(store.as_ref(), &id) {
+                if current.status == BackupStatus::InProgress {
+                    current.progress = p.percent.clamp(0.0, 100.0);
+                    current.progress_message = p.message;
+                    if let Err(e) = save(store.as_ref(), &current) {
+                        warn!(error = %e, "save backup progress");
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {
+        rec = current;
+    }
+    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+    rec.completed_at = Some(Utc::now());
+    let source = rec.agent_id.to_string();
+    match result {
+        Ok(r) if r.ok => match r
+            .detail_json
+            .as_deref()
+            .map(serde_json::from_str::<DatabaseBackupOutcome>)
+        {
+            Some(Ok(outcome)) => {
+                rec.status = BackupStatus::Completed;
+                rec.progress = 100.0;
+                rec.progress_message = "completed".into();
+                rec.bytes_read = Some(outcome.bytes_read);
+                rec.bytes_stored = Some(outcome.bytes_stored);
+                rec.start_lsn = Some(outcome.start_lsn.clone());
+                rec.stop_lsn = Some(outcome.stop_lsn.clone());
+                rec.timeline = Some(outcome.timeline);
+                let _ = alerts::resolve_cleared(coord.store.as_ref(), BACKUP_FAILED, "database");
+                info!(
+                    bytes = outcome.bytes,
+                    stored = outcome.bytes_stored,
+                    "database backup completed"
+                );
+                rec.outcome = Some(outcome);
+            }
+            other => {
+                rec.status = BackupStatus::Failed;
+                rec.error = Some(format!("the agent's result could not be read: {other:?}"));
+            }
+        },
+        Ok(r) => {
+            rec.status = BackupStatus::Failed;
+            rec.error = Some(r.message);
+        }
+        Err(TransportError::Timeout(_)) => {
+            rec.status = BackupStatus::Failed;
+            let limit = humantime::format_duration(coord.config.backup_timeout);
+            rec.error = Some(format!("no result within the backup timeout ({limit})"));
+            raise(
+                &coord,
+                Severity::Critical,
+                BACKUP_TIMEOUT,
+                "database",
+                Some(rec.region.clone()),
+                format!("Backup Timeout: database backup {id} on {source} ran past {limit}"),
+            );
+        }
+        Err(e) => {
+            rec.status = BackupStatus::Failed;
+            rec.error = Some(format!("lost the agent while the backup ran: {e}"));
+        }
+    }
+    if rec.status == BackupStatus::Failed {
+        let why = rec.error.clone().unwrap_or_default();
+        warn!(error = %why, "database backup failed");
+        raise(
+            &coord,
+            Severity::Critical,
+            BACKUP_FAILED,
+            "database",
+            Some(rec.region.clone()),
+            format!("Backup Failed: database backup {id} on {source}: {why}"),
+        );
+    }
+    if let Err(e) = save(coord.store.as_ref(), &rec) {
+        error!(error = %e, "save backup result");
+    }
+}
+
+/// Marks database backups that were running when the coordinator stopped as FAILED.
+/// Called once at start.
+pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for mut rec in list(store, Some(BackupStatus::InProgress))? {
+        rec.status = BackupStatus::Failed;
+        rec.error = Some("interrupted: the coordinator restarted while the backup ran".into());
+        rec.completed_at = Some(Utc::now());
+        save(store, &rec)?;
+        n += 1;
+    }
+    Ok(n)
+}
