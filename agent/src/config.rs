@@ -184,6 +184,32 @@ pub struct DatabaseFile {
     /// naming the missing segment. Default 60s.
     #[serde(with = "humantime_serde")]
     pub archive_timeout: Option<Duration>,
+    /// Directory of PostgreSQL's programs (`pg_ctl`) for point-in-time recoveries.
+    /// Default: `$DRMESH_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// How long a point-in-time recovery may replay WAL before it is given up. Default 1h.
+    #[serde(with = "humantime_serde")]
+    pub recovery_timeout: Option<Duration>,
+    /// `[database.environments.<name>]`: where a point-in-time recovery into `<name>`
+    /// (e.g. `staging`, `forensics`) goes. Its directory is replaced by each recovery.
+    pub environments: std::collections::BTreeMap<String, EnvironmentFile>,
+}
+
+/// `[database.environments.<name>]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnvironmentFile {
+    /// The data directory a recovery creates (and replaces). Required.
+    pub data_dir: Option<PathBuf>,
+    /// The port the recovered server listens on. Required.
+    pub port: Option<u16>,
+}
+
+/// A target environment for point-in-time recoveries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Environment {
+    pub data_dir: PathBuf,
+    pub port: u16,
 }
 
 impl std::fmt::Debug for DatabaseFile {
@@ -204,6 +230,9 @@ pub struct DatabaseConfig {
     pub options: std::collections::BTreeMap<String, String>,
     pub key_file: Option<PathBuf>,
     pub archive_timeout: Duration,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub recovery_timeout: Duration,
+    pub environments: std::collections::BTreeMap<String, Environment>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -235,12 +264,40 @@ impl DatabaseFile {
                 "database.archive_timeout must be between 1s and 1h".into(),
             ));
         }
+        let mut environments = std::collections::BTreeMap::new();
+        for (name, env) in self.environments {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "database.environments.{name:?}: letters, digits, '-' and '_' only"
+                )));
+            }
+            let data_dir = abs(required(
+                env.data_dir,
+                &format!("database.environments.{name}.data_dir"),
+            )?);
+            if data_dir == pgdata {
+                return Err(ConfigError::Invalid(format!(
+                    "database.environments.{name}.data_dir is the production data directory; \
+                     a recovery replaces its environment's directory"
+                )));
+            }
+            let port = required(env.port, &format!("database.environments.{name}.port"))?;
+            environments.insert(name, Environment { data_dir, port });
+        }
+        let recovery_timeout = self.recovery_timeout.unwrap_or(Duration::from_secs(3600));
         Ok(DatabaseConfig {
             data_dir: pgdata,
             repository,
             options: self.options,
             key_file: self.key_file.map(abs),
             archive_timeout,
+            pg_bin_dir: self.pg_bin_dir.map(abs),
+            recovery_timeout,
+            environments,
         })
     }
 }

@@ -58,18 +58,28 @@ impl From<tokio_postgres::Error> for DatabaseError {
     }
 }
 
-/// Opens the database repository, creating it (encrypted when a key file is configured)
-/// the first time.
-pub async fn open_repository(cfg: &DatabaseConfig) -> Result<Repository, DatabaseError> {
+/// Opens the database repository, which must exist (for readers, which must not create
+/// it with their own rights).
+pub async fn open_existing(cfg: &DatabaseConfig) -> Result<Repository, DatabaseError> {
+    Ok(Repository::open(&repo_options(cfg)).await?)
+}
+
+fn repo_options(cfg: &DatabaseConfig) -> RepoOptions {
     let mut location = Location::new(cfg.repository.clone());
     location.options = cfg.options.clone();
-    let options = RepoOptions {
+    RepoOptions {
         location,
         key: match &cfg.key_file {
             Some(f) => KeySource::KeyFile(f.clone()),
             None => KeySource::None,
         },
-    };
+    }
+}
+
+/// Opens the database repository, creating it (encrypted when a key file is configured)
+/// the first time.
+pub async fn open_repository(cfg: &DatabaseConfig) -> Result<Repository, DatabaseError> {
+    let options = repo_options(cfg);
     match Repository::open(&options).await {
         Err(RepoError::NotFound(_)) => match Repository::init(&options).await {
             Ok(repo) => Ok(repo),

@@ -259,8 +259,11 @@ impl Link {
         if self.config.documents.is_some() {
             caps.push("documents".into());
         }
-        if self.config.database.is_some() {
+        if let Some(db) = &self.config.database {
             caps.push("database".into());
+            for name in db.environments.keys() {
+                caps.push(format!("environment:{name}"));
+            }
         }
         caps
     }
@@ -403,6 +406,14 @@ async fn execute(
                 None,
             )
         };
+        let no_database = || {
+            (
+                false,
+                "this agent has no [database] configuration (or was not started from a file)"
+                    .to_string(),
+                None,
+            )
+        };
         let (ok, message, detail) = match cmd.kind {
             CommandKind::Ping => (
                 true,
@@ -449,12 +460,7 @@ async fn execute(
                 backup_type,
                 tags,
             } => match &ctx.database {
-                None => (
-                    false,
-                    "this agent has no [database] configuration (or was not started from a file)"
-                        .to_string(),
-                    None,
-                ),
+                None => no_database(),
                 Some((db, path)) => {
                     let result = crate::database::child::backup(
                         path,
@@ -473,6 +479,50 @@ async fn execute(
                     outcome(result, "database backup completed")
                 }
             },
+            CommandKind::PitrInfo { target_time } => match &ctx.database {
+                None => no_database(),
+                Some((db, _)) => outcome(
+                    pitr_info(db, &target_time).await,
+                    "point-in-time information",
+                ),
+            },
+            CommandKind::PointInTimeRecovery {
+                recovery_id,
+                target_time,
+                backup_id,
+                environment,
+            } => match &ctx.database {
+                None => no_database(),
+                Some((db, path)) => {
+                    info!(
+                        recovery_id,
+                        environment, target_time, "point-in-time recovery"
+                    );
+                    let owner = if db.data_dir.exists() {
+                        db.data_dir.clone()
+                    } else {
+                        db.environments
+                            .get(&environment)
+                            .and_then(|e| e.data_dir.parent().map(|p| p.to_path_buf()))
+                            .unwrap_or_else(|| db.data_dir.clone())
+                    };
+                    let mut args: Vec<String> = vec![
+                        "restore".into(),
+                        "--environment".into(),
+                        environment,
+                        "--time".into(),
+                        target_time,
+                    ];
+                    if let Some(b) = backup_id {
+                        args.push("--backup".into());
+                        args.push(b);
+                    }
+                    progress(10.0, "restoring the base backup".into());
+                    let result: Result<drmesh_protocol::api::PitrOutcome, _> =
+                        crate::database::child::run(path, &owner, &args, progress).await;
+                    outcome(result, "point-in-time recovery completed")
+                }
+            },
         };
         AgentMessageV1::Result(CommandResult {
             command_id: cmd.id,
@@ -483,6 +533,19 @@ async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// `PitrInfo`: read from the repository in this process (it only reads).
+async fn pitr_info(
+    db: &crate::config::DatabaseConfig,
+    target_time: &str,
+) -> Result<drmesh_protocol::api::PitrInfo, crate::database::DatabaseError> {
+    use crate::database::DatabaseError;
+    let t = chrono::DateTime::parse_from_rfc3339(target_time)
+        .map_err(|e| DatabaseError::Invalid(format!("target time {target_time:?}: {e}")))?
+        .with_timezone(&chrono::Utc);
+    let repo = crate::database::open_existing(db).await?;
+    crate::database::recovery::info(&repo, t).await
 }
 
 /// Probes PostgreSQL every heartbeat interval and publishes the result for heartbeats.

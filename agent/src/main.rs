@@ -54,11 +54,24 @@ enum Command {
         #[arg(long, hide = true)]
         report_json: bool,
     },
-    /// Restore a base backup into a new directory, set up to recover from the archive.
+    /// Restore a base backup into a new directory, set up to recover from the archive;
+    /// or, with --environment, recover into that environment and start it.
     Restore {
         /// The new data directory.
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "environment",
+            conflicts_with = "environment"
+        )]
+        to: Option<PathBuf>,
+        /// A `[database.environments.<name>]`: its directory is replaced, PostgreSQL is
+        /// started there, and the command returns once recovery is over and it accepts
+        /// writes. Needs --time.
+        #[arg(long, requires = "time")]
+        environment: Option<String>,
+        /// Report the outcome as a JSON line (how the agent runs it).
+        #[arg(long, hide = true)]
+        report_json: bool,
         /// Recover up to this instant (RFC 3339, e.g. 2026-11-25T10:00:00Z).
         #[arg(long)]
         time: Option<String>,
@@ -205,16 +218,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cancel: Default::default(),
             };
             if report_json {
-                let reporter =
-                    tokio::spawn(report_progress(req.progress.clone(), req.cancel.clone()));
+                let reporter = tokio::spawn(report_progress(
+                    Some(req.progress.clone()),
+                    req.cancel.clone(),
+                ));
                 let result = basebackup::run(&repo, db, conninfo, req).await;
                 reporter.abort();
                 let snap = result?;
-                let line = database::child::ChildLine::Outcome(Box::new(basebackup::outcome(
-                    &snap,
-                    &db.repository,
-                )));
-                println!("{}", serde_json::to_string(&line)?);
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(basebackup::outcome(&snap, &db.repository))?,
+                ));
                 return Ok(ExitCode::SUCCESS);
             }
             let snap = basebackup::run(&repo, db, conninfo, req).await?;
@@ -233,6 +246,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Restore {
             to,
+            environment,
+            report_json,
             time,
             backup,
             port,
@@ -249,6 +264,35 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
                 .transpose()?;
             let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
+            if let (Some(env), Some(t)) = (environment, time) {
+                let watch = tokio::spawn(report_progress(None, Default::default()));
+                let conninfo = config.postgres.as_ref().map(|p| p.conninfo.as_str());
+                let result =
+                    recovery::recover_into(&repo, db, conninfo, &env, backup, t, agent_config)
+                        .await;
+                watch.abort();
+                let outcome = result?;
+                if report_json {
+                    database::child::report(&database::child::ChildLine::Outcome(
+                        serde_json::to_value(&outcome)?,
+                    ));
+                } else {
+                    println!(
+                        "recovered {} into {} (port {}), replayed up to {}",
+                        outcome.backup_id,
+                        outcome.data_directory,
+                        outcome.port,
+                        outcome
+                            .recovered_to
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "the backup's end".into())
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(to) = to else {
+                anyhow::bail!("--to or --environment is required");
+            };
             let restored = recovery::restore(
                 &repo,
                 &recovery::Restore {
@@ -313,10 +357,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// For `backup --report-json`: a progress line every second, and the backup cancelled
-/// (so it leaves no snapshot) as soon as the agent that started it is gone.
+/// For `--report-json` runs: a progress line every second (when there is a progress
+/// counter), and `cancel` set — so a backup leaves no snapshot — or the process ended as
+/// soon as the agent that started it is gone.
 async fn report_progress(
-    progress: std::sync::Arc<drmesh_agent::repo::Progress>,
+    progress: Option<std::sync::Arc<drmesh_agent::repo::Progress>>,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -325,24 +370,26 @@ async fn report_progress(
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if nix::unistd::getppid() != parent {
+            if progress.is_none() {
+                eprintln!("drmesh-agent: the agent that started this is gone; stopping");
+                std::process::exit(1);
+            }
             cancel.store(true, Relaxed);
             return;
         }
         ticks += 1;
-        if ticks.is_multiple_of(5) {
-            let line = database::child::ChildLine::Progress {
-                percent: progress.percent() as f32,
-                message: format!(
-                    "{} of {} files, {:.0} of {:.0} MiB",
-                    progress.files_done.load(Relaxed),
-                    progress.files_total.load(Relaxed),
-                    progress.bytes_done.load(Relaxed) as f64 / 1048576.0,
-                    progress.bytes_total.load(Relaxed) as f64 / 1048576.0
-                ),
-            };
-            if let Ok(text) = serde_json::to_string(&line) {
-                println!("{text}");
-            }
-        }
+        let Some(progress) = progress.as_ref().filter(|_| ticks.is_multiple_of(5)) else {
+            continue;
+        };
+        database::child::report(&database::child::ChildLine::Progress {
+            percent: progress.percent() as f32,
+            message: format!(
+                "{} of {} files, {:.0} of {:.0} MiB",
+                progress.files_done.load(Relaxed),
+                progress.files_total.load(Relaxed),
+                progress.bytes_done.load(Relaxed) as f64 / 1048576.0,
+                progress.bytes_total.load(Relaxed) as f64 / 1048576.0
+            ),
+        });
     }
 }

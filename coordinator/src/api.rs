@@ -12,7 +12,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Respon
 use chrono::Utc;
 use drmesh_protocol::api::{
     AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus, CreateTokenRequest,
-    DocumentBackup, DocumentRestoreRequest, ErrorBody, ResolveRequest, Role, Severity,
+    DocumentBackup, DocumentRestoreRequest, ErrorBody, PitrRequest, ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
 use crate::database::{self, DatabaseError};
 use crate::documents::{self, DocumentsError};
+use crate::recovery::{self, RecoveryError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
@@ -111,6 +112,17 @@ impl From<DatabaseError> for ApiError {
             DatabaseError::NotFound(m) => ApiError::NotFound(m),
             DatabaseError::Conflict(m) => ApiError::Conflict(m),
             DatabaseError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<RecoveryError> for ApiError {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::BadRequest(m) => ApiError::BadRequest(m),
+            RecoveryError::NoAgent(m) | RecoveryError::Failed(m) => ApiError::Unavailable(m),
+            RecoveryError::Conflict(m) => ApiError::Conflict(m),
+            RecoveryError::Store(s) => s.into(),
         }
     }
 }
@@ -368,6 +380,34 @@ async fn database_backup(
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
+async fn pitr_info(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(recovery::info(&coord, &path).await?))
+}
+
+async fn pitr_start(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: PitrRequest = required_json(&body)?;
+    let run = recovery::start(&coord, req, caller.label())?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "recoveryId": run.recovery_id,
+        "status": "INITIATED",
+        "targetTimestamp": run.target_timestamp,
+        "targetEnvironment": run.target_environment,
+        "backupId": run.backup_id,
+        "agentId": run.agent_id,
+        "startedAt": run.started_at,
+    })))
+}
+
 async fn database_list(
     caller: Authenticated,
     coord: Shared,
@@ -574,6 +614,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/database/backup/{{type}}"),
             web::post().to(database_backup),
+        )
+        .route(
+            &format!("{base}/recovery/point-in-time/{{timestamp}}"),
+            web::get().to(pitr_info),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/point-in-time-recovery"),
+            web::post().to(pitr_start),
         )
         .route(
             &format!("{base}/database/backups"),

@@ -56,6 +56,9 @@ pub struct CoordinatorConfigFile {
     /// Timeout" alert. Default `30m` (the runbook's).
     #[serde(with = "humantime_serde")]
     pub backup_timeout: Option<Duration>,
+    /// A point-in-time recovery still running after this long is failed. Default `2h`.
+    #[serde(with = "humantime_serde")]
+    pub recovery_timeout: Option<Duration>,
     /// TLS files of the QUIC endpoint. Required.
     pub tls: Option<TlsFiles>,
 }
@@ -72,6 +75,7 @@ pub struct CoordinatorConfig {
     pub log_format: LogFormat,
     pub http_workers: usize,
     pub backup_timeout: Duration,
+    pub recovery_timeout: Duration,
     pub tls: TlsFiles,
 }
 
@@ -123,6 +127,14 @@ impl CoordinatorConfigFile {
             )));
         }
         let backup_timeout = self.backup_timeout.unwrap_or(DEFAULT_BACKUP_TIMEOUT);
+        let recovery_timeout = self
+            .recovery_timeout
+            .unwrap_or(Duration::from_secs(2 * 3600));
+        if recovery_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "recovery_timeout must be at least 1s".into(),
+            ));
+        }
         if backup_timeout < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "backup_timeout must be at least 1s".into(),
@@ -150,6 +162,7 @@ impl CoordinatorConfigFile {
             log_format: self.log_format.unwrap_or_default(),
             http_workers,
             backup_timeout,
+            recovery_timeout,
             tls: TlsFiles {
                 ca_cert: abs(tls.ca_cert),
                 cert: abs(tls.cert),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod documents;
 pub mod metrics;
+pub mod recovery;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -32,7 +32,9 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let interrupted = crate::documents::fail_interrupted(&store)
         .context("mark interrupted backups as failed")?
         + crate::database::fail_interrupted(&store)
-            .context("mark interrupted database backups as failed")?;
+            .context("mark interrupted database backups as failed")?
+        + crate::recovery::fail_interrupted(&store)
+            .context("mark interrupted recoveries as failed")?;
     if interrupted > 0 {
         tracing::warn!(
             count = interrupted,

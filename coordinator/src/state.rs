@@ -296,6 +296,12 @@ impl Coordinator {
             epoch: self.epoch(),
             regions,
             generated_at: Utc::now(),
+            point_in_time_recovery: crate::recovery::latest(self.store.as_ref()).unwrap_or_else(
+                |e| {
+                    tracing::warn!(error = %e, "read the latest recovery");
+                    None
+                },
+            ),
         }
     }
 

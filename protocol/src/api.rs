@@ -88,6 +88,9 @@ pub struct DrStatus {
     pub epoch: Epoch,
     pub regions: Vec<RegionStatus>,
     pub generated_at: DateTime<Utc>,
+    /// The newest point-in-time recovery, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time_recovery: Option<PitrRun>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -428,6 +431,75 @@ pub struct DatabaseBackup {
     pub stop_lsn: Option<String>,
     pub timeline: Option<u32>,
     pub outcome: Option<DatabaseBackupOutcome>,
+    pub error: Option<String>,
+}
+
+/// `GET /recovery/point-in-time/:timestamp`: can that instant be recovered, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PitrInfo {
+    pub target_timestamp: DateTime<Utc>,
+    pub recoverable: bool,
+    /// Why not, when it is not.
+    pub reason: Option<String>,
+    /// The base backup a recovery would start from: the newest that ended before the
+    /// target.
+    pub backup_id: Option<String>,
+    /// When that backup became consistent.
+    pub backup_completed_at: Option<DateTime<Utc>>,
+    /// The WAL a recovery would replay, first and last segment.
+    pub wal_start: Option<String>,
+    pub wal_end: Option<String>,
+    pub wal_segments: u64,
+    /// The oldest base backup's consistent point.
+    pub earliest_recoverable_time: Option<DateTime<Utc>>,
+    /// When the newest segment of the unbroken WAL chain was archived.
+    pub latest_recoverable_time: Option<DateTime<Utc>>,
+    pub estimated_duration_seconds: u64,
+    pub estimated_duration: String,
+}
+
+/// `POST /disaster-recovery/point-in-time-recovery`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PitrRequest {
+    pub target_timestamp: String,
+    #[serde(default)]
+    pub backup_id: Option<String>,
+    pub target_environment: String,
+}
+
+/// What the agent reports once a point-in-time recovery is over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PitrOutcome {
+    pub backup_id: String,
+    pub data_directory: String,
+    pub port: u16,
+    /// The last transaction replayed (`pg_last_xact_replay_timestamp()`), if any.
+    pub recovered_to: Option<DateTime<Utc>>,
+    pub timeline: Option<u32>,
+    pub restore_seconds: f64,
+    pub recovery_seconds: f64,
+}
+
+/// One point-in-time recovery, as `GET /disaster-recovery/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PitrRun {
+    pub recovery_id: String,
+    pub status: BackupStatus,
+    pub target_timestamp: DateTime<Utc>,
+    pub backup_id: Option<String>,
+    pub target_environment: String,
+    pub agent_id: AgentId,
+    pub progress: f32,
+    pub progress_message: String,
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub outcome: Option<PitrOutcome>,
     pub error: Option<String>,
 }
 

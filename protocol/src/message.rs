@@ -152,6 +152,16 @@ pub enum CommandKind {
         backup_type: String,
         tags: std::collections::BTreeMap<String, String>,
     },
+    /// Can `target_time` (RFC 3339) be recovered from the repository; detail: `PitrInfo`.
+    PitrInfo { target_time: String },
+    /// Restore into the named environment, recover to `target_time`, start PostgreSQL
+    /// and wait until it accepts writes; detail: `PitrOutcome`.
+    PointInTimeRecovery {
+        recovery_id: String,
+        target_time: String,
+        backup_id: Option<String>,
+        environment: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -91,6 +91,17 @@ impl PgBin {
             .ok_or(LocalPgError::NoBinaries)
     }
 
+    /// The programs in `dir` (which must hold `pg_ctl`).
+    pub fn at(dir: &Path) -> Result<PgBin, LocalPgError> {
+        if dir.join("pg_ctl").exists() {
+            Ok(PgBin {
+                dir: dir.to_path_buf(),
+            })
+        } else {
+            Err(LocalPgError::NoBinaries)
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

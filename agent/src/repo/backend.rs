@@ -253,6 +253,20 @@ impl Backend {
 
     /// Keys (relative to the repository) and sizes of every object under `dir`.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, RepoError> {
+        Ok(self
+            .list_with_times(dir)
+            .await?
+            .into_iter()
+            .map(|(key, size, _)| (key, size))
+            .collect())
+    }
+
+    /// As [`list`](Self::list), with each object's last-modified time (when it was
+    /// stored).
+    pub async fn list_with_times(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, RepoError> {
         let base = self.path(dir);
         let strip = if self.prefix.as_ref().is_empty() {
             0
@@ -271,7 +285,7 @@ impl Backend {
                 let full = m.location.as_ref();
                 let key = full.get(strip..)?.to_string();
                 // Temporary files of an interrupted local write are not objects.
-                (!key.contains(".tmp-")).then_some((key, m.size))
+                (!key.contains(".tmp-")).then_some((key, m.size, m.last_modified))
             })
             .collect())
     }

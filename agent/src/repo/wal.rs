@@ -82,14 +82,26 @@ impl Repository {
 
     /// Every archived WAL file as (timeline, name), sorted.
     pub async fn wal_files(&self) -> Result<Vec<(u32, String)>, RepoError> {
+        Ok(self
+            .wal_files_archived()
+            .await?
+            .into_iter()
+            .map(|(tli, name, _)| (tli, name))
+            .collect())
+    }
+
+    /// Every archived WAL file as (timeline, name, when it was archived), sorted.
+    pub async fn wal_files_archived(
+        &self,
+    ) -> Result<Vec<(u32, String, chrono::DateTime<chrono::Utc>)>, RepoError> {
         let mut out = Vec::new();
-        for (key, _) in self.backend().list("wal").await? {
+        for (key, _, at) in self.backend().list_with_times("wal").await? {
             let mut parts = key.rsplit('/');
             let (Some(name), Some(tli)) = (parts.next(), parts.next()) else {
                 continue;
             };
             if let Ok(tli) = u32::from_str_radix(tli, 16) {
-                out.push((tli, name.to_string()));
+                out.push((tli, name.to_string(), at));
             }
         }
         out.sort();

@@ -482,3 +482,125 @@ fn database_backups_through_the_runbook_endpoints() {
     );
     agent.kill9();
 }
+
+#[test]
+fn point_in_time_recovery_through_the_runbook_endpoints() {
+    let mut fx = Fixture::new("10s");
+    fx.pgbench(&["-i", "-s", "2", "-q"]);
+    fx.primary
+        .psql("create table markers (note text primary key)")
+        .expect("markers");
+    let staging = fx.root.join("staging");
+    let staging_port = free_port().expect("port");
+    let mesh = Mesh::start(200);
+    let files = mesh.issue_agent("db-1", "us-west-2");
+    let written = mesh.agent_config(
+        "db-1",
+        "us-west-2",
+        &files,
+        &format!(
+            "{}[database.environments.staging]\ndata_dir = \"{}\"\nport = {staging_port}\n",
+            database_sections(&fx.root, &fx.primary, "10s"),
+            staging.display()
+        ),
+    );
+    let config = fx.root.join("agent-daemon.toml");
+    std::fs::copy(&written, &config).expect("copy config");
+    let mut agent = mesh.spawn_agent(&config);
+
+    let accepted = wait_for(Duration::from_secs(30), || {
+        let a = mesh.post(&format!("{DB}/backup/full"), None);
+        (a.status != 503).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let backup = accepted.body["backupId"].as_str().expect("id").to_string();
+    let done = wait_backup(&mesh, &backup);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+
+    fx.pgbench(&["-T", "2", "-c", "2"]);
+    fx.primary
+        .psql("insert into markers values ('before')")
+        .expect("marker");
+    let at_t = fingerprint(&fx.primary);
+    let t = fx
+        .primary
+        .psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        .expect("time");
+    std::thread::sleep(Duration::from_millis(1100));
+    fx.pgbench(&["-T", "1"]);
+    fx.primary
+        .psql("insert into markers values ('after')")
+        .expect("marker");
+    fx.archive_current_wal();
+
+    // Step 1 of the runbook: what a recovery to T would use.
+    let info = mesh.get(&format!("/v1/backup-recovery/recovery/point-in-time/{t}"));
+    assert_eq!(info.status, 200, "{}", info.text);
+    assert_eq!(info.body["recoverable"], true, "{}", info.text);
+    assert_eq!(info.body["backupId"], backup.as_str(), "{}", info.text);
+    for field in [
+        "earliestRecoverableTime",
+        "latestRecoverableTime",
+        "walStart",
+        "walEnd",
+        "estimatedDuration",
+    ] {
+        assert!(!info.body[field].is_null(), "{field} in {}", info.text);
+    }
+    let before = mesh.get("/v1/backup-recovery/recovery/point-in-time/2020-01-01T00:00:00Z");
+    assert_eq!(before.status, 200, "{}", before.text);
+    assert_eq!(before.body["recoverable"], false, "{}", before.text);
+    assert!(before.body["reason"].is_string(), "{}", before.text);
+    // What `date --rfc-3339=seconds` prints (a space, +00:00) is understood too.
+    let spaced = t.replacen('T', " ", 1).replace('Z', "+00:00");
+    let a = mesh.get(&format!(
+        "/v1/backup-recovery/recovery/point-in-time/{}",
+        spaced.replace(' ', "%20").replace('+', "%2B")
+    ));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        mesh.get("/v1/backup-recovery/recovery/point-in-time/yesterday")
+            .status,
+        400
+    );
+
+    // Bad requests change nothing.
+    let pitr = "/v1/backup-recovery/disaster-recovery/point-in-time-recovery";
+    for bad in [
+        r#"{"targetTimestamp": "2024-01-15T14:30:00Z"}"#.to_string(),
+        r#"{"targetTimestamp": "noon", "targetEnvironment": "staging"}"#.to_string(),
+        format!(
+            r#"{{"targetTimestamp": "{t}", "targetEnvironment": "staging", "backupId": "docs_1_abc"}}"#
+        ),
+    ] {
+        assert_eq!(mesh.post(pitr, Some(&bad)).status, 400, "{bad}");
+    }
+    let unknown = format!(r#"{{"targetTimestamp": "{t}", "targetEnvironment": "nowhere"}}"#);
+    assert_eq!(mesh.post(pitr, Some(&unknown)).status, 503);
+
+    // Step 2: the recovery into staging.
+    let body = format!(
+        r#"{{"targetTimestamp": "{t}", "backupId": "{backup}", "targetEnvironment": "staging"}}"#
+    );
+    let a = mesh.post(pitr, Some(&body));
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.body["status"], "INITIATED", "{}", a.text);
+
+    // Step 3: progress and result in the DR status.
+    let run = wait_for(Duration::from_secs(120), || {
+        let s = mesh.get("/v1/backup-recovery/disaster-recovery/status");
+        let run = s.body["pointInTimeRecovery"].clone();
+        (run.is_object() && run["status"] != "IN_PROGRESS").then_some(run)
+    })
+    .unwrap_or_else(|| panic!("the recovery did not finish:\n{}", agent.log_text()));
+    assert_eq!(run["status"], "COMPLETED", "{run}\n{}", agent.log_text());
+    assert_eq!(run["outcome"]["port"], staging_port, "{run}");
+    let recovered = fx.restored("staging", &staging, staging_port);
+    assert_eq!(
+        recovered.psql("select pg_is_in_recovery()").expect("role"),
+        "f"
+    );
+    assert_eq!(fingerprint(&recovered), at_t, "the data at T");
+    agent.kill9();
+}

@@ -1,0 +1,317 @@
+//! Point-in-time recovery: what an instant's recovery would use (asked of an agent that
+//! reads the database repository), and recoveries into a named environment (run by the
+//! agent that announced it), recorded under `pitr_…` ids and shown in the DR status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use drmesh_protocol::api::{
+    AgentState, BackupStatus, PitrInfo, PitrOutcome, PitrRequest, PitrRun, Severity,
+};
+use drmesh_protocol::ids::runbook_id;
+use drmesh_protocol::{AgentId, CommandKind, PgRole};
+use tracing::{error, info, warn, Instrument};
+
+use crate::database::CAPABILITY;
+use crate::documents::{raise, Throttle};
+use crate::state::Coordinator;
+use crate::store::{Namespace, Store, StoreError, StoreExt};
+use crate::transport;
+
+/// Alert kind of a failed recovery.
+pub const RECOVERY_FAILED: &str = "RECOVERY_FAILED";
+
+const PREFIX: &str = "pitr_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NoAgent(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Parses an instant as operators type it: RFC 3339 (`2024-01-15T14:30:00Z`), also with
+/// a space for the `T` (what `date --rfc-3339=seconds` prints) or without a zone (UTC).
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, RecoveryError> {
+    let t = text.trim();
+    let with_t = if t.len() > 10 && t.as_bytes()[10] == b' ' {
+        format!("{}T{}", &t[..10], &t[11..])
+    } else {
+        t.to_string()
+    };
+    if let Ok(parsed) = DateTime::parse_from_rfc3339(&with_t) {
+        return Ok(parsed.with_timezone(&Utc));
+    }
+    // `+00` (no minutes), as PostgreSQL prints it.
+    if let Ok(parsed) = DateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f%#z") {
+        return Ok(parsed.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f")
+        .map(|n| n.and_utc())
+        .map_err(|_| {
+            RecoveryError::BadRequest(format!(
+                "{text:?} is not a timestamp: use RFC 3339, e.g. 2024-01-15T14:30:00Z"
+            ))
+        })
+}
+
+/// An UP, connected agent with `capability`; a primary's agent first, then by id.
+fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
+    let registry = coord.registry.lock();
+    let mut candidates: Vec<_> = registry
+        .agents()
+        .filter(|e| {
+            e.connected
+                && e.state == AgentState::Up
+                && e.capabilities.iter().any(|c| c == capability)
+        })
+        .map(|e| {
+            let primary = e
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.postgres.as_ref())
+                .is_some_and(|pg| pg.role == PgRole::Primary);
+            (!primary, e.id.clone())
+        })
+        .collect();
+    candidates.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+    candidates.into_iter().next().map(|(_, id)| id)
+}
+
+/// `GET /recovery/point-in-time/:timestamp`.
+pub async fn info(coord: &Coordinator, timestamp: &str) -> Result<PitrInfo, RecoveryError> {
+    let t = parse_instant(timestamp)?;
+    let agent = pick_agent(coord, CAPABILITY).ok_or_else(|| {
+        RecoveryError::NoAgent(
+            "no agent with a [database] configuration is connected and UP".into(),
+        )
+    })?;
+    let kind = CommandKind::PitrInfo {
+        target_time: t.to_rfc3339(),
+    };
+    match transport::send_command(coord, &agent, kind, Duration::from_secs(60)).await {
+        Ok(r) if r.ok => r
+            .detail_json
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .ok_or_else(|| RecoveryError::Failed("the agent's answer could not be read".into())),
+        Ok(r) => Err(RecoveryError::Failed(r.message)),
+        Err(e) => Err(RecoveryError::Failed(format!("ask {agent}: {e}"))),
+    }
+}
+
+fn save(store: &dyn Store, run: &PitrRun) -> Result<(), StoreError> {
+    store.put_json(Namespace::Backups, &run.recovery_id, run)
+}
+
+fn get(store: &dyn Store, id: &str) -> Result<Option<PitrRun>, StoreError> {
+    store.get_json(Namespace::Backups, id)
+}
+
+/// The newest recovery, running or finished.
+pub fn latest(store: &dyn Store) -> Result<Option<PitrRun>, StoreError> {
+    let mut all: Vec<PitrRun> = store.scan_json(Namespace::Backups, PREFIX)?;
+    Ok(all.pop())
+}
+
+/// `POST /disaster-recovery/point-in-time-recovery`: records the recovery and starts it
+/// on the agent that owns the target environment.
+pub fn start(
+    coord: &Arc<Coordinator>,
+    req: PitrRequest,
+    requested_by: String,
+) -> Result<PitrRun, RecoveryError> {
+    let t = parse_instant(&req.target_timestamp)?;
+    if t > Utc::now() {
+        return Err(RecoveryError::BadRequest(format!(
+            "targetTimestamp {} is in the future",
+            t.to_rfc3339()
+        )));
+    }
+    let env = req.target_environment.trim();
+    if env.is_empty()
+        || !env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(RecoveryError::BadRequest(format!(
+            "targetEnvironment {env:?}: letters, digits, '-' and '_' only"
+        )));
+    }
+    if let Some(b) = &req.backup_id {
+        if !(b.starts_with("full_") || b.starts_with("incr_")) {
+            return Err(RecoveryError::BadRequest(format!(
+                "backupId {b:?} is not a database backup id (full_… or incr_…)"
+            )));
+        }
+    }
+    let store = coord.store.as_ref();
+    if let Some(running) = latest(store)?.filter(|r| r.status == BackupStatus::InProgress) {
+        return Err(RecoveryError::Conflict(format!(
+            "point-in-time recovery {} is still in progress",
+            running.recovery_id
+        )));
+    }
+    let agent = pick_agent(coord, &format!("environment:{env}")).ok_or_else(|| {
+        RecoveryError::NoAgent(format!(
+            "no connected, UP agent has an environment named {env:?} ([database.environments.{env}])"
+        ))
+    })?;
+    let run = PitrRun {
+        recovery_id: runbook_id("pitr"),
+        status: BackupStatus::InProgress,
+        target_timestamp: t,
+        backup_id: req.backup_id.clone(),
+        target_environment: env.to_string(),
+        agent_id: agent,
+        progress: 0.0,
+        progress_message: "queued".into(),
+        requested_by,
+        started_at: Utc::now(),
+        finished_at: None,
+        duration_ms: None,
+        outcome: None,
+        error: None,
+    };
+    save(store, &run)?;
+    let span =
+        tracing::info_span!("pitr", recovery_id = %run.recovery_id, agent_id = %run.agent_id);
+    tokio::spawn(run_recovery(coord.clone(), run.clone()).instrument(span));
+    Ok(run)
+}
+
+async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
+    info!(environment = %run.target_environment, "point-in-time recovery started");
+    let started = Instant::now();
+    let store = coord.store.clone();
+    let id = run.recovery_id.clone();
+    let mut throttle = Throttle::default();
+    let kind = CommandKind::PointInTimeRecovery {
+        recovery_id: id.clone(),
+        target_time: run.target_timestamp.to_rfc3339(),
+        backup_id: run.backup_id.clone(),
+        environment: run.target_environment.clone(),
+    };
+    let result = transport::send_command_with_progress(
+        &coord,
+        &run.agent_id,
+        kind,
+        coord.config.recovery_timeout,
+        |p| {
+            if !throttle.ready() {
+                return;
+            }
+            if let Ok(Some(mut current)) = get(store.as_ref(), &id) {
+                if current.status == BackupStatus::InProgress {
+                    current.progress = p.percent.clamp(0.0, 100.0);
+                    current.progress_message = p.message;
+                    if let Err(e) = save(store.as_ref(), &current) {
+                        warn!(error = %e, "save recovery progress");
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {
+        run = current;
+    }
+    run.duration_ms = Some(started.elapsed().as_millis() as u64);
+    run.finished_at = Some(Utc::now());
+    match result {
+        Ok(r) if r.ok => match r
+            .detail_json
+            .as_deref()
+            .map(serde_json::from_str::<PitrOutcome>)
+        {
+            Some(Ok(outcome)) => {
+                run.status = BackupStatus::Completed;
+                run.progress = 100.0;
+                run.progress_message = "completed: the server accepts connections".into();
+                run.backup_id = Some(outcome.backup_id.clone());
+                run.outcome = Some(outcome);
+            }
+            other => {
+                run.status = BackupStatus::Failed;
+                run.error = Some(format!("the agent's result could not be read: {other:?}"));
+            }
+        },
+        Ok(r) => {
+            run.status = BackupStatus::Failed;
+            run.error = Some(r.message);
+        }
+        Err(e) => {
+            run.status = BackupStatus::Failed;
+            run.error = Some(format!("lost the agent while the recovery ran: {e}"));
+        }
+    }
+    if run.status == BackupStatus::Failed {
+        let why = run.error.clone().unwrap_or_default();
+        warn!(error = %why, "point-in-time recovery failed");
+        raise(
+            &coord,
+            Severity::High,
+            RECOVERY_FAILED,
+            &format!("pitr:{}", run.target_environment),
+            None,
+            format!(
+                "Point-in-time recovery {id} into {} failed: {why}",
+                run.target_environment
+            ),
+        );
+    } else {
+        info!("point-in-time recovery completed");
+    }
+    if let Err(e) = save(coord.store.as_ref(), &run) {
+        error!(error = %e, "save recovery result");
+    }
+}
+
+/// Marks recoveries that were running when the coordinator stopped as FAILED.
+pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
+    let mut n = 0;
+    let all: Vec<PitrRun> = store.scan_json(Namespace::Backups, PREFIX)?;
+    for mut run in all
+        .into_iter()
+        .filter(|r| r.status == BackupStatus::InProgress)
+    {
+        run.status = BackupStatus::Failed;
+        run.error = Some("interrupted: the coordinator restarted while the recovery ran".into());
+        run.finished_at = Some(Utc::now());
+        save(store, &run)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_as_operators_type_them() {
+        let want = DateTime::parse_from_rfc3339("2024-01-15T14:30:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        for text in [
+            "2024-01-15T14:30:00Z",
+            "2024-01-15 14:30:00+00:00",
+            "2024-01-15T16:30:00+02:00",
+            "2024-01-15 14:30:00+00",
+            "2024-01-15T14:30:00",
+        ] {
+            assert_eq!(parse_instant(text).expect(text), want, "{text}");
+        }
+        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "1705329000"] {
+            assert!(parse_instant(bad).is_err(), "{bad}");
+        }
+    }
+}
