@@ -604,3 +604,78 @@ fn point_in_time_recovery_through_the_runbook_endpoints() {
     assert_eq!(fingerprint(&recovered), at_t, "the data at T");
     agent.kill9();
 }
+
+#[test]
+fn an_agent_killed_during_a_backup_leaves_no_snapshot_and_the_next_backup_succeeds() {
+    let fx = Fixture::new("10s");
+    fx.pgbench(&["-i", "-s", "30", "-q"]);
+    let mesh = Mesh::start(200);
+    let files = mesh.issue_agent("db-1", "us-west-2");
+    let written = mesh.agent_config(
+        "db-1",
+        "us-west-2",
+        &files,
+        &database_sections(&fx.root, &fx.primary, "10s"),
+    );
+    let config = fx.root.join("agent-daemon.toml");
+    std::fs::copy(&written, &config).expect("copy config");
+    let mut agent = mesh.spawn_agent(&config);
+    let accepted = wait_for(Duration::from_secs(30), || {
+        let a = mesh.post(&format!("{DB}/backup/full"), None);
+        (a.status != 503).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"].as_str().expect("id").to_string();
+    // Kill the agent once its backup process is copying.
+    let copying = wait_for(Duration::from_secs(20), || {
+        let procs = drmesh_tests::processes_mentioning(&id);
+        (!procs.is_empty()).then_some(())
+    });
+    assert!(copying.is_some(), "no backup process for {id}");
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill9();
+
+    // The backup process notices and stops; the record ends FAILED.
+    let gone = wait_for(Duration::from_secs(20), || {
+        drmesh_tests::processes_mentioning(&id)
+            .is_empty()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "the backup process outlived its agent");
+    let done = wait_backup(&mesh, &id);
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let list = fx.agent_ok(&["backups"]);
+    assert!(
+        !list.contains(&id),
+        "a snapshot of the killed backup exists: {list}"
+    );
+    assert_eq!(
+        fx.primary
+            .psql("select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid() and query like '%pg_backup%'")
+            .expect("sessions"),
+        "0",
+        "the server is left in backup mode"
+    );
+
+    // The next backup succeeds, and the repository verifies.
+    let _agent = mesh.spawn_agent(&config);
+    let accepted = wait_for(Duration::from_secs(30), || {
+        let a = mesh.post(&format!("{DB}/backup/full"), None);
+        (a.status == 202).then_some(a)
+    })
+    .expect("a second backup accepted");
+    let next = accepted.body["backupId"].as_str().expect("id").to_string();
+    assert_eq!(wait_backup(&mesh, &next)["status"], "COMPLETED");
+    let out = Command::new(bin("drmesh"))
+        .args(["repo", "verify", &next, "--read-data", "--repo"])
+        .arg(fx.root.join("repo"))
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
