@@ -93,6 +93,8 @@ enum Command {
 enum Kind {
     Full,
     Incr,
+    /// `pg_dump -Fc` into the repository, as `<id>.dump`.
+    Logical,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -200,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .conninfo;
             let repo = database::open_repository(db).await?;
             let backup_type = match kind {
-                Kind::Full => basebackup::BackupType::Full,
+                Kind::Full | Kind::Logical => basebackup::BackupType::Full,
                 Kind::Incr => basebackup::BackupType::Incremental,
             };
             let mut tag_map = drmesh_agent::repo::Tags::new();
@@ -217,6 +219,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 progress: Default::default(),
                 cancel: Default::default(),
             };
+            if let Kind::Logical = kind {
+                let snap =
+                    database::logical::run(&repo, db, conninfo, &req.id, req.tags.clone()).await?;
+                if report_json {
+                    database::child::report(&database::child::ChildLine::Outcome(
+                        serde_json::to_value(basebackup::outcome(&snap, &db.repository))?,
+                    ));
+                } else {
+                    println!(
+                        "logical backup {} completed: {:.1} MiB dump, {:.1} MiB stored",
+                        snap.id,
+                        snap.stats.bytes as f64 / 1048576.0,
+                        snap.stats.bytes_stored as f64 / 1048576.0
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if report_json {
                 let reporter = tokio::spawn(report_progress(
                     Some(req.progress.clone()),
@@ -317,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let repo = database::open_repository(db()?).await?;
             let mut list = Vec::new();
             for s in repo.snapshots().await? {
-                if s.kind == basebackup::KIND {
+                if s.kind == basebackup::KIND || s.kind == database::logical::KIND {
                     list.push(repo.snapshot(&s.id).await?);
                 }
             }

@@ -26,6 +26,7 @@ mod reader;
 pub mod replicate;
 pub mod restore;
 pub mod snapshot;
+pub mod stream;
 pub mod verify;
 pub mod wal;
 

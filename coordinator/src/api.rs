@@ -366,16 +366,24 @@ async fn database_backup(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller.require(Role::Operator)?;
-    let backup_type = match path.as_str() {
-        "full" => database::BackupType::Full,
-        "incremental" => database::BackupType::Incremental,
-        other => {
+    let req: BackupRequest = optional_json(&body)?;
+    let backup_type = match (path.as_str(), req.backup_type.as_deref()) {
+        ("full", None | Some("physical" | "full")) => database::BackupType::Full,
+        ("full", Some("logical")) => database::BackupType::Logical,
+        ("incremental", None | Some("physical" | "incremental")) => {
+            database::BackupType::Incremental
+        }
+        ("full" | "incremental", Some(other)) => {
+            return Err(ApiError::BadRequest(format!(
+                "type {other:?}: \"physical\" (the default) or, for a full backup, \"logical\""
+            )))
+        }
+        (other, _) => {
             return Err(ApiError::NotFound(format!(
                 "no backup type {other:?}: full or incremental"
             )))
         }
     };
-    let req: BackupRequest = optional_json(&body)?;
     let accepted = database::start_backup(&coord, backup_type, req.tags, caller.label())?;
     Ok(HttpResponse::Accepted().json(accepted))
 }

@@ -49,13 +49,24 @@ pub enum DatabaseError {
 pub enum BackupType {
     Full,
     Incremental,
+    /// `pg_dump -Fc`, under a `full_…` id like the runbook's `full/<id>.dump`.
+    Logical,
 }
 
 impl BackupType {
     fn prefix(self) -> &'static str {
         match self {
+            BackupType::Full | BackupType::Logical => "full",
+            BackupType::Incremental => "incr",
+        }
+    }
+
+    /// As the agent's command and the record name it.
+    fn name(self) -> &'static str {
+        match self {
             BackupType::Full => "full",
             BackupType::Incremental => "incr",
+            BackupType::Logical => "logical",
         }
     }
 }
@@ -109,7 +120,7 @@ fn pick_agent(coord: &Coordinator) -> Option<(AgentId, RegionId)> {
 /// A guess from the last completed backup of the same type (five minutes before any).
 fn estimate(store: &dyn Store, backup_type: BackupType) -> Result<Duration, StoreError> {
     let last = list(store, None)?.into_iter().find(|b| {
-        b.backup_type == backup_type.prefix()
+        b.backup_type == backup_type.name()
             && matches!(b.status, BackupStatus::Completed | BackupStatus::Verified)
     });
     Ok(last
@@ -137,7 +148,7 @@ pub fn start_backup(
     let estimated = estimate(store, backup_type)?;
     let rec = DatabaseBackup {
         backup_id: runbook_id(backup_type.prefix()),
-        backup_type: backup_type.prefix().into(),
+        backup_type: backup_type.name().into(),
         status: BackupStatus::InProgress,
         progress: 0.0,
         progress_message: "queued".into(),

@@ -308,6 +308,9 @@ impl std::str::FromStr for BackupStatus {
 pub struct BackupRequest {
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Database backups: `"logical"` asks for a `pg_dump` instead of a physical backup.
+    #[serde(default, rename = "type")]
+    pub backup_type: Option<String>,
 }
 
 /// The `202 Accepted` answer to a backup request.

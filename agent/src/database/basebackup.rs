@@ -171,7 +171,11 @@ pub fn outcome(snap: &Snapshot, repository: &str) -> DatabaseBackupOutcome {
     let pg = snap.postgres.clone();
     DatabaseBackupOutcome {
         backup_id: snap.id.clone(),
-        backup_type: snap.id.split('_').next().unwrap_or("full").to_string(),
+        backup_type: if snap.kind == super::logical::KIND {
+            "logical".to_string()
+        } else {
+            snap.id.split('_').next().unwrap_or("full").to_string()
+        },
         parent: snap.parent.clone(),
         files: snap.stats.files,
         bytes: snap.stats.bytes,

@@ -35,9 +35,9 @@ pub async fn backup(
     tags: &BTreeMap<String, String>,
     progress: ProgressFn,
 ) -> Result<DatabaseBackupOutcome, DatabaseError> {
-    if !matches!(backup_type, "full" | "incr") {
+    if !matches!(backup_type, "full" | "incr" | "logical") {
         return Err(DatabaseError::Invalid(format!(
-            "backup type {backup_type:?}: full or incr"
+            "backup type {backup_type:?}: full, incr or logical"
         )));
     }
     crate::repo::backup::valid_snapshot_id(backup_id)?;

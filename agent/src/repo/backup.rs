@@ -184,6 +184,15 @@ pub struct PendingBackup {
 }
 
 impl PendingBackup {
+    pub(crate) fn new(repo: Repository, lock: RepoLock, snap: Snapshot) -> Self {
+        Self {
+            repo,
+            lock,
+            snap,
+            cancel: Arc::default(),
+        }
+    }
+
     /// The manifest to be written, for metadata such as [`Snapshot::postgres`].
     pub fn snapshot_mut(&mut self) -> &mut Snapshot {
         &mut self.snap

@@ -458,6 +458,51 @@ fn database_backups_through_the_runbook_endpoints() {
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["outcome"]["parent"], id.as_str(), "{done}");
 
+    // A logical dump on request, exportable as the runbook's full/<backupId>.dump.
+    let a = mesh.post(&format!("{DB}/backup/full"), Some(r#"{"type": "logical"}"#));
+    assert_eq!(a.status, 202, "{}", a.text);
+    let dump = a.body["backupId"].as_str().expect("backupId").to_string();
+    assert!(dump.starts_with("full_"), "{dump}");
+    let done = wait_backup(&mesh, &dump);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["backupType"], "logical", "{done}");
+    let export = fx.root.join("export/backups/database/full");
+    let out = Command::new(bin("drmesh"))
+        .args(["repo", "restore", &dump, "--target"])
+        .arg(&export)
+        .arg("--repo")
+        .arg(fx.root.join("repo"))
+        .output()
+        .expect("drmesh repo restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = export.join(format!("{dump}.dump"));
+    let listing = Command::new(fx.bin.dir().join("pg_restore"))
+        .arg("-l")
+        .arg(&file)
+        .output()
+        .expect("pg_restore");
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("pgbench_accounts"),
+        "the dump lists the tables"
+    );
+    assert_eq!(
+        mesh.post(
+            &format!("{DB}/backup/incremental"),
+            Some(r#"{"type": "logical"}"#)
+        )
+        .status,
+        400
+    );
+
     // With the archive cut off the backup fails, names the segment, and raises the
     // runbook's CRITICAL alert.
     fx.primary
