@@ -3,6 +3,7 @@
 
 mod ca;
 mod client;
+mod database;
 mod quickstart;
 mod repo;
 
@@ -64,6 +65,14 @@ enum Cmd {
     Repo(repo::RepoCmd),
     /// Write a snapshot as a plain tar.gz with MANIFEST.json (same as `repo export`).
     Export(repo::ExportArgs),
+    /// Take a database backup now (full, incr or logical) on the primary's agent.
+    Backup(database::BackupArgs),
+    /// Database backups: list, show.
+    #[command(subcommand)]
+    Backups(database::BackupsCmd),
+    /// Point-in-time recovery: info for an instant, restore into an environment.
+    #[command(subcommand)]
+    Pitr(database::PitrCmd),
 }
 
 #[derive(Subcommand)]
@@ -268,6 +277,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Quickstart(opts) => quickstart::run(opts)?,
         Cmd::Repo(cmd) => repo::run(cmd)?,
         Cmd::Export(args) => repo::run_export(args)?,
+        Cmd::Backup(args) => database::backup(&client(), args)?,
+        Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
+        Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,
     }
     Ok(())
 }

@@ -387,6 +387,21 @@ fn wait_backup(mesh: &Mesh, id: &str) -> Value {
 
 const DB: &str = "/v1/backup-recovery/database";
 
+/// `drmesh ARGS` against the mesh with its admin token: (success, stdout, stderr).
+fn drmesh(mesh: &Mesh, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("drmesh"))
+        .args(args)
+        .env("DRMESH_URL", mesh.url(""))
+        .env("DRMESH_TOKEN", &mesh.admin_token)
+        .output()
+        .expect("run drmesh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn database_backups_through_the_runbook_endpoints() {
     let fx = Fixture::new("5s");
@@ -448,13 +463,24 @@ fn database_backups_through_the_runbook_endpoints() {
     assert_eq!(mesh.get(&format!("{DB}/backups?status=BOGUS")).status, 400);
     assert_eq!(mesh.get(&format!("{DB}/backups/full_0_nope")).status, 404);
 
-    // An incremental backup builds on it.
+    // The CLI shows the same.
+    let (ok, out, err) = drmesh(&mesh, &["backups", "list"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("COMPLETED"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = drmesh(&mesh, &["backups", "show", &id, "--output", "json"]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["backupId"], id.as_str());
+
+    // An incremental backup builds on it (through the CLI, waiting for it).
     fx.pgbench(&["-T", "1"]);
-    let a = mesh.post(&format!("{DB}/backup/incremental"), None);
-    assert_eq!(a.status, 202, "{}", a.text);
-    let incr = a.body["backupId"].as_str().expect("backupId").to_string();
+    let (ok, out, err) = drmesh(&mesh, &["backup", "incr", "--wait", "--output", "json"]);
+    assert!(ok, "{out}{err}");
+    let done: Value = serde_json::from_str(&out).expect("json");
+    let incr = done["backupId"].as_str().expect("backupId").to_string();
     assert!(incr.starts_with("incr_"), "{incr}");
-    let done = wait_backup(&mesh, &incr);
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["outcome"]["parent"], id.as_str(), "{done}");
 
@@ -608,6 +634,11 @@ fn point_in_time_recovery_through_the_runbook_endpoints() {
         mesh.get("/v1/backup-recovery/recovery/point-in-time/yesterday")
             .status,
         400
+    );
+    let (ok, out, err) = drmesh(&mesh, &["pitr", "info", &spaced]);
+    assert!(
+        ok && out.contains("recoverable") && out.contains(&backup),
+        "{out}{err}"
     );
 
     // Bad requests change nothing.
