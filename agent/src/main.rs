@@ -283,11 +283,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
                 .transpose()?;
             let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
+            let agent = std::env::current_exe().context("where is this program")?;
+            let restore_command = recovery::agent_restore_command(&agent, &agent_config)?;
             if let (Some(env), Some(t)) = (environment, time) {
                 let watch = tokio::spawn(report_progress(None, Default::default()));
                 let conninfo = config.postgres.as_ref().map(|p| p.conninfo.as_str());
                 let result =
-                    recovery::recover_into(&repo, db, conninfo, &env, backup, t, agent_config)
+                    recovery::recover_into(&repo, db, conninfo, &env, backup, t, restore_command)
                         .await;
                 watch.abort();
                 let outcome = result?;
@@ -319,7 +321,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     target: to,
                     time,
                     port,
-                    agent_config,
+                    restore_command,
                 },
             )
             .await?;

@@ -55,6 +55,33 @@ impl RepoArgs {
         };
         Ok(RepoOptions { location, key })
     }
+
+    /// `restore_command` for a server recovering from this repository without an agent:
+    /// `drmesh repo wal-fetch --repo … %f %p`.
+    fn wal_fetch_command(&self) -> anyhow::Result<String> {
+        use drmesh_agent::database::recovery::shell_quote;
+        if std::env::var_os("DRMESH_REPO_PASSPHRASE").is_some() && self.key_file.is_none() {
+            bail!(
+                "a passphrase cannot be handed to PostgreSQL's restore_command: \
+                 restore with --key-file (a passphrase-encrypted repository can be copied \
+                 to a key-file one with `drmesh repo` replication)"
+            );
+        }
+        let exe = std::env::current_exe().context("where is this program")?;
+        let mut cmd = format!(
+            "{} repo wal-fetch --repo {}",
+            shell_quote(&exe.to_string_lossy())?,
+            shell_quote(&self.repo)?
+        );
+        for kv in &self.repo_options {
+            cmd += &format!(" --repo-option {}", shell_quote(kv)?);
+        }
+        if let Some(k) = &self.key_file {
+            let k = std::fs::canonicalize(k).unwrap_or_else(|_| k.clone());
+            cmd += &format!(" --key-file {}", shell_quote(&k.to_string_lossy())?);
+        }
+        Ok(cmd + " %f %p")
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,13 +122,23 @@ pub enum RepoCmd {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
-    /// Restore a snapshot, or chosen paths of it, into a directory.
+    /// Restore a snapshot, or chosen paths of it, into a directory. With --time, restore
+    /// the PostgreSQL base backup that can reach that instant and set the directory up to
+    /// recover to it from the archive (start PostgreSQL there to run the recovery).
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
-        snapshot: String,
-        #[arg(long)]
+        /// The snapshot (with --time: default, the newest base backup before it).
+        #[arg(required_unless_present = "time")]
+        snapshot: Option<String>,
+        #[arg(long, alias = "to")]
         target: PathBuf,
+        /// Point-in-time recovery target (RFC 3339, e.g. 2024-01-15T14:30:00Z).
+        #[arg(long, conflicts_with = "paths")]
+        time: Option<String>,
+        /// With --time: the port the restored server listens on.
+        #[arg(long, requires = "time")]
+        port: Option<u16>,
         /// Restore only this path (file or directory inside the snapshot), repeatable.
         #[arg(long = "path")]
         paths: Vec<String>,
@@ -121,6 +158,14 @@ pub enum RepoCmd {
     },
     /// Write a snapshot as a plain tar.gz with MANIFEST.json.
     Export(ExportArgs),
+    /// For `restore_command`: write archived WAL file NAME (`%f`) to DEST (`%p`); exits
+    /// 1 when it is not archived.
+    WalFetch {
+        #[command(flatten)]
+        repo: RepoArgs,
+        name: String,
+        dest: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -304,10 +349,61 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             repo,
             snapshot,
             target,
+            time: Some(time),
+            port,
+            paths: _,
+            output,
+        } => {
+            let r = Repository::open(&repo.options()?).await?;
+            let time = drmesh_coordinator::recovery::parse_instant(&time)?;
+            let restored = drmesh_agent::database::recovery::restore(
+                &r,
+                &drmesh_agent::database::recovery::Restore {
+                    backup: snapshot,
+                    target,
+                    time: Some(time),
+                    port,
+                    restore_command: repo.wal_fetch_command()?,
+                },
+            )
+            .await?;
+            match output {
+                Output::Json => print_json(&serde_json::json!({
+                    "backupId": restored.backup,
+                    "target": restored.target,
+                    "files": restored.files,
+                    "bytes": restored.bytes,
+                    "recoveryTargetTime": time,
+                }))?,
+                Output::Text => println!(
+                    "restored base backup {} into {} ({} files, {}), set to recover to {}: \
+                     start PostgreSQL there",
+                    restored.backup,
+                    restored.target.display(),
+                    restored.files,
+                    fmt_bytes(restored.bytes),
+                    time.to_rfc3339()
+                ),
+            }
+        }
+        RepoCmd::WalFetch { repo, name, dest } => {
+            let r = Repository::open(&repo.options()?).await?;
+            if !drmesh_agent::database::wal::fetch(&r, &name, &dest).await? {
+                eprintln!("drmesh: {name} is not in the archive");
+                std::process::exit(1);
+            }
+        }
+        RepoCmd::Restore {
+            repo,
+            snapshot,
+            target,
+            time: None,
+            port: _,
             paths,
             output,
         } => {
             let r = Repository::open(&repo.options()?).await?;
+            let snapshot = snapshot.context("which snapshot? (or --time for a point in time)")?;
             let mut req = RestoreRequest::new(snapshot, target);
             req.paths = paths;
             let progress = req.progress.clone();

@@ -25,8 +25,9 @@ pub struct Restore {
     pub time: Option<DateTime<Utc>>,
     /// The port the restored server listens on (default: as backed up).
     pub port: Option<u16>,
-    /// The agent configuration `restore_command` passes to `wal-fetch`.
-    pub agent_config: PathBuf,
+    /// The shell command PostgreSQL runs to fetch WAL (with `%f` and `%p`), e.g. from
+    /// [`agent_restore_command`].
+    pub restore_command: String,
 }
 
 /// What was restored.
@@ -96,34 +97,43 @@ pub async fn choose(
     Ok(snap)
 }
 
-fn quoted_path(p: &Path) -> Result<String, DatabaseError> {
-    let s = p
-        .to_str()
-        .ok_or_else(|| DatabaseError::Invalid(format!("{} is not valid UTF-8", p.display())))?;
+/// `s` in single quotes for the shell; refused when it holds a quote or a newline,
+/// which could not survive both the shell and PostgreSQL's own quoting.
+pub fn shell_quote(s: &str) -> Result<String, DatabaseError> {
     if s.contains('\'') || s.contains('\n') {
         return Err(DatabaseError::Invalid(format!(
-            "{s:?}: a path with a quote or newline cannot go into restore_command"
+            "{s:?}: a value with a quote or newline cannot go into restore_command"
         )));
     }
     Ok(format!("'{s}'"))
 }
 
-/// The settings appended to `postgresql.auto.conf`: fetch WAL from the archive, stop at
-/// the target time and promote, and do not archive into the production archive.
-pub fn recovery_settings(
-    agent: &Path,
-    config: &Path,
-    time: Option<DateTime<Utc>>,
-    port: Option<u16>,
-    backup: &str,
-) -> Result<String, DatabaseError> {
-    // Inside a single-quoted PostgreSQL string: the shell quotes are doubled.
-    let command = format!(
+fn quoted_path(p: &Path) -> Result<String, DatabaseError> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| DatabaseError::Invalid(format!("{} is not valid UTF-8", p.display())))?;
+    shell_quote(s)
+}
+
+/// `restore_command` through this agent: `drmesh-agent --config CONFIG wal-fetch %f %p`.
+pub fn agent_restore_command(agent: &Path, config: &Path) -> Result<String, DatabaseError> {
+    Ok(format!(
         "{} --config {} wal-fetch %f %p",
         quoted_path(agent)?,
         quoted_path(config)?
-    )
-    .replace('\'', "''");
+    ))
+}
+
+/// The settings appended to `postgresql.auto.conf`: fetch WAL from the archive, stop at
+/// the target time and promote, and do not archive into the production archive.
+pub fn recovery_settings(
+    restore_command: &str,
+    time: Option<DateTime<Utc>>,
+    port: Option<u16>,
+    backup: &str,
+) -> String {
+    // Inside a single-quoted PostgreSQL string, quotes are doubled.
+    let command = restore_command.replace('\'', "''");
     let mut text = format!(
         "\n# Added by drmesh when restoring base backup {backup}.\n\
          restore_command = '{command}'\n\
@@ -139,7 +149,7 @@ pub fn recovery_settings(
     if let Some(p) = port {
         text += &format!("port = {p}\n");
     }
-    Ok(text)
+    text
 }
 
 /// Restores a base backup into `req.target` and sets it up to recover; the server is
@@ -157,9 +167,7 @@ pub async fn restore(repo: &Repository, req: &Restore) -> Result<Restored, Datab
             req.target.display()
         )));
     }
-    let agent = std::env::current_exe()
-        .map_err(|e| DatabaseError::Io(format!("where is this program: {e}")))?;
-    let settings = recovery_settings(&agent, &req.agent_config, req.time, req.port, &snap.id)?;
+    let settings = recovery_settings(&req.restore_command, req.time, req.port, &snap.id);
     info!(backup = %snap.id, target = %req.target.display(), "restoring base backup");
     let report = repo
         .restore(RestoreRequest::new(snap.id.clone(), req.target.clone()))
@@ -366,7 +374,7 @@ pub async fn recover_into(
     environment: &str,
     backup: Option<String>,
     time: DateTime<Utc>,
-    agent_config: PathBuf,
+    restore_command: String,
 ) -> Result<PitrOutcome, DatabaseError> {
     use crate::postgres::local::{LocalCluster, PgBin};
     let env = db.environments.get(environment).ok_or_else(|| {
@@ -402,7 +410,7 @@ pub async fn recover_into(
             target: dir.clone(),
             time: Some(time),
             port: Some(env.port),
-            agent_config,
+            restore_command,
         },
     )
     .await?;
@@ -500,14 +508,12 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.5Z")
             .expect("time")
             .with_timezone(&Utc);
-        let s = recovery_settings(
+        let command = agent_restore_command(
             Path::new("/usr/bin/drmesh-agent"),
             Path::new("/etc/drmesh/agent.toml"),
-            Some(t),
-            Some(5433),
-            "full_1",
         )
-        .expect("settings");
+        .expect("command");
+        let s = recovery_settings(&command, Some(t), Some(5433), "full_1");
         assert!(s.contains(
             "restore_command = '''/usr/bin/drmesh-agent'' --config ''/etc/drmesh/agent.toml'' wal-fetch %f %p'"
         ), "{s}");
@@ -517,6 +523,6 @@ mod tests {
         );
         assert!(s.contains("port = 5433"), "{s}");
         assert!(s.contains("archive_mode = 'off'"), "{s}");
-        assert!(recovery_settings(Path::new("/a'b"), Path::new("/c"), None, None, "x").is_err());
+        assert!(agent_restore_command(Path::new("/a'b"), Path::new("/c")).is_err());
     }
 }

@@ -245,6 +245,36 @@ fn point_in_time_recovery_stops_at_the_marker() {
             .expect("markers"),
         "before"
     );
+
+    // The same with nothing but the repository: `drmesh repo restore --time`, whose
+    // restore_command is `drmesh repo wal-fetch`.
+    pitr.stop().expect("stop");
+    let offline = fx.root.join("offline");
+    let port = free_port().expect("port");
+    let out = Command::new(bin("drmesh"))
+        .args(["repo", "restore", "--time", &t, "--to"])
+        .arg(&offline)
+        .arg("--repo")
+        .arg(fx.root.join("repo"))
+        .args(["--port", &port.to_string()])
+        .output()
+        .expect("drmesh repo restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline = fx.restored("offline", &offline, port);
+    offline.start().expect("start the offline restore");
+    let promoted = wait_for(Duration::from_secs(60), || {
+        (offline.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "recovery did not finish: {}",
+        std::fs::read_to_string(offline.log_path()).unwrap_or_default()
+    );
+    assert_eq!(fingerprint(&offline), at_t, "the data at T, offline");
 }
 
 #[test]
