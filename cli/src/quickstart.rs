@@ -154,6 +154,106 @@ fn documents_section(dir: &Path) -> anyhow::Result<String> {
     ))
 }
 
+/// The primary agent's configuration file (PostgreSQL's `archive_command` names it).
+fn primary_agent_config(dir: &Path) -> PathBuf {
+    dir.join(format!("agents/pg-{}.toml", REGIONS[0]))
+}
+
+/// The `[database]` table of the primary region's agent: its cluster, into a repository
+/// under `DIR/backups/database` that the postgres user owns (it archives WAL there).
+fn database_section(dir: &Path, primary: &LocalCluster) -> anyhow::Result<String> {
+    let repo = dir.join("backups/database");
+    local::prepare_parent_dir(&repo)?;
+    Ok(format!(
+        "\n[database]\ndata_dir = {}\nrepository = {}\n",
+        toml_str(&primary.data_dir),
+        toml_str(&repo),
+    ))
+}
+
+/// Makes the primary archive its WAL through `drmesh-agent wal-push` (restarting it the
+/// first time, since `archive_mode` needs a restart).
+fn archive_wal(primary: &LocalCluster, agent_bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let command = format!(
+        "{} --config {} wal-push %p",
+        agent_bin.display(),
+        primary_agent_config(dir).display()
+    );
+    primary.psql(&format!(
+        "alter system set archive_command = '{}'",
+        command.replace('\'', "''")
+    ))?;
+    if primary.psql("show archive_mode")? == "off" {
+        primary.psql("alter system set archive_mode = 'on'")?;
+        primary.stop()?;
+        primary.start()?;
+    } else {
+        primary.psql("select pg_reload_conf()")?;
+    }
+    Ok(())
+}
+
+/// Takes the first full database backup through the API and waits for it; a failure
+/// is reported, and the mesh keeps running.
+fn first_backup(client: &Client, mesh: &mut Mesh) {
+    use drmesh_protocol::api::{BackupAccepted, BackupStatus, DatabaseBackup};
+    let path = "/v1/backup-recovery/database/backup/full";
+    let body = serde_json::json!({ "tags": { "type": "quickstart" } });
+    let accepted: anyhow::Result<BackupAccepted> = (|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.post(path, &body) {
+                Ok(a) => return Ok(a),
+                // 503 until the primary's agent has reported its role.
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("503") => {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })();
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("the first database backup could not start: {e:#}");
+            return;
+        }
+    };
+    println!("first full database backup {} …", accepted.backup_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while std::time::Instant::now() < deadline && check_children(mesh).is_ok() {
+        let current: anyhow::Result<DatabaseBackup> = client.get(&format!(
+            "/v1/backup-recovery/database/backups/{}",
+            accepted.backup_id
+        ));
+        match current {
+            Ok(b) if b.status == BackupStatus::InProgress => {}
+            Ok(b) if b.status == BackupStatus::Failed => {
+                eprintln!(
+                    "the first database backup failed: {}",
+                    b.error.unwrap_or_default()
+                );
+                return;
+            }
+            Ok(b) => {
+                println!(
+                    "first full database backup {} completed (WAL {} .. {})",
+                    b.backup_id,
+                    b.start_lsn.unwrap_or_default(),
+                    b.stop_lsn.unwrap_or_default()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("the first database backup: {e:#}");
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("the first database backup is still running; see drmesh backups list");
+}
+
 fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -240,6 +340,9 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         if !cluster.is_running() {
             cluster.start()?;
         }
+        if i == 0 {
+            archive_wal(&cluster, &agent_bin, &dir)?;
+        }
         mesh.clusters.push(cluster);
     }
 
@@ -280,7 +383,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let quic = wait_ready(&ready, &mut mesh, &coord_log)?;
 
     // 4. One agent per region; the primary region's also backs up the uploads.
-    let documents = documents_section(&dir)?;
+    let primary_extra = documents_section(&dir)? + &database_section(&dir, &mesh.clusters[0])?;
     for (i, region) in REGIONS.iter().enumerate() {
         let id = AgentId::new(format!("pg-{region}"))?;
         let region_id = RegionId::new(*region)?;
@@ -298,7 +401,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 toml_str(&files.cert),
                 toml_str(&files.key),
                 mesh.clusters[i].conninfo(),
-            ) + if i == 0 { &documents } else { "" },
+            ) + if i == 0 { &primary_extra } else { "" },
         )?;
         let log = dir.join(format!("logs/agent-{region}.log"));
         let child = spawn(
@@ -325,6 +428,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let client = Client::new(&url, Some(token.token.clone()));
     let status = wait_mesh_up(&client, &mut mesh)?;
     crate::print_status(&status);
+    first_backup(&client, &mut mesh);
     println!();
     println!(
         "drmesh quickstart is running ({} regions).",
@@ -334,6 +438,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     println!("  drmesh status");
     println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/monitoring/dashboard");
     println!("  curl -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/documents/backup");
+    println!("  drmesh backups list              # database backups");
     println!("  drmesh repo snapshots            # the document repository, offline");
     println!(
         "Documents: {} is backed up to {} (plain archives in {}).",

@@ -119,6 +119,22 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
         .join("backups/documents/snapshots/docs_latest.tar.gz")
         .exists());
 
+    // The primary archives its WAL and the quickstart took a first full backup.
+    let backups = drmesh_tests::http(
+        "GET",
+        &format!("{url}/v1/backup-recovery/database/backups?status=COMPLETED"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(backups.status, 200, "{}", backups.text);
+    assert!(
+        backups.body["total"].as_u64().unwrap_or(0) >= 1,
+        "no completed database backup: {}\n{}",
+        backups.text,
+        qs.log_text()
+    );
+    assert!(dir.join("backups/database/wal/00000001").is_dir());
+
     // Ctrl-C stops everything: coordinator, agents and all three postmasters.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(qs.pid() as i32),
