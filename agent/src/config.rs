@@ -563,6 +563,36 @@ mod tests {
     }
 
     #[test]
+    fn database_section() {
+        let text = format!(
+            "data_dir = \"/var/lib/drmesh\"\n{BASE}[database]\ndata_dir = \"/pg/main\"\n[database.environments.staging]\ndata_dir = \"/pg/staging\"\nport = 5440\n"
+        );
+        let cfg = AgentConfigFile::parse(&text, Path::new("a.toml"))
+            .expect("parse")
+            .validate(Path::new("/etc/drmesh"))
+            .expect("valid");
+        let db = cfg.database.expect("database");
+        assert_eq!(db.repository, "/var/lib/drmesh/backups/database");
+        assert_eq!(db.archive_timeout, Duration::from_secs(60));
+        assert_eq!(db.environments["staging"].port, 5440);
+        for bad in [
+            "[database]\n",
+            "[database]\ndata_dir = \"/pg\"\narchive_timeout = \"0s\"\n",
+            "[database]\ndata_dir = \"/pg\"\n[database.environments.staging]\ndata_dir = \"/s\"\n",
+            "[database]\ndata_dir = \"/pg\"\n[database.environments.\"a b\"]\ndata_dir = \"/s\"\nport = 1\n",
+            "[database]\ndata_dir = \"/pg\"\n[database.environments.prod]\ndata_dir = \"/pg\"\nport = 1\n",
+        ] {
+            let text = format!("{BASE}{bad}");
+            assert!(
+                AgentConfigFile::parse(&text, Path::new("a.toml"))
+                    .and_then(|f| f.validate(Path::new("/")))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let text = include_str!("../../deploy/agent.example.toml");
         let cfg = AgentConfigFile::parse(text, Path::new("example.toml"))
