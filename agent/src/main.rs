@@ -81,6 +81,9 @@ enum Command {
         /// The port the restored server will listen on.
         #[arg(long)]
         port: Option<u16>,
+        /// Recover only to the backup's stop point (its first consistent state).
+        #[arg(long, conflicts_with_all = ["time", "environment"])]
+        immediate: bool,
     },
     /// List the base backups in the repository.
     Backups {
@@ -270,6 +273,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             time,
             backup,
             port,
+            immediate,
         } => {
             let db = db()?;
             let repo = database::open_repository(db).await?;
@@ -320,6 +324,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     backup,
                     target: to,
                     time,
+                    immediate,
                     port,
                     restore_command,
                 },

@@ -362,6 +362,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     backup: snapshot,
                     target,
                     time: Some(time),
+                    immediate: false,
                     port,
                     restore_command: repo.wal_fetch_command()?,
                 },

@@ -23,6 +23,9 @@ pub struct Restore {
     pub target: PathBuf,
     /// Recover up to this instant; by default to the end of the archive.
     pub time: Option<DateTime<Utc>>,
+    /// Stop as soon as the backup is consistent (its stop point), instead of replaying
+    /// the whole archive.
+    pub immediate: bool,
     /// The port the restored server listens on (default: as backed up).
     pub port: Option<u16>,
     /// The shell command PostgreSQL runs to fetch WAL (with `%f` and `%p`), e.g. from
@@ -129,6 +132,7 @@ pub fn agent_restore_command(agent: &Path, config: &Path) -> Result<String, Data
 pub fn recovery_settings(
     restore_command: &str,
     time: Option<DateTime<Utc>>,
+    immediate: bool,
     port: Option<u16>,
     backup: &str,
 ) -> String {
@@ -145,6 +149,9 @@ pub fn recovery_settings(
             "recovery_target_time = '{}'\n",
             t.format("%Y-%m-%d %H:%M:%S%.6f+00")
         );
+    }
+    if immediate {
+        text += "recovery_target = 'immediate'\n";
     }
     if let Some(p) = port {
         text += &format!("port = {p}\n");
@@ -167,7 +174,18 @@ pub async fn restore(repo: &Repository, req: &Restore) -> Result<Restored, Datab
             req.target.display()
         )));
     }
-    let settings = recovery_settings(&req.restore_command, req.time, req.port, &snap.id);
+    if req.immediate && req.time.is_some() {
+        return Err(DatabaseError::Invalid(
+            "recover either to a time or to the backup's stop point, not both".into(),
+        ));
+    }
+    let settings = recovery_settings(
+        &req.restore_command,
+        req.time,
+        req.immediate,
+        req.port,
+        &snap.id,
+    );
     info!(backup = %snap.id, target = %req.target.display(), "restoring base backup");
     let report = repo
         .restore(RestoreRequest::new(snap.id.clone(), req.target.clone()))
@@ -409,6 +427,7 @@ pub async fn recover_into(
             backup,
             target: dir.clone(),
             time: Some(time),
+            immediate: false,
             port: Some(env.port),
             restore_command,
         },
@@ -513,7 +532,7 @@ mod tests {
             Path::new("/etc/drmesh/agent.toml"),
         )
         .expect("command");
-        let s = recovery_settings(&command, Some(t), Some(5433), "full_1");
+        let s = recovery_settings(&command, Some(t), false, Some(5433), "full_1");
         assert!(s.contains(
             "restore_command = '''/usr/bin/drmesh-agent'' --config ''/etc/drmesh/agent.toml'' wal-fetch %f %p'"
         ), "{s}");

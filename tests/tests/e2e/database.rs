@@ -785,3 +785,75 @@ fn an_agent_killed_during_a_backup_leaves_no_snapshot_and_the_next_backup_succee
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_full_backup_and_a_chain_of_three_incrementals_each_restore_to_their_stop_point() {
+    let mut fx = Fixture::new("30s");
+    fx.pgbench(&["-i", "-s", "2", "-q"]);
+    fx.primary
+        .psql("create table markers (note text primary key)")
+        .expect("markers");
+    let mut taken: Vec<(String, String)> = Vec::new();
+    for (i, kind) in ["full", "incr", "incr", "incr"].iter().enumerate() {
+        if i > 0 {
+            fx.pgbench(&["-T", "1", "-c", "2"]);
+        }
+        fx.primary
+            .psql(&format!("insert into markers values ('backup {i}')"))
+            .expect("marker");
+        let out = fx.agent_ok(&["backup", kind]);
+        let id = out
+            .split_whitespace()
+            .nth(1)
+            .expect("backup id in the output")
+            .to_string();
+        assert!(id.starts_with(&format!("{kind}_")), "{out}");
+        // Nothing is written between the backup's end and this fingerprint.
+        taken.push((id, fingerprint(&fx.primary)));
+    }
+    // Each incremental read only what changed and shares the rest with its parent.
+    let listing = fx.agent_ok(&["backups", "--output", "json"]);
+    let list: Value = serde_json::from_str(&listing).expect("json");
+    let list = list.as_array().expect("array");
+    for (i, (id, _)) in taken.iter().enumerate().skip(1) {
+        let b = list
+            .iter()
+            .find(|b| b["backupId"] == id.as_str())
+            .expect("listed");
+        assert_eq!(b["parent"], taken[i - 1].0.as_str(), "{b}");
+        let (read, total) = (
+            b["stats"]["bytesRead"].as_u64().expect("read"),
+            b["stats"]["bytes"].as_u64().expect("bytes"),
+        );
+        assert!(
+            read < total,
+            "incremental {id} read {read} of {total} bytes"
+        );
+    }
+    for (i, (id, want)) in taken.iter().enumerate() {
+        let dir = fx.root.join(format!("chain-{i}"));
+        let port = free_port().expect("port");
+        fx.agent_ok(&[
+            "restore",
+            "--backup",
+            id,
+            "--immediate",
+            "--to",
+            dir.to_str().expect("utf-8"),
+            "--port",
+            &port.to_string(),
+        ]);
+        let c = fx.restored(&format!("chain-{i}"), &dir, port);
+        c.start().expect("start");
+        let promoted = wait_for(Duration::from_secs(60), || {
+            (c.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+        });
+        assert!(
+            promoted.is_some(),
+            "{id} did not recover: {}",
+            std::fs::read_to_string(c.log_path()).unwrap_or_default()
+        );
+        assert_eq!(&fingerprint(&c), want, "{id} restored to its stop point");
+        c.stop().expect("stop");
+    }
+}
