@@ -22,6 +22,7 @@ pub mod backup;
 pub mod crypto;
 pub mod export;
 pub mod pack;
+pub mod pages;
 mod reader;
 pub mod replicate;
 pub mod restore;

@@ -19,6 +19,7 @@ use super::wal::{needed_segments, segment_name, segment_of};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
 use crate::repo::backup::BackupRequest;
+use crate::repo::pages::PageDelta;
 use crate::repo::snapshot::{EntryKind, PgBackupInfo, Snapshot};
 use crate::repo::{Progress, Repository, Tags};
 
@@ -109,6 +110,26 @@ struct Server {
     version: u32,
     segment_size: u64,
     system_identifier: String,
+    block_size: u32,
+}
+
+/// A relation's main fork (`base/<db>/<relfilenode>[.<segment>]`, `global/…`, or in a
+/// tablespace): the files whose every change is WAL-logged with the page's LSN, copied
+/// page by page in an incremental backup. Free-space maps (`_fsm`), visibility maps
+/// (`_vm`), init forks and everything else are copied whole when they changed.
+pub fn relation_main_fork(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let file_ok = |name: &str| match name.split_once('.') {
+        Some((node, seg)) => numeric(node) && numeric(seg),
+        None => numeric(name),
+    };
+    match parts.as_slice() {
+        ["base", db, name] => numeric(db) && file_ok(name),
+        ["global", name] => file_ok(name),
+        ["pg_tblspc", spc, _version, db, name] => numeric(spc) && numeric(db) && file_ok(name),
+        _ => false,
+    }
 }
 
 async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseError> {
@@ -119,10 +140,12 @@ async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseErro
                     current_setting('data_directory'), \
                     current_setting('archive_mode'), \
                     pg_is_in_recovery(), \
-                    (select system_identifier::text from pg_control_system())",
+                    (select system_identifier::text from pg_control_system()), \
+                    current_setting('block_size')::int",
             &[],
         )
         .await?;
+    let block_size: i32 = row.try_get(6)?;
     let version: i32 = row.try_get(0)?;
     let segment_size: i64 = row.try_get(1)?;
     let server_dir: String = row.try_get(2)?;
@@ -163,6 +186,7 @@ async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseErro
         version: version as u32,
         segment_size: segment_size as u64,
         system_identifier,
+        block_size: block_size as u32,
     })
 }
 
@@ -260,6 +284,18 @@ async fn run_inner(
     info!(start_lsn = %start_lsn, timeline, "backup started");
 
     let mut request = BackupRequest::new(req.id.clone(), KIND, cfg.data_dir.clone());
+    // Page by page against a parent of the same cluster and timeline (a parent on
+    // another timeline could have page LSNs from another history).
+    request.pages = parent
+        .as_ref()
+        .and_then(|p| p.postgres.as_ref())
+        .filter(|p| p.timeline == timeline && p.system_identifier == server.system_identifier)
+        .and_then(|p| p.start_lsn.parse::<Lsn>().ok())
+        .map(|floor| PageDelta {
+            eligible: relation_main_fork,
+            page_size: server.block_size,
+            lsn_floor: floor.0,
+        });
     request.parent = parent;
     request.tags = req.tags.clone();
     request.progress = req.progress.clone();
@@ -362,6 +398,33 @@ async fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::excluded;
+
+    #[test]
+    fn relation_main_forks() {
+        use super::relation_main_fork;
+        for yes in [
+            "base/5/16384",
+            "base/5/16384.1",
+            "global/1262",
+            "pg_tblspc/16400/PG_15_202209061/5/16401",
+        ] {
+            assert!(relation_main_fork(yes), "{yes}");
+        }
+        for no in [
+            "base/5/16384_fsm",
+            "base/5/16384_vm",
+            "base/5/16384_init",
+            "base/5/pg_filenode.map",
+            "base/5/PG_VERSION",
+            "global/pg_control",
+            "pg_xact/0000",
+            "base/5",
+            "base/x/16384",
+            "base/5/16384.",
+        ] {
+            assert!(!relation_main_fork(no), "{no}");
+        }
+    }
 
     #[test]
     fn what_a_base_backup_leaves_out() {

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::pack::{self, ChunkId, IndexEntry, PackBuilder, PackBytes};
+use super::pages::{self, PageDelta};
 use super::snapshot::{Entry, EntryKind, Snapshot, SnapshotStats};
 use super::{pack_key, Progress, RepoError, RepoLock, Repository, Tags};
 
@@ -52,6 +53,8 @@ pub struct BackupRequest {
     pub cancel: Arc<AtomicBool>,
     /// Paths (relative, `/`-separated) to leave out; a directory left out is not walked.
     pub exclude: Option<fn(&str) -> bool>,
+    /// Page-level incremental copies of database files (see [`PageDelta`]).
+    pub pages: Option<PageDelta>,
 }
 
 impl BackupRequest {
@@ -65,6 +68,7 @@ impl BackupRequest {
             progress: Arc::default(),
             cancel: Arc::default(),
             exclude: None,
+            pages: None,
         }
     }
 }
@@ -135,13 +139,13 @@ impl Repository {
         let parent = req.parent.clone();
         let progress = req.progress.clone();
         let cancel = req.cancel.clone();
-        let exclude = req.exclude;
+        let (exclude, pages) = (req.exclude, req.pages);
         let out = tokio::task::spawn_blocking(move || {
             run_pipeline(
                 &repo,
                 &handle,
                 &source,
-                exclude,
+                (exclude, pages),
                 parent.as_ref(),
                 &progress,
                 &cancel,
@@ -243,6 +247,7 @@ impl PendingBackup {
             inode: 0,
             sha256: Some(id.hex()),
             chunks,
+            extents: Vec::new(),
             target: None,
             recheck: true,
         };
@@ -333,7 +338,7 @@ fn run_pipeline(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     source: &Path,
-    exclude: Option<fn(&str) -> bool>,
+    (exclude, pages): (Option<fn(&str) -> bool>, Option<PageDelta>),
     parent: Option<&Snapshot>,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -383,6 +388,7 @@ fn run_pipeline(
         progress,
         cancel,
         failure: &failure,
+        pages,
     };
 
     let results = std::thread::scope(|s| {
@@ -446,9 +452,9 @@ fn run_pipeline(
 }
 
 /// What the file workers share.
-struct Shared<'a> {
-    repo: &'a Repository,
-    source: &'a Path,
+pub(super) struct Shared<'a> {
+    pub(super) repo: &'a Repository,
+    pub(super) source: &'a Path,
     listing: &'a [(String, std::fs::Metadata)],
     parent: &'a HashMap<&'a str, &'a Entry>,
     /// Next listing entry to take.
@@ -456,13 +462,14 @@ struct Shared<'a> {
     /// Chunks this backup has already sent, so two files with the same content upload
     /// it once.
     pending: Mutex<HashSet<ChunkId>>,
-    progress: &'a Progress,
-    cancel: &'a AtomicBool,
+    pub(super) progress: &'a Progress,
+    pub(super) cancel: &'a AtomicBool,
     failure: &'a Failure,
+    pages: Option<PageDelta>,
 }
 
 /// A sealed chunk on its way to the packer: id, plaintext length, stored bytes.
-type Blob = (ChunkId, u32, Vec<u8>);
+pub(super) type Blob = (ChunkId, u32, Vec<u8>);
 
 /// Entries with their listing position, and the worker's share of the statistics.
 type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
@@ -550,6 +557,7 @@ fn base_entry(path: String, kind: EntryKind, meta: &std::fs::Metadata) -> Entry 
         inode: meta.ino(),
         sha256: None,
         chunks: Vec::new(),
+        extents: Vec::new(),
         target: None,
         recheck: false,
     }
@@ -662,10 +670,22 @@ fn entry_for(
         .filter(|p| unchanged(p, meta) && p.chunks.iter().all(|c| sh.repo.contains(c)));
     if let Some(p) = reusable {
         e.chunks = p.chunks.clone();
+        e.extents = p.extents.clone();
         e.sha256 = p.sha256.clone();
         sh.progress.bytes_done.fetch_add(e.size, Relaxed);
     } else {
-        match read_file(sh, tx, &mut e, stats) {
+        let page_delta = sh.pages.filter(|pd| (pd.eligible)(rel)).and_then(|pd| {
+            let parent = sh.parent.get(rel)?;
+            pages::applies(&pd, parent, meta).then_some((pd, *parent))
+        });
+        let read = match page_delta {
+            Some((pd, parent)) => match pages::read_pages(sh, tx, &mut e, parent, &pd, stats) {
+                Ok(false) => read_file(sh, tx, &mut e, stats),
+                other => other.map(|_| ()),
+            },
+            None => read_file(sh, tx, &mut e, stats),
+        };
+        match read {
             Ok(()) => stats.files_read += 1,
             Err(ReadError::Vanished) => {
                 stats.skipped += 1;
@@ -681,7 +701,7 @@ fn entry_for(
     Ok(Some(e))
 }
 
-enum ReadError {
+pub(super) enum ReadError {
     Vanished,
     Repo(RepoError),
 }
@@ -690,6 +710,24 @@ impl From<RepoError> for ReadError {
     fn from(e: RepoError) -> Self {
         ReadError::Repo(e)
     }
+}
+
+/// Stores one chunk unless the repository or this backup has it already; its id.
+pub(super) fn store_chunk(
+    sh: &Shared,
+    tx: &Sender<Blob>,
+    data: &[u8],
+    stats: &mut SnapshotStats,
+) -> Result<ChunkId, ReadError> {
+    let id = ChunkId::of(data);
+    if !sh.repo.contains(&id) && sh.pending.lock().insert(id) {
+        stats.chunks_new += 1;
+        stats.bytes_new += data.len() as u64;
+        let blob = pack::encode_blob(data, sh.repo.key())?;
+        tx.send((id, data.len() as u32, blob))
+            .map_err(|_| ReadError::Repo(RepoError::Io("backup pipeline stopped".into())))?;
+    }
+    Ok(id)
 }
 
 fn read_file(
@@ -707,7 +745,6 @@ fn read_file(
         }
     };
     let chunker = sh.repo.config().chunker;
-    let key = sh.repo.key();
     let read_started = SystemTime::now();
     let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
     let mut hasher = Sha256::new();
@@ -722,15 +759,7 @@ fn read_file(
         size += data.len() as u64;
         sh.progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         stats.bytes_read += data.len() as u64;
-        let id = ChunkId::of(&data);
-        entry.chunks.push(id);
-        if !sh.repo.contains(&id) && sh.pending.lock().insert(id) {
-            stats.chunks_new += 1;
-            stats.bytes_new += data.len() as u64;
-            let blob = pack::encode_blob(&data, key)?;
-            tx.send((id, data.len() as u32, blob))
-                .map_err(|_| ReadError::Repo(RepoError::Io("backup pipeline stopped".into())))?;
-        }
+        entry.chunks.push(store_chunk(sh, tx, &data, stats)?);
         Ok(())
     };
     // Small files are one chunk, read whole into a buffer of their size; a file of one
@@ -766,12 +795,29 @@ fn read_file(
     if changed {
         warn!(path = %full.display(), "file changed while it was read; it will be read again next time");
     }
-    let recent = read_started
+    entry.recheck = changed || recent(read_started, &after);
+    Ok(())
+}
+
+/// The file's mtime is within [`RECHECK_MARGIN`] of when it was read: a write in the same
+/// timestamp tick could go unseen.
+fn recent(read_started: SystemTime, after: &std::fs::Metadata) -> bool {
+    read_started
         .duration_since(after.modified().unwrap_or(SystemTime::UNIX_EPOCH))
         .map(|age| age < RECHECK_MARGIN)
-        .unwrap_or(true);
-    entry.recheck = changed || recent;
-    Ok(())
+        .unwrap_or(true)
+}
+
+/// After reading `size` bytes of `full` whose mtime was `mtime_ns`: must the next backup
+/// read it again rather than trust its size and times?
+pub(super) fn recheck_after(
+    full: &Path,
+    read_started: SystemTime,
+    size: u64,
+    mtime_ns_before: i64,
+) -> std::io::Result<bool> {
+    let after = std::fs::symlink_metadata(full)?;
+    Ok(after.len() != size || mtime_ns(&after) != mtime_ns_before || recent(read_started, &after))
 }
 
 fn pack_stage(

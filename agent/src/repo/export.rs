@@ -61,29 +61,42 @@ impl ArchiveManifest {
     }
 }
 
-/// Reads a file's content chunk by chunk from the repository (one chunk in memory).
+/// Reads a file's content piece by piece from the repository (one chunk in memory).
 struct ChunkReader<'a> {
     repo: &'a Repository,
     handle: &'a tokio::runtime::Handle,
     path: &'a str,
-    chunks: std::slice::Iter<'a, ChunkId>,
+    pieces: std::vec::IntoIter<(ChunkId, Option<std::ops::Range<usize>>)>,
+    /// The decoded chunk, its id, and the part of it still to read.
+    chunk: Option<ChunkId>,
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            let Some(id) = self.chunks.next() else {
+        while self.pos >= self.end {
+            let Some((id, range)) = self.pieces.next() else {
                 return Ok(0);
             };
-            self.buf = self
-                .handle
-                .block_on(self.repo.read_chunk(id))
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", self.path)))?;
-            self.pos = 0;
+            if self.chunk != Some(id) {
+                self.buf = self
+                    .handle
+                    .block_on(self.repo.read_chunk(&id))
+                    .map_err(|e| std::io::Error::other(format!("{}: {e}", self.path)))?;
+                self.chunk = Some(id);
+            }
+            let range = range.unwrap_or(0..self.buf.len());
+            if range.end > self.buf.len() {
+                return Err(std::io::Error::other(format!(
+                    "{}: an extent reaches past its chunk",
+                    self.path
+                )));
+            }
+            (self.pos, self.end) = (range.start, range.end);
         }
-        let n = out.len().min(self.buf.len() - self.pos);
+        let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -145,9 +158,11 @@ fn write_archive(
                     repo,
                     handle,
                     path: &e.path,
-                    chunks: e.chunks.iter(),
+                    pieces: e.pieces()?.into_iter(),
+                    chunk: None,
                     buf: Vec::new(),
                     pos: 0,
+                    end: 0,
                 };
                 tar.append_data(&mut h, &path, reader).map_err(io)?;
             }

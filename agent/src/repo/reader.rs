@@ -69,6 +69,56 @@ impl<'a> PackReader<'a> {
     }
 }
 
+/// Feeds a file's content to `out` in order: its chunks whole, or the slices its
+/// extents name, each chunk decoded once while consecutive extents use it. Returns the
+/// number of bytes fed.
+pub(crate) fn content(
+    source: &mut PackReader,
+    e: &Entry,
+    mut out: impl FnMut(&[u8]) -> Result<(), RepoError>,
+) -> Result<u64, RepoError> {
+    let mut fed = 0u64;
+    if e.extents.is_empty() {
+        for c in &e.chunks {
+            let data = source.chunk(c)?;
+            out(&data)?;
+            fed += data.len() as u64;
+        }
+        return Ok(fed);
+    }
+    // Extents alternate between a few chunks (the parent's and the new pages'): keep the
+    // last ones decoded.
+    let mut recent: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(RECENT_CHUNKS);
+    for (id, range) in e.pieces()? {
+        let at = match recent.iter().position(|(c, _)| *c == id) {
+            Some(at) => at,
+            None => {
+                if recent.len() == RECENT_CHUNKS {
+                    recent.remove(0);
+                }
+                recent.push((id, source.chunk(&id)?));
+                recent.len() - 1
+            }
+        };
+        let data = &recent[at].1;
+        let slice = match range {
+            Some(r) => data.get(r.clone()).ok_or_else(|| {
+                RepoError::Damaged(format!(
+                    "chunk {} is {} bytes; an extent wants {r:?}",
+                    id.hex(),
+                    data.len()
+                ))
+            })?,
+            None => data.as_slice(),
+        };
+        out(slice)?;
+        fed += slice.len() as u64;
+    }
+    Ok(fed)
+}
+
+const RECENT_CHUNKS: usize = 4;
+
 /// The work plan for reading many files.
 struct ReadPlan {
     /// File indices ordered by the pack and offset of their first chunk.

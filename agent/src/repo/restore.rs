@@ -259,23 +259,24 @@ fn restore_file(
     let mut f = created?;
     // Every chunk is checked against its SHA-256 id as it is decoded, so the content
     // is exactly the manifest's chunk list; a one-chunk file's id is its SHA-256.
-    if let [only] = e.chunks.as_slice() {
-        if e.sha256.as_deref() != Some(only.hex().as_str()) {
+    if e.is_single_chunk() {
+        if e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
             return Err(RepoError::Damaged(format!(
                 "{}: the manifest's SHA-256 does not match its content",
                 e.path
             )));
         }
     }
-    for c in &e.chunks {
-        let data = source.chunk(c).map_err(|err| match err {
-            RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
-            other => other,
-        })?;
-        f.write_all(&data)
+    reader::content(source, e, |data| {
+        f.write_all(data)
             .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
-    }
+        Ok(())
+    })
+    .map_err(|err| match err {
+        RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
+        other => other,
+    })?;
     // Owner, then mode (a chown clears set-id bits), then times, all on the open file.
     let io = |what: &str, err: std::io::Error| {
         RepoError::Io(format!("{what} {}: {err}", path.display()))

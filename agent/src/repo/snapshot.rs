@@ -39,6 +39,11 @@ pub struct Entry {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkId>,
+    /// When set, the file is these slices of `chunks`, in order, rather than the chunks
+    /// whole: a page-level incremental copy of a database file, whose unchanged pages
+    /// are slices of the chunks its parent stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extents: Vec<Extent>,
     /// Symlink target, stored as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -46,6 +51,38 @@ pub struct Entry {
     /// in the same timestamp tick could go unseen, so the next backup reads it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recheck: bool,
+}
+
+/// A slice of one of an entry's chunks: (index into `chunks`, offset, length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent(pub u32, pub u32, pub u32);
+
+impl Entry {
+    /// The file is exactly one whole chunk, whose id is then the file's SHA-256.
+    pub fn is_single_chunk(&self) -> bool {
+        self.chunks.len() == 1 && self.extents.is_empty()
+    }
+
+    /// The file's content as (chunk, byte range of the decoded chunk; `None` for all of
+    /// it), in order. An extent naming a chunk the entry does not list is an error.
+    pub fn pieces(&self) -> Result<Vec<(ChunkId, Option<std::ops::Range<usize>>)>, RepoError> {
+        if self.extents.is_empty() {
+            return Ok(self.chunks.iter().map(|c| (*c, None)).collect());
+        }
+        self.extents
+            .iter()
+            .map(|&Extent(i, off, len)| {
+                let id = self.chunks.get(i as usize).ok_or_else(|| {
+                    RepoError::Corrupt(format!(
+                        "{}: an extent names chunk {i} of {}",
+                        self.path,
+                        self.chunks.len()
+                    ))
+                })?;
+                Ok((*id, Some(off as usize..off as usize + len as usize)))
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

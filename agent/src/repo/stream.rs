@@ -66,6 +66,7 @@ impl Repository {
             inode: 0,
             sha256: Some(digest),
             chunks,
+            extents: Vec::new(),
             target: None,
             recheck: true,
         };

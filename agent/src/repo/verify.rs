@@ -174,6 +174,23 @@ impl Repository {
                     }
                 }
             }
+            // A file made of extents holds what its extents name, each inside its chunk.
+            if !e.extents.is_empty() && !damaged.contains_key(&e.path) {
+                total = 0;
+                for &super::snapshot::Extent(i, off, len) in &e.extents {
+                    let fits = e
+                        .chunks
+                        .get(i as usize)
+                        .and_then(|c| self.lookup(c))
+                        .is_some_and(|loc| off as u64 + len as u64 <= loc.raw_length as u64);
+                    if !fits {
+                        damaged.entry(e.path.clone()).or_insert_with(|| {
+                            format!("an extent ({i}, {off}, {len}) lies outside its chunk")
+                        });
+                    }
+                    total += len as u64;
+                }
+            }
             if !damaged.contains_key(&e.path) && total != e.size {
                 damaged.insert(
                     e.path.clone(),
@@ -289,33 +306,34 @@ fn read_back_blocking(
         |source, i| {
             let e = &files[i];
             // A one-chunk file's SHA-256 is its chunk's id, checked as it is decoded.
-            let single = e.chunks.len() == 1;
+            let single = e.is_single_chunk();
             if single && e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
                 mismatch(e);
                 return Ok(());
             }
             let mut hasher = Sha256::new();
-            for c in &e.chunks {
-                match source.chunk(c) {
-                    Ok(data) => {
-                        chunks.fetch_add(1, Relaxed);
-                        bytes.fetch_add(data.len() as u64, Relaxed);
-                        if !single {
-                            hasher.update(&data);
-                        }
-                    }
-                    Err(RepoError::Damaged(why)) => {
-                        bad_chunks.lock().push((e.path.clone(), why));
-                        return Ok(());
-                    }
-                    Err(RepoError::NotFound(what)) => {
-                        bad_chunks
-                            .lock()
-                            .push((e.path.clone(), format!("{what} is missing")));
-                        return Ok(());
-                    }
-                    Err(other) => return Err(other),
+            let fed = reader::content(source, e, |data| {
+                if !single {
+                    hasher.update(data);
                 }
+                Ok(())
+            });
+            match fed {
+                Ok(n) => {
+                    chunks.fetch_add(e.chunks.len() as u64, Relaxed);
+                    bytes.fetch_add(n, Relaxed);
+                }
+                Err(RepoError::Damaged(why) | RepoError::Corrupt(why)) => {
+                    bad_chunks.lock().push((e.path.clone(), why));
+                    return Ok(());
+                }
+                Err(RepoError::NotFound(what)) => {
+                    bad_chunks
+                        .lock()
+                        .push((e.path.clone(), format!("{what} is missing")));
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
             }
             if !single && e.sha256.as_deref() != Some(hex::encode(hasher.finalize()).as_str()) {
                 mismatch(e);
