@@ -338,7 +338,7 @@ fn run_pipeline(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     source: &Path,
-    (exclude, pages): (Option<fn(&str) -> bool>, Option<PageDelta>),
+    (exclude, pages): Selection,
     parent: Option<&Snapshot>,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -470,6 +470,9 @@ pub(super) struct Shared<'a> {
 
 /// A sealed chunk on its way to the packer: id, plaintext length, stored bytes.
 pub(super) type Blob = (ChunkId, u32, Vec<u8>);
+
+/// What to leave out, and which files to copy page by page.
+type Selection = (Option<fn(&str) -> bool>, Option<PageDelta>);
 
 /// Entries with their listing position, and the worker's share of the statistics.
 type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);

@@ -44,8 +44,8 @@ pub(super) fn applies(pd: &PageDelta, parent: &Entry, meta: &std::fs::Metadata) 
     let page = pd.page_size as u64;
     page > 0
         && parent.inode == meta.ino()
-        && meta.len() % page == 0
-        && parent.size % page == 0
+        && meta.len().is_multiple_of(page)
+        && parent.size.is_multiple_of(page)
         && parent.size > 0
 }
 
