@@ -259,13 +259,11 @@ fn restore_file(
     let mut f = created?;
     // Every chunk is checked against its SHA-256 id as it is decoded, so the content
     // is exactly the manifest's chunk list; a one-chunk file's id is its SHA-256.
-    if e.is_single_chunk() {
-        if e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
-            return Err(RepoError::Damaged(format!(
-                "{}: the manifest's SHA-256 does not match its content",
-                e.path
-            )));
-        }
+    if e.is_single_chunk() && e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
+        return Err(RepoError::Damaged(format!(
+            "{}: the manifest's SHA-256 does not match its content",
+            e.path
+        )));
     }
     reader::content(source, e, |data| {
         f.write_all(data)
