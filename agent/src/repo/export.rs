@@ -66,7 +66,7 @@ struct ChunkReader<'a> {
     repo: &'a Repository,
     handle: &'a tokio::runtime::Handle,
     path: &'a str,
-    pieces: std::vec::IntoIter<(ChunkId, Option<std::ops::Range<usize>>)>,
+    pieces: std::vec::IntoIter<super::snapshot::Piece>,
     /// The decoded chunk, its id, and the part of it still to read.
     chunk: Option<ChunkId>,
     buf: Vec<u8>,

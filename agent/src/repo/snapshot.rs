@@ -53,6 +53,9 @@ pub struct Entry {
     pub recheck: bool,
 }
 
+/// A chunk of a file's content, and the part of it that belongs (`None`: all).
+pub type Piece = (ChunkId, Option<std::ops::Range<usize>>);
+
 /// A slice of one of an entry's chunks: (index into `chunks`, offset, length).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extent(pub u32, pub u32, pub u32);
@@ -65,7 +68,7 @@ impl Entry {
 
     /// The file's content as (chunk, byte range of the decoded chunk; `None` for all of
     /// it), in order. An extent naming a chunk the entry does not list is an error.
-    pub fn pieces(&self) -> Result<Vec<(ChunkId, Option<std::ops::Range<usize>>)>, RepoError> {
+    pub fn pieces(&self) -> Result<Vec<Piece>, RepoError> {
         if self.extents.is_empty() {
             return Ok(self.chunks.iter().map(|c| (*c, None)).collect());
         }
