@@ -284,18 +284,19 @@ async fn run_inner(
     info!(start_lsn = %start_lsn, timeline, "backup started");
 
     let mut request = BackupRequest::new(req.id.clone(), KIND, cfg.data_dir.clone());
-    // Page by page against a parent of the same cluster and timeline (a parent on
-    // another timeline could have page LSNs from another history).
-    request.pages = parent
+    // Relation files in fixed blocks; page by page against a parent of the same cluster
+    // and timeline (a parent on another timeline could have page LSNs from another
+    // history).
+    let floor = parent
         .as_ref()
         .and_then(|p| p.postgres.as_ref())
         .filter(|p| p.timeline == timeline && p.system_identifier == server.system_identifier)
-        .and_then(|p| p.start_lsn.parse::<Lsn>().ok())
-        .map(|floor| PageDelta {
-            eligible: relation_main_fork,
-            page_size: server.block_size,
-            lsn_floor: floor.0,
-        });
+        .and_then(|p| p.start_lsn.parse::<Lsn>().ok());
+    request.pages = Some(PageDelta {
+        eligible: relation_main_fork,
+        page_size: server.block_size,
+        lsn_floor: floor.map(|f| f.0),
+    });
     request.parent = parent;
     request.tags = req.tags.clone();
     request.progress = req.progress.clone();

@@ -677,10 +677,13 @@ fn entry_for(
         e.sha256 = p.sha256.clone();
         sh.progress.bytes_done.fetch_add(e.size, Relaxed);
     } else {
-        let page_delta = sh.pages.filter(|pd| (pd.eligible)(rel)).and_then(|pd| {
-            let parent = sh.parent.get(rel)?;
-            pages::applies(&pd, parent, meta).then_some((pd, *parent))
-        });
+        let page_delta = sh
+            .pages
+            .filter(|pd| pd.lsn_floor.is_some() && (pd.eligible)(rel))
+            .and_then(|pd| {
+                let parent = sh.parent.get(rel)?;
+                pages::applies(&pd, parent, meta).then_some((pd, *parent))
+            });
         let read = match page_delta {
             Some((pd, parent)) => match pages::read_pages(sh, tx, &mut e, parent, &pd, stats) {
                 Ok(false) => read_file(sh, tx, &mut e, stats),
@@ -777,6 +780,22 @@ fn read_file(
     if head.len() < chunker.min as usize {
         if !head.is_empty() {
             emit(head, true)?;
+        }
+    } else if sh.pages.is_some_and(|pd| (pd.eligible)(&entry.path)) {
+        // Database relation files: fixed blocks of the average chunk size, no rolling
+        // hash (their changes are found page by page, not by content).
+        single = false;
+        let mut reader = std::io::Cursor::new(head).chain(&file);
+        loop {
+            let mut block = Vec::with_capacity(chunker.avg as usize);
+            (&mut reader)
+                .take(chunker.avg as u64)
+                .read_to_end(&mut block)
+                .map_err(|e| io("read", e))?;
+            if block.is_empty() {
+                break;
+            }
+            emit(block, false)?;
         }
     } else {
         single = false;

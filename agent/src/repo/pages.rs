@@ -24,15 +24,17 @@ use super::pack::ChunkId;
 use super::snapshot::{Entry, Extent, SnapshotStats};
 use super::{RepoError, Repository};
 
-/// Which files are copied page by page, and against what.
+/// Which files are database pages: stored in fixed blocks, and — given a parent —
+/// copied page by page against it.
 #[derive(Clone, Copy, Debug)]
 pub struct PageDelta {
     /// Files made of pages with an LSN header (PostgreSQL relation main forks).
     pub eligible: fn(&str) -> bool,
     /// PostgreSQL's block size (8192 unless built otherwise).
     pub page_size: u32,
-    /// The parent backup's start LSN: a page below it is the parent's.
-    pub lsn_floor: u64,
+    /// The parent backup's start LSN: a page below it is the parent's. `None`: no
+    /// parent to copy against (a full backup).
+    pub lsn_floor: Option<u64>,
 }
 
 /// New pages are gathered into chunks of about this size.
@@ -134,6 +136,7 @@ pub(super) fn read_pages(
     let mut new_data: Vec<u8> = Vec::with_capacity(NEW_CHUNK + page);
     let mut new_ids: Vec<ChunkId> = Vec::new();
     let mut b = Builder { pieces: Vec::new() };
+    let floor = pd.lsn_floor.unwrap_or(0);
     loop {
         if sh.cancel.load(Relaxed) {
             return Err(ReadError::Repo(RepoError::Cancelled));
@@ -165,7 +168,7 @@ pub(super) fn read_pages(
             } else {
                 0
             };
-            let unchanged = lsn != 0 && lsn < pd.lsn_floor && at + page as u64 <= parent.size;
+            let unchanged = lsn != 0 && lsn < floor && at + page as u64 <= parent.size;
             if unchanged {
                 b.parent_range(&layout, at, page as u64);
             } else {

@@ -21,11 +21,15 @@ pub(crate) struct PackReader<'a> {
     /// Hash every chunk against its id (verify); otherwise only an unencrypted
     /// repository's chunks are hashed, since AES-GCM already authenticates the rest.
     always_check_ids: bool,
-    cached: Option<String>,
-    /// The cached pack is `buf[..len]`.
-    buf: PackBuf,
-    len: usize,
+    /// The packs read last (most recent last), each `(name, buf, len)` with the pack in
+    /// `buf[..len]`: a page-level incremental file alternates between its parent's packs
+    /// and its new pages' pack, and packs are read with `O_DIRECT` (no page cache to
+    /// make a second read cheap).
+    cached: Vec<(String, PackBuf, usize)>,
 }
+
+/// Packs kept per reader.
+const CACHED_PACKS: usize = 2;
 
 impl<'a> PackReader<'a> {
     pub(crate) fn new(
@@ -39,9 +43,7 @@ impl<'a> PackReader<'a> {
             handle,
             whole_packs,
             always_check_ids,
-            cached: None,
-            buf: PackBuf::new(PACK_ALIGN),
-            len: 0,
+            cached: Vec::with_capacity(CACHED_PACKS),
         }
     }
 
@@ -53,15 +55,33 @@ impl<'a> PackReader<'a> {
             .repo
             .lookup(id)
             .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
-        if self.cached.as_deref() != Some(loc.pack.as_str()) {
-            self.cached = None;
-            self.len = self
-                .handle
-                .block_on(self.repo.read_pack(&loc.pack, &mut self.buf))?;
-            self.cached = Some(loc.pack.clone());
-        }
+        let at = match self
+            .cached
+            .iter()
+            .position(|(name, _, _)| *name == loc.pack)
+        {
+            Some(at) => at,
+            None => {
+                // Reuse the least recently used buffer once the cache is full.
+                let (mut buf, _) = if self.cached.len() == CACHED_PACKS {
+                    let (_, buf, len) = self.cached.remove(0);
+                    (buf, len)
+                } else {
+                    (PackBuf::new(PACK_ALIGN), 0)
+                };
+                let len = self
+                    .handle
+                    .block_on(self.repo.read_pack(&loc.pack, &mut buf))?;
+                self.cached.push((loc.pack.clone(), buf, len));
+                self.cached.len() - 1
+            }
+        };
+        // Most recently used last.
+        let entry = self.cached.remove(at);
+        self.cached.push(entry);
+        let (_, buf, len) = &self.cached[self.cached.len() - 1];
         let start = loc.offset as usize;
-        let stored = self.buf[..self.len]
+        let stored = buf[..*len]
             .get(start..start + loc.length as usize)
             .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
         let check = self.always_check_ids || !self.repo.is_encrypted();

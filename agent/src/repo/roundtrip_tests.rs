@@ -537,7 +537,7 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
     let delta = |floor: u64| PageDelta {
         eligible: crate::database::basebackup::relation_main_fork,
         page_size: 8192,
-        lsn_floor: floor,
+        lsn_floor: Some(floor),
     };
 
     // Every 16th page changes (LSN above the floor); the file grows by 8 pages. In place,
