@@ -98,9 +98,15 @@ fn with_codec<T>(f: impl FnOnce(&mut Codec) -> Result<T, RepoError>) -> Result<T
     CODEC.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
+            let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                .map_err(|e| RepoError::Io(format!("zstd: {e}")))?;
+            // A content checksum (XXH64) in every frame: decompression checks it, so a
+            // reader of an unencrypted repository need not hash every chunk again.
+            compressor
+                .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .map_err(|e| RepoError::Io(format!("zstd: {e}")))?;
             *slot = Some(Codec {
-                compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                    .map_err(|e| RepoError::Io(format!("zstd: {e}")))?,
+                compressor,
                 decompressor: zstd::bulk::Decompressor::new()
                     .map_err(|e| RepoError::Io(format!("zstd: {e}")))?,
                 scratch: Vec::new(),
@@ -153,6 +159,18 @@ pub fn encode_blob(data: &[u8], key: Option<&MasterKey>) -> Result<Vec<u8>, Repo
         k.seal_in_place(&mut out)?;
     }
     Ok(out)
+}
+
+/// Whether a stored blob of an unencrypted repository checks itself as it is decoded:
+/// zstd-compressed with a content checksum in its frame (every blob written since the
+/// checksum was turned on). Restore then skips the SHA-256 of the chunk; verify never.
+pub fn self_checking(stored: &[u8]) -> bool {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    const CONTENT_CHECKSUM: u8 = 0x04;
+    stored.len() > 5
+        && stored[0] == FLAG_ZSTD
+        && stored[1..5] == ZSTD_MAGIC
+        && stored[5] & CONTENT_CHECKSUM != 0
 }
 
 /// Opens, decompresses and checks one stored chunk against its id.
@@ -372,5 +390,33 @@ mod tests {
             data
         );
         assert!(decode_blob(&blob, &id, data.len() as u32, None).is_err());
+    }
+}
+
+#[cfg(test)]
+mod checksum_tests {
+    use super::*;
+
+    #[test]
+    fn compressed_blobs_check_themselves() {
+        let data = b"a compressible line of text\n".repeat(2000);
+        let id = ChunkId::of(&data);
+        let blob = encode_blob(&data, None).expect("encode");
+        assert!(self_checking(&blob), "zstd frames carry a content checksum");
+        assert_eq!(
+            decode_blob_checked(&blob, &id, data.len() as u32, None, false).expect("decode"),
+            data
+        );
+        // A flipped byte inside the frame fails even without hashing the chunk.
+        let mut bad = blob.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x10;
+        assert!(decode_blob_checked(&bad, &id, data.len() as u32, None, false).is_err());
+        // Random bytes are stored as they are, and are not self-checking.
+        let noise: Vec<u8> = (0..40_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let raw = encode_blob(&noise, None).expect("encode");
+        assert!(!self_checking(&raw) || raw[0] == FLAG_ZSTD);
     }
 }

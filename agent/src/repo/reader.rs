@@ -84,7 +84,8 @@ impl<'a> PackReader<'a> {
         let stored = buf[..*len]
             .get(start..start + loc.length as usize)
             .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
-        let check = self.always_check_ids || !self.repo.is_encrypted();
+        let check =
+            self.always_check_ids || (!self.repo.is_encrypted() && !pack::self_checking(stored));
         pack::decode_blob_checked(stored, id, loc.raw_length, self.repo.key(), check)
     }
 }
