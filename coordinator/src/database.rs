@@ -21,10 +21,11 @@ use drmesh_protocol::{AgentId, CommandKind, RegionId};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
-use crate::documents::{raise, Throttle, BACKUP_FAILED, BACKUP_TIMEOUT};
+use crate::documents::{raise, BACKUP_FAILED, BACKUP_TIMEOUT};
+use crate::jobs;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
-use crate::transport::{self, TransportError};
+use crate::transport::TransportError;
 
 /// Capability an agent announces when it has a `[database]` configuration.
 pub const CAPABILITY: &str = "database";
@@ -185,33 +186,18 @@ pub fn start_backup(
 async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
     info!("database backup started");
     let started = Instant::now();
-    let store = coord.store.clone();
     let id = rec.backup_id.clone();
-    let mut throttle = Throttle::default();
     let kind = CommandKind::DatabaseBackup {
         backup_id: id.clone(),
         backup_type: rec.backup_type.clone(),
         tags: rec.tags.clone(),
     };
-    let result = transport::send_command_with_progress(
+    let result = jobs::run_with_progress::<DatabaseBackup>(
         &coord,
         &rec.agent_id,
         kind,
         coord.config.backup_timeout,
-        |p| {
-            if !throttle.ready() {
-                return;
-            }
-            if let Ok(Some(mut current)) = get(store.as_ref(), &id) {
-                if current.status == BackupStatus::InProgress {
-                    current.progress = p.percent.clamp(0.0, 100.0);
-                    current.progress_message = p.message;
-                    if let Err(e) = save(store.as_ref(), &current) {
-                        warn!(error = %e, "save backup progress");
-                    }
-                }
-            }
-        },
+        &id,
     )
     .await;
     if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {

@@ -22,6 +22,7 @@ use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
+use crate::jobs;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
@@ -195,54 +196,20 @@ pub fn start_backup(
     Ok(accepted)
 }
 
-/// Writes progress to the store at most once a second.
-#[derive(Default)]
-pub(crate) struct Throttle {
-    last: Option<Instant>,
-}
-
-impl Throttle {
-    pub(crate) fn ready(&mut self) -> bool {
-        if self
-            .last
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return false;
-        }
-        self.last = Some(Instant::now());
-        true
-    }
-}
-
 async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
     info!("document backup started");
     let started = Instant::now();
-    let store = coord.store.clone();
     let id = rec.backup_id.clone();
-    let mut throttle = Throttle::default();
     let kind = CommandKind::DocumentsBackup {
         backup_id: id.clone(),
         tags: rec.tags.clone(),
     };
-    let result = transport::send_command_with_progress(
+    let result = jobs::run_with_progress::<DocumentBackup>(
         &coord,
         &rec.agent_id,
         kind,
         coord.config.backup_timeout,
-        |p| {
-            if !throttle.ready() {
-                return;
-            }
-            if let Ok(Some(mut current)) = get(store.as_ref(), &id) {
-                if current.status == BackupStatus::InProgress {
-                    current.progress = p.percent.clamp(0.0, 100.0);
-                    current.progress_message = p.message;
-                    if let Err(e) = save(store.as_ref(), &current) {
-                        warn!(error = %e, "save backup progress");
-                    }
-                }
-            }
-        },
+        &id,
     )
     .await;
     // Progress writes went to the stored copy; start again from it.

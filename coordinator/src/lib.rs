@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod database;
 pub mod documents;
+mod jobs;
 pub mod metrics;
 pub mod recovery;
 pub mod registry;

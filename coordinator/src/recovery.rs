@@ -14,7 +14,8 @@ use drmesh_protocol::{AgentId, CommandKind, PgRole};
 use tracing::{error, info, warn, Instrument};
 
 use crate::database::CAPABILITY;
-use crate::documents::{raise, Throttle};
+use crate::documents::raise;
+use crate::jobs;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -191,34 +192,19 @@ pub fn start(
 async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
     info!(environment = %run.target_environment, "point-in-time recovery started");
     let started = Instant::now();
-    let store = coord.store.clone();
     let id = run.recovery_id.clone();
-    let mut throttle = Throttle::default();
     let kind = CommandKind::PointInTimeRecovery {
         recovery_id: id.clone(),
         target_time: run.target_timestamp.to_rfc3339(),
         backup_id: run.backup_id.clone(),
         environment: run.target_environment.clone(),
     };
-    let result = transport::send_command_with_progress(
+    let result = jobs::run_with_progress::<PitrRun>(
         &coord,
         &run.agent_id,
         kind,
         coord.config.recovery_timeout,
-        |p| {
-            if !throttle.ready() {
-                return;
-            }
-            if let Ok(Some(mut current)) = get(store.as_ref(), &id) {
-                if current.status == BackupStatus::InProgress {
-                    current.progress = p.percent.clamp(0.0, 100.0);
-                    current.progress_message = p.message;
-                    if let Err(e) = save(store.as_ref(), &current) {
-                        warn!(error = %e, "save recovery progress");
-                    }
-                }
-            }
-        },
+        &id,
     )
     .await;
     if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {

@@ -501,22 +501,10 @@ async fn copy_to_a_repository_with_another_key_moves_only_missing_chunks() {
 /// A fake relation file: `pages` pages of 8 KiB, page `i` with LSN `lsns[i]` and content
 /// from `seed`.
 fn relation_page(lsn: u64, seed: u64) -> Vec<u8> {
-    let mut page = crate::repo::roundtrip_tests::noise_bytes(seed, 8192);
+    let mut page = noise(seed, 8192);
     page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
     page[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
     page
-}
-
-fn noise_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,7 +520,7 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
         data.extend(relation_page(0x1000 + i, i));
     }
     std::fs::write(&rel, &data).expect("write");
-    std::fs::write(fx.path("src/base/1/100_fsm"), noise_bytes(7, 24576)).expect("fsm");
+    std::fs::write(fx.path("src/base/1/100_fsm"), noise(7, 24576)).expect("fsm");
     let parent = fx.backup("full_1", None).await;
     let delta = |floor: u64| PageDelta {
         eligible: crate::database::basebackup::relation_main_fork,

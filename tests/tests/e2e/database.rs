@@ -417,6 +417,34 @@ fn wait_backup(mesh: &Mesh, id: &str) -> Value {
 
 const DB: &str = "/v1/backup-recovery/database";
 
+/// Starts an agent next to the fixture's primary with `sections` (its configuration is
+/// copied where the cluster's owner, who runs the backup processes, can read it), then
+/// asks for a full backup with `body` until the agent has reported its primary (503
+/// before). Returns the agent, its configuration and the 202 answer's backup id.
+fn agent_and_full_backup(
+    fx: &Fixture,
+    mesh: &Mesh,
+    sections: &str,
+    body: Option<&str>,
+) -> (drmesh_tests::Proc, PathBuf, String, Value) {
+    let files = mesh.issue_agent("db-1", "us-west-2");
+    let written = mesh.agent_config("db-1", "us-west-2", &files, sections);
+    let config = fx.root.join("agent-daemon.toml");
+    std::fs::copy(&written, &config).expect("copy config");
+    let agent = mesh.spawn_agent(&config);
+    let accepted = wait_for(Duration::from_secs(30), || {
+        let a = mesh.post(&format!("{DB}/backup/full"), body);
+        (a.status != 503).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"]
+        .as_str()
+        .expect("backupId")
+        .to_string();
+    (agent, config, id, accepted.body)
+}
+
 /// `drmesh ARGS` against the mesh with its admin token: (success, stdout, stderr).
 fn drmesh(mesh: &Mesh, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("drmesh"))
@@ -437,40 +465,20 @@ fn database_backups_through_the_runbook_endpoints() {
     let fx = Fixture::new("5s");
     fx.pgbench(&["-i", "-s", "1", "-q"]);
     let mesh = Mesh::start(200);
-    let files = mesh.issue_agent("db-1", "us-west-2");
-    let written = mesh.agent_config(
-        "db-1",
-        "us-west-2",
-        &files,
-        &database_sections(&fx.root, &fx.primary, "5s"),
-    );
-    // The backup process runs as the cluster's owner and reads this file.
-    let config = fx.root.join("agent-daemon.toml");
-    std::fs::copy(&written, &config).expect("copy config");
-    let mut agent = mesh.spawn_agent(&config);
-
-    // The runbook's call; 503 until the agent has reported its primary.
+    // The runbook's call.
     let body = r#"{"tags": {"type": "manual", "reason": "pre-deployment", "operator": "admin@propchain.local"}}"#;
-    let accepted = wait_for(Duration::from_secs(30), || {
-        let a = mesh.post(&format!("{DB}/backup/full"), Some(body));
-        (a.status != 503).then_some(a)
-    })
-    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let id = accepted.body["backupId"]
-        .as_str()
-        .expect("backupId")
-        .to_string();
+    let (mut agent, _, id, accepted) = agent_and_full_backup(
+        &fx,
+        &mesh,
+        &database_sections(&fx.root, &fx.primary, "5s"),
+        Some(body),
+    );
     let parts: Vec<&str> = id.split('_').collect();
     assert_eq!(parts[0], "full", "{id}");
     assert_eq!(parts[1].len(), 13, "epoch ms in {id}");
     assert_eq!(parts[2].len(), 6, "{id}");
-    assert!(accepted.body["timestamp"].is_string(), "{}", accepted.text);
-    assert!(
-        accepted.body["estimatedDuration"].is_string(),
-        "{}",
-        accepted.text
-    );
+    assert!(accepted["timestamp"].is_string(), "{accepted}");
+    assert!(accepted["estimatedDuration"].is_string(), "{accepted}");
 
     let done = wait_backup(&mesh, &id);
     assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
@@ -594,28 +602,16 @@ fn point_in_time_recovery_through_the_runbook_endpoints() {
     let staging = fx.root.join("staging");
     let staging_port = free_port().expect("port");
     let mesh = Mesh::start(200);
-    let files = mesh.issue_agent("db-1", "us-west-2");
-    let written = mesh.agent_config(
-        "db-1",
-        "us-west-2",
-        &files,
+    let (mut agent, _, backup, _) = agent_and_full_backup(
+        &fx,
+        &mesh,
         &format!(
             "{}[database.environments.staging]\ndata_dir = \"{}\"\nport = {staging_port}\n",
             database_sections(&fx.root, &fx.primary, "10s"),
             staging.display()
         ),
+        None,
     );
-    let config = fx.root.join("agent-daemon.toml");
-    std::fs::copy(&written, &config).expect("copy config");
-    let mut agent = mesh.spawn_agent(&config);
-
-    let accepted = wait_for(Duration::from_secs(30), || {
-        let a = mesh.post(&format!("{DB}/backup/full"), None);
-        (a.status != 503).then_some(a)
-    })
-    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let backup = accepted.body["backupId"].as_str().expect("id").to_string();
     let done = wait_backup(&mesh, &backup);
     assert_eq!(done["status"], "COMPLETED", "{done}");
 
@@ -716,23 +712,12 @@ fn an_agent_killed_during_a_backup_leaves_no_snapshot_and_the_next_backup_succee
     let fx = Fixture::new("10s");
     fx.pgbench(&["-i", "-s", "30", "-q"]);
     let mesh = Mesh::start(200);
-    let files = mesh.issue_agent("db-1", "us-west-2");
-    let written = mesh.agent_config(
-        "db-1",
-        "us-west-2",
-        &files,
+    let (mut agent, config, id, _) = agent_and_full_backup(
+        &fx,
+        &mesh,
         &database_sections(&fx.root, &fx.primary, "10s"),
+        None,
     );
-    let config = fx.root.join("agent-daemon.toml");
-    std::fs::copy(&written, &config).expect("copy config");
-    let mut agent = mesh.spawn_agent(&config);
-    let accepted = wait_for(Duration::from_secs(30), || {
-        let a = mesh.post(&format!("{DB}/backup/full"), None);
-        (a.status != 503).then_some(a)
-    })
-    .unwrap_or_else(|| panic!("no agent took the backup:\n{}", agent.log_text()));
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let id = accepted.body["backupId"].as_str().expect("id").to_string();
     // Kill the agent once its backup process is copying.
     let copying = wait_for(Duration::from_secs(20), || {
         let procs = drmesh_tests::processes_mentioning(&id);

@@ -1,0 +1,86 @@
+//! Commands whose progress goes into a stored record: backups (documents, database) and
+//! point-in-time recoveries. The agent's progress frames are written into the record
+//! (at most once a second, and only while it is still IN_PROGRESS); the caller then
+//! reads the record back and folds the result in.
+
+use std::time::{Duration, Instant};
+
+use drmesh_protocol::api::{BackupStatus, DatabaseBackup, DocumentBackup, PitrRun};
+use drmesh_protocol::{AgentId, CommandKind, CommandResult};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::warn;
+
+use crate::state::Coordinator;
+use crate::store::{Namespace, StoreExt};
+use crate::transport::{self, TransportError};
+
+/// A stored record that a running command reports progress into.
+pub(crate) trait Job: Serialize + DeserializeOwned {
+    fn status(&self) -> BackupStatus;
+    fn set_progress(&mut self, percent: f32, message: String);
+}
+
+macro_rules! job {
+    ($t:ty) => {
+        impl Job for $t {
+            fn status(&self) -> BackupStatus {
+                self.status
+            }
+            fn set_progress(&mut self, percent: f32, message: String) {
+                self.progress = percent.clamp(0.0, 100.0);
+                self.progress_message = message;
+            }
+        }
+    };
+}
+
+job!(DocumentBackup);
+job!(DatabaseBackup);
+job!(PitrRun);
+
+/// Writes progress to the store at most once a second.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    fn ready(&mut self) -> bool {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+}
+
+/// Sends `kind` to `agent` and writes its progress into the record stored under `key`
+/// (in the `backups` namespace) as `J`.
+pub(crate) async fn run_with_progress<J: Job>(
+    coord: &Coordinator,
+    agent: &AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+    key: &str,
+) -> Result<CommandResult, TransportError> {
+    let store = coord.store.clone();
+    let mut throttle = Throttle::default();
+    transport::send_command_with_progress(coord, agent, kind, timeout, |p| {
+        if !throttle.ready() {
+            return;
+        }
+        if let Ok(Some(mut current)) = store.get_json::<J>(Namespace::Backups, key) {
+            if current.status() == BackupStatus::InProgress {
+                current.set_progress(p.percent, p.message);
+                if let Err(e) = store.put_json(Namespace::Backups, key, &current) {
+                    warn!(error = %e, "save progress");
+                }
+            }
+        }
+    })
+    .await
+}
