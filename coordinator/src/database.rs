@@ -22,10 +22,9 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::documents::{raise, BACKUP_FAILED, BACKUP_TIMEOUT};
-use crate::jobs;
+use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
-use crate::transport::TransportError;
 
 /// Capability an agent announces when it has a `[database]` configuration.
 pub const CAPABILITY: &str = "database";
@@ -206,39 +205,29 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);
     rec.completed_at = Some(Utc::now());
     let source = rec.agent_id.to_string();
-    match result {
-        Ok(r) if r.ok => match r
-            .detail_json
-            .as_deref()
-            .map(serde_json::from_str::<DatabaseBackupOutcome>)
-        {
-            Some(Ok(outcome)) => {
-                rec.status = BackupStatus::Completed;
-                rec.progress = 100.0;
-                rec.progress_message = "completed".into();
-                rec.bytes_read = Some(outcome.bytes_read);
-                rec.bytes_stored = Some(outcome.bytes_stored);
-                rec.start_lsn = Some(outcome.start_lsn.clone());
-                rec.stop_lsn = Some(outcome.stop_lsn.clone());
-                rec.timeline = Some(outcome.timeline);
-                let _ = alerts::resolve_cleared(coord.store.as_ref(), BACKUP_FAILED, "database");
-                info!(
-                    bytes = outcome.bytes,
-                    stored = outcome.bytes_stored,
-                    "database backup completed"
-                );
-                rec.outcome = Some(outcome);
-            }
-            other => {
-                rec.status = BackupStatus::Failed;
-                rec.error = Some(format!("the agent's result could not be read: {other:?}"));
-            }
-        },
-        Ok(r) => {
-            rec.status = BackupStatus::Failed;
-            rec.error = Some(r.message);
+    match jobs::finished::<DatabaseBackupOutcome>(result, "backup") {
+        Finished::Done(outcome) => {
+            rec.status = BackupStatus::Completed;
+            rec.progress = 100.0;
+            rec.progress_message = "completed".into();
+            rec.bytes_read = Some(outcome.bytes_read);
+            rec.bytes_stored = Some(outcome.bytes_stored);
+            rec.start_lsn = Some(outcome.start_lsn.clone());
+            rec.stop_lsn = Some(outcome.stop_lsn.clone());
+            rec.timeline = Some(outcome.timeline);
+            let _ = alerts::resolve_cleared(coord.store.as_ref(), BACKUP_FAILED, "database");
+            info!(
+                bytes = outcome.bytes,
+                stored = outcome.bytes_stored,
+                "database backup completed"
+            );
+            rec.outcome = Some(outcome);
         }
-        Err(TransportError::Timeout(_)) => {
+        Finished::Failed(why) => {
+            rec.status = BackupStatus::Failed;
+            rec.error = Some(why);
+        }
+        Finished::TimedOut => {
             rec.status = BackupStatus::Failed;
             let limit = humantime::format_duration(coord.config.backup_timeout);
             rec.error = Some(format!("no result within the backup timeout ({limit})"));
@@ -250,10 +239,6 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
                 Some(rec.region.clone()),
                 format!("Backup Timeout: database backup {id} on {source} ran past {limit}"),
             );
-        }
-        Err(e) => {
-            rec.status = BackupStatus::Failed;
-            rec.error = Some(format!("lost the agent while the backup ran: {e}"));
         }
     }
     if rec.status == BackupStatus::Failed {

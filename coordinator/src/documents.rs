@@ -22,10 +22,10 @@ use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
-use crate::jobs;
+use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
-use crate::transport::{self, TransportError};
+use crate::transport;
 
 /// Alert kinds.
 pub const BACKUP_FAILED: &str = "BACKUP_FAILED";
@@ -219,60 +219,44 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);
     rec.completed_at = Some(Utc::now());
     let source = rec.agent_id.to_string();
-    match result {
-        Ok(r) if r.ok => {
-            match r
-                .detail_json
-                .as_deref()
-                .map(serde_json::from_str::<DocumentBackupOutcome>)
-            {
-                Some(Ok(outcome)) => {
-                    rec.status = BackupStatus::Completed;
-                    rec.progress = 100.0;
-                    rec.progress_message = "completed".into();
-                    let failed: Vec<String> = outcome
-                        .locations
-                        .iter()
-                        .filter(|l| l.status == BackupStatus::Failed)
-                        .map(|l| format!("{}: {}", l.name, l.error.as_deref().unwrap_or("failed")))
-                        .collect();
-                    if failed.is_empty() {
-                        let _ = alerts::resolve_cleared(
-                            coord.store.as_ref(),
-                            BACKUP_FAILED,
-                            "documents",
-                        );
-                    } else {
-                        raise(
-                            &coord,
-                            Severity::High,
-                            REPLICATION_FAILED,
-                            "documents",
-                            Some(rec.region.clone()),
-                            format!(
-                                "Document backup {id} did not reach every location: {}",
-                                failed.join("; ")
-                            ),
-                        );
-                    }
-                    info!(
-                        files = outcome.files,
-                        bytes = outcome.bytes,
-                        "document backup completed"
-                    );
-                    rec.outcome = Some(outcome);
-                }
-                other => {
-                    rec.status = BackupStatus::Failed;
-                    rec.error = Some(format!("the agent's result could not be read: {other:?}"));
-                }
+    match jobs::finished::<DocumentBackupOutcome>(result, "backup") {
+        Finished::Done(outcome) => {
+            rec.status = BackupStatus::Completed;
+            rec.progress = 100.0;
+            rec.progress_message = "completed".into();
+            let failed: Vec<String> = outcome
+                .locations
+                .iter()
+                .filter(|l| l.status == BackupStatus::Failed)
+                .map(|l| format!("{}: {}", l.name, l.error.as_deref().unwrap_or("failed")))
+                .collect();
+            if failed.is_empty() {
+                let _ = alerts::resolve_cleared(coord.store.as_ref(), BACKUP_FAILED, "documents");
+            } else {
+                raise(
+                    &coord,
+                    Severity::High,
+                    REPLICATION_FAILED,
+                    "documents",
+                    Some(rec.region.clone()),
+                    format!(
+                        "Document backup {id} did not reach every location: {}",
+                        failed.join("; ")
+                    ),
+                );
             }
+            info!(
+                files = outcome.files,
+                bytes = outcome.bytes,
+                "document backup completed"
+            );
+            rec.outcome = Some(outcome);
         }
-        Ok(r) => {
+        Finished::Failed(why) => {
             rec.status = BackupStatus::Failed;
-            rec.error = Some(r.message);
+            rec.error = Some(why);
         }
-        Err(TransportError::Timeout(_)) => {
+        Finished::TimedOut => {
             rec.status = BackupStatus::Failed;
             let limit = humantime::format_duration(coord.config.backup_timeout);
             rec.error = Some(format!("no result within the backup timeout ({limit})"));
@@ -284,10 +268,6 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
                 Some(rec.region.clone()),
                 format!("Backup Timeout: document backup {id} on {source} ran past {limit}"),
             );
-        }
-        Err(e) => {
-            rec.status = BackupStatus::Failed;
-            rec.error = Some(format!("lost the agent while the backup ran: {e}"));
         }
     }
     if rec.status == BackupStatus::Failed {

@@ -84,3 +84,31 @@ pub(crate) async fn run_with_progress<J: Job>(
     })
     .await
 }
+
+/// How a job's command ended.
+pub(crate) enum Finished<T> {
+    /// The agent's result, read as `T`.
+    Done(T),
+    /// The reason it failed: the agent's own message, an unreadable result, or a lost
+    /// agent.
+    Failed(String),
+    /// No result within the timeout.
+    TimedOut,
+}
+
+/// Reads a command's result as `T`; `what` names the job in messages ("backup").
+pub(crate) fn finished<T: DeserializeOwned>(
+    result: Result<CommandResult, TransportError>,
+    what: &str,
+) -> Finished<T> {
+    match result {
+        Ok(r) if r.ok => match r.detail_json.as_deref().map(serde_json::from_str::<T>) {
+            Some(Ok(v)) => Finished::Done(v),
+            Some(Err(e)) => Finished::Failed(format!("the agent's result could not be read: {e}")),
+            None => Finished::Failed("the agent's result has no detail".into()),
+        },
+        Ok(r) => Finished::Failed(r.message),
+        Err(TransportError::Timeout(_)) => Finished::TimedOut,
+        Err(e) => Finished::Failed(format!("lost the agent while the {what} ran: {e}")),
+    }
+}

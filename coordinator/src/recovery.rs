@@ -15,7 +15,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::database::CAPABILITY;
 use crate::documents::raise;
-use crate::jobs;
+use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -212,31 +212,24 @@ async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
     }
     run.duration_ms = Some(started.elapsed().as_millis() as u64);
     run.finished_at = Some(Utc::now());
-    match result {
-        Ok(r) if r.ok => match r
-            .detail_json
-            .as_deref()
-            .map(serde_json::from_str::<PitrOutcome>)
-        {
-            Some(Ok(outcome)) => {
-                run.status = BackupStatus::Completed;
-                run.progress = 100.0;
-                run.progress_message = "completed: the server accepts connections".into();
-                run.backup_id = Some(outcome.backup_id.clone());
-                run.outcome = Some(outcome);
-            }
-            other => {
-                run.status = BackupStatus::Failed;
-                run.error = Some(format!("the agent's result could not be read: {other:?}"));
-            }
-        },
-        Ok(r) => {
-            run.status = BackupStatus::Failed;
-            run.error = Some(r.message);
+    match jobs::finished::<PitrOutcome>(result, "recovery") {
+        Finished::Done(outcome) => {
+            run.status = BackupStatus::Completed;
+            run.progress = 100.0;
+            run.progress_message = "completed: the server accepts connections".into();
+            run.backup_id = Some(outcome.backup_id.clone());
+            run.outcome = Some(outcome);
         }
-        Err(e) => {
+        Finished::Failed(why) => {
             run.status = BackupStatus::Failed;
-            run.error = Some(format!("lost the agent while the recovery ran: {e}"));
+            run.error = Some(why);
+        }
+        Finished::TimedOut => {
+            run.status = BackupStatus::Failed;
+            run.error = Some(format!(
+                "no result within the recovery timeout ({})",
+                humantime::format_duration(coord.config.recovery_timeout)
+            ));
         }
     }
     if run.status == BackupStatus::Failed {
