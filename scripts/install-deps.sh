@@ -15,6 +15,10 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 # restic: the benchmark compares drmesh's backups with it.
 command -v restic >/dev/null 2>&1 || need+=(restic)
+# pgBackRest: the database benchmark compares drmesh's base backups with it.
+command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
+# GNU time: the benchmarks measure wall time and peak RSS with /usr/bin/time.
+[ -x /usr/bin/time ] || need+=(time)
 # The object-store end-to-end tests run real S3 (moto_server, from PyPI) and Azure Blob
 # (azurite-blob, from npm) servers; these are what installs them.
 if ! moto_server --help >/dev/null 2>&1; then
