@@ -252,7 +252,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ));
                 return Ok(ExitCode::SUCCESS);
             }
-            let snap = basebackup::run(&repo, db, conninfo, req).await?;
+            let bar = drmesh_agent::repo::terminal_bar(req.progress.clone(), &req.id);
+            let result = basebackup::run(&repo, db, conninfo, req).await;
+            drop(bar);
+            let snap = result?;
             let pg = snap.postgres.as_ref();
             println!(
                 "backup {} completed: {} files, {:.1} MiB, {:.1} MiB new, {:.1} MiB stored, WAL {} to {}",

@@ -469,6 +469,48 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A progress bar (bytes, rate, eta) on stderr fed from a [`Progress`], while it lives;
+/// made only when stderr is a terminal. Needs a tokio runtime.
+pub struct TerminalBar {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TerminalBar {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn terminal_bar(progress: Arc<Progress>, what: &str) -> Option<TerminalBar> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering::Relaxed;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_length(progress.bytes_total.load(Relaxed));
+                bar.set_position(progress.bytes_done.load(Relaxed));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    Some(TerminalBar { bar, ticker })
+}
+
 /// Counters a long operation updates and a caller may watch.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -2,9 +2,7 @@
 //! URL and key. What an operator uses when the whole mesh is gone.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,32 +198,8 @@ async fn with_progress<T>(
     what: &str,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    if !std::io::stderr().is_terminal() {
-        return work.await;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    let ticker = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                bar.set_length(progress.bytes_total.load(Relaxed));
-                bar.set_position(progress.bytes_done.load(Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let out = work.await;
-    ticker.abort();
-    bar.finish_and_clear();
-    out
+    let _bar = drmesh_agent::repo::terminal_bar(progress, what);
+    work.await
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
