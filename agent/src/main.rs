@@ -321,6 +321,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let Some(to) = to else {
                 anyhow::bail!("--to or --environment is required");
             };
+            let progress = std::sync::Arc::new(drmesh_agent::repo::Progress::default());
+            let bar = drmesh_agent::repo::terminal_bar(progress.clone(), "restore");
             let restored = recovery::restore(
                 &repo,
                 &recovery::Restore {
@@ -330,9 +332,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     immediate,
                     port,
                     restore_command,
+                    progress,
                 },
             )
-            .await?;
+            .await;
+            drop(bar);
+            let restored = restored?;
             println!(
                 "restored {} into {} ({} files, {:.1} MiB); start PostgreSQL there to recover",
                 restored.backup,

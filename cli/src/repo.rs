@@ -330,6 +330,8 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         } => {
             let r = Repository::open(&repo.options()?).await?;
             let time = drmesh_coordinator::recovery::parse_instant(&time)?;
+            let progress = Arc::new(Progress::default());
+            let bar = drmesh_agent::repo::terminal_bar(progress.clone(), "restore");
             let restored = drmesh_agent::database::recovery::restore(
                 &r,
                 &drmesh_agent::database::recovery::Restore {
@@ -339,9 +341,12 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     immediate: false,
                     port,
                     restore_command: repo.wal_fetch_command()?,
+                    progress: progress.clone(),
                 },
             )
-            .await?;
+            .await;
+            drop(bar);
+            let restored = restored?;
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "backupId": restored.backup,

@@ -31,6 +31,8 @@ pub struct Restore {
     /// The shell command PostgreSQL runs to fetch WAL (with `%f` and `%p`), e.g. from
     /// [`agent_restore_command`].
     pub restore_command: String,
+    /// Counters for a progress display.
+    pub progress: std::sync::Arc<crate::repo::Progress>,
 }
 
 /// What was restored.
@@ -188,7 +190,11 @@ pub async fn restore(repo: &Repository, req: &Restore) -> Result<Restored, Datab
     );
     info!(backup = %snap.id, target = %req.target.display(), "restoring base backup");
     let report = repo
-        .restore(RestoreRequest::new(snap.id.clone(), req.target.clone()))
+        .restore({
+            let mut r = RestoreRequest::new(snap.id.clone(), req.target.clone());
+            r.progress = req.progress.clone();
+            r
+        })
         .await?;
     if !report.failed.is_empty() {
         return Err(DatabaseError::Invalid(format!(
@@ -430,6 +436,7 @@ pub async fn recover_into(
             immediate: false,
             port: Some(env.port),
             restore_command,
+            progress: Default::default(),
         },
     )
     .await?;
