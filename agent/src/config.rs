@@ -184,6 +184,10 @@ pub struct DatabaseFile {
     /// naming the missing segment. Default 60s.
     #[serde(with = "humantime_serde")]
     pub archive_timeout: Option<Duration>,
+    /// Allow base backups of a standby (files read on the standby; the primary named in
+    /// its `primary_conninfo` is asked to switch WAL segment so the backup's last
+    /// segment gets archived). Default false: a standby is refused.
+    pub backup_standby: Option<bool>,
     /// Directory of PostgreSQL's programs (`pg_ctl`) for point-in-time recoveries.
     /// Default: `$DRMESH_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
     pub pg_bin_dir: Option<PathBuf>,
@@ -230,6 +234,7 @@ pub struct DatabaseConfig {
     pub options: std::collections::BTreeMap<String, String>,
     pub key_file: Option<PathBuf>,
     pub archive_timeout: Duration,
+    pub backup_standby: bool,
     pub pg_bin_dir: Option<PathBuf>,
     pub recovery_timeout: Duration,
     pub environments: std::collections::BTreeMap<String, Environment>,
@@ -295,6 +300,7 @@ impl DatabaseFile {
             options: self.options,
             key_file: self.key_file.map(abs),
             archive_timeout,
+            backup_standby: self.backup_standby.unwrap_or(false),
             pg_bin_dir: self.pg_bin_dir.map(abs),
             recovery_timeout,
             environments,

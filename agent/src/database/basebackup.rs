@@ -107,6 +107,8 @@ async fn connect(conninfo: &str) -> Result<Client, DatabaseError> {
 
 /// What the server says before the backup starts.
 struct Server {
+    /// A standby (allowed with `backup_standby`).
+    standby: bool,
     version: u32,
     segment_size: u64,
     system_identifier: String,
@@ -132,7 +134,11 @@ pub fn relation_main_fork(rel: &str) -> bool {
     }
 }
 
-async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseError> {
+async fn server(
+    client: &Client,
+    data_dir: &Path,
+    allow_standby: bool,
+) -> Result<Server, DatabaseError> {
     let row = client
         .query_one(
             "select current_setting('server_version_num')::int, \
@@ -165,16 +171,19 @@ async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseErro
             data_dir.display()
         )));
     }
-    if archive_mode == "off" {
+    // A standby's WAL is archived by its primary.
+    if archive_mode == "off" && !in_recovery {
         return Err(DatabaseError::Invalid(
             "archive_mode is off: set archive_mode = on and archive_command = \
              'drmesh-agent --config <agent.toml> wal-push %p', or no backup can be restored"
                 .into(),
         ));
     }
-    if in_recovery {
+    if in_recovery && !allow_standby {
         return Err(DatabaseError::Invalid(
-            "the server is a standby; back up the primary".into(),
+            "the server is a standby: back up the primary, or set [database] \
+             backup_standby = true"
+                .into(),
         ));
     }
     if version < 100_000 {
@@ -183,6 +192,7 @@ async fn server(client: &Client, data_dir: &Path) -> Result<Server, DatabaseErro
         )));
     }
     Ok(Server {
+        standby: in_recovery,
         version: version as u32,
         segment_size: segment_size as u64,
         system_identifier,
@@ -248,7 +258,7 @@ async fn run_inner(
     req: BaseBackup,
 ) -> Result<Snapshot, DatabaseError> {
     let client = connect(conninfo).await?;
-    let server = server(&client, &cfg.data_dir).await?;
+    let server = server(&client, &cfg.data_dir, cfg.backup_standby).await?;
     let parent = match req.backup_type {
         BackupType::Full => None,
         BackupType::Incremental => {
@@ -348,6 +358,12 @@ async fn run_inner(
             .add_file("tablespace_map", map.as_bytes(), 0o600, &like)
             .await?;
     }
+    if server.standby {
+        // The primary archives; ask it to close the segment this backup ends in.
+        if let Err(e) = switch_primary_wal(&client).await {
+            warn!(error = %e, "could not ask the primary to switch WAL; waiting for it to archive");
+        }
+    }
     let size = server.segment_size;
     let needed = needed_segments(timeline, start_lsn, stop_lsn, size);
     if let Err(e) = wait_for_wal(repo, &req.id, timeline, &needed, cfg.archive_timeout).await {
@@ -366,6 +382,76 @@ async fn run_inner(
         stopped_at,
     });
     Ok(pending.commit().await?)
+}
+
+/// On a standby: connects to the primary its `primary_conninfo` names (host, port, user,
+/// password; database `postgres`) and switches WAL segment there.
+async fn switch_primary_wal(standby: &Client) -> Result<(), DatabaseError> {
+    let conninfo: String = standby
+        .query_one("select current_setting('primary_conninfo')", &[])
+        .await?
+        .try_get(0)?;
+    let mut kept = Vec::new();
+    for (key, value) in libpq_pairs(&conninfo) {
+        if matches!(
+            key.as_str(),
+            "host" | "hostaddr" | "port" | "user" | "password"
+        ) {
+            kept.push(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    if kept.is_empty() {
+        return Err(DatabaseError::Invalid(
+            "the standby has no primary_conninfo".into(),
+        ));
+    }
+    kept.push("dbname=postgres".into());
+    let primary = connect(&kept.join(" ")).await?;
+    primary.batch_execute("select pg_switch_wal()").await?;
+    Ok(())
+}
+
+/// `key=value` pairs of a libpq connection string (values may be single-quoted, with
+/// backslash escapes).
+fn libpq_pairs(conninfo: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if key.is_empty() {
+            return out;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return out;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())).collect();
+        }
+        out.push((key, value));
+    }
 }
 
 /// Waits (up to `timeout`) until every segment in `needed` is archived, like
@@ -399,6 +485,24 @@ async fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::excluded;
+
+    #[test]
+    fn libpq_connection_strings() {
+        let pairs = super::libpq_pairs(
+            "user=postgres passfile='/var/lib/postgresql/.pgpass' host=127.0.0.1 port=5432 application_name='a b\\'c'",
+        );
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("user"), Some("postgres"));
+        assert_eq!(get("host"), Some("127.0.0.1"));
+        assert_eq!(get("port"), Some("5432"));
+        assert_eq!(get("application_name"), Some("a b'c"));
+        assert_eq!(get("passfile"), Some("/var/lib/postgresql/.pgpass"));
+    }
 
     #[test]
     fn relation_main_forks() {

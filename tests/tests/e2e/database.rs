@@ -850,3 +850,104 @@ fn a_full_backup_and_a_chain_of_three_incrementals_each_restore_to_their_stop_po
         c.stop().expect("stop");
     }
 }
+
+#[test]
+fn a_standby_is_backed_up_when_allowed_and_restores_to_the_primarys_data() {
+    let mut fx = Fixture::new("30s");
+    fx.pgbench(&["-i", "-s", "2", "-q"]);
+    fx.pgbench(&["-t", "200"]);
+    let port = free_port().expect("port");
+    let standby = LocalCluster::init_standby(
+        &fx.bin,
+        "standby",
+        &fx.primary,
+        &fx.root.join("standby"),
+        port,
+    )
+    .expect("pg_basebackup");
+    fx.others.push(standby.clone());
+    standby.start().expect("start standby");
+    let config = |allow: bool| {
+        let path = fx.root.join(format!("standby-{allow}.toml"));
+        let text = std::fs::read_to_string(&fx.config)
+            .expect("config")
+            .replace(&fx.primary.conninfo(), &standby.conninfo())
+            .replace(
+                &format!("data_dir = \"{}\"", fx.primary.data_dir.display()),
+                &format!(
+                    "data_dir = \"{}\"\nbackup_standby = {allow}",
+                    standby.data_dir.display()
+                ),
+            );
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let run = |config: &Path| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin("drmesh-agent"));
+        cmd.arg("--config").arg(config).args(["backup", "full"]);
+        if let Some((uid, gid)) = postgres_ids() {
+            cmd.uid(uid).gid(gid).current_dir("/");
+        }
+        cmd.output().expect("run")
+    };
+    // Refused unless asked for.
+    let out = run(&config(false));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standby"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wait until the standby has replayed everything, so both hold the same data.
+    let want = fingerprint_without_markers(&fx.primary);
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        (fingerprint_without_markers(&standby) == want).then_some(())
+    });
+    assert!(caught_up.is_some(), "the standby did not catch up");
+    let out = run(&config(true));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let id = text
+        .split_whitespace()
+        .nth(1)
+        .expect("backup id")
+        .to_string();
+    let dir = fx.root.join("from-standby");
+    let port = free_port().expect("port");
+    fx.agent_ok(&[
+        "restore",
+        "--backup",
+        &id,
+        "--immediate",
+        "--to",
+        dir.to_str().expect("utf-8"),
+        "--port",
+        &port.to_string(),
+    ]);
+    // A copy of a standby is a standby's copy: drop the recovery settings it came with.
+    let restored = fx.restored("from-standby", &dir, port);
+    let _ = std::fs::remove_file(dir.join("standby.signal"));
+    restored.start().expect("start");
+    let promoted = wait_for(Duration::from_secs(60), || {
+        (restored.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "{}",
+        std::fs::read_to_string(restored.log_path()).unwrap_or_default()
+    );
+    assert_eq!(fingerprint_without_markers(&restored), want);
+}
+
+/// [`fingerprint`] for clusters without the markers table.
+fn fingerprint_without_markers(c: &LocalCluster) -> String {
+    c.psql(
+        "select count(*) || ' ' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) from pgbench_accounts",
+    )
+    .unwrap_or_default()
+}
