@@ -83,6 +83,11 @@ pub fn excluded(rel: &str) -> bool {
     if below && CONTENTS.contains(&first) && rel != "pg_wal/archive_status" {
         return true;
     }
+    // A restored cluster's tablespaces live in `drmesh_tablespaces/`, reached (and
+    // backed up) through their `pg_tblspc` links.
+    if first == super::recovery::TABLESPACES_DIR {
+        return true;
+    }
     if !below && (FILES.contains(&first) || first == "recovery.signal" || first == "standby.signal")
     {
         return true;
@@ -113,6 +118,13 @@ struct Server {
     segment_size: u64,
     system_identifier: String,
     block_size: u32,
+}
+
+/// `pg_tblspc/<oid>`: a tablespace's link, whose target is backed up in its place (and
+/// restored there, inside the data directory).
+pub fn tablespace_link(rel: &str) -> bool {
+    rel.strip_prefix("pg_tblspc/")
+        .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A relation's main fork (`base/<db>/<relfilenode>[.<segment>]`, `global/…`, or in a
@@ -312,6 +324,7 @@ async fn run_inner(
     request.progress = req.progress.clone();
     request.cancel = req.cancel.clone();
     request.exclude = Some(excluded);
+    request.follow = Some(tablespace_link);
     let copied = repo.begin_backup(request).await;
     let stop_sql = if server.version >= 150_000 {
         "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
@@ -353,11 +366,11 @@ async fn run_inner(
     pending
         .add_file("backup_label", label_file.as_bytes(), 0o600, &like)
         .await?;
-    if let Some(map) = map_file.filter(|m| !m.is_empty()) {
-        pending
-            .add_file("tablespace_map", map.as_bytes(), 0o600, &like)
-            .await?;
-    }
+    // Tablespaces are stored in place of their links (see `tablespace_link`), so a
+    // restore has them inside its own data directory, never at production's paths:
+    // `tablespace_map`, which would make recovery link back to those paths, is kept
+    // in the snapshot's metadata only.
+    let tablespaces = map_file.filter(|m| !m.is_empty());
     if server.standby {
         // The primary archives; ask it to close the segment this backup ends in.
         if let Err(e) = switch_primary_wal(&client).await {
@@ -380,6 +393,7 @@ async fn run_inner(
         system_identifier: server.system_identifier,
         server_version: server.version,
         stopped_at,
+        tablespace_map: tablespaces,
     });
     Ok(pending.commit().await?)
 }
@@ -487,6 +501,20 @@ mod tests {
     use super::excluded;
 
     #[test]
+    fn tablespace_links() {
+        assert!(super::tablespace_link("pg_tblspc/16384"));
+        for no in [
+            "pg_tblspc",
+            "pg_tblspc/",
+            "pg_tblspc/16384/PG_15",
+            "base/16384",
+            "pg_tblspc/x",
+        ] {
+            assert!(!super::tablespace_link(no), "{no}");
+        }
+    }
+
+    #[test]
     fn libpq_connection_strings() {
         let pairs = super::libpq_pairs(
             "user=postgres passfile='/var/lib/postgresql/.pgpass' host=127.0.0.1 port=5432 application_name='a b\\'c'",
@@ -550,6 +578,8 @@ mod tests {
             "base/16384/pg_internal.init",
             "base/pgsql_tmp",
             "base/pgsql_tmp/pgsql_tmp123.0",
+            "drmesh_tablespaces",
+            "drmesh_tablespaces/16384/PG_15_202209061/5/16385",
         ] {
             assert!(excluded(out), "{out} should be left out");
         }

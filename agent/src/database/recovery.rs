@@ -229,6 +229,7 @@ fn finish_directory(
     let io = |what: &str, e: std::io::Error| DatabaseError::Io(format!("{what}: {e}"));
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("chmod target", e))?;
+    relink_tablespaces(target, owner)?;
     let auto = target.join("postgresql.auto.conf");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -523,6 +524,41 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join(" / ")
+}
+
+/// Where a restore keeps its tablespaces, inside its own data directory.
+pub const TABLESPACES_DIR: &str = "drmesh_tablespaces";
+
+/// A backup holds each tablespace in place of its `pg_tblspc/<oid>` link; PostgreSQL
+/// wants links there, so the contents move to `drmesh_tablespaces/<oid>` and the link
+/// points at them — a restore never touches the paths production's tablespaces use.
+fn relink_tablespaces(target: &Path, owner: Option<(u32, u32)>) -> Result<(), DatabaseError> {
+    let io = |what: String, e: std::io::Error| DatabaseError::Io(format!("{what}: {e}"));
+    let links = target.join("pg_tblspc");
+    let Ok(entries) = std::fs::read_dir(&links) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir {
+            continue;
+        }
+        let home = target.join(TABLESPACES_DIR);
+        std::fs::create_dir_all(&home).map_err(|e| io(format!("create {}", home.display()), e))?;
+        let moved = home.join(entry.file_name());
+        std::fs::rename(entry.path(), &moved)
+            .map_err(|e| io(format!("move {}", entry.path().display()), e))?;
+        std::os::unix::fs::symlink(&moved, entry.path())
+            .map_err(|e| io(format!("link {}", entry.path().display()), e))?;
+        if nix::unistd::geteuid().is_root() {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&home, Some(uid), Some(gid))
+                    .and_then(|()| std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid)))
+                    .map_err(|e| io(format!("chown {}", home.display()), e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct BackupRequest {
     pub exclude: Option<fn(&str) -> bool>,
     /// Page-level incremental copies of database files (see [`PageDelta`]).
     pub pages: Option<PageDelta>,
+    /// Symlinks (relative paths) whose targets are backed up as directories in their
+    /// place, e.g. a database's tablespaces.
+    pub follow: Option<fn(&str) -> bool>,
 }
 
 impl BackupRequest {
@@ -69,6 +72,7 @@ impl BackupRequest {
             cancel: Arc::default(),
             exclude: None,
             pages: None,
+            follow: None,
         }
     }
 }
@@ -139,13 +143,13 @@ impl Repository {
         let parent = req.parent.clone();
         let progress = req.progress.clone();
         let cancel = req.cancel.clone();
-        let (exclude, pages) = (req.exclude, req.pages);
+        let selection = (req.exclude, req.follow, req.pages);
         let out = tokio::task::spawn_blocking(move || {
             run_pipeline(
                 &repo,
                 &handle,
                 &source,
-                (exclude, pages),
+                selection,
                 parent.as_ref(),
                 &progress,
                 &cancel,
@@ -338,12 +342,12 @@ fn run_pipeline(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     source: &Path,
-    (exclude, pages): Selection,
+    (exclude, follow, pages): Selection,
     parent: Option<&Snapshot>,
     progress: &Progress,
     cancel: &AtomicBool,
 ) -> Result<PipelineOut, RepoError> {
-    let listing = scan(source, exclude)?;
+    let listing = scan(source, exclude, follow)?;
     progress.files_total.store(
         listing.iter().filter(|(_, m)| m.is_file()).count() as u64,
         Relaxed,
@@ -471,8 +475,12 @@ pub(super) struct Shared<'a> {
 /// A sealed chunk on its way to the packer: id, plaintext length, stored bytes.
 pub(super) type Blob = (ChunkId, u32, Vec<u8>);
 
-/// What to leave out, and which files to copy page by page.
-type Selection = (Option<fn(&str) -> bool>, Option<PageDelta>);
+/// What to leave out, which symlinks to follow, and which files to copy page by page.
+type Selection = (
+    Option<fn(&str) -> bool>,
+    Option<fn(&str) -> bool>,
+    Option<PageDelta>,
+);
 
 /// Entries with their listing position, and the worker's share of the statistics.
 type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
@@ -482,6 +490,37 @@ type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
 fn scan(
     source: &Path,
     exclude: Option<fn(&str) -> bool>,
+    follow: Option<fn(&str) -> bool>,
+) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
+    let listing = walk(source, source, exclude)?;
+    let Some(follow) = follow else {
+        return Ok(listing);
+    };
+    // Symlinks to follow (a database's tablespaces) become directories holding what
+    // their targets hold.
+    let mut out = Vec::with_capacity(listing.len());
+    for (rel, meta) in listing {
+        if meta.file_type().is_symlink() && follow(&rel) {
+            let link = source.join(&rel);
+            let target = std::fs::metadata(&link)
+                .map_err(|e| RepoError::Io(format!("follow {}: {e}", link.display())))?;
+            if target.is_dir() {
+                out.push((rel, target));
+                out.extend(walk(source, &link, exclude)?);
+                continue;
+            }
+        }
+        out.push((rel, meta));
+    }
+    Ok(out)
+}
+
+/// Walks `root` (below `source`) without following symlinks, sorted by name, as paths
+/// relative to `source`.
+fn walk(
+    source: &Path,
+    root: &Path,
+    exclude: Option<fn(&str) -> bool>,
 ) -> Result<Vec<(String, std::fs::Metadata)>, RepoError> {
     let mut out = Vec::new();
     let keep = |item: &walkdir::DirEntry| match (exclude, item.path().strip_prefix(source)) {
@@ -490,7 +529,7 @@ fn scan(
             .is_none_or(|rel| rel.is_empty() || !excluded(rel)),
         _ => true,
     };
-    for item in walkdir::WalkDir::new(source)
+    for item in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
         .min_depth(1)

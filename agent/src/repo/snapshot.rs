@@ -144,6 +144,10 @@ pub struct PgBackupInfo {
     /// When PostgreSQL confirmed the end of the backup: the earliest time it can be
     /// recovered to.
     pub stopped_at: DateTime<Utc>,
+    /// `pg_backup_stop`'s `tablespace_map` (`<oid> <path>` per line): where the
+    /// tablespaces were. Their contents are in the snapshot under `pg_tblspc/<oid>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_map: Option<String>,
 }
 
 /// The list form (no entries), for `snapshots` listings.

@@ -951,3 +951,69 @@ fn fingerprint_without_markers(c: &LocalCluster) -> String {
     )
     .unwrap_or_default()
 }
+
+#[test]
+fn tablespaces_are_backed_up_and_restored_inside_the_new_data_directory() {
+    let mut fx = Fixture::new("30s");
+    let space = fx.root.join("tablespace");
+    std::fs::create_dir(&space).expect("dir");
+    prepare_parent_dir(&space).expect("owned by postgres");
+    fx.primary
+        .psql(&format!(
+            "create tablespace archive location '{}'",
+            space.display()
+        ))
+        .expect("create tablespace");
+    fx.primary
+        .psql("create table old_orders tablespace archive as select i, md5(i::text) as note from generate_series(1, 50000) i")
+        .expect("table in the tablespace");
+    let want = fx
+        .primary
+        .psql("select count(*) || md5(string_agg(note, ',' order by i)) from old_orders")
+        .expect("fingerprint");
+    let out = fx.agent_ok(&["backup", "full"]);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("backup id")
+        .to_string();
+    let dir = fx.root.join("with-tablespace");
+    let port = free_port().expect("port");
+    fx.agent_ok(&[
+        "restore",
+        "--backup",
+        &id,
+        "--immediate",
+        "--to",
+        dir.to_str().expect("utf-8"),
+        "--port",
+        &port.to_string(),
+    ]);
+    let links: Vec<_> = std::fs::read_dir(dir.join("pg_tblspc"))
+        .expect("pg_tblspc")
+        .flatten()
+        .collect();
+    assert_eq!(links.len(), 1, "one tablespace");
+    let link = std::fs::read_link(links[0].path()).expect("a link");
+    assert!(
+        link.starts_with(&dir),
+        "the tablespace is restored inside the new data directory, not at production's path: {}",
+        link.display()
+    );
+    let restored = fx.restored("with-tablespace", &dir, port);
+    restored.start().expect("start");
+    let promoted = wait_for(Duration::from_secs(60), || {
+        (restored.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "{}",
+        std::fs::read_to_string(restored.log_path()).unwrap_or_default()
+    );
+    assert_eq!(
+        restored
+            .psql("select count(*) || md5(string_agg(note, ',' order by i)) from old_orders")
+            .expect("read the table"),
+        want
+    );
+}
