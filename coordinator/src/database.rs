@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentState, BackupAccepted, BackupStatus, DatabaseBackup, DatabaseBackupOutcome, Severity,
+    AgentState, BackupAccepted, BackupStatus, DatabaseBackup, DatabaseBackupOutcome,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::PgRole;
 use drmesh_protocol::{AgentId, CommandKind, RegionId};
-use tracing::{error, info, warn, Instrument};
+use tracing::{error, info, Instrument};
 
 use crate::alerts;
-use crate::documents::{raise, BACKUP_FAILED, BACKUP_TIMEOUT};
+use crate::documents::BACKUP_FAILED;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
@@ -204,7 +204,6 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
     }
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);
     rec.completed_at = Some(Utc::now());
-    let source = rec.agent_id.to_string();
     match jobs::finished::<DatabaseBackupOutcome>(result, "backup") {
         Finished::Done(outcome) => {
             rec.status = BackupStatus::Completed;
@@ -225,33 +224,28 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
         }
         Finished::Failed(why) => {
             rec.status = BackupStatus::Failed;
-            rec.error = Some(why);
+            rec.error = Some(jobs::backup_failed(
+                &coord,
+                "database",
+                "database backup",
+                &id,
+                &rec.agent_id,
+                &rec.region,
+                Some(why),
+            ));
         }
         Finished::TimedOut => {
             rec.status = BackupStatus::Failed;
-            let limit = humantime::format_duration(coord.config.backup_timeout);
-            rec.error = Some(format!("no result within the backup timeout ({limit})"));
-            raise(
+            rec.error = Some(jobs::backup_failed(
                 &coord,
-                Severity::Critical,
-                BACKUP_TIMEOUT,
                 "database",
-                Some(rec.region.clone()),
-                format!("Backup Timeout: database backup {id} on {source} ran past {limit}"),
-            );
+                "database backup",
+                &id,
+                &rec.agent_id,
+                &rec.region,
+                None,
+            ));
         }
-    }
-    if rec.status == BackupStatus::Failed {
-        let why = rec.error.clone().unwrap_or_default();
-        warn!(error = %why, "database backup failed");
-        raise(
-            &coord,
-            Severity::Critical,
-            BACKUP_FAILED,
-            "database",
-            Some(rec.region.clone()),
-            format!("Backup Failed: database backup {id} on {source}: {why}"),
-        );
     }
     if let Err(e) = save(coord.store.as_ref(), &rec) {
         error!(error = %e, "save backup result");

@@ -218,7 +218,6 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
     }
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);
     rec.completed_at = Some(Utc::now());
-    let source = rec.agent_id.to_string();
     match jobs::finished::<DocumentBackupOutcome>(result, "backup") {
         Finished::Done(outcome) => {
             rec.status = BackupStatus::Completed;
@@ -254,33 +253,28 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
         }
         Finished::Failed(why) => {
             rec.status = BackupStatus::Failed;
-            rec.error = Some(why);
+            rec.error = Some(jobs::backup_failed(
+                &coord,
+                "documents",
+                "document backup",
+                &id,
+                &rec.agent_id,
+                &rec.region,
+                Some(why),
+            ));
         }
         Finished::TimedOut => {
             rec.status = BackupStatus::Failed;
-            let limit = humantime::format_duration(coord.config.backup_timeout);
-            rec.error = Some(format!("no result within the backup timeout ({limit})"));
-            raise(
+            rec.error = Some(jobs::backup_failed(
                 &coord,
-                Severity::Critical,
-                BACKUP_TIMEOUT,
                 "documents",
-                Some(rec.region.clone()),
-                format!("Backup Timeout: document backup {id} on {source} ran past {limit}"),
-            );
+                "document backup",
+                &id,
+                &rec.agent_id,
+                &rec.region,
+                None,
+            ));
         }
-    }
-    if rec.status == BackupStatus::Failed {
-        let why = rec.error.clone().unwrap_or_default();
-        warn!(error = %why, "document backup failed");
-        raise(
-            &coord,
-            Severity::Critical,
-            BACKUP_FAILED,
-            "documents",
-            Some(rec.region.clone()),
-            format!("Backup Failed: document backup {id} on {source}: {why}"),
-        );
     }
     if let Err(e) = save(coord.store.as_ref(), &rec) {
         error!(error = %e, "save backup result");

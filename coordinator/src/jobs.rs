@@ -112,3 +112,45 @@ pub(crate) fn finished<T: DeserializeOwned>(
         Err(e) => Finished::Failed(format!("lost the agent while the {what} ran: {e}")),
     }
 }
+
+/// A backup that did not complete: its error, and the runbook's CRITICAL alerts —
+/// "Backup Timeout" when it ran past the timeout, and "Backup Failed" in every case.
+/// `source` is the alert source (`documents`, `database`), `what` names the backup in
+/// messages ("document backup").
+pub(crate) fn backup_failed(
+    coord: &Coordinator,
+    source: &str,
+    what: &str,
+    id: &str,
+    agent: &AgentId,
+    region: &drmesh_protocol::RegionId,
+    reason: Option<String>,
+) -> String {
+    use crate::documents::{raise, BACKUP_FAILED, BACKUP_TIMEOUT};
+    use drmesh_protocol::api::Severity;
+    let why = match reason {
+        Some(why) => why,
+        None => {
+            let limit = humantime::format_duration(coord.config.backup_timeout);
+            raise(
+                coord,
+                Severity::Critical,
+                BACKUP_TIMEOUT,
+                source,
+                Some(region.clone()),
+                format!("Backup Timeout: {what} {id} on {agent} ran past {limit}"),
+            );
+            format!("no result within the backup timeout ({limit})")
+        }
+    };
+    warn!(error = %why, "{what} failed");
+    raise(
+        coord,
+        Severity::Critical,
+        BACKUP_FAILED,
+        source,
+        Some(region.clone()),
+        format!("Backup Failed: {what} {id} on {agent}: {why}"),
+    );
+    why
+}

@@ -175,6 +175,40 @@ impl Fixture {
         self.others.push(c.clone());
         c
     }
+
+    /// `drmesh-agent restore --backup ID --immediate` into `<root>/<name>`, then the
+    /// restored cluster started and recovered.
+    fn restore_immediate(&mut self, name: &str, backup: &str) -> LocalCluster {
+        let dir = self.root.join(name);
+        let port = free_port().expect("port");
+        self.agent_ok(&[
+            "restore",
+            "--backup",
+            backup,
+            "--immediate",
+            "--to",
+            dir.to_str().expect("utf-8"),
+            "--port",
+            &port.to_string(),
+        ]);
+        let c = self.restored(name, &dir, port);
+        start_recovered(&c);
+        c
+    }
+}
+
+/// Starts a restored cluster and waits until its recovery has ended (it accepts writes).
+fn start_recovered(c: &LocalCluster) {
+    c.start().expect("start the restored cluster");
+    let promoted = wait_for(Duration::from_secs(60), || {
+        (c.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "recovery of {} did not finish: {}",
+        c.name,
+        std::fs::read_to_string(c.log_path()).unwrap_or_default()
+    );
 }
 
 /// What the data looked like: each pgbench table's row count and an md5 over its rows
@@ -230,15 +264,7 @@ fn point_in_time_recovery_stops_at_the_marker() {
     ]);
     assert!(out.contains("restored full_"), "{out}");
     let pitr = fx.restored("pitr", &target, port);
-    pitr.start().expect("start the restored cluster");
-    let promoted = wait_for(Duration::from_secs(60), || {
-        (pitr.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
-    });
-    assert!(
-        promoted.is_some(),
-        "recovery did not finish: {}",
-        std::fs::read_to_string(pitr.log_path()).unwrap_or_default()
-    );
+    start_recovered(&pitr);
     assert_eq!(fingerprint(&pitr), at_t, "the data at T");
     assert_eq!(
         pitr.psql("select string_agg(note, ',') from markers")
@@ -265,15 +291,7 @@ fn point_in_time_recovery_stops_at_the_marker() {
         String::from_utf8_lossy(&out.stderr)
     );
     let offline = fx.restored("offline", &offline, port);
-    offline.start().expect("start the offline restore");
-    let promoted = wait_for(Duration::from_secs(60), || {
-        (offline.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
-    });
-    assert!(
-        promoted.is_some(),
-        "recovery did not finish: {}",
-        std::fs::read_to_string(offline.log_path()).unwrap_or_default()
-    );
+    start_recovered(&offline);
     assert_eq!(fingerprint(&offline), at_t, "the data at T, offline");
 }
 
@@ -824,28 +842,7 @@ fn a_full_backup_and_a_chain_of_three_incrementals_each_restore_to_their_stop_po
         );
     }
     for (i, (id, want)) in taken.iter().enumerate() {
-        let dir = fx.root.join(format!("chain-{i}"));
-        let port = free_port().expect("port");
-        fx.agent_ok(&[
-            "restore",
-            "--backup",
-            id,
-            "--immediate",
-            "--to",
-            dir.to_str().expect("utf-8"),
-            "--port",
-            &port.to_string(),
-        ]);
-        let c = fx.restored(&format!("chain-{i}"), &dir, port);
-        c.start().expect("start");
-        let promoted = wait_for(Duration::from_secs(60), || {
-            (c.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
-        });
-        assert!(
-            promoted.is_some(),
-            "{id} did not recover: {}",
-            std::fs::read_to_string(c.log_path()).unwrap_or_default()
-        );
+        let c = fx.restore_immediate(&format!("chain-{i}"), id);
         assert_eq!(&fingerprint(&c), want, "{id} restored to its stop point");
         c.stop().expect("stop");
     }
@@ -917,30 +914,7 @@ fn a_standby_is_backed_up_when_allowed_and_restores_to_the_primarys_data() {
         .nth(1)
         .expect("backup id")
         .to_string();
-    let dir = fx.root.join("from-standby");
-    let port = free_port().expect("port");
-    fx.agent_ok(&[
-        "restore",
-        "--backup",
-        &id,
-        "--immediate",
-        "--to",
-        dir.to_str().expect("utf-8"),
-        "--port",
-        &port.to_string(),
-    ]);
-    // A copy of a standby is a standby's copy: drop the recovery settings it came with.
-    let restored = fx.restored("from-standby", &dir, port);
-    let _ = std::fs::remove_file(dir.join("standby.signal"));
-    restored.start().expect("start");
-    let promoted = wait_for(Duration::from_secs(60), || {
-        (restored.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
-    });
-    assert!(
-        promoted.is_some(),
-        "{}",
-        std::fs::read_to_string(restored.log_path()).unwrap_or_default()
-    );
+    let restored = fx.restore_immediate("from-standby", &id);
     assert_eq!(fingerprint_without_markers(&restored), want);
 }
 
@@ -977,18 +951,8 @@ fn tablespaces_are_backed_up_and_restored_inside_the_new_data_directory() {
         .nth(1)
         .expect("backup id")
         .to_string();
-    let dir = fx.root.join("with-tablespace");
-    let port = free_port().expect("port");
-    fx.agent_ok(&[
-        "restore",
-        "--backup",
-        &id,
-        "--immediate",
-        "--to",
-        dir.to_str().expect("utf-8"),
-        "--port",
-        &port.to_string(),
-    ]);
+    let restored = fx.restore_immediate("with-tablespace", &id);
+    let dir = restored.data_dir.clone();
     let links: Vec<_> = std::fs::read_dir(dir.join("pg_tblspc"))
         .expect("pg_tblspc")
         .flatten()
@@ -999,16 +963,6 @@ fn tablespaces_are_backed_up_and_restored_inside_the_new_data_directory() {
         link.starts_with(&dir),
         "the tablespace is restored inside the new data directory, not at production's path: {}",
         link.display()
-    );
-    let restored = fx.restored("with-tablespace", &dir, port);
-    restored.start().expect("start");
-    let promoted = wait_for(Duration::from_secs(60), || {
-        (restored.psql("select pg_is_in_recovery()").ok()? == "f").then_some(())
-    });
-    assert!(
-        promoted.is_some(),
-        "{}",
-        std::fs::read_to_string(restored.log_path()).unwrap_or_default()
     );
     assert_eq!(
         restored
