@@ -204,7 +204,7 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
     }
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);
     rec.completed_at = Some(Utc::now());
-    match jobs::finished::<DatabaseBackupOutcome>(result, "backup") {
+    let failure = match jobs::finished::<DatabaseBackupOutcome>(result, "backup") {
         Finished::Done(outcome) => {
             rec.status = BackupStatus::Completed;
             rec.progress = 100.0;
@@ -221,31 +221,22 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
                 "database backup completed"
             );
             rec.outcome = Some(outcome);
+            None
         }
-        Finished::Failed(why) => {
-            rec.status = BackupStatus::Failed;
-            rec.error = Some(jobs::backup_failed(
-                &coord,
-                "database",
-                "database backup",
-                &id,
-                &rec.agent_id,
-                &rec.region,
-                Some(why),
-            ));
-        }
-        Finished::TimedOut => {
-            rec.status = BackupStatus::Failed;
-            rec.error = Some(jobs::backup_failed(
-                &coord,
-                "database",
-                "database backup",
-                &id,
-                &rec.agent_id,
-                &rec.region,
-                None,
-            ));
-        }
+        Finished::Failed(why) => Some(Some(why)),
+        Finished::TimedOut => Some(None),
+    };
+    if let Some(reason) = failure {
+        rec.status = BackupStatus::Failed;
+        rec.error = Some(jobs::backup_failed(
+            &coord,
+            "database",
+            "database backup",
+            &id,
+            &rec.agent_id,
+            &rec.region,
+            reason,
+        ));
     }
     if let Err(e) = save(coord.store.as_ref(), &rec) {
         error!(error = %e, "save backup result");
