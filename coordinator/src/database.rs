@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
@@ -184,26 +184,13 @@ pub fn start_backup(
 
 async fn run_backup(coord: Arc<Coordinator>, mut rec: DatabaseBackup) {
     info!("database backup started");
-    let started = Instant::now();
     let id = rec.backup_id.clone();
     let kind = CommandKind::DatabaseBackup {
         backup_id: id.clone(),
         backup_type: rec.backup_type.clone(),
         tags: rec.tags.clone(),
     };
-    let result = jobs::run_with_progress::<DatabaseBackup>(
-        &coord,
-        &rec.agent_id,
-        kind,
-        coord.config.backup_timeout,
-        &id,
-    )
-    .await;
-    if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {
-        rec = current;
-    }
-    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-    rec.completed_at = Some(Utc::now());
+    let result = jobs::run_with_progress(&coord, &mut rec, kind, coord.config.backup_timeout).await;
     let failure = match jobs::finished::<DatabaseBackupOutcome>(result, "backup") {
         Finished::Done(outcome) => {
             rec.status = BackupStatus::Completed;

@@ -8,7 +8,7 @@
 //! — ends FAILED with the reason, and raises the runbook's CRITICAL alert.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::AgentState;
@@ -198,26 +198,12 @@ pub fn start_backup(
 
 async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
     info!("document backup started");
-    let started = Instant::now();
     let id = rec.backup_id.clone();
     let kind = CommandKind::DocumentsBackup {
         backup_id: id.clone(),
         tags: rec.tags.clone(),
     };
-    let result = jobs::run_with_progress::<DocumentBackup>(
-        &coord,
-        &rec.agent_id,
-        kind,
-        coord.config.backup_timeout,
-        &id,
-    )
-    .await;
-    // Progress writes went to the stored copy; start again from it.
-    if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {
-        rec = current;
-    }
-    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-    rec.completed_at = Some(Utc::now());
+    let result = jobs::run_with_progress(&coord, &mut rec, kind, coord.config.backup_timeout).await;
     let failure = match jobs::finished::<DocumentBackupOutcome>(result, "backup") {
         Finished::Done(outcome) => {
             rec.status = BackupStatus::Completed;

@@ -17,13 +17,24 @@ use crate::transport::{self, TransportError};
 
 /// A stored record that a running command reports progress into.
 pub(crate) trait Job: Serialize + DeserializeOwned {
+    /// Its key in the `backups` namespace.
+    fn key(&self) -> &str;
+    fn agent(&self) -> &AgentId;
     fn status(&self) -> BackupStatus;
     fn set_progress(&mut self, percent: f32, message: String);
+    /// Records when the command ended and how long it took.
+    fn ended(&mut self, duration_ms: u64);
 }
 
 macro_rules! job {
-    ($t:ty) => {
+    ($t:ty, $key:ident, $ended_at:ident) => {
         impl Job for $t {
+            fn key(&self) -> &str {
+                &self.$key
+            }
+            fn agent(&self) -> &AgentId {
+                &self.agent_id
+            }
             fn status(&self) -> BackupStatus {
                 self.status
             }
@@ -31,13 +42,17 @@ macro_rules! job {
                 self.progress = percent.clamp(0.0, 100.0);
                 self.progress_message = message;
             }
+            fn ended(&mut self, duration_ms: u64) {
+                self.duration_ms = Some(duration_ms);
+                self.$ended_at = Some(chrono::Utc::now());
+            }
         }
     };
 }
 
-job!(DocumentBackup);
-job!(DatabaseBackup);
-job!(PitrRun);
+job!(DocumentBackup, backup_id, completed_at);
+job!(DatabaseBackup, backup_id, completed_at);
+job!(PitrRun, recovery_id, finished_at);
 
 /// Writes progress to the store at most once a second.
 #[derive(Default)]
@@ -58,31 +73,37 @@ impl Throttle {
     }
 }
 
-/// Sends `kind` to `agent` and writes its progress into the record stored under `key`
-/// (in the `backups` namespace) as `J`.
+/// Sends `kind` to `rec`'s agent and writes its progress into the stored record; then
+/// reloads `rec` from the store (progress went there) and records when it ended.
 pub(crate) async fn run_with_progress<J: Job>(
     coord: &Coordinator,
-    agent: &AgentId,
+    rec: &mut J,
     kind: CommandKind,
     timeout: Duration,
-    key: &str,
 ) -> Result<CommandResult, TransportError> {
+    let started = Instant::now();
     let store = coord.store.clone();
+    let key = rec.key().to_string();
     let mut throttle = Throttle::default();
-    transport::send_command_with_progress(coord, agent, kind, timeout, |p| {
+    let result = transport::send_command_with_progress(coord, rec.agent(), kind, timeout, |p| {
         if !throttle.ready() {
             return;
         }
-        if let Ok(Some(mut current)) = store.get_json::<J>(Namespace::Backups, key) {
+        if let Ok(Some(mut current)) = store.get_json::<J>(Namespace::Backups, &key) {
             if current.status() == BackupStatus::InProgress {
                 current.set_progress(p.percent, p.message);
-                if let Err(e) = store.put_json(Namespace::Backups, key, &current) {
+                if let Err(e) = store.put_json(Namespace::Backups, &key, &current) {
                     warn!(error = %e, "save progress");
                 }
             }
         }
     })
-    .await
+    .await;
+    if let Ok(Some(current)) = store.get_json::<J>(Namespace::Backups, &key) {
+        *rec = current;
+    }
+    rec.ended(started.elapsed().as_millis() as u64);
+    result
 }
 
 /// How a job's command ended.

@@ -3,7 +3,7 @@
 //! agent that announced it), recorded under `pitr_…` ids and shown in the DR status.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drmesh_protocol::api::{
@@ -113,10 +113,6 @@ fn save(store: &dyn Store, run: &PitrRun) -> Result<(), StoreError> {
     store.put_json(Namespace::Backups, &run.recovery_id, run)
 }
 
-fn get(store: &dyn Store, id: &str) -> Result<Option<PitrRun>, StoreError> {
-    store.get_json(Namespace::Backups, id)
-}
-
 /// The newest recovery, running or finished.
 pub fn latest(store: &dyn Store) -> Result<Option<PitrRun>, StoreError> {
     let mut all: Vec<PitrRun> = store.scan_json(Namespace::Backups, PREFIX)?;
@@ -191,7 +187,6 @@ pub fn start(
 
 async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
     info!(environment = %run.target_environment, "point-in-time recovery started");
-    let started = Instant::now();
     let id = run.recovery_id.clone();
     let kind = CommandKind::PointInTimeRecovery {
         recovery_id: id.clone(),
@@ -199,19 +194,8 @@ async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
         backup_id: run.backup_id.clone(),
         environment: run.target_environment.clone(),
     };
-    let result = jobs::run_with_progress::<PitrRun>(
-        &coord,
-        &run.agent_id,
-        kind,
-        coord.config.recovery_timeout,
-        &id,
-    )
-    .await;
-    if let Ok(Some(current)) = get(coord.store.as_ref(), &id) {
-        run = current;
-    }
-    run.duration_ms = Some(started.elapsed().as_millis() as u64);
-    run.finished_at = Some(Utc::now());
+    let result =
+        jobs::run_with_progress(&coord, &mut run, kind, coord.config.recovery_timeout).await;
     match jobs::finished::<PitrOutcome>(result, "recovery") {
         Finished::Done(outcome) => {
             run.status = BackupStatus::Completed;

@@ -240,16 +240,16 @@ pub fn outcome(snap: &Snapshot, repository: &str) -> DatabaseBackupOutcome {
 
 /// The newest base backup in the repository (by when it stopped, then its stop LSN).
 pub async fn latest(repo: &Repository) -> Result<Option<Snapshot>, DatabaseError> {
-    let mut best: Option<Snapshot> = None;
-    for s in repo.snapshots().await? {
-        if s.kind != KIND {
-            continue;
-        }
-        if best.as_ref().is_none_or(|b| s.finished_at > b.finished_at) {
-            best = Some(repo.snapshot(&s.id).await?);
-        }
+    // Summaries come sorted by when they finished: the newest base backup is the last.
+    let newest = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rfind(|s| s.kind == KIND);
+    match newest {
+        Some(s) => Ok(Some(repo.snapshot(&s.id).await?)),
+        None => Ok(None),
     }
-    Ok(best)
 }
 
 /// Takes one base backup; returns the snapshot once it and its WAL are durably stored.

@@ -54,33 +54,24 @@ pub async fn choose(
     let snap = match backup {
         Some(id) => repo.snapshot(id).await?,
         None => {
-            let mut best: Option<Snapshot> = None;
-            for s in repo.snapshots().await? {
-                if s.kind != KIND || time.is_some_and(|t| s.finished_at > t) {
-                    continue;
-                }
-                if best
-                    .as_ref()
-                    .is_some_and(|b| b.finished_at >= s.finished_at)
-                {
-                    continue;
-                }
-                let full = repo.snapshot(&s.id).await?;
-                let reaches = match (&full.postgres, time) {
-                    (Some(pg), Some(t)) => pg.stopped_at <= t,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                };
-                if reaches {
-                    best = Some(full);
-                }
-            }
-            best.ok_or_else(|| {
+            // Summaries come sorted by when they finished: the newest that reaches the
+            // target is the last that does.
+            let best = repo.snapshots().await?.into_iter().rfind(|s| {
+                s.kind == KIND
+                    && time.is_none_or(|t| s.finished_at <= t)
+                    && match (&s.postgres, time) {
+                        (Some(pg), Some(t)) => pg.stopped_at <= t,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    }
+            });
+            let best = best.ok_or_else(|| {
                 DatabaseError::Invalid(match time {
                     Some(t) => format!("no base backup ends before {}", t.to_rfc3339()),
                     None => "the repository holds no base backup".into(),
                 })
-            })?
+            })?;
+            repo.snapshot(&best.id).await?
         }
     };
     let Some(pg) = &snap.postgres else {
@@ -264,15 +255,12 @@ const WAL_SEGMENTS_PER_SEC: f64 = 5.0;
 /// `GET /recovery/point-in-time/:t`: which base backup and WAL a recovery to `t` would
 /// use, whether the chain is whole, and the recoverable window.
 pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, DatabaseError> {
-    let mut backups = Vec::new();
-    for s in repo.snapshots().await? {
-        if s.kind == KIND {
-            let full = repo.snapshot(&s.id).await?;
-            if full.postgres.is_some() {
-                backups.push(full);
-            }
-        }
-    }
+    let mut backups: Vec<_> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| s.kind == KIND && s.postgres.is_some())
+        .collect();
     backups.sort_by_key(|b| b.postgres.as_ref().map(|p| p.stopped_at));
     let wal = repo.wal_files_archived().await?;
     let earliest = backups

@@ -162,6 +162,10 @@ pub struct SnapshotSummary {
     pub finished_at: DateTime<Utc>,
     pub tags: BTreeMap<String, String>,
     pub stats: SnapshotStats,
+    /// A PostgreSQL base backup's WAL range, so choosing a backup needs no second read of
+    /// its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgBackupInfo>,
 }
 
 impl Snapshot {
@@ -175,6 +179,7 @@ impl Snapshot {
             finished_at: self.finished_at,
             tags: self.tags.clone(),
             stats: self.stats.clone(),
+            postgres: self.postgres.clone(),
         }
     }
 }

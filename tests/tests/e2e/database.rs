@@ -176,6 +176,28 @@ impl Fixture {
         c
     }
 
+    /// pgbench writes, the marker `before`, the instant T (UTC, RFC 3339), a second's
+    /// pause, more writes (`after`: pgbench arguments), the marker `after`, and the WAL
+    /// archived. Returns the data's fingerprint at T, and T.
+    fn writes_around_a_marker(&self, after: &[&str]) -> (String, String) {
+        self.pgbench(&["-T", "2", "-c", "2"]);
+        self.primary
+            .psql("insert into markers values ('before')")
+            .expect("marker");
+        let at_t = fingerprint(&self.primary);
+        let t = self
+            .primary
+            .psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            .expect("time");
+        std::thread::sleep(Duration::from_millis(1100));
+        self.pgbench(after);
+        self.primary
+            .psql("insert into markers values ('after')")
+            .expect("marker");
+        self.archive_current_wal();
+        (at_t, t)
+    }
+
     /// `drmesh-agent restore --backup ID --immediate` into `<root>/<name>`, then the
     /// restored cluster started and recovered.
     fn restore_immediate(&mut self, name: &str, backup: &str) -> LocalCluster {
@@ -235,21 +257,7 @@ fn point_in_time_recovery_stops_at_the_marker() {
     let out = fx.agent_ok(&["backup", "full"]);
     assert!(out.contains("completed"), "{out}");
 
-    fx.pgbench(&["-T", "2", "-c", "2"]);
-    fx.primary
-        .psql("insert into markers values ('before')")
-        .expect("marker");
-    let at_t = fingerprint(&fx.primary);
-    let t = fx
-        .primary
-        .psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-        .expect("time");
-    std::thread::sleep(Duration::from_millis(1100));
-    fx.pgbench(&["-T", "2", "-c", "2"]);
-    fx.primary
-        .psql("insert into markers values ('after')")
-        .expect("marker");
-    fx.archive_current_wal();
+    let (at_t, t) = fx.writes_around_a_marker(&["-T", "2", "-c", "2"]);
 
     let target = fx.root.join("pitr");
     let port = free_port().expect("port");
@@ -633,21 +641,7 @@ fn point_in_time_recovery_through_the_runbook_endpoints() {
     let done = wait_backup(&mesh, &backup);
     assert_eq!(done["status"], "COMPLETED", "{done}");
 
-    fx.pgbench(&["-T", "2", "-c", "2"]);
-    fx.primary
-        .psql("insert into markers values ('before')")
-        .expect("marker");
-    let at_t = fingerprint(&fx.primary);
-    let t = fx
-        .primary
-        .psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-        .expect("time");
-    std::thread::sleep(Duration::from_millis(1100));
-    fx.pgbench(&["-T", "1"]);
-    fx.primary
-        .psql("insert into markers values ('after')")
-        .expect("marker");
-    fx.archive_current_wal();
+    let (at_t, t) = fx.writes_around_a_marker(&["-T", "1"]);
 
     // Step 1 of the runbook: what a recovery to T would use.
     let info = mesh.get(&format!("/v1/backup-recovery/recovery/point-in-time/{t}"));
