@@ -85,13 +85,8 @@ chmod 755 "$BIN" "$BIN"/*
 
 CACHE=cold NOISE=0 BAD=0
 declare -A T R C S B
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || CACHE=warm; }
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }   # jiffies, 1/100 s
-wait_idle() {   # other work on the 2 cores would skew the times: wait (≤ IDLE_MAX s) for < 0.15 cores
-  local b end=$((SECONDS + IDLE_MAX))
-  while (( SECONDS < end )); do b=$(busy); sleep 2; (( $(busy) - b < 30 )) && return; sleep 3; done
-  echo "  the machine is still busy; measuring anyway" >&2
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 as_pg() { (cd / && runuser -u postgres -- "$@"); }   # from /: the postgres user may not reach this tree
 quiet() { "$@" >"$WORK/log" 2>&1 || { echo "failed: $*" >&2; tail -20 "$WORK/log" >&2; return 1; }; }
@@ -327,11 +322,9 @@ done
 
 med() {   # med KEY-WITHOUT-RUN [ARRAY]: median over the runs (T by default)
   local -n arr=${2:-T}
-  for ((r = 1; r <= RUNS; r++)); do echo "${arr[$1.$r]}"; done | sort -g |
-    awk '{a[NR] = $1} END {printf "%.2f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+  for ((r = 1; r <= RUNS; r++)); do echo "${arr[$1.$r]}"; done | median
 }
 peak() { for ((r = 1; r <= RUNS; r++)); do echo "${R[$1.$r]}"; done | sort -n | tail -1; }
-rate() { awk -v b="$1" -v t="$2" 'BEGIN {printf "%.0f", b / 1e6 / (t > 0 ? t : 0.01)}'; }
 mb() { awk -v b="$1" 'BEGIN {if (b < 1e7) printf "%.1f", b / 1e6; else printf "%.0f", b / 1e6}'; }
 has() { [ -n "${T[$1.1]:-}" ]; }
 echo

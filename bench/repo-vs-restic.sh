@@ -105,13 +105,8 @@ PY
 
 CACHE=cold NOISE=0
 declare -A T R C
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || CACHE=warm; }
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }   # jiffies, 1/100 s
-wait_idle() {   # other work on the 2 cores would skew the times: wait (≤ IDLE_MAX s) for < 0.15 cores
-  local b end=$((SECONDS + IDLE_MAX))
-  while (( SECONDS < end )); do b=$(busy); sleep 2; (( $(busy) - b < 30 )) && return; sleep 3; done
-  echo "  the machine is still busy; measuring anyway" >&2
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 # measure TOOL PHASE CMD...: wall s into T[TOOL.PHASE.RUN], peak RSS (MB) into R, CPU s into C;
 # NOISE: the most CPU (cores) used by anything else during a phase.
 measure() {
@@ -173,11 +168,9 @@ for RUN in $(seq "$RUNS"); do
 done
 
 med() {   # med TOOL PHASE: median wall time over the runs
-  for ((r = 1; r <= RUNS; r++)); do echo "${T[$1.$2.$r]}"; done | sort -g |
-    awk '{a[NR] = $1} END {printf "%.2f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+  for ((r = 1; r <= RUNS; r++)); do echo "${T[$1.$2.$r]}"; done | median
 }
 peak() { for ((r = 1; r <= RUNS; r++)); do echo "${R[$1.$2.$r]}"; done | sort -n | tail -1; }
-rate() { awk -v b="$1" -v t="$2" 'BEGIN {printf "%.0f", b / 1e6 / (t > 0 ? t : 0.01)}'; }
 echo
 echo "$RUNS runs, $CACHE cache before each phase; machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB;" \
   "other CPU use during a phase: at most $NOISE cores"
