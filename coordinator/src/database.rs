@@ -12,11 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drmesh_protocol::api::{
-    AgentState, BackupAccepted, BackupStatus, DatabaseBackup, DatabaseBackupOutcome,
-};
+use drmesh_protocol::api::{BackupAccepted, BackupStatus, DatabaseBackup, DatabaseBackupOutcome};
 use drmesh_protocol::ids::runbook_id;
-use drmesh_protocol::PgRole;
 use drmesh_protocol::{AgentId, CommandKind, RegionId};
 use tracing::{error, info, Instrument};
 
@@ -99,22 +96,10 @@ pub fn list(
 /// The agent that takes database backups: UP, connected, with the database capability,
 /// and next to a primary (by its last heartbeat); lowest id first.
 fn pick_agent(coord: &Coordinator) -> Option<(AgentId, RegionId)> {
-    let registry = coord.registry.lock();
-    let mut candidates: Vec<_> = registry
-        .agents()
-        .filter(|e| {
-            e.connected
-                && e.state == AgentState::Up
-                && e.capabilities.iter().any(|c| c == CAPABILITY)
-                && e.heartbeat
-                    .as_ref()
-                    .and_then(|h| h.postgres.as_ref())
-                    .is_some_and(|pg| pg.role == PgRole::Primary)
-        })
-        .map(|e| (e.id.clone(), e.region.clone()))
-        .collect();
-    candidates.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    candidates.into_iter().next()
+    jobs::capable_agents(coord, CAPABILITY)
+        .into_iter()
+        .find(|c| c.primary)
+        .map(|c| (c.id, c.region))
 }
 
 /// A guess from the last completed backup of the same type (five minutes before any).

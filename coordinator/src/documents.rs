@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drmesh_protocol::api::AgentState;
 use drmesh_protocol::api::{
     BackupAccepted, BackupStatus, DocumentBackup, DocumentBackupOutcome, DocumentRestoreOutcome,
     DocumentRestoreRequest, DocumentStatistics, DocumentVerification, LocationStatistics, Severity,
@@ -99,23 +98,11 @@ fn pick_agent(
     coord: &Coordinator,
     preferred: Option<&AgentId>,
 ) -> Option<(AgentId, drmesh_protocol::RegionId)> {
-    let registry = coord.registry.lock();
-    let mut candidates: Vec<_> = registry
-        .agents()
-        .filter(|e| {
-            e.connected
-                && e.state == AgentState::Up
-                && e.capabilities.iter().any(|c| c == CAPABILITY)
-        })
-        .map(|e| (e.id.clone(), e.region.clone()))
-        .collect();
-    candidates.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    if let Some(p) = preferred {
-        if let Some(found) = candidates.iter().find(|(id, _)| id == p) {
-            return Some(found.clone());
-        }
-    }
-    candidates.into_iter().next()
+    let candidates = jobs::capable_agents(coord, CAPABILITY);
+    let at = preferred
+        .and_then(|p| candidates.iter().position(|c| c.id == *p))
+        .unwrap_or(0);
+    candidates.into_iter().nth(at).map(|c| (c.id, c.region))
 }
 
 /// A guess from the last completed backup's duration (one minute before any).

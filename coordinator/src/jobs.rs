@@ -175,3 +175,37 @@ pub(crate) fn backup_failed(
     );
     why
 }
+
+/// An agent a job can run on.
+pub(crate) struct Candidate {
+    pub id: AgentId,
+    pub region: drmesh_protocol::RegionId,
+    /// Its last heartbeat reported a primary PostgreSQL next to it.
+    pub primary: bool,
+}
+
+/// The connected, UP agents that announced `capability`, by id.
+pub(crate) fn capable_agents(coord: &Coordinator, capability: &str) -> Vec<Candidate> {
+    use drmesh_protocol::api::AgentState;
+    use drmesh_protocol::PgRole;
+    let registry = coord.registry.lock();
+    let mut out: Vec<Candidate> = registry
+        .agents()
+        .filter(|e| {
+            e.connected
+                && e.state == AgentState::Up
+                && e.capabilities.iter().any(|c| c == capability)
+        })
+        .map(|e| Candidate {
+            id: e.id.clone(),
+            region: e.region.clone(),
+            primary: e
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.postgres.as_ref())
+                .is_some_and(|pg| pg.role == PgRole::Primary),
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    out
+}

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drmesh_protocol::api::{
-    AgentState, BackupStatus, PitrInfo, PitrOutcome, PitrRequest, PitrRun, Severity,
-};
+use drmesh_protocol::api::{BackupStatus, PitrInfo, PitrOutcome, PitrRequest, PitrRun, Severity};
 use drmesh_protocol::ids::runbook_id;
-use drmesh_protocol::{AgentId, CommandKind, PgRole};
+use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::database::CAPABILITY;
@@ -66,25 +64,9 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, RecoveryError> {
 
 /// An UP, connected agent with `capability`; a primary's agent first, then by id.
 fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
-    let registry = coord.registry.lock();
-    let mut candidates: Vec<_> = registry
-        .agents()
-        .filter(|e| {
-            e.connected
-                && e.state == AgentState::Up
-                && e.capabilities.iter().any(|c| c == capability)
-        })
-        .map(|e| {
-            let primary = e
-                .heartbeat
-                .as_ref()
-                .and_then(|h| h.postgres.as_ref())
-                .is_some_and(|pg| pg.role == PgRole::Primary);
-            (!primary, e.id.clone())
-        })
-        .collect();
-    candidates.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
-    candidates.into_iter().next().map(|(_, id)| id)
+    let candidates = jobs::capable_agents(coord, capability);
+    let primary = candidates.iter().position(|c| c.primary).unwrap_or(0);
+    candidates.into_iter().nth(primary).map(|c| c.id)
 }
 
 /// `GET /recovery/point-in-time/:timestamp`.
