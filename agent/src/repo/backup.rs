@@ -5,10 +5,15 @@
 //!
 //! ```text
 //! file workers ×(cores+1) ──(sealed blob)──▶ packer ──(pack)──▶ uploaders ×2
-//! (take the next file: reuse it         (~16 MiB packs)    (durable put)
+//! (take the next file: reuse it         (one per worker,   (durable put)
+//!                                        ~16 MiB packs)
 //!  from the parent, or read, FastCDC,
 //!  SHA-256, dedup, zstd, seal)
 //! ```
+//!
+//! A large database file (stored in fixed blocks) is several work items, one per
+//! [`PART_BLOCKS`] blocks, so every worker helps with the largest table instead of one
+//! worker reading it while the others wait.
 //!
 //! When the uploads are done the backup's index object is written, and the snapshot
 //! manifest last of all.
@@ -29,8 +34,12 @@ use tracing::{info, warn};
 
 use super::pack::{self, ChunkId, IndexEntry, PackBuilder, PackBytes};
 use super::pages::{self, PageDelta};
-use super::snapshot::{Entry, EntryKind, Snapshot, SnapshotStats};
+use super::snapshot::{Entry, EntryKind, FileHash, Snapshot, SnapshotStats};
 use super::{pack_key, Progress, RepoError, RepoLock, Repository, Tags};
+
+/// A database file longer than this many blocks is read in parts of this many blocks,
+/// by whichever workers are free.
+pub const PART_BLOCKS: u64 = 32;
 
 /// A file whose mtime is this close to the moment it was read is read again next time:
 /// a write in the same timestamp tick would leave its mtime unchanged.
@@ -250,6 +259,7 @@ impl PendingBackup {
             size: data.len() as u64,
             inode: 0,
             sha256: Some(id.hex()),
+            hash: FileHash::Content,
             chunks,
             extents: Vec::new(),
             target: None,
@@ -369,6 +379,12 @@ fn run_pipeline(
                 .collect()
         })
         .unwrap_or_default();
+    let (work, parts_left) = plan_work(
+        &listing,
+        &parent_files,
+        pages,
+        PART_BLOCKS * u64::from(repo.config().chunker.avg),
+    );
 
     // One worker per core plus one, so a worker waiting on the disk leaves the cores busy.
     let workers = std::thread::available_parallelism()
@@ -376,7 +392,6 @@ fn run_pipeline(
         .unwrap_or(2)
         .clamp(1, 8)
         + 1;
-    let (blob_tx, blob_rx) = bounded::<Blob>(2 * workers);
     let (pack_tx, pack_rx) = bounded::<(String, PackBytes, Vec<IndexEntry>)>(1);
     let failure = Failure::default();
     let index: Mutex<Vec<IndexEntry>> = Mutex::default();
@@ -387,6 +402,8 @@ fn run_pipeline(
         source,
         listing: &listing,
         parent: &parent_files,
+        work: &work,
+        parts_left: &parts_left,
         next: AtomicUsize::new(0),
         pending: Mutex::default(),
         progress,
@@ -396,8 +413,6 @@ fn run_pipeline(
     };
 
     let results = std::thread::scope(|s| {
-        let failure_ref = &failure;
-        s.spawn(move || pack_stage(repo, blob_rx, pack_tx, pack_size, failure_ref));
         for _ in 0..2 {
             let rx = pack_rx.clone();
             let (failure, index, stored) = (&failure, &index, &stored);
@@ -406,14 +421,17 @@ fn run_pipeline(
         drop(pack_rx);
         let shared = &shared;
         s.spawn(move || prefetch(shared));
+        // Each worker has its own packer, so the blocks of one file (or part) lie
+        // together in the packs and a restore reads each pack once.
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                let tx = blob_tx.clone();
-                s.spawn(move || file_worker(shared, &tx))
+                let (blob_tx, blob_rx) = bounded::<Blob>(2);
+                let (pack_tx, failure) = (pack_tx.clone(), &failure);
+                s.spawn(move || pack_stage(repo, blob_rx, pack_tx, pack_size, failure));
+                s.spawn(move || file_worker(shared, &blob_tx))
             })
             .collect();
-        // The packer finishes once every worker's sender is gone.
-        drop(blob_tx);
+        drop(pack_tx);
         let results: Vec<Result<WorkerOut, RepoError>> = handles
             .into_iter()
             .map(|h| {
@@ -434,9 +452,15 @@ fn run_pipeline(
     }
     let mut numbered = Vec::with_capacity(listing.len());
     let mut stats = SnapshotStats::default();
+    let mut parts = Vec::new();
     for r in results {
-        let (entries, st) = r?;
+        let WorkerOut {
+            entries,
+            parts: p,
+            stats: st,
+        } = r?;
         numbered.extend(entries);
+        parts.extend(p);
         stats.files += st.files;
         stats.dirs += st.dirs;
         stats.bytes += st.bytes;
@@ -446,6 +470,7 @@ fn run_pipeline(
         stats.bytes_new += st.bytes_new;
         stats.skipped += st.skipped;
     }
+    numbered.extend(join_parts(source, &listing, parts, &mut stats));
     numbered.sort_unstable_by_key(|(i, _)| *i);
     stats.bytes_stored = stored.load(Relaxed);
     Ok(PipelineOut {
@@ -461,7 +486,11 @@ pub(super) struct Shared<'a> {
     pub(super) source: &'a Path,
     listing: &'a [(String, std::fs::Metadata)],
     parent: &'a HashMap<&'a str, &'a Entry>,
-    /// Next listing entry to take.
+    /// What the workers take, in order: listing entries, large database files in parts.
+    work: &'a [Work],
+    /// Parts still to read of each file read in parts (by listing position).
+    parts_left: &'a HashMap<usize, AtomicUsize>,
+    /// Next work item to take.
     next: AtomicUsize,
     /// Chunks this backup has already sent, so two files with the same content upload
     /// it once.
@@ -482,8 +511,37 @@ type Selection = (
     Option<PageDelta>,
 );
 
-/// Entries with their listing position, and the worker's share of the statistics.
-type WorkerOut = (Vec<(usize, Entry)>, SnapshotStats);
+/// One work item: a listing entry, or one of the `parts` parts of a large database file.
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    item: usize,
+    part: u32,
+    parts: u32,
+}
+
+/// What one worker did: entries with their listing position, parts of files read in
+/// parts (listing position, part number, what was read), its share of the statistics.
+#[derive(Default)]
+struct WorkerOut {
+    entries: Vec<(usize, Entry)>,
+    parts: Vec<(usize, u32, Part)>,
+    stats: SnapshotStats,
+}
+
+/// One part of a file read in parts.
+#[derive(Default)]
+struct Part {
+    chunks: Vec<ChunkId>,
+    len: u64,
+    /// Read less than its whole range (end of file), so later parts do not follow it.
+    short: bool,
+    /// The file's size or mtime differed from the listing's after the part was read.
+    changed: bool,
+    /// The next backup must read the file again (see [`Entry::recheck`]).
+    recheck: bool,
+    /// The file was gone.
+    vanished: bool,
+}
 
 /// Walks `source` (not following symlinks), sorted by name, as `/`-separated relative
 /// paths with their metadata. Entries that vanish during the walk are left out.
@@ -598,6 +656,7 @@ fn base_entry(path: String, kind: EntryKind, meta: &std::fs::Metadata) -> Entry 
         size: 0,
         inode: meta.ino(),
         sha256: None,
+        hash: FileHash::Content,
         chunks: Vec::new(),
         extents: Vec::new(),
         target: None,
@@ -616,7 +675,7 @@ fn prefetch(sh: &Shared) {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     use std::os::fd::AsRawFd;
     let mut i = 0;
-    while i < sh.listing.len() {
+    while i < sh.work.len() {
         if sh.failure.failed() || sh.cancel.load(Relaxed) {
             return;
         }
@@ -629,9 +688,10 @@ fn prefetch(sh: &Shared) {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        let (rel, meta) = &sh.listing[i];
+        let Work { item, parts, .. } = sh.work[i];
+        let (rel, meta) = &sh.listing[item];
         i += 1;
-        if !meta.is_file() || meta.len() > 4 * 1024 * 1024 {
+        if parts > 1 || !meta.is_file() || meta.len() > 4 * 1024 * 1024 {
             continue;
         }
         if sh
@@ -650,8 +710,7 @@ fn prefetch(sh: &Shared) {
 /// Takes listing entries one at a time until none is left: reads, chunks, hashes,
 /// compresses and seals what is new, and sends the blobs to the packer.
 fn file_worker(sh: &Shared, tx: &Sender<Blob>) -> Result<WorkerOut, RepoError> {
-    let mut stats = SnapshotStats::default();
-    let mut out = Vec::new();
+    let mut out = WorkerOut::default();
     loop {
         if sh.cancel.load(Relaxed) {
             return Err(RepoError::Cancelled);
@@ -659,15 +718,175 @@ fn file_worker(sh: &Shared, tx: &Sender<Blob>) -> Result<WorkerOut, RepoError> {
         if sh.failure.failed() {
             break;
         }
-        let i = sh.next.fetch_add(1, Relaxed);
-        let Some((rel, meta)) = sh.listing.get(i) else {
+        let Some(&Work { item, part, parts }) = sh.work.get(sh.next.fetch_add(1, Relaxed)) else {
             break;
         };
-        if let Some(e) = entry_for(sh, tx, rel, meta, &mut stats)? {
-            out.push((i, e));
+        let (rel, meta) = &sh.listing[item];
+        if parts > 1 {
+            let read = match read_part(sh, tx, rel, meta, part, parts, &mut out.stats) {
+                Ok(p) => p,
+                Err(ReadError::Vanished) => Part {
+                    vanished: true,
+                    ..Part::default()
+                },
+                Err(ReadError::Repo(e)) => return Err(e),
+            };
+            out.parts.push((item, part, read));
+            if sh
+                .parts_left
+                .get(&item)
+                .is_some_and(|left| left.fetch_sub(1, Relaxed) == 1)
+            {
+                sh.progress.files_done.fetch_add(1, Relaxed);
+            }
+        } else if let Some(e) = entry_for(sh, tx, rel, meta, &mut out.stats)? {
+            out.entries.push((item, e));
         }
     }
-    Ok((out, stats))
+    Ok(out)
+}
+
+/// The work items for `listing`: one per entry, except that a database file (stored in
+/// fixed blocks) longer than `part_len` with no parent file to copy against is one item
+/// per `part_len` bytes. Also the parts left of each file read in parts.
+fn plan_work(
+    listing: &[(String, std::fs::Metadata)],
+    parent: &HashMap<&str, &Entry>,
+    pages: Option<PageDelta>,
+    part_len: u64,
+) -> (Vec<Work>, HashMap<usize, AtomicUsize>) {
+    let mut work = Vec::with_capacity(listing.len());
+    let mut parts_left = HashMap::new();
+    for (item, (rel, meta)) in listing.iter().enumerate() {
+        let split = part_len > 0
+            && meta.is_file()
+            && meta.len() > part_len
+            && pages.is_some_and(|pd| (pd.eligible)(rel))
+            && !parent.contains_key(rel.as_str());
+        let parts = if split {
+            u32::try_from(meta.len().div_ceil(part_len)).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        if parts > 1 {
+            parts_left.insert(item, AtomicUsize::new(parts as usize));
+        }
+        work.extend((0..parts).map(|part| Work { item, part, parts }));
+    }
+    (work, parts_left)
+}
+
+/// Reads part `part` of `parts` of a database file in fixed blocks: its
+/// [`PART_BLOCKS`] blocks, or for the last part everything to the end of the file (which
+/// may have grown since the listing).
+fn read_part(
+    sh: &Shared,
+    tx: &Sender<Blob>,
+    rel: &str,
+    meta: &std::fs::Metadata,
+    part: u32,
+    parts: u32,
+    stats: &mut SnapshotStats,
+) -> Result<Part, ReadError> {
+    use std::os::unix::fs::FileExt;
+    let full = sh.source.join(rel);
+    let io = |what: &str, e: std::io::Error| -> ReadError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ReadError::Vanished
+        } else {
+            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
+        }
+    };
+    let block = u64::from(sh.repo.config().chunker.avg);
+    let part_len = PART_BLOCKS * block;
+    let start = u64::from(part) * part_len;
+    let end = (part + 1 < parts).then_some(start + part_len);
+    let read_started = SystemTime::now();
+    let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
+    let mut out = Part::default();
+    let mut at = start;
+    loop {
+        if sh.cancel.load(Relaxed) {
+            return Err(ReadError::Repo(RepoError::Cancelled));
+        }
+        let want = end.map_or(block, |end| (end - at).min(block)) as usize;
+        if want == 0 {
+            break;
+        }
+        let mut buf = vec![0u8; want];
+        let mut n = 0;
+        while n < want {
+            match file.read_at(&mut buf[n..], at + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io("read", e)),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        sh.progress.bytes_done.fetch_add(n as u64, Relaxed);
+        stats.bytes_read += n as u64;
+        out.chunks.push(store_chunk(sh, tx, &buf, stats)?);
+        at += n as u64;
+        if n < want {
+            break;
+        }
+    }
+    out.len = at - start;
+    out.short = end.is_some_and(|end| at < end);
+    let after = std::fs::symlink_metadata(&full).map_err(|e| io("stat", e))?;
+    out.changed = after.len() != meta.len() || mtime_ns(&after) != mtime_ns(meta);
+    out.recheck = out.changed || recent(read_started, &after);
+    Ok(out)
+}
+
+/// The entries of the files read in parts: each file's parts in order, up to the first
+/// part that reached the end of the file (a file truncated while it was read ends
+/// there, as a reader in one pass would have found it). A file any part found gone is
+/// left out, as a vanished file is.
+fn join_parts(
+    source: &Path,
+    listing: &[(String, std::fs::Metadata)],
+    mut parts: Vec<(usize, u32, Part)>,
+    stats: &mut SnapshotStats,
+) -> Vec<(usize, Entry)> {
+    parts.sort_unstable_by_key(|(item, part, _)| (*item, *part));
+    let mut out = Vec::new();
+    for group in parts.chunk_by(|a, b| a.0 == b.0) {
+        let item = group[0].0;
+        let (rel, meta) = &listing[item];
+        if group.iter().any(|(_, _, p)| p.vanished) {
+            stats.skipped += 1;
+            continue;
+        }
+        let mut e = base_entry(rel.clone(), EntryKind::File, meta);
+        let mut changed = false;
+        for (_, _, p) in group {
+            e.chunks.extend_from_slice(&p.chunks);
+            e.size += p.len;
+            changed |= p.changed;
+            e.recheck |= p.recheck;
+            if p.short {
+                break;
+            }
+        }
+        if changed {
+            warn!(path = %source.join(rel).display(), "file changed while it was read; it will be read again next time");
+        }
+        (e.sha256, e.hash) = match e.chunks.as_slice() {
+            [] => (Some(hex::encode(Sha256::digest(b""))), FileHash::Content),
+            [one] => (Some(one.hex()), FileHash::Content),
+            ids => (Some(FileHash::of_chunk_ids(ids)), FileHash::ChunkIds),
+        };
+        stats.files += 1;
+        stats.files_read += 1;
+        stats.bytes += e.size;
+        out.push((item, e));
+    }
+    out
 }
 
 fn entry_for(
@@ -714,6 +933,7 @@ fn entry_for(
         e.chunks = p.chunks.clone();
         e.extents = p.extents.clone();
         e.sha256 = p.sha256.clone();
+        e.hash = p.hash;
         sh.progress.bytes_done.fetch_add(e.size, Relaxed);
     } else {
         let page_delta = sh
@@ -792,13 +1012,15 @@ fn read_file(
     let chunker = sh.repo.config().chunker;
     let read_started = SystemTime::now();
     let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
+    // Database files are stored in fixed blocks and hashed by their blocks' ids.
+    let blocks = sh.pages.is_some_and(|pd| (pd.eligible)(&entry.path));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut emit = |data: Vec<u8>, whole: bool| -> Result<(), ReadError> {
         if sh.cancel.load(Relaxed) {
             return Err(ReadError::Repo(RepoError::Cancelled));
         }
-        if !whole {
+        if !whole && !blocks {
             hasher.update(&data);
         }
         size += data.len() as u64;
@@ -820,7 +1042,7 @@ fn read_file(
         if !head.is_empty() {
             emit(head, true)?;
         }
-    } else if sh.pages.is_some_and(|pd| (pd.eligible)(&entry.path)) {
+    } else if blocks {
         // Database relation files: fixed blocks of the average chunk size, no rolling
         // hash (their changes are found page by page, not by content).
         single = false;
@@ -848,10 +1070,13 @@ fn read_file(
     }
     let after = std::fs::symlink_metadata(&full).map_err(|e| io("stat", e))?;
     entry.size = size;
-    entry.sha256 = Some(match entry.chunks.first() {
-        Some(id) if single => id.hex(),
-        _ => hex::encode(hasher.finalize()),
-    });
+    (entry.sha256, entry.hash) = match entry.chunks.as_slice() {
+        [id] if single || blocks => (Some(id.hex()), FileHash::Content),
+        ids if blocks && ids.len() > 1 => {
+            (Some(FileHash::of_chunk_ids(ids)), FileHash::ChunkIds)
+        }
+        _ => (Some(hex::encode(hasher.finalize())), FileHash::Content),
+    };
     let changed = after.len() != size || mtime_ns(&after) != entry.mtime_ns;
     if changed {
         warn!(path = %full.display(), "file changed while it was read; it will be read again next time");

@@ -6,13 +6,15 @@
 //! works as the runbook writes it.
 
 use std::io::{Read, Write};
+
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::pack::ChunkId;
-use super::snapshot::{safe_relative, EntryKind, Snapshot};
+use super::snapshot::{safe_relative, Entry, EntryKind, FileHash, Snapshot};
 use super::{RepoError, Repository};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,23 @@ impl Read for ChunkReader<'_> {
     }
 }
 
+fn chunk_reader<'a>(
+    repo: &'a Repository,
+    handle: &'a tokio::runtime::Handle,
+    e: &'a Entry,
+) -> Result<ChunkReader<'a>, RepoError> {
+    Ok(ChunkReader {
+        repo,
+        handle,
+        path: &e.path,
+        pieces: e.pieces()?.into_iter(),
+        chunk: None,
+        buf: Vec::new(),
+        pos: 0,
+        end: 0,
+    })
+}
+
 fn write_archive(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
@@ -111,7 +130,21 @@ fn write_archive(
     out: impl Write,
 ) -> Result<ArchiveManifest, RepoError> {
     let io = |e: std::io::Error| RepoError::Io(format!("write archive: {e}"));
-    let manifest = ArchiveManifest::of(snap, root);
+    let mut manifest = ArchiveManifest::of(snap, root);
+    // The manifest promises `sha256sum`'s answer: files hashed by their chunk ids are
+    // read once more to hash their content.
+    for (f, e) in manifest.files.iter_mut().zip(
+        snap.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File),
+    ) {
+        if e.hash == FileHash::ChunkIds {
+            let mut hasher = sha2::Sha256::new();
+            std::io::copy(&mut chunk_reader(repo, handle, e)?, &mut hasher)
+                .map_err(|err| RepoError::Io(format!("read {}: {err}", e.path)))?;
+            f.sha256 = hex::encode(hasher.finalize());
+        }
+    }
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Complete);
@@ -154,17 +187,8 @@ fn write_archive(
             EntryKind::File => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(e.size);
-                let reader = ChunkReader {
-                    repo,
-                    handle,
-                    path: &e.path,
-                    pieces: e.pieces()?.into_iter(),
-                    chunk: None,
-                    buf: Vec::new(),
-                    pos: 0,
-                    end: 0,
-                };
-                tar.append_data(&mut h, &path, reader).map_err(io)?;
+                tar.append_data(&mut h, &path, chunk_reader(repo, handle, e)?)
+                    .map_err(io)?;
             }
         }
     }

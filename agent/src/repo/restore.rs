@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::reader::{self, PackReader};
-use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
+use super::pack::ChunkId;
+use super::snapshot::{safe_relative, Entry, EntryKind, Extent, Snapshot};
 use super::{Progress, RepoError, Repository};
 
 /// What to restore, and where.
@@ -226,13 +227,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
         .map_err(|e| RepoError::Io(format!("chmod {}: {e}", path.display())))
 }
 
-fn restore_file(
-    source: &mut PackReader,
-    target: &Path,
-    rel: &Path,
-    e: &Entry,
-    progress: &Progress,
-) -> Result<(), RepoError> {
+/// Creates (or truncates) the file `rel` is restored to; its path.
+fn create_file(target: &Path, rel: &Path) -> Result<(PathBuf, File), RepoError> {
     let path = prepare_parent(target, rel)?;
     let create = || {
         OpenOptions::new()
@@ -256,7 +252,17 @@ fn restore_file(
         ))),
         other => other.map_err(|err| RepoError::Io(format!("create {}: {err}", path.display()))),
     };
-    let mut f = created?;
+    Ok((path, created?))
+}
+
+fn restore_file(
+    source: &mut PackReader,
+    target: &Path,
+    rel: &Path,
+    e: &Entry,
+    progress: &Progress,
+) -> Result<(), RepoError> {
+    let (path, mut f) = create_file(target, rel)?;
     // Every chunk is checked against its SHA-256 id as it is decoded, so the content
     // is exactly the manifest's chunk list; a one-chunk file's id is its SHA-256.
     if e.is_single_chunk() && e.sha256.as_deref() != Some(e.chunks[0].hex().as_str()) {
@@ -275,7 +281,51 @@ fn restore_file(
         RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
         other => other,
     })?;
-    // Owner, then mode (a chown clears set-id bits), then times, all on the open file.
+    finish_file(&f, &path, e)?;
+    // Durability comes from one syncfs at the end, not a sync per file.
+    drop(f);
+    progress.files_done.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+/// Writes one part of a file restored in parts into the file (created beforehand);
+/// whoever writes the last part sets its owner, mode and times.
+fn restore_part(
+    source: &mut PackReader,
+    target: &Path,
+    file: &(PathBuf, Entry),
+    part: &Part,
+    progress: &Progress,
+) -> Result<(), RepoError> {
+    use std::os::unix::fs::FileExt;
+    let (rel, e) = file;
+    let path = target.join(rel);
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|err| RepoError::Io(format!("open {}: {err}", path.display())))?;
+    let mut at = part.offset;
+    reader::content(source, &part.entry, |data| {
+        f.write_all_at(data, at)
+            .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
+        at += data.len() as u64;
+        progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
+        Ok(())
+    })
+    .map_err(|err| match err {
+        RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
+        other => other,
+    })?;
+    if part.left.fetch_sub(1, Relaxed) == 1 {
+        finish_file(&f, &path, e)?;
+        progress.files_done.fetch_add(1, Relaxed);
+    }
+    Ok(())
+}
+
+/// Owner, then mode (a chown clears set-id bits), then times, all on the open file.
+fn finish_file(f: &File, path: &Path, e: &Entry) -> Result<(), RepoError> {
     let io = |what: &str, err: std::io::Error| {
         RepoError::Io(format!("{what} {}: {err}", path.display()))
     };
@@ -285,12 +335,103 @@ fn restore_file(
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(e.mode))
         .map_err(|err| io("chmod", err))?;
     let mtime = mtime_spec(e);
-    nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&f), &mtime, &mtime)
-        .map_err(|err| io("set times of", err.into()))?;
-    // Durability comes from one syncfs at the end, not a sync per file.
-    drop(f);
-    progress.files_done.fetch_add(1, Relaxed);
-    Ok(())
+    nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(f), &mtime, &mtime)
+        .map_err(|err| io("set times of", err.into()))
+}
+
+/// A file of more than this many chunks (or, made of extents, of more than this many
+/// MiB) is restored in parts of about this size, by whichever workers are free.
+const PART_CHUNKS: usize = 32;
+
+/// One part of a file restored in parts.
+struct Part {
+    /// The file's index in the restore's file list.
+    file: usize,
+    /// The part as an entry of its own: its chunks (and extents over them).
+    entry: Entry,
+    /// Where the part starts in the file.
+    offset: u64,
+    /// Parts of the file not yet written (shared by its parts).
+    left: Arc<AtomicUsize>,
+}
+
+/// Splits the files of more than [`PART_CHUNKS`] chunks into parts.
+fn split_large(repo: &Repository, files: &[&(PathBuf, Entry)]) -> Vec<Part> {
+    let mut parts = Vec::new();
+    for (file, (_, e)) in files.iter().enumerate() {
+        let pieces: Vec<(Vec<ChunkId>, Vec<Extent>, u64)> = if e.extents.is_empty() {
+            if e.chunks.len() <= PART_CHUNKS {
+                continue;
+            }
+            e.chunks
+                .chunks(PART_CHUNKS)
+                .map(|ids| {
+                    let len = ids
+                        .iter()
+                        .map(|c| repo.lookup(c).map_or(0, |l| u64::from(l.raw_length)))
+                        .sum();
+                    (ids.to_vec(), Vec::new(), len)
+                })
+                .collect()
+        } else {
+            extent_parts(e, PART_CHUNKS as u64 * u64::from(repo.config().chunker.avg))
+        };
+        if pieces.len() < 2 || e.pieces().is_err() {
+            continue;
+        }
+        let left = Arc::new(AtomicUsize::new(pieces.len()));
+        let mut offset = 0;
+        for (chunks, extents, len) in pieces {
+            let entry = Entry {
+                chunks,
+                extents,
+                size: len,
+                ..(*e).clone()
+            };
+            parts.push(Part {
+                file,
+                entry,
+                offset,
+                left: left.clone(),
+            });
+            offset += len;
+        }
+    }
+    parts
+}
+
+/// `e`'s extents in runs of about `len` bytes, each with the chunks it uses (extents
+/// renumbered) and its length.
+fn extent_parts(e: &Entry, len: u64) -> Vec<(Vec<ChunkId>, Vec<Extent>, u64)> {
+    let mut out = Vec::new();
+    let mut run: Vec<Extent> = Vec::new();
+    let mut run_len = 0u64;
+    let mut flush = |run: &mut Vec<Extent>, run_len: &mut u64| {
+        let mut chunks: Vec<ChunkId> = Vec::new();
+        let mut index: HashMap<u32, u32> = HashMap::new();
+        let extents = run
+            .drain(..)
+            .map(|Extent(i, off, n)| {
+                let new = *index.entry(i).or_insert_with(|| {
+                    chunks.push(e.chunks.get(i as usize).copied().unwrap_or(ChunkId([0; 32])));
+                    (chunks.len() - 1) as u32
+                });
+                Extent(new, off, n)
+            })
+            .collect();
+        out.push((chunks, extents, std::mem::take(run_len)));
+    };
+    for &x in &e.extents {
+        run.push(x);
+        run_len += u64::from(x.2);
+        if run_len >= len {
+            flush(&mut run, &mut run_len);
+        }
+    }
+    if !run.is_empty() {
+        flush(&mut run, &mut run_len);
+    }
+    out
 }
 
 /// Restores `files` on the reader's workers; a damaged file is removed and listed in
@@ -304,8 +445,26 @@ fn restore_files(
     progress: &Progress,
     failed: &Mutex<Vec<FailedFile>>,
 ) -> Result<(), RepoError> {
-    let entries: Vec<&Entry> = files.iter().map(|(_, e)| e).collect();
-    reader::read_files(
+    // Large files are restored in parts, into files created beforehand.
+    let parts = split_large(repo, files);
+    let mut split = vec![false; files.len()];
+    for p in &parts {
+        if !split[p.file] {
+            split[p.file] = true;
+            create_file(target, &files[p.file].0)?;
+        }
+    }
+    // What the workers take: whole files, then parts, as entries of their own.
+    let whole: Vec<usize> = (0..files.len()).filter(|&i| !split[i]).collect();
+    let entries: Vec<&Entry> = whole
+        .iter()
+        .map(|&i| &files[i].1)
+        .chain(parts.iter().map(|p| &p.entry))
+        .collect();
+    // Files damaged data spoiled: listed once, their other parts skipped, removed at
+    // the end (when no part is writing them any more).
+    let spoiled: Mutex<std::collections::HashSet<usize>> = Mutex::default();
+    let result = reader::read_files(
         repo,
         handle,
         &entries,
@@ -313,21 +472,39 @@ fn restore_files(
         RESTORE_WORKERS,
         false,
         |source, i| {
-            let (rel, e) = files[i];
-            match restore_file(source, target, rel, e, progress) {
+            let (file, result) = match whole.get(i) {
+                Some(&file) => {
+                    let (rel, e) = files[file];
+                    (file, restore_file(source, target, rel, e, progress))
+                }
+                None => {
+                    let part = &parts[i - whole.len()];
+                    if spoiled.lock().contains(&part.file) {
+                        return Ok(());
+                    }
+                    let file = files[part.file];
+                    (part.file, restore_part(source, target, file, part, progress))
+                }
+            };
+            match result {
                 // Damaged data spoils one file; the others are still restored.
                 Err(RepoError::Damaged(why)) => {
-                    let _ = std::fs::remove_file(target.join(rel));
-                    failed.lock().push(FailedFile {
-                        path: e.path.clone(),
-                        reason: why,
-                    });
+                    if spoiled.lock().insert(file) {
+                        failed.lock().push(FailedFile {
+                            path: files[file].1.path.clone(),
+                            reason: why,
+                        });
+                    }
                     Ok(())
                 }
                 other => other,
             }
         },
-    )
+    );
+    for file in spoiled.into_inner() {
+        let _ = std::fs::remove_file(target.join(&files[file].0));
+    }
+    result
 }
 
 /// While `running`, starts writing the restored data to disk each time another

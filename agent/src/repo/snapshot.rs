@@ -34,9 +34,12 @@ pub struct Entry {
     pub mtime_ns: i64,
     pub size: u64,
     pub inode: u64,
-    /// SHA-256 of the whole file (files only).
+    /// SHA-256 of the whole file (files only); see `hash` for what it is taken over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// What `sha256` is the hash of.
+    #[serde(default, skip_serializing_if = "FileHash::is_content")]
+    pub hash: FileHash,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkId>,
     /// When set, the file is these slices of `chunks`, in order, rather than the chunks
@@ -51,6 +54,36 @@ pub struct Entry {
     /// in the same timestamp tick could go unseen, so the next backup reads it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recheck: bool,
+}
+
+/// What a file's `sha256` is taken over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileHash {
+    /// The file's content, as `sha256sum` would hash it.
+    #[default]
+    Content,
+    /// The ids of its chunks in order, each the SHA-256 of one fixed-size block: a
+    /// database file read by several workers at once, a block range each, has no one
+    /// reader to hash its content in order. The chunk ids pin the content just as firmly
+    /// (a Merkle list), and each chunk is checked against its id when it is read back.
+    ChunkIds,
+}
+
+impl FileHash {
+    fn is_content(&self) -> bool {
+        *self == FileHash::Content
+    }
+
+    /// `FileHash::ChunkIds` of `chunks`, as hex.
+    pub fn of_chunk_ids(chunks: &[ChunkId]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for c in chunks {
+            h.update(c.0);
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// A chunk of a file's content, and the part of it that belongs (`None`: all).

@@ -65,6 +65,7 @@ impl Repository {
             size,
             inode: 0,
             sha256: Some(digest),
+            hash: super::snapshot::FileHash::Content,
             chunks,
             extents: Vec::new(),
             target: None,

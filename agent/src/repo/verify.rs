@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::reader;
-use super::snapshot::{safe_relative, Entry, EntryKind, Snapshot};
+use super::snapshot::{safe_relative, Entry, EntryKind, FileHash, Snapshot};
 use super::{RepoError, Repository};
 
 /// One verdict.
@@ -93,6 +93,12 @@ fn manifest_problems(snap: &Snapshot) -> Vec<String> {
             EntryKind::File => {
                 if e.sha256.as_deref().is_none_or(|h| h.len() != 64) {
                     problems.push(format!("{} has no SHA-256", e.path));
+                }
+                if e.hash == FileHash::ChunkIds && !e.extents.is_empty() {
+                    problems.push(format!(
+                        "{} is hashed by whole chunks but made of extents",
+                        e.path
+                    ));
                 }
                 if e.size > 0 && e.chunks.is_empty() {
                     problems.push(format!("{} has {} bytes and no chunks", e.path, e.size));
@@ -311,9 +317,11 @@ fn read_back_blocking(
                 mismatch(e);
                 return Ok(());
             }
+            // A file hashed by its chunk ids is checked chunk by chunk as it is read.
+            let by_content = !single && e.hash == FileHash::Content;
             let mut hasher = Sha256::new();
             let fed = reader::content(source, e, |data| {
-                if !single {
+                if by_content {
                     hasher.update(data);
                 }
                 Ok(())
@@ -335,7 +343,12 @@ fn read_back_blocking(
                 }
                 Err(other) => return Err(other),
             }
-            if !single && e.sha256.as_deref() != Some(hex::encode(hasher.finalize()).as_str()) {
+            let expected = match e.hash {
+                _ if single => None,
+                FileHash::Content => Some(hex::encode(hasher.finalize())),
+                FileHash::ChunkIds => Some(FileHash::of_chunk_ids(&e.chunks)),
+            };
+            if expected.is_some_and(|h| e.sha256.as_deref() != Some(h.as_str())) {
                 mismatch(e);
             }
             Ok(())
