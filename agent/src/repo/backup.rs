@@ -1072,9 +1072,7 @@ fn read_file(
     entry.size = size;
     (entry.sha256, entry.hash) = match entry.chunks.as_slice() {
         [id] if single || blocks => (Some(id.hex()), FileHash::Content),
-        ids if blocks && ids.len() > 1 => {
-            (Some(FileHash::of_chunk_ids(ids)), FileHash::ChunkIds)
-        }
+        ids if blocks && ids.len() > 1 => (Some(FileHash::of_chunk_ids(ids)), FileHash::ChunkIds),
         _ => (Some(hex::encode(hasher.finalize())), FileHash::Content),
     };
     let changed = after.len() != size || mtime_ns(&after) != entry.mtime_ns;

@@ -133,11 +133,11 @@ fn write_archive(
     let mut manifest = ArchiveManifest::of(snap, root);
     // The manifest promises `sha256sum`'s answer: files hashed by their chunk ids are
     // read once more to hash their content.
-    for (f, e) in manifest.files.iter_mut().zip(
-        snap.entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File),
-    ) {
+    for (f, e) in manifest
+        .files
+        .iter_mut()
+        .zip(snap.entries.iter().filter(|e| e.kind == EntryKind::File))
+    {
         if e.hash == FileHash::ChunkIds {
             let mut hasher = sha2::Sha256::new();
             std::io::copy(&mut chunk_reader(repo, handle, e)?, &mut hasher)

@@ -1,41 +1,203 @@
-//! Reading many chunks efficiently: whole packs into one reused buffer, files ordered
-//! by where their data lies, so each pack is read about once. Restore and verify share
-//! it.
+//! Reading many chunks efficiently: whole packs, read once into a cache the workers
+//! share, and files taken in the order their data lies, so each pack is read about
+//! once however the work is spread. Restore and verify share it.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::pack::{self, ChunkId, PackBuf, PACK_ALIGN};
 use super::snapshot::Entry;
 use super::{RepoError, Repository};
 
+/// A pack read whole: its bytes are `buf[..len]`.
+pub(crate) struct LoadedPack {
+    buf: PackBuf,
+    len: usize,
+}
+
+/// Whole packs shared by a set of readers: each pack is read once (a reader wanting a
+/// pack another is reading waits for it) and kept while there is room; packs no reader
+/// holds are dropped least recently used first, their buffers reused. Packs are read
+/// with `O_DIRECT`, with no page cache behind them to make a second read cheap.
+pub(crate) struct PackCache {
+    state: Mutex<CacheState>,
+    loaded: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// Least recently used first; `None` while being read.
+    packs: Vec<(String, Option<Arc<LoadedPack>>)>,
+    /// Packs read ahead that no reader has asked for yet.
+    ahead: Vec<String>,
+    /// Packs readers have asked for: reading them ahead is too late.
+    asked: std::collections::HashSet<String>,
+    /// Buffers of dropped packs.
+    spare: Vec<PackBuf>,
+}
+
+impl PackCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            loaded: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The pack `name`, from the cache or read by `read` into a buffer.
+    fn get(
+        &self,
+        name: &str,
+        read: impl FnOnce(&mut PackBuf) -> Result<usize, RepoError>,
+    ) -> Result<Arc<LoadedPack>, RepoError> {
+        let mut st = self.state.lock();
+        if !st.asked.contains(name) {
+            st.asked.insert(name.to_string());
+        }
+        self.load(st, name, read)
+    }
+
+    fn load(
+        &self,
+        mut st: parking_lot::MutexGuard<'_, CacheState>,
+        name: &str,
+        read: impl FnOnce(&mut PackBuf) -> Result<usize, RepoError>,
+    ) -> Result<Arc<LoadedPack>, RepoError> {
+        while let Some(at) = st.packs.iter().position(|(n, _)| n == name) {
+            match &st.packs[at].1 {
+                Some(pack) => {
+                    let pack = pack.clone();
+                    let entry = st.packs.remove(at);
+                    st.packs.push(entry);
+                    if st.ahead.iter().any(|n| n == name) {
+                        st.ahead.retain(|n| n != name);
+                        self.loaded.notify_all();
+                    }
+                    return Ok(pack);
+                }
+                None => self.loaded.wait(&mut st),
+            }
+        }
+        self.make_room(&mut st);
+        st.packs.push((name.to_string(), None));
+        let mut buf = st.spare.pop().unwrap_or_else(|| PackBuf::new(PACK_ALIGN));
+        drop(st);
+        let result = read(&mut buf);
+        let mut st = self.state.lock();
+        let at = st.packs.iter().position(|(n, _)| n == name);
+        let out = match result {
+            Ok(len) => {
+                let pack = Arc::new(LoadedPack { buf, len });
+                if let Some(at) = at {
+                    st.packs[at].1 = Some(pack.clone());
+                }
+                Ok(pack)
+            }
+            Err(e) => {
+                if let Some(at) = at {
+                    st.packs.remove(at);
+                }
+                st.spare.push(buf);
+                Err(e)
+            }
+        };
+        self.loaded.notify_all();
+        out
+    }
+
+    /// Drops the least recently used packs no reader holds until there is room for one
+    /// more (or nothing more can go).
+    fn make_room(&self, st: &mut CacheState) {
+        while st.packs.len() >= self.capacity {
+            // Packs read ahead go last: a reader is about to want them.
+            let free = |(name, p): &(String, Option<Arc<LoadedPack>>), ahead: bool| {
+                p.as_ref().is_some_and(|p| Arc::strong_count(p) == 1)
+                    && st.ahead.contains(name) == ahead
+            };
+            let Some(at) = st
+                .packs
+                .iter()
+                .position(|e| free(e, false))
+                .or_else(|| st.packs.iter().position(|e| free(e, true)))
+            else {
+                break;
+            };
+            let (name, pack) = st.packs.remove(at);
+            st.ahead.retain(|n| *n != name);
+            if let Some(pack) = pack.and_then(|p| Arc::try_unwrap(p).ok()) {
+                st.spare.push(pack.buf);
+            }
+        }
+    }
+
+    /// Reads `names` in order ahead of the readers, at most [`READ_AHEAD`] packs they
+    /// have not asked for yet and never past the cache's room, until `stop`.
+    fn read_ahead(
+        &self,
+        names: &[String],
+        stop: &std::sync::atomic::AtomicBool,
+        read: impl Fn(&str, &mut PackBuf) -> Result<usize, RepoError>,
+    ) {
+        for name in names {
+            let mut st = self.state.lock();
+            loop {
+                if stop.load(Relaxed) {
+                    return;
+                }
+                let room = st.packs.len() < self.capacity
+                    || st
+                        .packs
+                        .iter()
+                        .any(|(_, p)| p.as_ref().is_some_and(|p| Arc::strong_count(p) == 1));
+                if st.ahead.len() < READ_AHEAD && room {
+                    break;
+                }
+                self.loaded
+                    .wait_for(&mut st, std::time::Duration::from_millis(20));
+            }
+            if st.asked.contains(name) || st.packs.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            st.ahead.push(name.clone());
+            // A failed read is left for the reader that needs the pack to report.
+            if self.load(st, name, |buf| read(name, buf)).is_err() {
+                self.state.lock().ahead.retain(|n| n != name);
+            }
+        }
+    }
+}
+
+/// Packs read ahead of the readers.
+const READ_AHEAD: usize = 2;
+
 /// One worker's chunk reader.
 pub(crate) struct PackReader<'a> {
     repo: &'a Repository,
     handle: &'a tokio::runtime::Handle,
-    /// Whole packs (kept while the worker's files come from them), or single ranged reads.
-    whole_packs: bool,
+    /// Whole packs from the shared cache, or single ranged reads.
+    whole_packs: Option<&'a PackCache>,
     /// Hash every chunk against its id (verify); otherwise only an unencrypted
     /// repository's chunks are hashed, since AES-GCM already authenticates the rest.
     always_check_ids: bool,
-    /// The packs read last (most recent last), each `(name, buf, len)` with the pack in
-    /// `buf[..len]`: a page-level incremental file alternates between its parent's packs
-    /// and its new pages' pack, and packs are read with `O_DIRECT` (no page cache to
-    /// make a second read cheap).
-    cached: Vec<(String, PackBuf, usize)>,
+    /// The packs this reader used last (most recent last), held so they stay cached: a
+    /// page-level incremental file alternates between its parent's packs and its new
+    /// pages' pack.
+    held: Vec<(String, Arc<LoadedPack>)>,
 }
 
-/// Packs kept per reader.
-const CACHED_PACKS: usize = 2;
+/// Packs held per reader.
+const HELD_PACKS: usize = 2;
 
 impl<'a> PackReader<'a> {
     pub(crate) fn new(
         repo: &'a Repository,
         handle: &'a tokio::runtime::Handle,
-        whole_packs: bool,
+        whole_packs: Option<&'a PackCache>,
         always_check_ids: bool,
     ) -> Self {
         Self {
@@ -43,45 +205,39 @@ impl<'a> PackReader<'a> {
             handle,
             whole_packs,
             always_check_ids,
-            cached: Vec::with_capacity(CACHED_PACKS),
+            held: Vec::with_capacity(HELD_PACKS),
         }
     }
 
     pub(crate) fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, RepoError> {
-        if !self.whole_packs {
+        let Some(cache) = self.whole_packs else {
             return self.handle.block_on(self.repo.read_chunk(id));
-        }
+        };
         let loc = self
             .repo
             .lookup(id)
             .ok_or_else(|| RepoError::Damaged(format!("chunk {} is in no index", id.hex())))?;
-        let at = match self
-            .cached
-            .iter()
-            .position(|(name, _, _)| *name == loc.pack)
-        {
+        let at = match self.held.iter().position(|(name, _)| *name == loc.pack) {
             Some(at) => at,
             None => {
-                // Reuse the least recently used buffer once the cache is full.
-                let (mut buf, _) = if self.cached.len() == CACHED_PACKS {
-                    let (_, buf, len) = self.cached.remove(0);
-                    (buf, len)
-                } else {
-                    (PackBuf::new(PACK_ALIGN), 0)
-                };
-                let len = self
-                    .handle
-                    .block_on(self.repo.read_pack(&loc.pack, &mut buf))?;
-                self.cached.push((loc.pack.clone(), buf, len));
-                self.cached.len() - 1
+                if self.held.len() == HELD_PACKS {
+                    self.held.remove(0);
+                }
+                let (repo, handle) = (self.repo, self.handle);
+                let pack = cache.get(&loc.pack, |buf| {
+                    handle.block_on(repo.read_pack(&loc.pack, buf))
+                })?;
+                self.held.push((loc.pack.clone(), pack));
+                self.held.len() - 1
             }
         };
         // Most recently used last.
-        let entry = self.cached.remove(at);
-        self.cached.push(entry);
-        let (_, buf, len) = &self.cached[self.cached.len() - 1];
+        let entry = self.held.remove(at);
+        self.held.push(entry);
+        let pack = &self.held[self.held.len() - 1].1;
+        let (buf, len) = (&pack.buf, pack.len);
         let start = loc.offset as usize;
-        let stored = buf[..*len]
+        let stored = buf[..len]
             .get(start..start + loc.length as usize)
             .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
         let check =
@@ -144,18 +300,16 @@ const RECENT_CHUNKS: usize = 4;
 struct ReadPlan {
     /// File indices ordered by the pack and offset of their first chunk.
     order: Vec<usize>,
-    /// Ranges of `order` whose files start in the same pack; a worker takes a whole group.
-    groups: Vec<Range<usize>>,
     /// Whole-pack reads pay off: the files need at least a quarter of what the packs
     /// they touch hold.
     whole_packs: bool,
 }
 
 /// Calls `visit(reader, i)` for every index `i` of `files`, on up to `workers` threads,
-/// each with its own [`PackReader`] and taking whole groups of files that start in the
-/// same pack, so each pack is read about once. `packs` is the repository's pack listing
-/// (name → size). The first error `visit` returns stops every worker and is returned;
-/// a visitor that only records a problem returns `Ok`.
+/// each with its own [`PackReader`] over one shared [`PackCache`], taking the files in
+/// the order their data lies in the packs, so each pack is read about once. `packs` is
+/// the repository's pack listing (name → size). The first error `visit` returns stops
+/// every worker and is returned; a visitor that only records a problem returns `Ok`.
 pub(crate) fn read_files(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
@@ -165,30 +319,50 @@ pub(crate) fn read_files(
     always_check_ids: bool,
     visit: impl Fn(&mut PackReader, usize) -> Result<(), RepoError> + Sync,
 ) -> Result<(), RepoError> {
-    let ReadPlan {
-        order,
-        groups,
-        whole_packs,
-    } = plan(repo, files, packs);
+    let ReadPlan { order, whole_packs } = plan(repo, files, packs);
+    // Room for the packs the readers hold and those read ahead.
+    let cache = PackCache::new(HELD_PACKS * workers + READ_AHEAD);
+    let cache = whole_packs.then_some(&cache);
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        for _ in 0..workers.min(groups.len()).max(1) {
-            s.spawn(|| {
-                let mut reader = PackReader::new(repo, handle, whole_packs, always_check_ids);
-                while first_error.lock().is_none() {
-                    let Some(range) = groups.get(next.fetch_add(1, Relaxed)) else {
-                        return;
-                    };
-                    for &i in &order[range.clone()] {
+        if let Some(cache) = cache {
+            // The packs in the order the readers will want them.
+            let mut seen = std::collections::HashSet::new();
+            let names: Vec<String> = order
+                .iter()
+                .flat_map(|&i| files[i].chunks.iter())
+                .filter_map(|c| repo.lookup(c).map(|l| l.pack))
+                .filter(|p| seen.insert(p.clone()))
+                .collect();
+            let done = &done;
+            s.spawn(move || {
+                cache.read_ahead(&names, done, |name, buf| {
+                    handle.block_on(repo.read_pack(name, buf))
+                })
+            });
+        }
+        let readers: Vec<_> = (0..workers.min(order.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut reader = PackReader::new(repo, handle, cache, always_check_ids);
+                    while first_error.lock().is_none() {
+                        let Some(&i) = order.get(next.fetch_add(1, Relaxed)) else {
+                            return;
+                        };
                         if let Err(e) = visit(&mut reader, i) {
                             first_error.lock().get_or_insert(e);
                             return;
                         }
                     }
-                }
-            });
+                })
+            })
+            .collect();
+        for r in readers {
+            let _ = r.join();
         }
+        done.store(true, Relaxed);
     });
     match first_error.into_inner() {
         Some(e) => Err(e),
@@ -206,16 +380,6 @@ fn plan(repo: &Repository, files: &[&Entry], packs: &HashMap<String, u64>) -> Re
         let key = |l: &Option<pack::Location>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
         key(&first[a]).cmp(&key(&first[b]))
     });
-    let mut groups: Vec<Range<usize>> = Vec::new();
-    for (pos, &i) in order.iter().enumerate() {
-        let same = pos > 0
-            && first[i].as_ref().map(|l| &l.pack)
-                == first[order[pos - 1]].as_ref().map(|l| &l.pack);
-        match groups.last_mut() {
-            Some(g) if same => g.end = pos + 1,
-            _ => groups.push(pos..pos + 1),
-        }
-    }
     let mut needed: HashMap<String, u64> = HashMap::new();
     for e in files {
         for c in &e.chunks {
@@ -226,9 +390,5 @@ fn plan(repo: &Repository, files: &[&Entry], packs: &HashMap<String, u64>) -> Re
     }
     let held: u64 = needed.keys().filter_map(|p| packs.get(p)).sum();
     let whole_packs = held > 0 && needed.values().sum::<u64>() * 4 >= held;
-    ReadPlan {
-        order,
-        groups,
-        whole_packs,
-    }
+    ReadPlan { order, whole_packs }
 }

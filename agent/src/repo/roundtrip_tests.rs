@@ -637,7 +637,10 @@ async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
     assert_eq!(e.hash, FileHash::ChunkIds);
     assert_eq!(e.sha256, Some(FileHash::of_chunk_ids(&e.chunks)));
     let ids: Vec<_> = data.chunks(1 << 20).map(pack::ChunkId::of).collect();
-    assert_eq!(e.chunks, ids, "blocks in file order whichever worker read them");
+    assert_eq!(
+        e.chunks, ids,
+        "blocks in file order whichever worker read them"
+    );
     assert!(!e.recheck);
 
     let out = fx.path("out-full");
@@ -704,7 +707,9 @@ async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/300");
     std::fs::create_dir_all(rel.parent().expect("parent")).expect("dirs");
-    let data: Vec<u8> = (0..40 * 128).flat_map(|i| relation_page(0x1000 + i, i)).collect();
+    let data: Vec<u8> = (0..40 * 128)
+        .flat_map(|i| relation_page(0x1000 + i, i))
+        .collect();
     std::fs::write(&rel, &data).expect("write");
     std::fs::write(fx.path("src/other"), b"fine").expect("write");
     let mut req = BackupRequest::new("full_1", "files", fx.path("src"));
@@ -721,9 +726,7 @@ async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
         .expect("entry");
     // Flip a byte inside the stored 35th block.
     let loc = fx.repo.lookup(&e.chunks[35]).expect("indexed");
-    let pack_path = fx
-        .path("repo")
-        .join(super::pack_key(&loc.pack));
+    let pack_path = fx.path("repo").join(super::pack_key(&loc.pack));
     let mut bytes = std::fs::read(&pack_path).expect("read pack");
     bytes[loc.offset as usize + loc.length as usize / 2] ^= 0x40;
     std::fs::write(&pack_path, bytes).expect("write pack");
@@ -735,6 +738,9 @@ async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
         .await
         .expect_err("a damaged block");
     assert!(err.to_string().contains("base/1/300"), "{err}");
-    assert!(!out.join("base/1/300").exists(), "the spoiled file is removed");
+    assert!(
+        !out.join("base/1/300").exists(),
+        "the spoiled file is removed"
+    );
     assert_eq!(std::fs::read(out.join("other")).expect("read"), b"fine");
 }
