@@ -25,6 +25,13 @@ if ! moto_server --help >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
+# aiosmtpd: the SMTP server the notification tests send mail to.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "installing: aiosmtpd (pip)"
+  pip_install aiosmtpd
+  python3 -c 'import aiosmtpd' || { echo "aiosmtpd was installed but python3 cannot import it" >&2; exit 1; }
+fi
+
 if ! azurite-blob --version >/dev/null 2>&1; then
   command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 fi

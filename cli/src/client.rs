@@ -64,6 +64,28 @@ impl Client {
         self.finish("GET", path, self.request("GET", path).call())
     }
 
+    pub fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.finish(
+            "PUT",
+            path,
+            self.request("PUT", path).send_json(body.clone()),
+        )
+    }
+
+    /// A DELETE whose answer has no body.
+    pub fn delete(&self, path: &str) -> anyhow::Result<()> {
+        match self.request("DELETE", path).call() {
+            Ok(_) => Ok(()),
+            Err(e) => self
+                .finish::<serde_json::Value>("DELETE", path, Err(e))
+                .map(|_| ()),
+        }
+    }
+
     pub fn post<T: DeserializeOwned>(
         &self,
         path: &str,

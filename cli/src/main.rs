@@ -4,6 +4,7 @@
 mod ca;
 mod client;
 mod database;
+mod plans;
 mod quickstart;
 mod repo;
 
@@ -73,6 +74,18 @@ enum Cmd {
     /// Point-in-time recovery: info for an instant, restore into an environment.
     #[command(subcommand)]
     Pitr(database::PitrCmd),
+    /// Disaster-recovery plans: create, update, list, show, delete.
+    #[command(subcommand)]
+    Plans(plans::PlansCmd),
+    /// Notification channels: send a test message.
+    #[command(subcommand)]
+    Notify(NotifyCmd),
+}
+
+#[derive(Subcommand)]
+enum NotifyCmd {
+    /// Send a test notification to a configured channel ([notify.NAME]).
+    Test { channel: String },
 }
 
 #[derive(Subcommand)]
@@ -280,6 +293,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Backup(args) => database::backup(&client(), args)?,
         Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
         Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,
+        Cmd::Plans(cmd) => plans::run(&client(), cmd)?,
+        Cmd::Notify(NotifyCmd::Test { channel }) => {
+            let _: serde_json::Value = client().post(
+                "/v1/backup-recovery/notifications/test",
+                &json!({ "channel": channel }),
+            )?;
+            println!("test notification delivered to {channel}");
+        }
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Respon
 use chrono::Utc;
 use drmesh_protocol::api::{
     AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus, CreateTokenRequest,
-    DocumentBackup, DocumentRestoreRequest, ErrorBody, PitrRequest, ResolveRequest, Role, Severity,
+    DocumentBackup, DocumentRestoreRequest, ErrorBody, FieldError, PitrRequest, PlanSpec,
+    ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
@@ -23,6 +24,8 @@ use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
 use crate::database::{self, DatabaseError};
 use crate::documents::{self, DocumentsError};
+use crate::notify;
+use crate::plans::{self, PlanError};
 use crate::recovery::{self, RecoveryError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
@@ -38,6 +41,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A body with bad fields: 400, each named in `fields`.
+    #[error("{0}")]
+    Invalid(String, Vec<FieldError>),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -52,7 +58,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::Invalid(..) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -66,7 +72,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +89,10 @@ impl ResponseError for ApiError {
             status: status.as_u16(),
             error: self.code().to_string(),
             message: self.to_string(),
+            fields: match self {
+                ApiError::Invalid(_, fields) => fields.clone(),
+                _ => Vec::new(),
+            },
         })
     }
 }
@@ -123,6 +133,17 @@ impl From<RecoveryError> for ApiError {
             RecoveryError::NoAgent(m) | RecoveryError::Failed(m) => ApiError::Unavailable(m),
             RecoveryError::Conflict(m) => ApiError::Conflict(m),
             RecoveryError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<PlanError> for ApiError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Invalid(ref fields) => ApiError::Invalid(e.to_string(), fields.clone()),
+            PlanError::NotFound(m) => ApiError::NotFound(m),
+            PlanError::Conflict(m) => ApiError::Conflict(m),
+            PlanError::Store(s) => s.into(),
         }
     }
 }
@@ -212,6 +233,106 @@ async fn healthz() -> HttpResponse {
 async fn dr_status(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(coord.dr_status()))
+}
+
+/// A plan body: 400 naming the field serde stopped at (an unknown field, a wrong type).
+fn plan_spec(body: &[u8]) -> Result<PlanSpec, ApiError> {
+    required_json(body)
+}
+
+async fn plan_create(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let (regions, channels) = coord.plan_vocabulary();
+    let known = plans::Known {
+        regions: &regions,
+        channels: &channels,
+    };
+    let plan = plans::check(plan_spec(&body)?, &known, None)?;
+    plans::create(coord.store.as_ref(), &plan)?;
+    Ok(HttpResponse::Created().json(plan))
+}
+
+async fn plan_list(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let plans = plans::list(coord.store.as_ref())?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "total": plans.len(), "plans": plans })))
+}
+
+async fn plan_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let plan = plans::get(coord.store.as_ref(), &path)?
+        .ok_or_else(|| ApiError::NotFound(format!("no plan {path}")))?;
+    Ok(HttpResponse::Ok().json(plan))
+}
+
+async fn plan_replace(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    if plans::get(coord.store.as_ref(), &path)?.is_none() {
+        return Err(ApiError::NotFound(format!("no plan {path}")));
+    }
+    let (regions, channels) = coord.plan_vocabulary();
+    let known = plans::Known {
+        regions: &regions,
+        channels: &channels,
+    };
+    let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
+    Ok(HttpResponse::Ok().json(plans::replace(coord.store.as_ref(), plan)?))
+}
+
+async fn plan_delete(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    plans::delete(coord.store.as_ref(), &path)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct NotifyTest {
+    channel: String,
+}
+
+/// Sends a test notification to one configured channel, with the usual retries, and
+/// says whether it got through.
+async fn notify_test(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: NotifyTest = required_json(&body)?;
+    let event = notify::Event::new(
+        "test",
+        Severity::Low,
+        "drmesh test notification".into(),
+        format!(
+            "A test of notification channel {} asked for by {}.",
+            req.channel,
+            caller.label()
+        ),
+    );
+    let coord: &Arc<crate::state::Coordinator> = &coord;
+    match notify::Notifier::send(coord, &req.channel, &event).await {
+        Ok(()) => Ok(HttpResponse::Ok()
+            .json(serde_json::json!({ "channel": req.channel, "delivered": true }))),
+        Err(e @ notify::NotifyError::UnknownChannel(_)) => Err(ApiError::NotFound(e.to_string())),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
 }
 
 async fn dashboard(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
@@ -604,6 +725,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(dr_status),
         )
         .route(
+            &format!("{base}/disaster-recovery/plans"),
+            web::post().to(plan_create),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/plans"),
+            web::get().to(plan_list),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/plans/{{planId}}"),
+            web::get().to(plan_get),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/plans/{{planId}}"),
+            web::put().to(plan_replace),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/plans/{{planId}}"),
+            web::delete().to(plan_delete),
+        )
+        .route(
             &format!("{base}/monitoring/dashboard"),
             web::get().to(dashboard),
         )
@@ -666,6 +807,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/documents/statistics"),
             web::get().to(documents_statistics),
+        )
+        .route(
+            &format!("{base}/notifications/test"),
+            web::post().to(notify_test),
         )
         .route("/v1/tokens", web::post().to(token_create))
         .route("/v1/audit", web::get().to(audit_list))

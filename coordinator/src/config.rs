@@ -1,11 +1,13 @@
 //! `coordinator.toml`: the file as written (`CoordinatorConfigFile`, every key optional
 //! with a documented default) and the checked configuration the program runs with.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drmesh_protocol::tls::TlsFiles;
+use drmesh_protocol::RegionId;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,38 @@ pub struct CoordinatorConfigFile {
     pub recovery_timeout: Option<Duration>,
     /// TLS files of the QUIC endpoint. Required.
     pub tls: Option<TlsFiles>,
+    /// Regions DR plans may name, besides those of the agents that have connected.
+    /// Default: none (only the agents' regions).
+    pub regions: Option<Vec<RegionId>>,
+    /// Notification channels by name (`[notify.slack]`, `[notify.email]`, …), which DR
+    /// plans name in `notificationChannels`. Default: none.
+    pub notify: Option<BTreeMap<String, NotifyChannel>>,
+}
+
+/// A notification channel. `type` says which.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NotifyChannel {
+    /// A Slack-compatible incoming webhook (`{"text": …}` posted as JSON).
+    Slack { url: String },
+    /// A generic webhook: the event as JSON, signed with HMAC-SHA256 of the body under
+    /// the secret read from `secret_file` (header `X-Drmesh-Signature: sha256=<hex>`).
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+    },
+    /// Email over SMTP.
+    Email {
+        smtp_host: String,
+        /// Default 25.
+        smtp_port: Option<u16>,
+        /// `none` (default for port 25 on loopback only), `starttls` or `tls`.
+        security: Option<String>,
+        from: String,
+        to: Vec<String>,
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+    },
 }
 
 /// The checked configuration.
@@ -77,6 +111,8 @@ pub struct CoordinatorConfig {
     pub backup_timeout: Duration,
     pub recovery_timeout: Duration,
     pub tls: TlsFiles,
+    pub regions: Vec<RegionId>,
+    pub notify: BTreeMap<String, NotifyChannel>,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -146,6 +182,25 @@ impl CoordinatorConfigFile {
             )
         })?;
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let regions = self.regions.unwrap_or_default();
+        for r in &regions {
+            RegionId::new(r.as_str()).map_err(|e| ConfigError::Invalid(format!("regions: {e}")))?;
+        }
+        let mut notify = self.notify.unwrap_or_default();
+        for (name, channel) in notify.iter_mut() {
+            check_channel(name, channel)?;
+            match channel {
+                NotifyChannel::Webhook {
+                    secret_file: Some(f),
+                    ..
+                } => *f = abs(f.clone()),
+                NotifyChannel::Email {
+                    password_file: Some(f),
+                    ..
+                } => *f = abs(f.clone()),
+                _ => {}
+            }
+        }
         Ok(CoordinatorConfig {
             http_listen: self
                 .http_listen
@@ -168,7 +223,53 @@ impl CoordinatorConfigFile {
                 cert: abs(tls.cert),
                 key: abs(tls.key),
             },
+            regions,
+            notify,
         })
+    }
+}
+
+fn check_channel(name: &str, channel: &NotifyChannel) -> Result<(), ConfigError> {
+    let bad = |why: String| Err(ConfigError::Invalid(format!("[notify.{name}]: {why}")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return bad("channel names are letters, digits, '_' and '-'".into());
+    }
+    let url_ok = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+    match channel {
+        NotifyChannel::Slack { url } | NotifyChannel::Webhook { url, .. } if !url_ok(url) => {
+            bad(format!("url {url:?} must start with http:// or https://"))
+        }
+        NotifyChannel::Email {
+            smtp_host,
+            security,
+            from,
+            to,
+            ..
+        } => {
+            if smtp_host.trim().is_empty() {
+                return bad("smtp_host is required".into());
+            }
+            if !matches!(
+                security.as_deref(),
+                None | Some("none" | "starttls" | "tls")
+            ) {
+                return bad(format!(
+                    "security {security:?} must be none, starttls or tls"
+                ));
+            }
+            if !from.contains('@') {
+                return bad(format!("from {from:?} is not an address"));
+            }
+            if to.is_empty() || to.iter().any(|a| !a.contains('@')) {
+                return bad("to needs at least one address, each with an @".into());
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -237,6 +338,44 @@ mod tests {
             .validate(Path::new("/"))
             .expect_err("no tls");
         assert!(err.to_string().contains("[tls]"), "{err}");
+    }
+
+    #[test]
+    fn regions_and_notification_channels_are_read_and_checked() {
+        let text = format!(
+            "regions = [\"us-east-1\"]\n[notify.slack]\ntype = \"slack\"\nurl = \"http://127.0.0.1:9/x\"\n[notify.mail]\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nfrom = \"a@b.test\"\nto = [\"c@d.test\"]\npassword_file = \"pw\"\n{TLS}"
+        );
+        let cfg = CoordinatorConfigFile::parse(&text, Path::new("x.toml"))
+            .expect("parse")
+            .validate(Path::new("/etc/drmesh"))
+            .expect("valid");
+        assert_eq!(cfg.regions.len(), 1);
+        assert_eq!(cfg.notify.len(), 2);
+        let Some(NotifyChannel::Email { password_file, .. }) = cfg.notify.get("mail") else {
+            panic!("email channel");
+        };
+        assert_eq!(password_file.as_deref(), Some(Path::new("/etc/drmesh/pw")));
+
+        for (bad, names) in [
+            ("[notify.s]\ntype = \"slack\"\nurl = \"ftp://x\"\n", "url"),
+            ("[notify.s]\ntype = \"pager\"\n", "pager"),
+            (
+                "[notify.m]\ntype = \"email\"\nsmtp_host = \"h\"\nfrom = \"a@b\"\nto = []\n",
+                "to",
+            ),
+            ("regions = [\"us east\"]\n", "regions"),
+        ] {
+            let text = if bad.starts_with("regions") {
+                format!("{bad}{TLS}")
+            } else {
+                format!("{TLS}{bad}")
+            };
+            let err = CoordinatorConfigFile::parse(&text, Path::new("x.toml"))
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.validate(Path::new("/")).map_err(|e| e.to_string()))
+                .expect_err(bad);
+            assert!(err.contains(names), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod database;
 pub mod documents;
 mod jobs;
 pub mod metrics;
+pub mod notify;
+pub mod plans;
 pub mod recovery;
 pub mod registry;
 pub mod server;

@@ -236,6 +236,20 @@ impl Coordinator {
         out
     }
 
+    /// What a DR plan may name: the configured regions and those of every agent seen,
+    /// and the configured notification channels.
+    pub fn plan_vocabulary(
+        &self,
+    ) -> (
+        std::collections::HashSet<RegionId>,
+        std::collections::HashSet<String>,
+    ) {
+        let mut regions: std::collections::HashSet<RegionId> =
+            self.config.regions.iter().cloned().collect();
+        regions.extend(self.registry.lock().agents().map(|a| a.region.clone()));
+        (regions, self.config.notify.keys().cloned().collect())
+    }
+
     /// `GET /v1/backup-recovery/disaster-recovery/status`
     pub fn dr_status(&self) -> DrStatus {
         let agents = self.agent_statuses();

@@ -57,16 +57,19 @@ pub enum Namespace {
     Meta,
     /// Backups (documents; later database), by backup id.
     Backups,
+    /// Disaster-recovery plans, by plan id.
+    Plans,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 6] = [
+    pub const ALL: [Namespace; 7] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
         Namespace::Agents,
         Namespace::Meta,
         Namespace::Backups,
+        Namespace::Plans,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Namespace {
             Namespace::Agents => "agents",
             Namespace::Meta => "meta",
             Namespace::Backups => "backups",
+            Namespace::Plans => "plans",
         }
     }
 }

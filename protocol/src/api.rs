@@ -274,6 +274,9 @@ pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `unauthorized`, `not_found`.
     pub error: String,
     pub message: String,
+    /// For a refused body: each bad field and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
 }
 
 /// Life of a backup, as the runbook names it.
@@ -609,4 +612,67 @@ pub struct DocumentStatistics {
     pub newest_backup: Option<String>,
     pub newest_backup_at: Option<DateTime<Utc>>,
     pub locations: Vec<LocationStatistics>,
+}
+
+/// The body of `POST /disaster-recovery/plans` (and `PUT …/plans/:id`), as the runbook
+/// writes it. Every field is checked by the coordinator, which answers 400 naming each
+/// bad one; unknown fields are refused so a typo is not silently ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSpec {
+    /// Letters, digits, `_` and `-`; made up (`plan_<epoch-ms>_<6 chars>`) when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    /// Recovery point objective, a duration such as `1h` or `15m`.
+    #[serde(default)]
+    pub rpo: String,
+    /// Recovery time objective, a duration such as `4h`.
+    #[serde(default)]
+    pub rto: String,
+    /// Fallback regions in order of preference.
+    #[serde(default)]
+    pub failover_regions: Vec<RegionId>,
+    /// Milliseconds between health checks.
+    #[serde(default)]
+    pub health_check_interval: Option<u64>,
+    #[serde(default)]
+    pub automatic_failover: bool,
+    /// Names of the coordinator's configured notification channels.
+    #[serde(default)]
+    pub notification_channels: Vec<String>,
+    /// Milliseconds between automatic DR tests.
+    #[serde(default)]
+    pub test_interval: Option<u64>,
+}
+
+/// A stored DR plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrPlan {
+    pub id: String,
+    pub name: String,
+    pub rpo: String,
+    pub rto: String,
+    pub rpo_seconds: u64,
+    pub rto_seconds: u64,
+    pub failover_regions: Vec<RegionId>,
+    pub health_check_interval: u64,
+    pub automatic_failover: bool,
+    pub notification_channels: Vec<String>,
+    pub test_interval: u64,
+    /// `ACTIVE` (health checks and, if enabled, automatic failover run) — the only state
+    /// for now.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One field the coordinator refused, with why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
 }

@@ -187,6 +187,12 @@ impl Mesh {
 
     /// Starts a coordinator on free ports with the given heartbeat interval.
     pub fn start(heartbeat_ms: u64) -> Mesh {
+        Self::start_with(heartbeat_ms, "")
+    }
+
+    /// Like [`Mesh::start`], with `extra` in the coordinator's config before its `[tls]`
+    /// table (top-level keys first, then tables such as `[notify.NAME]`).
+    pub fn start_with(heartbeat_ms: u64, extra: &str) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
@@ -197,7 +203,7 @@ impl Mesh {
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n"
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n"
             ),
         )
         .expect("write config");

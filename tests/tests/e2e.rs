@@ -9,7 +9,9 @@ mod e2e {
     pub mod documents;
     pub mod http_api;
     pub mod liveness;
+    pub mod notify;
     pub mod objstore_servers;
+    pub mod plans;
     pub mod quickstart;
     pub mod repo;
 }

@@ -1,0 +1,202 @@
+//! Notification channels against real receivers: mail to an `aiosmtpd` SMTP server, a
+//! Slack-style webhook and a signed generic webhook to small HTTP receivers in the test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use drmesh_tests::objstore::free_port;
+use drmesh_tests::{bin, wait_for, Mesh, Proc};
+
+/// One HTTP request as received: its headers (lower-case names) and body.
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP receiver on a free port answering `status` to every request (at most `n`),
+/// handing each request over the channel.
+fn receiver(status: u16, n: usize) -> (String, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+            let _ = tx.send(Received { headers, body });
+        }
+    });
+    (url, rx)
+}
+
+fn smtp_server(dir: &std::path::Path) -> (u16, Proc) {
+    let ok = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import aiosmtpd: run `bash scripts/install-deps.sh` (pip install aiosmtpd)"
+    );
+    let port = free_port();
+    let server = Proc::spawn(
+        "aiosmtpd",
+        std::path::Path::new("python3"),
+        &[
+            "-u",
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Debugging",
+        ],
+        &dir.join("aiosmtpd.log"),
+    );
+    let up = wait_for(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(
+        up.is_some(),
+        "aiosmtpd did not start:\n{}",
+        server.log_text()
+    );
+    (port, server)
+}
+
+#[test]
+fn channels_deliver_mail_and_signed_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp_port, smtp) = smtp_server(dir.path());
+    let (slack_url, slack) = receiver(200, 1);
+    let (hook_url, hook) = receiver(200, 1);
+    // A webhook that always fails: tried, retried, then reported.
+    let (broken_url, broken) = receiver(500, 10);
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "s3cret-key\n").unwrap();
+    let config = format!(
+        r#"[notify.email]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+from = "drmesh@example.test"
+to = ["oncall@example.test", "dba@example.test"]
+[notify.slack]
+type = "slack"
+url = "{slack_url}"
+[notify.ops]
+type = "webhook"
+url = "{hook_url}"
+secret_file = "{}"
+[notify.broken]
+type = "webhook"
+url = "{broken_url}"
+"#,
+        secret.display()
+    );
+    let mesh = Mesh::start_with(500, &config);
+    let drmesh = |args: &[&str]| {
+        let out = Command::new(bin("drmesh"))
+            .args(args)
+            .env("DRMESH_URL", format!("http://{}", mesh.http))
+            .env("DRMESH_TOKEN", &mesh.admin_token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // Email: the SMTP server receives it, to both addresses.
+    let (ok, out, err) = drmesh(&["notify", "test", "email"]);
+    assert!(ok, "{out}{err}");
+    let mail = wait_for(Duration::from_secs(10), || {
+        let log = smtp.log_text();
+        log.contains("drmesh test notification").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no mail at aiosmtpd:\n{}", smtp.log_text()));
+    assert!(
+        mail.contains("oncall@example.test") && mail.contains("dba@example.test"),
+        "{mail}"
+    );
+
+    // Slack: {"text": ...}.
+    let (ok, _, err) = drmesh(&["notify", "test", "slack"]);
+    assert!(ok, "{err}");
+    let got = slack.recv_timeout(Duration::from_secs(10)).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("drmesh test notification"),
+        "{body}"
+    );
+
+    // Generic webhook: the event as JSON, HMAC-SHA256 of the body under the secret.
+    let (ok, _, err) = drmesh(&["notify", "test", "ops"]);
+    assert!(ok, "{err}");
+    let got = hook.recv_timeout(Duration::from_secs(10)).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(event["kind"], "test");
+    assert_eq!(got.header("x-drmesh-event"), Some("test"));
+    assert_eq!(
+        got.header("x-drmesh-signature").unwrap(),
+        drmesh_coordinator::notify::signature(b"s3cret-key", &got.body)
+    );
+    assert_ne!(
+        got.header("x-drmesh-signature").unwrap(),
+        drmesh_coordinator::notify::signature(b"another-key", &got.body)
+    );
+
+    // A failing channel: retried, then an error naming it; unknown channels are 404.
+    let (ok, _, err) = drmesh(&["notify", "test", "broken"]);
+    assert!(!ok);
+    assert!(err.contains("broken") && err.contains("500"), "{err}");
+    assert_eq!(broken.try_iter().count(), 4, "four tries");
+    let (ok, _, err) = drmesh(&["notify", "test", "pager"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    assert!(
+        !mesh.coordinator_log().contains("s3cret-key"),
+        "the webhook secret is never logged"
+    );
+}
