@@ -5,6 +5,7 @@
 pub mod config;
 pub mod database;
 pub mod documents;
+pub mod failover;
 pub mod link;
 pub mod postgres;
 pub mod repo;

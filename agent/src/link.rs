@@ -103,6 +103,8 @@ pub struct CommandContext {
     pub documents: Option<Arc<Documents>>,
     /// `[database]`, and the configuration file its backup processes are given.
     pub database: Option<(crate::config::DatabaseConfig, std::path::PathBuf)>,
+    /// `[postgres]`: the server this agent promotes.
+    pub postgres: Option<crate::config::PostgresConfig>,
 }
 
 async fn read_frame<M: Frame>(
@@ -168,6 +170,7 @@ impl Link {
             .clone()
             .map(|d| Arc::new(Documents::new(d)));
         let database = config.database.clone().zip(config.path.clone());
+        let postgres = config.postgres.clone();
         Ok(Self {
             config,
             endpoint,
@@ -177,6 +180,7 @@ impl Link {
                 observed,
                 documents,
                 database,
+                postgres,
             }),
         })
     }
@@ -478,6 +482,14 @@ async fn execute(
                     }
                     outcome(result, "database backup completed")
                 }
+            },
+            CommandKind::Promote => match &ctx.postgres {
+                None => (false, "this agent has no [postgres]".to_string(), None),
+                Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
+            },
+            CommandKind::Fence => match &ctx.database {
+                None => no_database(),
+                Some((db, _)) => outcome(crate::failover::fence(db).await, "fenced"),
             },
             CommandKind::PitrInfo { target_time } => match &ctx.database {
                 None => no_database(),

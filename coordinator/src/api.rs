@@ -24,6 +24,7 @@ use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
 use crate::database::{self, DatabaseError};
 use crate::documents::{self, DocumentsError};
+use crate::failover::{self, FailoverError};
 use crate::notify;
 use crate::plans::{self, PlanError};
 use crate::recovery::{self, RecoveryError};
@@ -133,6 +134,17 @@ impl From<RecoveryError> for ApiError {
             RecoveryError::NoAgent(m) | RecoveryError::Failed(m) => ApiError::Unavailable(m),
             RecoveryError::Conflict(m) => ApiError::Conflict(m),
             RecoveryError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<FailoverError> for ApiError {
+    fn from(e: FailoverError) -> Self {
+        match e {
+            FailoverError::BadRequest(m) => ApiError::BadRequest(m),
+            FailoverError::NotFound(m) => ApiError::NotFound(m),
+            FailoverError::Conflict(m) => ApiError::Conflict(m),
+            FailoverError::Store(s) => s.into(),
         }
     }
 }
@@ -300,6 +312,17 @@ async fn plan_delete(
     caller.require(Role::Operator)?;
     plans::delete(coord.store.as_ref(), &path)?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+async fn failover_start(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let req: drmesh_protocol::api::FailoverRequest = required_json(&body)?;
+    let accepted = failover::start(&coord, req, caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
 }
 
 #[derive(Deserialize)]
@@ -807,6 +830,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/documents/statistics"),
             web::get().to(documents_statistics),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/failover"),
+            web::post().to(failover_start),
         )
         .route(
             &format!("{base}/notifications/test"),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod database;
 pub mod documents;
+pub mod failover;
 mod jobs;
 pub mod metrics;
 pub mod notify;

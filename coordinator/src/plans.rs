@@ -202,6 +202,7 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
         automatic_failover: spec.automatic_failover,
         notification_channels: spec.notification_channels,
         test_interval,
+        active_region: None,
         status: "ACTIVE".into(),
         created_at: now,
         updated_at: now,
@@ -245,6 +246,7 @@ pub fn replace(store: &dyn Store, mut plan: DrPlan) -> Result<DrPlan, PlanError>
     let old =
         get(store, &plan.id)?.ok_or_else(|| PlanError::NotFound(format!("no plan {}", plan.id)))?;
     plan.created_at = old.created_at;
+    plan.active_region = old.active_region;
     store.put_json(Namespace::Plans, &plan.id, &plan)?;
     Ok(plan)
 }

@@ -46,6 +46,13 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let quic = endpoint.local_addr().context("read QUIC address")?;
 
     tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
+    let resumed = crate::failover::resume_all(&coord).context("resume failovers")?;
+    if resumed > 0 {
+        tracing::warn!(
+            count = resumed,
+            "failovers interrupted by the last stop resume"
+        );
+    }
     tokio::spawn(coord.clone().watch_liveness());
     tokio::spawn(coord.clone().apply_transitions(transitions));
 

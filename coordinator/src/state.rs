@@ -91,6 +91,16 @@ impl Coordinator {
         Epoch(self.epoch.load(Ordering::SeqCst))
     }
 
+    /// Raises the fencing epoch to `to` (never lowers it), durably before it is used:
+    /// every command sent from then on carries it, and agents refuse older ones.
+    pub fn raise_epoch(&self, to: Epoch) -> Result<(), StoreError> {
+        if to.0 > self.epoch.load(Ordering::SeqCst) {
+            self.store.put_json(Namespace::Meta, EPOCH_KEY, &to.0)?;
+            self.epoch.fetch_max(to.0, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     /// Queues transitions for [`Coordinator::apply_transitions`] (off the hot path).
     pub fn report(&self, transitions: impl IntoIterator<Item = Transition>) {
         for t in transitions {
@@ -310,6 +320,10 @@ impl Coordinator {
             epoch: self.epoch(),
             regions,
             generated_at: Utc::now(),
+            failover: crate::failover::latest(self.store.as_ref()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "read the latest failover");
+                None
+            }),
             point_in_time_recovery: crate::recovery::latest(self.store.as_ref()).unwrap_or_else(
                 |e| {
                     tracing::warn!(error = %e, "read the latest recovery");

@@ -59,10 +59,12 @@ pub enum Namespace {
     Backups,
     /// Disaster-recovery plans, by plan id.
     Plans,
+    /// Failovers, by failover id (`fo_<epoch-ms>_<6>`, so in time order).
+    Failovers,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 7] = [
+    pub const ALL: [Namespace; 8] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
@@ -70,6 +72,7 @@ impl Namespace {
         Namespace::Meta,
         Namespace::Backups,
         Namespace::Plans,
+        Namespace::Failovers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Namespace {
             Namespace::Meta => "meta",
             Namespace::Backups => "backups",
             Namespace::Plans => "plans",
+            Namespace::Failovers => "failovers",
         }
     }
 }

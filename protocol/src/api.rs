@@ -91,6 +91,9 @@ pub struct DrStatus {
     /// The newest point-in-time recovery, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_in_time_recovery: Option<PitrRun>,
+    /// The newest failover, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverRun>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -662,6 +665,9 @@ pub struct DrPlan {
     pub automatic_failover: bool,
     pub notification_channels: Vec<String>,
     pub test_interval: u64,
+    /// The region the plan's database runs in since its last failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_region: Option<RegionId>,
     /// `ACTIVE` (health checks and, if enabled, automatic failover run) — the only state
     /// for now.
     pub status: String,
@@ -675,4 +681,96 @@ pub struct DrPlan {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+}
+
+/// What an agent reports once its server is promoted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteOutcome {
+    /// False when the server already accepted writes (a resumed failover).
+    pub was_standby: bool,
+    pub timeline: u32,
+    pub lsn: String,
+    pub duration_ms: u64,
+}
+
+/// The body of `POST /disaster-recovery/failover`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailoverRequest {
+    pub plan_id: String,
+    pub target_region: RegionId,
+    /// Fail over even when the target's replica is further behind than the plan's RPO.
+    #[serde(default)]
+    pub allow_data_loss: bool,
+}
+
+/// The `202 Accepted` answer to a failover request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverAccepted {
+    pub status: String,
+    pub failover_id: String,
+    pub failover_start_time: DateTime<Utc>,
+    pub estimated_completion_time: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailoverStatus {
+    Initiated,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// One of the runbook's seven failover steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStep {
+    /// 1 to 7, the runbook's order.
+    pub number: u8,
+    pub name: String,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A failover, step by step, as stored (each step persisted before it acts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRun {
+    pub failover_id: String,
+    pub plan_id: String,
+    pub status: FailoverStatus,
+    pub target_region: RegionId,
+    /// The agent next to the replica being promoted.
+    pub target_agent: Option<AgentId>,
+    /// The region and agent of the primary being replaced, when there was one.
+    pub from_region: Option<RegionId>,
+    pub from_agent: Option<AgentId>,
+    /// The fencing epoch this failover runs under (one above the one before it).
+    pub epoch: Option<Epoch>,
+    pub allow_data_loss: bool,
+    pub requested_by: String,
+    pub failover_start_time: DateTime<Utc>,
+    pub estimated_completion_time: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The promoted server's timeline.
+    pub timeline: Option<u32>,
+    pub current_step: Option<u8>,
+    pub steps: Vec<FailoverStep>,
+    pub error: Option<String>,
 }

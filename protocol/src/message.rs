@@ -162,6 +162,12 @@ pub enum CommandKind {
         backup_id: Option<String>,
         environment: String,
     },
+    /// Promote the local standby and wait until it accepts writes; a server that already
+    /// does reports so. Detail: `PromoteOutcome`.
+    Promote,
+    /// Fence the local PostgreSQL: stop it and leave `standby.signal`, so no restart
+    /// brings it back writable.
+    Fence,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ mod e2e {
     pub mod cli;
     pub mod database;
     pub mod documents;
+    pub mod failover;
     pub mod http_api;
     pub mod liveness;
     pub mod notify;

@@ -1,0 +1,518 @@
+//! Failover: the runbook's seven steps as a durable state machine.
+//!
+//! A failover is a record in the `failovers` namespace. Each step is written RUNNING
+//! before it acts and DONE (or FAILED, SKIPPED) after, so a coordinator killed at any
+//! point finds the record IN_PROGRESS when it starts again and runs the step it was in
+//! once more; every step is idempotent (promoting a server that already accepts writes,
+//! fencing a fenced one, raising the epoch to the value already stored all change
+//! nothing).
+//!
+//! Never two writable primaries: the new epoch is stored before anything is fenced or
+//! promoted, and the target is promoted only after the old primary's agent confirmed
+//! its server is stopped and marked `standby.signal` (see ARCHITECTURE.md, "Failover
+//! safety argument"). Without that confirmation the failover stops at step 2.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use drmesh_protocol::api::{
+    AgentState, DrPlan, FailoverAccepted, FailoverRequest, FailoverRun, FailoverStatus,
+    FailoverStep, PromoteOutcome, Severity, StepStatus,
+};
+use drmesh_protocol::ids::runbook_id;
+use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole};
+use tracing::{info, warn, Instrument};
+
+use crate::notify::{Event, Notifier};
+use crate::plans;
+use crate::state::Coordinator;
+use crate::store::{Namespace, Store, StoreError, StoreExt};
+use crate::transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The runbook's steps, in order.
+pub const STEPS: [&str; 7] = [
+    "Notify stakeholders via all channels",
+    "Prepare target infrastructure",
+    "Promote read replica to primary",
+    "Update DNS records (TTL: 60 seconds)",
+    "Validate application connectivity",
+    "Monitor health checks",
+    "Confirm failover success",
+];
+
+/// How long the promoted server must be seen as the primary by its agent's heartbeats
+/// (step 6), in heartbeat intervals.
+const MONITOR_INTERVALS: u32 = 3;
+
+pub fn get(store: &dyn Store, id: &str) -> Result<Option<FailoverRun>, StoreError> {
+    store.get_json(Namespace::Failovers, id)
+}
+
+/// The newest failover, for the DR status.
+pub fn latest(store: &dyn Store) -> Result<Option<FailoverRun>, StoreError> {
+    Ok(store
+        .scan_json::<FailoverRun>(Namespace::Failovers, "")?
+        .into_iter()
+        .max_by(|a, b| a.failover_start_time.cmp(&b.failover_start_time)))
+}
+
+fn running(store: &dyn Store) -> Result<Vec<FailoverRun>, StoreError> {
+    let mut all: Vec<FailoverRun> = store.scan_json(Namespace::Failovers, "")?;
+    all.retain(|f| {
+        matches!(
+            f.status,
+            FailoverStatus::Initiated | FailoverStatus::InProgress
+        )
+    });
+    Ok(all)
+}
+
+/// `POST …/disaster-recovery/failover`: checks the request, stores the failover and
+/// starts it in the background.
+pub fn start(
+    coord: &Arc<Coordinator>,
+    req: FailoverRequest,
+    requested_by: String,
+) -> Result<FailoverAccepted, FailoverError> {
+    let store = coord.store.as_ref();
+    let plan = plans::get(store, &req.plan_id)?
+        .ok_or_else(|| FailoverError::NotFound(format!("no plan {}", req.plan_id)))?;
+    if !plan.failover_regions.contains(&req.target_region) {
+        return Err(FailoverError::BadRequest(format!(
+            "targetRegion {} is not one of plan {}'s failoverRegions ({})",
+            req.target_region,
+            plan.id,
+            plan.failover_regions
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(f) = running(store)?.first() {
+        return Err(FailoverError::Conflict(format!(
+            "failover {} (plan {}) is still running",
+            f.failover_id, f.plan_id
+        )));
+    }
+    let now = Utc::now();
+    // The plan's RTO is what the operator expects; a failover here takes seconds.
+    let estimate = Duration::from_secs(plan.rto_seconds.clamp(60, 30 * 60));
+    let run = FailoverRun {
+        failover_id: runbook_id("fo"),
+        plan_id: plan.id.clone(),
+        status: FailoverStatus::Initiated,
+        target_region: req.target_region,
+        target_agent: None,
+        from_region: None,
+        from_agent: None,
+        epoch: None,
+        allow_data_loss: req.allow_data_loss,
+        requested_by,
+        failover_start_time: now,
+        estimated_completion_time: now
+            + chrono::Duration::from_std(estimate).unwrap_or(chrono::Duration::minutes(30)),
+        completed_at: None,
+        timeline: None,
+        current_step: None,
+        steps: STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| FailoverStep {
+                number: i as u8 + 1,
+                name: (*name).to_string(),
+                status: StepStatus::Pending,
+                started_at: None,
+                ended_at: None,
+                message: String::new(),
+            })
+            .collect(),
+        error: None,
+    };
+    store.put_json(Namespace::Failovers, &run.failover_id, &run)?;
+    info!(failover_id = %run.failover_id, plan = %run.plan_id, target = %run.target_region, "failover initiated");
+    let accepted = FailoverAccepted {
+        status: "INITIATED".into(),
+        failover_id: run.failover_id.clone(),
+        failover_start_time: run.failover_start_time,
+        estimated_completion_time: run.estimated_completion_time,
+    };
+    spawn(coord.clone(), run.failover_id);
+    Ok(accepted)
+}
+
+/// Resumes every failover a previous coordinator left running.
+pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
+    let runs = running(coord.store.as_ref())?;
+    for r in &runs {
+        warn!(failover_id = %r.failover_id, step = ?r.current_step, "resuming an interrupted failover");
+        spawn(coord.clone(), r.failover_id.clone());
+    }
+    Ok(runs.len())
+}
+
+fn spawn(coord: Arc<Coordinator>, id: String) {
+    let span = tracing::info_span!("failover", failover_id = %id);
+    tokio::spawn(
+        async move {
+            if let Err(e) = drive(&coord, &id).await {
+                warn!(error = %e, "failover driver stopped");
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// What one step did.
+enum Outcome {
+    Done(String),
+    Skipped(String),
+    Failed(String),
+}
+
+async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
+    let store = coord.store.as_ref();
+    let mut run =
+        get(store, id)?.ok_or_else(|| StoreError::Backend(format!("no failover {id}")))?;
+    let Some(plan) = plans::get(store, &run.plan_id)? else {
+        run.status = FailoverStatus::Failed;
+        run.error = Some(format!("plan {} was deleted", run.plan_id));
+        return store.put_json(Namespace::Failovers, id, &run);
+    };
+    run.status = FailoverStatus::InProgress;
+    store.put_json(Namespace::Failovers, id, &run)?;
+    for i in 0..run.steps.len() {
+        if matches!(run.steps[i].status, StepStatus::Done | StepStatus::Skipped) {
+            continue;
+        }
+        run.current_step = Some(run.steps[i].number);
+        run.steps[i].status = StepStatus::Running;
+        run.steps[i].started_at.get_or_insert_with(Utc::now);
+        store.put_json(Namespace::Failovers, id, &run)?;
+        info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
+        let outcome = match i {
+            0 => notify_start(coord, &plan, &run),
+            1 => prepare(coord, &plan, &mut run).await?,
+            2 => promote(coord, &mut run).await,
+            3 => Outcome::Skipped(
+                "no DNS provider is configured; clients reach the new primary by its address"
+                    .into(),
+            ),
+            4 => validate(coord, &run).await,
+            5 => monitor(coord, &run).await,
+            _ => confirm(coord, &plan, &run)?,
+        };
+        let step = &mut run.steps[i];
+        step.ended_at = Some(Utc::now());
+        match outcome {
+            Outcome::Done(m) => {
+                step.status = StepStatus::Done;
+                step.message = m;
+            }
+            Outcome::Skipped(m) => {
+                step.status = StepStatus::Skipped;
+                step.message = m;
+            }
+            Outcome::Failed(m) => {
+                step.status = StepStatus::Failed;
+                step.message = m.clone();
+                warn!(step = step.number, error = %m, "failover failed");
+                run.status = FailoverStatus::Failed;
+                run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
+                run.completed_at = Some(Utc::now());
+                store.put_json(Namespace::Failovers, id, &run)?;
+                let event = Event {
+                    plan_id: Some(plan.id.clone()),
+                    ..Event::new(
+                        "failover.failed",
+                        Severity::Critical,
+                        format!("Failover of {} to {} FAILED", plan.id, run.target_region),
+                        run.error.clone().unwrap_or_default(),
+                    )
+                };
+                Notifier::spawn(coord, &plan.notification_channels, event);
+                return Ok(());
+            }
+        }
+        store.put_json(Namespace::Failovers, id, &run)?;
+    }
+    run.status = FailoverStatus::Completed;
+    run.completed_at = Some(Utc::now());
+    store.put_json(Namespace::Failovers, id, &run)?;
+    info!("failover completed");
+    Ok(())
+}
+
+fn notify_start(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) -> Outcome {
+    if plan.notification_channels.is_empty() {
+        return Outcome::Skipped("the plan names no notification channel".into());
+    }
+    let event = Event {
+        plan_id: Some(plan.id.clone()),
+        ..Event::new(
+            "failover.initiated",
+            Severity::Critical,
+            format!("Failover of {} to {} initiated", plan.id, run.target_region),
+            format!(
+                "Failover {} asked for by {}: the database moves to {}.",
+                run.failover_id, run.requested_by, run.target_region
+            ),
+        )
+    };
+    Notifier::spawn(coord, &plan.notification_channels, event);
+    Outcome::Done(format!(
+        "telling {} (in the background)",
+        plan.notification_channels.join(", ")
+    ))
+}
+
+/// Step 2: the target's agent is up next to a standby whose lag is within the RPO; the
+/// epoch rises (stored first); the old primary is fenced by its agent.
+async fn prepare(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &mut FailoverRun,
+) -> Result<Outcome, StoreError> {
+    // Decide on fresh reports only: wait (bounded) until the target's agent is up and
+    // every other agent has heartbeated since this coordinator started — one restarted
+    // mid-failover knows no roles yet, and an agent not heard from may be next to a
+    // writable primary.
+    let heard = |a: &drmesh_protocol::api::AgentStatus| a.last_heartbeat_age_ms.is_some();
+    let target_up = |a: &drmesh_protocol::api::AgentStatus| {
+        a.region == run.target_region
+            && a.role.is_some()
+            && a.state == AgentState::Up
+            && a.connected
+            && heard(a)
+    };
+    let deadline = tokio::time::Instant::now()
+        + coord.config.heartbeat_interval * (4 * coord.config.down_after)
+        + Duration::from_secs(10);
+    let statuses = loop {
+        let statuses = coord.agent_statuses();
+        let ready = statuses.iter().any(target_up)
+            && statuses.iter().all(|a| heard(a) || a.region == run.target_region);
+        if ready || tokio::time::Instant::now() > deadline {
+            break statuses;
+        }
+        tokio::time::sleep(coord.config.heartbeat_interval / 2).await;
+    };
+    let Some(target) = statuses.iter().find(|a| target_up(a)) else {
+        return Ok(Outcome::Failed(format!(
+            "no agent with PostgreSQL is up in {}",
+            run.target_region
+        )));
+    };
+    // A resumed failover may find the target promoted already.
+    let promoted_before = run.steps[2].status == StepStatus::Running
+        || run.target_agent.as_ref() == Some(&target.agent_id);
+    if target.role != Some(PgRole::Standby) && !promoted_before {
+        return Ok(Outcome::Failed(format!(
+            "the server next to {} is {}, not a standby",
+            target.agent_id,
+            target
+                .role
+                .map_or_else(|| "unknown".to_string(), |r| r.to_string())
+        )));
+    }
+    if let Some(lag) = target.replication_lag_seconds {
+        if lag > plan.rpo_seconds as f64 && !run.allow_data_loss {
+            return Ok(Outcome::Failed(format!(
+                "the replica in {} is {lag:.0} s behind, more than the plan's RPO of {} ({} s); \
+                 send \"allowDataLoss\": true to fail over anyway",
+                run.target_region, plan.rpo, plan.rpo_seconds
+            )));
+        }
+    }
+    run.target_agent = Some(target.agent_id.clone());
+    // What must be fenced: every server reported writable elsewhere, every one that does
+    // not answer (a crashed primary a supervisor could restart), and every agent not
+    // heard from (its server's state is unknown).
+    let to_fence: Vec<_> = statuses
+        .iter()
+        .filter(|a| a.agent_id != target.agent_id)
+        .filter(|a| !heard(a) || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
+        .collect();
+    if let Some(old) = to_fence
+        .iter()
+        .find(|a| a.role == Some(PgRole::Primary))
+        .or(to_fence.first())
+    {
+        run.from_agent = Some(old.agent_id.clone());
+        run.from_region = Some(old.region.clone());
+    }
+    // The epoch: chosen and stored in the record before it is used, so a resumed
+    // failover raises it once.
+    let epoch = match run.epoch {
+        Some(e) => e,
+        None => {
+            let e = Epoch(coord.epoch().0 + 1);
+            run.epoch = Some(e);
+            coord
+                .store
+                .put_json(Namespace::Failovers, &run.failover_id, &*run)?;
+            e
+        }
+    };
+    coord.raise_epoch(epoch)?;
+    let mut fenced = Vec::new();
+    for a in &to_fence {
+        if let Err(why) = fence(coord, &a.agent_id).await {
+            return Ok(Outcome::Failed(format!(
+                "the server next to {} ({}) is not fenced: {why}; promoting now could leave \
+                 two writable primaries",
+                a.agent_id, a.region
+            )));
+        }
+        fenced.push(a.agent_id.to_string());
+    }
+    Ok(Outcome::Done(format!(
+        "{} ready (lag {}); {}; epoch {epoch}",
+        target.agent_id,
+        lag_text(target.replication_lag_seconds),
+        if fenced.is_empty() {
+            "no other server to fence".to_string()
+        } else {
+            format!("fenced by their agents: {}", fenced.join(", "))
+        }
+    )))
+}
+
+fn lag_text(lag: Option<f64>) -> String {
+    lag.map_or_else(|| "unknown".into(), |l| format!("{l:.1} s"))
+}
+
+async fn fence(coord: &Arc<Coordinator>, agent: &AgentId) -> Result<(), String> {
+    match transport::send_command(coord, agent, CommandKind::Fence, Duration::from_secs(90)).await {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn promote(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Outcome {
+    let Some(agent) = run.target_agent.clone() else {
+        return Outcome::Failed("no target agent was chosen".into());
+    };
+    match transport::send_command(
+        coord,
+        &agent,
+        CommandKind::Promote,
+        Duration::from_secs(120),
+    )
+    .await
+    {
+        Ok(r) if r.ok => {
+            let outcome: Option<PromoteOutcome> = r
+                .detail_json
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok());
+            run.timeline = outcome.as_ref().map(|o| o.timeline);
+            match outcome {
+                Some(o) => Outcome::Done(format!(
+                    "{} promoted in {} ms: timeline {}, LSN {}{}",
+                    agent,
+                    o.duration_ms,
+                    o.timeline,
+                    o.lsn,
+                    if o.was_standby {
+                        ""
+                    } else {
+                        " (it already accepted writes)"
+                    }
+                )),
+                None => Outcome::Done(format!("{agent} promoted")),
+            }
+        }
+        Ok(r) => Outcome::Failed(format!("{agent}: {}", r.message)),
+        Err(e) => Outcome::Failed(format!("{agent}: {e}")),
+    }
+}
+
+/// Step 5: the promoted server takes a write (asked of its agent, which connects to it
+/// as the application would).
+async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
+    let Some(agent) = run.target_agent.clone() else {
+        return Outcome::Failed("no target agent".into());
+    };
+    match transport::send_command(coord, &agent, CommandKind::Promote, Duration::from_secs(60))
+        .await
+    {
+        Ok(r) if r.ok => Outcome::Done(format!(
+            "the server next to {agent} is out of recovery and took a write"
+        )),
+        Ok(r) => Outcome::Failed(format!("{agent}: {}", r.message)),
+        Err(e) => Outcome::Failed(format!("{agent}: {e}")),
+    }
+}
+
+/// Step 6: the target's heartbeats report a primary for a few intervals in a row.
+async fn monitor(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
+    let Some(agent) = run.target_agent.clone() else {
+        return Outcome::Failed("no target agent".into());
+    };
+    let interval = coord.config.heartbeat_interval;
+    let deadline = tokio::time::Instant::now() + interval * 20 + Duration::from_secs(10);
+    let mut good = 0;
+    while good < MONITOR_INTERVALS {
+        if tokio::time::Instant::now() > deadline {
+            return Outcome::Failed(format!(
+                "{agent}'s heartbeats did not report a healthy primary for {MONITOR_INTERVALS} intervals"
+            ));
+        }
+        tokio::time::sleep(interval).await;
+        let healthy = coord.agent_statuses().iter().any(|a| {
+            a.agent_id == agent && a.state == AgentState::Up && a.role == Some(PgRole::Primary)
+        });
+        good = if healthy { good + 1 } else { 0 };
+    }
+    Outcome::Done(format!(
+        "{agent} reported a healthy primary for {MONITOR_INTERVALS} heartbeat intervals"
+    ))
+}
+
+/// Step 7: the plan's active region moves; the channels are told.
+fn confirm(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &FailoverRun,
+) -> Result<Outcome, StoreError> {
+    let store = coord.store.as_ref();
+    if let Some(mut p) = plans::get(store, &plan.id)? {
+        p.active_region = Some(run.target_region.clone());
+        p.updated_at = Utc::now();
+        store.put_json(Namespace::Plans, &p.id, &p)?;
+    }
+    let event = Event {
+        plan_id: Some(plan.id.clone()),
+        ..Event::new(
+            "failover.completed",
+            Severity::High,
+            format!("Failover of {} to {} completed", plan.id, run.target_region),
+            format!(
+                "The primary now runs in {} (timeline {}), epoch {}.",
+                run.target_region,
+                run.timeline.map_or_else(|| "?".into(), |t| t.to_string()),
+                run.epoch.map_or_else(|| "?".into(), |e| e.to_string())
+            ),
+        )
+    };
+    Notifier::spawn(coord, &plan.notification_channels, event);
+    Ok(Outcome::Done(format!(
+        "plan {} now runs in {}",
+        plan.id, run.target_region
+    )))
+}
