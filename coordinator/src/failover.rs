@@ -303,8 +303,7 @@ async fn prepare(
         + Duration::from_secs(10);
     let statuses = loop {
         let statuses = coord.agent_statuses();
-        let ready = statuses.iter().any(target_up)
-            && statuses.iter().all(|a| heard(a) || a.region == run.target_region);
+        let ready = statuses.iter().any(target_up) && statuses.iter().all(heard);
         if ready || tokio::time::Instant::now() > deadline {
             break statuses;
         }
