@@ -36,6 +36,10 @@ struct CacheState {
     ahead: Vec<String>,
     /// Packs readers have asked for: reading them ahead is too late.
     asked: std::collections::HashSet<String>,
+    /// Work items not yet done that need each pack: a pack still needed is dropped
+    /// only when nothing else can go (a page-level incremental's new pages lie in a few
+    /// packs every file part needs).
+    needed: HashMap<String, usize>,
     /// Buffers of dropped packs.
     spare: Vec<PackBuf>,
 }
@@ -119,10 +123,14 @@ impl PackCache {
                 p.as_ref().is_some_and(|p| Arc::strong_count(p) == 1)
                     && st.ahead.contains(name) == ahead
             };
+            let unneeded = |e: &(String, Option<Arc<LoadedPack>>)| {
+                free(e, false) && st.needed.get(&e.0).is_none_or(|n| *n == 0)
+            };
             let Some(at) = st
                 .packs
                 .iter()
-                .position(|e| free(e, false))
+                .position(unneeded)
+                .or_else(|| st.packs.iter().position(|e| free(e, false)))
                 .or_else(|| st.packs.iter().position(|e| free(e, true)))
             else {
                 break;
@@ -131,6 +139,26 @@ impl PackCache {
             st.ahead.retain(|n| *n != name);
             if let Some(pack) = pack.and_then(|p| Arc::try_unwrap(p).ok()) {
                 st.spare.push(pack.buf);
+            }
+        }
+    }
+
+    /// Counts the packs each work item needs (see `CacheState::needed`).
+    fn expect(&self, items: &[Vec<String>]) {
+        let mut st = self.state.lock();
+        for packs in items {
+            for p in packs {
+                *st.needed.entry(p.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    /// A work item that needed `packs` is done.
+    fn done_with(&self, packs: &[String]) {
+        let mut st = self.state.lock();
+        for p in packs {
+            if let Some(n) = st.needed.get_mut(p) {
+                *n = n.saturating_sub(1);
             }
         }
     }
@@ -307,27 +335,47 @@ struct ReadPlan {
 
 /// Calls `visit(reader, i)` for every index `i` of `files`, on up to `workers` threads,
 /// each with its own [`PackReader`] over one shared [`PackCache`], taking the files in
-/// the order their data lies in the packs, so each pack is read about once. `packs` is
+/// the order their data lies in the packs (then `files[in_order_from..]` as given), so
+/// each pack is read about once. `packs` is
 /// the repository's pack listing (name → size). The first error `visit` returns stops
 /// every worker and is returned; a visitor that only records a problem returns `Ok`.
 pub(crate) fn read_files(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     files: &[&Entry],
+    in_order_from: usize,
     packs: &HashMap<String, u64>,
     workers: usize,
     always_check_ids: bool,
     visit: impl Fn(&mut PackReader, usize) -> Result<(), RepoError> + Sync,
 ) -> Result<(), RepoError> {
-    let ReadPlan { order, whole_packs } = plan(repo, files, packs);
+    let ReadPlan { order, whole_packs } = plan(repo, files, in_order_from, packs);
     // Room for the packs the readers hold and those read ahead.
-    let cache = PackCache::new(HELD_PACKS * workers + READ_AHEAD);
+    let cache = PackCache::new(2 * (HELD_PACKS * workers + READ_AHEAD));
     let cache = whole_packs.then_some(&cache);
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();
     let done = std::sync::atomic::AtomicBool::new(false);
+    // Each file's packs, for the cache to keep those still needed.
+    let packs_of: Vec<Vec<String>> = match cache {
+        Some(_) => files
+            .iter()
+            .map(|e| {
+                let mut packs: Vec<String> = e
+                    .chunks
+                    .iter()
+                    .filter_map(|c| repo.lookup(c).map(|l| l.pack))
+                    .collect();
+                packs.sort_unstable();
+                packs.dedup();
+                packs
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     std::thread::scope(|s| {
         if let Some(cache) = cache {
+            cache.expect(&packs_of);
             // The packs in the order the readers will want them.
             let mut seen = std::collections::HashSet::new();
             let names: Vec<String> = order
@@ -351,7 +399,11 @@ pub(crate) fn read_files(
                         let Some(&i) = order.get(next.fetch_add(1, Relaxed)) else {
                             return;
                         };
-                        if let Err(e) = visit(&mut reader, i) {
+                        let result = visit(&mut reader, i);
+                        if let Some(cache) = cache {
+                            cache.done_with(&packs_of[i]);
+                        }
+                        if let Err(e) = result {
                             first_error.lock().get_or_insert(e);
                             return;
                         }
@@ -370,16 +422,25 @@ pub(crate) fn read_files(
     }
 }
 
-fn plan(repo: &Repository, files: &[&Entry], packs: &HashMap<String, u64>) -> ReadPlan {
-    let first: Vec<Option<pack::Location>> = files
+/// `files[..in_order_from]` are taken in the order their data lies; the rest after them,
+/// in the order given (the parts of a large file, whose neighbours share packs).
+fn plan(
+    repo: &Repository,
+    files: &[&Entry],
+    in_order_from: usize,
+    packs: &HashMap<String, u64>,
+) -> ReadPlan {
+    let sorted = in_order_from.min(files.len());
+    let first: Vec<Option<pack::Location>> = files[..sorted]
         .iter()
         .map(|e| e.chunks.first().and_then(|c| repo.lookup(c)))
         .collect();
-    let mut order: Vec<usize> = (0..files.len()).collect();
+    let mut order: Vec<usize> = (0..sorted).collect();
     order.sort_by(|&a, &b| {
         let key = |l: &Option<pack::Location>| l.as_ref().map(|l| (l.pack.clone(), l.offset));
         key(&first[a]).cmp(&key(&first[b]))
     });
+    order.extend(sorted..files.len());
     let mut needed: HashMap<String, u64> = HashMap::new();
     for e in files {
         for c in &e.chunks {

@@ -580,6 +580,7 @@ fn restore_files(
         repo,
         handle,
         &entries,
+        whole.len(),
         packs,
         RESTORE_WORKERS,
         false,

@@ -306,6 +306,7 @@ fn read_back_blocking(
         repo,
         handle,
         &entries,
+        entries.len(),
         packs,
         VERIFY_WORKERS,
         true,
