@@ -203,6 +203,10 @@ impl PackCache {
 /// Packs read ahead of the readers.
 const READ_AHEAD: usize = 2;
 
+/// The most packs a cache keeps (8 MiB each by default): memory stays bounded whatever
+/// the number of workers.
+const MAX_CACHED_PACKS: usize = 16;
+
 /// One worker's chunk reader.
 pub(crate) struct PackReader<'a> {
     repo: &'a Repository,
@@ -324,6 +328,16 @@ pub(crate) fn content(
 
 const RECENT_CHUNKS: usize = 4;
 
+/// How [`read_files`] goes about it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReadOptions {
+    pub workers: usize,
+    /// See [`PackReader::new`].
+    pub always_check_ids: bool,
+    /// Files from this index on are taken in the order given, after the others.
+    pub in_order_from: usize,
+}
+
 /// The work plan for reading many files.
 struct ReadPlan {
     /// File indices ordered by the pack and offset of their first chunk.
@@ -343,15 +357,19 @@ pub(crate) fn read_files(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     files: &[&Entry],
-    in_order_from: usize,
     packs: &HashMap<String, u64>,
-    workers: usize,
-    always_check_ids: bool,
+    how: ReadOptions,
     visit: impl Fn(&mut PackReader, usize) -> Result<(), RepoError> + Sync,
 ) -> Result<(), RepoError> {
+    let ReadOptions {
+        workers,
+        always_check_ids,
+        in_order_from,
+    } = how;
     let ReadPlan { order, whole_packs } = plan(repo, files, in_order_from, packs);
-    // Room for the packs the readers hold and those read ahead.
-    let cache = PackCache::new(2 * (HELD_PACKS * workers + READ_AHEAD));
+    // Room for twice the packs the readers hold and those read ahead: a page-level
+    // incremental needs its parent's packs and its new pages' at once.
+    let cache = PackCache::new((2 * (HELD_PACKS * workers + READ_AHEAD)).min(MAX_CACHED_PACKS));
     let cache = whole_packs.then_some(&cache);
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<RepoError>> = Mutex::default();

@@ -580,10 +580,12 @@ fn restore_files(
         repo,
         handle,
         &entries,
-        whole.len(),
         packs,
-        RESTORE_WORKERS,
-        false,
+        reader::ReadOptions {
+            workers: RESTORE_WORKERS,
+            always_check_ids: false,
+            in_order_from: whole.len(),
+        },
         |source, i| {
             let (file, result) = match whole.get(i) {
                 Some(&file) => {

@@ -306,10 +306,12 @@ fn read_back_blocking(
         repo,
         handle,
         &entries,
-        entries.len(),
         packs,
-        VERIFY_WORKERS,
-        true,
+        reader::ReadOptions {
+            workers: VERIFY_WORKERS,
+            always_check_ids: true,
+            in_order_from: entries.len(),
+        },
         |source, i| {
             let e = &files[i];
             // A one-chunk file's SHA-256 is its chunk's id, checked as it is decoded.
