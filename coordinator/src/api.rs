@@ -258,11 +258,7 @@ async fn plan_create(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let (regions, channels) = coord.plan_vocabulary();
-    let known = plans::Known {
-        regions: &regions,
-        channels: &channels,
-    };
+    let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, None)?;
     plans::create(coord.store.as_ref(), &plan)?;
     Ok(HttpResponse::Created().json(plan))
@@ -295,11 +291,7 @@ async fn plan_replace(
     if plans::get(coord.store.as_ref(), &path)?.is_none() {
         return Err(ApiError::NotFound(format!("no plan {path}")));
     }
-    let (regions, channels) = coord.plan_vocabulary();
-    let known = plans::Known {
-        regions: &regions,
-        channels: &channels,
-    };
+    let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
     Ok(HttpResponse::Ok().json(plans::replace(coord.store.as_ref(), plan)?))
 }

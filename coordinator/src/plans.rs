@@ -47,9 +47,9 @@ const MAX_OBJECTIVE_SECS: u64 = 366 * 24 * 3600;
 
 /// What a plan is checked against: the regions the mesh knows and the channels the
 /// coordinator is configured with.
-pub struct Known<'a> {
-    pub regions: &'a HashSet<RegionId>,
-    pub channels: &'a HashSet<String>,
+pub struct Known {
+    pub regions: HashSet<RegionId>,
+    pub channels: HashSet<String>,
 }
 
 /// Checks every field of `spec` (all problems at once, each naming its field) and makes
@@ -262,13 +262,14 @@ pub fn delete(store: &dyn Store, id: &str) -> Result<(), PlanError> {
 mod tests {
     use super::*;
 
-    fn known() -> (HashSet<RegionId>, HashSet<String>) {
-        let regions = ["us-west-2", "us-east-1", "eu-west-1"]
-            .iter()
-            .map(|r| r.parse().expect("region"))
-            .collect();
-        let channels = ["slack", "email"].iter().map(|c| c.to_string()).collect();
-        (regions, channels)
+    fn known() -> Known {
+        Known {
+            regions: ["us-west-2", "us-east-1", "eu-west-1"]
+                .iter()
+                .map(|r| r.parse().expect("region"))
+                .collect(),
+            channels: ["slack", "email"].iter().map(|c| c.to_string()).collect(),
+        }
     }
 
     fn runbook_body() -> PlanSpec {
@@ -290,11 +291,7 @@ mod tests {
 
     #[test]
     fn the_runbook_plan_is_accepted() {
-        let (regions, channels) = known();
-        let known = Known {
-            regions: &regions,
-            channels: &channels,
-        };
+        let known = known();
         let plan = check(runbook_body(), &known, None).expect("valid");
         assert_eq!(plan.id, "production_dr_plan");
         assert_eq!((plan.rpo_seconds, plan.rto_seconds), (3600, 4 * 3600));
@@ -304,11 +301,7 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let (regions, channels) = known();
-        let known = Known {
-            regions: &regions,
-            channels: &channels,
-        };
+        let known = known();
         let mut spec = runbook_body();
         spec.rpo = "an hour".into();
         spec.rto = String::new();
@@ -358,11 +351,7 @@ mod tests {
 
     #[test]
     fn a_replacement_keeps_its_id() {
-        let (regions, channels) = known();
-        let known = Known {
-            regions: &regions,
-            channels: &channels,
-        };
+        let known = known();
         let mut spec = runbook_body();
         spec.id = None;
         let plan = check(spec, &known, Some("production_dr_plan")).expect("valid");

@@ -248,16 +248,14 @@ impl Coordinator {
 
     /// What a DR plan may name: the configured regions and those of every agent seen,
     /// and the configured notification channels.
-    pub fn plan_vocabulary(
-        &self,
-    ) -> (
-        std::collections::HashSet<RegionId>,
-        std::collections::HashSet<String>,
-    ) {
+    pub fn plan_vocabulary(&self) -> crate::plans::Known {
         let mut regions: std::collections::HashSet<RegionId> =
             self.config.regions.iter().cloned().collect();
         regions.extend(self.registry.lock().agents().map(|a| a.region.clone()));
-        (regions, self.config.notify.keys().cloned().collect())
+        crate::plans::Known {
+            regions,
+            channels: self.config.notify.keys().cloned().collect(),
+        }
     }
 
     /// `GET /v1/backup-recovery/disaster-recovery/status`

@@ -333,6 +333,22 @@ impl Mesh {
         a.body["token"].as_str().unwrap().to_string()
     }
 
+    /// Runs `drmesh ARGS` against this coordinator with `token`: (success, stdout,
+    /// stderr).
+    pub fn cli(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("drmesh"))
+            .args(args)
+            .env("DRMESH_URL", format!("http://{}", self.http))
+            .env("DRMESH_TOKEN", token)
+            .output()
+            .expect("run drmesh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     pub fn coordinator_log(&self) -> String {
         self.coordinator.log_text()
     }

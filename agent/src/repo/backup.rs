@@ -814,15 +814,13 @@ fn read_part(
             break;
         }
         let mut buf = vec![0u8; want];
-        let mut n = 0;
-        while n < want {
-            match file.read_at(&mut buf[n..], at + n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io("read", e)),
-            }
-        }
+        let mut done = 0;
+        let n = fill(&mut buf, |b| {
+            let k = file.read_at(b, at + done as u64)?;
+            done += k;
+            Ok(k)
+        })
+        .map_err(|e| io("read", e))?;
         if n == 0 {
             break;
         }
@@ -841,6 +839,24 @@ fn read_part(
     out.changed = after.len() != meta.len() || mtime_ns(&after) != mtime_ns(meta);
     out.recheck = out.changed || recent(read_started, &after);
     Ok(out)
+}
+
+/// Reads into `buf` until it is full or `read` reaches the end (short reads happen);
+/// how many bytes it holds.
+pub(super) fn fill(
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The entries of the files read in parts: each file's parts in order, up to the first

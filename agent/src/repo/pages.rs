@@ -128,7 +128,7 @@ pub(super) fn read_pages(
             ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
         }
     };
-    let mut file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
+    let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
     let page = pd.page_size as usize;
     let mut buf = vec![0u8; (NEW_CHUNK / page).max(1) * page];
     let mut hasher = Sha256::new();
@@ -143,15 +143,7 @@ pub(super) fn read_pages(
         }
         // Fill the buffer (short reads happen); what is read is a whole number of pages
         // unless the file ends (or grew) mid-page.
-        let mut n = 0;
-        while n < buf.len() {
-            match file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io("read", e)),
-            }
-        }
+        let n = super::backup::fill(&mut buf, |b| (&file).read(b)).map_err(|e| io("read", e))?;
         if n == 0 {
             break;
         }

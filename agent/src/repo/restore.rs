@@ -278,10 +278,7 @@ fn restore_file(
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         Ok(())
     })
-    .map_err(|err| match err {
-        RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
-        other => other,
-    })?;
+    .map_err(|err| in_file(e, err))?;
     finish_file(&f, &path, e)?;
     // Durability comes from one syncfs at the end, not a sync per file.
     drop(f);
@@ -320,10 +317,7 @@ fn restore_part(
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         Ok(())
     })
-    .map_err(|err| match err {
-        RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
-        other => other,
-    })?;
+    .map_err(|err| in_file(e, err))?;
     out.finish().map_err(io)?;
     if part.left.fetch_sub(1, Relaxed) == 1 {
         finish_file(&f, &path, e)?;
@@ -402,6 +396,14 @@ impl<'a> PartWriter<'a> {
             self.f.write_all_at(&self.buf, self.at)?;
         }
         Ok(())
+    }
+}
+
+/// Damaged data names the file it spoiled.
+fn in_file(e: &Entry, err: RepoError) -> RepoError {
+    match err {
+        RepoError::Damaged(why) => RepoError::Damaged(format!("{}: {why}", e.path)),
+        other => other,
     }
 }
 

@@ -6,17 +6,7 @@ use std::time::Duration;
 use drmesh_tests::{bin, wait_for, Mesh};
 
 fn drmesh(mesh: &Mesh, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("drmesh"))
-        .args(args)
-        .env("DRMESH_URL", format!("http://{}", mesh.http))
-        .env("DRMESH_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    mesh.cli(token, args)
 }
 
 #[test]

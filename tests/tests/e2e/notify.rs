@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use drmesh_tests::objstore::free_port;
-use drmesh_tests::{bin, wait_for, Mesh, Proc};
+use drmesh_tests::{wait_for, Mesh, Proc};
 
 /// One HTTP request as received: its headers (lower-case names) and body.
 struct Received {
@@ -132,19 +132,7 @@ url = "{broken_url}"
         secret.display()
     );
     let mesh = Mesh::start_with(500, &config);
-    let drmesh = |args: &[&str]| {
-        let out = Command::new(bin("drmesh"))
-            .args(args)
-            .env("DRMESH_URL", format!("http://{}", mesh.http))
-            .env("DRMESH_TOKEN", &mesh.admin_token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let drmesh = |args: &[&str]| mesh.cli(&mesh.admin_token, args);
 
     // Email: the SMTP server receives it, to both addresses.
     let (ok, out, err) = drmesh(&["notify", "test", "email"]);

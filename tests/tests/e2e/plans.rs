@@ -1,9 +1,7 @@
 //! DR plans through the runbook's curl calls and the CLI: create, list, get, replace,
 //! delete; every bad field named in a 400; plans survive a coordinator restart.
 
-use std::process::Command;
-
-use drmesh_tests::{bin, http, Mesh};
+use drmesh_tests::{http, Mesh};
 use serde_json::json;
 
 const PLANS: &str = "/v1/backup-recovery/disaster-recovery/plans";
@@ -161,19 +159,7 @@ fn plans_are_created_checked_replaced_and_deleted() {
 #[test]
 fn the_cli_manages_plans() {
     let mesh = Mesh::start_with(500, CONFIG);
-    let drmesh = |args: &[&str]| {
-        let out = Command::new(bin("drmesh"))
-            .args(args)
-            .env("DRMESH_URL", format!("http://{}", mesh.http))
-            .env("DRMESH_TOKEN", &mesh.admin_token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let drmesh = |args: &[&str]| mesh.cli(&mesh.admin_token, args);
     let file = mesh.dir.path().join("plan.json");
     std::fs::write(&file, RUNBOOK_PLAN).unwrap();
     let (ok, out, err) = drmesh(&["plans", "create", "--file", &file.display().to_string()]);
