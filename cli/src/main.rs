@@ -77,6 +77,20 @@ enum Cmd {
     /// Disaster-recovery plans: create, update, list, show, delete.
     #[command(subcommand)]
     Plans(plans::PlansCmd),
+    /// Fail a DR plan's database over to one of its regions (the runbook's seven steps).
+    Failover {
+        /// The DR plan, e.g. production_dr_plan.
+        plan: String,
+        /// The region to move the primary to.
+        #[arg(long)]
+        to: String,
+        /// Go ahead even if the replica there is further behind than the plan's RPO.
+        #[arg(long)]
+        allow_data_loss: bool,
+        /// Follow the steps until the failover ends (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Notification channels: send a test message.
     #[command(subcommand)]
     Notify(NotifyCmd),
@@ -180,6 +194,40 @@ fn print_status(s: &DrStatus) {
                     .map_or("-".to_string(), |s| format!("{s:.1}")),
             );
         }
+    }
+    if let Some(f) = &s.failover {
+        print_failover(f);
+    }
+}
+
+fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
+    println!(
+        "\nfailover {} (plan {}) to {}: {}, epoch {}",
+        f.failover_id,
+        f.plan_id,
+        f.target_region,
+        serde_json::to_value(f.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        f.epoch.map_or("-".to_string(), |e| e.to_string())
+    );
+    for step in &f.steps {
+        let took = match (step.started_at, step.ended_at) {
+            (Some(a), Some(b)) => format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0),
+            _ => String::new(),
+        };
+        println!(
+            "  {}. {:<40} {:<8} {:>8}  {}",
+            step.number,
+            step.name,
+            format!("{:?}", step.status).to_uppercase(),
+            took,
+            step.message
+        );
+    }
+    if let Some(e) = &f.error {
+        println!("  error: {e}");
     }
 }
 
@@ -294,6 +342,47 @@ fn main() -> anyhow::Result<()> {
         Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
         Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,
         Cmd::Plans(cmd) => plans::run(&client(), cmd)?,
+        Cmd::Failover {
+            plan,
+            to,
+            allow_data_loss,
+            wait,
+        } => {
+            let c = client();
+            let accepted: serde_json::Value = c.post(
+                "/v1/backup-recovery/disaster-recovery/failover",
+                &json!({ "planId": plan, "targetRegion": to, "allowDataLoss": allow_data_loss }),
+            )?;
+            let id = accepted["failoverId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            println!("failover {id} initiated: {plan} -> {to}");
+            if wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+                loop {
+                    let status: DrStatus = c.get("/v1/backup-recovery/disaster-recovery/status")?;
+                    let run = status.failover.filter(|f| f.failover_id == id);
+                    if let Some(f) = run.filter(|f| {
+                        matches!(
+                            f.status,
+                            drmesh_protocol::api::FailoverStatus::Completed
+                                | drmesh_protocol::api::FailoverStatus::Failed
+                        )
+                    }) {
+                        print_failover(&f);
+                        if f.status == drmesh_protocol::api::FailoverStatus::Failed {
+                            std::process::exit(1);
+                        }
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!("failover {id} still running after an hour; stopped waiting");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+            }
+        }
         Cmd::Notify(NotifyCmd::Test { channel }) => {
             let _: serde_json::Value = client().post(
                 "/v1/backup-recovery/notifications/test",

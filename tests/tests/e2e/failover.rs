@@ -218,6 +218,28 @@ fn a_manual_failover_fences_the_old_primary_then_promotes_the_replica() {
     assert_eq!(second.status, 409, "{}", second.text);
 
     assert_completed(&t, &finished(mesh));
+    // `drmesh status` shows the steps.
+    let (ok, out, err) = mesh.cli(&mesh.admin_token, &["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Promote read replica to primary") && out.contains("COMPLETED"),
+        "{out}"
+    );
+    // `drmesh failover` speaks the same route: a region outside the plan is refused.
+    let (ok, _, err) = mesh.cli(
+        &mesh.admin_token,
+        &[
+            "failover",
+            "production_dr_plan",
+            "--to",
+            "us-west-2",
+            "--wait",
+        ],
+    );
+    assert!(
+        !ok && err.contains("400") && err.contains("failoverRegions"),
+        "{err}"
+    );
 }
 
 #[test]
