@@ -12,7 +12,6 @@ use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 use crate::config::{DatabaseConfig, PostgresConfig};
-use crate::postgres::local::PgBin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -129,11 +128,9 @@ fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
         info!(data_dir = %data.display(), "fenced: PostgreSQL was not running");
         return Ok(());
     }
-    let bin = match &db.pg_bin_dir {
-        Some(dir) => PgBin::at(dir),
-        None => PgBin::find(),
-    }
-    .map_err(|e| FailoverError::Io(format!("find pg_ctl: {e}")))?;
+    let bin = db
+        .pg_bin()
+        .map_err(|e| FailoverError::Io(format!("find pg_ctl: {e}")))?;
     let mut cmd = std::process::Command::new(bin.dir().join("pg_ctl"));
     cmd.arg("-D")
         .arg(data)

@@ -91,7 +91,7 @@ fn tags(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::V
 }
 
 /// Polls `fetch` until `done` says so, with a spinner on a terminal.
-fn poll<T>(
+pub(crate) fn poll<T>(
     what: &str,
     mut fetch: impl FnMut() -> anyhow::Result<T>,
     done: impl Fn(&T) -> Option<String>,

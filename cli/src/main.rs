@@ -359,27 +359,36 @@ fn main() -> anyhow::Result<()> {
                 .to_string();
             println!("failover {id} initiated: {plan} -> {to}");
             if wait {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-                loop {
-                    let status: DrStatus = c.get("/v1/backup-recovery/disaster-recovery/status")?;
-                    let run = status.failover.filter(|f| f.failover_id == id);
-                    if let Some(f) = run.filter(|f| {
-                        matches!(
-                            f.status,
-                            drmesh_protocol::api::FailoverStatus::Completed
-                                | drmesh_protocol::api::FailoverStatus::Failed
-                        )
-                    }) {
-                        print_failover(&f);
-                        if f.status == drmesh_protocol::api::FailoverStatus::Failed {
-                            std::process::exit(1);
-                        }
-                        break;
+                use drmesh_protocol::api::FailoverStatus;
+                let status: DrStatus = database::poll(
+                    "failover",
+                    || c.get("/v1/backup-recovery/disaster-recovery/status"),
+                    |s: &DrStatus| {
+                        s.failover
+                            .as_ref()
+                            .filter(|f| f.failover_id == id)
+                            .filter(|f| {
+                                matches!(
+                                    f.status,
+                                    FailoverStatus::Completed | FailoverStatus::Failed
+                                )
+                            })
+                            .map(|f| f.failover_id.clone())
+                    },
+                    |s: &DrStatus| {
+                        let step = s
+                            .failover
+                            .as_ref()
+                            .and_then(|f| f.current_step)
+                            .unwrap_or(0);
+                        (f32::from(step) * 100.0 / 7.0, format!("step {step} of 7"))
+                    },
+                )?;
+                if let Some(f) = &status.failover {
+                    print_failover(f);
+                    if f.status == FailoverStatus::Failed {
+                        std::process::exit(1);
                     }
-                    if std::time::Instant::now() > deadline {
-                        anyhow::bail!("failover {id} still running after an hour; stopped waiting");
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(300));
                 }
             }
         }

@@ -315,10 +315,8 @@ async fn prepare(
             run.target_region
         )));
     };
-    // A resumed failover may find the target promoted already.
-    let promoted_before = run.steps[2].status == StepStatus::Running
-        || run.target_agent.as_ref() == Some(&target.agent_id);
-    if target.role != Some(PgRole::Standby) && !promoted_before {
+    // Step 2 always runs before anything is promoted, even when resumed.
+    if target.role != Some(PgRole::Standby) {
         return Ok(Outcome::Failed(format!(
             "the server next to {} is {}, not a standby",
             target.agent_id,

@@ -7,7 +7,6 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::postgres::local::PgBin;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::stream::StreamBackup;
 use crate::repo::{Repository, Tags};
@@ -65,11 +64,9 @@ pub async fn run(
     id: &str,
     tags: Tags,
 ) -> Result<Snapshot, DatabaseError> {
-    let bin = match &db.pg_bin_dir {
-        Some(dir) => PgBin::at(dir),
-        None => PgBin::find(),
-    }
-    .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
+    let bin = db
+        .pg_bin()
+        .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
     let mut child = Command::new(bin.dir().join("pg_dump"))
         .args(["-Fc", "--no-password", "-d", conninfo])
         .stdin(Stdio::null())

@@ -389,17 +389,15 @@ pub async fn recover_into(
     time: DateTime<Utc>,
     restore_command: String,
 ) -> Result<PitrOutcome, DatabaseError> {
-    use crate::postgres::local::{LocalCluster, PgBin};
+    use crate::postgres::local::LocalCluster;
     let env = db.environments.get(environment).ok_or_else(|| {
         DatabaseError::Invalid(format!(
             "no environment {environment:?} in this agent's [database.environments]"
         ))
     })?;
-    let bin = match &db.pg_bin_dir {
-        Some(dir) => PgBin::at(dir),
-        None => PgBin::find(),
-    }
-    .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
+    let bin = db
+        .pg_bin()
+        .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
     // The environment's previous server and directory go.
     let dir = env.data_dir.clone();
     if dir.join("PG_VERSION").exists() {

@@ -790,13 +790,7 @@ fn read_part(
 ) -> Result<Part, ReadError> {
     use std::os::unix::fs::FileExt;
     let full = sh.source.join(rel);
-    let io = |what: &str, e: std::io::Error| -> ReadError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ReadError::Vanished
-        } else {
-            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
-        }
-    };
+    let io = |what: &str, e: std::io::Error| ReadError::of_io(&full, what, e);
     let block = u64::from(sh.repo.config().chunker.avg);
     let part_len = PART_BLOCKS * block;
     let start = u64::from(part) * part_len;
@@ -987,6 +981,18 @@ pub(super) enum ReadError {
     Repo(RepoError),
 }
 
+impl ReadError {
+    /// An I/O error on `full`: a file gone missing vanished (it is left out), anything
+    /// else fails the backup.
+    pub(super) fn of_io(full: &Path, what: &str, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ReadError::Vanished
+        } else {
+            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
+        }
+    }
+}
+
 impl From<RepoError> for ReadError {
     fn from(e: RepoError) -> Self {
         ReadError::Repo(e)
@@ -1018,13 +1024,7 @@ fn read_file(
     stats: &mut SnapshotStats,
 ) -> Result<(), ReadError> {
     let full = sh.source.join(&entry.path);
-    let io = |what: &str, e: std::io::Error| -> ReadError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ReadError::Vanished
-        } else {
-            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
-        }
-    };
+    let io = |what: &str, e: std::io::Error| ReadError::of_io(&full, what, e);
     let chunker = sh.repo.config().chunker;
     let read_started = SystemTime::now();
     let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;

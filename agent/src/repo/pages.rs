@@ -121,13 +121,7 @@ pub(super) fn read_pages(
         return Ok(false);
     };
     let read_started = std::time::SystemTime::now();
-    let io = |what: &str, e: std::io::Error| -> ReadError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ReadError::Vanished
-        } else {
-            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
-        }
-    };
+    let io = |what: &str, e: std::io::Error| ReadError::of_io(&full, what, e);
     let file = std::fs::File::open(&full).map_err(|e| io("open", e))?;
     let page = pd.page_size as usize;
     let mut buf = vec![0u8; (NEW_CHUNK / page).max(1) * page];
