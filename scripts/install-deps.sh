@@ -17,6 +17,8 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v restic >/dev/null 2>&1 || need+=(restic)
 # pgBackRest: the database benchmark compares drmesh's base backups with it.
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
+# BIND 9 (named, tsig-keygen, nsupdate, dig): the failover tests' authoritative DNS server.
+command -v named >/dev/null 2>&1 || need+=(bind9 bind9-utils bind9-dnsutils)
 # GNU time: the benchmarks measure wall time and peak RSS with /usr/bin/time.
 [ -x /usr/bin/time ] || need+=(time)
 # The object-store end-to-end tests run real S3 (moto_server, from PyPI) and Azure Blob
@@ -24,12 +26,6 @@ command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 if ! moto_server --help >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-fi
-# aiosmtpd: the SMTP server the notification tests send mail to.
-if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
-  echo "installing: aiosmtpd (pip)"
-  pip_install aiosmtpd
-  python3 -c 'import aiosmtpd' || { echo "aiosmtpd was installed but python3 cannot import it" >&2; exit 1; }
 fi
 
 if ! azurite-blob --version >/dev/null 2>&1; then
@@ -78,6 +74,13 @@ if ! moto_server --help >/dev/null 2>&1; then
     echo "moto_server does not run: see \`moto_server --help\`" >&2
     exit 1
   fi
+fi
+
+# aiosmtpd: the SMTP server the notification tests send mail to.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "installing: aiosmtpd (pip)"
+  pip_install aiosmtpd
+  python3 -c 'import aiosmtpd' || { echo "aiosmtpd was installed but python3 cannot import it" >&2; exit 1; }
 fi
 
 if ! azurite-blob --version >/dev/null 2>&1; then

@@ -1,7 +1,7 @@
 //! `agent.toml`: the file as written (every key documented with its default) and the
 //! checked configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub struct PostgresFile {
     /// How long one status probe may take. Default `2s`.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Option<Duration>,
+    /// `ip:port` where clients (and the coordinator's health check) reach this server;
+    /// what the database's DNS name points at after a failover. Default: the conninfo's
+    /// `host`/`hostaddr` and `port` when the host is an IP address.
+    pub advertise: Option<SocketAddr>,
 }
 
 /// One place document backups go (`[[documents.locations]]`).
@@ -351,12 +355,20 @@ pub struct AgentConfigFile {
     pub documents: Option<DocumentsFile>,
     /// `[database]`: base backups and the WAL archive (see [`DatabaseFile`]).
     pub database: Option<DatabaseFile>,
+    /// UDP `ip:port` where the agent answers its peers' probes (the mesh). Default
+    /// `127.0.0.1:0` (a free port, loopback only: set it on multi-host meshes).
+    pub mesh_listen: Option<SocketAddr>,
+    /// The IP peers reach this agent (and its PostgreSQL) at on the mesh network.
+    /// Default: the IP of `mesh_listen`, which must then not be `0.0.0.0`/`::`.
+    pub mesh_advertise: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PostgresConfig {
     pub conninfo: String,
     pub probe_timeout: Duration,
+    /// Where clients reach the server, if known.
+    pub advertise: Option<SocketAddr>,
 }
 
 /// The checked configuration.
@@ -374,6 +386,9 @@ pub struct AgentConfig {
     pub postgres: Option<PostgresConfig>,
     pub documents: Option<DocumentsConfig>,
     pub database: Option<DatabaseConfig>,
+    pub mesh_listen: SocketAddr,
+    /// The IP peers reach this agent at.
+    pub mesh_ip: IpAddr,
     /// The file this was loaded from (the agent runs its one-shot commands with it).
     pub path: Option<PathBuf>,
 }
@@ -423,10 +438,35 @@ impl AgentConfigFile {
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let postgres = match self.postgres {
             None => None,
-            Some(pg) => Some(PostgresConfig {
-                conninfo: required(pg.conninfo, "postgres.conninfo")?,
-                probe_timeout: pg.probe_timeout.unwrap_or(Duration::from_secs(2)),
-            }),
+            Some(pg) => {
+                let conninfo = required(pg.conninfo, "postgres.conninfo")?;
+                let advertise = match pg.advertise {
+                    Some(a) => Some(a),
+                    None => conninfo_addr(&conninfo)?,
+                };
+                Some(PostgresConfig {
+                    conninfo,
+                    probe_timeout: pg.probe_timeout.unwrap_or(Duration::from_secs(2)),
+                    advertise,
+                })
+            }
+        };
+        let mesh_listen = self
+            .mesh_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mesh_ip = match self.mesh_advertise {
+            Some(ip) if ip.is_unspecified() => {
+                return Err(ConfigError::Invalid(format!(
+                    "mesh_advertise {ip} is not an address peers can reach"
+                )))
+            }
+            Some(ip) => ip,
+            None if mesh_listen.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid(format!(
+                    "mesh_listen is {mesh_listen}: set mesh_advertise to the IP peers reach this agent at"
+                )))
+            }
+            None => mesh_listen.ip(),
         };
         let data_dir = abs(self.data_dir.unwrap_or_else(|| PathBuf::from(".")));
         let documents = self
@@ -454,12 +494,41 @@ impl AgentConfigFile {
             postgres,
             documents,
             database,
+            mesh_listen,
+            mesh_ip,
             path: None,
         })
     }
 }
 
+/// The server address a conninfo names, when its host is an IP address (a socket
+/// directory or a host name gives none).
+fn conninfo_addr(conninfo: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let config: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("postgres.conninfo: {e}")))?;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    if let Some(ip) = config.get_hostaddrs().first() {
+        return Ok(Some(SocketAddr::new(*ip, port)));
+    }
+    Ok(config.get_hosts().first().and_then(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => name
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, port)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }))
+}
+
 impl AgentConfig {
+    /// Where peers reach this agent's PostgreSQL on the mesh network: the mesh IP and
+    /// the server's port.
+    pub fn postgres_mesh_addr(&self) -> Option<SocketAddr> {
+        let port = self.postgres.as_ref()?.advertise?.port();
+        Some(SocketAddr::new(self.mesh_ip, port))
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -513,7 +582,8 @@ mod tests {
             cfg.postgres,
             Some(PostgresConfig {
                 conninfo: "port=5432".into(),
-                probe_timeout: Duration::from_secs(1)
+                probe_timeout: Duration::from_secs(1),
+                advertise: None,
             })
         );
         let err = AgentConfigFile::parse(&format!("{BASE}[postgres]\n"), Path::new("a.toml"))

@@ -99,12 +99,21 @@ pub async fn promote(pg: &PostgresConfig) -> Result<PromoteOutcome, FailoverErro
 /// writable primary. `drmesh rejoin` later makes it a standby of the new primary.
 pub async fn fence(db: &DatabaseConfig) -> Result<(), FailoverError> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || fence_blocking(&db))
+    tokio::task::spawn_blocking(move || fence_blocking(&db, "fast"))
         .await
         .map_err(|e| FailoverError::Io(format!("fence task: {e}")))?
 }
 
-fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
+/// As [`fence`], with `pg_ctl stop -m immediate`: for an agent whose lease ran out, which
+/// must have its server stopped before the coordinator's wait (lease plus margin) ends.
+pub async fn fence_now(db: &DatabaseConfig) -> Result<(), FailoverError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || fence_blocking(&db, "immediate"))
+        .await
+        .map_err(|e| FailoverError::Io(format!("fence task: {e}")))?
+}
+
+fn fence_blocking(db: &DatabaseConfig, mode: &str) -> Result<(), FailoverError> {
     use std::os::unix::fs::MetadataExt;
     let data = &db.data_dir;
     let meta = std::fs::metadata(data)
@@ -124,7 +133,7 @@ fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
     if let Ok(d) = std::fs::File::open(data) {
         let _ = d.sync_all();
     }
-    if !data.join("postmaster.pid").exists() {
+    if !postmaster_running(data) {
         info!(data_dir = %data.display(), "fenced: PostgreSQL was not running");
         return Ok(());
     }
@@ -134,7 +143,7 @@ fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
     let mut cmd = std::process::Command::new(bin.dir().join("pg_ctl"));
     cmd.arg("-D")
         .arg(data)
-        .args(["-m", "fast", "-w", "-t", "60", "stop"])
+        .args(["-m", mode, "-w", "-t", "60", "stop"])
         .current_dir("/");
     if nix::unistd::geteuid().is_root() {
         use std::os::unix::process::CommandExt;
@@ -143,7 +152,7 @@ fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
     let out = cmd
         .output()
         .map_err(|e| FailoverError::Io(format!("run pg_ctl: {e}")))?;
-    if !out.status.success() && data.join("postmaster.pid").exists() {
+    if !out.status.success() && postmaster_running(data) {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         warn!(error = %why, "pg_ctl stop failed");
         return Err(FailoverError::Io(format!("pg_ctl stop: {why}")));
@@ -154,5 +163,26 @@ fn fence_blocking(db: &DatabaseConfig) -> Result<(), FailoverError> {
 
 /// Whether the data directory is fenced (used by tests and `drmesh rejoin`).
 pub fn is_fenced(data_dir: &Path) -> bool {
-    data_dir.join("standby.signal").exists() && !data_dir.join("postmaster.pid").exists()
+    data_dir.join("standby.signal").exists() && !postmaster_running(data_dir)
+}
+
+/// Whether a postmaster runs on the data directory: its `postmaster.pid` names a live
+/// process. A crashed server leaves the file behind with a dead pid.
+pub fn postmaster_running(data_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        // Unreadable: assume it runs.
+        return true;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::ESRCH) => false,
+        Err(_) => true,
+    }
 }

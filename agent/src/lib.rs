@@ -7,6 +7,7 @@ pub mod database;
 pub mod documents;
 pub mod failover;
 pub mod link;
+pub mod mesh;
 pub mod postgres;
 pub mod repo;
 
@@ -62,13 +63,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let observed = Arc::new(Observed::default());
         if let Some(pg) = &config.postgres {
             let prober = postgres::Prober::new(pg.clone());
+            // Twice per heartbeat, so a heartbeat carries a state at most half an
+            // interval old.
             tokio::spawn(link::probe_postgres(
                 prober,
-                config.heartbeat_interval,
+                (config.heartbeat_interval / 2).max(std::time::Duration::from_millis(50)),
                 observed.clone(),
             ));
         }
-        let link = Link::new(config.clone(), observed).context("set up the coordinator link")?;
+        let mesh = mesh::Mesh::new(&config, observed.clone());
+        let bound = mesh
+            .start(config.mesh_listen)
+            .await
+            .with_context(|| format!("bind the mesh socket {}", config.mesh_listen))?;
+        let mesh_addr = std::net::SocketAddr::new(config.mesh_ip, bound.port());
+        info!(%mesh_addr, "mesh probes answered");
+        let link = Link::new(config.clone(), observed, mesh, mesh_addr)
+            .context("set up the coordinator link")?;
         info!(coordinator = %config.coordinator, "agent starting");
         let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;

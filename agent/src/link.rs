@@ -2,9 +2,11 @@
 //! heartbeat datagram every interval, answer commands on bidirectional streams, and
 //! reconnect with capped exponential backoff when anything goes wrong.
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drmesh_protocol::codec::{encode, Frame};
 use drmesh_protocol::{
@@ -19,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::documents::{Documents, ProgressFn};
+use crate::mesh::Mesh;
 use crate::postgres::Prober;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,16 @@ pub struct Link {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     commands: Arc<CommandContext>,
+    mesh: Arc<Mesh>,
+    /// Where peers reach this agent's mesh socket.
+    mesh_addr: SocketAddr,
 }
+
+/// Heartbeats waiting for their acknowledgement: sequence number and send time.
+type Unacked = Arc<Mutex<VecDeque<(u64, Instant)>>>;
+
+/// How many heartbeats wait for an acknowledgement at most.
+const UNACKED: usize = 64;
 
 /// What commands run against; outlives any one connection, so work started before a
 /// reconnect goes on.
@@ -145,7 +157,12 @@ fn disk_free(path: &std::path::Path) -> Option<u64> {
 }
 
 impl Link {
-    pub fn new(config: AgentConfig, observed: Arc<Observed>) -> Result<Self, LinkError> {
+    pub fn new(
+        config: AgentConfig,
+        observed: Arc<Observed>,
+        mesh: Arc<Mesh>,
+        mesh_addr: SocketAddr,
+    ) -> Result<Self, LinkError> {
         let tls = drmesh_protocol::tls::client_config(&config.tls)?;
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| LinkError::QuicTls(e.to_string()))?;
@@ -182,6 +199,8 @@ impl Link {
                 database,
                 postgres,
             }),
+            mesh,
+            mesh_addr,
         })
     }
 
@@ -222,6 +241,9 @@ impl Link {
             region: self.config.region.clone(),
             version: drmesh_protocol::VERSION.to_string(),
             capabilities: self.capabilities(),
+            mesh_addr: Some(self.mesh_addr),
+            postgres_addr: self.config.postgres.as_ref().and_then(|p| p.advertise),
+            postgres_mesh_addr: self.config.postgres_mesh_addr(),
         }));
         write_frame(&mut send, &hello).await?;
         let mut decoder = FrameDecoder::new();
@@ -245,12 +267,26 @@ impl Link {
             Err(e) => return Err(e),
         };
         admit_epoch(&self.commands.highest_epoch, welcome.epoch).ok();
+        if let Some(view) = welcome.mesh {
+            self.mesh.set_view(view);
+        }
         info!(coordinator = %addr, epoch = %welcome.epoch, "connected to coordinator");
 
+        let unacked: Unacked = Arc::default();
         let commands =
             tokio::spawn(serve_commands(conn.clone(), self.commands.clone()).in_current_span());
-        let reason = self.heartbeat_loop(&conn).await;
+        let acks = tokio::spawn(
+            receive_acks(
+                conn.clone(),
+                unacked.clone(),
+                self.mesh.clone(),
+                self.commands.highest_epoch.clone(),
+            )
+            .in_current_span(),
+        );
+        let reason = self.heartbeat_loop(&conn, &unacked).await;
         commands.abort();
+        acks.abort();
         conn.close(close_code::NORMAL.into(), b"agent link restarting");
         Ok(reason)
     }
@@ -272,7 +308,7 @@ impl Link {
         caps
     }
 
-    async fn heartbeat_loop(&self, conn: &quinn::Connection) -> String {
+    async fn heartbeat_loop(&self, conn: &quinn::Connection, unacked: &Unacked) -> String {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
@@ -288,6 +324,7 @@ impl Link {
                 postgres: self.commands.observed.postgres.lock().clone(),
                 disk_free_bytes: disk_free(&self.config.data_dir),
                 last_backup_ids: self.commands.observed.last_backup_ids.lock().clone(),
+                mesh: Some(self.mesh.report()),
             }));
             let bytes = match encode(&hb) {
                 Ok(b) => b,
@@ -296,9 +333,51 @@ impl Link {
                     continue;
                 }
             };
+            {
+                let mut u = unacked.lock();
+                if u.len() >= UNACKED {
+                    u.pop_front();
+                }
+                u.push_back((seq, Instant::now()));
+            }
             if let Err(e) = conn.send_datagram(bytes.into()) {
                 return format!("send heartbeat: {e}");
             }
+        }
+    }
+}
+
+/// Reads the coordinator's heartbeat acknowledgements: each renews the lease as of its
+/// heartbeat's send time, and may carry a new mesh view.
+async fn receive_acks(
+    conn: quinn::Connection,
+    unacked: Unacked,
+    mesh: Arc<Mesh>,
+    highest_epoch: Arc<AtomicU64>,
+) {
+    loop {
+        let Ok(datagram) = conn.read_datagram().await else {
+            return;
+        };
+        match drmesh_protocol::codec::decode_exact::<CoordinatorMessage>(&datagram) {
+            Ok(CoordinatorMessage::V1(CoordinatorMessageV1::HeartbeatAck(ack))) => {
+                let sent = {
+                    let mut u = unacked.lock();
+                    let sent = u.iter().find(|(s, _)| *s == ack.seq).map(|(_, t)| *t);
+                    // Older heartbeats can no longer renew anything newer.
+                    u.retain(|(s, _)| *s > ack.seq);
+                    sent
+                };
+                if let Some(sent) = sent {
+                    mesh.renewed_by_coordinator(sent);
+                }
+                admit_epoch(&highest_epoch, ack.epoch).ok();
+                if let Some(view) = ack.mesh {
+                    mesh.set_view(view);
+                }
+            }
+            Ok(other) => debug!(message = ?other, "unexpected datagram from the coordinator"),
+            Err(e) => warn!(error = %e, "undecodable datagram from the coordinator"),
         }
     }
 }

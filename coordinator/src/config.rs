@@ -2,7 +2,8 @@
 //! with a documented default) and the checked configuration the program runs with.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,6 +51,20 @@ pub struct CoordinatorConfigFile {
     /// Missed heartbeat intervals before an agent is DOWN (and a CRITICAL alert raised).
     /// Default 4.
     pub down_after: Option<u32>,
+    /// How long a primary's agent keeps its PostgreSQL writable once it has lost both
+    /// the coordinator and a majority of the mesh; also how long heartbeats must be
+    /// missing before a primary region can be DOWN. At least 4 heartbeat intervals.
+    /// Default `5s` (or 4 heartbeat intervals, when longer).
+    #[serde(with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// What a failover waits beyond a silent old primary's lease before promoting (the
+    /// time its agent takes to stop PostgreSQL, plus clock drift). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub fence_margin: Option<Duration>,
+    /// Credentials of the health check's `SELECT 1` on each region's PostgreSQL (the
+    /// address comes from the agent's `postgres.advertise`), as a libpq conninfo
+    /// without host or port. Default `user=postgres dbname=postgres`.
+    pub health_probe_conninfo: Option<String>,
     /// `text` (default) or `json`.
     pub log_format: Option<LogFormat>,
     /// HTTP worker threads. Default 2.
@@ -69,6 +84,225 @@ pub struct CoordinatorConfigFile {
     /// Notification channels by name (`[notify.slack]`, `[notify.email]`, …), which DR
     /// plans name in `notificationChannels`. Default: none.
     pub notify: Option<BTreeMap<String, NotifyChannel>>,
+    /// The DNS record failover points at the new primary (`[dns]`). Default: none (the
+    /// DNS step is skipped).
+    pub dns: Option<DnsSection>,
+}
+
+/// `[dns]` as written. Which keys apply depends on `provider`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// The record's name, e.g. `db.drmesh.example.com` (a missing final dot is added).
+    /// Required.
+    pub record: Option<String>,
+    /// TTL of the record in seconds. Default 60 (the runbook's).
+    pub ttl: Option<u32>,
+    /// `embedded` (default; the quickstart's) or `rfc2136`.
+    pub provider: Option<DnsProviderKind>,
+    /// Zone the record belongs to. rfc2136: required; embedded: default the record's
+    /// parent.
+    pub zone: Option<String>,
+    /// rfc2136: the primary server to send updates to (`ip:port`). Required.
+    pub server: Option<SocketAddr>,
+    /// rfc2136: name of the TSIG key. Required.
+    pub tsig_key_name: Option<String>,
+    /// rfc2136: `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub tsig_algorithm: Option<TsigAlgorithmName>,
+    /// rfc2136: file holding the key: a base64 secret, or a BIND `key` statement as
+    /// `tsig-keygen` writes it. Required.
+    pub tsig_secret_file: Option<PathBuf>,
+    /// rfc2136: every authoritative server to confirm the change with. Default: `server`.
+    pub authoritative: Option<Vec<SocketAddr>>,
+    /// embedded: UDP and TCP address to serve the zone on. Default `127.0.0.1:5300`.
+    pub listen: Option<SocketAddr>,
+    /// embedded: the answer before the first failover, if the store holds none yet.
+    pub initial: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProviderKind {
+    #[default]
+    Embedded,
+    Rfc2136,
+}
+
+/// The TSIG algorithms drmesh signs with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum TsigAlgorithmName {
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
+}
+
+impl TsigAlgorithmName {
+    /// The algorithm as named in a BIND `key` statement.
+    pub fn from_bind(name: &str) -> Option<Self> {
+        match name.trim_end_matches('.').to_ascii_lowercase().as_str() {
+            "hmac-sha256" => Some(Self::HmacSha256),
+            "hmac-sha384" => Some(Self::HmacSha384),
+            "hmac-sha512" => Some(Self::HmacSha512),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TsigAlgorithmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::HmacSha256 => "hmac-sha256",
+            Self::HmacSha384 => "hmac-sha384",
+            Self::HmacSha512 => "hmac-sha512",
+        })
+    }
+}
+
+/// The checked `[dns]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Fully qualified, lowercase, with the final dot.
+    pub record: String,
+    pub ttl: u32,
+    pub provider: DnsProviderConfig,
+}
+
+/// The checked provider settings; names are fully qualified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsProviderConfig {
+    Rfc2136 {
+        server: SocketAddr,
+        zone: String,
+        tsig_key_name: String,
+        /// The key's algorithm (from the key file when it names one).
+        tsig_algorithm: TsigAlgorithmName,
+        tsig_secret_file: PathBuf,
+        /// Never empty: `server` when not configured.
+        authoritative: Vec<SocketAddr>,
+    },
+    Embedded {
+        listen: SocketAddr,
+        zone: String,
+        initial: Option<IpAddr>,
+    },
+}
+
+pub const DEFAULT_DNS_TTL: u32 = 60;
+pub const DEFAULT_DNS_EMBEDDED_LISTEN: &str = "127.0.0.1:5300";
+
+impl DnsSection {
+    /// Applies defaults and checks the section; reads the TSIG key to prove it decodes.
+    pub fn validate(self, base: &Path) -> Result<DnsConfig, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("[dns]: {why}"));
+        let name = |what: &str, n: &str| {
+            crate::dns::normalize_name(n).map_err(|e| bad(format!("{what}: {e}")))
+        };
+        let record = name(
+            "record",
+            self.record.as_deref().ok_or_else(|| {
+                bad("record is required (e.g. record = \"db.drmesh.example.com\")".into())
+            })?,
+        )?;
+        let ttl = self.ttl.unwrap_or(DEFAULT_DNS_TTL);
+        if ttl == 0 || ttl > 86400 {
+            return Err(bad(format!(
+                "ttl {ttl} must be between 1 and 86400 seconds"
+            )));
+        }
+        let kind = self.provider.unwrap_or_default();
+        let refuse_keys =
+            |provider: &str, keys: &[(&str, bool)]| match keys.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(bad(format!("{key} does not apply to provider {provider}"))),
+                None => Ok(()),
+            };
+        let zone = |given: Option<&str>| -> Result<String, ConfigError> {
+            let zone = match given {
+                Some(z) => name("zone", z)?,
+                None => crate::dns::parent_zone(&record).map_err(|e| bad(format!("zone: {e}")))?,
+            };
+            if !crate::dns::in_zone(&zone, &record).map_err(|e| bad(e.to_string()))? {
+                return Err(bad(format!("record {record} is not inside zone {zone}")));
+            }
+            Ok(zone)
+        };
+        let provider = match kind {
+            DnsProviderKind::Embedded => {
+                refuse_keys(
+                    "embedded",
+                    &[
+                        ("server", self.server.is_some()),
+                        ("tsig_key_name", self.tsig_key_name.is_some()),
+                        ("tsig_algorithm", self.tsig_algorithm.is_some()),
+                        ("tsig_secret_file", self.tsig_secret_file.is_some()),
+                        ("authoritative", self.authoritative.is_some()),
+                    ],
+                )?;
+                DnsProviderConfig::Embedded {
+                    listen: self
+                        .listen
+                        .unwrap_or_else(|| default_addr(DEFAULT_DNS_EMBEDDED_LISTEN)),
+                    zone: zone(self.zone.as_deref())?,
+                    initial: self.initial,
+                }
+            }
+            DnsProviderKind::Rfc2136 => {
+                refuse_keys(
+                    "rfc2136",
+                    &[
+                        ("listen", self.listen.is_some()),
+                        ("initial", self.initial.is_some()),
+                    ],
+                )?;
+                let server = self.server.ok_or_else(|| {
+                    bad("server (ip:port of the primary) is required for rfc2136".into())
+                })?;
+                let zone = zone(Some(
+                    self.zone
+                        .as_deref()
+                        .ok_or_else(|| bad("zone is required for rfc2136".into()))?,
+                ))?;
+                let key_name = self
+                    .tsig_key_name
+                    .ok_or_else(|| bad("tsig_key_name is required for rfc2136".into()))?;
+                let file = self
+                    .tsig_secret_file
+                    .ok_or_else(|| bad("tsig_secret_file is required for rfc2136".into()))?;
+                let file = if file.is_absolute() {
+                    file
+                } else {
+                    base.join(file)
+                };
+                let key = crate::dns::TsigKey::load(&file, &key_name, self.tsig_algorithm)
+                    .map_err(|e| bad(e.to_string()))?;
+                let authoritative = match self.authoritative {
+                    Some(list) if list.is_empty() => {
+                        return Err(bad(
+                            "authoritative, when given, needs at least one server".into()
+                        ))
+                    }
+                    Some(list) => list,
+                    None => vec![server],
+                };
+                DnsProviderConfig::Rfc2136 {
+                    server,
+                    zone,
+                    tsig_key_name: key.name.clone(),
+                    tsig_algorithm: key.algorithm,
+                    tsig_secret_file: file,
+                    authoritative,
+                }
+            }
+        };
+        Ok(DnsConfig {
+            record,
+            ttl,
+            provider,
+        })
+    }
 }
 
 /// A notification channel. `type` says which.
@@ -106,6 +340,9 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     pub suspect_after: u32,
     pub down_after: u32,
+    pub lease: Duration,
+    pub fence_margin: Duration,
+    pub health_probe_conninfo: String,
     pub log_format: LogFormat,
     pub http_workers: usize,
     pub backup_timeout: Duration,
@@ -113,6 +350,7 @@ pub struct CoordinatorConfig {
     pub tls: TlsFiles,
     pub regions: Vec<RegionId>,
     pub notify: BTreeMap<String, NotifyChannel>,
+    pub dns: Option<DnsConfig>,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -120,6 +358,8 @@ pub const DEFAULT_QUIC_LISTEN: &str = "0.0.0.0:7443";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_SUSPECT_AFTER: u32 = 2;
 pub const DEFAULT_DOWN_AFTER: u32 = 4;
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn default_addr(s: &str) -> SocketAddr {
@@ -155,6 +395,39 @@ impl CoordinatorConfigFile {
             return Err(ConfigError::Invalid(format!(
                 "need 0 < suspect_after ({suspect_after}) < down_after ({down_after})"
             )));
+        }
+        let lease = self
+            .lease
+            .unwrap_or_else(|| DEFAULT_LEASE.max(heartbeat_interval * 4));
+        if lease < heartbeat_interval * 4 || lease > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid(format!(
+                "lease {} must be at least 4 heartbeat intervals ({}) and at most 10m",
+                humantime::format_duration(lease),
+                humantime::format_duration(heartbeat_interval * 4)
+            )));
+        }
+        let fence_margin = self.fence_margin.unwrap_or(DEFAULT_FENCE_MARGIN);
+        if fence_margin < Duration::from_millis(200) || fence_margin > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(format!(
+                "fence_margin {} must be between 200ms and 60s",
+                humantime::format_duration(fence_margin)
+            )));
+        }
+        let health_probe_conninfo = self
+            .health_probe_conninfo
+            .unwrap_or_else(|| "user=postgres dbname=postgres".into());
+        match health_probe_conninfo.parse::<tokio_postgres::Config>() {
+            Err(e) => {
+                return Err(ConfigError::Invalid(format!(
+                    "health_probe_conninfo: {e}"
+                )))
+            }
+            Ok(c) if !c.get_hosts().is_empty() || !c.get_ports().is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "health_probe_conninfo must not name a host or port: each region's address comes from its agent".into(),
+                ))
+            }
+            Ok(_) => {}
         }
         let http_workers = self.http_workers.unwrap_or(2);
         if http_workers == 0 || http_workers > 64 {
@@ -201,6 +474,7 @@ impl CoordinatorConfigFile {
                 _ => {}
             }
         }
+        let dns = self.dns.map(|d| d.validate(base)).transpose()?;
         Ok(CoordinatorConfig {
             http_listen: self
                 .http_listen
@@ -214,6 +488,9 @@ impl CoordinatorConfigFile {
             heartbeat_interval,
             suspect_after,
             down_after,
+            lease,
+            fence_margin,
+            health_probe_conninfo,
             log_format: self.log_format.unwrap_or_default(),
             http_workers,
             backup_timeout,
@@ -225,6 +502,7 @@ impl CoordinatorConfigFile {
             },
             regions,
             notify,
+            dns,
         })
     }
 }
@@ -375,6 +653,109 @@ mod tests {
                 .and_then(|f| f.validate(Path::new("/")).map_err(|e| e.to_string()))
                 .expect_err(bad);
             assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
+
+    fn dns(section: &str, base: &Path) -> Result<CoordinatorConfig, String> {
+        let text = format!("{TLS}[dns]\n{section}");
+        CoordinatorConfigFile::parse(&text, Path::new("x.toml"))
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.validate(base).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn dns_embedded_defaults() {
+        let cfg = dns("record = \"DB.drmesh.test\"\n", Path::new("/")).expect("valid");
+        let d = cfg.dns.expect("dns");
+        assert_eq!(d.record, "db.drmesh.test.");
+        assert_eq!(d.ttl, 60);
+        assert_eq!(
+            d.provider,
+            DnsProviderConfig::Embedded {
+                listen: "127.0.0.1:5300".parse().expect("addr"),
+                zone: "drmesh.test.".into(),
+                initial: None,
+            }
+        );
+        let none = CoordinatorConfigFile::parse(TLS, Path::new("x.toml"))
+            .expect("parse")
+            .validate(Path::new("/"))
+            .expect("valid");
+        assert_eq!(none.dns, None);
+    }
+
+    #[test]
+    fn dns_rfc2136_reads_the_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("k.key"),
+            "key \"drmesh-key\" {\n\talgorithm hmac-sha512;\n\tsecret \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==\";\n};\n",
+        )
+        .expect("write key");
+        let section = "provider = \"rfc2136\"\nrecord = \"db.drmesh.test.\"\nttl = 30\nzone = \"drmesh.test\"\nserver = \"127.0.0.1:5353\"\ntsig_key_name = \"drmesh-key\"\ntsig_secret_file = \"k.key\"\n";
+        let d = dns(section, dir.path()).expect("valid").dns.expect("dns");
+        assert_eq!(d.ttl, 30);
+        assert_eq!(
+            d.provider,
+            DnsProviderConfig::Rfc2136 {
+                server: "127.0.0.1:5353".parse().expect("addr"),
+                zone: "drmesh.test.".into(),
+                tsig_key_name: "drmesh-key.".into(),
+                tsig_algorithm: TsigAlgorithmName::HmacSha512,
+                tsig_secret_file: dir.path().join("k.key"),
+                authoritative: vec!["127.0.0.1:5353".parse().expect("addr")],
+            }
+        );
+        let with_list = format!("{section}authoritative = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
+        let d = dns(&with_list, dir.path())
+            .expect("valid")
+            .dns
+            .expect("dns");
+        let DnsProviderConfig::Rfc2136 { authoritative, .. } = d.provider else {
+            panic!("rfc2136");
+        };
+        assert_eq!(authoritative.len(), 2);
+    }
+
+    #[test]
+    fn dns_mistakes_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("bad.key"), "not-base64!\n").expect("write");
+        let rfc = "provider = \"rfc2136\"\nrecord = \"db.drmesh.test\"\nzone = \"drmesh.test\"\nserver = \"127.0.0.1:53\"\ntsig_key_name = \"k\"\n";
+        for (section, names) in [
+            ("ttl = 60\n", "record is required"),
+            (
+                "record = \"db.drmesh.test\"\nzone = \"other.test\"\n",
+                "not inside zone",
+            ),
+            ("record = \"db.drmesh.test\"\nttl = 0\n", "ttl"),
+            ("record = \"db..test\"\n", "record"),
+            (
+                "record = \"db.drmesh.test\"\nserver = \"127.0.0.1:53\"\n",
+                "server does not apply to provider embedded",
+            ),
+            (
+                "record = \"db.drmesh.test\"\nprovider = \"route53\"\n",
+                "route53",
+            ),
+            ("record = \"db.drmesh.test\"\nrecrod = 1\n", "recrod"),
+            (
+                &format!("{rfc}tsig_secret_file = \"missing.key\"\n"),
+                "missing.key",
+            ),
+            (&format!("{rfc}tsig_secret_file = \"bad.key\"\n"), "base64"),
+            (rfc, "tsig_secret_file is required"),
+            (
+                &format!("{rfc}tsig_secret_file = \"bad.key\"\nlisten = \"127.0.0.1:53\"\n"),
+                "listen does not apply",
+            ),
+            (
+                "provider = \"rfc2136\"\nrecord = \"db.drmesh.test\"\n",
+                "server",
+            ),
+        ] {
+            let err = dns(section, dir.path()).expect_err(section);
+            assert!(err.contains(names), "{section}: {err}");
         }
     }
 

@@ -280,34 +280,73 @@ fn notify_start(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) -> O
 }
 
 /// Step 2: the target's agent is up next to a standby whose lag is within the RPO; the
-/// epoch rises (stored first); the old primary is fenced by its agent.
+/// epoch rises (stored first); every other server that is, or may be, writable is fenced
+/// — by its agent when that agent is heard from, otherwise by waiting until its lease
+/// has surely run out (its agent then fenced it by itself).
 async fn prepare(
     coord: &Arc<Coordinator>,
     plan: &DrPlan,
     run: &mut FailoverRun,
 ) -> Result<Outcome, StoreError> {
-    // Decide on fresh reports only: wait (bounded) until the target's agent is up and
-    // every other agent has heartbeated since this coordinator started — one restarted
-    // mid-failover knows no roles yet, and an agent not heard from may be next to a
-    // writable primary.
-    let heard = |a: &drmesh_protocol::api::AgentStatus| a.last_heartbeat_age_ms.is_some();
-    let target_up = |a: &drmesh_protocol::api::AgentStatus| {
-        a.region == run.target_region
-            && a.role.is_some()
-            && a.state == AgentState::Up
-            && a.connected
-            && heard(a)
+    use drmesh_protocol::api::AgentStatus;
+    let interval = coord.config.heartbeat_interval;
+    // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
+    // agent not heard from lately may sit next to a writable primary.
+    let fresh = |a: &AgentStatus| {
+        a.connected
+            && a.last_heartbeat_age_ms
+                .is_some_and(|age| age <= 3 * interval.as_millis() as u64)
     };
+    let target_up = |a: &AgentStatus| {
+        a.region == run.target_region && a.role.is_some() && a.state == AgentState::Up && fresh(a)
+    };
+    // Everything else that is or may be writable: reported writable, not answering (a
+    // crashed primary a supervisor could restart), or not heard from.
+    let must_fence = |a: &AgentStatus, target: Option<&AgentId>| {
+        Some(&a.agent_id) != target
+            && (!fresh(a) || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
+    };
+    let lease = coord.config.lease + coord.config.fence_margin;
     let deadline = tokio::time::Instant::now()
-        + coord.config.heartbeat_interval * (4 * coord.config.down_after)
+        + (interval * (4 * coord.config.down_after)).max(lease * 2)
         + Duration::from_secs(10);
-    let statuses = loop {
+    let (statuses, waited_out) = loop {
         let statuses = coord.agent_statuses();
-        let ready = statuses.iter().any(target_up) && statuses.iter().all(heard);
-        if ready || tokio::time::Instant::now() > deadline {
-            break statuses;
+        let target = statuses
+            .iter()
+            .find(|a| target_up(a))
+            .map(|a| a.agent_id.clone());
+        let mut waited_out = Vec::new();
+        let mut pending = Vec::new();
+        for a in statuses.iter().filter(|a| must_fence(a, target.as_ref())) {
+            if fresh(a) {
+                continue; // fenced by command below
+            }
+            match crate::health::lease_expired(coord, &a.agent_id) {
+                Ok(why) => waited_out.push(why),
+                Err(why) => pending.push(why),
+            }
         }
-        tokio::time::sleep(coord.config.heartbeat_interval / 2).await;
+        if target.is_some() && pending.is_empty() {
+            break (statuses, waited_out);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let mut why = Vec::new();
+            if target.is_none() {
+                why.push(format!(
+                    "no agent with PostgreSQL is up in {}",
+                    run.target_region
+                ));
+            }
+            if !pending.is_empty() {
+                why.push(format!(
+                    "not promoting while another server may still be writable: {}",
+                    pending.join("; ")
+                ));
+            }
+            return Ok(Outcome::Failed(why.join("; ")));
+        }
+        tokio::time::sleep((interval / 2).min(Duration::from_millis(100))).await;
     };
     let Some(target) = statuses.iter().find(|a| target_up(a)) else {
         return Ok(Outcome::Failed(format!(
@@ -335,17 +374,18 @@ async fn prepare(
         }
     }
     run.target_agent = Some(target.agent_id.clone());
-    // What must be fenced: every server reported writable elsewhere, every one that does
-    // not answer (a crashed primary a supervisor could restart), and every agent not
-    // heard from (its server's state is unknown).
-    let to_fence: Vec<_> = statuses
+    let to_fence: Vec<&AgentStatus> = statuses
         .iter()
-        .filter(|a| a.agent_id != target.agent_id)
-        .filter(|a| !heard(a) || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
+        .filter(|a| must_fence(a, Some(&target.agent_id)))
         .collect();
     if let Some(old) = to_fence
         .iter()
         .find(|a| a.role == Some(PgRole::Primary))
+        .or_else(|| {
+            to_fence
+                .iter()
+                .find(|a| a.region != run.target_region && a.role.is_some())
+        })
         .or(to_fence.first())
     {
         run.from_agent = Some(old.agent_id.clone());
@@ -366,7 +406,7 @@ async fn prepare(
     };
     coord.raise_epoch(epoch)?;
     let mut fenced = Vec::new();
-    for a in &to_fence {
+    for a in to_fence.iter().filter(|a| fresh(a)) {
         if let Err(why) = fence(coord, &a.agent_id).await {
             return Ok(Outcome::Failed(format!(
                 "the server next to {} ({}) is not fenced: {why}; promoting now could leave \
@@ -376,15 +416,19 @@ async fn prepare(
         }
         fenced.push(a.agent_id.to_string());
     }
+    let mut done = Vec::new();
+    if !fenced.is_empty() {
+        done.push(format!("fenced by their agents: {}", fenced.join(", ")));
+    }
+    done.extend(waited_out);
+    if done.is_empty() {
+        done.push("no other server to fence".into());
+    }
     Ok(Outcome::Done(format!(
         "{} ready (lag {}); {}; epoch {epoch}",
         target.agent_id,
         lag_text(target.replication_lag_seconds),
-        if fenced.is_empty() {
-            "no other server to fence".to_string()
-        } else {
-            format!("fenced by their agents: {}", fenced.join(", "))
-        }
+        done.join("; ")
     )))
 }
 

@@ -60,6 +60,21 @@ pub struct AgentEntry {
     pub last_heartbeat_instant: Option<Instant>,
     pub last_seq: u64,
     pub heartbeat: Option<Heartbeat>,
+    pub addresses: AgentAddresses,
+    /// When a heartbeat last reported a writable PostgreSQL.
+    pub last_primary_at: Option<Instant>,
+}
+
+/// Where an agent and its PostgreSQL are reached, as its Hello said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAddresses {
+    /// The agent's mesh probe socket.
+    pub mesh: Option<std::net::SocketAddr>,
+    /// PostgreSQL as clients reach it.
+    pub postgres: Option<std::net::SocketAddr>,
+    /// PostgreSQL as peers reach it.
+    pub postgres_mesh: Option<std::net::SocketAddr>,
 }
 
 /// A change of an agent's state.
@@ -118,6 +133,8 @@ impl Registry {
             last_heartbeat_instant: None,
             last_seq: 0,
             heartbeat: None,
+            addresses: AgentAddresses::default(),
+            last_primary_at: None,
         });
     }
 
@@ -145,6 +162,8 @@ impl Registry {
             last_heartbeat_instant: None,
             last_seq: 0,
             heartbeat: None,
+            addresses: AgentAddresses::default(),
+            last_primary_at: None,
         });
         entry.region = region.clone();
         entry.version = version.to_string();
@@ -177,8 +196,22 @@ impl Registry {
         entry.last_heard = now;
         entry.last_heartbeat_instant = Some(now);
         entry.last_heartbeat_at = Some(Utc::now());
+        if hb
+            .postgres
+            .as_ref()
+            .is_some_and(|p| p.role == drmesh_protocol::PgRole::Primary)
+        {
+            entry.last_primary_at = Some(now);
+        }
         entry.heartbeat = Some(hb);
         HeartbeatOutcome::Accepted(set_state(entry, AgentState::Up, "heartbeat"))
+    }
+
+    /// Records where the agent and its PostgreSQL are reached.
+    pub fn set_addresses(&mut self, id: &AgentId, addresses: AgentAddresses) {
+        if let Some(entry) = self.agents.get_mut(id) {
+            entry.addresses = addresses;
+        }
     }
 
     /// The connection closed. The agent is DOWN at once: it cannot be commanded.
@@ -263,6 +296,7 @@ mod tests {
             postgres: None,
             disk_free_bytes: None,
             last_backup_ids: vec![],
+            mesh: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct KnownAgent {
     pub region: RegionId,
     pub version: String,
     pub first_seen: chrono::DateTime<Utc>,
+    #[serde(default)]
+    pub addresses: crate::registry::AgentAddresses,
 }
 
 /// A live QUIC session with an agent.
@@ -48,9 +50,18 @@ pub struct Coordinator {
     pub metrics: Metrics,
     epoch: AtomicU64,
     transitions: mpsc::UnboundedSender<Transition>,
+    /// The key agents sign their mesh probes with; made once, kept in the store.
+    mesh_key: drmesh_protocol::mesh::MeshKey,
+    mesh_view: Mutex<Option<Arc<drmesh_protocol::mesh::MeshView>>>,
+    /// When this coordinator process started: no agent's lease can have been renewed by
+    /// this process before it.
+    pub started: Instant,
+    /// The newest health check of each plan.
+    pub health: Mutex<BTreeMap<String, drmesh_protocol::api::PlanHealth>>,
 }
 
 const EPOCH_KEY: &str = "epoch";
+const MESH_KEY: &str = "mesh_key";
 
 impl Coordinator {
     /// Loads the epoch and the known agents from the store. The returned receiver carries
@@ -67,11 +78,21 @@ impl Coordinator {
         let mut registry = Registry::new(liveness);
         let now = Instant::now();
         for known in store.scan_json::<KnownAgent>(Namespace::Agents, "")? {
+            let id = known.agent_id.clone();
             registry.remember(known.agent_id, known.region, known.version, now);
+            registry.set_addresses(&id, known.addresses);
         }
         let epoch = store
             .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
             .unwrap_or(0);
+        let mesh_key = match store.get_json(Namespace::Meta, MESH_KEY)? {
+            Some(k) => k,
+            None => {
+                let k = drmesh_protocol::mesh::MeshKey::random();
+                store.put_json(Namespace::Meta, MESH_KEY, &k)?;
+                k
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Self {
@@ -82,6 +103,10 @@ impl Coordinator {
                 metrics: Metrics::default(),
                 epoch: AtomicU64::new(epoch),
                 transitions: tx,
+                mesh_key,
+                mesh_view: Mutex::new(None),
+                started: now,
+                health: Mutex::new(BTreeMap::new()),
             }),
             rx,
         ))
@@ -102,6 +127,50 @@ impl Coordinator {
     }
 
     /// Queues transitions for [`Coordinator::apply_transitions`] (off the hot path).
+    /// The mesh every agent is told about: each agent with a probe address (an agent
+    /// leaves itself out). Cached until an agent's addresses change.
+    pub fn mesh_view(&self) -> Arc<drmesh_protocol::mesh::MeshView> {
+        use drmesh_protocol::mesh::{MeshPeer, MeshView};
+        if let Some(v) = self.mesh_view.lock().as_ref() {
+            return v.clone();
+        }
+        let peers: Vec<MeshPeer> = self
+            .registry
+            .lock()
+            .agents()
+            .filter_map(|a| {
+                Some(MeshPeer {
+                    agent_id: a.id.clone(),
+                    region: a.region.clone(),
+                    mesh_addr: a.addresses.mesh?,
+                    postgres_addr: a.addresses.postgres_mesh,
+                })
+            })
+            .collect();
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let view = Arc::new(MeshView {
+            generation: MeshView::generation_of(lease_ms, &self.mesh_key, &peers),
+            lease_ms,
+            key: self.mesh_key.clone(),
+            peers,
+        });
+        *self.mesh_view.lock() = Some(view.clone());
+        view
+    }
+
+    /// Records an agent's addresses (from its Hello), in the registry and the store.
+    pub fn set_addresses(
+        &self,
+        id: &AgentId,
+        region: &RegionId,
+        version: &str,
+        addresses: crate::registry::AgentAddresses,
+    ) {
+        self.registry.lock().set_addresses(id, addresses);
+        *self.mesh_view.lock() = None;
+        self.remember_agent(id, region, version, addresses);
+    }
+
     pub fn report(&self, transitions: impl IntoIterator<Item = Transition>) {
         for t in transitions {
             // The receiver lives as long as the process; a send error means shutdown.
@@ -110,18 +179,31 @@ impl Coordinator {
     }
 
     /// Remembers an agent in the store the first time it connects.
-    pub fn remember_agent(&self, id: &AgentId, region: &RegionId, version: &str) {
+    pub fn remember_agent(
+        &self,
+        id: &AgentId,
+        region: &RegionId,
+        version: &str,
+        addresses: crate::registry::AgentAddresses,
+    ) {
         let known = KnownAgent {
             agent_id: id.clone(),
             region: region.clone(),
             version: version.to_string(),
             first_seen: Utc::now(),
+            addresses,
         };
         let result = match self
             .store
             .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
         {
-            Ok(Some(old)) if old.region == known.region && old.version == known.version => Ok(()),
+            Ok(Some(old))
+                if old.region == known.region
+                    && old.version == known.version
+                    && old.addresses == known.addresses =>
+            {
+                Ok(())
+            }
             Ok(Some(old)) => self.store.put_json(
                 Namespace::Agents,
                 id.as_str(),
@@ -226,6 +308,12 @@ impl Coordinator {
                         .map(|h| h.last_backup_ids.clone())
                         .unwrap_or_default(),
                     postgres_error: pg.and_then(|p| p.error.clone()),
+                    fenced: e
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.mesh.as_ref())
+                        .is_some_and(|m| m.fenced),
+                    postgres_address: e.addresses.postgres,
                 }
             })
             .collect();
@@ -318,6 +406,7 @@ impl Coordinator {
             epoch: self.epoch(),
             regions,
             generated_at: Utc::now(),
+            health_checks: self.health.lock().values().cloned().collect(),
             failover: crate::failover::latest(self.store.as_ref()).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "read the latest failover");
                 None

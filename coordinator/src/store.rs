@@ -61,10 +61,12 @@ pub enum Namespace {
     Plans,
     /// Failovers, by failover id (`fo_<epoch-ms>_<6>`, so in time order).
     Failovers,
+    /// The embedded DNS server's answer, by record name.
+    Dns,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 8] = [
+    pub const ALL: [Namespace; 9] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
@@ -73,6 +75,7 @@ impl Namespace {
         Namespace::Backups,
         Namespace::Plans,
         Namespace::Failovers,
+        Namespace::Dns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Namespace {
             Namespace::Backups => "backups",
             Namespace::Plans => "plans",
             Namespace::Failovers => "failovers",
+            Namespace::Dns => "dns",
         }
     }
 }

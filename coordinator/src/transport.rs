@@ -269,7 +269,12 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
             Instant::now(),
         );
         coord.report(transition);
-        coord.remember_agent(&cert_id, &cert_region, &hello.version);
+        let addresses = crate::registry::AgentAddresses {
+            mesh: hello.mesh_addr,
+            postgres: hello.postgres_addr,
+            postgres_mesh: hello.postgres_mesh_addr,
+        };
+        coord.set_addresses(&cert_id, &cert_region, &hello.version, addresses);
         let previous = coord.sessions.lock().insert(
             cert_id.clone(),
             Session {
@@ -287,6 +292,7 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
             coordinator_version: drmesh_protocol::VERSION.to_string(),
             heartbeat_interval_ms: coord.config.heartbeat_interval.as_millis() as u64,
             epoch: coord.epoch(),
+            mesh: Some(coord.mesh_view().as_ref().clone()),
         }));
         write_frame(&mut send, &welcome).await?;
         info!(version = %hello.version, remote = %conn.remote_address(), "agent connected");
@@ -328,9 +334,12 @@ async fn receive_heartbeats(
         let arrived = Instant::now();
         match decode_exact::<AgentMessage>(&datagram) {
             Ok(AgentMessage::V1(AgentMessageV1::Heartbeat(hb))) => {
+                let seq = hb.seq;
+                let generation = hb.mesh.as_ref().map_or(0, |m| m.generation);
                 let outcome = coord.registry.lock().heartbeat(id, connection, hb, arrived);
                 match outcome {
                     HeartbeatOutcome::Accepted(transition) => {
+                        acknowledge(conn, coord, seq, generation);
                         coord
                             .metrics
                             .heartbeat_update_seconds
@@ -353,6 +362,27 @@ async fn receive_heartbeats(
                 warn!(error = %e, "undecodable datagram ignored");
             }
         }
+    }
+}
+
+/// Answers an accepted heartbeat (renewing the agent's lease), with the mesh view when
+/// the agent's is out of date.
+fn acknowledge(conn: &quinn::Connection, coord: &Coordinator, seq: u64, generation: u64) {
+    let view = coord.mesh_view();
+    let ack = CoordinatorMessage::V1(CoordinatorMessageV1::HeartbeatAck(
+        drmesh_protocol::HeartbeatAck {
+            seq,
+            epoch: coord.epoch(),
+            mesh: (view.generation != generation).then(|| view.as_ref().clone()),
+        },
+    ));
+    match encode(&ack) {
+        Ok(bytes) => {
+            if let Err(e) = conn.send_datagram(bytes.into()) {
+                debug!(error = %e, "heartbeat acknowledgement not sent");
+            }
+        }
+        Err(e) => warn!(error = %e, "encode heartbeat acknowledgement"),
     }
 }
 

@@ -66,6 +66,12 @@ pub struct AgentStatus {
     pub disk_free_bytes: Option<u64>,
     pub last_backup_ids: Vec<String>,
     pub postgres_error: Option<String>,
+    /// The agent reported its PostgreSQL fenced (stopped, `standby.signal` left).
+    #[serde(default)]
+    pub fenced: bool,
+    /// Where clients reach the agent's PostgreSQL, as the agent advertised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +100,38 @@ pub struct DrStatus {
     /// The newest failover, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRun>,
+    /// The newest health check of each DR plan's primary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<PlanHealth>,
+}
+
+/// The verdict of a health check on a plan's primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PrimaryHealth {
+    /// Its agent heartbeats and reports a primary.
+    Up,
+    /// Something failed, but not everything the DOWN rule needs.
+    Suspect,
+    /// Heartbeats missing for longer than the lease (or the agent reports its server
+    /// unreachable), the coordinator cannot reach the database, and neither can a
+    /// majority of the other agents.
+    Down,
+    /// No primary is known for the plan.
+    Unknown,
+}
+
+/// One plan's primary, as the newest health check saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanHealth {
+    pub plan_id: String,
+    pub primary_region: Option<RegionId>,
+    pub primary_agent: Option<AgentId>,
+    pub verdict: PrimaryHealth,
+    /// What each check found.
+    pub checks: Vec<String>,
+    pub checked_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

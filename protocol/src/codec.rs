@@ -241,6 +241,9 @@ mod tests {
             region: RegionId::new("us-west-2").expect("region"),
             version: "0.1.0".into(),
             capabilities: vec!["postgres".into()],
+            mesh_addr: None,
+            postgres_addr: None,
+            postgres_mesh_addr: None,
         }))
     }
 
@@ -331,6 +334,7 @@ mod tests {
                 postgres: None,
                 disk_free_bytes: Some(1),
                 last_backup_ids: vec![],
+                mesh: None,
             })),
         ];
         let mut wire = Vec::new();
@@ -389,6 +393,7 @@ mod tests {
                     postgres,
                     disk_free_bytes: disk,
                     last_backup_ids: ids,
+                    mesh: None,
                 })
             });
         let hello = ("[a-z0-9-]{1,20}", "[a-z0-9-]{1,20}", ".{0,10}").prop_map(|(a, r, v)| {
@@ -397,6 +402,9 @@ mod tests {
                 region: RegionId::new(r).expect("strategy makes valid ids"),
                 version: v,
                 capabilities: vec!["postgres".into()],
+                mesh_addr: None,
+                postgres_addr: None,
+                postgres_mesh_addr: None,
             })
         });
         let progress = (any::<u128>(), 0.0f32..100.0, ".{0,50}").prop_map(|(id, p, m)| {
@@ -448,9 +456,17 @@ mod tests {
                 coordinator_version: "0.1.0".into(),
                 heartbeat_interval_ms: hb,
                 epoch: Epoch(e),
+                mesh: None,
             })
         });
-        prop_oneof![command, welcome].prop_map(CoordinatorMessage::V1)
+        let ack = (any::<u64>(), any::<u64>()).prop_map(|(seq, e)| {
+            CoordinatorMessageV1::HeartbeatAck(crate::HeartbeatAck {
+                seq,
+                epoch: Epoch(e),
+                mesh: None,
+            })
+        });
+        prop_oneof![command, welcome, ack].prop_map(CoordinatorMessage::V1)
     }
 
     proptest! {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod codec;
 pub mod ids;
+pub mod mesh;
 pub mod message;
 pub mod pki;
 pub mod tls;

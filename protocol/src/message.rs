@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::net::SocketAddr;
+
 use crate::ids::{AgentId, CommandId, Epoch, Lsn, RegionId};
+use crate::mesh::{MeshReport, MeshView};
 
 /// Everything an agent sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,8 @@ pub enum CoordinatorMessageV1 {
     Welcome(Welcome),
     /// Work for the agent, on its own bidirectional stream.
     Command(Command),
+    /// Answer to a heartbeat, as a QUIC datagram: renews the sender's lease.
+    HeartbeatAck(HeartbeatAck),
     /// The coordinator refuses the connection or a message; the connection closes after it.
     Error(ErrorMessage),
 }
@@ -56,6 +61,16 @@ pub struct Hello {
     pub version: String,
     /// Features this agent supports, such as `postgres`, `documents`, `wal-archive`.
     pub capabilities: Vec<String>,
+    /// Where the agent answers its peers' probes.
+    #[serde(default)]
+    pub mesh_addr: Option<SocketAddr>,
+    /// Where clients reach the agent's PostgreSQL (what the DNS name points at, and what
+    /// the coordinator's health check connects to).
+    #[serde(default)]
+    pub postgres_addr: Option<SocketAddr>,
+    /// Where the agent's PostgreSQL answers on the mesh network (what peers probe).
+    #[serde(default)]
+    pub postgres_mesh_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +82,19 @@ pub struct Welcome {
     pub heartbeat_interval_ms: u64,
     /// The current fencing epoch.
     pub epoch: Epoch,
+    /// The agent's peers, the probe key and the lease.
+    #[serde(default)]
+    pub mesh: Option<MeshView>,
+}
+
+/// The coordinator's answer to one heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The heartbeat answered.
+    pub seq: u64,
+    pub epoch: Epoch,
+    /// Present when the heartbeat reported an older mesh generation.
+    pub mesh: Option<MeshView>,
 }
 
 /// Role of the PostgreSQL cluster next to an agent, as the agent sees it.
@@ -120,6 +148,9 @@ pub struct Heartbeat {
     pub disk_free_bytes: Option<u64>,
     /// Ids of the newest backups this agent has taken (at most a handful).
     pub last_backup_ids: Vec<String>,
+    /// What the agent knows of its peers.
+    #[serde(default)]
+    pub mesh: Option<MeshReport>,
 }
 
 /// What the coordinator asks an agent to do.

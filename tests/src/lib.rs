@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod bind;
+pub mod netns;
 pub mod objstore;
+pub mod splitbrain;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -423,6 +426,9 @@ pub fn knock(
                 region: RegionId::new(region).unwrap(),
                 version: "test".into(),
                 capabilities: vec![],
+                mesh_addr: None,
+                postgres_addr: None,
+                postgres_mesh_addr: None,
             }));
             send.write_all(&encode(&hello).unwrap())
                 .await

@@ -6,10 +6,12 @@ mod e2e {
     pub mod certificates;
     pub mod cli;
     pub mod database;
+    pub mod dns;
     pub mod documents;
     pub mod failover;
     pub mod http_api;
     pub mod liveness;
+    pub mod netns;
     pub mod notify;
     pub mod objstore_servers;
     pub mod plans;

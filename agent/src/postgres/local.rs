@@ -2,13 +2,18 @@
 //! quickstart and the end-to-end tests: a primary (`initdb`) and streaming standbys
 //! (`pg_basebackup -R`), started and stopped with `pg_ctl`.
 //!
+//! By default a cluster listens on 127.0.0.1 only. [`PgNetwork`] places it elsewhere: other
+//! listen addresses, the address clients use, networks its `pg_hba.conf` trusts, and a
+//! command prefix (e.g. `ip netns exec NS`) under which `pg_ctl start` and
+//! `pg_basebackup` run, so that a server lives in a network namespace.
+//!
 //! PostgreSQL refuses to run as root. When this process is root, every PostgreSQL
 //! program runs as the `postgres` OS user, and data directories belong to it with mode
 //! 0700. Otherwise they run as the current user.
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -139,11 +144,34 @@ fn run_as() -> Result<Option<(Uid, Gid)>, LocalPgError> {
 }
 
 fn pg_command(program: PathBuf) -> Result<Command, LocalPgError> {
-    let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null()).env_remove("PGDATA");
+    pg_command_in(&[], program)
+}
+
+/// Like [`pg_command`], run under `prefix` (e.g. `ip netns exec NS`). The prefix runs as
+/// the current user (entering a namespace needs root); when that is root, `setpriv` drops
+/// to the postgres user after it.
+fn pg_command_in(prefix: &[String], program: PathBuf) -> Result<Command, LocalPgError> {
+    let Some((first, rest)) = prefix.split_first() else {
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null()).env_remove("PGDATA");
+        if let Some((uid, gid)) = run_as()? {
+            cmd.uid(uid.as_raw()).gid(gid.as_raw()).current_dir("/");
+        }
+        return Ok(cmd);
+    };
+    let mut cmd = Command::new(first);
+    cmd.args(rest).stdin(Stdio::null()).env_remove("PGDATA");
     if let Some((uid, gid)) = run_as()? {
-        cmd.uid(uid.as_raw()).gid(gid.as_raw()).current_dir("/");
+        cmd.args([
+            "setpriv".to_string(),
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_string(),
+            "--".to_string(),
+        ])
+        .current_dir("/");
     }
+    cmd.arg(program);
     Ok(cmd)
 }
 
@@ -218,6 +246,37 @@ pub fn free_port() -> Result<u16, LocalPgError> {
     Ok(listener.local_addr().map_err(LocalPgError::NoPort)?.port())
 }
 
+/// Where a cluster listens and runs. The default is the loopback-only cluster of
+/// [`LocalCluster::init_primary`].
+#[derive(Clone, Debug, Default)]
+pub struct PgNetwork {
+    /// `listen_addresses`; empty means 127.0.0.1.
+    pub listen_addresses: Vec<IpAddr>,
+    /// The address clients (`psql`, [`LocalCluster::conninfo`], standbys' base backups)
+    /// connect to; `None` means the first listen address.
+    pub host: Option<IpAddr>,
+    /// Networks (CIDR, e.g. "198.18.0.0/15") that `pg_hba.conf` trusts for connections and
+    /// replication, besides loopback. Standbys copy the primary's `pg_hba.conf`.
+    pub trust: Vec<String>,
+    /// Program and arguments that `pg_ctl start` and `pg_basebackup` run under, e.g.
+    /// `["ip", "netns", "exec", "dm3-a"]`; empty runs them directly.
+    pub command_prefix: Vec<String>,
+}
+
+impl PgNetwork {
+    fn listen(&self) -> Vec<IpAddr> {
+        if self.listen_addresses.is_empty() {
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        } else {
+            self.listen_addresses.clone()
+        }
+    }
+
+    fn client_host(&self) -> IpAddr {
+        self.host.unwrap_or_else(|| self.listen()[0])
+    }
+}
+
 /// One local cluster.
 #[derive(Clone, Debug)]
 pub struct LocalCluster {
@@ -226,6 +285,7 @@ pub struct LocalCluster {
     pub port: u16,
     socket_dir: PathBuf,
     bin: PgBin,
+    network: PgNetwork,
 }
 
 /// Unix socket paths are limited to about 100 bytes; keep the directory short.
@@ -243,13 +303,23 @@ fn socket_dir_for(data_dir: &Path, port: u16) -> PathBuf {
 
 impl LocalCluster {
     fn new(bin: &PgBin, name: &str, data_dir: &Path, port: u16) -> Self {
+        Self::new_on(bin, name, data_dir, port, &PgNetwork::default())
+    }
+
+    fn new_on(bin: &PgBin, name: &str, data_dir: &Path, port: u16, network: &PgNetwork) -> Self {
         Self {
             name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
             port,
             socket_dir: socket_dir_for(data_dir, port),
             bin: bin.clone(),
+            network: network.clone(),
         }
+    }
+
+    /// The address clients connect to (127.0.0.1 unless placed by a [`PgNetwork`]).
+    pub fn host(&self) -> IpAddr {
+        self.network.client_host()
     }
 
     /// A cluster that already exists on disk (made by an earlier run).
@@ -287,9 +357,16 @@ impl LocalCluster {
     }
 
     fn connection_settings(&self) -> String {
+        let listen: Vec<String> = self
+            .network
+            .listen()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         format!(
-            "\n# drmesh local cluster {}\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
+            "\n# drmesh local cluster {}\nlisten_addresses = '{}'\nport = {}\nunix_socket_directories = '{}'\n",
             self.name,
+            listen.join(","),
             self.port,
             self.socket_dir.display()
         )
@@ -303,7 +380,18 @@ impl LocalCluster {
         data_dir: &Path,
         port: u16,
     ) -> Result<LocalCluster, LocalPgError> {
-        let cluster = Self::new(bin, name, data_dir, port);
+        Self::init_primary_on(bin, name, data_dir, port, &PgNetwork::default())
+    }
+
+    /// [`LocalCluster::init_primary`] placed by `network`.
+    pub fn init_primary_on(
+        bin: &PgBin,
+        name: &str,
+        data_dir: &Path,
+        port: u16,
+        network: &PgNetwork,
+    ) -> Result<LocalCluster, LocalPgError> {
+        let cluster = Self::new_on(bin, name, data_dir, port, network);
         fs::create_dir_all(data_dir).map_err(io_err("create", data_dir))?;
         fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod", data_dir))?;
@@ -328,11 +416,14 @@ impl LocalCluster {
                 cluster.connection_settings()
             ),
         )?;
-        fs::write(
-            data_dir.join("pg_hba.conf"),
-            "# drmesh local cluster: loopback only\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\nhost replication all ::1/128 trust\n",
-        )
-        .map_err(io_err("write", &data_dir.join("pg_hba.conf")))?;
+        let mut hba = String::from("# drmesh local cluster: loopback only\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\nhost replication all ::1/128 trust\n");
+        for net in &network.trust {
+            hba.push_str(&format!(
+                "host all all {net} trust\nhost replication all {net} trust\n"
+            ));
+        }
+        fs::write(data_dir.join("pg_hba.conf"), hba)
+            .map_err(io_err("write", &data_dir.join("pg_hba.conf")))?;
         chown_to_pg(&data_dir.join("pg_hba.conf"))?;
         Ok(cluster)
     }
@@ -346,23 +437,48 @@ impl LocalCluster {
         data_dir: &Path,
         port: u16,
     ) -> Result<LocalCluster, LocalPgError> {
-        let cluster = Self::new(bin, name, data_dir, port);
+        Self::init_standby_from(
+            bin,
+            name,
+            primary.host(),
+            primary.port,
+            data_dir,
+            port,
+            &PgNetwork::default(),
+        )
+    }
+
+    /// [`LocalCluster::init_standby`] of the primary at `primary_host:primary_port`
+    /// (which its `primary_conninfo` keeps: the standby streams from there), placed by
+    /// `network`; `pg_basebackup` runs under the network's command prefix.
+    pub fn init_standby_from(
+        bin: &PgBin,
+        name: &str,
+        primary_host: IpAddr,
+        primary_port: u16,
+        data_dir: &Path,
+        port: u16,
+        network: &PgNetwork,
+    ) -> Result<LocalCluster, LocalPgError> {
+        let cluster = Self::new_on(bin, name, data_dir, port, network);
         if let Some(parent) = data_dir.parent() {
             prepare_parent_dir(parent)?;
         }
         cluster.make_socket_dir()?;
-        run(pg_command(bin.program("pg_basebackup"))?
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-            ])
-            .arg(data_dir)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]))?;
+        run(
+            pg_command_in(&network.command_prefix, bin.program("pg_basebackup"))?
+                .args([
+                    "-h",
+                    &primary_host.to_string(),
+                    "-p",
+                    &primary_port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-D",
+                ])
+                .arg(data_dir)
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        )?;
         cluster.append_config("postgresql.auto.conf", &cluster.connection_settings())?;
         Ok(cluster)
     }
@@ -387,8 +503,12 @@ impl LocalCluster {
             fs::write(&log, "").map_err(io_err("create", &log))?;
             chown_to_pg(&log)?;
         }
-        let mut cmd = self.pg_ctl()?;
-        cmd.arg("-l").arg(&log).args(["-w", "-t", "60", "start"]);
+        let mut cmd = pg_command_in(&self.network.command_prefix, self.bin.program("pg_ctl"))?;
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"]);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         run(&mut cmd).map_err(|e| match e {
             LocalPgError::Command {
@@ -439,6 +559,23 @@ impl LocalCluster {
         }
     }
 
+    /// `pg_ctl promote`, waiting until the standby accepts writes.
+    pub fn promote(&self) -> Result<(), LocalPgError> {
+        run(self.pg_ctl()?.args(["-w", "-t", "60", "promote"]))?;
+        Ok(())
+    }
+
+    /// Sets `synchronous_standby_names` (e.g. `'*'`: any one standby; a standby's name is
+    /// its `application_name`, `walreceiver` by default) with `ALTER SYSTEM` and reloads.
+    pub fn set_synchronous_standby_names(&self, names: &str) -> Result<(), LocalPgError> {
+        let quoted = names.replace('\'', "''");
+        self.psql(&format!(
+            "alter system set synchronous_standby_names = '{quoted}'"
+        ))?;
+        self.psql("select pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// PID from `postmaster.pid`, if the file exists.
     pub fn postmaster_pid(&self) -> Option<u32> {
         let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
@@ -453,7 +590,7 @@ impl LocalCluster {
             "-t",
             "-q",
             "-h",
-            "127.0.0.1",
+            &self.host().to_string(),
             "-p",
             &self.port.to_string(),
             "-U",
@@ -468,10 +605,11 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// libpq connection string over TCP loopback.
+    /// libpq connection string over TCP (loopback unless placed by a [`PgNetwork`]).
     pub fn conninfo(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            "host={} port={} user=postgres dbname=postgres",
+            self.host(),
             self.port
         )
     }

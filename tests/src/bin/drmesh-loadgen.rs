@@ -186,6 +186,9 @@ async fn run_agent(
         region,
         version: "loadgen".into(),
         capabilities: vec!["heartbeat".into()],
+        mesh_addr: None,
+        postgres_addr: None,
+        postgres_mesh_addr: None,
     }));
     send.write_all(&encode(&hello)?).await?;
     let mut dec = FrameDecoder::new();
@@ -230,6 +233,7 @@ async fn run_agent(
             }),
             disk_free_bytes: Some(1 << 40),
             last_backup_ids: vec![],
+            mesh: None,
         }));
         conn.send_datagram(encode(&hb)?.into())?;
     }

@@ -35,6 +35,10 @@ struct TwoRegions {
 }
 
 fn two_regions() -> TwoRegions {
+    two_regions_with(false)
+}
+
+fn two_regions_with(automatic: bool) -> TwoRegions {
     let pg = PgBin::find().unwrap_or_else(|e| {
         panic!("{e}: install PostgreSQL (apt-get install -y postgresql), or set DRMESH_PG_BIN")
     });
@@ -103,8 +107,12 @@ fn two_regions() -> TwoRegions {
     let plan = mesh.post(
         "/v1/backup-recovery/disaster-recovery/plans",
         Some(
-            r#"{"id": "production_dr_plan", "name": "Production", "rpo": "1h", "rto": "4h",
-                "failoverRegions": ["us-east-1", "eu-west-1"], "automaticFailover": false}"#,
+            format!(
+                r#"{{"id": "production_dr_plan", "name": "Production", "rpo": "1h", "rto": "4h",
+                    "failoverRegions": ["us-east-1", "eu-west-1"], "healthCheckInterval": 1000,
+                    "automaticFailover": {automatic}}}"#
+            )
+            .as_str(),
         ),
     );
     assert_eq!(plan.status, 201, "{}", plan.text);
@@ -260,4 +268,31 @@ fn a_coordinator_killed_during_a_failover_resumes_it_and_finishes_once() {
         "the restarted coordinator resumed the failover:\n{}",
         t.mesh.coordinator_log()
     );
+}
+
+#[test]
+fn a_crashed_primary_fails_over_by_itself() {
+    let t = two_regions_with(true);
+    let pid = t.primary.postmaster_pid().expect("the primary runs");
+    let crashed = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the primary's postmaster");
+    let done = finished(&t.mesh);
+    let run = &done["failover"];
+    assert!(
+        run["requestedBy"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
+        "{run:#}"
+    );
+    assert_completed(&t, &done);
+    eprintln!(
+        "automatic failover completed {} ms after the crash",
+        crashed.elapsed().as_millis()
+    );
+    let health = &done["healthChecks"][0];
+    assert_eq!(health["planId"], "production_dr_plan", "{done:#}");
 }
