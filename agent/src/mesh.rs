@@ -74,7 +74,9 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(config: &AgentConfig, observed: Arc<Observed>) -> Arc<Mesh> {
-        let view_file = config.data_dir.join("mesh-view.json");
+        let view_file = config
+            .data_dir
+            .join(format!("mesh-view-{}.json", config.id));
         let view = std::fs::read(&view_file)
             .ok()
             .and_then(|b| serde_json::from_slice::<MeshView>(&b).ok());

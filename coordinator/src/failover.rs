@@ -207,10 +207,7 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
             0 => notify_start(coord, &plan, &run),
             1 => prepare(coord, &plan, &mut run).await?,
             2 => promote(coord, &mut run).await,
-            3 => Outcome::Skipped(
-                "no DNS provider is configured; clients reach the new primary by its address"
-                    .into(),
-            ),
+            3 => update_dns(coord, &run).await,
             4 => validate(coord, &run).await,
             5 => monitor(coord, &run).await,
             _ => confirm(coord, &plan, &run)?,
@@ -483,17 +480,122 @@ async fn promote(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Outcome {
     }
 }
 
-/// Step 5: the promoted server takes a write (asked of its agent, which connects to it
-/// as the application would).
+/// Where clients reach an agent's PostgreSQL, as it advertised.
+fn postgres_address(coord: &Coordinator, agent: &AgentId) -> Option<std::net::SocketAddr> {
+    coord.registry.lock().get(agent)?.addresses.postgres
+}
+
+/// Step 4: the database's DNS name moves from the old primary's address to the new
+/// one's — on the condition that it still holds the old one, so a coordinator acting on
+/// stale knowledge cannot overwrite a newer answer — and every authoritative server is
+/// asked until each answers the new address.
+async fn update_dns(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
+    let Some(dns) = coord.dns.get().cloned() else {
+        return Outcome::Skipped(
+            "no DNS provider is configured ([dns]); clients reach the new primary by its address"
+                .into(),
+        );
+    };
+    let Some(target) = run.target_agent.as_ref() else {
+        return Outcome::Failed("no target agent was chosen".into());
+    };
+    let Some(new) = postgres_address(coord, target) else {
+        return Outcome::Failed(format!(
+            "{target} advertises no PostgreSQL address (postgres.advertise in its config); \
+             {} was not changed",
+            dns.record()
+        ));
+    };
+    // The answer being replaced: the old primary's address, or else what the first
+    // authoritative server answers now.
+    let old = match run
+        .from_agent
+        .as_ref()
+        .and_then(|a| postgres_address(coord, a))
+    {
+        Some(a) => Some(a.ip()),
+        None => match dns.authoritative().first() {
+            Some(server) => crate::dns::query(*server, dns.record(), Duration::from_secs(2))
+                .await
+                .ok()
+                .and_then(|a| (a.len() == 1).then(|| a[0])),
+            None => None,
+        },
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match dns.update(old, new.ip()).await {
+            Ok(()) => break,
+            Err(e) if !e.is_permanent() && attempt < 3 => {
+                warn!(error = %e, attempt, "DNS update failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => return Outcome::Failed(format!("{}: {e}", dns.describe())),
+        }
+    }
+    match crate::dns::confirm(dns.as_ref(), new.ip(), Duration::from_secs(15)).await {
+        Ok(answers) => Outcome::Done(format!(
+            "{} now {} (TTL {} s, {}); confirmed: {}",
+            dns.record(),
+            new.ip(),
+            dns.ttl(),
+            dns.describe(),
+            answers.join(", ")
+        )),
+        Err(e) => Outcome::Failed(format!("updated, but not confirmed: {e}")),
+    }
+}
+
+/// Step 5: the name resolves to the new primary at every authoritative server, and the
+/// server at that answer is out of recovery and takes a write — connected to as the
+/// application would. Without a DNS name, the new primary's advertised address is
+/// checked; without that, its agent checks it.
 async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
     let Some(agent) = run.target_agent.clone() else {
         return Outcome::Failed("no target agent".into());
     };
+    let timeout = Duration::from_secs(10);
+    let advertised = postgres_address(coord, &agent);
+    if let Some(addr) = advertised {
+        let mut targets = Vec::new();
+        if let Some(dns) = coord.dns.get() {
+            for server in dns.authoritative() {
+                match crate::dns::query(server, dns.record(), Duration::from_secs(2)).await {
+                    Ok(ips) if ips.len() == 1 => {
+                        targets.push((format!("{} at {server}", dns.record()), ips[0]))
+                    }
+                    Ok(ips) => {
+                        return Outcome::Failed(format!(
+                            "{server} answers {:?} for {}, not one address",
+                            ips,
+                            dns.record()
+                        ))
+                    }
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                }
+            }
+        } else {
+            targets.push((format!("{agent}'s advertised address"), addr.ip()));
+        }
+        let mut checked = Vec::new();
+        for (via, ip) in targets {
+            let at = std::net::SocketAddr::new(ip, addr.port());
+            if let Err(e) = crate::health::check_writable(coord, at, timeout).await {
+                return Outcome::Failed(format!("{via} → {at}: {e}"));
+            }
+            checked.push(format!("{via} → {at}"));
+        }
+        return Outcome::Done(format!(
+            "out of recovery and took a write: {}",
+            checked.join(", ")
+        ));
+    }
     match transport::send_command(coord, &agent, CommandKind::Promote, Duration::from_secs(60))
         .await
     {
         Ok(r) if r.ok => Outcome::Done(format!(
-            "the server next to {agent} is out of recovery and took a write"
+            "the server next to {agent} is out of recovery and took a write (checked by its agent)"
         )),
         Ok(r) => Outcome::Failed(format!("{agent}: {}", r.message)),
         Err(e) => Outcome::Failed(format!("{agent}: {e}")),

@@ -24,6 +24,9 @@ pub struct Ready {
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub pid: u32,
+    /// The first authoritative server of the database's DNS name, when `[dns]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
 }
 
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
@@ -42,6 +45,13 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         );
     }
     let (coord, transitions) = Coordinator::new(config.clone(), Arc::new(store))?;
+    if let Some(dns) = &config.dns {
+        let provider = crate::dns::from_config(dns, coord.store.clone())
+            .await
+            .context("start the DNS provider ([dns])")?;
+        info!(provider = %provider.describe(), record = %provider.record(), "DNS provider ready");
+        let _ = coord.dns.set(provider);
+    }
     let endpoint = transport::endpoint(&coord)?;
     let quic = endpoint.local_addr().context("read QUIC address")?;
 
@@ -83,6 +93,10 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
             http,
             quic,
             pid: std::process::id(),
+            dns: coord
+                .dns
+                .get()
+                .and_then(|d| d.authoritative().first().copied()),
         };
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&ready)?)

@@ -58,6 +58,8 @@ pub struct Coordinator {
     pub started: Instant,
     /// The newest health check of each plan.
     pub health: Mutex<BTreeMap<String, drmesh_protocol::api::PlanHealth>>,
+    /// Where failover points the database's DNS name (`[dns]`), once started.
+    pub dns: std::sync::OnceLock<Arc<dyn crate::dns::DnsProvider>>,
 }
 
 const EPOCH_KEY: &str = "epoch";
@@ -107,6 +109,7 @@ impl Coordinator {
                 mesh_view: Mutex::new(None),
                 started: now,
                 health: Mutex::new(BTreeMap::new()),
+                dns: std::sync::OnceLock::new(),
             }),
             rx,
         ))

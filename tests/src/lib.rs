@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod bind;
+pub mod faults;
 pub mod netns;
 pub mod objstore;
+pub mod regions;
 pub mod splitbrain;
 
 use std::fs;
@@ -196,6 +198,12 @@ impl Mesh {
     /// Like [`Mesh::start`], with `extra` in the coordinator's config before its `[tls]`
     /// table (top-level keys first, then tables such as `[notify.NAME]`).
     pub fn start_with(heartbeat_ms: u64, extra: &str) -> Mesh {
+        Self::start_on(heartbeat_ms, extra, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Like [`Mesh::start_with`], with agents' QUIC on `quic_ip` (e.g. the host's
+    /// address on a network-namespace bridge).
+    pub fn start_on(heartbeat_ms: u64, extra: &str, quic_ip: std::net::IpAddr) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
@@ -206,7 +214,8 @@ impl Mesh {
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n"
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"{}\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                SocketAddr::new(quic_ip, 0)
             ),
         )
         .expect("write config");
@@ -273,11 +282,24 @@ impl Mesh {
 
     /// Writes an agent config; `extra` is appended verbatim (e.g. a `[postgres]` table).
     pub fn agent_config(&self, id: &str, region: &str, files: &CertFiles, extra: &str) -> PathBuf {
+        self.agent_config_with(id, region, files, "", extra)
+    }
+
+    /// Like [`Mesh::agent_config`], with `top` (top-level keys such as `mesh_listen`)
+    /// before the tables.
+    pub fn agent_config_with(
+        &self,
+        id: &str,
+        region: &str,
+        files: &CertFiles,
+        top: &str,
+        extra: &str,
+    ) -> PathBuf {
         let path = self.dir.path().join(format!("agent-{id}.toml"));
         fs::write(
             &path,
             format!(
-                "id = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{}ms\"\nreconnect_max_backoff = \"1s\"\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+                "{top}\nid = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{}ms\"\nreconnect_max_backoff = \"1s\"\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
                 self.quic,
                 self.heartbeat_ms,
                 self.ca_dir().join("ca.pem").display(),
@@ -360,16 +382,19 @@ impl Mesh {
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill9();
         let config = self.dir.path().join("coordinator.toml");
-        let text = fs::read_to_string(&config)
+        let text: String = fs::read_to_string(&config)
             .expect("read config")
-            .replace(
-                "http_listen = \"127.0.0.1:0\"",
-                &format!("http_listen = \"{}\"", self.http),
-            )
-            .replace(
-                "quic_listen = \"127.0.0.1:0\"",
-                &format!("quic_listen = \"{}\"", self.quic),
-            );
+            .lines()
+            .map(|l| {
+                if l.starts_with("http_listen = ") {
+                    format!("http_listen = \"{}\"\n", self.http)
+                } else if l.starts_with("quic_listen = ") {
+                    format!("quic_listen = \"{}\"\n", self.quic)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
         fs::write(&config, text).expect("write config");
         let ready = self.dir.path().join("ready.json");
         let _ = fs::remove_file(&ready);

@@ -9,6 +9,8 @@ mod e2e {
     pub mod dns;
     pub mod documents;
     pub mod failover;
+    pub mod failover_checks;
+    pub mod faults;
     pub mod http_api;
     pub mod liveness;
     pub mod netns;
@@ -17,4 +19,5 @@ mod e2e {
     pub mod plans;
     pub mod quickstart;
     pub mod repo;
+    pub mod rejoin;
 }

@@ -1,0 +1,334 @@
+//! A DR mesh with its regions in network namespaces, for the fault tests and the
+//! failover benchmark: in each region a PostgreSQL (the first region's the primary, the
+//! others streaming standbys over the mesh network) and an agent; in the root namespace
+//! the coordinator, a BIND 9 serving the database's name `db.drmesh.test.` (updated by
+//! failover over RFC 2136 with TSIG), and the test's clients.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drmesh_agent::postgres::local::{
+    free_port, prepare_parent_dir, LocalCluster, PgBin, PgNetwork,
+};
+use serde_json::Value;
+
+use crate::bind::Bind;
+use crate::netns::Topology;
+use crate::regions::{Clusters, STATUS};
+use crate::splitbrain::SETUP_SQL;
+use crate::{bin, wait_for, Mesh, Proc};
+
+pub const RECORD: &str = "db.drmesh.test.";
+pub const ZONE: &str = "drmesh.test.";
+pub const PLAN: &str = "production_dr_plan";
+
+/// How to build a [`FaultMesh`].
+#[derive(Clone, Debug)]
+pub struct FaultOptions {
+    /// Region names; the first holds the primary.
+    pub regions: Vec<String>,
+    pub heartbeat_ms: u64,
+    /// The coordinator's `lease`.
+    pub lease: String,
+    /// The primary waits for one standby to confirm every commit.
+    pub synchronous: bool,
+    /// The plan fails over by itself.
+    pub automatic: bool,
+}
+
+impl Default for FaultOptions {
+    fn default() -> Self {
+        FaultOptions {
+            regions: vec!["us-west-2".into(), "us-east-1".into()],
+            heartbeat_ms: 500,
+            lease: "5s".into(),
+            synchronous: true,
+            automatic: true,
+        }
+    }
+}
+
+/// Everything of one fault mesh; dropping it stops it all (agents, then PostgreSQL,
+/// then the namespaces, BIND and the coordinator).
+pub struct FaultMesh {
+    pub agents: Vec<Option<Proc>>,
+    pub clusters: Clusters,
+    pub topo: Topology,
+    pub bind: Bind,
+    pub mesh: Mesh,
+    pub regions: Vec<String>,
+    /// Every region's PostgreSQL listens on this port.
+    pub port: u16,
+    agent_configs: Vec<PathBuf>,
+    _pg_dir: tempfile::TempDir,
+}
+
+fn placement(topo: &Topology, region: &str) -> PgNetwork {
+    PgNetwork {
+        listen_addresses: vec![topo.control_ip(region), topo.mesh_ip(region)],
+        host: Some(topo.control_ip(region)),
+        trust: vec!["198.18.0.0/15".into()],
+        command_prefix: topo.exec_prefix(region),
+    }
+}
+
+impl FaultMesh {
+    pub fn start(opts: FaultOptions) -> FaultMesh {
+        let pg = PgBin::find().unwrap_or_else(|e| {
+            panic!("{e}: install PostgreSQL (apt-get install -y postgresql), or set DRMESH_PG_BIN")
+        });
+        let names: Vec<&str> = opts.regions.iter().map(String::as_str).collect();
+        let topo = Topology::new(&names);
+        let primary_region = names[0];
+        let bind = Bind::start(
+            IpAddr::from([127, 0, 0, 1]),
+            ZONE,
+            RECORD,
+            topo.control_ip(primary_region),
+        );
+        let regions_list = names
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let extra = format!(
+            "regions = [{regions_list}]\nlease = \"{}\"\n[dns]\nprovider = \"rfc2136\"\nrecord = \"{RECORD}\"\nzone = \"{ZONE}\"\nserver = \"{}\"\ntsig_key_name = \"{}\"\ntsig_secret_file = \"{}\"\n",
+            opts.lease,
+            bind.addr(),
+            bind.key_name(),
+            bind.secret_file().display()
+        );
+        let mesh = Mesh::start_on(opts.heartbeat_ms, &extra, topo.host_control_ip());
+
+        let pg_dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(pg_dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let root = pg_dir.path().join("pg");
+        prepare_parent_dir(&root).expect("prepare pg dir");
+        let port = free_port().expect("port");
+        let mut clusters = Clusters(Vec::new());
+        // Each region's cluster in its own directory: its socket directory is named after
+        // the port, which every region shares.
+        let data_dir = |r: &str| {
+            let dir = root.join(r);
+            prepare_parent_dir(&dir).expect("prepare a region's pg dir");
+            dir.join("data")
+        };
+        let primary = LocalCluster::init_primary_on(
+            &pg,
+            primary_region,
+            &data_dir(primary_region),
+            port,
+            &placement(&topo, primary_region),
+        )
+        .expect("initdb");
+        clusters.0.push(primary.clone());
+        primary.start().expect("start the primary in its namespace");
+        primary
+            .wait_ready(Duration::from_secs(30))
+            .expect("primary ready");
+        primary.psql(SETUP_SQL).expect("create the writer's tables");
+        for r in &names[1..] {
+            let standby = LocalCluster::init_standby_from(
+                &pg,
+                r,
+                topo.mesh_ip(primary_region),
+                port,
+                &data_dir(r),
+                port,
+                &placement(&topo, r),
+            )
+            .expect("pg_basebackup");
+            clusters.0.push(standby.clone());
+            standby.start().expect("start a standby in its namespace");
+            standby
+                .wait_ready(Duration::from_secs(30))
+                .expect("standby ready");
+        }
+        if opts.synchronous {
+            primary
+                .set_synchronous_standby_names("*")
+                .expect("synchronous standby");
+        }
+
+        let mut agents = Vec::new();
+        let mut agent_configs = Vec::new();
+        for (i, r) in names.iter().enumerate() {
+            let c = &clusters.0[i];
+            let id = format!("db-{r}");
+            let files = mesh.issue_agent(&id, r);
+            let config = mesh.agent_config_with(
+                &id,
+                r,
+                &files,
+                &format!("mesh_listen = \"{}:0\"", topo.mesh_ip(r)),
+                &format!(
+                    "[postgres]\nconninfo = \"{}\"\n[database]\ndata_dir = \"{}\"\nrepository = \"{}\"\n",
+                    c.conninfo(),
+                    c.data_dir.display(),
+                    root.join(format!("repo-{r}")).display()
+                ),
+            );
+            let log = mesh.dir.path().join(format!("agent-{id}.log"));
+            agents.push(Some(topo.spawn(
+                r,
+                &id,
+                &bin("drmesh-agent"),
+                &["--config", &config.display().to_string()],
+                &log,
+            )));
+            agent_configs.push(config);
+        }
+        let fm = FaultMesh {
+            agents,
+            clusters,
+            topo,
+            bind,
+            mesh,
+            regions: opts.regions.clone(),
+            port,
+            agent_configs,
+            _pg_dir: pg_dir,
+        };
+        fm.wait_roles();
+        let failover_regions = names[1..]
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let plan = fm.mesh.post(
+            "/v1/backup-recovery/disaster-recovery/plans",
+            Some(
+                format!(
+                    r#"{{"id": "{PLAN}", "name": "Production", "rpo": "1h", "rto": "4h",
+                        "failoverRegions": [{failover_regions}], "healthCheckInterval": 1000,
+                        "automaticFailover": {}}}"#,
+                    opts.automatic
+                )
+                .as_str(),
+            ),
+        );
+        assert_eq!(plan.status, 201, "{}", plan.text);
+        fm.wait_primary_up();
+        fm
+    }
+
+    /// Where clients reach region `i`'s PostgreSQL.
+    pub fn db(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.topo.control_ip(&self.regions[i]), self.port)
+    }
+
+    pub fn cluster(&self, i: usize) -> &LocalCluster {
+        &self.clusters.0[i]
+    }
+
+    /// Asks BIND for the database's name; the address clients would connect to.
+    pub fn resolver(&self) -> impl Fn() -> Option<SocketAddr> + Send + 'static {
+        let server = self.bind.addr();
+        let port = self.port;
+        move || {
+            let out = std::process::Command::new("dig")
+                .args([
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    &format!("@{}", server.ip()),
+                    "-p",
+                    &server.port().to_string(),
+                    RECORD,
+                    "A",
+                ])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ip: IpAddr = text.lines().next()?.trim().parse().ok()?;
+            Some(SocketAddr::new(ip, port))
+        }
+    }
+
+    fn wait_roles(&self) {
+        let want = |i: usize| if i == 0 { "primary" } else { "standby" };
+        let up = wait_for(Duration::from_secs(40), || {
+            let s = self.mesh.status();
+            self.regions
+                .iter()
+                .enumerate()
+                .all(|(i, r)| {
+                    s.regions.iter().flat_map(|x| &x.agents).any(|a| {
+                        a.agent_id.as_str() == format!("db-{r}")
+                            && a.role.map(|r| r.to_string()).as_deref() == Some(want(i))
+                    })
+                })
+                .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "agents did not report their roles: {}\n{}",
+            self.mesh.get(STATUS).text,
+            self.mesh.coordinator_log()
+        );
+    }
+
+    /// Waits until the plan's health check sees the primary UP and every agent has its
+    /// peers in view.
+    pub fn wait_primary_up(&self) {
+        let up = wait_for(Duration::from_secs(30), || {
+            let s = self.mesh.get(STATUS).body;
+            let verdict = s["healthChecks"]
+                .as_array()?
+                .iter()
+                .find(|h| h["planId"] == PLAN)?["verdict"]
+                .as_str()?
+                .to_string();
+            (verdict == "UP").then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "the plan's primary is not UP: {}",
+            self.mesh.get(STATUS).text
+        );
+    }
+
+    /// The newest failover's record, once it has ended (bounded).
+    pub fn failover_finished(&self, within: Duration) -> Value {
+        wait_for(within, || {
+            let s = self.mesh.get(STATUS).body;
+            let status = s["failover"]["status"].as_str()?.to_string();
+            matches!(status.as_str(), "COMPLETED" | "FAILED").then_some(s)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the failover did not finish: {}\n{}",
+                self.mesh.get(STATUS).text,
+                self.mesh.coordinator_log()
+            )
+        })
+    }
+
+    /// The newest failover's status, if any started.
+    pub fn failover_status(&self) -> Option<String> {
+        self.mesh.get(STATUS).body["failover"]["status"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// `kill -9` the agent of region `i`.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut a) = self.agents[i].take() {
+            a.kill9();
+        }
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        self.agents[i]
+            .as_ref()
+            .map(|a| a.log_text())
+            .unwrap_or_default()
+    }
+
+    pub fn agent_config(&self, i: usize) -> &PathBuf {
+        &self.agent_configs[i]
+    }
+}

@@ -1,0 +1,263 @@
+//! Faults in a mesh whose regions are network namespaces (see `drmesh_tests::faults`):
+//! a client writes through the DNS name every 50 ms and a probe asks every server every
+//! 100 ms whether it takes writes, while a region is cut off, a primary crashes, the
+//! coordinator loses the primary or goes away, or heartbeats keep dropping.
+
+use std::time::{Duration, Instant};
+
+use drmesh_tests::faults::{FaultMesh, FaultOptions};
+use drmesh_tests::splitbrain::{missing_writes, Probe, ProbeReport, Writer};
+use serde_json::Value;
+
+const LEASE: Duration = Duration::from_secs(5);
+
+fn assert_automatic_completion(done: &Value) {
+    let run = &done["failover"];
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    assert!(
+        run["requestedBy"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
+        "{run:#}"
+    );
+    for step in run["steps"].as_array().expect("steps") {
+        let want = if step["number"] == 1 {
+            "SKIPPED"
+        } else {
+            "DONE"
+        };
+        assert_eq!(step["status"], want, "{step:#}");
+    }
+}
+
+/// The last moment `old` took a write comes before the first moment `new` did.
+fn assert_one_writable_at_a_time(old: &ProbeReport, new: &ProbeReport, fm: &FaultMesh) {
+    let last_old = old
+        .last_accepted(fm.db(0))
+        .expect("the old primary took writes before the fault");
+    let first_new = new
+        .first_accepted(fm.db(1))
+        .expect("the new primary took writes");
+    assert!(
+        last_old < first_new,
+        "two writable primaries: the old one took a write {} ms after the new one's first",
+        last_old.duration_since(first_new).as_millis()
+    );
+    let overlaps: Vec<_> = old.overlaps().into_iter().chain(new.overlaps()).collect();
+    assert!(
+        overlaps.is_empty(),
+        "two servers took writes in the same probe round: {overlaps:?}"
+    );
+}
+
+#[test]
+fn a_primary_region_cut_off_fences_itself_before_the_standby_is_promoted() {
+    let fm = FaultMesh::start(FaultOptions::default());
+    let (old, new) = (fm.db(0), fm.db(1));
+    let limit = Duration::from_secs(120);
+    let writer = Writer::start(fm.resolver(), limit);
+    // The cut-off region's server is watched from inside its namespace: nothing else
+    // can reach it once its links are down.
+    let inside = fm
+        .topo
+        .in_ns(&fm.regions[0], || Probe::start(vec![old], limit));
+    let outside = Probe::start(vec![new], limit);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let cut = Instant::now();
+    fm.topo.cut(&fm.regions[0]);
+    let done = fm.failover_finished(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = writer.stop();
+    let (inside, outside) = (inside.stop(), outside.stop());
+
+    assert_automatic_completion(&done);
+    assert_one_writable_at_a_time(&inside, &outside, &fm);
+    let last_old = inside.last_accepted(old).expect("old took writes");
+    assert!(
+        last_old.duration_since(cut) < LEASE + Duration::from_millis(500),
+        "the cut-off primary fenced itself {} ms after the cut (lease {} ms)",
+        last_old.duration_since(cut).as_millis(),
+        LEASE.as_millis()
+    );
+    assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    let step2 = done["failover"]["steps"][1]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(step2.contains("fenced itself"), "{step2}");
+    let (first, at) = writes
+        .first_ack_after(cut)
+        .expect("a write through the name after the cut");
+    assert_eq!(
+        at, new,
+        "the first write after the cut went to the new primary"
+    );
+    eprintln!(
+        "region cut: first write through the DNS name on the new primary {} ms after the cut",
+        first.duration_since(cut).as_millis()
+    );
+    assert_eq!(fm.bind.answer(), vec![new.ip()]);
+    let missing = missing_writes(&writes, new);
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on the new primary: {missing:?}"
+    );
+}
+
+#[test]
+fn a_crashed_primary_postgres_fails_over_and_loses_no_acknowledged_write() {
+    let fm = FaultMesh::start(FaultOptions::default());
+    let (old, new) = (fm.db(0), fm.db(1));
+    let limit = Duration::from_secs(90);
+    let writer = Writer::start(fm.resolver(), limit);
+    let probe = Probe::start(vec![old, new], limit);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
+    let crash = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the primary's postmaster");
+    let done = fm.failover_finished(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = writer.stop();
+    let probe = probe.stop();
+
+    assert_automatic_completion(&done);
+    assert!(
+        probe.overlaps().is_empty(),
+        "two servers took writes at once: {:?}",
+        probe.overlaps()
+    );
+    let (first, at) = writes
+        .first_ack_after(crash)
+        .expect("a write through the name after the crash");
+    assert_eq!(at, new);
+    eprintln!(
+        "primary crash: first write through the DNS name on the new primary {} ms after the crash",
+        first.duration_since(crash).as_millis()
+    );
+    assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    assert_eq!(fm.bind.answer(), vec![new.ip()]);
+    let missing = missing_writes(&writes, new);
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on the new primary: {missing:?}"
+    );
+}
+
+/// Writes one row on region `i`'s server from region `from`'s namespace, over the mesh
+/// network.
+fn writable_over_the_mesh(fm: &FaultMesh, from: usize, i: usize) -> bool {
+    let out = fm
+        .topo
+        .command(&fm.regions[from], "psql")
+        .args([
+            "-X",
+            "-h",
+            &fm.topo.mesh_ip(&fm.regions[i]).to_string(),
+            "-p",
+            &fm.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "set synchronous_commit = local; insert into drmesh_probe values ('mesh', now())",
+        ])
+        .output()
+        .expect("psql");
+    out.status.success()
+}
+
+#[test]
+fn a_coordinator_cut_from_the_primary_alone_starts_no_failover() {
+    let fm = FaultMesh::start(FaultOptions::default());
+    fm.topo.cut_control(&fm.regions[0]);
+    // Three leases: heartbeats are missing for far longer than the lease, the
+    // coordinator cannot reach the database, but the standby's agent can.
+    std::thread::sleep(LEASE * 3);
+    let health = fm.mesh.get(drmesh_tests::regions::STATUS).body["healthChecks"][0].clone();
+    assert_eq!(fm.failover_status(), None, "no failover: {health:#}");
+    assert_ne!(health["verdict"], "DOWN", "{health:#}");
+    assert!(
+        writable_over_the_mesh(&fm, 1, 0),
+        "the primary still takes writes (the mesh reaches it)"
+    );
+    assert!(!drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    fm.topo.heal(&fm.regions[0]);
+    fm.wait_primary_up();
+    assert_eq!(fm.failover_status(), None);
+}
+
+#[test]
+fn a_coordinator_down_for_a_minute_starts_no_failover() {
+    let secs: u64 = std::env::var("DRMESH_COORDINATOR_DOWN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut fm = FaultMesh::start(FaultOptions::default());
+    let primary = fm.db(0);
+    let down = Duration::from_secs(secs);
+    let probe = Probe::start(vec![primary], down + Duration::from_secs(30));
+    fm.mesh.coordinator.kill9();
+    let killed = Instant::now();
+    std::thread::sleep(down);
+    let probe = probe.stop();
+    // The primary took writes all along: in the last second as in the first.
+    let last = probe
+        .last_accepted(primary)
+        .expect("the primary took writes");
+    assert!(
+        last.duration_since(killed) > down - Duration::from_secs(1),
+        "the primary stopped taking writes {} ms after the coordinator went away",
+        last.duration_since(killed).as_millis()
+    );
+    let rounds = probe.rounds.len();
+    let accepted = probe.accepted_rounds(primary);
+    assert!(
+        accepted * 100 >= rounds * 95,
+        "the primary took writes in only {accepted} of {rounds} probe rounds"
+    );
+    assert!(!drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    fm.mesh.restart_coordinator();
+    fm.wait_primary_up();
+    assert_eq!(fm.failover_status(), None);
+    assert!(fm.agent_log(0).contains("mesh view"), "{}", fm.agent_log(0));
+}
+
+#[test]
+fn a_thousand_dropped_heartbeats_shorter_than_the_lease_start_no_failover() {
+    let fm = FaultMesh::start(FaultOptions {
+        heartbeat_ms: 50,
+        ..FaultOptions::default()
+    });
+    let primary = fm.db(0);
+    // 13 × 4 s of silence at a 50 ms heartbeat: 1,040 heartbeats dropped, each gap
+    // shorter than the 5 s lease.
+    let gap = Duration::from_secs(4);
+    let cycles = 13;
+    for _ in 0..cycles {
+        fm.topo.cut_control(&fm.regions[0]);
+        std::thread::sleep(gap);
+        fm.topo.heal(&fm.regions[0]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let dropped = cycles * (gap.as_millis() / 50) as usize;
+    assert!(dropped >= 1000, "{dropped}");
+    assert_eq!(
+        fm.failover_status(),
+        None,
+        "no failover after {dropped} dropped heartbeats"
+    );
+    assert!(!drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    fm.wait_primary_up();
+    let probe = Probe::start(vec![primary], Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        probe.stop().accepted_rounds(primary) > 0,
+        "the primary takes writes"
+    );
+}
