@@ -27,11 +27,14 @@ use serde_json::Value;
 /// does that first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of this crate
+    // (a benchmark) already runs from target/<profile>.
+    let parent = exe.parent().expect("target directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target directory")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
