@@ -594,6 +594,47 @@ mod tests {
     }
 
     #[test]
+    fn mesh_and_advertised_addresses() {
+        let parse = |text: &str| {
+            AgentConfigFile::parse(text, Path::new("a.toml"))
+                .expect("parse")
+                .validate(Path::new("/"))
+        };
+        let cfg = parse(&format!(
+            "{BASE}[postgres]\nconninfo = \"host=10.0.0.5 port=5433 user=postgres\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.mesh_listen, "127.0.0.1:0".parse().expect("addr"));
+        assert_eq!(
+            cfg.postgres.as_ref().and_then(|p| p.advertise),
+            Some("10.0.0.5:5433".parse().expect("addr"))
+        );
+        assert_eq!(
+            cfg.postgres_mesh_addr(),
+            Some("127.0.0.1:5433".parse().expect("addr"))
+        );
+        // A socket directory gives no address; `advertise` does.
+        let cfg = parse(&format!(
+            "mesh_listen = \"0.0.0.0:7444\"\nmesh_advertise = \"10.1.0.7\"\n{BASE}[postgres]\nconninfo = \"host=/run/postgresql\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.postgres.as_ref().and_then(|p| p.advertise), None);
+        assert_eq!(cfg.mesh_ip, "10.1.0.7".parse::<IpAddr>().expect("ip"));
+        let cfg = parse(&format!(
+            "{BASE}[postgres]\nconninfo = \"host=/run/postgresql\"\nadvertise = \"10.1.0.7:5432\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.postgres.as_ref().and_then(|p| p.advertise),
+            Some("10.1.0.7:5432".parse().expect("addr"))
+        );
+        // A wildcard listener needs the address peers use.
+        let err =
+            parse(&format!("mesh_listen = \"0.0.0.0:7444\"\n{BASE}")).expect_err("no advertise");
+        assert!(err.to_string().contains("mesh_advertise"), "{err}");
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let err = AgentConfigFile::parse("id = 3", Path::new("a.toml")).expect_err("type");
         assert!(err.to_string().contains("a.toml"), "{err}");

@@ -1,13 +1,15 @@
-//! The agent's part in a failover: promoting its standby, and fencing its primary.
+//! The agent's part in a failover: promoting its standby, and fencing its primary; and
+//! afterwards rejoining the fenced old primary as a standby of the new one.
 //!
-//! Both are idempotent, so a coordinator that resumes a failover after a crash can send
-//! them again: promoting a server that already accepts writes reports it, fencing a
-//! server that is already stopped and marked leaves it so.
+//! Promote and fence are idempotent, so a coordinator that resumes a failover after a
+//! crash can send them again: promoting a server that already accepts writes reports it,
+//! fencing a server that is already stopped and marked leaves it so. Rejoin refuses a
+//! server that is not fenced, so a repeated rejoin changes nothing.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use drmesh_protocol::api::PromoteOutcome;
+use drmesh_protocol::api::{PromoteOutcome, RejoinOutcome};
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
@@ -21,6 +23,11 @@ pub enum FailoverError {
     Io(String),
     #[error("still in recovery {0:?} after pg_promote")]
     NotPromoted(Duration),
+    /// The request is not safe to carry out; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Rejoin(String),
 }
 
 /// How long a promotion may take before it is reported failed.
@@ -184,5 +191,500 @@ pub fn postmaster_running(data_dir: &Path) -> bool {
         Ok(()) => true,
         Err(nix::errno::Errno::ESRCH) => false,
         Err(_) => true,
+    }
+}
+
+/// How long a rejoined standby may take to stream from its new primary.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The configuration files `pg_rewind` copies from the source: the server keeps its own
+/// (its port, listen addresses and `ALTER SYSTEM` settings are not the source's).
+const OWN_CONFIG: [&str; 4] = [
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+];
+
+/// Turns the fenced local server (an old primary) into a streaming standby of the
+/// primary at `host:port`:
+///
+/// 1. refuses unless the server is fenced (stopped, `standby.signal`): a running
+///    server, writable or not, is never rewound; refuses a source that is this server;
+/// 2. archives the WAL its archiver left `.ready` (in a child process as the data
+///    directory's owner, as `archive_command` runs), so nothing the old primary wrote
+///    is lost to point-in-time recovery; stops if one segment cannot be archived;
+/// 3. `pg_rewind` from the new primary as the owner (a server that went down uncleanly
+///    is crash-recovered by `pg_rewind` itself first); "no rewind required" is fine;
+/// 4. keeps the server's own configuration files (which `pg_rewind` replaces with the
+///    source's), sets `primary_conninfo` and `recovery_target_timeline = 'latest'` in
+///    `postgresql.auto.conf` (stale `primary_conninfo`, `restore_command` and
+///    `recovery_target_timeline` lines removed), keeps `standby.signal`;
+/// 5. `pg_ctl start` as the owner and waits (bounded) until `pg_stat_wal_receiver`
+///    shows `streaming`.
+///
+/// drmesh deletes nothing: not the data directory, not a file in it. Its only changes
+/// are the `postgresql.auto.conf` lines above, the archived segments' `.ready` → `.done`
+/// renames, and — for a server that went down uncleanly — `standby.signal` moved aside
+/// while `pg_rewind` recovers it in single-user mode (which refuses standby mode), then
+/// back. `pg_rewind` itself replaces what changed after the timelines diverged, and the
+/// server's configuration files are put back as they were before it.
+pub async fn rejoin(
+    db: &DatabaseConfig,
+    config_path: &Path,
+    pg: &PostgresConfig,
+    host: &str,
+    port: u16,
+) -> Result<RejoinOutcome, FailoverError> {
+    let started = Instant::now();
+    let data = db.data_dir.clone();
+    if !data.join("PG_VERSION").exists() {
+        return Err(FailoverError::Refused(format!(
+            "{} is not a PostgreSQL data directory",
+            data.display()
+        )));
+    }
+    if !is_fenced(&data) {
+        return Err(FailoverError::Refused(format!(
+            "the server on {} is not fenced ({}): only a fenced old primary is rejoined, a \
+             running server is never rewound",
+            data.display(),
+            if postmaster_running(&data) {
+                "it runs"
+            } else {
+                "no standby.signal"
+            }
+        )));
+    }
+    let local = LocalServer::of(pg);
+    if local.is(host, port) {
+        return Err(FailoverError::Refused(format!(
+            "{host}:{port} is this agent's own server, not a new primary"
+        )));
+    }
+    info!(data_dir = %data.display(), primary = %format!("{host}:{port}"), "rejoin: archiving leftover WAL");
+    let archived: Vec<String> = crate::database::child::run(
+        config_path,
+        &data,
+        &["archive-ready".to_string()],
+        std::sync::Arc::new(|_, _| {}),
+    )
+    .await
+    .map_err(|e| FailoverError::Rejoin(format!("archive leftover WAL: {e}")))?;
+    info!(
+        archived = archived.len(),
+        "rejoin: leftover WAL archived; pg_rewind"
+    );
+
+    let source = format!(
+        "host={host} port={port} user={} dbname={}",
+        local.user, local.dbname
+    );
+    let primary_conninfo = format!("host={host} port={port} user={}", local.user);
+    let db2 = db.clone();
+    let (rewound, rewind_message, log_file) = tokio::task::spawn_blocking(move || {
+        let rewind = rewind_blocking(&db2, &source)?;
+        let log = configure_and_start_blocking(&db2, &primary_conninfo)?;
+        Ok::<_, FailoverError>((rewind.0, rewind.1, log))
+    })
+    .await
+    .map_err(|e| FailoverError::Io(format!("rejoin task: {e}")))??;
+    info!(rewound, message = %rewind_message, "rejoin: started as a standby; waiting for streaming");
+
+    let timeline = wait_streaming(pg, STREAMING_TIMEOUT).await.map_err(|e| {
+        FailoverError::Rejoin(format!(
+            "the server runs as a standby (read-only) but {e}; see {}",
+            log_file.display()
+        ))
+    })?;
+    let outcome = RejoinOutcome {
+        archived_segments: archived,
+        rewound,
+        rewind_message,
+        timeline,
+        primary: format!("{host}:{port}"),
+        streaming: true,
+        log_file: log_file.display().to_string(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    info!(?outcome, "rejoined as a standby");
+    Ok(outcome)
+}
+
+/// What the agent's own conninfo says about its server.
+struct LocalServer {
+    hosts: Vec<String>,
+    port: u16,
+    user: String,
+    dbname: String,
+    advertise: Option<std::net::SocketAddr>,
+}
+
+impl LocalServer {
+    fn of(pg: &PostgresConfig) -> Self {
+        let parsed: Option<tokio_postgres::Config> = pg.conninfo.parse().ok();
+        let mut hosts = Vec::new();
+        let (mut port, mut user, mut dbname) = (5432, "postgres".to_string(), None);
+        if let Some(c) = &parsed {
+            for h in c.get_hosts() {
+                #[allow(unreachable_patterns)]
+                match h {
+                    tokio_postgres::config::Host::Tcp(name) => hosts.push(name.clone()),
+                    _ => hosts.push("localhost".into()),
+                }
+            }
+            hosts.extend(c.get_hostaddrs().iter().map(ToString::to_string));
+            port = c.get_ports().first().copied().unwrap_or(5432);
+            if let Some(u) = c.get_user() {
+                user = u.to_string();
+            }
+            dbname = c.get_dbname().map(str::to_string);
+        }
+        let dbname = dbname.unwrap_or_else(|| user.clone());
+        Self {
+            hosts,
+            port,
+            user,
+            dbname,
+            advertise: pg.advertise,
+        }
+    }
+
+    /// Whether `host:port` names this server (as far as the configuration tells).
+    fn is(&self, host: &str, port: u16) -> bool {
+        let loopback = |h: &str| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        if let (Some(a), Ok(ip)) = (self.advertise, host.parse::<std::net::IpAddr>()) {
+            if a == std::net::SocketAddr::new(ip, port) {
+                return true;
+            }
+        }
+        port == self.port
+            && self
+                .hosts
+                .iter()
+                .any(|h| h == host || (loopback(h) && loopback(host)))
+    }
+}
+
+/// The data directory owner's ids, when we are root and must act as that user.
+fn owner_ids(data: &Path) -> Result<Option<(u32, u32)>, FailoverError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(data)
+        .map_err(|e| FailoverError::Io(format!("{}: {e}", data.display())))?;
+    Ok(Some((meta.uid(), meta.gid())))
+}
+
+fn as_owner(cmd: &mut std::process::Command, owner: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    cmd.current_dir("/");
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+}
+
+fn chown_to(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        let _ = nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+    }
+}
+
+/// The last non-empty line of a program's output, without its `name: ` prefix.
+fn last_line(text: &str, program: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(|l| {
+            l.strip_prefix(&format!("{program}: "))
+                .unwrap_or(l)
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `pg_controldata`'s "Database cluster state".
+fn cluster_state(db: &DatabaseConfig, owner: Option<(u32, u32)>) -> Result<String, FailoverError> {
+    let bin = db
+        .pg_bin()
+        .map_err(|e| FailoverError::Io(format!("find pg_controldata: {e}")))?;
+    let mut cmd = std::process::Command::new(bin.dir().join("pg_controldata"));
+    cmd.arg("-D").arg(&db.data_dir);
+    as_owner(&mut cmd, owner);
+    let out = cmd
+        .output()
+        .map_err(|e| FailoverError::Io(format!("run pg_controldata: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default())
+}
+
+/// Runs `pg_rewind` from `source` as the owner; (whether it rewound, its last line).
+/// The server's own configuration files are put back afterwards, and `standby.signal`
+/// is there whatever happens.
+fn rewind_blocking(db: &DatabaseConfig, source: &str) -> Result<(bool, String), FailoverError> {
+    let data = &db.data_dir;
+    let owner = owner_ids(data)?;
+    let signal = data.join("standby.signal");
+    let saved: Vec<(&str, Vec<u8>)> = OWN_CONFIG
+        .iter()
+        .filter_map(|f| Some((*f, std::fs::read(data.join(f)).ok()?)))
+        .collect();
+    // A server that went down uncleanly (fenced with `-m immediate`, or crashed) is
+    // crash-recovered by pg_rewind in single-user mode, which refuses to run with
+    // `standby.signal`: the marker is moved aside only for that, and back right after.
+    let state = cluster_state(db, owner)?;
+    let clean = state.starts_with("shut down");
+    let aside = data.join("standby.signal.rejoin");
+    if !clean {
+        info!(
+            state,
+            "rejoin: the server went down uncleanly; pg_rewind recovers it first"
+        );
+        std::fs::rename(&signal, &aside)
+            .map_err(|e| FailoverError::Io(format!("rename {}: {e}", signal.display())))?;
+    }
+    let bin = db
+        .pg_bin()
+        .map_err(|e| FailoverError::Io(format!("find pg_rewind: {e}")))?;
+    let mut cmd = std::process::Command::new(bin.dir().join("pg_rewind"));
+    cmd.arg("--target-pgdata")
+        .arg(data)
+        .arg("--source-server")
+        .arg(source);
+    as_owner(&mut cmd, owner);
+    let out = cmd.output();
+    if !clean {
+        if let Err(e) = std::fs::rename(&aside, &signal) {
+            warn!(error = %e, "put standby.signal back");
+            let _ = std::fs::write(&signal, b"");
+        }
+    }
+    let out = out.map_err(|e| FailoverError::Io(format!("run pg_rewind: {e}")))?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Whatever pg_rewind did, the server keeps its own configuration.
+    for (file, bytes) in &saved {
+        let path = data.join(file);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            std::fs::write(&path, bytes)
+                .map_err(|e| FailoverError::Io(format!("write {}: {e}", path.display())))?;
+            chown_to(&path, owner);
+        }
+    }
+    if !signal.exists() {
+        std::fs::write(&signal, b"")
+            .map_err(|e| FailoverError::Io(format!("write {}: {e}", signal.display())))?;
+        chown_to(&signal, owner);
+    }
+    let message = last_line(&text, "pg_rewind");
+    if !out.status.success() {
+        warn!(output = %text.trim(), "pg_rewind failed");
+        return Err(FailoverError::Rejoin(format!("pg_rewind: {message}")));
+    }
+    let rewound = !text.contains("no rewind required");
+    Ok((rewound, message))
+}
+
+/// `postgresql.auto.conf` for a standby of `primary_conninfo`: the lines that name an
+/// earlier primary or recovery source removed, every other line kept, the new settings
+/// appended as `ALTER SYSTEM` writes them.
+pub fn standby_auto_conf(existing: &str, primary_conninfo: &str) -> String {
+    const REPLACED: [&str; 3] = [
+        "primary_conninfo",
+        "restore_command",
+        "recovery_target_timeline",
+    ];
+    let mut out = String::new();
+    for line in existing.lines() {
+        let key = line
+            .trim_start()
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        if REPLACED.iter().any(|r| r.eq_ignore_ascii_case(key)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "primary_conninfo = '{}'\nrecovery_target_timeline = 'latest'\n",
+        primary_conninfo.replace('\\', "\\\\").replace('\'', "''")
+    ));
+    out
+}
+
+/// Points the server at its new primary and starts it (`pg_ctl start -w`, as the
+/// owner, in its own process group so it outlives the agent); returns its log file.
+fn configure_and_start_blocking(
+    db: &DatabaseConfig,
+    primary_conninfo: &str,
+) -> Result<std::path::PathBuf, FailoverError> {
+    let data = &db.data_dir;
+    let owner = owner_ids(data)?;
+    let auto = data.join("postgresql.auto.conf");
+    let existing = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n"
+                .to_string()
+        }
+        Err(e) => return Err(FailoverError::Io(format!("read {}: {e}", auto.display()))),
+    };
+    let tmp = data.join("postgresql.auto.conf.rejoin");
+    std::fs::write(&tmp, standby_auto_conf(&existing, primary_conninfo))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(|e| FailoverError::Io(format!("write {}: {e}", tmp.display())))?;
+    chown_to(&tmp, owner);
+    std::fs::rename(&tmp, &auto)
+        .map_err(|e| FailoverError::Io(format!("rename {}: {e}", auto.display())))?;
+    if let Ok(d) = std::fs::File::open(data) {
+        let _ = d.sync_all();
+    }
+
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into());
+    let log = data
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join(format!("{name}-rejoin.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| FailoverError::Io(format!("create {}: {e}", log.display())))?;
+    chown_to(&log, owner);
+    let bin = db
+        .pg_bin()
+        .map_err(|e| FailoverError::Io(format!("find pg_ctl: {e}")))?;
+    let mut cmd = std::process::Command::new(bin.dir().join("pg_ctl"));
+    cmd.arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "start"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    as_owner(&mut cmd, owner);
+    let out = cmd
+        .output()
+        .map_err(|e| FailoverError::Io(format!("run pg_ctl: {e}")))?;
+    if !out.status.success() {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log_text.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(FailoverError::Rejoin(format!(
+            "pg_ctl start: {}; server log: {}",
+            last_line(&String::from_utf8_lossy(&out.stderr), "pg_ctl"),
+            tail.join(" / ")
+        )));
+    }
+    Ok(log)
+}
+
+/// Waits until the local server's WAL receiver streams; its received timeline.
+async fn wait_streaming(pg: &PostgresConfig, timeout: Duration) -> Result<Option<u32>, String> {
+    let started = Instant::now();
+    loop {
+        let last = match receiver_status(pg).await {
+            Ok(Some((status, tli))) if status == "streaming" => return Ok(tli),
+            Ok(Some((status, _))) => format!("the WAL receiver is {status}"),
+            Ok(None) => "no WAL receiver runs".into(),
+            Err(e) => e,
+        };
+        if started.elapsed() > timeout {
+            return Err(format!("is not streaming after {timeout:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn receiver_status(pg: &PostgresConfig) -> Result<Option<(String, Option<u32>)>, String> {
+    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_opt("select status, received_tli from pg_stat_wal_receiver", &[])
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    conn.abort();
+    Ok(row?.map(|r| {
+        (
+            r.get::<_, String>(0),
+            r.get::<_, Option<i32>>(1).map(|t| t as u32),
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auto_conf_names_the_new_primary_and_keeps_everything_else() {
+        let old = "# Do not edit this file manually!\n\
+                   # It will be overwritten by the ALTER SYSTEM command.\n\
+                   port = '5433'\n\
+                   primary_conninfo = 'host=10.0.0.9 port=5432 user=postgres'\n\
+                   restore_command='cp /x/%f %p'\n\
+                   recovery_target_timeline = '2'\n\
+                   archive_command = 'false'\n\
+                   primary_conninfo_extra = 'kept'\n";
+        let new = standby_auto_conf(old, "host=10.0.0.2 port=5432 user=o'neil");
+        assert_eq!(
+            new,
+            "# Do not edit this file manually!\n\
+             # It will be overwritten by the ALTER SYSTEM command.\n\
+             port = '5433'\n\
+             archive_command = 'false'\n\
+             primary_conninfo_extra = 'kept'\n\
+             primary_conninfo = 'host=10.0.0.2 port=5432 user=o''neil'\n\
+             recovery_target_timeline = 'latest'\n"
+        );
+        // Run again: still one of each.
+        let again = standby_auto_conf(&new, "host=10.0.0.2 port=5432 user=o'neil");
+        assert_eq!(again, new);
+    }
+
+    #[test]
+    fn a_source_that_is_the_local_server_is_recognised() {
+        let pg = PostgresConfig {
+            conninfo: "host=127.0.0.1 port=5433 user=postgres dbname=postgres".into(),
+            probe_timeout: Duration::from_secs(1),
+            advertise: Some("10.1.0.5:5433".parse().expect("addr")),
+        };
+        let local = LocalServer::of(&pg);
+        assert!(local.is("127.0.0.1", 5433));
+        assert!(local.is("localhost", 5433));
+        assert!(local.is("10.1.0.5", 5433));
+        assert!(!local.is("127.0.0.1", 5434));
+        assert!(!local.is("10.1.0.6", 5433));
+        assert_eq!(local.user, "postgres");
+        assert_eq!(local.dbname, "postgres");
     }
 }

@@ -570,6 +570,17 @@ async fn execute(
                 None => no_database(),
                 Some((db, _)) => outcome(crate::failover::fence(db).await, "fenced"),
             },
+            CommandKind::Rejoin {
+                primary_host,
+                primary_port,
+            } => match (&ctx.database, &ctx.postgres) {
+                (Some((db, path)), Some(pg)) => outcome(
+                    crate::failover::rejoin(db, path, pg, &primary_host, primary_port).await,
+                    "rejoined as a standby",
+                ),
+                (None, _) => no_database(),
+                (_, None) => (false, "this agent has no [postgres]".to_string(), None),
+            },
             CommandKind::PitrInfo { target_time } => match &ctx.database {
                 None => no_database(),
                 Some((db, _)) => outcome(

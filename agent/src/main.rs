@@ -38,6 +38,13 @@ enum Command {
     },
     /// Report gaps in the WAL archive; exits 1 when there are any.
     WalCheck,
+    /// Archive the WAL a stopped server's archiver left behind (`pg_wal/archive_status/
+    /// *.ready`), marking each `.done`; run by `drmesh rejoin` before `pg_rewind`.
+    ArchiveReady {
+        /// Print the outcome as one JSON line (for the agent that runs this).
+        #[arg(long)]
+        report_json: bool,
+    },
     /// Take a base backup of the configured cluster now.
     Backup {
         #[arg(value_enum)]
@@ -167,6 +174,24 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::ArchiveReady { report_json } => {
+            let db = db()?;
+            let repo = database::open_repository(db).await?;
+            let archived = wal::archive_ready(&repo, &db.data_dir)
+                .await
+                .context("archive leftover WAL")?;
+            if report_json {
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(&archived)?,
+                ));
+            } else {
+                println!("{} WAL files archived", archived.len());
+                for name in &archived {
+                    println!("  {name}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::WalCheck => {
             let db = db()?;

@@ -24,6 +24,12 @@ impl Client {
         }
     }
 
+    /// The same client with another per-request timeout (30 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        self
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let req = self.agent.request(method, &format!("{}{path}", self.url));
         match &self.token {

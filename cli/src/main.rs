@@ -91,6 +91,15 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Make a region's fenced old primary a standby of the current primary (after a
+    /// failover): its leftover WAL archived, `pg_rewind`, then streaming. Its data
+    /// directory is kept.
+    Rejoin {
+        /// The region of the fenced old primary, e.g. us-west-2.
+        region: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Notification channels: send a test message.
     #[command(subcommand)]
     Notify(NotifyCmd),
@@ -197,6 +206,44 @@ fn print_status(s: &DrStatus) {
     }
     if let Some(f) = &s.failover {
         print_failover(f);
+    }
+}
+
+fn print_rejoin(a: &drmesh_protocol::api::RejoinAnswer) {
+    for r in &a.rejoined {
+        let o = &r.outcome;
+        println!(
+            "{} in {} is a standby of {} ({}) again, in {:.1} s",
+            r.agent_id,
+            a.region,
+            a.primary_agent_id,
+            a.primary_address,
+            o.duration_ms as f64 / 1000.0
+        );
+        println!(
+            "  leftover WAL archived: {} segment(s){}",
+            o.archived_segments.len(),
+            if o.archived_segments.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.archived_segments.join(", "))
+            }
+        );
+        println!(
+            "  pg_rewind: {} ({})",
+            if o.rewound {
+                "rewound"
+            } else {
+                "nothing to rewind"
+            },
+            o.rewind_message
+        );
+        println!(
+            "  streaming: {}, timeline {}",
+            if o.streaming { "yes" } else { "no" },
+            o.timeline.map_or("?".to_string(), |t| t.to_string())
+        );
+        println!("  server log: {}", o.log_file);
     }
 }
 
@@ -390,6 +437,19 @@ fn main() -> anyhow::Result<()> {
                         std::process::exit(1);
                     }
                 }
+            }
+        }
+        Cmd::Rejoin { region, output } => {
+            // pg_rewind and the wait for streaming take longer than other calls.
+            let answer: drmesh_protocol::api::RejoinAnswer = client()
+                .with_timeout(std::time::Duration::from_secs(15 * 60))
+                .post(
+                    "/v1/backup-recovery/disaster-recovery/rejoin",
+                    &json!({ "region": region }),
+                )?;
+            match output {
+                Output::Json => print_json(&answer)?,
+                Output::Text => print_rejoin(&answer),
             }
         }
         Cmd::Notify(NotifyCmd::Test { channel }) => {

@@ -4,9 +4,16 @@
 //! PostgreSQL primary in `us-west-2` and streaming standbys in `us-east-1` and
 //! `eu-west-1`, a coordinator, and one agent per region; writes `DIR/drmesh.env`; and on
 //! Ctrl-C (or SIGTERM) stops everything it started.
+//!
+//! Each region's PostgreSQL has its own loopback address (127.0.0.1, .2, .3), so the
+//! database's DNS name, `db.drmesh.local`, served by the coordinator's embedded DNS
+//! server, has a different answer after a failover. Once the mesh is up the quickstart
+//! creates the runbook's DR plan, `production_dr_plan`; its notification channels,
+//! `slack` and `email`, deliver to local sinks that append to `DIR/notifications/`.
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use drmesh_agent::postgres::local::{self, LocalCluster, PgBin};
-use drmesh_protocol::api::{AgentState, DrStatus, Role};
+use drmesh_agent::postgres::local::{self, LocalCluster, PgBin, PgNetwork};
+use drmesh_protocol::api::{AgentState, DrPlan, DrStatus, Role};
 use drmesh_protocol::pki::{self, Validity};
 use drmesh_protocol::{AgentId, RegionId};
 use serde::{Deserialize, Serialize};
@@ -24,6 +31,32 @@ use crate::client::Client;
 
 /// The regions of the quickstart mesh; the first holds the primary.
 const REGIONS: [&str; 3] = ["us-west-2", "us-east-1", "eu-west-1"];
+
+/// The database's DNS name, served by the coordinator's embedded DNS server.
+const DB_NAME: &str = "db.drmesh.local";
+
+/// The runbook's DR plan ("Create Disaster Recovery Plan"); its failover regions are the
+/// quickstart's standby regions, its channels the quickstart's local sinks.
+const PLAN_ID: &str = "production_dr_plan";
+
+fn runbook_plan() -> serde_json::Value {
+    serde_json::json!({
+        "id": PLAN_ID,
+        "name": "Production Disaster Recovery Plan",
+        "rpo": "1h",
+        "rto": "4h",
+        "failoverRegions": ["us-east-1", "eu-west-1"],
+        "healthCheckInterval": 300000,
+        "automaticFailover": false,
+        "notificationChannels": ["slack", "email"],
+        "testInterval": 604800000
+    })
+}
+
+/// The loopback address of region `i`'s PostgreSQL: 127.0.0.1, 127.0.0.2, …
+fn region_host(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))
+}
 
 #[derive(clap::Args)]
 pub struct Opts {
@@ -36,12 +69,20 @@ pub struct Opts {
     /// Heartbeat interval of the agents and coordinator.
     #[arg(long, default_value = "500ms")]
     heartbeat_interval: humantime::Duration,
+    /// UDP and TCP port of the embedded DNS server (on 127.0.0.1) that answers for
+    /// db.drmesh.local; 0 picks a free port (printed, and in DIR/drmesh.env).
+    #[arg(long, default_value_t = 0)]
+    dns_port: u16,
 }
 
 /// Remembered between runs so a second quickstart on the same directory reuses clusters.
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     pg_ports: Vec<u16>,
+    /// Each cluster's address; absent in directories made before clusters had their own
+    /// (all on 127.0.0.1 then).
+    #[serde(default)]
+    pg_hosts: Vec<IpAddr>,
 }
 
 /// Everything started, stopped in reverse on the way out (also on error).
@@ -254,6 +295,149 @@ fn first_backup(client: &Client, mesh: &mut Mesh) {
     eprintln!("the first database backup is still running; see drmesh backups list");
 }
 
+/// Creates the runbook's DR plan unless it exists (an earlier run on the same directory
+/// made it, or an operator changed it: either way it is left as it is). A failure is
+/// reported, and the mesh keeps running.
+fn ensure_plan(client: &Client) -> Option<DrPlan> {
+    let path = format!("/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
+    if let Ok(plan) = client.get::<DrPlan>(&path) {
+        println!("DR plan {PLAN_ID} exists; left as it is");
+        return Some(plan);
+    }
+    match client.post::<DrPlan>(
+        "/v1/backup-recovery/disaster-recovery/plans",
+        &runbook_plan(),
+    ) {
+        Ok(plan) => {
+            println!("created the runbook's DR plan {}", plan.id);
+            Some(plan)
+        }
+        Err(e) => {
+            eprintln!("the runbook's DR plan could not be created: {e:#}");
+            None
+        }
+    }
+}
+
+/// Local stand-ins for the runbook's notification channels: a Slack-compatible webhook
+/// and an SMTP server on 127.0.0.1, threads of this process that append what they
+/// receive to `slack.log` and `email.log` in their directory.
+struct Sinks {
+    http: SocketAddr,
+    smtp: SocketAddr,
+}
+
+impl Sinks {
+    fn start(dir: &Path) -> anyhow::Result<Sinks> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let http = TcpListener::bind("127.0.0.1:0").context("bind the Slack sink")?;
+        let smtp = TcpListener::bind("127.0.0.1:0").context("bind the SMTP sink")?;
+        let sinks = Sinks {
+            http: http.local_addr()?,
+            smtp: smtp.local_addr()?,
+        };
+        accept_each(http, dir.join("slack.log"), serve_webhook);
+        accept_each(smtp, dir.join("email.log"), serve_smtp);
+        Ok(sinks)
+    }
+
+    /// The `[notify.slack]` and `[notify.email]` tables of the coordinator.
+    fn config(&self) -> String {
+        format!(
+            "\n[notify.slack]\ntype = \"slack\"\nurl = \"http://{}/slack\"\n\n[notify.email]\ntype = \"email\"\nsmtp_host = \"{}\"\nsmtp_port = {}\nsecurity = \"none\"\nfrom = \"drmesh@drmesh.local\"\nto = [\"oncall@drmesh.local\"]\n",
+            self.http,
+            self.smtp.ip(),
+            self.smtp.port(),
+        )
+    }
+}
+
+fn accept_each(
+    listener: TcpListener,
+    log: PathBuf,
+    serve: fn(TcpStream, &Path) -> std::io::Result<()>,
+) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                if let Err(e) = serve(conn, &log) {
+                    eprintln!("notification sink {}: {e}", log.display());
+                }
+            });
+        }
+    });
+}
+
+fn append(log: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    writeln!(f, "{} {}", chrono::Utc::now().to_rfc3339(), text.trim_end())
+}
+
+/// One HTTP request: its body is appended to the log, the answer is 200.
+fn serve_webhook(conn: TcpStream, log: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    append(log, &String::from_utf8_lossy(&body))?;
+    (&conn).write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+}
+
+/// One SMTP session: every message is appended to the log and accepted.
+fn serve_smtp(conn: TcpStream, log: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = &conn;
+    out.write_all(b"220 drmesh-quickstart ESMTP notification sink\r\n")?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_ascii_uppercase();
+        if command.starts_with("DATA") {
+            out.write_all(b"354 end the message with a line holding only .\r\n")?;
+            let mut message = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                let text = line.trim_end_matches(['\r', '\n']);
+                if text == "." {
+                    break;
+                }
+                message.push_str(text.strip_prefix('.').unwrap_or(text));
+                message.push('\n');
+            }
+            append(log, &message)?;
+            out.write_all(b"250 OK\r\n")?;
+        } else if command.starts_with("QUIT") {
+            return out.write_all(b"221 bye\r\n");
+        } else if command.starts_with("EHLO") || command.starts_with("HELO") {
+            out.write_all(b"250 drmesh-quickstart\r\n")?;
+        } else {
+            out.write_all(b"250 OK\r\n")?;
+        }
+    }
+}
+
 fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -309,15 +493,19 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
 
     // 2. PostgreSQL: one primary, two standbys streaming from it.
     let state_path = dir.join("quickstart.json");
-    let state: State = match fs::read(&state_path) {
+    let mut state: State = match fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .with_context(|| format!("read {}", state_path.display()))?,
         Err(_) => State {
             pg_ports: (0..REGIONS.len())
                 .map(|_| local::free_port())
                 .collect::<Result<_, _>>()?,
+            pg_hosts: (0..REGIONS.len()).map(region_host).collect(),
         },
     };
+    if state.pg_hosts.len() != REGIONS.len() {
+        state.pg_hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST); REGIONS.len()];
+    }
     fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
     let pg_dir = dir.join("pg");
     local::prepare_parent_dir(&pg_dir)?;
@@ -327,15 +515,37 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     };
     for (i, region) in REGIONS.iter().enumerate() {
         let data = pg_dir.join(region);
-        let port = state.pg_ports[i];
+        let (host, port) = (state.pg_hosts[i], state.pg_ports[i]);
+        // A standby with an address of its own also listens on 127.0.0.1: a later run
+        // reopens it with `LocalCluster::open`, which reaches it there.
+        let mut listen_addresses = vec![host];
+        if host != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            listen_addresses.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let network = PgNetwork {
+            listen_addresses,
+            host: Some(host),
+            // Standbys copy the primary's pg_hba.conf; any region may become primary.
+            trust: vec!["127.0.0.0/8".into()],
+            command_prefix: Vec::new(),
+        };
         let cluster = if data.join("PG_VERSION").exists() {
             LocalCluster::open(&bin, region, &data, port)?
         } else if i == 0 {
-            println!("initdb {region} (primary) on port {port}");
-            LocalCluster::init_primary(&bin, region, &data, port)?
+            println!("initdb {region} (primary) on {host}:{port}");
+            LocalCluster::init_primary_on(&bin, region, &data, port, &network)?
         } else {
-            println!("pg_basebackup {region} (standby) on port {port}");
-            LocalCluster::init_standby(&bin, region, &mesh.clusters[0], &data, port)?
+            println!("pg_basebackup {region} (standby) on {host}:{port}");
+            let primary = &mesh.clusters[0];
+            LocalCluster::init_standby_from(
+                &bin,
+                region,
+                primary.host(),
+                primary.port,
+                &data,
+                port,
+                &network,
+            )?
         };
         if !cluster.is_running() {
             cluster.start()?;
@@ -353,16 +563,22 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         let store = drmesh_coordinator::store::RedbStore::open(&store_path)?;
         drmesh_coordinator::auth::create_token(&store, Role::Admin, Some("quickstart".into()))?
     };
+    let sinks = Sinks::start(&dir.join("notifications"))?;
+    let regions: Vec<String> = REGIONS.iter().map(|r| format!("\"{r}\"")).collect();
     let coord_config = coord_dir.join("coordinator.toml");
     fs::write(
         &coord_config,
         format!(
-            "http_listen = \"127.0.0.1:{}\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = {}\nheartbeat_interval = \"{heartbeat}\"\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n",
+            "http_listen = \"127.0.0.1:{}\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = {}\nheartbeat_interval = \"{heartbeat}\"\nregions = [{}]\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[dns]\nprovider = \"embedded\"\nrecord = \"{DB_NAME}\"\nlisten = \"127.0.0.1:{}\"\ninitial = \"{}\"\n{}",
             opts.http_port,
             toml_str(&store_path),
+            regions.join(", "),
             toml_str(&pki::ca_files(&ca_dir).cert),
             toml_str(&coord_files.cert),
             toml_str(&coord_files.key),
+            opts.dns_port,
+            mesh.clusters[0].host(),
+            sinks.config(),
         ),
     )?;
     let ready = coord_dir.join("ready.json");
@@ -380,7 +596,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         &coord_log,
     )?;
     mesh.children.push(("coordinator".into(), child));
-    let quic = wait_ready(&ready, &mut mesh, &coord_log)?;
+    let ready = wait_ready(&ready, &mut mesh, &coord_log)?;
+    let quic = ready.quic.to_string();
+    let dns = ready
+        .dns
+        .context("the coordinator's ready file names no DNS server although [dns] is set")?;
 
     // 4. One agent per region; the primary region's also backs up the uploads.
     let primary_extra = documents_section(&dir)? + &database_section(&dir, &mesh.clusters[0])?;
@@ -392,15 +612,18 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             pki::issue_agent(&ca_dir, &id, &region_id, Validity::days(365), &files)?;
         }
         let config = dir.join(format!("agents/{id}.toml"));
+        // The region's own address: its PostgreSQL's (which the agent advertises, and
+        // the DNS name points at when it is primary) and its mesh probes'.
+        let host = state.pg_hosts[i];
         fs::write(
             &config,
             format!(
-                "id = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{quic}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{heartbeat}\"\ndata_dir = {}\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[postgres]\nconninfo = \"{}\"\n",
+                "id = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{quic}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{heartbeat}\"\ndata_dir = {}\nmesh_listen = \"{host}:0\"\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[postgres]\nconninfo = \"host={host} port={} user=postgres dbname=postgres\"\n",
                 toml_str(&pg_dir),
                 toml_str(&pki::ca_files(&ca_dir).cert),
                 toml_str(&files.cert),
                 toml_str(&files.key),
-                mesh.clusters[i].conninfo(),
+                mesh.clusters[i].port,
             ) + if i == 0 { &primary_extra } else { "" },
         )?;
         let log = dir.join(format!("logs/agent-{region}.log"));
@@ -419,16 +642,33 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     write_private(
         &env_path,
         &format!(
-            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\nexport DRMESH_REPO={}\nexport DRMESH_REPO_KEY_FILE={}\n",
+            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\nexport DRMESH_REPO={}\nexport DRMESH_REPO_KEY_FILE={}\nexport DRMESH_DNS_SERVER={}\nexport DRMESH_DNS_PORT={}\nexport DRMESH_DB_NAME={DB_NAME}\n",
             token.token,
             dir.join("backups/documents/repo").display(),
             dir.join("documents.key").display(),
+            dns.ip(),
+            dns.port(),
         ),
     )?;
     let client = Client::new(&url, Some(token.token.clone()));
     let status = wait_mesh_up(&client, &mut mesh)?;
     crate::print_status(&status);
     first_backup(&client, &mut mesh);
+    let plan = ensure_plan(&client);
+    let answer = signals
+        .runtime
+        .block_on(drmesh_coordinator::dns::query(
+            dns,
+            DB_NAME,
+            Duration::from_secs(2),
+        ))
+        .map(|ips| {
+            ips.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|e| format!("no answer: {e}"));
     println!();
     println!(
         "drmesh quickstart is running ({} regions).",
@@ -446,6 +686,36 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         dir.join("backups/documents/repo").display(),
         dir.join("backups/documents/snapshots").display()
     );
+    println!(
+        "Database name: {DB_NAME} answers {answer} (the primary's PostgreSQL; a failover points it at the new primary), from the coordinator's embedded DNS server at {dns}:"
+    );
+    println!("  dig @{} -p {} {DB_NAME}", dns.ip(), dns.port());
+    let ports: Vec<String> = mesh
+        .clusters
+        .iter()
+        .zip(&state.pg_hosts)
+        .map(|(c, host)| format!("{} {host}:{}", c.name, c.port))
+        .collect();
+    println!("  PostgreSQL: {}", ports.join(", "));
+    match &plan {
+        Some(p) => println!(
+            "DR plan {} (\"{}\"): RPO {}, RTO {}, fails over to {}, automatic failover {}, notifies {} (local sinks appending to {}):",
+            p.id,
+            p.name,
+            p.rpo,
+            p.rto,
+            p.failover_regions
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(" then "),
+            if p.automatic_failover { "on" } else { "off" },
+            p.notification_channels.join(", "),
+            dir.join("notifications").display(),
+        ),
+        None => println!("DR plan {PLAN_ID} is missing (see above):"),
+    }
+    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
     println!(
         "Logs are in {}. Press Ctrl-C to stop everything.",
         dir.join("logs").display()
@@ -467,17 +737,20 @@ fn check_children(mesh: &mut Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_ready(ready: &Path, mesh: &mut Mesh, log: &Path) -> anyhow::Result<String> {
-    #[derive(Deserialize)]
-    struct Ready {
-        quic: std::net::SocketAddr,
-    }
+/// The coordinator's ready file, as far as the quickstart reads it.
+#[derive(Deserialize)]
+struct Ready {
+    quic: SocketAddr,
+    /// The embedded DNS server's address.
+    #[serde(default)]
+    dns: Option<SocketAddr>,
+}
+
+fn wait_ready(ready: &Path, mesh: &mut Mesh, log: &Path) -> anyhow::Result<Ready> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(bytes) = fs::read(ready) {
-            let r: Ready =
-                serde_json::from_slice(&bytes).context("read the coordinator's ready file")?;
-            return Ok(r.quic.to_string());
+            return serde_json::from_slice(&bytes).context("read the coordinator's ready file");
         }
         if let Err(e) = check_children(mesh) {
             bail!("{e}\n{}", tail(log));

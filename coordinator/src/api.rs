@@ -28,6 +28,7 @@ use crate::failover::{self, FailoverError};
 use crate::notify;
 use crate::plans::{self, PlanError};
 use crate::recovery::{self, RecoveryError};
+use crate::rejoin::{self, RejoinError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
@@ -49,6 +50,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// An agent was asked and failed: 502.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -62,6 +66,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Invalid(..) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::BadGateway(_) => "agent_failed",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -76,6 +81,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,6 +151,19 @@ impl From<FailoverError> for ApiError {
             FailoverError::NotFound(m) => ApiError::NotFound(m),
             FailoverError::Conflict(m) => ApiError::Conflict(m),
             FailoverError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<RejoinError> for ApiError {
+    fn from(e: RejoinError) -> Self {
+        match e {
+            RejoinError::NotFound(m) => ApiError::NotFound(m),
+            RejoinError::BadRequest(m) => ApiError::BadRequest(m),
+            RejoinError::Conflict(m) => ApiError::Conflict(m),
+            RejoinError::Unavailable(m) => ApiError::Unavailable(m),
+            RejoinError::AgentFailed(m) => ApiError::BadGateway(m),
+            RejoinError::Store(s) => s.into(),
         }
     }
 }
@@ -315,6 +334,19 @@ async fn failover_start(
     let req: drmesh_protocol::api::FailoverRequest = required_json(&body)?;
     let accepted = failover::start(&coord, req, caller.label())?;
     Ok(HttpResponse::Accepted().json(accepted))
+}
+
+/// Makes the region's fenced old primary a standby of the current primary; answers
+/// once it streams.
+async fn rejoin_region(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let req: drmesh_protocol::api::RejoinRequest = required_json(&body)?;
+    let answer = rejoin::rejoin(&coord, &req.region).await?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[derive(Deserialize)]
@@ -826,6 +858,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/disaster-recovery/failover"),
             web::post().to(failover_start),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/rejoin"),
+            web::post().to(rejoin_region),
         )
         .route(
             &format!("{base}/notifications/test"),

@@ -570,6 +570,31 @@ mod tests {
     const TLS: &str = "[tls]\nca_cert = \"ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"c.key\"\n";
 
     #[test]
+    fn lease_and_margin() {
+        let parse = |text: &str| {
+            CoordinatorConfigFile::parse(text, Path::new("c.toml"))
+                .expect("parse")
+                .validate(Path::new("/"))
+        };
+        let cfg = parse(TLS).expect("valid");
+        assert_eq!(cfg.lease, Duration::from_secs(5));
+        assert_eq!(cfg.fence_margin, Duration::from_secs(1));
+        assert_eq!(cfg.health_probe_conninfo, "user=postgres dbname=postgres");
+        // A slow heartbeat stretches the default lease to 4 intervals.
+        let cfg = parse(&format!("heartbeat_interval = \"2s\"\n{TLS}")).expect("valid");
+        assert_eq!(cfg.lease, Duration::from_secs(8));
+        let err = parse(&format!("lease = \"1s\"\n{TLS}")).expect_err("too short");
+        assert!(err.to_string().contains("4 heartbeat intervals"), "{err}");
+        let err = parse(&format!("fence_margin = \"10ms\"\n{TLS}")).expect_err("too short");
+        assert!(err.to_string().contains("fence_margin"), "{err}");
+        let err = parse(&format!(
+            "health_probe_conninfo = \"host=db user=x\"\n{TLS}"
+        ))
+        .expect_err("host");
+        assert!(err.to_string().contains("must not name a host"), "{err}");
+    }
+
+    #[test]
     fn defaults_fill_an_almost_empty_file() {
         let cfg = CoordinatorConfigFile::parse(TLS, Path::new("x.toml"))
             .expect("parse")

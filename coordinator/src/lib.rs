@@ -16,6 +16,7 @@ pub mod notify;
 pub mod plans;
 pub mod recovery;
 pub mod registry;
+pub mod rejoin;
 pub mod server;
 pub mod state;
 pub mod store;

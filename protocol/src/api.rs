@@ -732,6 +732,54 @@ pub struct PromoteOutcome {
     pub duration_ms: u64,
 }
 
+/// What an agent reports once its fenced old primary is a standby again (`Rejoin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejoinOutcome {
+    /// Leftover `.ready` WAL segments archived to the repository before the rewind.
+    pub archived_segments: Vec<String>,
+    /// Whether `pg_rewind` changed anything (false: the timelines had not diverged).
+    pub rewound: bool,
+    /// `pg_rewind`'s last line, e.g. "Done!" or "no rewind required".
+    pub rewind_message: String,
+    /// The timeline the server receives from its new primary.
+    pub timeline: Option<u32>,
+    /// Where it streams from (`host:port`).
+    pub primary: String,
+    /// `pg_stat_wal_receiver` showed `streaming`.
+    pub streaming: bool,
+    /// The server's log while it runs as a standby.
+    pub log_file: String,
+    pub duration_ms: u64,
+}
+
+/// The body of `POST /disaster-recovery/rejoin`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RejoinRequest {
+    /// The region whose fenced old primary becomes a standby of the current primary.
+    pub region: RegionId,
+}
+
+/// One agent's rejoined server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejoinedAgent {
+    pub agent_id: AgentId,
+    pub outcome: RejoinOutcome,
+}
+
+/// The `200 OK` answer to a rejoin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejoinAnswer {
+    pub region: RegionId,
+    /// The current primary's agent and where its PostgreSQL is reached.
+    pub primary_agent_id: AgentId,
+    pub primary_address: String,
+    pub rejoined: Vec<RejoinedAgent>,
+}
+
 /// The body of `POST /disaster-recovery/failover`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -199,6 +199,13 @@ pub enum CommandKind {
     /// Fence the local PostgreSQL: stop it and leave `standby.signal`, so no restart
     /// brings it back writable.
     Fence,
+    /// Make the fenced local server a standby of the primary at `primary_host:primary_port`:
+    /// archive its leftover `.ready` WAL, `pg_rewind`, `standby.signal` and
+    /// `primary_conninfo`, start, wait for streaming. Detail: `RejoinOutcome`.
+    Rejoin {
+        primary_host: String,
+        primary_port: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,6 @@ mod e2e {
     pub mod objstore_servers;
     pub mod plans;
     pub mod quickstart;
-    pub mod repo;
     pub mod rejoin;
+    pub mod repo;
 }

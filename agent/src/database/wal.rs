@@ -226,6 +226,57 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, DatabaseErro
     Ok(repo.put_wal(name.timeline, &name.name, &data).await?)
 }
 
+/// Archives what PostgreSQL's archiver left behind in a stopped data directory: every
+/// `pg_wal/archive_status/X.ready` whose `pg_wal/X` is pushed (as `wal-push` would), then
+/// marked `X.done` — what the archiver itself does after a successful
+/// `archive_command`. In WAL order (history files first), stopping at the first file
+/// that cannot be archived, so nothing is marked done that is not in the repository.
+/// Returns the names archived. Nothing is deleted.
+pub async fn archive_ready(
+    repo: &Repository,
+    data_dir: &Path,
+) -> Result<Vec<String>, DatabaseError> {
+    let status_dir = data_dir.join("pg_wal/archive_status");
+    let mut ready = match std::fs::read_dir(&status_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".ready")
+                    .map(str::to_string)
+            })
+            .collect::<Vec<String>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(DatabaseError::Io(format!(
+                "read {}: {e}",
+                status_dir.display()
+            )))
+        }
+    };
+    // History files name the timelines the segments after them belong to.
+    ready.sort_by_key(|n| (!n.ends_with(".history"), n.clone()));
+    let mut archived = Vec::with_capacity(ready.len());
+    for name in ready {
+        let file = data_dir.join("pg_wal").join(&name);
+        push(repo, &file)
+            .await
+            .map_err(|e| DatabaseError::Invalid(format!("archive {name}: {e}")))?;
+        let from = status_dir.join(format!("{name}.ready"));
+        let to = status_dir.join(format!("{name}.done"));
+        std::fs::rename(&from, &to)
+            .map_err(|e| DatabaseError::Io(format!("rename {}: {e}", from.display())))?;
+        archived.push(name);
+    }
+    if !archived.is_empty() {
+        if let Ok(d) = std::fs::File::open(&status_dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(archived)
+}
+
 /// One cluster per archive: the first segment pushed records its system identifier,
 /// and a segment from another cluster is refused.
 async fn check_system(repo: &Repository, name: &WalName, system: u64) -> Result<(), DatabaseError> {
@@ -425,5 +476,54 @@ mod tests {
             gaps(&files, MB16),
             ["000000010000000000000003", "000000010000000000000004"]
         );
+    }
+
+    #[tokio::test]
+    async fn leftover_ready_segments_are_archived_then_marked_done() {
+        use crate::repo::{KeySource, Location, RepoOptions};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let status = data.join("pg_wal/archive_status");
+        std::fs::create_dir_all(&status).expect("mkdir");
+        // Small segments keep the test light; the header says which size they are.
+        let size = 1 << 20;
+        let names = ["000000010000000000000003", "000000010000000000000004"];
+        for n in names {
+            std::fs::write(data.join("pg_wal").join(n), segment(n, size)).expect("segment");
+            std::fs::write(status.join(format!("{n}.ready")), b"").expect("ready");
+        }
+        // Already archived: left alone.
+        std::fs::write(status.join("000000010000000000000002.done"), b"").expect("done");
+        let repo = Repository::init(&RepoOptions {
+            location: Location::new(dir.path().join("repo").to_string_lossy()),
+            key: KeySource::None,
+        })
+        .await
+        .expect("init");
+
+        let archived = archive_ready(&repo, &data).await.expect("archive");
+        assert_eq!(archived, names);
+        for n in names {
+            assert!(status.join(format!("{n}.done")).exists(), "{n}.done");
+            assert!(!status.join(format!("{n}.ready")).exists(), "{n}.ready");
+            assert_eq!(
+                repo.get_wal(1, n).await.expect("archived"),
+                segment(n, size)
+            );
+        }
+        assert!(
+            data.join("pg_wal").join(names[0]).exists(),
+            "nothing deleted"
+        );
+        // Nothing left: a second run archives nothing.
+        assert!(archive_ready(&repo, &data).await.expect("again").is_empty());
+
+        // A segment that cannot be archived stops it, and stays `.ready`.
+        let bad = "000000010000000000000005";
+        std::fs::write(data.join("pg_wal").join(bad), b"not a segment").expect("write");
+        std::fs::write(status.join(format!("{bad}.ready")), b"").expect("ready");
+        let err = archive_ready(&repo, &data).await.expect_err("bad segment");
+        assert!(err.to_string().contains(bad), "{err}");
+        assert!(status.join(format!("{bad}.ready")).exists());
     }
 }

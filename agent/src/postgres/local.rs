@@ -373,7 +373,8 @@ impl LocalCluster {
     }
 
     /// `initdb` (trust authentication on loopback only) plus replication settings. Does
-    /// not start the cluster.
+    /// not start the cluster. `wal_log_hints = on`, which `pg_rewind` needs to turn a
+    /// fenced old primary into a standby (`drmesh rejoin`); standbys copy it.
     pub fn init_primary(
         bin: &PgBin,
         name: &str,
@@ -412,7 +413,7 @@ impl LocalCluster {
         cluster.append_config(
             "postgresql.conf",
             &format!(
-                "{}wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_keep_size = '256MB'\nlogging_collector = off\n",
+                "{}wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_keep_size = '256MB'\nlogging_collector = off\nwal_log_hints = on\n",
                 cluster.connection_settings()
             ),
         )?;

@@ -62,7 +62,10 @@ fn one(kind: &str) -> Run {
     let (first, at) = writes
         .first_ack_after(fault)
         .expect("a write through the name after the fault");
-    assert_eq!(at, new, "the first write after the fault reached the new primary");
+    assert_eq!(
+        at, new,
+        "the first write after the fault reached the new primary"
+    );
     Run {
         ms: first.duration_since(fault).as_millis(),
         failover_ms,

@@ -1,8 +1,11 @@
 //! `drmesh quickstart` brings up three regions with real PostgreSQL (one primary, two
-//! streaming standbys), `drmesh status` shows them, and Ctrl-C leaves nothing behind.
+//! streaming standbys), `drmesh status` shows them, the runbook's DR plan exists, the
+//! database's DNS name answers the primary's address, Ctrl-C leaves nothing behind, and
+//! a second run on the same directory keeps the plan.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,12 +19,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = tmp.path().join("mesh");
-    let port = free_port();
+/// Starts `drmesh quickstart` on `dir` and waits until it is up; its `drmesh.env`.
+fn start(dir: &Path, port: u16, log: &Path) -> (Proc, String) {
     let mut qs = Proc::spawn(
         "quickstart",
         &bin("drmesh"),
@@ -32,7 +31,7 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
             "--http-port",
             &port.to_string(),
         ],
-        &tmp.path().join("quickstart.log"),
+        log,
     );
     let env = wait_for(Duration::from_secs(120), || {
         assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
@@ -42,12 +41,73 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
             .flatten()
     })
     .unwrap_or_else(|| panic!("quickstart not up:\n{}", qs.log_text()));
-    let var = |name: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .unwrap()
-            .to_string()
-    };
+    (qs, env)
+}
+
+/// Ctrl-C stops everything: coordinator, agents and all three postmasters.
+fn stop(qs: &mut Proc, dir: &Path) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qs.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let exited = wait_for(Duration::from_secs(60), || (!qs.is_running()).then_some(()));
+    assert!(
+        exited.is_some(),
+        "quickstart did not stop:\n{}",
+        qs.log_text()
+    );
+    let needle = dir.display().to_string();
+    let left = wait_for(Duration::from_secs(5), || {
+        processes_mentioning(&needle).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "left behind: {:?}",
+        processes_mentioning(&needle)
+    );
+}
+
+/// `dig +short` of the database's name at the quickstart's embedded DNS server.
+fn dig(server_ip: &str, server_port: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            "+short",
+            "+time=2",
+            "+tries=2",
+            &format!("@{server_ip}"),
+            "-p",
+            server_port,
+            "db.drmesh.local",
+            "A",
+        ])
+        .output()
+        .expect("run dig (bind9-dnsutils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn env_var(env: &str, name: &str) -> String {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+        .unwrap_or_else(|| panic!("no {name} in drmesh.env:\n{env}"))
+        .to_string()
+}
+
+const PLAN_URL: &str = "/v1/backup-recovery/disaster-recovery/plans/production_dr_plan";
+
+#[test]
+fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("mesh");
+    let port = free_port();
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"));
+    let var = |name: &str| env_var(&env, name);
     let (url, token) = (var("DRMESH_URL"), var("DRMESH_TOKEN"));
     assert_eq!(url, format!("http://127.0.0.1:{port}"));
 
@@ -103,6 +163,62 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
         assert!(text.contains(r), "{text}");
     }
 
+    // The runbook's DR plan ("Create Disaster Recovery Plan") was created with its values.
+    let plan = drmesh_tests::http("GET", &format!("{url}{PLAN_URL}"), Some(&token), None);
+    assert_eq!(plan.status, 200, "{}\n{}", plan.text, qs.log_text());
+    let expected = serde_json::json!({
+        "id": "production_dr_plan",
+        "name": "Production Disaster Recovery Plan",
+        "rpo": "1h",
+        "rto": "4h",
+        "failoverRegions": ["us-east-1", "eu-west-1"],
+        "healthCheckInterval": 300000,
+        "automaticFailover": false,
+        "notificationChannels": ["slack", "email"],
+        "testInterval": 604800000u64
+    });
+    for (field, value) in expected.as_object().unwrap() {
+        assert_eq!(&plan.body[field], value, "{field}: {}", plan.text);
+    }
+    assert!(
+        qs.log_text().contains("DR plan production_dr_plan"),
+        "{}",
+        qs.log_text()
+    );
+
+    // The database's name is served by the coordinator's embedded DNS server, named in
+    // the summary, and answers the primary's (us-west-2's) address. Each region's
+    // PostgreSQL has an address of its own, which its agent advertises, so a failover
+    // changes the answer.
+    assert_eq!(var("DRMESH_DB_NAME"), "db.drmesh.local");
+    let (dns_ip, dns_port) = (var("DRMESH_DNS_SERVER"), var("DRMESH_DNS_PORT"));
+    let command = format!("dig @{dns_ip} -p {dns_port} db.drmesh.local");
+    assert!(qs.log_text().contains(&command), "{}", qs.log_text());
+    let address_of = |name: &str| {
+        regions
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["agents"][0]["postgresAddress"].as_str())
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip().to_string())
+    };
+    assert_eq!(
+        address_of("us-west-2").as_deref(),
+        Some("127.0.0.1"),
+        "{status}"
+    );
+    assert_eq!(
+        address_of("us-east-1").as_deref(),
+        Some("127.0.0.2"),
+        "{status}"
+    );
+    assert_eq!(
+        address_of("eu-west-1").as_deref(),
+        Some("127.0.0.3"),
+        "{status}"
+    );
+    assert_eq!(dig(&dns_ip, &dns_port), "127.0.0.1", "{}", qs.log_text());
+
     // The uploads are backed up through the runbook's endpoint, and kept as a plain
     // archive in `backups/documents/snapshots/`.
     let base = format!("{url}/v1/backup-recovery/documents");
@@ -135,25 +251,36 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     );
     assert!(dir.join("backups/database/wal/00000001").is_dir());
 
-    // Ctrl-C stops everything: coordinator, agents and all three postmasters.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qs.pid() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let exited = wait_for(Duration::from_secs(60), || (!qs.is_running()).then_some(()));
-    assert!(
-        exited.is_some(),
-        "quickstart did not stop:\n{}",
-        qs.log_text()
+    // An operator's change to the plan survives a second run on the same directory, which
+    // reopens every cluster at its own address and serves the name again.
+    let mut changed = expected.clone();
+    changed["rto"] = "2h".into();
+    let put = drmesh_tests::http(
+        "PUT",
+        &format!("{url}{PLAN_URL}"),
+        Some(&token),
+        Some(&changed.to_string()),
     );
-    let needle = dir.display().to_string();
-    let left = wait_for(Duration::from_secs(5), || {
-        processes_mentioning(&needle).is_empty().then_some(())
-    });
+    assert_eq!(put.status, 200, "{}", put.text);
+
+    stop(&mut qs, &dir);
+
+    let (mut again, env) = start(&dir, port, &tmp.path().join("quickstart-2.log"));
     assert!(
-        left.is_some(),
-        "left behind: {:?}",
-        processes_mentioning(&needle)
+        again
+            .log_text()
+            .contains("DR plan production_dr_plan exists; left as it is"),
+        "{}",
+        again.log_text()
     );
+    let token = env_var(&env, "DRMESH_TOKEN");
+    let plan = drmesh_tests::http("GET", &format!("{url}{PLAN_URL}"), Some(&token), None);
+    assert_eq!(plan.status, 200, "{}", plan.text);
+    assert_eq!(plan.body["rto"], "2h", "{}", plan.text);
+    let answer = dig(
+        &env_var(&env, "DRMESH_DNS_SERVER"),
+        &env_var(&env, "DRMESH_DNS_PORT"),
+    );
+    assert_eq!(answer, "127.0.0.1", "{}", again.log_text());
+    stop(&mut again, &dir);
 }

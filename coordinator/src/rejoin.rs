@@ -1,0 +1,279 @@
+//! Rejoin: after a failover, the fenced old primary of a region becomes a standby of the
+//! current primary (`POST …/disaster-recovery/rejoin`, `drmesh rejoin REGION`). The
+//! coordinator picks the servers and the source; the agent next to each fenced server
+//! archives its leftover WAL, runs `pg_rewind`, and starts it streaming (see the agent's
+//! `failover::rejoin`). Synchronous: the answer carries every agent's outcome.
+
+use std::time::Duration;
+
+use drmesh_protocol::api::{
+    AgentStatus, FailoverStatus, RejoinAnswer, RejoinOutcome, RejoinedAgent,
+};
+use drmesh_protocol::{AgentId, CommandKind, PgRole, RegionId};
+use tracing::{info, warn, Instrument};
+
+use crate::state::Coordinator;
+use crate::store::StoreError;
+use crate::transport::{self, TransportError};
+
+/// How long one agent may take: archiving, `pg_rewind`, start, streaming.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RejoinError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The agent could not be asked (not connected).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The agent was asked and failed, or its answer was unreadable.
+    #[error("{0}")]
+    AgentFailed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One rejoin at a time: two would race on the same data directory.
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a rejoin of `region` acts on, chosen from the agents' statuses: the fenced
+/// servers there, and the one primary they follow.
+#[derive(Debug, PartialEq)]
+pub struct Targets {
+    pub fenced: Vec<AgentId>,
+    pub primary: AgentId,
+}
+
+fn describe(agents: &[&AgentStatus]) -> String {
+    agents
+        .iter()
+        .map(|a| {
+            let role = match (a.fenced, a.role) {
+                (true, _) => "fenced".to_string(),
+                (false, Some(r)) => r.to_string(),
+                (false, None) => "no PostgreSQL".to_string(),
+            };
+            format!("{} ({role})", a.agent_id)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Picks the targets of a rejoin of `region` (pure: the statuses and known regions in).
+pub fn targets(
+    agents: &[AgentStatus],
+    known_regions: &[RegionId],
+    region: &RegionId,
+) -> Result<Targets, RejoinError> {
+    let here: Vec<&AgentStatus> = agents.iter().filter(|a| &a.region == region).collect();
+    if here.is_empty() && !known_regions.contains(region) {
+        return Err(RejoinError::NotFound(format!("no region {region}")));
+    }
+    let fenced: Vec<AgentId> = here
+        .iter()
+        .filter(|a| a.fenced)
+        .map(|a| a.agent_id.clone())
+        .collect();
+    if fenced.is_empty() {
+        return Err(RejoinError::BadRequest(if here.is_empty() {
+            format!("no fenced server in {region}: no agent there")
+        } else {
+            format!(
+                "no fenced server in {region}: {}; only a fenced old primary is rejoined",
+                describe(&here)
+            )
+        }));
+    }
+    let primaries: Vec<&AgentStatus> = agents
+        .iter()
+        .filter(|a| a.role == Some(PgRole::Primary) && a.connected && !a.fenced)
+        .collect();
+    match primaries.as_slice() {
+        [one] => Ok(Targets {
+            fenced,
+            primary: one.agent_id.clone(),
+        }),
+        [] => Err(RejoinError::Conflict(
+            "no connected agent reports a primary to rejoin".into(),
+        )),
+        many => Err(RejoinError::Conflict(format!(
+            "{} agents report a primary ({}): resolve that first",
+            many.len(),
+            describe(many)
+        ))),
+    }
+}
+
+/// `POST …/disaster-recovery/rejoin`: makes every fenced server of `region` a streaming
+/// standby of the current primary.
+pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnswer, RejoinError> {
+    let Ok(_one) = RUNNING.try_lock() else {
+        return Err(RejoinError::Conflict("a rejoin is already running".into()));
+    };
+    if let Some(f) = crate::failover::latest(coord.store.as_ref())? {
+        if matches!(
+            f.status,
+            FailoverStatus::Initiated | FailoverStatus::InProgress
+        ) {
+            return Err(RejoinError::Conflict(format!(
+                "failover {} is running; rejoin once it has ended",
+                f.failover_id
+            )));
+        }
+    }
+    let t = targets(&coord.agent_statuses(), &coord.config.regions, region)?;
+    let address = {
+        let registry = coord.registry.lock();
+        registry
+            .get(&t.primary)
+            .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
+    }
+    .ok_or_else(|| {
+        RejoinError::Conflict(format!(
+            "the primary's agent {} did not say where its PostgreSQL is reached \
+             (postgres.advertise)",
+            t.primary
+        ))
+    })?;
+    let mut rejoined = Vec::new();
+    for agent in &t.fenced {
+        let span = tracing::info_span!("rejoin", agent_id = %agent, %region, primary = %address);
+        let outcome = ask(coord, agent, address).instrument(span).await?;
+        rejoined.push(RejoinedAgent {
+            agent_id: agent.clone(),
+            outcome,
+        });
+    }
+    Ok(RejoinAnswer {
+        region: region.clone(),
+        primary_agent_id: t.primary,
+        primary_address: address.to_string(),
+        rejoined,
+    })
+}
+
+async fn ask(
+    coord: &Coordinator,
+    agent: &AgentId,
+    primary: std::net::SocketAddr,
+) -> Result<RejoinOutcome, RejoinError> {
+    info!("asking the agent to rejoin its server as a standby");
+    let kind = CommandKind::Rejoin {
+        primary_host: primary.ip().to_string(),
+        primary_port: primary.port(),
+    };
+    match transport::send_command(coord, agent, kind, REJOIN_TIMEOUT).await {
+        Ok(r) if r.ok => {
+            let outcome: RejoinOutcome = r
+                .detail_json
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .ok_or_else(|| {
+                    RejoinError::AgentFailed(format!("{agent}'s answer could not be read"))
+                })?;
+            info!(
+                archived = outcome.archived_segments.len(),
+                rewound = outcome.rewound,
+                timeline = ?outcome.timeline,
+                duration_ms = outcome.duration_ms,
+                "rejoined as a standby"
+            );
+            Ok(outcome)
+        }
+        Ok(r) => {
+            warn!(error = %r.message, "rejoin failed");
+            Err(RejoinError::AgentFailed(format!("{agent}: {}", r.message)))
+        }
+        Err(e @ TransportError::NotConnected(_)) => {
+            Err(RejoinError::Unavailable(format!("ask {agent}: {e}")))
+        }
+        Err(e) => {
+            warn!(error = %e, "rejoin command");
+            Err(RejoinError::AgentFailed(format!("ask {agent}: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drmesh_protocol::api::AgentState;
+
+    fn agent(id: &str, region: &str, role: Option<PgRole>, fenced: bool) -> AgentStatus {
+        AgentStatus {
+            agent_id: AgentId::new(id).expect("id"),
+            region: RegionId::new(region).expect("region"),
+            state: AgentState::Up,
+            role,
+            version: "test".into(),
+            connected: true,
+            last_heartbeat_age_ms: Some(10),
+            last_heartbeat_at: None,
+            timeline: None,
+            lsn: None,
+            replication_lag_bytes: None,
+            replication_lag_seconds: None,
+            disk_free_bytes: None,
+            last_backup_ids: Vec::new(),
+            postgres_error: None,
+            fenced,
+            postgres_address: None,
+        }
+    }
+
+    fn region(r: &str) -> RegionId {
+        RegionId::new(r).expect("region")
+    }
+
+    #[test]
+    fn the_fenced_servers_of_the_region_follow_the_one_primary() {
+        let known = [
+            region("us-west-2"),
+            region("us-east-1"),
+            region("eu-west-1"),
+        ];
+        let after = [
+            agent("db-west", "us-west-2", Some(PgRole::Unreachable), true),
+            agent("db-east", "us-east-1", Some(PgRole::Primary), false),
+        ];
+        let t = targets(&after, &known, &region("us-west-2")).expect("targets");
+        assert_eq!(t.fenced, [AgentId::new("db-west").expect("id")]);
+        assert_eq!(t.primary.as_str(), "db-east");
+
+        // The primary's region has nothing fenced: refused, naming the agents.
+        let err = targets(&after, &known, &region("us-east-1")).expect_err("not fenced");
+        assert!(
+            matches!(&err, RejoinError::BadRequest(m) if m.contains("db-east (primary)")),
+            "{err}"
+        );
+        // A configured region without agents; an unknown one.
+        assert!(matches!(
+            targets(&after, &known, &region("eu-west-1")),
+            Err(RejoinError::BadRequest(_))
+        ));
+        assert!(matches!(
+            targets(&after, &known, &region("ap-south-1")),
+            Err(RejoinError::NotFound(_))
+        ));
+
+        // No primary, or two: nothing to follow.
+        let none = [agent("db-west", "us-west-2", None, true)];
+        assert!(matches!(
+            targets(&none, &known, &region("us-west-2")),
+            Err(RejoinError::Conflict(_))
+        ));
+        let two = [
+            agent("db-west", "us-west-2", None, true),
+            agent("db-east", "us-east-1", Some(PgRole::Primary), false),
+            agent("db-eu", "eu-west-1", Some(PgRole::Primary), false),
+        ];
+        assert!(matches!(
+            targets(&two, &known, &region("us-west-2")),
+            Err(RejoinError::Conflict(m)) if m.contains("2 agents")
+        ));
+    }
+}
