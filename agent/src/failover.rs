@@ -30,6 +30,15 @@ pub enum FailoverError {
     Rejoin(String),
 }
 
+/// A PostgreSQL error with the server's own message (tokio-postgres's `Display` says
+/// only "db error").
+fn pg_error(e: tokio_postgres::Error) -> FailoverError {
+    FailoverError::Postgres(match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    })
+}
+
 /// How long a promotion may take before it is reported failed.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,7 +47,7 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// reports its timeline and LSN.
 pub async fn promote(pg: &PostgresConfig) -> Result<PromoteOutcome, FailoverError> {
     let started = Instant::now();
-    let pg_err = |e: tokio_postgres::Error| FailoverError::Postgres(e.to_string());
+    let pg_err = pg_error;
     let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
         .await
         .map_err(pg_err)?;
@@ -603,6 +612,105 @@ fn configure_and_start_blocking(
         )));
     }
     Ok(log)
+}
+
+/// Points the local standby at the primary at `host:port`: `primary_conninfo` set with
+/// `ALTER SYSTEM` (the user kept from the agent's conninfo) and reloaded — PostgreSQL
+/// restarts its WAL receiver, and with `recovery_target_timeline = 'latest'` follows
+/// the new primary's timeline — then waits until it streams. A server that is not in
+/// recovery is refused. Returns the timeline it receives.
+pub async fn repoint(pg: &PostgresConfig, host: &str, port: u16) -> Result<u32, FailoverError> {
+    let local = LocalServer::of(pg);
+    if local.is(host, port) {
+        return Err(FailoverError::Rejoin(format!(
+            "{host}:{port} is this server itself"
+        )));
+    }
+    let pg_err = pg_error;
+    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
+        .await
+        .map_err(pg_err)?;
+    let conn = tokio::spawn(connection);
+    let in_recovery: bool = client
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    if !in_recovery {
+        conn.abort();
+        return Err(FailoverError::Rejoin(
+            "the local server is not a standby; only standbys are re-pointed".into(),
+        ));
+    }
+    let conninfo = format!("host={host} port={port} user={}", local.user);
+    let quoted = conninfo.replace('\'', "''");
+    // One statement per query: ALTER SYSTEM refuses to run in a (multi-statement)
+    // transaction block.
+    for sql in [
+        format!("alter system set primary_conninfo = '{quoted}'"),
+        "alter system set recovery_target_timeline = 'latest'".to_string(),
+    ] {
+        client.batch_execute(&sql).await.map_err(pg_err)?;
+    }
+    client
+        .query_one("select pg_reload_conf()", &[])
+        .await
+        .map_err(pg_err)?;
+    drop(client);
+    conn.abort();
+    info!(primary = %format!("{host}:{port}"), "re-pointed at the new primary");
+    let timeline = wait_streaming_from(pg, host, STREAMING_TIMEOUT)
+        .await
+        .map_err(|e| FailoverError::Rejoin(format!("re-pointed at {host}:{port}, but {e}")))?;
+    Ok(timeline.unwrap_or(0))
+}
+
+/// Waits until the local server's WAL receiver streams from `host`.
+async fn wait_streaming_from(
+    pg: &PostgresConfig,
+    host: &str,
+    timeout: Duration,
+) -> Result<Option<u32>, String> {
+    let started = Instant::now();
+    loop {
+        let last = match receiver_from(pg).await {
+            Ok(Some((status, sender, tli))) if status == "streaming" && sender == host => {
+                return Ok(tli)
+            }
+            Ok(Some((status, sender, _))) => format!("the WAL receiver is {status} from {sender}"),
+            Ok(None) => "no WAL receiver runs".into(),
+            Err(e) => e,
+        };
+        if started.elapsed() > timeout {
+            return Err(format!("it is not streaming after {timeout:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn receiver_from(
+    pg: &PostgresConfig,
+) -> Result<Option<(String, String, Option<u32>)>, String> {
+    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_opt(
+            "select status, coalesce(sender_host, ''), received_tli from pg_stat_wal_receiver",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    conn.abort();
+    Ok(row?.map(|r| {
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, Option<i32>>(2).map(|t| t as u32),
+        )
+    }))
 }
 
 /// Waits until the local server's WAL receiver streams; its received timeline.

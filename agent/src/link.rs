@@ -581,6 +581,16 @@ async fn execute(
                 (None, _) => no_database(),
                 (_, None) => (false, "this agent has no [postgres]".to_string(), None),
             },
+            CommandKind::Repoint {
+                primary_host,
+                primary_port,
+            } => match &ctx.postgres {
+                Some(pg) => outcome(
+                    crate::failover::repoint(pg, &primary_host, primary_port).await,
+                    "streaming from the new primary",
+                ),
+                None => (false, "this agent has no [postgres]".to_string(), None),
+            },
             CommandKind::PitrInfo { target_time } => match &ctx.database {
                 None => no_database(),
                 Some((db, _)) => outcome(

@@ -57,6 +57,9 @@ pub const STEPS: [&str; 7] = [
 /// (step 6), in heartbeat intervals.
 const MONITOR_INTERVALS: u32 = 3;
 
+/// Alert kind raised when a standby could not be re-pointed at a new primary.
+pub const STANDBY_NOT_REPOINTED: &str = "STANDBY_NOT_REPOINTED";
+
 pub fn get(store: &dyn Store, id: &str) -> Result<Option<FailoverRun>, StoreError> {
     store.get_json(Namespace::Failovers, id)
 }
@@ -361,6 +364,21 @@ async fn prepare(
                 .map_or_else(|| "unknown".to_string(), |r| r.to_string())
         )));
     }
+    // Behind, but by how long cannot be measured (no transaction replayed since the
+    // standby started): not taken as within the RPO.
+    if target.replication_lag_seconds.is_none()
+        && target.replication_lag_bytes.is_some_and(|b| b > 0)
+        && !run.allow_data_loss
+    {
+        return Ok(Outcome::Failed(format!(
+            "the replica in {} is {} bytes behind and its lag in time cannot be measured \
+             (it has replayed no transaction since it started), so it cannot be shown within \
+             the plan's RPO of {}; send \"allowDataLoss\": true to fail over anyway",
+            run.target_region,
+            target.replication_lag_bytes.unwrap_or(0),
+            plan.rpo
+        )));
+    }
     if let Some(lag) = target.replication_lag_seconds {
         if lag > plan.rpo_seconds as f64 && !run.allow_data_loss {
             return Ok(Outcome::Failed(format!(
@@ -433,8 +451,31 @@ fn lag_text(lag: Option<f64>) -> String {
     lag.map_or_else(|| "unknown".into(), |l| format!("{l:.1} s"))
 }
 
+/// Sends a command, first waiting (bounded) for the agent to be connected: a coordinator
+/// that resumes a failover right after a restart is ahead of the agents' reconnects.
+async fn send(
+    coord: &Arc<Coordinator>,
+    agent: &AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+) -> Result<drmesh_protocol::CommandResult, transport::TransportError> {
+    let deadline = tokio::time::Instant::now()
+        + coord.config.heartbeat_interval * (4 * coord.config.down_after)
+        + Duration::from_secs(10);
+    loop {
+        match transport::send_command(coord, agent, kind.clone(), timeout).await {
+            Err(transport::TransportError::NotConnected(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn fence(coord: &Arc<Coordinator>, agent: &AgentId) -> Result<(), String> {
-    match transport::send_command(coord, agent, CommandKind::Fence, Duration::from_secs(90)).await {
+    match send(coord, agent, CommandKind::Fence, Duration::from_secs(90)).await {
         Ok(r) if r.ok => Ok(()),
         Ok(r) => Err(r.message),
         Err(e) => Err(e.to_string()),
@@ -445,7 +486,7 @@ async fn promote(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Outcome {
     let Some(agent) = run.target_agent.clone() else {
         return Outcome::Failed("no target agent was chosen".into());
     };
-    match transport::send_command(
+    match send(
         coord,
         &agent,
         CommandKind::Promote,
@@ -591,9 +632,7 @@ async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
             checked.join(", ")
         ));
     }
-    match transport::send_command(coord, &agent, CommandKind::Promote, Duration::from_secs(60))
-        .await
-    {
+    match send(coord, &agent, CommandKind::Promote, Duration::from_secs(60)).await {
         Ok(r) if r.ok => Outcome::Done(format!(
             "the server next to {agent} is out of recovery and took a write (checked by its agent)"
         )),
@@ -602,11 +641,13 @@ async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
     }
 }
 
-/// Step 6: the target's heartbeats report a primary for a few intervals in a row.
+/// Step 6: the remaining standbys are re-pointed at the new primary, and the target's
+/// heartbeats report a healthy primary for a few intervals in a row.
 async fn monitor(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
     let Some(agent) = run.target_agent.clone() else {
         return Outcome::Failed("no target agent".into());
     };
+    let repointed = repoint_standbys(coord, run, &agent).await;
     let interval = coord.config.heartbeat_interval;
     let deadline = tokio::time::Instant::now() + interval * 20 + Duration::from_secs(10);
     let mut good = 0;
@@ -623,8 +664,77 @@ async fn monitor(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
         good = if healthy { good + 1 } else { 0 };
     }
     Outcome::Done(format!(
-        "{agent} reported a healthy primary for {MONITOR_INTERVALS} heartbeat intervals"
+        "{repointed}; {agent} reported a healthy primary for {MONITOR_INTERVALS} heartbeat intervals"
     ))
+}
+
+/// Points every other standby that is heard from at the new primary (its mesh address),
+/// all at once. One that cannot be re-pointed does not fail the failover — the new
+/// primary serves — but raises a HIGH alert naming it.
+async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &AgentId) -> String {
+    let address = {
+        let registry = coord.registry.lock();
+        registry
+            .get(target)
+            .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
+    };
+    let Some(address) = address else {
+        return format!("standbys not re-pointed: {target} advertises no PostgreSQL address");
+    };
+    let fresh_ms = 3 * coord.config.heartbeat_interval.as_millis() as u64;
+    let standbys: Vec<AgentId> = coord
+        .agent_statuses()
+        .into_iter()
+        .filter(|a| &a.agent_id != target && a.role == Some(PgRole::Standby))
+        .filter(|a| a.connected && a.last_heartbeat_age_ms.is_some_and(|age| age <= fresh_ms))
+        .map(|a| a.agent_id)
+        .collect();
+    if standbys.is_empty() {
+        return "no other standby to re-point".into();
+    }
+    let results = futures::future::join_all(standbys.iter().map(|s| async move {
+        let kind = CommandKind::Repoint {
+            primary_host: address.ip().to_string(),
+            primary_port: address.port(),
+        };
+        let r = match send(coord, s, kind, Duration::from_secs(90)).await {
+            Ok(r) if r.ok => Ok(()),
+            Ok(r) => Err(r.message),
+            Err(e) => Err(e.to_string()),
+        };
+        (s.clone(), r)
+    }))
+    .await;
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (s, r) in results {
+        match r {
+            Ok(()) => done.push(s.to_string()),
+            Err(why) => {
+                warn!(agent_id = %s, error = %why, "standby not re-pointed");
+                let _ = crate::alerts::raise(
+                    coord.store.as_ref(),
+                    Severity::High,
+                    STANDBY_NOT_REPOINTED,
+                    s.as_str(),
+                    None,
+                    format!(
+                        "Failover {}: the standby next to {s} still follows the old primary: {why}",
+                        run.failover_id
+                    ),
+                );
+                failed.push(format!("{s} ({why})"));
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    if !done.is_empty() {
+        parts.push(format!("re-pointed at {address}: {}", done.join(", ")));
+    }
+    if !failed.is_empty() {
+        parts.push(format!("NOT re-pointed: {}", failed.join(", ")));
+    }
+    parts.join("; ")
 }
 
 /// Step 7: the plan's active region moves; the channels are told.

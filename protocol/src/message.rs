@@ -206,6 +206,12 @@ pub enum CommandKind {
         primary_host: String,
         primary_port: u16,
     },
+    /// Point the local standby at a new primary (`primary_conninfo`, reloaded) and wait
+    /// until it streams from it. Sent to the remaining standbys after a failover.
+    Repoint {
+        primary_host: String,
+        primary_port: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

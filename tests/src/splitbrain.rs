@@ -151,6 +151,14 @@ impl WriterReport {
             .map(|(_, at, s)| (*at, *s))
     }
 
+    /// The first acknowledgement by `server` at or after `t`.
+    pub fn first_ack_by_after(&self, server: SocketAddr, t: Instant) -> Option<Instant> {
+        self.acknowledged
+            .iter()
+            .find(|(_, at, s)| *at >= t && *s == server)
+            .map(|(_, at, _)| *at)
+    }
+
     /// The last acknowledgement before `t`.
     pub fn last_ack_before(&self, t: Instant) -> Option<(Instant, SocketAddr)> {
         self.acknowledged

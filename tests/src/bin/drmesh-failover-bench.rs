@@ -59,13 +59,11 @@ fn one(kind: &str) -> Run {
     // Give the writer a second on the new primary.
     std::thread::sleep(Duration::from_secs(1));
     let writes = writer.stop();
-    let (first, at) = writes
-        .first_ack_after(fault)
-        .expect("a write through the name after the fault");
-    assert_eq!(
-        at, new,
-        "the first write after the fault reached the new primary"
-    );
+    // A write already in flight when the fault hits may still be acknowledged by the
+    // old primary; the measure is the first one on the new primary.
+    let first = writes
+        .first_ack_by_after(new, fault)
+        .expect("a write through the name on the new primary after the fault");
     Run {
         ms: first.duration_since(fault).as_millis(),
         failover_ms,
