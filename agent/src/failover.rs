@@ -39,6 +39,39 @@ fn pg_error(e: tokio_postgres::Error) -> FailoverError {
     })
 }
 
+/// A connection to the local server; the task driving it stops when the guard drops.
+struct LocalConnection {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Drop for LocalConnection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl LocalConnection {
+    async fn open(pg: &PostgresConfig) -> Result<Self, FailoverError> {
+        let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
+            .await
+            .map_err(pg_error)?;
+        Ok(LocalConnection {
+            client,
+            driver: tokio::spawn(connection),
+        })
+    }
+
+    async fn in_recovery(&self) -> Result<bool, FailoverError> {
+        Ok(self
+            .client
+            .query_one("select pg_is_in_recovery()", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0))
+    }
+}
+
 /// How long a promotion may take before it is reported failed.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,15 +81,9 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn promote(pg: &PostgresConfig) -> Result<PromoteOutcome, FailoverError> {
     let started = Instant::now();
     let pg_err = pg_error;
-    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
-        .await
-        .map_err(pg_err)?;
-    let conn = tokio::spawn(connection);
-    let in_recovery: bool = client
-        .query_one("select pg_is_in_recovery()", &[])
-        .await
-        .map_err(pg_err)?
-        .get(0);
+    let local = LocalConnection::open(pg).await?;
+    let client = &local.client;
+    let in_recovery = local.in_recovery().await?;
     let was_standby = in_recovery;
     if in_recovery {
         info!("promoting the local standby");
@@ -99,8 +126,7 @@ pub async fn promote(pg: &PostgresConfig) -> Result<PromoteOutcome, FailoverErro
         )
         .await
         .map_err(pg_err)?;
-    drop(client);
-    conn.abort();
+    drop(local);
     Ok(PromoteOutcome {
         was_standby,
         timeline: row.get::<_, i32>(1) as u32,
@@ -300,12 +326,14 @@ pub async fn rejoin(
     .map_err(|e| FailoverError::Io(format!("rejoin task: {e}")))??;
     info!(rewound, message = %rewind_message, "rejoin: started as a standby; waiting for streaming");
 
-    let timeline = wait_streaming(pg, STREAMING_TIMEOUT).await.map_err(|e| {
-        FailoverError::Rejoin(format!(
-            "the server runs as a standby (read-only) but {e}; see {}",
-            log_file.display()
-        ))
-    })?;
+    let timeline = wait_streaming(pg, None, STREAMING_TIMEOUT)
+        .await
+        .map_err(|e| {
+            FailoverError::Rejoin(format!(
+                "the server runs as a standby (read-only) but {e}; see {}",
+                log_file.display()
+            ))
+        })?;
     let outcome = RejoinOutcome {
         archived_segments: archived,
         rewound,
@@ -627,17 +655,9 @@ pub async fn repoint(pg: &PostgresConfig, host: &str, port: u16) -> Result<u32, 
         )));
     }
     let pg_err = pg_error;
-    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
-        .await
-        .map_err(pg_err)?;
-    let conn = tokio::spawn(connection);
-    let in_recovery: bool = client
-        .query_one("select pg_is_in_recovery()", &[])
-        .await
-        .map_err(pg_err)?
-        .get(0);
-    if !in_recovery {
-        conn.abort();
+    let connection = LocalConnection::open(pg).await?;
+    let client = &connection.client;
+    if !connection.in_recovery().await? {
         return Err(FailoverError::Rejoin(
             "the local server is not a standby; only standbys are re-pointed".into(),
         ));
@@ -656,25 +676,27 @@ pub async fn repoint(pg: &PostgresConfig, host: &str, port: u16) -> Result<u32, 
         .query_one("select pg_reload_conf()", &[])
         .await
         .map_err(pg_err)?;
-    drop(client);
-    conn.abort();
+    drop(connection);
     info!(primary = %format!("{host}:{port}"), "re-pointed at the new primary");
-    let timeline = wait_streaming_from(pg, host, STREAMING_TIMEOUT)
+    let timeline = wait_streaming(pg, Some(host), STREAMING_TIMEOUT)
         .await
-        .map_err(|e| FailoverError::Rejoin(format!("re-pointed at {host}:{port}, but {e}")))?;
+        .map_err(|e| FailoverError::Rejoin(format!("re-pointed at {host}:{port}, but it {e}")))?;
     Ok(timeline.unwrap_or(0))
 }
 
-/// Waits until the local server's WAL receiver streams from `host`.
-async fn wait_streaming_from(
+/// Waits until the local server's WAL receiver streams (from `from`, when given); its
+/// received timeline.
+async fn wait_streaming(
     pg: &PostgresConfig,
-    host: &str,
+    from: Option<&str>,
     timeout: Duration,
 ) -> Result<Option<u32>, String> {
     let started = Instant::now();
     loop {
-        let last = match receiver_from(pg).await {
-            Ok(Some((status, sender, tli))) if status == "streaming" && sender == host => {
+        let last = match receiver(pg).await {
+            Ok(Some((status, sender, tli)))
+                if status == "streaming" && from.is_none_or(|h| h == sender) =>
+            {
                 return Ok(tli)
             }
             Ok(Some((status, sender, _))) => format!("the WAL receiver is {status} from {sender}"),
@@ -682,69 +704,28 @@ async fn wait_streaming_from(
             Err(e) => e,
         };
         if started.elapsed() > timeout {
-            return Err(format!("it is not streaming after {timeout:?}: {last}"));
+            return Err(format!("is not streaming after {timeout:?}: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn receiver_from(
-    pg: &PostgresConfig,
-) -> Result<Option<(String, String, Option<u32>)>, String> {
-    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(connection);
-    let row = client
+/// The WAL receiver's status, sender host and received timeline.
+async fn receiver(pg: &PostgresConfig) -> Result<Option<(String, String, Option<u32>)>, String> {
+    let local = LocalConnection::open(pg).await.map_err(|e| e.to_string())?;
+    let row = local
+        .client
         .query_opt(
             "select status, coalesce(sender_host, ''), received_tli from pg_stat_wal_receiver",
             &[],
         )
         .await
-        .map_err(|e| e.to_string());
-    drop(client);
-    conn.abort();
-    Ok(row?.map(|r| {
+        .map_err(|e| e.to_string())?;
+    Ok(row.map(|r| {
         (
             r.get::<_, String>(0),
             r.get::<_, String>(1),
             r.get::<_, Option<i32>>(2).map(|t| t as u32),
-        )
-    }))
-}
-
-/// Waits until the local server's WAL receiver streams; its received timeline.
-async fn wait_streaming(pg: &PostgresConfig, timeout: Duration) -> Result<Option<u32>, String> {
-    let started = Instant::now();
-    loop {
-        let last = match receiver_status(pg).await {
-            Ok(Some((status, tli))) if status == "streaming" => return Ok(tli),
-            Ok(Some((status, _))) => format!("the WAL receiver is {status}"),
-            Ok(None) => "no WAL receiver runs".into(),
-            Err(e) => e,
-        };
-        if started.elapsed() > timeout {
-            return Err(format!("is not streaming after {timeout:?}: {last}"));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn receiver_status(pg: &PostgresConfig) -> Result<Option<(String, Option<u32>)>, String> {
-    let (client, connection) = tokio_postgres::connect(&pg.conninfo, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(connection);
-    let row = client
-        .query_opt("select status, received_tli from pg_stat_wal_receiver", &[])
-        .await
-        .map_err(|e| e.to_string());
-    drop(client);
-    conn.abort();
-    Ok(row?.map(|r| {
-        (
-            r.get::<_, String>(0),
-            r.get::<_, Option<i32>>(1).map(|t| t as u32),
         )
     }))
 }

@@ -98,10 +98,10 @@ pub struct DnsSection {
     pub record: Option<String>,
     /// TTL of the record in seconds. Default 60 (the runbook's).
     pub ttl: Option<u32>,
-    /// `embedded` (default; the quickstart's) or `rfc2136`.
+    /// `embedded` (default; the quickstart's), `rfc2136` or `route53`.
     pub provider: Option<DnsProviderKind>,
     /// Zone the record belongs to. rfc2136: required; embedded: default the record's
-    /// parent.
+    /// parent; route53: not used (the hosted zone is `hosted_zone_id`).
     pub zone: Option<String>,
     /// rfc2136: the primary server to send updates to (`ip:port`). Required.
     pub server: Option<SocketAddr>,
@@ -113,7 +113,20 @@ pub struct DnsSection {
     /// `tsig-keygen` writes it. Required.
     pub tsig_secret_file: Option<PathBuf>,
     /// rfc2136: every authoritative server to confirm the change with. Default: `server`.
+    /// route53: the zone's name servers to confirm with. Default: none (confirmed by
+    /// reading the record back through the API).
     pub authoritative: Option<Vec<SocketAddr>>,
+    /// route53: the hosted zone's id (`Z…`, or `/hostedzone/Z…`). Required.
+    pub hosted_zone_id: Option<String>,
+    /// route53: the API's base URL. Default `https://route53.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// route53: the region requests are signed for (SigV4). Default `us-east-1`.
+    pub region: Option<String>,
+    /// route53: the access key id; with `secret_access_key_file`. Default: the
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) variables.
+    pub access_key_id: Option<String>,
+    /// route53: file holding the secret access key of `access_key_id`.
+    pub secret_access_key_file: Option<PathBuf>,
     /// embedded: UDP and TCP address to serve the zone on. Default `127.0.0.1:5300`.
     pub listen: Option<SocketAddr>,
     /// embedded: the answer before the first failover, if the store holds none yet.
@@ -126,6 +139,7 @@ pub enum DnsProviderKind {
     #[default]
     Embedded,
     Rfc2136,
+    Route53,
 }
 
 /// The TSIG algorithms drmesh signs with.
@@ -189,10 +203,24 @@ pub enum DnsProviderConfig {
         zone: String,
         initial: Option<IpAddr>,
     },
+    Route53 {
+        /// Without the `/hostedzone/` prefix.
+        hosted_zone_id: String,
+        /// Without a trailing `/`.
+        endpoint: String,
+        region: String,
+        /// Both or neither: neither means the `AWS_*` environment variables.
+        access_key_id: Option<String>,
+        secret_access_key_file: Option<PathBuf>,
+        /// May be empty: then the change is confirmed through the API.
+        authoritative: Vec<SocketAddr>,
+    },
 }
 
 pub const DEFAULT_DNS_TTL: u32 = 60;
 pub const DEFAULT_DNS_EMBEDDED_LISTEN: &str = "127.0.0.1:5300";
+pub const DEFAULT_ROUTE53_ENDPOINT: &str = "https://route53.amazonaws.com";
+pub const DEFAULT_ROUTE53_REGION: &str = "us-east-1";
 
 impl DnsSection {
     /// Applies defaults and checks the section; reads the TSIG key to prove it decodes.
@@ -229,6 +257,16 @@ impl DnsSection {
             }
             Ok(zone)
         };
+        let route53_keys = [
+            ("hosted_zone_id", self.hosted_zone_id.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            (
+                "secret_access_key_file",
+                self.secret_access_key_file.is_some(),
+            ),
+        ];
         let provider = match kind {
             DnsProviderKind::Embedded => {
                 refuse_keys(
@@ -241,6 +279,7 @@ impl DnsSection {
                         ("authoritative", self.authoritative.is_some()),
                     ],
                 )?;
+                refuse_keys("embedded", &route53_keys)?;
                 DnsProviderConfig::Embedded {
                     listen: self
                         .listen
@@ -257,6 +296,7 @@ impl DnsSection {
                         ("initial", self.initial.is_some()),
                     ],
                 )?;
+                refuse_keys("rfc2136", &route53_keys)?;
                 let server = self.server.ok_or_else(|| {
                     bad("server (ip:port of the primary) is required for rfc2136".into())
                 })?;
@@ -293,6 +333,104 @@ impl DnsSection {
                     tsig_key_name: key.name.clone(),
                     tsig_algorithm: key.algorithm,
                     tsig_secret_file: file,
+                    authoritative,
+                }
+            }
+            DnsProviderKind::Route53 => {
+                refuse_keys(
+                    "route53",
+                    &[
+                        ("zone", self.zone.is_some()),
+                        ("server", self.server.is_some()),
+                        ("tsig_key_name", self.tsig_key_name.is_some()),
+                        ("tsig_algorithm", self.tsig_algorithm.is_some()),
+                        ("tsig_secret_file", self.tsig_secret_file.is_some()),
+                        ("listen", self.listen.is_some()),
+                        ("initial", self.initial.is_some()),
+                    ],
+                )?;
+                let given = self.hosted_zone_id.ok_or_else(|| {
+                    bad(
+                        "hosted_zone_id is required for route53 (e.g. \"Z0123456789ABCDEFGHIJ\")"
+                            .into(),
+                    )
+                })?;
+                let hosted_zone_id = given.trim().trim_start_matches("/hostedzone/").to_string();
+                if hosted_zone_id.is_empty()
+                    || !hosted_zone_id.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    return Err(bad(format!(
+                        "hosted_zone_id {given:?} is not a hosted zone id (letters and digits, e.g. \"Z0123456789ABCDEFGHIJ\")"
+                    )));
+                }
+                let endpoint = self
+                    .endpoint
+                    .unwrap_or_else(|| DEFAULT_ROUTE53_ENDPOINT.to_string())
+                    .trim_end_matches('/')
+                    .to_string();
+                let host = endpoint
+                    .strip_prefix("https://")
+                    .or_else(|| endpoint.strip_prefix("http://"));
+                if !matches!(host, Some(h) if !h.is_empty() && !h.contains('/')) {
+                    return Err(bad(format!(
+                        "endpoint {endpoint:?} must be http:// or https:// and a host (no path), e.g. \"{DEFAULT_ROUTE53_ENDPOINT}\""
+                    )));
+                }
+                let region = self
+                    .region
+                    .unwrap_or_else(|| DEFAULT_ROUTE53_REGION.to_string());
+                if region.is_empty()
+                    || !region
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    return Err(bad(format!(
+                        "region {region:?} is not an AWS region (e.g. \"{DEFAULT_ROUTE53_REGION}\")"
+                    )));
+                }
+                let secret_access_key_file = match (&self.access_key_id, self.secret_access_key_file) {
+                    (Some(id), Some(file)) => {
+                        if id.trim().is_empty() {
+                            return Err(bad("access_key_id is empty".into()));
+                        }
+                        let file = if file.is_absolute() {
+                            file
+                        } else {
+                            base.join(file)
+                        };
+                        // Proves the file is readable and not empty; the secret is read
+                        // again when the provider is built and never kept here.
+                        crate::dns::AwsCredentials::load(id, &file)
+                            .map_err(|e| bad(e.to_string()))?;
+                        Some(file)
+                    }
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(bad(
+                            "access_key_id needs secret_access_key_file (or leave both out to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".into(),
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(bad(
+                            "secret_access_key_file needs access_key_id".into(),
+                        ))
+                    }
+                };
+                let authoritative = match self.authoritative {
+                    Some(list) if list.is_empty() => {
+                        return Err(bad(
+                            "authoritative, when given, needs at least one server (leave it out to confirm through the Route 53 API)".into()
+                        ))
+                    }
+                    Some(list) => list,
+                    None => Vec::new(),
+                };
+                DnsProviderConfig::Route53 {
+                    hosted_zone_id,
+                    endpoint,
+                    region,
+                    access_key_id: self.access_key_id.map(|id| id.trim().to_string()),
+                    secret_access_key_file,
                     authoritative,
                 }
             }
@@ -761,7 +899,15 @@ mod tests {
             ),
             (
                 "record = \"db.drmesh.test\"\nprovider = \"route53\"\n",
-                "route53",
+                "hosted_zone_id is required for route53",
+            ),
+            (
+                "record = \"db.drmesh.test\"\nprovider = \"cloudflare\"\n",
+                "cloudflare",
+            ),
+            (
+                "record = \"db.drmesh.test\"\nhosted_zone_id = \"Z1\"\n",
+                "hosted_zone_id does not apply to provider embedded",
             ),
             ("record = \"db.drmesh.test\"\nrecrod = 1\n", "recrod"),
             (
@@ -782,6 +928,114 @@ mod tests {
             let err = dns(section, dir.path()).expect_err(section);
             assert!(err.contains(names), "{section}: {err}");
         }
+    }
+
+    #[test]
+    fn dns_route53_defaults_credentials_and_mistakes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("aws.secret"), "wJalrXUtnFEMI/K7MDENG\n").expect("write");
+        let base = "provider = \"route53\"\nrecord = \"DB.drmesh.example.com\"\n";
+        let d = dns(
+            &format!("{base}hosted_zone_id = \"/hostedzone/Z0123456789ABC\"\n"),
+            dir.path(),
+        )
+        .expect("valid")
+        .dns
+        .expect("dns");
+        assert_eq!(d.record, "db.drmesh.example.com.");
+        assert_eq!(d.ttl, 60);
+        assert_eq!(
+            d.provider,
+            DnsProviderConfig::Route53 {
+                hosted_zone_id: "Z0123456789ABC".into(),
+                endpoint: "https://route53.amazonaws.com".into(),
+                region: "us-east-1".into(),
+                access_key_id: None,
+                secret_access_key_file: None,
+                authoritative: vec![],
+            }
+        );
+        let full = format!(
+            "{base}ttl = 30\nhosted_zone_id = \"Z1\"\nendpoint = \"http://127.0.0.1:5000/\"\nregion = \"eu-west-1\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key_file = \"aws.secret\"\nauthoritative = [\"205.251.192.1:53\", \"205.251.194.2:53\"]\n"
+        );
+        let d = dns(&full, dir.path()).expect("valid").dns.expect("dns");
+        assert_eq!(d.ttl, 30);
+        assert_eq!(
+            d.provider,
+            DnsProviderConfig::Route53 {
+                hosted_zone_id: "Z1".into(),
+                endpoint: "http://127.0.0.1:5000".into(),
+                region: "eu-west-1".into(),
+                access_key_id: Some("AKIDEXAMPLE".into()),
+                secret_access_key_file: Some(dir.path().join("aws.secret")),
+                authoritative: vec![
+                    "205.251.192.1:53".parse().expect("addr"),
+                    "205.251.194.2:53".parse().expect("addr"),
+                ],
+            }
+        );
+        // The secret is neither in the checked configuration nor in its Debug.
+        assert!(!format!("{d:?}").contains("wJalrXUtnFEMI"));
+
+        let zone = "hosted_zone_id = \"Z1\"\n";
+        for (section, names) in [
+            (
+                format!("{base}hosted_zone_id = \"Z 1\"\n"),
+                "not a hosted zone id",
+            ),
+            (
+                format!("{base}{zone}endpoint = \"route53.amazonaws.com\"\n"),
+                "endpoint",
+            ),
+            (
+                format!("{base}{zone}endpoint = \"https://h/x\"\n"),
+                "no path",
+            ),
+            (format!("{base}{zone}region = \"US East\"\n"), "region"),
+            (
+                format!("{base}{zone}access_key_id = \"AKID\"\n"),
+                "needs secret_access_key_file",
+            ),
+            (
+                format!("{base}{zone}secret_access_key_file = \"aws.secret\"\n"),
+                "needs access_key_id",
+            ),
+            (
+                format!(
+                    "{base}{zone}access_key_id = \"AKID\"\nsecret_access_key_file = \"missing\"\n"
+                ),
+                "missing",
+            ),
+            (
+                format!("{base}{zone}authoritative = []\n"),
+                "at least one server",
+            ),
+            (
+                format!("{base}{zone}zone = \"drmesh.example.com\"\n"),
+                "zone does not apply to provider route53",
+            ),
+            (
+                format!("{base}{zone}server = \"127.0.0.1:53\"\n"),
+                "server does not apply to provider route53",
+            ),
+            (
+                format!("{base}{zone}listen = \"127.0.0.1:53\"\n"),
+                "listen does not apply",
+            ),
+        ] {
+            let err = dns(&section, dir.path()).expect_err(&section);
+            assert!(err.contains(names), "{section}: {err}");
+        }
+        // Route 53 keys are refused for the other providers.
+        let err = dns(
+            "record = \"db.drmesh.test\"\nendpoint = \"http://127.0.0.1:1\"\n",
+            dir.path(),
+        )
+        .expect_err("embedded");
+        assert!(
+            err.contains("endpoint does not apply to provider embedded"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -547,21 +547,20 @@ async fn update_dns(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
             dns.record()
         ));
     };
-    // The answer being replaced: the old primary's address, or else what the first
-    // authoritative server answers now.
+    // The answer being replaced: the old primary's address, or else what the name
+    // answers now (first authoritative server, or the provider's API).
     let old = match run
         .from_agent
         .as_ref()
         .and_then(|a| postgres_address(coord, a))
     {
         Some(a) => Some(a.ip()),
-        None => match dns.authoritative().first() {
-            Some(server) => crate::dns::query(*server, dns.record(), Duration::from_secs(2))
-                .await
-                .ok()
-                .and_then(|a| (a.len() == 1).then(|| a[0])),
-            None => None,
-        },
+        None => current_answers(dns.as_ref())
+            .await
+            .into_iter()
+            .next()
+            .and_then(|(_, a)| a.ok())
+            .and_then(|a| (a.len() == 1).then(|| a[0])),
     };
     let mut attempt = 0;
     loop {
@@ -588,6 +587,26 @@ async fn update_dns(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
     }
 }
 
+/// What the name answers now: at each authoritative server, or, for a provider with
+/// none listed (Route 53 without `authoritative`), through its API.
+async fn current_answers(
+    dns: &dyn crate::dns::DnsProvider,
+) -> Vec<(String, Result<Vec<std::net::IpAddr>, crate::dns::DnsError>)> {
+    let servers = dns.authoritative();
+    if servers.is_empty() {
+        return match dns.api_answer().await {
+            Some(answer) => vec![(dns.describe(), answer)],
+            None => Vec::new(),
+        };
+    }
+    let mut out = Vec::new();
+    for server in servers {
+        let answer = crate::dns::query(server, dns.record(), Duration::from_secs(2)).await;
+        out.push((server.to_string(), answer));
+    }
+    out
+}
+
 /// Step 5: the name resolves to the new primary at every authoritative server, and the
 /// server at that answer is out of recovery and takes a write — connected to as the
 /// application would. Without a DNS name, the new primary's advertised address is
@@ -601,20 +620,27 @@ async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
     if let Some(addr) = advertised {
         let mut targets = Vec::new();
         if let Some(dns) = coord.dns.get() {
-            for server in dns.authoritative() {
-                match crate::dns::query(server, dns.record(), Duration::from_secs(2)).await {
+            for (source, answer) in current_answers(dns.as_ref()).await {
+                match answer {
                     Ok(ips) if ips.len() == 1 => {
-                        targets.push((format!("{} at {server}", dns.record()), ips[0]))
+                        targets.push((format!("{} at {source}", dns.record()), ips[0]))
                     }
                     Ok(ips) => {
                         return Outcome::Failed(format!(
-                            "{server} answers {:?} for {}, not one address",
+                            "{source} answers {:?} for {}, not one address",
                             ips,
                             dns.record()
                         ))
                     }
                     Err(e) => return Outcome::Failed(e.to_string()),
                 }
+            }
+            if targets.is_empty() {
+                return Outcome::Failed(format!(
+                    "{} gives no way to resolve {}",
+                    dns.describe(),
+                    dns.record()
+                ));
             }
         } else {
             targets.push((format!("{agent}'s advertised address"), addr.ip()));

@@ -9,9 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drmesh_agent::postgres::local::{
-    free_port, prepare_parent_dir, LocalCluster, PgBin, PgNetwork,
-};
+use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use serde_json::Value;
 
 use crate::bind::Bind;
@@ -65,15 +63,6 @@ pub struct FaultMesh {
     _pg_dir: tempfile::TempDir,
 }
 
-fn placement(topo: &Topology, region: &str) -> PgNetwork {
-    PgNetwork {
-        listen_addresses: vec![topo.control_ip(region), topo.mesh_ip(region)],
-        host: Some(topo.control_ip(region)),
-        trust: vec!["198.18.0.0/15".into()],
-        command_prefix: topo.exec_prefix(region),
-    }
-}
-
 impl FaultMesh {
     pub fn start(opts: FaultOptions) -> FaultMesh {
         let pg = PgBin::find().unwrap_or_else(|e| {
@@ -121,7 +110,7 @@ impl FaultMesh {
             primary_region,
             &data_dir(primary_region),
             port,
-            &placement(&topo, primary_region),
+            &topo.pg_network(primary_region),
         )
         .expect("initdb");
         clusters.0.push(primary.clone());
@@ -138,7 +127,7 @@ impl FaultMesh {
                 port,
                 &data_dir(r),
                 port,
-                &placement(&topo, r),
+                &topo.pg_network(r),
             )
             .expect("pg_basebackup");
             clusters.0.push(standby.clone());

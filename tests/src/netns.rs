@@ -312,6 +312,18 @@ impl Topology {
 
     /// The prefix that runs a program in the region's namespace: `ip netns exec NS`
     /// (e.g. for `PgNetwork::command_prefix`).
+    /// Where a region's PostgreSQL listens: its control and mesh addresses, reached by
+    /// clients on the control address, trusting the namespaces' networks, started inside
+    /// the namespace.
+    pub fn pg_network(&self, region: &str) -> drmesh_agent::postgres::local::PgNetwork {
+        drmesh_agent::postgres::local::PgNetwork {
+            listen_addresses: vec![self.control_ip(region), self.mesh_ip(region)],
+            host: Some(self.control_ip(region)),
+            trust: vec!["198.18.0.0/15".into()],
+            command_prefix: self.exec_prefix(region),
+        }
+    }
+
     pub fn exec_prefix(&self, region: &str) -> Vec<String> {
         ["ip", "netns", "exec", self.ns(region)]
             .map(String::from)

@@ -20,4 +20,5 @@ mod e2e {
     pub mod quickstart;
     pub mod rejoin;
     pub mod repo;
+    pub mod route53;
 }

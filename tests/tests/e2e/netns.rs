@@ -8,9 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drmesh_agent::postgres::local::{
-    free_port, prepare_parent_dir, LocalCluster, PgBin, PgNetwork,
-};
+use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use drmesh_tests::netns::{root_ip_forward, Topology};
 use drmesh_tests::splitbrain::{missing_writes, Probe, Writer, SETUP_SQL};
 use drmesh_tests::{processes_mentioning, wait_for};
@@ -46,24 +44,13 @@ fn pg_root() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, root)
 }
 
-/// A cluster of `region` listening on its control and mesh addresses, reached by the
-/// test on the control address, started inside the namespace.
-fn placement(topo: &Topology, region: &str) -> PgNetwork {
-    PgNetwork {
-        listen_addresses: vec![topo.control_ip(region), topo.mesh_ip(region)],
-        host: Some(topo.control_ip(region)),
-        trust: vec!["198.18.0.0/15".into()],
-        command_prefix: topo.exec_prefix(region),
-    }
-}
-
 fn primary_in(topo: &Topology, region: &str, bin: &PgBin, root: &Path) -> LocalCluster {
     let c = LocalCluster::init_primary_on(
         bin,
         region,
         &root.join(region),
         free_port().expect("port"),
-        &placement(topo, region),
+        &topo.pg_network(region),
     )
     .expect("initdb");
     c.start().expect("start primary in its namespace");
@@ -210,7 +197,7 @@ fn netns_postgres_sync_failover_loses_no_acknowledged_write() {
         primary.port,
         &root.join("b"),
         free_port().expect("port"),
-        &placement(&topo, "b"),
+        &topo.pg_network("b"),
     )
     .expect("pg_basebackup over the mesh");
     clusters.0.push(standby.clone());

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Failover of the peers, measured (issue 5's "for scale" line): pg_auto_failover and Patroni
+# with their DEFAULT timing settings, on this machine, loopback only, beside drmesh's
+# bench/failover.sh. Time from a fault to the first write accepted afterwards, median and
+# worst of RUNS runs each, for
+#   (a) the primary's PostgreSQL killed (kill -9 of the postmaster; its HA agent alive), and
+#   (b) the primary's whole node lost (kill -9 of its HA agent's processes and its postmaster),
+# and the acknowledged writes missing on the primary afterwards.
+#
+#   bash bench/failover-peers.sh [RUNS]     (default 3; env PEERS=pgaf,patroni  KINDS=crash,node)
+#
+# What runs (Debian 12 packages, installed with apt-get when missing; PostgreSQL 15):
+#   pg_auto_failover 2.0 (postgresql-15-auto-failover, pg-auto-failover-cli): a monitor and two
+#     nodes, each `pg_autoctl create … --auth trust --no-ssl --run` as the postgres user on
+#     127.0.0.1 and a free port, default formation settings (number_sync_standbys 0,
+#     replication quorum on: synchronous_standby_names 'ANY 1 (…)') and the monitor's default
+#     GUCs: health_check_period 5 s, health_check_timeout 5 s, health_check_max_retries 2,
+#     health_check_retry_delay 2 s, node_considered_unhealthy_timeout 20 s,
+#     primary_demote_timeout 30 s; the keeper's defaults (network_partition_timeout 20 s,
+#     postgresql_restart_failure_timeout 20 s, 3 restart retries).
+#   Patroni 3.0.2 (patroni) with etcd 3.4 (etcd-server, one member) as its DCS: two nodes,
+#     default ttl 30 s, loop_wait 10 s, retry_timeout 10 s, maximum_lag_on_failover 1 MiB,
+#     asynchronous replication (synchronous_mode off, the default).
+# Each run is a fresh cluster in a fresh directory under /tmp (every port free, 127.0.0.1).
+# Once it has a primary and a streaming standby, a client (bash + psql, one process per write)
+# inserts a numbered row every 50 ms through
+#   postgresql://127.0.0.1:P1,127.0.0.1:P2/bench?target_session_attrs=read-write&connect_timeout=1
+# and logs each acknowledged write: send time, acknowledgement time ($EPOCHREALTIME) and the
+# server's port (inet_server_port()). After 1.5 s of writes the fault is caused; the time is
+# from just before the kill to the acknowledgement of the first write sent after it (so no
+# write in flight on the old primary counts), on whichever node accepted it — the "node"
+# column says whether that was the old primary (restarted in place, no failover) or the
+# standby (a failover). A run gives up 120 s after the fault. Then the client stops and the
+# acknowledged writes missing from the node that accepted the last write are counted.
+# Prints one line per run and a markdown table. Runs as root (installs, runs as postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-${RUNS:-3}}"
+PEERS="${PEERS:-pgaf,patroni}"
+KINDS="${KINDS:-crash,node}"
+GIVE_UP=120
+PGBIN=/usr/lib/postgresql/15/bin
+if [ "$(id -u)" != 0 ]; then echo "run as root (apt-get; the clusters run as postgres)" >&2; exit 1; fi
+
+need=()
+command -v psql >/dev/null || need+=(postgresql-client-15)
+[ -x "$PGBIN/postgres" ] || need+=(postgresql-15)
+[[ $PEERS != *pgaf* ]] || command -v pg_autoctl >/dev/null || need+=(postgresql-15-auto-failover pg-auto-failover-cli)
+[[ $PEERS != *patroni* ]] || command -v patroni >/dev/null || need+=(patroni)
+[[ $PEERS != *patroni* ]] || command -v etcd >/dev/null || need+=(etcd-server)
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's packages may start their own services on install; ours use their own ports.
+for unit in etcd patroni; do systemctl stop "$unit" 2>/dev/null || true; done
+
+ROOT=$(mktemp -d /tmp/drmesh-peers.XXXXXX)
+chown postgres: "$ROOT"
+chmod 755 "$ROOT"
+PGIDS=()   # process groups we started (each daemon runs under setsid)
+DATADIRS=()
+cleanup() {
+  local g d pid
+  [ -n "${CLIENT:-}" ] && kill "$CLIENT" 2>/dev/null || true
+  for g in "${PGIDS[@]}"; do kill -9 -- "-$g" 2>/dev/null || true; done
+  for d in "${DATADIRS[@]}"; do   # a postmaster not in our process groups
+    pid=$(head -1 "$d/postmaster.pid" 2>/dev/null) || continue
+    [[ $pid =~ ^[0-9]+$ ]] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$PGBIN/postgres" ] &&
+      kill -9 "$pid" 2>/dev/null || true
+  done
+  for g in "${PGIDS[@]}"; do wait "$g" 2>/dev/null || true; done
+  PGIDS=() DATADIRS=() CLIENT=
+}
+trap 'cleanup; rm -rf "$ROOT"' EXIT
+trap 'exit 130' INT TERM
+
+free_ports() {   # N distinct free TCP ports on 127.0.0.1
+  python3 - "$1" <<'EOF'
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))
+EOF
+}
+as_pg() {   # run as postgres with this run's environment
+  runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" HOME="$RUN" XDG_CONFIG_HOME="$RUN/xdg/config" \
+    XDG_DATA_HOME="$RUN/xdg/data" XDG_RUNTIME_DIR="$RUN/xdg/run" PGHOST=127.0.0.1 "$@"
+}
+daemon() {   # daemon LOGNAME CMD…: run as postgres in its own process group
+  setsid runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" HOME="$RUN" XDG_CONFIG_HOME="$RUN/xdg/config" \
+    XDG_DATA_HOME="$RUN/xdg/data" XDG_RUNTIME_DIR="$RUN/xdg/run" PGHOST=127.0.0.1 "${@:2}" >"$RUN/$1.log" 2>&1 &
+  PGIDS+=($!)
+}
+postmaster_pid() { head -1 "$1/postmaster.pid" 2>/dev/null; }
+sql() { psql -X -qAt -h 127.0.0.1 -p "$1" -U postgres -d "${3:-postgres}" -c "$2" 2>/dev/null; }
+median() { sort -g | awk '{a[NR] = $1} END {printf "%.2f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+now() { echo "$EPOCHREALTIME"; }
+
+# The client: one psql per write, every 50 ms; logs "id sent acked port" per acknowledged write.
+client_start() {   # URL LOG
+  ( i=0
+    while [ ! -e "$RUN/stop-client" ] && ((i < 100000)); do
+      i=$((i + 1)); s=$EPOCHREALTIME
+      if p=$(psql -X -qAt "$1" -c "insert into w(id) values ($i) returning inet_server_port()" 2>/dev/null); then
+        echo "$i $s $EPOCHREALTIME $p" >>"$2"
+      fi
+      sleep 0.05
+    done ) &
+  CLIENT=$!
+}
+client_stop() { touch "$RUN/stop-client"; wait "$CLIENT" 2>/dev/null || true; CLIENT=; }
+
+# measure PEER KIND OLD_PORT NEW_PORT: the fault has just happened at $FAULT; waits for the
+# first write sent after it to be acknowledged, then 1 s more; sets RESULT.
+measure() {
+  local end=$((SECONDS + GIVE_UP)) first="" last port missing
+  while ((SECONDS < end)); do
+    first=$(awk -v f="$FAULT" '$2 > f {print; exit}' "$RUN/writes" 2>/dev/null)
+    [ -n "$first" ] && break
+    sleep 0.2
+  done
+  sleep 1
+  client_stop
+  if [ -z "$first" ]; then RESULT="none"; return; fi
+  read -r _ _ acked port <<<"$first"
+  last=$(tail -1 "$RUN/writes" | awk '{print $4}')
+  missing=$(awk '{print $1}' "$RUN/writes" | sort -n >"$RUN/acked"; \
+    sql "$last" "select id from w order by id" bench | sort -n | comm -23 "$RUN/acked" - | wc -l)
+  local node=standby; [ "$port" = "$3" ] && node="old primary"
+  RESULT=$(awk -v a="$acked" -v f="$FAULT" 'BEGIN {printf "%.2f", a - f}')" $node $missing"
+}
+
+# ---------------------------------------------------------------- pg_auto_failover
+pgaf_state() {   # "port reported goal" per node
+  as_pg pg_autoctl show state --pgdata "$RUN/monitor" --json 2>/dev/null |
+    python3 -c 'import json,sys
+for n in json.load(sys.stdin): print(n["nodeport"], n["reported_state"], n["assigned_state"])' 2>/dev/null
+}
+pgaf_run() {   # KIND
+  local pm p1 p2 uri st prim stby i
+  read -r pm p1 p2 < <(free_ports 3)
+  daemon monitor pg_autoctl create monitor --pgdata "$RUN/monitor" --pgport "$pm" --hostname 127.0.0.1 \
+    --auth trust --no-ssl --run
+  DATADIRS+=("$RUN/monitor")
+  for i in $(seq 1 300); do uri=$(as_pg pg_autoctl show uri --pgdata "$RUN/monitor" --monitor 2>/dev/null) &&
+    sql "$pm" "select 1" >/dev/null && break; sleep 0.2; done
+  [ -n "$uri" ] || { echo "pg_auto_failover: the monitor did not start" >&2; return 1; }
+  local n=1 p
+  for p in "$p1" "$p2"; do
+    daemon "node$n" pg_autoctl create postgres --pgdata "$RUN/node$n" --pgport "$p" --hostname 127.0.0.1 \
+      --name "node$n" --dbname bench --monitor "$uri" --auth trust --no-ssl --pg-hba-lan --run
+    DATADIRS+=("$RUN/node$n")
+    # the first node becomes the primary before the second one joins
+    if ((n == 1)); then
+      for i in $(seq 1 300); do pgaf_state | grep -q "^$p1 single single" && break; sleep 0.2; done
+    fi
+    n=$((n + 1))
+  done
+  for i in $(seq 1 600); do
+    st=$(pgaf_state)
+    grep -q " primary primary$" <<<"$st" && grep -q " secondary secondary$" <<<"$st" && break
+    sleep 0.2
+  done
+  prim=$(awk '$2 == "primary" && $3 == "primary" {print $1}' <<<"$st")
+  stby=$(awk '$2 == "secondary" && $3 == "secondary" {print $1}' <<<"$st")
+  [ -n "$prim" ] && [ -n "$stby" ] || { echo "pg_auto_failover: no primary + secondary: $st" >&2; return 1; }
+  sql "$prim" "create table w (id int primary key, at timestamptz default now())" bench >/dev/null
+  client_start "postgresql://postgres@127.0.0.1:$p1,127.0.0.1:$p2/bench?target_session_attrs=read-write&connect_timeout=1" "$RUN/writes"
+  sleep 1.5
+  local pdir="$RUN/node1"; [ "$prim" = "$p2" ] && pdir="$RUN/node2"
+  local pgid="${PGIDS[1]}"; [ "$prim" = "$p2" ] && pgid="${PGIDS[2]}"
+  local pmpid; pmpid=$(postmaster_pid "$pdir")
+  FAULT=$(now)
+  case $1 in
+    crash) kill -9 "$pmpid" ;;
+    node) kill -9 -- "-$pgid"; kill -9 "$pmpid" 2>/dev/null || true ;;
+  esac
+  measure pgaf "$1" "$prim" "$stby"
+  pgaf_state >"$RUN/state-after"
+}
+
+# ---------------------------------------------------------------- Patroni
+patroni_run() { echo "patroni: not implemented" >&2; return 1; }
+
+# ---------------------------------------------------------------- main
+echo "drmesh $(git rev-parse --short HEAD 2>/dev/null), $(date -u +%FT%TZ), $(nproc) cores;" \
+  "$(pg_autoctl --version 2>/dev/null | head -1);" "$(patroni --version 2>/dev/null);" \
+  "$(etcd --version 2>/dev/null | head -1); $("$PGBIN/postgres" --version)"
+ROWS=()
+IFS=, read -ra peer_list <<<"$PEERS"
+IFS=, read -ra kind_list <<<"$KINDS"
+for peer in "${peer_list[@]}"; do
+  for kind in "${kind_list[@]}"; do
+    times=() nodes=() lost=0
+    for r in $(seq 1 "$RUNS"); do
+      RUN="$ROOT/$peer-$kind-$r"; mkdir -p "$RUN/xdg/run"; chown -R postgres: "$RUN"; chmod 700 "$RUN/xdg/run"
+      RESULT="none"
+      "${peer}_run" "$kind" || RESULT="none"
+      cleanup
+      read -r t node missing <<<"$RESULT" || true
+      if [ "$t" = none ]; then
+        echo "$peer $kind run $r: no write accepted within ${GIVE_UP} s (logs kept in $RUN)" >&2
+        cp -r "$RUN" "/tmp/drmesh-peers-failed-$peer-$kind-$r" 2>/dev/null || true
+        times+=("$GIVE_UP"); nodes+=("none")
+        continue
+      fi
+      node=${RESULT#* }; missing=${node##* }; node=${node% *}
+      echo "$peer $kind run $r: first write ${t} s after the fault, on the $node; acknowledged writes lost: $missing" >&2
+      times+=("$t"); nodes+=("$node"); lost=$((lost + missing))
+    done
+    med=$(printf '%s\n' "${times[@]}" | median)
+    worst=$(printf '%s\n' "${times[@]}" | sort -g | tail -1)
+    where=$(printf '%s\n' "${nodes[@]}" | sort | uniq -c | awk '{c = $1; $1 = ""; printf "%s%s×%s", NR > 1 ? ", " : "", c, $0}')
+    name=$peer; [ "$peer" = pgaf ] && name="pg_auto_failover 2.0"; [ "$peer" = patroni ] && name="Patroni 3.0.2"
+    desc="(a) primary PostgreSQL killed (kill -9), agent alive"
+    [ "$kind" = node ] && desc="(b) primary node lost (agent + PostgreSQL kill -9)"
+    ROWS+=("| $name | $desc | $RUNS | $med s | $worst s | $where | $lost | $(IFS=,; echo "${times[*]}" | sed 's/,/, /g') |")
+  done
+done
+echo "| peer | fault | runs | median | worst | first write on | acknowledged writes lost | every run (s) |"
+echo "|---|---|---:|---:|---:|---|---:|---|"
+printf '%s\n' "${ROWS[@]}"
