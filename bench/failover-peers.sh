@@ -143,8 +143,8 @@ pgaf_run() {   # KIND
   daemon monitor pg_autoctl create monitor --pgdata "$RUN/monitor" --pgport "$pm" --hostname 127.0.0.1 \
     --auth trust --no-ssl --run
   DATADIRS+=("$RUN/monitor")
-  for i in $(seq 1 300); do uri=$(as_pg pg_autoctl show uri --pgdata "$RUN/monitor" --monitor 2>/dev/null) &&
-    sql "$pm" "select 1" >/dev/null && break; sleep 0.2; done
+  for i in $(seq 1 300); do uri=$(as_pg pg_autoctl show uri --pgdata "$RUN/monitor" --formation monitor 2>/dev/null) &&
+    psql -X -qAt "$uri" -c "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
   [ -n "$uri" ] || { echo "pg_auto_failover: the monitor did not start" >&2; return 1; }
   local n=1 p
   for p in "$p1" "$p2"; do
@@ -211,7 +211,7 @@ for peer in "${peer_list[@]}"; do
     done
     med=$(printf '%s\n' "${times[@]}" | median)
     worst=$(printf '%s\n' "${times[@]}" | sort -g | tail -1)
-    where=$(printf '%s\n' "${nodes[@]}" | sort | uniq -c | awk '{c = $1; $1 = ""; printf "%s%s×%s", NR > 1 ? ", " : "", c, $0}')
+    where=$(printf '%s\n' "${nodes[@]}" | sort | uniq -c | awk '{c = $1; $1 = ""; printf "%s%s×%s", (NR > 1 ? ", " : ""), c, $0}')
     name=$peer; [ "$peer" = pgaf ] && name="pg_auto_failover 2.0"; [ "$peer" = patroni ] && name="Patroni 3.0.2"
     desc="(a) primary PostgreSQL killed (kill -9), agent alive"
     [ "$kind" = node ] && desc="(b) primary node lost (agent + PostgreSQL kill -9)"

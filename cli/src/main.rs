@@ -194,7 +194,11 @@ fn print_status(s: &DrStatus) {
                 format!("{:?}", r.status).to_uppercase(),
                 a.agent_id.to_string(),
                 a.state.to_string(),
-                a.role.map_or("-".to_string(), |r| r.to_string()),
+                if a.fenced {
+                    "fenced".to_string()
+                } else {
+                    a.role.map_or("-".to_string(), |r| r.to_string())
+                },
                 a.last_heartbeat_age_ms
                     .map_or("-".to_string(), |ms| format!("{ms} ms")),
                 a.timeline.map_or("-".to_string(), |t| t.to_string()),
@@ -202,6 +206,23 @@ fn print_status(s: &DrStatus) {
                 a.replication_lag_seconds
                     .map_or("-".to_string(), |s| format!("{s:.1}")),
             );
+        }
+    }
+    for h in &s.health_checks {
+        println!(
+            "\nplan {}: primary {} ({}) {:?}, checked {}",
+            h.plan_id,
+            h.primary_region
+                .as_ref()
+                .map_or("-".to_string(), |r| r.to_string()),
+            h.primary_agent
+                .as_ref()
+                .map_or("-".to_string(), |a| a.to_string()),
+            h.verdict,
+            h.checked_at.format("%H:%M:%S")
+        );
+        for c in &h.checks {
+            println!("  {c}");
         }
     }
     if let Some(f) = &s.failover {

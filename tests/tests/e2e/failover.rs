@@ -166,4 +166,15 @@ fn a_crashed_primary_fails_over_by_itself() {
     );
     let health = &done["healthChecks"][0];
     assert_eq!(health["planId"], "production_dr_plan", "{done:#}");
+    // `drmesh status` shows the plan's health check, and the old primary fenced.
+    let shown = drmesh_tests::wait_for(Duration::from_secs(10), || {
+        let (ok, out, _) = t.mesh.cli(&t.mesh.admin_token, &["status"]);
+        (ok && out.contains("plan production_dr_plan: primary") && out.contains("fenced"))
+            .then_some(out)
+    });
+    assert!(
+        shown.is_some(),
+        "{}",
+        t.mesh.cli(&t.mesh.admin_token, &["status"]).1
+    );
 }
