@@ -175,10 +175,12 @@ impl Mesh {
             .is_some_and(|db| crate::failover::is_fenced(&db.data_dir))
     }
 
-    /// When the lease ends, if a lease is known.
+    /// When the lease ends, if there is one: an agent whose view has no peers (a mesh of
+    /// one) holds none and never fences by itself — nothing else could be promoted, and
+    /// the coordinator refuses to wait out a lease it does not hold.
     fn lease_end(&self) -> Option<Instant> {
         let st = self.state.lock();
-        let view = st.view.as_ref()?;
+        let view = st.view.as_ref().filter(|v| !v.peers.is_empty())?;
         let answered: Vec<Instant> = view
             .peers
             .iter()

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::registry::AgentEntry;
 use crate::state::Coordinator;
+use crate::store::StoreExt;
 use crate::{alerts, failover, plans};
 
 /// Alert kind raised when an automatic failover should start but cannot.
@@ -32,16 +33,46 @@ pub const AUTOMATIC_FAILOVER_BLOCKED: &str = "AUTOMATIC_FAILOVER_BLOCKED";
 const FRESH_INTERVALS: u32 = 3;
 
 /// The agent that holds (or last held) a plan's primary: in the plan's active region
-/// if it has one, the one that most recently reported a writable server.
+/// if it has one, the one that most recently reported a writable server; after a
+/// restart, before any report, the active region's agent with a PostgreSQL address
+/// that is not reporting a standby.
 pub fn primary_agent(coord: &Coordinator, active: Option<&RegionId>) -> Option<AgentEntry> {
-    coord
-        .registry
-        .lock()
+    let registry = coord.registry.lock();
+    let in_region = |a: &&AgentEntry| active.is_none_or(|r| &a.region == r);
+    registry
         .agents()
-        .filter(|a| active.is_none_or(|r| &a.region == r))
+        .filter(in_region)
         .filter(|a| a.last_primary_at.is_some())
         .max_by_key(|a| a.last_primary_at)
+        .or_else(|| {
+            active?;
+            registry.agents().filter(in_region).find(|a| {
+                a.addresses.postgres.is_some()
+                    && a.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.postgres.as_ref())
+                        .is_none_or(|p| p.role != PgRole::Standby)
+            })
+        })
         .cloned()
+}
+
+/// Records where a plan's primary runs, the first time it is seen, so a restarted
+/// coordinator knows which region to watch.
+fn remember_active_region(coord: &Coordinator, plan: &str, region: &RegionId) {
+    let store = coord.store.as_ref();
+    match plans::get(store, plan) {
+        Ok(Some(mut p)) if p.active_region.is_none() => {
+            p.active_region = Some(region.clone());
+            if let Err(e) = store.put_json(crate::store::Namespace::Plans, &p.id, &p) {
+                warn!(plan, error = %e, "record the plan's active region");
+            } else {
+                info!(plan, region = %region, "the plan's primary runs here");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(plan, error = %e, "read the plan"),
+    }
 }
 
 fn fresh(coord: &Coordinator, a: &AgentEntry, now: Instant) -> bool {
@@ -257,6 +288,9 @@ pub async fn watch(coord: Arc<Coordinator>) {
                 );
                 continue;
             };
+            if plan.active_region.is_none() && primary.last_primary_at.is_some() {
+                remember_active_region(&coord, &plan.id, &primary.region);
+            }
             let interval = Duration::from_millis(plan.health_check_interval.max(1000));
             let previous = coord.health.lock().get(&plan.id).map(|h| h.verdict);
             let unwell = previous.is_some_and(|v| v != PrimaryHealth::Up)
@@ -408,7 +442,6 @@ pub fn lease_expired(coord: &Coordinator, old: &AgentId) -> Result<String, Strin
     let Some(entry) = registry.get(old) else {
         return Ok(format!("{old} is not a known agent"));
     };
-    let report = entry.heartbeat.as_ref().and_then(|h| h.mesh.as_ref());
     let heard = entry.last_heartbeat_instant.unwrap_or(coord.started);
     let since = now.saturating_duration_since(heard);
     if since < wait {
@@ -450,20 +483,23 @@ pub fn lease_expired(coord: &Coordinator, old: &AgentId) -> Result<String, Strin
             _ => {}
         }
     }
-    // The old agent's own view may be older than ours; the smaller peer count makes
-    // its majority easier, so use the smaller.
-    let n = report
-        .map(|r| r.peer_count as usize)
-        .filter(|_| entry.last_heartbeat_instant.is_some())
-        .map_or(peers, |reported| reported.min(peers));
-    let needed = n.div_ceil(2);
-    let safe = if report.is_none() {
-        // Its view is unknown: every peer must be shown out of contact.
-        unproven.is_empty()
-    } else {
-        needed == 0 || unproven.len() < needed
+    // The size of the old agent's view, as it last reported (kept across restarts). Its
+    // view may be older than ours; the smaller count makes its majority easier, so use
+    // the smaller.
+    let Some(view) = entry.mesh_peers else {
+        return Err(format!(
+            "{old} never reported its mesh view, so whether it fences itself is unknown; \
+             fence it by hand (stop its PostgreSQL, leave standby.signal) or bring its agent back"
+        ));
     };
-    if !safe {
+    if view == 0 {
+        return Err(format!(
+            "{old} had no peers in its mesh view, so it does not fence itself when cut off; \
+             fence it by hand (stop its PostgreSQL, leave standby.signal) or bring its agent back"
+        ));
+    }
+    let needed = (view as usize).min(peers).div_ceil(2);
+    if needed > 0 && unproven.len() >= needed {
         return Err(format!(
             "{old} may still hold its lease through the mesh: {} of its peers cannot be shown out of contact: {}",
             unproven.len(),

@@ -63,6 +63,9 @@ pub struct AgentEntry {
     pub addresses: AgentAddresses,
     /// When a heartbeat last reported a writable PostgreSQL.
     pub last_primary_at: Option<Instant>,
+    /// How many peers the agent's mesh view last had, as it reported (kept in the store
+    /// across restarts): what its lease's majority is counted against.
+    pub mesh_peers: Option<u32>,
 }
 
 /// Where an agent and its PostgreSQL are reached, as its Hello said.
@@ -135,6 +138,7 @@ impl Registry {
             heartbeat: None,
             addresses: AgentAddresses::default(),
             last_primary_at: None,
+            mesh_peers: None,
         });
     }
 
@@ -164,6 +168,7 @@ impl Registry {
             heartbeat: None,
             addresses: AgentAddresses::default(),
             last_primary_at: None,
+            mesh_peers: None,
         });
         entry.region = region.clone();
         entry.version = version.to_string();
@@ -211,6 +216,17 @@ impl Registry {
     pub fn set_addresses(&mut self, id: &AgentId, addresses: AgentAddresses) {
         if let Some(entry) = self.agents.get_mut(id) {
             entry.addresses = addresses;
+        }
+    }
+
+    /// Records the size of the agent's mesh view; true when it changed.
+    pub fn set_mesh_peers(&mut self, id: &AgentId, peers: Option<u32>) -> bool {
+        match self.agents.get_mut(id) {
+            Some(entry) if entry.mesh_peers != peers => {
+                entry.mesh_peers = peers;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct KnownAgent {
     pub first_seen: chrono::DateTime<Utc>,
     #[serde(default)]
     pub addresses: crate::registry::AgentAddresses,
+    /// The size of its mesh view, as it last reported.
+    #[serde(default)]
+    pub mesh_peers: Option<u32>,
 }
 
 /// A live QUIC session with an agent.
@@ -83,6 +86,7 @@ impl Coordinator {
             let id = known.agent_id.clone();
             registry.remember(known.agent_id, known.region, known.version, now);
             registry.set_addresses(&id, known.addresses);
+            registry.set_mesh_peers(&id, known.mesh_peers);
         }
         let epoch = store
             .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
@@ -161,6 +165,29 @@ impl Coordinator {
         view
     }
 
+    /// Records the size of an agent's mesh view when it changed (rarely: a write to the
+    /// store), so a restarted coordinator still knows the majority the agent's lease is
+    /// counted against.
+    pub fn note_mesh_peers(&self, id: &AgentId, peers: u32) {
+        if !self.registry.lock().set_mesh_peers(id, Some(peers)) {
+            return;
+        }
+        let result = match self
+            .store
+            .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
+        {
+            Ok(Some(mut known)) => {
+                known.mesh_peers = Some(peers);
+                self.store.put_json(Namespace::Agents, id.as_str(), &known)
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            error!(agent_id = %id, error = %e, "remember the agent's mesh view size");
+        }
+    }
+
     /// Records an agent's addresses (from its Hello), in the registry and the store.
     pub fn set_addresses(
         &self,
@@ -195,6 +222,7 @@ impl Coordinator {
             version: version.to_string(),
             first_seen: Utc::now(),
             addresses,
+            mesh_peers: None,
         };
         let result = match self
             .store
@@ -212,6 +240,7 @@ impl Coordinator {
                 id.as_str(),
                 &KnownAgent {
                     first_seen: old.first_seen,
+                    mesh_peers: old.mesh_peers,
                     ..known
                 },
             ),

@@ -336,10 +336,18 @@ async fn receive_heartbeats(
             Ok(AgentMessage::V1(AgentMessageV1::Heartbeat(hb))) => {
                 let seq = hb.seq;
                 let generation = hb.mesh.as_ref().map_or(0, |m| m.generation);
+                let mesh_peers = hb
+                    .mesh
+                    .as_ref()
+                    .filter(|m| m.generation != 0)
+                    .map(|m| m.peer_count);
                 let outcome = coord.registry.lock().heartbeat(id, connection, hb, arrived);
                 match outcome {
                     HeartbeatOutcome::Accepted(transition) => {
                         acknowledge(conn, coord, seq, generation);
+                        if let Some(n) = mesh_peers {
+                            coord.note_mesh_peers(id, n);
+                        }
                         coord
                             .metrics
                             .heartbeat_update_seconds

@@ -323,3 +323,34 @@ fn the_remaining_standby_follows_the_new_primary() {
         "the remaining standby did not replay the new primary's write"
     );
 }
+
+#[test]
+fn a_coordinator_restarted_while_a_region_is_cut_off_still_waits_out_its_lease() {
+    let mut fm = FaultMesh::start(FaultOptions::default());
+    let cut = Instant::now();
+    fm.topo.cut(&fm.regions[0]);
+    // The new coordinator process has never heard the cut-off agent: it must count the
+    // agent's lease from its own start, and its majority from the view size the store
+    // kept.
+    std::thread::sleep(Duration::from_secs(1));
+    fm.mesh.restart_coordinator();
+    let restarted = Instant::now();
+    let done = fm.failover_finished(Duration::from_secs(60));
+    assert_automatic_completion(&done);
+    assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    let promoted = done["failover"]["steps"][2]["endedAt"]
+        .as_str()
+        .unwrap_or("");
+    let step2 = done["failover"]["steps"][1]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(step2.contains("fenced itself"), "{step2}");
+    assert!(
+        restarted.elapsed() > LEASE,
+        "promoted ({promoted}) before a lease had passed since the restart"
+    );
+    eprintln!(
+        "coordinator restarted during a region cut: failover done {} ms after the cut",
+        cut.elapsed().as_millis()
+    );
+}
