@@ -38,7 +38,8 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-${RUNS:-3}}"
 PEERS="${PEERS:-pgaf,patroni}"
 KINDS="${KINDS:-crash,node}"
-GIVE_UP=120
+GIVE_UP=120   # s after the fault without an acknowledged write: the run failed
+SETTLE="${SETTLE:-40}"   # s of writes observed after the first acknowledged one
 PGBIN=/usr/lib/postgresql/15/bin
 if [ "$(id -u)" != 0 ]; then echo "run as root (apt-get; the clusters run as postgres)" >&2; exit 1; fi
 
@@ -69,10 +70,12 @@ cleanup() {
     [[ $pid =~ ^[0-9]+$ ]] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$PGBIN/postgres" ] &&
       kill -9 "$pid" 2>/dev/null || true
   done
-  for g in "${PGIDS[@]}"; do wait "$g" 2>/dev/null || true; done
+  for g in "${PGIDS[@]}"; do   # gone (bounded)
+    for _ in $(seq 1 50); do kill -0 -- "-$g" 2>/dev/null || break; sleep 0.1; done
+  done
   PGIDS=() DATADIRS=() CLIENT=
 }
-trap 'cleanup; rm -rf "$ROOT"' EXIT
+trap 'cleanup; [ -n "${KEEP:-}" ] && echo "logs kept in $ROOT" >&2 || rm -rf "$ROOT"' EXIT
 trap 'exit 130' INT TERM
 
 free_ports() {   # N distinct free TCP ports on 127.0.0.1
@@ -91,11 +94,14 @@ daemon() {   # daemon LOGNAME CMD…: run as postgres in its own process group
   setsid runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" HOME="$RUN" XDG_CONFIG_HOME="$RUN/xdg/config" \
     XDG_DATA_HOME="$RUN/xdg/data" XDG_RUNTIME_DIR="$RUN/xdg/run" PGHOST=127.0.0.1 "${@:2}" >"$RUN/$1.log" 2>&1 &
   PGIDS+=($!)
+  disown $!
 }
 postmaster_pid() { head -1 "$1/postmaster.pid" 2>/dev/null; }
 sql() { psql -X -qAt -h 127.0.0.1 -p "$1" -U postgres -d "${3:-postgres}" -c "$2" 2>/dev/null; }
 median() { sort -g | awk '{a[NR] = $1} END {printf "%.2f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 now() { echo "$EPOCHREALTIME"; }
+IDLE_MAX="${IDLE_MAX:-30}"
+source bench/lib.sh   # wait_idle: other work on the 2 cores would skew the times
 
 # The client: one psql per write, every 50 ms; logs "id sent acked port" per acknowledged write.
 client_start() {   # URL LOG
@@ -111,41 +117,55 @@ client_start() {   # URL LOG
 }
 client_stop() { touch "$RUN/stop-client"; wait "$CLIENT" 2>/dev/null || true; CLIENT=; }
 
-# measure PEER KIND OLD_PORT NEW_PORT: the fault has just happened at $FAULT; waits for the
-# first write sent after it to be acknowledged, then 1 s more; sets RESULT.
+# measure OLD_PORT: the fault has just happened at $FAULT. Waits (≤ GIVE_UP s) for a write sent
+# after it to be acknowledged, keeps writing SETTLE s more (a restart in place may still be
+# followed by a failover), stops the client and sets RESULT to
+#   "T_FINAL|NODE|T_FIRST|MISSING": T_FINAL the first write sent after the fault acknowledged
+#   by the node that acknowledged the last write (the primary at the end), NODE "old primary"
+#   or "standby" for that node, T_FIRST the first write acknowledged by any node (a different
+#   node, or an earlier acknowledgement by the same node before a second outage, shows up here),
+#   MISSING the acknowledged writes missing on the final primary.
 measure() {
-  local end=$((SECONDS + GIVE_UP)) first="" last port missing
+  local end=$((SECONDS + GIVE_UP)) first="" final
   while ((SECONDS < end)); do
     first=$(awk -v f="$FAULT" '$2 > f {print; exit}' "$RUN/writes" 2>/dev/null)
     [ -n "$first" ] && break
     sleep 0.2
   done
-  sleep 1
+  [ -n "$first" ] && sleep "$SETTLE"
   client_stop
-  if [ -z "$first" ]; then RESULT="none"; return; fi
-  read -r _ _ acked port <<<"$first"
-  last=$(tail -1 "$RUN/writes" | awk '{print $4}')
-  missing=$(awk '{print $1}' "$RUN/writes" | sort -n >"$RUN/acked"; \
-    sql "$last" "select id from w order by id" bench | sort -n | comm -23 "$RUN/acked" - | wc -l)
-  local node=standby; [ "$port" = "$3" ] && node="old primary"
-  RESULT=$(awk -v a="$acked" -v f="$FAULT" 'BEGIN {printf "%.2f", a - f}')" $node $missing"
+  [ -n "$first" ] || { RESULT=none; return; }
+  final=$(tail -1 "$RUN/writes" | awk '{print $4}')
+  awk '{print $1}' "$RUN/writes" | sort >"$RUN/acked"
+  sql "$final" "select id from w" bench | sort >"$RUN/stored"
+  local missing; missing=$(comm -23 "$RUN/acked" "$RUN/stored" | wc -l)
+  local node=standby; [ "$final" = "$1" ] && node="old primary"
+  RESULT=$(awk -v f="$FAULT" -v p="$final" -v m="$missing" -v n="$node" '
+    $2 > f && t1 == "" {t1 = $3 - f; n1 = $4}
+    $2 > f && $4 == p && tf == "" {tf = $3 - f}
+    END {printf "%.2f|%s|%.2f%s|%d", tf, n, t1, (n1 == p ? "" : " (other node)"), m}' "$RUN/writes")
 }
 
 # ---------------------------------------------------------------- pg_auto_failover
-pgaf_state() {   # "port reported goal" per node
-  as_pg pg_autoctl show state --pgdata "$RUN/monitor" --json 2>/dev/null |
-    python3 -c 'import json,sys
-for n in json.load(sys.stdin): print(n["nodeport"], n["reported_state"], n["assigned_state"])' 2>/dev/null
+pgaf_state() {   # "port reported_state goal_state" per node, from the monitor
+  sql "$PGAF_MON" "select nodeport, reportedstate, goalstate from pgautofailover.node order by nodeid" pg_auto_failover |
+    tr '|' ' '
 }
 pgaf_run() {   # KIND
   local pm p1 p2 uri st prim stby i
   read -r pm p1 p2 < <(free_ports 3)
+  PGAF_MON=$pm
   daemon monitor pg_autoctl create monitor --pgdata "$RUN/monitor" --pgport "$pm" --hostname 127.0.0.1 \
     --auth trust --no-ssl --run
   DATADIRS+=("$RUN/monitor")
-  for i in $(seq 1 300); do uri=$(as_pg pg_autoctl show uri --pgdata "$RUN/monitor" --formation monitor 2>/dev/null) &&
-    psql -X -qAt "$uri" -c "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
-  [ -n "$uri" ] || { echo "pg_auto_failover: the monitor did not start" >&2; return 1; }
+  # (not `pg_autoctl show uri` meanwhile: two pg_autoctl creating their config folders race)
+  uri="postgres://autoctl_node@127.0.0.1:$pm/pg_auto_failover?sslmode=prefer"
+  for i in $(seq 1 300); do
+    grep -q "Monitor has been successfully initialized" "$RUN/monitor.log" 2>/dev/null &&
+      psql -X -qAt "$uri" -c "select 1" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  psql -X -qAt "$uri" -c "select 1" >/dev/null 2>&1 || { echo "pg_auto_failover: the monitor did not start" >&2; return 1; }
   local n=1 p
   for p in "$p1" "$p2"; do
     daemon "node$n" pg_autoctl create postgres --pgdata "$RUN/node$n" --pgport "$p" --hostname 127.0.0.1 \
@@ -153,13 +173,15 @@ pgaf_run() {   # KIND
     DATADIRS+=("$RUN/node$n")
     # the first node becomes the primary before the second one joins
     if ((n == 1)); then
-      for i in $(seq 1 300); do pgaf_state | grep -q "^$p1 single single" && break; sleep 0.2; done
+      for i in $(seq 1 600); do pgaf_state | grep -q "^$p1 single single" && break; sleep 0.2; done
     fi
     n=$((n + 1))
   done
-  for i in $(seq 1 600); do
+  for i in $(seq 1 900); do
     st=$(pgaf_state)
     grep -q " primary primary$" <<<"$st" && grep -q " secondary secondary$" <<<"$st" && break
+    # pg_basebackup asks for a spread checkpoint (minutes when idle); CHECKPOINT hurries it
+    ((i % 10)) || sql "$p1" checkpoint >/dev/null || true
     sleep 0.2
   done
   prim=$(awk '$2 == "primary" && $3 == "primary" {print $1}' <<<"$st")
@@ -176,7 +198,7 @@ pgaf_run() {   # KIND
     crash) kill -9 "$pmpid" ;;
     node) kill -9 -- "-$pgid"; kill -9 "$pmpid" 2>/dev/null || true ;;
   esac
-  measure pgaf "$1" "$prim" "$stby"
+  measure "$prim"
   pgaf_state >"$RUN/state-after"
 }
 
@@ -192,22 +214,23 @@ IFS=, read -ra peer_list <<<"$PEERS"
 IFS=, read -ra kind_list <<<"$KINDS"
 for peer in "${peer_list[@]}"; do
   for kind in "${kind_list[@]}"; do
-    times=() nodes=() lost=0
+    times=() nodes=() firsts=() lost=0
     for r in $(seq 1 "$RUNS"); do
-      RUN="$ROOT/$peer-$kind-$r"; mkdir -p "$RUN/xdg/run"; chown -R postgres: "$RUN"; chmod 700 "$RUN/xdg/run"
-      RESULT="none"
-      "${peer}_run" "$kind" || RESULT="none"
+      RUN="$ROOT/$peer-$kind-$r"; mkdir -p "$RUN"/xdg/{run,config,data}; chown -R postgres: "$RUN"; chmod 700 "$RUN/xdg/run"
+      RESULT=none
+      wait_idle
+      "${peer}_run" "$kind" || RESULT=none
       cleanup
-      read -r t node missing <<<"$RESULT" || true
-      if [ "$t" = none ]; then
-        echo "$peer $kind run $r: no write accepted within ${GIVE_UP} s (logs kept in $RUN)" >&2
-        cp -r "$RUN" "/tmp/drmesh-peers-failed-$peer-$kind-$r" 2>/dev/null || true
-        times+=("$GIVE_UP"); nodes+=("none")
+      if [ "$RESULT" = none ]; then
+        rm -rf "/tmp/drmesh-peers-failed-$peer-$kind-$r"; cp -r "$RUN" "/tmp/drmesh-peers-failed-$peer-$kind-$r" 2>/dev/null || true
+        echo "$peer $kind run $r: no write accepted within ${GIVE_UP} s (logs kept in /tmp/drmesh-peers-failed-$peer-$kind-$r)" >&2
+        times+=("$GIVE_UP"); nodes+=("none"); firsts+=("none")
         continue
       fi
-      node=${RESULT#* }; missing=${node##* }; node=${node% *}
-      echo "$peer $kind run $r: first write ${t} s after the fault, on the $node; acknowledged writes lost: $missing" >&2
-      times+=("$t"); nodes+=("$node"); lost=$((lost + missing))
+      IFS='|' read -r t node first missing <<<"$RESULT"
+      echo "$peer $kind run $r: writes back for good on the $node ${t} s after the fault" \
+        "(first acknowledged write: ${first} s); acknowledged writes lost: $missing" >&2
+      times+=("$t"); nodes+=("$node"); firsts+=("$first"); lost=$((lost + missing))
     done
     med=$(printf '%s\n' "${times[@]}" | median)
     worst=$(printf '%s\n' "${times[@]}" | sort -g | tail -1)
@@ -215,9 +238,9 @@ for peer in "${peer_list[@]}"; do
     name=$peer; [ "$peer" = pgaf ] && name="pg_auto_failover 2.0"; [ "$peer" = patroni ] && name="Patroni 3.0.2"
     desc="(a) primary PostgreSQL killed (kill -9), agent alive"
     [ "$kind" = node ] && desc="(b) primary node lost (agent + PostgreSQL kill -9)"
-    ROWS+=("| $name | $desc | $RUNS | $med s | $worst s | $where | $lost | $(IFS=,; echo "${times[*]}" | sed 's/,/, /g') |")
+    ROWS+=("| $name | $desc | $RUNS | $med s | $worst s | $(printf '%s\n' "${times[@]}" | paste -sd, | sed 's/,/, /g') | $where | $(printf '%s\n' "${firsts[@]}" | paste -sd, | sed 's/,/, /g') | $lost |")
   done
 done
-echo "| peer | fault | runs | median | worst | first write on | acknowledged writes lost | every run (s) |"
-echo "|---|---|---:|---:|---:|---|---:|---|"
+echo "| peer | fault | runs | median | worst | every run (s) | primary at the end | first write acknowledged by any node, every run (s) | acknowledged writes lost |"
+echo "|---|---|---:|---:|---:|---|---|---|---:|"
 printf '%s\n' "${ROWS[@]}"

@@ -222,6 +222,7 @@ mod tests {
             postgres_error: None,
             fenced,
             postgres_address: None,
+            mesh_peers: None,
         }
     }
 

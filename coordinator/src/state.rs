@@ -346,6 +346,7 @@ impl Coordinator {
                         .and_then(|h| h.mesh.as_ref())
                         .is_some_and(|m| m.fenced),
                     postgres_address: e.addresses.postgres,
+                    mesh_peers: e.mesh_peers,
                 }
             })
             .collect();

@@ -72,6 +72,10 @@ pub struct AgentStatus {
     /// Where clients reach the agent's PostgreSQL, as the agent advertised it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_address: Option<std::net::SocketAddr>,
+    /// How many peers the agent's mesh view has, as it last reported: a primary's lease
+    /// is counted against this mesh (none: it holds no lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_peers: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -261,8 +261,22 @@ impl FaultMesh {
     }
 
     /// Waits until the plan's health check sees the primary UP and every agent has its
-    /// peers in view.
+    /// peers in view (a primary's lease is counted against its view: one that does not
+    /// know its peers yet holds none).
     pub fn wait_primary_up(&self) {
+        let peers = self.regions.len() as u32 - 1;
+        let meshed = wait_for(Duration::from_secs(30), || {
+            let s = self.mesh.status();
+            let agents: Vec<_> = s.regions.iter().flat_map(|r| &r.agents).collect();
+            (agents.len() == self.regions.len()
+                && agents.iter().all(|a| a.mesh_peers == Some(peers)))
+            .then_some(())
+        });
+        assert!(
+            meshed.is_some(),
+            "the agents do not all see their {peers} peers: {}",
+            self.mesh.get(STATUS).text
+        );
         let up = wait_for(Duration::from_secs(30), || {
             let s = self.mesh.get(STATUS).body;
             let verdict = s["healthChecks"]
