@@ -30,6 +30,14 @@ pub enum FailoverError {
     Rejoin(String),
 }
 
+/// A program of the cluster's PostgreSQL installation (`pg_ctl`, `pg_rewind`, …).
+fn pg_program(db: &DatabaseConfig, name: &str) -> Result<std::process::Command, FailoverError> {
+    let bin = db
+        .pg_bin()
+        .map_err(|e| FailoverError::Io(format!("find {name}: {e}")))?;
+    Ok(std::process::Command::new(bin.dir().join(name)))
+}
+
 /// A PostgreSQL error with the server's own message (tokio-postgres's `Display` says
 /// only "db error").
 fn pg_error(e: tokio_postgres::Error) -> FailoverError {
@@ -179,10 +187,7 @@ fn fence_blocking(db: &DatabaseConfig, mode: &str) -> Result<(), FailoverError> 
         info!(data_dir = %data.display(), "fenced: PostgreSQL was not running");
         return Ok(());
     }
-    let bin = db
-        .pg_bin()
-        .map_err(|e| FailoverError::Io(format!("find pg_ctl: {e}")))?;
-    let mut cmd = std::process::Command::new(bin.dir().join("pg_ctl"));
+    let mut cmd = pg_program(db, "pg_ctl")?;
     cmd.arg("-D")
         .arg(data)
         .args(["-m", mode, "-w", "-t", "60", "stop"])
@@ -451,10 +456,7 @@ fn last_line(text: &str, program: &str) -> String {
 
 /// `pg_controldata`'s "Database cluster state".
 fn cluster_state(db: &DatabaseConfig, owner: Option<(u32, u32)>) -> Result<String, FailoverError> {
-    let bin = db
-        .pg_bin()
-        .map_err(|e| FailoverError::Io(format!("find pg_controldata: {e}")))?;
-    let mut cmd = std::process::Command::new(bin.dir().join("pg_controldata"));
+    let mut cmd = pg_program(db, "pg_controldata")?;
     cmd.arg("-D").arg(&db.data_dir);
     as_owner(&mut cmd, owner);
     let out = cmd
@@ -493,10 +495,7 @@ fn rewind_blocking(db: &DatabaseConfig, source: &str) -> Result<(bool, String), 
         std::fs::rename(&signal, &aside)
             .map_err(|e| FailoverError::Io(format!("rename {}: {e}", signal.display())))?;
     }
-    let bin = db
-        .pg_bin()
-        .map_err(|e| FailoverError::Io(format!("find pg_rewind: {e}")))?;
-    let mut cmd = std::process::Command::new(bin.dir().join("pg_rewind"));
+    let mut cmd = pg_program(db, "pg_rewind")?;
     cmd.arg("--target-pgdata")
         .arg(data)
         .arg("--source-server")
@@ -609,10 +608,7 @@ fn configure_and_start_blocking(
         .open(&log)
         .map_err(|e| FailoverError::Io(format!("create {}: {e}", log.display())))?;
     chown_to(&log, owner);
-    let bin = db
-        .pg_bin()
-        .map_err(|e| FailoverError::Io(format!("find pg_ctl: {e}")))?;
-    let mut cmd = std::process::Command::new(bin.dir().join("pg_ctl"));
+    let mut cmd = pg_program(db, "pg_ctl")?;
     cmd.arg("-D")
         .arg(data)
         .arg("-l")
