@@ -201,6 +201,33 @@ pub struct DatabaseFile {
     /// `[database.environments.<name>]`: where a point-in-time recovery into `<name>`
     /// (e.g. `staging`, `forensics`) goes. Its directory is replaced by each recovery.
     pub environments: std::collections::BTreeMap<String, EnvironmentFile>,
+    /// Record every user table's row count (in the connected database) at each base
+    /// backup's stop point, for the restorability test to compare. Default true.
+    pub count_rows: Option<bool>,
+    /// How long counting one table may take before it is skipped (with a note).
+    /// Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub count_rows_timeout: Option<Duration>,
+    /// `[[database.smoke_checks]]`: queries the restorability test runs on the restored
+    /// server, each with the text its first row's first column must equal.
+    pub smoke_checks: Vec<SmokeCheckFile>,
+}
+
+/// `[[database.smoke_checks]]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmokeCheckFile {
+    /// One SQL statement. Required.
+    pub sql: Option<String>,
+    /// Its first row's first column, as text (`""` for no row or NULL). Required.
+    pub expect: Option<String>,
+}
+
+/// A query the restorability test runs, and the answer it must give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmokeCheck {
+    pub sql: String,
+    pub expect: String,
 }
 
 /// `[database.environments.<name>]`.
@@ -242,6 +269,9 @@ pub struct DatabaseConfig {
     pub pg_bin_dir: Option<PathBuf>,
     pub recovery_timeout: Duration,
     pub environments: std::collections::BTreeMap<String, Environment>,
+    pub count_rows: bool,
+    pub count_rows_timeout: Duration,
+    pub smoke_checks: Vec<SmokeCheck>,
 }
 
 impl DatabaseConfig {
@@ -310,6 +340,24 @@ impl DatabaseFile {
             environments.insert(name, Environment { data_dir, port });
         }
         let recovery_timeout = self.recovery_timeout.unwrap_or(Duration::from_secs(3600));
+        let count_rows_timeout = self.count_rows_timeout.unwrap_or(Duration::from_secs(10));
+        if count_rows_timeout < Duration::from_millis(10)
+            || count_rows_timeout > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::Invalid(
+                "database.count_rows_timeout must be between 10ms and 1h".into(),
+            ));
+        }
+        let mut smoke_checks = Vec::new();
+        for (i, c) in self.smoke_checks.into_iter().enumerate() {
+            let key = format!("database.smoke_checks[{i}]");
+            let sql = required(c.sql, &format!("{key}.sql"))?;
+            if sql.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("{key}.sql is empty")));
+            }
+            let expect = required(c.expect, &format!("{key}.expect"))?;
+            smoke_checks.push(SmokeCheck { sql, expect });
+        }
         Ok(DatabaseConfig {
             data_dir: pgdata,
             repository,
@@ -320,6 +368,9 @@ impl DatabaseFile {
             pg_bin_dir: self.pg_bin_dir.map(abs),
             recovery_timeout,
             environments,
+            count_rows: self.count_rows.unwrap_or(true),
+            count_rows_timeout,
+            smoke_checks,
         })
     }
 }
@@ -704,7 +755,15 @@ mod tests {
         assert_eq!(db.repository, "/var/lib/drmesh/backups/database");
         assert_eq!(db.archive_timeout, Duration::from_secs(60));
         assert_eq!(db.environments["staging"].port, 5440);
+        assert!(db.count_rows);
+        assert_eq!(db.count_rows_timeout, Duration::from_secs(10));
+        assert!(db.smoke_checks.is_empty());
         for bad in [
+            "[database]\ndata_dir = \"/pg\"\n[[database.smoke_checks]]\nsql = \"select 1\"\n",
+            "[database]\ndata_dir = \"/pg\"\n[[database.smoke_checks]]\nexpect = \"1\"\n",
+            "[database]\ndata_dir = \"/pg\"\n[[database.smoke_checks]]\nsql = \" \"\nexpect = \"1\"\n",
+            "[database]\ndata_dir = \"/pg\"\n[[database.smoke_checks]]\nsql = \"select 1\"\nexpect = \"1\"\nname = \"x\"\n",
+            "[database]\ndata_dir = \"/pg\"\ncount_rows_timeout = \"0s\"\n",
             "[database]\n",
             "[database]\ndata_dir = \"/pg\"\narchive_timeout = \"0s\"\n",
             "[database]\ndata_dir = \"/pg\"\n[database.environments.staging]\ndata_dir = \"/s\"\n",
@@ -719,6 +778,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn smoke_checks_and_row_counts() {
+        let text = format!(
+            "{BASE}[database]\ndata_dir = \"/pg\"\ncount_rows = false\ncount_rows_timeout = \"2s\"\n\
+             [[database.smoke_checks]]\nsql = \"select count(*) from users\"\nexpect = \"42\"\n\
+             [[database.smoke_checks]]\nsql = \"select 1 where false\"\nexpect = \"\"\n"
+        );
+        let db = AgentConfigFile::parse(&text, Path::new("a.toml"))
+            .expect("parse")
+            .validate(Path::new("/"))
+            .expect("valid")
+            .database
+            .expect("database");
+        assert!(!db.count_rows);
+        assert_eq!(db.count_rows_timeout, Duration::from_secs(2));
+        assert_eq!(
+            db.smoke_checks,
+            vec![
+                SmokeCheck {
+                    sql: "select count(*) from users".into(),
+                    expect: "42".into()
+                },
+                SmokeCheck {
+                    sql: "select 1 where false".into(),
+                    expect: String::new()
+                }
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod basebackup;
 pub mod child;
 pub mod logical;
 pub mod recovery;
+pub mod verify;
 pub mod wal;
 
 use crate::config::DatabaseConfig;

@@ -60,6 +60,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     use tracing::Instrument;
     let span = tracing::info_span!("agent", agent_id = %config.id, region = %config.region);
     async move {
+        if config.database.is_some() {
+            let data_dir = config.data_dir.clone();
+            // Verifications a kill left behind: their servers stopped, directories gone.
+            let _ =
+                tokio::task::spawn_blocking(move || database::verify::clean_leftovers(&data_dir))
+                    .await;
+        }
         let observed = Arc::new(Observed::default());
         if let Some(pg) = &config.postgres {
             let prober = postgres::Prober::new(pg.clone());

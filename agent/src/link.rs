@@ -117,6 +117,8 @@ pub struct CommandContext {
     pub database: Option<(crate::config::DatabaseConfig, std::path::PathBuf)>,
     /// `[postgres]`: the server this agent promotes.
     pub postgres: Option<crate::config::PostgresConfig>,
+    /// The agent's own directory (verifications' throw-away directories go below it).
+    pub data_dir: std::path::PathBuf,
 }
 
 async fn read_frame<M: Frame>(
@@ -188,6 +190,7 @@ impl Link {
             .map(|d| Arc::new(Documents::new(d)));
         let database = config.database.clone().zip(config.path.clone());
         let postgres = config.postgres.clone();
+        let data_dir = config.data_dir.clone();
         Ok(Self {
             config,
             endpoint,
@@ -198,6 +201,7 @@ impl Link {
                 documents,
                 database,
                 postgres,
+                data_dir,
             }),
             mesh,
             mesh_addr,
@@ -562,6 +566,27 @@ async fn execute(
                     outcome(result, "database backup completed")
                 }
             },
+            CommandKind::VerifyDatabaseBackup {
+                verification_id,
+                backup_id,
+            } => match &ctx.database {
+                None => no_database(),
+                Some((db, path)) => {
+                    info!(verification_id, backup_id, "verifying a database backup");
+                    outcome(
+                        verify_database_backup(
+                            db,
+                            path,
+                            &ctx.data_dir,
+                            &verification_id,
+                            &backup_id,
+                            progress,
+                        )
+                        .await,
+                        "verification finished",
+                    )
+                }
+            },
             CommandKind::Promote => match &ctx.postgres {
                 None => (false, "this agent has no [postgres]".to_string(), None),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
@@ -645,6 +670,41 @@ async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// Runs a verification in a child process as the cluster's owner, in a throw-away
+/// directory made for it; the directory goes if the child could not remove it.
+async fn verify_database_backup(
+    db: &crate::config::DatabaseConfig,
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    verification_id: &str,
+    backup_id: &str,
+    progress: ProgressFn,
+) -> Result<drmesh_protocol::api::DatabaseVerificationReport, crate::database::DatabaseError> {
+    use crate::database::verify;
+    crate::repo::backup::valid_snapshot_id(backup_id)?;
+    let (dir, owner) = {
+        let (data_dir, id, owner) = (
+            data_dir.to_path_buf(),
+            verification_id.to_string(),
+            db.data_dir.clone(),
+        );
+        let dir = tokio::task::spawn_blocking(move || verify::prepare_dir(&data_dir, &id, &owner))
+            .await
+            .map_err(|e| crate::database::DatabaseError::Io(e.to_string()))??;
+        (dir, db.data_dir.clone())
+    };
+    let args: Vec<String> = vec![
+        "verify".into(),
+        "--backup".into(),
+        backup_id.into(),
+        "--dir".into(),
+        dir.display().to_string(),
+    ];
+    let result = crate::database::child::run(config, &owner, &args, progress).await;
+    let _ = tokio::task::spawn_blocking(move || verify::remove_scratch(&dir)).await;
+    result
 }
 
 /// `PitrInfo`: read from the repository in this process (it only reads).

@@ -92,6 +92,20 @@ enum Command {
         #[arg(long, conflicts_with_all = ["time", "environment"])]
         immediate: bool,
     },
+    /// Verify a base backup: every chunk re-hashed, every pack and WAL segment read
+    /// back, and a restorability test in DIR (an empty directory, removed afterwards).
+    Verify {
+        /// The base backup.
+        #[arg(long)]
+        backup: String,
+        /// The throw-away directory (created when missing; removed at the end).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Report progress and the outcome as JSON lines (how the agent runs it); when
+        /// the agent dies, the server is stopped and the directory removed.
+        #[arg(long, hide = true)]
+        report_json: bool,
+    },
     /// List the base backups in the repository.
     Backups {
         #[arg(long, value_enum, default_value = "text")]
@@ -355,6 +369,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     target: to,
                     time,
                     immediate,
+                    lsn: None,
                     port,
                     restore_command,
                     progress,
@@ -371,6 +386,58 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 restored.bytes as f64 / 1048576.0
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            backup,
+            dir,
+            report_json,
+        } => {
+            let db = db()?;
+            let repo = database::open_existing(db).await?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
+            let agent = std::env::current_exe().context("where is this program")?;
+            let restore_command = recovery::agent_restore_command(&agent, &agent_config)?;
+            let watch = report_json.then(|| tokio::spawn(clean_when_orphaned(dir.clone())));
+            let conninfo = config.postgres.as_ref().map(|p| p.conninfo.as_str());
+            let progress = move |percent: f32, message: String| {
+                if report_json {
+                    database::child::report(&database::child::ChildLine::Progress {
+                        percent,
+                        message,
+                    });
+                } else {
+                    eprintln!("{percent:>3.0}% {message}");
+                }
+            };
+            let result = database::verify::run(
+                &repo,
+                db,
+                conninfo,
+                &backup,
+                &dir,
+                restore_command,
+                &progress,
+            )
+            .await;
+            if let Some(w) = watch {
+                w.abort();
+            }
+            let report = result?;
+            if report_json {
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(&report)?,
+                ));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            // A verification that ran reports its verdicts; the exit code says whether
+            // they pass only to a person at a terminal.
+            Ok(if report_json || report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Backups { output } => {
             let repo = database::open_repository(db()?).await?;
@@ -412,6 +479,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// For a verification run by the agent: when the agent is gone, its throw-away server is
+/// stopped and its directory removed before this process ends.
+async fn clean_when_orphaned(dir: PathBuf) {
+    let parent = nix::unistd::getppid();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if nix::unistd::getppid() != parent {
+            eprintln!(
+                "drmesh-agent: the agent that started this is gone; cleaning up and stopping"
+            );
+            let _ =
+                tokio::task::spawn_blocking(move || database::verify::remove_scratch(&dir)).await;
+            std::process::exit(1);
         }
     }
 }

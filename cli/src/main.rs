@@ -91,6 +91,17 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Verify a database backup: checksums, file accessibility and a restorability test
+    /// on its agent (the runbook's "Verify Database Backup Integrity").
+    Verify {
+        /// The database backup, e.g. full_1705329600000_abc123.
+        backup: String,
+        /// Wait until the verification ends and print its verdicts (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Make a region's fenced old primary a standby of the current primary (after a
     /// failover): its leftover WAL archived, `pg_rewind`, then streaming. Its data
     /// directory is kept.
@@ -151,6 +162,51 @@ enum TokenCmd {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+fn print_verification(v: &drmesh_protocol::api::DatabaseVerification) {
+    let show = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+    let r = &v.report;
+    println!("{}  {}  {:?}", v.backup_id, v.verification_id, v.status);
+    println!(
+        "  checksum verification  {}",
+        show(
+            r.checksum_verification
+                .map(|x| format!("{x:?}").to_uppercase())
+        )
+    );
+    println!(
+        "  file accessibility     {}",
+        show(r.file_accessibility.map(|x| format!("{x:?}")))
+    );
+    println!(
+        "  restorability test     {}",
+        show(r.restorability_test.map(|x| format!("{x:?}")))
+    );
+    if let Some(ms) = v.duration_ms {
+        println!(
+            "  duration               {:.1} s (checksums {} ms, restore {} ms, recovery {} ms, checks {} ms)",
+            ms as f64 / 1000.0,
+            r.timings.checksum_ms,
+            r.timings.restore_ms,
+            r.timings.recovery_ms,
+            r.timings.checks_ms
+        );
+    }
+    for c in &r.smoke_checks {
+        println!(
+            "  {} {}: {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    for d in &r.details {
+        println!("  [{}] {}: {}", d.check, d.object, d.reason);
+    }
+    if let Some(e) = &v.error {
+        println!("  error: {e}");
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -458,6 +514,45 @@ fn main() -> anyhow::Result<()> {
                         std::process::exit(1);
                     }
                 }
+            }
+        }
+        Cmd::Verify {
+            backup,
+            wait,
+            output,
+        } => {
+            use drmesh_protocol::api::{BackupStatus, DatabaseVerification, VerificationAccepted};
+            let c = client();
+            let accepted: VerificationAccepted = c.post(
+                &format!("/v1/backup-recovery/verification/verify/{backup}"),
+                &json!({}),
+            )?;
+            if !wait {
+                match output {
+                    Output::Json => print_json(&accepted)?,
+                    Output::Text => println!(
+                        "verification {} of {backup} started on {}",
+                        accepted.verification_id, accepted.agent_id
+                    ),
+                }
+                return Ok(());
+            }
+            let v: DatabaseVerification = database::poll(
+                "verification",
+                || c.get(&format!("/v1/backup-recovery/verification/{backup}")),
+                |v: &DatabaseVerification| {
+                    (v.verification_id == accepted.verification_id
+                        && v.status != BackupStatus::InProgress)
+                        .then(|| v.verification_id.clone())
+                },
+                |v: &DatabaseVerification| (v.progress, v.progress_message.clone()),
+            )?;
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => print_verification(&v),
+            }
+            if v.status != BackupStatus::Completed {
+                std::process::exit(1);
             }
         }
         Cmd::Rejoin { region, output } => {

@@ -339,6 +339,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     target,
                     time: Some(time),
                     immediate: false,
+                    lsn: None,
                     port,
                     restore_command: repo.wal_fetch_command()?,
                     progress: progress.clone(),

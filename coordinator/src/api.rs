@@ -32,6 +32,7 @@ use crate::rejoin::{self, RejoinError};
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
+use crate::verification::{self, VerificationError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -129,6 +130,17 @@ impl From<DatabaseError> for ApiError {
             DatabaseError::NotFound(m) => ApiError::NotFound(m),
             DatabaseError::Conflict(m) => ApiError::Conflict(m),
             DatabaseError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<VerificationError> for ApiError {
+    fn from(e: VerificationError) -> Self {
+        match e {
+            VerificationError::NoAgent => ApiError::Unavailable(e.to_string()),
+            VerificationError::NotFound(m) => ApiError::NotFound(m),
+            VerificationError::Conflict(m) => ApiError::Conflict(m),
+            VerificationError::Store(s) => s.into(),
         }
     }
 }
@@ -605,6 +617,31 @@ async fn database_get(
     Ok(HttpResponse::Ok().json(rec))
 }
 
+async fn verification_start(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let accepted = verification::start(&coord, &path, caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+async fn verification_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let store = coord.store.as_ref();
+    if database::get(store, &path)?.is_none() {
+        return Err(ApiError::NotFound(format!("no database backup {path}")));
+    }
+    let rec = verification::latest(store, &path)?
+        .ok_or_else(|| ApiError::NotFound(format!("backup {path} has not been verified")))?;
+    Ok(HttpResponse::Ok().json(rec))
+}
+
 async fn documents_list(
     caller: Authenticated,
     coord: Shared,
@@ -826,6 +863,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/database/backups/{{backupId}}"),
             web::get().to(database_get),
+        )
+        .route(
+            &format!("{base}/verification/verify/{{backupId}}"),
+            web::post().to(verification_start),
+        )
+        .route(
+            &format!("{base}/verification/{{backupId}}"),
+            web::get().to(verification_get),
         )
         .route(
             &format!("{base}/documents/backup"),

@@ -75,7 +75,7 @@ pub fn get(store: &dyn Store, id: &str) -> Result<Option<DatabaseBackup>, StoreE
     store.get_json(Namespace::Backups, id)
 }
 
-fn save(store: &dyn Store, rec: &DatabaseBackup) -> Result<(), StoreError> {
+pub(crate) fn save(store: &dyn Store, rec: &DatabaseBackup) -> Result<(), StoreError> {
     store.put_json(Namespace::Backups, &rec.backup_id, rec)
 }
 

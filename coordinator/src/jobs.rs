@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use drmesh_protocol::api::{BackupStatus, DatabaseBackup, DocumentBackup, PitrRun};
+use drmesh_protocol::api::{
+    BackupStatus, DatabaseBackup, DatabaseVerification, DocumentBackup, PitrRun,
+};
 use drmesh_protocol::{AgentId, CommandKind, CommandResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,7 +19,9 @@ use crate::transport::{self, TransportError};
 
 /// A stored record that a running command reports progress into.
 pub(crate) trait Job: Serialize + DeserializeOwned {
-    /// Its key in the `backups` namespace.
+    /// The namespace it is kept in.
+    const NAMESPACE: Namespace = Namespace::Backups;
+    /// Its key in that namespace.
     fn key(&self) -> &str;
     fn agent(&self) -> &AgentId;
     fn status(&self) -> BackupStatus;
@@ -54,6 +58,27 @@ job!(DocumentBackup, backup_id, completed_at);
 job!(DatabaseBackup, backup_id, completed_at);
 job!(PitrRun, recovery_id, finished_at);
 
+impl Job for DatabaseVerification {
+    const NAMESPACE: Namespace = Namespace::Verifications;
+    fn key(&self) -> &str {
+        &self.verification_id
+    }
+    fn agent(&self) -> &AgentId {
+        &self.agent_id
+    }
+    fn status(&self) -> BackupStatus {
+        self.status
+    }
+    fn set_progress(&mut self, percent: f32, message: String) {
+        self.progress = percent.clamp(0.0, 100.0);
+        self.progress_message = message;
+    }
+    fn ended(&mut self, duration_ms: u64) {
+        self.duration_ms = Some(duration_ms);
+        self.completed_at = Some(chrono::Utc::now());
+    }
+}
+
 /// Writes progress to the store at most once a second.
 #[derive(Default)]
 struct Throttle {
@@ -89,17 +114,17 @@ pub(crate) async fn run_with_progress<J: Job>(
         if !throttle.ready() {
             return;
         }
-        if let Ok(Some(mut current)) = store.get_json::<J>(Namespace::Backups, &key) {
+        if let Ok(Some(mut current)) = store.get_json::<J>(J::NAMESPACE, &key) {
             if current.status() == BackupStatus::InProgress {
                 current.set_progress(p.percent, p.message);
-                if let Err(e) = store.put_json(Namespace::Backups, &key, &current) {
+                if let Err(e) = store.put_json(J::NAMESPACE, &key, &current) {
                     warn!(error = %e, "save progress");
                 }
             }
         }
     })
     .await;
-    if let Ok(Some(current)) = store.get_json::<J>(Namespace::Backups, &key) {
+    if let Ok(Some(current)) = store.get_json::<J>(J::NAMESPACE, &key) {
         *rec = current;
     }
     rec.ended(started.elapsed().as_millis() as u64);

@@ -21,6 +21,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod transport;
+pub mod verification;
 
 /// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
 pub fn init_logging(format: config::LogFormat) {

@@ -37,7 +37,9 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         + crate::database::fail_interrupted(&store)
             .context("mark interrupted database backups as failed")?
         + crate::recovery::fail_interrupted(&store)
-            .context("mark interrupted recoveries as failed")?;
+            .context("mark interrupted recoveries as failed")?
+        + crate::verification::fail_interrupted(&store)
+            .context("mark interrupted verifications as failed")?;
     if interrupted > 0 {
         tracing::warn!(
             count = interrupted,

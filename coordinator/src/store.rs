@@ -63,10 +63,13 @@ pub enum Namespace {
     Failovers,
     /// The embedded DNS server's answer, by record name.
     Dns,
+    /// Database backup verifications, by verification id (`verify_<epoch-ms>_<6>`, so
+    /// in time order).
+    Verifications,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 9] = [
+    pub const ALL: [Namespace; 10] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
@@ -76,6 +79,7 @@ impl Namespace {
         Namespace::Plans,
         Namespace::Failovers,
         Namespace::Dns,
+        Namespace::Verifications,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Namespace {
             Namespace::Plans => "plans",
             Namespace::Failovers => "failovers",
             Namespace::Dns => "dns",
+            Namespace::Verifications => "verifications",
         }
     }
 }

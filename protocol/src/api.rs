@@ -485,6 +485,124 @@ pub struct DatabaseBackup {
     pub error: Option<String>,
 }
 
+/// The runbook's checksum verdict: every chunk of the backup re-hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChecksumVerdict {
+    Passed,
+    Failed,
+}
+
+/// The runbook's file accessibility verdict: every object the backup needs (packs, WAL
+/// segments) exists and reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Accessibility {
+    Accessible,
+    Inaccessible,
+}
+
+/// The runbook's restorability verdict: restored, recovered, started and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Restorability {
+    Restorable,
+    NotRestorable,
+}
+
+/// One thing a verification found wrong (or noted): which check, the object (a file
+/// path with its chunk or pack, a WAL segment, a table, a smoke check) and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationFinding {
+    /// `checksum`, `accessibility`, `restorability` or `note`.
+    pub check: String,
+    pub object: String,
+    pub reason: String,
+}
+
+/// How long each phase of a database backup verification took, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationTimings {
+    /// Reading back and re-hashing every chunk, and every WAL segment.
+    pub checksum_ms: u64,
+    /// Restoring the base backup into the throw-away directory.
+    pub restore_ms: u64,
+    /// From starting PostgreSQL until it left recovery.
+    pub recovery_ms: u64,
+    /// Smoke checks, row counts and amcheck.
+    pub checks_ms: u64,
+}
+
+/// One smoke check of the restorability test.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SmokeCheckResult {
+    /// `sql: <query>`, `row counts` or `amcheck`.
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What the agent reports once it verified a database backup (the command result's
+/// detail); the verdicts are `None` only while the verification runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseVerificationReport {
+    pub checksum_verification: Option<ChecksumVerdict>,
+    pub file_accessibility: Option<Accessibility>,
+    pub restorability_test: Option<Restorability>,
+    #[serde(default)]
+    pub timings: VerificationTimings,
+    #[serde(default)]
+    pub smoke_checks: Vec<SmokeCheckResult>,
+    /// Every damaged or missing object, failed check and note, named.
+    #[serde(default)]
+    pub details: Vec<VerificationFinding>,
+}
+
+impl DatabaseVerificationReport {
+    /// All three verdicts are in and pass.
+    pub fn passed(&self) -> bool {
+        self.checksum_verification == Some(ChecksumVerdict::Passed)
+            && self.file_accessibility == Some(Accessibility::Accessible)
+            && self.restorability_test == Some(Restorability::Restorable)
+    }
+}
+
+/// `POST /verification/verify/:backupId`: the 202 answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationAccepted {
+    /// `IN_PROGRESS`.
+    pub status: BackupStatus,
+    pub backup_id: String,
+    pub verification_id: String,
+    pub agent_id: AgentId,
+}
+
+/// One verification of a database backup, as `GET /verification/:backupId` shows the
+/// newest. `status` is COMPLETED when all three verdicts pass, FAILED otherwise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseVerification {
+    pub verification_id: String,
+    pub backup_id: String,
+    pub status: BackupStatus,
+    /// 0..=100
+    pub progress: f32,
+    pub progress_message: String,
+    pub agent_id: AgentId,
+    pub region: RegionId,
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    #[serde(flatten)]
+    pub report: DatabaseVerificationReport,
+    /// Why the verification could not run to the end, when it could not.
+    pub error: Option<String>,
+}
+
 /// `GET /recovery/point-in-time/:timestamp`: can that instant be recovered, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -193,6 +193,13 @@ pub enum CommandKind {
         backup_id: Option<String>,
         environment: String,
     },
+    /// Verify a database backup: its chunks re-hashed, its packs and WAL read back, and a
+    /// restorability test (restored into a throw-away directory, recovered, started,
+    /// smoke-checked, removed). Detail: `DatabaseVerificationReport`.
+    VerifyDatabaseBackup {
+        verification_id: String,
+        backup_id: String,
+    },
     /// Promote the local standby and wait until it accepts writes; a server that already
     /// does reports so. Detail: `PromoteOutcome`.
     Promote,

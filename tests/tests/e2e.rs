@@ -21,4 +21,5 @@ mod e2e {
     pub mod rejoin;
     pub mod repo;
     pub mod route53;
+    pub mod verification;
 }

@@ -4,6 +4,7 @@
 //! `tablespace_map` stored from `pg_backup_stop`, and the snapshot written only once
 //! every WAL segment from the start to the stop LSN is in the archive.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::DatabaseError;
 use crate::config::DatabaseConfig;
 use crate::repo::backup::BackupRequest;
 use crate::repo::pages::PageDelta;
-use crate::repo::snapshot::{EntryKind, PgBackupInfo, Snapshot};
+use crate::repo::snapshot::{EntryKind, PgBackupInfo, RowCounts, Snapshot};
 use crate::repo::{Progress, Repository, Tags};
 
 /// The snapshot kind of a PostgreSQL base backup.
@@ -378,7 +379,25 @@ async fn run_inner(
         }
     }
     let size = server.segment_size;
-    let needed = needed_segments(timeline, start_lsn, stop_lsn, size);
+    let row_counts = if cfg.count_rows && !server.standby {
+        match count_rows(&client, cfg.count_rows_timeout).await {
+            Ok(counts) => Some(counts),
+            Err(e) => {
+                warn!(error = %e, "could not record row counts; the restorability test will not compare them");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let stop_segments = needed_segments(timeline, start_lsn, stop_lsn, size);
+    // With row counts, the WAL up to their segment switch is needed too.
+    let wal_end = row_counts
+        .as_ref()
+        .and_then(|c| c.wal_end.parse::<Lsn>().ok())
+        .filter(|end| end.0 > stop_lsn.0)
+        .unwrap_or(stop_lsn);
+    let needed = needed_segments(timeline, start_lsn, wal_end, size);
     if let Err(e) = wait_for_wal(repo, &req.id, timeline, &needed, cfg.archive_timeout).await {
         pending.abandon().await;
         return Err(e);
@@ -388,14 +407,131 @@ async fn run_inner(
         stop_lsn: stop_lsn.to_string(),
         timeline,
         start_wal: segment_name(timeline, segment_of(start_lsn, size), size),
-        stop_wal: needed.last().cloned().unwrap_or_default(),
+        stop_wal: stop_segments.last().cloned().unwrap_or_default(),
         wal_segment_size: size,
         system_identifier: server.system_identifier,
         server_version: server.version,
         stopped_at,
         tablespace_map: tablespaces,
+        row_counts,
     });
     Ok(pending.commit().await?)
+}
+
+/// Counts every user table's rows (plain, permanent tables of the connected database;
+/// unlogged ones are empty after a restore) in one REPEATABLE READ transaction whose
+/// first statement reads `pg_current_wal_insert_lsn()`: that statement takes the
+/// snapshot, so the counts are the state a recovery that replays every WAL record
+/// before that position, and none from it on, must show. Then a transaction id is
+/// taken (a commit record after the position) and the WAL segment switched, so the WAL
+/// recovery must read to stop there reaches the archive with the backup's own.
+///
+/// The small race: the snapshot is taken as the first statement starts and the position
+/// is read a few microseconds later, while it runs. A transaction whose commit record
+/// was inserted in between precedes the position — recovery replays it — but was not
+/// yet visible to the snapshot, so its rows would show as a mismatch. Only a write
+/// committing in that same microsecond window on a busy database can hit it.
+///
+/// A table whose count takes longer than `timeout` is skipped (named in `skipped`);
+/// every count is a full scan.
+async fn count_rows(client: &Client, timeout: Duration) -> Result<RowCounts, DatabaseError> {
+    client
+        .batch_execute("begin isolation level repeatable read read only")
+        .await?;
+    let counted = count_in_transaction(client, timeout).await;
+    let ended = client
+        .batch_execute(if counted.is_ok() {
+            "commit"
+        } else {
+            "rollback"
+        })
+        .await;
+    let (lsn, database, tables, skipped) = counted?;
+    ended?;
+    client.batch_execute("select txid_current()").await?;
+    let wal_end: String = client
+        .query_one("select pg_switch_wal()::text", &[])
+        .await?
+        .try_get(0)?;
+    info!(
+        lsn,
+        tables = tables.len(),
+        skipped = skipped.len(),
+        "row counts recorded"
+    );
+    Ok(RowCounts {
+        lsn,
+        wal_end,
+        database,
+        tables,
+        skipped,
+    })
+}
+
+type Counted = (
+    String,
+    String,
+    BTreeMap<String, i64>,
+    BTreeMap<String, String>,
+);
+
+async fn count_in_transaction(
+    client: &Client,
+    timeout: Duration,
+) -> Result<Counted, DatabaseError> {
+    // The first statement: it takes the transaction's snapshot.
+    let lsn: String = client
+        .query_one("select pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .try_get(0)?;
+    let database: String = client
+        .query_one("select current_database()", &[])
+        .await?
+        .try_get(0)?;
+    let list = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where c.relkind = 'r' and c.relpersistence = 'p' \
+               and n.nspname not in ('pg_catalog', 'information_schema') \
+               and n.nspname !~ '^pg_(toast|temp_)' \
+             order by 2",
+            &[],
+        )
+        .await?;
+    client
+        .batch_execute(&format!(
+            "set local statement_timeout = {}",
+            timeout.as_millis()
+        ))
+        .await?;
+    let mut tables = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
+    for row in list {
+        let quoted: String = row.try_get(0)?;
+        let name: String = row.try_get(1)?;
+        client.batch_execute("savepoint drmesh_count").await?;
+        match client
+            .query_one(&format!("select count(*) from {quoted}"), &[])
+            .await
+        {
+            Ok(r) => {
+                tables.insert(name, r.try_get::<_, i64>(0)?);
+                client
+                    .batch_execute("release savepoint drmesh_count")
+                    .await?;
+            }
+            Err(e) => {
+                let why = DatabaseError::from(e).to_string();
+                warn!(table = %name, error = %why, "row count skipped");
+                skipped.insert(name, why);
+                client
+                    .batch_execute("rollback to savepoint drmesh_count")
+                    .await?;
+            }
+        }
+    }
+    Ok((lsn, database, tables, skipped))
 }
 
 /// On a standby: connects to the primary its `primary_conninfo` names (host, port, user,

@@ -26,6 +26,9 @@ pub struct Restore {
     /// Stop as soon as the backup is consistent (its stop point), instead of replaying
     /// the whole archive.
     pub immediate: bool,
+    /// Stop just before the WAL record at this LSN (`recovery_target_lsn`, exclusive):
+    /// the point a base backup's row counts were taken at.
+    pub lsn: Option<String>,
     /// The port the restored server listens on (default: as backed up).
     pub port: Option<u16>,
     /// The shell command PostgreSQL runs to fetch WAL (with `%f` and `%p`), e.g. from
@@ -126,6 +129,7 @@ pub fn recovery_settings(
     restore_command: &str,
     time: Option<DateTime<Utc>>,
     immediate: bool,
+    lsn: Option<&str>,
     port: Option<u16>,
     backup: &str,
 ) -> String {
@@ -145,6 +149,14 @@ pub fn recovery_settings(
     }
     if immediate {
         text += "recovery_target = 'immediate'\n";
+    }
+    if let Some(lsn) = lsn {
+        // The LSN is where the next record starts: replay everything before it, and
+        // not the record at it (which may commit what the counting snapshot did not see).
+        text += &format!(
+            "recovery_target_lsn = '{}'\nrecovery_target_inclusive = off\n",
+            lsn.replace('\'', "")
+        );
     }
     if let Some(p) = port {
         text += &format!("port = {p}\n");
@@ -167,15 +179,21 @@ pub async fn restore(repo: &Repository, req: &Restore) -> Result<Restored, Datab
             req.target.display()
         )));
     }
-    if req.immediate && req.time.is_some() {
+    if [req.immediate, req.time.is_some(), req.lsn.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        > 1
+    {
         return Err(DatabaseError::Invalid(
-            "recover either to a time or to the backup's stop point, not both".into(),
+            "recover to one target: a time, an LSN or the backup's stop point".into(),
         ));
     }
     let settings = recovery_settings(
         &req.restore_command,
         req.time,
         req.immediate,
+        req.lsn.as_deref(),
         req.port,
         &snap.id,
     );
@@ -421,6 +439,7 @@ pub async fn recover_into(
             target: dir.clone(),
             time: Some(time),
             immediate: false,
+            lsn: None,
             port: Some(env.port),
             restore_command,
             progress: Default::default(),
@@ -561,7 +580,7 @@ mod tests {
             Path::new("/etc/drmesh/agent.toml"),
         )
         .expect("command");
-        let s = recovery_settings(&command, Some(t), false, Some(5433), "full_1");
+        let s = recovery_settings(&command, Some(t), false, None, Some(5433), "full_1");
         assert!(s.contains(
             "restore_command = '''/usr/bin/drmesh-agent'' --config ''/etc/drmesh/agent.toml'' wal-fetch %f %p'"
         ), "{s}");

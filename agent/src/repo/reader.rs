@@ -275,7 +275,18 @@ impl<'a> PackReader<'a> {
             .ok_or_else(|| RepoError::Damaged(format!("pack {} is truncated", loc.pack)))?;
         let check =
             self.always_check_ids || (!self.repo.is_encrypted() && !pack::self_checking(stored));
-        pack::decode_blob_checked(stored, id, loc.raw_length, self.repo.key(), check)
+        // Named with its pack, so a report leads to the damaged object.
+        pack::decode_blob_checked(stored, id, loc.raw_length, self.repo.key(), check).map_err(|e| {
+            match e {
+                RepoError::Damaged(why) => {
+                    RepoError::Damaged(format!("chunk {} in pack {}: {why}", id.hex(), loc.pack))
+                }
+                RepoError::Corrupt(why) => {
+                    RepoError::Corrupt(format!("chunk {} in pack {}: {why}", id.hex(), loc.pack))
+                }
+                other => other,
+            }
+        })
     }
 }
 

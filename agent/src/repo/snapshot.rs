@@ -181,6 +181,28 @@ pub struct PgBackupInfo {
     /// tablespaces were. Their contents are in the snapshot under `pg_tblspc/<oid>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace_map: Option<String>,
+    /// Every user table's row count just after the backup's stop point, for the
+    /// restorability test (absent when `count_rows` is off, on a standby, or it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<RowCounts>,
+}
+
+/// Row counts of one database's user tables as of `lsn`: the state a recovery that
+/// replays everything before `lsn` (and nothing from it on) must show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowCounts {
+    /// The WAL insert position read as the counting snapshot was taken.
+    pub lsn: String,
+    /// The last WAL byte the recovery to `lsn` needs (the end of the segment switch
+    /// made after counting), so that WAL is archived before the backup completes.
+    pub wal_end: String,
+    pub database: String,
+    /// `schema.table` → rows.
+    pub tables: BTreeMap<String, i64>,
+    /// Tables not counted within `count_rows_timeout`, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, String>,
 }
 
 /// The list form (no entries), for `snapshots` listings.

@@ -11,12 +11,12 @@ use serde_json::Value;
 
 /// A primary archiving into a repository through `drmesh-agent wal-push`, stopped (and
 /// with every cluster the test made) on drop.
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     bin: PgBin,
     config: PathBuf,
-    primary: LocalCluster,
+    pub(crate) primary: LocalCluster,
     others: Vec<LocalCluster>,
 }
 
@@ -48,7 +48,11 @@ fn postgres_ids() -> Option<(u32, u32)> {
 }
 
 /// The `[postgres]` and `[database]` tables of an agent next to `primary`.
-fn database_sections(root: &Path, primary: &LocalCluster, archive_timeout: &str) -> String {
+pub(crate) fn database_sections(
+    root: &Path,
+    primary: &LocalCluster,
+    archive_timeout: &str,
+) -> String {
     format!(
         "[postgres]\nconninfo = \"{conninfo}\"\n\
          [database]\ndata_dir = \"{pgdata}\"\nrepository = \"{root}/repo\"\n\
@@ -60,7 +64,7 @@ fn database_sections(root: &Path, primary: &LocalCluster, archive_timeout: &str)
 }
 
 impl Fixture {
-    fn new(archive_timeout: &str) -> Fixture {
+    pub(crate) fn new(archive_timeout: &str) -> Fixture {
         let pg = pg_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
@@ -130,7 +134,7 @@ impl Fixture {
         text
     }
 
-    fn pgbench(&self, args: &[&str]) {
+    pub(crate) fn pgbench(&self, args: &[&str]) {
         let out = Command::new(self.bin.dir().join("pgbench"))
             .args([
                 "-h",
@@ -432,7 +436,7 @@ fn a_backup_whose_wal_is_held_back_fails_naming_the_segment() {
 }
 
 /// Polls a database backup until it leaves IN_PROGRESS.
-fn wait_backup(mesh: &Mesh, id: &str) -> Value {
+pub(crate) fn wait_backup(mesh: &Mesh, id: &str) -> Value {
     wait_for(Duration::from_secs(90), || {
         let a = mesh.get(&format!("{DB}/backups/{id}"));
         assert_eq!(a.status, 200, "{}", a.text);
@@ -441,13 +445,13 @@ fn wait_backup(mesh: &Mesh, id: &str) -> Value {
     .unwrap_or_else(|| panic!("backup {id} did not finish:\n{}", mesh.coordinator_log()))
 }
 
-const DB: &str = "/v1/backup-recovery/database";
+pub(crate) const DB: &str = "/v1/backup-recovery/database";
 
 /// Starts an agent next to the fixture's primary with `sections` (its configuration is
 /// copied where the cluster's owner, who runs the backup processes, can read it), then
 /// asks for a full backup with `body` until the agent has reported its primary (503
 /// before). Returns the agent, its configuration and the 202 answer's backup id.
-fn agent_and_full_backup(
+pub(crate) fn agent_and_full_backup(
     fx: &Fixture,
     mesh: &Mesh,
     sections: &str,
@@ -472,7 +476,7 @@ fn agent_and_full_backup(
 }
 
 /// `drmesh ARGS` against the mesh with its admin token: (success, stdout, stderr).
-fn drmesh(mesh: &Mesh, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn drmesh(mesh: &Mesh, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("drmesh"))
         .args(args)
         .env("DRMESH_URL", mesh.url(""))
