@@ -5,6 +5,7 @@
 
 pub mod basebackup;
 pub mod child;
+pub mod drtest;
 pub mod logical;
 pub mod recovery;
 pub mod verify;

@@ -587,6 +587,16 @@ async fn execute(
                     )
                 }
             },
+            CommandKind::DrTest { test_id, backup_id } => match &ctx.database {
+                None => no_database(),
+                Some((db, path)) => {
+                    info!(test_id, backup_id, "DR test");
+                    outcome(
+                        dr_test(db, path, &ctx.data_dir, &test_id, &backup_id, progress).await,
+                        "DR test finished",
+                    )
+                }
+            },
             CommandKind::Promote => match &ctx.postgres {
                 None => (false, "this agent has no [postgres]".to_string(), None),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
@@ -703,6 +713,40 @@ async fn verify_database_backup(
         dir.display().to_string(),
     ];
     let result = crate::database::child::run(config, &owner, &args, progress).await;
+    let _ = tokio::task::spawn_blocking(move || verify::remove_scratch(&dir)).await;
+    result
+}
+
+/// Runs a DR test in a child process as the cluster's owner, in a throw-away directory
+/// under the same parent as verifications' (so the agent's start-up cleanup covers it).
+async fn dr_test(
+    db: &crate::config::DatabaseConfig,
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    test_id: &str,
+    backup_id: &str,
+    progress: ProgressFn,
+) -> Result<drmesh_protocol::api::DrTestReport, crate::database::DatabaseError> {
+    use crate::database::verify;
+    crate::repo::backup::valid_snapshot_id(backup_id)?;
+    let dir = {
+        let (data_dir, id, owner) = (
+            data_dir.to_path_buf(),
+            test_id.to_string(),
+            db.data_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || verify::prepare_dir(&data_dir, &id, &owner))
+            .await
+            .map_err(|e| crate::database::DatabaseError::Io(e.to_string()))??
+    };
+    let args: Vec<String> = vec![
+        "dr-test".into(),
+        "--backup".into(),
+        backup_id.into(),
+        "--dir".into(),
+        dir.display().to_string(),
+    ];
+    let result = crate::database::child::run(config, &db.data_dir, &args, progress).await;
     let _ = tokio::task::spawn_blocking(move || verify::remove_scratch(&dir)).await;
     result
 }

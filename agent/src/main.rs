@@ -106,6 +106,20 @@ enum Command {
         #[arg(long, hide = true)]
         report_json: bool,
     },
+    /// A DR test of a base backup: the runbook's five steps (environment, restore,
+    /// smoke tests, data consistency, cleanup) in DIR, each timed.
+    DrTest {
+        /// The base backup.
+        #[arg(long)]
+        backup: String,
+        /// The throw-away directory (created when missing; removed at the end).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Report progress and the outcome as JSON lines (how the agent runs it); when
+        /// the agent dies, the server is stopped and the directory removed.
+        #[arg(long, hide = true)]
+        report_json: bool,
+    },
     /// List the base backups in the repository.
     Backups {
         #[arg(long, value_enum, default_value = "text")]
@@ -433,6 +447,56 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             // A verification that ran reports its verdicts; the exit code says whether
             // they pass only to a person at a terminal.
+            Ok(if report_json || report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::DrTest {
+            backup,
+            dir,
+            report_json,
+        } => {
+            let db = db()?;
+            let repo = database::open_existing(db).await?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
+            let agent = std::env::current_exe().context("where is this program")?;
+            let restore_command = recovery::agent_restore_command(&agent, &agent_config)?;
+            let watch = report_json.then(|| tokio::spawn(clean_when_orphaned(dir.clone())));
+            let conninfo = config.postgres.as_ref().map(|p| p.conninfo.as_str());
+            let progress = move |percent: f32, message: String| {
+                if report_json {
+                    database::child::report(&database::child::ChildLine::Progress {
+                        percent,
+                        message,
+                    });
+                } else {
+                    eprintln!("{percent:>3.0}% {message}");
+                }
+            };
+            let result = database::drtest::run(
+                &repo,
+                db,
+                conninfo,
+                &backup,
+                &dir,
+                restore_command,
+                &progress,
+            )
+            .await;
+            if let Some(w) = watch {
+                w.abort();
+            }
+            let report = result?;
+            if report_json {
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(&report)?,
+                ));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
             Ok(if report_json || report.passed() {
                 ExitCode::SUCCESS
             } else {

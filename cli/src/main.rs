@@ -7,6 +7,7 @@ mod database;
 mod plans;
 mod quickstart;
 mod repo;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -95,8 +96,25 @@ enum Cmd {
     /// on its agent (the runbook's "Verify Database Backup Integrity").
     Verify {
         /// The database backup, e.g. full_1705329600000_abc123.
-        backup: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        backup: Option<String>,
+        /// Verify every database backup not verified since it completed,
+        /// `verify_concurrency` at a time, and print the summary.
+        #[arg(long)]
+        all: bool,
         /// Wait until the verification ends and print its verdicts (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run a DR test of a plan (the runbook's "Automated DR Testing"): the newest backup
+    /// restored on its first failover region's agent, isolated from production, smoke
+    /// tests, data consistency, cleanup; the measured RTO against the plan's.
+    Drtest {
+        /// The DR plan, e.g. production_dr_plan.
+        plan: String,
+        /// Follow the steps until the test ends (exit 1 if it failed).
         #[arg(long)]
         wait: bool,
         #[arg(long, short, value_enum, default_value_t)]
@@ -114,6 +132,13 @@ enum Cmd {
     /// Notification channels: send a test message.
     #[command(subcommand)]
     Notify(NotifyCmd),
+    /// Backup lifecycle statistics: backups by status, verification pass rates, restore
+    /// times, each plan's last DR test against its RTO and newest verified backup
+    /// against its RPO.
+    Stats {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +308,40 @@ fn print_status(s: &DrStatus) {
     }
     if let Some(f) = &s.failover {
         print_failover(f);
+    }
+    if let Some(t) = &s.dr_test {
+        println!();
+        print_dr_test(t);
+    }
+}
+
+/// One line for the test, then one per step.
+fn print_dr_test(t: &drmesh_protocol::api::DrTest) {
+    let rto = match (t.measured_rto_seconds, t.rto_met) {
+        (Some(s), Some(met)) => format!(
+            "measured RTO {s:.1} s {} plan RTO {} s",
+            if met { "within" } else { "EXCEEDS" },
+            t.plan_rto_seconds
+        ),
+        _ => format!("no measured RTO (plan RTO {} s)", t.plan_rto_seconds),
+    };
+    println!(
+        "DR test {} of {}: {:?} on {} ({}), backup {}, {rto}",
+        t.test_id, t.plan_id, t.status, t.agent_id, t.target_region, t.backup_id
+    );
+    for s in &t.steps {
+        println!(
+            "  {}. {:<34} {:<8} {:>8}  {}",
+            s.number,
+            s.name,
+            format!("{:?}", s.status).to_uppercase(),
+            s.duration_ms
+                .map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            s.message
+        );
+    }
+    if let Some(e) = &t.error {
+        println!("  error: {e}");
     }
 }
 
@@ -517,10 +576,18 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Verify {
+            all: true,
+            wait,
+            output,
+            ..
+        } => verify::all(&client(), wait, output)?,
+        Cmd::Verify {
             backup,
             wait,
             output,
+            ..
         } => {
+            let backup = backup.unwrap_or_default();
             use drmesh_protocol::api::{BackupStatus, DatabaseVerification, VerificationAccepted};
             let c = client();
             let accepted: VerificationAccepted = c.post(
@@ -555,6 +622,48 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Cmd::Drtest { plan, wait, output } => {
+            use drmesh_protocol::api::{DrTest, DrTestAccepted, DrTestStatus};
+            let c = client();
+            let accepted: DrTestAccepted = c.post(
+                &format!("/v1/backup-recovery/disaster-recovery/test/{plan}"),
+                &json!({}),
+            )?;
+            if !wait {
+                match output {
+                    Output::Json => print_json(&accepted)?,
+                    Output::Text => println!(
+                        "DR test {} of {plan} started on {} in {} ({}), restoring {}",
+                        accepted.test_id,
+                        accepted.agent_id,
+                        accepted.target_region,
+                        accepted.target_reason,
+                        accepted.backup_id
+                    ),
+                }
+                return Ok(());
+            }
+            let t: DrTest = database::poll(
+                "DR test",
+                || {
+                    c.get(&format!(
+                        "/v1/backup-recovery/disaster-recovery/test/{plan}"
+                    ))
+                },
+                |t: &DrTest| {
+                    (t.test_id == accepted.test_id && t.status != DrTestStatus::InProgress)
+                        .then(|| t.test_id.clone())
+                },
+                |t: &DrTest| (t.progress, t.progress_message.clone()),
+            )?;
+            match output {
+                Output::Json => print_json(&t)?,
+                Output::Text => print_dr_test(&t),
+            }
+            if t.status != DrTestStatus::Completed {
+                std::process::exit(1);
+            }
+        }
         Cmd::Rejoin { region, output } => {
             // pg_rewind and the wait for streaming take longer than other calls.
             let answer: drmesh_protocol::api::RejoinAnswer = client()
@@ -568,6 +677,7 @@ fn main() -> anyhow::Result<()> {
                 Output::Text => print_rejoin(&answer),
             }
         }
+        Cmd::Stats { output } => verify::stats(&client(), output)?,
         Cmd::Notify(NotifyCmd::Test { channel }) => {
             let _: serde_json::Value = client().post(
                 "/v1/backup-recovery/notifications/test",

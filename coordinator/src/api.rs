@@ -24,6 +24,7 @@ use crate::alerts::{self, AlertError, AlertFilter};
 use crate::auth::{self, Caller};
 use crate::database::{self, DatabaseError};
 use crate::documents::{self, DocumentsError};
+use crate::drtest::{self, DrTestError};
 use crate::failover::{self, FailoverError};
 use crate::notify;
 use crate::plans::{self, PlanError};
@@ -141,6 +142,17 @@ impl From<VerificationError> for ApiError {
             VerificationError::NotFound(m) => ApiError::NotFound(m),
             VerificationError::Conflict(m) => ApiError::Conflict(m),
             VerificationError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<DrTestError> for ApiError {
+    fn from(e: DrTestError) -> Self {
+        match e {
+            DrTestError::NoAgent(m) | DrTestError::NoBackup(m) => ApiError::Unavailable(m),
+            DrTestError::NotFound(m) => ApiError::NotFound(m),
+            DrTestError::Conflict(m) => ApiError::Conflict(m),
+            DrTestError::Store(s) => s.into(),
         }
     }
 }
@@ -346,6 +358,33 @@ async fn failover_start(
     let req: drmesh_protocol::api::FailoverRequest = required_json(&body)?;
     let accepted = failover::start(&coord, req, caller.label())?;
     Ok(HttpResponse::Accepted().json(accepted))
+}
+
+/// Starts a DR test of the plan on its first failover region's agent.
+async fn dr_test_start(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let accepted = drtest::start(&coord, &path, caller.label(), "manual")?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+/// The plan's newest DR test, running or finished.
+async fn dr_test_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let store = coord.store.as_ref();
+    if plans::get(store, &path)?.is_none() {
+        return Err(ApiError::NotFound(format!("no plan {path}")));
+    }
+    let test = drtest::latest_for(store, &path)?
+        .ok_or_else(|| ApiError::NotFound(format!("plan {path} has not been tested")))?;
+    Ok(HttpResponse::Ok().json(test))
 }
 
 /// Makes the region's fenced old primary a standby of the current primary; answers
@@ -627,6 +666,40 @@ async fn verification_start(
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
+async fn verify_all_start(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    let caller = caller.require(Role::Operator)?;
+    let accepted = verification::all::start(&coord, caller.label())?;
+    Ok(if accepted.queued.is_empty() {
+        HttpResponse::Ok().json(accepted)
+    } else {
+        HttpResponse::Accepted().json(accepted)
+    })
+}
+
+async fn verify_all_newest(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let run = verification::all::newest(coord.store.as_ref())?
+        .ok_or_else(|| ApiError::NotFound("no verify-all run yet".into()))?;
+    Ok(HttpResponse::Ok().json(run))
+}
+
+async fn verify_all_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let run = verification::all::get(coord.store.as_ref(), &path)?
+        .ok_or_else(|| ApiError::NotFound(format!("no verify-all run {path}")))?;
+    Ok(HttpResponse::Ok().json(run))
+}
+
+async fn lifecycle_stats(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stats = verification::lifecycle::stats(coord.store.as_ref(), Utc::now())?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
 async fn verification_get(
     caller: Authenticated,
     coord: Shared,
@@ -868,6 +941,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             &format!("{base}/verification/verify/{{backupId}}"),
             web::post().to(verification_start),
         )
+        // Before `verification/{backupId}`, which would take these names as backup ids.
+        .route(
+            &format!("{base}/verification/verify-all"),
+            web::post().to(verify_all_start),
+        )
+        .route(
+            &format!("{base}/verification/verify-all"),
+            web::get().to(verify_all_newest),
+        )
+        .route(
+            &format!("{base}/verification/verify-all/{{runId}}"),
+            web::get().to(verify_all_get),
+        )
+        .route(
+            &format!("{base}/verification/lifecycle-stats"),
+            web::get().to(lifecycle_stats),
+        )
         .route(
             &format!("{base}/verification/{{backupId}}"),
             web::get().to(verification_get),
@@ -907,6 +997,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/disaster-recovery/rejoin"),
             web::post().to(rejoin_region),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/test/{{planId}}"),
+            web::post().to(dr_test_start),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/test/{{planId}}"),
+            web::get().to(dr_test_get),
         )
         .route(
             &format!("{base}/notifications/test"),

@@ -76,6 +76,9 @@ pub struct CoordinatorConfigFile {
     /// A point-in-time recovery still running after this long is failed. Default `2h`.
     #[serde(with = "humantime_serde")]
     pub recovery_timeout: Option<Duration>,
+    /// How many verifications a `verify-all` run runs at a time (each a restorability
+    /// test: a restore and a PostgreSQL start on an agent). Default 1.
+    pub verify_concurrency: Option<usize>,
     /// TLS files of the QUIC endpoint. Required.
     pub tls: Option<TlsFiles>,
     /// Regions DR plans may name, besides those of the agents that have connected.
@@ -485,6 +488,7 @@ pub struct CoordinatorConfig {
     pub http_workers: usize,
     pub backup_timeout: Duration,
     pub recovery_timeout: Duration,
+    pub verify_concurrency: usize,
     pub tls: TlsFiles,
     pub regions: Vec<RegionId>,
     pub notify: BTreeMap<String, NotifyChannel>,
@@ -587,6 +591,12 @@ impl CoordinatorConfigFile {
                 "backup_timeout must be at least 1s".into(),
             ));
         }
+        let verify_concurrency = self.verify_concurrency.unwrap_or(1);
+        if verify_concurrency == 0 || verify_concurrency > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "verify_concurrency {verify_concurrency} must be between 1 and 64"
+            )));
+        }
         let tls = self.tls.ok_or_else(|| {
             ConfigError::Invalid(
                 "[tls] with ca_cert, cert and key is required (make them with `drmesh ca init` and `drmesh ca issue coordinator`)".into(),
@@ -633,6 +643,7 @@ impl CoordinatorConfigFile {
             http_workers,
             backup_timeout,
             recovery_timeout,
+            verify_concurrency,
             tls: TlsFiles {
                 ca_cert: abs(tls.ca_cert),
                 cert: abs(tls.cert),
@@ -749,6 +760,22 @@ mod tests {
         );
         assert_eq!(cfg.tls.ca_cert, PathBuf::from("/etc/drmesh/ca.pem"));
         assert_eq!(cfg.tls.cert, PathBuf::from("/etc/c.pem"));
+        assert_eq!(cfg.verify_concurrency, 1);
+    }
+
+    #[test]
+    fn verify_concurrency_is_read_and_bounded() {
+        let parse = |v: &str| {
+            CoordinatorConfigFile::parse(
+                &format!("verify_concurrency = {v}\n{TLS}"),
+                Path::new("x.toml"),
+            )
+            .expect("parse")
+            .validate(Path::new("/"))
+        };
+        assert_eq!(parse("3").expect("valid").verify_concurrency, 3);
+        let err = parse("0").expect_err("zero");
+        assert!(err.to_string().contains("verify_concurrency"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod dns;
 pub mod documents;
+pub mod drtest;
 pub mod failover;
 pub mod health;
 mod jobs;

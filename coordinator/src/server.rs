@@ -39,7 +39,8 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         + crate::recovery::fail_interrupted(&store)
             .context("mark interrupted recoveries as failed")?
         + crate::verification::fail_interrupted(&store)
-            .context("mark interrupted verifications as failed")?;
+            .context("mark interrupted verifications as failed")?
+        + crate::drtest::fail_interrupted(&store).context("mark interrupted DR tests as failed")?;
     if interrupted > 0 {
         tracing::warn!(
             count = interrupted,
@@ -67,6 +68,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     }
     tokio::spawn(coord.clone().watch_liveness());
     tokio::spawn(crate::health::watch(coord.clone()));
+    tokio::spawn(crate::drtest::schedule(coord.clone()));
     tokio::spawn(coord.clone().apply_transitions(transitions));
 
     let data = web::Data::new(coord.clone());

@@ -444,6 +444,10 @@ impl Coordinator {
                 tracing::warn!(error = %e, "read the latest failover");
                 None
             }),
+            dr_test: crate::drtest::latest(self.store.as_ref()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "read the latest DR test");
+                None
+            }),
             point_in_time_recovery: crate::recovery::latest(self.store.as_ref()).unwrap_or_else(
                 |e| {
                     tracing::warn!(error = %e, "read the latest recovery");

@@ -64,12 +64,14 @@ pub enum Namespace {
     /// The embedded DNS server's answer, by record name.
     Dns,
     /// Database backup verifications, by verification id (`verify_<epoch-ms>_<6>`, so
-    /// in time order).
+    /// in time order), and verify-all runs (`verifyall_<epoch-ms>_<6>`).
     Verifications,
+    /// DR tests, by test id (`drtest_<epoch-ms>_<6>`, so in time order).
+    DrTests,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 10] = [
+    pub const ALL: [Namespace; 11] = [
         Namespace::Tokens,
         Namespace::Alerts,
         Namespace::Audit,
@@ -80,6 +82,7 @@ impl Namespace {
         Namespace::Failovers,
         Namespace::Dns,
         Namespace::Verifications,
+        Namespace::DrTests,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Namespace {
             Namespace::Failovers => "failovers",
             Namespace::Dns => "dns",
             Namespace::Verifications => "verifications",
+            Namespace::DrTests => "drtests",
         }
     }
 }

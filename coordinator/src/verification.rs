@@ -8,6 +8,12 @@
 //! a failed verdict, an error, a timeout, a lost agent, a coordinator restart — leaves
 //! the verification FAILED, takes VERIFIED back from the backup, and raises a CRITICAL
 //! `VERIFICATION_FAILED` alert naming the backup.
+//!
+//! [`all`] verifies every backup not verified since it completed, a bounded number at a
+//! time; [`lifecycle`] sums backups, verifications, DR tests and RPOs up.
+
+pub mod all;
+pub mod lifecycle;
 
 use std::sync::Arc;
 
@@ -29,6 +35,9 @@ use crate::store::{Namespace, Store, StoreError, StoreExt};
 
 const PREFIX: &str = "verify_";
 
+/// The progress message of a verification recorded but not yet sent to its agent.
+const QUEUED: &str = "queued";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerificationError {
     #[error("no agent with a [database] configuration is connected and UP")]
@@ -46,7 +55,7 @@ fn save(store: &dyn Store, rec: &DatabaseVerification) -> Result<(), StoreError>
 }
 
 /// Every verification, oldest first.
-fn all(store: &dyn Store) -> Result<Vec<DatabaseVerification>, StoreError> {
+fn records(store: &dyn Store) -> Result<Vec<DatabaseVerification>, StoreError> {
     store.scan_json(Namespace::Verifications, PREFIX)
 }
 
@@ -55,7 +64,9 @@ pub fn latest(
     store: &dyn Store,
     backup_id: &str,
 ) -> Result<Option<DatabaseVerification>, StoreError> {
-    Ok(all(store)?.into_iter().rfind(|v| v.backup_id == backup_id))
+    Ok(records(store)?
+        .into_iter()
+        .rfind(|v| v.backup_id == backup_id))
 }
 
 /// The agent to verify on: the one that took the backup when it is UP with the database
@@ -76,6 +87,24 @@ pub fn start(
     backup_id: &str,
     requested_by: String,
 ) -> Result<VerificationAccepted, VerificationError> {
+    let rec = prepare(coord, backup_id, requested_by)?;
+    let accepted = VerificationAccepted {
+        status: rec.status,
+        backup_id: rec.backup_id.clone(),
+        verification_id: rec.verification_id.clone(),
+        agent_id: rec.agent_id.clone(),
+    };
+    tokio::spawn(run_traced(coord.clone(), rec));
+    Ok(accepted)
+}
+
+/// Checks that `backup_id` can be verified now and records its verification, IN_PROGRESS
+/// and queued; [`run`] then runs it.
+fn prepare(
+    coord: &Coordinator,
+    backup_id: &str,
+    requested_by: String,
+) -> Result<DatabaseVerification, VerificationError> {
     let store = coord.store.as_ref();
     let backup = database::get(store, backup_id)?
         .ok_or_else(|| VerificationError::NotFound(format!("no database backup {backup_id}")))?;
@@ -107,8 +136,8 @@ pub fn start(
         backup_id: backup_id.to_string(),
         status: BackupStatus::InProgress,
         progress: 0.0,
-        progress_message: "queued".into(),
-        agent_id: agent.clone(),
+        progress_message: QUEUED.into(),
+        agent_id: agent,
         region,
         requested_by,
         started_at: Utc::now(),
@@ -118,20 +147,18 @@ pub fn start(
         error: None,
     };
     save(store, &rec)?;
-    let accepted = VerificationAccepted {
-        status: rec.status,
-        backup_id: rec.backup_id.clone(),
-        verification_id: rec.verification_id.clone(),
-        agent_id: agent,
-    };
+    Ok(rec)
+}
+
+/// [`run`] in a span naming the backup, the verification and the agent.
+async fn run_traced(coord: Arc<Coordinator>, rec: DatabaseVerification) {
     let span = tracing::info_span!(
         "verify_database_backup",
         backup_id = %rec.backup_id,
         verification_id = %rec.verification_id,
         agent_id = %rec.agent_id
     );
-    tokio::spawn(run(coord.clone(), rec).instrument(span));
-    Ok(accepted)
+    run(coord, rec).instrument(span).await
 }
 
 /// Folds how the agent's command ended into the record: COMPLETED only with three
@@ -190,6 +217,12 @@ fn failure_message(rec: &DatabaseVerification) -> String {
 
 async fn run(coord: Arc<Coordinator>, mut rec: DatabaseVerification) {
     info!("database backup verification started");
+    // A queued verification (verify-all) starts now, not when it was recorded.
+    rec.started_at = Utc::now();
+    rec.progress_message = "started".into();
+    if let Err(e) = save(coord.store.as_ref(), &rec) {
+        error!(error = %e, "save verification start");
+    }
     let kind = CommandKind::VerifyDatabaseBackup {
         verification_id: rec.verification_id.clone(),
         backup_id: rec.backup_id.clone(),
@@ -244,7 +277,7 @@ fn mark_backup(coord: &Coordinator, rec: &DatabaseVerification, passed: bool) {
 /// Marks verifications that were running when the coordinator stopped as FAILED.
 pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
     let mut n = 0;
-    for mut rec in all(store)?
+    for mut rec in records(store)?
         .into_iter()
         .filter(|v| v.status == BackupStatus::InProgress)
     {

@@ -104,6 +104,9 @@ pub struct DrStatus {
     /// The newest failover, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRun>,
+    /// The newest DR test, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr_test: Option<DrTest>,
     /// The newest health check of each DR plan's primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<PlanHealth>,
@@ -603,6 +606,153 @@ pub struct DatabaseVerification {
     pub error: Option<String>,
 }
 
+/// Why `POST /verification/verify-all` left a database backup out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAllSkip {
+    pub backup_id: String,
+    pub reason: String,
+}
+
+/// Whether a verify-all run still has verifications running or waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyAllStatus {
+    InProgress,
+    Completed,
+}
+
+/// `POST /verification/verify-all`: the answer (202 when something was queued, 200 with
+/// `COMPLETED` when every backup was skipped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAllAccepted {
+    pub status: VerifyAllStatus,
+    pub run_id: String,
+    /// Backup ids, in the order they are verified (newest backup first).
+    pub queued: Vec<String>,
+    pub skipped: Vec<VerifyAllSkip>,
+    /// How many verifications of this run run at a time (`verify_concurrency`).
+    pub concurrency: usize,
+}
+
+/// One backup of a verify-all run: its verification's state and verdicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAllItem {
+    pub backup_id: String,
+    pub verification_id: String,
+    /// `IN_PROGRESS` (running or waiting for a slot), `COMPLETED` (all three verdicts
+    /// pass) or `FAILED`.
+    pub status: BackupStatus,
+    /// Waiting for one of the run's `concurrency` slots.
+    pub waiting: bool,
+    pub checksum_verification: Option<ChecksumVerdict>,
+    pub file_accessibility: Option<Accessibility>,
+    pub restorability_test: Option<Restorability>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A verify-all run's counts. `running` includes those waiting for a slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAllTotals {
+    pub queued: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub skipped: usize,
+}
+
+/// `GET /verification/verify-all[/:runId]`: a run with each backup's verdicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAllRun {
+    pub run_id: String,
+    pub status: VerifyAllStatus,
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    /// When the last of its verifications ended; `None` while one runs.
+    pub completed_at: Option<DateTime<Utc>>,
+    pub concurrency: usize,
+    pub totals: VerifyAllTotals,
+    pub results: Vec<VerifyAllItem>,
+    pub skipped: Vec<VerifyAllSkip>,
+}
+
+/// Verifications that passed among those that ended within the last `days` days; `rate`
+/// is `passed / finished`, `None` when none ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassRate {
+    pub days: u32,
+    pub passed: u64,
+    pub finished: u64,
+    pub rate: Option<f64>,
+}
+
+/// Restore time of the restorability tests that restored (restore + recovery until the
+/// throw-away server left recovery), in milliseconds; `None` without samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTimeStats {
+    pub days: u32,
+    pub samples: u64,
+    pub mean_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+}
+
+/// A plan's last DR test with its measured RTO against the plan's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDrTestSummary {
+    pub plan_id: String,
+    pub test_id: String,
+    pub status: DrTestStatus,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The plan's RTO now (the one the test was measured against when the plan is gone).
+    pub rto_seconds: u64,
+    /// From the start of step 1 to "smoke tests passed"; `None` when it did not get there.
+    pub measured_rto_seconds: Option<f64>,
+    /// `None` without a measured RTO.
+    pub within_rto: Option<bool>,
+    /// The five steps with their start, end and duration.
+    pub steps: Vec<DrTestStep>,
+}
+
+/// The age of the newest VERIFIED database backup (since it completed) against a plan's
+/// RPO; `withinRpo` is false when there is no verified backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRpoStatus {
+    pub plan_id: String,
+    pub rpo_seconds: u64,
+    pub newest_verified_backup_id: Option<String>,
+    pub newest_verified_backup_age_seconds: Option<u64>,
+    pub within_rpo: bool,
+}
+
+/// `GET /verification/lifecycle-stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleStats {
+    pub generated_at: DateTime<Utc>,
+    /// Database backups by status (`IN_PROGRESS`, `COMPLETED`, `FAILED`, `VERIFIED`,
+    /// every one present).
+    pub backups_by_status: std::collections::BTreeMap<String, u64>,
+    /// Document backups by status, the same way.
+    pub document_backups_by_status: std::collections::BTreeMap<String, u64>,
+    pub verification_pass_rate_7d: PassRate,
+    pub verification_pass_rate_30d: PassRate,
+    pub restore_time: RestoreTimeStats,
+    /// The last DR test of each plan that has one.
+    pub last_dr_tests: Vec<PlanDrTestSummary>,
+    pub rpo: Vec<PlanRpoStatus>,
+}
+
 /// `GET /recovery/point-in-time/:timestamp`: can that instant be recovered, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -981,4 +1131,144 @@ pub struct FailoverRun {
     pub current_step: Option<u8>,
     pub steps: Vec<FailoverStep>,
     pub error: Option<String>,
+}
+
+/// How a DR test stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DrTestStatus {
+    InProgress,
+    /// All five steps done and every check passed.
+    Completed,
+    Failed,
+}
+
+impl std::fmt::Display for DrTestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DrTestStatus::InProgress => "IN_PROGRESS",
+            DrTestStatus::Completed => "COMPLETED",
+            DrTestStatus::Failed => "FAILED",
+        })
+    }
+}
+
+/// The runbook's five DR test steps, in order.
+pub const DR_TEST_STEPS: [&str; 5] = [
+    "Create isolated test environment",
+    "Restore latest production backup",
+    "Run application smoke tests",
+    "Validate data consistency",
+    "Cleanup test environment",
+];
+
+/// One of the five steps, with when it ran and how it ended (the agent's clock).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrTestStep {
+    /// 1 to 5, the runbook's order.
+    pub number: u8,
+    pub name: String,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl DrTestStep {
+    /// The five steps, all PENDING.
+    pub fn pending() -> Vec<DrTestStep> {
+        DR_TEST_STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| DrTestStep {
+                number: i as u8 + 1,
+                name: (*name).to_string(),
+                status: StepStatus::Pending,
+                started_at: None,
+                ended_at: None,
+                duration_ms: None,
+                message: String::new(),
+            })
+            .collect()
+    }
+}
+
+/// What the agent reports once a DR test ran (the command result's detail).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrTestReport {
+    pub steps: Vec<DrTestStep>,
+    /// From the start of step 1 until the smoke tests passed; none when they did not.
+    pub measured_rto_ms: Option<u64>,
+    #[serde(default)]
+    pub smoke_checks: Vec<SmokeCheckResult>,
+    /// Failed checks and notes, each naming its object.
+    #[serde(default)]
+    pub details: Vec<VerificationFinding>,
+}
+
+impl DrTestReport {
+    /// Every step done.
+    pub fn passed(&self) -> bool {
+        self.steps.len() == DR_TEST_STEPS.len()
+            && self.steps.iter().all(|s| s.status == StepStatus::Done)
+    }
+}
+
+/// A DR test of a plan, as stored (`drtests` namespace) and shown in the DR status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrTest {
+    pub test_id: String,
+    pub plan_id: String,
+    pub status: DrTestStatus,
+    pub target_region: RegionId,
+    pub agent_id: AgentId,
+    /// Why this region and agent (the region rule).
+    #[serde(default)]
+    pub target_reason: String,
+    /// The base backup restored: the newest COMPLETED or VERIFIED one.
+    pub backup_id: String,
+    /// `manual` or `scheduled`.
+    pub trigger: String,
+    pub requested_by: String,
+    /// 0..=100
+    pub progress: f32,
+    pub progress_message: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub steps: Vec<DrTestStep>,
+    /// From the start of step 1 until the smoke tests passed.
+    pub measured_rto_ms: Option<u64>,
+    pub measured_rto_seconds: Option<f64>,
+    /// The plan's RTO when the test started.
+    pub plan_rto_seconds: u64,
+    /// Whether the measured RTO is within the plan's; none without a measured RTO.
+    pub rto_met: Option<bool>,
+    #[serde(default)]
+    pub smoke_checks: Vec<SmokeCheckResult>,
+    #[serde(default)]
+    pub details: Vec<VerificationFinding>,
+    /// Why the test could not run to the end, when it could not.
+    pub error: Option<String>,
+}
+
+/// `POST /disaster-recovery/test/:planId`: the 202 answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrTestAccepted {
+    /// `IN_PROGRESS`.
+    pub status: DrTestStatus,
+    pub test_id: String,
+    pub plan_id: String,
+    pub target_region: RegionId,
+    pub agent_id: AgentId,
+    pub target_reason: String,
+    pub backup_id: String,
+    pub started_at: DateTime<Utc>,
+    pub plan_rto_seconds: u64,
 }

@@ -200,6 +200,11 @@ pub enum CommandKind {
         verification_id: String,
         backup_id: String,
     },
+    /// A DR test (the runbook's "Automated DR Testing"): `backup_id` restored into a
+    /// throw-away directory with its own port and Unix socket, recovered, smoke-tested and
+    /// checked for consistency, then removed — five steps, each timed. Detail:
+    /// `DrTestReport`.
+    DrTest { test_id: String, backup_id: String },
     /// Promote the local standby and wait until it accepts writes; a server that already
     /// does reports so. Detail: `PromoteOutcome`.
     Promote,

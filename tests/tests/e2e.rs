@@ -8,6 +8,7 @@ mod e2e {
     pub mod database;
     pub mod dns;
     pub mod documents;
+    pub mod drtest;
     pub mod failover;
     pub mod failover_checks;
     pub mod faults;

@@ -40,7 +40,7 @@ use crate::repo::{RepoError, Repository};
 pub const VERIFY_DIR: &str = "verify";
 
 /// The restored data directory inside a throw-away directory.
-const PGDATA: &str = "pgdata";
+pub const PGDATA: &str = "pgdata";
 
 /// Progress callback: percent and message.
 pub type Report<'a> = &'a (dyn Fn(f32, String) + Send + Sync);
@@ -168,8 +168,8 @@ pub fn clean_leftovers(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The throw-away directory: stopped and removed when dropped, whatever happened.
-struct Scratch {
-    dir: PathBuf,
+pub struct Scratch {
+    pub dir: PathBuf,
 }
 
 impl Drop for Scratch {
@@ -183,12 +183,12 @@ impl Drop for Scratch {
 
 /// What the report collects while the checks run.
 #[derive(Default)]
-struct Findings {
-    report: DatabaseVerificationReport,
+pub struct Findings {
+    pub report: DatabaseVerificationReport,
 }
 
 impl Findings {
-    fn add(&mut self, check: &str, object: impl Into<String>, reason: impl Into<String>) {
+    pub fn add(&mut self, check: &str, object: impl Into<String>, reason: impl Into<String>) {
         self.report.details.push(VerificationFinding {
             check: check.into(),
             object: object.into(),
@@ -315,7 +315,7 @@ pub async fn run(
 }
 
 /// The user and database of the production conninfo (default `postgres`), or `dbname`.
-fn user_and_database(conninfo: Option<&str>, counts: Option<&RowCounts>) -> (String, String) {
+pub fn user_and_database(conninfo: Option<&str>, counts: Option<&RowCounts>) -> (String, String) {
     let parsed = conninfo.and_then(|c| c.parse::<tokio_postgres::Config>().ok());
     let user = parsed
         .as_ref()
@@ -334,7 +334,7 @@ fn user_and_database(conninfo: Option<&str>, counts: Option<&RowCounts>) -> (Str
 
 /// What the throw-away server must not do, appended after the restored settings:
 /// listen on TCP, stream from or hold back anything, archive, or wait for standbys.
-fn isolation_settings(dir: &Path) -> String {
+pub fn isolation_settings(dir: &Path) -> String {
     format!(
         "\n# Added by drmesh for a restorability test: isolated from production.\n\
          listen_addresses = ''\n\
@@ -462,7 +462,7 @@ async fn restorability(
 }
 
 /// Starts the restored server and waits until it left recovery; a client to it.
-async fn start_and_wait(
+pub async fn start_and_wait(
     db: &DatabaseConfig,
     dir: &Path,
     pgdata: &Path,
@@ -521,7 +521,7 @@ async fn start_and_wait(
 }
 
 /// `pg_ctl stop -m immediate`; the guard's signals are the fallback.
-fn stop(db: &DatabaseConfig, pgdata: &Path) {
+pub fn stop(db: &DatabaseConfig, pgdata: &Path) {
     if let Ok(bin) = db.pg_bin() {
         let _ = std::process::Command::new(bin.dir().join("pg_ctl"))
             .arg("-D")
@@ -541,7 +541,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// The first row's first column as text (`""` for no row or NULL).
-async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+pub async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
     let messages = client
         .simple_query(sql)
         .await
@@ -556,7 +556,7 @@ async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<Strin
 }
 
 /// Every recorded table's count against the restored one, exactly.
-async fn compare_counts(
+pub async fn compare_counts(
     client: &tokio_postgres::Client,
     counts: &RowCounts,
     f: &mut Findings,
@@ -638,7 +638,7 @@ async fn compare_counts(
 
 /// `bt_index_check` on every valid B-tree index, when `amcheck` can be created; its
 /// absence is a note, not a failure.
-async fn amcheck(client: &tokio_postgres::Client, f: &mut Findings) -> bool {
+pub async fn amcheck(client: &tokio_postgres::Client, f: &mut Findings) -> bool {
     if let Err(e) = client
         .batch_execute("create extension if not exists amcheck")
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use drmesh_tests::{wait_for, Mesh};
 use serde_json::Value;
 
-use super::database::{agent_and_full_backup, database_sections, wait_backup, Fixture, DB};
+use super::database::{agent_and_full_backup, database_sections, drmesh, wait_backup, Fixture, DB};
 
 const VERIFY: &str = "/v1/backup-recovery/verification";
 
@@ -272,4 +272,133 @@ fn verification_interrupted_by_kill_9_is_cleaned_up_when_the_agent_restarts() {
     );
     let v = wait_verification(&mesh, &id);
     assert_eq!(v["status"], "FAILED", "{v}");
+}
+
+#[test]
+fn verification_verify_all_verifies_each_backup_once_and_lifecycle_stats_sum_up() {
+    let fx = Fixture::new("10s");
+    fx.pgbench(&["-i", "-s", "1", "-q"]);
+    let mesh = Mesh::start(200);
+    let (mut agent, _, first, _) =
+        agent_and_full_backup(&fx, &mesh, &smoke_check_sections(&fx, ""), None);
+    let done = wait_backup(&mesh, &first);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+    let a = mesh.post(&format!("{DB}/backup/full"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let second = a.body["backupId"].as_str().expect("id").to_string();
+    let done = wait_backup(&mesh, &second);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+    assert_eq!(mesh.get(&format!("{VERIFY}/verify-all")).status, 404);
+
+    // Both queued, newest first, one at a time (verify_concurrency's default).
+    let a = mesh.post(&format!("{VERIFY}/verify-all"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.body["status"], "IN_PROGRESS", "{}", a.text);
+    assert_eq!(
+        a.body["queued"],
+        serde_json::json!([second, first]),
+        "{}",
+        a.text
+    );
+    assert_eq!(a.body["skipped"], serde_json::json!([]), "{}", a.text);
+    assert_eq!(a.body["concurrency"], 1, "{}", a.text);
+    let run_id = a.body["runId"].as_str().expect("runId").to_string();
+    let again = mesh.post(&format!("{VERIFY}/verify-all"), None);
+    assert_eq!(
+        again.status, 409,
+        "a second run while one runs: {}",
+        again.text
+    );
+    let run = wait_for(Duration::from_secs(480), || {
+        let r = mesh.get(&format!("{VERIFY}/verify-all/{run_id}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let t = &r.body["totals"];
+        let started = t["running"].as_u64().unwrap_or(0) - t["waiting"].as_u64().unwrap_or(0);
+        assert!(started <= 1, "more than one at a time: {}", r.text);
+        (r.body["status"] == "COMPLETED").then_some(r.body)
+    })
+    .unwrap_or_else(|| panic!("verify-all did not finish:\n{}", agent.log_text()));
+    let totals = &run["totals"];
+    for (k, n) in [
+        ("queued", 2),
+        ("passed", 2),
+        ("failed", 0),
+        ("running", 0),
+        ("skipped", 0),
+    ] {
+        assert_eq!(totals[k], n, "{k} in {run}");
+    }
+    assert!(!run["completedAt"].is_null(), "{run}");
+    for r in run["results"].as_array().expect("results") {
+        assert_eq!(r["status"], "COMPLETED", "{run}");
+        assert_eq!(r["checksumVerification"], "PASSED", "{run}");
+        assert_eq!(r["fileAccessibility"], "Accessible", "{run}");
+        assert_eq!(r["restorabilityTest"], "Restorable", "{run}");
+    }
+    for id in [&first, &second] {
+        assert_eq!(
+            mesh.get(&format!("{DB}/backups/{id}")).body["status"],
+            "VERIFIED"
+        );
+    }
+    assert_eq!(
+        mesh.get(&format!("{VERIFY}/verify-all")).body["runId"],
+        run_id.as_str()
+    );
+
+    // Nothing changed since: both skipped as already verified, nothing to wait for.
+    let a = mesh.post(&format!("{VERIFY}/verify-all"), None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "COMPLETED", "{}", a.text);
+    assert_eq!(a.body["queued"], serde_json::json!([]), "{}", a.text);
+    let skipped = a.body["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 2, "{}", a.text);
+    for s in skipped {
+        assert!(
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("already verified")),
+            "{}",
+            a.text
+        );
+    }
+    let (ok, out, err) = drmesh(&mesh, &["verify", "--all", "--wait", "--output", "json"]);
+    assert!(ok, "{out}{err}");
+    let cli_run: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(cli_run["totals"]["skipped"], 2, "{out}");
+    assert_eq!(cli_run["status"], "COMPLETED", "{out}");
+
+    // Lifecycle statistics.
+    let s = mesh.get(&format!("{VERIFY}/lifecycle-stats"));
+    assert_eq!(s.status, 200, "{}", s.text);
+    let b = &s.body["backupsByStatus"];
+    assert_eq!(
+        (b["VERIFIED"].as_u64(), b["COMPLETED"].as_u64()),
+        (Some(2), Some(0)),
+        "{}",
+        s.text
+    );
+    let week = &s.body["verificationPassRate7d"];
+    assert_eq!(week["rate"], 1.0, "{}", s.text);
+    assert_eq!(
+        (week["passed"].as_u64(), week["finished"].as_u64()),
+        (Some(2), Some(2)),
+        "{}",
+        s.text
+    );
+    assert_eq!(s.body["verificationPassRate30d"]["rate"], 1.0, "{}", s.text);
+    let restore = &s.body["restoreTime"];
+    assert_eq!(restore["samples"], 2, "{}", s.text);
+    let mean = restore["meanMs"].as_u64().expect("meanMs");
+    let max = restore["maxMs"].as_u64().expect("maxMs");
+    assert!(mean > 0 && max >= mean, "{}", s.text);
+    assert!(s.body["lastDrTests"].is_array(), "{}", s.text);
+    assert!(s.body["rpo"].is_array(), "{}", s.text);
+    let (ok, out, err) = drmesh(&mesh, &["stats", "--output", "json"]);
+    assert!(ok, "{out}{err}");
+    let cli_stats: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(cli_stats["backupsByStatus"]["VERIFIED"], 2, "{out}");
+    let (ok, out, err) = drmesh(&mesh, &["stats"]);
+    assert!(ok && out.contains("pass rate"), "{out}{err}");
+    agent.kill9();
 }
