@@ -164,6 +164,22 @@ fn drtest_restores_on_the_failover_region_without_touching_production() {
     let status = mesh.get(STATUS).body;
     assert_eq!(status["drTest"]["testId"], id.as_str(), "{status}");
     assert_eq!(status["drTest"]["status"], "COMPLETED", "{status}");
+    // lifecycle-stats shows the plan's last DR test with its per-step timings and its
+    // measured RTO against the plan's.
+    let stats = mesh.get("/v1/backup-recovery/verification/lifecycle-stats");
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    let last = stats.body["lastDrTests"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["planId"] == "production_dr_plan"))
+        .unwrap_or_else(|| panic!("no last DR test in {}", stats.text))
+        .clone();
+    assert_eq!(last["testId"], id.as_str(), "{last}");
+    assert_eq!(last["withinRto"], true, "{last}");
+    assert!(last["measuredRtoSeconds"].as_f64().is_some(), "{last}");
+    let timed = last["steps"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| s["durationMs"].is_u64()).count());
+    assert_eq!(timed, 5, "per-step timings: {last}");
 
     // Production untouched: the same replication, no WAL but production's own timeline
     // archived meanwhile (the copy took a new timeline and would have archived it), no
