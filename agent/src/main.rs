@@ -180,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_ref()
             .context("this command needs a [database] section in the agent configuration")
     };
+    let dr_test = matches!(command, Command::DrTest { .. });
     match command {
         Command::Run => {
             drmesh_agent::run(config).await?;
@@ -405,55 +406,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             backup,
             dir,
             report_json,
-        } => {
-            let db = db()?;
-            let repo = database::open_existing(db).await?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
-            let agent = std::env::current_exe().context("where is this program")?;
-            let restore_command = recovery::agent_restore_command(&agent, &agent_config)?;
-            let watch = report_json.then(|| tokio::spawn(clean_when_orphaned(dir.clone())));
-            let conninfo = config.postgres.as_ref().map(|p| p.conninfo.as_str());
-            let progress = move |percent: f32, message: String| {
-                if report_json {
-                    database::child::report(&database::child::ChildLine::Progress {
-                        percent,
-                        message,
-                    });
-                } else {
-                    eprintln!("{percent:>3.0}% {message}");
-                }
-            };
-            let result = database::verify::run(
-                &repo,
-                db,
-                conninfo,
-                &backup,
-                &dir,
-                restore_command,
-                &progress,
-            )
-            .await;
-            if let Some(w) = watch {
-                w.abort();
-            }
-            let report = result?;
-            if report_json {
-                database::child::report(&database::child::ChildLine::Outcome(
-                    serde_json::to_value(&report)?,
-                ));
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            // A verification that ran reports its verdicts; the exit code says whether
-            // they pass only to a person at a terminal.
-            Ok(if report_json || report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
-        Command::DrTest {
+        | Command::DrTest {
             backup,
             dir,
             report_json,
@@ -476,28 +430,55 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     eprintln!("{percent:>3.0}% {message}");
                 }
             };
-            let result = database::drtest::run(
-                &repo,
-                db,
-                conninfo,
-                &backup,
-                &dir,
-                restore_command,
-                &progress,
-            )
-            .await;
+            // The verification's restorability test, or the DR test's five steps: both
+            // in a throw-away directory, both reporting JSON to the daemon.
+            let result: anyhow::Result<(serde_json::Value, bool)> = if dr_test {
+                match database::drtest::run(
+                    &repo,
+                    db,
+                    conninfo,
+                    &backup,
+                    &dir,
+                    restore_command,
+                    &progress,
+                )
+                .await
+                {
+                    Ok(r) => serde_json::to_value(&r)
+                        .map(|v| (v, r.passed()))
+                        .map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                }
+            } else {
+                match database::verify::run(
+                    &repo,
+                    db,
+                    conninfo,
+                    &backup,
+                    &dir,
+                    restore_command,
+                    &progress,
+                )
+                .await
+                {
+                    Ok(r) => serde_json::to_value(&r)
+                        .map(|v| (v, r.passed()))
+                        .map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                }
+            };
             if let Some(w) = watch {
                 w.abort();
             }
-            let report = result?;
+            let (report, passed) = result?;
             if report_json {
-                database::child::report(&database::child::ChildLine::Outcome(
-                    serde_json::to_value(&report)?,
-                ));
+                database::child::report(&database::child::ChildLine::Outcome(report));
             } else {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
-            Ok(if report_json || report.passed() {
+            // A test that ran reports its verdicts; the exit code says whether they pass
+            // only to a person at a terminal.
+            Ok(if report_json || passed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
