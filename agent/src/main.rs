@@ -432,40 +432,34 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             // The verification's restorability test, or the DR test's five steps: both
             // in a throw-away directory, both reporting JSON to the daemon.
-            let result: anyhow::Result<(serde_json::Value, bool)> = if dr_test {
-                match database::drtest::run(
-                    &repo,
-                    db,
-                    conninfo,
-                    &backup,
-                    &dir,
-                    restore_command,
-                    &progress,
+            let result = if dr_test {
+                with_verdict(
+                    database::drtest::run(
+                        &repo,
+                        db,
+                        conninfo,
+                        &backup,
+                        &dir,
+                        restore_command,
+                        &progress,
+                    )
+                    .await,
+                    |r| r.passed(),
                 )
-                .await
-                {
-                    Ok(r) => serde_json::to_value(&r)
-                        .map(|v| (v, r.passed()))
-                        .map_err(Into::into),
-                    Err(e) => Err(e.into()),
-                }
             } else {
-                match database::verify::run(
-                    &repo,
-                    db,
-                    conninfo,
-                    &backup,
-                    &dir,
-                    restore_command,
-                    &progress,
+                with_verdict(
+                    database::verify::run(
+                        &repo,
+                        db,
+                        conninfo,
+                        &backup,
+                        &dir,
+                        restore_command,
+                        &progress,
+                    )
+                    .await,
+                    |r| r.passed(),
                 )
-                .await
-                {
-                    Ok(r) => serde_json::to_value(&r)
-                        .map(|v| (v, r.passed()))
-                        .map_err(Into::into),
-                    Err(e) => Err(e.into()),
-                }
             };
             if let Some(w) = watch {
                 w.abort();
@@ -580,4 +574,13 @@ async fn report_progress(
             ),
         });
     }
+}
+
+/// A test's report as JSON, with whether its verdicts pass.
+fn with_verdict<R: serde::Serialize>(
+    report: Result<R, database::DatabaseError>,
+    passed: impl Fn(&R) -> bool,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    let report = report?;
+    Ok((serde_json::to_value(&report)?, passed(&report)))
 }

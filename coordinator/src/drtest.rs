@@ -201,11 +201,7 @@ pub fn pick_target(
             } else {
                 format!(
                     "no agent UP with [database] in {}; {region} is the next failover region with one ({})",
-                    failover_regions[..i]
-                        .iter()
-                        .map(|r| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    crate::plans::region_list(&failover_regions[..i]),
                     c.id
                 )
             };
@@ -282,11 +278,7 @@ pub fn start(
         .ok_or_else(|| {
             DrTestError::NoAgent(format!(
                 "no agent with a [database] configuration is connected and UP in plan {plan_id}'s failover regions ({})",
-                plan.failover_regions
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::plans::region_list(&plan.failover_regions)
             ))
         })?;
     let rec = DrTest {

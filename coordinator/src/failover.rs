@@ -98,11 +98,7 @@ pub fn start(
             "targetRegion {} is not one of plan {}'s failoverRegions ({})",
             req.target_region,
             plan.id,
-            plan.failover_regions
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            plans::region_list(&plan.failover_regions)
         )));
     }
     if let Some(f) = running(store)?.first() {
@@ -292,11 +288,7 @@ async fn prepare(
     let interval = coord.config.heartbeat_interval;
     // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
     // agent not heard from lately may sit next to a writable primary.
-    let fresh = |a: &AgentStatus| {
-        a.connected
-            && a.last_heartbeat_age_ms
-                .is_some_and(|age| age <= 3 * interval.as_millis() as u64)
-    };
+    let fresh = |a: &AgentStatus| crate::health::fresh_status(coord, a);
     let target_up = |a: &AgentStatus| {
         a.region == run.target_region && a.role.is_some() && a.state == AgentState::Up && fresh(a)
     };
@@ -707,12 +699,11 @@ async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &
     let Some(address) = address else {
         return format!("standbys not re-pointed: {target} advertises no PostgreSQL address");
     };
-    let fresh_ms = 3 * coord.config.heartbeat_interval.as_millis() as u64;
     let standbys: Vec<AgentId> = coord
         .agent_statuses()
         .into_iter()
         .filter(|a| &a.agent_id != target && a.role == Some(PgRole::Standby))
-        .filter(|a| a.connected && a.last_heartbeat_age_ms.is_some_and(|age| age <= fresh_ms))
+        .filter(|a| crate::health::fresh_status(coord, a))
         .map(|a| a.agent_id)
         .collect();
     if standbys.is_empty() {

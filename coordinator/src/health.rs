@@ -32,6 +32,18 @@ pub const AUTOMATIC_FAILOVER_BLOCKED: &str = "AUTOMATIC_FAILOVER_BLOCKED";
 /// How recent a heartbeat must be for its reports to count, in heartbeat intervals.
 const FRESH_INTERVALS: u32 = 3;
 
+/// The age up to which an agent's heartbeat is fresh enough to act on.
+pub fn fresh_age(coord: &Coordinator) -> Duration {
+    coord.config.heartbeat_interval * FRESH_INTERVALS
+}
+
+/// An agent's status is fresh: connected, and its last heartbeat within [`fresh_age`].
+pub fn fresh_status(coord: &Coordinator, a: &drmesh_protocol::api::AgentStatus) -> bool {
+    a.connected
+        && a.last_heartbeat_age_ms
+            .is_some_and(|age| u128::from(age) <= fresh_age(coord).as_millis())
+}
+
 /// The agent that holds (or last held) a plan's primary: in the plan's active region
 /// if it has one, the one that most recently reported a writable server; after a
 /// restart, before any report, the active region's agent with a PostgreSQL address
@@ -77,9 +89,8 @@ fn remember_active_region(coord: &Coordinator, plan: &str, region: &RegionId) {
 
 fn fresh(coord: &Coordinator, a: &AgentEntry, now: Instant) -> bool {
     a.connected
-        && a.last_heartbeat_instant.is_some_and(|t| {
-            now.saturating_duration_since(t) <= coord.config.heartbeat_interval * FRESH_INTERVALS
-        })
+        && a.last_heartbeat_instant
+            .is_some_and(|t| now.saturating_duration_since(t) <= fresh_age(coord))
 }
 
 /// `SELECT 1` on the PostgreSQL at `addr` with the configured credentials, bounded.
@@ -396,11 +407,7 @@ fn start_automatic(
             format!(
                 "Plan {}: {why}, but no failover region ({}) has a standby that is up",
                 plan.id,
-                plan.failover_regions
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                plans::region_list(&plan.failover_regions)
             ),
         );
         return;

@@ -217,6 +217,15 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Regions as a comma-separated list, for messages.
+pub fn region_list(regions: &[RegionId]) -> String {
+    regions
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn get(store: &dyn Store, id: &str) -> Result<Option<DrPlan>, StoreError> {
     if !valid_id(id) {
         return Ok(None);
