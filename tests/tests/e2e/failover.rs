@@ -178,3 +178,93 @@ fn a_crashed_primary_fails_over_by_itself() {
         t.mesh.cli(&t.mesh.admin_token, &["status"]).1
     );
 }
+
+/// Does to the stored failover what a coordinator killed at that point leaves: with the
+/// coordinator down, `edit` changes the record; then the coordinator starts again.
+fn interrupt(t: &mut TwoRegions, edit: impl FnOnce(&mut Option<FailoverRun>)) {
+    use drmesh_coordinator::store::{Namespace, RedbStore, StoreExt};
+    t.mesh.coordinator.kill9();
+    {
+        let store = RedbStore::open(&t.mesh.dir.path().join("state.redb")).expect("open store");
+        let mut run: Option<FailoverRun> =
+            drmesh_coordinator::failover::latest(&store).expect("read failovers");
+        edit(&mut run);
+        let run = run.expect("a failover record");
+        store
+            .put_json(Namespace::Failovers, &run.failover_id, &run)
+            .expect("write the failover");
+    }
+    t.mesh.restart_coordinator();
+}
+
+use drmesh_protocol::api::{FailoverRun, FailoverStatus, FailoverStep, StepStatus};
+
+/// Steps 1 and 7 last microseconds (a background notification, one store write), so a
+/// kill cannot be timed into them; the record a kill there leaves is written instead.
+#[test]
+fn a_coordinator_killed_in_step_1_or_7_resumes_and_finishes_once() {
+    // Step 1: stored RUNNING, nothing done yet.
+    let mut t = two_regions();
+    interrupt(&mut t, |run| {
+        let now = chrono::Utc::now();
+        *run = Some(FailoverRun {
+            failover_id: "fo_1_interrupted_in_step_1".into(),
+            plan_id: "production_dr_plan".into(),
+            status: FailoverStatus::InProgress,
+            target_region: drmesh_protocol::RegionId::new("us-east-1").unwrap(),
+            target_agent: None,
+            from_region: None,
+            from_agent: None,
+            epoch: None,
+            allow_data_loss: false,
+            requested_by: "test".into(),
+            failover_start_time: now,
+            estimated_completion_time: now + chrono::Duration::minutes(5),
+            completed_at: None,
+            timeline: None,
+            current_step: Some(1),
+            steps: drmesh_coordinator::failover::STEPS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| FailoverStep {
+                    number: i as u8 + 1,
+                    name: (*name).to_string(),
+                    status: if i == 0 {
+                        StepStatus::Running
+                    } else {
+                        StepStatus::Pending
+                    },
+                    started_at: (i == 0).then_some(now),
+                    ended_at: None,
+                    message: String::new(),
+                })
+                .collect(),
+            error: None,
+        });
+    });
+    let done = finished(&t.mesh);
+    assert_completed(&t, &done);
+    assert!(t.mesh.coordinator_log().contains("resum"));
+
+    // Step 7: everything else done, the confirmation stored RUNNING.
+    let mut t = two_regions();
+    let started = t.mesh.post(
+        FAILOVER,
+        Some(r#"{"planId": "production_dr_plan", "targetRegion": "us-east-1"}"#),
+    );
+    assert_eq!(started.status, 202, "{}", started.text);
+    assert_completed(&t, &finished(&t.mesh));
+    interrupt(&mut t, |run| {
+        let r = run.as_mut().expect("the failover");
+        r.status = FailoverStatus::InProgress;
+        r.completed_at = None;
+        r.current_step = Some(7);
+        r.steps[6].status = StepStatus::Running;
+        r.steps[6].ended_at = None;
+    });
+    let done = finished(&t.mesh);
+    // The epoch rose once, by the first coordinator; the resumed one confirmed.
+    assert_completed(&t, &done);
+    let logs = t.mesh.coordinator_log();
+    assert!(logs.contains("resum"), "{logs}");
+}
