@@ -388,6 +388,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     port,
                     restore_command,
                     progress,
+                    check_data: false,
+                    durable: true,
                 },
             )
             .await;
@@ -415,6 +417,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let db = db()?;
             let repo = database::open_existing(db).await?;
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            // Stops the throw-away server and removes the directory on every return, and
+            // after the verdict is out (the DR test removes both itself, in its step 5).
+            let scratch = database::verify::Scratch { dir: dir.clone() };
             let agent_config = std::fs::canonicalize(&path).unwrap_or(path);
             let agent = std::env::current_exe().context("where is this program")?;
             let restore_command = recovery::agent_restore_command(&agent, &agent_config)?;
@@ -470,6 +475,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
+            drop(scratch);
             // A test that ran reports its verdicts; the exit code says whether they pass
             // only to a person at a terminal.
             Ok(if report_json || passed {

@@ -343,6 +343,8 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     port,
                     restore_command: repo.wal_fetch_command()?,
                     progress: progress.clone(),
+                    check_data: false,
+                    durable: true,
                 },
             )
             .await;

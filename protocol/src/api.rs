@@ -526,9 +526,13 @@ pub struct VerificationFinding {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerificationTimings {
-    /// Reading back and re-hashing every chunk, and every WAL segment.
+    /// Checking that every object is there and reading back every WAL segment the
+    /// backup needs; when the restore did not complete, also the read-back of every
+    /// chunk that names the damage.
     pub checksum_ms: u64,
-    /// Restoring the base backup into the throw-away directory.
+    /// Restoring the base backup into the throw-away directory, every chunk re-hashed
+    /// against its id and every file against its SHA-256 as it is written (a healthy
+    /// backup's checksum verdict).
     pub restore_ms: u64,
     /// From starting PostgreSQL until it left recovery.
     pub recovery_ms: u64,

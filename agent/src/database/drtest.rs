@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use chrono::Utc;
-use drmesh_protocol::api::{DrTestReport, DrTestStep, SmokeCheckResult, StepStatus};
+use drmesh_protocol::api::{DrTestReport, DrTestStep, StepStatus};
 use tracing::warn;
 
 use super::recovery::{self, Restore};
@@ -223,6 +223,8 @@ async fn steps_1_to_4(
             port: Some(port),
             restore_command,
             progress: Default::default(),
+            check_data: false,
+            durable: true,
         },
     )
     .await;
@@ -235,13 +237,13 @@ async fn steps_1_to_4(
         std::fs::OpenOptions::new()
             .append(true)
             .open(pgdata.join("postgresql.auto.conf"))
-            .and_then(|mut file| file.write_all(verify::isolation_settings(dir).as_bytes()))
+            .and_then(|mut file| file.write_all(verify::isolation_settings(dir, true).as_bytes()))
     };
     if let Err(e) = settings {
         return steps.end(2, Err(format!("isolation settings: {e}")), progress);
     }
     let (user, database) = verify::user_and_database(conninfo, counts);
-    let client = match verify::start_and_wait(db, dir, &pgdata, port, &user, &database).await {
+    let server = match verify::start_and_wait(db, dir, &pgdata, port, &user, &database).await {
         Ok(c) => c,
         Err(why) => return steps.end(2, Err(format!("recovery: {why}")), progress),
     };
@@ -271,30 +273,7 @@ async fn steps_1_to_4(
     } else {
         &db.smoke_checks[..]
     };
-    let mut failed = Vec::new();
-    for check in checks {
-        let (passed, detail) = match verify::first_value(&client, &check.sql).await {
-            Ok(got) if got == check.expect => (true, format!("returned {got:?}")),
-            Ok(got) => (
-                false,
-                format!("returned {got:?}, expected {:?}", check.expect),
-            ),
-            Err(e) => (false, e),
-        };
-        if !passed {
-            f.add(
-                "smoke test",
-                format!("smoke check: {}", check.sql),
-                detail.clone(),
-            );
-            failed.push(check.sql.clone());
-        }
-        f.report.smoke_checks.push(SmokeCheckResult {
-            name: format!("sql: {}", check.sql),
-            passed,
-            detail,
-        });
-    }
+    let failed = verify::smoke_checks(&server.client, checks, "smoke test", f).await;
     if !failed.is_empty() {
         return steps.end(
             3,
@@ -324,19 +303,8 @@ async fn steps_1_to_4(
 
     // 4: consistency.
     steps.start(4, progress);
-    let counted = match counts {
-        Some(counts) => verify::compare_counts(&client, counts, f).await,
-        None => {
-            f.add(
-                "note",
-                "row counts",
-                "the backup recorded none (count_rows off, a standby, or counting failed)",
-            );
-            true
-        }
-    };
-    let indexes = verify::amcheck(&client, f).await;
-    drop(client);
+    let (counted, indexes) = verify::consistency(&server, counts, f).await;
+    drop(server);
     let summary: Vec<String> = f
         .report
         .smoke_checks

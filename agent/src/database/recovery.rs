@@ -36,6 +36,12 @@ pub struct Restore {
     pub restore_command: String,
     /// Counters for a progress display.
     pub progress: std::sync::Arc<crate::repo::Progress>,
+    /// Re-hash every chunk and check every file's SHA-256 while restoring (a
+    /// verification's restorability test).
+    pub check_data: bool,
+    /// Sync the restored files (default); off only for a throw-away copy whose server
+    /// runs with `fsync = off`.
+    pub durable: bool,
 }
 
 /// What was restored.
@@ -202,6 +208,8 @@ pub async fn restore(repo: &Repository, req: &Restore) -> Result<Restored, Datab
         .restore({
             let mut r = RestoreRequest::new(snap.id.clone(), req.target.clone());
             r.progress = req.progress.clone();
+            r.check_data = req.check_data;
+            r.sync = req.durable;
             r
         })
         .await?;
@@ -443,6 +451,8 @@ pub async fn recover_into(
             port: Some(env.port),
             restore_command,
             progress: Default::default(),
+            check_data: false,
+            durable: true,
         },
     )
     .await?;
@@ -511,17 +521,7 @@ pub async fn recover_into(
 /// The production conninfo's user and database, at the recovered server's port on
 /// the loopback.
 fn recovered_conninfo(conninfo: Option<&str>, port: u16) -> String {
-    let parsed = conninfo.and_then(|c| c.parse::<tokio_postgres::Config>().ok());
-    let user = parsed
-        .as_ref()
-        .and_then(|c| c.get_user())
-        .unwrap_or("postgres")
-        .to_string();
-    let dbname = parsed
-        .as_ref()
-        .and_then(|c| c.get_dbname())
-        .unwrap_or("postgres")
-        .to_string();
+    let (user, dbname) = super::verify::user_and_database(conninfo, None);
     format!("host=127.0.0.1 port={port} user={user} dbname={dbname} connect_timeout=2")
 }
 

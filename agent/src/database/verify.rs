@@ -1,20 +1,25 @@
 //! Verifying a database backup (the runbook's "Verify Database Backup Integrity"):
 //!
-//! 1. checksum — the repository's verify with data reads: every chunk decrypted,
-//!    decompressed and re-hashed, every file against its SHA-256; every WAL segment the
-//!    backup needs read back against its digest;
+//! 1. checksum — every chunk decrypted, decompressed and re-hashed against its id and
+//!    every file checked against its SHA-256, by the restore of step 3 as it writes
+//!    (one read of the backup); when that restore does not complete, a separate
+//!    read-back names every damaged file and pack. Every WAL segment the backup needs is
+//!    read back against its digest;
 //! 2. accessibility — every pack the snapshot needs and every WAL segment from its start
 //!    to its stop (and to its row counts' point) exists;
 //! 3. restorability — the backup restored into a throw-away directory
 //!    (`<agent data_dir>/verify/<verificationId>`), recovered to its consistent point
 //!    (or exactly to its row counts' LSN) by a PostgreSQL on a free port that listens
-//!    only on a Unix socket inside that directory, then smoke-checked (configured
-//!    queries, row counts, `amcheck` on B-tree indexes), stopped and removed.
+//!    only on a Unix socket inside that directory and never fsyncs (nothing in it must
+//!    survive a crash), then smoke-checked (configured queries; row counts and `amcheck`
+//!    on B-tree indexes over several connections), stopped and removed once the verdict
+//!    is out.
 //!
 //! Architecture Invariant: the throw-away directory and its server never outlive the
-//! verification: a guard stops the server (`pg_ctl stop -m immediate`) and removes the
-//! directory on every return; the child process does the same when its agent dies; the
-//! agent removes what is left (after a `kill -9` of both) at its next start. The
+//! verification: a guard held by the caller stops the server (SIGQUIT, an immediate
+//! shutdown) and removes the directory on every return; the child process does the
+//! same when its agent dies; the agent removes what is left (after a `kill -9` of
+//! both) at its next start. The
 //! production cluster is never touched: the copy archives nothing, has no replication
 //! slots, streams from nowhere, and listens on no TCP address.
 
@@ -211,8 +216,13 @@ pub fn needed_wal(pg: &PgBackupInfo) -> Vec<String> {
     needed_segments(pg.timeline, start, end, pg.wal_segment_size)
 }
 
-/// Child side: verifies `backup` using `dir` (an empty throw-away directory) and
-/// removes `dir` before it returns.
+/// Child side: verifies `backup` using `dir` (an empty throw-away directory, which the
+/// caller's [`Scratch`] guard removes once the verdict is out).
+///
+/// A healthy backup is read once: the restore re-hashes every chunk against its id and
+/// checks every file's SHA-256 as it writes, so a restore that completes is the checksum
+/// verdict. Only when it does not (or the objects are already known to be missing) is
+/// the whole snapshot read back on its own, to name every damaged file and pack.
 pub async fn run(
     repo: &Repository,
     db: &DatabaseConfig,
@@ -222,9 +232,6 @@ pub async fn run(
     restore_command: String,
     progress: Report<'_>,
 ) -> Result<DatabaseVerificationReport, DatabaseError> {
-    let _scratch = Scratch {
-        dir: dir.to_path_buf(),
-    };
     let mut f = Findings::default();
     let snap = repo.snapshot(backup).await?;
     let Some(pg) = snap.postgres.clone() else {
@@ -233,39 +240,68 @@ pub async fn run(
         )));
     };
 
-    // 1 and 2: chunks, packs, WAL.
-    progress(5.0, "re-hashing every chunk".into());
+    // 2: every object there (the manifest and the index only: no data read).
+    progress(5.0, "checking that every object is there".into());
     let started = Instant::now();
-    let v = repo.verify(backup, true).await?;
-    let mut checksum_ok = v.manifest.passed
-        && v.data.as_ref().is_none_or(|c| c.passed)
-        && v.file_checksums.as_ref().is_none_or(|c| c.passed);
-    let mut accessible = v.objects.passed;
-    if !v.manifest.passed {
-        f.add(
-            "checksum",
-            format!("snapshots/{backup}"),
-            v.manifest.detail.clone(),
-        );
+    let objects = repo.verify(backup, false).await?;
+    let wal = check_wal(repo, &pg).await?;
+    f.report.timings.checksum_ms = started.elapsed().as_millis() as u64;
+
+    // 3 (and 1 along with it): the restorability test.
+    let test = restorability(
+        repo,
+        db,
+        conninfo,
+        &snap.id,
+        &pg,
+        dir,
+        restore_command,
+        objects.passed(),
+        progress,
+        &mut f,
+    )
+    .await;
+    f.report.restorability_test = Some(if test.restorable {
+        Restorability::Restorable
+    } else {
+        Restorability::NotRestorable
+    });
+
+    // 1: the checksums — the restore's own checks, or a read-back that names the damage.
+    let (mut checksum_ok, mut accessible) = (true, objects.objects.passed);
+    if !test.read_every_chunk {
+        progress(90.0, "re-hashing every chunk to name the damage".into());
+        let started = Instant::now();
+        let v = repo.verify(backup, true).await?;
+        f.report.timings.checksum_ms += started.elapsed().as_millis() as u64;
+        checksum_ok = v.manifest.passed
+            && v.data.as_ref().is_none_or(|c| c.passed)
+            && v.file_checksums.as_ref().is_none_or(|c| c.passed);
+        accessible = v.objects.passed;
+        if !v.manifest.passed {
+            f.add(
+                "checksum",
+                format!("snapshots/{backup}"),
+                v.manifest.detail.clone(),
+            );
+        }
+        for d in &v.damaged {
+            let missing = d.reason.contains("is missing")
+                || d.reason.contains("truncated")
+                || d.reason.contains("in no index");
+            f.add(
+                if missing { "accessibility" } else { "checksum" },
+                d.path.clone(),
+                d.reason.clone(),
+            );
+        }
+        for m in &v.missing_objects {
+            f.add("accessibility", m.clone(), "missing from the repository");
+        }
     }
-    for d in &v.damaged {
-        let missing = d.reason.contains("is missing")
-            || d.reason.contains("truncated")
-            || d.reason.contains("in no index");
-        f.add(
-            if missing { "accessibility" } else { "checksum" },
-            d.path.clone(),
-            d.reason.clone(),
-        );
-    }
-    for m in &v.missing_objects {
-        f.add("accessibility", m.clone(), "missing from the repository");
-    }
-    progress(30.0, "reading back the WAL".into());
-    for name in needed_wal(&pg) {
-        match repo.get_wal(pg.timeline, &name).await {
-            Ok(_) => {}
-            Err(RepoError::NotFound(_)) => {
+    for (name, problem) in wal {
+        match problem {
+            WalProblem::Missing => {
                 accessible = false;
                 f.add(
                     "accessibility",
@@ -273,11 +309,10 @@ pub async fn run(
                     "missing from the archive",
                 );
             }
-            Err(RepoError::Damaged(why) | RepoError::Corrupt(why)) => {
+            WalProblem::Damaged(why) => {
                 checksum_ok = false;
                 f.add("checksum", format!("WAL segment {name}"), why);
             }
-            Err(e) => return Err(e.into()),
         }
     }
     f.report.checksum_verification = Some(if checksum_ok {
@@ -290,28 +325,32 @@ pub async fn run(
     } else {
         Accessibility::Inaccessible
     });
-    f.report.timings.checksum_ms = started.elapsed().as_millis() as u64;
-
-    // 3: the restorability test.
-    let restorable = restorability(
-        repo,
-        db,
-        conninfo,
-        &snap.id,
-        &pg,
-        dir,
-        restore_command,
-        progress,
-        &mut f,
-    )
-    .await;
-    f.report.restorability_test = Some(if restorable {
-        Restorability::Restorable
-    } else {
-        Restorability::NotRestorable
-    });
-    progress(99.0, "removing the throw-away directory".into());
     Ok(f.report)
+}
+
+/// What is wrong with a WAL segment the backup needs.
+enum WalProblem {
+    Missing,
+    Damaged(String),
+}
+
+/// Every WAL segment the backup needs, read back against its digest; the bad ones.
+async fn check_wal(
+    repo: &Repository,
+    pg: &PgBackupInfo,
+) -> Result<Vec<(String, WalProblem)>, DatabaseError> {
+    let mut bad = Vec::new();
+    for name in needed_wal(pg) {
+        match repo.get_wal(pg.timeline, &name).await {
+            Ok(_) => {}
+            Err(RepoError::NotFound(_)) => bad.push((name, WalProblem::Missing)),
+            Err(RepoError::Damaged(why) | RepoError::Corrupt(why)) => {
+                bad.push((name, WalProblem::Damaged(why)))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(bad)
 }
 
 /// The user and database of the production conninfo (default `postgres`), or `dbname`.
@@ -333,8 +372,10 @@ pub fn user_and_database(conninfo: Option<&str>, counts: Option<&RowCounts>) -> 
 }
 
 /// What the throw-away server must not do, appended after the restored settings:
-/// listen on TCP, stream from or hold back anything, archive, or wait for standbys.
-pub fn isolation_settings(dir: &Path) -> String {
+/// listen on TCP, stream from or hold back anything, archive, or wait for standbys. A
+/// verification's copy (`durable` false) also skips every fsync: nothing in it needs to
+/// survive a crash, and PostgreSQL then skips its start-up sync of the whole directory.
+pub fn isolation_settings(dir: &Path, durable: bool) -> String {
     format!(
         "\n# Added by drmesh for a restorability test: isolated from production.\n\
          listen_addresses = ''\n\
@@ -345,9 +386,17 @@ pub fn isolation_settings(dir: &Path) -> String {
          synchronous_standby_names = ''\n\
          archive_mode = 'off'\n\
          logging_collector = off\n\
-         cluster_name = 'drmesh-verify'\n",
-        dir = dir.display().to_string().replace('\'', "''")
+         cluster_name = 'drmesh-verify'\n{fsync}",
+        dir = dir.display().to_string().replace('\'', "''"),
+        fsync = if durable { "" } else { "fsync = off\n" }
     )
+}
+
+/// How a restorability test went.
+struct Tested {
+    restorable: bool,
+    /// The restore completed with every chunk re-hashed and every file checked.
+    read_every_chunk: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -359,19 +408,27 @@ async fn restorability(
     pg: &PgBackupInfo,
     dir: &Path,
     restore_command: String,
+    objects_there: bool,
     progress: Report<'_>,
     f: &mut Findings,
-) -> bool {
+) -> Tested {
+    let mut tested = Tested {
+        restorable: false,
+        read_every_chunk: false,
+    };
     let pgdata = dir.join(PGDATA);
     let counts = pg.row_counts.as_ref();
     let port = match crate::postgres::local::free_port() {
         Ok(p) => p,
         Err(e) => {
             f.add("restorability", "port", e.to_string());
-            return false;
+            return tested;
         }
     };
-    progress(40.0, "restoring into the throw-away directory".into());
+    progress(
+        10.0,
+        "restoring into the throw-away directory, re-hashing every chunk".into(),
+    );
     let started = Instant::now();
     let restored = recovery::restore(
         repo,
@@ -384,84 +441,68 @@ async fn restorability(
             port: Some(port),
             restore_command,
             progress: Default::default(),
+            check_data: true,
+            durable: false,
         },
     )
     .await;
     f.report.timings.restore_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = restored {
         f.add("restorability", "restore", e.to_string());
-        return false;
+        return tested;
     }
+    tested.read_every_chunk = objects_there;
     let prepared =
         std::fs::write(dir.join("pg_hba.conf"), "local all all trust\n").and_then(|()| {
             use std::io::Write;
             std::fs::OpenOptions::new()
                 .append(true)
                 .open(pgdata.join("postgresql.auto.conf"))?
-                .write_all(isolation_settings(dir).as_bytes())
+                .write_all(isolation_settings(dir, false).as_bytes())
         });
     if let Err(e) = prepared {
         f.add("restorability", "settings", e.to_string());
-        return false;
+        return tested;
     }
 
-    progress(70.0, "recovering".into());
+    progress(60.0, "recovering".into());
     let started = Instant::now();
     let (user, database) = user_and_database(conninfo, counts);
-    let client = match start_and_wait(db, dir, &pgdata, port, &user, &database).await {
+    let server = match start_and_wait(db, dir, &pgdata, port, &user, &database).await {
         Ok(c) => c,
         Err(why) => {
             f.report.timings.recovery_ms = started.elapsed().as_millis() as u64;
             f.add("restorability", "recovery", why);
-            return false;
+            return tested;
         }
     };
     f.report.timings.recovery_ms = started.elapsed().as_millis() as u64;
 
-    progress(85.0, "smoke checks".into());
+    progress(75.0, "smoke checks".into());
     let started = Instant::now();
-    let mut ok = true;
-    for check in &db.smoke_checks {
-        let answer = first_value(&client, &check.sql).await;
-        let (passed, detail) = match answer {
-            Ok(got) if got == check.expect => (true, format!("returned {got:?}")),
-            Ok(got) => (
-                false,
-                format!("returned {got:?}, expected {:?}", check.expect),
-            ),
-            Err(e) => (false, e),
-        };
-        if !passed {
-            ok = false;
-            f.add(
-                "restorability",
-                format!("smoke check: {}", check.sql),
-                detail.clone(),
-            );
-        }
-        f.report.smoke_checks.push(SmokeCheckResult {
-            name: format!("sql: {}", check.sql),
-            passed,
-            detail,
-        });
-    }
-    match counts {
-        Some(counts) => ok &= compare_counts(&client, counts, f).await,
-        None => f.add(
-            "note",
-            "row counts",
-            "the backup recorded none (count_rows off, a standby, or counting failed)",
-        ),
-    }
-    ok &= amcheck(&client, f).await;
+    let mut ok = smoke_checks(&server.client, &db.smoke_checks, "restorability", f)
+        .await
+        .is_empty();
+    let (counted, indexes) = consistency(&server, counts, f).await;
+    ok &= counted && indexes;
     f.report.timings.checks_ms = started.elapsed().as_millis() as u64;
-    drop(client);
-    // Stopped here so the time is not the guard's; the guard removes the directory.
-    stop(db, &pgdata);
-    ok
+    // The server is stopped and the directory removed by the caller's guard, once the
+    // verdict is out.
+    tested.restorable = ok;
+    tested
 }
 
-/// Starts the restored server and waits until it left recovery; a client to it.
+/// A restored server that left recovery: a connection to it, and how to open more.
+pub struct Restored {
+    pub client: tokio_postgres::Client,
+    pub conninfo: String,
+}
+
+/// How often [`start_and_wait`] looks whether the server is out of recovery.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Starts the restored server (`postgres -D`, in a process group of its own, its output
+/// in `<dir>/postgres.log`) and waits until it left recovery.
 pub async fn start_and_wait(
     db: &DatabaseConfig,
     dir: &Path,
@@ -469,45 +510,53 @@ pub async fn start_and_wait(
     port: u16,
     user: &str,
     database: &str,
-) -> Result<tokio_postgres::Client, String> {
+) -> Result<Restored, String> {
     let bin = db.pg_bin().map_err(|e| e.to_string())?;
     let log = dir.join("postgres.log");
-    let wait = db.recovery_timeout.as_secs().max(10).to_string();
-    let out = tokio::process::Command::new(bin.dir().join("pg_ctl"))
+    let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("open {}: {e}", log.display()))?;
+    let mut server = tokio::process::Command::new(bin.dir().join("postgres"))
         .arg("-D")
         .arg(pgdata)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", &wait, "start"])
         .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("run pg_ctl start: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the restored server did not start: {} {}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            log_tail(&log)
-        ));
-    }
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("run postgres: {e}"))?;
     let conninfo = format!(
         "host={} port={port} user={user} dbname={database} connect_timeout=5",
         dir.display()
     );
     let deadline = Instant::now() + db.recovery_timeout;
+    let mut client: Option<tokio_postgres::Client> = None;
     loop {
-        if let Ok((client, connection)) =
-            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(connection);
-            if let Ok(row) = client.query_one("select pg_is_in_recovery()", &[]).await {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+                Ok((c, connection)) => {
+                    tokio::spawn(connection);
+                    Some(c)
+                }
+                Err(_) => None,
+            };
+        }
+        if let Some(c) = &client {
+            if let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await {
                 if !row.try_get::<_, bool>(0).unwrap_or(true) {
-                    return Ok(client);
+                    return Ok(Restored {
+                        client: client.take().ok_or("no client")?,
+                        conninfo,
+                    });
                 }
             }
         }
-        if !pgdata.join("postmaster.pid").exists() {
-            return Err(format!("the restored server stopped: {}", log_tail(&log)));
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(format!(
+                "the restored server stopped ({status}): {}",
+                log_tail(&log)
+            ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -516,7 +565,7 @@ pub async fn start_and_wait(
                 log_tail(&log)
             ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -555,150 +604,263 @@ pub async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<S
         .unwrap_or_default())
 }
 
-/// Every recorded table's count against the restored one, exactly.
-pub async fn compare_counts(
+/// Runs each configured smoke check and records it (a failure also as a finding of
+/// `check`); the queries of those that failed.
+pub async fn smoke_checks(
     client: &tokio_postgres::Client,
-    counts: &RowCounts,
+    checks: &[crate::config::SmokeCheck],
+    check: &str,
     f: &mut Findings,
-) -> bool {
-    let listed = client
-        .query(
-            "select n.nspname || '.' || c.relname, format('%I.%I', n.nspname, c.relname) \
-             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-             where c.relkind = 'r' and c.relpersistence = 'p'",
-            &[],
-        )
-        .await;
-    let quoted: BTreeMap<String, String> = match listed {
-        Ok(rows) => rows
-            .iter()
-            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
-            .collect(),
-        Err(e) => {
-            f.add(
-                "restorability",
-                "row counts",
-                DatabaseError::from(e).to_string(),
-            );
-            return false;
-        }
-    };
-    let mut mismatched = 0usize;
-    for (table, want) in &counts.tables {
-        let got = match quoted.get(table) {
-            None => Err("the table is missing".to_string()),
-            Some(q) => client
-                .query_one(&format!("select count(*) from {q}"), &[])
-                .await
-                .map_err(|e| DatabaseError::from(e).to_string())
-                .and_then(|r| r.try_get::<_, i64>(0).map_err(|e| e.to_string())),
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for c in checks {
+        let (passed, detail) = match first_value(client, &c.sql).await {
+            Ok(got) if got == c.expect => (true, format!("returned {got:?}")),
+            Ok(got) => (false, format!("returned {got:?}, expected {:?}", c.expect)),
+            Err(e) => (false, e),
         };
-        match got {
-            Ok(n) if n == *want => {}
-            Ok(n) => {
-                mismatched += 1;
-                f.add(
-                    "restorability",
-                    format!("table {table}"),
-                    format!(
-                        "the backup recorded {want} rows at {}; the restore has {n}",
-                        counts.lsn
-                    ),
-                );
-            }
-            Err(why) => {
-                mismatched += 1;
-                f.add("restorability", format!("table {table}"), why);
-            }
+        if !passed {
+            f.add(check, format!("smoke check: {}", c.sql), detail.clone());
+            failed.push(c.sql.clone());
         }
+        f.report.smoke_checks.push(SmokeCheckResult {
+            name: format!("sql: {}", c.sql),
+            passed,
+            detail,
+        });
     }
-    for (table, why) in &counts.skipped {
-        f.add(
-            "note",
-            format!("table {table}"),
-            format!("not counted at backup: {why}"),
-        );
-    }
-    let passed = mismatched == 0;
-    f.report.smoke_checks.push(SmokeCheckResult {
-        name: "row counts".into(),
-        passed,
-        detail: if passed {
-            format!(
-                "{} tables match their counts at {}",
-                counts.tables.len(),
-                counts.lsn
-            )
-        } else {
-            format!("{mismatched} of {} tables differ", counts.tables.len())
-        },
-    });
-    passed
+    failed
 }
 
-/// `bt_index_check` on every valid B-tree index, when `amcheck` can be created; its
-/// absence is a note, not a failure.
-pub async fn amcheck(client: &tokio_postgres::Client, f: &mut Findings) -> bool {
-    if let Err(e) = client
+/// Connections the consistency checks run over, side by side.
+const CHECK_CONNECTIONS: usize = 3;
+
+/// One consistency check.
+enum Check {
+    /// A table's exact row count against the backup's.
+    Count { table: String, want: i64 },
+    /// `bt_index_check` on one B-tree index.
+    Index { oid: i64, name: String },
+}
+
+/// Takes the next check of `work` until none is left; its outcome (a count, or 0 for
+/// an index) into `outcomes`.
+async fn run_checks(
+    client: &tokio_postgres::Client,
+    work: &[(i64, String, Check)],
+    next: &std::sync::atomic::AtomicUsize,
+    outcomes: &parking_lot::Mutex<Vec<Option<Result<i64, String>>>>,
+) {
+    loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((_, quoted, check)) = work.get(i) else {
+            return;
+        };
+        let sql = match check {
+            Check::Count { .. } => format!("select count(*) from {quoted}"),
+            Check::Index { oid, .. } => {
+                format!("select bt_index_check({oid}::oid::regclass), 0::int8")
+            }
+        };
+        let got = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| DatabaseError::from(e).to_string())
+            .and_then(|r| r.try_get::<_, i64>(r.len() - 1).map_err(|e| e.to_string()));
+        outcomes.lock()[i] = Some(got);
+    }
+}
+
+/// The consistency checks: every recorded table's row count against the restored one,
+/// exactly, and `bt_index_check` on every valid B-tree index when `amcheck` can be
+/// created (its absence is a note, not a failure). They run over
+/// [`CHECK_CONNECTIONS`] connections, the largest relations first. Returns whether the
+/// counts and the indexes passed.
+pub async fn consistency(
+    server: &Restored,
+    counts: Option<&RowCounts>,
+    f: &mut Findings,
+) -> (bool, bool) {
+    let client = &server.client;
+    let amcheck = client
         .batch_execute("create extension if not exists amcheck")
         .await
-    {
-        let why = format!("amcheck not available: {}", DatabaseError::from(e));
-        f.add("note", "amcheck", why.clone());
-        f.report.smoke_checks.push(SmokeCheckResult {
-            name: "amcheck".into(),
-            passed: true,
-            detail: why,
-        });
-        return true;
-    }
-    let indexes = client
+        .map_err(|e| format!("amcheck not available: {}", DatabaseError::from(e)));
+    // Every permanent table and (with amcheck) B-tree index, with its size.
+    let listed = client
         .query(
-            "select c.oid::int8, format('%I.%I', n.nspname, c.relname) \
-             from pg_index i join pg_class c on c.oid = i.indexrelid \
-             join pg_am am on am.oid = c.relam join pg_namespace n on n.oid = c.relnamespace \
-             where am.amname = 'btree' and i.indisvalid and i.indisready \
-               and c.relpersistence = 'p' order by 1",
+            "select c.relkind::text, c.oid::int8, n.nspname || '.' || c.relname, \
+                    format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             left join pg_index i on i.indexrelid = c.oid \
+             left join pg_am am on am.oid = c.relam \
+             where c.relpersistence = 'p' and (c.relkind = 'r' or (c.relkind = 'i' \
+               and am.amname = 'btree' and i.indisvalid and i.indisready))",
             &[],
         )
         .await;
-    let indexes = match indexes {
+    let rows = match listed {
         Ok(rows) => rows,
         Err(e) => {
-            f.add(
-                "restorability",
-                "amcheck",
-                DatabaseError::from(e).to_string(),
-            );
-            return false;
+            let why = DatabaseError::from(e).to_string();
+            f.add("restorability", "row counts", why.clone());
+            f.add("restorability", "amcheck", why);
+            return (false, false);
         }
     };
-    let mut bad = 0usize;
-    for row in &indexes {
-        let (Ok(oid), Ok(name)) = (row.try_get::<_, i64>(0), row.try_get::<_, String>(1)) else {
+    let mut tables: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut work: Vec<(i64, String, Check)> = Vec::new();
+    for r in &rows {
+        let (Ok(kind), Ok(oid), Ok(name), Ok(quoted), Ok(size)) = (
+            r.try_get::<_, String>(0),
+            r.try_get::<_, i64>(1),
+            r.try_get::<_, String>(2),
+            r.try_get::<_, String>(3),
+            r.try_get::<_, i64>(4),
+        ) else {
             continue;
         };
-        if let Err(e) = client
-            .batch_execute(&format!("select bt_index_check({oid}::oid::regclass)"))
-            .await
-        {
-            bad += 1;
-            f.add(
-                "restorability",
-                format!("index {name}"),
-                format!("amcheck: {}", DatabaseError::from(e)),
-            );
+        if kind == "r" {
+            tables.insert(name, (quoted, size));
+        } else if amcheck.is_ok() {
+            work.push((size, quoted.clone(), Check::Index { oid, name: quoted }));
         }
     }
-    f.report.smoke_checks.push(SmokeCheckResult {
-        name: "amcheck".into(),
-        passed: bad == 0,
-        detail: format!(
-            "bt_index_check on {} B-tree indexes, {bad} failed",
-            indexes.len()
-        ),
-    });
-    bad == 0
+    let index_count = work.len();
+    // Recorded tables missing from the restore fail without a query.
+    let mut missing = Vec::new();
+    for (table, want) in counts.map(|c| &c.tables).into_iter().flatten() {
+        match tables.get(table) {
+            Some((quoted, size)) => work.push((
+                *size,
+                quoted.clone(),
+                Check::Count {
+                    table: table.clone(),
+                    want: *want,
+                },
+            )),
+            None => missing.push(table.clone()),
+        }
+    }
+    work.sort_by_key(|w| std::cmp::Reverse(w.0));
+
+    // The checks, each connection taking the next largest.
+    let mut clients = vec![client];
+    let mut extra = Vec::new();
+    for _ in 1..CHECK_CONNECTIONS.min(work.len()) {
+        if let Ok((c, connection)) =
+            tokio_postgres::connect(&server.conninfo, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            extra.push(c);
+        }
+    }
+    clients.extend(extra.iter());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: parking_lot::Mutex<Vec<Option<Result<i64, String>>>> =
+        parking_lot::Mutex::new(work.iter().map(|_| None).collect());
+    futures::future::join_all(
+        clients
+            .into_iter()
+            .map(|c| run_checks(c, &work, &next, &outcomes)),
+    )
+    .await;
+    let outcomes = outcomes.into_inner();
+
+    // The findings, tables by name then indexes by name.
+    let mut counted: Vec<(String, Result<(), String>)> = missing
+        .into_iter()
+        .map(|t| (t, Err("the table is missing".to_string())))
+        .collect();
+    let mut checked: Vec<(String, Result<(), String>)> = Vec::new();
+    for ((_, _, check), outcome) in work.iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|| Err("not run".into()));
+        match check {
+            Check::Count { table, want } => counted.push((
+                table.clone(),
+                match outcome {
+                    Ok(n) if n == *want => Ok(()),
+                    Ok(n) => Err(format!(
+                        "the backup recorded {want} rows at {}; the restore has {n}",
+                        counts.map_or("?", |c| c.lsn.as_str())
+                    )),
+                    Err(why) => Err(why),
+                },
+            )),
+            Check::Index { name, .. } => checked.push((
+                name.clone(),
+                outcome.map(|_| ()).map_err(|why| format!("amcheck: {why}")),
+            )),
+        }
+    }
+    counted.sort_by(|a, b| a.0.cmp(&b.0));
+    checked.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let counts_ok = match counts {
+        None => {
+            f.add(
+                "note",
+                "row counts",
+                "the backup recorded none (count_rows off, a standby, or counting failed)",
+            );
+            true
+        }
+        Some(counts) => {
+            let mismatched = counted.iter().filter(|(_, r)| r.is_err()).count();
+            for (table, r) in &counted {
+                if let Err(why) = r {
+                    f.add("restorability", format!("table {table}"), why.clone());
+                }
+            }
+            for (table, why) in &counts.skipped {
+                f.add(
+                    "note",
+                    format!("table {table}"),
+                    format!("not counted at backup: {why}"),
+                );
+            }
+            f.report.smoke_checks.push(SmokeCheckResult {
+                name: "row counts".into(),
+                passed: mismatched == 0,
+                detail: if mismatched == 0 {
+                    format!(
+                        "{} tables match their counts at {}",
+                        counts.tables.len(),
+                        counts.lsn
+                    )
+                } else {
+                    format!("{mismatched} of {} tables differ", counts.tables.len())
+                },
+            });
+            mismatched == 0
+        }
+    };
+    let indexes_ok = match amcheck {
+        Err(why) => {
+            f.add("note", "amcheck", why.clone());
+            f.report.smoke_checks.push(SmokeCheckResult {
+                name: "amcheck".into(),
+                passed: true,
+                detail: why,
+            });
+            true
+        }
+        Ok(()) => {
+            let bad = checked.iter().filter(|(_, r)| r.is_err()).count();
+            for (name, r) in &checked {
+                if let Err(why) = r {
+                    f.add("restorability", format!("index {name}"), why.clone());
+                }
+            }
+            f.report.smoke_checks.push(SmokeCheckResult {
+                name: "amcheck".into(),
+                passed: bad == 0,
+                detail: format!("bt_index_check on {index_count} B-tree indexes, {bad} failed"),
+            });
+            bad == 0
+        }
+    };
+    (counts_ok, indexes_ok)
 }
 
 #[cfg(test)]
@@ -744,7 +906,9 @@ mod tests {
 
     #[test]
     fn the_copy_listens_on_no_tcp_address_and_archives_nothing() {
-        let s = isolation_settings(Path::new("/var/lib/drmesh/verify/v1"));
+        let s = isolation_settings(Path::new("/var/lib/drmesh/verify/v1"), false);
+        assert!(s.contains("fsync = off"), "{s}");
+        assert!(!isolation_settings(Path::new("/v"), true).contains("fsync"));
         assert!(s.contains("listen_addresses = ''"), "{s}");
         assert!(
             s.contains("unix_socket_directories = '/var/lib/drmesh/verify/v1'"),

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::pack::{ChunkId, PackBuf, PACK_ALIGN};
 use super::reader::{self, PackReader};
-use super::snapshot::{safe_relative, Entry, EntryKind, Extent, Snapshot};
+use super::snapshot::{safe_relative, Entry, EntryKind, Extent, FileHash, Snapshot};
 use super::{Progress, RepoError, Repository};
 
 /// What to restore, and where.
@@ -33,6 +34,13 @@ pub struct RestoreRequest {
     /// Paths (files or directories) inside the snapshot; empty means everything.
     pub paths: Vec<String>,
     pub progress: Arc<Progress>,
+    /// Check the data as a verification does: every chunk re-hashed against its id
+    /// (not only where neither AES-GCM nor zstd's checksum covers it) and every file
+    /// against its SHA-256. A restore that completes has then read every chunk intact.
+    pub check_data: bool,
+    /// Sync the target's filesystem at the end (default). Off only for a throw-away
+    /// copy whose server runs with `fsync = off`.
+    pub sync: bool,
 }
 
 impl RestoreRequest {
@@ -42,6 +50,8 @@ impl RestoreRequest {
             target: target.into(),
             paths: Vec::new(),
             progress: Arc::default(),
+            check_data: false,
+            sync: true,
         }
     }
 }
@@ -70,6 +80,13 @@ pub struct FailedFile {
     pub reason: String,
 }
 
+/// The restore's options the workers need.
+#[derive(Clone, Copy)]
+struct How {
+    check_data: bool,
+    sync: bool,
+}
+
 /// Parallel file restores: more than the cores, since most of the time is waiting on
 /// the object store.
 const RESTORE_WORKERS: usize = 3;
@@ -90,6 +107,16 @@ impl Repository {
                         )));
                     }
                 }
+                // A file hashed by its chunk ids is checked here, before any read.
+                if req.check_data
+                    && e.hash == FileHash::ChunkIds
+                    && e.sha256.as_deref() != Some(FileHash::of_chunk_ids(&e.chunks).as_str())
+                {
+                    return Err(RepoError::Damaged(format!(
+                        "{}: the manifest's SHA-256 does not match its chunk ids",
+                        e.path
+                    )));
+                }
             }
         }
         let files: Vec<&(PathBuf, &Entry)> = plan
@@ -105,9 +132,13 @@ impl Repository {
         let repo = self.clone();
         let handle = tokio::runtime::Handle::current();
         let progress = req.progress.clone();
+        let how = How {
+            check_data: req.check_data,
+            sync: req.sync,
+        };
         let owned: Vec<(PathBuf, Entry)> = plan.into_iter().map(|(p, e)| (p, e.clone())).collect();
         let mut report = tokio::task::spawn_blocking(move || {
-            restore_blocking(&repo, &handle, &target, &owned, &progress)
+            restore_blocking(&repo, &handle, &target, &owned, &progress, how)
         })
         .await
         .map_err(|e| RepoError::Io(format!("restore task: {e}")))??;
@@ -262,6 +293,7 @@ fn restore_file(
     rel: &Path,
     e: &Entry,
     progress: &Progress,
+    check_data: bool,
 ) -> Result<(), RepoError> {
     let (path, mut f) = create_file(target, rel)?;
     // Every chunk is checked against its SHA-256 id as it is decoded, so the content
@@ -272,13 +304,28 @@ fn restore_file(
             e.path
         )));
     }
+    // A file hashed by its content is hashed as it is written (a file hashed by its
+    // chunk ids was checked before the restore began).
+    let mut hasher =
+        (check_data && !e.is_single_chunk() && e.hash == FileHash::Content).then(Sha256::new);
     reader::content(source, e, |data| {
         f.write_all(data)
             .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(data);
+        }
         progress.bytes_done.fetch_add(data.len() as u64, Relaxed);
         Ok(())
     })
     .map_err(|err| in_file(e, err))?;
+    if let Some(h) = hasher {
+        if e.sha256.as_deref() != Some(hex::encode(h.finalize()).as_str()) {
+            return Err(RepoError::Damaged(format!(
+                "{}: content does not match its SHA-256",
+                e.path
+            )));
+        }
+    }
     finish_file(&f, &path, e)?;
     // Durability comes from one syncfs at the end, not a sync per file.
     drop(f);
@@ -438,10 +485,14 @@ struct Part {
     left: Arc<AtomicUsize>,
 }
 
-/// Splits the files of more than [`PART_CHUNKS`] chunks into parts.
-fn split_large(repo: &Repository, files: &[&(PathBuf, Entry)]) -> Vec<Part> {
+/// Splits the files of more than [`PART_CHUNKS`] chunks into parts — except, when
+/// `check_data`, those hashed by their content, which must be read in one go.
+fn split_large(repo: &Repository, files: &[&(PathBuf, Entry)], check_data: bool) -> Vec<Part> {
     let mut parts = Vec::new();
     for (file, (_, e)) in files.iter().enumerate() {
+        if check_data && e.hash == FileHash::Content {
+            continue;
+        }
         let pieces: Vec<(Vec<ChunkId>, Vec<Extent>, u64)> = if e.extents.is_empty() {
             if e.chunks.len() <= PART_CHUNKS {
                 continue;
@@ -539,6 +590,7 @@ fn extent_parts(e: &Entry, len: u64) -> Vec<(Vec<ChunkId>, Vec<Extent>, u64)> {
 
 /// Restores `files` on the reader's workers; a damaged file is removed and listed in
 /// `failed` while the others are restored.
+#[allow(clippy::too_many_arguments)]
 fn restore_files(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
@@ -547,9 +599,10 @@ fn restore_files(
     packs: &HashMap<String, u64>,
     progress: &Progress,
     failed: &Mutex<Vec<FailedFile>>,
+    check_data: bool,
 ) -> Result<(), RepoError> {
     // Large files are restored in parts, into files created beforehand.
-    let parts = split_large(repo, files);
+    let parts = split_large(repo, files, check_data);
     let mut split = vec![false; files.len()];
     for p in &parts {
         if !split[p.file] {
@@ -585,14 +638,17 @@ fn restore_files(
         packs,
         reader::ReadOptions {
             workers: RESTORE_WORKERS,
-            always_check_ids: false,
+            always_check_ids: check_data,
             in_order_from: whole.len(),
         },
         |source, i| {
             let (file, result) = match whole.get(i) {
                 Some(&file) => {
                     let (rel, e) = files[file];
-                    (file, restore_file(source, target, rel, e, progress))
+                    (
+                        file,
+                        restore_file(source, target, rel, e, progress, check_data),
+                    )
                 }
                 None => {
                     let part = &parts[i - whole.len()];
@@ -655,6 +711,7 @@ fn restore_blocking(
     target: &Path,
     plan: &[(PathBuf, Entry)],
     progress: &Progress,
+    how: How,
 ) -> Result<RestoreReport, RepoError> {
     std::fs::create_dir_all(target)
         .map_err(|e| RepoError::Io(format!("create {}: {e}", target.display())))?;
@@ -684,8 +741,19 @@ fn restore_blocking(
     let failed: Mutex<Vec<FailedFile>> = Mutex::default();
     let restoring = AtomicBool::new(true);
     std::thread::scope(|s| {
-        s.spawn(|| flush_while(target, progress, &restoring));
-        let result = restore_files(repo, handle, target, &files, &packs, progress, &failed);
+        if how.sync {
+            s.spawn(|| flush_while(target, progress, &restoring));
+        }
+        let result = restore_files(
+            repo,
+            handle,
+            target,
+            &files,
+            &packs,
+            progress,
+            &failed,
+            how.check_data,
+        );
         restoring.store(false, Relaxed);
         result
     })?;
@@ -733,9 +801,12 @@ fn restore_blocking(
         set_owner_and_time(&path, e)?;
         set_mode(&path, e.mode)?;
     }
-    let d =
-        File::open(target).map_err(|e| RepoError::Io(format!("open {}: {e}", target.display())))?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d))
-        .map_err(|e| RepoError::Io(format!("sync the filesystem of {}: {e}", target.display())))?;
+    if how.sync {
+        let d = File::open(target)
+            .map_err(|e| RepoError::Io(format!("open {}: {e}", target.display())))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(|e| {
+            RepoError::Io(format!("sync the filesystem of {}: {e}", target.display()))
+        })?;
+    }
     Ok(report)
 }

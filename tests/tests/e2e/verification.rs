@@ -257,17 +257,18 @@ fn verification_interrupted_by_kill_9_is_cleaned_up_when_the_agent_restarts() {
 
     // On restart the agent stops the server and removes the directory.
     let agent = mesh.spawn_agent(&config);
+    // The log line comes just after the removal: waited for too.
     let cleaned = wait_for(Duration::from_secs(30), || {
-        (!dir.exists() && !is_postgres(pid)).then_some(())
+        (!dir.exists()
+            && !is_postgres(pid)
+            && agent.log_text().contains("leftover verification directory"))
+        .then_some(())
     });
     assert!(
         cleaned.is_some(),
-        "leftover not cleaned up:\n{}",
-        agent.log_text()
-    );
-    assert!(
-        agent.log_text().contains("leftover verification directory"),
-        "{}",
+        "leftover not cleaned up, or not logged (dir there: {}, server running: {}):\n{}",
+        dir.exists(),
+        is_postgres(pid),
         agent.log_text()
     );
     let v = wait_verification(&mesh, &id);
