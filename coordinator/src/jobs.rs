@@ -79,21 +79,26 @@ impl Job for DatabaseVerification {
     }
 }
 
-/// Writes progress to the store at most once a second.
+/// Writes progress to the store at most once a second, except that a step of at least
+/// [`STEP`] percent is written at once: a fast job's phases (a verification reaching its
+/// smoke checks within a second of its recovery) are never lost to the throttle.
 #[derive(Default)]
 struct Throttle {
-    last: Option<Instant>,
+    last: Option<(Instant, f32)>,
 }
 
+/// Percent points that are written whatever the time since the last write.
+const STEP: f32 = 5.0;
+
 impl Throttle {
-    fn ready(&mut self) -> bool {
+    fn ready(&mut self, percent: f32) -> bool {
         if self
             .last
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            .is_some_and(|(t, p)| t.elapsed() < Duration::from_secs(1) && percent < p + STEP)
         {
             return false;
         }
-        self.last = Some(Instant::now());
+        self.last = Some((Instant::now(), percent));
         true
     }
 }
@@ -111,7 +116,7 @@ pub(crate) async fn run_with_progress<J: Job>(
     let key = rec.key().to_string();
     let mut throttle = Throttle::default();
     let result = transport::send_command_with_progress(coord, rec.agent(), kind, timeout, |p| {
-        if !throttle.ready() {
+        if !throttle.ready(p.percent) {
             return;
         }
         if let Ok(Some(mut current)) = store.get_json::<J>(J::NAMESPACE, &key) {
@@ -233,4 +238,22 @@ pub(crate) fn capable_agents(coord: &Coordinator, capability: &str) -> Vec<Candi
         .collect();
     out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_writes_once_a_second_and_every_step_of_five_percent() {
+        let mut t = Throttle::default();
+        assert!(t.ready(10.0));
+        assert!(!t.ready(11.0), "within the second, a small step waits");
+        assert!(!t.ready(14.9));
+        assert!(t.ready(60.0), "a new phase is written at once");
+        assert!(t.ready(75.0));
+        assert!(!t.ready(76.0));
+        t.last = t.last.map(|(at, p)| (at - Duration::from_secs(2), p));
+        assert!(t.ready(76.0), "after a second, any update is written");
+    }
 }

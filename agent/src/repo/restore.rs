@@ -39,7 +39,8 @@ pub struct RestoreRequest {
     /// against its SHA-256. A restore that completes has then read every chunk intact.
     pub check_data: bool,
     /// Sync the target's filesystem at the end (default). Off only for a throw-away
-    /// copy whose server runs with `fsync = off`.
+    /// copy whose server runs with `fsync = off`, which is also written through the page
+    /// cache (no `O_DIRECT`): it is read straight back by the checks.
     pub sync: bool,
 }
 
@@ -341,6 +342,7 @@ fn restore_part(
     file: &(PathBuf, Entry),
     part: &Part,
     progress: &Progress,
+    direct: bool,
 ) -> Result<(), RepoError> {
     let (rel, e) = file;
     let path = target.join(rel);
@@ -351,7 +353,7 @@ fn restore_part(
             .custom_flags(nix::libc::O_NOFOLLOW | direct)
             .open(&path)
     };
-    let f = match open(part.offset.is_multiple_of(PACK_ALIGN as u64)) {
+    let f = match open(direct && part.offset.is_multiple_of(PACK_ALIGN as u64)) {
         // tmpfs and a few others refuse O_DIRECT.
         Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => open(false),
         other => other,
@@ -599,8 +601,9 @@ fn restore_files(
     packs: &HashMap<String, u64>,
     progress: &Progress,
     failed: &Mutex<Vec<FailedFile>>,
-    check_data: bool,
+    how: How,
 ) -> Result<(), RepoError> {
+    let check_data = how.check_data;
     // Large files are restored in parts, into files created beforehand.
     let parts = split_large(repo, files, check_data);
     let mut split = vec![false; files.len()];
@@ -658,7 +661,7 @@ fn restore_files(
                     let file = files[part.file];
                     (
                         part.file,
-                        restore_part(source, target, file, part, progress),
+                        restore_part(source, target, file, part, progress, how.sync),
                     )
                 }
             };
@@ -744,16 +747,7 @@ fn restore_blocking(
         if how.sync {
             s.spawn(|| flush_while(target, progress, &restoring));
         }
-        let result = restore_files(
-            repo,
-            handle,
-            target,
-            &files,
-            &packs,
-            progress,
-            &failed,
-            how.check_data,
-        );
+        let result = restore_files(repo, handle, target, &files, &packs, progress, &failed, how);
         restoring.store(false, Relaxed);
         result
     })?;
