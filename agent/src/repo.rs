@@ -26,6 +26,7 @@ pub mod pages;
 mod reader;
 pub mod replicate;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod stream;
 pub mod verify;
