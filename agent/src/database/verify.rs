@@ -256,7 +256,6 @@ pub async fn run(
         &pg,
         dir,
         restore_command,
-        objects.passed(),
         progress,
         &mut f,
     )
@@ -269,7 +268,8 @@ pub async fn run(
 
     // 1: the checksums — the restore's own checks, or a read-back that names the damage.
     let (mut checksum_ok, mut accessible) = (true, objects.objects.passed);
-    if !test.read_every_chunk {
+    // With an object missing, the restore cannot have read every chunk.
+    if !(test.restored && objects.passed()) {
         progress(90.0, "re-hashing every chunk to name the damage".into());
         let started = Instant::now();
         let v = repo.verify(backup, true).await?;
@@ -395,8 +395,8 @@ pub fn isolation_settings(dir: &Path, durable: bool) -> String {
 /// How a restorability test went.
 struct Tested {
     restorable: bool,
-    /// The restore completed with every chunk re-hashed and every file checked.
-    read_every_chunk: bool,
+    /// The restore completed, every chunk re-hashed and every file checked.
+    restored: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -408,13 +408,12 @@ async fn restorability(
     pg: &PgBackupInfo,
     dir: &Path,
     restore_command: String,
-    objects_there: bool,
     progress: Report<'_>,
     f: &mut Findings,
 ) -> Tested {
     let mut tested = Tested {
         restorable: false,
-        read_every_chunk: false,
+        restored: false,
     };
     let pgdata = dir.join(PGDATA);
     let counts = pg.row_counts.as_ref();
@@ -451,7 +450,7 @@ async fn restorability(
         f.add("restorability", "restore", e.to_string());
         return tested;
     }
-    tested.read_every_chunk = objects_there;
+    tested.restored = true;
     let prepared =
         std::fs::write(dir.join("pg_hba.conf"), "local all all trust\n").and_then(|()| {
             use std::io::Write;
@@ -493,7 +492,7 @@ async fn restorability(
 }
 
 /// A restored server that left recovery: a connection to it, and how to open more.
-pub struct Restored {
+pub struct RestoredServer {
     pub client: tokio_postgres::Client,
     pub conninfo: String,
 }
@@ -510,7 +509,7 @@ pub async fn start_and_wait(
     port: u16,
     user: &str,
     database: &str,
-) -> Result<Restored, String> {
+) -> Result<RestoredServer, String> {
     let bin = db.pg_bin().map_err(|e| e.to_string())?;
     let log = dir.join("postgres.log");
     let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
@@ -545,7 +544,7 @@ pub async fn start_and_wait(
         if let Some(c) = &client {
             if let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await {
                 if !row.try_get::<_, bool>(0).unwrap_or(true) {
-                    return Ok(Restored {
+                    return Ok(RestoredServer {
                         client: client.take().ok_or("no client")?,
                         conninfo,
                     });
@@ -643,18 +642,18 @@ enum Check {
     Index { oid: i64, name: String },
 }
 
-/// Takes the next check of `work` until none is left; its outcome (a count, or 0 for
-/// an index) into `outcomes`.
+/// Takes the next check of `work` until none is left; returns each one it ran with its
+/// outcome (a count, or 0 for an index).
 async fn run_checks(
     client: &tokio_postgres::Client,
     work: &[(i64, String, Check)],
     next: &std::sync::atomic::AtomicUsize,
-    outcomes: &parking_lot::Mutex<Vec<Option<Result<i64, String>>>>,
-) {
+) -> Vec<(usize, Result<i64, String>)> {
+    let mut ran = Vec::new();
     loop {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((_, quoted, check)) = work.get(i) else {
-            return;
+            return ran;
         };
         let sql = match check {
             Check::Count { .. } => format!("select count(*) from {quoted}"),
@@ -667,7 +666,7 @@ async fn run_checks(
             .await
             .map_err(|e| DatabaseError::from(e).to_string())
             .and_then(|r| r.try_get::<_, i64>(r.len() - 1).map_err(|e| e.to_string()));
-        outcomes.lock()[i] = Some(got);
+        ran.push((i, got));
     }
 }
 
@@ -677,7 +676,7 @@ async fn run_checks(
 /// [`CHECK_CONNECTIONS`] connections, the largest relations first. Returns whether the
 /// counts and the indexes passed.
 pub async fn consistency(
-    server: &Restored,
+    server: &RestoredServer,
     counts: Option<&RowCounts>,
     f: &mut Findings,
 ) -> (bool, bool) {
@@ -757,15 +756,15 @@ pub async fn consistency(
     }
     clients.extend(extra.iter());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: parking_lot::Mutex<Vec<Option<Result<i64, String>>>> =
-        parking_lot::Mutex::new(work.iter().map(|_| None).collect());
-    futures::future::join_all(
-        clients
+    let mut outcomes: Vec<Option<Result<i64, String>>> = work.iter().map(|_| None).collect();
+    for (i, got) in
+        futures::future::join_all(clients.into_iter().map(|c| run_checks(c, &work, &next)))
+            .await
             .into_iter()
-            .map(|c| run_checks(c, &work, &next, &outcomes)),
-    )
-    .await;
-    let outcomes = outcomes.into_inner();
+            .flatten()
+    {
+        outcomes[i] = Some(got);
+    }
 
     // The findings, tables by name then indexes by name.
     let mut counted: Vec<(String, Result<(), String>)> = missing

@@ -342,7 +342,7 @@ fn restore_part(
     file: &(PathBuf, Entry),
     part: &Part,
     progress: &Progress,
-    direct: bool,
+    allow_direct: bool,
 ) -> Result<(), RepoError> {
     let (rel, e) = file;
     let path = target.join(rel);
@@ -353,7 +353,7 @@ fn restore_part(
             .custom_flags(nix::libc::O_NOFOLLOW | direct)
             .open(&path)
     };
-    let f = match open(direct && part.offset.is_multiple_of(PACK_ALIGN as u64)) {
+    let f = match open(allow_direct && part.offset.is_multiple_of(PACK_ALIGN as u64)) {
         // tmpfs and a few others refuse O_DIRECT.
         Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => open(false),
         other => other,
