@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod backup;
 pub mod crypto;
+pub mod enforce;
 pub mod export;
 pub mod pack;
 pub mod pages;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use drmesh_agent::repo::backup::BackupRequest;
+use drmesh_agent::repo::enforce::Policies;
 use drmesh_agent::repo::restore::RestoreRequest;
 use drmesh_agent::repo::{KeySource, Location, Progress, RepoOptions, Repository};
 
@@ -151,6 +152,24 @@ pub enum RepoCmd {
         /// Also read back and check every chunk and every file's SHA-256.
         #[arg(long)]
         read_data: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Apply the retention policies: remove the snapshots no tier keeps and the WAL no
+    /// kept base backup needs; list what is kept and why.
+    Retention {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Say what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A TOML file with `[database]` and `[documents]` policies (default: the
+        /// runbook's: full 30d, incremental 7d, weekly 12, monthly 12, yearly 7).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Apply as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
@@ -443,6 +462,60 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             }
             if !report.passed() {
                 bail!("verification of {snapshot} FAILED");
+            }
+        }
+        RepoCmd::Retention {
+            repo,
+            dry_run,
+            policy,
+            now,
+            output,
+        } => {
+            let policies: Policies = match &policy {
+                None => Policies::default(),
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("read {}", f.display()))?;
+                    toml::from_str(&text).with_context(|| format!("{}", f.display()))?
+                }
+            };
+            policies.validate()?;
+            let now = match &now {
+                Some(t) => drmesh_coordinator::recovery::parse_instant(t)?,
+                None => chrono::Utc::now(),
+            };
+            let r = Repository::open(&repo.options()?).await?;
+            let report = r.enforce(&policies, now, dry_run).await?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Text => {
+                    let reasons = |k: &drmesh_agent::repo::enforce::Kept| {
+                        serde_json::to_value(&k.reasons)
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
+                    };
+                    let will = if dry_run { "would be " } else { "" };
+                    for k in &report.kept {
+                        println!("keep     {}  {}", k.snapshot_id, reasons(k));
+                    }
+                    for k in &report.awaiting_archive {
+                        println!(
+                            "archive  {}  {} (kept here until the cold archive takes it)",
+                            k.snapshot_id,
+                            reasons(k)
+                        );
+                    }
+                    for id in &report.deleted {
+                        println!("delete   {id}");
+                    }
+                    println!(
+                        "{} kept, {} for the archive, {} snapshots and {} WAL segments {will}deleted",
+                        report.kept.len(),
+                        report.awaiting_archive.len(),
+                        report.deleted.len(),
+                        report.wal_deleted.len()
+                    );
+                }
             }
         }
         RepoCmd::Export(args) => export(args).await?,

@@ -404,3 +404,85 @@ fn ten_thousand_files_incremental_uploads_only_the_changes() {
         );
     }
 }
+
+#[test]
+fn retention_through_the_cli_keeps_what_the_policy_keeps_and_a_bad_policy_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = RepoCli {
+        repo: dir.path().join("repo").to_string_lossy().into_owned(),
+        options: vec![],
+        key_file: Some(key_file(dir.path())),
+    };
+    let src = dir.path().join("uploads");
+    make_docs(&src);
+    let src_arg = src.to_str().unwrap();
+    cli.ok(&["init"]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("documents/42/v{i}.txt")), format!("v{i}")).unwrap();
+        let b = cli.json(&["backup", src_arg, "--kind", "documents"]);
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    // 400 days on: no daily, weekly or monthly tier reaches back; the yearly tier keeps
+    // the newest of the year, bound for the cold archive.
+    let later = (chrono::Utc::now() + chrono::Duration::days(400)).to_rfc3339();
+    let dry = cli.json(&["retention", "--dry-run", "--now", &later]);
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["deleted"], serde_json::json!([ids[0], ids[1]]), "{dry}");
+    assert_eq!(
+        dry["awaitingArchive"][0]["snapshotId"],
+        ids[2].as_str(),
+        "{dry}"
+    );
+    assert_eq!(
+        dry["awaitingArchive"][0]["reasons"],
+        serde_json::json!(["yearly"])
+    );
+    assert_eq!(cli.json(&["snapshots"]).as_array().map(Vec::len), Some(3));
+
+    // A policy with a bad field is refused, naming it, and nothing changes.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[documents]\nfull = \"1d\"\nincremental = \"2d\"\n").unwrap();
+    let refused = cli.run(&[
+        "retention",
+        "--policy",
+        bad.to_str().unwrap(),
+        "--now",
+        &later,
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("retention.incremental"), "{err}");
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[documents]\nfulll = \"1d\"\n").unwrap();
+    let refused = cli.run(&[
+        "retention",
+        "--policy",
+        typo.to_str().unwrap(),
+        "--now",
+        &later,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fulll"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(cli.json(&["snapshots"]).as_array().map(Vec::len), Some(3));
+
+    let done = cli.json(&["retention", "--now", &later]);
+    assert_eq!(done["deleted"], dry["deleted"]);
+    let left = cli.json(&["snapshots"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["id"], ids[2].as_str());
+    let again = cli.json(&["retention", "--now", &later]);
+    assert_eq!(
+        again["deleted"],
+        serde_json::json!([]),
+        "idempotent: {again}"
+    );
+    // What is left restores whole.
+    let out = dir.path().join("restored");
+    cli.ok(&["restore", &ids[2], "--target", out.to_str().unwrap()]);
+    assert_eq!(digest(&src), digest(&out));
+}

@@ -1,0 +1,481 @@
+//! Enforcing the retention policies on a repository: the pure rules of [`retention`]
+//! applied to its snapshots and its WAL archive.
+//!
+//! - Snapshots are grouped by kind and source (a cluster's base backups, its logical
+//!   dumps, a documents tree), and each group is planned with its kind's policy
+//!   (`documents` for document snapshots, `database` for the rest). Incrementals are the
+//!   base backups with a parent; the time is when the backup finished.
+//! - `Delete`: the manifest is removed ([`Repository::forget`]); the chunks only it used
+//!   are left for garbage collection.
+//! - `Archive`: the snapshot is one the monthly or yearly tier keeps. Until the cold
+//!   archive exists it stays in the repository (never deleted for want of an archive)
+//!   and is reported as waiting for the archive; its own WAL (start to stop, and to its
+//!   row counts' point) is kept with it.
+//! - WAL: a segment goes when no base backup kept hot needs it for point-in-time
+//!   recovery ([`retention::wal_to_delete`], across timelines from the archive's
+//!   `.history` files) and no snapshot waiting for the archive needs it to be restored.
+//!   History, `.partial` and `.backup` files stay.
+//!
+//! Architecture Invariant: a dry run writes and deletes nothing; a real run deletes only
+//! manifests the plan deletes and WAL segments no kept backup needs, so running it again
+//! at the same time deletes nothing more (idempotent), and a crash in the middle leaves
+//! a repository whose every manifest still restores.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, RetentionPolicy, Tier};
+use super::snapshot::{PgBackupInfo, SnapshotSummary};
+use super::wal::wal_key;
+use super::{RepoError, Repository};
+use crate::database::verify::needed_wal;
+use crate::database::wal::{WalKind, WalName};
+
+/// The retention policy of each kind of backup (`[retention.database]`,
+/// `[retention.documents]`), each with the runbook's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policies {
+    pub database: RetentionPolicy,
+    pub documents: RetentionPolicy,
+}
+
+impl Policies {
+    pub fn validate(&self) -> Result<(), retention::RetentionError> {
+        self.database.validate()?;
+        self.documents.validate()
+    }
+
+    /// The policy for snapshots of `kind`.
+    pub fn of(&self, kind: &str) -> &RetentionPolicy {
+        if kind == crate::documents::KIND {
+            &self.documents
+        } else {
+            &self.database
+        }
+    }
+}
+
+/// One snapshot the policy keeps, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kept {
+    pub snapshot_id: String,
+    pub kind: String,
+    pub finished_at: DateTime<Utc>,
+    pub reasons: Vec<Tier>,
+}
+
+/// What an enforcement did (or, dry, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforceReport {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    /// Kept in the repository by the daily, incremental or weekly tier.
+    pub kept: Vec<Kept>,
+    /// Kept by the monthly or yearly tier only: bound for the cold archive, and kept in
+    /// the repository until they are archived.
+    pub awaiting_archive: Vec<Kept>,
+    /// Snapshots whose manifests were (dry: would be) removed.
+    pub deleted: Vec<String>,
+    /// WAL segments removed (dry: would be), as `timeline/name`.
+    pub wal_deleted: Vec<String>,
+}
+
+/// A snapshot's place in the plan: an incremental is a base backup with a parent; every
+/// other snapshot (a document snapshot reusing its parent's unchanged files too) is
+/// whole by itself, a full.
+fn candidate(s: &SnapshotSummary) -> Candidate {
+    let incremental = s.kind == crate::database::basebackup::KIND && s.parent.is_some();
+    Candidate {
+        id: s.id.clone(),
+        kind: if incremental {
+            Kind::Incremental
+        } else {
+            Kind::Full
+        },
+        time: s.finished_at,
+    }
+}
+
+/// The parent timelines a `.history` file lists (its first column), oldest first.
+pub fn history_parents(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+/// Where a base backup's WAL starts: its recorded start segment, or the one its start
+/// LSN falls in.
+fn start_segment(pg: &PgBackupInfo) -> Option<String> {
+    if WalName::parse(&pg.start_wal).is_ok_and(|n| n.kind == WalKind::Segment) {
+        return Some(pg.start_wal.clone());
+    }
+    needed_wal(pg).into_iter().next()
+}
+
+impl Repository {
+    /// Removes one snapshot's manifest; its chunks stay until garbage collection.
+    pub async fn forget(&self, id: &str) -> Result<(), RepoError> {
+        // Checked to be a snapshot of this repository first.
+        self.snapshot(id).await?;
+        self.backend().delete(&format!("snapshots/{id}")).await
+    }
+
+    /// Applies `policies` as of `now`: see the module notes.
+    pub async fn enforce(
+        &self,
+        policies: &Policies,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<EnforceReport, RepoError> {
+        let snapshots = self.snapshots().await?;
+        let mut groups: BTreeMap<(String, PathBuf), Vec<&SnapshotSummary>> = BTreeMap::new();
+        for s in &snapshots {
+            groups
+                .entry((s.kind.clone(), s.source.clone()))
+                .or_default()
+                .push(s);
+        }
+        let mut report = EnforceReport {
+            dry_run,
+            now,
+            kept: Vec::new(),
+            awaiting_archive: Vec::new(),
+            deleted: Vec::new(),
+            wal_deleted: Vec::new(),
+        };
+        // Base backups kept hot (PITR from the oldest) and those awaiting the archive
+        // (their own WAL only).
+        let mut hot_wal: Vec<BaseBackupWal> = Vec::new();
+        let mut archive_wal: BTreeSet<(u32, String)> = BTreeSet::new();
+        for ((kind, _), members) in &groups {
+            let by_id: BTreeMap<&str, &SnapshotSummary> =
+                members.iter().map(|s| (s.id.as_str(), *s)).collect();
+            let candidates: Vec<Candidate> = members.iter().map(|s| candidate(s)).collect();
+            let plan = retention::plan(now, policies.of(kind), &candidates);
+            for d in plan.decisions {
+                let Some(s) = by_id.get(d.id.as_str()) else {
+                    continue;
+                };
+                let kept = Kept {
+                    snapshot_id: d.id.clone(),
+                    kind: kind.clone(),
+                    finished_at: s.finished_at,
+                    reasons: d.reasons,
+                };
+                match d.action {
+                    Action::KeepHot => {
+                        if let Some(pg) = &s.postgres {
+                            if let Some(start_segment) = start_segment(pg) {
+                                hot_wal.push(BaseBackupWal {
+                                    id: d.id.clone(),
+                                    timeline: pg.timeline,
+                                    start_segment,
+                                });
+                            }
+                        }
+                        report.kept.push(kept);
+                    }
+                    Action::Archive => {
+                        if let Some(pg) = &s.postgres {
+                            archive_wal
+                                .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                        }
+                        report.awaiting_archive.push(kept);
+                    }
+                    Action::Delete => report.deleted.push(d.id),
+                }
+            }
+        }
+
+        // WAL, with the timelines' ancestry from the archived history files.
+        let archived = self.wal_files().await?;
+        let mut histories: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (tl, name) in &archived {
+            if WalName::parse(name).is_ok_and(|n| n.kind == WalKind::History) {
+                let text = self.get_wal(*tl, name).await?;
+                histories.insert(*tl, history_parents(&String::from_utf8_lossy(&text)));
+            }
+        }
+        let doomed = retention::wal_to_delete(&hot_wal, &histories, &archived);
+        let doomed: Vec<(u32, String)> = doomed
+            .into_iter()
+            .filter(|seg| !archive_wal.contains(seg))
+            .collect();
+
+        if !dry_run {
+            for id in &report.deleted {
+                self.forget(id).await?;
+                info!(snapshot = %id, "retention: snapshot deleted");
+            }
+            for (tl, name) in &doomed {
+                self.backend().delete(&wal_key(*tl, name)).await?;
+            }
+            if !doomed.is_empty() {
+                info!(
+                    segments = doomed.len(),
+                    "retention: WAL no kept backup needs deleted"
+                );
+            }
+        }
+        report.wal_deleted = doomed
+            .into_iter()
+            .map(|(tl, name)| format!("{tl}/{name}"))
+            .collect();
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::snapshot::{Snapshot, SnapshotStats};
+    use crate::repo::{KeySource, Location, RepoOptions};
+    use chrono::TimeZone;
+
+    async fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(&RepoOptions {
+            location: Location::new(dir.path().join("repo").to_string_lossy()),
+            key: KeySource::None,
+        })
+        .await
+        .expect("init");
+        (dir, repo)
+    }
+
+    fn segment(tl: u32, n: u64) -> String {
+        format!("{tl:08X}{:08X}{:08X}", n >> 8, n & 0xff)
+    }
+
+    /// A base backup's manifest (no files: the rules look only at its summary), its
+    /// WAL starting in segment `seg` of `tl`.
+    async fn base_backup(
+        repo: &Repository,
+        id: &str,
+        parent: Option<&str>,
+        at: DateTime<Utc>,
+        tl: u32,
+        seg: u64,
+    ) {
+        let lsn = |n: u64| format!("{:X}/{:X}", n >> 8, (n & 0xff) << 24);
+        let snap = Snapshot {
+            id: id.into(),
+            kind: crate::database::basebackup::KIND.into(),
+            parent: parent.map(String::from),
+            source: "/var/lib/postgresql/15/main".into(),
+            hostname: "db-1".into(),
+            started_at: at,
+            finished_at: at,
+            tags: BTreeMap::new(),
+            stats: SnapshotStats::default(),
+            postgres: Some(PgBackupInfo {
+                start_lsn: lsn(seg),
+                stop_lsn: format!("{:X}/{:X}", seg >> 8, ((seg & 0xff) << 24) + 0x100),
+                timeline: tl,
+                start_wal: segment(tl, seg),
+                stop_wal: segment(tl, seg),
+                wal_segment_size: 16 << 20,
+                system_identifier: "7".into(),
+                server_version: 150000,
+                stopped_at: at,
+                tablespace_map: None,
+                row_counts: None,
+            }),
+            entries: Vec::new(),
+        };
+        repo.put_doc(&format!("snapshots/{id}"), &snap)
+            .await
+            .expect("manifest");
+    }
+
+    async fn wal(repo: &Repository, tl: u32, name: &str) {
+        repo.put_wal(tl, name, name.as_bytes()).await.expect("wal");
+    }
+
+    async fn wal_names(repo: &Repository) -> Vec<String> {
+        repo.wal_files()
+            .await
+            .expect("wal")
+            .into_iter()
+            .map(|(tl, n)| format!("{tl}/{n}"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sixty_days_of_backups_keep_what_the_plan_keeps_and_wal_from_the_oldest_kept() {
+        let (_dir, repo) = repo().await;
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        // A full every day at 01:00 (WAL segment 10 * day), an incremental at 13:00.
+        for day in 0..60u64 {
+            let at = now - chrono::Duration::days(60 - day as i64) - chrono::Duration::hours(11);
+            base_backup(&repo, &format!("full_{day:03}"), None, at, 1, 10 * day + 1).await;
+            let at = at + chrono::Duration::hours(12);
+            let parent = format!("full_{day:03}");
+            base_backup(
+                &repo,
+                &format!("incr_{day:03}"),
+                Some(&parent),
+                at,
+                1,
+                10 * day + 5,
+            )
+            .await;
+            for n in 10 * day + 1..10 * day + 11 {
+                wal(&repo, 1, &segment(1, n)).await;
+            }
+        }
+        let policies = Policies::default();
+        let all: Vec<Candidate> = repo
+            .snapshots()
+            .await
+            .expect("list")
+            .iter()
+            .map(candidate)
+            .collect();
+        let plan = retention::plan(now, &policies.database, &all);
+        let deleted_by_plan: Vec<String> = plan
+            .with_action(Action::Delete)
+            .map(|d| d.id.clone())
+            .collect();
+
+        let dry = repo.enforce(&policies, now, true).await.expect("dry run");
+        assert_eq!(dry.deleted, deleted_by_plan);
+        assert_eq!(
+            repo.snapshots().await.expect("list").len(),
+            120,
+            "dry: nothing gone"
+        );
+        assert_eq!(wal_names(&repo).await.len(), 600, "dry: no WAL gone");
+
+        let done = repo.enforce(&policies, now, false).await.expect("enforce");
+        assert_eq!(done.deleted, deleted_by_plan);
+        assert_eq!(done.wal_deleted, dry.wal_deleted);
+        let left: BTreeSet<String> = repo
+            .snapshots()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let expected: BTreeSet<String> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.action != Action::Delete)
+            .map(|d| d.id.clone())
+            .collect();
+        assert_eq!(left, expected);
+        // Within 60 days the weekly tier reaches furthest back among the hot ones; the
+        // monthly picks beyond it wait for the archive with their own segment.
+        let oldest_hot = done
+            .kept
+            .iter()
+            .map(|k| k.snapshot_id.clone())
+            .min()
+            .expect("kept");
+        let day: u64 = oldest_hot[5..].parse().expect("day");
+        let remaining = wal_names(&repo).await;
+        for n in 1..=600u64 {
+            let name = format!("1/{}", segment(1, n));
+            let archive_own = done
+                .awaiting_archive
+                .iter()
+                .any(|k| k.snapshot_id == format!("full_{:03}", (n - 1) / 10) && n % 10 == 1);
+            assert_eq!(
+                remaining.contains(&name),
+                n > 10 * day || archive_own,
+                "{name}: oldest hot full is day {day}"
+            );
+        }
+        assert!(!done.awaiting_archive.is_empty());
+        assert!(done.awaiting_archive.iter().all(|k| k
+            .reasons
+            .iter()
+            .all(|r| matches!(r, Tier::Monthly | Tier::Yearly))));
+
+        // Idempotent.
+        let again = repo.enforce(&policies, now, false).await.expect("again");
+        assert!(again.deleted.is_empty(), "{:?}", again.deleted);
+        assert!(again.wal_deleted.is_empty(), "{:?}", again.wal_deleted);
+    }
+
+    #[tokio::test]
+    async fn after_a_failover_wal_is_kept_from_the_oldest_hot_backup_on_both_timelines() {
+        let (_dir, repo) = repo().await;
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        let days = |d: i64| now - chrono::Duration::days(d);
+        // Timeline 1 until a failover 3 days ago, timeline 2 since: the backup on the
+        // higher timeline is the newest, and the oldest one only the monthly tier keeps.
+        base_backup(&repo, "full_old", None, days(200), 1, 1).await;
+        base_backup(&repo, "full_tl1", None, days(5), 1, 20).await;
+        base_backup(&repo, "full_tl2", None, days(1), 2, 30).await;
+        for n in 1..=29 {
+            wal(&repo, 1, &segment(1, n)).await;
+        }
+        repo.put_wal(
+            2,
+            "00000002.history",
+            b"1\t0/1C000000\tno recovery target specified\n",
+        )
+        .await
+        .expect("history");
+        for n in 28..=31 {
+            wal(&repo, 2, &segment(2, n)).await;
+        }
+        let done = repo
+            .enforce(&Policies::default(), now, false)
+            .await
+            .expect("enforce");
+        let kept: Vec<&str> = done.kept.iter().map(|k| k.snapshot_id.as_str()).collect();
+        assert_eq!(kept, ["full_tl1", "full_tl2"]);
+        assert_eq!(done.awaiting_archive[0].snapshot_id, "full_old");
+        assert_eq!(done.awaiting_archive[0].reasons, [Tier::Monthly]);
+        assert!(done.deleted.is_empty());
+        let remaining = wal_names(&repo).await;
+        for n in 1..=29u64 {
+            let name = format!("1/{}", segment(1, n));
+            // full_old's own segment, then everything from full_tl1's start.
+            assert_eq!(remaining.contains(&name), n == 1 || n >= 20, "{name}");
+        }
+        for n in 28..=31 {
+            assert!(remaining.contains(&format!("2/{}", segment(2, n))));
+        }
+        assert!(remaining.contains(&"2/00000002.history".to_string()));
+        assert_eq!(histories_of(&repo).await.get(&2), Some(&vec![1]));
+    }
+
+    async fn histories_of(repo: &Repository) -> BTreeMap<u32, Vec<u32>> {
+        let mut out = BTreeMap::new();
+        for (tl, name) in repo.wal_files().await.expect("wal") {
+            if name.ends_with(".history") {
+                let text = repo.get_wal(tl, &name).await.expect("history");
+                out.insert(tl, history_parents(&String::from_utf8_lossy(&text)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn history_files_list_their_parent_timelines() {
+        assert_eq!(
+            history_parents(
+                "1\t0/3000000\tno recovery target specified\n2\t0/5000000\tbefore 2026-01-01\n"
+            ),
+            vec![1, 2]
+        );
+        assert!(history_parents("").is_empty());
+    }
+}
