@@ -22,6 +22,7 @@ pub mod backup;
 pub mod crypto;
 pub mod enforce;
 pub mod export;
+pub mod gc;
 pub mod pack;
 pub mod pages;
 mod reader;
@@ -406,8 +407,24 @@ impl Repository {
             })
     }
 
-    /// A lock object that tells garbage collection a writer is at work.
+    /// A lock object that tells garbage collection a writer is at work, refreshed in the
+    /// background while held.
+    ///
+    /// Architecture Invariant: once the lock is stored, the in-memory index forgets every
+    /// pack garbage collection has scheduled or already deleted (see [`gc`]), so a writer
+    /// that garbage collection does not wait for never deduplicates against a pack it may
+    /// delete, however long ago this handle loaded its index.
     pub(crate) async fn lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
+        let lock = self.put_lock(purpose).await?;
+        if let Err(e) = self.forget_collected_packs().await {
+            lock.release().await;
+            return Err(e);
+        }
+        Ok(lock)
+    }
+
+    /// Stores a lock object and starts re-putting it every [`LOCK_REFRESH_EVERY`].
+    pub(crate) async fn put_lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let doc = LockDoc {
             purpose: purpose.to_string(),
@@ -415,14 +432,34 @@ impl Repository {
             pid: std::process::id(),
             created: Utc::now(),
         };
-        let json = serde_json::to_vec(&doc).map_err(|e| RepoError::Io(e.to_string()))?;
-        self.inner
-            .backend
-            .put(&format!("locks/{id}"), Bytes::from(json))
-            .await?;
+        let json = Bytes::from(serde_json::to_vec(&doc).map_err(|e| RepoError::Io(e.to_string()))?);
+        let key = format!("locks/{id}");
+        self.inner.backend.put(&key, json.clone()).await?;
+        let released = Arc::new(tokio::sync::Mutex::new(false));
+        let refresher = tokio::spawn({
+            let backend = self.inner.backend.clone();
+            let key = key.clone();
+            let released = released.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(LOCK_REFRESH_EVERY).await;
+                    // Held across the put, so `release` never deletes the lock while a
+                    // refresh is about to store it again.
+                    let released = released.lock().await;
+                    if *released {
+                        return;
+                    }
+                    if let Err(e) = backend.put(&key, json.clone()).await {
+                        tracing::warn!(lock = %key, error = %e, "could not refresh lock");
+                    }
+                }
+            }
+        });
         Ok(RepoLock {
             repo: self.clone(),
-            key: format!("locks/{id}"),
+            key,
+            released,
+            refresher,
         })
     }
 }
@@ -441,6 +478,13 @@ pub(crate) fn pack_key(pack: &str) -> String {
     format!("data/{prefix}/{pack}")
 }
 
+/// A lock not refreshed for this long belongs to a writer that is gone.
+pub const LOCK_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// A held lock is stored again this often: a third of [`LOCK_STALE_AFTER`], so a live
+/// writer's lock is never taken for stale even when two refreshes in a row fail.
+pub const LOCK_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LockDoc {
@@ -450,17 +494,33 @@ struct LockDoc {
     created: DateTime<Utc>,
 }
 
-/// A held lock; `release` removes it (a crashed writer's lock goes stale instead).
+/// A held lock; `release` removes it. Dropped without `release` (a crash, a cancelled
+/// task) it stops being refreshed and goes stale, never removed early: a write already
+/// under way may still land.
 pub(crate) struct RepoLock {
     repo: Repository,
     key: String,
+    released: Arc<tokio::sync::Mutex<bool>>,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl RepoLock {
     pub(crate) async fn release(self) {
+        *self.released.lock().await = true;
+        self.refresher.abort();
         if let Err(e) = self.repo.inner.backend.delete(&self.key).await {
             tracing::warn!(lock = %self.key, error = %e, "could not remove lock");
         }
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        self.refresher.abort();
     }
 }
 

@@ -324,10 +324,12 @@ impl PackBuilder {
 
     /// The pack's name, its bytes, and its index entries.
     ///
-    /// The name is the SHA-256 of the trailer, not of the whole pack: the trailer lists
-    /// every blob's chunk id (a hash of its content), offset and length, and is sealed with
-    /// a fresh nonce when encrypted, so it names the pack as well as a hash of all its bytes
-    /// would — without hashing every stored byte a second time.
+    /// The name is the SHA-256 of the trailer and 16 random bytes: the trailer lists every
+    /// blob's chunk id (a hash of its content), offset and length, so it names the pack
+    /// without hashing every stored byte a second time; the random bytes make every
+    /// upload's name its own. Architecture Invariant: no upload ever replaces an existing
+    /// pack object — garbage collection relies on it (a pack it scheduled and deletes can
+    /// never be one a writer stored again with the same bytes).
     pub fn finish(
         mut self,
         key: Option<&MasterKey>,
@@ -335,7 +337,10 @@ impl PackBuilder {
         let trailer_entries: Vec<(ChunkId, u64, u32, u32)> = self.entries.clone();
         let mut trailer = encode_doc(&trailer_entries, key)?;
         trailer.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        let name = hex::encode(Sha256::digest(&trailer));
+        let mut named = Sha256::new();
+        named.update(&trailer);
+        named.update(rand::random::<[u8; 16]>());
+        let name = hex::encode(named.finalize());
         self.buf.extend_from_slice(&trailer);
         let entries = self
             .entries
