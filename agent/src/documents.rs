@@ -430,6 +430,53 @@ impl Documents {
         })
     }
 
+    /// Applies the documents policy to each location's repository, after any backup in
+    /// progress. A location whose URL holds a date template (`{yyyy}`, `{mm}`: one
+    /// repository per month) is reported as not enforced: its months are not yet
+    /// enumerated.
+    pub async fn enforce_retention(
+        &self,
+        policies: &drmesh_protocol::retention::RetentionPolicies,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Vec<drmesh_protocol::retention::RepositoryRetention> {
+        use drmesh_protocol::retention::RepositoryRetention;
+        let _turn = self.busy.lock().await;
+        let mut out = Vec::new();
+        for loc in &self.config.locations {
+            let result = if loc.url.contains("{yyyy}") || loc.url.contains("{mm}") {
+                Err(format!(
+                    "{}: a location with a date template ({{yyyy}}, {{mm}}) is not enforced yet",
+                    loc.name
+                ))
+            } else {
+                match Repository::open(&self.options(loc, now)).await {
+                    Ok(repo) => repo
+                        .enforce(policies, now, dry_run)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            out.push(match result {
+                Ok(report) => RepositoryRetention {
+                    repository: loc.name.clone(),
+                    report: Some(report),
+                    error: None,
+                },
+                Err(error) => {
+                    warn!(location = %loc.name, %error, "retention not enforced");
+                    RepositoryRetention {
+                        repository: loc.name.clone(),
+                        report: None,
+                        error: Some(error),
+                    }
+                }
+            });
+        }
+        out
+    }
+
     /// Restores a backup (or chosen paths) from the first location that has it, or from
     /// the named one.
     pub async fn restore(

@@ -597,6 +597,18 @@ async fn execute(
                     )
                 }
             },
+            CommandKind::EnforceRetention {
+                dry_run,
+                now,
+                policies,
+            } => {
+                let now = now.unwrap_or_else(chrono::Utc::now);
+                info!(dry_run, %now, "enforcing the retention policies");
+                outcome(
+                    enforce_retention(ctx, &policies, now, dry_run, progress).await,
+                    "retention enforced",
+                )
+            }
             CommandKind::Promote => match &ctx.postgres {
                 None => (false, "this agent has no [postgres]".to_string(), None),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
@@ -715,6 +727,53 @@ async fn verify_database_backup(
     let result = crate::database::child::run(config, &owner, &args, progress).await;
     let _ = tokio::task::spawn_blocking(move || verify::remove_scratch(&dir)).await;
     result
+}
+
+/// The retention policies applied to the agent's database repository (in a child
+/// process as the cluster's owner, like every database job) and to each of its document
+/// locations; a repository that fails is reported, the others still run.
+async fn enforce_retention(
+    ctx: &CommandContext,
+    policies: &drmesh_protocol::retention::RetentionPolicies,
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+    progress: ProgressFn,
+) -> Result<drmesh_protocol::retention::RetentionOutcome, String> {
+    use drmesh_protocol::retention::{RepositoryRetention, RetentionOutcome};
+    let mut out = RetentionOutcome::default();
+    if let Some((db, path)) = &ctx.database {
+        let mut args: Vec<String> = vec![
+            "retention".into(),
+            "--policies".into(),
+            serde_json::to_string(policies).map_err(|e| e.to_string())?,
+            "--now".into(),
+            now.to_rfc3339(),
+        ];
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let result = crate::database::child::run(path, &db.data_dir, &args, progress.clone()).await;
+        out.repositories.push(match result {
+            Ok(report) => RepositoryRetention {
+                repository: "database".into(),
+                report: Some(report),
+                error: None,
+            },
+            Err(e) => RepositoryRetention {
+                repository: "database".into(),
+                report: None,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    if let Some(docs) = &ctx.documents {
+        out.repositories
+            .extend(docs.enforce_retention(policies, now, dry_run).await);
+    }
+    if out.repositories.is_empty() {
+        return Err("this agent backs up into no repository ([database] or [documents])".into());
+    }
+    Ok(out)
 }
 
 /// Runs a DR test in a child process as the cluster's owner, in a throw-away directory

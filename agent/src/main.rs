@@ -125,6 +125,23 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Apply the retention policies to the database repository: base backups no tier
+    /// keeps and the WAL no kept backup needs are removed.
+    Retention {
+        /// The policies as JSON (`{"database": {...}, "documents": {...}}`; missing keys
+        /// take the runbook's defaults).
+        #[arg(long, default_value = "{}")]
+        policies: String,
+        /// Say what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+        /// Report the outcome as a JSON line (how the agent runs it).
+        #[arg(long, hide = true)]
+        report_json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -483,6 +500,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Retention {
+            policies,
+            dry_run,
+            now,
+            report_json,
+        } => {
+            let policies: drmesh_agent::repo::enforce::Policies =
+                serde_json::from_str(&policies).context("--policies")?;
+            policies.validate()?;
+            let repo = database::open_existing(db()?).await?;
+            let report = repo
+                .enforce(&policies, now.unwrap_or_else(chrono::Utc::now), dry_run)
+                .await?;
+            if report_json {
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(&report)?,
+                ));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Backups { output } => {
             let repo = database::open_repository(db()?).await?;

@@ -7,6 +7,7 @@ mod database;
 mod plans;
 mod quickstart;
 mod repo;
+mod retention;
 mod verify;
 
 use std::path::PathBuf;
@@ -132,6 +133,9 @@ enum Cmd {
     /// Notification channels: send a test message.
     #[command(subcommand)]
     Notify(NotifyCmd),
+    /// Retention policies: show the ones in force, or enforce them on every agent.
+    #[command(subcommand)]
+    Retention(retention::RetentionCmd),
     /// Backup lifecycle statistics: backups by status, verification pass rates, restore
     /// times, each plan's last DR test against its RTO and newest verified backup
     /// against its RPO.
@@ -678,6 +682,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Stats { output } => verify::stats(&client(), output)?,
+        Cmd::Retention(cmd) => retention::run(&client(), cmd)?,
         Cmd::Notify(NotifyCmd::Test { channel }) => {
             let _: serde_json::Value = client().post(
                 "/v1/backup-recovery/notifications/test",

@@ -30,6 +30,7 @@ use crate::notify;
 use crate::plans::{self, PlanError};
 use crate::recovery::{self, RecoveryError};
 use crate::rejoin::{self, RejoinError};
+use crate::retention;
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreError, StoreExt};
 use crate::transport::{self, TransportError};
@@ -792,6 +793,38 @@ async fn documents_statistics(
     Ok(HttpResponse::Ok().json(documents::statistics(coord.store.as_ref())?))
 }
 
+/// `?dryRun=true`: say what would go, change nothing.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EnforceQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn retention_policies(
+    caller: Authenticated,
+    coord: Shared,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(&coord.config.retention))
+}
+
+async fn retention_enforce(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<EnforceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let done = retention::enforce(&coord, query.dry_run, Utc::now())
+        .await
+        .ok_or_else(|| {
+            ApiError::Unavailable(
+                "no agent with a [database] or [documents] repository is UP".into(),
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(done))
+}
+
 async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let agents = coord.agent_statuses();
@@ -1005,6 +1038,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{base}/disaster-recovery/test/{{planId}}"),
             web::get().to(dr_test_get),
+        )
+        .route(
+            &format!("{base}/retention/policies"),
+            web::get().to(retention_policies),
+        )
+        .route(
+            &format!("{base}/retention/enforce-policies"),
+            web::post().to(retention_enforce),
         )
         .route(
             &format!("{base}/notifications/test"),

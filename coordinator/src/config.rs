@@ -90,6 +90,10 @@ pub struct CoordinatorConfigFile {
     /// The DNS record failover points at the new primary (`[dns]`). Default: none (the
     /// DNS step is skipped).
     pub dns: Option<DnsSection>,
+    /// Retention policies (`[retention.database]`, `[retention.documents]`: `full`,
+    /// `incremental`, `weekly`, `monthly`, `yearly`). Default: the runbook's (30d, 7d,
+    /// 12, 12, 7).
+    pub retention: Option<drmesh_protocol::retention::RetentionPolicies>,
 }
 
 /// `[dns]` as written. Which keys apply depends on `provider`.
@@ -493,6 +497,7 @@ pub struct CoordinatorConfig {
     pub regions: Vec<RegionId>,
     pub notify: BTreeMap<String, NotifyChannel>,
     pub dns: Option<DnsConfig>,
+    pub retention: drmesh_protocol::retention::RetentionPolicies,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -623,6 +628,10 @@ impl CoordinatorConfigFile {
             }
         }
         let dns = self.dns.map(|d| d.validate(base)).transpose()?;
+        let retention = self.retention.unwrap_or_default();
+        retention
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(CoordinatorConfig {
             http_listen: self
                 .http_listen
@@ -652,6 +661,7 @@ impl CoordinatorConfigFile {
             regions,
             notify,
             dns,
+            retention,
         })
     }
 }
@@ -776,6 +786,30 @@ mod tests {
         assert_eq!(parse("3").expect("valid").verify_concurrency, 3);
         let err = parse("0").expect_err("zero");
         assert!(err.to_string().contains("verify_concurrency"), "{err}");
+    }
+
+    #[test]
+    fn retention_defaults_to_the_runbooks_and_bad_policies_are_refused() {
+        let parse = |text: &str| {
+            CoordinatorConfigFile::parse(&format!("{text}\n{TLS}"), Path::new("x.toml"))
+                .map_err(|e| e.to_string())?
+                .validate(Path::new("/"))
+                .map_err(|e| e.to_string())
+        };
+        let cfg = parse("").expect("valid");
+        assert_eq!(cfg.retention.database.full, Duration::from_secs(30 * 86400));
+        assert_eq!(cfg.retention.documents.yearly, 7);
+        let cfg = parse("[retention.documents]\nfull = \"90d\"\nweekly = 4").expect("valid");
+        assert_eq!(
+            cfg.retention.documents.full,
+            Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(cfg.retention.documents.weekly, 4);
+        assert_eq!(cfg.retention.documents.monthly, 12, "the rest defaults");
+        let err = parse("[retention.database]\nincremental = \"60d\"").expect_err("longer");
+        assert!(err.contains("retention.incremental"), "{err}");
+        let err = parse("[retention.database]\nful = \"1d\"").expect_err("typo");
+        assert!(err.contains("ful"), "{err}");
     }
 
     #[test]

@@ -336,6 +336,8 @@ pub enum BackupStatus {
     Failed,
     /// Completed and later verified.
     Verified,
+    /// Removed from the repository by the retention policies.
+    Expired,
 }
 
 impl std::str::FromStr for BackupStatus {
@@ -346,8 +348,10 @@ impl std::str::FromStr for BackupStatus {
             "COMPLETED" => Ok(BackupStatus::Completed),
             "FAILED" => Ok(BackupStatus::Failed),
             "VERIFIED" => Ok(BackupStatus::Verified),
+            "EXPIRED" => Ok(BackupStatus::Expired),
             _ => Err(format!(
-                "unknown backup status {s:?} (expected IN_PROGRESS, COMPLETED, FAILED or VERIFIED)"
+                "unknown backup status {s:?} (expected IN_PROGRESS, COMPLETED, FAILED, \
+                 VERIFIED or EXPIRED)"
             )),
         }
     }

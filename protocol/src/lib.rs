@@ -9,6 +9,7 @@ pub mod ids;
 pub mod mesh;
 pub mod message;
 pub mod pki;
+pub mod retention;
 pub mod tls;
 
 pub use codec::{DecodeError, EncodeError, FrameDecoder, MAX_FRAME_SIZE};

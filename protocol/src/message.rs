@@ -205,6 +205,14 @@ pub enum CommandKind {
     /// checked for consistency, then removed — five steps, each timed. Detail:
     /// `DrTestReport`.
     DrTest { test_id: String, backup_id: String },
+    /// Apply the retention policies to every repository the agent backs up into (its
+    /// `[database]` repository, its document locations), as of `now` (default: the
+    /// agent's clock); `dry_run` changes nothing. Detail: `RetentionOutcome`.
+    EnforceRetention {
+        dry_run: bool,
+        now: Option<chrono::DateTime<chrono::Utc>>,
+        policies: crate::retention::RetentionPolicies,
+    },
     /// Promote the local standby and wait until it accepts writes; a server that already
     /// does reports so. Detail: `PromoteOutcome`.
     Promote,

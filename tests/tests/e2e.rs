@@ -21,6 +21,7 @@ mod e2e {
     pub mod quickstart;
     pub mod rejoin;
     pub mod repo;
+    pub mod retention;
     pub mod route53;
     pub mod verification;
 }

@@ -5,12 +5,16 @@
 //!   dumps, a documents tree), and each group is planned with its kind's policy
 //!   (`documents` for document snapshots, `database` for the rest). Incrementals are the
 //!   base backups with a parent; the time is when the backup finished.
+//! - The newest full of each group is always kept ([`Tier::Latest`]): enforcement never
+//!   removes the last whole backup, whatever the policy says.
 //! - `Delete`: the manifest is removed ([`Repository::forget`]); the chunks only it used
 //!   are left for garbage collection.
 //! - `Archive`: the snapshot is one the monthly or yearly tier keeps. Until the cold
 //!   archive exists it stays in the repository (never deleted for want of an archive)
 //!   and is reported as waiting for the archive; its own WAL (start to stop, and to its
 //!   row counts' point) is kept with it.
+//! - Then (not in a dry run) garbage collection ([`Repository::gc`]) deletes the packs
+//!   no remaining snapshot references, safely beside a running backup.
 //! - WAL: a segment goes when no base backup kept hot needs it for point-in-time
 //!   recovery ([`retention::wal_to_delete`], across timelines from the archive's
 //!   `.history` files) and no snapshot waiting for the archive needs it to be restored.
@@ -25,67 +29,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, RetentionPolicy, Tier};
+use super::gc::GcOptions;
+use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, Tier};
 use super::snapshot::{PgBackupInfo, SnapshotSummary};
 use super::wal::wal_key;
 use super::{RepoError, Repository};
 use crate::database::verify::needed_wal;
 use crate::database::wal::{WalKind, WalName};
 
-/// The retention policy of each kind of backup (`[retention.database]`,
-/// `[retention.documents]`), each with the runbook's defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Policies {
-    pub database: RetentionPolicy,
-    pub documents: RetentionPolicy,
-}
-
-impl Policies {
-    pub fn validate(&self) -> Result<(), retention::RetentionError> {
-        self.database.validate()?;
-        self.documents.validate()
-    }
-
-    /// The policy for snapshots of `kind`.
-    pub fn of(&self, kind: &str) -> &RetentionPolicy {
-        if kind == crate::documents::KIND {
-            &self.documents
-        } else {
-            &self.database
-        }
-    }
-}
-
-/// One snapshot the policy keeps, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Kept {
-    pub snapshot_id: String,
-    pub kind: String,
-    pub finished_at: DateTime<Utc>,
-    pub reasons: Vec<Tier>,
-}
-
-/// What an enforcement did (or, dry, would do).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnforceReport {
-    pub dry_run: bool,
-    pub now: DateTime<Utc>,
-    /// Kept in the repository by the daily, incremental or weekly tier.
-    pub kept: Vec<Kept>,
-    /// Kept by the monthly or yearly tier only: bound for the cold archive, and kept in
-    /// the repository until they are archived.
-    pub awaiting_archive: Vec<Kept>,
-    /// Snapshots whose manifests were (dry: would be) removed.
-    pub deleted: Vec<String>,
-    /// WAL segments removed (dry: would be), as `timeline/name`.
-    pub wal_deleted: Vec<String>,
-}
+pub use drmesh_protocol::retention::{EnforceReport, Kept, RetentionPolicies as Policies};
 
 /// A snapshot's place in the plan: an incremental is a base backup with a parent; every
 /// other snapshot (a document snapshot reusing its parent's unchanged files too) is
@@ -101,6 +55,24 @@ fn candidate(s: &SnapshotSummary) -> Candidate {
         },
         time: s.finished_at,
     }
+}
+
+/// The newest full of a group is kept hot whatever the policy says ([`Tier::Latest`]):
+/// enforcement never removes the last whole backup.
+fn keep_latest(mut plan: retention::Plan, candidates: &[Candidate]) -> retention::Plan {
+    let newest = candidates
+        .iter()
+        .filter(|c| c.kind == Kind::Full)
+        .max_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    if let Some(newest) = newest {
+        if let Some(d) = plan.decisions.iter_mut().find(|d| d.id == newest.id) {
+            if d.action != Action::KeepHot {
+                d.action = Action::KeepHot;
+                d.reasons.push(Tier::Latest);
+            }
+        }
+    }
+    plan
 }
 
 /// The parent timelines a `.history` file lists (its first column), oldest first.
@@ -150,6 +122,10 @@ impl Repository {
             awaiting_archive: Vec::new(),
             deleted: Vec::new(),
             wal_deleted: Vec::new(),
+            packs_deleted: 0,
+            bytes_freed: 0,
+            packs_pending: 0,
+            gc_error: None,
         };
         // Base backups kept hot (PITR from the oldest) and those awaiting the archive
         // (their own WAL only).
@@ -159,7 +135,10 @@ impl Repository {
             let by_id: BTreeMap<&str, &SnapshotSummary> =
                 members.iter().map(|s| (s.id.as_str(), *s)).collect();
             let candidates: Vec<Candidate> = members.iter().map(|s| candidate(s)).collect();
-            let plan = retention::plan(now, policies.of(kind), &candidates);
+            let plan = keep_latest(
+                retention::plan(now, policies.of(kind), &candidates),
+                &candidates,
+            );
             for d in plan.decisions {
                 let Some(s) = by_id.get(d.id.as_str()) else {
                     continue;
@@ -224,6 +203,16 @@ impl Repository {
                     "retention: WAL no kept backup needs deleted"
                 );
             }
+            // The deleted snapshots' chunks; a failure (another collection running, a
+            // store error) leaves them for the next run.
+            match self.gc(GcOptions::default()).await {
+                Ok(gc) => {
+                    report.packs_deleted = gc.packs_deleted;
+                    report.bytes_freed = gc.bytes_freed;
+                    report.packs_pending = gc.packs_pending;
+                }
+                Err(e) => report.gc_error = Some(e.to_string()),
+            }
         }
         report.wal_deleted = doomed
             .into_iter()
@@ -236,6 +225,7 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::retention::RetentionPolicy;
     use crate::repo::snapshot::{Snapshot, SnapshotStats};
     use crate::repo::{KeySource, Location, RepoOptions};
     use chrono::TimeZone;
@@ -466,6 +456,40 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_newest_full_is_kept_whatever_the_policy() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        let full = |id: &str, days: i64| Candidate {
+            id: id.into(),
+            kind: Kind::Full,
+            time: now - chrono::Duration::days(days),
+        };
+        let cands = [full("a", 900), full("b", 800), full("c", 700)];
+        let none = RetentionPolicy {
+            weekly: 0,
+            monthly: 0,
+            yearly: 0,
+            ..RetentionPolicy::default()
+        };
+        let plan = keep_latest(retention::plan(now, &none, &cands), &cands);
+        let actions: Vec<(&str, Action, Vec<Tier>)> = plan
+            .decisions
+            .iter()
+            .map(|d| (d.id.as_str(), d.action, d.reasons.clone()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("a", Action::Delete, vec![]),
+                ("b", Action::Delete, vec![]),
+                ("c", Action::KeepHot, vec![Tier::Latest]),
+            ]
+        );
     }
 
     #[test]

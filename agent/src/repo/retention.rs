@@ -81,86 +81,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::database::wal::{WalKind, WalName};
 
-/// The largest count a calendar tier accepts.
-pub const MAX_COUNT: u32 = 1000;
+pub use drmesh_protocol::retention::{RetentionError, RetentionPolicy, Tier, MAX_COUNT};
 
-/// A retention policy that cannot be used; the message names the field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RetentionError {
-    #[error("retention.{field} must be longer than zero")]
-    ZeroDuration { field: &'static str },
-    #[error(
-        "retention.incremental ({incremental}) must not be longer than retention.full ({full})"
-    )]
-    IncrementalLongerThanFull { incremental: String, full: String },
-    #[error("retention.{field} ({value}) must be at most {MAX_COUNT}")]
-    TooMany { field: &'static str, value: u32 },
-}
-
-/// One kind's retention policy (`[retention.database]`, `[retention.documents]` later).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
-pub struct RetentionPolicy {
-    /// Every full backup (and document snapshot) is kept hot this long. Default 30 days
-    /// ("30d").
-    #[serde(with = "humantime_serde")]
-    pub full: Duration,
-    /// Every incremental backup is kept hot this long. Default 7 days.
-    #[serde(with = "humantime_serde")]
-    pub incremental: Duration,
-    /// The newest full backup of each of the last N ISO weeks is kept hot (point-in-time
-    /// recovery reaches back to it). Default 12.
-    pub weekly: u32,
-    /// The newest full backup of each of the last N calendar months goes to the cold
-    /// archive. Default 12.
-    pub monthly: u32,
-    /// The newest full backup of each of the last N calendar years goes to the cold
-    /// archive ("archived backups: 7 years"). Default 7.
-    pub yearly: u32,
-}
-
+/// One day.
+#[cfg(test)]
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-impl Default for RetentionPolicy {
-    /// The runbook's values.
-    fn default() -> Self {
-        Self {
-            full: DAY * 30,
-            incremental: DAY * 7,
-            weekly: 12,
-            monthly: 12,
-            yearly: 7,
-        }
-    }
-}
-
-impl RetentionPolicy {
-    /// Durations longer than zero, `incremental <= full`, each count at most
-    /// [`MAX_COUNT`].
-    pub fn validate(&self) -> Result<(), RetentionError> {
-        for (field, d) in [("full", self.full), ("incremental", self.incremental)] {
-            if d.is_zero() {
-                return Err(RetentionError::ZeroDuration { field });
-            }
-        }
-        if self.incremental > self.full {
-            return Err(RetentionError::IncrementalLongerThanFull {
-                incremental: humantime::format_duration(self.incremental).to_string(),
-                full: humantime::format_duration(self.full).to_string(),
-            });
-        }
-        for (field, value) in [
-            ("weekly", self.weekly),
-            ("monthly", self.monthly),
-            ("yearly", self.yearly),
-        ] {
-            if value > MAX_COUNT {
-                return Err(RetentionError::TooMany { field, value });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What a backup is, for retention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,22 +105,6 @@ pub struct Candidate {
     pub kind: Kind,
     /// When the backup finished.
     pub time: DateTime<Utc>,
-}
-
-/// A rule that keeps a backup. Serialized in camelCase (`"daily"`, `"weekly"`, …).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Tier {
-    /// A full younger than `policy.full` (or in the future).
-    Daily,
-    /// An incremental younger than `policy.incremental` (or in the future).
-    Incremental,
-    /// The newest full of one of the last `policy.weekly` ISO weeks.
-    Weekly,
-    /// The newest full of one of the last `policy.monthly` calendar months.
-    Monthly,
-    /// The newest full of one of the last `policy.yearly` calendar years.
-    Yearly,
 }
 
 /// What to do with a hot backup. Serialized in camelCase (`"keepHot"`, …).

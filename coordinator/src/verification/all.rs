@@ -74,6 +74,9 @@ pub(crate) fn select(backup: &DatabaseBackup, newest: Option<&DatabaseVerificati
         BackupStatus::Failed => {
             return Selection::Skip("the backup FAILED; there is nothing to verify".into())
         }
+        BackupStatus::Expired => {
+            return Selection::Skip("removed by the retention policies".into())
+        }
         BackupStatus::Completed | BackupStatus::Verified => {}
     }
     if backup.backup_type == "logical" {

@@ -84,6 +84,7 @@ fn by_status(statuses: impl Iterator<Item = BackupStatus>) -> BTreeMap<String, u
         BackupStatus::Completed,
         BackupStatus::Failed,
         BackupStatus::Verified,
+        BackupStatus::Expired,
     ]
     .into_iter()
     .map(|s| (name(s), 0))

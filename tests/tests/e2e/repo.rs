@@ -423,20 +423,16 @@ fn retention_through_the_cli_keeps_what_the_policy_keeps_and_a_bad_policy_change
         let b = cli.json(&["backup", src_arg, "--kind", "documents"]);
         ids.push(b["id"].as_str().unwrap().to_string());
     }
-    // 400 days on: no daily, weekly or monthly tier reaches back; the yearly tier keeps
-    // the newest of the year, bound for the cold archive.
+    // 400 days on: no daily, weekly or monthly tier reaches back; the yearly tier picks
+    // the newest of the year, and as the newest of all it stays in the repository.
     let later = (chrono::Utc::now() + chrono::Duration::days(400)).to_rfc3339();
     let dry = cli.json(&["retention", "--dry-run", "--now", &later]);
     assert_eq!(dry["dryRun"], true);
     assert_eq!(dry["deleted"], serde_json::json!([ids[0], ids[1]]), "{dry}");
+    assert_eq!(dry["kept"][0]["snapshotId"], ids[2].as_str(), "{dry}");
     assert_eq!(
-        dry["awaitingArchive"][0]["snapshotId"],
-        ids[2].as_str(),
-        "{dry}"
-    );
-    assert_eq!(
-        dry["awaitingArchive"][0]["reasons"],
-        serde_json::json!(["yearly"])
+        dry["kept"][0]["reasons"],
+        serde_json::json!(["yearly", "latest"])
     );
     assert_eq!(cli.json(&["snapshots"]).as_array().map(Vec::len), Some(3));
 

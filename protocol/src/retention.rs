@@ -1,0 +1,225 @@
+//! Retention policies as configured, sent to agents and shown by the REST API, and the
+//! report of an enforcement. The rules themselves are the agent's
+//! (`agent/src/repo/retention.rs`); these are the shared types.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The largest count a calendar tier accepts.
+pub const MAX_COUNT: u32 = 1000;
+
+/// A retention policy that cannot be used; the message names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RetentionError {
+    #[error("retention.{field} must be longer than zero")]
+    ZeroDuration { field: &'static str },
+    #[error(
+        "retention.incremental ({incremental}) must not be longer than retention.full ({full})"
+    )]
+    IncrementalLongerThanFull { incremental: String, full: String },
+    #[error("retention.{field} ({value}) must be at most {MAX_COUNT}")]
+    TooMany { field: &'static str, value: u32 },
+}
+
+/// One kind's retention policy (`[retention.database]`, `[retention.documents]` later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct RetentionPolicy {
+    /// Every full backup (and document snapshot) is kept hot this long. Default 30 days
+    /// ("30d").
+    #[serde(with = "humantime_serde")]
+    pub full: Duration,
+    /// Every incremental backup is kept hot this long. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub incremental: Duration,
+    /// The newest full backup of each of the last N ISO weeks is kept hot (point-in-time
+    /// recovery reaches back to it). Default 12.
+    pub weekly: u32,
+    /// The newest full backup of each of the last N calendar months goes to the cold
+    /// archive. Default 12.
+    pub monthly: u32,
+    /// The newest full backup of each of the last N calendar years goes to the cold
+    /// archive ("archived backups: 7 years"). Default 7.
+    pub yearly: u32,
+}
+
+/// One day.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl Default for RetentionPolicy {
+    /// The runbook's values.
+    fn default() -> Self {
+        Self {
+            full: DAY * 30,
+            incremental: DAY * 7,
+            weekly: 12,
+            monthly: 12,
+            yearly: 7,
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// Durations longer than zero, `incremental <= full`, each count at most
+    /// [`MAX_COUNT`].
+    pub fn validate(&self) -> Result<(), RetentionError> {
+        for (field, d) in [("full", self.full), ("incremental", self.incremental)] {
+            if d.is_zero() {
+                return Err(RetentionError::ZeroDuration { field });
+            }
+        }
+        if self.incremental > self.full {
+            return Err(RetentionError::IncrementalLongerThanFull {
+                incremental: humantime::format_duration(self.incremental).to_string(),
+                full: humantime::format_duration(self.full).to_string(),
+            });
+        }
+        for (field, value) in [
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ] {
+            if value > MAX_COUNT {
+                return Err(RetentionError::TooMany { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The retention policy of each kind of backup (`[retention.database]`,
+/// `[retention.documents]`), each with the runbook's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionPolicies {
+    pub database: RetentionPolicy,
+    pub documents: RetentionPolicy,
+}
+
+/// The snapshot kind document backups have; every other kind is a database's.
+pub const DOCUMENTS_KIND: &str = "documents";
+
+impl RetentionPolicies {
+    pub fn validate(&self) -> Result<(), RetentionError> {
+        self.database.validate()?;
+        self.documents.validate()
+    }
+
+    /// The policy for snapshots of `kind`.
+    pub fn of(&self, kind: &str) -> &RetentionPolicy {
+        if kind == DOCUMENTS_KIND {
+            &self.documents
+        } else {
+            &self.database
+        }
+    }
+}
+
+/// A rule that keeps a backup. Serialized in camelCase (`"daily"`, `"weekly"`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Tier {
+    /// A full younger than `policy.full` (or in the future).
+    Daily,
+    /// An incremental younger than `policy.incremental` (or in the future).
+    Incremental,
+    /// The newest full of one of the last `policy.weekly` ISO weeks.
+    Weekly,
+    /// The newest full of one of the last `policy.monthly` calendar months.
+    Monthly,
+    /// The newest full of one of the last `policy.yearly` calendar years.
+    Yearly,
+    /// The newest full of its kind and source, whatever the policy says: enforcement
+    /// never removes the last whole backup.
+    Latest,
+}
+
+/// One snapshot the policy keeps, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kept {
+    pub snapshot_id: String,
+    pub kind: String,
+    pub finished_at: DateTime<Utc>,
+    pub reasons: Vec<Tier>,
+}
+
+/// What an enforcement on one repository did (or, dry, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforceReport {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    /// Kept in the repository by the daily, incremental or weekly tier.
+    pub kept: Vec<Kept>,
+    /// Kept by the monthly or yearly tier only: bound for the cold archive, and kept in
+    /// the repository until they are archived.
+    pub awaiting_archive: Vec<Kept>,
+    /// Snapshots whose manifests were (dry: would be) removed.
+    pub deleted: Vec<String>,
+    /// WAL segments removed (dry: would be), as `timeline/name`.
+    pub wal_deleted: Vec<String>,
+    /// After a real run, garbage collection: packs no snapshot references deleted, and
+    /// the bytes that freed (0 in a dry run).
+    #[serde(default)]
+    pub packs_deleted: u64,
+    #[serde(default)]
+    pub bytes_freed: u64,
+    /// Packs left scheduled because a backup running meanwhile may still use them; the
+    /// next enforcement deletes them.
+    #[serde(default)]
+    pub packs_pending: u64,
+    /// Why garbage collection did not run (the snapshots were deleted all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_error: Option<String>,
+}
+
+/// One repository's enforcement, or why it could not run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryRetention {
+    /// `database`, or the document location's name.
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<EnforceReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An agent's answer to `EnforceRetention`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionOutcome {
+    pub repositories: Vec<RepositoryRetention>,
+}
+
+/// One agent's part of `POST /v1/backup-recovery/retention/enforce-policies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRetention {
+    pub agent_id: String,
+    #[serde(default)]
+    pub repositories: Vec<RepositoryRetention>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer of `POST /v1/backup-recovery/retention/enforce-policies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionEnforcement {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    pub policies: RetentionPolicies,
+    pub agents: Vec<AgentRetention>,
+    /// Snapshots deleted (dry: that would be), over every agent and repository.
+    pub deleted: usize,
+    /// Snapshots bound for the cold archive, over every agent and repository.
+    pub awaiting_archive: usize,
+    /// WAL segments deleted (dry: that would be).
+    pub wal_deleted: usize,
+    /// Bytes garbage collection freed, over every repository.
+    pub bytes_freed: u64,
+}

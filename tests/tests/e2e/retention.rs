@@ -1,0 +1,149 @@
+//! Retention through the runbook's endpoints: a real coordinator whose `[retention]`
+//! policy keeps document snapshots for one second and no calendar tier, and a real
+//! documents agent backing up into a local repository.
+
+use std::time::Duration;
+
+use drmesh_tests::{noise, wait_for, walk_files, Mesh};
+use serde_json::Value;
+
+const DOCS: &str = "/v1/backup-recovery/documents";
+const RETENTION: &str = "/v1/backup-recovery/retention";
+
+fn backup(mesh: &Mesh) -> String {
+    let a = mesh.post(&format!("{DOCS}/backup"), None);
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id = a.body["backupId"].as_str().unwrap().to_string();
+    let done = wait_for(Duration::from_secs(60), || {
+        let b = mesh.get(&format!("{DOCS}/backups/{id}"));
+        (b.body["status"] != "IN_PROGRESS").then_some(b.body)
+    })
+    .expect("backup ends");
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    id
+}
+
+fn snapshots(repo: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn enforce_policies_removes_what_no_tier_keeps_frees_its_packs_and_keeps_the_newest() {
+    let policy = "[retention.documents]\nfull = \"1s\"\nincremental = \"1s\"\nweekly = 0\nmonthly = 0\nyearly = 0\n";
+    let mesh = Mesh::start_with(200, policy);
+    let work = mesh.dir.path().join("work");
+    let uploads = work.join("uploads");
+    std::fs::create_dir_all(uploads.join("documents/1")).unwrap();
+    std::fs::write(uploads.join("documents/1/deed.pdf"), noise(3, 300_000)).unwrap();
+    let repo = work.join("repo");
+    let files = mesh.issue_agent("docs-1", "us-west-2");
+    let extra = format!(
+        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n",
+        uploads.display(),
+        repo.display()
+    );
+    let config = mesh.agent_config("docs-1", "us-west-2", &files, &extra);
+    let agent = mesh.spawn_agent(&config);
+    let up = wait_for(Duration::from_secs(15), || {
+        (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
+    });
+    assert!(up.is_some(), "agent not UP:\n{}", agent.log_text());
+
+    // The policy in force.
+    let p = mesh.get(&format!("{RETENTION}/policies"));
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert_eq!(p.body["documents"]["full"], "1s", "{}", p.text);
+    assert_eq!(p.body["database"]["full"], "30days", "{}", p.text);
+    assert_eq!(p.body["database"]["yearly"], 7, "{}", p.text);
+
+    // Three snapshots; a 16 MiB scan is in the first only, so its packs are the first's.
+    std::fs::write(uploads.join("documents/1/scan.tiff"), noise(9, 16 << 20)).unwrap();
+    let first = backup(&mesh);
+    std::fs::remove_file(uploads.join("documents/1/scan.tiff")).unwrap();
+    let second = backup(&mesh);
+    std::fs::write(uploads.join("documents/1/note.txt"), b"third").unwrap();
+    let third = backup(&mesh);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        snapshots(&repo),
+        [first.clone(), second.clone(), third.clone()]
+    );
+
+    // A viewer may look at the policy, not enforce it.
+    let viewer = mesh.create_token("viewer");
+    let denied = drmesh_tests::http(
+        "POST",
+        &mesh.url(&format!("{RETENTION}/enforce-policies")),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    let bad = mesh.post(&format!("{RETENTION}/enforce-policies?dryRun=maybe"), None);
+    assert_eq!(bad.status, 400, "{}", bad.text);
+
+    // A dry run says what would go and changes nothing.
+    let dry = mesh.post(&format!("{RETENTION}/enforce-policies?dryRun=true"), None);
+    assert_eq!(dry.status, 200, "{}", dry.text);
+    assert_eq!(dry.body["dryRun"], true);
+    assert_eq!(dry.body["deleted"], 2, "{}", dry.text);
+    let local: &Value = &dry.body["agents"][0]["repositories"][0];
+    assert_eq!(local["repository"], "local", "{}", dry.text);
+    assert_eq!(
+        local["report"]["deleted"],
+        serde_json::json!([first, second]),
+        "{}",
+        dry.text
+    );
+    assert_eq!(local["report"]["kept"][0]["snapshotId"], third.as_str());
+    assert_eq!(
+        local["report"]["kept"][0]["reasons"],
+        serde_json::json!(["latest"])
+    );
+    assert_eq!(snapshots(&repo).len(), 3);
+    let packs_before = walk_files(&repo.join("data")).len();
+
+    // The CLI's dry run agrees.
+    let token = mesh.create_token("operator");
+    let (ok, out, err) = mesh.cli(&token, &["retention", "enforce", "--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("2 snapshots and 0 WAL segments would be deleted"),
+        "{out}"
+    );
+
+    // The real run: the two go, their records say EXPIRED, the scan's packs are freed.
+    let done = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.body["deleted"], 2, "{}", done.text);
+    assert_eq!(snapshots(&repo), std::slice::from_ref(&third));
+    let freed = done.body["bytesFreed"].as_u64().unwrap();
+    assert!(freed >= 16 << 20, "{}", done.text);
+    assert!(walk_files(&repo.join("data")).len() < packs_before);
+    for id in [&first, &second] {
+        let rec = mesh.get(&format!("{DOCS}/backups/{id}"));
+        assert_eq!(rec.body["status"], "EXPIRED", "{}", rec.text);
+    }
+    // What is left verifies and restores whole.
+    let v = mesh.post(&format!("{DOCS}/backups/{third}/verify"), None);
+    assert!(v.status == 202 || v.status == 200, "{}", v.text);
+    let verdict = wait_for(Duration::from_secs(60), || {
+        let b = mesh.get(&format!("{DOCS}/backups/{third}"));
+        let v = &b.body["verification"];
+        (v.is_object() && v["status"] != "IN_PROGRESS").then(|| v.clone())
+    })
+    .expect("verification ends");
+    assert_eq!(verdict["status"], "PASSED", "{verdict}");
+
+    // Idempotent.
+    let again = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["deleted"], 0, "{}", again.text);
+    let (ok, out, err) = mesh.cli(&token, &["retention", "show"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("documents  full backups 1s"), "{out}");
+}
