@@ -655,20 +655,8 @@ mod tests {
     use super::*;
     use crate::repo::backup::BackupRequest;
     use crate::repo::restore::RestoreRequest;
+    use crate::repo::roundtrip_tests::noise;
     use crate::repo::{KeySource, Location, RepoOptions, Snapshot};
-
-    /// Deterministic pseudo-random bytes (xorshift): every file is its own chunk.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn set_mtime_back(path: &Path, secs: i64) {
         use nix::sys::stat::{utimensat, UtimensatFlags};

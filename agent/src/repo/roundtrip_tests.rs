@@ -11,7 +11,7 @@ use super::snapshot::{Entry, EntryKind};
 use super::*;
 
 /// Deterministic pseudo-random bytes (xorshift), so chunk boundaries are content-defined.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
