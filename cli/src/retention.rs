@@ -36,6 +36,7 @@ pub fn run(client: &Client, cmd: RetentionCmd) -> anyhow::Result<()> {
                 Output::Text => {
                     print_policy("database", &p.database);
                     print_policy("documents", &p.documents);
+                    println!("enforced  {} (cron, UTC)", p.schedule);
                 }
             }
         }

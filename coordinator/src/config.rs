@@ -91,8 +91,8 @@ pub struct CoordinatorConfigFile {
     /// DNS step is skipped).
     pub dns: Option<DnsSection>,
     /// Retention policies (`[retention.database]`, `[retention.documents]`: `full`,
-    /// `incremental`, `weekly`, `monthly`, `yearly`). Default: the runbook's (30d, 7d,
-    /// 12, 12, 7).
+    /// `incremental`, `weekly`, `monthly`, `yearly`) and `[retention] schedule` (cron,
+    /// UTC, or `off`). Default: the runbook's (30d, 7d, 12, 12, 7; daily at 01:00 UTC).
     pub retention: Option<drmesh_protocol::retention::RetentionPolicies>,
 }
 
@@ -632,6 +632,7 @@ impl CoordinatorConfigFile {
         retention
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::retention::parse_schedule(&retention.schedule).map_err(ConfigError::Invalid)?;
         Ok(CoordinatorConfig {
             http_listen: self
                 .http_listen
@@ -810,6 +811,10 @@ mod tests {
         assert!(err.contains("retention.incremental"), "{err}");
         let err = parse("[retention.database]\nful = \"1d\"").expect_err("typo");
         assert!(err.contains("ful"), "{err}");
+        assert_eq!(cfg.retention.schedule, "0 1 * * *");
+        let err = parse("[retention]\nschedule = \"0 1 * *\"").expect_err("four fields");
+        assert!(err.contains("retention.schedule"), "{err}");
+        assert!(parse("[retention]\nschedule = \"off\"").is_ok());
     }
 
     #[test]

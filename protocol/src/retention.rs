@@ -90,12 +90,29 @@ impl RetentionPolicy {
 }
 
 /// The retention policy of each kind of backup (`[retention.database]`,
-/// `[retention.documents]`), each with the runbook's defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[retention.documents]`), each with the runbook's defaults, and when the coordinator
+/// enforces them by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionPolicies {
     pub database: RetentionPolicy,
     pub documents: RetentionPolicy,
+    /// A cron expression (minute hour day month weekday, UTC) for the automatic
+    /// enforcement, or `off`. Default `0 1 * * *`: daily at 01:00 UTC, as the runbook.
+    pub schedule: String,
+}
+
+/// The runbook's "Runs daily at 01:00 UTC".
+pub const DEFAULT_SCHEDULE: &str = "0 1 * * *";
+
+impl Default for RetentionPolicies {
+    fn default() -> Self {
+        Self {
+            database: RetentionPolicy::default(),
+            documents: RetentionPolicy::default(),
+            schedule: DEFAULT_SCHEDULE.into(),
+        }
+    }
 }
 
 /// The snapshot kind document backups have; every other kind is a database's.

@@ -32,10 +32,9 @@ fn snapshots(repo: &std::path::Path) -> Vec<String> {
     ids
 }
 
-#[test]
-fn enforce_policies_removes_what_no_tier_keeps_frees_its_packs_and_keeps_the_newest() {
-    let policy = "[retention.documents]\nfull = \"1s\"\nincremental = \"1s\"\nweekly = 0\nmonthly = 0\nyearly = 0\n";
-    let mesh = Mesh::start_with(200, policy);
+/// A documents agent backing up `uploads` into the local repository `repo` of `mesh`'s
+/// work directory, UP.
+fn documents_agent(mesh: &Mesh) -> (std::path::PathBuf, std::path::PathBuf, drmesh_tests::Proc) {
     let work = mesh.dir.path().join("work");
     let uploads = work.join("uploads");
     std::fs::create_dir_all(uploads.join("documents/1")).unwrap();
@@ -53,6 +52,20 @@ fn enforce_policies_removes_what_no_tier_keeps_frees_its_packs_and_keeps_the_new
         (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
     });
     assert!(up.is_some(), "agent not UP:\n{}", agent.log_text());
+    (uploads, repo, agent)
+}
+
+/// Keeps document snapshots one second, no calendar tier.
+const ONE_SECOND: &str = "[retention.documents]\nfull = \"1s\"\nincremental = \"1s\"\nweekly = 0\nmonthly = 0\nyearly = 0\n";
+
+#[test]
+fn enforce_policies_removes_what_no_tier_keeps_frees_its_packs_and_keeps_the_newest() {
+    // No scheduled run in the middle of the test (at 01:00 UTC).
+    let mesh = Mesh::start_with(
+        200,
+        &format!("[retention]\nschedule = \"off\"\n{ONE_SECOND}"),
+    );
+    let (uploads, repo, _agent) = documents_agent(&mesh);
 
     // The policy in force.
     let p = mesh.get(&format!("{RETENTION}/policies"));
@@ -146,4 +159,29 @@ fn enforce_policies_removes_what_no_tier_keeps_frees_its_packs_and_keeps_the_new
     let (ok, out, err) = mesh.cli(&token, &["retention", "show"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("documents  full backups 1s"), "{out}");
+}
+
+#[test]
+fn the_schedule_enforces_the_policies_by_itself() {
+    let mesh = Mesh::start_with(
+        200,
+        &format!("[retention]\nschedule = \"* * * * *\"\n{ONE_SECOND}"),
+    );
+    let (_uploads, repo, _agent) = documents_agent(&mesh);
+    let p = mesh.get(&format!("{RETENTION}/policies"));
+    assert_eq!(p.body["schedule"], "* * * * *", "{}", p.text);
+    let first = backup(&mesh);
+    let second = backup(&mesh);
+    // The next minute's run (the scheduler looks every 20 s) removes the older one; its
+    // record says so once every agent has answered.
+    let done = wait_for(Duration::from_secs(110), || {
+        let rec = mesh.get(&format!("{DOCS}/backups/{first}"));
+        (snapshots(&repo) == std::slice::from_ref(&second)
+            && rec.body["status"] == "EXPIRED"
+            && mesh
+                .coordinator_log()
+                .contains("scheduled retention enforcement done"))
+        .then_some(())
+    });
+    assert!(done.is_some(), "not enforced:\n{}", mesh.coordinator_log());
 }
