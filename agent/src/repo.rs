@@ -31,6 +31,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod stream;
+pub mod synth;
 pub mod verify;
 pub mod wal;
 
