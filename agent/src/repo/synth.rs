@@ -72,7 +72,11 @@ impl Repository {
             for n in first..first + spec.new_chunks as u64 {
                 let data = content(n);
                 let cid = ChunkId::of(&data);
-                builder.add(cid, data.len() as u32, &pack::encode_blob(&data, self.key())?);
+                builder.add(
+                    cid,
+                    data.len() as u32,
+                    &pack::encode_blob(&data, self.key())?,
+                );
                 own.push((cid, data.len() as u32));
                 if builder.len() >= pack_size {
                     let full = std::mem::replace(&mut builder, PackBuilder::for_pack(pack_size));
