@@ -185,3 +185,86 @@ fn the_schedule_enforces_the_policies_by_itself() {
     });
     assert!(done.is_some(), "not enforced:\n{}", mesh.coordinator_log());
 }
+
+#[test]
+fn a_database_backup_running_while_enforcement_and_gc_run_both_finish_and_everything_verifies() {
+    use super::database::{agent_and_full_backup, database_sections, wait_backup, Fixture, DB};
+    let fx = Fixture::new("5s");
+    fx.pgbench(&["-i", "-s", "10", "-q"]);
+    let policy = "[retention]\nschedule = \"off\"\n[retention.database]\nfull = \"1s\"\nincremental = \"1s\"\nweekly = 0\nmonthly = 0\nyearly = 0\n";
+    let mesh = Mesh::start_with(200, policy);
+    let sections = database_sections(&fx.root, &fx.primary, "5s");
+    let (agent, _, first, _) = agent_and_full_backup(&fx, &mesh, &sections, None);
+    let done = wait_backup(&mesh, &first);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+    fx.pgbench(&["-T", "1"]);
+    let start = |mesh: &Mesh| {
+        let a = mesh.post(&format!("{DB}/backup/full"), None);
+        assert_eq!(a.status, 202, "{}", a.text);
+        a.body["backupId"].as_str().unwrap().to_string()
+    };
+    let second = start(&mesh);
+    assert_eq!(wait_backup(&mesh, &second)["status"], "COMPLETED");
+    fx.pgbench(&["-T", "1"]);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A third backup runs while the policies are enforced and garbage is collected.
+    let third = start(&mesh);
+    let enforced = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(enforced.status, 200, "{}", enforced.text);
+    let report = &enforced.body["agents"][0]["repositories"][0];
+    assert_eq!(report["repository"], "database", "{}", enforced.text);
+    assert_eq!(
+        report["report"]["deleted"],
+        serde_json::json!([first]),
+        "{}",
+        enforced.text
+    );
+    assert!(report["report"]["gcError"].is_null(), "{}", enforced.text);
+    let done = wait_backup(&mesh, &third);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+
+    // Again, with the third done: the second goes too; then every snapshot left
+    // verifies, reading all its data and WAL.
+    let again = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        again.body["agents"][0]["repositories"][0]["report"]["deleted"],
+        serde_json::json!([second]),
+        "{}",
+        again.text
+    );
+    let repo = fx.root.join("repo");
+    assert_eq!(snapshots(&repo), std::slice::from_ref(&third));
+    let out = std::process::Command::new(drmesh_tests::bin("drmesh"))
+        .args(["repo", "verify", &third, "--read-data", "--output", "json"])
+        .arg("--repo")
+        .arg(&repo)
+        .env_remove("DRMESH_REPO_KEY_FILE")
+        .env_remove("DRMESH_REPO_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in [&first, &second] {
+        let rec = mesh.get(&format!("{DB}/backups/{id}"));
+        assert_eq!(rec.body["status"], "EXPIRED", "{}", rec.text);
+    }
+    // The third's own WAL is still archived: a verification restores and recovers it.
+    let v = mesh.post(
+        &format!("/v1/backup-recovery/verification/verify/{third}"),
+        None,
+    );
+    assert_eq!(v.status, 202, "{}", v.text);
+    let verdict = wait_for(Duration::from_secs(180), || {
+        let a = mesh.get(&format!("/v1/backup-recovery/verification/{third}"));
+        (a.status == 200 && a.body["status"] != "IN_PROGRESS").then_some(a.body)
+    })
+    .expect("verification ends");
+    assert_eq!(verdict["status"], "COMPLETED", "{verdict}");
+    assert_eq!(verdict["restorabilityTest"], "Restorable", "{verdict}");
+}
