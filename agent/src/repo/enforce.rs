@@ -226,20 +226,9 @@ impl Repository {
 mod tests {
     use super::*;
     use crate::repo::retention::RetentionPolicy;
+    use crate::repo::roundtrip_tests::temp_repo;
     use crate::repo::snapshot::{Snapshot, SnapshotStats};
-    use crate::repo::{KeySource, Location, RepoOptions};
     use chrono::TimeZone;
-
-    async fn repo() -> (tempfile::TempDir, Repository) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Repository::init(&RepoOptions {
-            location: Location::new(dir.path().join("repo").to_string_lossy()),
-            key: KeySource::None,
-        })
-        .await
-        .expect("init");
-        (dir, repo)
-    }
 
     fn segment(tl: u32, n: u64) -> String {
         format!("{tl:08X}{:08X}{:08X}", n >> 8, n & 0xff)
@@ -301,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn sixty_days_of_backups_keep_what_the_plan_keeps_and_wal_from_the_oldest_kept() {
-        let (_dir, repo) = repo().await;
+        let (_dir, repo) = temp_repo().await;
         let now = Utc
             .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
             .single()
@@ -401,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_failover_wal_is_kept_from_the_oldest_hot_backup_on_both_timelines() {
-        let (_dir, repo) = repo().await;
+        let (_dir, repo) = temp_repo().await;
         let now = Utc
             .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
             .single()

@@ -88,6 +88,18 @@ fn tree_digest(root: &Path) -> BTreeMap<String, (String, u32, i64, Option<String
 
 use sha2::Digest;
 
+/// An unencrypted repository in a temporary directory (kept while the guard lives).
+pub(crate) async fn temp_repo() -> (tempfile::TempDir, Repository) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repository::init(&RepoOptions {
+        location: Location::new(dir.path().join("repo").to_string_lossy()),
+        key: KeySource::None,
+    })
+    .await
+    .expect("init");
+    (dir, repo)
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     repo: Repository,

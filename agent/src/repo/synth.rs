@@ -184,17 +184,12 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::roundtrip_tests::temp_repo;
     use crate::repo::{KeySource, Location, RepoOptions};
 
     #[tokio::test]
     async fn a_synthetic_repository_verifies_and_restores() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Repository::init(&RepoOptions {
-            location: Location::new(dir.path().join("repo").to_string_lossy()),
-            key: KeySource::None,
-        })
-        .await
-        .expect("init");
+        let (dir, repo) = temp_repo().await;
         let spec = SynthSpec {
             snapshots: 5,
             new_chunks: 300,
