@@ -158,6 +158,50 @@ fn disk_free(path: &std::path::Path) -> Option<u64> {
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
+/// The agent's repositories on local paths, by name (`database`, or the document
+/// location's): a location's date template (`{yyyy}`) is cut off at the directory
+/// before it.
+fn local_repositories(config: &AgentConfig) -> Vec<(String, std::path::PathBuf)> {
+    let local = |url: &str| {
+        let url = url.strip_prefix("file://").unwrap_or(url);
+        let url = url.split('{').next().unwrap_or(url);
+        url.starts_with('/').then(|| std::path::PathBuf::from(url))
+    };
+    let mut out = Vec::new();
+    if let Some(db) = &config.database {
+        if let Some(p) = local(&db.repository) {
+            out.push(("database".to_string(), p));
+        }
+    }
+    if let Some(docs) = &config.documents {
+        for l in &docs.locations {
+            if let Some(p) = local(&l.url) {
+                out.push((l.name.clone(), p));
+            }
+        }
+    }
+    out
+}
+
+/// Free and total bytes of the filesystem each local repository is on (or will be: the
+/// nearest directory above it that exists).
+fn storage_usage(repos: &[(String, std::path::PathBuf)]) -> Vec<drmesh_protocol::StorageUsage> {
+    repos
+        .iter()
+        .filter_map(|(name, path)| {
+            let st = path
+                .ancestors()
+                .find_map(|p| nix::sys::statvfs::statvfs(p).ok())?;
+            let block = st.fragment_size();
+            Some(drmesh_protocol::StorageUsage {
+                name: name.clone(),
+                free_bytes: st.blocks_available().saturating_mul(block),
+                total_bytes: st.blocks().saturating_mul(block),
+            })
+        })
+        .collect()
+}
+
 impl Link {
     pub fn new(
         config: AgentConfig,
@@ -316,6 +360,7 @@ impl Link {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        let repositories = local_repositories(&self.config);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -329,6 +374,7 @@ impl Link {
                 disk_free_bytes: disk_free(&self.config.data_dir),
                 last_backup_ids: self.commands.observed.last_backup_ids.lock().clone(),
                 mesh: Some(self.mesh.report()),
+                storage: storage_usage(&repositories),
             }));
             let bytes = match encode(&hb) {
                 Ok(b) => b,

@@ -90,6 +90,9 @@ pub struct CoordinatorConfigFile {
     /// The DNS record failover points at the new primary (`[dns]`). Default: none (the
     /// DNS step is skipped).
     pub dns: Option<DnsSection>,
+    /// How full (percent) a local repository's filesystem may get before the CRITICAL
+    /// `STORAGE_FULL` alert. Default 90.
+    pub storage_full_percent: Option<u8>,
     /// Retention policies (`[retention.database]`, `[retention.documents]`: `full`,
     /// `incremental`, `weekly`, `monthly`, `yearly`) and `[retention] schedule` (cron,
     /// UTC, or `off`). Default: the runbook's (30d, 7d, 12, 12, 7; daily at 01:00 UTC).
@@ -498,6 +501,7 @@ pub struct CoordinatorConfig {
     pub notify: BTreeMap<String, NotifyChannel>,
     pub dns: Option<DnsConfig>,
     pub retention: drmesh_protocol::retention::RetentionPolicies,
+    pub storage_full_percent: u8,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -628,6 +632,12 @@ impl CoordinatorConfigFile {
             }
         }
         let dns = self.dns.map(|d| d.validate(base)).transpose()?;
+        let storage_full_percent = self.storage_full_percent.unwrap_or(90);
+        if !(1..=100).contains(&storage_full_percent) {
+            return Err(ConfigError::Invalid(format!(
+                "storage_full_percent {storage_full_percent} must be between 1 and 100"
+            )));
+        }
         let retention = self.retention.unwrap_or_default();
         retention
             .validate()
@@ -663,6 +673,7 @@ impl CoordinatorConfigFile {
             notify,
             dns,
             retention,
+            storage_full_percent,
         })
     }
 }

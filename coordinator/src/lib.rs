@@ -21,6 +21,7 @@ pub mod rejoin;
 pub mod retention;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod transport;
 pub mod verification;

@@ -313,6 +313,7 @@ mod tests {
             disk_free_bytes: None,
             last_backup_ids: vec![],
             mesh: None,
+            storage: Vec::new(),
         }
     }
 

@@ -335,6 +335,7 @@ mod tests {
                 disk_free_bytes: Some(1),
                 last_backup_ids: vec![],
                 mesh: None,
+                storage: Vec::new(),
             })),
         ];
         let mut wire = Vec::new();
@@ -394,6 +395,7 @@ mod tests {
                     disk_free_bytes: disk,
                     last_backup_ids: ids,
                     mesh: None,
+                    storage: Vec::new(),
                 })
             });
         let hello = ("[a-z0-9-]{1,20}", "[a-z0-9-]{1,20}", ".{0,10}").prop_map(|(a, r, v)| {

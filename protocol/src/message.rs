@@ -151,6 +151,19 @@ pub struct Heartbeat {
     /// What the agent knows of its peers.
     #[serde(default)]
     pub mesh: Option<MeshReport>,
+    /// Space on the filesystems of the agent's local repositories (its `[database]`
+    /// repository, its document locations on local paths).
+    #[serde(default)]
+    pub storage: Vec<StorageUsage>,
+}
+
+/// One local repository's filesystem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageUsage {
+    /// `database`, or the document location's name.
+    pub name: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// What the coordinator asks an agent to do.

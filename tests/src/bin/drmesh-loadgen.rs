@@ -234,6 +234,7 @@ async fn run_agent(
             disk_free_bytes: Some(1 << 40),
             last_backup_ids: vec![],
             mesh: None,
+            storage: Vec::new(),
         }));
         conn.send_datagram(encode(&hb)?.into())?;
     }

@@ -268,3 +268,51 @@ fn a_database_backup_running_while_enforcement_and_gc_run_both_finish_and_everyt
     assert_eq!(verdict["status"], "COMPLETED", "{verdict}");
     assert_eq!(verdict["restorabilityTest"], "Restorable", "{verdict}");
 }
+
+#[test]
+fn a_repository_filesystem_past_the_threshold_raises_storage_full_naming_the_cure() {
+    // Any real filesystem is at least 1% full.
+    let mut mesh = Mesh::start_with(200, "storage_full_percent = 1\n");
+    let (_uploads, _repo, _agent) = documents_agent(&mesh);
+    let alerts = "/v1/backup-recovery/monitoring/alerts?severity=CRITICAL";
+    let raised = wait_for(Duration::from_secs(30), || {
+        let a = mesh.get(alerts);
+        a.body["alerts"]
+            .as_array()?
+            .iter()
+            .find(|x| x["type"] == "STORAGE_FULL")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no STORAGE_FULL alert: {}", mesh.get(alerts).text));
+    assert_eq!(raised["source"], "docs-1/local", "{raised}");
+    assert_eq!(raised["region"], "us-west-2", "{raised}");
+    let message = raised["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Storage Full: the local repository of agent docs-1"),
+        "{message}"
+    );
+    assert!(message.contains("retention/enforce-policies"), "{message}");
+
+    // With the threshold at 100% it is resolved by the system.
+    let config = mesh.dir.path().join("coordinator.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("storage_full_percent = 1\n", "storage_full_percent = 100\n"),
+    )
+    .unwrap();
+    mesh.restart_coordinator();
+    let resolved = wait_for(Duration::from_secs(30), || {
+        let a = mesh.get("/v1/backup-recovery/monitoring/alerts");
+        let open = a.body["alerts"]
+            .as_array()?
+            .iter()
+            .any(|x| x["type"] == "STORAGE_FULL" && x["status"] != "RESOLVED");
+        (!open).then_some(())
+    });
+    assert!(
+        resolved.is_some(),
+        "{}",
+        mesh.get("/v1/backup-recovery/monitoring/alerts").text
+    );
+}
