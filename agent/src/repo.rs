@@ -17,6 +17,7 @@
 //! snapshot or none; the debris of a crashed backup is unreferenced packs, which garbage
 //! collection removes.
 
+pub mod archive;
 pub mod backend;
 pub mod backup;
 pub mod crypto;

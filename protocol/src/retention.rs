@@ -172,8 +172,21 @@ pub struct EnforceReport {
     /// Kept in the repository by the daily, incremental or weekly tier.
     pub kept: Vec<Kept>,
     /// Kept by the monthly or yearly tier only: bound for the cold archive, and kept in
-    /// the repository until they are archived.
+    /// the repository until they are archived (when no archive is configured, or
+    /// archiving them failed).
     pub awaiting_archive: Vec<Kept>,
+    /// Moved to the cold archive (dry: would be): written there, read back, then
+    /// removed from the repository. Empty when no archive is configured.
+    #[serde(default)]
+    pub archived: Vec<Kept>,
+    /// Archived snapshots no monthly or yearly tier keeps any more, removed from the
+    /// cold archive (dry: would be).
+    #[serde(default)]
+    pub archive_deleted: Vec<String>,
+    /// Snapshots that could not be archived, with why; they stay in the repository
+    /// (listed in `awaiting_archive`) for the next run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive_errors: Vec<String>,
     /// Snapshots whose manifests were (dry: would be) removed.
     pub deleted: Vec<String>,
     /// WAL segments removed (dry: would be), as `timeline/name`.

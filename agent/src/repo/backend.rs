@@ -291,6 +291,144 @@ impl Backend {
     }
 }
 
+/// One message of a streamed upload ([`Backend::put_stream`]).
+#[derive(Debug)]
+pub enum Upload {
+    /// The next bytes of the object.
+    Data(Bytes),
+    /// The object is complete: store it. A stream that ends without `Done` (the producer
+    /// failed) is abandoned and nothing is stored.
+    Done,
+}
+
+impl Backend {
+    /// Stores an object whose bytes arrive over `rx`, holding at most one multipart part
+    /// (or, locally, one message) at a time, so memory stays bounded whatever the size.
+    /// Locally: a temporary file, synced, renamed and the directory synced, like
+    /// [`put`](Self::put). Elsewhere: a multipart upload, aborted unless `Done` arrives.
+    /// `storage_class` becomes the object's storage class (S3 `x-amz-storage-class`, Azure
+    /// access tier, GCS storage class); a local directory has none and ignores it.
+    /// Returns the bytes stored.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        storage_class: Option<&str>,
+        mut rx: tokio::sync::mpsc::Receiver<Upload>,
+    ) -> Result<u64, RepoError> {
+        if let Some(root) = &self.local_root {
+            let file = root.join(key);
+            let key = key.to_string();
+            return tokio::task::spawn_blocking(move || write_stream_durably(&file, &mut rx))
+                .await
+                .map_err(|e| RepoError::Backend(format!("put {key}: {e}")))?;
+        }
+        let mut opts = object_store::PutMultipartOptions::default();
+        if let Some(class) = storage_class {
+            opts.attributes.insert(
+                object_store::Attribute::StorageClass,
+                class.to_string().into(),
+            );
+        }
+        let upload = self
+            .store
+            .put_multipart_opts(&self.path(key), opts)
+            .await
+            .map_err(|e| backend_error("start upload of", key, e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        let mut total = 0u64;
+        loop {
+            match rx.recv().await {
+                Some(Upload::Data(bytes)) => {
+                    if let Err(e) = writer.wait_for_capacity(2).await {
+                        let _ = writer.abort().await;
+                        return Err(backend_error("upload", key, e));
+                    }
+                    total += bytes.len() as u64;
+                    writer.put(bytes);
+                }
+                Some(Upload::Done) => break,
+                None => {
+                    let _ = writer.abort().await;
+                    return Err(RepoError::Backend(format!(
+                        "upload {key}: the writer stopped before the end; nothing stored"
+                    )));
+                }
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| backend_error("finish upload of", key, e))?;
+        Ok(total)
+    }
+
+    /// An object's bytes as they arrive, never the whole object in memory.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, RepoError>>, RepoError> {
+        use futures::StreamExt;
+        let r = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| backend_error("get", key, e))?;
+        let key = key.to_string();
+        Ok(r.into_stream()
+            .map(move |c| c.map_err(|e| backend_error("get", &key, e)))
+            .boxed())
+    }
+}
+
+/// [`write_durably`] for an object that arrives in pieces.
+fn write_stream_durably(
+    file: &FsPath,
+    rx: &mut tokio::sync::mpsc::Receiver<Upload>,
+) -> Result<u64, RepoError> {
+    use std::io::Write;
+    let err = |what: &str, e: std::io::Error| {
+        RepoError::Backend(format!("{what} {}: {e}", file.display()))
+    };
+    let dir = file
+        .parent()
+        .ok_or_else(|| RepoError::Backend(format!("{} has no parent", file.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| err("create directory for", e))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create_new(&tmp).map_err(|e| err("create", e))?;
+        let mut total = 0u64;
+        loop {
+            match rx.blocking_recv() {
+                Some(Upload::Data(bytes)) => {
+                    f.write_all(&bytes).map_err(|e| err("write", e))?;
+                    total += bytes.len() as u64;
+                }
+                Some(Upload::Done) => break,
+                None => {
+                    return Err(RepoError::Backend(format!(
+                        "write {}: the writer stopped before the end; nothing stored",
+                        file.display()
+                    )))
+                }
+            }
+        }
+        f.sync_all().map_err(|e| err("sync", e))?;
+        std::fs::rename(&tmp, file).map_err(|e| err("rename into", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err("sync directory of", e))?;
+        Ok(total)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Temp file, fsync, rename, fsync of the directory: after a crash the object is either
 /// whole or absent.
 pub(crate) fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {

@@ -9,10 +9,15 @@
 //!   removes the last whole backup, whatever the policy says.
 //! - `Delete`: the manifest is removed ([`Repository::forget`]); the chunks only it used
 //!   are left for garbage collection.
-//! - `Archive`: the snapshot is one the monthly or yearly tier keeps. Until the cold
-//!   archive exists it stays in the repository (never deleted for want of an archive)
-//!   and is reported as waiting for the archive; its own WAL (start to stop, and to its
-//!   row counts' point) is kept with it.
+//! - `Archive`: the snapshot is one the monthly or yearly tier keeps. With a cold archive
+//!   ([`Repository::enforce_with_archive`], [`super::archive`]) it is written there as
+//!   one object (its own WAL inside), read back, and only then forgotten here; the
+//!   monthly and yearly tiers are planned over the hot and archived snapshots together
+//!   ([`retention::plan_with_archive`]), and archived snapshots no tier keeps any more
+//!   are deleted from the archive ([`retention::archive_expired`]). Without an archive
+//!   (or when writing it fails) the snapshot stays in the repository (never deleted for
+//!   want of an archive) and is reported as waiting for the archive; its own WAL (start
+//!   to stop, and to its row counts' point) is kept with it.
 //! - Then (not in a dry run) garbage collection ([`Repository::gc`]) deletes the packs
 //!   no remaining snapshot references, safely beside a running backup.
 //! - WAL: a segment goes when no base backup kept hot needs it for point-in-time
@@ -29,8 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::archive::{ArchivedSnapshot, ColdArchive};
 use super::gc::GcOptions;
 use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, Tier};
 use super::snapshot::{PgBackupInfo, SnapshotSummary};
@@ -54,6 +60,20 @@ fn candidate(s: &SnapshotSummary) -> Candidate {
             Kind::Full
         },
         time: s.finished_at,
+    }
+}
+
+/// An archived snapshot's place in the plan, as [`candidate`] would have placed it hot.
+fn archived_candidate(a: &ArchivedSnapshot) -> Candidate {
+    let incremental = a.kind == crate::database::basebackup::KIND && a.parent.is_some();
+    Candidate {
+        id: a.snapshot_id.clone(),
+        kind: if incremental {
+            Kind::Incremental
+        } else {
+            Kind::Full
+        },
+        time: a.finished_at,
     }
 }
 
@@ -100,26 +120,55 @@ impl Repository {
         self.backend().delete(&format!("snapshots/{id}")).await
     }
 
-    /// Applies `policies` as of `now`: see the module notes.
+    /// Applies `policies` as of `now` with no cold archive: see the module notes.
     pub async fn enforce(
         &self,
         policies: &Policies,
         now: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<EnforceReport, RepoError> {
+        self.enforce_with_archive(policies, now, dry_run, None)
+            .await
+    }
+
+    /// Applies `policies` as of `now`, moving the monthly and yearly picks to `archive`
+    /// when there is one: see the module notes.
+    pub async fn enforce_with_archive(
+        &self,
+        policies: &Policies,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        archive: Option<&ColdArchive>,
+    ) -> Result<EnforceReport, RepoError> {
         let snapshots = self.snapshots().await?;
-        let mut groups: BTreeMap<(String, PathBuf), Vec<&SnapshotSummary>> = BTreeMap::new();
+        let cold = match archive {
+            Some(a) => a.list().await?,
+            None => Vec::new(),
+        };
+        type Group<'a> = (Vec<&'a SnapshotSummary>, Vec<&'a ArchivedSnapshot>);
+        let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
         for s in &snapshots {
             groups
                 .entry((s.kind.clone(), s.source.clone()))
                 .or_default()
+                .0
                 .push(s);
+        }
+        for a in &cold {
+            groups
+                .entry((a.kind.clone(), a.source.clone()))
+                .or_default()
+                .1
+                .push(a);
         }
         let mut report = EnforceReport {
             dry_run,
             now,
             kept: Vec::new(),
             awaiting_archive: Vec::new(),
+            archived: Vec::new(),
+            archive_deleted: Vec::new(),
+            archive_errors: Vec::new(),
             deleted: Vec::new(),
             wal_deleted: Vec::new(),
             packs_deleted: 0,
@@ -131,14 +180,23 @@ impl Repository {
         // (their own WAL only).
         let mut hot_wal: Vec<BaseBackupWal> = Vec::new();
         let mut archive_wal: BTreeSet<(u32, String)> = BTreeSet::new();
-        for ((kind, _), members) in &groups {
+        let mut to_archive: Vec<(Kept, Option<&PgBackupInfo>)> = Vec::new();
+        for ((kind, _), (members, archived)) in &groups {
             let by_id: BTreeMap<&str, &SnapshotSummary> =
                 members.iter().map(|s| (s.id.as_str(), *s)).collect();
             let candidates: Vec<Candidate> = members.iter().map(|s| candidate(s)).collect();
+            let archived: Vec<Candidate> = archived.iter().map(|a| archived_candidate(a)).collect();
+            let policy = policies.of(kind);
             let plan = keep_latest(
-                retention::plan(now, policies.of(kind), &candidates),
+                retention::plan_with_archive(now, policy, &candidates, &archived),
                 &candidates,
             );
+            report.archive_deleted.extend(retention::archive_expired(
+                now,
+                policy,
+                &candidates,
+                &archived,
+            ));
             for d in plan.decisions {
                 let Some(s) = by_id.get(d.id.as_str()) else {
                     continue;
@@ -162,6 +220,9 @@ impl Repository {
                         }
                         report.kept.push(kept);
                     }
+                    Action::Archive if archive.is_some() => {
+                        to_archive.push((kept, s.postgres.as_ref()));
+                    }
                     Action::Archive => {
                         if let Some(pg) = &s.postgres {
                             archive_wal
@@ -170,6 +231,34 @@ impl Repository {
                         report.awaiting_archive.push(kept);
                     }
                     Action::Delete => report.deleted.push(d.id),
+                }
+            }
+        }
+
+        // Archived before the WAL is reckoned: one that fails stays here with its WAL.
+        if let Some(archive) = archive {
+            for (kept, pg) in to_archive {
+                if dry_run {
+                    report.archived.push(kept);
+                    continue;
+                }
+                match archive.archive(self, &kept.snapshot_id).await {
+                    Ok(_) => {
+                        self.forget(&kept.snapshot_id).await?;
+                        info!(snapshot = %kept.snapshot_id, archive = %archive.describe(), "retention: snapshot moved to the cold archive");
+                        report.archived.push(kept);
+                    }
+                    Err(e) => {
+                        warn!(snapshot = %kept.snapshot_id, error = %e, "retention: could not archive; kept here");
+                        report
+                            .archive_errors
+                            .push(format!("{}: {e}", kept.snapshot_id));
+                        if let Some(pg) = pg {
+                            archive_wal
+                                .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                        }
+                        report.awaiting_archive.push(kept);
+                    }
                 }
             }
         }
@@ -196,6 +285,11 @@ impl Repository {
             }
             for (tl, name) in &doomed {
                 self.backend().delete(&wal_key(*tl, name)).await?;
+            }
+            if let Some(archive) = archive {
+                for id in &report.archive_deleted {
+                    archive.remove(id).await?;
+                }
             }
             if !doomed.is_empty() {
                 info!(

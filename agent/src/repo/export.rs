@@ -64,7 +64,7 @@ impl ArchiveManifest {
 }
 
 /// Reads a file's content piece by piece from the repository (one chunk in memory).
-struct ChunkReader<'a> {
+pub(super) struct ChunkReader<'a> {
     repo: &'a Repository,
     handle: &'a tokio::runtime::Handle,
     path: &'a str,
@@ -105,7 +105,7 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-fn chunk_reader<'a>(
+pub(super) fn chunk_reader<'a>(
     repo: &'a Repository,
     handle: &'a tokio::runtime::Handle,
     e: &'a Entry,
