@@ -61,6 +61,10 @@ pub struct LocationFile {
     /// `secret_access_key` (S3); `account_name`, `access_key`, `endpoint` (Azure).
     /// Anything not given comes from the environment (`AWS_*`, `AZURE_*`).
     pub options: std::collections::BTreeMap<String, String>,
+    /// The space this location may use, e.g. `"500 GiB"`, for object stores, which have
+    /// no free space to watch: past `storage_full_percent` of it the coordinator raises
+    /// Storage Full. Default: none (local paths report their filesystem's free space).
+    pub quota: Option<String>,
 }
 
 impl std::fmt::Debug for LocationFile {
@@ -103,6 +107,8 @@ pub struct DocumentLocation {
     /// May hold `{yyyy}` / `{mm}`.
     pub url: String,
     pub options: std::collections::BTreeMap<String, String>,
+    /// Bytes this location may use (`quota`).
+    pub quota: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -124,35 +130,7 @@ impl DocumentsFile {
                 "[documents] needs at least one [[documents.locations]]".into(),
             ));
         }
-        let mut locations = Vec::new();
-        for (i, l) in self.locations.into_iter().enumerate() {
-            let name = required(l.name, &format!("documents.locations[{i}].name"))?;
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "documents.locations[{i}].name {name:?}: letters, digits, '-' and '_' only"
-                )));
-            }
-            if locations.iter().any(|x: &DocumentLocation| x.name == name) {
-                return Err(ConfigError::Invalid(format!(
-                    "documents.locations: {name:?} appears twice"
-                )));
-            }
-            let url = required(l.url, &format!("documents.locations[{i}].url"))?;
-            let url = if url.contains("://") {
-                url
-            } else {
-                abs(PathBuf::from(&url)).to_string_lossy().into_owned()
-            };
-            locations.push(DocumentLocation {
-                name,
-                url,
-                options: l.options,
-            });
-        }
+        let locations = validate_locations(self.locations, "documents.locations", base)?;
         Ok(DocumentsConfig {
             source,
             key_file: self.key_file.map(abs),
@@ -168,6 +146,57 @@ impl DocumentsFile {
             locations,
         })
     }
+}
+
+/// Checks a list of locations (`[[documents.locations]]`, `[[database.replicas]]`):
+/// names unique and plain, URLs present (a path is relative to the file), quotas readable.
+fn validate_locations(
+    list: Vec<LocationFile>,
+    key: &str,
+    base: &Path,
+) -> Result<Vec<DocumentLocation>, ConfigError> {
+    let mut locations: Vec<DocumentLocation> = Vec::new();
+    for (i, l) in list.into_iter().enumerate() {
+        let name = required(l.name, &format!("{key}[{i}].name"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{key}[{i}].name {name:?}: letters, digits, '-' and '_' only"
+            )));
+        }
+        if locations.iter().any(|x| x.name == name) {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: {name:?} appears twice"
+            )));
+        }
+        let url = required(l.url, &format!("{key}[{i}].url"))?;
+        let url = if url.contains("://") || Path::new(&url).is_absolute() {
+            url
+        } else {
+            base.join(&url).to_string_lossy().into_owned()
+        };
+        let quota = match l.quota.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<bytesize::ByteSize>() {
+                Ok(q) if q.as_u64() > 0 => Some(q.as_u64()),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key}[{i}].quota {text:?}: a size such as \"500 GiB\" or \"2 TB\""
+                    )))
+                }
+            },
+        };
+        locations.push(DocumentLocation {
+            name,
+            url,
+            options: l.options,
+            quota,
+        });
+    }
+    Ok(locations)
 }
 
 /// `[database]`: the PostgreSQL data directory this agent backs up and archives WAL of,
@@ -211,6 +240,10 @@ pub struct DatabaseFile {
     /// `[[database.smoke_checks]]`: queries the restorability test runs on the restored
     /// server, each with the text its first row's first column must equal.
     pub smoke_checks: Vec<SmokeCheckFile>,
+    /// `[[database.replicas]]`: more locations (same keys as `[[documents.locations]]`,
+    /// no date template) every base backup and WAL segment is copied to, verified there,
+    /// and caught up by themselves after an outage. Default: none.
+    pub replicas: Vec<LocationFile>,
 }
 
 /// `[[database.smoke_checks]]`.
@@ -272,6 +305,7 @@ pub struct DatabaseConfig {
     pub count_rows: bool,
     pub count_rows_timeout: Duration,
     pub smoke_checks: Vec<SmokeCheck>,
+    pub replicas: Vec<DocumentLocation>,
 }
 
 impl DatabaseConfig {
@@ -358,6 +392,13 @@ impl DatabaseFile {
             let expect = required(c.expect, &format!("{key}.expect"))?;
             smoke_checks.push(SmokeCheck { sql, expect });
         }
+        let replicas = validate_locations(self.replicas, "database.replicas", base)?;
+        if let Some(r) = replicas.iter().find(|r| r.url.contains('{')) {
+            return Err(ConfigError::Invalid(format!(
+                "database.replicas {:?}: a database replica's url has no date template",
+                r.name
+            )));
+        }
         Ok(DatabaseConfig {
             data_dir: pgdata,
             repository,
@@ -371,7 +412,107 @@ impl DatabaseFile {
             count_rows: self.count_rows.unwrap_or(true),
             count_rows_timeout,
             smoke_checks,
+            replicas,
         })
+    }
+}
+
+/// `[archive]`: the cold archive that enforcing the retention policies moves the
+/// monthly and yearly picks of the database repository to (one self-contained
+/// `.tar.zst` per snapshot, see `repo::archive`). Without it they stay in the repository.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveFile {
+    /// Archive URL: a path (relative to this file), `s3://bucket/prefix`,
+    /// `az://container/prefix`, `gs://bucket/prefix`. Required.
+    pub url: Option<String>,
+    /// Object-store options, as for `[[documents.locations]]` (`endpoint`, `region`,
+    /// `access_key_id`, …).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Storage class of the archived objects, e.g. `DEEP_ARCHIVE`, `GLACIER_IR`,
+    /// `STANDARD_IA` (S3), `Cool`/`Archive` (Azure), `ARCHIVE` (GCS). Default: the
+    /// bucket's default class. Ignored by a local path.
+    pub storage_class: Option<String>,
+    /// Key file the archived objects are encrypted with. Default: `database.key_file`,
+    /// the repository's key; objects are plain `.tar.zst` only when neither is set.
+    pub key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ArchiveFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(f, "ArchiveFile({:?}, options: {keys:?})", self.url)
+    }
+}
+
+/// The checked `[archive]`.
+#[derive(Clone, PartialEq)]
+pub struct ArchiveConfig {
+    pub url: String,
+    pub options: std::collections::BTreeMap<String, String>,
+    pub storage_class: Option<String>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ArchiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(
+            f,
+            "ArchiveConfig({:?}, storage_class: {:?}, key_file: {:?}, options: {keys:?})",
+            self.url, self.storage_class, self.key_file
+        )
+    }
+}
+
+impl ArchiveFile {
+    fn validate(
+        self,
+        base: &Path,
+        database: Option<&DatabaseConfig>,
+    ) -> Result<ArchiveConfig, ConfigError> {
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let url = required(self.url, "archive.url")?;
+        if url.trim().is_empty() {
+            return Err(ConfigError::Invalid("archive.url is empty".into()));
+        }
+        let url = if url.contains("://") {
+            url
+        } else {
+            abs(PathBuf::from(&url)).to_string_lossy().into_owned()
+        };
+        if let Some(class) = &self.storage_class {
+            if class.is_empty() || !class.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::Invalid(format!(
+                    "archive.storage_class {class:?}: letters, digits and '_' only"
+                )));
+            }
+        }
+        Ok(ArchiveConfig {
+            url,
+            options: self.options,
+            storage_class: self.storage_class,
+            key_file: self
+                .key_file
+                .map(abs)
+                .or_else(|| database.and_then(|d| d.key_file.clone())),
+        })
+    }
+}
+
+impl ArchiveConfig {
+    /// How `repo::archive::ColdArchive::open` reaches it.
+    pub fn archive_options(&self) -> crate::repo::archive::ArchiveOptions {
+        let mut location = crate::repo::Location::new(self.url.clone());
+        location.options = self.options.clone();
+        crate::repo::archive::ArchiveOptions {
+            location,
+            key: match &self.key_file {
+                Some(f) => crate::repo::KeySource::KeyFile(f.clone()),
+                None => crate::repo::KeySource::None,
+            },
+            storage_class: self.storage_class.clone(),
+        }
     }
 }
 
@@ -406,6 +547,8 @@ pub struct AgentConfigFile {
     pub documents: Option<DocumentsFile>,
     /// `[database]`: base backups and the WAL archive (see [`DatabaseFile`]).
     pub database: Option<DatabaseFile>,
+    /// `[archive]`: the cold archive (see [`ArchiveFile`]).
+    pub archive: Option<ArchiveFile>,
     /// UDP `ip:port` where the agent answers its peers' probes (the mesh). Default
     /// `127.0.0.1:0` (a free port, loopback only: set it on multi-host meshes).
     pub mesh_listen: Option<SocketAddr>,
@@ -437,6 +580,7 @@ pub struct AgentConfig {
     pub postgres: Option<PostgresConfig>,
     pub documents: Option<DocumentsConfig>,
     pub database: Option<DatabaseConfig>,
+    pub archive: Option<ArchiveConfig>,
     pub mesh_listen: SocketAddr,
     /// The IP peers reach this agent at.
     pub mesh_ip: IpAddr,
@@ -528,6 +672,10 @@ impl AgentConfigFile {
             .database
             .map(|d| d.validate(base, &data_dir))
             .transpose()?;
+        let archive = self
+            .archive
+            .map(|a| a.validate(base, database.as_ref()))
+            .transpose()?;
         Ok(AgentConfig {
             id,
             region,
@@ -545,6 +693,7 @@ impl AgentConfigFile {
             postgres,
             documents,
             database,
+            archive,
             mesh_listen,
             mesh_ip,
             path: None,
@@ -808,6 +957,52 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn archive_section() {
+        let parse = |text: &str| {
+            AgentConfigFile::parse(&format!("{BASE}{text}"), Path::new("a.toml"))
+                .expect("parse")
+                .validate(Path::new("/etc/drmesh"))
+        };
+        let cfg = parse(
+            "[database]\ndata_dir = \"/pg\"\nkey_file = \"repo.key\"\n\
+             [archive]\nurl = \"s3://cold/drmesh\"\nstorage_class = \"DEEP_ARCHIVE\"\n\
+             options = { region = \"eu-west-1\", secret_access_key = \"hush\" }\n",
+        )
+        .expect("valid");
+        let a = cfg.archive.expect("archive");
+        assert_eq!(a.url, "s3://cold/drmesh");
+        assert_eq!(a.storage_class.as_deref(), Some("DEEP_ARCHIVE"));
+        assert_eq!(a.options["region"], "eu-west-1");
+        // The repository's key by default; the secret never reaches Debug.
+        assert_eq!(a.key_file, Some(PathBuf::from("/etc/drmesh/repo.key")));
+        assert!(!format!("{a:?}").contains("hush"));
+
+        let cfg = parse("[archive]\nurl = \"cold\"\nkey_file = \"/k\"\n").expect("valid");
+        let a = cfg.archive.expect("archive");
+        assert_eq!(a.url, "/etc/drmesh/cold");
+        assert_eq!(a.key_file, Some(PathBuf::from("/k")));
+        assert_eq!(a.storage_class, None);
+        assert_eq!(parse("").expect("valid").archive, None);
+
+        for (bad, says) in [
+            ("[archive]\n", "archive.url"),
+            ("[archive]\nurl = \" \"\n", "archive.url"),
+            (
+                "[archive]\nurl = \"/c\"\nstorage_class = \"a b\"\n",
+                "storage_class",
+            ),
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        assert!(AgentConfigFile::parse(
+            &format!("{BASE}[archive]\nurl = \"/c\"\nbucket = \"x\"\n"),
+            Path::new("a.toml")
+        )
+        .is_err());
     }
 
     #[test]

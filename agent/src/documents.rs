@@ -159,7 +159,9 @@ impl Documents {
                     format!("copying to {}", loc.name),
                 );
                 let url = resolve(&loc.url, at);
-                let copied = match self.open_or_init(loc, at).await {
+                // Within the probe time: a location that does not answer is caught up
+                // later by the replication rounds instead of holding up the backup.
+                let copied = match crate::replication::open_or_init(&self.options(loc, at)).await {
                     Ok(dest) => primary.copy_snapshot(backup_id, &dest).await,
                     Err(e) => Err(e),
                 };
@@ -428,6 +430,53 @@ impl Documents {
             duration_ms: Some((finished_at - started_at).num_milliseconds().max(0) as u64),
             error: None,
         })
+    }
+
+    /// One replication round: each location after the first brought up to date with the
+    /// first (see `crate::replication`), after any backup in progress.
+    pub async fn replicate(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Vec<drmesh_protocol::replication::LocationReplication> {
+        use crate::replication::{merge, months, options_of, sync_location};
+        let _turn = self.busy.lock().await;
+        let Some((primary_loc, others)) = self.config.locations.split_first() else {
+            return Vec::new();
+        };
+        let templated = |l: &DocumentLocation| l.url.contains("{yyyy}") || l.url.contains("{mm}");
+        let rounds = others.iter().map(|loc| async move {
+            let instants = if templated(primary_loc) || templated(loc) {
+                months(now)
+            } else {
+                vec![now]
+            };
+            let mut parts = Vec::new();
+            for at in instants {
+                let dest = options_of(loc, resolve(&loc.url, at), &self.key());
+                let primary = match Repository::open(&self.options(primary_loc, at)).await {
+                    Ok(p) => p,
+                    // Nothing backed up in that month (or ever): nothing to copy, but
+                    // the location is still probed.
+                    Err(RepoError::NotFound(_)) => {
+                        if let Err(e) = crate::replication::probe(&dest).await {
+                            parts.push(crate::replication::unreachable(KIND, loc, &dest, now, e));
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(location = %primary_loc.name, error = %e, "open the primary location");
+                        parts.push(crate::replication::primary_failed(KIND, loc, &dest, now, e));
+                        continue;
+                    }
+                };
+                parts.push(sync_location(KIND, loc, &primary, dest, false, now).await);
+            }
+            merge(parts).unwrap_or_else(|| {
+                crate::replication::in_sync(KIND, loc, resolve(&loc.url, now), now)
+            })
+        });
+        // Every location at once: one that does not answer holds up no other.
+        futures::future::join_all(rounds).await
     }
 
     /// Applies the documents policy to each location's repository, after any backup in

@@ -9,6 +9,7 @@ pub mod failover;
 pub mod link;
 pub mod mesh;
 pub mod postgres;
+pub mod replication;
 pub mod repo;
 
 use std::sync::Arc;

@@ -655,6 +655,7 @@ async fn execute(
                     "retention enforced",
                 )
             }
+            CommandKind::Replicate => outcome(replicate(ctx, progress).await, "replicated"),
             CommandKind::Promote => match &ctx.postgres {
                 None => (false, "this agent has no [postgres]".to_string(), None),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
@@ -818,6 +819,41 @@ async fn enforce_retention(
     }
     if out.repositories.is_empty() {
         return Err("this agent backs up into no repository ([database] or [documents])".into());
+    }
+    Ok(out)
+}
+
+/// One replication round (see `crate::replication`): the database repository's replicas
+/// in a child process as the cluster's owner, the document locations here.
+async fn replicate(
+    ctx: &CommandContext,
+    progress: ProgressFn,
+) -> Result<drmesh_protocol::replication::ReplicationOutcome, String> {
+    use drmesh_protocol::replication::ReplicationOutcome;
+    let mut out = ReplicationOutcome::default();
+    if let Some((db, path)) = &ctx.database {
+        if !db.replicas.is_empty() {
+            let args: Vec<String> = vec!["replicate".into()];
+            let result: Result<ReplicationOutcome, _> =
+                crate::database::child::run(path, &db.data_dir, &args, progress).await;
+            match result {
+                Ok(o) => out.locations.extend(o.locations),
+                Err(e) => {
+                    let now = chrono::Utc::now();
+                    out.locations.extend(db.replicas.iter().map(|loc| {
+                        drmesh_protocol::replication::LocationReplication {
+                            state: drmesh_protocol::replication::ReplicationState::Behind,
+                            last_error: Some(format!("the replication job failed: {e}")),
+                            ..crate::replication::in_sync("database", loc, loc.url.clone(), now)
+                        }
+                    }));
+                }
+            }
+        }
+    }
+    if let Some(docs) = &ctx.documents {
+        out.locations
+            .extend(docs.replicate(chrono::Utc::now()).await);
     }
     Ok(out)
 }

@@ -120,13 +120,21 @@ enum Command {
         #[arg(long, hide = true)]
         report_json: bool,
     },
+    /// Copy the base backups and WAL each `[[database.replicas]]` lacks, verify them
+    /// there, and report each replica's state.
+    Replicate {
+        /// Report the outcome as a JSON line (how the agent runs it).
+        #[arg(long, hide = true)]
+        report_json: bool,
+    },
     /// List the base backups in the repository.
     Backups {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Apply the retention policies to the database repository: base backups no tier
-    /// keeps and the WAL no kept backup needs are removed.
+    /// keeps and the WAL no kept backup needs are removed; with `[archive]`, the monthly
+    /// and yearly picks move to the cold archive.
     Retention {
         /// The policies as JSON (`{"database": {...}, "documents": {...}}`; missing keys
         /// take the runbook's defaults).
@@ -511,8 +519,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 serde_json::from_str(&policies).context("--policies")?;
             policies.validate()?;
             let repo = database::open_existing(db()?).await?;
+            // With `[archive]`, the monthly and yearly picks move there.
+            let archive = match &config.archive {
+                Some(a) => Some(
+                    drmesh_agent::repo::archive::ColdArchive::open(&a.archive_options()).await?,
+                ),
+                None => None,
+            };
             let report = repo
-                .enforce(&policies, now.unwrap_or_else(chrono::Utc::now), dry_run)
+                .enforce_with_archive(
+                    &policies,
+                    now.unwrap_or_else(chrono::Utc::now),
+                    dry_run,
+                    archive.as_ref(),
+                )
                 .await?;
             if report_json {
                 database::child::report(&database::child::ChildLine::Outcome(
@@ -520,6 +540,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ));
             } else {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replicate { report_json } => {
+            let locations =
+                drmesh_agent::replication::replicate_database(db()?, chrono::Utc::now()).await?;
+            let outcome = drmesh_protocol::replication::ReplicationOutcome { locations };
+            if report_json {
+                database::child::report(&database::child::ChildLine::Outcome(
+                    serde_json::to_value(&outcome)?,
+                ));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -654,7 +654,19 @@ async fn database_get(
     caller.require(Role::Viewer)?;
     let rec = database::get(coord.store.as_ref(), &path)?
         .ok_or_else(|| ApiError::NotFound(format!("no database backup {path}")))?;
-    Ok(HttpResponse::Ok().json(rec))
+    // Each `[[database.replicas]]` of the agent that took it: copied there or not yet.
+    let locations: Vec<_> = match rec.completed_at {
+        Some(done) => crate::replication::statuses_of(coord.store.as_ref(), "database")
+            .into_iter()
+            .filter(|s| s.agent_id == rec.agent_id.as_str())
+            .map(|s| s.backup(&rec.backup_id, done))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut body = serde_json::to_value(&rec)
+        .map_err(|e| ApiError::Internal(format!("encode the backup: {e}")))?;
+    body["locations"] = serde_json::json!(locations);
+    Ok(HttpResponse::Ok().json(body))
 }
 
 async fn verification_start(
@@ -793,12 +805,16 @@ async fn documents_statistics(
     Ok(HttpResponse::Ok().json(documents::statistics(coord.store.as_ref())?))
 }
 
-/// `?dryRun=true`: say what would go, change nothing.
+/// `?dryRun=true`: say what would go, change nothing. `?now=T` (RFC 3339): apply the
+/// policies as of T instead of now, as `drmesh repo retention --now` does; a real run so
+/// is an administrator's (a later T removes backups early).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct EnforceQuery {
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    now: Option<String>,
 }
 
 async fn retention_policies(
@@ -814,8 +830,15 @@ async fn retention_enforce(
     coord: Shared,
     query: web::Query<EnforceQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Role::Operator)?;
-    let done = retention::enforce(&coord, query.dry_run, Utc::now())
+    caller.require(match (&query.now, query.dry_run) {
+        (Some(_), false) => Role::Admin,
+        _ => Role::Operator,
+    })?;
+    let now = match &query.now {
+        Some(t) => recovery::parse_instant(t)?,
+        None => Utc::now(),
+    };
+    let done = retention::enforce(&coord, query.dry_run, now)
         .await
         .ok_or_else(|| {
             ApiError::Unavailable(

@@ -97,6 +97,32 @@ pub struct CoordinatorConfigFile {
     /// `incremental`, `weekly`, `monthly`, `yearly`) and `[retention] schedule` (cron,
     /// UTC, or `off`). Default: the runbook's (30d, 7d, 12, 12, 7; daily at 01:00 UTC).
     pub retention: Option<drmesh_protocol::retention::RetentionPolicies>,
+    /// Replication to the agents' secondary locations (`[replication]`).
+    pub replication: Option<ReplicationSection>,
+}
+
+/// `[replication]`: how often agents catch their secondary locations up (document
+/// locations after the first, `[[database.replicas]]`), and when an unreachable one
+/// raises an alert.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Time between two replication rounds of an agent. Default `60s`; `0s` turns
+    /// replication rounds off (backups still copy to every location as they finish).
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// How long a location may stay unreachable before the `LOCATION_UNREACHABLE`
+    /// alert. Default `15m`.
+    #[serde(with = "humantime_serde")]
+    pub alert_after: Option<Duration>,
+}
+
+/// `[replication]`, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicationConfig {
+    /// `None`: off.
+    pub interval: Option<Duration>,
+    pub alert_after: Duration,
 }
 
 /// `[dns]` as written. Which keys apply depends on `provider`.
@@ -502,6 +528,7 @@ pub struct CoordinatorConfig {
     pub dns: Option<DnsConfig>,
     pub retention: drmesh_protocol::retention::RetentionPolicies,
     pub storage_full_percent: u8,
+    pub replication: ReplicationConfig,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -643,6 +670,19 @@ impl CoordinatorConfigFile {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::retention::parse_schedule(&retention.schedule).map_err(ConfigError::Invalid)?;
+        let replication = self.replication.unwrap_or_default();
+        let interval = replication.interval.unwrap_or(Duration::from_secs(60));
+        if !interval.is_zero() && interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "replication.interval must be 0s (off) or at least 1s".into(),
+            ));
+        }
+        let replication = ReplicationConfig {
+            interval: (!interval.is_zero()).then_some(interval),
+            alert_after: replication
+                .alert_after
+                .unwrap_or(Duration::from_secs(15 * 60)),
+        };
         Ok(CoordinatorConfig {
             http_listen: self
                 .http_listen
@@ -674,6 +714,7 @@ impl CoordinatorConfigFile {
             dns,
             retention,
             storage_full_percent,
+            replication,
         })
     }
 }

@@ -467,6 +467,7 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
                     last_backup_id: b.backup_id.clone(),
                     last_success_at: (l.status == BackupStatus::Completed).then_some(b.timestamp),
                     bytes_stored: l.bytes_stored,
+                    replication: None,
                 }),
                 Some(x) => {
                     x.bytes_stored += l.bytes_stored;
@@ -475,6 +476,43 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
                     }
                 }
             }
+        }
+    }
+    // Secondary locations: their replication state, lag and last error (the newest
+    // report of any agent), and the locations known only from replication.
+    for status in crate::replication::statuses_of(store, "documents") {
+        let name = status.report.name.clone();
+        let newer = |x: &LocationStatistics| {
+            x.replication
+                .as_ref()
+                .is_none_or(|r| r.report.checked_at < status.report.checked_at)
+        };
+        match locations.iter_mut().find(|x| x.name == name) {
+            Some(x) if newer(x) => {
+                if status.report.state == drmesh_protocol::replication::ReplicationState::InSync
+                    && x.last_status == BackupStatus::Failed
+                {
+                    // Caught up since: the newest backup is there now.
+                    x.last_status = BackupStatus::Completed;
+                    x.last_success_at = status.last_in_sync_at;
+                }
+                x.replication = Some(status);
+            }
+            Some(_) => {}
+            None => locations.push(LocationStatistics {
+                name,
+                last_status: if status.report.state
+                    == drmesh_protocol::replication::ReplicationState::InSync
+                {
+                    BackupStatus::Completed
+                } else {
+                    BackupStatus::Failed
+                },
+                last_backup_id: String::new(),
+                last_success_at: status.last_in_sync_at,
+                bytes_stored: 0,
+                replication: Some(status),
+            }),
         }
     }
     Ok(DocumentStatistics {

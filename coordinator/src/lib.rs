@@ -18,6 +18,7 @@ pub mod plans;
 pub mod recovery;
 pub mod registry;
 pub mod rejoin;
+pub mod replication;
 pub mod retention;
 pub mod server;
 pub mod state;

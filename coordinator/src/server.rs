@@ -71,6 +71,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     tokio::spawn(crate::drtest::schedule(coord.clone()));
     tokio::spawn(crate::retention::schedule(coord.clone()));
     tokio::spawn(crate::storage::watch(coord.clone()));
+    tokio::spawn(crate::replication::schedule(coord.clone()));
     tokio::spawn(coord.clone().apply_transitions(transitions));
 
     let data = web::Data::new(coord.clone());

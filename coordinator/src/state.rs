@@ -485,6 +485,7 @@ impl Coordinator {
                 agents,
                 regions: status.regions.len() as u64,
             },
+            replication: crate::replication::statuses(self.store.as_ref()),
             generated_at: Utc::now(),
         })
     }

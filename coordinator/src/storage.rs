@@ -42,6 +42,17 @@ pub fn message(agent: &str, u: &StorageUsage) -> String {
     )
 }
 
+/// A location's use of its configured quota, as a filesystem would report it.
+pub fn quota_usage(s: &drmesh_protocol::replication::LocationStatus) -> Option<StorageUsage> {
+    let quota = s.report.quota_bytes?;
+    let used = s.report.bytes_used?;
+    Some(StorageUsage {
+        name: format!("{} location {}", s.report.repository, s.report.name),
+        free_bytes: quota.saturating_sub(used),
+        total_bytes: quota,
+    })
+}
+
 /// Watches the usage the agents report until the process ends.
 pub async fn watch(coord: Arc<Coordinator>) {
     // Each repository's last verdict (`agent/name` → full), so the store is written
@@ -50,15 +61,21 @@ pub async fn watch(coord: Arc<Coordinator>) {
     let percent = coord.config.storage_full_percent;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let reports: Vec<(String, RegionId, Vec<StorageUsage>)> = coord
+        let mut reports: Vec<(String, Option<RegionId>, Vec<StorageUsage>)> = coord
             .registry
             .lock()
             .agents()
             .filter_map(|e| {
                 let hb = e.heartbeat.as_ref()?;
-                Some((e.id.to_string(), e.region.clone(), hb.storage.clone()))
+                Some((e.id.to_string(), Some(e.region.clone()), hb.storage.clone()))
             })
             .collect();
+        // Object stores with a quota, as their agents' last replication rounds measured.
+        for s in crate::replication::statuses(coord.store.as_ref()) {
+            if let Some(u) = quota_usage(&s) {
+                reports.push((s.agent_id.clone(), None, vec![u]));
+            }
+        }
         for (agent, region, usage) in reports {
             for u in usage {
                 let source = format!("{agent}/{}", u.name);
@@ -73,7 +90,7 @@ pub async fn watch(coord: Arc<Coordinator>) {
                         Severity::Critical,
                         STORAGE_FULL,
                         &source,
-                        Some(region.clone()),
+                        region.clone(),
                         message(&agent, &u),
                     )
                     .map(|(alert, new)| {

@@ -256,6 +256,9 @@ pub struct Dashboard {
     pub alerts: AlertCounts,
     pub recent_backups: Vec<serde_json::Value>,
     pub system_health: SystemHealth,
+    /// Every secondary location's replication state, lag and last error.
+    #[serde(default)]
+    pub replication: Vec<crate::replication::LocationStatus>,
     pub generated_at: DateTime<Utc>,
 }
 
@@ -912,6 +915,9 @@ pub struct LocationStatistics {
     pub last_backup_id: String,
     pub last_success_at: Option<DateTime<Utc>>,
     pub bytes_stored: u64,
+    /// The location's last replication round (secondary locations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::LocationStatus>,
 }
 
 /// `GET /v1/backup-recovery/documents/statistics`

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod mesh;
 pub mod message;
 pub mod pki;
+pub mod replication;
 pub mod retention;
 pub mod tls;
 

@@ -245,6 +245,10 @@ pub enum CommandKind {
         primary_host: String,
         primary_port: u16,
     },
+    /// Copy every snapshot and WAL segment each secondary location lacks (the other
+    /// `[[documents.locations]]`, the `[[database.replicas]]`) and verify it there.
+    /// Detail: `replication::ReplicationOutcome`.
+    Replicate,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

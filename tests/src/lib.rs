@@ -8,6 +8,7 @@ pub mod bind;
 pub mod faults;
 pub mod netns;
 pub mod objstore;
+pub mod proxy;
 pub mod regions;
 pub mod splitbrain;
 

@@ -20,6 +20,7 @@ mod e2e {
     pub mod plans;
     pub mod quickstart;
     pub mod rejoin;
+    pub mod replication;
     pub mod repo;
     pub mod retention;
     pub mod route53;

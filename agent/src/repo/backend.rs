@@ -180,7 +180,7 @@ impl Backend {
 
     fn path(&self, key: &str) -> Path {
         let mut p = self.prefix.clone();
-        for part in key.split('/') {
+        for part in key.split('/').filter(|part| !part.is_empty()) {
             p = p.child(part);
         }
         p

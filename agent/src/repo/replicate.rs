@@ -7,6 +7,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tracing::info;
@@ -28,10 +30,127 @@ pub struct CopyReport {
     pub duration: Duration,
 }
 
+/// What [`Repository::sync_to`] did and what is still missing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncReport {
+    pub snapshots_copied: u64,
+    pub wal_copied: u64,
+    pub bytes_copied: u64,
+    /// Snapshots still missing at the destination, oldest first, with when they ended.
+    pub missing: Vec<(String, DateTime<Utc>)>,
+    /// WAL files still missing at the destination, with when they were archived.
+    pub missing_wal: Vec<(u32, String, DateTime<Utc>)>,
+    /// Why the round stopped early, if it did.
+    pub error: Option<String>,
+    /// It stopped because a store did not answer (rather than on damaged data).
+    pub unreachable: bool,
+}
+
+impl SyncReport {
+    /// Age at `now` of the oldest thing still missing; zero when nothing is.
+    pub fn lag(&self, now: DateTime<Utc>) -> Duration {
+        let oldest = self
+            .missing
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(self.missing_wal.iter().map(|(_, _, t)| *t))
+            .min();
+        oldest
+            .and_then(|t| (now - t).to_std().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Chunks read and re-sealed at once.
 const COPY_CONCURRENCY: usize = 4;
 
 impl Repository {
+    /// Brings `dest` up to date: every snapshot it lacks is copied (oldest first) and
+    /// verified there (manifest, every chunk indexed in a pack of the right size), then,
+    /// with `wal`, every archived WAL and history file it lacks (re-sealed for its key,
+    /// checked against its digest on the way). Only what is missing moves, so an
+    /// interrupted round is finished by the next. Stops at the first failure, which is
+    /// reported with what is still missing.
+    pub async fn sync_to(&self, dest: &Repository, wal: bool) -> Result<SyncReport, RepoError> {
+        let mut report = SyncReport::default();
+        let there: HashSet<String> = names(dest.backend().list("snapshots").await?);
+        let mut missing = Vec::new();
+        for id in names(self.backend().list("snapshots").await?) {
+            if !there.contains(&id) {
+                let snap = self.snapshot(&id).await?;
+                missing.push((id, snap.finished_at));
+            }
+        }
+        missing.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        let mut missing_wal = Vec::new();
+        if wal {
+            let there: HashSet<(u32, String)> = dest.wal_files().await?.into_iter().collect();
+            missing_wal = self
+                .wal_files_archived()
+                .await?
+                .into_iter()
+                .filter(|(tl, name, _)| !there.contains(&(*tl, name.clone())))
+                .collect();
+        }
+        report.missing = missing.clone();
+        report.missing_wal = missing_wal.clone();
+        for (id, at) in missing {
+            let step = async {
+                let copied = self.copy_snapshot(&id, dest).await?;
+                let check = dest.verify(&id, false).await?;
+                if !check.passed() {
+                    return Err(RepoError::Damaged(format!(
+                        "snapshot {id} does not verify at the destination after the copy: {} {}",
+                        check.manifest.detail, check.objects.detail
+                    )));
+                }
+                Ok::<_, RepoError>(copied)
+            };
+            match step.await {
+                Ok(copied) => {
+                    report.snapshots_copied += 1;
+                    report.bytes_copied += copied.bytes_stored;
+                    report.missing.retain(|(m, t)| (m, t) != (&id, &at));
+                }
+                Err(e) => {
+                    report.unreachable = matches!(e, RepoError::Backend(_));
+                    report.error = Some(format!("snapshot {id}: {e}"));
+                    return Ok(report);
+                }
+            }
+        }
+        for (tl, name, at) in missing_wal {
+            let step = async {
+                let data = self.get_wal(tl, &name).await?;
+                dest.put_wal(tl, &name, &data).await?;
+                Ok::<_, RepoError>(data.len() as u64)
+            };
+            match step.await {
+                Ok(n) => {
+                    report.wal_copied += 1;
+                    report.bytes_copied += n;
+                    report
+                        .missing_wal
+                        .retain(|(t, m, a)| (t, m, a) != (&tl, &name, &at));
+                }
+                Err(e) => {
+                    report.unreachable = matches!(e, RepoError::Backend(_));
+                    report.error = Some(format!("WAL {name} (timeline {tl}): {e}"));
+                    return Ok(report);
+                }
+            }
+        }
+        if report.snapshots_copied + report.wal_copied > 0 {
+            info!(
+                destination = %dest.backend().describe(),
+                snapshots = report.snapshots_copied,
+                wal = report.wal_copied,
+                "destination caught up"
+            );
+        }
+        Ok(report)
+    }
+
     pub async fn copy_snapshot(
         &self,
         id: &str,
@@ -122,6 +241,13 @@ impl Repository {
             .await?;
         Ok(())
     }
+}
+
+/// The object names (last path part) of listed keys.
+fn names(keys: Vec<(String, u64)>) -> HashSet<String> {
+    keys.into_iter()
+        .map(|(k, _)| super::object_name(&k).to_string())
+        .collect()
 }
 
 async fn upload(

@@ -1,0 +1,327 @@
+//! Replication: every snapshot and WAL segment of a primary location copied to each
+//! secondary one — the other `[[documents.locations]]`, the `[[database.replicas]]` —
+//! and verified there. The coordinator asks for a round every `[replication] interval`
+//! (`CommandKind::Replicate`); each round copies only what a location lacks, so a
+//! location that was down catches up by itself once it answers again, and an
+//! interrupted round is finished by the next. A location that cannot even be opened
+//! within [`PROBE_TIMEOUT`] is reported `UNREACHABLE` (the coordinator alerts when that
+//! lasts); one that fails part-way is `BEHIND` with the error.
+//!
+//! Document locations with a date template (`{yyyy}/{mm}`: one repository per month)
+//! are replicated month by month, for the current and the previous month.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Utc};
+use drmesh_protocol::replication::{LocationReplication, ReplicationState, MAX_MISSING_LISTED};
+use tracing::{info, warn, Instrument};
+
+use crate::config::DocumentLocation;
+use crate::repo::{Location, RepoError, RepoOptions, Repository};
+
+/// How long opening a secondary location may take before it counts as unreachable
+/// (object stores retry a refused connection for minutes otherwise).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a repository, creating it the first time; `UNREACHABLE` within the timeout.
+pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError> {
+    let open = async {
+        match Repository::open(options).await {
+            Err(RepoError::NotFound(_)) => match Repository::init(options).await {
+                Err(RepoError::AlreadyExists(_)) => Repository::open(options).await,
+                other => other,
+            },
+            other => other,
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, open)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RepoError::Backend(format!(
+                "{} did not answer within {}s",
+                options.location.url,
+                PROBE_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// Whether a location answers (without creating anything there).
+pub async fn probe(options: &RepoOptions) -> Result<(), RepoError> {
+    let probe = async {
+        let backend = crate::repo::Backend::open(&options.location).await?;
+        backend.size("config").await.map(|_| ())
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RepoError::Backend(format!(
+                "{} did not answer within {}s",
+                options.location.url,
+                PROBE_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// The options of a secondary location (same key as the primary).
+pub fn options_of(
+    loc: &DocumentLocation,
+    url: String,
+    key: &crate::repo::KeySource,
+) -> RepoOptions {
+    RepoOptions {
+        location: Location {
+            url,
+            options: loc.options.clone(),
+        },
+        key: key.clone(),
+    }
+}
+
+/// Brings one secondary location up to date with `source`; never fails, the outcome
+/// says how it went.
+pub async fn sync_location(
+    repository: &str,
+    loc: &DocumentLocation,
+    source: &Repository,
+    dest: RepoOptions,
+    wal: bool,
+    now: DateTime<Utc>,
+) -> LocationReplication {
+    let span = tracing::info_span!("replicate", repository, location = %loc.name);
+    sync_location_in_span(repository, loc, source, dest, wal, now)
+        .instrument(span)
+        .await
+}
+
+async fn sync_location_in_span(
+    repository: &str,
+    loc: &DocumentLocation,
+    source: &Repository,
+    dest: RepoOptions,
+    wal: bool,
+    now: DateTime<Utc>,
+) -> LocationReplication {
+    let mut out = in_sync(repository, loc, dest.location.url.clone(), now);
+    let dest = match open_or_init(&dest).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "location unreachable");
+            return unreachable(repository, loc, &dest, now, e);
+        }
+    };
+    out.url = dest.backend().describe().to_string();
+    match source.sync_to(&dest, wal).await {
+        Ok(report) => {
+            out.snapshots_copied = report.snapshots_copied;
+            out.wal_copied = report.wal_copied;
+            out.bytes_copied = report.bytes_copied;
+            out.missing_snapshot_count = report.missing.len() as u64;
+            out.missing_snapshots = report
+                .missing
+                .iter()
+                .take(MAX_MISSING_LISTED)
+                .map(|(id, _)| id.clone())
+                .collect();
+            out.missing_wal = report.missing_wal.len() as u64;
+            out.lag_seconds = report.lag(now).as_secs_f64();
+            if let Some(e) = report.error {
+                out.state = if report.unreachable {
+                    ReplicationState::Unreachable
+                } else {
+                    ReplicationState::Behind
+                };
+                out.last_error = Some(e);
+            } else if report.snapshots_copied + report.wal_copied > 0 {
+                info!(
+                    snapshots = report.snapshots_copied,
+                    wal = report.wal_copied,
+                    "location caught up"
+                );
+            }
+        }
+        Err(e) => {
+            out.state = match e {
+                RepoError::Backend(_) => ReplicationState::Unreachable,
+                _ => ReplicationState::Behind,
+            };
+            out.last_error = Some(e.to_string());
+        }
+    }
+    if loc.quota.is_some() {
+        match dest.backend().list("").await {
+            Ok(objects) => out.bytes_used = Some(objects.iter().map(|(_, n)| n).sum()),
+            Err(e) => warn!(error = %e, "measure the location's usage"),
+        }
+    }
+    out
+}
+
+/// One replication round of the database repository: every `[[database.replicas]]`
+/// brought up to date, base backups and WAL.
+pub async fn replicate_database(
+    cfg: &crate::config::DatabaseConfig,
+    now: DateTime<Utc>,
+) -> Result<Vec<LocationReplication>, crate::database::DatabaseError> {
+    let source = crate::database::open_repository(cfg).await?;
+    let key = match &cfg.key_file {
+        Some(f) => crate::repo::KeySource::KeyFile(f.clone()),
+        None => crate::repo::KeySource::None,
+    };
+    let mut out = Vec::new();
+    for loc in &cfg.replicas {
+        let dest = options_of(loc, loc.url.clone(), &key);
+        out.push(sync_location("database", loc, &source, dest, true, now).await);
+    }
+    Ok(out)
+}
+
+/// A location with nothing to copy (yet).
+pub fn in_sync(
+    repository: &str,
+    loc: &DocumentLocation,
+    url: String,
+    now: DateTime<Utc>,
+) -> LocationReplication {
+    LocationReplication {
+        repository: repository.to_string(),
+        name: loc.name.clone(),
+        url,
+        state: ReplicationState::InSync,
+        checked_at: now,
+        snapshots_copied: 0,
+        wal_copied: 0,
+        bytes_copied: 0,
+        missing_snapshots: Vec::new(),
+        missing_snapshot_count: 0,
+        missing_wal: 0,
+        lag_seconds: 0.0,
+        last_error: None,
+        bytes_used: None,
+        quota_bytes: loc.quota,
+    }
+}
+
+/// A location that could not be opened.
+pub fn unreachable(
+    repository: &str,
+    loc: &DocumentLocation,
+    dest: &RepoOptions,
+    now: DateTime<Utc>,
+    error: RepoError,
+) -> LocationReplication {
+    LocationReplication {
+        state: ReplicationState::Unreachable,
+        last_error: Some(error.to_string()),
+        ..in_sync(repository, loc, dest.location.url.clone(), now)
+    }
+}
+
+/// The primary location itself could not be read: nothing is known of the secondary.
+pub fn primary_failed(
+    repository: &str,
+    loc: &DocumentLocation,
+    dest: &RepoOptions,
+    now: DateTime<Utc>,
+    error: impl std::fmt::Display,
+) -> LocationReplication {
+    LocationReplication {
+        state: ReplicationState::Behind,
+        last_error: Some(format!("the primary location: {error}")),
+        ..in_sync(repository, loc, dest.location.url.clone(), now)
+    }
+}
+
+/// Merges the results of one location over several repositories (the months of a
+/// templated location): the worst state, every count added up, the largest lag.
+pub fn merge(parts: Vec<LocationReplication>) -> Option<LocationReplication> {
+    let rank = |s: ReplicationState| match s {
+        ReplicationState::InSync => 0,
+        ReplicationState::Behind => 1,
+        ReplicationState::Unreachable => 2,
+    };
+    let mut iter = parts.into_iter();
+    let mut acc = iter.next()?;
+    for p in iter {
+        if rank(p.state) > rank(acc.state) {
+            acc.state = p.state;
+            acc.last_error = p.last_error.clone();
+        }
+        acc.snapshots_copied += p.snapshots_copied;
+        acc.wal_copied += p.wal_copied;
+        acc.bytes_copied += p.bytes_copied;
+        acc.missing_snapshot_count += p.missing_snapshot_count;
+        acc.missing_snapshots.extend(p.missing_snapshots);
+        acc.missing_snapshots.truncate(MAX_MISSING_LISTED);
+        acc.missing_wal += p.missing_wal;
+        acc.lag_seconds = acc.lag_seconds.max(p.lag_seconds);
+        acc.bytes_used = match (acc.bytes_used, p.bytes_used) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+    Some(acc)
+}
+
+/// The months a templated location is replicated for at `now`: this one and the one
+/// before, as instants inside them.
+pub fn months(now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let first = now.with_day(1).unwrap_or(now);
+    let previous = first - chrono::Duration::days(1);
+    vec![previous, now]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn part(state: ReplicationState, copied: u64, lag: f64) -> LocationReplication {
+        LocationReplication {
+            repository: "documents".into(),
+            name: "s3".into(),
+            url: "s3://b/2026/11".into(),
+            state,
+            checked_at: Utc::now(),
+            snapshots_copied: copied,
+            wal_copied: 0,
+            bytes_copied: copied * 10,
+            missing_snapshots: vec![],
+            missing_snapshot_count: 0,
+            missing_wal: 0,
+            lag_seconds: lag,
+            last_error: (state != ReplicationState::InSync).then(|| "down".to_string()),
+            bytes_used: Some(5),
+            quota_bytes: None,
+        }
+    }
+
+    #[test]
+    fn months_of_a_templated_location_are_this_one_and_the_one_before() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 15, 3, 0, 0).single();
+        let Some(now) = now else {
+            panic!("a valid date")
+        };
+        let m: Vec<String> = months(now)
+            .iter()
+            .map(|t| t.format("%Y/%m").to_string())
+            .collect();
+        assert_eq!(m, ["2025/12", "2026/01"]);
+    }
+
+    #[test]
+    fn merged_months_take_the_worst_state_and_add_up() {
+        let m = merge(vec![
+            part(ReplicationState::InSync, 2, 0.0),
+            part(ReplicationState::Behind, 1, 30.0),
+        ]);
+        let Some(m) = m else {
+            panic!("two parts merge")
+        };
+        assert_eq!(m.state, ReplicationState::Behind);
+        assert_eq!(m.last_error.as_deref(), Some("down"));
+        assert_eq!((m.snapshots_copied, m.bytes_copied), (3, 30));
+        assert_eq!(m.lag_seconds, 30.0);
+        assert_eq!(m.bytes_used, Some(10));
+        assert!(merge(vec![]).is_none());
+    }
+}

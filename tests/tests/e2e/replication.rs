@@ -1,0 +1,268 @@
+//! Replication to every location: a documents agent backs up into a local directory and
+//! copies to S3 (moto) and Azure Blob (Azurite), each behind a TCP proxy the test takes
+//! down. Down: backups still succeed (the primary holds them), the statistics and the
+//! dashboard say which location is unreachable and why, and past `alert_after` a HIGH
+//! `LOCATION_UNREACHABLE` alert is open. Back: the next round copies what was missed,
+//! verifies it there, and resolves the alert by itself.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drmesh_tests::objstore::{
+    AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
+};
+use drmesh_tests::proxy::Proxy;
+use drmesh_tests::{wait_for, Mesh, Proc};
+use serde_json::Value;
+
+const BASE: &str = "/v1/backup-recovery/documents";
+
+fn backup(mesh: &Mesh) -> Value {
+    let accepted = mesh.post(&format!("{BASE}/backup"), None);
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_for(Duration::from_secs(90), || {
+        let a = mesh.get(&format!("{BASE}/backups/{id}"));
+        (a.body["status"] != "IN_PROGRESS").then_some(a.body)
+    })
+    .unwrap_or_else(|| panic!("backup {id} did not finish:\n{}", mesh.coordinator_log()))
+}
+
+fn location_states(outcome: &Value) -> Vec<(String, String)> {
+    outcome["outcome"]["locations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    (
+                        l["name"].as_str().unwrap_or_default().to_string(),
+                        l["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The statistics' entry of a location, once `pred` holds for it.
+fn wait_location(
+    mesh: &Mesh,
+    agent: &Proc,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(60), || {
+        let stats = mesh.get(&format!("{BASE}/statistics"));
+        last = stats.body.clone();
+        stats.body["locations"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)
+            .filter(|l| pred(l))
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{name}: {what}; statistics: {last}\n{}\nagent:\n{}",
+            mesh.coordinator_log(),
+            agent.log_text()
+        )
+    })
+}
+
+fn open_alerts(mesh: &Mesh) -> Vec<Value> {
+    let a = mesh.get("/v1/backup-recovery/monitoring/alerts");
+    assert_eq!(a.status, 200, "{}", a.text);
+    let list = a.body["alerts"]
+        .as_array()
+        .or_else(|| a.body.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.into_iter()
+        .filter(|x| x["type"] == "LOCATION_UNREACHABLE" || x["kind"] == "LOCATION_UNREACHABLE")
+        .collect()
+}
+
+fn write(uploads: &Path, name: &str, text: &str) {
+    let p = uploads.join(name);
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    std::fs::write(&p, text.repeat(5000)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+}
+
+#[test]
+fn a_location_down_raises_an_alert_and_catches_up_and_verifies_when_back() {
+    let mesh = Mesh::start_with(
+        200,
+        "[replication]\ninterval = \"1s\"\nalert_after = \"2s\"\n",
+    );
+    let work = mesh.dir.path().join("work");
+    let uploads = work.join("uploads");
+    write(&uploads, "documents/doc-001/original.pdf", "%PDF-1.7 one ");
+    let s3 = S3Server::start(&work);
+    s3.create_bucket("propchain-backups");
+    let azurite = AzuriteServer::start(&work);
+    azurite.create_container("document-backups");
+    let s3_proxy = Proxy::start(s3.port);
+    let az_proxy = Proxy::start(azurite.port);
+
+    let files = mesh.issue_agent("docs-1", "us-west-2");
+    let extra = format!(
+        r#"
+[documents]
+source = "{uploads}"
+keep_latest_archive = false
+[[documents.locations]]
+name = "local"
+url = "{local}"
+[[documents.locations]]
+name = "azure"
+url = "az://document-backups/{{yyyy}}/{{mm}}"
+options = {{ account_name = "{account}", access_key = "{akey}", endpoint = "{aurl}/{account}", allow_http = "true" }}
+[[documents.locations]]
+name = "s3"
+url = "s3://propchain-backups/document-backups"
+quota = "1 GiB"
+options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access_key_id = "{ak}", secret_access_key = "{sk}" }}
+"#,
+        uploads = uploads.display(),
+        local = work.join("repo-local").display(),
+        account = AZURITE_ACCOUNT,
+        akey = AZURITE_KEY,
+        aurl = az_proxy.endpoint,
+        s3 = s3_proxy.endpoint,
+        region = S3_REGION,
+        ak = S3_ACCESS_KEY,
+        sk = S3_SECRET_KEY,
+    );
+    let config = mesh.agent_config("docs-1", "us-west-2", &files, &extra);
+    let agent = mesh.spawn_agent(&config);
+    wait_for(Duration::from_secs(10), || {
+        (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent not UP:\n{}", agent.log_text()));
+
+    let first = backup(&mesh);
+    assert_eq!(first["status"], "COMPLETED", "{first}");
+    for (_, status) in location_states(&first) {
+        assert_eq!(status, "COMPLETED", "{first}");
+    }
+    for name in ["s3", "azure"] {
+        let l = wait_location(&mesh, &agent, name, "in sync", |l| {
+            l["replication"]["state"] == "IN_SYNC"
+        });
+        assert_eq!(l["replication"]["lagSeconds"], 0.0, "{l}");
+        assert_eq!(l["replication"]["agentId"], "docs-1", "{l}");
+    }
+    let s3_stats = wait_location(&mesh, &agent, "s3", "usage measured", |l| {
+        l["replication"]["bytesUsed"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert_eq!(
+        s3_stats["replication"]["quotaBytes"],
+        1024u64 * 1024 * 1024,
+        "{s3_stats}"
+    );
+
+    // Both object stores go away; a backup still completes in the primary location.
+    s3_proxy.set_down(true);
+    az_proxy.set_down(true);
+    write(&uploads, "documents/doc-002/original.pdf", "%PDF-1.7 two ");
+    let second = backup(&mesh);
+    assert_eq!(second["status"], "COMPLETED", "{second}");
+    let states = location_states(&second);
+    assert!(
+        states.contains(&("local".into(), "COMPLETED".into()))
+            && states.contains(&("s3".into(), "FAILED".into()))
+            && states.contains(&("azure".into(), "FAILED".into())),
+        "{second}"
+    );
+    let second_id = second["backupId"].as_str().unwrap_or_default().to_string();
+    for name in ["s3", "azure"] {
+        let l = wait_location(&mesh, &agent, name, "reported unreachable", |l| {
+            l["replication"]["state"] == "UNREACHABLE"
+                && l["replication"]["unreachableSince"].is_string()
+        });
+        assert!(
+            l["replication"]["lastError"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{l}"
+        );
+    }
+    let alerts = wait_for(Duration::from_secs(60), || {
+        let a = open_alerts(&mesh);
+        (a.iter().filter(|x| x["status"] != "RESOLVED").count() == 2).then_some(a)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no LOCATION_UNREACHABLE alerts:\n{}",
+            mesh.coordinator_log()
+        )
+    });
+    for a in &alerts {
+        assert_eq!(a["severity"], "HIGH", "{a}");
+        let text = a["message"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("unreachable") && text.contains("catches up"),
+            "{a}"
+        );
+    }
+    let dash = mesh.get("/v1/backup-recovery/monitoring/dashboard");
+    assert_eq!(dash.status, 200, "{}", dash.text);
+    let rows = dash.body["replication"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{}", dash.text);
+    assert!(
+        rows.iter().all(|r| r["state"] == "UNREACHABLE"),
+        "{}",
+        dash.text
+    );
+
+    // Back: caught up by itself, verified there, the alerts resolved.
+    s3_proxy.set_down(false);
+    az_proxy.set_down(false);
+    for name in ["s3", "azure"] {
+        let l = wait_location(&mesh, &agent, name, "caught up", |l| {
+            l["replication"]["state"] == "IN_SYNC"
+        });
+        assert_eq!(l["lastStatus"], "COMPLETED", "{l}");
+        assert!(l["replication"]["unreachableSince"].is_null(), "{l}");
+    }
+    wait_for(Duration::from_secs(30), || {
+        open_alerts(&mesh)
+            .iter()
+            .all(|x| x["status"] == "RESOLVED")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("alerts not resolved: {:?}", open_alerts(&mesh)));
+    let v = mesh.post(&format!("{BASE}/backups/{second_id}/verify"), None);
+    assert_eq!(v.status, 202, "{}", v.text);
+    let verification = wait_for(Duration::from_secs(60), || {
+        let a = mesh.get(&format!("{BASE}/backups/{second_id}"));
+        let v = a.body["verification"].clone();
+        (v.is_object() && v["status"] != "IN_PROGRESS").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("verification did not finish"));
+    let locations = verification["locations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for name in ["local", "s3", "azure"] {
+        let l = locations
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not verified: {verification}"));
+        assert_eq!(l["status"], "PASSED", "{name}: {verification}");
+    }
+    drop(agent);
+}
