@@ -1,6 +1,7 @@
 //! `drmesh`: the operator's command line over the coordinator's REST API, plus the local
 //! commands that need no coordinator (`ca`, `quickstart`).
 
+mod archive;
 mod ca;
 mod client;
 mod database;
@@ -68,6 +69,9 @@ enum Cmd {
     Repo(repo::RepoCmd),
     /// Write a snapshot as a plain tar.gz with MANIFEST.json (same as `repo export`).
     Export(repo::ExportArgs),
+    /// The cold archive, offline: list, restore, verify archived snapshots.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCmd),
     /// Take a database backup now (full, incr or logical) on the primary's agent.
     Backup(database::BackupArgs),
     /// Database backups: list, show.
@@ -525,6 +529,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Quickstart(opts) => quickstart::run(opts)?,
         Cmd::Repo(cmd) => repo::run(cmd)?,
         Cmd::Export(args) => repo::run_export(args)?,
+        Cmd::Archive(cmd) => archive::run(cmd)?,
         Cmd::Backup(args) => database::backup(&client(), args)?,
         Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
         Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,

@@ -156,10 +156,14 @@ pub enum RepoCmd {
         output: Output,
     },
     /// Apply the retention policies: remove the snapshots no tier keeps and the WAL no
-    /// kept base backup needs; list what is kept and why.
+    /// kept base backup needs; list what is kept and why. With --archive, the monthly
+    /// and yearly picks move to the cold archive (encrypted with the repository's key
+    /// unless --archive-key-file says otherwise).
     Retention {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        archive: crate::archive::ArchiveArgs,
         /// Say what would go, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -466,6 +470,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         }
         RepoCmd::Retention {
             repo,
+            archive,
             dry_run,
             policy,
             now,
@@ -484,8 +489,15 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                 Some(t) => drmesh_coordinator::recovery::parse_instant(t)?,
                 None => chrono::Utc::now(),
             };
-            let r = Repository::open(&repo.options()?).await?;
-            let report = r.enforce(&policies, now, dry_run).await?;
+            let opts = repo.options()?;
+            let archive = match archive.options(opts.key.clone())? {
+                Some(a) => Some(drmesh_agent::repo::archive::ColdArchive::open(&a).await?),
+                None => None,
+            };
+            let r = Repository::open(&opts).await?;
+            let report = r
+                .enforce_with_archive(&policies, now, dry_run, archive.as_ref())
+                .await?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
@@ -505,12 +517,23 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                             reasons(k)
                         );
                     }
+                    for k in &report.archived {
+                        println!("archived {}  {}", k.snapshot_id, reasons(k));
+                    }
+                    for e in &report.archive_errors {
+                        println!("NOT ARCHIVED {e}");
+                    }
+                    for id in &report.archive_deleted {
+                        println!("unarchive {id}  (no tier keeps it any more)");
+                    }
                     for id in &report.deleted {
                         println!("delete   {id}");
                     }
                     println!(
-                        "{} kept, {} for the archive, {} snapshots and {} WAL segments {will}deleted",
+                        "{} kept, {} {will}archived, {} {will}deleted from the archive, {} waiting for the archive, {} snapshots and {} WAL segments {will}deleted",
                         report.kept.len(),
+                        report.archived.len(),
+                        report.archive_deleted.len(),
                         report.awaiting_archive.len(),
                         report.deleted.len(),
                         report.wal_deleted.len()

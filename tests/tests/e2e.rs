@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod e2e {
+    pub mod archive;
     pub mod certificates;
     pub mod cli;
     pub mod database;
