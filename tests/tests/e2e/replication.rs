@@ -266,3 +266,99 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
     }
     drop(agent);
 }
+
+/// Object keys under `prefix` in `bucket` of a moto server.
+fn s3_keys(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+    let listing = drmesh_tests::http(
+        "GET",
+        &format!("{}/{bucket}?list-type=2&prefix={prefix}", s3.endpoint),
+        None,
+        None,
+    );
+    listing
+        .text
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn database_replicas_get_every_base_backup_and_wal_segment_verified() {
+    use super::database::{agent_and_full_backup, database_sections, wait_backup, Fixture, DB};
+    let fx = Fixture::new("5s");
+    fx.pgbench(&["-i", "-s", "2", "-q"]);
+    let mesh = Mesh::start_with(200, "[replication]\ninterval = \"1s\"\n");
+    let s3 = S3Server::start(&fx.root);
+    s3.create_bucket("db-replica");
+    let sections = format!(
+        "{}[[database.replicas]]\nname = \"s3\"\nurl = \"s3://db-replica/database\"\n\
+         options = {{ endpoint = \"{}\", allow_http = \"true\", region = \"{S3_REGION}\", \
+         access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"{S3_SECRET_KEY}\" }}\n",
+        database_sections(&fx.root, &fx.primary, "5s"),
+        s3.endpoint
+    );
+    let (agent, _, id, _) = agent_and_full_backup(&fx, &mesh, &sections, None);
+    let done = wait_backup(&mesh, &id);
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", agent.log_text());
+
+    // The backup's details say it is at the replica, once a round has copied it.
+    let mut last = Value::Null;
+    let location = wait_for(Duration::from_secs(60), || {
+        let a = mesh.get(&format!("{DB}/backups/{id}"));
+        last = a.body.clone();
+        a.body["locations"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == "s3" && l["replicated"] == true)
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("not replicated: {last}\n{}", agent.log_text()));
+    assert_eq!(location["state"], "IN_SYNC", "{location}");
+    assert_eq!(location["url"], "s3://db-replica/database", "{location}");
+
+    // There: the manifest, the packs and the WAL, and the snapshot verifies reading
+    // every chunk back.
+    let keys = s3_keys(&s3, "db-replica", "database/");
+    assert!(
+        keys.iter().any(|k| k.ends_with(&format!("snapshots/{id}"))),
+        "{keys:?}"
+    );
+    let wal: Vec<&String> = keys.iter().filter(|k| k.contains("/wal/")).collect();
+    assert!(!wal.is_empty(), "no WAL at the replica: {keys:?}");
+    let verify = std::process::Command::new(drmesh_tests::bin("drmesh"))
+        .args([
+            "repo",
+            "verify",
+            &id,
+            "--read-data",
+            "--repo",
+            "s3://db-replica/database",
+        ])
+        .args(["--repo-option", &format!("endpoint={}", s3.endpoint)])
+        .args(["--repo-option", "allow_http=true"])
+        .args(["--repo-option", &format!("region={S3_REGION}")])
+        .args(["--repo-option", &format!("access_key_id={S3_ACCESS_KEY}")])
+        .args([
+            "--repo-option",
+            &format!("secret_access_key={S3_SECRET_KEY}"),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("run drmesh: {e}"));
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // The dashboard row: nothing missing.
+    let dash = mesh.get("/v1/backup-recovery/monitoring/dashboard");
+    let row = dash.body["replication"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["repository"] == "database").cloned())
+        .unwrap_or_else(|| panic!("no database row: {}", dash.text));
+    assert_eq!(row["missingWal"], 0, "{row}");
+    assert_eq!(row["missingSnapshotCount"], 0, "{row}");
+    drop(agent);
+}
