@@ -428,12 +428,7 @@ impl Repository {
     /// Stores a lock object and starts re-putting it every [`LOCK_REFRESH_EVERY`].
     pub(crate) async fn put_lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let doc = LockDoc {
-            purpose: purpose.to_string(),
-            hostname: hostname(),
-            pid: std::process::id(),
-            created: Utc::now(),
-        };
+        let doc = LockDoc::new(purpose);
         let json = Bytes::from(serde_json::to_vec(&doc).map_err(|e| RepoError::Io(e.to_string()))?);
         let key = format!("locks/{id}");
         self.inner.backend.put(&key, json.clone()).await?;
@@ -494,6 +489,78 @@ struct LockDoc {
     hostname: String,
     pid: u32,
     created: DateTime<Utc>,
+    /// The process that stored it, where that can be told (Linux); absent in older locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<LockHolder>,
+}
+
+impl LockDoc {
+    /// A lock document for this process.
+    fn new(purpose: &str) -> Self {
+        let pid = std::process::id();
+        LockDoc {
+            purpose: purpose.to_string(),
+            hostname: hostname(),
+            pid,
+            created: Utc::now(),
+            holder: LockHolder::of(pid),
+        }
+    }
+
+    /// Whether the process that stored this lock has ended, for certain: it ran on this
+    /// machine since its last boot and in this pid namespace, and no process with its pid
+    /// and start time runs now. A lock from any other machine, boot or container is never
+    /// judged so (it goes stale only with age).
+    fn holder_gone(&self) -> bool {
+        let (Some(h), Some((boot_id, pid_namespace))) = (&self.holder, LockHolder::here()) else {
+            return false;
+        };
+        h.boot_id == boot_id
+            && h.pid_namespace == pid_namespace
+            && LockHolder::start_time(self.pid) != Some(h.started)
+    }
+}
+
+/// Which process stored a lock, exactly enough for another process on the same machine to
+/// tell that it has ended: the kernel's boot id, the pid namespace, and the process's
+/// start time in clock ticks after boot (a pid is reused; a pid and a start time are not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LockHolder {
+    boot_id: String,
+    pid_namespace: String,
+    started: u64,
+}
+
+impl LockHolder {
+    fn of(pid: u32) -> Option<Self> {
+        let (boot_id, pid_namespace) = Self::here()?;
+        Some(LockHolder {
+            boot_id,
+            pid_namespace,
+            started: Self::start_time(pid)?,
+        })
+    }
+
+    /// This machine's boot id and this process's pid namespace.
+    fn here() -> Option<(String, String)> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some((boot.trim().to_string(), ns.to_string_lossy().into_owned()))
+    }
+
+    /// When process `pid` (of this pid namespace) started, if it is running.
+    fn start_time(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // the state is field 3, the start time field 22.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()
+    }
 }
 
 /// A held lock; `release` removes it. Dropped without `release` (a crash, a cancelled

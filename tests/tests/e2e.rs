@@ -13,6 +13,7 @@ mod e2e {
     pub mod failover;
     pub mod failover_checks;
     pub mod faults;
+    pub mod gc_crash;
     pub mod http_api;
     pub mod liveness;
     pub mod netns;

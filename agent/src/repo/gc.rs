@@ -68,6 +68,9 @@ use super::{object_name, pack_key, LockDoc, RepoError, RepoLock, Repository, LOC
 /// The object holding the packs scheduled for deletion.
 const PENDING_KEY: &str = "gc/pending";
 
+/// The purpose a collection's lock gives.
+const GC_PURPOSE: &str = "gc";
+
 /// How often a sweep that waits for locks looks at them again.
 const LOCK_POLL: Duration = Duration::from_secs(1);
 
@@ -557,42 +560,62 @@ impl Repository {
         }
     }
 
-    /// Every lock object, with whether it is stale.
+    /// Every lock object, with whether it is stale: not refreshed for
+    /// [`GcOptions::stale_lock`], or a collection's lock whose process is known to have
+    /// ended ([`LockDoc::holder_gone`]: killed on this machine), so that running the
+    /// collection again right after a crash finishes the job instead of being refused, or
+    /// waiting, for half an hour. A writer's lock only ever goes stale with age: a dead
+    /// writer's last upload may still land in an object store after its process ended.
     async fn locks(&self, opts: &GcOptions) -> Result<Locks, RepoError> {
         let now = Utc::now();
         let stale_after = chrono::Duration::from_std(opts.stale_lock)
             .map_err(|e| RepoError::Config(format!("stale lock age: {e}")))?;
-        Ok(self
-            .backend()
-            .list_with_times("locks")
-            .await?
-            .into_iter()
-            .map(|(key, _, stored)| (key, (stored, now - stored > stale_after)))
-            .collect())
+        let mut locks = Locks::new();
+        for (key, _, stored) in self.backend().list_with_times("locks").await? {
+            let stale = now - stored > stale_after
+                || self
+                    .lock_doc(&key)
+                    .await?
+                    .is_some_and(|doc| doc.purpose == GC_PURPOSE && doc.holder_gone());
+            locks.insert(key, (stored, stale));
+        }
+        Ok(locks)
+    }
+
+    /// A lock's document; `None` when it is gone or unreadable.
+    async fn lock_doc(&self, key: &str) -> Result<Option<LockDoc>, RepoError> {
+        match self.backend().get(key).await {
+            Ok(raw) => Ok(serde_json::from_slice(&raw)
+                .inspect_err(|e| warn!(lock = %key, error = %e, "unreadable lock"))
+                .ok()),
+            Err(RepoError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes the `gc` lock, or fails when another collection holds a live one.
     async fn gc_lock(&self, opts: &GcOptions) -> Result<RepoLock, RepoError> {
-        let lock = self.put_lock("gc").await?;
-        for (key, (_, stale)) in self.locks(opts).await? {
+        let lock = self.put_lock(GC_PURPOSE).await?;
+        let others = match self.locks(opts).await {
+            Ok(locks) => locks,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
+            }
+        };
+        for (key, (_, stale)) in others {
             if stale || key == lock.key() {
                 continue;
             }
-            let doc: LockDoc = match self.backend().get(&key).await {
-                Ok(raw) => match serde_json::from_slice(&raw) {
-                    Ok(doc) => doc,
-                    Err(e) => {
-                        warn!(lock = %key, error = %e, "unreadable lock");
-                        continue;
-                    }
-                },
-                Err(RepoError::NotFound(_)) => continue,
+            let doc = match self.lock_doc(&key).await {
+                Ok(Some(doc)) => doc,
+                Ok(None) => continue,
                 Err(e) => {
                     lock.release().await;
                     return Err(e);
                 }
             };
-            if doc.purpose == "gc" {
+            if doc.purpose == GC_PURPOSE {
                 lock.release().await;
                 return Err(RepoError::AlreadyExists(format!(
                     "garbage collection is already running (lock {key}, host {}, pid {}, since {})",
@@ -656,6 +679,7 @@ mod tests {
     use crate::repo::backup::BackupRequest;
     use crate::repo::restore::RestoreRequest;
     use crate::repo::roundtrip_tests::noise;
+    use crate::repo::LockHolder;
     use crate::repo::{KeySource, Location, RepoOptions, Snapshot};
 
     fn set_mtime_back(path: &Path, secs: i64) {
@@ -1061,6 +1085,107 @@ mod tests {
             .expect("locks")
             .next()
             .is_none());
+        fx.repo.gc(GcOptions::default()).await.expect("gc");
+    }
+
+    /// Stores a `gc` lock as process `pid` would, with `holder` as the process it names.
+    async fn foreign_gc_lock(fx: &Fixture, pid: u32, holder: Option<LockHolder>) {
+        let mut doc = LockDoc::new(GC_PURPOSE);
+        doc.pid = pid;
+        doc.holder = holder;
+        let key = format!("locks/{}", uuid::Uuid::new_v4().simple());
+        let json = serde_json::to_vec(&doc).expect("json");
+        fx.repo
+            .backend()
+            .put(&key, json.into())
+            .await
+            .expect("put lock");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collection_killed_on_this_machine_is_finished_at_once_by_the_next_run() {
+        let fx = Fixture::new().await;
+        let (only_first, second, third) = three_snapshots_first_forgotten(&fx).await;
+        // Another process schedules the packs and is killed, its lock left fresh: here a
+        // run stopped there, whose lock is then made that process's.
+        fx.repo
+            .gc_until(&GcOptions::default(), Step::Scheduled)
+            .await
+            .expect("gc until");
+        for e in std::fs::read_dir(fx.path("repo/locks")).expect("locks") {
+            std::fs::remove_file(e.expect("entry").path()).expect("rm lock");
+        }
+        let mut other = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("sleep");
+        let holder = LockHolder::of(other.id());
+        assert!(holder.is_some(), "this test needs Linux's /proc");
+        foreign_gc_lock(&fx, other.id(), holder.clone()).await;
+        // While it runs, a second collection is refused.
+        let err = fx.repo.gc(GcOptions::default()).await.expect_err("refused");
+        assert!(err.to_string().contains("already running"), "{err}");
+
+        // Killed: its lock is known dead at once, and the next run finishes the job.
+        other.kill().expect("kill");
+        other.wait().expect("reap");
+        let report = fx.repo.gc(GcOptions::default()).await.expect("gc");
+        assert_eq!(report.packs_pending, 0, "{report:?}");
+        assert_eq!(report.blocking_locks, 0, "{report:?}");
+        assert!(fx.packs().await.is_disjoint(&only_first));
+        assert!(!fx.objects().contains_key(PENDING_KEY));
+        fx.check("snap_2", &second).await;
+        fx.check("snap_3", &third).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_is_judged_dead_only_for_a_process_of_this_machine_and_pid_namespace() {
+        let fx = Fixture::new().await;
+        let mut gone = std::process::Command::new("true").spawn().expect("true");
+        let pid = gone.id();
+        let holder = LockHolder::of(pid).expect("this test needs Linux's /proc");
+        gone.wait().expect("reap");
+        let doc = |holder: Option<LockHolder>| {
+            let mut d = LockDoc::new(GC_PURPOSE);
+            d.pid = pid;
+            d.holder = holder;
+            d
+        };
+        assert!(doc(Some(holder.clone())).holder_gone());
+        // Its pid taken by a later process: the start time differs.
+        let reused = LockHolder {
+            started: holder.started + 1,
+            ..holder.clone()
+        };
+        assert!(doc(Some(reused)).holder_gone());
+        // Another boot, another container, or no holder named: not known.
+        for other in [
+            LockHolder {
+                boot_id: "another-boot".into(),
+                ..holder.clone()
+            },
+            LockHolder {
+                pid_namespace: "pid:[1]".into(),
+                ..holder.clone()
+            },
+        ] {
+            assert!(!doc(Some(other)).holder_gone());
+        }
+        assert!(!doc(None).holder_gone());
+        assert!(!LockDoc::new(GC_PURPOSE).holder_gone(), "this process runs");
+        // Such a lock from another machine still refuses a collection until it is old.
+        foreign_gc_lock(
+            &fx,
+            pid,
+            Some(LockHolder {
+                boot_id: "another-boot".into(),
+                ..holder
+            }),
+        )
+        .await;
+        let err = fx.repo.gc(GcOptions::default()).await.expect_err("refused");
+        assert!(err.to_string().contains("already running"), "{err}");
+        fx.age_locks();
         fx.repo.gc(GcOptions::default()).await.expect("gc");
     }
 }
