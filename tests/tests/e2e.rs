@@ -19,6 +19,7 @@ mod e2e {
     pub mod netns;
     pub mod notify;
     pub mod objstore_servers;
+    pub mod pitr_retention;
     pub mod plans;
     pub mod quickstart;
     pub mod rejoin;

@@ -64,20 +64,26 @@ pub async fn choose(
         Some(id) => repo.snapshot(id).await?,
         None => {
             // Summaries come sorted by when they finished: the newest that reaches the
-            // target is the last that does.
-            let best = repo.snapshots().await?.into_iter().rfind(|s| {
-                s.kind == KIND
-                    && time.is_none_or(|t| s.finished_at <= t)
-                    && match (&s.postgres, time) {
-                        (Some(pg), Some(t)) => pg.stopped_at <= t,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    }
-            });
+            // target is the last that does. A backup reaches it once it was consistent
+            // (its end), which is the earliest instant `info` offers; it finished (its
+            // WAL archived, its manifest written) a little later.
+            let summaries = repo.snapshots().await?;
+            let ends = summaries
+                .iter()
+                .filter(|s| s.kind == KIND)
+                .filter_map(|s| Some((s, s.postgres.as_ref()?.stopped_at)));
+            let best = ends
+                .clone()
+                .rfind(|(_, end)| time.is_none_or(|t| *end <= t))
+                .map(|(s, _)| s);
             let best = best.ok_or_else(|| {
-                DatabaseError::Invalid(match time {
-                    Some(t) => format!("no base backup ends before {}", t.to_rfc3339()),
-                    None => "the repository holds no base backup".into(),
+                DatabaseError::Invalid(match (time, ends.map(|(_, end)| end).min()) {
+                    (Some(t), Some(earliest)) => format!(
+                        "no base backup ends before {}; the earliest recoverable time is {}",
+                        t.to_rfc3339(),
+                        earliest.to_rfc3339()
+                    ),
+                    _ => "the repository holds no base backup".into(),
                 })
             })?;
             repo.snapshot(&best.id).await?
@@ -569,6 +575,77 @@ fn relink_tablespaces(target: &Path, owner: Option<(u32, u32)>) -> Result<(), Da
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::snapshot::{PgBackupInfo, SnapshotStats};
+    use crate::repo::{KeySource, Location, RepoOptions};
+
+    /// A base backup's manifest (no files: `choose` reads only its summary) that ended at
+    /// `end` and finished `finish_after` later.
+    async fn base_backup(repo: &Repository, id: &str, end: DateTime<Utc>, finish_after: i64) {
+        let finished = end + chrono::Duration::seconds(finish_after);
+        let snap = Snapshot {
+            id: id.into(),
+            kind: KIND.into(),
+            parent: None,
+            source: "/var/lib/postgresql/15/main".into(),
+            hostname: "db-1".into(),
+            started_at: end - chrono::Duration::seconds(10),
+            finished_at: finished,
+            tags: Default::default(),
+            stats: SnapshotStats::default(),
+            postgres: Some(PgBackupInfo {
+                start_lsn: "0/2000028".into(),
+                stop_lsn: "0/2000100".into(),
+                timeline: 1,
+                start_wal: "000000010000000000000002".into(),
+                stop_wal: "000000010000000000000002".into(),
+                wal_segment_size: 16 << 20,
+                system_identifier: "7".into(),
+                server_version: 150000,
+                stopped_at: end,
+                tablespace_map: None,
+                row_counts: None,
+            }),
+            entries: Vec::new(),
+        };
+        repo.put_doc(&format!("snapshots/{id}"), &snap)
+            .await
+            .expect("manifest");
+    }
+
+    #[tokio::test]
+    async fn a_target_at_the_oldest_backups_end_chooses_it_and_one_before_names_that_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(&RepoOptions {
+            location: Location::new(dir.path().join("repo").to_string_lossy()),
+            key: KeySource::None,
+        })
+        .await
+        .expect("init");
+        let t0 = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456789Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        base_backup(&repo, "full_1", t0, 3).await;
+        base_backup(&repo, "full_2", t0 + chrono::Duration::hours(1), 3).await;
+        // At the oldest end, before that backup finished: it is the one (as `info` says).
+        let at_end = choose(&repo, None, Some(t0)).await.expect("choose");
+        assert_eq!(at_end.id, "full_1");
+        let later = t0 + chrono::Duration::hours(1) + chrono::Duration::seconds(1);
+        assert_eq!(
+            choose(&repo, None, Some(later)).await.expect("choose").id,
+            "full_2"
+        );
+        let before = t0 - chrono::Duration::nanoseconds(1);
+        let err = choose(&repo, None, Some(before))
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().ends_with(&format!(
+                "the earliest recoverable time is {}",
+                t0.to_rfc3339()
+            )),
+            "{err}"
+        );
+    }
 
     #[test]
     fn settings_quote_paths_for_shell_and_postgres() {

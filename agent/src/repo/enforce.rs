@@ -2,7 +2,8 @@
 //! applied to its snapshots and its WAL archive.
 //!
 //! - Snapshots are grouped by kind and source (a cluster's base backups, its logical
-//!   dumps, a documents tree), and each group is planned with its kind's policy
+//!   dumps, a documents tree; all the base backups of a repository are one group, see
+//!   [`group_key`]), and each group is planned with its kind's policy
 //!   (`documents` for document snapshots, `database` for the rest). Incrementals are the
 //!   base backups with a parent; the time is when the backup finished.
 //! - The newest full of each group is always kept ([`Tier::Latest`]): enforcement never
@@ -31,7 +32,7 @@
 //! a repository whose every manifest still restores.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
@@ -74,6 +75,19 @@ fn archived_candidate(a: &ArchivedSnapshot) -> Candidate {
             Kind::Full
         },
         time: a.finished_at,
+    }
+}
+
+/// The group a snapshot is planned in: its kind and source, except that all base
+/// backups are one group. A repository archives the WAL of one cluster only, and that
+/// cluster's primary moves to another data directory when a failover promotes a standby:
+/// the backups taken there continue the same history, and the last one taken before the
+/// failover must not stay forever as the newest of a group of its own.
+fn group_key(kind: &str, source: &Path) -> (String, PathBuf) {
+    if kind == crate::database::basebackup::KIND {
+        (kind.to_string(), PathBuf::new())
+    } else {
+        (kind.to_string(), source.to_path_buf())
     }
 }
 
@@ -149,14 +163,14 @@ impl Repository {
         let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
         for s in &snapshots {
             groups
-                .entry((s.kind.clone(), s.source.clone()))
+                .entry(group_key(&s.kind, &s.source))
                 .or_default()
                 .0
                 .push(s);
         }
         for a in &cold {
             groups
-                .entry((a.kind.clone(), a.source.clone()))
+                .entry(group_key(&a.kind, &a.source))
                 .or_default()
                 .1
                 .push(a);
@@ -528,6 +542,39 @@ mod tests {
         }
         assert!(remaining.contains(&"2/00000002.history".to_string()));
         assert_eq!(histories_of(&repo).await.get(&2), Some(&vec![1]));
+    }
+
+    #[tokio::test]
+    async fn a_failover_to_another_data_directory_does_not_keep_the_old_primarys_last_backup() {
+        let (_dir, repo) = temp_repo().await;
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        let days = |d: i64| now - chrono::Duration::days(d);
+        // The old primary's last backup, on timeline 1, then the promoted standby's (in
+        // its own data directory), on timeline 2.
+        base_backup(&repo, "full_primary", None, days(40), 1, 10).await;
+        base_backup(&repo, "full_standby", None, days(1), 2, 30).await;
+        let mut moved = repo.snapshot("full_standby").await.expect("manifest");
+        moved.source = "/srv/standby/15/main".into();
+        repo.put_doc("snapshots/full_standby", &moved)
+            .await
+            .expect("manifest");
+        let policies = Policies {
+            database: RetentionPolicy {
+                weekly: 0,
+                monthly: 0,
+                yearly: 0,
+                ..RetentionPolicy::default()
+            },
+            ..Policies::default()
+        };
+        let done = repo.enforce(&policies, now, false).await.expect("enforce");
+        assert_eq!(done.deleted, ["full_primary"]);
+        let kept: Vec<&str> = done.kept.iter().map(|k| k.snapshot_id.as_str()).collect();
+        assert_eq!(kept, ["full_standby"]);
+        assert_eq!(done.kept[0].reasons, [Tier::Daily]);
     }
 
     async fn histories_of(repo: &Repository) -> BTreeMap<u32, Vec<u32>> {
