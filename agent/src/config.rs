@@ -98,6 +98,10 @@ pub struct DocumentsFile {
     /// At least one; the first is the primary (the backup is written there, then copied
     /// to the others).
     pub locations: Vec<LocationFile>,
+    /// This agent's retention policy for its document locations (`full`, `incremental`,
+    /// `weekly`, `monthly`, `yearly`), replacing the coordinator's `[retention.documents]`
+    /// when the policies are enforced. Default: none (the coordinator's).
+    pub retention: Option<drmesh_protocol::retention::RetentionPolicy>,
 }
 
 /// A checked document location.
@@ -119,6 +123,7 @@ pub struct DocumentsConfig {
     pub archive_dir: PathBuf,
     pub restore_dir: PathBuf,
     pub locations: Vec<DocumentLocation>,
+    pub retention: Option<drmesh_protocol::retention::RetentionPolicy>,
 }
 
 impl DocumentsFile {
@@ -144,8 +149,21 @@ impl DocumentsFile {
                 .map(abs)
                 .unwrap_or_else(|| data_dir.join("restores")),
             locations,
+            retention: checked_retention(self.retention, "documents.retention")?,
         })
     }
+}
+
+/// A repository's own retention policy, checked like the coordinator's.
+fn checked_retention(
+    policy: Option<drmesh_protocol::retention::RetentionPolicy>,
+    key: &str,
+) -> Result<Option<drmesh_protocol::retention::RetentionPolicy>, ConfigError> {
+    if let Some(p) = &policy {
+        p.validate()
+            .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+    }
+    Ok(policy)
 }
 
 /// Checks a list of locations (`[[documents.locations]]`, `[[database.replicas]]`):
@@ -240,6 +258,10 @@ pub struct DatabaseFile {
     /// `[[database.smoke_checks]]`: queries the restorability test runs on the restored
     /// server, each with the text its first row's first column must equal.
     pub smoke_checks: Vec<SmokeCheckFile>,
+    /// This agent's retention policy for its database repository, replacing the
+    /// coordinator's `[retention.database]` when the policies are enforced. Default:
+    /// none (the coordinator's).
+    pub retention: Option<drmesh_protocol::retention::RetentionPolicy>,
     /// `[[database.replicas]]`: more locations (same keys as `[[documents.locations]]`,
     /// no date template) every base backup and WAL segment is copied to, verified there,
     /// and caught up by themselves after an outage. Default: none.
@@ -306,6 +328,7 @@ pub struct DatabaseConfig {
     pub count_rows_timeout: Duration,
     pub smoke_checks: Vec<SmokeCheck>,
     pub replicas: Vec<DocumentLocation>,
+    pub retention: Option<drmesh_protocol::retention::RetentionPolicy>,
 }
 
 impl DatabaseConfig {
@@ -413,6 +436,7 @@ impl DatabaseFile {
             count_rows_timeout,
             smoke_checks,
             replicas,
+            retention: checked_retention(self.retention, "database.retention")?,
         })
     }
 }
@@ -888,6 +912,39 @@ mod tests {
                     .is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn replicas_quotas_and_a_repository_s_own_retention() {
+        let text = format!(
+            "{BASE}[database]\ndata_dir = \"/pg/main\"\n\
+             [database.retention]\nfull = \"60d\"\nweekly = 4\n\
+             [[database.replicas]]\nname = \"s3\"\nurl = \"s3://b/db\"\nquota = \"2 TiB\"\n\
+             [[database.replicas]]\nname = \"nfs\"\nurl = \"replica\"\n"
+        );
+        let cfg = AgentConfigFile::parse(&text, Path::new("a.toml"))
+            .expect("parse")
+            .validate(Path::new("/etc/drmesh"))
+            .expect("valid");
+        let db = cfg.database.expect("database");
+        let own = db.retention.expect("own policy");
+        assert_eq!(own.full, Duration::from_secs(60 * 86400));
+        assert_eq!((own.weekly, own.monthly), (4, 12), "the rest the runbook's");
+        assert_eq!(db.replicas[0].quota, Some(2 << 40));
+        assert_eq!(db.replicas[1].url, "/etc/drmesh/replica");
+        for bad in [
+            "[[database.replicas]]\nname = \"a\"\nurl = \"/r\"\nquota = \"lots\"\n",
+            "[[database.replicas]]\nname = \"a\"\nurl = \"/r/{yyyy}\"\n",
+            "[[database.replicas]]\nname = \"a\"\nurl = \"/r\"\n[[database.replicas]]\nname = \"a\"\nurl = \"/q\"\n",
+            "[database.retention]\nfull = \"1d\"\nincremental = \"2d\"\n",
+            "[database.retention]\nfull = \"1d\"\nhourly = 3\n",
+        ] {
+            let text = format!("{BASE}[database]\ndata_dir = \"/pg/main\"\n{bad}");
+            let refused = AgentConfigFile::parse(&text, Path::new("a.toml"))
+                .and_then(|f| f.validate(Path::new("/")))
+                .is_err();
+            assert!(refused, "{bad}");
         }
     }
 

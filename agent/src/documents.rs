@@ -488,11 +488,45 @@ impl Documents {
         policies: &drmesh_protocol::retention::RetentionPolicies,
         now: DateTime<Utc>,
         dry_run: bool,
+        archive: Option<&crate::config::ArchiveConfig>,
     ) -> Vec<drmesh_protocol::retention::RepositoryRetention> {
         use drmesh_protocol::retention::RepositoryRetention;
         let _turn = self.busy.lock().await;
+        // `[archive]`, keyed (unless it names its own key) like the document locations.
+        let archive = match archive {
+            None => None,
+            Some(a) => {
+                let mut options = a.archive_options();
+                if a.key_file.is_none() {
+                    options.key = self.key();
+                }
+                match crate::repo::archive::ColdArchive::open(&options).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warn!(error = %e, "the cold archive cannot be opened");
+                        return self
+                            .config
+                            .locations
+                            .iter()
+                            .map(|loc| RepositoryRetention {
+                                repository: loc.name.clone(),
+                                policy: self.config.retention.clone(),
+                                report: None,
+                                error: Some(format!("the cold archive: {e}")),
+                            })
+                            .collect();
+                    }
+                }
+            }
+        };
+        // `[documents] retention` replaces the coordinator's documents policy.
+        let mut own = policies.clone();
+        if let Some(p) = &self.config.retention {
+            own.documents = p.clone();
+        }
+        let policies = &own;
         let mut out = Vec::new();
-        for loc in &self.config.locations {
+        for (i, loc) in self.config.locations.iter().enumerate() {
             let result = if loc.url.contains("{yyyy}") || loc.url.contains("{mm}") {
                 Err(format!(
                     "{}: a location with a date template ({{yyyy}}, {{mm}}) is not enforced yet",
@@ -500,8 +534,15 @@ impl Documents {
                 ))
             } else {
                 match Repository::open(&self.options(loc, now)).await {
+                    // The primary location's picks go to the one cold copy; the
+                    // other locations keep theirs while a tier picks them.
                     Ok(repo) => repo
-                        .enforce(policies, now, dry_run)
+                        .enforce_with_archive(
+                            policies,
+                            now,
+                            dry_run,
+                            archive.as_ref().filter(|_| i == 0),
+                        )
                         .await
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -510,6 +551,7 @@ impl Documents {
             out.push(match result {
                 Ok(report) => RepositoryRetention {
                     repository: loc.name.clone(),
+                    policy: self.config.retention.clone(),
                     report: Some(report),
                     error: None,
                 },
@@ -517,6 +559,7 @@ impl Documents {
                     warn!(location = %loc.name, %error, "retention not enforced");
                     RepositoryRetention {
                         repository: loc.name.clone(),
+                        policy: self.config.retention.clone(),
                         report: None,
                         error: Some(error),
                     }

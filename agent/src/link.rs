@@ -119,6 +119,8 @@ pub struct CommandContext {
     pub postgres: Option<crate::config::PostgresConfig>,
     /// The agent's own directory (verifications' throw-away directories go below it).
     pub data_dir: std::path::PathBuf,
+    /// `[archive]`: where enforcing retention moves the monthly and yearly picks.
+    pub archive: Option<crate::config::ArchiveConfig>,
 }
 
 async fn read_frame<M: Frame>(
@@ -235,6 +237,7 @@ impl Link {
         let database = config.database.clone().zip(config.path.clone());
         let postgres = config.postgres.clone();
         let data_dir = config.data_dir.clone();
+        let archive = config.archive.clone();
         Ok(Self {
             config,
             endpoint,
@@ -246,6 +249,7 @@ impl Link {
                 database,
                 postgres,
                 data_dir,
+                archive,
             }),
             mesh,
             mesh_addr,
@@ -789,10 +793,15 @@ async fn enforce_retention(
     use drmesh_protocol::retention::{RepositoryRetention, RetentionOutcome};
     let mut out = RetentionOutcome::default();
     if let Some((db, path)) = &ctx.database {
+        // `[database] retention` replaces the coordinator's database policy.
+        let mut own = policies.clone();
+        if let Some(p) = &db.retention {
+            own.database = p.clone();
+        }
         let mut args: Vec<String> = vec![
             "retention".into(),
             "--policies".into(),
-            serde_json::to_string(policies).map_err(|e| e.to_string())?,
+            serde_json::to_string(&own).map_err(|e| e.to_string())?,
             "--now".into(),
             now.to_rfc3339(),
         ];
@@ -803,19 +812,23 @@ async fn enforce_retention(
         out.repositories.push(match result {
             Ok(report) => RepositoryRetention {
                 repository: "database".into(),
+                policy: db.retention.clone(),
                 report: Some(report),
                 error: None,
             },
             Err(e) => RepositoryRetention {
                 repository: "database".into(),
+                policy: db.retention.clone(),
                 report: None,
                 error: Some(e.to_string()),
             },
         });
     }
     if let Some(docs) = &ctx.documents {
-        out.repositories
-            .extend(docs.enforce_retention(policies, now, dry_run).await);
+        out.repositories.extend(
+            docs.enforce_retention(policies, now, dry_run, ctx.archive.as_ref())
+                .await,
+        );
     }
     if out.repositories.is_empty() {
         return Err("this agent backs up into no repository ([database] or [documents])".into());

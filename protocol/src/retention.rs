@@ -212,6 +212,10 @@ pub struct EnforceReport {
 pub struct RepositoryRetention {
     /// `database`, or the document location's name.
     pub repository: String,
+    /// The repository's own policy (agent configuration), when it replaced the
+    /// coordinator's for its kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RetentionPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<EnforceReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,6 +35,14 @@ fn snapshots(repo: &std::path::Path) -> Vec<String> {
 /// A documents agent backing up `uploads` into the local repository `repo` of `mesh`'s
 /// work directory, UP.
 fn documents_agent(mesh: &Mesh) -> (std::path::PathBuf, std::path::PathBuf, drmesh_tests::Proc) {
+    documents_agent_with(mesh, "")
+}
+
+/// As [`documents_agent`], with `extra` at the end of the agent's `[documents]`.
+fn documents_agent_with(
+    mesh: &Mesh,
+    extra_documents: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, drmesh_tests::Proc) {
     let work = mesh.dir.path().join("work");
     let uploads = work.join("uploads");
     std::fs::create_dir_all(uploads.join("documents/1")).unwrap();
@@ -42,7 +50,7 @@ fn documents_agent(mesh: &Mesh) -> (std::path::PathBuf, std::path::PathBuf, drme
     let repo = work.join("repo");
     let files = mesh.issue_agent("docs-1", "us-west-2");
     let extra = format!(
-        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n",
+        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n{extra_documents}",
         uploads.display(),
         repo.display()
     );
@@ -315,4 +323,31 @@ fn a_repository_filesystem_past_the_threshold_raises_storage_full_naming_the_cur
         "{}",
         mesh.get("/v1/backup-recovery/monitoring/alerts").text
     );
+}
+
+#[test]
+fn a_repository_s_own_policy_replaces_the_coordinator_s_for_it() {
+    let mesh = Mesh::start_with(
+        200,
+        &format!("[retention]\nschedule = \"off\"\n{ONE_SECOND}"),
+    );
+    // The agent keeps its document snapshots a day, whatever the coordinator says.
+    let (_uploads, repo, agent) = documents_agent_with(
+        &mesh,
+        "[documents.retention]\nfull = \"1d\"\nincremental = \"1d\"\n",
+    );
+    let first = backup(&mesh);
+    let second = backup(&mesh);
+    std::thread::sleep(Duration::from_millis(1500));
+    let enforced = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(enforced.status, 200, "{}", enforced.text);
+    let r = &enforced.body["agents"][0]["repositories"][0];
+    assert_eq!(r["policy"]["full"], "1day", "{}", enforced.text);
+    assert_eq!(
+        r["report"]["deleted"],
+        serde_json::json!([]),
+        "{}",
+        enforced.text
+    );
+    assert_eq!(snapshots(&repo), [first, second], "{}", agent.log_text());
 }
