@@ -90,24 +90,33 @@ fn print_enforcement(e: &RetentionEnforcement) {
         }
         for r in &a.repositories {
             match (&r.report, &r.error) {
-                (Some(rep), _) => println!(
-                    "{} {}: {} kept, {} for the archive, {} snapshots and {} WAL segments {will}deleted",
-                    a.agent_id,
-                    r.repository,
-                    rep.kept.len(),
-                    rep.awaiting_archive.len(),
-                    rep.deleted.len(),
-                    rep.wal_deleted.len()
-                ),
+                (Some(rep), _) => {
+                    println!(
+                        "{} {}: {} kept, {} {will}archived, {} awaiting the archive, {} snapshots and {} WAL segments {will}deleted, {} {will}deleted from the archive{}",
+                        a.agent_id,
+                        r.repository,
+                        rep.kept.len(),
+                        rep.archived.len(),
+                        rep.awaiting_archive.len(),
+                        rep.deleted.len(),
+                        rep.wal_deleted.len(),
+                        rep.archive_deleted.len(),
+                        if r.policy.is_some() { " (the repository's own policy)" } else { "" }
+                    );
+                    for err in &rep.archive_errors {
+                        println!("  not archived: {err}");
+                    }
+                }
                 (None, Some(err)) => println!("{} {}: FAILED: {err}", a.agent_id, r.repository),
                 (None, None) => {}
             }
         }
     }
     println!(
-        "in all: {} snapshots and {} WAL segments {will}deleted, {} for the archive, {} freed",
+        "in all: {} snapshots and {} WAL segments {will}deleted, {} {will}archived, {} awaiting the archive, {} freed",
         e.deleted,
         e.wal_deleted,
+        e.archived,
         e.awaiting_archive,
         crate::fmt_bytes(e.bytes_freed)
     );

@@ -90,11 +90,19 @@ pub async fn enforce(
     };
     let deleted = reports().map(|r| r.deleted.len()).sum();
     let awaiting_archive = reports().map(|r| r.awaiting_archive.len()).sum();
+    let archived = reports().map(|r| r.archived.len()).sum();
+    let archive_deleted = reports().map(|r| r.archive_deleted.len()).sum();
     let wal_deleted = reports().map(|r| r.wal_deleted.len()).sum();
     let bytes_freed = reports().map(|r| r.bytes_freed).sum();
     info!(
         dry_run,
-        deleted, awaiting_archive, wal_deleted, bytes_freed, "retention policies enforced"
+        deleted,
+        awaiting_archive,
+        archived,
+        archive_deleted,
+        wal_deleted,
+        bytes_freed,
+        "retention policies enforced"
     );
     Some(RetentionEnforcement {
         dry_run,
@@ -103,6 +111,8 @@ pub async fn enforce(
         agents,
         deleted,
         awaiting_archive,
+        archived,
+        archive_deleted,
         wal_deleted,
         bytes_freed,
     })

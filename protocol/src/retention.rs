@@ -250,8 +250,15 @@ pub struct RetentionEnforcement {
     pub agents: Vec<AgentRetention>,
     /// Snapshots deleted (dry: that would be), over every agent and repository.
     pub deleted: usize,
-    /// Snapshots bound for the cold archive, over every agent and repository.
+    /// Snapshots bound for the cold archive but not moved there (no `[archive]`, or it
+    /// failed), over every agent and repository.
     pub awaiting_archive: usize,
+    /// Snapshots moved to the cold archive (dry: that would be).
+    #[serde(default)]
+    pub archived: usize,
+    /// Archived snapshots no tier keeps any more, deleted from the archive.
+    #[serde(default)]
+    pub archive_deleted: usize,
     /// WAL segments deleted (dry: that would be).
     pub wal_deleted: usize,
     /// Bytes garbage collection freed, over every repository.
