@@ -6,6 +6,10 @@
 //!   [`group_key`]), and each group is planned with its kind's policy
 //!   (`documents` for document snapshots, `database` for the rest). Incrementals are the
 //!   base backups with a parent; the time is when the backup finished.
+//! - Several repositories that hold one history between them (a document location with
+//!   a date template: one repository per month) are planned as one
+//!   ([`enforce_history`]): each group over the snapshots of all of them, each
+//!   repository then applying the decisions about its own.
 //! - The newest full of each group is always kept ([`Tier::Latest`]): enforcement never
 //!   removes the last whole backup, whatever the policy says.
 //! - `Delete`: the manifest is removed ([`Repository::forget`]); the chunks only it used
@@ -126,6 +130,156 @@ fn start_segment(pg: &PgBackupInfo) -> Option<String> {
     needed_wal(pg).into_iter().next()
 }
 
+/// One repository's share of a plan made over a whole history.
+struct Part<'a> {
+    /// The decisions about its snapshots (and, for the first part, the archived
+    /// snapshots no tier keeps any more).
+    report: EnforceReport,
+    /// Its base backups kept hot: point-in-time recovery from the oldest.
+    hot_wal: Vec<BaseBackupWal>,
+    /// The WAL of those awaiting the archive (their own only).
+    archive_wal: BTreeSet<(u32, String)>,
+    /// The monthly and yearly picks bound for the archive, when there is one.
+    to_archive: Vec<(Kept, Option<&'a PgBackupInfo>)>,
+}
+
+impl Part<'_> {
+    fn new(dry_run: bool, now: DateTime<Utc>) -> Self {
+        Self {
+            report: EnforceReport {
+                dry_run,
+                now,
+                kept: Vec::new(),
+                awaiting_archive: Vec::new(),
+                archived: Vec::new(),
+                archive_deleted: Vec::new(),
+                archive_errors: Vec::new(),
+                deleted: Vec::new(),
+                wal_deleted: Vec::new(),
+                packs_deleted: 0,
+                bytes_freed: 0,
+                packs_pending: 0,
+                gc_error: None,
+            },
+            hot_wal: Vec::new(),
+            archive_wal: BTreeSet::new(),
+            to_archive: Vec::new(),
+        }
+    }
+}
+
+/// Applies `policies` as of `now` to `parts`, repositories that hold one history between
+/// them (a document location with a date template: one repository per month), moving
+/// the monthly and yearly picks to `archive` when there is one. Each group (kind and
+/// source) is planned once over the snapshots of every part, so the calendar tiers and
+/// [`Tier::Latest`] see the whole history: a month's repository does not keep its own
+/// newest snapshot for ever, and a week across two months keeps one. Then each part
+/// carries out the decisions about its own snapshots (see the module notes); the
+/// archived snapshots no tier keeps are listed, and removed, by the first part only.
+/// One report per part, in order; a part that fails does not stop the others (the plan
+/// decides about each snapshot alone, so the rest of it stays right).
+pub async fn enforce_history(
+    parts: &[Repository],
+    policies: &Policies,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    archive: Option<&ColdArchive>,
+) -> Result<Vec<Result<EnforceReport, RepoError>>, RepoError> {
+    let mut listed = Vec::with_capacity(parts.len());
+    for repo in parts {
+        listed.push(repo.snapshots().await?);
+    }
+    let cold = match archive {
+        Some(a) => a.list().await?,
+        None => Vec::new(),
+    };
+    type Group<'a> = (Vec<(usize, &'a SnapshotSummary)>, Vec<&'a ArchivedSnapshot>);
+    let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
+    for (i, snapshots) in listed.iter().enumerate() {
+        for s in snapshots {
+            groups
+                .entry(group_key(&s.kind, &s.source))
+                .or_default()
+                .0
+                .push((i, s));
+        }
+    }
+    for a in &cold {
+        groups
+            .entry(group_key(&a.kind, &a.source))
+            .or_default()
+            .1
+            .push(a);
+    }
+    let mut plans: Vec<Part> = parts.iter().map(|_| Part::new(dry_run, now)).collect();
+    let mut archive_deleted = Vec::new();
+    for ((kind, _), (members, archived)) in &groups {
+        // A snapshot in two parts (a copy) is decided once, by the first.
+        let mut by_id: BTreeMap<&str, (usize, &SnapshotSummary)> = BTreeMap::new();
+        for (i, s) in members {
+            by_id.entry(s.id.as_str()).or_insert((*i, *s));
+        }
+        let candidates: Vec<Candidate> = by_id.values().map(|(_, s)| candidate(s)).collect();
+        let archived: Vec<Candidate> = archived.iter().map(|a| archived_candidate(a)).collect();
+        let policy = policies.of(kind);
+        let plan = keep_latest(
+            retention::plan_with_archive(now, policy, &candidates, &archived),
+            &candidates,
+        );
+        archive_deleted.extend(retention::archive_expired(
+            now,
+            policy,
+            &candidates,
+            &archived,
+        ));
+        for d in plan.decisions {
+            let Some((i, s)) = by_id.get(d.id.as_str()) else {
+                continue;
+            };
+            let part = &mut plans[*i];
+            let kept = Kept {
+                snapshot_id: d.id.clone(),
+                kind: kind.clone(),
+                finished_at: s.finished_at,
+                reasons: d.reasons,
+            };
+            match d.action {
+                Action::KeepHot => {
+                    if let Some(pg) = &s.postgres {
+                        if let Some(start_segment) = start_segment(pg) {
+                            part.hot_wal.push(BaseBackupWal {
+                                id: d.id.clone(),
+                                timeline: pg.timeline,
+                                start_segment,
+                            });
+                        }
+                    }
+                    part.report.kept.push(kept);
+                }
+                Action::Archive if archive.is_some() => {
+                    part.to_archive.push((kept, s.postgres.as_ref()));
+                }
+                Action::Archive => {
+                    if let Some(pg) = &s.postgres {
+                        part.archive_wal
+                            .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                    }
+                    part.report.awaiting_archive.push(kept);
+                }
+                Action::Delete => part.report.deleted.push(d.id),
+            }
+        }
+    }
+    if let Some(first) = plans.first_mut() {
+        first.report.archive_deleted = archive_deleted;
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for (repo, part) in parts.iter().zip(plans) {
+        out.push(repo.apply(part, dry_run, archive).await);
+    }
+    Ok(out)
+}
+
 impl Repository {
     /// Removes one snapshot's manifest; its chunks stay until garbage collection.
     pub async fn forget(&self, id: &str) -> Result<(), RepoError> {
@@ -154,100 +308,31 @@ impl Repository {
         dry_run: bool,
         archive: Option<&ColdArchive>,
     ) -> Result<EnforceReport, RepoError> {
-        let snapshots = self.snapshots().await?;
-        let cold = match archive {
-            Some(a) => a.list().await?,
-            None => Vec::new(),
-        };
-        type Group<'a> = (Vec<&'a SnapshotSummary>, Vec<&'a ArchivedSnapshot>);
-        let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
-        for s in &snapshots {
-            groups
-                .entry(group_key(&s.kind, &s.source))
-                .or_default()
-                .0
-                .push(s);
+        let parts = std::slice::from_ref(self);
+        match enforce_history(parts, policies, now, dry_run, archive)
+            .await?
+            .pop()
+        {
+            Some(report) => report,
+            None => Err(RepoError::Io("enforcement made no report".into())),
         }
-        for a in &cold {
-            groups
-                .entry(group_key(&a.kind, &a.source))
-                .or_default()
-                .1
-                .push(a);
-        }
-        let mut report = EnforceReport {
-            dry_run,
-            now,
-            kept: Vec::new(),
-            awaiting_archive: Vec::new(),
-            archived: Vec::new(),
-            archive_deleted: Vec::new(),
-            archive_errors: Vec::new(),
-            deleted: Vec::new(),
-            wal_deleted: Vec::new(),
-            packs_deleted: 0,
-            bytes_freed: 0,
-            packs_pending: 0,
-            gc_error: None,
-        };
-        // Base backups kept hot (PITR from the oldest) and those awaiting the archive
-        // (their own WAL only).
-        let mut hot_wal: Vec<BaseBackupWal> = Vec::new();
-        let mut archive_wal: BTreeSet<(u32, String)> = BTreeSet::new();
-        let mut to_archive: Vec<(Kept, Option<&PgBackupInfo>)> = Vec::new();
-        for ((kind, _), (members, archived)) in &groups {
-            let by_id: BTreeMap<&str, &SnapshotSummary> =
-                members.iter().map(|s| (s.id.as_str(), *s)).collect();
-            let candidates: Vec<Candidate> = members.iter().map(|s| candidate(s)).collect();
-            let archived: Vec<Candidate> = archived.iter().map(|a| archived_candidate(a)).collect();
-            let policy = policies.of(kind);
-            let plan = keep_latest(
-                retention::plan_with_archive(now, policy, &candidates, &archived),
-                &candidates,
-            );
-            report.archive_deleted.extend(retention::archive_expired(
-                now,
-                policy,
-                &candidates,
-                &archived,
-            ));
-            for d in plan.decisions {
-                let Some(s) = by_id.get(d.id.as_str()) else {
-                    continue;
-                };
-                let kept = Kept {
-                    snapshot_id: d.id.clone(),
-                    kind: kind.clone(),
-                    finished_at: s.finished_at,
-                    reasons: d.reasons,
-                };
-                match d.action {
-                    Action::KeepHot => {
-                        if let Some(pg) = &s.postgres {
-                            if let Some(start_segment) = start_segment(pg) {
-                                hot_wal.push(BaseBackupWal {
-                                    id: d.id.clone(),
-                                    timeline: pg.timeline,
-                                    start_segment,
-                                });
-                            }
-                        }
-                        report.kept.push(kept);
-                    }
-                    Action::Archive if archive.is_some() => {
-                        to_archive.push((kept, s.postgres.as_ref()));
-                    }
-                    Action::Archive => {
-                        if let Some(pg) = &s.postgres {
-                            archive_wal
-                                .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
-                        }
-                        report.awaiting_archive.push(kept);
-                    }
-                    Action::Delete => report.deleted.push(d.id),
-                }
-            }
-        }
+    }
+
+    /// Carries out this repository's share of a plan (see [`enforce_history`]): the
+    /// archive moves, the WAL, the manifests, the archived snapshots no tier keeps, then
+    /// garbage collection.
+    async fn apply(
+        &self,
+        part: Part<'_>,
+        dry_run: bool,
+        archive: Option<&ColdArchive>,
+    ) -> Result<EnforceReport, RepoError> {
+        let Part {
+            mut report,
+            hot_wal,
+            mut archive_wal,
+            to_archive,
+        } = part;
 
         // Archived before the WAL is reckoned: one that fails stays here with its WAL.
         if let Some(archive) = archive {
@@ -620,6 +705,324 @@ mod tests {
                 ("c", Action::KeepHot, vec![Tier::Latest]),
             ]
         );
+    }
+
+    /// A document snapshot's manifest (no files: the rules look only at its summary).
+    async fn document(repo: &Repository, id: &str, at: DateTime<Utc>) {
+        let snap = Snapshot {
+            id: id.into(),
+            kind: drmesh_protocol::retention::DOCUMENTS_KIND.into(),
+            parent: None,
+            source: "/srv/uploads".into(),
+            hostname: "docs-1".into(),
+            started_at: at,
+            finished_at: at,
+            tags: BTreeMap::new(),
+            stats: SnapshotStats::default(),
+            postgres: None,
+            entries: Vec::new(),
+        };
+        repo.put_doc(&format!("snapshots/{id}"), &snap)
+            .await
+            .expect("manifest");
+    }
+
+    /// One repository per month under `dir` (as a `{yyyy}/{mm}` location makes them),
+    /// oldest first, holding a document snapshot `docs-<day>` at 03:00 of every day from
+    /// `first` to `last`.
+    async fn months_of_daily_documents(
+        dir: &Path,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+    ) -> Vec<(String, Repository)> {
+        use crate::repo::{KeySource, Location, RepoOptions};
+        let mut months: Vec<(String, Repository)> = Vec::new();
+        let mut day = first;
+        while day <= last {
+            let month = day.format("%Y/%m").to_string();
+            if months.last().map(|(m, _)| m) != Some(&month) {
+                let opts = RepoOptions {
+                    location: Location::new(dir.join(&month).to_string_lossy()),
+                    key: KeySource::None,
+                };
+                let repo = Repository::init(&opts).await.expect("init");
+                months.push((month, repo));
+            }
+            let at = Utc.from_utc_datetime(&day.and_hms_opt(3, 0, 0).expect("03:00"));
+            if let Some((_, repo)) = months.last() {
+                document(repo, &format!("docs-{day}"), at).await;
+            }
+            day = day.succ_opt().expect("next day");
+        }
+        months
+    }
+
+    fn date(s: &str) -> chrono::NaiveDate {
+        s.parse().expect("date")
+    }
+
+    fn ids_of(kept: &[Kept]) -> BTreeSet<String> {
+        kept.iter().map(|k| k.snapshot_id.clone()).collect()
+    }
+
+    async fn left(repo: &Repository) -> BTreeSet<String> {
+        repo.snapshots()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// What `policy` keeps of document snapshots (all fulls) at `times`, computed
+    /// directly from the calendar: (kept hot, archived); the rest is deleted.
+    fn keeps(
+        now: DateTime<Utc>,
+        policy: &RetentionPolicy,
+        times: &BTreeMap<String, DateTime<Utc>>,
+    ) -> (BTreeSet<String>, BTreeSet<String>) {
+        use chrono::Datelike;
+        let newest_where = |pred: &dyn Fn(DateTime<Utc>) -> bool| -> Option<String> {
+            times
+                .iter()
+                .filter(|(_, t)| **t <= now && pred(**t))
+                .max_by_key(|(id, t)| (**t, (*id).clone()))
+                .map(|(id, _)| id.clone())
+        };
+        let full = chrono::Duration::from_std(policy.full).expect("full");
+        let mut hot: BTreeSet<String> = times
+            .iter()
+            .filter(|(_, t)| now - **t < full)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for w in 0..policy.weekly {
+            let week = (now - chrono::Duration::weeks(i64::from(w))).iso_week();
+            hot.extend(newest_where(&|t| t.iso_week() == week));
+        }
+        hot.extend(newest_where(&|_| true));
+        let mut archived = BTreeSet::new();
+        let mut month = (now.year(), now.month());
+        for _ in 0..policy.monthly {
+            archived.extend(newest_where(&|t| (t.year(), t.month()) == month));
+            month = if month.1 == 1 {
+                (month.0 - 1, 12)
+            } else {
+                (month.0, month.1 - 1)
+            };
+        }
+        for y in 0..policy.yearly {
+            let year = now.year() - y as i32;
+            archived.extend(newest_where(&|t| t.year() == year));
+        }
+        let archived = archived.difference(&hot).cloned().collect();
+        (hot, archived)
+    }
+
+    #[tokio::test]
+    async fn month_repositories_are_planned_as_one_history() {
+        // 2026-03-04 is a Wednesday; the week before it runs from Monday 23 February to
+        // Sunday 1 March.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let months =
+            months_of_daily_documents(dir.path(), date("2026-01-01"), date("2026-03-04")).await;
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 4, 12, 0, 0)
+            .single()
+            .expect("now");
+        let policies = Policies {
+            documents: RetentionPolicy {
+                full: std::time::Duration::from_secs(3 * 24 * 3600),
+                incremental: std::time::Duration::from_secs(3600),
+                weekly: 2,
+                monthly: 0,
+                yearly: 0,
+            },
+            ..Policies::default()
+        };
+        let parts: Vec<Repository> = months.iter().map(|(_, r)| r.clone()).collect();
+        // Each month on its own would keep its newest (latest), and February's Saturday
+        // as the newest of the week across the two months besides March's Sunday.
+        let alone = parts[0].enforce(&policies, now, true).await.expect("alone");
+        assert_eq!(ids_of(&alone.kept), ["docs-2026-01-31".to_string()].into());
+        assert_eq!(alone.kept[0].reasons, [Tier::Latest]);
+        let alone = parts[1].enforce(&policies, now, true).await.expect("alone");
+        assert_eq!(ids_of(&alone.kept), ["docs-2026-02-28".to_string()].into());
+        assert_eq!(alone.kept[0].reasons, [Tier::Weekly]);
+
+        let reports: Vec<EnforceReport> = enforce_history(&parts, &policies, now, false, None)
+            .await
+            .expect("enforce")
+            .into_iter()
+            .map(|r| r.expect("month"))
+            .collect();
+        // One snapshot for the week across February and March (Sunday's, in March), and
+        // no month keeps its own newest: January and February are emptied.
+        assert_eq!(left(&parts[0]).await, BTreeSet::new());
+        assert_eq!(left(&parts[1]).await, BTreeSet::new());
+        assert_eq!(
+            left(&parts[2]).await,
+            [
+                "docs-2026-03-01",
+                "docs-2026-03-02",
+                "docs-2026-03-03",
+                "docs-2026-03-04"
+            ]
+            .map(String::from)
+            .into()
+        );
+        assert!(reports[1].deleted.contains(&"docs-2026-02-28".to_string()));
+        assert_eq!(reports[0].deleted.len(), 31);
+        assert_eq!(reports[2].kept[0].reasons, [Tier::Weekly]);
+        assert!(reports.iter().all(|r| r.awaiting_archive.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn fifteen_months_of_month_repositories_keep_and_archive_what_the_policy_defines() {
+        use crate::repo::archive::ArchiveOptions;
+        use crate::repo::{KeySource, Location};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let months =
+            months_of_daily_documents(dir.path(), date("2025-10-01"), date("2026-12-02")).await;
+        assert_eq!(months.len(), 15);
+        let cold = ColdArchive::open(&ArchiveOptions {
+            location: Location::new(dir.path().join("cold").to_string_lossy()),
+            key: KeySource::None,
+            storage_class: None,
+        })
+        .await
+        .expect("archive");
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        let policy = RetentionPolicy {
+            full: std::time::Duration::from_secs(14 * 24 * 3600),
+            incremental: std::time::Duration::from_secs(24 * 3600),
+            weekly: 4,
+            monthly: 6,
+            yearly: 2,
+        };
+        let policies = Policies {
+            documents: policy.clone(),
+            ..Policies::default()
+        };
+        let parts: Vec<Repository> = months.iter().map(|(_, r)| r.clone()).collect();
+        let mut times: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        let mut home: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, repo) in parts.iter().enumerate() {
+            for s in repo.snapshots().await.expect("list") {
+                home.insert(s.id.clone(), i);
+                times.insert(s.id, s.finished_at);
+            }
+        }
+        let (hot, archived) = keeps(now, &policy, &times);
+        let deleted: BTreeSet<String> = times
+            .keys()
+            .filter(|id| !hot.contains(*id) && !archived.contains(*id))
+            .cloned()
+            .collect();
+        // By hand: the last 14 days, the newest of each of the 4 weeks (one before
+        // them: Sunday 15 November), the newest of July to October and of 2025.
+        assert_eq!(hot.len(), 14 + 1);
+        assert_eq!(
+            archived,
+            [
+                "docs-2025-12-31",
+                "docs-2026-07-31",
+                "docs-2026-08-31",
+                "docs-2026-09-30",
+                "docs-2026-10-31"
+            ]
+            .map(String::from)
+            .into()
+        );
+
+        let run = |now: DateTime<Utc>, dry_run: bool| {
+            let (parts, policies, cold) = (&parts, &policies, &cold);
+            async move {
+                enforce_history(parts, policies, now, dry_run, Some(cold))
+                    .await
+                    .expect("enforce")
+                    .into_iter()
+                    .map(|r| r.expect("month"))
+                    .collect::<Vec<EnforceReport>>()
+            }
+        };
+        let union = |reports: &[EnforceReport], f: fn(&EnforceReport) -> BTreeSet<String>| {
+            reports.iter().flat_map(f).collect::<BTreeSet<String>>()
+        };
+        let check = |reports: &[EnforceReport]| {
+            assert_eq!(union(reports, |r| ids_of(&r.kept)), hot);
+            assert_eq!(union(reports, |r| ids_of(&r.archived)), archived);
+            assert_eq!(
+                union(reports, |r| r.deleted.iter().cloned().collect()),
+                deleted
+            );
+            // Each month decides about its own snapshots only.
+            for (i, r) in reports.iter().enumerate() {
+                for id in ids_of(&r.kept)
+                    .iter()
+                    .chain(&ids_of(&r.archived))
+                    .chain(&r.deleted)
+                {
+                    assert_eq!(home[id], i, "{id}");
+                }
+            }
+        };
+
+        let dry = run(now, true).await;
+        check(&dry);
+        assert!(
+            cold.list().await.expect("list").is_empty(),
+            "dry: nothing archived"
+        );
+        for (i, repo) in parts.iter().enumerate() {
+            let own: BTreeSet<String> = home
+                .iter()
+                .filter(|(_, m)| **m == i)
+                .map(|(id, _)| id.clone())
+                .collect();
+            assert_eq!(left(repo).await, own, "dry: nothing gone");
+        }
+
+        let done = run(now, false).await;
+        check(&done);
+        for (i, repo) in parts.iter().enumerate() {
+            let own: BTreeSet<String> = hot.iter().filter(|id| home[*id] == i).cloned().collect();
+            assert_eq!(left(repo).await, own, "{}", months[i].0);
+        }
+        let in_archive: BTreeSet<String> = cold
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|a| a.snapshot_id)
+            .collect();
+        assert_eq!(in_archive, archived);
+
+        // Idempotent.
+        let again = run(now, false).await;
+        assert_eq!(union(&again, |r| ids_of(&r.kept)), hot);
+        for r in &again {
+            assert!(r.deleted.is_empty() && r.archived.is_empty() && r.archive_deleted.is_empty());
+        }
+
+        // Three years on, with no backup since: the newest stays (latest), everything
+        // else goes, and the archive lets its snapshots go once.
+        let later = now + chrono::Duration::days(3 * 366);
+        let gone = run(later, false).await;
+        assert_eq!(gone[0].archive_deleted.len(), archived.len());
+        assert!(gone[1..].iter().all(|r| r.archive_deleted.is_empty()));
+        assert!(cold.list().await.expect("list").is_empty());
+        let last = parts.len() - 1;
+        assert_eq!(
+            left(&parts[last]).await,
+            BTreeSet::from(["docs-2026-12-02".to_string()])
+        );
+        assert_eq!(gone[last].kept[0].reasons, [Tier::Latest]);
+        for repo in &parts[..last] {
+            assert!(left(repo).await.is_empty());
+        }
     }
 
     #[test]
