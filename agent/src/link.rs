@@ -351,6 +351,25 @@ impl Link {
         if self.config.documents.is_some() {
             caps.push("documents".into());
         }
+        // Each repository it backs up into, so the coordinator sends retention and
+        // replication work for a shared one to one agent only.
+        // A local path names a repository on this host only.
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let repository = |url: &str| {
+            if url.contains("://") && !url.starts_with("file://") {
+                format!("repository:{url}")
+            } else {
+                format!("repository:{host}:{url}")
+            }
+        };
+        if let Some(db) = &self.config.database {
+            caps.push(repository(&db.repository));
+        }
+        if let Some(docs) = &self.config.documents {
+            caps.extend(docs.locations.iter().map(|l| repository(&l.url)));
+        }
         if let Some(db) = &self.config.database {
             caps.push("database".into());
             for name in db.environments.keys() {

@@ -240,6 +240,55 @@ pub(crate) fn capable_agents(coord: &Coordinator, capability: &str) -> Vec<Candi
     out
 }
 
+/// Capability prefix under which agents announce each repository they back up into
+/// (`repository:<url>`).
+pub(crate) const REPOSITORY_PREFIX: &str = "repository:";
+
+/// The UP agents that back up (`database` or `documents`), one per set of
+/// repositories: an agent whose announced repositories are all another's already (the
+/// standbys of a failover pair sharing the primary's repository) is left out, so a
+/// repository is enforced or replicated by one agent at a time. Next to a primary first,
+/// then by id. Agents that announce no repository are all kept.
+pub(crate) fn repository_agents(coord: &Coordinator) -> Vec<Candidate> {
+    let mut agents: Vec<Candidate> = capable_agents(coord, crate::database::CAPABILITY)
+        .into_iter()
+        .chain(capable_agents(coord, crate::documents::CAPABILITY))
+        .collect();
+    agents.sort_by(|a, b| {
+        b.primary
+            .cmp(&a.primary)
+            .then_with(|| a.id.as_str().cmp(b.id.as_str()))
+    });
+    agents.dedup_by(|a, b| a.id == b.id);
+    let repositories: std::collections::HashMap<AgentId, Vec<String>> = {
+        let registry = coord.registry.lock();
+        registry
+            .agents()
+            .map(|e| {
+                let repos = e
+                    .capabilities
+                    .iter()
+                    .filter_map(|c| c.strip_prefix(REPOSITORY_PREFIX))
+                    .map(str::to_string)
+                    .collect();
+                (e.id.clone(), repos)
+            })
+            .collect()
+    };
+    let mut covered = std::collections::HashSet::new();
+    agents
+        .into_iter()
+        .filter(|a| {
+            let repos = repositories.get(&a.id).cloned().unwrap_or_default();
+            let mut new = repos.is_empty();
+            for r in repos {
+                new |= covered.insert(r);
+            }
+            new
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

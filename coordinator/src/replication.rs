@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::alerts;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreExt};
-use crate::{database, documents, jobs, transport};
+use crate::{jobs, transport};
 
 /// Alert kind of a location unreachable for longer than `alert_after`.
 pub const LOCATION_UNREACHABLE: &str = "LOCATION_UNREACHABLE";
@@ -125,13 +125,11 @@ pub fn record(
 
 /// One round on every agent that backs up, all at once.
 pub async fn round(coord: &Coordinator) {
-    let mut agents: Vec<_> = jobs::capable_agents(coord, database::CAPABILITY)
+    // One agent per repository (see `jobs::repository_agents`).
+    let agents: Vec<_> = jobs::repository_agents(coord)
         .into_iter()
-        .chain(jobs::capable_agents(coord, documents::CAPABILITY))
         .map(|c| (c.id, c.region))
         .collect();
-    agents.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    agents.dedup_by(|a, b| a.0 == b.0);
     let asked = agents.into_iter().map(|(agent, region)| async move {
         let answer =
             transport::send_command(coord, &agent, CommandKind::Replicate, ROUND_TIMEOUT).await;

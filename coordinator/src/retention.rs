@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreExt};
-use crate::{database, documents, jobs, transport};
+use crate::{jobs, transport};
 
 /// How long one agent may take (an enforcement reads every manifest of its repositories).
 const TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -30,13 +30,12 @@ pub async fn enforce(
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Option<RetentionEnforcement> {
-    let mut agents: Vec<_> = jobs::capable_agents(coord, database::CAPABILITY)
+    // One agent per repository: both agents of a failover pair sharing one would
+    // otherwise enforce (and collect garbage in) it at once.
+    let agents: Vec<_> = jobs::repository_agents(coord)
         .into_iter()
-        .chain(jobs::capable_agents(coord, documents::CAPABILITY))
         .map(|c| c.id)
         .collect();
-    agents.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    agents.dedup();
     if agents.is_empty() {
         return None;
     }

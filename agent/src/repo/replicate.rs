@@ -61,6 +61,9 @@ impl SyncReport {
     }
 }
 
+/// Packs uploading at once.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
 /// Chunks read and re-sealed at once.
 const COPY_CONCURRENCY: usize = 4;
 
@@ -216,21 +219,38 @@ impl Repository {
             .buffered(COPY_CONCURRENCY);
         let mut builder = PackBuilder::for_pack(pack_size);
         let mut index: Vec<IndexEntry> = Vec::new();
+        // Full packs upload in the background while the next ones fill.
+        let mut uploads: tokio::task::JoinSet<Result<(u64, Vec<IndexEntry>), RepoError>> =
+            tokio::task::JoinSet::new();
+        let mut collect = |done: Result<Result<(u64, Vec<IndexEntry>), RepoError>, _>,
+                           report: &mut CopyReport|
+         -> Result<(), RepoError> {
+            let (n, entries) = done.map_err(|e: tokio::task::JoinError| {
+                RepoError::Io(format!("upload task: {e}"))
+            })??;
+            report.bytes_stored += n;
+            index.extend(entries);
+            Ok(())
+        };
         while let Some((id, raw, blob)) = blobs.try_next().await? {
             report.chunks_copied += 1;
             report.bytes_copied += raw as u64;
             builder.add(id, raw, &blob);
             if builder.len() >= pack_size {
-                report.bytes_stored += upload(
-                    dest,
-                    std::mem::replace(&mut builder, PackBuilder::for_pack(pack_size)),
-                    &mut index,
-                )
-                .await?;
+                let full = std::mem::replace(&mut builder, PackBuilder::for_pack(pack_size));
+                uploads.spawn(upload(dest.clone(), full));
+                while uploads.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(done) = uploads.join_next().await {
+                        collect(done, report)?;
+                    }
+                }
             }
         }
         if !builder.is_empty() {
-            report.bytes_stored += upload(dest, builder, &mut index).await?;
+            uploads.spawn(upload(dest.clone(), builder));
+        }
+        while let Some(done) = uploads.join_next().await {
+            collect(done, report)?;
         }
         if !index.is_empty() {
             report.bytes_stored += dest.put_doc(&super::index_key(&snap.id), &index).await?;
@@ -251,15 +271,16 @@ fn names(keys: Vec<(String, u64)>) -> HashSet<String> {
 }
 
 async fn upload(
-    dest: &Repository,
+    dest: Repository,
     builder: PackBuilder,
-    index: &mut Vec<IndexEntry>,
-) -> Result<u64, RepoError> {
-    let (name, bytes, entries) = builder.finish(dest.key())?;
+) -> Result<(u64, Vec<IndexEntry>), RepoError> {
+    let key = dest.clone();
+    let (name, bytes, entries) = tokio::task::spawn_blocking(move || builder.finish(key.key()))
+        .await
+        .map_err(|e| RepoError::Io(format!("pack task: {e}")))??;
     let n = bytes.len() as u64;
     dest.backend()
         .put(&pack_key(&name), bytes.into_bytes())
         .await?;
-    index.extend(entries);
-    Ok(n)
+    Ok((n, entries))
 }
