@@ -186,6 +186,11 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
             );
         }
     }
+    if let Some(r) = &spec.retention {
+        if let Err(e) = r.validate() {
+            fail("retention", e.to_string());
+        }
+    }
     if !bad.is_empty() {
         return Err(PlanError::Invalid(bad));
     }
@@ -202,6 +207,7 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
         automatic_failover: spec.automatic_failover,
         notification_channels: spec.notification_channels,
         test_interval,
+        retention: spec.retention,
         active_region: None,
         status: "ACTIVE".into(),
         created_at: now,
@@ -306,6 +312,38 @@ mod tests {
         assert_eq!((plan.rpo_seconds, plan.rto_seconds), (3600, 4 * 3600));
         assert_eq!(plan.failover_regions.len(), 2);
         assert_eq!(plan.status, "ACTIVE");
+    }
+
+    #[test]
+    fn a_plan_may_carry_its_own_retention_policies() {
+        let known = known();
+        let mut body = serde_json::to_value(runbook_body()).expect("json");
+        body["retention"] = serde_json::json!({"database": {"full": "90d", "weekly": 8}});
+        let spec: PlanSpec = serde_json::from_value(body.clone()).expect("parses");
+        let plan = check(spec, &known, None).expect("valid");
+        let r = plan.retention.expect("kept");
+        let given = r.apply(&drmesh_protocol::retention::RetentionPolicies::default());
+        assert_eq!(
+            given.database.full,
+            std::time::Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(given.database.weekly, 8);
+        assert_eq!(
+            given.documents,
+            Default::default(),
+            "documents: the coordinator's"
+        );
+        body["retention"] = serde_json::json!({"database": {"full": "1d", "incremental": "2d"}});
+        let spec: PlanSpec = serde_json::from_value(body.clone()).expect("parses");
+        let Err(PlanError::Invalid(fields)) = check(spec, &known, None) else {
+            panic!("refused");
+        };
+        assert_eq!(fields[0].field, "retention", "{fields:?}");
+        body["retention"] = serde_json::json!({"logs": {}});
+        assert!(
+            serde_json::from_value::<PlanSpec>(body).is_err(),
+            "unknown kind"
+        );
     }
 
     #[test]

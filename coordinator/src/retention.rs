@@ -32,20 +32,32 @@ pub async fn enforce(
 ) -> Option<RetentionEnforcement> {
     // One agent per repository: both agents of a failover pair sharing one would
     // otherwise enforce (and collect garbage in) it at once.
-    let agents: Vec<_> = jobs::repository_agents(coord)
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let agents = jobs::repository_agents(coord);
     if agents.is_empty() {
         return None;
     }
     let policies = coord.config.retention.clone();
+    let plans = match crate::plans::list(coord.store.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "read the plans: their retention policies are not applied");
+            Vec::new()
+        }
+    };
     let asked = agents.iter().map(|agent| {
+        // A plan's own policies for the agents of its database.
+        let plan = plan_of(&plans, agent);
+        let given = match plan {
+            Some((_, r)) => r.apply(&policies),
+            None => policies.clone(),
+        };
+        let plan_id = plan.map(|(id, _)| id.to_string());
         let kind = CommandKind::EnforceRetention {
             dry_run,
             now: Some(now),
-            policies: policies.clone(),
+            policies: given,
         };
+        let agent = &agent.id;
         async move {
             let answer = transport::send_command(coord, agent, kind, TIMEOUT).await;
             let (repositories, error) = match answer {
@@ -65,6 +77,7 @@ pub async fn enforce(
             };
             AgentRetention {
                 agent_id: agent.to_string(),
+                plan_id,
                 repositories,
                 error,
             }
@@ -114,6 +127,21 @@ pub async fn enforce(
         archive_deleted,
         wal_deleted,
         bytes_freed,
+    })
+}
+
+/// The first plan (by id) with its own policies that covers `agent`: one next to the
+/// primary, in a plan's active region or in one of its failover regions.
+fn plan_of<'a>(
+    plans: &'a [drmesh_protocol::api::DrPlan],
+    agent: &jobs::Candidate,
+) -> Option<(&'a str, &'a drmesh_protocol::retention::PlanRetention)> {
+    plans.iter().find_map(|p| {
+        let r = p.retention.as_ref()?;
+        let covers = agent.primary
+            || p.active_region.as_ref() == Some(&agent.region)
+            || p.failover_regions.contains(&agent.region);
+        covers.then_some((p.id.as_str(), r))
     })
 }
 

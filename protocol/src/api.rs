@@ -972,6 +972,10 @@ pub struct PlanSpec {
     /// Milliseconds between automatic DR tests.
     #[serde(default)]
     pub test_interval: Option<u64>,
+    /// Retention policies for this plan's database (`{"database": {...}, "documents":
+    /// {...}}`, each as `[retention.database]`), replacing the coordinator's.
+    #[serde(default)]
+    pub retention: Option<crate::retention::PlanRetention>,
 }
 
 /// A stored DR plan.
@@ -989,6 +993,9 @@ pub struct DrPlan {
     pub automatic_failover: bool,
     pub notification_channels: Vec<String>,
     pub test_interval: u64,
+    /// The plan's own retention policies, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::PlanRetention>,
     /// The region the plan's database runs in since its last failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_region: Option<RegionId>,

@@ -135,6 +135,37 @@ impl RetentionPolicies {
 }
 
 /// A rule that keeps a backup. Serialized in camelCase (`"daily"`, `"weekly"`, …).
+/// A DR plan's own policies (`"retention"` in the plan's body): each kind given replaces
+/// the coordinator's for the agents of the plan's database (the primary's and those in
+/// its failover regions); a kind left out keeps the coordinator's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanRetention {
+    pub database: Option<RetentionPolicy>,
+    pub documents: Option<RetentionPolicy>,
+}
+
+impl PlanRetention {
+    pub fn validate(&self) -> Result<(), RetentionError> {
+        for p in [&self.database, &self.documents].into_iter().flatten() {
+            p.validate()?;
+        }
+        Ok(())
+    }
+
+    /// `base` with this plan's kinds in place of its own.
+    pub fn apply(&self, base: &RetentionPolicies) -> RetentionPolicies {
+        let mut out = base.clone();
+        if let Some(p) = &self.database {
+            out.database = p.clone();
+        }
+        if let Some(p) = &self.documents {
+            out.documents = p.clone();
+        }
+        out
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Tier {
@@ -234,6 +265,9 @@ pub struct RetentionOutcome {
 #[serde(rename_all = "camelCase")]
 pub struct AgentRetention {
     pub agent_id: String,
+    /// The DR plan whose policies this agent was given instead of the coordinator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
     #[serde(default)]
     pub repositories: Vec<RepositoryRetention>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -280,6 +280,7 @@ mod tests {
             automatic_failover: false,
             notification_channels: Vec::new(),
             test_interval: 86_400_000,
+            retention: None,
             active_region: None,
             status: "ACTIVE".into(),
             created_at: now,

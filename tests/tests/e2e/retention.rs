@@ -351,3 +351,40 @@ fn a_repository_s_own_policy_replaces_the_coordinator_s_for_it() {
     );
     assert_eq!(snapshots(&repo), [first, second], "{}", agent.log_text());
 }
+
+#[test]
+fn a_plan_s_own_policy_replaces_the_coordinator_s_for_the_agents_of_its_regions() {
+    let mesh = Mesh::start_with(
+        200,
+        &format!("[retention]\nschedule = \"off\"\n{ONE_SECOND}"),
+    );
+    let (_uploads, repo, agent) = documents_agent(&mesh);
+    let plan = mesh.post(
+        "/v1/backup-recovery/disaster-recovery/plans",
+        Some(
+            r#"{"id": "docs_plan", "name": "Documents", "rpo": "1h", "rto": "4h",
+                "failoverRegions": ["us-west-2"],
+                "retention": {"documents": {"full": "1d", "incremental": "1d"}}}"#,
+        ),
+    );
+    assert_eq!(plan.status, 201, "{}", plan.text);
+    assert_eq!(
+        plan.body["retention"]["documents"]["full"], "1day",
+        "{}",
+        plan.text
+    );
+    let first = backup(&mesh);
+    let second = backup(&mesh);
+    std::thread::sleep(Duration::from_millis(1500));
+    let enforced = mesh.post(&format!("{RETENTION}/enforce-policies"), None);
+    assert_eq!(enforced.status, 200, "{}", enforced.text);
+    let a = &enforced.body["agents"][0];
+    assert_eq!(a["planId"], "docs_plan", "{}", enforced.text);
+    assert_eq!(
+        a["repositories"][0]["report"]["deleted"],
+        serde_json::json!([]),
+        "{}",
+        enforced.text
+    );
+    assert_eq!(snapshots(&repo), [first, second], "{}", agent.log_text());
+}
