@@ -24,6 +24,7 @@ pub mod crypto;
 pub mod enforce;
 pub mod export;
 pub mod gc;
+pub mod immutable;
 pub mod pack;
 pub mod pages;
 mod reader;
@@ -84,6 +85,10 @@ pub enum RepoError {
     Io(String),
     #[error("cancelled")]
     Cancelled,
+    /// A write-once location refused to delete or replace an object: its lock has not
+    /// ended. Permanent until then; never taken for a deletion.
+    #[error("locked: {0}")]
+    Locked(String),
 }
 
 /// Current repository format.
@@ -426,19 +431,27 @@ impl Repository {
     }
 
     /// Stores a lock object and starts re-putting it every [`LOCK_REFRESH_EVERY`].
+    ///
+    /// On a write-once location no key is written twice and a young object cannot be
+    /// deleted, so each refresh is a new object `locks/<id>.<n>` and the release stores
+    /// `locks/<id>.released` ([`LOCK_RELEASED`]); a lock counts as released once that
+    /// marker exists, and as refreshed when the newest of its objects was stored (see
+    /// [`lock_of`]). Garbage collection deletes the objects of released and stale locks
+    /// once their own locks have ended.
     pub(crate) async fn put_lock(&self, purpose: &str) -> Result<RepoLock, RepoError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let doc = LockDoc::new(purpose);
         let json = Bytes::from(serde_json::to_vec(&doc).map_err(|e| RepoError::Io(e.to_string()))?);
         let key = format!("locks/{id}");
         self.inner.backend.put(&key, json.clone()).await?;
+        let write_once = self.inner.backend.immutable_for().is_some();
         let released = Arc::new(tokio::sync::Mutex::new(false));
         let refresher = tokio::spawn({
             let backend = self.inner.backend.clone();
             let key = key.clone();
             let released = released.clone();
             async move {
-                loop {
+                for n in 1u64.. {
                     tokio::time::sleep(LOCK_REFRESH_EVERY).await;
                     // Held across the put, so `release` never deletes the lock while a
                     // refresh is about to store it again.
@@ -446,7 +459,12 @@ impl Repository {
                     if *released {
                         return;
                     }
-                    if let Err(e) = backend.put(&key, json.clone()).await {
+                    let target = if write_once {
+                        format!("{key}.{n}")
+                    } else {
+                        key.clone()
+                    };
+                    if let Err(e) = backend.put(&target, json.clone()).await {
                         tracing::warn!(lock = %key, error = %e, "could not refresh lock");
                     }
                 }
@@ -458,6 +476,19 @@ impl Repository {
             released,
             refresher,
         })
+    }
+}
+
+/// The suffix of the marker that releases a lock on a write-once location.
+pub(crate) const LOCK_RELEASED: &str = "released";
+
+/// The lock a lock object belongs to (`locks/<id>`), and the object's suffix on a
+/// write-once location (`<n>` for a refresh, [`LOCK_RELEASED`] for the release marker).
+pub(crate) fn lock_of(key: &str) -> (&str, Option<&str>) {
+    let name_at = key.rfind('/').map_or(0, |i| i + 1);
+    match key[name_at..].find('.') {
+        Some(dot) => (&key[..name_at + dot], Some(&key[name_at + dot + 1..])),
+        None => (key, None),
     }
 }
 
@@ -577,7 +608,15 @@ impl RepoLock {
     pub(crate) async fn release(self) {
         *self.released.lock().await = true;
         self.refresher.abort();
-        if let Err(e) = self.repo.inner.backend.delete(&self.key).await {
+        let backend = &self.repo.inner.backend;
+        let done = if backend.immutable_for().is_some() {
+            // A write-once location: a marker, since the lock object cannot go yet.
+            let marker = format!("{}.{LOCK_RELEASED}", self.key);
+            backend.put(&marker, Bytes::from_static(b"{}")).await
+        } else {
+            backend.delete(&self.key).await
+        };
+        if let Err(e) = done {
             tracing::warn!(lock = %self.key, error = %e, "could not remove lock");
         }
     }

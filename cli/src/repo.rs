@@ -548,6 +548,34 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     for id in &report.deleted {
                         println!("delete   {id}");
                     }
+                    let until = |t: &Option<chrono::DateTime<chrono::Utc>>| match t {
+                        Some(t) => format!("locked until {}", t.to_rfc3339()),
+                        None => "locked: the location refused to delete it".into(),
+                    };
+                    for l in &report.locked.snapshots {
+                        println!(
+                            "KEEP     {}  {} (write-once location)",
+                            l.snapshot_id,
+                            until(&l.locked_until)
+                        );
+                    }
+                    for l in &report.locked.archived {
+                        println!(
+                            "KEEP ARCHIVED {}  {}",
+                            l.snapshot_id,
+                            until(&l.locked_until)
+                        );
+                    }
+                    if !report.locked.is_empty() {
+                        println!(
+                            "write-once location: {} snapshots, {} archived snapshots, {} WAL segments and {} packs stay until their locks end ({}); run again after that",
+                            report.locked.snapshots.len(),
+                            report.locked.archived.len(),
+                            report.locked.wal_segments,
+                            report.locked.packs,
+                            until(&report.locked.locked_until)
+                        );
+                    }
                     println!(
                         "{} kept, {} {will}archived, {} {will}deleted from the archive, {} waiting for the archive, {} snapshots and {} WAL segments {will}deleted",
                         report.kept.len(),

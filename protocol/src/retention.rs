@@ -235,6 +235,64 @@ pub struct EnforceReport {
     /// Why garbage collection did not run (the snapshots were deleted all the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc_error: Option<String>,
+    /// On a write-once location (`immutable_for`): what this run would have removed but
+    /// left because its lock has not ended; a run after `lockedUntil` finishes the job.
+    #[serde(default, skip_serializing_if = "LockedObjects::is_empty")]
+    pub locked: LockedObjects,
+}
+
+/// Objects a run left on a write-once location because their lock has not ended (or the
+/// server refused to delete them). The repository stays consistent: a snapshot listed
+/// here stays listed, restorable and referenced (with its WAL); a pack stays scheduled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockedObjects {
+    /// Snapshots the plan removes from the repository (deleted, or moved to the cold
+    /// archive) whose manifest is still locked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<LockedSnapshot>,
+    /// Archived snapshots no tier keeps any more, still locked in the cold archive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archived: Vec<LockedSnapshot>,
+    /// WAL segments no kept backup needs, still locked.
+    #[serde(default)]
+    pub wal_segments: u64,
+    /// Unreferenced packs garbage collection keeps scheduled until their lock (or that of
+    /// an index object listing them) ends.
+    #[serde(default)]
+    pub packs: u64,
+    /// When the last of these locks ends, as far as drmesh knows (the object's
+    /// last-modified time plus `immutable_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Objects whose delete the server refused (a lock longer than `immutable_for`
+    /// says), by key; they stay, counted above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// A snapshot kept because its object is locked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockedSnapshot {
+    pub snapshot_id: String,
+    /// When its lock ends; absent when the server refused the delete and its end is not
+    /// known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl LockedObjects {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Counts a lock ending at `until` (`None`: refused by the server) in `locked_until`.
+    pub fn note(&mut self, until: Option<DateTime<Utc>>) {
+        if let Some(until) = until {
+            self.locked_until = self.locked_until.max(Some(until));
+        }
+    }
 }
 
 /// One repository's enforcement, or why it could not run.

@@ -18,6 +18,7 @@ mod e2e {
     pub mod liveness;
     pub mod netns;
     pub mod notify;
+    pub mod object_lock;
     pub mod objstore_servers;
     pub mod pitr_retention;
     pub mod plans;

@@ -429,6 +429,37 @@ impl ColdArchive {
         Ok(())
     }
 
+    /// As [`remove`](Self::remove), unless the archive is write-once and the listing or
+    /// the object is still locked as of `now` (both are checked before either goes, so
+    /// an object is never left unlisted for want of a lock).
+    pub async fn remove_unless_locked(
+        &self,
+        id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<super::backend::Removal, RepoError> {
+        use super::backend::Removal;
+        let a = self.find(id).await?;
+        let sidecar = sidecar_key(&a.kind, &a.snapshot_id);
+        let mut until = None;
+        for key in [&sidecar, &a.object] {
+            if let Some(stored) = self.backend.stored_at(key).await? {
+                until = until.max(self.backend.locked_until(stored, now));
+            }
+        }
+        if until.is_some() {
+            return Ok(Removal::Locked { until });
+        }
+        for key in [&sidecar, &a.object] {
+            if let Removal::Locked { until } =
+                self.backend.delete_unless_locked(key, None, now).await?
+            {
+                return Ok(Removal::Locked { until });
+            }
+        }
+        info!(snapshot = %id, object = %a.object, "archived snapshot deleted");
+        Ok(Removal::Deleted)
+    }
+
     /// Restores archived snapshot `id` into `target` (absent or empty), checking every
     /// file's SHA-256 and size against the manifest, and the object against its listing.
     pub async fn restore(&self, id: &str, target: &Path) -> Result<ColdReport, RepoError> {

@@ -5,12 +5,21 @@
 //! to a local directory are our own: `object_store` renames a temporary file into place
 //! but never calls `fsync`, and a backup is reported done only when it is durable. So a
 //! local put writes a temporary file, syncs it, renames it and syncs the directory.
+//!
+//! A location may be declared write-once with the option `immutable_for` (e.g. `"30d"`):
+//! the bucket locks every object it stores for that long (S3 Object Lock with a default
+//! retention, an Azure time-based immutability policy, a GCS retention policy; on a
+//! local directory drmesh alone keeps the rule). drmesh then deletes an object only once
+//! its lock has ended, judged from its last-modified time ([`Backend::delete_unless_locked`]),
+//! and takes a refusal of the server for a lock, never for a deletion. On S3 every write
+//! carries a SHA-256 checksum, which Object Lock buckets require.
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use object_store::path::Path;
@@ -44,6 +53,42 @@ impl Location {
             options: BTreeMap::new(),
         }
     }
+
+    /// How long the location keeps every object it stores write-once (the option
+    /// [`IMMUTABLE_FOR`], a humantime duration such as `"30d"`), if it does.
+    pub fn immutable_for(&self) -> Result<Option<std::time::Duration>, RepoError> {
+        let Some(text) = self
+            .options
+            .iter()
+            .find(|(k, _)| normalise("", k) == IMMUTABLE_FOR)
+            .map(|(_, v)| v)
+        else {
+            return Ok(None);
+        };
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
+            RepoError::Config(format!("{IMMUTABLE_FOR} {text:?}: {e} (e.g. \"30d\")"))
+        })?;
+        if d.is_zero() {
+            return Err(RepoError::Config(format!(
+                "{IMMUTABLE_FOR} must be longer than zero (leave it out for a location that is not write-once)"
+            )));
+        }
+        Ok(Some(d))
+    }
+}
+
+/// The location option declaring a write-once location: how long the store locks each
+/// object it stores (the bucket's default retention).
+pub const IMMUTABLE_FOR: &str = "immutable_for";
+
+/// What [`Backend::delete_unless_locked`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The object is gone (or was not there).
+    Deleted,
+    /// The object stays: its write-once lock ends at `until`, or (`None`) the server
+    /// refused the delete, which is taken for a lock whose end drmesh does not know.
+    Locked { until: Option<DateTime<Utc>> },
 }
 
 /// An open object store with the repository's prefix.
@@ -54,12 +99,24 @@ pub struct Backend {
     /// Set for local directories: the root the prefix is under, for durable writes.
     local_root: Option<PathBuf>,
     display: String,
+    /// Set for a write-once location: how long each object stays locked once stored.
+    immutable_for: Option<chrono::Duration>,
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Backend({})", self.display)
     }
+}
+
+/// A store's refusal of a write or delete on a write-once location: S3 answers 403
+/// AccessDenied for a locked version, Azure 409 for an immutable blob, GCS 403 for an
+/// object its retention policy holds.
+fn refused_by_lock(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::AlreadyExists { .. }
+    )
 }
 
 fn backend_error(op: &str, key: &str, e: object_store::Error) -> RepoError {
@@ -82,12 +139,50 @@ fn normalise(kind: &str, key: &str) -> String {
     }
 }
 
+/// An S3 builder from the `AWS_*` environment variables (as `from_env`). For a
+/// write-once bucket every write carries a SHA-256 checksum (`x-amz-checksum-sha256`),
+/// which S3 requires of any write to an Object Lock bucket, and the
+/// `x-amz-sdk-checksum-algorithm` header the AWS SDKs send with it, which some
+/// S3-compatible servers (moto) look for instead.
+fn s3_builder(immutable: bool) -> object_store::aws::AmazonS3Builder {
+    let mut b = object_store::aws::AmazonS3Builder::new();
+    if immutable {
+        let mut headers = object_store::HeaderMap::new();
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            object_store::HeaderValue::from_static("SHA256"),
+        );
+        b = b
+            .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+    }
+    for (key, value) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            if let Ok(k) = key.to_ascii_lowercase().parse() {
+                b = b.with_config(k, value);
+            }
+        }
+    }
+    b
+}
+
 impl Backend {
     pub async fn open(location: &Location) -> Result<Self, RepoError> {
         let url = location.url.trim();
         if url.is_empty() {
             return Err(RepoError::Config("repository URL is empty".into()));
         }
+        let immutable_for = location
+            .immutable_for()?
+            .map(chrono::Duration::from_std)
+            .transpose()
+            .map_err(|e| RepoError::Config(format!("{IMMUTABLE_FOR}: {e}")))?;
+        // drmesh's own options; the rest go to the object-store builder.
+        let store_options: Vec<(&String, &String)> = location
+            .options
+            .iter()
+            .filter(|(k, _)| normalise("", k) != IMMUTABLE_FOR)
+            .collect();
         let local = if let Some(rest) = url.strip_prefix("file://") {
             Some(PathBuf::from(rest))
         } else if !url.contains("://") {
@@ -111,6 +206,7 @@ impl Backend {
                 prefix: Path::default(),
                 display: root.display().to_string(),
                 local_root: Some(root),
+                immutable_for,
             });
         }
         let parsed = url::Url::parse(url)
@@ -126,8 +222,8 @@ impl Backend {
             .map_err(|e| RepoError::Config(format!("repository URL {url:?}: {e}")))?;
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
-                for (k, v) in &location.options {
+                let mut b = s3_builder(immutable_for.is_some()).with_bucket_name(&bucket);
+                for (k, v) in store_options.iter().copied() {
                     let key = normalise("s3", k);
                     let parsed_key = key.parse().map_err(|_| {
                         RepoError::Config(format!("unknown S3 option {k:?}"))
@@ -139,7 +235,7 @@ impl Backend {
             "az" | "azure" => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(&bucket);
-                for (k, v) in &location.options {
+                for (k, v) in store_options.iter().copied() {
                     let key = normalise("az", k);
                     let parsed_key = key.parse().map_err(|_| {
                         RepoError::Config(format!("unknown Azure option {k:?}"))
@@ -151,7 +247,7 @@ impl Backend {
             "gs" => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&bucket);
-                for (k, v) in &location.options {
+                for (k, v) in store_options.iter().copied() {
                     let key = normalise("gs", k);
                     let parsed_key = key.parse().map_err(|_| {
                         RepoError::Config(format!("unknown GCS option {k:?}"))
@@ -171,7 +267,60 @@ impl Backend {
             prefix,
             local_root: None,
             display: format!("{scheme}://{bucket}/{}", parsed.path().trim_matches('/')),
+            immutable_for,
         })
+    }
+
+    /// How long this location keeps each object write-once, if it does.
+    pub fn immutable_for(&self) -> Option<chrono::Duration> {
+        self.immutable_for
+    }
+
+    /// When the write-once lock of an object stored at `stored` ends, if it has not ended
+    /// by `now` (always `None` on a location that is not write-once).
+    pub fn locked_until(&self, stored: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let until = stored + self.immutable_for?;
+        (until > now).then_some(until)
+    }
+
+    /// When an object was stored (its last-modified time), or `None` when it is absent.
+    pub async fn stored_at(&self, key: &str) -> Result<Option<DateTime<Utc>>, RepoError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(backend_error("head", key, e)),
+        }
+    }
+
+    /// Deletes `key` unless its write-once lock, judged as of `now` from `stored` (its
+    /// last-modified time; looked up when not given), has not ended. A refusal of the
+    /// server on a write-once location is a lock too, never a deletion.
+    pub async fn delete_unless_locked(
+        &self,
+        key: &str,
+        stored: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Removal, RepoError> {
+        if self.immutable_for.is_some() {
+            let stored = match stored {
+                Some(t) => t,
+                None => match self.stored_at(key).await? {
+                    Some(t) => t,
+                    None => return Ok(Removal::Deleted),
+                },
+            };
+            if let Some(until) = self.locked_until(stored, now) {
+                return Ok(Removal::Locked { until: Some(until) });
+            }
+        }
+        match self.delete(key).await {
+            Ok(()) => Ok(Removal::Deleted),
+            Err(RepoError::Locked(why)) => {
+                tracing::warn!(object = %key, reason = %why, "the write-once location refused a delete: the object stays");
+                Ok(Removal::Locked { until: None })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn describe(&self) -> &str {
@@ -244,9 +393,17 @@ impl Backend {
         }
     }
 
+    /// Deletes an object; on a write-once location a refusal of the server is
+    /// [`RepoError::Locked`]. Callers that may meet young objects there use
+    /// [`delete_unless_locked`](Self::delete_unless_locked).
     pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) if self.immutable_for.is_some() && refused_by_lock(&e) => {
+                Err(RepoError::Locked(format!(
+                    "delete {key} refused by the write-once location: {e}"
+                )))
+            }
             Err(e) => Err(backend_error("delete", key, e)),
         }
     }
@@ -616,6 +773,132 @@ mod tests {
             panic!("an unknown option must be refused");
         };
         assert!(err.to_string().contains("unknown GCS option"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn immutable_for_is_drmesh_s_own_option() {
+        let mut loc = Location::new("s3://bucket/prefix");
+        assert_eq!(loc.immutable_for().expect("none"), None);
+        loc.options.insert("immutable-for".into(), "30d".into());
+        assert_eq!(
+            loc.immutable_for().expect("30d"),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        // Not handed to the S3 builder (which would refuse an unknown option), and every
+        // write then carries a checksum.
+        loc.options.insert("region".into(), "us-east-1".into());
+        let b = Backend::open(&loc).await.expect("opens");
+        assert_eq!(b.immutable_for(), Some(chrono::Duration::days(30)));
+        let stored = Utc::now() - chrono::Duration::days(29);
+        assert!(b.locked_until(stored, Utc::now()).is_some());
+        assert_eq!(
+            b.locked_until(stored, Utc::now() + chrono::Duration::days(2)),
+            None
+        );
+        loc.options.remove("immutable-for");
+        for bad in ["0s", "soon", ""] {
+            loc.options.insert("immutable_for".into(), bad.into());
+            assert!(
+                matches!(Backend::open(&loc).await, Err(RepoError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    /// A store that refuses every delete as a locked S3 bucket does (403).
+    #[derive(Debug)]
+    struct Refusing(object_store::memory::InMemory);
+
+    impl std::fmt::Display for Refusing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Refusing")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Refusing {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &Path) -> object_store::Result<()> {
+            Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "AccessDenied: object is WORM protected".into(),
+            })
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.0.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.0.copy_if_not_exists(from, to).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_delete_is_a_lock_never_a_deletion() {
+        let backend = |immutable_for| Backend {
+            store: Arc::new(Refusing(object_store::memory::InMemory::new())),
+            prefix: Path::default(),
+            local_root: None,
+            display: "refusing".into(),
+            immutable_for,
+        };
+        // Write-once for a second: drmesh's own rule lets the delete go, the server not.
+        let b = backend(Some(chrono::Duration::seconds(1)));
+        b.put("wal/1", Bytes::from_static(b"x")).await.expect("put");
+        let later = Utc::now() + chrono::Duration::minutes(1);
+        assert_eq!(
+            b.delete_unless_locked("wal/1", None, later)
+                .await
+                .expect("delete"),
+            Removal::Locked { until: None }
+        );
+        assert!(matches!(b.delete("wal/1").await, Err(RepoError::Locked(_))));
+        assert_eq!(b.size("wal/1").await.expect("head"), Some(1), "still there");
+        // Within its lock drmesh does not even ask.
+        assert!(matches!(
+            b.delete_unless_locked("wal/1", None, Utc::now()).await,
+            Ok(Removal::Locked { until: Some(_) })
+        ));
+        // A location not declared write-once: a refusal is an ordinary storage error.
+        let plain = backend(None);
+        plain.put("a", Bytes::from_static(b"x")).await.expect("put");
+        assert!(matches!(
+            plain.delete("a").await,
+            Err(RepoError::Backend(_))
+        ));
     }
 
     #[tokio::test]

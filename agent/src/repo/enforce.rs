@@ -42,6 +42,7 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::archive::{ArchivedSnapshot, ColdArchive};
+use super::backend::Removal;
 use super::gc::GcOptions;
 use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, Tier};
 use super::snapshot::{PgBackupInfo, SnapshotSummary};
@@ -50,7 +51,9 @@ use super::{RepoError, Repository};
 use crate::database::verify::needed_wal;
 use crate::database::wal::{WalKind, WalName};
 
-pub use drmesh_protocol::retention::{EnforceReport, Kept, RetentionPolicies as Policies};
+pub use drmesh_protocol::retention::{
+    EnforceReport, Kept, LockedSnapshot, RetentionPolicies as Policies,
+};
 
 /// A snapshot's place in the plan: an incremental is a base backup with a parent; every
 /// other snapshot (a document snapshot reusing its parent's unchanged files too) is
@@ -160,6 +163,7 @@ impl Part<'_> {
                 bytes_freed: 0,
                 packs_pending: 0,
                 gc_error: None,
+                locked: Default::default(),
             },
             hot_wal: Vec::new(),
             archive_wal: BTreeSet::new(),
@@ -331,8 +335,15 @@ impl Repository {
             mut report,
             hot_wal,
             mut archive_wal,
-            to_archive,
+            mut to_archive,
         } = part;
+        let now = report.now;
+        // A write-once location: what is still locked stays (see [`super::immutable`]).
+        let write_once = self.write_once(now).await?;
+        if let Some(w) = &write_once {
+            w.hold_snapshots(self, &mut report, &mut to_archive, &mut archive_wal)
+                .await?;
+        }
 
         // Archived before the WAL is reckoned: one that fails stays here with its WAL.
         if let Some(archive) = archive {
@@ -343,7 +354,18 @@ impl Repository {
                 }
                 match archive.archive(self, &kept.snapshot_id).await {
                     Ok(_) => {
-                        self.forget(&kept.snapshot_id).await?;
+                        if let Removal::Locked { until } =
+                            self.forget_unless_locked(&kept.snapshot_id, now).await?
+                        {
+                            // Archived, and kept here too until the server lets it go.
+                            let mut none = Vec::new();
+                            self.hold_snapshot(&kept.snapshot_id, until, &mut report, &mut none)
+                                .await?;
+                            if let Some(pg) = pg {
+                                archive_wal
+                                    .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                            }
+                        }
                         info!(snapshot = %kept.snapshot_id, archive = %archive.describe(), "retention: snapshot moved to the cold archive");
                         report.archived.push(kept);
                     }
@@ -372,23 +394,58 @@ impl Repository {
             }
         }
         let doomed = retention::wal_to_delete(&hot_wal, &histories, &archived);
-        let doomed: Vec<(u32, String)> = doomed
+        let mut doomed: Vec<(u32, String)> = doomed
             .into_iter()
             .filter(|seg| !archive_wal.contains(seg))
             .collect();
+        if let Some(w) = &write_once {
+            w.hold_wal(self, &mut report, &mut doomed);
+        }
 
         if !dry_run {
+            let mut refused = Vec::new();
             for id in &report.deleted {
-                self.forget(id).await?;
-                info!(snapshot = %id, "retention: snapshot deleted");
-            }
-            for (tl, name) in &doomed {
-                self.backend().delete(&wal_key(*tl, name)).await?;
-            }
-            if let Some(archive) = archive {
-                for id in &report.archive_deleted {
-                    archive.remove(id).await?;
+                match self.forget_unless_locked(id, now).await? {
+                    Removal::Deleted => info!(snapshot = %id, "retention: snapshot deleted"),
+                    Removal::Locked { until } => refused.push((id.clone(), until)),
                 }
+            }
+            report
+                .deleted
+                .retain(|id| !refused.iter().any(|(r, _)| r == id));
+            for (id, until) in refused {
+                self.hold_snapshot(&id, until, &mut report, &mut doomed)
+                    .await?;
+            }
+            let mut wal_held = Vec::new();
+            for seg in &doomed {
+                let key = wal_key(seg.0, &seg.1);
+                if let Removal::Locked { until } =
+                    self.backend().delete_unless_locked(&key, None, now).await?
+                {
+                    report.locked.wal_segments += 1;
+                    report.locked.note(until);
+                    if until.is_none() {
+                        report.locked.refused.push(key);
+                    }
+                    wal_held.push(seg.clone());
+                }
+            }
+            doomed.retain(|seg| !wal_held.contains(seg));
+            if let Some(archive) = archive {
+                let mut held = Vec::new();
+                for id in &report.archive_deleted {
+                    if let Removal::Locked { until } = archive.remove_unless_locked(id, now).await?
+                    {
+                        report.locked.note(until);
+                        report.locked.archived.push(LockedSnapshot {
+                            snapshot_id: id.clone(),
+                            locked_until: until,
+                        });
+                        held.push(id.clone());
+                    }
+                }
+                report.archive_deleted.retain(|id| !held.contains(id));
             }
             if !doomed.is_empty() {
                 info!(
@@ -398,11 +455,18 @@ impl Repository {
             }
             // The deleted snapshots' chunks; a failure (another collection running, a
             // store error) leaves them for the next run.
-            match self.gc(GcOptions::default()).await {
+            let gc = GcOptions {
+                now: Some(now),
+                ..GcOptions::default()
+            };
+            match self.gc(gc).await {
                 Ok(gc) => {
                     report.packs_deleted = gc.packs_deleted;
                     report.bytes_freed = gc.bytes_freed;
                     report.packs_pending = gc.packs_pending;
+                    report.locked.packs = gc.packs_locked;
+                    report.locked.note(gc.locked_until);
+                    report.locked.refused.extend(gc.refused);
                 }
                 Err(e) => report.gc_error = Some(e.to_string()),
             }

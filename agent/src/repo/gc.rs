@@ -50,6 +50,14 @@
 //! A rerun marks afresh, so nothing a snapshot references is deleted whatever a crashed
 //! run left behind.
 //!
+//! On a write-once location (`immutable_for`, see [`super::backend`]) nothing is deleted
+//! before its lock ends, and no key is written twice: a ripe pack whose own lock, or
+//! that of an index object listing it, has not ended stays in `gc/pending` for a later
+//! run (so no index names a deleted pack, as above); `gc/pending` is written as
+//! generations `gc/pending.<n>` (the highest is in force; older ones go once unlocked);
+//! locks are released by a marker and their objects deleted here once unlocked
+//! ([`Repository::put_lock`]). A delete the server refuses is a lock, never a deletion.
+//!
 //! Limits: a pack with any referenced chunk is kept whole (no repacking); a chunk no
 //! snapshot references stays indexed (and deduplicable) while its pack is kept; a
 //! duplicate copy of a referenced chunk in a scheduled pack is deleted, so a restore that
@@ -62,10 +70,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::backend::Removal;
 use super::pack::{self, ChunkId, IndexEntry};
 use super::{object_name, pack_key, LockDoc, RepoError, RepoLock, Repository, LOCK_STALE_AFTER};
 
-/// The object holding the packs scheduled for deletion.
+/// The object holding the packs scheduled for deletion; on a write-once location the
+/// generations `gc/pending.<n>` instead, the highest in force.
 const PENDING_KEY: &str = "gc/pending";
 
 /// The purpose a collection's lock gives.
@@ -84,6 +94,9 @@ pub struct GcOptions {
     /// How long the sweep waits for the locks that keep pending packs (0: not at all; the
     /// packs stay pending for a later run).
     pub wait_for_locks: Duration,
+    /// The instant write-once locks are judged at (default: the clock); enforcement
+    /// passes the instant it applies the policy as of.
+    pub now: Option<DateTime<Utc>>,
 }
 
 impl Default for GcOptions {
@@ -92,6 +105,7 @@ impl Default for GcOptions {
             dry_run: false,
             stale_lock: LOCK_STALE_AFTER,
             wait_for_locks: Duration::ZERO,
+            now: None,
         }
     }
 }
@@ -119,6 +133,13 @@ pub struct GcReport {
     pub blocking_locks: u64,
     /// Whether the sweep waited for locks.
     pub waited_for_locks: bool,
+    /// On a write-once location: unreferenced packs kept scheduled because their lock,
+    /// or that of an index object listing them, has not ended (or the server refused).
+    pub packs_locked: u64,
+    /// When the last of those locks ends, as far as drmesh knows.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Objects whose delete the server refused on a write-once location.
+    pub refused: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
 }
@@ -187,6 +208,15 @@ struct Mark {
 
 /// The locks in the repository: key → (last stored, stale).
 type Locks = HashMap<String, (DateTime<Utc>, bool)>;
+
+/// One lock's objects ([`Repository::lock_groups`]).
+struct LockGroup {
+    /// When the newest of its objects was stored: its last refresh.
+    stored: DateTime<Utc>,
+    /// Its release marker exists (write-once locations).
+    released: bool,
+    objects: Vec<(String, DateTime<Utc>)>,
+}
 
 /// Where a run stops (tests stop early to leave what a crash would).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -291,7 +321,8 @@ impl Repository {
         if opts.dry_run {
             return self.dry_sweep(opts, &pending, &mark, report).await;
         }
-        self.write_pending(&pending).await?;
+        self.write_pending(&pending, opts.now.unwrap_or_else(Utc::now))
+            .await?;
         if stop <= Step::Scheduled {
             report.packs_pending = pending.pack_count();
             return Ok(report);
@@ -312,7 +343,8 @@ impl Repository {
                 b.blockers = Some(blockers.clone());
                 b.scheduled = t1;
             }
-            self.write_pending(&pending).await?;
+            self.write_pending(&pending, opts.now.unwrap_or_else(Utc::now))
+                .await?;
         }
         if stop <= Step::Sealed {
             report.packs_pending = pending.pack_count();
@@ -320,6 +352,10 @@ impl Repository {
         }
 
         self.sweep(opts, pending, &mut report, stop).await?;
+        if stop == Step::Done {
+            self.clean_locks(opts, lock.map(RepoLock::key), &mut report)
+                .await?;
+        }
         Ok(report)
     }
 
@@ -369,8 +405,25 @@ impl Repository {
             }
         }
 
+        // A write-once location: packs whose own lock has not ended stay pending.
+        let now = opts.now.unwrap_or_else(Utc::now);
+        doomed.retain(|name, p| match self.backend().locked_until(p.stored, now) {
+            Some(until) => {
+                done.remove(name);
+                report.packs_locked += 1;
+                report.locked_until = report.locked_until.max(Some(until));
+                false
+            }
+            None => true,
+        });
+        let mut deleted: HashSet<String> = HashSet::new();
         if !doomed.is_empty() {
-            report.index_objects_rewritten = self.drop_from_index(&doomed).await?;
+            let (rewritten, withheld) = self.drop_from_index(&mut doomed, now, report).await?;
+            report.index_objects_rewritten = rewritten;
+            for name in withheld {
+                done.remove(&name);
+                report.packs_locked += 1;
+            }
             if stop <= Step::Reindexed {
                 report.packs_pending = pending.pack_count();
                 return Ok(());
@@ -382,20 +435,38 @@ impl Repository {
                     info!(pack = %name, "a scheduled pack was stored again: kept");
                     continue;
                 }
-                self.backend().delete(&pack_key(name)).await?;
-                report.packs_deleted += 1;
-                report.bytes_freed += p.size;
+                let key = pack_key(name);
+                match self
+                    .backend()
+                    .delete_unless_locked(&key, Some(p.stored), now)
+                    .await?
+                {
+                    Removal::Deleted => {
+                        deleted.insert(name.clone());
+                        report.packs_deleted += 1;
+                        report.bytes_freed += p.size;
+                    }
+                    // No index names it any more: a later sweep deletes it.
+                    Removal::Locked { until } => {
+                        done.remove(name);
+                        report.packs_locked += 1;
+                        report.locked_until = report.locked_until.max(until);
+                        if until.is_none() {
+                            report.refused.push(key);
+                        }
+                    }
+                }
             }
         }
         pending.remove(&done);
-        self.write_pending(&pending).await?;
+        self.write_pending(&pending, opts.now.unwrap_or_else(Utc::now))
+            .await?;
         report.packs_pending = pending.pack_count();
         // This handle's own index forgets the deleted packs too.
-        let gone: HashSet<&str> = doomed.keys().map(String::as_str).collect();
         self.inner
             .index
             .write()
-            .retain(|_, loc| !gone.contains(loc.pack.as_str()));
+            .retain(|_, loc| !deleted.contains(&loc.pack));
         Ok(())
     }
 
@@ -415,7 +486,13 @@ impl Repository {
         }
         let (ripe, live) = ripe_packs(&sealed, &locks);
         report.blocking_locks = live.len() as u64;
+        let now = opts.now.unwrap_or_else(Utc::now);
         for p in ripe {
+            if let Some(until) = self.backend().locked_until(p.stored, now) {
+                report.packs_locked += 1;
+                report.locked_until = report.locked_until.max(Some(until));
+                continue;
+            }
             if mark.packs.get(&p.name).is_some_and(|(_, t)| *t == p.stored) {
                 report.packs_deleted += 1;
                 report.bytes_freed += p.size;
@@ -426,42 +503,89 @@ impl Repository {
     }
 
     /// Replaces the index objects that list a chunk in `doomed` packs by one object
-    /// holding their other entries; returns how many were replaced.
+    /// holding their other entries; returns how many were replaced, and the packs taken
+    /// out of `doomed` because an index object listing them cannot be deleted yet (a
+    /// write-once location: its lock has not ended, or the server refused), which must
+    /// not be deleted either.
     async fn drop_from_index(
         &self,
-        doomed: &HashMap<String, PendingPack>,
-    ) -> Result<u64, RepoError> {
-        let mut keep: Vec<IndexEntry> = Vec::new();
-        let mut replaced: Vec<String> = Vec::new();
-        for (key, _) in self.backend().list("index").await? {
+        doomed: &mut HashMap<String, PendingPack>,
+        now: DateTime<Utc>,
+        report: &mut GcReport,
+    ) -> Result<(u64, HashSet<String>), RepoError> {
+        let mut listing: Vec<(String, Vec<IndexEntry>, DateTime<Utc>)> = Vec::new();
+        let mut withheld: HashSet<String> = HashSet::new();
+        for (key, _, stored) in self.backend().list_with_times("index").await? {
             let entries = match self.index_object(&key).await? {
                 Some(entries) => entries,
                 None => continue,
             };
+            if !entries
+                .iter()
+                .any(|e| doomed.contains_key(&e.location.pack))
+            {
+                continue;
+            }
+            if let Some(until) = self.backend().locked_until(stored, now) {
+                report.locked_until = report.locked_until.max(Some(until));
+                withheld.extend(
+                    entries
+                        .iter()
+                        .filter(|e| doomed.contains_key(&e.location.pack))
+                        .map(|e| e.location.pack.clone()),
+                );
+                continue;
+            }
+            listing.push((key, entries, stored));
+        }
+        doomed.retain(|name, _| !withheld.contains(name));
+        let mut keep: Vec<IndexEntry> = Vec::new();
+        let mut replaced: Vec<(String, Vec<IndexEntry>, DateTime<Utc>)> = Vec::new();
+        for (key, entries, stored) in listing {
             if entries
                 .iter()
                 .any(|e| doomed.contains_key(&e.location.pack))
             {
                 keep.extend(
                     entries
-                        .into_iter()
-                        .filter(|e| !doomed.contains_key(&e.location.pack)),
+                        .iter()
+                        .filter(|e| !doomed.contains_key(&e.location.pack))
+                        .cloned(),
                 );
-                replaced.push(key);
+                replaced.push((key, entries, stored));
             }
         }
         if replaced.is_empty() {
-            return Ok(0);
+            return Ok((0, withheld));
         }
         if !keep.is_empty() {
             let stamp = Utc::now().format("%Y%m%dT%H%M%S");
             self.put_doc(&super::index_key(&format!("gc-{stamp}")), &keep)
                 .await?;
         }
-        for key in &replaced {
-            self.backend().delete(key).await?;
+        let mut rewritten = 0;
+        for (key, entries, stored) in &replaced {
+            match self
+                .backend()
+                .delete_unless_locked(key, Some(*stored), now)
+                .await?
+            {
+                Removal::Deleted => rewritten += 1,
+                // Still names its packs: they stay until it can go.
+                Removal::Locked { until } => {
+                    report.locked_until = report.locked_until.max(until);
+                    if until.is_none() {
+                        report.refused.push(key.clone());
+                    }
+                    for e in entries {
+                        if doomed.remove(&e.location.pack).is_some() {
+                            withheld.insert(e.location.pack.clone());
+                        }
+                    }
+                }
+            }
         }
-        Ok(replaced.len() as u64)
+        Ok((rewritten, withheld))
     }
 
     /// `data/` is listed first (only a pack listed before the batch is sealed may be
@@ -544,20 +668,100 @@ impl Repository {
         }
     }
 
+    /// The `gc/pending` in force: on a write-once location the highest generation
+    /// (`gc/pending` itself counting as generation 0), elsewhere `gc/pending`.
     async fn read_pending(&self) -> Result<PendingDoc, RepoError> {
-        match self.backend().get(PENDING_KEY).await {
-            Ok(raw) => pack::decode_doc(&raw, self.key(), PENDING_KEY),
+        let key = if self.backend().immutable_for().is_some() {
+            match self.pending_generations().await?.pop() {
+                Some((_, key, _)) => key,
+                None => return Ok(PendingDoc::default()),
+            }
+        } else {
+            PENDING_KEY.to_string()
+        };
+        match self.backend().get(&key).await {
+            Ok(raw) => pack::decode_doc(&raw, self.key(), &key),
             Err(RepoError::NotFound(_)) => Ok(PendingDoc::default()),
             Err(e) => Err(e),
         }
     }
 
-    async fn write_pending(&self, pending: &PendingDoc) -> Result<(), RepoError> {
+    /// Stores `pending` (`now`: the instant write-once locks are judged at).
+    async fn write_pending(
+        &self,
+        pending: &PendingDoc,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        if self.backend().immutable_for().is_some() {
+            return self.write_pending_generation(pending, now).await;
+        }
         if pending.batches.is_empty() {
             self.backend().delete(PENDING_KEY).await
         } else {
             self.put_doc(PENDING_KEY, pending).await.map(|_| ())
         }
+    }
+
+    /// The generations of `gc/pending` on a write-once location, lowest first:
+    /// (generation, key, stored).
+    async fn pending_generations(&self) -> Result<Vec<(u64, String, DateTime<Utc>)>, RepoError> {
+        let mut out: Vec<(u64, String, DateTime<Utc>)> = self
+            .backend()
+            .list_with_times("gc")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _, stored)| {
+                let n = match key.strip_prefix(PENDING_KEY)? {
+                    "" => 0,
+                    rest => rest.strip_prefix('.')?.parse().ok()?,
+                };
+                Some((n, key, stored))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stores `pending` as a new generation (never over an existing key), then deletes
+    /// the older generations whose locks have ended. An empty one is stored only when it
+    /// must hide an older generation that cannot be deleted yet.
+    async fn write_pending_generation(
+        &self,
+        pending: &PendingDoc,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let older = self.pending_generations().await?;
+        let next = older.last().map_or(1, |(n, _, _)| n + 1);
+        if !pending.batches.is_empty() || !older.is_empty() {
+            let unchanged = match older.last() {
+                Some((_, key, _)) => match self.backend().get(key).await {
+                    Ok(raw) => pack::decode_doc::<PendingDoc>(&raw, self.key(), key)
+                        .is_ok_and(|doc| doc == *pending),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            let removable = older
+                .iter()
+                .all(|(_, _, stored)| self.backend().locked_until(*stored, now).is_none());
+            if pending.batches.is_empty() && removable {
+                // Nothing to hide: every generation can go, newest last.
+            } else if !unchanged {
+                self.put_doc(&format!("{PENDING_KEY}.{next:010}"), pending)
+                    .await?;
+            }
+        }
+        // Oldest first, so a crash leaves the newest (or an empty set) in force.
+        for (_, key, stored) in &older {
+            if let Removal::Locked { until: None } = self
+                .backend()
+                .delete_unless_locked(key, Some(*stored), now)
+                .await?
+            {
+                warn!(object = %key, "a superseded gc/pending generation could not be deleted; kept");
+            }
+        }
+        Ok(())
     }
 
     /// Every lock object, with whether it is stale: not refreshed for
@@ -571,15 +775,79 @@ impl Repository {
         let stale_after = chrono::Duration::from_std(opts.stale_lock)
             .map_err(|e| RepoError::Config(format!("stale lock age: {e}")))?;
         let mut locks = Locks::new();
-        for (key, _, stored) in self.backend().list_with_times("locks").await? {
-            let stale = now - stored > stale_after
+        for (key, group) in self.lock_groups().await? {
+            if group.released {
+                continue;
+            }
+            let stale = now - group.stored > stale_after
                 || self
                     .lock_doc(&key)
                     .await?
                     .is_some_and(|doc| doc.purpose == GC_PURPOSE && doc.holder_gone());
-            locks.insert(key, (stored, stale));
+            locks.insert(key, (group.stored, stale));
         }
         Ok(locks)
+    }
+
+    /// The lock objects by lock ([`super::lock_of`]): on a write-once location a lock
+    /// is its first object, its refreshes and its release marker.
+    async fn lock_groups(&self) -> Result<HashMap<String, LockGroup>, RepoError> {
+        let mut groups: HashMap<String, LockGroup> = HashMap::new();
+        for (key, _, stored) in self.backend().list_with_times("locks").await? {
+            let (lock, suffix) = super::lock_of(&key);
+            let g = groups.entry(lock.to_string()).or_insert_with(|| LockGroup {
+                stored,
+                released: false,
+                objects: Vec::new(),
+            });
+            g.stored = g.stored.max(stored);
+            g.released |= suffix == Some(super::LOCK_RELEASED);
+            g.objects.push((key, stored));
+        }
+        Ok(groups)
+    }
+
+    /// On a write-once location, deletes the objects of released and stale locks whose
+    /// own locks have ended, the release marker last (so a lock is never seen live again
+    /// once released); elsewhere a lock is deleted when released and nothing is left.
+    async fn clean_locks(
+        &self,
+        opts: &GcOptions,
+        own: Option<&str>,
+        report: &mut GcReport,
+    ) -> Result<(), RepoError> {
+        if self.backend().immutable_for().is_none() {
+            return Ok(());
+        }
+        let now = opts.now.unwrap_or_else(Utc::now);
+        let stale_after = chrono::Duration::from_std(opts.stale_lock)
+            .map_err(|e| RepoError::Config(format!("stale lock age: {e}")))?;
+        for (lock, mut group) in self.lock_groups().await? {
+            let stale = Utc::now() - group.stored > stale_after;
+            if Some(lock.as_str()) == own || !(group.released || stale) {
+                continue;
+            }
+            // The marker sorts last.
+            group
+                .objects
+                .sort_by_key(|(key, _)| super::lock_of(key).1 == Some(super::LOCK_RELEASED));
+            for (key, stored) in &group.objects {
+                match self
+                    .backend()
+                    .delete_unless_locked(key, Some(*stored), now)
+                    .await?
+                {
+                    Removal::Deleted => {}
+                    Removal::Locked { until } => {
+                        if until.is_none() {
+                            report.refused.push(key.clone());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A lock's document; `None` when it is gone or unreadable.
