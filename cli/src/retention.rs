@@ -106,6 +106,19 @@ fn print_enforcement(e: &RetentionEnforcement) {
                     for err in &rep.archive_errors {
                         println!("  not archived: {err}");
                     }
+                    let l = &rep.locked;
+                    if !l.is_empty() {
+                        println!(
+                            "  write-once: {} snapshots, {} archived snapshots, {} WAL segments and {} packs stay locked{}",
+                            l.snapshots.len(),
+                            l.archived.len(),
+                            l.wal_segments,
+                            l.packs,
+                            l.locked_until
+                                .map(|t| format!(" until {}", t.to_rfc3339()))
+                                .unwrap_or_default()
+                        );
+                    }
                 }
                 (None, Some(err)) => println!("{} {}: FAILED: {err}", a.agent_id, r.repository),
                 (None, None) => {}
