@@ -4,7 +4,10 @@
 //!
 //! Each location is its own repository (created on first use). `{yyyy}` / `{mm}` in a
 //! location URL are filled in from the backup id's timestamp, so a backup is always
-//! found again at the URL it was written to.
+//! found again at the URL it was written to. Retention applies the policy to such a
+//! location's months as one history (see [`months`]).
+
+mod months;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -481,8 +484,8 @@ impl Documents {
 
     /// Applies the documents policy to each location's repository, after any backup in
     /// progress. A location whose URL holds a date template (`{yyyy}`, `{mm}`: one
-    /// repository per month) is reported as not enforced: its months are not yet
-    /// enumerated.
+    /// repository per month) is enforced as one history over its month repositories
+    /// ([`Self::enforce_months`]), in one report.
     pub async fn enforce_retention(
         &self,
         policies: &drmesh_protocol::retention::RetentionPolicies,
@@ -527,46 +530,123 @@ impl Documents {
         let policies = &own;
         let mut out = Vec::new();
         for (i, loc) in self.config.locations.iter().enumerate() {
-            let result = if loc.url.contains("{yyyy}") || loc.url.contains("{mm}") {
-                Err(format!(
-                    "{}: a location with a date template ({{yyyy}}, {{mm}}) is not enforced yet",
-                    loc.name
-                ))
+            // The primary location's picks go to the one cold copy; the other locations
+            // keep theirs while a tier picks them.
+            let archive = archive.as_ref().filter(|_| i == 0);
+            let (report, error) = if months::templated(&loc.url) {
+                self.enforce_months(loc, policies, now, dry_run, archive)
+                    .await
             } else {
-                match Repository::open(&self.options(loc, now)).await {
-                    // The primary location's picks go to the one cold copy; the
-                    // other locations keep theirs while a tier picks them.
-                    Ok(repo) => repo
-                        .enforce_with_archive(
-                            policies,
-                            now,
-                            dry_run,
-                            archive.as_ref().filter(|_| i == 0),
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                let enforced = match Repository::open(&self.options(loc, now)).await {
+                    Ok(repo) => {
+                        repo.enforce_with_archive(policies, now, dry_run, archive)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match enforced {
+                    Ok(report) => (Some(report), None),
+                    Err(e) => (None, Some(e.to_string())),
                 }
             };
-            out.push(match result {
-                Ok(report) => RepositoryRetention {
-                    repository: loc.name.clone(),
-                    policy: self.config.retention.clone(),
-                    report: Some(report),
-                    error: None,
-                },
-                Err(error) => {
-                    warn!(location = %loc.name, %error, "retention not enforced");
-                    RepositoryRetention {
-                        repository: loc.name.clone(),
-                        policy: self.config.retention.clone(),
-                        report: None,
-                        error: Some(error),
-                    }
-                }
+            if let Some(error) = &error {
+                warn!(location = %loc.name, %error, "retention not enforced");
+            }
+            out.push(RepositoryRetention {
+                repository: loc.name.clone(),
+                policy: self.config.retention.clone(),
+                report,
+                error,
             });
         }
         out
+    }
+
+    /// A templated location's month repositories (those [`months::months`] names that
+    /// exist) enforced as one history (`enforce_history`): one report for them all,
+    /// naming them in `months`, and what failed, per month (a month that fails stops no
+    /// other). A month emptied by the policy keeps its (empty) repository: its packs are
+    /// collected, and a backup or replication round that opens it meanwhile finds a
+    /// repository rather than a half-removed one.
+    async fn enforce_months(
+        &self,
+        loc: &DocumentLocation,
+        policies: &drmesh_protocol::retention::RetentionPolicies,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        archive: Option<&crate::repo::archive::ColdArchive>,
+    ) -> (
+        Option<drmesh_protocol::retention::EnforceReport>,
+        Option<String>,
+    ) {
+        use crate::repo::enforce::{empty_report, enforce_history, merge_report};
+        use futures::StreamExt;
+        // A `{yyyy}`-only template has one repository a year: each is looked at once.
+        let mut urls: Vec<(String, DateTime<Utc>)> = Vec::new();
+        for at in months::months(&policies.documents, now) {
+            let url = resolve(&loc.url, at);
+            if !urls.iter().any(|(u, _)| *u == url) {
+                urls.push((url, at));
+            }
+        }
+        let probes: Vec<(String, Result<Option<Repository>, RepoError>)> =
+            futures::stream::iter(urls)
+                .map(|(url, at)| async move { (url, self.open_existing(loc, at).await) })
+                .buffered(8)
+                .collect()
+                .await;
+        let mut errors = Vec::new();
+        let (mut names, mut parts) = (Vec::new(), Vec::new());
+        for (url, probe) in probes {
+            match probe {
+                Ok(Some(repo)) => {
+                    names.push(url);
+                    parts.push(repo);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        let mut total = empty_report(dry_run, now);
+        match enforce_history(&parts, policies, now, dry_run, archive).await {
+            Ok(reports) => {
+                for (name, report) in names.iter().zip(reports) {
+                    match report {
+                        Ok(r) => merge_report(&mut total, name, r),
+                        Err(e) => errors.push(format!("{name}: {e}")),
+                    }
+                }
+            }
+            // Nothing changed: the snapshots or the archive could not be listed.
+            Err(e) => return (None, Some(format!("{}: {e}", loc.name))),
+        }
+        total.months = names;
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        (Some(total), error)
+    }
+
+    /// The repository of `loc` for the month of `at`, when there is one; never creates
+    /// one (a local directory is not even made).
+    async fn open_existing(
+        &self,
+        loc: &DocumentLocation,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Repository>, RepoError> {
+        let opts = self.options(loc, at);
+        let url = &opts.location.url;
+        let local = url.strip_prefix("file://").unwrap_or(url);
+        if !url.contains("://") || url.starts_with("file://") {
+            let config = Path::new(local).join("config");
+            // An error looking is left to the opening below to report.
+            if let Ok(false) = tokio::fs::try_exists(&config).await {
+                return Ok(None);
+            }
+        }
+        match Repository::open(&opts).await {
+            Ok(repo) => Ok(Some(repo)),
+            Err(RepoError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Restores a backup (or chosen paths) from the first location that has it, or from

@@ -200,6 +200,11 @@ pub struct Kept {
 pub struct EnforceReport {
     pub dry_run: bool,
     pub now: DateTime<Utc>,
+    /// For a location with a date template (`{yyyy}/{mm}`: one repository per month):
+    /// the month repositories enforced as one history, oldest first; the lists and
+    /// counts below are theirs together. Empty for a single repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub months: Vec<String>,
     /// Kept in the repository by the daily, incremental or weekly tier.
     pub kept: Vec<Kept>,
     /// Kept by the monthly or yearly tier only: bound for the cold archive, and kept in

@@ -27,6 +27,7 @@ mod e2e {
     pub mod replication;
     pub mod repo;
     pub mod retention;
+    pub mod retention_months;
     pub mod route53;
     pub mod verification;
 }

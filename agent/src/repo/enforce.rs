@@ -149,26 +149,63 @@ struct Part<'a> {
 impl Part<'_> {
     fn new(dry_run: bool, now: DateTime<Utc>) -> Self {
         Self {
-            report: EnforceReport {
-                dry_run,
-                now,
-                kept: Vec::new(),
-                awaiting_archive: Vec::new(),
-                archived: Vec::new(),
-                archive_deleted: Vec::new(),
-                archive_errors: Vec::new(),
-                deleted: Vec::new(),
-                wal_deleted: Vec::new(),
-                packs_deleted: 0,
-                bytes_freed: 0,
-                packs_pending: 0,
-                gc_error: None,
-                locked: Default::default(),
-            },
+            report: empty_report(dry_run, now),
             hot_wal: Vec::new(),
             archive_wal: BTreeSet::new(),
             to_archive: Vec::new(),
         }
+    }
+}
+
+/// The report of an enforcement that has done nothing yet.
+pub fn empty_report(dry_run: bool, now: DateTime<Utc>) -> EnforceReport {
+    EnforceReport {
+        dry_run,
+        now,
+        months: Vec::new(),
+        kept: Vec::new(),
+        awaiting_archive: Vec::new(),
+        archived: Vec::new(),
+        archive_deleted: Vec::new(),
+        archive_errors: Vec::new(),
+        deleted: Vec::new(),
+        wal_deleted: Vec::new(),
+        packs_deleted: 0,
+        bytes_freed: 0,
+        packs_pending: 0,
+        gc_error: None,
+        locked: Default::default(),
+    }
+}
+
+/// Adds the report of one part of a history (see [`enforce_history`]) to `total`, the
+/// history's: the lists one after the other (so oldest part first when added in
+/// order), the counts summed, the latest lock end, `name` before its garbage
+/// collection's error.
+pub fn merge_report(total: &mut EnforceReport, name: &str, part: EnforceReport) {
+    total.kept.extend(part.kept);
+    total.awaiting_archive.extend(part.awaiting_archive);
+    total.archived.extend(part.archived);
+    total.archive_deleted.extend(part.archive_deleted);
+    total.archive_errors.extend(part.archive_errors);
+    total.deleted.extend(part.deleted);
+    total.wal_deleted.extend(part.wal_deleted);
+    total.packs_deleted += part.packs_deleted;
+    total.bytes_freed += part.bytes_freed;
+    total.packs_pending += part.packs_pending;
+    let (locked, more) = (&mut total.locked, part.locked);
+    locked.snapshots.extend(more.snapshots);
+    locked.archived.extend(more.archived);
+    locked.wal_segments += more.wal_segments;
+    locked.packs += more.packs;
+    locked.locked_until = locked.locked_until.max(more.locked_until);
+    locked.refused.extend(more.refused);
+    if let Some(e) = part.gc_error {
+        let e = format!("{name}: {e}");
+        total.gc_error = Some(match total.gc_error.take() {
+            Some(before) => format!("{before}; {e}"),
+            None => e,
+        });
     }
 }
 
@@ -1087,6 +1124,35 @@ mod tests {
         for repo in &parts[..last] {
             assert!(left(repo).await.is_empty());
         }
+    }
+
+    #[test]
+    fn the_reports_of_a_history_s_parts_add_up() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 2, 12, 0, 0)
+            .single()
+            .expect("now");
+        let mut november = empty_report(false, now);
+        november.deleted = vec!["a".into()];
+        november.bytes_freed = 5;
+        november.locked.packs = 1;
+        november.locked.locked_until = Some(now + chrono::Duration::days(2));
+        let mut december = empty_report(false, now);
+        december.deleted = vec!["b".into()];
+        december.bytes_freed = 7;
+        december.gc_error = Some("busy".into());
+        december.locked.locked_until = Some(now + chrono::Duration::days(1));
+        let mut total = empty_report(false, now);
+        merge_report(&mut total, "2026/11", november);
+        merge_report(&mut total, "2026/12", december);
+        assert_eq!(total.deleted, ["a", "b"]);
+        assert_eq!(total.bytes_freed, 12);
+        assert_eq!(total.gc_error.as_deref(), Some("2026/12: busy"));
+        assert_eq!(total.locked.packs, 1);
+        assert_eq!(
+            total.locked.locked_until,
+            Some(now + chrono::Duration::days(2))
+        );
     }
 
     #[test]
