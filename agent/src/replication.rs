@@ -23,9 +23,25 @@ use crate::repo::{Location, RepoError, RepoOptions, Repository};
 /// (object stores retry a refused connection for minutes otherwise).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `step` on the location at `url`, given up (as a backend failure: unreachable) after
+/// [`PROBE_TIMEOUT`].
+async fn within_probe_time<T>(
+    url: &str,
+    step: impl std::future::Future<Output = Result<T, RepoError>>,
+) -> Result<T, RepoError> {
+    tokio::time::timeout(PROBE_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RepoError::Backend(format!(
+                "{url} did not answer within {}s",
+                PROBE_TIMEOUT.as_secs()
+            )))
+        })
+}
+
 /// Opens a repository, creating it the first time; `UNREACHABLE` within the timeout.
 pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError> {
-    let open = async {
+    within_probe_time(&options.location.url, async {
         match Repository::open(options).await {
             Err(RepoError::NotFound(_)) => match Repository::init(options).await {
                 Err(RepoError::AlreadyExists(_)) => Repository::open(options).await,
@@ -33,33 +49,17 @@ pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError
             },
             other => other,
         }
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, open)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RepoError::Backend(format!(
-                "{} did not answer within {}s",
-                options.location.url,
-                PROBE_TIMEOUT.as_secs()
-            )))
-        })
+    })
+    .await
 }
 
 /// Whether a location answers (without creating anything there).
 pub async fn probe(options: &RepoOptions) -> Result<(), RepoError> {
-    let probe = async {
+    within_probe_time(&options.location.url, async {
         let backend = crate::repo::Backend::open(&options.location).await?;
         backend.size("config").await.map(|_| ())
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, probe)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RepoError::Backend(format!(
-                "{} did not answer within {}s",
-                options.location.url,
-                PROBE_TIMEOUT.as_secs()
-            )))
-        })
+    })
+    .await
 }
 
 /// The options of a secondary location (same key as the primary).
