@@ -295,6 +295,7 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
         .collect();
     backups.sort_by_key(|b| b.postgres.as_ref().map(|p| p.stopped_at));
     let wal = repo.wal_files_archived().await?;
+    let histories = histories(repo, &wal).await?;
     let earliest = backups
         .first()
         .and_then(|b| b.postgres.as_ref())
@@ -303,9 +304,15 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
     // that starts at the newest backup's first segment.
     let latest = backups.last().and_then(|b| {
         let pg = b.postgres.as_ref()?;
-        chain(&wal, pg.timeline, &pg.start_wal, pg.wal_segment_size)
-            .last()
-            .map(|(_, _, at)| *at)
+        chain(
+            &wal,
+            &histories,
+            pg.timeline,
+            &pg.start_wal,
+            pg.wal_segment_size,
+        )
+        .last()
+        .map(|(_, _, at)| *at)
     });
     let mut out = PitrInfo {
         target_timestamp: t,
@@ -341,7 +348,13 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
     out.backup_id = Some(backup.id.clone());
     out.backup_completed_at = Some(pg.stopped_at);
     out.wal_start = Some(pg.start_wal.clone());
-    let segments = chain(&wal, pg.timeline, &pg.start_wal, pg.wal_segment_size);
+    let segments = chain(
+        &wal,
+        &histories,
+        pg.timeline,
+        &pg.start_wal,
+        pg.wal_segment_size,
+    );
     // Replay needs the segments up to the first one archived after the target.
     let needed: Vec<_> = match segments.iter().position(|(_, _, at)| *at >= t) {
         Some(i) => segments[..=i].to_vec(),
@@ -354,8 +367,9 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
         .last()
         .is_some_and(|(_, name, _)| name.as_str() >= pg.stop_wal.as_str());
     if !covered || !reaches_stop {
-        let next = segments.last().map(|(segno, _, _)| {
-            super::wal::segment_name(pg.timeline, segno + 1, pg.wal_segment_size)
+        let next = segments.last().map(|(segno, name, _)| {
+            let tl = super::wal::WalName::parse(name).map_or(pg.timeline, |n| n.timeline);
+            super::wal::segment_name(tl, segno + 1, pg.wal_segment_size)
         });
         out.reason = Some(match (latest, next) {
             (Some(l), Some(n)) => format!(
@@ -380,31 +394,100 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
     Ok(out)
 }
 
-/// The archived segments of `timeline` from `start` on, while they follow each other:
-/// (segment number, name, archived at).
+/// Each archived timeline's ancestry, from its history file: (parent timeline, LSN
+/// where the parent branched off), oldest first.
+pub type Histories = std::collections::BTreeMap<u32, Vec<(u32, u64)>>;
+
+/// Reads every archived history file (`0000000N.history`: one line per ancestor,
+/// `parent<TAB>switch LSN<TAB>reason`); an unreadable one is left out (the chain then
+/// stops at that switch, as it would without the file).
+pub async fn histories(
+    repo: &Repository,
+    wal: &[(u32, String, DateTime<Utc>)],
+) -> Result<Histories, DatabaseError> {
+    let mut out = Histories::new();
+    for (tl, name, _) in wal.iter().filter(|(_, n, _)| n.ends_with(".history")) {
+        let Ok(text) = repo.get_wal(*tl, name).await else {
+            continue;
+        };
+        out.insert(*tl, parse_history(&String::from_utf8_lossy(&text)));
+    }
+    Ok(out)
+}
+
+/// The (parent, switch LSN) lines of a history file.
+pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let parent = f.next()?.parse().ok()?;
+            let lsn: drmesh_protocol::Lsn = f.next()?.parse().ok()?;
+            Some((parent, lsn.0))
+        })
+        .collect()
+}
+
+/// The archived segments a recovery from a base backup on `timeline` starting at
+/// `start` replays, while they follow each other: (segment number, name, archived at).
+/// Like PostgreSQL's `recovery_target_timeline = 'latest'`, it follows the newest
+/// timeline descending from `timeline`: the parent's segments up to the one holding the
+/// switch, then the child's from it on.
 fn chain(
     wal: &[(u32, String, DateTime<Utc>)],
+    histories: &Histories,
     timeline: u32,
     start: &str,
     segment_size: u64,
 ) -> Vec<(u64, String, DateTime<Utc>)> {
     use super::wal::{WalKind, WalName};
-    let mut segs: Vec<(u64, String, DateTime<Utc>)> = wal
+    // The newest timeline with `timeline` in its ancestry, and the switches leading there.
+    let (target, switches) = histories
         .iter()
-        .filter(|(tli, name, _)| *tli == timeline && name.as_str() >= start)
-        .filter_map(|(_, name, at)| {
-            let n = WalName::parse(name).ok()?;
-            (n.kind == WalKind::Segment)
-                .then(|| (n.segment_number(segment_size), name.clone(), *at))
+        .rev()
+        .find_map(|(tl, ancestry)| {
+            let i = ancestry.iter().position(|(p, _)| *p == timeline)?;
+            Some((*tl, ancestry[i..].to_vec()))
         })
-        .collect();
-    segs.sort();
+        .unwrap_or((timeline, Vec::new()));
+    // (timeline, first segment, first segment of the next timeline) per step.
+    let mut steps: Vec<(u32, Option<u64>, Option<u64>)> = Vec::new();
+    let mut from = None;
+    for (parent, lsn) in &switches {
+        let until = lsn / segment_size;
+        steps.push((*parent, from, Some(until)));
+        from = Some(until);
+    }
+    steps.push((target, from, None));
+    let start_segno = WalName::parse(start)
+        .ok()
+        .map(|n| n.segment_number(segment_size));
     let mut out: Vec<(u64, String, DateTime<Utc>)> = Vec::new();
-    for s in segs {
-        if out.last().is_some_and(|(n, _, _)| s.0 != n + 1) {
-            break;
+    for (tl, from, until) in steps {
+        let mut segs: Vec<(u64, String, DateTime<Utc>)> = wal
+            .iter()
+            .filter(|(t, _, _)| *t == tl)
+            .filter_map(|(_, name, at)| {
+                let n = WalName::parse(name).ok()?;
+                (n.kind == WalKind::Segment)
+                    .then(|| (n.segment_number(segment_size), name.clone(), *at))
+            })
+            .filter(|(segno, _, _)| {
+                from.or(start_segno).is_none_or(|f| *segno >= f) && until.is_none_or(|u| *segno < u)
+            })
+            .collect();
+        segs.sort();
+        for s in segs {
+            if out.last().is_some_and(|(n, _, _)| s.0 != n + 1) {
+                return out;
+            }
+            out.push(s);
         }
-        out.push(s);
+        // A step that ends before its switch segment breaks the chain.
+        if let Some(u) = until {
+            if out.last().is_none_or(|(n, _, _)| n + 1 < u) {
+                return out;
+            }
+        }
     }
     out
 }
@@ -574,6 +657,61 @@ fn relink_tablespaces(target: &Path, owner: Option<(u32, u32)>) -> Result<(), Da
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
+    const SEG: u64 = 16 << 20;
+
+    fn wal(files: &[(u32, u64)]) -> Vec<(u32, String, DateTime<Utc>)> {
+        files
+            .iter()
+            .map(|(tl, n)| {
+                let at = Utc.timestamp_opt(1_000 + *n as i64 * 10 + *tl as i64, 0);
+                (
+                    *tl,
+                    super::super::wal::segment_name(*tl, *n, SEG),
+                    at.single().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(c: &[(u64, String, DateTime<Utc>)]) -> Vec<(u32, u64)> {
+        c.iter()
+            .map(|(n, name, _)| (u32::from_str_radix(&name[..8], 16).unwrap_or(0), *n))
+            .collect()
+    }
+
+    #[test]
+    fn the_chain_follows_the_newest_timeline_across_its_switch() {
+        // Timeline 1 up to segment 4 (the old primary went on after the split); timeline 2
+        // branched off inside segment 3, and has 3..=5.
+        let mut files = wal(&[(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (2, 5)]);
+        files.push((1, "000000010000000000000003.partial".into(), Utc::now()));
+        let history = parse_history("1\t0/3000060\tno recovery target specified\n");
+        assert_eq!(history, [(1, 0x3000060)]);
+        let start = super::super::wal::segment_name(1, 1, SEG);
+        let with = Histories::from([(2, history)]);
+        let c = chain(&files, &with, 1, &start, SEG);
+        assert_eq!(names(&c), [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5)]);
+        // Without the history file, only the backup's own timeline.
+        let c = chain(&files, &Histories::new(), 1, &start, SEG);
+        assert_eq!(names(&c), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+        // A gap before the switch stops the chain there.
+        let gap = wal(&[(1, 1), (2, 3), (2, 4)]);
+        assert_eq!(names(&chain(&gap, &with, 1, &start, SEG)), [(1, 1)]);
+        // Two switches: 1 -> 2 in segment 3, 2 -> 3 in segment 5; a backup on 2 follows 3.
+        let three = wal(&[(2, 3), (2, 4), (3, 5), (3, 6)]);
+        let h = Histories::from([
+            (2, vec![(1, 0x3000060)]),
+            (3, parse_history("1\t0/3000060\tx\n2\t0/5000000\ty\n")),
+        ]);
+        let start2 = super::super::wal::segment_name(2, 3, SEG);
+        assert_eq!(
+            names(&chain(&three, &h, 2, &start2, SEG)),
+            [(2, 3), (2, 4), (3, 5), (3, 6)]
+        );
+    }
+
     use super::*;
     use crate::repo::snapshot::{PgBackupInfo, SnapshotStats};
     use crate::repo::{KeySource, Location, RepoOptions};

@@ -437,8 +437,6 @@ fn pitr_to_the_oldest_retained_point_on_the_new_timeline_works_after_a_failover(
     let first = full_backup(mesh);
     marker(&t.primary, "2-after-first");
     // An instant on timeline 1 after the first backup: recoverable until it expires.
-    // (One after the switch is not, from a timeline-1 backup: `info` follows the
-    // backup's own timeline only.)
     let between = Utc::now();
     archive_current_wal(&t.primary);
     let replayed = wait_for(Duration::from_secs(30), || {
@@ -455,9 +453,11 @@ fn pitr_to_the_oldest_retained_point_on_the_new_timeline_works_after_a_failover(
     let done = finished(mesh);
     assert_eq!(done["failover"]["status"], "COMPLETED", "{done:#}");
 
-    // Two backups on the new primary, with markers around them.
+    // An instant past the switch, before any backup on timeline 2.
     marker(&t.standby, "3-before-second");
+    let after_switch = Utc::now();
     archive_current_wal(&t.standby);
+    // Two backups on the new primary, with markers around them.
     let second = full_backup(mesh);
     marker(&t.standby, "4-before-third");
     archive_current_wal(&t.standby);
@@ -470,6 +470,27 @@ fn pitr_to_the_oldest_retained_point_on_the_new_timeline_works_after_a_failover(
     let info = pitr_info(mesh, between);
     assert_eq!(info["recoverable"], true, "{info}");
     assert_eq!(info["backupId"], first.as_str(), "{info}");
+    // Past the switch, from the timeline-1 backup (the newest that ends before it): the
+    // WAL chain follows timeline 2 from its history file, as PostgreSQL's 'latest' does.
+    let info = pitr_info(mesh, after_switch);
+    assert_eq!(info["recoverable"], true, "{info}");
+    assert_eq!(info["backupId"], first.as_str(), "{info}");
+    assert!(
+        info["walEnd"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("00000002")),
+        "{info}"
+    );
+    let (ok, out, err) = pitr_restore(mesh, after_switch);
+    assert!(ok, "the recovery past the switch failed: {out}{err}");
+    {
+        let s = Staging::open(&staging, staging_port);
+        assert_eq!(
+            s.markers(),
+            "1-before-first,2-after-first,3-before-second",
+            "{out}"
+        );
+    }
 
     // Enforced so that only the timeline-2 backups are kept.
     let now = expiry_between(&b1, &b2);
