@@ -569,9 +569,18 @@ pub async fn recover_into(
             }
         }
         if !cluster.is_running() {
+            let tail = log_tail(&cluster.log_path());
+            // PostgreSQL knows a target time has passed only from a commit after it.
+            let why = if tail.contains("recovery ended before configured recovery target") {
+                format!(
+                    "the archived WAL holds no transaction committed after {} yet, and                      PostgreSQL needs one to know that instant has passed: choose an earlier                      time, or wait until a later commit is archived. ",
+                    time.to_rfc3339()
+                )
+            } else {
+                String::new()
+            };
             return Err(DatabaseError::Postgres(format!(
-                "the recovered server stopped: {}",
-                log_tail(&cluster.log_path())
+                "the recovered server stopped: {why}{tail}"
             )));
         }
         if std::time::Instant::now() >= deadline {
