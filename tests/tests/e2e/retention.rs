@@ -35,12 +35,14 @@ fn snapshots(repo: &std::path::Path) -> Vec<String> {
 /// A documents agent backing up `uploads` into the local repository `repo` of `mesh`'s
 /// work directory, UP.
 fn documents_agent(mesh: &Mesh) -> (std::path::PathBuf, std::path::PathBuf, drmesh_tests::Proc) {
-    documents_agent_with(mesh, "")
+    documents_agent_with(mesh, "", "")
 }
 
-/// As [`documents_agent`], with `extra` at the end of the agent's `[documents]`.
-fn documents_agent_with(
+/// As [`documents_agent`], the location's URL being `repo` followed by `url_suffix`
+/// (e.g. `/{yyyy}/{mm}`), with `extra_documents` at the end of the agent's `[documents]`.
+pub(crate) fn documents_agent_with(
     mesh: &Mesh,
+    url_suffix: &str,
     extra_documents: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf, drmesh_tests::Proc) {
     let work = mesh.dir.path().join("work");
@@ -50,7 +52,7 @@ fn documents_agent_with(
     let repo = work.join("repo");
     let files = mesh.issue_agent("docs-1", "us-west-2");
     let extra = format!(
-        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n{extra_documents}",
+        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}{url_suffix}\"\n{extra_documents}",
         uploads.display(),
         repo.display()
     );
@@ -334,6 +336,7 @@ fn a_repository_s_own_policy_replaces_the_coordinator_s_for_it() {
     // The agent keeps its document snapshots a day, whatever the coordinator says.
     let (_uploads, repo, agent) = documents_agent_with(
         &mesh,
+        "",
         "[documents.retention]\nfull = \"1d\"\nincremental = \"1d\"\n",
     );
     let first = backup(&mesh);

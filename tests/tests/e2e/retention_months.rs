@@ -140,23 +140,7 @@ fn a_templated_location_s_months_are_enforced_as_one_history() {
     let last_month = first_of_month - chrono::Duration::days(20);
 
     let mesh = Mesh::start_with(200, POLICY);
-    let work = mesh.dir.path().join("work");
-    let uploads = work.join("uploads");
-    std::fs::create_dir_all(uploads.join("documents/1")).unwrap();
-    std::fs::write(uploads.join("documents/1/deed.pdf"), noise(3, 300_000)).unwrap();
-    let root = work.join("repo");
-    let files = mesh.issue_agent("docs-1", "us-west-2");
-    let extra = format!(
-        "\n[documents]\nsource = \"{}\"\nkeep_latest_archive = false\n[[documents.locations]]\nname = \"local\"\nurl = \"{}/{{yyyy}}/{{mm}}\"\n",
-        uploads.display(),
-        root.display()
-    );
-    let config = mesh.agent_config("docs-1", "us-west-2", &files, &extra);
-    let agent = mesh.spawn_agent(&config);
-    let up = wait_for(Duration::from_secs(15), || {
-        (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
-    });
-    assert!(up.is_some(), "agent not UP:\n{}", agent.log_text());
+    let (uploads, root, agent) = super::retention::documents_agent_with(&mesh, "/{yyyy}/{mm}", "");
 
     // Last month: two snapshots, a day apart (a 4 MiB scan in the first only).
     let earlier = month_dir(&root, last_month);
