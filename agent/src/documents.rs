@@ -55,7 +55,14 @@ pub struct Documents {
     config: DocumentsConfig,
     /// One document operation at a time on this host; others wait their turn.
     busy: tokio::sync::Mutex<()>,
+    /// When a replication round last went through every month a templated location may
+    /// hold (see [`Self::replicate`]), and whether the last round left a location behind.
+    deep_round: std::sync::Mutex<(Option<std::time::Instant>, bool)>,
 }
+
+/// How often a replication round goes through every month of a templated location
+/// rather than this one and the one before.
+const DEEP_ROUND_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// The instant encoded in `docs_<epoch-ms>_<suffix>`.
 pub fn backup_time(id: &str) -> Result<DateTime<Utc>, DocumentsError> {
@@ -90,6 +97,7 @@ impl Documents {
         Self {
             config,
             busy: tokio::sync::Mutex::new(()),
+            deep_round: std::sync::Mutex::new((None, false)),
         }
     }
 
@@ -441,45 +449,79 @@ impl Documents {
         &self,
         now: DateTime<Utc>,
     ) -> Vec<drmesh_protocol::replication::LocationReplication> {
-        use crate::replication::{merge, months, options_of, sync_location};
+        use crate::replication::{merge, months, options_of, sync_location_of};
         let _turn = self.busy.lock().await;
         let Some((primary_loc, others)) = self.config.locations.split_first() else {
             return Vec::new();
         };
+        // A templated location is caught up for this month and the last; once a day, and
+        // after a round that left a location behind (back from an outage), for every
+        // month retention may still keep.
+        let deep = {
+            let state = self.deep_round.lock().unwrap_or_else(|e| e.into_inner());
+            state.1 || state.0.is_none_or(|t| t.elapsed() >= DEEP_ROUND_EVERY)
+        };
+        let all_months = || {
+            let policy = self.config.retention.clone().unwrap_or_default();
+            self::months::months(&policy, now)
+        };
         let templated = |l: &DocumentLocation| l.url.contains("{yyyy}") || l.url.contains("{mm}");
         let rounds = others.iter().map(|loc| async move {
-            let instants = if templated(primary_loc) || templated(loc) {
-                months(now)
-            } else {
-                vec![now]
+            let instants = match (templated(primary_loc) || templated(loc), deep) {
+                (false, _) => vec![now],
+                (true, false) => months(now),
+                (true, true) => all_months(),
             };
             let mut parts = Vec::new();
             for at in instants {
                 let dest = options_of(loc, resolve(&loc.url, at), &self.key());
                 let primary = match Repository::open(&self.options(primary_loc, at)).await {
                     Ok(p) => p,
-                    // Nothing backed up in that month (or ever): nothing to copy, but
-                    // the location is still probed.
-                    Err(RepoError::NotFound(_)) => {
-                        if let Err(e) = crate::replication::probe(&dest).await {
-                            parts.push(crate::replication::unreachable(KIND, loc, &dest, now, e));
-                        }
-                        continue;
-                    }
+                    // Nothing backed up in that month (or ever): nothing to copy.
+                    Err(RepoError::NotFound(_)) => continue,
                     Err(e) => {
                         warn!(location = %primary_loc.name, error = %e, "open the primary location");
                         parts.push(crate::replication::primary_failed(KIND, loc, &dest, now, e));
                         continue;
                     }
                 };
-                parts.push(sync_location(KIND, loc, &primary, dest, false, now).await);
+                // A month's repository takes the backups of that month only.
+                let month = resolve(&loc.url, at);
+                let belongs = |id: &str| {
+                    backup_time(id).is_ok_and(|t| resolve(&loc.url, t) == month)
+                };
+                let part =
+                    sync_location_of(KIND, loc, &primary, dest, false, now, &belongs).await;
+                let down = part.state == drmesh_protocol::replication::ReplicationState::Unreachable;
+                parts.push(part);
+                // A location that does not answer is not asked about every other month.
+                if down {
+                    break;
+                }
             }
-            merge(parts).unwrap_or_else(|| {
-                crate::replication::in_sync(KIND, loc, resolve(&loc.url, now), now)
-            })
+            match merge(parts) {
+                Some(merged) => merged,
+                // Nothing to copy anywhere: the location is still probed.
+                None => {
+                    let dest = options_of(loc, resolve(&loc.url, now), &self.key());
+                    match crate::replication::probe(&dest).await {
+                        Ok(()) => crate::replication::in_sync(KIND, loc, resolve(&loc.url, now), now),
+                        Err(e) => crate::replication::unreachable(KIND, loc, &dest, now, e),
+                    }
+                }
+            }
         });
         // Every location at once: one that does not answer holds up no other.
-        futures::future::join_all(rounds).await
+        let out = futures::future::join_all(rounds).await;
+        let behind = out
+            .iter()
+            .any(|l| l.state != drmesh_protocol::replication::ReplicationState::InSync);
+        let mut state = self.deep_round.lock().unwrap_or_else(|e| e.into_inner());
+        if deep && !behind {
+            state.0 = Some(std::time::Instant::now());
+        }
+        state.1 = behind;
+        out
     }
 
     /// Applies the documents policy to each location's repository, after any backup in

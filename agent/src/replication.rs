@@ -87,8 +87,21 @@ pub async fn sync_location(
     wal: bool,
     now: DateTime<Utc>,
 ) -> LocationReplication {
+    sync_location_of(repository, loc, source, dest, wal, now, &|_| true).await
+}
+
+/// [`sync_location`] for the snapshots `belongs` says go there.
+pub async fn sync_location_of(
+    repository: &str,
+    loc: &DocumentLocation,
+    source: &Repository,
+    dest: RepoOptions,
+    wal: bool,
+    now: DateTime<Utc>,
+    belongs: &(dyn Fn(&str) -> bool + Sync),
+) -> LocationReplication {
     let span = tracing::info_span!("replicate", repository, location = %loc.name);
-    sync_location_in_span(repository, loc, source, dest, wal, now)
+    sync_location_in_span(repository, loc, source, dest, wal, now, belongs)
         .instrument(span)
         .await
 }
@@ -100,6 +113,7 @@ async fn sync_location_in_span(
     dest: RepoOptions,
     wal: bool,
     now: DateTime<Utc>,
+    belongs: &(dyn Fn(&str) -> bool + Sync),
 ) -> LocationReplication {
     let mut out = in_sync(repository, loc, dest.location.url.clone(), now);
     let dest = match open_or_init(&dest).await {
@@ -110,7 +124,7 @@ async fn sync_location_in_span(
         }
     };
     out.url = dest.backend().describe().to_string();
-    match source.sync_to(&dest, wal).await {
+    match source.sync_some_to(&dest, wal, belongs).await {
         Ok(report) => {
             out.snapshots_copied = report.snapshots_copied;
             out.wal_copied = report.wal_copied;

@@ -75,11 +75,22 @@ impl Repository {
     /// interrupted round is finished by the next. Stops at the first failure, which is
     /// reported with what is still missing.
     pub async fn sync_to(&self, dest: &Repository, wal: bool) -> Result<SyncReport, RepoError> {
+        self.sync_some_to(dest, wal, &|_| true).await
+    }
+
+    /// [`sync_to`](Self::sync_to) for the snapshots whose id `belongs` says go to `dest`
+    /// (a month's repository of a location with a date template takes that month's).
+    pub async fn sync_some_to(
+        &self,
+        dest: &Repository,
+        wal: bool,
+        belongs: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<SyncReport, RepoError> {
         let mut report = SyncReport::default();
         let there: HashSet<String> = names(dest.backend().list("snapshots").await?);
         let mut missing = Vec::new();
         for id in names(self.backend().list("snapshots").await?) {
-            if !there.contains(&id) {
+            if !there.contains(&id) && belongs(&id) {
                 let snap = self.snapshot(&id).await?;
                 missing.push((id, snap.finished_at));
             }

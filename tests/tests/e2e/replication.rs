@@ -6,6 +6,8 @@
 //! verifies it there, and resolves the alert by itself.
 
 use std::path::Path;
+
+use chrono::Datelike;
 use std::time::Duration;
 
 use drmesh_tests::objstore::{
@@ -263,6 +265,44 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
             .find(|l| l["name"] == name)
             .unwrap_or_else(|| panic!("{name} not verified: {verification}"));
         assert_eq!(l["status"], "PASSED", "{name}: {verification}");
+    }
+    // Each month's repository of the templated location holds that month's backups
+    // only: this month's has both, the month before (probed by every round) none.
+    let azure_snapshots = |month: chrono::DateTime<chrono::Utc>| {
+        let out = std::process::Command::new(drmesh_tests::bin("drmesh"))
+            .args(["repo", "snapshots", "--output", "json", "--repo"])
+            .arg(format!("az://document-backups/{}", month.format("%Y/%m")))
+            .args(["--repo-option", &format!("account_name={AZURITE_ACCOUNT}")])
+            .args(["--repo-option", &format!("access_key={AZURITE_KEY}")])
+            .args([
+                "--repo-option",
+                &format!("endpoint={}", azurite.account_url()),
+            ])
+            .args(["--repo-option", "allow_http=true"])
+            .output()
+            .unwrap_or_else(|e| panic!("run drmesh: {e}"));
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        listed.as_array().map_or(0, Vec::len)
+    };
+    let now = chrono::Utc::now();
+    let first_id = first["backupId"].as_str().unwrap_or_default();
+    let month_of = |id: &str| {
+        let ms: i64 = id
+            .split('_')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        chrono::DateTime::from_timestamp_millis(ms).unwrap_or(now)
+    };
+    if month_of(first_id).format("%Y%m").to_string()
+        == month_of(&second_id).format("%Y%m").to_string()
+    {
+        assert_eq!(azure_snapshots(month_of(&second_id)), 2);
+        let before = month_of(&second_id)
+            .with_day(1)
+            .map(|d| d - chrono::Duration::days(1))
+            .unwrap_or(now);
+        assert_eq!(azure_snapshots(before), 0, "the month before got snapshots");
     }
     drop(agent);
 }
