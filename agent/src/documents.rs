@@ -449,7 +449,7 @@ impl Documents {
         &self,
         now: DateTime<Utc>,
     ) -> Vec<drmesh_protocol::replication::LocationReplication> {
-        use crate::replication::{merge, months, options_of, sync_location_of};
+        use crate::replication::{merge, months, options_of, sync_location};
         let _turn = self.busy.lock().await;
         let Some((primary_loc, others)) = self.config.locations.split_first() else {
             return Vec::new();
@@ -491,7 +491,7 @@ impl Documents {
                     backup_time(id).is_ok_and(|t| resolve(&loc.url, t) == month)
                 };
                 let part =
-                    sync_location_of(KIND, loc, &primary, dest, false, now, &belongs).await;
+                    sync_location(KIND, loc, &primary, dest, false, now, &belongs).await;
                 let down = part.state == drmesh_protocol::replication::ReplicationState::Unreachable;
                 parts.push(part);
                 // A location that does not answer is not asked about every other month.

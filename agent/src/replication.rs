@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use drmesh_protocol::replication::{LocationReplication, ReplicationState, MAX_MISSING_LISTED};
-use tracing::{info, warn, Instrument};
+use tracing::{warn, Instrument};
 
 use crate::config::DocumentLocation;
 use crate::repo::{Location, RepoError, RepoOptions, Repository};
@@ -77,21 +77,9 @@ pub fn options_of(
     }
 }
 
-/// Brings one secondary location up to date with `source`; never fails, the outcome
-/// says how it went.
+/// Brings one secondary location up to date with `source`, for the snapshots `belongs`
+/// says go there; never fails, the outcome says how it went.
 pub async fn sync_location(
-    repository: &str,
-    loc: &DocumentLocation,
-    source: &Repository,
-    dest: RepoOptions,
-    wal: bool,
-    now: DateTime<Utc>,
-) -> LocationReplication {
-    sync_location_of(repository, loc, source, dest, wal, now, &|_| true).await
-}
-
-/// [`sync_location`] for the snapshots `belongs` says go there.
-pub async fn sync_location_of(
     repository: &str,
     loc: &DocumentLocation,
     source: &Repository,
@@ -101,73 +89,57 @@ pub async fn sync_location_of(
     belongs: &(dyn Fn(&str) -> bool + Sync),
 ) -> LocationReplication {
     let span = tracing::info_span!("replicate", repository, location = %loc.name);
-    sync_location_in_span(repository, loc, source, dest, wal, now, belongs)
-        .instrument(span)
-        .await
-}
-
-async fn sync_location_in_span(
-    repository: &str,
-    loc: &DocumentLocation,
-    source: &Repository,
-    dest: RepoOptions,
-    wal: bool,
-    now: DateTime<Utc>,
-    belongs: &(dyn Fn(&str) -> bool + Sync),
-) -> LocationReplication {
-    let mut out = in_sync(repository, loc, dest.location.url.clone(), now);
-    let dest = match open_or_init(&dest).await {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "location unreachable");
-            return unreachable(repository, loc, &dest, now, e);
-        }
-    };
-    out.url = dest.backend().describe().to_string();
-    match source.sync_some_to(&dest, wal, belongs).await {
-        Ok(report) => {
-            out.snapshots_copied = report.snapshots_copied;
-            out.wal_copied = report.wal_copied;
-            out.bytes_copied = report.bytes_copied;
-            out.missing_snapshot_count = report.missing.len() as u64;
-            out.missing_snapshots = report
-                .missing
-                .iter()
-                .take(MAX_MISSING_LISTED)
-                .map(|(id, _)| id.clone())
-                .collect();
-            out.missing_wal = report.missing_wal.len() as u64;
-            out.lag_seconds = report.lag(now).as_secs_f64();
-            if let Some(e) = report.error {
-                out.state = if report.unreachable {
-                    ReplicationState::Unreachable
-                } else {
-                    ReplicationState::Behind
+    async {
+        let mut out = in_sync(repository, loc, dest.location.url.clone(), now);
+        let dest = match open_or_init(&dest).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "location unreachable");
+                return unreachable(repository, loc, &dest, now, e);
+            }
+        };
+        out.url = dest.backend().describe().to_string();
+        match source.sync_some_to(&dest, wal, belongs).await {
+            Ok(report) => {
+                out.snapshots_copied = report.snapshots_copied;
+                out.wal_copied = report.wal_copied;
+                out.bytes_copied = report.bytes_copied;
+                out.missing_snapshot_count = report.missing.len() as u64;
+                out.missing_snapshots = report
+                    .missing
+                    .iter()
+                    .take(MAX_MISSING_LISTED)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                out.missing_wal = report.missing_wal.len() as u64;
+                out.lag_seconds = report.lag(now).as_secs_f64();
+                if let Some(e) = report.error {
+                    out.state = if report.unreachable {
+                        ReplicationState::Unreachable
+                    } else {
+                        ReplicationState::Behind
+                    };
+                    out.last_error = Some(e);
+                }
+            }
+            Err(e) => {
+                out.state = match e {
+                    RepoError::Backend(_) => ReplicationState::Unreachable,
+                    _ => ReplicationState::Behind,
                 };
-                out.last_error = Some(e);
-            } else if report.snapshots_copied + report.wal_copied > 0 {
-                info!(
-                    snapshots = report.snapshots_copied,
-                    wal = report.wal_copied,
-                    "location caught up"
-                );
+                out.last_error = Some(e.to_string());
             }
         }
-        Err(e) => {
-            out.state = match e {
-                RepoError::Backend(_) => ReplicationState::Unreachable,
-                _ => ReplicationState::Behind,
-            };
-            out.last_error = Some(e.to_string());
+        if loc.quota.is_some() {
+            match dest.backend().list("").await {
+                Ok(objects) => out.bytes_used = Some(objects.iter().map(|(_, n)| n).sum()),
+                Err(e) => warn!(error = %e, "measure the location's usage"),
+            }
         }
+        out
     }
-    if loc.quota.is_some() {
-        match dest.backend().list("").await {
-            Ok(objects) => out.bytes_used = Some(objects.iter().map(|(_, n)| n).sum()),
-            Err(e) => warn!(error = %e, "measure the location's usage"),
-        }
-    }
-    out
+    .instrument(span)
+    .await
 }
 
 /// One replication round of the database repository: every `[[database.replicas]]`
@@ -184,7 +156,7 @@ pub async fn replicate_database(
     let mut out = Vec::new();
     for loc in &cfg.replicas {
         let dest = options_of(loc, loc.url.clone(), &key);
-        out.push(sync_location("database", loc, &source, dest, true, now).await);
+        out.push(sync_location("database", loc, &source, dest, true, now, &|_| true).await);
     }
     Ok(out)
 }
@@ -197,21 +169,8 @@ pub fn in_sync(
     now: DateTime<Utc>,
 ) -> LocationReplication {
     LocationReplication {
-        repository: repository.to_string(),
-        name: loc.name.clone(),
-        url,
-        state: ReplicationState::InSync,
-        checked_at: now,
-        snapshots_copied: 0,
-        wal_copied: 0,
-        bytes_copied: 0,
-        missing_snapshots: Vec::new(),
-        missing_snapshot_count: 0,
-        missing_wal: 0,
-        lag_seconds: 0.0,
-        last_error: None,
-        bytes_used: None,
         quota_bytes: loc.quota,
+        ..LocationReplication::in_sync(repository, &loc.name, url, now)
     }
 }
 
@@ -291,21 +250,13 @@ mod tests {
 
     fn part(state: ReplicationState, copied: u64, lag: f64) -> LocationReplication {
         LocationReplication {
-            repository: "documents".into(),
-            name: "s3".into(),
-            url: "s3://b/2026/11".into(),
             state,
-            checked_at: Utc::now(),
             snapshots_copied: copied,
-            wal_copied: 0,
             bytes_copied: copied * 10,
-            missing_snapshots: vec![],
-            missing_snapshot_count: 0,
-            missing_wal: 0,
             lag_seconds: lag,
             last_error: (state != ReplicationState::InSync).then(|| "down".to_string()),
             bytes_used: Some(5),
-            quota_bytes: None,
+            ..LocationReplication::in_sync("documents", "s3", "s3://b/2026/11".into(), Utc::now())
         }
     }
 

@@ -55,6 +55,29 @@ pub struct LocationReplication {
     pub quota_bytes: Option<u64>,
 }
 
+impl LocationReplication {
+    /// A location with nothing to copy, as checked at `at`.
+    pub fn in_sync(repository: &str, name: &str, url: String, at: DateTime<Utc>) -> Self {
+        Self {
+            repository: repository.to_string(),
+            name: name.to_string(),
+            url,
+            state: ReplicationState::InSync,
+            checked_at: at,
+            snapshots_copied: 0,
+            wal_copied: 0,
+            bytes_copied: 0,
+            missing_snapshots: Vec::new(),
+            missing_snapshot_count: 0,
+            missing_wal: 0,
+            lag_seconds: 0.0,
+            last_error: None,
+            bytes_used: None,
+            quota_bytes: None,
+        }
+    }
+}
+
 /// The detail of a `Replicate` command.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -149,22 +172,10 @@ mod tests {
     use chrono::TimeZone;
 
     fn report(state: ReplicationState, secs: i64) -> LocationReplication {
+        let at = Utc.timestamp_opt(secs, 0).single().unwrap_or_default();
         LocationReplication {
-            repository: "documents".into(),
-            name: "s3".into(),
-            url: "s3://b/p".into(),
             state,
-            checked_at: Utc.timestamp_opt(secs, 0).single().unwrap_or_default(),
-            snapshots_copied: 0,
-            wal_copied: 0,
-            bytes_copied: 0,
-            missing_snapshots: Vec::new(),
-            missing_snapshot_count: 0,
-            missing_wal: 0,
-            lag_seconds: 0.0,
-            last_error: None,
-            bytes_used: None,
-            quota_bytes: None,
+            ..LocationReplication::in_sync("documents", "s3", "s3://b/p".into(), at)
         }
     }
 

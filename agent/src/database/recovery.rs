@@ -410,21 +410,12 @@ pub async fn histories(
         let Ok(text) = repo.get_wal(*tl, name).await else {
             continue;
         };
-        out.insert(*tl, parse_history(&String::from_utf8_lossy(&text)));
+        out.insert(
+            *tl,
+            crate::repo::wal::parse_history(&String::from_utf8_lossy(&text)),
+        );
     }
     Ok(out)
-}
-
-/// The (parent, switch LSN) lines of a history file.
-pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let parent = f.next()?.parse().ok()?;
-            let lsn: drmesh_protocol::Lsn = f.next()?.parse().ok()?;
-            Some((parent, lsn.0))
-        })
-        .collect()
 }
 
 /// The archived segments a recovery from a base backup on `timeline` starting at
@@ -696,7 +687,8 @@ mod tests {
         // branched off inside segment 3, and has 3..=5.
         let mut files = wal(&[(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (2, 5)]);
         files.push((1, "000000010000000000000003.partial".into(), Utc::now()));
-        let history = parse_history("1\t0/3000060\tno recovery target specified\n");
+        let history =
+            crate::repo::wal::parse_history("1\t0/3000060\tno recovery target specified\n");
         assert_eq!(history, [(1, 0x3000060)]);
         let start = super::super::wal::segment_name(1, 1, SEG);
         let with = Histories::from([(2, history)]);
@@ -712,7 +704,10 @@ mod tests {
         let three = wal(&[(2, 3), (2, 4), (3, 5), (3, 6)]);
         let h = Histories::from([
             (2, vec![(1, 0x3000060)]),
-            (3, parse_history("1\t0/3000060\tx\n2\t0/5000000\ty\n")),
+            (
+                3,
+                crate::repo::wal::parse_history("1\t0/3000060\tx\n2\t0/5000000\ty\n"),
+            ),
         ]);
         let start2 = super::super::wal::segment_name(2, 3, SEG);
         assert_eq!(

@@ -537,12 +537,12 @@ impl Backend {
     }
 }
 
-/// [`write_durably`] for an object that arrives in pieces.
-fn write_stream_durably(
+/// Temp file written by `fill`, fsync, rename, fsync of the directory: after a crash the
+/// object is either whole or absent; on any failure the temp file is removed.
+fn write_via_temp<T>(
     file: &FsPath,
-    rx: &mut tokio::sync::mpsc::Receiver<Upload>,
-) -> Result<u64, RepoError> {
-    use std::io::Write;
+    fill: impl FnOnce(&FsPath) -> Result<(std::fs::File, T), RepoError>,
+) -> Result<T, RepoError> {
     let err = |what: &str, e: std::io::Error| {
         RepoError::Backend(format!("{what} {}: {e}", file.display()))
     };
@@ -556,7 +556,31 @@ fn write_stream_durably(
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
-        let mut f = std::fs::File::create_new(&tmp).map_err(|e| err("create", e))?;
+        let (f, out) = fill(&tmp)?;
+        f.sync_all().map_err(|e| err("sync", e))?;
+        std::fs::rename(&tmp, file).map_err(|e| err("rename into", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err("sync directory of", e))?;
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// [`write_durably`] for an object that arrives in pieces.
+fn write_stream_durably(
+    file: &FsPath,
+    rx: &mut tokio::sync::mpsc::Receiver<Upload>,
+) -> Result<u64, RepoError> {
+    use std::io::Write;
+    let err = |what: &str, e: std::io::Error| {
+        RepoError::Backend(format!("{what} {}: {e}", file.display()))
+    };
+    write_via_temp(file, |tmp| {
+        let mut f = std::fs::File::create_new(tmp).map_err(|e| err("create", e))?;
         let mut total = 0u64;
         loop {
             match rx.blocking_recv() {
@@ -573,17 +597,8 @@ fn write_stream_durably(
                 }
             }
         }
-        f.sync_all().map_err(|e| err("sync", e))?;
-        std::fs::rename(&tmp, file).map_err(|e| err("rename into", e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err("sync directory of", e))?;
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok((f, total))
+    })
 }
 
 /// Temp file, fsync, rename, fsync of the directory: after a crash the object is either
@@ -593,29 +608,12 @@ pub(crate) fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError>
     let err = |what: &str, e: std::io::Error| {
         RepoError::Backend(format!("{what} {}: {e}", file.display()))
     };
-    let dir = file
-        .parent()
-        .ok_or_else(|| RepoError::Backend(format!("{} has no parent", file.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| err("create directory for", e))?;
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = create_direct(&tmp, data).map_err(|e| err("create", e))?;
+    write_via_temp(file, |tmp| {
+        let mut f = create_direct(tmp, data).map_err(|e| err("create", e))?;
         let done = direct_prefix(&f, data).map_err(|e| err("write", e))?;
         f.write_all(&data[done..]).map_err(|e| err("write", e))?;
-        f.sync_all().map_err(|e| err("sync", e))?;
-        std::fs::rename(&tmp, file).map_err(|e| err("rename into", e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err("sync directory of", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok((f, ()))
+    })
 }
 
 /// Creates `path` for writing `data`, with `O_DIRECT` when `data` is page-aligned (a pack

@@ -116,11 +116,11 @@ fn keep_latest(mut plan: retention::Plan, candidates: &[Candidate]) -> retention
     plan
 }
 
-/// The parent timelines a `.history` file lists (its first column), oldest first.
+/// The parent timelines a `.history` file lists, oldest first.
 pub fn history_parents(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|t| t.parse().ok())
+    super::wal::parse_history(text)
+        .into_iter()
+        .map(|(parent, _)| parent)
         .collect()
 }
 

@@ -32,6 +32,19 @@ pub enum Pushed {
 }
 
 /// The object key of an archived WAL file.
+/// The lines of a timeline history file (`0000000N.history`): one per ancestor, its
+/// timeline and the LSN where it branched off, oldest first.
+pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let parent = f.next()?.parse().ok()?;
+            let lsn: drmesh_protocol::Lsn = f.next()?.parse().ok()?;
+            Some((parent, lsn.0))
+        })
+        .collect()
+}
+
 pub fn wal_key(timeline: u32, name: &str) -> String {
     format!("wal/{timeline:08X}/{name}")
 }

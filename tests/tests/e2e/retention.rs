@@ -10,7 +10,7 @@ use serde_json::Value;
 const DOCS: &str = "/v1/backup-recovery/documents";
 const RETENTION: &str = "/v1/backup-recovery/retention";
 
-fn backup(mesh: &Mesh) -> String {
+pub(crate) fn backup(mesh: &Mesh) -> String {
     let a = mesh.post(&format!("{DOCS}/backup"), None);
     assert_eq!(a.status, 202, "{}", a.text);
     let id = a.body["backupId"].as_str().unwrap().to_string();
@@ -23,9 +23,12 @@ fn backup(mesh: &Mesh) -> String {
     id
 }
 
-fn snapshots(repo: &std::path::Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
-        .unwrap()
+/// The snapshot ids in a local repository, sorted (none when it has no `snapshots/`).
+pub(crate) fn snapshots(repo: &std::path::Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(repo.join("snapshots")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = dir
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     ids.sort();

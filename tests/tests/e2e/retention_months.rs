@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::retention::{backup, snapshots};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use drmesh_agent::repo::pack;
 use drmesh_agent::repo::snapshot::Snapshot;
@@ -38,17 +39,6 @@ fn drmesh(args: &[&str]) -> String {
     text
 }
 
-fn snapshots(repo: &Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(repo.join("snapshots")) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<String> = dir
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 fn month_dir(root: &Path, t: DateTime<Utc>) -> PathBuf {
     root.join(t.format("%Y").to_string())
         .join(t.format("%m").to_string())
@@ -77,19 +67,6 @@ fn backup_at(repo: &Path, source: &Path, at: DateTime<Utc>, suffix: &str) -> Str
     snap.started_at = at;
     snap.finished_at = at;
     std::fs::write(&path, pack::encode_doc(&snap, None).unwrap()).unwrap();
-    id
-}
-
-fn backup(mesh: &Mesh) -> String {
-    let a = mesh.post(&format!("{DOCS}/backup"), None);
-    assert_eq!(a.status, 202, "{}", a.text);
-    let id = a.body["backupId"].as_str().unwrap().to_string();
-    let done = wait_for(Duration::from_secs(60), || {
-        let b = mesh.get(&format!("{DOCS}/backups/{id}"));
-        (b.body["status"] != "IN_PROGRESS").then_some(b.body)
-    })
-    .expect("backup ends");
-    assert_eq!(done["status"], "COMPLETED", "{done}");
     id
 }
 
