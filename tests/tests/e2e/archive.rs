@@ -354,6 +354,95 @@ fn archived_document_snapshots_restore_from_the_cold_object_alone_with_and_witho
     }
 }
 
+/// A cold archive in a GCS bucket (fake-gcs-server): the archived object carries the
+/// configured storage class, lists, restores equal to the original and verifies there.
+#[test]
+fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let gcs = drmesh_tests::objstore::GcsServer::start(work);
+    gcs.create_bucket("propchain-cold");
+    let src = work.join("uploads");
+    std::fs::create_dir_all(src.join("documents/7")).unwrap();
+    std::fs::write(src.join("documents/7/deed.pdf"), noise(7, 700_000)).unwrap();
+    std::fs::write(
+        src.join("documents/7/notes.txt"),
+        "title report ".repeat(4000),
+    )
+    .unwrap();
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let endpoint = format!("endpoint={}", gcs.endpoint);
+    let cold: Vec<&str> = vec![
+        "--archive",
+        "gs://propchain-cold/archive",
+        "--archive-option",
+        &endpoint,
+        "--archive-option",
+        "allow_anonymous=true",
+    ];
+    drmesh_ok(&["repo", "init", "--repo", &repo_s]);
+    let backup = || -> String {
+        let out = drmesh_ok(&[
+            "repo",
+            "backup",
+            "--repo",
+            &repo_s,
+            "--kind",
+            "documents",
+            "-o",
+            "json",
+            src.to_str().unwrap(),
+        ]);
+        json(&out)["id"].as_str().unwrap().to_string()
+    };
+    let first = backup();
+    let original = tree(&src, &[]);
+    std::fs::write(src.join("documents/7/notes.txt"), b"amended").unwrap();
+    backup();
+    move_back(&repo, &first, 100, None);
+
+    let now = rfc3339(Utc::now());
+    let mut args = vec!["repo", "retention", "--repo", &repo_s];
+    args.extend(&cold);
+    args.extend([
+        "--archive-storage-class",
+        "ARCHIVE",
+        "--now",
+        &now,
+        "-o",
+        "json",
+    ]);
+    let done = json(&drmesh_ok(&args));
+    assert_eq!(ids(&done["archived"]), vec![first.clone()], "{done}");
+    let objects = gcs.objects("propchain-cold", "archive/");
+    let archived: Vec<_> = objects
+        .iter()
+        .filter(|(name, _, _)| name.ends_with(".tar.zst"))
+        .collect();
+    assert_eq!(archived.len(), 1, "{objects:?}");
+    assert_eq!(archived[0].2, "ARCHIVE", "{objects:?}");
+    assert!(archived[0].0.contains(&first), "{objects:?}");
+
+    let mut list = vec!["archive", "list"];
+    list.extend(&cold);
+    list.extend(["-o", "json"]);
+    let listed = json(&drmesh_ok(&list));
+    assert_eq!(ids(&listed), vec![first.clone()], "{listed}");
+    let restored = work.join("restored");
+    let mut restore = vec!["archive", "restore"];
+    restore.extend(&cold);
+    restore.extend([first.as_str(), restored.to_str().unwrap()]);
+    let out = drmesh_ok(&restore);
+    assert!(out.contains("every SHA-256 checked"), "{out}");
+    assert_eq!(tree(&restored, &[]), original);
+    let mut verify = vec!["archive", "verify"];
+    verify.extend(&cold);
+    verify.push(first.as_str());
+    let verified = drmesh_ok(&verify);
+    assert!(verified.contains("PASSED"), "{verified}");
+}
+
 fn postgres_ids() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;

@@ -1,8 +1,8 @@
-//! The S3 (moto_server) and Azure Blob (azurite-blob) test servers start, and buckets and
-//! containers can be created on them.
+//! The S3 (moto_server), Azure Blob (azurite-blob) and GCS (fake-gcs-server) test servers
+//! start, and buckets and containers can be created on them.
 
 use drmesh_tests::http;
-use drmesh_tests::objstore::{AzuriteServer, S3Server};
+use drmesh_tests::objstore::{AzuriteServer, GcsServer, S3Server};
 
 #[test]
 fn s3_and_azurite_servers_start() {
@@ -27,4 +27,8 @@ fn s3_and_azurite_servers_start() {
 
     // Signed request: proves the SharedKey signing matches Azurite's.
     azurite.create_container("drmesh-test");
+
+    let gcs = GcsServer::start(dir.path());
+    gcs.create_bucket("drmesh-test");
+    assert!(gcs.objects("drmesh-test", "").is_empty());
 }

@@ -1,6 +1,6 @@
 //! Replication to every location: a documents agent backs up into a local directory and
-//! copies to S3 (moto) and Azure Blob (Azurite), each behind a TCP proxy the test takes
-//! down. Down: backups still succeed (the primary holds them), the statistics and the
+//! copies to S3 (moto), Azure Blob (Azurite) and GCS (fake-gcs-server), each behind a TCP
+//! proxy the test takes down. Down: backups still succeed (the primary holds them), the statistics and the
 //! dashboard say which location is unreachable and why, and past `alert_after` a HIGH
 //! `LOCATION_UNREACHABLE` alert is open. Back: the next round copies what was missed,
 //! verifies it there, and resolves the alert by itself.
@@ -11,7 +11,8 @@ use chrono::Datelike;
 use std::time::Duration;
 
 use drmesh_tests::objstore::{
-    AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
+    AzuriteServer, GcsServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION,
+    S3_SECRET_KEY,
 };
 use drmesh_tests::proxy::Proxy;
 use drmesh_tests::{wait_for, Mesh, Proc};
@@ -111,8 +112,11 @@ fn a_location_down_raises_an_alert_and_catches_up_and_verifies_when_back() {
     s3.create_bucket("propchain-backups");
     let azurite = AzuriteServer::start(&work);
     azurite.create_container("document-backups");
+    let gcs = GcsServer::start(&work);
+    gcs.create_bucket("propchain-dr");
     let s3_proxy = Proxy::start(s3.port);
     let az_proxy = Proxy::start(azurite.port);
+    let gcs_proxy = Proxy::start(gcs.port);
 
     let files = mesh.issue_agent("docs-1", "us-west-2");
     let extra = format!(
@@ -132,6 +136,10 @@ name = "s3"
 url = "s3://propchain-backups/document-backups"
 quota = "1 GiB"
 options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access_key_id = "{ak}", secret_access_key = "{sk}" }}
+[[documents.locations]]
+name = "gcs"
+url = "gs://propchain-dr/document-backups"
+options = {{ endpoint = "{gcs}", allow_anonymous = "true" }}
 "#,
         uploads = uploads.display(),
         local = work.join("repo-local").display(),
@@ -139,6 +147,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
         akey = AZURITE_KEY,
         aurl = az_proxy.endpoint,
         s3 = s3_proxy.endpoint,
+        gcs = gcs_proxy.endpoint,
         region = S3_REGION,
         ak = S3_ACCESS_KEY,
         sk = S3_SECRET_KEY,
@@ -155,7 +164,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
     for (_, status) in location_states(&first) {
         assert_eq!(status, "COMPLETED", "{first}");
     }
-    for name in ["s3", "azure"] {
+    for name in ["s3", "azure", "gcs"] {
         let l = wait_location(&mesh, &agent, name, "in sync", |l| {
             l["replication"]["state"] == "IN_SYNC"
         });
@@ -173,9 +182,10 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
         "{s3_stats}"
     );
 
-    // Both object stores go away; a backup still completes in the primary location.
+    // The object stores go away; a backup still completes in the primary location.
     s3_proxy.set_down(true);
     az_proxy.set_down(true);
+    gcs_proxy.set_down(true);
     write(&uploads, "documents/doc-002/original.pdf", "%PDF-1.7 two ");
     let second = backup(&mesh);
     assert_eq!(second["status"], "COMPLETED", "{second}");
@@ -183,11 +193,12 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
     assert!(
         states.contains(&("local".into(), "COMPLETED".into()))
             && states.contains(&("s3".into(), "FAILED".into()))
-            && states.contains(&("azure".into(), "FAILED".into())),
+            && states.contains(&("azure".into(), "FAILED".into()))
+            && states.contains(&("gcs".into(), "FAILED".into())),
         "{second}"
     );
     let second_id = second["backupId"].as_str().unwrap_or_default().to_string();
-    for name in ["s3", "azure"] {
+    for name in ["s3", "azure", "gcs"] {
         let l = wait_location(&mesh, &agent, name, "reported unreachable", |l| {
             l["replication"]["state"] == "UNREACHABLE"
                 && l["replication"]["unreachableSince"].is_string()
@@ -201,7 +212,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
     }
     let alerts = wait_for(Duration::from_secs(60), || {
         let a = open_alerts(&mesh);
-        (a.iter().filter(|x| x["status"] != "RESOLVED").count() == 2).then_some(a)
+        (a.iter().filter(|x| x["status"] != "RESOLVED").count() == 3).then_some(a)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -223,7 +234,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(rows.len(), 2, "{}", dash.text);
+    assert_eq!(rows.len(), 3, "{}", dash.text);
     assert!(
         rows.iter().all(|r| r["state"] == "UNREACHABLE"),
         "{}",
@@ -233,7 +244,8 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
     // Back: caught up by itself, verified there, the alerts resolved.
     s3_proxy.set_down(false);
     az_proxy.set_down(false);
-    for name in ["s3", "azure"] {
+    gcs_proxy.set_down(false);
+    for name in ["s3", "azure", "gcs"] {
         let l = wait_location(&mesh, &agent, name, "caught up", |l| {
             l["replication"]["state"] == "IN_SYNC"
         });
@@ -259,7 +271,7 @@ options = {{ endpoint = "{s3}", allow_http = "true", region = "{region}", access
         .as_array()
         .cloned()
         .unwrap_or_default();
-    for name in ["local", "s3", "azure"] {
+    for name in ["local", "s3", "azure", "gcs"] {
         let l = locations
             .iter()
             .find(|l| l["name"] == name)

@@ -1,13 +1,14 @@
 //! The backup repository through the `drmesh repo` CLI, on a local directory, a real S3
-//! server (moto) and a real Azure Blob server (Azurite); a backup killed with `kill -9`
-//! leaves a consistent repository.
+//! server (moto), a real Azure Blob server (Azurite) and a real GCS server (fake-gcs-server);
+//! a backup killed with `kill -9` leaves a consistent repository.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use drmesh_tests::objstore::{
-    AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY,
+    AzuriteServer, GcsServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_REGION,
+    S3_SECRET_KEY,
 };
 use drmesh_tests::{bin, noise, wait_for, walk_files, Proc};
 use serde_json::Value;
@@ -224,6 +225,31 @@ fn repository_on_azure_blob() {
         key_file: Some(key_file(dir.path())),
     };
     exercise(&cli, dir.path());
+}
+
+#[test]
+fn repository_on_gcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let gcs = GcsServer::start(dir.path());
+    gcs.create_bucket("propchain-backups");
+    let cli = RepoCli {
+        repo: "gs://propchain-backups/document-backups".into(),
+        options: vec![
+            format!("endpoint={}", gcs.endpoint),
+            "allow_anonymous=true".into(),
+        ],
+        key_file: Some(key_file(dir.path())),
+    };
+    exercise(&cli, dir.path());
+    let objects = gcs.objects("propchain-backups", "document-backups/");
+    let packs = objects
+        .iter()
+        .filter(|(name, _, _)| name.starts_with("document-backups/data/"))
+        .count();
+    assert!(
+        (1..=4).contains(&packs),
+        "54 files should fit in a few packs, found {packs}: {objects:?}"
+    );
 }
 
 #[test]
