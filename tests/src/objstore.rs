@@ -171,6 +171,35 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// The objects under `prefix` in `bucket` (the first 1,000): key, size and storage
+    /// class, from an unsigned ListObjectsV2 (which moto accepts).
+    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64, String)> {
+        let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint);
+        let reply = crate::http("GET", &url, None, None);
+        assert_eq!(reply.status, 200, "GET {url}: {}", reply.text);
+        let field = |item: &str, tag: &str| -> String {
+            item.split(&format!("<{tag}>"))
+                .nth(1)
+                .and_then(|rest| rest.split(&format!("</{tag}>")).next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        reply
+            .text
+            .split("<Contents>")
+            .skip(1)
+            .map(|item| {
+                (
+                    field(item, "Key"),
+                    field(item, "Size").parse().unwrap_or(0),
+                    field(item, "StorageClass"),
+                )
+            })
+            .collect()
+    }
+}
+
 /// An `azurite-blob` (Azure Blob) on 127.0.0.1 with the well-known account
 /// [`AZURITE_ACCOUNT`] / [`AZURITE_KEY`], storing its data under `dir/azurite`.
 ///

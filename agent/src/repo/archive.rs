@@ -98,6 +98,8 @@ pub struct ColdArchive {
     backend: Backend,
     key: KeySource,
     storage_class: Option<String>,
+    /// The storage class is frozen ([`frozen_class`]): objects are not read back.
+    frozen: bool,
 }
 
 /// What the archive holds of one snapshot (`<kind>/<id>.json`).
@@ -124,6 +126,35 @@ pub struct ArchivedSnapshot {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// Whether the object was read back whole after it was stored. An object in a frozen
+    /// storage class ([`frozen_class`]) cannot be until it is restored: it was checked by
+    /// its stored size and, on S3, by the SHA-256 the server verified of every part.
+    #[serde(default = "read_back_default")]
+    pub read_back: bool,
+}
+
+fn read_back_default() -> bool {
+    true
+}
+
+/// Whether objects of storage class `class` at `url` are frozen: stored, but served only
+/// after a restore that takes hours (S3 `GLACIER` and `DEEP_ARCHIVE`, the Azure `Archive`
+/// tier). GCS `ARCHIVE` and S3 `GLACIER_IR` are read at once.
+pub fn frozen_class(url: &str, class: Option<&str>) -> bool {
+    let Some(class) = class else {
+        return false;
+    };
+    let url = url.trim_start();
+    if url.starts_with("s3://") {
+        matches!(
+            class.to_ascii_uppercase().as_str(),
+            "GLACIER" | "DEEP_ARCHIVE"
+        )
+    } else if url.starts_with("az://") || url.starts_with("azure://") {
+        class.eq_ignore_ascii_case("archive")
+    } else {
+        false
+    }
 }
 
 /// `MANIFEST.json`, the first member of every archived object.
@@ -255,6 +286,13 @@ impl ColdArchive {
             }
         }
         let mut location = options.location.clone();
+        let frozen = frozen_class(&location.url, options.storage_class.as_deref());
+        if frozen && location.url.trim_start().starts_with("s3://") {
+            // What stands in for the read-back: S3 checks every part against its SHA-256.
+            location
+                .options
+                .insert("checksum_algorithm".into(), "SHA256".into());
+        }
         if let Some(class) = &options.storage_class {
             // GCS takes the storage class per bucket handle, not per upload.
             if location.url.trim_start().starts_with("gs://") {
@@ -267,6 +305,7 @@ impl ColdArchive {
             backend: Backend::open(&location).await?,
             key: options.key.clone(),
             storage_class: options.storage_class.clone(),
+            frozen,
         })
     }
 
@@ -316,8 +355,9 @@ impl ColdArchive {
             })
     }
 
-    /// Writes snapshot `id` of `repo` as one object, reads it back whole, and only then
-    /// lists it. Archiving a snapshot already listed writes nothing.
+    /// Writes snapshot `id` of `repo` as one object, reads it back whole (in a frozen
+    /// storage class: checks its stored size, S3 having checked every part's SHA-256), and
+    /// only then lists it. Archiving a snapshot already listed writes nothing.
     pub async fn archive(
         &self,
         repo: &Repository,
@@ -375,11 +415,15 @@ impl ColdArchive {
                 )))
             }
         }
-        let (n, digest) = self.digest(&key).await?;
-        if (n, digest.as_str()) != (size, sha256.as_str()) {
-            return Err(RepoError::Damaged(format!(
-                "archive {key}: read back {n} bytes with SHA-256 {digest}, wrote {size} with {sha256}"
-            )));
+        if self.frozen {
+            info!(object = %key, class = ?self.storage_class, "frozen storage class: the object is not read back (the store serves it only after a restore)");
+        } else {
+            let (n, digest) = self.digest(&key).await?;
+            if (n, digest.as_str()) != (size, sha256.as_str()) {
+                return Err(RepoError::Damaged(format!(
+                    "archive {key}: read back {n} bytes with SHA-256 {digest}, wrote {size} with {sha256}"
+                )));
+            }
         }
         let files: Vec<&ColdEntry> = manifest
             .entries
@@ -402,6 +446,7 @@ impl ColdArchive {
             files: files.len() as u64,
             bytes: files.iter().map(|e| e.size).sum(),
             storage_class: self.storage_class.clone(),
+            read_back: !self.frozen,
         };
         let json = serde_json::to_vec_pretty(&listed)
             .map_err(|e| RepoError::Io(format!("serialize {key}: {e}")))?;

@@ -126,7 +126,20 @@ fn refused_by_lock(e: &object_store::Error) -> bool {
 fn backend_error(op: &str, key: &str, e: object_store::Error) -> RepoError {
     match e {
         object_store::Error::NotFound { .. } => RepoError::NotFound(key.to_string()),
-        other => RepoError::Backend(format!("{op} {key}: {other}")),
+        other => {
+            let text = other.to_string();
+            if text.contains("InvalidObjectState") {
+                return RepoError::Backend(format!(
+                    "{op} {key}: the object is in an S3 archival storage class (GLACIER or DEEP_ARCHIVE), which serves nothing until it is restored: run `aws s3api restore-object --bucket BUCKET --key PREFIX/{key} --restore-request Days=7`, wait for the restore (minutes to 48 hours, by tier) and run this again; storage class GLACIER_IR avoids the wait ({text})"
+                ));
+            }
+            if text.contains("BlobArchived") {
+                return RepoError::Backend(format!(
+                    "{op} {key}: the blob is in the Azure Archive tier, which serves nothing until it is rehydrated: run `az storage blob set-tier --tier Cool --rehydrate-priority Standard` on it, wait for the rehydration (up to 15 hours) and run this again ({text})"
+                ));
+            }
+            RepoError::Backend(format!("{op} {key}: {text}"))
+        }
     }
 }
 

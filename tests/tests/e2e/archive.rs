@@ -354,14 +354,9 @@ fn archived_document_snapshots_restore_from_the_cold_object_alone_with_and_witho
     }
 }
 
-/// A cold archive in a GCS bucket (fake-gcs-server): the archived object carries the
-/// configured storage class, lists, restores equal to the original and verifies there.
-#[test]
-fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path();
-    let gcs = drmesh_tests::objstore::GcsServer::start(work);
-    gcs.create_bucket("propchain-cold");
+/// A repository with two document snapshots, the older moved 100 days back (so the
+/// monthly tier archives it): the repository path, that snapshot's id and its files.
+fn repository_with_an_old_snapshot(work: &Path) -> (String, String, BTreeMap<String, String>) {
     let src = work.join("uploads");
     std::fs::create_dir_all(src.join("documents/7")).unwrap();
     std::fs::write(src.join("documents/7/deed.pdf"), noise(7, 700_000)).unwrap();
@@ -372,15 +367,6 @@ fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
     .unwrap();
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap().to_string();
-    let endpoint = format!("endpoint={}", gcs.endpoint);
-    let cold: Vec<&str> = vec![
-        "--archive",
-        "gs://propchain-cold/archive",
-        "--archive-option",
-        &endpoint,
-        "--archive-option",
-        "allow_anonymous=true",
-    ];
     drmesh_ok(&["repo", "init", "--repo", &repo_s]);
     let backup = || -> String {
         let out = drmesh_ok(&[
@@ -401,19 +387,66 @@ fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
     std::fs::write(src.join("documents/7/notes.txt"), b"amended").unwrap();
     backup();
     move_back(&repo, &first, 100, None);
+    (repo_s, first, original)
+}
 
+/// `drmesh repo retention` archiving into `cold` (`--archive URL --archive-option …`) with
+/// storage class `class`; returns its report.
+fn archive_with_class(repo: &str, cold: &[&str], class: &str) -> Value {
     let now = rfc3339(Utc::now());
-    let mut args = vec!["repo", "retention", "--repo", &repo_s];
-    args.extend(&cold);
+    let mut args = vec!["repo", "retention", "--repo", repo];
+    args.extend(cold);
     args.extend([
         "--archive-storage-class",
-        "ARCHIVE",
+        class,
         "--now",
         &now,
         "-o",
         "json",
     ]);
-    let done = json(&drmesh_ok(&args));
+    json(&drmesh_ok(&args))
+}
+
+/// The archived snapshot `id` in `cold` lists, restores equal to `original` and verifies.
+fn restore_from(cold: &[&str], id: &str, work: &Path, original: &BTreeMap<String, String>) {
+    let mut list = vec!["archive", "list"];
+    list.extend(cold);
+    list.extend(["-o", "json"]);
+    let listed = json(&drmesh_ok(&list));
+    assert_eq!(ids(&listed), vec![id.to_string()], "{listed}");
+    let restored = work.join("restored");
+    let mut restore = vec!["archive", "restore"];
+    restore.extend(cold);
+    restore.extend([id, restored.to_str().unwrap()]);
+    let out = drmesh_ok(&restore);
+    assert!(out.contains("every SHA-256 checked"), "{out}");
+    assert_eq!(&tree(&restored, &[]), original);
+    let mut verify = vec!["archive", "verify"];
+    verify.extend(cold);
+    verify.push(id);
+    let verified = drmesh_ok(&verify);
+    assert!(verified.contains("PASSED"), "{verified}");
+}
+
+/// A cold archive in a GCS bucket (fake-gcs-server): the archived object carries the
+/// configured storage class, lists, restores equal to the original and verifies there.
+#[test]
+fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let gcs = drmesh_tests::objstore::GcsServer::start(work);
+    gcs.create_bucket("propchain-cold");
+    let (repo, first, original) = repository_with_an_old_snapshot(work);
+    let endpoint = format!("endpoint={}", gcs.endpoint);
+    let cold = [
+        "--archive",
+        "gs://propchain-cold/archive",
+        "--archive-option",
+        &endpoint,
+        "--archive-option",
+        "allow_anonymous=true",
+    ];
+    let done = archive_with_class(&repo, &cold, "ARCHIVE");
     assert_eq!(ids(&done["archived"]), vec![first.clone()], "{done}");
     let objects = gcs.objects("propchain-cold", "archive/");
     let archived: Vec<_> = objects
@@ -423,24 +456,71 @@ fn an_archive_in_a_gcs_bucket_keeps_its_storage_class_and_restores() {
     assert_eq!(archived.len(), 1, "{objects:?}");
     assert_eq!(archived[0].2, "ARCHIVE", "{objects:?}");
     assert!(archived[0].0.contains(&first), "{objects:?}");
+    restore_from(&cold, &first, work, &original);
+}
 
-    let mut list = vec!["archive", "list"];
-    list.extend(&cold);
-    list.extend(["-o", "json"]);
-    let listed = json(&drmesh_ok(&list));
-    assert_eq!(ids(&listed), vec![first.clone()], "{listed}");
-    let restored = work.join("restored");
-    let mut restore = vec!["archive", "restore"];
-    restore.extend(&cold);
-    restore.extend([first.as_str(), restored.to_str().unwrap()]);
-    let out = drmesh_ok(&restore);
-    assert!(out.contains("every SHA-256 checked"), "{out}");
-    assert_eq!(tree(&restored, &[]), original);
-    let mut verify = vec!["archive", "verify"];
-    verify.extend(&cold);
-    verify.push(first.as_str());
-    let verified = drmesh_ok(&verify);
-    assert!(verified.contains("PASSED"), "{verified}");
+/// A cold archive in an S3 bucket (moto): with `GLACIER_IR` the object is stored in that
+/// class, read back, and restores; with `GLACIER` S3 serves nothing until the object is
+/// restored (thawed), so archiving checks the stored size and the per-part SHA-256 S3
+/// verified instead of reading it back (`readBack: false`), and `drmesh archive restore`
+/// says what to do instead of a bare 403.
+#[test]
+fn an_archive_in_an_s3_bucket_keeps_its_storage_class_and_a_frozen_object_is_explained() {
+    use drmesh_tests::objstore::{S3Server, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY};
+    for (class, readable) in [("GLACIER_IR", true), ("GLACIER", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        let s3 = S3Server::start(work);
+        s3.create_bucket("propchain-cold");
+        let (repo, first, original) = repository_with_an_old_snapshot(work);
+        let options = [
+            format!("endpoint={}", s3.endpoint),
+            "allow_http=true".to_string(),
+            format!("region={S3_REGION}"),
+            format!("access_key_id={S3_ACCESS_KEY}"),
+            format!("secret_access_key={S3_SECRET_KEY}"),
+        ];
+        let mut cold = vec!["--archive", "s3://propchain-cold/archive"];
+        for o in &options {
+            cold.extend(["--archive-option", o.as_str()]);
+        }
+        let done = archive_with_class(&repo, &cold, class);
+        assert_eq!(
+            ids(&done["archived"]),
+            vec![first.clone()],
+            "{class}: {done}"
+        );
+        let objects = s3.objects("propchain-cold", "archive/");
+        let archived: Vec<_> = objects
+            .iter()
+            .filter(|(key, _, _)| key.ends_with(".tar.zst"))
+            .collect();
+        assert_eq!(archived.len(), 1, "{class}: {objects:?}");
+        assert_eq!(archived[0].2, class, "{objects:?}");
+        let mut list = vec!["archive", "list"];
+        list.extend(&cold);
+        list.extend(["-o", "json"]);
+        let listed = json(&drmesh_ok(&list));
+        assert_eq!(listed[0]["storageClass"], class, "{listed}");
+        assert_eq!(listed[0]["readBack"], readable, "{listed}");
+        if readable {
+            restore_from(&cold, &first, work, &original);
+            continue;
+        }
+        let mut restore = vec!["archive", "restore"];
+        restore.extend(&cold);
+        let target = work.join("restored");
+        restore.extend([first.as_str(), target.to_str().unwrap()]);
+        let (ok, text) = drmesh(&restore);
+        assert!(
+            !ok,
+            "a GLACIER object cannot be read before it is restored: {text}"
+        );
+        assert!(
+            text.contains("restore-object") && text.contains("GLACIER"),
+            "the error says what to do: {text}"
+        );
+    }
 }
 
 fn postgres_ids() -> Option<(u32, u32)> {

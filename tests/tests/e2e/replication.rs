@@ -321,18 +321,9 @@ options = {{ endpoint = "{gcs}", allow_anonymous = "true" }}
 
 /// Object keys under `prefix` in `bucket` of a moto server.
 fn s3_keys(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
-    let listing = drmesh_tests::http(
-        "GET",
-        &format!("{}/{bucket}?list-type=2&prefix={prefix}", s3.endpoint),
-        None,
-        None,
-    );
-    listing
-        .text
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .map(str::to_string)
+    s3.objects(bucket, prefix)
+        .into_iter()
+        .map(|(key, _, _)| key)
         .collect()
 }
 
