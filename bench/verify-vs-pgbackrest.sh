@@ -169,44 +169,6 @@ EOF
   sql "$PORT" checkpoint >/dev/null
 }
 
-write_configs() {
-  cat >"$D/agent.toml" <<EOF
-id = "db-1"
-region = "us-west-2"
-coordinator = "127.0.0.1:1"
-data_dir = "$D/agent"
-[tls]
-ca_cert = "ca.pem"
-cert = "agent.pem"
-key = "agent.key"
-[postgres]
-conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
-[database]
-data_dir = "$PGDATA"
-repository = "$D/drmesh-repo"
-pg_bin_dir = "$PGBIN"
-EOF
-  cat >"$D/pgbackrest.conf" <<EOF
-[global]
-repo1-type=posix
-repo1-path=$D/pgbr-repo
-repo1-retention-full=99
-compress-type=zst
-process-max=2
-start-fast=y
-log-path=$D/pgbr-log
-lock-path=$D/pgbr-lock
-spool-path=$D/pgbr-spool
-log-level-console=warn
-
-[bench]
-pg1-path=$PGDATA
-pg1-port=$PORT
-pg1-socket-path=$D
-EOF
-  chown postgres: "$D/agent.toml" "$D/pgbackrest.conf"
-}
-
 # pgBackRest's side of a test, as postgres: restore, then start until out of recovery.
 cat >"$WORK/pgbr-test.sh" <<'SH'
 # pgbr-test.sh CONFIG TARGET PORT LOG PGBIN: prints "RESTORE_S START_S"

@@ -9,26 +9,7 @@ use drmesh_protocol::tls::TlsFiles;
 use drmesh_protocol::{AgentId, RegionId};
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parse {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use drmesh_protocol::config::{ConfigError, LogFormat};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -618,10 +599,7 @@ fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
 
 impl AgentConfigFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        drmesh_protocol::config::parse_toml(text, path)
     }
 
     pub fn validate(self, base: &Path) -> Result<AgentConfig, ConfigError> {
@@ -754,10 +732,7 @@ impl AgentConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = drmesh_protocol::config::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = AgentConfigFile::parse(&text, path)?.validate(base)?;
         config.path = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));

@@ -11,27 +11,7 @@ use drmesh_protocol::tls::TlsFiles;
 use drmesh_protocol::RegionId;
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parse {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use drmesh_protocol::config::{ConfigError, LogFormat};
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -547,10 +527,7 @@ fn default_addr(s: &str) -> SocketAddr {
 
 impl CoordinatorConfigFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        drmesh_protocol::config::parse_toml(text, path)
     }
 
     /// Applies defaults and checks the values. Relative paths are taken from `base`
@@ -766,10 +743,7 @@ fn check_channel(name: &str, channel: &NotifyChannel) -> Result<(), ConfigError>
 impl CoordinatorConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = drmesh_protocol::config::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         CoordinatorConfigFile::parse(&text, path)?.validate(base)
     }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod config;
 pub mod ids;
 pub mod mesh;
 pub mod message;
