@@ -214,8 +214,10 @@ const GCS_OPTIONS: &[&str] = &[
 /// Credentials not given as options come, as with `object_store`, from
 /// `GOOGLE_SERVICE_ACCOUNT_KEY` (the service-account JSON), `GOOGLE_SERVICE_ACCOUNT` /
 /// `GOOGLE_SERVICE_ACCOUNT_PATH` / `GOOGLE_APPLICATION_CREDENTIALS` (its path), then the
-/// gcloud default credentials and the VM metadata server. Requests are retried (transient
-/// errors, with backoff) and time out like `object_store`'s.
+/// gcloud default credentials and the VM metadata server. A request that fails for a
+/// transient reason is retried four times within about two seconds, as `object_store`'s
+/// clients retry theirs (a longer outage is the replication rounds' to ride out), and
+/// times out like theirs.
 fn gcs_store(bucket: &str, options: &[(&String, &String)]) -> Result<Arc<dyn ObjectStore>, String> {
     let mut settings: BTreeMap<String, String> = BTreeMap::new();
     for (var, key) in [
@@ -280,7 +282,13 @@ fn gcs_store(bucket: &str, options: &[(&String, &String)]) -> Result<Arc<dyn Obj
     let op = opendal::Operator::new(b)
         .map_err(|e| e.to_string())?
         .layer(opendal::layers::TimeoutLayer::new())
-        .layer(opendal::layers::RetryLayer::new().with_jitter())
+        .layer(
+            opendal::layers::RetryLayer::new()
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .with_max_times(4)
+                .with_jitter(),
+        )
         .finish();
     Ok(Arc::new(object_store_opendal::OpendalStore::new(op)))
 }
