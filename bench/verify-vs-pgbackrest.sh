@@ -101,73 +101,11 @@ CACHE=cold BAD=0
 declare -A T
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+# shellcheck source=bench/pg.sh
+. bench/pg.sh
 
-# The cluster helpers below are those of bench/db-vs-pgbackrest.sh (kept in step by hand: in
-# lib.sh they would replace failover-peers.sh's own sql(), defined before it sources lib.sh).
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-as_pg() { (cd / && runuser -u postgres -- "$@"); }   # from /: the postgres user may not reach this tree
-quiet() { "$@" >"$WORK/log" 2>&1 || { echo "failed: $*" >&2; tail -20 "$WORK/log" >&2; return 1; }; }
-sql() {   # sql PORT QUERY: one query on a local cluster, unaligned output
-  "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2"
-}
-pgbench() { "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres "$@" postgres; }
-start_pg() {   # start_pg DATADIR LOG
-  as_pg "$PGBIN/pg_ctl" -D "$1" -l "$2" -w -t 600 start >/dev/null ||
-    { echo "could not start the cluster in $1:" >&2; tail -20 "$2" >&2; exit 1; }
-}
-stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1" -m fast -w -t 600 stop >/dev/null; }
-data_bytes() { du -sb --exclude=pg_wal "$1" | awk '{print $1}'; }   # a data directory without its WAL
-FINGERPRINT="select (select count(*) || ' accounts, balance ' || sum(abalance) from pgbench_accounts) || '; ' ||
-  (select count(*) || ' tellers, ' || sum(tbalance) from pgbench_tellers) || '; ' ||
-  (select count(*) || ' branches, ' || sum(bbalance) from pgbench_branches) || '; ' ||
-  (select count(*) || ' history rows' from pgbench_history)"
 
-set_archive() {   # set_archive drmesh|pgbackrest|none: that tool's archive_command, pending WAL pushed
-  local cmd
-  case $1 in
-    drmesh) cmd="$BIN/drmesh-agent --config $D/agent.toml wal-push %p" ;;
-    pgbackrest) cmd="pgbackrest --config=$D/pgbackrest.conf --stanza=bench archive-push %p" ;;
-    *) cmd=/bin/true ;;
-  esac
-  sql "$PORT" "alter system set archive_command = '$cmd'" >/dev/null
-  sql "$PORT" "select pg_reload_conf()" >/dev/null
-  sleep 1
-  local end=$((SECONDS + 120))
-  while compgen -G "$PGDATA/pg_wal/archive_status/*.ready" >/dev/null; do
-    (( SECONDS < end )) || { echo "WAL not archived with $1's archive_command:" >&2; tail -20 "$D/pg.log" >&2; exit 1; }
-    sleep 0.5
-  done
-}
 
-FILLER="substr(md5(random()::text) || md5(random()::text) || md5(random()::text), 1, 84)"
-make_cluster() {   # make_cluster: initdb -k and the KIND's data in $PGDATA, left running
-  as_pg "$PGBIN/initdb" -k -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-  cat >>"$PGDATA/postgresql.conf" <<EOF
-
-# bench/verify-vs-pgbackrest.sh
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$D'
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-logging_collector = off
-EOF
-  start_pg "$PGDATA" "$D/pg.log"
-  case $KIND in
-    stock) quiet pgbench -i -s "$SCALE" -q ;;
-    random)
-      quiet pgbench -i -s "$SCALE" -I dt
-      sql "$PORT" "insert into pgbench_branches (bid, bbalance, filler)
-                     select b, 0, $FILLER from generate_series(1, $SCALE) b" >/dev/null
-      sql "$PORT" "insert into pgbench_tellers (tid, bid, tbalance, filler)
-                     select t, (t - 1) / 10 + 1, 0, $FILLER from generate_series(1, 10 * $SCALE) t" >/dev/null
-      sql "$PORT" "insert into pgbench_accounts (aid, bid, abalance, filler)
-                     select a, (a - 1) / 100000 + 1, 0, $FILLER from generate_series(1, 100000 * $SCALE) a" >/dev/null
-      quiet pgbench -i -I vp ;;
-  esac
-  sql "$PORT" checkpoint >/dev/null
-}
 
 # pgBackRest's side of a test, as postgres: restore, then start until out of recovery.
 cat >"$WORK/pgbr-test.sh" <<'SH'
@@ -254,7 +192,7 @@ for KIND in $KINDS; do
   D=$WORK/$KIND PGDATA=$WORK/$KIND/pgdata PORT=$(free_port)
   mkdir -p "$D"; chown postgres: "$D"; chmod 755 "$D"
   echo "making the $KIND cluster (pgbench scale $SCALE) and backing it up with both tools (untimed) ..." >&2
-  make_cluster
+  make_pgbench_cluster
   write_configs
   as_pg mkdir "$D/pgbr-repo" "$D/pgbr-log" "$D/pgbr-lock" "$D/pgbr-spool" "$D/agent"
   as_pg pgbackrest --config="$D/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
