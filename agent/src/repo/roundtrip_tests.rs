@@ -756,3 +756,49 @@ async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
     );
     assert_eq!(std::fs::read(out.join("other")).expect("read"), b"fine");
 }
+
+/// Replication moves only what the destination lacks: a second round copies nothing, and
+/// after an incremental backup only the new snapshot and its new pack move; every snapshot
+/// then verifies at the destination, reading every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_copies_only_what_the_destination_lacks() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    let first = fx.backup("snap_1", None).await;
+    let dest = Repository::init(&RepoOptions {
+        location: Location::new(fx.path("copy").to_string_lossy()),
+        key: KeySource::None,
+    })
+    .await
+    .expect("init the copy");
+
+    let whole = fx.repo.sync_to(&dest, false).await.expect("first round");
+    assert_eq!(whole.snapshots_copied, 1, "{whole:?}");
+    assert!(whole.bytes_copied > 9 << 20, "{whole:?}");
+    assert!(
+        whole.missing.is_empty() && whole.error.is_none(),
+        "{whole:?}"
+    );
+
+    let idle = fx.repo.sync_to(&dest, false).await.expect("second round");
+    assert_eq!(
+        (idle.snapshots_copied, idle.bytes_copied),
+        (0, 0),
+        "{idle:?}"
+    );
+
+    std::fs::write(fx.path("src/docs/new.txt"), b"a document added later").expect("write");
+    fx.backup("snap_2", Some(first)).await;
+    let delta = fx.repo.sync_to(&dest, false).await.expect("third round");
+    assert_eq!(delta.snapshots_copied, 1, "{delta:?}");
+    assert!(
+        delta.bytes_copied < whole.bytes_copied / 20,
+        "only the new file's pack and the manifest move: {delta:?} after {whole:?}"
+    );
+    for id in ["snap_1", "snap_2"] {
+        assert!(
+            dest.verify(id, true).await.expect("verify").passed(),
+            "{id} at the destination"
+        );
+    }
+}
