@@ -110,6 +110,33 @@ fn answers_http(url: &str) -> bool {
     }
 }
 
+/// An agent for the servers' admin requests (bucket and container creation).
+fn admin_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(15))
+        .build()
+}
+
+/// Panics unless `result`, the answer to `request`, has status `want`; the message shows
+/// the answer and the log of `server`.
+fn expect_status(
+    request: &str,
+    result: Result<ureq::Response, ureq::Error>,
+    want: u16,
+    server: &Proc,
+) {
+    match result {
+        Ok(r) if r.status() == want => {}
+        Ok(r) | Err(ureq::Error::Status(_, r)) => panic!(
+            "{request}: {} {}\nserver log:\n{}",
+            r.status(),
+            r.into_string().unwrap_or_default(),
+            server.log_text()
+        ),
+        Err(e) => panic!("{request}: {e}\nserver log:\n{}", server.log_text()),
+    }
+}
+
 fn accepts_tcp(port: u16) -> bool {
     let addr = ([127, 0, 0, 1], port).into();
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
@@ -155,19 +182,8 @@ impl S3Server {
     /// bucket that exists succeeds too (us-east-1 behaviour).
     pub fn create_bucket(&self, name: &str) {
         let url = format!("{}/{name}", self.endpoint);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        match agent.put(&url).call() {
-            Ok(r) if r.status() == 200 => {}
-            Ok(r) | Err(ureq::Error::Status(_, r)) => panic!(
-                "PUT {url}: {} {}\nmoto_server log:\n{}",
-                r.status(),
-                r.into_string().unwrap_or_default(),
-                self.proc.log_text()
-            ),
-            Err(e) => panic!("PUT {url}: {e}\nmoto_server log:\n{}", self.proc.log_text()),
-        }
+        let result = admin_agent().put(&url).call();
+        expect_status(&format!("PUT {url}"), result, 200, &self.proc);
     }
 }
 
@@ -288,10 +304,7 @@ impl AzuriteServer {
         );
         let key = base64_decode(AZURITE_KEY);
         let signature = base64_encode(&hmac_sha256(&key, to_sign.as_bytes()));
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        let result = agent
+        let result = admin_agent()
             .put(&url)
             .set("x-ms-date", &date)
             .set("x-ms-version", version)
@@ -300,16 +313,7 @@ impl AzuriteServer {
                 &format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
             )
             .call();
-        match result {
-            Ok(r) if r.status() == 201 => {}
-            Ok(r) | Err(ureq::Error::Status(_, r)) => panic!(
-                "PUT {url}: {} {}\nazurite log:\n{}",
-                r.status(),
-                r.into_string().unwrap_or_default(),
-                self.proc.log_text()
-            ),
-            Err(e) => panic!("PUT {url}: {e}\nazurite log:\n{}", self.proc.log_text()),
-        }
+        expect_status(&format!("PUT {url}"), result, 201, &self.proc);
     }
 }
 
@@ -367,25 +371,10 @@ impl GcsServer {
     /// Creates bucket `name` (`POST /storage/v1/b`); panics unless the server answers 200.
     pub fn create_bucket(&self, name: &str) {
         let url = format!("{}/storage/v1/b", self.endpoint);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        match agent
+        let result = admin_agent()
             .post(&url)
-            .send_json(serde_json::json!({ "name": name }))
-        {
-            Ok(r) if r.status() == 200 => {}
-            Ok(r) | Err(ureq::Error::Status(_, r)) => panic!(
-                "POST {url}: {} {}\nfake-gcs-server log:\n{}",
-                r.status(),
-                r.into_string().unwrap_or_default(),
-                self.proc.log_text()
-            ),
-            Err(e) => panic!(
-                "POST {url}: {e}\nfake-gcs-server log:\n{}",
-                self.proc.log_text()
-            ),
-        }
+            .send_json(serde_json::json!({ "name": name }));
+        expect_status(&format!("POST {url}"), result, 200, &self.proc);
     }
 
     /// The objects under `prefix` in `bucket`: name, size and storage class, from the JSON
