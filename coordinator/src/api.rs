@@ -1080,6 +1080,41 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// The runbook writes some paths without the version (`/backup-recovery/...`, as in its
+/// quick reference): they are the `/v1/backup-recovery/...` routes.
+const UNVERSIONED: &str = "/backup-recovery";
+
+/// Middleware body: a request for an unversioned runbook path (see [`UNVERSIONED`]) is
+/// routed as the same path under `/v1`.
+pub async fn unversioned<B: MessageBody>(
+    mut req: ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let path = req.path();
+    let unversioned = path == UNVERSIONED
+        || path
+            .strip_prefix(UNVERSIONED)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if unversioned {
+        let mut parts = req.head().uri.clone().into_parts();
+        let query = parts
+            .path_and_query
+            .as_ref()
+            .and_then(|pq| pq.query())
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let versioned = format!("/v1{}{query}", req.path());
+        if let Ok(pq) = versioned.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = actix_web::http::Uri::from_parts(parts) {
+                req.match_info_mut().get_mut().update(&uri);
+                req.head_mut().uri = uri;
+            }
+        }
+    }
+    next.call(req).await
+}
+
 /// Middleware body: runs the request, then audits it.
 pub async fn audited<B: MessageBody>(
     req: ServiceRequest,

@@ -79,6 +79,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(api::audited))
+            .wrap(from_fn(api::unversioned))
             .configure(api::configure)
     })
     .workers(config.http_workers)

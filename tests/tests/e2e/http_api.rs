@@ -38,6 +38,41 @@ fn http_errors_are_json_with_a_message() {
         200
     );
     assert_eq!(http("GET", &mesh.url("/healthz"), None, None).status, 200);
+    // The runbook's unversioned paths are the same routes, query and auth included.
+    let unversioned = http(
+        "GET",
+        &mesh.url("/backup-recovery/monitoring/alerts?severity=CRITICAL"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(unversioned.status, 200, "{}", unversioned.text);
+    assert_error(
+        &http(
+            "GET",
+            &mesh.url("/backup-recovery/disaster-recovery/status"),
+            None,
+            None,
+        ),
+        401,
+    );
+    assert_error(
+        &http(
+            "POST",
+            &mesh.url("/backup-recovery/retention/enforce-policies"),
+            Some(&viewer),
+            None,
+        ),
+        403,
+    );
+    assert_error(
+        &http(
+            "GET",
+            &mesh.url("/backup-recoveryx/status"),
+            Some(&viewer),
+            None,
+        ),
+        404,
+    );
 
     // 403: too low a role.
     let ack = "/v1/backup-recovery/monitoring/alerts/alert_1_abcdef/acknowledge";
