@@ -7,6 +7,7 @@
 //! found again at the URL it was written to. Retention applies the policy to such a
 //! location's months as one history (see [`months`]).
 
+mod check;
 mod months;
 
 use std::collections::{BTreeMap, HashMap};

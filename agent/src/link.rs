@@ -599,6 +599,17 @@ async fn execute(
                 None => no_documents(),
                 Some(docs) => outcome(docs.verify(&backup_id, progress).await, "verified"),
             },
+            CommandKind::DocumentsCheck {
+                backup_id,
+                document,
+                checksums,
+            } => match &ctx.documents {
+                None => no_documents(),
+                Some(docs) => outcome(
+                    docs.check(&backup_id, document, checksums).await,
+                    "documents checked",
+                ),
+            },
             CommandKind::DocumentsRestore {
                 backup_id,
                 paths,

@@ -12,8 +12,8 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Respon
 use chrono::Utc;
 use drmesh_protocol::api::{
     AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus, CreateTokenRequest,
-    DocumentBackup, DocumentRestoreRequest, ErrorBody, FieldError, PitrRequest, PlanSpec,
-    ResolveRequest, Role, Severity,
+    DocumentBackup, DocumentRestoreRequest, DocumentState, ErrorBody, FieldError, PitrRequest,
+    PlanSpec, ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
@@ -120,6 +120,7 @@ impl From<DocumentsError> for ApiError {
             DocumentsError::NoAgent => ApiError::Unavailable(e.to_string()),
             DocumentsError::NotFound(m) => ApiError::NotFound(m),
             DocumentsError::Conflict(m) => ApiError::Conflict(m),
+            DocumentsError::Agent(m) => ApiError::BadGateway(m),
             DocumentsError::Store(s) => s.into(),
         }
     }
@@ -805,6 +806,81 @@ async fn documents_statistics(
     Ok(HttpResponse::Ok().json(documents::statistics(coord.store.as_ref())?))
 }
 
+/// `GET /v1/documents?status=failed&checksums=true`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentsQuery {
+    /// `ok`, `modified`, `failed` or `new`: only the documents in that state.
+    status: Option<String>,
+    /// Compare contents too (reads every file), not only sizes and times.
+    #[serde(default)]
+    checksums: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentQuery {
+    #[serde(default)]
+    checksums: bool,
+}
+
+/// The runbook's document routes: the documents on disk against the newest document
+/// backup, to find what a storage failure took and check a restore brought it back.
+async fn documents_on_disk(
+    caller: Authenticated,
+    coord: Shared,
+    query: web::Query<DocumentsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let q = query.into_inner();
+    let wanted = match q.status.as_deref() {
+        None | Some("all") => None,
+        Some(s) => Some(DocumentState::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status {s:?}: one of ok, modified, failed, new, all"
+            ))
+        })?),
+    };
+    let mut report = documents::check(&coord, None, q.checksums).await?;
+    if let Some(state) = wanted {
+        report.documents.retain(|d| d.status == state);
+    }
+    Ok(HttpResponse::Ok().json(report))
+}
+
+async fn document_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    query: web::Query<DocumentQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id = path.into_inner();
+    if id.is_empty() || id == "." || id == ".." || id.contains('/') {
+        return Err(ApiError::BadRequest(format!(
+            "document id {id:?}: one directory name"
+        )));
+    }
+    let report = documents::check(&coord, Some(id.clone()), query.checksums).await?;
+    let Some(doc) = report.documents.into_iter().next() else {
+        return Err(ApiError::NotFound(format!(
+            "no document {id}: neither on disk under documents/{id}/ nor in backup {}",
+            report.backup_id
+        )));
+    };
+    let mut body = serde_json::to_value(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("backupId".into(), report.backup_id.into());
+        o.insert(
+            "backupFinishedAt".into(),
+            serde_json::json!(report.backup_finished_at),
+        );
+        o.insert("checkedAt".into(), serde_json::json!(report.checked_at));
+        o.insert("checksums".into(), report.checksums.into());
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
 /// `?dryRun=true`: say what would go, change nothing. `?now=T` (RFC 3339): apply the
 /// policies as of T instead of now, as `drmesh repo retention --now` does; a real run so
 /// is an administrator's (a later T removes backups early).
@@ -1074,6 +1150,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             &format!("{base}/notifications/test"),
             web::post().to(notify_test),
         )
+        .route("/v1/documents", web::get().to(documents_on_disk))
+        .route("/v1/documents/{documentId}", web::get().to(document_get))
         .route("/v1/tokens", web::post().to(token_create))
         .route("/v1/audit", web::get().to(audit_list))
         .route("/v1/agents/{agentId}/ping", web::post().to(agent_ping))

@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::Utc;
 use drmesh_protocol::api::{
     BackupAccepted, BackupStatus, DocumentBackup, DocumentBackupOutcome, DocumentRestoreOutcome,
-    DocumentRestoreRequest, DocumentStatistics, DocumentVerification, LocationStatistics, Severity,
-    Verdict,
+    DocumentRestoreRequest, DocumentStatistics, DocumentVerification, DocumentsReport,
+    LocationStatistics, Severity, Verdict,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind};
@@ -46,6 +46,9 @@ pub enum DocumentsError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The agent was asked and failed.
+    #[error("{0}")]
+    Agent(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -277,6 +280,36 @@ async fn run_for<T: serde::de::DeserializeOwned>(
         Ok(r) => Err(r.message),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `GET /v1/documents` (and `/v1/documents/{documentId}` with `document`): the documents
+/// on the documents agent's disk against the newest backup that finished well, by size and
+/// modification time, and by content with `checksums`.
+pub async fn check(
+    coord: &Coordinator,
+    document: Option<String>,
+    checksums: bool,
+) -> Result<DocumentsReport, DocumentsError> {
+    let newest = list(coord.store.as_ref(), None)?
+        .into_iter()
+        .find(|b| is_done(b.status))
+        .ok_or_else(|| {
+            DocumentsError::NotFound(
+                "no document backup has completed yet: take one first (POST /v1/backup-recovery/documents/backup)"
+                    .into(),
+            )
+        })?;
+    let (agent, _) = pick_agent(coord, Some(&newest.agent_id)).ok_or(DocumentsError::NoAgent)?;
+    let kind = CommandKind::DocumentsCheck {
+        backup_id: newest.backup_id.clone(),
+        document,
+        checksums,
+    };
+    run_for(coord, &agent, kind, "document check")
+        .await
+        .map_err(|why| {
+            DocumentsError::Agent(format!("{agent} could not check the documents: {why}"))
+        })
 }
 
 /// `POST /documents/backups/:id/verify`: starts a full verification on an agent.

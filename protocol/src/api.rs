@@ -892,6 +892,81 @@ pub struct DocumentRestoreRequest {
     pub location: Option<String>,
 }
 
+/// A document's state against the newest document backup (`GET /v1/documents`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DocumentState {
+    /// Every file the backup holds is there, unchanged, and nothing was added.
+    Ok,
+    /// Changed since the backup (a file edited or added), nothing lost: the next backup
+    /// takes it.
+    Modified,
+    /// A file the backup holds is missing, unreadable or (checked with checksums) damaged:
+    /// restore it from the backup.
+    Failed,
+    /// Not in the backup yet.
+    New,
+}
+
+impl DocumentState {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "ok" => Some(Self::Ok),
+            "modified" => Some(Self::Modified),
+            "failed" => Some(Self::Failed),
+            "new" => Some(Self::New),
+            _ => None,
+        }
+    }
+}
+
+/// One document (`documents/<documentId>/` under the documents source) against the
+/// newest document backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentStatus {
+    pub document_id: String,
+    pub status: DocumentState,
+    /// Files and bytes of the document in the backup.
+    pub files_in_backup: u64,
+    pub bytes_in_backup: u64,
+    /// Files of the document on disk now.
+    pub files_on_disk: u64,
+    /// Paths (relative to the source) the backup holds that are gone.
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// Paths that cannot be read, with the error.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+    /// Paths whose content no longer matches the backup although their size and
+    /// modification time do (found only with checksums): damaged on disk.
+    #[serde(default)]
+    pub corrupted: Vec<String>,
+    /// Paths changed (size or modification time) or added since the backup.
+    #[serde(default)]
+    pub modified: Vec<String>,
+    #[serde(default)]
+    pub added: Vec<String>,
+    /// For a FAILED document: the restore that brings it back
+    /// (`POST /v1/backup-recovery/documents/backups/{backupId}/restore` with this body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<DocumentRestoreRequest>,
+}
+
+/// The documents against the newest document backup: what `GET /v1/documents` answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentsReport {
+    pub backup_id: String,
+    pub backup_finished_at: DateTime<Utc>,
+    pub checked_at: DateTime<Utc>,
+    /// Whether file contents were compared (`?checksums=true`), not only sizes and times.
+    pub checksums: bool,
+    /// Documents per state, over all documents (before any filter).
+    pub summary: std::collections::BTreeMap<String, u64>,
+    pub documents: Vec<DocumentStatus>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentRestoreOutcome {

@@ -189,6 +189,14 @@ pub enum CommandKind {
         paths: Vec<String>,
         target: Option<String>,
     },
+    /// Compare the documents on disk (all, or `document`) with backup `backup_id`, by
+    /// size and modification time, and by content too with `checksums`; detail:
+    /// `DocumentsReport`.
+    DocumentsCheck {
+        backup_id: String,
+        document: Option<String>,
+        checksums: bool,
+    },
     /// Take a PostgreSQL base backup (`backup_type`: `full` or `incr`) of the agent's
     /// `[database]`; detail: `DatabaseBackupOutcome`.
     DatabaseBackup {

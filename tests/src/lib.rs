@@ -130,6 +130,15 @@ impl Drop for Proc {
     }
 }
 
+/// The fields `a` and `b` (as strings; "" when absent) of every object in the JSON
+/// array `list`, e.g. each document's id and status.
+pub fn field_pairs(list: &Value, a: &str, b: &str) -> Vec<(String, String)> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    list.as_array()
+        .map(|items| items.iter().map(|o| (text(&o[a]), text(&o[b]))).collect())
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -9,6 +9,7 @@ mod e2e {
     pub mod database;
     pub mod dns;
     pub mod documents;
+    pub mod documents_status;
     pub mod drtest;
     pub mod failover;
     pub mod failover_checks;

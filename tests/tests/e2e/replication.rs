@@ -15,7 +15,7 @@ use drmesh_tests::objstore::{
     S3_SECRET_KEY,
 };
 use drmesh_tests::proxy::Proxy;
-use drmesh_tests::{wait_for, Mesh, Proc};
+use drmesh_tests::{field_pairs, wait_for, Mesh, Proc};
 use serde_json::Value;
 
 const BASE: &str = "/v1/backup-recovery/documents";
@@ -35,19 +35,7 @@ fn backup(mesh: &Mesh) -> Value {
 }
 
 fn location_states(outcome: &Value) -> Vec<(String, String)> {
-    outcome["outcome"]["locations"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|l| {
-                    (
-                        l["name"].as_str().unwrap_or_default().to_string(),
-                        l["status"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    field_pairs(&outcome["outcome"]["locations"], "name", "status")
 }
 
 /// The statistics' entry of a location, once `pred` holds for it.

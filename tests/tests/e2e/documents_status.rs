@@ -1,0 +1,160 @@
+//! The runbook's "Document Storage Failure" steps: `GET /v1/documents?status=failed` names
+//! the documents a storage failure took (a file gone, a file damaged in place) against the
+//! newest document backup, with the restore that brings each back; after that restore
+//! `GET /v1/documents/{documentId}` says it is as backed up again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drmesh_tests::{field_pairs, wait_for, Mesh};
+use serde_json::Value;
+
+const BASE: &str = "/v1/backup-recovery/documents";
+
+fn write_doc(root: &Path, doc: &str, body: &str) {
+    let dir = root.join("documents").join(doc);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::write(dir.join("original.pdf"), body.repeat(3000)).expect("write");
+    std::fs::write(dir.join("meta.json"), format!("{{\"id\":\"{doc}\"}}")).expect("write");
+}
+
+fn finished(mesh: &Mesh, path: &str, field: Option<&str>) -> Value {
+    wait_for(Duration::from_secs(60), || {
+        let a = mesh.get(path);
+        let v = match field {
+            Some(f) => a.body[f].clone(),
+            None => a.body,
+        };
+        (v.is_object() && v["status"] != "IN_PROGRESS").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("{path} did not finish:\n{}", mesh.coordinator_log()))
+}
+
+fn by_id(report: &Value) -> Vec<(String, String)> {
+    field_pairs(&report["documents"], "documentId", "status")
+}
+
+#[test]
+fn failed_documents_are_named_with_their_restore_and_ok_once_restored() {
+    let mesh = Mesh::start(200);
+    let work = mesh.dir.path().join("work");
+    let uploads = work.join("uploads");
+    for doc in ["doc-001", "doc-002", "doc-003", "doc-004"] {
+        write_doc(&uploads, doc, &format!("%PDF-1.7 {doc} "));
+    }
+    let files = mesh.issue_agent("docs-1", "us-west-2");
+    let extra = format!(
+        "\n[documents]\nsource = \"{}\"\n[[documents.locations]]\nname = \"local\"\nurl = \"{}\"\n",
+        uploads.display(),
+        work.join("repo").display()
+    );
+    let config = mesh.agent_config("docs-1", "us-west-2", &files, &extra);
+    let agent = mesh.spawn_agent(&config);
+    wait_for(Duration::from_secs(10), || {
+        (mesh.agent_state("docs-1").as_deref() == Some("UP")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent not UP:\n{}", agent.log_text()));
+
+    // Before any backup there is nothing to compare with.
+    let none = mesh.get("/v1/documents");
+    assert_eq!(none.status, 404, "{}", none.text);
+    assert!(none.text.contains("no document backup"), "{}", none.text);
+
+    let accepted = mesh.post(&format!("{BASE}/backup"), None);
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["backupId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let done = finished(&mesh, &format!("{BASE}/backups/{id}"), None);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+
+    let all = mesh.get("/v1/documents");
+    assert_eq!(all.status, 200, "{}", all.text);
+    assert_eq!(all.body["backupId"], id.as_str(), "{}", all.text);
+    assert_eq!(all.body["summary"]["OK"], 4, "{}", all.text);
+
+    // The storage failure: doc-002 loses a file, doc-003 is damaged in place (same size and
+    // time, other bytes), doc-004 is edited; doc-005 arrives.
+    std::fs::remove_file(uploads.join("documents/doc-002/original.pdf")).expect("rm");
+    let damaged = uploads.join("documents/doc-003/original.pdf");
+    let meta = std::fs::metadata(&damaged).expect("stat");
+    let mut bytes = std::fs::read(&damaged).expect("read");
+    bytes[100] ^= 0xff;
+    std::fs::write(&damaged, &bytes).expect("write");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&damaged)
+        .expect("open");
+    f.set_modified(meta.modified().expect("mtime"))
+        .expect("set mtime");
+    drop(f);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(
+        uploads.join("documents/doc-004/meta.json"),
+        "{\"id\":\"doc-004\",\"v\":2}",
+    )
+    .expect("edit");
+    write_doc(&uploads, "doc-005", "%PDF-1.7 doc-005 ");
+
+    // Sizes and times alone: the lost file shows, the damage in place does not.
+    let quick = mesh.get("/v1/documents");
+    assert_eq!(
+        by_id(&quick.body),
+        [
+            ("doc-001".into(), "OK".into()),
+            ("doc-002".into(), "FAILED".into()),
+            ("doc-003".into(), "OK".into()),
+            ("doc-004".into(), "MODIFIED".into()),
+            ("doc-005".into(), "NEW".into()),
+        ],
+        "{}",
+        quick.text
+    );
+    // With checksums, the runbook's step 2 names both, each with its restore.
+    let failed = mesh.get("/v1/documents?status=failed&checksums=true");
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    assert_eq!(
+        by_id(&failed.body),
+        [
+            ("doc-002".into(), "FAILED".into()),
+            ("doc-003".into(), "FAILED".into())
+        ],
+        "{}",
+        failed.text
+    );
+    assert_eq!(failed.body["summary"]["FAILED"], 2, "{}", failed.text);
+    let docs = failed.body["documents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        docs[0]["missing"],
+        serde_json::json!(["documents/doc-002/original.pdf"])
+    );
+    assert_eq!(
+        docs[1]["corrupted"],
+        serde_json::json!(["documents/doc-003/original.pdf"])
+    );
+    for bad in ["/v1/documents?status=broken", "/v1/documents?color=red"] {
+        assert_eq!(mesh.get(bad).status, 400, "{bad}");
+    }
+    let unknown = mesh.get("/v1/documents/doc-999");
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+
+    // The restore each names brings it back; the runbook's step 4 then says OK.
+    for doc in &docs {
+        let restore = doc["restore"].to_string();
+        let r = mesh.post(&format!("{BASE}/backups/{id}/restore"), Some(&restore));
+        assert_eq!(r.status, 202, "{restore}: {}", r.text);
+        let outcome = finished(&mesh, &format!("{BASE}/backups/{id}"), Some("lastRestore"));
+        assert_eq!(outcome["status"], "COMPLETED", "{outcome}");
+    }
+    for doc in ["doc-002", "doc-003"] {
+        let one = mesh.get(&format!("/v1/documents/{doc}?checksums=true"));
+        assert_eq!(one.status, 200, "{}", one.text);
+        assert_eq!(one.body["status"], "OK", "{}", one.text);
+        assert_eq!(one.body["backupId"], id.as_str(), "{}", one.text);
+    }
+    drop(agent);
+}
