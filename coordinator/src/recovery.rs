@@ -56,6 +56,13 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, RecoveryError> {
     chrono::NaiveDateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f")
         .map(|n| n.and_utc())
         .map_err(|_| {
+            if chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok() {
+                // What arrives of an unquoted `$(date --rfc-3339=seconds)`: the shell split
+                // the URL at the space and the time went nowhere.
+                return RecoveryError::BadRequest(format!(
+                    "{text:?} is a date without a time (an unquoted `date --rfc-3339=seconds` is split at its space by the shell): give the time too, with a T, e.g. .../point-in-time/$(date -u -d '1 hour ago' +%Y-%m-%dT%H:%M:%SZ)"
+                ));
+            }
             RecoveryError::BadRequest(format!(
                 "{text:?} is not a timestamp: use RFC 3339, e.g. 2024-01-15T14:30:00Z"
             ))
@@ -258,5 +265,13 @@ mod tests {
         for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "1705329000"] {
             assert!(parse_instant(bad).is_err(), "{bad}");
         }
+        // The runbook's unquoted `$(date --rfc-3339=seconds)` leaves only the date: the
+        // error says why and what to type.
+        let split = parse_instant("2024-01-15").expect_err("a date alone");
+        let text = split.to_string();
+        assert!(
+            text.contains("without a time") && text.contains("+%Y-%m-%dT%H:%M:%SZ"),
+            "{text}"
+        );
     }
 }
