@@ -26,14 +26,21 @@ pub enum BackupKind {
 pub struct BackupArgs {
     #[arg(value_enum)]
     kind: BackupKind,
+    #[command(flatten)]
+    opts: BackupOpts,
+}
+
+/// What starting a backup takes besides its kind (database and document backups alike).
+#[derive(Args)]
+pub struct BackupOpts {
     /// A tag, as key=value (repeatable).
     #[arg(long = "tag")]
-    tags: Vec<String>,
+    pub tags: Vec<String>,
     /// Wait until the backup has finished (exit 1 if it failed).
     #[arg(long)]
-    wait: bool,
+    pub wait: bool,
     #[arg(long, short, value_enum, default_value_t)]
-    output: Output,
+    pub output: Output,
 }
 
 #[derive(Subcommand)]
@@ -79,7 +86,7 @@ pub enum PitrCmd {
     },
 }
 
-fn tags(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn tags(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut map = serde_json::Map::new();
     for t in list {
         let (k, v) = t
@@ -152,7 +159,8 @@ fn print_backup(b: &DatabaseBackup) {
 }
 
 pub fn backup(client: &Client, args: BackupArgs) -> anyhow::Result<()> {
-    let (path, body) = match args.kind {
+    let BackupArgs { kind, opts: args } = args;
+    let (path, body) = match kind {
         BackupKind::Full => ("full", json!({ "tags": tags(&args.tags)? })),
         BackupKind::Incr => ("incremental", json!({ "tags": tags(&args.tags)? })),
         BackupKind::Logical => (

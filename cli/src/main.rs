@@ -5,6 +5,7 @@ mod archive;
 mod ca;
 mod client;
 mod database;
+mod documents;
 mod plans;
 mod quickstart;
 mod repo;
@@ -74,6 +75,9 @@ enum Cmd {
     Archive(archive::ArchiveCmd),
     /// Take a database backup now (full, incr or logical) on the primary's agent.
     Backup(database::BackupArgs),
+    /// Document backups, the documents on disk against the newest one, restores.
+    #[command(subcommand)]
+    Documents(documents::DocumentsCmd),
     /// Database backups: list, show.
     #[command(subcommand)]
     Backups(database::BackupsCmd),
@@ -532,6 +536,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Archive(cmd) => archive::run(cmd)?,
         Cmd::Backup(args) => database::backup(&client(), args)?,
         Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
+        Cmd::Documents(cmd) => documents::run(&client(), cmd)?,
         Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,
         Cmd::Plans(cmd) => plans::run(&client(), cmd)?,
         Cmd::Failover {

@@ -142,19 +142,87 @@ fn failed_documents_are_named_with_their_restore_and_ok_once_restored() {
     let unknown = mesh.get("/v1/documents/doc-999");
     assert_eq!(unknown.status, 404, "{}", unknown.text);
 
-    // The restore each names brings it back; the runbook's step 4 then says OK.
-    for doc in &docs {
-        let restore = doc["restore"].to_string();
-        let r = mesh.post(&format!("{BASE}/backups/{id}/restore"), Some(&restore));
-        assert_eq!(r.status, 202, "{restore}: {}", r.text);
-        let outcome = finished(&mesh, &format!("{BASE}/backups/{id}"), Some("lastRestore"));
-        assert_eq!(outcome["status"], "COMPLETED", "{outcome}");
-    }
+    // The CLI says the same, with the command that restores each, and exits 1.
+    let token = mesh.admin_token.clone();
+    let (ok, out, err) = mesh.cli(
+        &token,
+        &["documents", "status", "--status", "failed", "--checksums"],
+    );
+    assert!(!ok, "FAILED documents make it exit 1: {out}");
+    assert!(err.contains("2 document(s) FAILED"), "{err}");
+    assert!(
+        out.contains(&format!(
+            "restore: drmesh documents restore {id} --path documents/doc-002 --target {}",
+            uploads.display()
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = mesh.cli(&token, &["documents", "backups", "--output", "json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&id), "{out}");
+
+    // The restores named bring them back — doc-002's through the API, doc-003's through
+    // the CLI — and the runbook's step 4 then says OK.
+    let restore = docs[0]["restore"].to_string();
+    let r = mesh.post(&format!("{BASE}/backups/{id}/restore"), Some(&restore));
+    assert_eq!(r.status, 202, "{restore}: {}", r.text);
+    let outcome = finished(&mesh, &format!("{BASE}/backups/{id}"), Some("lastRestore"));
+    assert_eq!(outcome["status"], "COMPLETED", "{outcome}");
+    let target = uploads.display().to_string();
+    let (ok, out, err) = mesh.cli(
+        &token,
+        &[
+            "documents",
+            "restore",
+            &id,
+            "--path",
+            "documents/doc-003",
+            "--target",
+            &target,
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}{err}");
     for doc in ["doc-002", "doc-003"] {
         let one = mesh.get(&format!("/v1/documents/{doc}?checksums=true"));
         assert_eq!(one.status, 200, "{}", one.text);
         assert_eq!(one.body["status"], "OK", "{}", one.text);
         assert_eq!(one.body["backupId"], id.as_str(), "{}", one.text);
     }
+    let (ok, out, err) = mesh.cli(
+        &token,
+        &[
+            "documents",
+            "status",
+            "doc-003",
+            "--checksums",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let one: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    assert_eq!(one["status"], "OK", "{out}");
+
+    // The next backup, from the CLI, takes doc-004's edit and doc-005: all OK again.
+    let (ok, out, err) = mesh.cli(
+        &token,
+        &[
+            "documents",
+            "backup",
+            "--tag",
+            "reason=after-restore",
+            "--wait",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let next: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    assert_eq!(next["status"], "COMPLETED", "{out}");
+    assert_eq!(next["tags"]["reason"], "after-restore", "{out}");
+    let all = mesh.get("/v1/documents");
+    assert_eq!(all.body["backupId"], next["backupId"], "{}", all.text);
+    assert_eq!(all.body["summary"]["OK"], 5, "{}", all.text);
     drop(agent);
 }
