@@ -30,7 +30,7 @@ use crate::repo::backend::write_durably;
 use crate::repo::backup::BackupRequest;
 use crate::repo::export::ArchiveManifest;
 use crate::repo::restore::RestoreRequest;
-use crate::repo::{KeySource, Location, Progress, RepoError, RepoOptions, Repository};
+use crate::repo::{KeySource, Location, Progress, RepoError, RepoOptions, Repository, Snapshot};
 
 /// The snapshot kind of document backups.
 pub const KIND: &str = "documents";
@@ -702,7 +702,7 @@ impl Documents {
         location: Option<String>,
         progress: ProgressFn,
     ) -> Result<DocumentRestoreOutcome, DocumentsError> {
-        let at = backup_time(backup_id)?;
+        backup_time(backup_id)?;
         let _turn = self.busy.lock().await;
         let started_at = Utc::now();
         let target = match target {
@@ -718,48 +718,54 @@ impl Documents {
             }
             None => self.config.restore_dir.join(backup_id),
         };
-        let candidates: Vec<&DocumentLocation> = match &location {
+        let (loc, repo, _) = self.holder(backup_id, location.as_deref()).await?;
+        let mut req = RestoreRequest::new(backup_id, target.clone());
+        req.paths = paths;
+        let watcher = watch(req.progress.clone(), progress, 100.0);
+        let result = repo.restore(req).await;
+        watcher.abort();
+        let report = result?;
+        Ok(DocumentRestoreOutcome {
+            backup_id: backup_id.to_string(),
+            status: BackupStatus::Completed,
+            location: Some(loc.name.clone()),
+            target_directory: target.display().to_string(),
+            files: report.files,
+            bytes: report.bytes,
+            started_at,
+            finished_at: Some(Utc::now()),
+            error: None,
+        })
+    }
+
+    /// The location that holds backup `backup_id` — the named one, or else the first of
+    /// them that does — with its repository open and the backup's manifest.
+    async fn holder(
+        &self,
+        backup_id: &str,
+        location: Option<&str>,
+    ) -> Result<(&DocumentLocation, Repository, Snapshot), DocumentsError> {
+        let at = backup_time(backup_id)?;
+        let candidates: Vec<&DocumentLocation> = match location {
             Some(name) => vec![self
                 .config
                 .locations
                 .iter()
-                .find(|l| &l.name == name)
-                .ok_or_else(|| DocumentsError::UnknownLocation(name.clone()))?],
+                .find(|l| l.name == name)
+                .ok_or_else(|| DocumentsError::UnknownLocation(name.to_string()))?],
             None => self.config.locations.iter().collect(),
         };
         let mut last_err = None;
         for loc in candidates {
-            let repo = match Repository::open(&self.options(loc, at)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
+            let found = async {
+                let repo = Repository::open(&self.options(loc, at)).await?;
+                let snap = repo.snapshot(backup_id).await?;
+                Ok::<_, RepoError>((repo, snap))
             };
-            match repo.snapshot(backup_id).await {
-                Ok(_) => {}
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
+            match found.await {
+                Ok((repo, snap)) => return Ok((loc, repo, snap)),
+                Err(e) => last_err = Some(e),
             }
-            let mut req = RestoreRequest::new(backup_id, target.clone());
-            req.paths = paths.clone();
-            let watcher = watch(req.progress.clone(), progress.clone(), 100.0);
-            let result = repo.restore(req).await;
-            watcher.abort();
-            let report = result?;
-            return Ok(DocumentRestoreOutcome {
-                backup_id: backup_id.to_string(),
-                status: BackupStatus::Completed,
-                location: Some(loc.name.clone()),
-                target_directory: target.display().to_string(),
-                files: report.files,
-                bytes: report.bytes,
-                started_at,
-                finished_at: Some(Utc::now()),
-                error: None,
-            });
         }
         match last_err {
             Some(e @ RepoError::NotFound(_)) | Some(e @ RepoError::Key(_))

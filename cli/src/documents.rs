@@ -5,8 +5,8 @@
 use anyhow::bail;
 use clap::Subcommand;
 use drmesh_protocol::api::{
-    BackupAccepted, BackupStatus, DocumentBackup, DocumentRestoreRequest, DocumentState,
-    DocumentStatus, DocumentsReport,
+    BackupAccepted, BackupStatus, DocumentBackup, DocumentReport, DocumentRestoreRequest,
+    DocumentState, DocumentStatus, DocumentsReport,
 };
 use serde_json::json;
 
@@ -109,13 +109,12 @@ pub fn run(client: &Client, cmd: DocumentsCmd) -> anyhow::Result<()> {
         } => {
             let (backup, docs) = match &document {
                 Some(id) => {
-                    let one: serde_json::Value =
+                    let one: DocumentReport =
                         client.get(&format!("/v1/documents/{id}?checksums={checksums}"))?;
                     if output == Output::Json {
                         print_json(&one)?;
                     }
-                    let backup = one["backupId"].as_str().unwrap_or_default().to_string();
-                    (backup, vec![serde_json::from_value::<DocumentStatus>(one)?])
+                    (one.backup_id, vec![one.document])
                 }
                 None => {
                     let mut path = format!("/v1/documents?checksums={checksums}");
@@ -244,10 +243,7 @@ fn print_documents(backup: &str, docs: &[DocumentStatus]) {
         println!(
             "{:<24} {:<9} {:>6} {:>6}  {}",
             d.document_id,
-            serde_json::to_value(d.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            d.status.as_str(),
             d.files_in_backup,
             d.files_on_disk,
             what.join("; ")

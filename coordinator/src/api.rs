@@ -11,9 +11,9 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus, CreateTokenRequest,
-    DocumentBackup, DocumentRestoreRequest, DocumentState, ErrorBody, FieldError, PitrRequest,
-    PlanSpec, ResolveRequest, Role, Severity,
+    valid_document_id, AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus,
+    CreateTokenRequest, DocumentBackup, DocumentReport, DocumentRestoreRequest, DocumentState,
+    ErrorBody, FieldError, PitrRequest, PlanSpec, ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
@@ -856,7 +856,7 @@ async fn document_get(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let id = path.into_inner();
-    if id.is_empty() || id == "." || id == ".." || id.contains('/') {
+    if !valid_document_id(&id) {
         return Err(ApiError::BadRequest(format!(
             "document id {id:?}: one directory name"
         )));
@@ -868,17 +868,13 @@ async fn document_get(
             report.backup_id
         )));
     };
-    let mut body = serde_json::to_value(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(o) = body.as_object_mut() {
-        o.insert("backupId".into(), report.backup_id.into());
-        o.insert(
-            "backupFinishedAt".into(),
-            serde_json::json!(report.backup_finished_at),
-        );
-        o.insert("checkedAt".into(), serde_json::json!(report.checked_at));
-        o.insert("checksums".into(), report.checksums.into());
-    }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(DocumentReport {
+        document: doc,
+        backup_id: report.backup_id,
+        backup_finished_at: report.backup_finished_at,
+        checked_at: report.checked_at,
+        checksums: report.checksums,
+    }))
 }
 
 /// `?dryRun=true`: say what would go, change nothing. `?now=T` (RFC 3339): apply the
@@ -1175,15 +1171,12 @@ pub async fn unversioned<B: MessageBody>(
             .is_some_and(|rest| rest.starts_with('/'));
     if unversioned {
         let mut parts = req.head().uri.clone().into_parts();
-        let query = parts
+        let versioned = parts
             .path_and_query
             .as_ref()
-            .and_then(|pq| pq.query())
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let versioned = format!("/v1{}{query}", req.path());
-        if let Ok(pq) = versioned.parse() {
-            parts.path_and_query = Some(pq);
+            .and_then(|pq| format!("/v1{pq}").parse().ok());
+        if versioned.is_some() {
+            parts.path_and_query = versioned;
             if let Ok(uri) = actix_web::http::Uri::from_parts(parts) {
                 req.match_info_mut().get_mut().update(&uri);
                 req.head_mut().uri = uri;

@@ -909,15 +909,30 @@ pub enum DocumentState {
 }
 
 impl DocumentState {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "ok" => Some(Self::Ok),
-            "modified" => Some(Self::Modified),
-            "failed" => Some(Self::Failed),
-            "new" => Some(Self::New),
-            _ => None,
+    pub const ALL: [Self; 4] = [Self::Ok, Self::Modified, Self::Failed, Self::New];
+
+    /// As it is written in JSON: `OK`, `MODIFIED`, `FAILED`, `NEW`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Modified => "MODIFIED",
+            Self::Failed => "FAILED",
+            Self::New => "NEW",
         }
     }
+
+    /// `ok`, `FAILED`, ...: any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(text))
+    }
+}
+
+/// A document id as the document routes take it: one directory name under `documents/`
+/// (not empty, no `/`, not `.` or `..`).
+pub fn valid_document_id(id: &str) -> bool {
+    !id.is_empty() && id != "." && id != ".." && !id.contains('/') && !id.contains('\0')
 }
 
 /// One document (`documents/<documentId>/` under the documents source) against the
@@ -951,6 +966,19 @@ pub struct DocumentStatus {
     /// (`POST /v1/backup-recovery/documents/backups/{backupId}/restore` with this body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<DocumentRestoreRequest>,
+}
+
+/// One document against the newest document backup: what `GET /v1/documents/:documentId`
+/// answers (the document's fields, and the backup's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentReport {
+    #[serde(flatten)]
+    pub document: DocumentStatus,
+    pub backup_id: String,
+    pub backup_finished_at: DateTime<Utc>,
+    pub checked_at: DateTime<Utc>,
+    pub checksums: bool,
 }
 
 /// The documents against the newest document backup: what `GET /v1/documents` answers.

@@ -365,6 +365,23 @@ impl Mesh {
             .map(|a| a.state.to_string())
     }
 
+    /// Starts a document backup (the runbook's POST, no body) and waits (≤ 90 s) until it
+    /// leaves IN_PROGRESS; returns the backup as the API then shows it.
+    pub fn document_backup(&self) -> Value {
+        const DOCS: &str = "/v1/backup-recovery/documents";
+        let accepted = self.post(&format!("{DOCS}/backup"), None);
+        assert_eq!(accepted.status, 202, "{}", accepted.text);
+        let id = accepted.body["backupId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        wait_for(Duration::from_secs(90), || {
+            let a = self.get(&format!("{DOCS}/backups/{id}"));
+            (a.body["status"] != "IN_PROGRESS").then_some(a.body)
+        })
+        .unwrap_or_else(|| panic!("backup {id} did not finish:\n{}", self.coordinator_log()))
+    }
+
     pub fn create_token(&self, role: &str) -> String {
         let a = self.post("/v1/tokens", Some(&format!("{{\"role\":\"{role}\"}}")));
         assert_eq!(a.status, 201, "{}", a.text);

@@ -10,11 +10,11 @@ use std::path::Path;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    DocumentRestoreRequest, DocumentState, DocumentStatus, DocumentsReport,
+    valid_document_id, DocumentRestoreRequest, DocumentState, DocumentStatus, DocumentsReport,
 };
 use sha2::{Digest, Sha256};
 
-use super::{backup_time, Documents, DocumentsError};
+use super::{Documents, DocumentsError};
 use crate::repo::snapshot::{EntryKind, FileHash, Snapshot};
 use crate::repo::RepoError;
 
@@ -45,38 +45,12 @@ impl Documents {
                 .into());
             }
         }
-        let snap = self.find_snapshot(backup_id).await?;
+        let (_, _, snap) = self.holder(backup_id, None).await?;
         let source = self.config.source.clone();
         tokio::task::spawn_blocking(move || compare(&snap, &source, document.as_deref(), checksums))
             .await
             .map_err(|e| RepoError::Io(format!("document check: {e}")))?
     }
-
-    /// Backup `backup_id`'s manifest, from the first location that holds it.
-    async fn find_snapshot(&self, backup_id: &str) -> Result<Snapshot, DocumentsError> {
-        let at = backup_time(backup_id)?;
-        let mut last = None;
-        for loc in &self.config.locations {
-            let found = async {
-                crate::repo::Repository::open(&self.options(loc, at))
-                    .await?
-                    .snapshot(backup_id)
-                    .await
-            };
-            match found.await {
-                Ok(snap) => return Ok(snap),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(RepoError::NotFound(_)) | None => DocumentsError::NotFound(backup_id.into()),
-            Some(e) => e.into(),
-        })
-    }
-}
-
-fn valid_document_id(id: &str) -> bool {
-    !id.is_empty() && id != "." && id != ".." && !id.contains('/') && !id.contains('\0')
 }
 
 /// `documents/<id>/...` → `<id>`.
@@ -148,9 +122,9 @@ fn compare(
     }
     let ids: BTreeSet<&String> = backed.keys().chain(on_disk.keys()).collect();
     let mut documents = Vec::new();
-    let mut summary: BTreeMap<String, u64> = ["OK", "MODIFIED", "FAILED", "NEW"]
+    let mut summary: BTreeMap<String, u64> = DocumentState::ALL
         .into_iter()
-        .map(|s| (s.to_string(), 0))
+        .map(|s| (s.as_str().to_string(), 0))
         .collect();
     let empty_files = BTreeMap::new();
     let empty_disk = BTreeSet::new();
@@ -194,11 +168,9 @@ fn compare(
                 location: None,
             });
         }
-        let key = serde_json::to_value(status.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *summary.entry(key).or_default() += 1;
+        *summary
+            .entry(status.status.as_str().to_string())
+            .or_default() += 1;
         documents.push(status);
     }
     Ok(DocumentsReport {
@@ -276,5 +248,7 @@ mod tests {
         for bad in ["", ".", "..", "a/b"] {
             assert!(!valid_document_id(bad), "{bad:?}");
         }
+        assert_eq!(DocumentState::parse("failed"), Some(DocumentState::Failed));
+        assert_eq!(DocumentState::parse("broken"), None);
     }
 }

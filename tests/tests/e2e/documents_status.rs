@@ -18,16 +18,18 @@ fn write_doc(root: &Path, doc: &str, body: &str) {
     std::fs::write(dir.join("meta.json"), format!("{{\"id\":\"{doc}\"}}")).expect("write");
 }
 
-fn finished(mesh: &Mesh, path: &str, field: Option<&str>) -> Value {
+/// The backup's last restore, once it has finished.
+fn restored(mesh: &Mesh, id: &str) -> Value {
     wait_for(Duration::from_secs(60), || {
-        let a = mesh.get(path);
-        let v = match field {
-            Some(f) => a.body[f].clone(),
-            None => a.body,
-        };
+        let v = mesh.get(&format!("{BASE}/backups/{id}")).body["lastRestore"].clone();
         (v.is_object() && v["status"] != "IN_PROGRESS").then_some(v)
     })
-    .unwrap_or_else(|| panic!("{path} did not finish:\n{}", mesh.coordinator_log()))
+    .unwrap_or_else(|| {
+        panic!(
+            "the restore of {id} did not finish:\n{}",
+            mesh.coordinator_log()
+        )
+    })
 }
 
 fn by_id(report: &Value) -> Vec<(String, String)> {
@@ -60,14 +62,9 @@ fn failed_documents_are_named_with_their_restore_and_ok_once_restored() {
     assert_eq!(none.status, 404, "{}", none.text);
     assert!(none.text.contains("no document backup"), "{}", none.text);
 
-    let accepted = mesh.post(&format!("{BASE}/backup"), None);
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let id = accepted.body["backupId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let done = finished(&mesh, &format!("{BASE}/backups/{id}"), None);
+    let done = mesh.document_backup();
     assert_eq!(done["status"], "COMPLETED", "{done}");
+    let id = done["backupId"].as_str().unwrap_or_default().to_string();
 
     let all = mesh.get("/v1/documents");
     assert_eq!(all.status, 200, "{}", all.text);
@@ -166,7 +163,7 @@ fn failed_documents_are_named_with_their_restore_and_ok_once_restored() {
     let restore = docs[0]["restore"].to_string();
     let r = mesh.post(&format!("{BASE}/backups/{id}/restore"), Some(&restore));
     assert_eq!(r.status, 202, "{restore}: {}", r.text);
-    let outcome = finished(&mesh, &format!("{BASE}/backups/{id}"), Some("lastRestore"));
+    let outcome = restored(&mesh, &id);
     assert_eq!(outcome["status"], "COMPLETED", "{outcome}");
     let target = uploads.display().to_string();
     let (ok, out, err) = mesh.cli(

@@ -20,20 +20,6 @@ use serde_json::Value;
 
 const BASE: &str = "/v1/backup-recovery/documents";
 
-fn backup(mesh: &Mesh) -> Value {
-    let accepted = mesh.post(&format!("{BASE}/backup"), None);
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let id = accepted.body["backupId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    wait_for(Duration::from_secs(90), || {
-        let a = mesh.get(&format!("{BASE}/backups/{id}"));
-        (a.body["status"] != "IN_PROGRESS").then_some(a.body)
-    })
-    .unwrap_or_else(|| panic!("backup {id} did not finish:\n{}", mesh.coordinator_log()))
-}
-
 fn location_states(outcome: &Value) -> Vec<(String, String)> {
     field_pairs(&outcome["outcome"]["locations"], "name", "status")
 }
@@ -147,7 +133,7 @@ options = {{ endpoint = "{gcs}", allow_anonymous = "true" }}
     })
     .unwrap_or_else(|| panic!("agent not UP:\n{}", agent.log_text()));
 
-    let first = backup(&mesh);
+    let first = mesh.document_backup();
     assert_eq!(first["status"], "COMPLETED", "{first}");
     for (_, status) in location_states(&first) {
         assert_eq!(status, "COMPLETED", "{first}");
@@ -175,7 +161,7 @@ options = {{ endpoint = "{gcs}", allow_anonymous = "true" }}
     az_proxy.set_down(true);
     gcs_proxy.set_down(true);
     write(&uploads, "documents/doc-002/original.pdf", "%PDF-1.7 two ");
-    let second = backup(&mesh);
+    let second = mesh.document_backup();
     assert_eq!(second["status"], "COMPLETED", "{second}");
     let states = location_states(&second);
     assert!(
