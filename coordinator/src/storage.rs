@@ -129,6 +129,31 @@ mod tests {
     }
 
     #[test]
+    fn an_object_store_past_its_quota_share_is_full_like_a_disk() {
+        use drmesh_protocol::replication::{LocationReplication, LocationStatus};
+        let mut report =
+            LocationReplication::in_sync("documents", "s3", "s3://b/p".into(), chrono::Utc::now());
+        let status =
+            |report: &LocationReplication| LocationStatus::next("docs-1", None, report.clone());
+        assert!(
+            quota_usage(&status(&report)).is_none(),
+            "no quota, nothing to watch"
+        );
+        report.quota_bytes = Some(1_000);
+        report.bytes_used = Some(950);
+        let u = quota_usage(&status(&report)).expect("a quota and a measured use");
+        assert_eq!((u.free_bytes, u.total_bytes), (50, 1_000));
+        assert_eq!(u.name, "documents location s3");
+        assert!(is_full(&u, 90));
+        report.bytes_used = Some(2_000);
+        let over = quota_usage(&status(&report)).expect("over the quota");
+        assert_eq!(over.free_bytes, 0);
+        assert!(is_full(&over, 90));
+        report.bytes_used = Some(100);
+        assert!(!is_full(&quota_usage(&status(&report)).expect("room"), 90));
+    }
+
+    #[test]
     fn full_at_the_threshold_and_the_message_says_what_to_do() {
         assert!(is_full(&usage(10, 100), 90));
         assert!(!is_full(&usage(11, 100), 90));
