@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drmesh_protocol::lease;
 use drmesh_protocol::mesh::{open, seal, MeshPacket, MeshReport, MeshView, PeerReport, MAX_PACKET};
 use drmesh_protocol::{AgentId, PgRole};
 use parking_lot::Mutex;
@@ -180,13 +181,16 @@ impl Mesh {
     /// the coordinator refuses to wait out a lease it does not hold.
     fn lease_end(&self) -> Option<Instant> {
         let st = self.state.lock();
-        let view = st.view.as_ref().filter(|v| !v.peers.is_empty())?;
+        let view = st
+            .view
+            .as_ref()
+            .filter(|v| lease::holds_lease(v.peers.len()))?;
         let answered: Vec<Instant> = view
             .peers
             .iter()
             .filter_map(|p| st.peers.get(&p.agent_id)?.answered)
             .collect();
-        Some(lease_end(
+        Some(lease::lease_end(
             self.started,
             Duration::from_millis(view.lease_ms),
             st.coordinator,
@@ -371,37 +375,6 @@ impl Mesh {
     }
 }
 
-/// The end of the lease: the newest renewal plus the lease. Renewals are the coordinator's
-/// acknowledgement, and the time by which a majority of the mesh had answered (a majority
-/// of the `peers + 1` agents is this one and `floor((peers + 1) / 2)` peers: the k-th
-/// newest answer). A freshly started agent gets a short grace.
-fn lease_end(
-    started: Instant,
-    lease: Duration,
-    coordinator: Option<Instant>,
-    mut answered: Vec<Instant>,
-    peers: usize,
-) -> Instant {
-    let mut end = started + grace(lease);
-    if let Some(c) = coordinator {
-        end = end.max(c + lease);
-    }
-    let needed = peers.div_ceil(2);
-    if needed > 0 {
-        answered.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(kth) = answered.get(needed - 1) {
-            end = end.max(*kth + lease);
-        }
-    }
-    end
-}
-
-/// How long a freshly started agent keeps an existing primary before it has heard from
-/// anyone: half the lease, at most 2 s.
-fn grace(lease: Duration) -> Duration {
-    (lease / 2).min(Duration::from_secs(2))
-}
-
 /// Connects to the PostgreSQL at `addr` with the local server's credentials and runs
 /// `SELECT 1`; without credentials, a TCP connect.
 async fn select_one(
@@ -458,44 +431,4 @@ fn write_private(path: &std::path::Path, view: &MeshView) -> std::io::Result<()>
     f.write_all(&bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    const LEASE: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn the_coordinator_alone_renews_the_lease() {
-        let t0 = Instant::now();
-        let c = t0 + Duration::from_secs(10);
-        assert_eq!(lease_end(t0, LEASE, Some(c), vec![], 2), c + LEASE);
-        // No renewal at all: only the start-up grace.
-        assert_eq!(lease_end(t0, LEASE, None, vec![], 2), t0 + grace(LEASE));
-    }
-
-    #[test]
-    fn a_majority_of_the_mesh_renews_the_lease() {
-        let t0 = Instant::now();
-        let s = |n: u64| t0 + Duration::from_secs(n);
-        // 3 agents: this one and one peer are a majority.
-        assert_eq!(
-            lease_end(t0, LEASE, Some(s(1)), vec![s(9)], 2),
-            s(9) + LEASE
-        );
-        // 4 agents: two peers needed; the older of the two newest answers counts.
-        assert_eq!(
-            lease_end(t0, LEASE, Some(s(1)), vec![s(9), s(4), s(7)], 3),
-            s(7) + LEASE
-        );
-        // 4 agents, one peer answering: no majority, the coordinator's renewal counts.
-        assert_eq!(
-            lease_end(t0, LEASE, Some(s(3)), vec![s(9)], 3),
-            s(3) + LEASE
-        );
-        // 2 agents: the one peer is enough.
-        assert_eq!(lease_end(t0, LEASE, None, vec![s(8)], 1), s(8) + LEASE);
-    }
 }

@@ -646,7 +646,8 @@ impl CoordinatorConfigFile {
         retention
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        crate::retention::parse_schedule(&retention.schedule).map_err(ConfigError::Invalid)?;
+        crate::rules::schedule::parse_schedule(&retention.schedule)
+            .map_err(ConfigError::Invalid)?;
         let replication = self.replication.unwrap_or_default();
         let interval = replication.interval.unwrap_or(Duration::from_secs(60));
         if !interval.is_zero() && interval < Duration::from_secs(1) {

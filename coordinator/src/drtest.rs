@@ -35,6 +35,7 @@ use crate::database::{self, CAPABILITY};
 use crate::documents::raise;
 use crate::jobs::{self, Finished, Job};
 use crate::plans;
+use crate::rules::schedule;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 
@@ -211,27 +212,6 @@ pub fn pick_target(
     None
 }
 
-/// Whether a plan is due a scheduled test at `now`: its last test (or, without one, its
-/// creation) started at least `test_interval` ms ago, and no test of it is running.
-pub fn is_due(
-    now: DateTime<Utc>,
-    test_interval_ms: u64,
-    created_at: DateTime<Utc>,
-    last: Option<(DateTime<Utc>, DrTestStatus)>,
-) -> bool {
-    if matches!(last, Some((_, DrTestStatus::InProgress))) {
-        return false;
-    }
-    let since = last.map_or(created_at, |(started, _)| started);
-    let interval = chrono::Duration::milliseconds(test_interval_ms.min(i64::MAX as u64) as i64);
-    now.signed_duration_since(since) >= interval
-}
-
-/// Whether a measured RTO exceeds the plan's RTO (strictly; equal meets it).
-pub fn rto_exceeded(measured_ms: u64, plan_rto_seconds: u64) -> bool {
-    measured_ms > plan_rto_seconds.saturating_mul(1000)
-}
-
 /// `POST …/disaster-recovery/test/:planId`: records the test and starts it.
 pub fn start(
     coord: &Arc<Coordinator>,
@@ -360,7 +340,7 @@ fn conclude(rec: &mut DrTest, finished: Finished<DrTestReport>) -> bool {
     rec.measured_rto_seconds = rec.measured_rto_ms.map(|ms| ms as f64 / 1000.0);
     rec.rto_met = rec
         .measured_rto_ms
-        .map(|ms| !rto_exceeded(ms, rec.plan_rto_seconds));
+        .map(|ms| !schedule::rto_exceeded(ms, rec.plan_rto_seconds));
     rec.status = if passed {
         DrTestStatus::Completed
     } else {
@@ -512,7 +492,7 @@ fn record_unstartable(coord: &Coordinator, plan: &DrPlan, why: String) {
     alert(coord, &rec, false);
 }
 
-/// The scheduler: every tick, starts a test of each plan that [`is_due`], at most
+/// The scheduler: every tick, starts a test of each plan that [`schedule::drtest_due`], at most
 /// [`MAX_SCHEDULED_RUNNING`] running at once.
 pub async fn schedule(coord: Arc<Coordinator>) {
     loop {
@@ -539,7 +519,7 @@ fn schedule_once(coord: &Arc<Coordinator>, now: DateTime<Utc>) -> Result<(), Sto
             .filter(|t| t.plan_id == plan.id)
             .max_by_key(|t| t.started_at)
             .map(|t| (t.started_at, t.status));
-        if !is_due(now, plan.test_interval, plan.created_at, last) {
+        if !schedule::drtest_due(now, plan.test_interval, plan.created_at, last) {
             continue;
         }
         match start(coord, &plan.id, "scheduler".into(), "scheduled") {
@@ -565,42 +545,6 @@ fn schedule_once(coord: &Arc<Coordinator>, now: DateTime<Utc>) -> Result<(), Sto
 mod tests {
     use super::*;
     use drmesh_protocol::api::{SmokeCheckResult, VerificationFinding};
-
-    fn t(s: &str) -> DateTime<Utc> {
-        s.parse().expect("time")
-    }
-
-    #[test]
-    fn a_plan_is_due_once_its_interval_has_passed_since_its_last_test_or_creation() {
-        let hour = 3_600_000;
-        let created = t("2026-01-01T00:00:00Z");
-        // Never tested: counted from its creation.
-        assert!(!is_due(t("2026-01-01T00:59:59Z"), hour, created, None));
-        assert!(is_due(t("2026-01-01T01:00:00Z"), hour, created, None));
-        // Tested: counted from the last test's start, whatever its outcome.
-        let last = Some((t("2026-01-01T05:00:00Z"), DrTestStatus::Failed));
-        assert!(!is_due(t("2026-01-01T05:30:00Z"), hour, created, last));
-        assert!(is_due(t("2026-01-01T06:00:01Z"), hour, created, last));
-        let last = Some((t("2026-01-01T05:00:00Z"), DrTestStatus::Completed));
-        assert!(is_due(t("2026-01-01T06:00:00Z"), hour, created, last));
-        // Never a second one while one runs, however old.
-        let last = Some((t("2026-01-01T05:00:00Z"), DrTestStatus::InProgress));
-        assert!(!is_due(t("2026-02-01T00:00:00Z"), hour, created, last));
-        // A short interval (not a valid plan, but the rule is the same).
-        assert!(is_due(t("2026-01-01T00:00:02Z"), 2000, created, None));
-        assert!(!is_due(t("2026-01-01T00:00:01Z"), 2000, created, None));
-    }
-
-    #[test]
-    fn the_rto_is_exceeded_only_above_the_plans() {
-        assert!(!rto_exceeded(0, 1));
-        assert!(!rto_exceeded(1000, 1));
-        assert!(rto_exceeded(1001, 1));
-        assert!(!rto_exceeded(4 * 3600 * 1000, 4 * 3600));
-        assert!(rto_exceeded(u64::MAX, 3600));
-        // No overflow: a plan RTO too large to hold in milliseconds is never exceeded.
-        assert!(!rto_exceeded(u64::MAX, u64::MAX));
-    }
 
     fn region(r: &str) -> RegionId {
         RegionId::new(r).expect("region")

@@ -26,6 +26,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::notify::{Event, Notifier};
 use crate::plans;
+use crate::rules;
+use crate::rules::failover::{Readiness, Rpo};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -284,47 +286,33 @@ async fn prepare(
     plan: &DrPlan,
     run: &mut FailoverRun,
 ) -> Result<Outcome, StoreError> {
-    use drmesh_protocol::api::AgentStatus;
+    let timing = coord.timing();
     let interval = coord.config.heartbeat_interval;
-    // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
-    // agent not heard from lately may sit next to a writable primary.
-    let fresh = |a: &AgentStatus| crate::health::fresh_status(coord, a);
-    let target_up = |a: &AgentStatus| {
-        a.region == run.target_region && a.role.is_some() && a.state == AgentState::Up && fresh(a)
-    };
-    // Everything else that is or may be writable: reported writable, not answering (a
-    // crashed primary a supervisor could restart), or not heard from.
-    let must_fence = |a: &AgentStatus, target: Option<&AgentId>| {
-        Some(&a.agent_id) != target
-            && (!fresh(a) || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
-    };
-    let lease = coord.config.lease + coord.config.fence_margin;
+    let lease = timing.fence_wait();
     let deadline = tokio::time::Instant::now()
         + (interval * (4 * coord.config.down_after)).max(lease * 2)
         + Duration::from_secs(10);
-    let (statuses, waited_out) = loop {
+    // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
+    // agent not heard from lately may sit next to a writable primary.
+    let (statuses, target, waited_out) = loop {
         let statuses = coord.agent_statuses();
-        let target = statuses
-            .iter()
-            .find(|a| target_up(a))
-            .map(|a| a.agent_id.clone());
-        let mut waited_out = Vec::new();
-        let mut pending = Vec::new();
-        for a in statuses.iter().filter(|a| must_fence(a, target.as_ref())) {
-            if fresh(a) {
-                continue; // fenced by command below
-            }
-            match crate::health::lease_expired(coord, &a.agent_id) {
-                Ok(why) => waited_out.push(why),
-                Err(why) => pending.push(why),
-            }
-        }
-        if target.is_some() && pending.is_empty() {
-            break (statuses, waited_out);
-        }
+        let readiness = {
+            let now = std::time::Instant::now();
+            let registry = coord.registry.lock();
+            rules::failover::readiness(
+                &statuses,
+                &run.target_region,
+                |old| rules::lease::old_primary(&registry, old, now, &timing),
+                &timing,
+            )
+        };
+        let (no_target, pending) = match readiness {
+            Readiness::Ready { target, waited_out } => break (statuses, target, waited_out),
+            Readiness::Waiting { no_target, pending } => (no_target, pending),
+        };
         if tokio::time::Instant::now() > deadline {
             let mut why = Vec::new();
-            if target.is_none() {
+            if no_target {
                 why.push(format!(
                     "no agent with PostgreSQL is up in {}",
                     run.target_region
@@ -340,7 +328,7 @@ async fn prepare(
         }
         tokio::time::sleep((interval / 2).min(Duration::from_millis(100))).await;
     };
-    let Some(target) = statuses.iter().find(|a| target_up(a)) else {
+    let Some(target) = statuses.iter().find(|a| a.agent_id == target) else {
         return Ok(Outcome::Failed(format!(
             "no agent with PostgreSQL is up in {}",
             run.target_region
@@ -356,45 +344,28 @@ async fn prepare(
                 .map_or_else(|| "unknown".to_string(), |r| r.to_string())
         )));
     }
-    // Behind, but by how long cannot be measured (no transaction replayed since the
-    // standby started): not taken as within the RPO.
-    if target.replication_lag_seconds.is_none()
-        && target.replication_lag_bytes.is_some_and(|b| b > 0)
-        && !run.allow_data_loss
-    {
-        return Ok(Outcome::Failed(format!(
-            "the replica in {} is {} bytes behind and its lag in time cannot be measured \
-             (it has replayed no transaction since it started), so it cannot be shown within \
-             the plan's RPO of {}; send \"allowDataLoss\": true to fail over anyway",
-            run.target_region,
-            target.replication_lag_bytes.unwrap_or(0),
-            plan.rpo
-        )));
-    }
-    if let Some(lag) = target.replication_lag_seconds {
-        if lag > plan.rpo_seconds as f64 && !run.allow_data_loss {
+    match rules::failover::rpo(target, plan.rpo_seconds, run.allow_data_loss) {
+        Rpo::Within => {}
+        Rpo::Unmeasurable { behind_bytes } => {
             return Ok(Outcome::Failed(format!(
-                "the replica in {} is {lag:.0} s behind, more than the plan's RPO of {} ({} s); \
+                "the replica in {} is {behind_bytes} bytes behind and its lag in time cannot be measured \
+                 (it has replayed no transaction since it started), so it cannot be shown within \
+                 the plan's RPO of {}; send \"allowDataLoss\": true to fail over anyway",
+                run.target_region, plan.rpo
+            )))
+        }
+        Rpo::Exceeded { lag_seconds } => {
+            return Ok(Outcome::Failed(format!(
+                "the replica in {} is {lag_seconds:.0} s behind, more than the plan's RPO of {} ({} s); \
                  send \"allowDataLoss\": true to fail over anyway",
                 run.target_region, plan.rpo, plan.rpo_seconds
-            )));
+            )))
         }
     }
     run.target_agent = Some(target.agent_id.clone());
-    let to_fence: Vec<&AgentStatus> = statuses
-        .iter()
-        .filter(|a| must_fence(a, Some(&target.agent_id)))
-        .collect();
-    if let Some(old) = to_fence
-        .iter()
-        .find(|a| a.role == Some(PgRole::Primary))
-        .or_else(|| {
-            to_fence
-                .iter()
-                .find(|a| a.region != run.target_region && a.role.is_some())
-        })
-        .or(to_fence.first())
-    {
+    let fencing =
+        rules::failover::fencing(&statuses, &target.agent_id, &run.target_region, &timing);
+    if let Some(old) = fencing.from {
         run.from_agent = Some(old.agent_id.clone());
         run.from_region = Some(old.region.clone());
     }
@@ -413,7 +384,7 @@ async fn prepare(
     };
     coord.raise_epoch(epoch)?;
     let mut fenced = Vec::new();
-    for a in to_fence.iter().filter(|a| fresh(a)) {
+    for a in &fencing.by_agent {
         if let Err(why) = fence(coord, &a.agent_id).await {
             return Ok(Outcome::Failed(format!(
                 "the server next to {} ({}) is not fenced: {why}; promoting now could leave \
@@ -703,7 +674,7 @@ async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &
         .agent_statuses()
         .into_iter()
         .filter(|a| &a.agent_id != target && a.role == Some(PgRole::Standby))
-        .filter(|a| crate::health::fresh_status(coord, a))
+        .filter(|a| rules::health::fresh_status(a, &coord.timing()))
         .map(|a| a.agent_id)
         .collect();
     if standbys.is_empty() {

@@ -1,16 +1,8 @@
-//! Health checks of each DR plan's primary, the DOWN rule, automatic failover, and the
-//! lease reckoning a failover waits on before promoting past a silent old primary.
-//!
-//! A primary region is DOWN only when all three hold:
-//! 1. its agent's heartbeats are missing for longer than the lease, or its agent keeps
-//!    heartbeating but reports its PostgreSQL unreachable;
-//! 2. the coordinator cannot reach that PostgreSQL itself (TCP + `SELECT 1`, bounded);
-//! 3. a majority of the other agents cannot reach it either (their own probes, over
-//!    the mesh network, reported in their heartbeats).
-//!
-//! Heartbeat loss shorter than the lease never satisfies (1), so flapping links never
-//! start a failover; a coordinator cut off from the primary alone fails (3); a
-//! coordinator that is down evaluates nothing.
+//! The health checker: each DR plan's primary checked every `healthCheckInterval` (and
+//! every tick while it looks unwell), the coordinator's own probe of its PostgreSQL, and
+//! automatic failover. What the checks mean is decided in [`crate::rules::health`] (the
+//! DOWN rule) and [`crate::rules::failover`] (the target); this module gathers the
+//! witnesses, records the verdicts and acts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,55 +10,23 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use drmesh_protocol::api::{FailoverRequest, PlanHealth, PrimaryHealth, Severity};
-use drmesh_protocol::{AgentId, PgRole, RegionId};
+use drmesh_protocol::RegionId;
 use tracing::{info, warn};
 
-use crate::registry::AgentEntry;
+use crate::rules::health::Probe;
+use crate::rules::registry::AgentEntry;
 use crate::state::Coordinator;
 use crate::store::StoreExt;
-use crate::{alerts, failover, plans};
+use crate::{alerts, failover, plans, rules};
 
 /// Alert kind raised when an automatic failover should start but cannot.
 pub const AUTOMATIC_FAILOVER_BLOCKED: &str = "AUTOMATIC_FAILOVER_BLOCKED";
 
-/// How recent a heartbeat must be for its reports to count, in heartbeat intervals.
-const FRESH_INTERVALS: u32 = 3;
-
-/// The age up to which an agent's heartbeat is fresh enough to act on.
-pub fn fresh_age(coord: &Coordinator) -> Duration {
-    coord.config.heartbeat_interval * FRESH_INTERVALS
-}
-
-/// An agent's status is fresh: connected, and its last heartbeat within [`fresh_age`].
-pub fn fresh_status(coord: &Coordinator, a: &drmesh_protocol::api::AgentStatus) -> bool {
-    a.connected
-        && a.last_heartbeat_age_ms
-            .is_some_and(|age| u128::from(age) <= fresh_age(coord).as_millis())
-}
-
-/// The agent that holds (or last held) a plan's primary: in the plan's active region
-/// if it has one, the one that most recently reported a writable server; after a
-/// restart, before any report, the active region's agent with a PostgreSQL address
-/// that is not reporting a standby.
+/// The agent that holds (or last held) a plan's primary
+/// ([`crate::rules::health::primary_agent`]).
 pub fn primary_agent(coord: &Coordinator, active: Option<&RegionId>) -> Option<AgentEntry> {
     let registry = coord.registry.lock();
-    let in_region = |a: &&AgentEntry| active.is_none_or(|r| &a.region == r);
-    registry
-        .agents()
-        .filter(in_region)
-        .filter(|a| a.last_primary_at.is_some())
-        .max_by_key(|a| a.last_primary_at)
-        .or_else(|| {
-            active?;
-            registry.agents().filter(in_region).find(|a| {
-                a.addresses.postgres.is_some()
-                    && a.heartbeat
-                        .as_ref()
-                        .and_then(|h| h.postgres.as_ref())
-                        .is_none_or(|p| p.role != PgRole::Standby)
-            })
-        })
-        .cloned()
+    rules::health::primary_agent(registry.agents(), active).cloned()
 }
 
 /// Records where a plan's primary runs, the first time it is seen, so a restarted
@@ -85,12 +45,6 @@ fn remember_active_region(coord: &Coordinator, plan: &str, region: &RegionId) {
         Ok(_) => {}
         Err(e) => warn!(plan, error = %e, "read the plan"),
     }
-}
-
-fn fresh(coord: &Coordinator, a: &AgentEntry, now: Instant) -> bool {
-    a.connected
-        && a.last_heartbeat_instant
-            .is_some_and(|t| now.saturating_duration_since(t) <= fresh_age(coord))
 }
 
 /// `SELECT 1` on the PostgreSQL at `addr` with the configured credentials, bounded.
@@ -169,101 +123,33 @@ where
     }
 }
 
-/// One evaluation of the DOWN rule for `primary`.
+/// One evaluation of the DOWN rule for `primary`: the witnesses gathered (the probe
+/// only when the agent's side already looks bad: it costs a connection), then judged.
 pub async fn check(coord: &Coordinator, primary: &AgentEntry) -> (PrimaryHealth, Vec<String>) {
+    let timing = coord.timing();
     let now = Instant::now();
-    let lease = coord.config.lease;
-    let mut checks = Vec::new();
-    let heard = primary.last_heartbeat_instant.unwrap_or(coord.started);
-    let silent_for = now.saturating_duration_since(heard);
-    let role = primary
-        .heartbeat
-        .as_ref()
-        .and_then(|h| h.postgres.as_ref())
-        .map(|p| p.role);
-    let agent_says_down = if silent_for > lease {
-        checks.push(format!(
-            "heartbeats: none for {} ms (lease {} ms)",
-            silent_for.as_millis(),
-            lease.as_millis()
-        ));
-        true
-    } else if fresh(coord, primary, now) && role == Some(PgRole::Unreachable) {
-        checks.push("heartbeats: the agent reports its PostgreSQL unreachable".into());
-        true
+    let agent = rules::health::agent_witness(primary, now, &timing);
+    let probe = if !rules::health::needs_probe(&agent) {
+        Probe::NotAsked
     } else {
-        checks.push(format!(
-            "heartbeats: last {} ms ago, PostgreSQL {}",
-            silent_for.as_millis(),
-            role.map_or_else(|| "unknown".into(), |r| r.to_string())
-        ));
-        false
-    };
-
-    // The coordinator's own probe, only when the agent's side already looks bad (it
-    // costs a connection).
-    let coordinator_says_down = if !agent_says_down {
-        None
-    } else {
-        Some(match primary.addresses.postgres {
-            None => {
-                checks.push(
-                    "coordinator probe: no address advertised (postgres.advertise); not probed"
-                        .into(),
-                );
-                true
-            }
+        match primary.addresses.postgres {
+            None => Probe::NoAddress,
             Some(addr) => {
                 let timeout = (coord.config.heartbeat_interval * 2)
                     .clamp(Duration::from_millis(300), Duration::from_secs(2));
                 match probe_database(coord, addr, timeout).await {
-                    Ok(()) => {
-                        checks.push(format!("coordinator probe: {addr} answers SELECT 1"));
-                        false
-                    }
-                    Err(e) => {
-                        checks.push(format!("coordinator probe: {addr} fails: {e}"));
-                        true
-                    }
+                    Ok(()) => Probe::Answers(addr),
+                    Err(e) => Probe::Fails(addr, e),
                 }
             }
-        })
-    };
-
-    // What the other agents see.
-    let (cannot, others, unheard) = {
-        let registry = coord.registry.lock();
-        let others: Vec<&AgentEntry> = registry
-            .agents()
-            .filter(|a| a.id != primary.id && a.addresses.mesh.is_some())
-            .collect();
-        let mut cannot = 0;
-        let mut unheard = 0;
-        for o in &others {
-            let report = o
-                .heartbeat
-                .as_ref()
-                .and_then(|h| h.mesh.as_ref())
-                .and_then(|m| m.peers.iter().find(|p| p.agent_id == primary.id));
-            if !fresh(coord, o, now) {
-                unheard += 1;
-            } else if report.is_none_or(|r| r.postgres_ok == Some(false)) {
-                cannot += 1;
-            }
         }
-        (cannot, others.len(), unheard)
     };
-    let majority_says_down = cannot * 2 > others || others == 0;
-    checks.push(format!(
-        "mesh: {cannot} of {others} other agents cannot reach it ({unheard} not heard from)"
-    ));
-
-    let verdict = match (agent_says_down, coordinator_says_down) {
-        (true, Some(true)) if majority_says_down => PrimaryHealth::Down,
-        (false, _) if role == Some(PgRole::Primary) && cannot == 0 => PrimaryHealth::Up,
-        _ => PrimaryHealth::Suspect,
+    let mesh = {
+        let registry = coord.registry.lock();
+        rules::health::mesh_witness(registry.agents(), &primary.id, now, &timing)
     };
-    (verdict, checks)
+    let v = rules::health::verdict(&agent, &probe, &mesh);
+    (v.health, v.checks)
 }
 
 /// Runs the health checks of every plan: each plan's primary at least every
@@ -305,7 +191,7 @@ pub async fn watch(coord: Arc<Coordinator>) {
             let interval = Duration::from_millis(plan.health_check_interval.max(1000));
             let previous = coord.health.lock().get(&plan.id).map(|h| h.verdict);
             let unwell = previous.is_some_and(|v| v != PrimaryHealth::Up)
-                || quick_suspicion(&coord, &primary, now);
+                || rules::health::quick_suspicion(&primary, now, &coord.timing());
             let due = last_check
                 .get(&plan.id)
                 .is_none_or(|t| now.saturating_duration_since(*t) >= interval);
@@ -334,16 +220,6 @@ pub async fn watch(coord: Arc<Coordinator>) {
     }
 }
 
-/// Whether the primary looks unwell from what the registry already holds (no probe).
-fn quick_suspicion(coord: &Coordinator, primary: &AgentEntry, now: Instant) -> bool {
-    let role = primary
-        .heartbeat
-        .as_ref()
-        .and_then(|h| h.postgres.as_ref())
-        .map(|p| p.role);
-    !fresh(coord, primary, now) || role != Some(PgRole::Primary)
-}
-
 fn record(
     coord: &Coordinator,
     plan: &str,
@@ -370,25 +246,15 @@ fn start_automatic(
     primary: &AgentEntry,
     checks: &[String],
 ) {
-    let now = Instant::now();
-    // The first of the plan's regions, other than the failed one, with a standby whose
-    // agent is up.
     let target = {
         let registry = coord.registry.lock();
-        plan.failover_regions
-            .iter()
-            .filter(|r| **r != primary.region)
-            .find(|r| {
-                registry.agents().any(|a| {
-                    &a.region == *r
-                        && fresh(coord, a, now)
-                        && a.heartbeat
-                            .as_ref()
-                            .and_then(|h| h.postgres.as_ref())
-                            .is_some_and(|p| p.role == PgRole::Standby)
-                })
-            })
-            .cloned()
+        rules::failover::automatic_target(
+            &plan.failover_regions,
+            &primary.region,
+            registry.agents(),
+            Instant::now(),
+            &coord.timing(),
+        )
     };
     let why = format!(
         "the primary in {} ({}) is DOWN: {}",
@@ -426,97 +292,4 @@ fn start_automatic(
         ),
         Err(e) => warn!(plan = %plan.id, error = %e, "automatic failover not started"),
     }
-}
-
-/// Whether `old`'s lease has surely run out, so that its agent has fenced its
-/// PostgreSQL by itself (see ARCHITECTURE.md, "Failover safety argument"). `Ok` says
-/// why; `Err` says what may still be renewing it.
-///
-/// The agent renews its lease by the coordinator's heartbeat acknowledgements or by a
-/// majority of the mesh answering its pings, each dated by its own send time. So the
-/// latest renewal it can hold is no later than
-/// - the arrival of its newest heartbeat here (or this process's start), and
-/// - for each peer, the last contact that peer reports with it (arrival of the report
-///   minus the reported age; without one, the peer's start).
-///
-/// It needs `k = floor((n + 1) / 2)` of its `n` peers. The lease has run out once its
-/// own renewal is older than lease + margin and fewer than `k` peers lack a fresh
-/// report proving their contact with it is older than that too.
-pub fn lease_expired(coord: &Coordinator, old: &AgentId) -> Result<String, String> {
-    let now = Instant::now();
-    let wait = coord.config.lease + coord.config.fence_margin;
-    let registry = coord.registry.lock();
-    let Some(entry) = registry.get(old) else {
-        return Ok(format!("{old} is not a known agent"));
-    };
-    let heard = entry.last_heartbeat_instant.unwrap_or(coord.started);
-    let since = now.saturating_duration_since(heard);
-    if since < wait {
-        return Err(format!(
-            "{old} was heard from {} ms ago; its lease ({} ms) plus margin ({} ms) has not run out",
-            since.as_millis(),
-            coord.config.lease.as_millis(),
-            coord.config.fence_margin.as_millis()
-        ));
-    }
-    let mut unproven = Vec::new();
-    let mut peers = 0usize;
-    for p in registry.agents() {
-        if &p.id == old || p.addresses.mesh.is_none() {
-            continue;
-        }
-        peers += 1;
-        let Some(arrived) = p.last_heartbeat_instant.filter(|_| fresh(coord, p, now)) else {
-            unproven.push(format!("{} (not heard from)", p.id));
-            continue;
-        };
-        let Some(mesh) = p.heartbeat.as_ref().and_then(|h| h.mesh.as_ref()) else {
-            unproven.push(format!("{} (reports no mesh)", p.id));
-            continue;
-        };
-        let age = mesh
-            .peers
-            .iter()
-            .find(|r| &r.agent_id == old)
-            .and_then(|r| r.contact_age_ms)
-            .unwrap_or(mesh.uptime_ms);
-        let contact = arrived.checked_sub(Duration::from_millis(age));
-        match contact {
-            Some(c) if now.saturating_duration_since(c) < wait => unproven.push(format!(
-                "{} (in contact {} ms ago)",
-                p.id,
-                now.saturating_duration_since(c).as_millis()
-            )),
-            _ => {}
-        }
-    }
-    // The size of the old agent's view, as it last reported (kept across restarts). Its
-    // view may be older than ours; the smaller count makes its majority easier, so use
-    // the smaller.
-    let Some(view) = entry.mesh_peers else {
-        return Err(format!(
-            "{old} never reported its mesh view, so whether it fences itself is unknown; \
-             fence it by hand (stop its PostgreSQL, leave standby.signal) or bring its agent back"
-        ));
-    };
-    if view == 0 {
-        return Err(format!(
-            "{old} had no peers in its mesh view, so it does not fence itself when cut off; \
-             fence it by hand (stop its PostgreSQL, leave standby.signal) or bring its agent back"
-        ));
-    }
-    let needed = (view as usize).min(peers).div_ceil(2);
-    if needed > 0 && unproven.len() >= needed {
-        return Err(format!(
-            "{old} may still hold its lease through the mesh: {} of its peers cannot be shown out of contact: {}",
-            unproven.len(),
-            unproven.join(", ")
-        ));
-    }
-    Ok(format!(
-        "{old} not heard from for {} ms, and no majority of the mesh in contact with it for longer than its lease ({} ms) plus margin ({} ms): it has fenced itself",
-        since.as_millis(),
-        coord.config.lease.as_millis(),
-        coord.config.fence_margin.as_millis()
-    ))
 }

@@ -6,7 +6,6 @@
 //! `[retention] schedule` (a cron expression, UTC; daily at 01:00 by default), once for
 //! each due time, catching up once after the coordinator was down.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use drmesh_protocol::message::CommandKind;
 use drmesh_protocol::retention::{AgentRetention, RetentionEnforcement, RetentionOutcome};
 use tracing::{info, warn};
 
+use crate::rules::schedule;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreExt};
 use crate::{jobs, transport};
@@ -167,28 +167,6 @@ const TICK: Duration = Duration::from_secs(20);
 /// When the scheduler last enforced the policies (RFC 3339), in the `meta` namespace.
 const LAST_RUN_KEY: &str = "retention.lastScheduledRun";
 
-/// `[retention] schedule`: a cron expression (five fields, UTC), or `off` (`None`).
-pub fn parse_schedule(text: &str) -> Result<Option<croner::Cron>, String> {
-    if text.trim() == "off" {
-        return Ok(None);
-    }
-    croner::Cron::from_str(text)
-        .map(Some)
-        .map_err(|e| format!("retention.schedule {text:?}: {e}"))
-}
-
-/// Whether an enforcement is due at `now`: the schedule's first time after the last
-/// run (or, before any, after `since`) has come. Several missed times make one run.
-pub fn is_due(
-    cron: &croner::Cron,
-    last: Option<DateTime<Utc>>,
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> bool {
-    cron.find_next_occurrence(&last.unwrap_or(since), false)
-        .is_ok_and(|next| next <= now)
-}
-
 fn last_run(store: &dyn Store) -> Option<DateTime<Utc>> {
     let raw = store.get(Namespace::Meta, LAST_RUN_KEY).ok()??;
     DateTime::parse_from_rfc3339(std::str::from_utf8(&raw).ok()?)
@@ -196,10 +174,10 @@ fn last_run(store: &dyn Store) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The scheduler: enforces the policies whenever [`is_due`]; a time with no agent UP is
+/// The scheduler: enforces the policies whenever [`schedule::retention_due`]; a time with no agent UP is
 /// tried again at the next tick.
 pub async fn schedule(coord: Arc<Coordinator>) {
-    let cron = match parse_schedule(&coord.config.retention.schedule) {
+    let cron = match schedule::parse_schedule(&coord.config.retention.schedule) {
         Ok(Some(cron)) => cron,
         // Checked at start-up: `off`.
         _ => return,
@@ -208,7 +186,7 @@ pub async fn schedule(coord: Arc<Coordinator>) {
     loop {
         tokio::time::sleep(TICK).await;
         let now = Utc::now();
-        if !is_due(&cron, last_run(coord.store.as_ref()), since, now) {
+        if !schedule::retention_due(&cron, last_run(coord.store.as_ref()), since, now) {
             continue;
         }
         match enforce(&coord, false, now).await {
@@ -228,40 +206,5 @@ pub async fn schedule(coord: Arc<Coordinator>) {
             }
             None => info!("scheduled retention enforcement waits for an agent to be UP"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn at(d: u32, h: u32, m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, d, h, m, 0)
-            .single()
-            .expect("time")
-    }
-
-    #[test]
-    fn the_default_schedule_runs_daily_at_one_utc_and_catches_up_once() {
-        let cron = parse_schedule(drmesh_protocol::retention::DEFAULT_SCHEDULE)
-            .expect("parses")
-            .expect("on");
-        let since = at(1, 12, 0);
-        assert!(!is_due(&cron, None, since, at(2, 0, 59)));
-        assert!(is_due(&cron, None, since, at(2, 1, 0)));
-        assert!(!is_due(&cron, Some(at(2, 1, 0)), since, at(2, 23, 0)));
-        assert!(is_due(&cron, Some(at(2, 1, 0)), since, at(3, 1, 0)));
-        // Down for days: due, and once it ran, not again until the next 01:00.
-        assert!(is_due(&cron, Some(at(2, 1, 0)), since, at(6, 9, 0)));
-        assert!(!is_due(&cron, Some(at(6, 9, 0)), since, at(6, 23, 0)));
-    }
-
-    #[test]
-    fn off_and_bad_schedules() {
-        assert!(parse_schedule("off").expect("off").is_none());
-        let err = parse_schedule("0 25 * * *").expect_err("hour 25");
-        assert!(err.contains("retention.schedule"), "{err}");
-        assert!(parse_schedule("every day").is_err());
     }
 }

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::alerts;
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
-use crate::registry::{Liveness, Registry, Transition};
+use crate::rules::registry::{Liveness, Registry, Transition};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 
 /// An agent as remembered across coordinator restarts.
@@ -32,7 +32,7 @@ pub struct KnownAgent {
     pub version: String,
     pub first_seen: chrono::DateTime<Utc>,
     #[serde(default)]
-    pub addresses: crate::registry::AgentAddresses,
+    pub addresses: crate::rules::registry::AgentAddresses,
     /// The size of its mesh view, as it last reported.
     #[serde(default)]
     pub mesh_peers: Option<u32>,
@@ -119,6 +119,16 @@ impl Coordinator {
         ))
     }
 
+    /// The timing the rules judge by (`crate::rules`).
+    pub fn timing(&self) -> crate::rules::Timing {
+        crate::rules::Timing {
+            heartbeat_interval: self.config.heartbeat_interval,
+            lease: self.config.lease,
+            fence_margin: self.config.fence_margin,
+            started: self.started,
+        }
+    }
+
     pub fn epoch(&self) -> Epoch {
         Epoch(self.epoch.load(Ordering::SeqCst))
     }
@@ -194,7 +204,7 @@ impl Coordinator {
         id: &AgentId,
         region: &RegionId,
         version: &str,
-        addresses: crate::registry::AgentAddresses,
+        addresses: crate::rules::registry::AgentAddresses,
     ) {
         self.registry.lock().set_addresses(id, addresses);
         *self.mesh_view.lock() = None;
@@ -214,7 +224,7 @@ impl Coordinator {
         id: &AgentId,
         region: &RegionId,
         version: &str,
-        addresses: crate::registry::AgentAddresses,
+        addresses: crate::rules::registry::AgentAddresses,
     ) {
         let known = KnownAgent {
             agent_id: id.clone(),

@@ -19,7 +19,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::registry::HeartbeatOutcome;
+use crate::rules::registry::HeartbeatOutcome;
 use crate::state::{Coordinator, Session};
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +269,7 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
             Instant::now(),
         );
         coord.report(transition);
-        let addresses = crate::registry::AgentAddresses {
+        let addresses = crate::rules::registry::AgentAddresses {
             mesh: hello.mesh_addr,
             postgres: hello.postgres_addr,
             postgres_mesh: hello.postgres_mesh_addr,

@@ -269,7 +269,7 @@ impl Registry {
         out
     }
 
-    pub fn agents(&self) -> impl Iterator<Item = &AgentEntry> {
+    pub fn agents(&self) -> impl Iterator<Item = &AgentEntry> + Clone {
         self.agents.values()
     }
 

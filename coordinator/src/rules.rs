@@ -1,0 +1,53 @@
+//! The coordinator's decisions, as pure functions of a snapshot and `now`.
+//!
+//! Nothing in here reads a clock, sleeps, touches the store or the network: no tokio,
+//! quinn or actix. Each rule takes what it judges (registry entries, agent statuses,
+//! plan fields) and the time as arguments and returns a typed verdict; the drivers in
+//! [`crate::health`], [`crate::failover`], [`crate::drtest`] and [`crate::retention`]
+//! persist what they must and act on it. That split is what lets the safety rules be
+//! unit- and property-tested without processes.
+//!
+//! - [`registry`]: agents, connections, heartbeats; an agent's state from its heartbeat
+//!   age.
+//! - [`health`]: freshness, the plan's primary, and the DOWN rule's three witnesses.
+//! - [`lease`]: the coordinator's half of the lease argument — whether a silent old
+//!   primary has surely fenced itself.
+//! - [`failover`]: choosing the failover target, which servers must be fenced, the RPO
+//!   check.
+//! - [`schedule`]: when DR tests and retention runs are due.
+
+pub mod failover;
+pub mod health;
+pub mod lease;
+pub mod registry;
+pub mod schedule;
+
+use std::time::{Duration, Instant};
+
+/// How recent a heartbeat must be for its reports to count, in heartbeat intervals.
+pub const FRESH_INTERVALS: u32 = 3;
+
+/// The timing every rule judges by, from `coordinator.toml`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat_interval: Duration,
+    /// The lease a primary's agent holds (see `drmesh_protocol::lease`).
+    pub lease: Duration,
+    /// What the coordinator waits beyond the lease.
+    pub fence_margin: Duration,
+    /// When this coordinator process started: the last contact assumed for an agent not
+    /// heard from since.
+    pub started: Instant,
+}
+
+impl Timing {
+    /// The age up to which an agent's heartbeat is fresh enough to act on.
+    pub fn fresh_age(&self) -> Duration {
+        self.heartbeat_interval * FRESH_INTERVALS
+    }
+
+    /// What the coordinator waits past a silent agent's newest possible renewal.
+    pub fn fence_wait(&self) -> Duration {
+        drmesh_protocol::lease::fence_wait(self.lease, self.fence_margin)
+    }
+}

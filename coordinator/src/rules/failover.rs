@@ -1,0 +1,368 @@
+//! The failover's decisions: which region an automatic failover goes to, whether step 2
+//! may go on (a target is up, every other possibly-writable server is fenced or has
+//! surely fenced itself), whether the target is within the plan's RPO, and which
+//! servers its agents must fence.
+//!
+//! Architecture Invariant: the target is promoted only when [`readiness`] is `Ready`;
+//! that needs every server [`must_fence`] names to be either heard from (and then fenced
+//! by its agent before the promotion) or to have a lease that [`super::lease`] shows
+//! ended.
+
+use std::time::Instant;
+
+use drmesh_protocol::api::{AgentState, AgentStatus};
+use drmesh_protocol::{AgentId, PgRole, RegionId};
+
+use super::health::{fresh, fresh_status, reported_role};
+use super::lease::LeaseVerdict;
+use super::registry::AgentEntry;
+use super::Timing;
+
+/// The region an automatic failover goes to: the first of the plan's failover regions,
+/// other than the failed one, with a fresh agent reporting a standby.
+pub fn automatic_target<'a>(
+    failover_regions: &[RegionId],
+    failed: &RegionId,
+    agents: impl Iterator<Item = &'a AgentEntry> + Clone,
+    now: Instant,
+    timing: &Timing,
+) -> Option<RegionId> {
+    failover_regions
+        .iter()
+        .filter(|r| *r != failed)
+        .find(|r| {
+            agents.clone().any(|a| {
+                &a.region == *r
+                    && fresh(a, now, timing)
+                    && reported_role(a) == Some(PgRole::Standby)
+            })
+        })
+        .cloned()
+}
+
+/// An agent that can take the failover in `region`: fresh, UP, next to a PostgreSQL.
+pub fn target_up(a: &AgentStatus, region: &RegionId, timing: &Timing) -> bool {
+    &a.region == region && a.role.is_some() && a.state == AgentState::Up && fresh_status(a, timing)
+}
+
+/// Every server but the target's that is or may be writable: reported writable, not
+/// answering (a crashed primary a supervisor could restart), or not heard from lately
+/// (its state is unknown).
+pub fn must_fence(a: &AgentStatus, target: Option<&AgentId>, timing: &Timing) -> bool {
+    Some(&a.agent_id) != target
+        && (!fresh_status(a, timing)
+            || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
+}
+
+/// Whether step 2 may go on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Readiness {
+    /// A target is up, and every server to fence that is not heard from has surely
+    /// fenced itself (`waited_out` says why, one line each).
+    Ready {
+        target: AgentId,
+        waited_out: Vec<String>,
+    },
+    /// Not yet: no target up (`no_target`), or servers whose lease may still be held.
+    Waiting {
+        no_target: bool,
+        pending: Vec<String>,
+    },
+}
+
+/// Step 2's gate over the agents' statuses. `lease` judges a silent server's lease;
+/// servers heard from are fenced by their agents afterwards, so they do not wait here.
+pub fn readiness(
+    statuses: &[AgentStatus],
+    target_region: &RegionId,
+    lease: impl Fn(&AgentId) -> LeaseVerdict,
+    timing: &Timing,
+) -> Readiness {
+    let target = statuses
+        .iter()
+        .find(|a| target_up(a, target_region, timing))
+        .map(|a| a.agent_id.clone());
+    let mut waited_out = Vec::new();
+    let mut pending = Vec::new();
+    for a in statuses
+        .iter()
+        .filter(|a| must_fence(a, target.as_ref(), timing))
+    {
+        if fresh_status(a, timing) {
+            continue; // fenced by command
+        }
+        let verdict = lease(&a.agent_id);
+        let why = verdict.explain(&a.agent_id, timing);
+        if verdict.ended() {
+            waited_out.push(why);
+        } else {
+            pending.push(why);
+        }
+    }
+    match target {
+        Some(target) if pending.is_empty() => Readiness::Ready { target, waited_out },
+        target => Readiness::Waiting {
+            no_target: target.is_none(),
+            pending,
+        },
+    }
+}
+
+/// The target against the plan's RPO.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rpo {
+    /// Within it, or the operator accepted data loss.
+    Within,
+    /// Behind by `behind_bytes`, and by how long cannot be measured (no transaction
+    /// replayed since the standby started): not taken as within.
+    Unmeasurable { behind_bytes: u64 },
+    /// Behind by more than the RPO.
+    Exceeded { lag_seconds: f64 },
+}
+
+/// The RPO check of step 2.
+pub fn rpo(target: &AgentStatus, rpo_seconds: u64, allow_data_loss: bool) -> Rpo {
+    if allow_data_loss {
+        return Rpo::Within;
+    }
+    if target.replication_lag_seconds.is_none() {
+        if let Some(b) = target.replication_lag_bytes.filter(|b| *b > 0) {
+            return Rpo::Unmeasurable { behind_bytes: b };
+        }
+    }
+    match target.replication_lag_seconds {
+        Some(lag) if lag > rpo_seconds as f64 => Rpo::Exceeded { lag_seconds: lag },
+        _ => Rpo::Within,
+    }
+}
+
+/// Who step 2 fences, and which server the failover moves away from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fencing<'a> {
+    /// Servers to fence whose agents are heard from: fenced by command.
+    pub by_agent: Vec<&'a AgentStatus>,
+    /// The server the failover moves away from: the one reporting a primary, else the
+    /// first outside the target region with a PostgreSQL, else the first to fence.
+    pub from: Option<&'a AgentStatus>,
+}
+
+pub fn fencing<'a>(
+    statuses: &'a [AgentStatus],
+    target: &AgentId,
+    target_region: &RegionId,
+    timing: &Timing,
+) -> Fencing<'a> {
+    let to_fence: Vec<&AgentStatus> = statuses
+        .iter()
+        .filter(|a| must_fence(a, Some(target), timing))
+        .collect();
+    let from = to_fence
+        .iter()
+        .find(|a| a.role == Some(PgRole::Primary))
+        .or_else(|| {
+            to_fence
+                .iter()
+                .find(|a| &a.region != target_region && a.role.is_some())
+        })
+        .or(to_fence.first())
+        .copied();
+    Fencing {
+        by_agent: to_fence
+            .into_iter()
+            .filter(|a| fresh_status(a, timing))
+            .collect(),
+        from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            heartbeat_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(5),
+            fence_margin: Duration::from_secs(1),
+            started: Instant::now(),
+        }
+    }
+
+    fn region(r: &str) -> RegionId {
+        RegionId::new(r).expect("region")
+    }
+
+    fn status(id: &str, r: &str, role: Option<PgRole>, age_ms: Option<u64>) -> AgentStatus {
+        AgentStatus {
+            agent_id: AgentId::new(id).expect("id"),
+            region: region(r),
+            state: if age_ms.is_some_and(|a| a < 1000) {
+                AgentState::Up
+            } else {
+                AgentState::Down
+            },
+            role,
+            version: "0".into(),
+            connected: age_ms.is_some(),
+            last_heartbeat_age_ms: age_ms,
+            last_heartbeat_at: None,
+            timeline: None,
+            lsn: None,
+            replication_lag_bytes: None,
+            replication_lag_seconds: None,
+            disk_free_bytes: None,
+            last_backup_ids: vec![],
+            postgres_error: None,
+            fenced: false,
+            postgres_address: None,
+            mesh_peers: None,
+        }
+    }
+
+    fn ended(_: &AgentId) -> LeaseVerdict {
+        LeaseVerdict::Ended {
+            silent_for: Duration::from_secs(7),
+        }
+    }
+
+    fn held(_: &AgentId) -> LeaseVerdict {
+        LeaseVerdict::HeardRecently {
+            ago: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_live_old_primary_is_fenced_by_its_agent_and_does_not_wait() {
+        let t = timing();
+        let s = vec![
+            status("old", "eu", Some(PgRole::Primary), Some(100)),
+            status("new", "us", Some(PgRole::Standby), Some(100)),
+            status("other", "ap", Some(PgRole::Standby), Some(100)),
+        ];
+        let ready = readiness(&s, &region("us"), held, &t);
+        assert_eq!(
+            ready,
+            Readiness::Ready {
+                target: AgentId::new("new").expect("id"),
+                waited_out: vec![]
+            }
+        );
+        let f = fencing(&s, &AgentId::new("new").expect("id"), &region("us"), &t);
+        assert_eq!(f.by_agent.len(), 1);
+        assert_eq!(f.from.map(|a| a.agent_id.as_str()), Some("old"));
+    }
+
+    #[test]
+    fn a_silent_old_primary_waits_for_its_lease() {
+        let t = timing();
+        let s = vec![
+            status("old", "eu", Some(PgRole::Primary), Some(9000)),
+            status("new", "us", Some(PgRole::Standby), Some(100)),
+        ];
+        assert!(matches!(
+            readiness(&s, &region("us"), held, &t),
+            Readiness::Waiting { no_target: false, ref pending } if pending.len() == 1
+        ));
+        assert!(matches!(
+            readiness(&s, &region("us"), ended, &t),
+            Readiness::Ready { ref waited_out, .. } if waited_out.len() == 1
+        ));
+        // No target up: waiting, whatever the leases.
+        assert!(matches!(
+            readiness(&s, &region("ap"), ended, &t),
+            Readiness::Waiting {
+                no_target: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_rpo_check() {
+        let mut target = status("new", "us", Some(PgRole::Standby), Some(100));
+        assert_eq!(rpo(&target, 60, false), Rpo::Within);
+        target.replication_lag_bytes = Some(4096);
+        assert_eq!(
+            rpo(&target, 60, false),
+            Rpo::Unmeasurable { behind_bytes: 4096 }
+        );
+        assert_eq!(rpo(&target, 60, true), Rpo::Within);
+        target.replication_lag_seconds = Some(61.0);
+        assert_eq!(rpo(&target, 60, false), Rpo::Exceeded { lag_seconds: 61.0 });
+        target.replication_lag_seconds = Some(60.0);
+        assert_eq!(rpo(&target, 60, false), Rpo::Within);
+    }
+
+    fn any_status(i: usize) -> impl Strategy<Value = AgentStatus> {
+        (0usize..3, 0usize..4, proptest::option::of(0u64..5000)).prop_map(move |(r, role, age)| {
+            let role = [
+                None,
+                Some(PgRole::Primary),
+                Some(PgRole::Standby),
+                Some(PgRole::Unreachable),
+            ][role];
+            status(&format!("a{i}"), ["eu", "us", "ap"][r], role, age)
+        })
+    }
+
+    fn any_statuses() -> impl Strategy<Value = Vec<AgentStatus>> {
+        (1usize..6).prop_flat_map(|n| (0..n).map(any_status).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        /// Never ready while a server that may be writable is neither heard from nor shown
+        /// fenced by its lease; the target is never fenced; every reported primary other
+        /// than the target is fenced by its agent or waited out.
+        #[test]
+        fn ready_only_when_every_writable_server_is_accounted_for(
+            statuses in any_statuses(),
+            target_region in 0usize..3,
+            lease_ended in any::<bool>(),
+        ) {
+            let t = timing();
+            let region = region(["eu", "us", "ap"][target_region]);
+            let verdict = if lease_ended { ended } else { held };
+            match readiness(&statuses, &region, verdict, &t) {
+                Readiness::Ready { target, waited_out } => {
+                    let tgt = statuses.iter().find(|a| a.agent_id == target).expect("target listed");
+                    prop_assert!(target_up(tgt, &region, &t));
+                    let f = fencing(&statuses, &target, &region, &t);
+                    prop_assert!(f.by_agent.iter().all(|a| a.agent_id != target));
+                    for a in &statuses {
+                        if a.agent_id == target {
+                            continue;
+                        }
+                        let writable = matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable));
+                        if writable || !fresh_status(a, &t) {
+                            let by_agent = f.by_agent.iter().any(|b| b.agent_id == a.agent_id);
+                            prop_assert!(by_agent || (!fresh_status(a, &t) && lease_ended));
+                        }
+                    }
+                    if !lease_ended {
+                        prop_assert!(waited_out.is_empty());
+                    }
+                }
+                Readiness::Waiting { no_target, pending } => {
+                    prop_assert!(no_target || !pending.is_empty());
+                    prop_assert!(!lease_ended || no_target);
+                }
+            }
+        }
+
+        /// The RPO check is monotone: accepted at some lag, accepted at any smaller lag.
+        #[test]
+        fn rpo_is_monotone(lag in 0.0f64..1000.0, smaller in 0.0f64..1.0, rpo_s in 0u64..600) {
+            let mut a = status("t", "us", Some(PgRole::Standby), Some(1));
+            a.replication_lag_seconds = Some(lag);
+            if rpo(&a, rpo_s, false) == Rpo::Within {
+                a.replication_lag_seconds = Some(lag * smaller);
+                prop_assert_eq!(rpo(&a, rpo_s, false), Rpo::Within);
+            }
+            prop_assert_eq!(rpo(&a, rpo_s, true), Rpo::Within);
+        }
+    }
+}
