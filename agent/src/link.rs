@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use drmesh_protocol::capability;
 use drmesh_protocol::codec::{encode, Frame};
 use drmesh_protocol::{
     close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
@@ -346,10 +347,10 @@ impl Link {
     fn capabilities(&self) -> Vec<String> {
         let mut caps = vec!["heartbeat".to_string(), "commands".to_string()];
         if self.config.postgres.is_some() {
-            caps.push("postgres".into());
+            caps.push(capability::POSTGRES.into());
         }
         if self.config.documents.is_some() {
-            caps.push("documents".into());
+            caps.push(capability::DOCUMENTS.into());
         }
         // Each repository it backs up into, so the coordinator sends retention and
         // replication work for a shared one to one agent only.
@@ -371,7 +372,7 @@ impl Link {
             caps.extend(docs.locations.iter().map(|l| repository(&l.url)));
         }
         if let Some(db) = &self.config.database {
-            caps.push("database".into());
+            caps.push(capability::DATABASE.into());
             for name in db.environments.keys() {
                 caps.push(format!("environment:{name}"));
             }

@@ -515,13 +515,10 @@ fn main() -> anyhow::Result<()> {
             output,
         }) => {
             let created: CreatedToken = match store {
-                Some(path) => {
-                    let store =
-                        drmesh_coordinator::store::RedbStore::open(&path).with_context(|| {
-                            format!("open {} (is the coordinator stopped?)", path.display())
-                        })?;
-                    drmesh_coordinator::auth::create_token(&store, role, name)?
-                }
+                Some(path) => drmesh_coordinator::admin::create_token(&path, role, name)
+                    .with_context(|| {
+                        format!("open {} (is the coordinator stopped?)", path.display())
+                    })?,
                 None => client().post("/v1/tokens", &json!({ "role": role, "name": name }))?,
             };
             match output {

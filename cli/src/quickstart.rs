@@ -559,10 +559,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     // 3. Coordinator, with a fresh admin token written into its store first.
     let coord_dir = dir.join("coordinator");
     let store_path = coord_dir.join("state.redb");
-    let token = {
-        let store = drmesh_coordinator::store::RedbStore::open(&store_path)?;
-        drmesh_coordinator::auth::create_token(&store, Role::Admin, Some("quickstart".into()))?
-    };
+    let token = drmesh_coordinator::admin::create_token(
+        &store_path,
+        Role::Admin,
+        Some("quickstart".into()),
+    )?;
     let sinks = Sinks::start(&dir.join("notifications"))?;
     let regions: Vec<String> = REGIONS.iter().map(|r| format!("\"{r}\"")).collect();
     let coord_config = coord_dir.join("coordinator.toml");
@@ -657,7 +658,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let plan = ensure_plan(&client);
     let answer = signals
         .runtime
-        .block_on(drmesh_coordinator::dns::query(
+        .block_on(drmesh_coordinator::admin::query_dns(
             dns,
             DB_NAME,
             Duration::from_secs(2),

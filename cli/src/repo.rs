@@ -371,7 +371,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             output,
         } => {
             let r = Repository::open(&repo.options()?).await?;
-            let time = drmesh_coordinator::recovery::parse_instant(&time)?;
+            let time = drmesh_protocol::instant::parse_instant(&time)?;
             let progress = Arc::new(Progress::default());
             let bar = drmesh_agent::repo::terminal_bar(progress.clone(), "restore");
             let restored = drmesh_agent::database::recovery::restore(
@@ -505,7 +505,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             };
             policies.validate()?;
             let now = match &now {
-                Some(t) => drmesh_coordinator::recovery::parse_instant(t)?,
+                Some(t) => drmesh_protocol::instant::parse_instant(t)?,
                 None => chrono::Utc::now(),
             };
             let opts = repo.options()?;

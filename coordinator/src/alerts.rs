@@ -10,6 +10,14 @@ use crate::store::{Namespace, Store, StoreError, StoreExt};
 
 /// Alert kind raised when an agent stops heartbeating.
 pub const AGENT_DOWN: &str = "AGENT_DOWN";
+/// A backup (database or documents) failed.
+pub const BACKUP_FAILED: &str = "BACKUP_FAILED";
+/// A backup did not finish within its timeout.
+pub const BACKUP_TIMEOUT: &str = "BACKUP_TIMEOUT";
+/// Copying a backup to another location failed.
+pub const REPLICATION_FAILED: &str = "REPLICATION_FAILED";
+/// A verification found a backup damaged or unrestorable.
+pub const VERIFICATION_FAILED: &str = "VERIFICATION_FAILED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -47,6 +55,23 @@ fn open_for(store: &dyn Store, kind: &str, source: &str) -> Result<Vec<Alert>, S
 
 /// Raises an alert unless one of the same kind about the same source is still open; then
 /// that one is returned and nothing is written.
+/// Raises an alert and logs it once when it is new; a store error is logged, not
+/// returned (for the drivers, which go on either way).
+pub fn raise_logged(
+    store: &dyn Store,
+    severity: Severity,
+    kind: &str,
+    source: &str,
+    region: Option<drmesh_protocol::RegionId>,
+    message: String,
+) {
+    match raise(store, severity, kind, source, region, message) {
+        Ok((alert, true)) => tracing::warn!(alert_id = %alert.id, kind, source, "alert raised"),
+        Ok((_, false)) => {}
+        Err(e) => tracing::error!(kind, source, error = %e, "raise alert"),
+    }
+}
+
 pub fn raise(
     store: &dyn Store,
     severity: Severity,

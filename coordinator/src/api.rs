@@ -289,7 +289,7 @@ async fn healthz() -> HttpResponse {
 
 async fn dr_status(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(HttpResponse::Ok().json(coord.dr_status()))
+    Ok(HttpResponse::Ok().json(crate::views::dr_status(&coord)))
 }
 
 /// A plan body: 400 naming the field serde stopped at (an unknown field, a wrong type).
@@ -437,7 +437,7 @@ async fn notify_test(
 
 async fn dashboard(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(HttpResponse::Ok().json(coord.dashboard()?))
+    Ok(HttpResponse::Ok().json(crate::views::dashboard(&coord)?))
 }
 
 #[derive(Deserialize)]
@@ -907,7 +907,8 @@ async fn retention_enforce(
         _ => Role::Operator,
     })?;
     let now = match &query.now {
-        Some(t) => recovery::parse_instant(t)?,
+        Some(t) => drmesh_protocol::instant::parse_instant(t)
+            .map_err(|e| recovery::RecoveryError::BadRequest(e.to_string()))?,
         None => Utc::now(),
     };
     let done = retention::enforce(&coord, query.dry_run, now)

@@ -18,13 +18,13 @@ use drmesh_protocol::{AgentId, CommandKind, RegionId};
 use tracing::{error, info, Instrument};
 
 use crate::alerts;
-use crate::documents::BACKUP_FAILED;
+use crate::alerts::BACKUP_FAILED;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 
 /// Capability an agent announces when it has a `[database]` configuration.
-pub const CAPABILITY: &str = "database";
+pub const CAPABILITY: &str = drmesh_protocol::capability::DATABASE;
 
 /// Key prefixes of database backups in the `backups` namespace (ids sort by time).
 const PREFIXES: [&str; 2] = ["full_", "incr_"];

@@ -20,20 +20,14 @@ use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
-use crate::alerts;
+use crate::alerts::{self, BACKUP_FAILED, REPLICATION_FAILED, VERIFICATION_FAILED};
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
 
-/// Alert kinds.
-pub const BACKUP_FAILED: &str = "BACKUP_FAILED";
-pub const BACKUP_TIMEOUT: &str = "BACKUP_TIMEOUT";
-pub const REPLICATION_FAILED: &str = "REPLICATION_FAILED";
-pub const VERIFICATION_FAILED: &str = "VERIFICATION_FAILED";
-
 /// Capability an agent announces when it has a `[documents]` configuration.
-pub const CAPABILITY: &str = "documents";
+pub const CAPABILITY: &str = drmesh_protocol::capability::DOCUMENTS;
 
 /// Key prefix of document backups in the `backups` namespace (ids sort by time).
 const PREFIX: &str = "docs_";
@@ -117,28 +111,6 @@ fn estimate(store: &dyn Store) -> Result<Duration, StoreError> {
         .unwrap_or(Duration::from_secs(60)))
 }
 
-pub(crate) fn raise(
-    coord: &Coordinator,
-    severity: Severity,
-    kind: &str,
-    source: &str,
-    region: Option<drmesh_protocol::RegionId>,
-    message: String,
-) {
-    match alerts::raise(
-        coord.store.as_ref(),
-        severity,
-        kind,
-        source,
-        region,
-        message,
-    ) {
-        Ok((alert, true)) => warn!(alert_id = %alert.id, kind, source, "alert raised"),
-        Ok((_, false)) => {}
-        Err(e) => error!(kind, source, error = %e, "raise alert"),
-    }
-}
-
 /// `POST /documents/backup`: records the backup and starts it on an agent.
 pub fn start_backup(
     coord: &Arc<Coordinator>,
@@ -208,8 +180,8 @@ async fn run_backup(coord: Arc<Coordinator>, mut rec: DocumentBackup) {
             if failed.is_empty() {
                 let _ = alerts::resolve_cleared(coord.store.as_ref(), BACKUP_FAILED, "documents");
             } else {
-                raise(
-                    &coord,
+                alerts::raise_logged(
+                    coord.store.as_ref(),
                     Severity::High,
                     REPLICATION_FAILED,
                     "documents",
@@ -383,8 +355,8 @@ pub fn start_verify(
                 if let Some(e) = &v.error {
                     what.push(e.clone());
                 }
-                raise(
-                    &coord,
+                alerts::raise_logged(
+                    coord.store.as_ref(),
                     Severity::Critical,
                     VERIFICATION_FAILED,
                     &id,

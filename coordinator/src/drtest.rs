@@ -32,7 +32,6 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::database::{self, CAPABILITY};
-use crate::documents::raise;
 use crate::jobs::{self, Finished, Job};
 use crate::plans;
 use crate::rules::schedule;
@@ -399,8 +398,8 @@ fn alert(coord: &Coordinator, rec: &DrTest, passed: bool) {
         let _ = alerts::resolve_cleared(store, DR_TEST_FAILED, &rec.plan_id);
     } else {
         warn!(error = ?rec.error, "DR test failed");
-        raise(
-            coord,
+        alerts::raise_logged(
+            coord.store.as_ref(),
             Severity::High,
             DR_TEST_FAILED,
             &rec.plan_id,
@@ -409,8 +408,8 @@ fn alert(coord: &Coordinator, rec: &DrTest, passed: bool) {
         );
     }
     match (rec.measured_rto_ms, rec.rto_met) {
-        (Some(ms), Some(false)) => raise(
-            coord,
+        (Some(ms), Some(false)) => alerts::raise_logged(
+            coord.store.as_ref(),
             Severity::High,
             DR_TEST_RTO_EXCEEDED,
             &rec.plan_id,

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::warn;
 
+use crate::alerts;
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreExt};
 use crate::transport::{self, TransportError};
@@ -177,14 +178,14 @@ pub(crate) fn backup_failed(
     region: &drmesh_protocol::RegionId,
     reason: Option<String>,
 ) -> String {
-    use crate::documents::{raise, BACKUP_FAILED, BACKUP_TIMEOUT};
+    use crate::alerts::{BACKUP_FAILED, BACKUP_TIMEOUT};
     use drmesh_protocol::api::Severity;
     let why = match reason {
         Some(why) => why,
         None => {
             let limit = humantime::format_duration(coord.config.backup_timeout);
-            raise(
-                coord,
+            alerts::raise_logged(
+                coord.store.as_ref(),
                 Severity::Critical,
                 BACKUP_TIMEOUT,
                 source,
@@ -195,8 +196,8 @@ pub(crate) fn backup_failed(
         }
     };
     warn!(error = %why, "{what} failed");
-    raise(
-        coord,
+    alerts::raise_logged(
+        coord.store.as_ref(),
         Severity::Critical,
         BACKUP_FAILED,
         source,
@@ -250,9 +251,12 @@ pub(crate) const REPOSITORY_PREFIX: &str = "repository:";
 /// repository is enforced or replicated by one agent at a time. Next to a primary first,
 /// then by id. Agents that announce no repository are all kept.
 pub(crate) fn repository_agents(coord: &Coordinator) -> Vec<Candidate> {
-    let mut agents: Vec<Candidate> = capable_agents(coord, crate::database::CAPABILITY)
+    let mut agents: Vec<Candidate> = capable_agents(coord, drmesh_protocol::capability::DATABASE)
         .into_iter()
-        .chain(capable_agents(coord, crate::documents::CAPABILITY))
+        .chain(capable_agents(
+            coord,
+            drmesh_protocol::capability::DOCUMENTS,
+        ))
         .collect();
     agents.sort_by(|a, b| {
         b.primary

@@ -1,6 +1,7 @@
 //! The drmesh coordinator: agent sessions over QUIC, the agent registry, alerts, the REST
 //! API and the state store. See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -15,6 +16,7 @@ mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod plans;
+pub mod probe;
 pub mod recovery;
 pub mod rejoin;
 pub mod replication;
@@ -26,6 +28,7 @@ pub mod storage;
 pub mod store;
 pub mod transport;
 pub mod verification;
+pub mod views;
 
 /// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
 pub fn init_logging(format: config::LogFormat) {

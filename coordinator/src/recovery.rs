@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use drmesh_protocol::api::{BackupStatus, PitrInfo, PitrOutcome, PitrRequest, PitrRun, Severity};
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
-use crate::database::CAPABILITY;
-use crate::documents::raise;
+use crate::alerts;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
+use drmesh_protocol::capability::DATABASE as CAPABILITY;
+use drmesh_protocol::instant::parse_instant;
 
 /// Alert kind of a failed recovery.
 pub const RECOVERY_FAILED: &str = "RECOVERY_FAILED";
@@ -37,38 +38,6 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
 }
 
-/// Parses an instant as operators type it: RFC 3339 (`2024-01-15T14:30:00Z`), also with
-/// a space for the `T` (what `date --rfc-3339=seconds` prints) or without a zone (UTC).
-pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, RecoveryError> {
-    let t = text.trim();
-    let with_t = if t.len() > 10 && t.as_bytes()[10] == b' ' {
-        format!("{}T{}", &t[..10], &t[11..])
-    } else {
-        t.to_string()
-    };
-    if let Ok(parsed) = DateTime::parse_from_rfc3339(&with_t) {
-        return Ok(parsed.with_timezone(&Utc));
-    }
-    // `+00` (no minutes), as PostgreSQL prints it.
-    if let Ok(parsed) = DateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f%#z") {
-        return Ok(parsed.with_timezone(&Utc));
-    }
-    chrono::NaiveDateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f")
-        .map(|n| n.and_utc())
-        .map_err(|_| {
-            if chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok() {
-                // What arrives of an unquoted `$(date --rfc-3339=seconds)`: the shell split
-                // the URL at the space and the time went nowhere.
-                return RecoveryError::BadRequest(format!(
-                    "{text:?} is a date without a time (an unquoted `date --rfc-3339=seconds` is split at its space by the shell): give the time too, with a T, e.g. .../point-in-time/$(date -u -d '1 hour ago' +%Y-%m-%dT%H:%M:%SZ)"
-                ));
-            }
-            RecoveryError::BadRequest(format!(
-                "{text:?} is not a timestamp: use RFC 3339, e.g. 2024-01-15T14:30:00Z"
-            ))
-        })
-}
-
 /// An UP, connected agent with `capability`; a primary's agent first, then by id.
 fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
     let candidates = jobs::capable_agents(coord, capability);
@@ -78,7 +47,7 @@ fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
 
 /// `GET /recovery/point-in-time/:timestamp`.
 pub async fn info(coord: &Coordinator, timestamp: &str) -> Result<PitrInfo, RecoveryError> {
-    let t = parse_instant(timestamp)?;
+    let t = parse_instant(timestamp).map_err(|e| RecoveryError::BadRequest(e.to_string()))?;
     let agent = pick_agent(coord, CAPABILITY).ok_or_else(|| {
         RecoveryError::NoAgent(
             "no agent with a [database] configuration is connected and UP".into(),
@@ -115,7 +84,8 @@ pub fn start(
     req: PitrRequest,
     requested_by: String,
 ) -> Result<PitrRun, RecoveryError> {
-    let t = parse_instant(&req.target_timestamp)?;
+    let t = parse_instant(&req.target_timestamp)
+        .map_err(|e| RecoveryError::BadRequest(e.to_string()))?;
     if t > Utc::now() {
         return Err(RecoveryError::BadRequest(format!(
             "targetTimestamp {} is in the future",
@@ -208,8 +178,8 @@ async fn run_recovery(coord: Arc<Coordinator>, mut run: PitrRun) {
     if run.status == BackupStatus::Failed {
         let why = run.error.clone().unwrap_or_default();
         warn!(error = %why, "point-in-time recovery failed");
-        raise(
-            &coord,
+        alerts::raise_logged(
+            coord.store.as_ref(),
             Severity::High,
             RECOVERY_FAILED,
             &format!("pitr:{}", run.target_environment),
@@ -242,36 +212,4 @@ pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
         n += 1;
     }
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instants_as_operators_type_them() {
-        let want = DateTime::parse_from_rfc3339("2024-01-15T14:30:00Z")
-            .expect("t")
-            .with_timezone(&Utc);
-        for text in [
-            "2024-01-15T14:30:00Z",
-            "2024-01-15 14:30:00+00:00",
-            "2024-01-15T16:30:00+02:00",
-            "2024-01-15 14:30:00+00",
-            "2024-01-15T14:30:00",
-        ] {
-            assert_eq!(parse_instant(text).expect(text), want, "{text}");
-        }
-        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "1705329000"] {
-            assert!(parse_instant(bad).is_err(), "{bad}");
-        }
-        // The runbook's unquoted `$(date --rfc-3339=seconds)` leaves only the date: the
-        // error says why and what to type.
-        let split = parse_instant("2024-01-15").expect_err("a date alone");
-        let text = split.to_string();
-        assert!(
-            text.contains("without a time") && text.contains("+%Y-%m-%dT%H:%M:%SZ"),
-            "{text}"
-        );
-    }
 }

@@ -1,5 +1,6 @@
-//! The coordinator's shared state: store, registry, live sessions, epoch, metrics, and
-//! the views the REST API serves.
+//! The coordinator's shared state: store, registry, live sessions, epoch, metrics, the
+//! liveness ticker and the transitions it reports. The views built on it are in
+//! [`crate::views`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,10 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use drmesh_protocol::api::{
-    AgentCounts, AgentState, AgentStatus, Dashboard, DrStatus, Health, RegionStatus, Severity,
-    SystemHealth,
-};
+use drmesh_protocol::api::{AgentState, AgentStatus, Severity};
 use drmesh_protocol::{AgentId, Epoch, PgRole, RegionId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -387,116 +385,5 @@ impl Coordinator {
             regions,
             channels: self.config.notify.keys().cloned().collect(),
         }
-    }
-
-    /// `GET /v1/backup-recovery/disaster-recovery/status`
-    pub fn dr_status(&self) -> DrStatus {
-        let agents = self.agent_statuses();
-        let mut regions: BTreeMap<RegionId, Vec<AgentStatus>> = BTreeMap::new();
-        for a in agents {
-            regions.entry(a.region.clone()).or_default().push(a);
-        }
-        let mut primaries = Vec::new();
-        let regions: Vec<RegionStatus> = regions
-            .into_iter()
-            .map(|(name, agents)| {
-                let up = agents.iter().filter(|a| a.state == AgentState::Up).count();
-                let status = if up == agents.len() {
-                    Health::Healthy
-                } else if up == 0 {
-                    Health::Critical
-                } else {
-                    Health::Degraded
-                };
-                let live_roles: Vec<PgRole> = agents
-                    .iter()
-                    .filter(|a| a.state != AgentState::Down)
-                    .filter_map(|a| a.role)
-                    .collect();
-                let role = if live_roles.contains(&PgRole::Primary) {
-                    primaries.push(name.clone());
-                    Some(PgRole::Primary)
-                } else if live_roles.contains(&PgRole::Standby) {
-                    Some(PgRole::Standby)
-                } else {
-                    agents.iter().find_map(|a| a.role)
-                };
-                RegionStatus {
-                    name,
-                    status,
-                    role,
-                    agents,
-                }
-            })
-            .collect();
-        let any_down = regions.iter().any(|r| r.status != Health::Healthy);
-        let has_database = regions.iter().any(|r| r.role.is_some());
-        // Two writable primaries, or a database mesh with none, is an emergency.
-        let status = if primaries.len() > 1 || (has_database && primaries.is_empty()) {
-            Health::Critical
-        } else if any_down {
-            Health::Degraded
-        } else {
-            Health::Healthy
-        };
-        DrStatus {
-            status,
-            primary_region: if primaries.len() == 1 {
-                primaries.pop()
-            } else {
-                None
-            },
-            epoch: self.epoch(),
-            regions,
-            generated_at: Utc::now(),
-            health_checks: self.health.lock().values().cloned().collect(),
-            failover: crate::failover::latest(self.store.as_ref()).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "read the latest failover");
-                None
-            }),
-            dr_test: crate::drtest::latest(self.store.as_ref()).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "read the latest DR test");
-                None
-            }),
-            point_in_time_recovery: crate::recovery::latest(self.store.as_ref()).unwrap_or_else(
-                |e| {
-                    tracing::warn!(error = %e, "read the latest recovery");
-                    None
-                },
-            ),
-        }
-    }
-
-    /// `GET /v1/backup-recovery/monitoring/dashboard`
-    pub fn dashboard(&self) -> Result<Dashboard, StoreError> {
-        let status = self.dr_status();
-        let mut agents = AgentCounts::default();
-        for a in status.regions.iter().flat_map(|r| &r.agents) {
-            match a.state {
-                AgentState::Up => agents.up += 1,
-                AgentState::Suspect => agents.suspect += 1,
-                AgentState::Down => agents.down += 1,
-            }
-            agents.total += 1;
-        }
-        let alerts = alerts::counts(self.store.as_ref())?;
-        let health = if alerts.critical > 0 || status.status == Health::Critical {
-            Health::Critical
-        } else if alerts.high > 0 || status.status == Health::Degraded {
-            Health::Degraded
-        } else {
-            Health::Healthy
-        };
-        Ok(Dashboard {
-            alerts,
-            recent_backups: crate::documents::recent(self.store.as_ref())?,
-            system_health: SystemHealth {
-                status: health,
-                agents,
-                regions: status.regions.len() as u64,
-            },
-            replication: crate::replication::statuses(self.store.as_ref()),
-            generated_at: Utc::now(),
-        })
     }
 }

@@ -27,8 +27,8 @@ use drmesh_protocol::{AgentId, CommandKind, RegionId};
 use tracing::{error, info, Instrument};
 
 use crate::alerts;
+use crate::alerts::VERIFICATION_FAILED;
 use crate::database::{self, CAPABILITY};
-use crate::documents::{raise, VERIFICATION_FAILED};
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
@@ -250,8 +250,8 @@ fn mark_backup(coord: &Coordinator, rec: &DatabaseVerification, passed: bool) {
         let _ = alerts::resolve_cleared(store, VERIFICATION_FAILED, &rec.backup_id);
     } else {
         tracing::warn!(error = ?rec.error, "database backup verification failed");
-        raise(
-            coord,
+        alerts::raise_logged(
+            coord.store.as_ref(),
             Severity::Critical,
             VERIFICATION_FAILED,
             &rec.backup_id,

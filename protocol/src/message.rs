@@ -51,6 +51,16 @@ pub enum CoordinatorMessageV1 {
     Error(ErrorMessage),
 }
 
+/// What an agent announces it can do, in its `Hello` (`capabilities`).
+pub mod capability {
+    /// A PostgreSQL next to it is watched (`[postgres]`).
+    pub const POSTGRES: &str = "postgres";
+    /// It backs up and restores the database (`[database]`).
+    pub const DATABASE: &str = "database";
+    /// It backs up and restores the documents (`[documents]`).
+    pub const DOCUMENTS: &str = "documents";
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The id the agent believes it has. The coordinator compares it with the certificate

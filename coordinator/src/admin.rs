@@ -1,0 +1,31 @@
+//! The one door the `drmesh` CLI has into the coordinator's internals: what it needs
+//! before any coordinator runs (the first token, written straight into the store) and
+//! the quickstart's DNS check. Everything else goes over the REST API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use drmesh_protocol::api::{CreatedToken, Role};
+
+use crate::store::{RedbStore, StoreError};
+
+/// Creates a token in the state store at `path`, which no running coordinator may hold
+/// open (redb takes a lock).
+pub fn create_token(
+    path: &Path,
+    role: Role,
+    name: Option<String>,
+) -> Result<CreatedToken, StoreError> {
+    let store = RedbStore::open(path)?;
+    crate::auth::create_token(&store, role, name)
+}
+
+/// Asks one DNS server for the A/AAAA records of `name` (no cache, no recursion).
+pub async fn query_dns(
+    server: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<IpAddr>, crate::dns::DnsError> {
+    crate::dns::query(server, name, timeout).await
+}

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""The layering check CI runs (DESIGN.md, "Target layout"). It fails on:
+
+- an import cycle between the top-level modules of a crate (`crate::a` used in `b` and
+  `crate::b` used in `a`, directly or through others);
+- a crate using one of ours it must not: `protocol` none, `pg` only `protocol`, `repo`
+  only `protocol` and `pg`, `agent` never the coordinator, the coordinator never the
+  agent, `repo` or `pg`;
+- the CLI using coordinator modules other than `admin`.
+
+What the code still does wrong is listed in scripts/layering-baseline.txt, one line per
+violation. The baseline only shrinks: a violation not in it fails, and so does a line of
+it that no longer matches what the code does (remove or narrow it). Run:
+
+    python3 scripts/check-layering.py            # check
+    python3 scripts/check-layering.py --print    # print today's violations, one a line
+"""
+
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = os.path.join(ROOT, "scripts", "layering-baseline.txt")
+
+# crate directory -> (package name, crates of ours it may use)
+CRATES = {
+    "protocol": ("drmesh-protocol", set()),
+    "pg": ("drmesh-pg", {"drmesh-protocol"}),
+    "repo": ("drmesh-repo", {"drmesh-protocol", "drmesh-pg"}),
+    "agent": ("drmesh-agent", {"drmesh-protocol", "drmesh-pg", "drmesh-repo"}),
+    "coordinator": ("drmesh-coordinator", {"drmesh-protocol"}),
+    "cli": (
+        "drmesh-cli",
+        {"drmesh-protocol", "drmesh-pg", "drmesh-repo", "drmesh-coordinator", "drmesh-agent"},
+    ),
+}
+# The only coordinator module the CLI may reach.
+CLI_COORDINATOR_FACADE = "admin"
+
+
+def strip(code):
+    """Removes comments, strings and char literals (lifetimes stay), so that only code
+    is searched for paths."""
+    out, i, n = [], 0, len(code)
+    while i < n:
+        c = code[i]
+        if code.startswith("//", i):
+            j = code.find("\n", i)
+            i = n if j < 0 else j
+        elif code.startswith("/*", i):
+            j = code.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c == "r" and re.match(r'r#*"', code[i:]) and (i == 0 or not (code[i - 1].isalnum() or code[i - 1] == "_")):
+            hashes = re.match(r"r(#*)\"", code[i:]).group(1)
+            end = code.find('"' + hashes, i + 2 + len(hashes))
+            out.append('""')
+            i = n if end < 0 else end + 1 + len(hashes)
+        elif c == '"':
+            j = i + 1
+            while j < n and code[j] != '"':
+                j += 2 if code[j] == "\\" else 1
+            out.append('""')
+            i = j + 1
+        elif c == "'" and re.match(r"'(\\.[^']*|[^\\'])'", code[i:]):
+            m = re.match(r"'(\\.[^']*|[^\\'])'", code[i:])
+            out.append("''")
+            i += m.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def braced(text, start):
+    """The text inside the braces opening at `start`."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i]
+    return text[start + 1 :]
+
+
+def heads(group):
+    """First identifiers of the items of a `{a, b::c, d::{e}}` use group."""
+    out, depth, item = [], 0, ""
+    for ch in group:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(item)
+            item = ""
+        else:
+            item += ch
+    out.append(item)
+    names = []
+    for it in out:
+        m = re.match(r"\s*(\w+)", it)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+def modules_used(code, prefix):
+    """Top-level names used through `prefix::` (`crate`, or another crate's name)."""
+    used = set()
+    for m in re.finditer(r"\b" + prefix + r"::(\{|\w+)", code):
+        if m.group(1) == "{":
+            used.update(heads(braced(code, m.end(1) - 1)))
+        else:
+            used.add(m.group(1))
+    return used
+
+
+def crate_files(crate):
+    src = os.path.join(ROOT, crate, "src")
+    for dirpath, _, files in os.walk(src):
+        for f in files:
+            if f.endswith(".rs"):
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, src)
+                yield rel, path
+
+
+def top_module(rel):
+    """`foo.rs`, `foo/bar.rs`, `foo/mod.rs` → `foo`; `lib.rs`, `main.rs` → None (root);
+    `bin/x.rs` → None."""
+    parts = rel[:-3].split(os.sep)
+    if parts[0] in ("lib", "main") and len(parts) == 1:
+        return None
+    if parts[0] == "bin":
+        return None
+    return parts[0]
+
+
+def depth(rel):
+    """How many `super::` lead from this file to the crate root."""
+    parts = rel[:-3].split(os.sep)
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    return len(parts)
+
+
+def module_graph(crate):
+    graph = {}
+    for rel, path in crate_files(crate):
+        top = top_module(rel)
+        if top is None:
+            continue
+        with open(path, encoding="utf-8") as f:
+            code = strip(f.read())
+        # Code under #[cfg(test)] still counts: a test that reaches into another module
+        # couples them too.
+        used = modules_used(code, "crate")
+        d = depth(rel)
+        # `super::x` from a top-level file, `super::super::x` one level down, … reach
+        # the crate root.
+        used |= {m.group(1) for m in re.finditer(r"\b" + r"super::" * d + r"(\w+)", code)}
+        graph.setdefault(top, set()).update(u for u in used if u != top)
+    names = set(graph)
+    return {k: {u for u in v if u in names} for k, v in graph.items()}
+
+
+def sccs(graph):
+    """Tarjan's strongly connected components with more than one member."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def our_dependencies(crate):
+    deps = set()
+    with open(os.path.join(ROOT, crate, "Cargo.toml"), encoding="utf-8") as f:
+        section = None
+        for line in f:
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+                continue
+            if section in ("[dependencies]", "[build-dependencies]"):
+                m = re.match(r"(drmesh-[\w-]+)", line)
+                if m:
+                    deps.add(m.group(1))
+    return deps
+
+
+def violations():
+    out = []
+    for crate, (name, allowed) in CRATES.items():
+        if not os.path.isdir(os.path.join(ROOT, crate, "src")):
+            continue
+        for dep in sorted(our_dependencies(crate) - allowed):
+            out.append(f"crate {name} uses {dep}")
+        for comp in sccs(module_graph(crate)):
+            out.append(f"cycle in {name}: {' '.join(comp)}")
+    # The CLI reaches the coordinator through its façade only.
+    cli_uses = set()
+    for rel, path in crate_files("cli"):
+        with open(path, encoding="utf-8") as f:
+            cli_uses |= modules_used(strip(f.read()), "drmesh_coordinator")
+    for m in sorted(cli_uses - {CLI_COORDINATOR_FACADE}):
+        out.append(f"cli uses drmesh_coordinator::{m}")
+    return out
+
+
+def main():
+    found = violations()
+    if "--print" in sys.argv:
+        print("\n".join(found))
+        return 0
+    baseline = []
+    if os.path.exists(BASELINE):
+        with open(BASELINE, encoding="utf-8") as f:
+            baseline = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    failed = False
+    for v in found:
+        if v in baseline:
+            continue
+        failed = True
+        if v.startswith("cycle in "):
+            crate, members = v[len("cycle in ") :].split(": ", 1)
+            members = set(members.split())
+            wider = [
+                b
+                for b in baseline
+                if b.startswith(f"cycle in {crate}: ")
+                and members <= set(b.split(": ", 1)[1].split())
+            ]
+            if wider:
+                print(f"layering: the cycle shrank; replace the baseline line\n  {wider[0]}\nwith\n  {v}")
+                continue
+        print(f"layering: new violation: {v}")
+    for b in baseline:
+        if b not in found:
+            failed = True
+            print(f"layering: fixed, remove it from {os.path.relpath(BASELINE, ROOT)}: {b}")
+    if failed:
+        return 1
+    print(f"layering: ok ({len(found)} known violations in the baseline)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
