@@ -6,7 +6,9 @@
 - a crate using one of ours it must not: `protocol` none, `pg` only `protocol`, `repo`
   only `protocol` and `pg`, `agent` never the coordinator, the coordinator never the
   agent, `repo` or `pg`;
-- the CLI using coordinator modules other than `admin`.
+- the CLI using coordinator modules other than `admin`;
+- the coordinator's `rules/` reading a clock, or using tokio, quinn, actix, or a
+  coordinator module outside `rules` (its tests may read a clock for a base time).
 
 What the code still does wrong is listed in scripts/layering-baseline.txt, one line per
 violation. The baseline only shrinks: a violation not in it fails, and so does a line of
@@ -233,6 +235,34 @@ def violations():
             cli_uses |= modules_used(strip(f.read()), "drmesh_coordinator")
     for m in sorted(cli_uses - {CLI_COORDINATOR_FACADE}):
         out.append(f"cli uses drmesh_coordinator::{m}")
+    out.extend(impure_rules())
+    return out
+
+
+RULES_FORBIDDEN = {
+    "tokio": r"\btokio::",
+    "quinn": r"\bquinn::",
+    "actix": r"\bactix(_web|_rt)?::",
+    "a clock": r"\b(Instant|Utc|SystemTime|Local)::now\(",
+    "a sleep": r"\bsleep\(",
+}
+
+
+def impure_rules():
+    """`coordinator/src/rules*` is pure: time is an argument, no runtime, no I/O."""
+    out = []
+    for rel, path in sorted(crate_files("coordinator")):
+        if top_module(rel) != "rules":
+            continue
+        with open(path, encoding="utf-8") as f:
+            code = strip(f.read())
+        code = code.split("#[cfg(test)]")[0]
+        for what, pattern in RULES_FORBIDDEN.items():
+            if re.search(pattern, code):
+                out.append(f"rules uses {what}: coordinator/src/{rel}")
+        others = modules_used(code, "crate") - {"rules"}
+        for m in sorted(others):
+            out.append(f"rules uses crate::{m}: coordinator/src/{rel}")
     return out
 
 

@@ -341,7 +341,13 @@ async fn receive_heartbeats(
                     .as_ref()
                     .filter(|m| m.generation != 0)
                     .map(|m| m.peer_count);
-                let outcome = coord.registry.lock().heartbeat(id, connection, hb, arrived);
+                let outcome = coord.registry.lock().heartbeat(
+                    id,
+                    connection,
+                    hb,
+                    arrived,
+                    chrono::Utc::now(),
+                );
                 match outcome {
                     HeartbeatOutcome::Accepted(transition) => {
                         acknowledge(conn, coord, seq, generation);

@@ -434,7 +434,7 @@ mod tests {
             mesh: None,
             storage: Vec::new(),
         };
-        r.heartbeat(&id, conn, hb, at);
+        r.heartbeat(&id, conn, hb, at, chrono::Utc::now());
         r.get(&id).cloned().expect("entry")
     }
 }

@@ -467,7 +467,8 @@ mod tests {
                         mesh,
                         storage: Vec::new(),
                     };
-                    self.registry.heartbeat(&agent, conn, hb, self.at(t));
+                    self.registry
+                        .heartbeat(&agent, conn, hb, self.at(t), chrono::Utc::now());
                     if from == Node::Old {
                         self.send(Node::Coordinator, Node::Old, t, Msg::Ack { sent });
                     }

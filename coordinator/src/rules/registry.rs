@@ -187,6 +187,7 @@ impl Registry {
         connection: u64,
         hb: Heartbeat,
         now: Instant,
+        wall: DateTime<Utc>,
     ) -> HeartbeatOutcome {
         let Some(entry) = self.agents.get_mut(id) else {
             return HeartbeatOutcome::Unknown;
@@ -200,7 +201,7 @@ impl Registry {
         entry.last_seq = hb.seq;
         entry.last_heard = now;
         entry.last_heartbeat_instant = Some(now);
-        entry.last_heartbeat_at = Some(Utc::now());
+        entry.last_heartbeat_at = Some(wall);
         if hb
             .postgres
             .as_ref()
@@ -346,7 +347,7 @@ mod tests {
         let (conn, t) = r.connect(&id, &region, "0.1.0", &[], t0);
         assert_eq!(t.map(|t| t.to), Some(AgentState::Up));
         assert!(matches!(
-            r.heartbeat(&id, conn, hb(1), t0),
+            r.heartbeat(&id, conn, hb(1), t0, Utc::now()),
             HeartbeatOutcome::Accepted(None)
         ));
         assert!(r.tick(t0 + Duration::from_millis(900)).is_empty());
@@ -358,7 +359,13 @@ mod tests {
             (AgentState::Suspect, AgentState::Down)
         );
         assert!(r.tick(t0 + Duration::from_millis(5000)).is_empty());
-        let back = r.heartbeat(&id, conn, hb(2), t0 + Duration::from_millis(5000));
+        let back = r.heartbeat(
+            &id,
+            conn,
+            hb(2),
+            t0 + Duration::from_millis(5000),
+            Utc::now(),
+        );
         assert!(matches!(
             back,
             HeartbeatOutcome::Accepted(Some(Transition {
@@ -375,17 +382,20 @@ mod tests {
         let t0 = Instant::now();
         let (conn, _) = r.connect(&id, &region, "0.1.0", &[], t0);
         assert!(matches!(
-            r.heartbeat(&id, conn, hb(5), t0),
+            r.heartbeat(&id, conn, hb(5), t0, Utc::now()),
             HeartbeatOutcome::Accepted(_)
         ));
-        assert_eq!(r.heartbeat(&id, conn, hb(4), t0), HeartbeatOutcome::Stale);
         assert_eq!(
-            r.heartbeat(&id, conn + 1, hb(6), t0),
+            r.heartbeat(&id, conn, hb(4), t0, Utc::now()),
+            HeartbeatOutcome::Stale
+        );
+        assert_eq!(
+            r.heartbeat(&id, conn + 1, hb(6), t0, Utc::now()),
             HeartbeatOutcome::Unknown
         );
         let other = AgentId::new("zz").expect("id");
         assert_eq!(
-            r.heartbeat(&other, conn, hb(6), t0),
+            r.heartbeat(&other, conn, hb(6), t0, Utc::now()),
             HeartbeatOutcome::Unknown
         );
     }
