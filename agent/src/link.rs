@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drmesh_protocol::capability;
 use drmesh_protocol::codec::{encode, Frame};
+use drmesh_protocol::outcome::CommandOutcome;
 use drmesh_protocol::{
     close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
     CoordinatorMessage, CoordinatorMessageV1, DecodeError, Epoch, ErrorMessage, FrameDecoder,
@@ -524,13 +525,15 @@ async fn handle_command(
     let _ = send.finish();
 }
 
-fn outcome<T: serde::Serialize, E: std::fmt::Display>(
+/// A command's result: its outcome and `ok_message` when it succeeded, the error's
+/// words when it did not.
+fn outcome<T: Into<CommandOutcome>, E: std::fmt::Display>(
     result: Result<T, E>,
     ok_message: &str,
-) -> (bool, String, Option<String>) {
+) -> Result<(String, CommandOutcome), String> {
     match result {
-        Ok(v) => (true, ok_message.to_string(), serde_json::to_string(&v).ok()),
-        Err(e) => (false, e.to_string(), None),
+        Ok(v) => Ok((ok_message.to_string(), v.into())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -556,32 +559,26 @@ async fn execute(
                 message,
             });
         });
-        let no_documents = || {
-            (
-                false,
-                "this agent has no [documents] configuration".to_string(),
-                None,
-            )
-        };
+        let no_documents = || Err("this agent has no [documents] configuration".to_string());
         let no_database = || {
-            (
-                false,
+            Err(
                 "this agent has no [database] configuration (or was not started from a file)"
                     .to_string(),
-                None,
             )
         };
-        let (ok, message, detail) = match cmd.kind {
-            CommandKind::Ping => (
-                true,
+        let no_postgres = || Err("this agent has no [postgres]".to_string());
+        let result: Result<(String, CommandOutcome), String> = match cmd.kind {
+            CommandKind::Ping => Ok((
                 "pong".to_string(),
-                Some(format!("{{\"agentTimeMs\":{}}}", unix_ms())),
-            ),
+                CommandOutcome::Pong {
+                    agent_time_ms: unix_ms(),
+                },
+            )),
             CommandKind::ProbePostgres => {
                 let status = ctx.observed.postgres.lock().clone();
                 match status {
-                    Some(s) => (true, format!("postgres is {}", s.role), None),
-                    None => (false, "no PostgreSQL configured".to_string(), None),
+                    Some(s) => Ok((format!("postgres is {}", s.role), CommandOutcome::Done)),
+                    None => Err("no PostgreSQL configured".to_string()),
                 }
             }
             CommandKind::DocumentsBackup { backup_id, tags } => match &ctx.documents {
@@ -692,7 +689,7 @@ async fn execute(
             }
             CommandKind::Replicate => outcome(replicate(ctx, progress).await, "replicated"),
             CommandKind::Promote => match &ctx.postgres {
-                None => (false, "this agent has no [postgres]".to_string(), None),
+                None => no_postgres(),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
             },
             CommandKind::Fence => match &ctx.database {
@@ -708,17 +705,19 @@ async fn execute(
                     "rejoined as a standby",
                 ),
                 (None, _) => no_database(),
-                (_, None) => (false, "this agent has no [postgres]".to_string(), None),
+                (_, None) => no_postgres(),
             },
             CommandKind::Repoint {
                 primary_host,
                 primary_port,
             } => match &ctx.postgres {
                 Some(pg) => outcome(
-                    crate::failover::repoint(pg, &primary_host, primary_port).await,
+                    crate::failover::repoint(pg, &primary_host, primary_port)
+                        .await
+                        .map(|timeline| CommandOutcome::Repoint { timeline }),
                     "streaming from the new primary",
                 ),
-                None => (false, "this agent has no [postgres]".to_string(), None),
+                None => no_postgres(),
             },
             CommandKind::PitrInfo { target_time } => match &ctx.database {
                 None => no_database(),
@@ -765,11 +764,15 @@ async fn execute(
                 }
             },
         };
+        let (ok, message, outcome) = match result {
+            Ok((message, outcome)) => (true, message, Some(outcome)),
+            Err(message) => (false, message, None),
+        };
         AgentMessageV1::Result(CommandResult {
             command_id: cmd.id,
             ok,
             message,
-            detail_json: detail,
+            outcome,
         })
     }
     .instrument(span)

@@ -236,19 +236,22 @@ pub fn fail_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
 
 /// Runs a command on `agent` and reads its result's detail as `T`; a refusal, a failure
 /// or an unreadable detail becomes the message to record.
-async fn run_for<T: serde::de::DeserializeOwned>(
+async fn run_for<T>(
     coord: &Coordinator,
     agent: &AgentId,
     kind: CommandKind,
     what: &str,
-) -> Result<T, String> {
+) -> Result<T, String>
+where
+    T: TryFrom<
+        drmesh_protocol::outcome::CommandOutcome,
+        Error = drmesh_protocol::outcome::WrongOutcome,
+    >,
+{
     match transport::send_command(coord, agent, kind, coord.config.backup_timeout).await {
         Ok(r) if r.ok => r
-            .detail_json
-            .as_deref()
-            .map(serde_json::from_str::<T>)
-            .and_then(Result::ok)
-            .ok_or_else(|| format!("the agent's {what} could not be read")),
+            .outcome_as::<T>()
+            .map_err(|e| format!("the agent's {what} could not be read: {e}")),
         Ok(r) => Err(r.message),
         Err(e) => Err(e.to_string()),
     }

@@ -458,10 +458,7 @@ async fn promote(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Outcome {
     .await
     {
         Ok(r) if r.ok => {
-            let outcome: Option<PromoteOutcome> = r
-                .detail_json
-                .as_deref()
-                .and_then(|d| serde_json::from_str(d).ok());
+            let outcome: Option<PromoteOutcome> = r.outcome_as().ok();
             run.timeline = outcome.as_ref().map(|o| o.timeline);
             match outcome {
                 Some(o) => Outcome::Done(format!(

@@ -149,15 +149,17 @@ pub(crate) enum Finished<T> {
 }
 
 /// Reads a command's result as `T`; `what` names the job in messages ("backup").
-pub(crate) fn finished<T: DeserializeOwned>(
-    result: Result<CommandResult, TransportError>,
-    what: &str,
-) -> Finished<T> {
+pub(crate) fn finished<T>(result: Result<CommandResult, TransportError>, what: &str) -> Finished<T>
+where
+    T: TryFrom<
+        drmesh_protocol::outcome::CommandOutcome,
+        Error = drmesh_protocol::outcome::WrongOutcome,
+    >,
+{
     match result {
-        Ok(r) if r.ok => match r.detail_json.as_deref().map(serde_json::from_str::<T>) {
-            Some(Ok(v)) => Finished::Done(v),
-            Some(Err(e)) => Finished::Failed(format!("the agent's result could not be read: {e}")),
-            None => Finished::Failed("the agent's result has no detail".into()),
+        Ok(r) if r.ok => match r.outcome_as::<T>() {
+            Ok(v) => Finished::Done(v),
+            Err(e) => Finished::Failed(format!("the agent's result could not be read: {e}")),
         },
         Ok(r) => Finished::Failed(r.message),
         Err(TransportError::Timeout(_)) => Finished::TimedOut,

@@ -57,11 +57,9 @@ pub async fn info(coord: &Coordinator, timestamp: &str) -> Result<PitrInfo, Reco
         target_time: t.to_rfc3339(),
     };
     match transport::send_command(coord, &agent, kind, Duration::from_secs(60)).await {
-        Ok(r) if r.ok => r
-            .detail_json
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .ok_or_else(|| RecoveryError::Failed("the agent's answer could not be read".into())),
+        Ok(r) if r.ok => r.outcome_as().map_err(|e| {
+            RecoveryError::Failed(format!("the agent's answer could not be read: {e}"))
+        }),
         Ok(r) => Err(RecoveryError::Failed(r.message)),
         Err(e) => Err(RecoveryError::Failed(format!("ask {agent}: {e}"))),
     }

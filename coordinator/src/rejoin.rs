@@ -168,13 +168,9 @@ async fn ask(
     };
     match transport::send_command(coord, agent, kind, REJOIN_TIMEOUT).await {
         Ok(r) if r.ok => {
-            let outcome: RejoinOutcome = r
-                .detail_json
-                .as_deref()
-                .and_then(|d| serde_json::from_str(d).ok())
-                .ok_or_else(|| {
-                    RejoinError::AgentFailed(format!("{agent}'s answer could not be read"))
-                })?;
+            let outcome: RejoinOutcome = r.outcome_as().map_err(|e| {
+                RejoinError::AgentFailed(format!("{agent}'s answer could not be read: {e}"))
+            })?;
             info!(
                 archived = outcome.archived_segments.len(),
                 rewound = outcome.rewound,

@@ -137,12 +137,8 @@ pub async fn round(coord: &Coordinator) {
     });
     for (agent, region, answer) in futures::future::join_all(asked).await {
         match answer {
-            Ok(r) if r.ok => match r
-                .detail_json
-                .as_deref()
-                .map(serde_json::from_str::<ReplicationOutcome>)
-            {
-                Some(Ok(outcome)) => record(
+            Ok(r) if r.ok => match r.outcome_as::<ReplicationOutcome>() {
+                Ok(outcome) => record(
                     coord.store.as_ref(),
                     agent.as_str(),
                     Some(region),

@@ -61,12 +61,8 @@ pub async fn enforce(
         async move {
             let answer = transport::send_command(coord, agent, kind, TIMEOUT).await;
             let (repositories, error) = match answer {
-                Ok(r) if r.ok => match r
-                    .detail_json
-                    .as_deref()
-                    .map(serde_json::from_str::<RetentionOutcome>)
-                {
-                    Some(Ok(o)) => (o.repositories, None),
+                Ok(r) if r.ok => match r.outcome_as::<RetentionOutcome>() {
+                    Ok(o) => (o.repositories, None),
                     _ => (
                         Vec::new(),
                         Some(format!("unreadable answer: {}", r.message)),

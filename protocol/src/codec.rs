@@ -420,14 +420,14 @@ mod tests {
             any::<u128>(),
             any::<bool>(),
             ".{0,50}",
-            proptest::option::of(".{0,50}"),
+            proptest::option::of(any::<u32>()),
         )
-            .prop_map(|(id, ok, m, d)| {
+            .prop_map(|(id, ok, m, t)| {
                 AgentMessageV1::Result(CommandResult {
                     command_id: CommandId(uuid::Uuid::from_u128(id)),
                     ok,
                     message: m,
-                    detail_json: d,
+                    outcome: t.map(|timeline| crate::outcome::CommandOutcome::Repoint { timeline }),
                 })
             });
         let error = ("[a-z_]{1,20}", ".{0,80}").prop_map(|(c, m)| {

@@ -11,6 +11,7 @@ pub mod instant;
 pub mod lease;
 pub mod mesh;
 pub mod message;
+pub mod outcome;
 pub mod pki;
 pub mod replication;
 pub mod retention;

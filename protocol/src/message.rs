@@ -184,16 +184,16 @@ pub enum CommandKind {
     Ping,
     /// Report the PostgreSQL status now instead of waiting for the next heartbeat.
     ProbePostgres,
-    /// Snapshot the documents directory into every configured location. The result's
-    /// detail is a `DocumentBackupOutcome` (JSON).
+    /// Snapshot the documents directory into every configured location. The outcome
+    /// is a `DocumentBackupOutcome`.
     DocumentsBackup {
         backup_id: String,
         tags: std::collections::BTreeMap<String, String>,
     },
-    /// Verify a document backup in every location; detail: `DocumentVerification`.
+    /// Verify a document backup in every location; outcome: `DocumentVerification`.
     DocumentsVerify { backup_id: String },
     /// Restore a document backup (all of it, or `paths`) into `target`, or into the
-    /// agent's default restore directory; detail: `DocumentRestoreOutcome`.
+    /// agent's default restore directory; outcome: `DocumentRestoreOutcome`.
     DocumentsRestore {
         backup_id: String,
         paths: Vec<String>,
@@ -208,16 +208,16 @@ pub enum CommandKind {
         checksums: bool,
     },
     /// Take a PostgreSQL base backup (`backup_type`: `full` or `incr`) of the agent's
-    /// `[database]`; detail: `DatabaseBackupOutcome`.
+    /// `[database]`; outcome: `DatabaseBackupOutcome`.
     DatabaseBackup {
         backup_id: String,
         backup_type: String,
         tags: std::collections::BTreeMap<String, String>,
     },
-    /// Can `target_time` (RFC 3339) be recovered from the repository; detail: `PitrInfo`.
+    /// Can `target_time` (RFC 3339) be recovered from the repository; outcome: `PitrInfo`.
     PitrInfo { target_time: String },
     /// Restore into the named environment, recover to `target_time`, start PostgreSQL
-    /// and wait until it accepts writes; detail: `PitrOutcome`.
+    /// and wait until it accepts writes; outcome: `PitrOutcome`.
     PointInTimeRecovery {
         recovery_id: String,
         target_time: String,
@@ -226,7 +226,7 @@ pub enum CommandKind {
     },
     /// Verify a database backup: its chunks re-hashed, its packs and WAL read back, and a
     /// restorability test (restored into a throw-away directory, recovered, started,
-    /// smoke-checked, removed). Detail: `DatabaseVerificationReport`.
+    /// smoke-checked, removed). Outcome: `DatabaseVerificationReport`.
     VerifyDatabaseBackup {
         verification_id: String,
         backup_id: String,
@@ -238,21 +238,21 @@ pub enum CommandKind {
     DrTest { test_id: String, backup_id: String },
     /// Apply the retention policies to every repository the agent backs up into (its
     /// `[database]` repository, its document locations), as of `now` (default: the
-    /// agent's clock); `dry_run` changes nothing. Detail: `RetentionOutcome`.
+    /// agent's clock); `dry_run` changes nothing. Outcome: `RetentionOutcome`.
     EnforceRetention {
         dry_run: bool,
         now: Option<chrono::DateTime<chrono::Utc>>,
         policies: crate::retention::RetentionPolicies,
     },
     /// Promote the local standby and wait until it accepts writes; a server that already
-    /// does reports so. Detail: `PromoteOutcome`.
+    /// does reports so. Outcome: `PromoteOutcome`.
     Promote,
     /// Fence the local PostgreSQL: stop it and leave `standby.signal`, so no restart
     /// brings it back writable.
     Fence,
     /// Make the fenced local server a standby of the primary at `primary_host:primary_port`:
     /// archive its leftover `.ready` WAL, `pg_rewind`, `standby.signal` and
-    /// `primary_conninfo`, start, wait for streaming. Detail: `RejoinOutcome`.
+    /// `primary_conninfo`, start, wait for streaming. Outcome: `RejoinOutcome`.
     Rejoin {
         primary_host: String,
         primary_port: u16,
@@ -265,7 +265,7 @@ pub enum CommandKind {
     },
     /// Copy every snapshot and WAL segment each secondary location lacks (the other
     /// `[[documents.locations]]`, the `[[database.replicas]]`) and verify it there.
-    /// Detail: `replication::ReplicationOutcome`.
+    /// Outcome: `replication::ReplicationOutcome`.
     Replicate,
 }
 
@@ -291,8 +291,25 @@ pub struct CommandResult {
     pub ok: bool,
     /// Human-readable outcome.
     pub message: String,
-    /// Structured outcome as JSON text, when the command has one.
-    pub detail_json: Option<String>,
+    /// What the command produced, when it succeeded.
+    #[serde(default)]
+    pub outcome: Option<crate::outcome::CommandOutcome>,
+}
+
+impl CommandResult {
+    /// The outcome as the type the caller asked for: `Err` says what came instead.
+    pub fn outcome_as<T>(&self) -> Result<T, crate::outcome::WrongOutcome>
+    where
+        T: TryFrom<crate::outcome::CommandOutcome, Error = crate::outcome::WrongOutcome>,
+    {
+        match self.outcome.clone() {
+            Some(o) => T::try_from(o),
+            None => Err(crate::outcome::WrongOutcome {
+                want: std::any::type_name::<T>(),
+                got: "no".into(),
+            }),
+        }
+    }
 }
 
 /// Stable error codes carried by `ErrorMessage`.
