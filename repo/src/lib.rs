@@ -33,6 +33,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod stream;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 pub mod verify;
 pub mod wal;

@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn sealed_blobs_need_the_key() {
-        let (_, key) = crate::repo::crypto::create(&crate::repo::crypto::KeySource::Passphrase(
+        let (_, key) = crate::crypto::create(&crate::crypto::KeySource::Passphrase(
             "correct horse".into(),
         ))
         .expect("create")

@@ -79,7 +79,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::database::wal::{WalKind, WalName};
+use drmesh_pg::{WalKind, WalName};
 
 pub use drmesh_protocol::retention::{RetentionError, RetentionPolicy, Tier, MAX_COUNT};
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
-use drmesh_agent::repo::snapshot::Snapshot;
-use drmesh_agent::repo::{pack, KeySource, RepoConfig};
+use drmesh_repo::snapshot::Snapshot;
+use drmesh_repo::{pack, KeySource, RepoConfig};
 use drmesh_tests::{bin, noise};
 use serde_json::Value;
 
@@ -146,7 +146,7 @@ fn move_back(repo: &Path, id: &str, days: i64, key_file: Option<&Path>) {
         serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap();
     let key = config.encryption.as_ref().map(|enc| {
         let source = KeySource::KeyFile(key_file.expect("the key file").to_path_buf());
-        drmesh_agent::repo::crypto::unlock(&source, enc).expect("unlock")
+        drmesh_repo::crypto::unlock(&source, enc).expect("unlock")
     });
     let path = repo.join("snapshots").join(id);
     let raw = std::fs::read(&path).unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::retention::{backup, snapshots};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use drmesh_agent::repo::pack;
-use drmesh_agent::repo::snapshot::Snapshot;
+use drmesh_repo::pack;
+use drmesh_repo::snapshot::Snapshot;
 use drmesh_tests::{bin, noise, wait_for, Mesh};
 use serde_json::{json, Value};
 
