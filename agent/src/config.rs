@@ -507,10 +507,10 @@ impl ArchiveFile {
 
 impl ArchiveConfig {
     /// How `repo::archive::ColdArchive::open` reaches it.
-    pub fn archive_options(&self) -> drmesh_repo::archive::ArchiveOptions {
+    pub fn archive_options(&self) -> drmesh_repo::ArchiveOptions {
         let mut location = drmesh_repo::Location::new(self.url.clone());
         location.options = self.options.clone();
-        drmesh_repo::archive::ArchiveOptions {
+        drmesh_repo::ArchiveOptions {
             location,
             key: match &self.key_file {
                 Some(f) => drmesh_repo::KeySource::KeyFile(f.clone()),

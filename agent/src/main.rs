@@ -515,15 +515,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             now,
             report_json,
         } => {
-            let policies: drmesh_repo::enforce::Policies =
+            let policies: drmesh_repo::Policies =
                 serde_json::from_str(&policies).context("--policies")?;
             policies.validate()?;
             let repo = database::open_existing(db()?).await?;
             // With `[archive]`, the monthly and yearly picks move there.
             let archive = match &config.archive {
-                Some(a) => {
-                    Some(drmesh_repo::archive::ColdArchive::open(&a.archive_options()).await?)
-                }
+                Some(a) => Some(drmesh_repo::ColdArchive::open(&a.archive_options()).await?),
                 None => None,
             };
             let report = repo

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use drmesh_repo::backup::BackupRequest;
-use drmesh_repo::enforce::Policies;
-use drmesh_repo::restore::RestoreRequest;
-use drmesh_repo::{KeySource, Location, Progress, RepoOptions, Repository};
+use drmesh_repo::{
+    BackupRequest, KeySource, Location, Policies, Progress, RepoOptions, Repository, RestoreRequest,
+};
 
 use crate::{fmt_bytes, print_json, Output};
 
@@ -459,7 +458,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
-                    let verdict = |c: &drmesh_repo::verify::Check| {
+                    let verdict = |c: &drmesh_repo::Check| {
                         format!(
                             "{} ({})",
                             if c.passed { "PASSED" } else { "FAILED" },
@@ -510,7 +509,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             };
             let opts = repo.options()?;
             let archive = match archive.options(opts.key.clone())? {
-                Some(a) => Some(drmesh_repo::archive::ColdArchive::open(&a).await?),
+                Some(a) => Some(drmesh_repo::ColdArchive::open(&a).await?),
                 None => None,
             };
             let r = Repository::open(&opts).await?;
@@ -520,7 +519,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
-                    let reasons = |k: &drmesh_repo::enforce::Kept| {
+                    let reasons = |k: &drmesh_repo::Kept| {
                         serde_json::to_value(&k.reasons)
                             .map(|v| v.to_string())
                             .unwrap_or_default()

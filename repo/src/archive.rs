@@ -723,6 +723,7 @@ impl<W: Write> FrameSealer<W> {
     }
 
     /// Capacity of the frame buffer: one frame, whatever was written.
+    #[cfg(test)]
     pub fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
     }

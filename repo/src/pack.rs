@@ -281,10 +281,6 @@ impl PackBytes {
         self.0.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn into_bytes(self) -> bytes::Bytes {
         bytes::Bytes::from_owner(self)
     }

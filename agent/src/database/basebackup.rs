@@ -19,13 +19,13 @@ use tracing::{info, warn, Instrument};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
 use drmesh_pg::{needed_segments, relation_main_fork, segment_name, segment_of, tablespace_link};
-use drmesh_repo::backup::BackupRequest;
-use drmesh_repo::pages::PageDelta;
-use drmesh_repo::snapshot::{EntryKind, PgBackupInfo, RowCounts, Snapshot};
-use drmesh_repo::{Progress, Repository, Tags};
+use drmesh_repo::{
+    BackupRequest, EntryKind, PageDelta, PgBackupInfo, Progress, Repository, RowCounts, Snapshot,
+    Tags,
+};
 
 /// The snapshot kind of a PostgreSQL base backup.
-pub const KIND: &str = drmesh_repo::snapshot::KIND_POSTGRES;
+pub const KIND: &str = drmesh_repo::KIND_POSTGRES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackupType {

@@ -7,9 +7,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use drmesh_repo::snapshot::Snapshot;
-use drmesh_repo::stream::StreamBackup;
-use drmesh_repo::{Repository, Tags};
+use drmesh_repo::{Repository, Snapshot, StreamBackup, Tags};
 
 /// The snapshot kind of a logical dump.
 pub const KIND: &str = "postgres-logical";

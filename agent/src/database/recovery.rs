@@ -10,9 +10,7 @@ use drmesh_protocol::api::{PitrInfo, PitrOutcome};
 
 use super::basebackup::KIND;
 use super::DatabaseError;
-use drmesh_repo::restore::RestoreRequest;
-use drmesh_repo::snapshot::Snapshot;
-use drmesh_repo::Repository;
+use drmesh_repo::{Repository, RestoreRequest, Snapshot};
 
 /// What to restore, and where.
 #[derive(Clone, Debug)]
@@ -716,8 +714,7 @@ mod tests {
     }
 
     use super::*;
-    use drmesh_repo::snapshot::{PgBackupInfo, SnapshotStats};
-    use drmesh_repo::{KeySource, Location, RepoOptions};
+    use drmesh_repo::{KeySource, Location, PgBackupInfo, RepoOptions, SnapshotStats};
 
     /// A base backup's manifest (no files: `choose` reads only its summary) that ended at
     /// `end` and finished `finish_after` later.

@@ -36,8 +36,7 @@ use tracing::{info, warn};
 use super::recovery::{self, Restore};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use drmesh_repo::snapshot::{PgBackupInfo, RowCounts};
-use drmesh_repo::{RepoError, Repository};
+use drmesh_repo::{PgBackupInfo, RepoError, Repository, RowCounts};
 
 /// The directory under the agent's `data_dir` that holds the throw-away directories.
 pub const VERIFY_DIR: &str = "verify";

@@ -7,8 +7,7 @@ use std::path::Path;
 use drmesh_pg::{check_segment, WalKind, WalName};
 
 use super::DatabaseError;
-use drmesh_repo::wal::Pushed;
-use drmesh_repo::Repository;
+use drmesh_repo::{Pushed, Repository};
 
 /// `wal-push`: archives the file at `path` (PostgreSQL's `%p`, relative to the data
 /// directory or absolute). Returns only once it is durably in the repository.
@@ -116,7 +115,7 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, D
         Err(e) => return Err(e.into()),
     };
     let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || drmesh_repo::backend::write_durably(&dest, &data))
+    tokio::task::spawn_blocking(move || drmesh_repo::write_durably(&dest, &data))
         .await
         .map_err(|e| DatabaseError::Io(format!("write task: {e}")))??;
     Ok(true)
