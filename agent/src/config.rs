@@ -507,14 +507,14 @@ impl ArchiveFile {
 
 impl ArchiveConfig {
     /// How `repo::archive::ColdArchive::open` reaches it.
-    pub fn archive_options(&self) -> crate::repo::archive::ArchiveOptions {
-        let mut location = crate::repo::Location::new(self.url.clone());
+    pub fn archive_options(&self) -> drmesh_repo::ArchiveOptions {
+        let mut location = drmesh_repo::Location::new(self.url.clone());
         location.options = self.options.clone();
-        crate::repo::archive::ArchiveOptions {
+        drmesh_repo::ArchiveOptions {
             location,
             key: match &self.key_file {
-                Some(f) => crate::repo::KeySource::KeyFile(f.clone()),
-                None => crate::repo::KeySource::None,
+                Some(f) => drmesh_repo::KeySource::KeyFile(f.clone()),
+                None => drmesh_repo::KeySource::None,
             },
             storage_class: self.storage_class.clone(),
         }

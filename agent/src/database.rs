@@ -12,7 +12,7 @@ pub mod verify;
 pub mod wal;
 
 use crate::config::DatabaseConfig;
-use crate::repo::{KeySource, Location, RepoError, RepoOptions, Repository};
+use drmesh_repo::{KeySource, Location, RepoError, RepoOptions, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
@@ -45,6 +45,17 @@ pub enum DatabaseError {
     Io(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl From<drmesh_pg::WalError> for DatabaseError {
+    fn from(e: drmesh_pg::WalError) -> Self {
+        match e {
+            drmesh_pg::WalError::BadName(name) => DatabaseError::BadWalName(name),
+            drmesh_pg::WalError::BadSegment { name, why } => {
+                DatabaseError::BadSegment { name, why }
+            }
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for DatabaseError {

@@ -26,11 +26,10 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn, Instrument};
 
 use crate::config::{DocumentLocation, DocumentsConfig};
-use crate::repo::backend::write_durably;
-use crate::repo::backup::BackupRequest;
-use crate::repo::export::ArchiveManifest;
-use crate::repo::restore::RestoreRequest;
-use crate::repo::{KeySource, Location, Progress, RepoError, RepoOptions, Repository, Snapshot};
+use drmesh_repo::{
+    write_durably, ArchiveManifest, BackupRequest, KeySource, Location, Progress, RepoError,
+    RepoOptions, Repository, RestoreRequest, Snapshot,
+};
 
 /// The snapshot kind of document backups.
 pub const KIND: &str = "documents";
@@ -546,7 +545,7 @@ impl Documents {
                 if a.key_file.is_none() {
                     options.key = self.key();
                 }
-                match crate::repo::archive::ColdArchive::open(&options).await {
+                match drmesh_repo::ColdArchive::open(&options).await {
                     Ok(c) => Some(c),
                     Err(e) => {
                         warn!(error = %e, "the cold archive cannot be opened");
@@ -617,12 +616,12 @@ impl Documents {
         policies: &drmesh_protocol::retention::RetentionPolicies,
         now: DateTime<Utc>,
         dry_run: bool,
-        archive: Option<&crate::repo::archive::ColdArchive>,
+        archive: Option<&drmesh_repo::ColdArchive>,
     ) -> (
         Option<drmesh_protocol::retention::EnforceReport>,
         Option<String>,
     ) {
-        use crate::repo::enforce::{empty_report, enforce_history, merge_report};
+        use drmesh_repo::{empty_report, enforce_history, merge_report};
         use futures::StreamExt;
         // A `{yyyy}`-only template has one repository a year: each is looked at once.
         let mut urls: Vec<(String, DateTime<Utc>)> = Vec::new();

@@ -10,7 +10,6 @@ pub mod link;
 pub mod mesh;
 pub mod postgres;
 pub mod replication;
-pub mod repo;
 
 use std::sync::Arc;
 

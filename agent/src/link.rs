@@ -790,7 +790,7 @@ async fn verify_database_backup(
     progress: ProgressFn,
 ) -> Result<drmesh_protocol::api::DatabaseVerificationReport, crate::database::DatabaseError> {
     use crate::database::verify;
-    crate::repo::backup::valid_snapshot_id(backup_id)?;
+    drmesh_repo::valid_snapshot_id(backup_id)?;
     let (dir, owner) = {
         let (data_dir, id, owner) = (
             data_dir.to_path_buf(),
@@ -916,7 +916,7 @@ async fn dr_test(
     progress: ProgressFn,
 ) -> Result<drmesh_protocol::api::DrTestReport, crate::database::DatabaseError> {
     use crate::database::verify;
-    crate::repo::backup::valid_snapshot_id(backup_id)?;
+    drmesh_repo::valid_snapshot_id(backup_id)?;
     let dir = {
         let (data_dir, id, owner) = (
             data_dir.to_path_buf(),

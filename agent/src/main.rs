@@ -255,7 +255,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?
                 .and_then(|s| s.postgres.map(|p| p.wal_segment_size))
                 .unwrap_or(16 << 20);
-            let gaps = wal::gaps(&files, size);
+            let gaps = drmesh_pg::gaps(&files, size);
             if gaps.is_empty() {
                 println!("WAL archive: {} files, no gaps", files.len());
                 Ok(ExitCode::SUCCESS)
@@ -287,7 +287,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Kind::Full | Kind::Logical => basebackup::BackupType::Full,
                 Kind::Incr => basebackup::BackupType::Incremental,
             };
-            let mut tag_map = drmesh_agent::repo::Tags::new();
+            let mut tag_map = drmesh_repo::Tags::new();
             for t in tags {
                 let (k, v) = t
                     .split_once('=')
@@ -331,7 +331,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ));
                 return Ok(ExitCode::SUCCESS);
             }
-            let bar = drmesh_agent::repo::terminal_bar(req.progress.clone(), &req.id);
+            let bar = drmesh_repo::terminal_bar(req.progress.clone(), &req.id);
             let result = basebackup::run(&repo, db, conninfo, req).await;
             drop(bar);
             let snap = result?;
@@ -400,8 +400,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let Some(to) = to else {
                 anyhow::bail!("--to or --environment is required");
             };
-            let progress = std::sync::Arc::new(drmesh_agent::repo::Progress::default());
-            let bar = drmesh_agent::repo::terminal_bar(progress.clone(), "restore");
+            let progress = std::sync::Arc::new(drmesh_repo::Progress::default());
+            let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
             let restored = recovery::restore(
                 &repo,
                 &recovery::Restore {
@@ -515,15 +515,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             now,
             report_json,
         } => {
-            let policies: drmesh_agent::repo::enforce::Policies =
+            let policies: drmesh_repo::Policies =
                 serde_json::from_str(&policies).context("--policies")?;
             policies.validate()?;
             let repo = database::open_existing(db()?).await?;
             // With `[archive]`, the monthly and yearly picks move there.
             let archive = match &config.archive {
-                Some(a) => Some(
-                    drmesh_agent::repo::archive::ColdArchive::open(&a.archive_options()).await?,
-                ),
+                Some(a) => Some(drmesh_repo::ColdArchive::open(&a.archive_options()).await?),
                 None => None,
             };
             let report = repo
@@ -621,7 +619,7 @@ async fn clean_when_orphaned(dir: PathBuf) {
 /// counter), and `cancel` set — so a backup leaves no snapshot — or the process ended as
 /// soon as the agent that started it is gone.
 async fn report_progress(
-    progress: Option<std::sync::Arc<drmesh_agent::repo::Progress>>,
+    progress: Option<std::sync::Arc<drmesh_repo::Progress>>,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;

@@ -17,7 +17,7 @@ use drmesh_protocol::replication::{LocationReplication, ReplicationState, MAX_MI
 use tracing::{warn, Instrument};
 
 use crate::config::DocumentLocation;
-use crate::repo::{Location, RepoError, RepoOptions, Repository};
+use drmesh_repo::{Location, RepoError, RepoOptions, Repository};
 
 /// How long opening a secondary location may take before it counts as unreachable
 /// (object stores retry a refused connection for minutes otherwise).
@@ -56,7 +56,7 @@ pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError
 /// Whether a location answers (without creating anything there).
 pub async fn probe(options: &RepoOptions) -> Result<(), RepoError> {
     within_probe_time(&options.location.url, async {
-        let backend = crate::repo::Backend::open(&options.location).await?;
+        let backend = drmesh_repo::Backend::open(&options.location).await?;
         backend.size("config").await.map(|_| ())
     })
     .await
@@ -66,7 +66,7 @@ pub async fn probe(options: &RepoOptions) -> Result<(), RepoError> {
 pub fn options_of(
     loc: &DocumentLocation,
     url: String,
-    key: &crate::repo::KeySource,
+    key: &drmesh_repo::KeySource,
 ) -> RepoOptions {
     RepoOptions {
         location: Location {
@@ -150,8 +150,8 @@ pub async fn replicate_database(
 ) -> Result<Vec<LocationReplication>, crate::database::DatabaseError> {
     let source = crate::database::open_repository(cfg).await?;
     let key = match &cfg.key_file {
-        Some(f) => crate::repo::KeySource::KeyFile(f.clone()),
-        None => crate::repo::KeySource::None,
+        Some(f) => drmesh_repo::KeySource::KeyFile(f.clone()),
+        None => drmesh_repo::KeySource::None,
     };
     let mut out = Vec::new();
     for loc in &cfg.replicas {

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use drmesh_agent::repo::archive::{ArchiveOptions, ColdArchive};
-use drmesh_agent::repo::{KeySource, Location};
+use drmesh_repo::{ArchiveOptions, ColdArchive, KeySource, Location};
 
 use crate::{fmt_bytes, print_json, Output};
 

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use drmesh_agent::repo::backup::BackupRequest;
-use drmesh_agent::repo::enforce::Policies;
-use drmesh_agent::repo::restore::RestoreRequest;
-use drmesh_agent::repo::{KeySource, Location, Progress, RepoOptions, Repository};
+use drmesh_repo::{
+    BackupRequest, KeySource, Location, Policies, Progress, RepoOptions, Repository, RestoreRequest,
+};
 
 use crate::{fmt_bytes, print_json, Output};
 
@@ -240,7 +239,7 @@ async fn with_progress<T>(
     what: &str,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let _bar = drmesh_agent::repo::terminal_bar(progress, what);
+    let _bar = drmesh_repo::terminal_bar(progress, what);
     work.await
 }
 
@@ -373,7 +372,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             let r = Repository::open(&repo.options()?).await?;
             let time = drmesh_protocol::instant::parse_instant(&time)?;
             let progress = Arc::new(Progress::default());
-            let bar = drmesh_agent::repo::terminal_bar(progress.clone(), "restore");
+            let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
             let restored = drmesh_agent::database::recovery::restore(
                 &r,
                 &drmesh_agent::database::recovery::Restore {
@@ -459,7 +458,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
-                    let verdict = |c: &drmesh_agent::repo::verify::Check| {
+                    let verdict = |c: &drmesh_repo::Check| {
                         format!(
                             "{} ({})",
                             if c.passed { "PASSED" } else { "FAILED" },
@@ -510,7 +509,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             };
             let opts = repo.options()?;
             let archive = match archive.options(opts.key.clone())? {
-                Some(a) => Some(drmesh_agent::repo::archive::ColdArchive::open(&a).await?),
+                Some(a) => Some(drmesh_repo::ColdArchive::open(&a).await?),
                 None => None,
             };
             let r = Repository::open(&opts).await?;
@@ -520,7 +519,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
-                    let reasons = |k: &drmesh_agent::repo::enforce::Kept| {
+                    let reasons = |k: &drmesh_repo::Kept| {
                         serde_json::to_value(&k.reasons)
                             .map(|v| v.to_string())
                             .unwrap_or_default()

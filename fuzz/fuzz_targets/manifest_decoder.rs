@@ -5,8 +5,8 @@
 
 use std::path::Component;
 
-use drmesh_agent::repo::pack::decode_doc;
-use drmesh_agent::repo::snapshot::{safe_relative, Snapshot};
+use drmesh_repo::testing::decode_doc;
+use drmesh_repo::{safe_relative, Snapshot};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Retention policies as configured, sent to agents and shown by the REST API, and the
 //! report of an enforcement. The rules themselves are the agent's
-//! (`agent/src/repo/retention.rs`); these are the shared types.
+//! (`repo/src/retention.rs`); these are the shared types.
 
 use std::time::Duration;
 

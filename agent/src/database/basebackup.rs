@@ -16,16 +16,16 @@ use drmesh_protocol::Lsn;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn, Instrument};
 
-use super::wal::{needed_segments, segment_name, segment_of};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::repo::backup::BackupRequest;
-use crate::repo::pages::PageDelta;
-use crate::repo::snapshot::{EntryKind, PgBackupInfo, RowCounts, Snapshot};
-use crate::repo::{Progress, Repository, Tags};
+use drmesh_pg::{needed_segments, relation_main_fork, segment_name, segment_of, tablespace_link};
+use drmesh_repo::{
+    BackupRequest, EntryKind, PageDelta, PgBackupInfo, Progress, Repository, RowCounts, Snapshot,
+    Tags,
+};
 
 /// The snapshot kind of a PostgreSQL base backup.
-pub const KIND: &str = "postgres";
+pub const KIND: &str = drmesh_repo::KIND_POSTGRES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackupType {
@@ -119,32 +119,6 @@ struct Server {
     segment_size: u64,
     system_identifier: String,
     block_size: u32,
-}
-
-/// `pg_tblspc/<oid>`: a tablespace's link, whose target is backed up in its place (and
-/// restored there, inside the data directory).
-pub fn tablespace_link(rel: &str) -> bool {
-    rel.strip_prefix("pg_tblspc/")
-        .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A relation's main fork (`base/<db>/<relfilenode>[.<segment>]`, `global/…`, or in a
-/// tablespace): the files whose every change is WAL-logged with the page's LSN, copied
-/// page by page in an incremental backup. Free-space maps (`_fsm`), visibility maps
-/// (`_vm`), init forks and everything else are copied whole when they changed.
-pub fn relation_main_fork(rel: &str) -> bool {
-    let parts: Vec<&str> = rel.split('/').collect();
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let file_ok = |name: &str| match name.split_once('.') {
-        Some((node, seg)) => numeric(node) && numeric(seg),
-        None => numeric(name),
-    };
-    match parts.as_slice() {
-        ["base", db, name] => numeric(db) && file_ok(name),
-        ["global", name] => file_ok(name),
-        ["pg_tblspc", spc, _version, db, name] => numeric(spc) && numeric(db) && file_ok(name),
-        _ => false,
-    }
 }
 
 async fn server(
@@ -637,20 +611,6 @@ mod tests {
     use super::excluded;
 
     #[test]
-    fn tablespace_links() {
-        assert!(super::tablespace_link("pg_tblspc/16384"));
-        for no in [
-            "pg_tblspc",
-            "pg_tblspc/",
-            "pg_tblspc/16384/PG_15",
-            "base/16384",
-            "pg_tblspc/x",
-        ] {
-            assert!(!super::tablespace_link(no), "{no}");
-        }
-    }
-
-    #[test]
     fn libpq_connection_strings() {
         let pairs = super::libpq_pairs(
             "user=postgres passfile='/var/lib/postgresql/.pgpass' host=127.0.0.1 port=5432 application_name='a b\\'c'",
@@ -666,33 +626,6 @@ mod tests {
         assert_eq!(get("port"), Some("5432"));
         assert_eq!(get("application_name"), Some("a b'c"));
         assert_eq!(get("passfile"), Some("/var/lib/postgresql/.pgpass"));
-    }
-
-    #[test]
-    fn relation_main_forks() {
-        use super::relation_main_fork;
-        for yes in [
-            "base/5/16384",
-            "base/5/16384.1",
-            "global/1262",
-            "pg_tblspc/16400/PG_15_202209061/5/16401",
-        ] {
-            assert!(relation_main_fork(yes), "{yes}");
-        }
-        for no in [
-            "base/5/16384_fsm",
-            "base/5/16384_vm",
-            "base/5/16384_init",
-            "base/5/pg_filenode.map",
-            "base/5/PG_VERSION",
-            "global/pg_control",
-            "pg_xact/0000",
-            "base/5",
-            "base/x/16384",
-            "base/5/16384.",
-        ] {
-            assert!(!relation_main_fork(no), "{no}");
-        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn backup(
             "backup type {backup_type:?}: full, incr or logical"
         )));
     }
-    crate::repo::backup::valid_snapshot_id(backup_id)?;
+    drmesh_repo::valid_snapshot_id(backup_id)?;
     let mut args: Vec<String> = ["backup", backup_type, "--id", backup_id]
         .map(String::from)
         .to_vec();

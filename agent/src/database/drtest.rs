@@ -27,7 +27,7 @@ use super::recovery::{self, Restore};
 use super::verify::{self, Findings, Report, Scratch, PGDATA};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::repo::Repository;
+use drmesh_repo::Repository;
 
 /// The steps as they run.
 struct Steps {

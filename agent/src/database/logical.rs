@@ -7,9 +7,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::repo::snapshot::Snapshot;
-use crate::repo::stream::StreamBackup;
-use crate::repo::{Repository, Tags};
+use drmesh_repo::{Repository, Snapshot, StreamBackup, Tags};
 
 /// The snapshot kind of a logical dump.
 pub const KIND: &str = "postgres-logical";

@@ -10,9 +10,7 @@ use drmesh_protocol::api::{PitrInfo, PitrOutcome};
 
 use super::basebackup::KIND;
 use super::DatabaseError;
-use crate::repo::restore::RestoreRequest;
-use crate::repo::snapshot::Snapshot;
-use crate::repo::Repository;
+use drmesh_repo::{Repository, RestoreRequest, Snapshot};
 
 /// What to restore, and where.
 #[derive(Clone, Debug)]
@@ -35,7 +33,7 @@ pub struct Restore {
     /// [`agent_restore_command`].
     pub restore_command: String,
     /// Counters for a progress display.
-    pub progress: std::sync::Arc<crate::repo::Progress>,
+    pub progress: std::sync::Arc<drmesh_repo::Progress>,
     /// Re-hash every chunk and check every file's SHA-256 while restoring (a
     /// verification's restorability test).
     pub check_data: bool,
@@ -368,8 +366,8 @@ pub async fn info(repo: &Repository, t: DateTime<Utc>) -> Result<PitrInfo, Datab
         .is_some_and(|(_, name, _)| name.as_str() >= pg.stop_wal.as_str());
     if !covered || !reaches_stop {
         let next = segments.last().map(|(segno, name, _)| {
-            let tl = super::wal::WalName::parse(name).map_or(pg.timeline, |n| n.timeline);
-            super::wal::segment_name(tl, segno + 1, pg.wal_segment_size)
+            let tl = drmesh_pg::WalName::parse(name).map_or(pg.timeline, |n| n.timeline);
+            drmesh_pg::segment_name(tl, segno + 1, pg.wal_segment_size)
         });
         out.reason = Some(match (latest, next) {
             (Some(l), Some(n)) => format!(
@@ -412,7 +410,7 @@ pub async fn histories(
         };
         out.insert(
             *tl,
-            crate::repo::wal::parse_history(&String::from_utf8_lossy(&text)),
+            drmesh_pg::parse_history(&String::from_utf8_lossy(&text)),
         );
     }
     Ok(out)
@@ -430,7 +428,7 @@ fn chain(
     start: &str,
     segment_size: u64,
 ) -> Vec<(u64, String, DateTime<Utc>)> {
-    use super::wal::{WalKind, WalName};
+    use drmesh_pg::{WalKind, WalName};
     // The newest timeline with `timeline` in its ancestry, and the switches leading there.
     let (target, switches) = histories
         .iter()
@@ -668,7 +666,7 @@ mod tests {
                 let at = Utc.timestamp_opt(1_000 + *n as i64 * 10 + *tl as i64, 0);
                 (
                     *tl,
-                    super::super::wal::segment_name(*tl, *n, SEG),
+                    drmesh_pg::segment_name(*tl, *n, SEG),
                     at.single().unwrap_or_default(),
                 )
             })
@@ -687,10 +685,9 @@ mod tests {
         // branched off inside segment 3, and has 3..=5.
         let mut files = wal(&[(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (2, 5)]);
         files.push((1, "000000010000000000000003.partial".into(), Utc::now()));
-        let history =
-            crate::repo::wal::parse_history("1\t0/3000060\tno recovery target specified\n");
+        let history = drmesh_pg::parse_history("1\t0/3000060\tno recovery target specified\n");
         assert_eq!(history, [(1, 0x3000060)]);
-        let start = super::super::wal::segment_name(1, 1, SEG);
+        let start = drmesh_pg::segment_name(1, 1, SEG);
         let with = Histories::from([(2, history)]);
         let c = chain(&files, &with, 1, &start, SEG);
         assert_eq!(names(&c), [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5)]);
@@ -706,10 +703,10 @@ mod tests {
             (2, vec![(1, 0x3000060)]),
             (
                 3,
-                crate::repo::wal::parse_history("1\t0/3000060\tx\n2\t0/5000000\ty\n"),
+                drmesh_pg::parse_history("1\t0/3000060\tx\n2\t0/5000000\ty\n"),
             ),
         ]);
-        let start2 = super::super::wal::segment_name(2, 3, SEG);
+        let start2 = drmesh_pg::segment_name(2, 3, SEG);
         assert_eq!(
             names(&chain(&three, &h, 2, &start2, SEG)),
             [(2, 3), (2, 4), (3, 5), (3, 6)]
@@ -717,8 +714,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::repo::snapshot::{PgBackupInfo, SnapshotStats};
-    use crate::repo::{KeySource, Location, RepoOptions};
+    use drmesh_repo::{KeySource, Location, PgBackupInfo, RepoOptions, SnapshotStats};
 
     /// A base backup's manifest (no files: `choose` reads only its summary) that ended at
     /// `end` and finished `finish_after` later.
@@ -749,9 +745,7 @@ mod tests {
             }),
             entries: Vec::new(),
         };
-        repo.put_doc(&format!("snapshots/{id}"), &snap)
-            .await
-            .expect("manifest");
+        repo.write_manifest(&snap).await.expect("manifest");
     }
 
     #[tokio::test]

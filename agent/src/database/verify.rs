@@ -31,15 +31,12 @@ use drmesh_protocol::api::{
     Accessibility, ChecksumVerdict, DatabaseVerificationReport, Restorability, SmokeCheckResult,
     VerificationFinding,
 };
-use drmesh_protocol::Lsn;
 use tracing::{info, warn};
 
 use super::recovery::{self, Restore};
-use super::wal::needed_segments;
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::repo::snapshot::{PgBackupInfo, RowCounts};
-use crate::repo::{RepoError, Repository};
+use drmesh_repo::{PgBackupInfo, RepoError, Repository, RowCounts};
 
 /// The directory under the agent's `data_dir` that holds the throw-away directories.
 pub const VERIFY_DIR: &str = "verify";
@@ -202,20 +199,6 @@ impl Findings {
     }
 }
 
-/// Every WAL segment the backup needs: from its start to its stop, and on to the end
-/// of its row counts' segment switch when it recorded counts.
-pub fn needed_wal(pg: &PgBackupInfo) -> Vec<String> {
-    let start: Lsn = pg.start_lsn.parse().unwrap_or(Lsn(0));
-    let stop: Lsn = pg.stop_lsn.parse().unwrap_or(start);
-    let end = pg
-        .row_counts
-        .as_ref()
-        .and_then(|c| c.wal_end.parse::<Lsn>().ok())
-        .filter(|e| e.0 > stop.0)
-        .unwrap_or(stop);
-    needed_segments(pg.timeline, start, end, pg.wal_segment_size)
-}
-
 /// Child side: verifies `backup` using `dir` (an empty throw-away directory, which the
 /// caller's [`Scratch`] guard removes once the verdict is out).
 ///
@@ -340,7 +323,7 @@ async fn check_wal(
     pg: &PgBackupInfo,
 ) -> Result<Vec<(String, WalProblem)>, DatabaseError> {
     let mut bad = Vec::new();
-    for name in needed_wal(pg) {
+    for name in pg.needed_wal() {
         match repo.get_wal(pg.timeline, &name).await {
             Ok(_) => {}
             Err(RepoError::NotFound(_)) => bad.push((name, WalProblem::Missing)),
@@ -872,35 +855,6 @@ mod tests {
         for bad in ["", "../x", "a/b", ".", "a b", &"x".repeat(65)] {
             assert!(valid_id(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_wal_a_backup_needs_reaches_its_row_counts() {
-        let mut pg = PgBackupInfo {
-            start_lsn: "0/2000028".into(),
-            stop_lsn: "0/2000100".into(),
-            timeline: 1,
-            start_wal: String::new(),
-            stop_wal: String::new(),
-            wal_segment_size: 16 << 20,
-            system_identifier: "1".into(),
-            server_version: 150000,
-            stopped_at: chrono::Utc::now(),
-            tablespace_map: None,
-            row_counts: None,
-        };
-        assert_eq!(needed_wal(&pg), vec!["000000010000000000000002"]);
-        pg.row_counts = Some(RowCounts {
-            lsn: "0/3000000".into(),
-            wal_end: "0/3000090".into(),
-            database: "postgres".into(),
-            tables: BTreeMap::new(),
-            skipped: BTreeMap::new(),
-        });
-        assert_eq!(
-            needed_wal(&pg),
-            vec!["000000010000000000000002", "000000010000000000000003"]
-        );
     }
 
     #[test]

@@ -15,8 +15,7 @@ use drmesh_protocol::api::{
 use sha2::{Digest, Sha256};
 
 use super::{Documents, DocumentsError};
-use crate::repo::snapshot::{EntryKind, FileHash, Snapshot};
-use crate::repo::RepoError;
+use drmesh_repo::{EntryKind, FileHash, RepoError, Snapshot};
 
 /// The directory of the source that holds one directory per document.
 const ROOT: &str = "documents";

@@ -3,7 +3,7 @@
 //! per month as the runbook lays them out).
 //!
 //! The policy is applied to such a location as one history
-//! ([`crate::repo::enforce::enforce_history`]), so it needs every month a tier could
+//! ([`drmesh_repo::enforce_history`]), so it needs every month a tier could
 //! still keep a snapshot from, and the months just before, whose snapshots have fallen
 //! out of every tier since the last run and are now to go. [`months`] is that range:
 //! from [`MARGIN_MONTHS`] before the oldest month any tier of the policy reaches, to
@@ -14,14 +14,14 @@
 //! Looking at a suffix of the history is safe: every tier keeps the newest snapshot of
 //! a period (or everything younger than an age), and the newest snapshot of a period
 //! the range cuts is inside the range; a snapshot before the range is never touched,
-//! and [`crate::repo::retention::Tier::Latest`] is the newest of all wherever it is.
+//! and [`drmesh_protocol::retention::Tier::Latest`] is the newest of all wherever it is.
 //! What the bound costs is that a month older than the range is not cleaned up (after
 //! a policy was shortened by more than the margin, or no enforcement ran for longer):
 //! its repository has to be removed by hand.
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, TimeDelta, TimeZone, Utc};
 
-use crate::repo::retention::RetentionPolicy;
+use drmesh_protocol::retention::RetentionPolicy;
 
 /// Months looked at before the oldest one a tier reaches: a whole year, so that the
 /// year the yearly tier lets go of on 1 January is still seen once.

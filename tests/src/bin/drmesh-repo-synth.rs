@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use drmesh_agent::repo::synth::SynthSpec;
-use drmesh_agent::repo::{KeySource, Location, RepoOptions, Repository};
+use drmesh_repo::{synth::SynthSpec, KeySource, Location, RepoOptions, Repository};
 
 #[derive(Parser)]
 struct Args {

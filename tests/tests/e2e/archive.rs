@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
-use drmesh_agent::repo::snapshot::Snapshot;
-use drmesh_agent::repo::{pack, KeySource, RepoConfig};
+use drmesh_repo::testing::{decode_doc, encode_doc};
+use drmesh_repo::Snapshot;
+use drmesh_repo::{KeySource, RepoConfig};
 use drmesh_tests::{bin, noise};
 use serde_json::Value;
 
@@ -146,18 +147,18 @@ fn move_back(repo: &Path, id: &str, days: i64, key_file: Option<&Path>) {
         serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap();
     let key = config.encryption.as_ref().map(|enc| {
         let source = KeySource::KeyFile(key_file.expect("the key file").to_path_buf());
-        drmesh_agent::repo::crypto::unlock(&source, enc).expect("unlock")
+        drmesh_repo::testing::unlock(&source, enc).expect("unlock")
     });
     let path = repo.join("snapshots").join(id);
     let raw = std::fs::read(&path).unwrap();
-    let mut snap: Snapshot = pack::decode_doc(&raw, key.as_ref(), id).expect("manifest");
+    let mut snap: Snapshot = decode_doc(&raw, key.as_ref(), id).expect("manifest");
     let back = chrono::Duration::days(days);
     snap.started_at -= back;
     snap.finished_at -= back;
     if let Some(pg) = &mut snap.postgres {
         pg.stopped_at -= back;
     }
-    std::fs::write(&path, pack::encode_doc(&snap, key.as_ref()).unwrap()).unwrap();
+    std::fs::write(&path, encode_doc(&snap, key.as_ref()).unwrap()).unwrap();
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::retention::{backup, snapshots};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use drmesh_agent::repo::pack;
-use drmesh_agent::repo::snapshot::Snapshot;
+use drmesh_repo::testing::{decode_doc, encode_doc};
+use drmesh_repo::Snapshot;
 use drmesh_tests::{bin, noise, wait_for, Mesh};
 use serde_json::{json, Value};
 
@@ -63,10 +63,10 @@ fn backup_at(repo: &Path, source: &Path, at: DateTime<Utc>, suffix: &str) -> Str
         "documents",
     ]);
     let path = repo.join("snapshots").join(&id);
-    let mut snap: Snapshot = pack::decode_doc(&std::fs::read(&path).unwrap(), None, &id).unwrap();
+    let mut snap: Snapshot = decode_doc(&std::fs::read(&path).unwrap(), None, &id).unwrap();
     snap.started_at = at;
     snap.finished_at = at;
-    std::fs::write(&path, pack::encode_doc(&snap, None).unwrap()).unwrap();
+    std::fs::write(&path, encode_doc(&snap, None).unwrap()).unwrap();
     id
 }
 

@@ -724,7 +724,7 @@ fn write_stream_durably(
 
 /// Temp file, fsync, rename, fsync of the directory: after a crash the object is either
 /// whole or absent.
-pub(crate) fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {
+pub fn write_durably(file: &FsPath, data: &[u8]) -> Result<(), RepoError> {
     use std::io::Write;
     let err = |what: &str, e: std::io::Error| {
         RepoError::Backend(format!("{what} {}: {e}", file.display()))

@@ -146,7 +146,7 @@ fn store_stream<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{KeySource, Location, RepoOptions};
+    use crate::{KeySource, Location, RepoOptions};
 
     /// Gives `good` bytes, then fails (as a dump whose `pg_dump` died).
     struct Failing {
@@ -203,12 +203,9 @@ mod tests {
             .expect("a whole stream");
         assert_eq!(snap.entries[0].size, data.len() as u64);
         let out = dir.path().join("out");
-        repo.restore(crate::repo::restore::RestoreRequest::new(
-            "full_2_whole",
-            &out,
-        ))
-        .await
-        .expect("restore");
+        repo.restore(crate::restore::RestoreRequest::new("full_2_whole", &out))
+            .await
+            .expect("restore");
         assert_eq!(
             std::fs::read(out.join("full_2_whole.dump")).expect("read"),
             data

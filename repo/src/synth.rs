@@ -12,6 +12,14 @@ use super::pack::{self, ChunkId, IndexEntry, PackBuilder};
 use super::snapshot::{Entry, EntryKind, FileHash, Snapshot, SnapshotStats};
 use super::{index_key, pack_key, RepoError, Repository};
 
+impl Repository {
+    /// Writes a snapshot manifest as it is, without packs or an index: for tests of what
+    /// reads only manifests (which backup a recovery starts from, retention).
+    pub async fn write_manifest(&self, snap: &Snapshot) -> Result<u64, RepoError> {
+        self.put_doc(&format!("snapshots/{}", snap.id), snap).await
+    }
+}
+
 /// What to make.
 #[derive(Clone, Debug)]
 pub struct SynthSpec {
@@ -184,8 +192,8 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::roundtrip_tests::temp_repo;
-    use crate::repo::{KeySource, Location, RepoOptions};
+    use crate::roundtrip_tests::temp_repo;
+    use crate::{KeySource, Location, RepoOptions};
 
     #[tokio::test]
     async fn a_synthetic_repository_verifies_and_restores() {

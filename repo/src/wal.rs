@@ -32,19 +32,6 @@ pub enum Pushed {
 }
 
 /// The object key of an archived WAL file.
-/// The lines of a timeline history file (`0000000N.history`): one per ancestor, its
-/// timeline and the LSN where it branched off, oldest first.
-pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let parent = f.next()?.parse().ok()?;
-            let lsn: drmesh_protocol::Lsn = f.next()?.parse().ok()?;
-            Some((parent, lsn.0))
-        })
-        .collect()
-}
-
 pub fn wal_key(timeline: u32, name: &str) -> String {
     format!("wal/{timeline:08X}/{name}")
 }
@@ -167,7 +154,7 @@ fn decode(object: &[u8], repo: &Repository) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{KeySource, Location, RepoOptions};
+    use crate::{KeySource, Location, RepoOptions};
 
     async fn repo(dir: &std::path::Path, key: bool) -> Repository {
         let key = if key {

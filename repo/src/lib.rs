@@ -9,36 +9,54 @@
 //! | `data/<2 hex>/<pack id>` | packs of compressed (and sealed) chunks, ~8 MiB each (the size is in `config`) |
 //! | `index/<id>` | which chunk is where, one object per backup (sealed JSON) |
 //! | `snapshots/<id>` | one manifest per backup (sealed JSON), written last |
-//! | `wal/<timeline>/<name>` | archived WAL files, each with its SHA-256 ([`wal`]) |
+//! | `wal/<timeline>/<name>` | archived WAL files, each with its SHA-256 ([`Repository::put_wal`]) |
 //! | `locks/<id>` | live writers, so garbage collection never removes what they are about to reference |
 //!
 //! Architecture Invariant: a snapshot manifest is written only after every pack and index
 //! object it depends on is durably stored, so a crash at any point leaves either a whole
 //! snapshot or none; the debris of a crashed backup is unreferenced packs, which garbage
 //! collection removes.
+//!
+//! The crate's surface is the `pub use` list below: [`Repository`], whose methods (backup,
+//! restore, verify, copy, export, retention, garbage collection, the WAL archive) live in
+//! the private modules that implement them, and every type those methods take or return
+//! (`unnameable_types` keeps that list complete). The `testing` feature adds `synth`
+//! (synthetic repositories, for benchmarks) and `testing` (the stored document format,
+//! for tests that tamper with objects and for fuzz targets).
 
-pub mod archive;
-pub mod backend;
-pub mod backup;
-pub mod crypto;
-pub mod enforce;
-pub mod export;
-pub mod gc;
-pub mod immutable;
-pub mod pack;
-pub mod pages;
+#![warn(unnameable_types)]
+
+mod archive;
+mod backend;
+mod backup;
+mod crypto;
+mod enforce;
+mod export;
+mod gc;
+mod immutable;
+mod pack;
+mod pages;
 mod reader;
-pub mod replicate;
-pub mod restore;
-pub mod retention;
-pub mod snapshot;
-pub mod stream;
+mod replicate;
+mod restore;
+mod retention;
+mod snapshot;
+mod stream;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
-pub mod verify;
-pub mod wal;
+mod verify;
+mod wal;
 
 #[cfg(test)]
 mod roundtrip_tests;
+
+/// The repository's own formats, for tests that tamper with stored objects and for the
+/// fuzz targets: sealed JSON documents (manifests, indexes) and the master key.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    pub use crate::crypto::{unlock, MasterKey};
+    pub use crate::pack::{decode_doc, encode_doc};
+}
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -49,11 +67,27 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-pub use backend::{Backend, Location};
-pub use crypto::KeySource;
-use crypto::{EncryptionConfig, MasterKey};
-use pack::{ChunkId, IndexEntry};
-pub use snapshot::{Snapshot, SnapshotSummary};
+pub use archive::{ArchiveOptions, ArchivedSnapshot, ColdArchive, ColdReport};
+pub use backend::{write_durably, Backend, Location, Removal, Upload};
+pub use backup::{valid_snapshot_id, BackupRequest, PendingBackup};
+pub use crypto::{EncryptionConfig, KeySource};
+pub use enforce::{empty_report, enforce_history, merge_report, Kept, Policies};
+pub use export::{ArchiveManifest, ManifestFile};
+pub use gc::{GcOptions, GcReport};
+pub use pack::ChunkId;
+pub use pages::PageDelta;
+pub use replicate::{CopyReport, SyncReport};
+pub use restore::{FailedFile, RestoreReport, RestoreRequest};
+pub use snapshot::{
+    safe_relative, Entry, EntryKind, Extent, FileHash, PgBackupInfo, RowCounts, Snapshot,
+    SnapshotStats, SnapshotSummary, KIND_POSTGRES,
+};
+pub use stream::StreamBackup;
+pub use verify::{Check, DamagedFile, VerifyReport};
+pub use wal::Pushed;
+
+use crypto::MasterKey;
+use pack::IndexEntry;
 
 /// Everything that can go wrong with a repository.
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,6 @@ use super::backend::Removal;
 use super::enforce::{EnforceReport, Kept};
 use super::snapshot::PgBackupInfo;
 use super::{object_name, RepoError, Repository};
-use crate::database::verify::needed_wal;
 use drmesh_protocol::retention::LockedSnapshot;
 
 /// When each manifest and WAL file of a write-once repository was stored, read once per
@@ -104,7 +103,8 @@ impl Repository {
             report.locked.refused.push(format!("snapshots/{id}"));
         }
         if let Some(pg) = self.snapshot(id).await?.postgres {
-            let own: BTreeSet<(u32, String)> = needed_wal(&pg)
+            let own: BTreeSet<(u32, String)> = pg
+                .needed_wal()
                 .into_iter()
                 .map(|n| (pg.timeline, n))
                 .collect();
@@ -152,7 +152,7 @@ impl WriteOnce {
                         locked_until: Some(until),
                     });
                     if let Some(pg) = pg {
-                        keep_wal.extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                        keep_wal.extend(pg.needed_wal().into_iter().map(|n| (pg.timeline, n)));
                     }
                     false
                 }
@@ -165,7 +165,7 @@ impl WriteOnce {
         }
         for id in held {
             if let Some(pg) = repo.snapshot(&id).await?.postgres {
-                keep_wal.extend(needed_wal(&pg).into_iter().map(|n| (pg.timeline, n)));
+                keep_wal.extend(pg.needed_wal().into_iter().map(|n| (pg.timeline, n)));
             }
         }
         Ok(())
@@ -196,10 +196,10 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::repo::backup::BackupRequest;
-    use crate::repo::enforce::Policies;
-    use crate::repo::roundtrip_tests::noise;
-    use crate::repo::{KeySource, Location, RepoOptions};
+    use crate::backup::BackupRequest;
+    use crate::enforce::Policies;
+    use crate::roundtrip_tests::noise;
+    use crate::{KeySource, Location, RepoOptions};
 
     /// A write-once local repository (`immutable_for = "1d"`, kept by drmesh's rule) and
     /// the directory it backs up.
@@ -306,7 +306,7 @@ mod tests {
 
         // Garbage collection alone with the lock still on deletes nothing either.
         let gc = repo
-            .gc(crate::repo::gc::GcOptions {
+            .gc(crate::gc::GcOptions {
                 now: Some(soon),
                 ..Default::default()
             })
@@ -335,7 +335,7 @@ mod tests {
         // The backups' locks were released by markers, deleted now the locks ended; only
         // this run's collection lock (and its marker) is left.
         let locks = keys(&root, "locks");
-        let holders: BTreeSet<&str> = locks.iter().map(|k| crate::repo::lock_of(k).0).collect();
+        let holders: BTreeSet<&str> = locks.iter().map(|k| crate::lock_of(k).0).collect();
         assert_eq!(holders.len(), 1, "{locks:?}");
         assert!(locks.iter().any(|k| k.ends_with(".released")), "{locks:?}");
 
@@ -381,7 +381,7 @@ mod tests {
         assert!(root.join(&pack).exists());
         assert_eq!(gc.packs_pending, 1);
         let gc = repo
-            .gc(crate::repo::gc::GcOptions {
+            .gc(crate::gc::GcOptions {
                 now: Some(Utc::now() + Duration::days(2)),
                 ..Default::default()
             })
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn lock_objects_belong_to_their_lock() {
-        use crate::repo::lock_of;
+        use crate::lock_of;
         assert_eq!(lock_of("locks/abc"), ("locks/abc", None));
         assert_eq!(lock_of("locks/abc.3"), ("locks/abc", Some("3")));
         assert_eq!(

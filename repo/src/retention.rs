@@ -37,7 +37,7 @@
 //!
 //! # The cold archive
 //!
-//! [`plan`] sees only the hot snapshots. Once there is an archive, use
+//! `plan` sees only the hot snapshots. Once there is an archive, use
 //! [`plan_with_archive`] and [`archive_expired`], which take both lists:
 //!
 //! - `Daily` and `Weekly` are promises about the hot tier, so they are computed over the hot
@@ -67,7 +67,7 @@
 //! ancestors its `.history` file lists) holds it; a timeline above 1 missing from
 //! `histories` is taken to descend from every lower one, since PostgreSQL numbers a new
 //! timeline above all it knows (an unread history file must never release WAL). See
-//! [`wal_needed`] for what is never deleted.
+//! `wal_needed` for what is never deleted.
 //!
 //! `retained` is meant to be the base backups kept hot: passing an archived one keeps
 //! every segment since its start, for years. An archived base backup should carry its
@@ -79,9 +79,9 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::database::wal::{WalKind, WalName};
+use drmesh_pg::{WalKind, WalName};
 
-pub use drmesh_protocol::retention::{RetentionError, RetentionPolicy, Tier, MAX_COUNT};
+pub use drmesh_protocol::retention::{RetentionPolicy, Tier};
 
 /// One day.
 #[cfg(test)]
@@ -138,6 +138,7 @@ pub struct Plan {
 
 impl Plan {
     /// The decisions with `action`, oldest first.
+    #[cfg(test)]
     pub fn with_action(&self, action: Action) -> impl Iterator<Item = &Decision> {
         self.decisions.iter().filter(move |d| d.action == action)
     }
@@ -244,6 +245,7 @@ fn sorted(cs: &[Candidate]) -> Vec<&Candidate> {
 
 /// Decides about every candidate (all hot), when there is no archive yet: see the module
 /// notes for the rules. The same as [`plan_with_archive`] with an empty archive.
+#[cfg(test)]
 pub fn plan(now: DateTime<Utc>, policy: &RetentionPolicy, candidates: &[Candidate]) -> Plan {
     plan_with_archive(now, policy, candidates, &[])
 }
@@ -397,6 +399,7 @@ fn needed(
 /// is not the one given. `histories` maps a timeline to its ancestors as its `.history`
 /// file lists them; a timeline above 1 missing from it is taken to descend from every
 /// lower one.
+#[cfg(test)]
 pub fn wal_needed(
     retained: &[BaseBackupWal],
     histories: &BTreeMap<u32, Vec<u32>>,
@@ -406,7 +409,7 @@ pub fn wal_needed(
 }
 
 /// The archived WAL files (timeline, name) that no retained base backup needs, in the
-/// order given; empty when no backup is retained. See [`wal_needed`].
+/// order given; empty when no backup is retained. See `wal_needed` (its tests).
 pub fn wal_to_delete(
     retained: &[BaseBackupWal],
     histories: &BTreeMap<u32, Vec<u32>>,

@@ -944,11 +944,11 @@ mod tests {
     use sha2::Digest;
 
     use super::*;
-    use crate::repo::backup::BackupRequest;
-    use crate::repo::restore::RestoreRequest;
-    use crate::repo::roundtrip_tests::noise;
-    use crate::repo::LockHolder;
-    use crate::repo::{KeySource, Location, RepoOptions, Snapshot};
+    use crate::backup::BackupRequest;
+    use crate::restore::RestoreRequest;
+    use crate::roundtrip_tests::noise;
+    use crate::LockHolder;
+    use crate::{KeySource, Location, RepoOptions, Snapshot};
 
     fn set_mtime_back(path: &Path, secs: i64) {
         use nix::sys::stat::{utimensat, UtimensatFlags};

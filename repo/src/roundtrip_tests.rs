@@ -522,7 +522,7 @@ fn relation_page(lsn: u64, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() {
-    use crate::repo::pages::PageDelta;
+    use crate::pages::PageDelta;
     use std::io::{Seek, SeekFrom, Write};
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/100");
@@ -536,7 +536,7 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
     std::fs::write(fx.path("src/base/1/100_fsm"), noise(7, 24576)).expect("fsm");
     let parent = fx.backup("full_1", None).await;
     let delta = |floor: u64| PageDelta {
-        eligible: crate::database::basebackup::relation_main_fork,
+        eligible: drmesh_pg::relation_main_fork,
         page_size: 8192,
         lsn_floor: Some(floor),
     };
@@ -617,8 +617,8 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
-    use crate::repo::pages::PageDelta;
-    use crate::repo::snapshot::FileHash;
+    use crate::pages::PageDelta;
+    use crate::snapshot::FileHash;
     use std::io::{Seek, SeekFrom, Write};
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/200");
@@ -632,7 +632,7 @@ async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
     std::fs::write(&rel, &data).expect("write");
     set_old_mtime(&rel);
     let delta = |floor: Option<u64>| PageDelta {
-        eligible: crate::database::basebackup::relation_main_fork,
+        eligible: drmesh_pg::relation_main_fork,
         page_size: 8192,
         lsn_floor: floor,
     };
@@ -715,7 +715,7 @@ async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
-    use crate::repo::pages::PageDelta;
+    use crate::pages::PageDelta;
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/300");
     std::fs::create_dir_all(rel.parent().expect("parent")).expect("dirs");
@@ -726,7 +726,7 @@ async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
     std::fs::write(fx.path("src/other"), b"fine").expect("write");
     let mut req = BackupRequest::new("full_1", "files", fx.path("src"));
     req.pages = Some(PageDelta {
-        eligible: crate::database::basebackup::relation_main_fork,
+        eligible: drmesh_pg::relation_main_fork,
         page_size: 8192,
         lsn_floor: None,
     });

@@ -281,10 +281,6 @@ impl PackBytes {
         self.0.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn into_bytes(self) -> bytes::Bytes {
         bytes::Bytes::from_owner(self)
     }
@@ -381,7 +377,7 @@ mod tests {
 
     #[test]
     fn sealed_blobs_need_the_key() {
-        let (_, key) = crate::repo::crypto::create(&crate::repo::crypto::KeySource::Passphrase(
+        let (_, key) = crate::crypto::create(&crate::crypto::KeySource::Passphrase(
             "correct horse".into(),
         ))
         .expect("create")

@@ -55,7 +55,7 @@ use super::crypto::{self, EncryptionConfig, KeySource, MasterKey, NONCE_LEN};
 use super::export::chunk_reader;
 use super::snapshot::{safe_relative, EntryKind, FileHash, PgBackupInfo, Snapshot};
 use super::{Backend, Location, RepoError, Repository, Tags};
-use crate::database::wal::{WalKind, WalName};
+use drmesh_pg::{WalKind, WalName};
 
 /// `format` of [`ColdManifest`] and of an encrypted object's header.
 pub const FORMAT: &str = "drmesh-cold-archive/1";
@@ -577,7 +577,8 @@ async fn wal_of(repo: &Repository, snap: &Snapshot) -> Result<Vec<(u32, String)>
     let Some(pg) = &snap.postgres else {
         return Ok(Vec::new());
     };
-    let mut out: Vec<(u32, String)> = crate::database::verify::needed_wal(pg)
+    let mut out: Vec<(u32, String)> = pg
+        .needed_wal()
         .into_iter()
         .map(|n| (pg.timeline, n))
         .collect();
@@ -722,6 +723,7 @@ impl<W: Write> FrameSealer<W> {
     }
 
     /// Capacity of the frame buffer: one frame, whatever was written.
+    #[cfg(test)]
     pub fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
     }
@@ -1410,8 +1412,8 @@ fn set_metadata(path: &Path, e: &ColdEntry, root_owner: bool) -> Result<(), Repo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::backup::BackupRequest;
-    use crate::repo::RepoOptions;
+    use crate::backup::BackupRequest;
+    use crate::RepoOptions;
 
     /// A tree with nested directories, an empty file, a symlink, a long name, a file
     /// bigger than one chunk and a frame, and odd modes.
@@ -1576,15 +1578,15 @@ mod tests {
             plain.archive(&s.repo, &s.id).await,
             Err(RepoError::Key(_))
         ));
-        assert!(crate::repo::Backend::open(&Location::new(
-            s.dir.path().join("cold").to_string_lossy()
-        ))
-        .await
-        .expect("open")
-        .list("")
-        .await
-        .expect("list")
-        .is_empty());
+        assert!(
+            crate::Backend::open(&Location::new(s.dir.path().join("cold").to_string_lossy()))
+                .await
+                .expect("open")
+                .list("")
+                .await
+                .expect("list")
+                .is_empty()
+        );
 
         let key = key_file(&s, "archive.key", "fedcba9876543210fedcba9876543210");
         let cold = archive_at(&s, key.clone()).await;
@@ -1712,7 +1714,7 @@ mod tests {
     /// later the archive lets it go.
     #[tokio::test]
     async fn enforcement_moves_the_monthly_pick_to_the_archive_once() {
-        use crate::repo::enforce::Policies;
+        use crate::enforce::Policies;
         let s = setup(None).await;
         let cold = archive_at(&s, KeySource::None).await;
         let now = Utc::now();
@@ -1740,7 +1742,7 @@ mod tests {
             .enforce_with_archive(&policies, now, true, Some(&cold))
             .await
             .expect("dry");
-        let ids = |v: &[crate::repo::enforce::Kept]| -> Vec<String> {
+        let ids = |v: &[crate::enforce::Kept]| -> Vec<String> {
             v.iter().map(|k| k.snapshot_id.clone()).collect()
         };
         assert_eq!(ids(&dry.archived), vec![s.id.clone()]);

@@ -7,8 +7,13 @@ use std::path::{Component, Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use drmesh_protocol::Lsn;
+
 use super::pack::ChunkId;
 use super::RepoError;
+
+/// The snapshot kind of a PostgreSQL base backup (the agent's `basebackup` takes them).
+pub const KIND_POSTGRES: &str = "postgres";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +192,22 @@ pub struct PgBackupInfo {
     pub row_counts: Option<RowCounts>,
 }
 
+impl PgBackupInfo {
+    /// Every WAL segment the backup needs: from its start to its stop, and on to the end
+    /// of its row counts' segment switch when it recorded counts.
+    pub fn needed_wal(&self) -> Vec<String> {
+        let start: Lsn = self.start_lsn.parse().unwrap_or(Lsn(0));
+        let stop: Lsn = self.stop_lsn.parse().unwrap_or(start);
+        let end = self
+            .row_counts
+            .as_ref()
+            .and_then(|c| c.wal_end.parse::<Lsn>().ok())
+            .filter(|e| e.0 > stop.0)
+            .unwrap_or(stop);
+        drmesh_pg::needed_segments(self.timeline, start, end, self.wal_segment_size)
+    }
+}
+
 /// Row counts of one database's user tables as of `lsn`: the state a recovery that
 /// replays everything before `lsn` (and nothing from it on) must show.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,5 +317,34 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_wal_a_backup_needs_reaches_its_row_counts() {
+        let mut pg = PgBackupInfo {
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            timeline: 1,
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            wal_segment_size: 16 << 20,
+            system_identifier: "1".into(),
+            server_version: 150000,
+            stopped_at: chrono::Utc::now(),
+            tablespace_map: None,
+            row_counts: None,
+        };
+        assert_eq!(pg.needed_wal(), vec!["000000010000000000000002"]);
+        pg.row_counts = Some(RowCounts {
+            lsn: "0/3000000".into(),
+            wal_end: "0/3000090".into(),
+            database: "postgres".into(),
+            tables: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        });
+        assert_eq!(
+            pg.needed_wal(),
+            vec!["000000010000000000000002", "000000010000000000000003"]
+        );
     }
 }

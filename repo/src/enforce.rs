@@ -48,8 +48,7 @@ use super::retention::{self, Action, BaseBackupWal, Candidate, Kind, Tier};
 use super::snapshot::{PgBackupInfo, SnapshotSummary};
 use super::wal::wal_key;
 use super::{RepoError, Repository};
-use crate::database::verify::needed_wal;
-use crate::database::wal::{WalKind, WalName};
+use drmesh_pg::{WalKind, WalName};
 
 pub use drmesh_protocol::retention::{
     EnforceReport, Kept, LockedSnapshot, RetentionPolicies as Policies,
@@ -59,7 +58,7 @@ pub use drmesh_protocol::retention::{
 /// other snapshot (a document snapshot reusing its parent's unchanged files too) is
 /// whole by itself, a full.
 fn candidate(s: &SnapshotSummary) -> Candidate {
-    let incremental = s.kind == crate::database::basebackup::KIND && s.parent.is_some();
+    let incremental = s.kind == crate::snapshot::KIND_POSTGRES && s.parent.is_some();
     Candidate {
         id: s.id.clone(),
         kind: if incremental {
@@ -73,7 +72,7 @@ fn candidate(s: &SnapshotSummary) -> Candidate {
 
 /// An archived snapshot's place in the plan, as [`candidate`] would have placed it hot.
 fn archived_candidate(a: &ArchivedSnapshot) -> Candidate {
-    let incremental = a.kind == crate::database::basebackup::KIND && a.parent.is_some();
+    let incremental = a.kind == crate::snapshot::KIND_POSTGRES && a.parent.is_some();
     Candidate {
         id: a.snapshot_id.clone(),
         kind: if incremental {
@@ -91,7 +90,7 @@ fn archived_candidate(a: &ArchivedSnapshot) -> Candidate {
 /// the backups taken there continue the same history, and the last one taken before the
 /// failover must not stay forever as the newest of a group of its own.
 fn group_key(kind: &str, source: &Path) -> (String, PathBuf) {
-    if kind == crate::database::basebackup::KIND {
+    if kind == crate::snapshot::KIND_POSTGRES {
         (kind.to_string(), PathBuf::new())
     } else {
         (kind.to_string(), source.to_path_buf())
@@ -118,7 +117,7 @@ fn keep_latest(mut plan: retention::Plan, candidates: &[Candidate]) -> retention
 
 /// The parent timelines a `.history` file lists, oldest first.
 pub fn history_parents(text: &str) -> Vec<u32> {
-    super::wal::parse_history(text)
+    drmesh_pg::parse_history(text)
         .into_iter()
         .map(|(parent, _)| parent)
         .collect()
@@ -130,7 +129,7 @@ fn start_segment(pg: &PgBackupInfo) -> Option<String> {
     if WalName::parse(&pg.start_wal).is_ok_and(|n| n.kind == WalKind::Segment) {
         return Some(pg.start_wal.clone());
     }
-    needed_wal(pg).into_iter().next()
+    pg.needed_wal().into_iter().next()
 }
 
 /// One repository's share of a plan made over a whole history.
@@ -303,7 +302,7 @@ pub async fn enforce_history(
                 Action::Archive => {
                     if let Some(pg) = &s.postgres {
                         part.archive_wal
-                            .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                            .extend(pg.needed_wal().into_iter().map(|n| (pg.timeline, n)));
                     }
                     part.report.awaiting_archive.push(kept);
                 }
@@ -400,7 +399,7 @@ impl Repository {
                                 .await?;
                             if let Some(pg) = pg {
                                 archive_wal
-                                    .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                                    .extend(pg.needed_wal().into_iter().map(|n| (pg.timeline, n)));
                             }
                         }
                         info!(snapshot = %kept.snapshot_id, archive = %archive.describe(), "retention: snapshot moved to the cold archive");
@@ -413,7 +412,7 @@ impl Repository {
                             .push(format!("{}: {e}", kept.snapshot_id));
                         if let Some(pg) = pg {
                             archive_wal
-                                .extend(needed_wal(pg).into_iter().map(|n| (pg.timeline, n)));
+                                .extend(pg.needed_wal().into_iter().map(|n| (pg.timeline, n)));
                         }
                         report.awaiting_archive.push(kept);
                     }
@@ -519,9 +518,9 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::retention::RetentionPolicy;
-    use crate::repo::roundtrip_tests::temp_repo;
-    use crate::repo::snapshot::{Snapshot, SnapshotStats};
+    use crate::retention::RetentionPolicy;
+    use crate::roundtrip_tests::temp_repo;
+    use crate::snapshot::{Snapshot, SnapshotStats};
     use chrono::TimeZone;
 
     fn segment(tl: u32, n: u64) -> String {
@@ -541,7 +540,7 @@ mod tests {
         let lsn = |n: u64| format!("{:X}/{:X}", n >> 8, (n & 0xff) << 24);
         let snap = Snapshot {
             id: id.into(),
-            kind: crate::database::basebackup::KIND.into(),
+            kind: crate::snapshot::KIND_POSTGRES.into(),
             parent: parent.map(String::from),
             source: "/var/lib/postgresql/15/main".into(),
             hostname: "db-1".into(),
@@ -836,7 +835,7 @@ mod tests {
         first: chrono::NaiveDate,
         last: chrono::NaiveDate,
     ) -> Vec<(String, Repository)> {
-        use crate::repo::{KeySource, Location, RepoOptions};
+        use crate::{KeySource, Location, RepoOptions};
         let mut months: Vec<(String, Repository)> = Vec::new();
         let mut day = first;
         while day <= last {
@@ -979,8 +978,8 @@ mod tests {
 
     #[tokio::test]
     async fn fifteen_months_of_month_repositories_keep_and_archive_what_the_policy_defines() {
-        use crate::repo::archive::ArchiveOptions;
-        use crate::repo::{KeySource, Location};
+        use crate::archive::ArchiveOptions;
+        use crate::{KeySource, Location};
         let dir = tempfile::tempdir().expect("tempdir");
         let months =
             months_of_daily_documents(dir.path(), date("2025-10-01"), date("2026-12-02")).await;
