@@ -312,18 +312,6 @@ pub struct DatabaseConfig {
     pub retention: Option<drmesh_protocol::retention::RetentionPolicy>,
 }
 
-impl DatabaseConfig {
-    /// The PostgreSQL programs to use: `pg_bin_dir`, or the newest installed.
-    pub fn pg_bin(
-        &self,
-    ) -> Result<crate::postgres::local::PgBin, crate::postgres::local::LocalPgError> {
-        match &self.pg_bin_dir {
-            Some(dir) => crate::postgres::local::PgBin::at(dir),
-            None => crate::postgres::local::PgBin::find(),
-        }
-    }
-}
-
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys: Vec<&String> = self.options.keys().collect();

@@ -48,8 +48,7 @@ pub enum DocumentsError {
     UnknownLocation(String),
 }
 
-/// Reports progress: percent (0..=100) and a message.
-pub type ProgressFn = Arc<dyn Fn(f32, String) + Send + Sync>;
+pub use crate::progress::ProgressFn;
 
 pub struct Documents {
     config: DocumentsConfig,

@@ -8,7 +8,9 @@ pub mod documents;
 pub mod failover;
 pub mod link;
 pub mod mesh;
+pub mod observed;
 pub mod postgres;
+pub mod progress;
 pub mod replication;
 
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::config::AgentConfig;
-use crate::link::{Link, Observed};
+use crate::link::Link;
+use crate::observed::Observed;
 
 /// Keeps resident memory flat while large buffers stream through (backups, restores).
 /// glibc raises its mmap threshold each time a large block is freed; after that, chunk

@@ -22,7 +22,8 @@ use rand::Rng;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
-use crate::documents::{Documents, ProgressFn};
+use crate::documents::Documents;
+use crate::progress::ProgressFn;
 use crate::mesh::Mesh;
 use crate::postgres::Prober;
 
@@ -65,12 +66,7 @@ pub enum LinkError {
     Datagram(#[from] quinn::SendDatagramError),
 }
 
-/// What the agent knows that goes into heartbeats, updated by the probe task.
-#[derive(Default)]
-pub struct Observed {
-    pub postgres: Mutex<Option<PgStatus>>,
-    pub last_backup_ids: Mutex<Vec<String>>,
-}
+pub use crate::observed::Observed;
 
 /// Decides whether a command's epoch is acceptable and remembers the newest one.
 ///

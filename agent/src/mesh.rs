@@ -33,7 +33,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AgentConfig, DatabaseConfig};
-use crate::link::Observed;
+use crate::observed::Observed;
 
 /// Pings kept waiting for an answer, per peer.
 const OUTSTANDING: usize = 8;

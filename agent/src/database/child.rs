@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
-use crate::documents::ProgressFn;
+use crate::progress::ProgressFn;
 
 /// One line of the child's standard output.
 #[derive(Debug, Serialize, Deserialize)]

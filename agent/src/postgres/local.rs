@@ -634,6 +634,16 @@ impl LocalCluster {
     }
 }
 
+
+/// The PostgreSQL programs a `[database]` section names: `pg_bin_dir`, or the newest
+/// installed.
+pub fn pg_bin_of(db: &crate::config::DatabaseConfig) -> Result<PgBin, LocalPgError> {
+    match &db.pg_bin_dir {
+        Some(dir) => PgBin::at(dir),
+        None => PgBin::find(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
