@@ -50,8 +50,13 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{DnsConfig, DnsProviderConfig, TsigAlgorithmName};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
+
+mod settings;
+
+pub use self::settings::{
+    DnsConfig, DnsProviderConfig, DnsProviderKind, DnsSection, TsigAlgorithmName,
+};
 
 /// How long one RFC 2136 exchange (connect, send, answer) may take.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
