@@ -25,7 +25,7 @@
 use std::fmt;
 use std::iter;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,15 +34,10 @@ use hickory_proto::op::{
     Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
     UpdateMessage,
 };
-use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+use hickory_proto::rr::rdata::tsig::TsigError;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-    ResolverOpts,
-};
-use hickory_resolver::net::runtime::{Time, TokioRuntimeProvider};
-use hickory_resolver::Resolver;
+use hickory_resolver::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -52,20 +47,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 
+mod names;
+mod query;
 mod settings;
+mod sigv4;
+mod tsig;
 
-pub use self::settings::{
-    DnsConfig, DnsProviderConfig, DnsProviderKind, DnsSection, TsigAlgorithmName,
-};
+pub use self::query::{confirm, query};
+pub use self::settings::{DnsConfig, DnsProviderConfig, DnsProviderKind, DnsSection};
+pub use self::sigv4::AwsCredentials;
+pub use self::tsig::{TsigAlgorithmName, TsigKey};
+
+use self::names::{normalize_name, parse_name};
+use self::query::CONFIRM_QUERY_TIMEOUT;
+use self::sigv4::sigv4_headers;
 
 /// How long one RFC 2136 exchange (connect, send, answer) may take.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Allowed clock difference for TSIG, in seconds (RFC 8945 recommends 300).
-const TSIG_FUDGE: u16 = 300;
-/// How long one query of [`confirm`] may take before it counts as unanswered.
-const CONFIRM_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between rounds of [`confirm`].
-const CONFIRM_INTERVAL: Duration = Duration::from_millis(250);
 /// Idle TCP connections to the embedded server are closed after this long.
 const EMBEDDED_TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -238,41 +236,6 @@ pub async fn from_config(
     }
 }
 
-/// Parses a domain name, lowercases it and makes it fully qualified ("db.x.test.").
-pub fn normalize_name(name: &str) -> Result<String, DnsError> {
-    parse_name(name).map(|n| n.to_string())
-}
-
-/// Whether `name` is `zone` or inside it (both as given to [`normalize_name`]).
-pub fn in_zone(zone: &str, name: &str) -> Result<bool, DnsError> {
-    Ok(parse_name(zone)?.zone_of(&parse_name(name)?))
-}
-
-/// The zone a record belongs to by default: its parent ("db.x.test." → "x.test.").
-pub fn parent_zone(name: &str) -> Result<String, DnsError> {
-    let n = parse_name(name)?;
-    if n.num_labels() < 2 {
-        return Err(DnsError::Name {
-            name: name.to_string(),
-            message: "needs at least two labels to have a parent zone".into(),
-        });
-    }
-    Ok(n.base_name().to_string())
-}
-
-fn parse_name(name: &str) -> Result<Name, DnsError> {
-    let bad = |message: String| DnsError::Name {
-        name: name.to_string(),
-        message,
-    };
-    if name.trim().is_empty() || name == "." {
-        return Err(bad("empty".into()));
-    }
-    let mut n = Name::from_ascii(name).map_err(|e| bad(e.to_string()))?;
-    n.set_fqdn(true);
-    Ok(n.to_lowercase())
-}
-
 fn rdata(ip: IpAddr) -> RData {
     match ip {
         IpAddr::V4(v4) => RData::A(A(v4)),
@@ -325,385 +288,6 @@ fn stale_description(old: Option<IpAddr>, current: Result<Vec<IpAddr>, DnsError>
         Some(ip) => format!("no longer holds {ip} ({now})"),
         None => format!("already has an address although none was expected ({now})"),
     }
-}
-
-/// Asks `server` directly, and only it, for the A and AAAA records of `name`.
-///
-/// Uses hickory-resolver with that single name server, recursion not desired, the cache
-/// size 0 and a resolver built for this one call, so nothing is cached between calls; the
-/// hosts file is not read. No records (NODATA or NXDOMAIN) is `Ok(vec![])`.
-pub async fn query(
-    server: SocketAddr,
-    name: &str,
-    timeout: Duration,
-) -> Result<Vec<IpAddr>, DnsError> {
-    let fail = |message: String| DnsError::Query {
-        server,
-        name: name.to_string(),
-        message,
-    };
-    let fqdn = parse_name(name)?;
-    let mut udp = ConnectionConfig::udp();
-    udp.port = server.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = server.port();
-    let mut config = ResolverConfig::default();
-    config.name_servers = vec![NameServerConfig::new(server.ip(), true, vec![udp, tcp])];
-    let mut opts = ResolverOpts::default();
-    opts.cache_size = 0;
-    opts.recursion_desired = false;
-    opts.attempts = 1;
-    opts.timeout = timeout;
-    opts.use_hosts_file = ResolveHosts::Never;
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    opts.ndots = 0;
-    opts.try_tcp_on_error = true;
-    let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default())
-        .with_options(opts)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let lookup = tokio::time::timeout(timeout, resolver.lookup_ip(fqdn))
-        .await
-        .map_err(|_| {
-            fail(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            ))
-        })?;
-    match lookup {
-        Ok(found) => {
-            let mut addrs: Vec<IpAddr> = found.iter().collect();
-            addrs.sort();
-            addrs.dedup();
-            Ok(addrs)
-        }
-        Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-        Err(e) => Err(fail(e.to_string())),
-    }
-}
-
-/// Polls every authoritative server of `provider` until each answers exactly
-/// `[expected]`, for at most `timeout`. Ok lists what each answered ("127.0.0.1:5353
-/// answers 198.18.0.12"); the error names each server that did not, with its answer.
-///
-/// A provider that lists no authoritative server is confirmed through its API
-/// ([`DnsProvider::api_answer`]): Ok is then one line, "<describe()> API answers
-/// 198.18.0.12". A provider with neither is an error.
-pub async fn confirm(
-    provider: &dyn DnsProvider,
-    expected: IpAddr,
-    timeout: Duration,
-) -> Result<Vec<String>, DnsError> {
-    let record = provider.record().to_string();
-    let servers = provider.authoritative();
-    if servers.is_empty() {
-        return confirm_via_api(provider, expected, timeout).await;
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut confirmed = Vec::new();
-        let mut failures = Vec::new();
-        for server in &servers {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let per_query = left.clamp(Duration::from_millis(200), CONFIRM_QUERY_TIMEOUT);
-            match query(*server, &record, per_query).await {
-                Ok(addrs) if addrs == [expected] => {
-                    confirmed.push(format!("{server} answers {expected}"))
-                }
-                Ok(addrs) => failures.push(format!(
-                    "{server} answers {} instead of {expected}",
-                    show_addrs(&addrs)
-                )),
-                Err(e) => failures.push(format!("{server} did not answer: {e}")),
-            }
-        }
-        if failures.is_empty() {
-            return Ok(confirmed);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(DnsError::NotConfirmed {
-                record,
-                within: humantime::format_duration(timeout).to_string(),
-                failures,
-            });
-        }
-        tokio::time::sleep(left.min(CONFIRM_INTERVAL)).await;
-    }
-}
-
-/// [`confirm`] for a provider without authoritative servers: reads the record back
-/// through the provider's API until it is exactly `[expected]`.
-async fn confirm_via_api(
-    provider: &dyn DnsProvider,
-    expected: IpAddr,
-    timeout: Duration,
-) -> Result<Vec<String>, DnsError> {
-    let record = provider.record().to_string();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let failure = match provider.api_answer().await {
-            None => {
-                return Err(DnsError::Config(format!(
-                    "{} names no authoritative server to confirm {record} with",
-                    provider.describe()
-                )))
-            }
-            Some(Ok(addrs)) if addrs == [expected] => {
-                return Ok(vec![format!(
-                    "{} API answers {expected}",
-                    provider.describe()
-                )])
-            }
-            Some(Ok(addrs)) => format!(
-                "{} API answers {} instead of {expected}",
-                provider.describe(),
-                show_addrs(&addrs)
-            ),
-            Some(Err(e)) => format!("{} API did not answer: {e}", provider.describe()),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(DnsError::NotConfirmed {
-                record,
-                within: humantime::format_duration(timeout).to_string(),
-                failures: vec![failure],
-            });
-        }
-        tokio::time::sleep(left.min(ROUTE53_CONFIRM_INTERVAL)).await;
-    }
-}
-
-/// A TSIG key: its name, algorithm and secret. `Debug` leaves the secret out.
-#[derive(Clone)]
-pub struct TsigKey {
-    pub name: String,
-    pub algorithm: TsigAlgorithmName,
-    secret: Vec<u8>,
-}
-
-impl fmt::Debug for TsigKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TsigKey")
-            .field("name", &self.name)
-            .field("algorithm", &self.algorithm)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-impl TsigKey {
-    /// Reads the key `name` from `path`: either a bare base64 secret, or a BIND
-    /// `key "NAME" { algorithm …; secret "…"; };` file as `tsig-keygen` writes it. For a
-    /// BIND file the algorithm is the file's, and `algorithm`, when given, must agree;
-    /// for a bare secret it is `algorithm`, by default hmac-sha256.
-    pub fn load(
-        path: &Path,
-        name: &str,
-        algorithm: Option<TsigAlgorithmName>,
-    ) -> Result<TsigKey, DnsError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DnsError::Key {
-            path: path.to_path_buf(),
-            message: format!("read: {e}"),
-        })?;
-        Self::parse(&text, name, algorithm).map_err(|message| DnsError::Key {
-            path: path.to_path_buf(),
-            message,
-        })
-    }
-
-    /// [`TsigKey::load`] on the file's text.
-    pub fn parse(
-        text: &str,
-        name: &str,
-        algorithm: Option<TsigAlgorithmName>,
-    ) -> Result<TsigKey, String> {
-        let wanted = normalize_name(name).map_err(|e| e.to_string())?;
-        let tokens = tokenize(text)?;
-        if !tokens.iter().any(|t| t == "key") {
-            let secret: String = text.split_whitespace().collect();
-            let secret = decode_secret(&secret)?;
-            return Ok(TsigKey {
-                name: wanted,
-                algorithm: algorithm.unwrap_or_default(),
-                secret,
-            });
-        }
-        let keys = parse_bind_keys(&tokens)?;
-        let mut names = Vec::new();
-        for (key_name, key_alg, key_secret) in keys {
-            if normalize_name(&key_name).ok().as_deref() != Some(wanted.as_str()) {
-                names.push(key_name);
-                continue;
-            }
-            let file_alg = TsigAlgorithmName::from_bind(&key_alg).ok_or_else(|| {
-                format!("key {key_name:?} uses algorithm {key_alg:?}; drmesh supports hmac-sha256, hmac-sha384 and hmac-sha512")
-            })?;
-            if let Some(configured) = algorithm {
-                if configured != file_alg {
-                    return Err(format!(
-                        "key {key_name:?} is {file_alg} in the file but tsig_algorithm says {configured}"
-                    ));
-                }
-            }
-            return Ok(TsigKey {
-                name: wanted,
-                algorithm: file_alg,
-                secret: decode_secret(&key_secret)?,
-            });
-        }
-        Err(format!(
-            "no key named {name:?} in the file (it has {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        ))
-    }
-
-    fn signer(&self) -> Result<TSigner, DnsError> {
-        let bad = |message: String| DnsError::Config(format!("TSIG key {}: {message}", self.name));
-        let name = parse_name(&self.name)?;
-        let algorithm = match self.algorithm {
-            TsigAlgorithmName::HmacSha256 => TsigAlgorithm::HmacSha256,
-            TsigAlgorithmName::HmacSha384 => TsigAlgorithm::HmacSha384,
-            TsigAlgorithmName::HmacSha512 => TsigAlgorithm::HmacSha512,
-        };
-        TSigner::new(self.secret.clone(), algorithm, name, TSIG_FUDGE)
-            .map_err(|e| bad(e.to_string()))
-    }
-}
-
-fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let bytes = data_encoding::BASE64
-        .decode(secret.trim().as_bytes())
-        .map_err(|e| format!("the secret is not base64: {e}"))?;
-    if bytes.len() < 16 {
-        return Err(format!(
-            "the secret is {} bytes; at least 16 are needed (make one with `tsig-keygen -a hmac-sha256 NAME`)",
-            bytes.len()
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Splits named.conf-style text into words, quoted strings (without quotes) and the
-/// punctuation `{`, `}`, `;`; drops `#`, `//` and `/* */` comments.
-fn tokenize(text: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {}
-            '#' => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'/') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                let mut closed = false;
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        closed = true;
-                        break;
-                    }
-                    prev = c;
-                }
-                if !closed {
-                    return Err("unterminated /* comment".into());
-                }
-            }
-            '"' => {
-                let mut s = String::new();
-                let mut closed = false;
-                for c in chars.by_ref() {
-                    if c == '"' {
-                        closed = true;
-                        break;
-                    }
-                    s.push(c);
-                }
-                if !closed {
-                    return Err("unterminated quoted string".into());
-                }
-                out.push(s);
-            }
-            '{' | '}' | ';' => out.push(c.to_string()),
-            c => {
-                let mut s = c.to_string();
-                while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || matches!(n, '{' | '}' | ';' | '"') {
-                        break;
-                    }
-                    s.push(n);
-                    chars.next();
-                }
-                out.push(s);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Every `key NAME { algorithm ALG; secret SECRET; };` statement: (name, algorithm,
-/// secret). Other statements are skipped.
-fn parse_bind_keys(tokens: &[String]) -> Result<Vec<(String, String, String)>, String> {
-    let mut keys = Vec::new();
-    let mut i = 0;
-    while i < tokens.len() {
-        if tokens[i] != "key" {
-            i += 1;
-            continue;
-        }
-        let name = tokens.get(i + 1).ok_or("`key` without a name")?.to_string();
-        if tokens.get(i + 2).map(String::as_str) != Some("{") {
-            return Err(format!("key {name:?}: expected `{{` after the name"));
-        }
-        i += 3;
-        let (mut algorithm, mut secret) = (None, None);
-        loop {
-            match tokens.get(i).map(String::as_str) {
-                None => return Err(format!("key {name:?}: missing `}}`")),
-                Some("}") => {
-                    i += 1;
-                    break;
-                }
-                Some(word) => {
-                    let value = tokens
-                        .get(i + 1)
-                        .ok_or_else(|| format!("key {name:?}: {word} without a value"))?;
-                    if tokens.get(i + 2).map(String::as_str) != Some(";") {
-                        return Err(format!("key {name:?}: expected `;` after {word}"));
-                    }
-                    match word {
-                        "algorithm" => algorithm = Some(value.to_string()),
-                        "secret" => secret = Some(value.to_string()),
-                        other => return Err(format!("key {name:?}: unknown clause {other:?}")),
-                    }
-                    i += 3;
-                }
-            }
-        }
-        if tokens.get(i).map(String::as_str) == Some(";") {
-            i += 1;
-        }
-        let algorithm = algorithm.ok_or_else(|| format!("key {name:?} has no algorithm"))?;
-        let secret = secret.ok_or_else(|| format!("key {name:?} has no secret"))?;
-        keys.push((name, algorithm, secret));
-    }
-    Ok(keys)
 }
 
 /// RFC 2136 dynamic update signed with TSIG, to one primary server.
@@ -962,84 +546,9 @@ impl DnsProvider for Rfc2136 {
 const ROUTE53_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between `GetChange` polls; Route 53 allows 5 requests a second per account.
 const ROUTE53_POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Pause between reads of [`confirm`] through the API.
-const ROUTE53_CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 /// The Route 53 REST API version, the first segment of every path.
 const ROUTE53_API: &str = "2013-04-01";
 const ROUTE53_XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
-
-/// AWS credentials for SigV4. `Debug` shows the access key id only.
-#[derive(Clone)]
-pub struct AwsCredentials {
-    pub access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-impl fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl AwsCredentials {
-    pub fn new(
-        access_key_id: &str,
-        secret_access_key: &str,
-        session_token: Option<&str>,
-    ) -> AwsCredentials {
-        AwsCredentials {
-            access_key_id: access_key_id.to_string(),
-            secret_access_key: secret_access_key.to_string(),
-            session_token: session_token.map(str::to_string),
-        }
-    }
-
-    /// `access_key_id` with the secret read from `secret_file` (surrounding whitespace
-    /// dropped).
-    pub fn load(access_key_id: &str, secret_file: &Path) -> Result<AwsCredentials, DnsError> {
-        let bad = |message: String| {
-            DnsError::Config(format!(
-                "secret_access_key_file {}: {message}",
-                secret_file.display()
-            ))
-        };
-        let text = std::fs::read_to_string(secret_file).map_err(|e| bad(format!("read: {e}")))?;
-        let secret = text.trim();
-        if secret.is_empty() {
-            return Err(bad("empty".into()));
-        }
-        Ok(AwsCredentials::new(access_key_id.trim(), secret, None))
-    }
-
-    /// From the standard variables `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and the
-    /// optional `AWS_SESSION_TOKEN`, as `var` reads them.
-    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<AwsCredentials, DnsError> {
-        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => Ok(AwsCredentials::new(
-                id.trim(),
-                secret.trim(),
-                get("AWS_SESSION_TOKEN").as_deref().map(str::trim),
-            )),
-            _ => Err(DnsError::Config(
-                "route53 needs credentials: access_key_id and secret_access_key_file in [dns], or the environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-            )),
-        }
-    }
-
-    /// From the process environment; see [`AwsCredentials::from_env_with`].
-    pub fn from_env() -> Result<AwsCredentials, DnsError> {
-        Self::from_env_with(|name| std::env::var(name).ok())
-    }
-}
 
 /// What [`Route53::new`] needs besides the record and its TTL.
 #[derive(Clone, Debug)]
@@ -1288,50 +797,6 @@ struct Route53Api {
     region: String,
     credentials: AwsCredentials,
     agent: ureq::Agent,
-}
-
-/// The SigV4 headers (`authorization`, `x-amz-date`, and `x-amz-security-token` with a
-/// session token) for `method url` with `body`, signed at `time` for `service` in
-/// `region` (the host is the URL's).
-fn sigv4_headers(
-    credentials: &AwsCredentials,
-    region: &str,
-    service: &str,
-    method: &str,
-    url: &str,
-    body: &[u8],
-    time: SystemTime,
-) -> Result<Vec<(String, String)>, String> {
-    use aws_sigv4::http_request::{
-        sign, SignableBody, SignableRequest, SigningParams, SigningSettings,
-    };
-    let identity: aws_smithy_runtime_api::client::identity::Identity =
-        aws_credential_types::Credentials::new(
-            &credentials.access_key_id,
-            &credentials.secret_access_key,
-            credentials.session_token.clone(),
-            None,
-            "drmesh",
-        )
-        .into();
-    let params: SigningParams = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
-    let request = SignableRequest::new(method, url, iter::empty(), SignableBody::Bytes(body))
-        .map_err(|e| e.to_string())?;
-    let (instructions, _signature) = sign(request, &params)
-        .map_err(|e| e.to_string())?
-        .into_parts();
-    Ok(instructions
-        .headers()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
 }
 
 impl Route53Api {
@@ -2055,66 +1520,6 @@ mod tests {
     }
 
     #[test]
-    fn names_are_normalized_and_zones_checked() {
-        assert_eq!(
-            normalize_name("DB.Drmesh.Test").expect("name"),
-            "db.drmesh.test."
-        );
-        assert_eq!(
-            normalize_name("db.drmesh.test.").expect("name"),
-            "db.drmesh.test."
-        );
-        assert!(normalize_name("").is_err());
-        assert!(normalize_name("a..b").is_err());
-        assert!(in_zone("drmesh.test", "db.drmesh.test.").expect("names"));
-        assert!(!in_zone("other.test", "db.drmesh.test.").expect("names"));
-        assert_eq!(
-            parent_zone("db.drmesh.test").expect("parent"),
-            "drmesh.test."
-        );
-        assert!(parent_zone("test.").is_err());
-    }
-
-    #[test]
-    fn a_bare_base64_secret_is_read_with_the_configured_algorithm() {
-        let key = TsigKey::parse(&format!("{SECRET}\n"), "drmesh-key", None).expect("key");
-        assert_eq!(key.name, "drmesh-key.");
-        assert_eq!(key.algorithm, TsigAlgorithmName::HmacSha256);
-        let key = TsigKey::parse(SECRET, "k", Some(TsigAlgorithmName::HmacSha512)).expect("key");
-        assert_eq!(key.algorithm, TsigAlgorithmName::HmacSha512);
-        assert!(!format!("{key:?}").contains(SECRET));
-        let err = TsigKey::parse("not base64!", "k", None).expect_err("bad");
-        assert!(err.contains("base64"), "{err}");
-        let err = TsigKey::parse("c2hvcnQ=", "k", None).expect_err("short");
-        assert!(err.contains("at least 16"), "{err}");
-    }
-
-    #[test]
-    fn a_bind_key_file_is_read() {
-        let text = format!(
-            "# made by tsig-keygen\nkey \"other\" {{\n\talgorithm hmac-sha512;\n\tsecret \"{SECRET}\";\n}};\n/* the one */\nkey \"drmesh-key\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{SECRET}\";\n}};\n"
-        );
-        let key = TsigKey::parse(&text, "drmesh-key", None).expect("key");
-        assert_eq!(key.algorithm, TsigAlgorithmName::HmacSha256);
-        let key = TsigKey::parse(&text, "other.", None).expect("key");
-        assert_eq!(key.algorithm, TsigAlgorithmName::HmacSha512);
-        let err = TsigKey::parse(&text, "drmesh-key", Some(TsigAlgorithmName::HmacSha512))
-            .expect_err("mismatch");
-        assert!(err.contains("tsig_algorithm"), "{err}");
-        let err = TsigKey::parse(&text, "missing", None).expect_err("missing");
-        assert!(err.contains("other, drmesh-key"), "{err}");
-        let err = TsigKey::parse(
-            "key \"k\" { algorithm hmac-md5; secret \"x\"; };",
-            "k",
-            None,
-        )
-        .expect_err("md5");
-        assert!(err.contains("hmac-md5"), "{err}");
-        let err = TsigKey::parse("key \"k\" { secret \"x\"; };", "k", None).expect_err("no alg");
-        assert!(err.contains("no algorithm"), "{err}");
-    }
-
-    #[test]
     fn the_update_carries_the_prerequisite_and_replaces_the_rrset() {
         let key = TsigKey::parse(SECRET, "k", None).expect("key");
         let p = Rfc2136::new(
@@ -2317,54 +1722,7 @@ mod tests {
     }
 
     #[test]
-    fn sigv4_matches_the_get_vanilla_vector() {
-        // aws-sig-v4-test-suite/get-vanilla: GET / at 2015-08-30T12:36:00Z.
-        let creds = AwsCredentials::new(
-            "AKIDEXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            None,
-        );
-        let time = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
-        let headers = sigv4_headers(
-            &creds,
-            "us-east-1",
-            "service",
-            "GET",
-            "https://example.amazonaws.com/",
-            b"",
-            time,
-        )
-        .expect("sign");
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(get("x-amz-date").as_deref(), Some("20150830T123600Z"));
-        assert_eq!(
-            get("authorization").as_deref(),
-            Some("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31")
-        );
-        // A session token travels as x-amz-security-token.
-        let creds = AwsCredentials::new("AKIDEXAMPLE", "secret", Some("tok"));
-        let headers = sigv4_headers(
-            &creds,
-            "us-east-1",
-            "route53",
-            "POST",
-            "http://127.0.0.1:5000/2013-04-01/hostedzone/Z1/rrset/",
-            b"<x/>",
-            time,
-        )
-        .expect("sign");
-        assert!(headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("x-amz-security-token") && v == "tok"));
-    }
-
-    #[test]
-    fn route53_secrets_stay_out_of_debug_and_credentials_come_from_the_environment() {
+    fn route53_secrets_stay_out_of_debug() {
         let p = route53(vec![]);
         let text = format!("{p:?}");
         assert!(text.contains("AKIDTEST"), "{text}");
@@ -2378,35 +1736,6 @@ mod tests {
             p.describe(),
             "route53 hosted zone Z0123ABC at http://127.0.0.1:9"
         );
-
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let c = AwsCredentials::from_env_with(env(&[
-            ("AWS_ACCESS_KEY_ID", "AKID"),
-            ("AWS_SECRET_ACCESS_KEY", "sk"),
-            ("AWS_SESSION_TOKEN", "st"),
-        ]))
-        .expect("creds");
-        assert_eq!(c.access_key_id, "AKID");
-        assert_eq!(c.session_token.as_deref(), Some("st"));
-        let err = AwsCredentials::from_env_with(env(&[("AWS_ACCESS_KEY_ID", "AKID")]))
-            .expect_err("no secret");
-        assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
-        assert!(err.is_permanent());
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("sk");
-        std::fs::write(&file, "  the-secret\n").expect("write");
-        let c = AwsCredentials::load("AKID", &file).expect("load");
-        assert_eq!(c.secret_access_key, "the-secret");
-        std::fs::write(&file, "\n").expect("write");
-        assert!(AwsCredentials::load("AKID", &file).is_err());
     }
 
     #[test]

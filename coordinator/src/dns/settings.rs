@@ -2,14 +2,15 @@
 //! validation into the checked [`DnsConfig`] that [`super::from_config`] builds a
 //! provider from.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use drmesh_protocol::config::ConfigError;
 use serde::Deserialize;
 
-use super::{in_zone, normalize_name, parent_zone, AwsCredentials, TsigKey};
+use super::names::{in_zone, normalize_name, parent_zone};
+use super::sigv4::AwsCredentials;
+use super::tsig::{TsigAlgorithmName, TsigKey};
 
 /// `[dns]` as written. Which keys apply depends on `provider`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -62,40 +63,6 @@ pub enum DnsProviderKind {
     Embedded,
     Rfc2136,
     Route53,
-}
-
-/// The TSIG algorithms drmesh signs with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum TsigAlgorithmName {
-    #[default]
-    #[serde(rename = "hmac-sha256")]
-    HmacSha256,
-    #[serde(rename = "hmac-sha384")]
-    HmacSha384,
-    #[serde(rename = "hmac-sha512")]
-    HmacSha512,
-}
-
-impl TsigAlgorithmName {
-    /// The algorithm as named in a BIND `key` statement.
-    pub fn from_bind(name: &str) -> Option<Self> {
-        match name.trim_end_matches('.').to_ascii_lowercase().as_str() {
-            "hmac-sha256" => Some(Self::HmacSha256),
-            "hmac-sha384" => Some(Self::HmacSha384),
-            "hmac-sha512" => Some(Self::HmacSha512),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for TsigAlgorithmName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::HmacSha256 => "hmac-sha256",
-            Self::HmacSha384 => "hmac-sha384",
-            Self::HmacSha512 => "hmac-sha512",
-        })
-    }
 }
 
 /// The checked `[dns]`.
