@@ -14,7 +14,7 @@ use drmesh_protocol::outcome::CommandOutcome;
 use drmesh_protocol::{
     close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
     CoordinatorMessage, CoordinatorMessageV1, DecodeError, Epoch, ErrorMessage, FrameDecoder,
-    Heartbeat, Hello, PgStatus, Progress as ProgressMessage, Welcome,
+    Heartbeat, Hello, Progress as ProgressMessage, Welcome,
 };
 use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -23,9 +23,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::documents::Documents;
-use crate::progress::ProgressFn;
 use crate::mesh::Mesh;
 use crate::postgres::Prober;
+use crate::progress::ProgressFn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, Epoch, RegionId};
-use crate::message::PgRole;
+use crate::role::PgRole;
 
 /// Liveness of an agent as the coordinator derives it from heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod pki;
 pub mod replication;
 pub mod retention;
+pub mod role;
 pub mod tls;
 
 pub use codec::{DecodeError, EncodeError, FrameDecoder, MAX_FRAME_SIZE};

@@ -18,6 +18,8 @@
 //! When the uploads are done the backup's index object is written, and the snapshot
 //! manifest last of all.
 
+pub(crate) mod pages;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -32,8 +34,8 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use self::pages::PageDelta;
 use super::pack::{self, ChunkId, IndexEntry, PackBuilder, PackBytes};
-use super::pages::{self, PageDelta};
 use super::snapshot::{Entry, EntryKind, FileHash, Snapshot, SnapshotStats};
 use super::{pack_key, Progress, RepoError, RepoLock, Repository, Tags};
 

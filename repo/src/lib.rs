@@ -35,7 +35,6 @@ mod export;
 mod gc;
 mod immutable;
 mod pack;
-mod pages;
 mod reader;
 mod replicate;
 mod restore;
@@ -69,13 +68,13 @@ use tracing::info;
 
 pub use archive::{ArchiveOptions, ArchivedSnapshot, ColdArchive, ColdReport};
 pub use backend::{write_durably, Backend, Location, Removal, Upload};
+pub use backup::pages::PageDelta;
 pub use backup::{valid_snapshot_id, BackupRequest, PendingBackup};
 pub use crypto::{EncryptionConfig, KeySource};
 pub use enforce::{empty_report, enforce_history, merge_report, Kept, Policies};
 pub use export::{ArchiveManifest, ManifestFile};
 pub use gc::{GcOptions, GcReport};
 pub use pack::ChunkId;
-pub use pages::PageDelta;
 pub use replicate::{CopyReport, SyncReport};
 pub use restore::{FailedFile, RestoreReport, RestoreRequest};
 pub use snapshot::{

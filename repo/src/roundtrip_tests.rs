@@ -522,7 +522,7 @@ fn relation_page(lsn: u64, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() {
-    use crate::pages::PageDelta;
+    use crate::PageDelta;
     use std::io::{Seek, SeekFrom, Write};
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/100");
@@ -617,7 +617,7 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
-    use crate::pages::PageDelta;
+    use crate::PageDelta;
     use crate::snapshot::FileHash;
     use std::io::{Seek, SeekFrom, Write};
     let fx = Fixture::new(KeySource::None).await;
@@ -715,7 +715,7 @@ async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_block_of_a_file_restored_in_parts_fails_that_file_only() {
-    use crate::pages::PageDelta;
+    use crate::PageDelta;
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/300");
     std::fs::create_dir_all(rel.parent().expect("parent")).expect("dirs");

@@ -634,7 +634,6 @@ impl LocalCluster {
     }
 }
 
-
 /// The PostgreSQL programs a `[database]` section names: `pg_bin_dir`, or the newest
 /// installed.
 pub fn pg_bin_of(db: &crate::config::DatabaseConfig) -> Result<PgBin, LocalPgError> {

@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use crossbeam_channel::Sender;
 use sha2::{Digest, Sha256};
 
-use super::backup::{store_chunk, Blob, ReadError, Shared};
-use super::pack::ChunkId;
-use super::snapshot::{Entry, Extent, SnapshotStats};
-use super::{RepoError, Repository};
+use super::{store_chunk, Blob, ReadError, Shared};
+use crate::pack::ChunkId;
+use crate::snapshot::{Entry, Extent, SnapshotStats};
+use crate::{RepoError, Repository};
 
 /// Which files are database pages: stored in fixed blocks, and — given a parent —
 /// copied page by page against it.
@@ -137,7 +137,7 @@ pub(super) fn read_pages(
         }
         // Fill the buffer (short reads happen); what is read is a whole number of pages
         // unless the file ends (or grew) mid-page.
-        let n = super::backup::fill(&mut buf, |b| (&file).read(b)).map_err(|e| io("read", e))?;
+        let n = super::fill(&mut buf, |b| (&file).read(b)).map_err(|e| io("read", e))?;
         if n == 0 {
             break;
         }
@@ -201,7 +201,7 @@ pub(super) fn read_pages(
     entry.sha256 = Some(hex::encode(hasher.finalize()));
     // A live database file changes while it is read (the WAL covers that); what matters
     // is whether the next backup may skip it on its size and times.
-    entry.recheck = super::backup::recheck_after(&full, read_started, size, entry.mtime_ns)
+    entry.recheck = super::recheck_after(&full, read_started, size, entry.mtime_ns)
         .map_err(|e| io("stat", e))?;
     Ok(true)
 }
