@@ -6,6 +6,7 @@ use drmesh_protocol::api::{Alert, AlertCounts, AlertStatus, Severity};
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::RegionId;
 
+use crate::error::Error;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 
 /// Alert kind raised when an agent stops heartbeating.
@@ -18,16 +19,6 @@ pub const BACKUP_TIMEOUT: &str = "BACKUP_TIMEOUT";
 pub const REPLICATION_FAILED: &str = "REPLICATION_FAILED";
 /// A verification found a backup damaged or unrestorable.
 pub const VERIFICATION_FAILED: &str = "VERIFICATION_FAILED";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AlertError {
-    #[error("no alert {0}")]
-    NotFound(String),
-    #[error("alert {0} is already resolved")]
-    AlreadyResolved(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// What to list.
 #[derive(Clone, Debug, Default)]
@@ -118,16 +109,16 @@ pub fn resolve_cleared(
     Ok(resolved)
 }
 
-fn load(store: &dyn Store, id: &str) -> Result<Alert, AlertError> {
+fn load(store: &dyn Store, id: &str) -> Result<Alert, Error> {
     store
         .get_json(Namespace::Alerts, id)?
-        .ok_or_else(|| AlertError::NotFound(id.to_string()))
+        .ok_or_else(|| Error::NotFound(format!("no alert {id}")))
 }
 
-pub fn acknowledge(store: &dyn Store, id: &str, by: &str) -> Result<Alert, AlertError> {
+pub fn acknowledge(store: &dyn Store, id: &str, by: &str) -> Result<Alert, Error> {
     let mut alert = load(store, id)?;
     if alert.status == AlertStatus::Resolved {
-        return Err(AlertError::AlreadyResolved(id.to_string()));
+        return Err(Error::Conflict(format!("alert {id} is already resolved")));
     }
     alert.status = AlertStatus::Acknowledged;
     alert.acknowledged_by = Some(by.to_string());
@@ -136,10 +127,10 @@ pub fn acknowledge(store: &dyn Store, id: &str, by: &str) -> Result<Alert, Alert
     Ok(alert)
 }
 
-pub fn resolve(store: &dyn Store, id: &str, by: &str) -> Result<Alert, AlertError> {
+pub fn resolve(store: &dyn Store, id: &str, by: &str) -> Result<Alert, Error> {
     let mut alert = load(store, id)?;
     if alert.status == AlertStatus::Resolved {
-        return Err(AlertError::AlreadyResolved(id.to_string()));
+        return Err(Error::Conflict(format!("alert {id} is already resolved")));
     }
     alert.status = AlertStatus::Resolved;
     alert.resolved_at = Some(Utc::now());
@@ -230,13 +221,10 @@ mod tests {
         };
         assert!(list(&s, &filter).expect("list").is_empty());
         resolve(&s, &a.id, "ops").expect("resolve");
-        assert!(matches!(
-            resolve(&s, &a.id, "ops"),
-            Err(AlertError::AlreadyResolved(_))
-        ));
+        assert!(matches!(resolve(&s, &a.id, "ops"), Err(Error::Conflict(_))));
         assert!(matches!(
             acknowledge(&s, "alert_0_none", "x"),
-            Err(AlertError::NotFound(_))
+            Err(Error::NotFound(_))
         ));
     }
 }

@@ -1,5 +1,5 @@
 //! The REST API (actix-web): the runbook's routes under `/v1/backup-recovery`, tokens,
-//! audit, health and metrics. Errors become JSON in one place ([`ApiError`]).
+//! audit, health and metrics. Errors become JSON in one place ([`Error`]).
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
@@ -13,79 +13,42 @@ use chrono::Utc;
 use drmesh_protocol::api::{
     valid_document_id, AcknowledgeRequest, AlertStatus, BackupRequest, BackupStatus,
     CreateTokenRequest, DocumentBackup, DocumentReport, DocumentRestoreRequest, DocumentState,
-    ErrorBody, FieldError, PitrRequest, PlanSpec, ResolveRequest, Role, Severity,
+    ErrorBody, PitrRequest, PlanSpec, ResolveRequest, Role, Severity,
 };
 use drmesh_protocol::{AgentId, CommandKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use crate::alerts::{self, AlertError, AlertFilter};
+use crate::alerts::{self, AlertFilter};
 use crate::auth::{self, Caller};
-use crate::database::{self, DatabaseError};
-use crate::documents::{self, DocumentsError};
-use crate::drtest::{self, DrTestError};
-use crate::failover::{self, FailoverError};
+use crate::database::{self};
+use crate::documents::{self};
+use crate::drtest::{self};
+use crate::error::Error;
+use crate::failover::{self};
 use crate::notify;
-use crate::plans::{self, PlanError};
-use crate::recovery::{self, RecoveryError};
-use crate::rejoin::{self, RejoinError};
+use crate::plans::{self};
+use crate::recovery::{self};
+use crate::rejoin::{self};
 use crate::retention;
 use crate::state::Coordinator;
-use crate::store::{Namespace, StoreError, StoreExt};
+use crate::store::{Namespace, StoreExt};
 use crate::transport::{self, TransportError};
-use crate::verification::{self, VerificationError};
+use crate::verification::{self};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("this call needs the {need} role; the token has {have}")]
-    Forbidden { need: Role, have: Role },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
-    /// A body with bad fields: 400, each named in `fields`.
-    #[error("{0}")]
-    Invalid(String, Vec<FieldError>),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// An agent was asked and failed: 502.
-    #[error("{0}")]
-    BadGateway(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    fn code(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden { .. } => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::BadRequest(_) | ApiError::Invalid(..) => "bad_request",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::BadGateway(_) => "agent_failed",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-}
-
-impl ResponseError for ApiError {
+/// The one place errors become HTTP: a status, a stable code and a JSON body.
+impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) | ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) | Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::AgentFailed(_) => StatusCode::BAD_GATEWAY,
+            Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -95,123 +58,22 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        let message = match self {
+            Error::Store(e) => {
+                error!(error = %e, "state store");
+                format!("internal error: {e}")
+            }
+            other => other.to_string(),
+        };
         resp.json(ErrorBody {
             status: status.as_u16(),
             error: self.code().to_string(),
-            message: self.to_string(),
+            message,
             fields: match self {
-                ApiError::Invalid(_, fields) => fields.clone(),
+                Error::Invalid { fields, .. } => fields.clone(),
                 _ => Vec::new(),
             },
         })
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        error!(error = %e, "state store");
-        ApiError::Internal(e.to_string())
-    }
-}
-
-impl From<DocumentsError> for ApiError {
-    fn from(e: DocumentsError) -> Self {
-        match e {
-            DocumentsError::NoAgent => ApiError::Unavailable(e.to_string()),
-            DocumentsError::NotFound(m) => ApiError::NotFound(m),
-            DocumentsError::Conflict(m) => ApiError::Conflict(m),
-            DocumentsError::Agent(m) => ApiError::BadGateway(m),
-            DocumentsError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<DatabaseError> for ApiError {
-    fn from(e: DatabaseError) -> Self {
-        match e {
-            DatabaseError::NoAgent => ApiError::Unavailable(e.to_string()),
-            DatabaseError::NotFound(m) => ApiError::NotFound(m),
-            DatabaseError::Conflict(m) => ApiError::Conflict(m),
-            DatabaseError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<VerificationError> for ApiError {
-    fn from(e: VerificationError) -> Self {
-        match e {
-            VerificationError::NoAgent => ApiError::Unavailable(e.to_string()),
-            VerificationError::NotFound(m) => ApiError::NotFound(m),
-            VerificationError::Conflict(m) => ApiError::Conflict(m),
-            VerificationError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<DrTestError> for ApiError {
-    fn from(e: DrTestError) -> Self {
-        match e {
-            DrTestError::NoAgent(m) | DrTestError::NoBackup(m) => ApiError::Unavailable(m),
-            DrTestError::NotFound(m) => ApiError::NotFound(m),
-            DrTestError::Conflict(m) => ApiError::Conflict(m),
-            DrTestError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<RecoveryError> for ApiError {
-    fn from(e: RecoveryError) -> Self {
-        match e {
-            RecoveryError::BadRequest(m) => ApiError::BadRequest(m),
-            RecoveryError::NoAgent(m) | RecoveryError::Failed(m) => ApiError::Unavailable(m),
-            RecoveryError::Conflict(m) => ApiError::Conflict(m),
-            RecoveryError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<FailoverError> for ApiError {
-    fn from(e: FailoverError) -> Self {
-        match e {
-            FailoverError::BadRequest(m) => ApiError::BadRequest(m),
-            FailoverError::NotFound(m) => ApiError::NotFound(m),
-            FailoverError::Conflict(m) => ApiError::Conflict(m),
-            FailoverError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<RejoinError> for ApiError {
-    fn from(e: RejoinError) -> Self {
-        match e {
-            RejoinError::NotFound(m) => ApiError::NotFound(m),
-            RejoinError::BadRequest(m) => ApiError::BadRequest(m),
-            RejoinError::Conflict(m) => ApiError::Conflict(m),
-            RejoinError::Unavailable(m) => ApiError::Unavailable(m),
-            RejoinError::AgentFailed(m) => ApiError::BadGateway(m),
-            RejoinError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<PlanError> for ApiError {
-    fn from(e: PlanError) -> Self {
-        match e {
-            PlanError::Invalid(ref fields) => ApiError::Invalid(e.to_string(), fields.clone()),
-            PlanError::NotFound(m) => ApiError::NotFound(m),
-            PlanError::Conflict(m) => ApiError::Conflict(m),
-            PlanError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<AlertError> for ApiError {
-    fn from(e: AlertError) -> Self {
-        match e {
-            AlertError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            AlertError::AlreadyResolved(_) => ApiError::Conflict(e.to_string()),
-            AlertError::Store(e) => e.into(),
-        }
     }
 }
 
@@ -221,11 +83,11 @@ pub type Shared = web::Data<Arc<Coordinator>>;
 pub struct Authenticated(pub Caller);
 
 impl Authenticated {
-    pub fn require(&self, need: Role) -> Result<&Caller, ApiError> {
+    pub fn require(&self, need: Role) -> Result<&Caller, Error> {
         if self.0.role >= need {
             Ok(&self.0)
         } else {
-            Err(ApiError::Forbidden {
+            Err(Error::Forbidden {
                 need,
                 have: self.0.role,
             })
@@ -234,66 +96,64 @@ impl Authenticated {
 }
 
 impl FromRequest for Authenticated {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Error = Error;
+    type Future = Ready<Result<Self, Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(authenticate(req))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
+fn authenticate(req: &HttpRequest) -> Result<Authenticated, Error> {
     let coord = req
         .app_data::<Shared>()
-        .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+        .ok_or_else(|| Error::Internal("application state missing".into()))?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .ok_or_else(|| {
-            ApiError::Unauthorized("missing Authorization: Bearer <token> header".into())
+            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
         })?;
     let value = header
         .to_str()
-        .map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
+        .map_err(|_| Error::Unauthorized("Authorization header is not text".into()))?;
     let secret = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?
+        .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?
         .trim();
     let caller = auth::authenticate(coord.store.as_ref(), secret)?
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+        .ok_or_else(|| Error::Unauthorized("unknown or revoked token".into()))?;
     req.extensions_mut().insert(caller.clone());
     Ok(Authenticated(caller))
 }
 
 /// Parses an optional JSON body: empty means the default, anything else must be valid.
-fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
 }
 
-fn required_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn required_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest("a JSON body is required".into()));
+        return Err(Error::BadRequest("a JSON body is required".into()));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn dr_status(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn dr_status(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(crate::views::dr_status(&coord)))
 }
 
 /// A plan body: 400 naming the field serde stopped at (an unknown field, a wrong type).
-fn plan_spec(body: &[u8]) -> Result<PlanSpec, ApiError> {
+fn plan_spec(body: &[u8]) -> Result<PlanSpec, Error> {
     required_json(body)
 }
 
@@ -301,7 +161,7 @@ async fn plan_create(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, None)?;
@@ -309,7 +169,7 @@ async fn plan_create(
     Ok(HttpResponse::Created().json(plan))
 }
 
-async fn plan_list(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn plan_list(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let plans = plans::list(coord.store.as_ref())?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "total": plans.len(), "plans": plans })))
@@ -319,10 +179,10 @@ async fn plan_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let plan = plans::get(coord.store.as_ref(), &path)?
-        .ok_or_else(|| ApiError::NotFound(format!("no plan {path}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no plan {path}")))?;
     Ok(HttpResponse::Ok().json(plan))
 }
 
@@ -331,10 +191,10 @@ async fn plan_replace(
     coord: Shared,
     path: web::Path<String>,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     if plans::get(coord.store.as_ref(), &path)?.is_none() {
-        return Err(ApiError::NotFound(format!("no plan {path}")));
+        return Err(Error::NotFound(format!("no plan {path}")));
     }
     let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
@@ -345,7 +205,7 @@ async fn plan_delete(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     plans::delete(coord.store.as_ref(), &path)?;
     Ok(HttpResponse::NoContent().finish())
@@ -355,7 +215,7 @@ async fn failover_start(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: drmesh_protocol::api::FailoverRequest = required_json(&body)?;
     let accepted = failover::start(&coord, req, caller.label())?;
@@ -367,7 +227,7 @@ async fn dr_test_start(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let accepted = drtest::start(&coord, &path, caller.label(), "manual")?;
     Ok(HttpResponse::Accepted().json(accepted))
@@ -378,14 +238,14 @@ async fn dr_test_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let store = coord.store.as_ref();
     if plans::get(store, &path)?.is_none() {
-        return Err(ApiError::NotFound(format!("no plan {path}")));
+        return Err(Error::NotFound(format!("no plan {path}")));
     }
     let test = drtest::latest_for(store, &path)?
-        .ok_or_else(|| ApiError::NotFound(format!("plan {path} has not been tested")))?;
+        .ok_or_else(|| Error::NotFound(format!("plan {path} has not been tested")))?;
     Ok(HttpResponse::Ok().json(test))
 }
 
@@ -395,7 +255,7 @@ async fn rejoin_region(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     let req: drmesh_protocol::api::RejoinRequest = required_json(&body)?;
     let answer = rejoin::rejoin(&coord, &req.region).await?;
@@ -413,7 +273,7 @@ async fn notify_test(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: NotifyTest = required_json(&body)?;
     let event = notify::Event::new(
@@ -430,12 +290,12 @@ async fn notify_test(
     match notify::Notifier::send(coord, &req.channel, &event).await {
         Ok(()) => Ok(HttpResponse::Ok()
             .json(serde_json::json!({ "channel": req.channel, "delivered": true }))),
-        Err(e @ notify::NotifyError::UnknownChannel(_)) => Err(ApiError::NotFound(e.to_string())),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e @ notify::NotifyError::UnknownChannel(_)) => Err(Error::NotFound(e.to_string())),
+        Err(e) => Err(Error::Unavailable(e.to_string())),
     }
 }
 
-async fn dashboard(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn dashboard(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(crate::views::dashboard(&coord)?))
 }
@@ -450,7 +310,7 @@ async fn alerts_list(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<AlertQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let filter = AlertFilter {
         severity: query
@@ -458,13 +318,13 @@ async fn alerts_list(
             .as_deref()
             .map(str::parse::<Severity>)
             .transpose()
-            .map_err(ApiError::BadRequest)?,
+            .map_err(Error::BadRequest)?,
         status: query
             .status
             .as_deref()
             .map(str::parse::<AlertStatus>)
             .transpose()
-            .map_err(ApiError::BadRequest)?,
+            .map_err(Error::BadRequest)?,
     };
     let alerts = alerts::list(coord.store.as_ref(), &filter)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": alerts, "total": alerts.len() })))
@@ -475,13 +335,11 @@ async fn alert_acknowledge(
     coord: Shared,
     path: web::Path<String>,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: AcknowledgeRequest = required_json(&body)?;
     if req.acknowledged_by.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "acknowledgedBy must not be empty".into(),
-        ));
+        return Err(Error::BadRequest("acknowledgedBy must not be empty".into()));
     }
     let _ = caller;
     let alert = alerts::acknowledge(coord.store.as_ref(), &path, &req.acknowledged_by)?;
@@ -493,7 +351,7 @@ async fn alert_resolve(
     coord: Shared,
     path: web::Path<String>,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: ResolveRequest = optional_json(&body)?;
     let by = req.resolved_by.unwrap_or_else(|| caller.label());
@@ -505,7 +363,7 @@ async fn token_create(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Admin)?;
     let req: CreateTokenRequest = required_json(&body)?;
     let created = auth::create_token(coord.store.as_ref(), req.role, req.name)?;
@@ -521,7 +379,7 @@ async fn audit_list(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<AuditQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Admin)?;
     let mut records: Vec<AuditRecord> = coord.store.scan_json(Namespace::Audit, "")?;
     records.reverse();
@@ -533,11 +391,11 @@ async fn agent_ping(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     let agent: AgentId = path
         .parse()
-        .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+        .map_err(|e| Error::BadRequest(format!("{e}")))?;
     let started = std::time::Instant::now();
     match transport::send_command(&coord, &agent, CommandKind::Ping, Duration::from_secs(10)).await
     {
@@ -548,9 +406,9 @@ async fn agent_ping(
             "roundTripMs": started.elapsed().as_secs_f64() * 1000.0,
         }))),
         Err(TransportError::NotConnected(a)) => {
-            Err(ApiError::NotFound(format!("agent {a} is not connected")))
+            Err(Error::NotFound(format!("agent {a} is not connected")))
         }
-        Err(e) => Err(ApiError::Unavailable(format!("ping {agent}: {e}"))),
+        Err(e) => Err(Error::Unavailable(format!("ping {agent}: {e}"))),
     }
 }
 
@@ -558,7 +416,7 @@ async fn documents_backup(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: BackupRequest = optional_json(&body)?;
     let accepted = documents::start_backup(&coord, req.tags, caller.label())?;
@@ -571,12 +429,12 @@ struct BackupQuery {
 }
 
 impl BackupQuery {
-    fn status(&self) -> Result<Option<BackupStatus>, ApiError> {
+    fn status(&self) -> Result<Option<BackupStatus>, Error> {
         self.status
             .as_deref()
             .map(str::parse::<BackupStatus>)
             .transpose()
-            .map_err(ApiError::BadRequest)
+            .map_err(Error::BadRequest)
     }
 }
 
@@ -585,7 +443,7 @@ async fn database_backup(
     coord: Shared,
     path: web::Path<String>,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: BackupRequest = optional_json(&body)?;
     let backup_type = match (path.as_str(), req.backup_type.as_deref()) {
@@ -595,12 +453,12 @@ async fn database_backup(
             database::BackupType::Incremental
         }
         ("full" | "incremental", Some(other)) => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(Error::BadRequest(format!(
                 "type {other:?}: \"physical\" (the default) or, for a full backup, \"logical\""
             )))
         }
         (other, _) => {
-            return Err(ApiError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "no backup type {other:?}: full or incremental"
             )))
         }
@@ -613,7 +471,7 @@ async fn pitr_info(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(recovery::info(&coord, &path).await?))
 }
@@ -622,7 +480,7 @@ async fn pitr_start(
     caller: Authenticated,
     coord: Shared,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let req: PitrRequest = required_json(&body)?;
     let run = recovery::start(&coord, req, caller.label())?;
@@ -641,7 +499,7 @@ async fn database_list(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<BackupQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let backups = database::list(coord.store.as_ref(), query.status()?)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "backups": backups, "total": backups.len() })))
@@ -651,10 +509,10 @@ async fn database_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let rec = database::get(coord.store.as_ref(), &path)?
-        .ok_or_else(|| ApiError::NotFound(format!("no database backup {path}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no database backup {path}")))?;
     // Each `[[database.replicas]]` of the agent that took it: copied there or not yet.
     let locations: Vec<_> = match rec.completed_at {
         Some(done) => crate::replication::statuses_of(coord.store.as_ref(), "database")
@@ -665,7 +523,7 @@ async fn database_get(
         None => Vec::new(),
     };
     let mut body = serde_json::to_value(&rec)
-        .map_err(|e| ApiError::Internal(format!("encode the backup: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encode the backup: {e}")))?;
     body["locations"] = serde_json::json!(locations);
     Ok(HttpResponse::Ok().json(body))
 }
@@ -674,13 +532,13 @@ async fn verification_start(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let accepted = verification::start(&coord, &path, caller.label())?;
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
-async fn verify_all_start(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn verify_all_start(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
     let accepted = verification::all::start(&coord, caller.label())?;
     Ok(if accepted.queued.is_empty() {
@@ -690,10 +548,10 @@ async fn verify_all_start(caller: Authenticated, coord: Shared) -> Result<HttpRe
     })
 }
 
-async fn verify_all_newest(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn verify_all_newest(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let run = verification::all::newest(coord.store.as_ref())?
-        .ok_or_else(|| ApiError::NotFound("no verify-all run yet".into()))?;
+        .ok_or_else(|| Error::NotFound("no verify-all run yet".into()))?;
     Ok(HttpResponse::Ok().json(run))
 }
 
@@ -701,14 +559,14 @@ async fn verify_all_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let run = verification::all::get(coord.store.as_ref(), &path)?
-        .ok_or_else(|| ApiError::NotFound(format!("no verify-all run {path}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no verify-all run {path}")))?;
     Ok(HttpResponse::Ok().json(run))
 }
 
-async fn lifecycle_stats(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn lifecycle_stats(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let stats = verification::lifecycle::stats(coord.store.as_ref(), Utc::now())?;
     Ok(HttpResponse::Ok().json(stats))
@@ -718,14 +576,14 @@ async fn verification_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let store = coord.store.as_ref();
     if database::get(store, &path)?.is_none() {
-        return Err(ApiError::NotFound(format!("no database backup {path}")));
+        return Err(Error::NotFound(format!("no database backup {path}")));
     }
     let rec = verification::latest(store, &path)?
-        .ok_or_else(|| ApiError::NotFound(format!("backup {path} has not been verified")))?;
+        .ok_or_else(|| Error::NotFound(format!("backup {path} has not been verified")))?;
     Ok(HttpResponse::Ok().json(rec))
 }
 
@@ -733,22 +591,22 @@ async fn documents_list(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<BackupQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let backups = documents::list(coord.store.as_ref(), query.status()?)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "backups": backups, "total": backups.len() })))
 }
 
-fn document_backup(coord: &Coordinator, id: &str) -> Result<DocumentBackup, ApiError> {
+fn document_backup(coord: &Coordinator, id: &str) -> Result<DocumentBackup, Error> {
     documents::get(coord.store.as_ref(), id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no document backup {id}")))
+        .ok_or_else(|| Error::NotFound(format!("no document backup {id}")))
 }
 
 async fn documents_get(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(document_backup(&coord, &path)?))
 }
@@ -757,7 +615,7 @@ async fn documents_verify(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     let pending = documents::start_verify(&coord, &path)?;
     Ok(HttpResponse::Accepted().json(pending))
@@ -767,11 +625,11 @@ async fn documents_verification(
     caller: Authenticated,
     coord: Shared,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let rec = document_backup(&coord, &path)?;
     let v = rec.verification.ok_or_else(|| {
-        ApiError::NotFound(format!(
+        Error::NotFound(format!(
             "backup {} has not been verified; POST to this path starts a verification",
             rec.backup_id
         ))
@@ -784,12 +642,12 @@ async fn documents_restore(
     coord: Shared,
     path: web::Path<String>,
     body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
     let req: DocumentRestoreRequest = optional_json(&body)?;
     if let Some(t) = &req.target_directory {
         if !t.starts_with('/') {
-            return Err(ApiError::BadRequest(format!(
+            return Err(Error::BadRequest(format!(
                 "targetDirectory {t:?} must be an absolute path"
             )));
         }
@@ -798,10 +656,7 @@ async fn documents_restore(
     Ok(HttpResponse::Accepted().json(pending))
 }
 
-async fn documents_statistics(
-    caller: Authenticated,
-    coord: Shared,
-) -> Result<HttpResponse, ApiError> {
+async fn documents_statistics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(documents::statistics(coord.store.as_ref())?))
 }
@@ -830,13 +685,13 @@ async fn documents_on_disk(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<DocumentsQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let q = query.into_inner();
     let wanted = match q.status.as_deref() {
         None | Some("all") => None,
         Some(s) => Some(DocumentState::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            Error::BadRequest(format!(
                 "status {s:?}: one of ok, modified, failed, new, all"
             ))
         })?),
@@ -853,17 +708,17 @@ async fn document_get(
     coord: Shared,
     path: web::Path<String>,
     query: web::Query<DocumentQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let id = path.into_inner();
     if !valid_document_id(&id) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Error::BadRequest(format!(
             "document id {id:?}: one directory name"
         )));
     }
     let report = documents::check(&coord, Some(id.clone()), query.checksums).await?;
     let Some(doc) = report.documents.into_iter().next() else {
-        return Err(ApiError::NotFound(format!(
+        return Err(Error::NotFound(format!(
             "no document {id}: neither on disk under documents/{id}/ nor in backup {}",
             report.backup_id
         )));
@@ -889,10 +744,7 @@ struct EnforceQuery {
     now: Option<String>,
 }
 
-async fn retention_policies(
-    caller: Authenticated,
-    coord: Shared,
-) -> Result<HttpResponse, ApiError> {
+async fn retention_policies(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     Ok(HttpResponse::Ok().json(&coord.config.retention))
 }
@@ -901,41 +753,39 @@ async fn retention_enforce(
     caller: Authenticated,
     coord: Shared,
     query: web::Query<EnforceQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     caller.require(match (&query.now, query.dry_run) {
         (Some(_), false) => Role::Admin,
         _ => Role::Operator,
     })?;
     let now = match &query.now {
         Some(t) => drmesh_protocol::instant::parse_instant(t)
-            .map_err(|e| recovery::RecoveryError::BadRequest(e.to_string()))?,
+            .map_err(|e| Error::BadRequest(e.to_string()))?,
         None => Utc::now(),
     };
     let done = retention::enforce(&coord, query.dry_run, now)
         .await
         .ok_or_else(|| {
-            ApiError::Unavailable(
-                "no agent with a [database] or [documents] repository is UP".into(),
-            )
+            Error::Unavailable("no agent with a [database] or [documents] repository is UP".into())
         })?;
     Ok(HttpResponse::Ok().json(done))
 }
 
-async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, ApiError> {
+async fn metrics(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
     caller.require(Role::Viewer)?;
     let agents = coord.agent_statuses();
     let alerts = alerts::counts(coord.store.as_ref())?;
     let text = coord
         .metrics
         .render(&agents, &alerts)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(text))
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, Error> {
+    Err(Error::NotFound(format!(
         "no route {} {}",
         req.method(),
         req.path()
@@ -995,11 +845,11 @@ fn record_audit<B>(res: &ServiceResponse<B>) {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let json_errors = web::JsonConfig::default()
         .content_type(|_| true)
-        .error_handler(|err, _| ApiError::BadRequest(format!("malformed JSON body: {err}")).into());
+        .error_handler(|err, _| Error::BadRequest(format!("malformed JSON body: {err}")).into());
     let query_errors = web::QueryConfig::default()
-        .error_handler(|err, _| ApiError::BadRequest(format!("bad query string: {err}")).into());
+        .error_handler(|err, _| Error::BadRequest(format!("bad query string: {err}")).into());
     let path_errors = web::PathConfig::default()
-        .error_handler(|err, _| ApiError::BadRequest(format!("bad path: {err}")).into());
+        .error_handler(|err, _| Error::BadRequest(format!("bad path: {err}")).into());
     let base = "/v1/backup-recovery";
     cfg.app_data(json_errors)
         .app_data(query_errors)

@@ -19,27 +19,20 @@ use tracing::{error, info, Instrument};
 
 use crate::alerts;
 use crate::alerts::BACKUP_FAILED;
+use crate::error::Error;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
+
+/// Why nothing can start: no agent that could do it.
+pub const NO_AGENT: &str =
+    "no agent with a [database] configuration next to a primary is connected and UP";
 
 /// Capability an agent announces when it has a `[database]` configuration.
 pub const CAPABILITY: &str = drmesh_protocol::capability::DATABASE;
 
 /// Key prefixes of database backups in the `backups` namespace (ids sort by time).
 const PREFIXES: [&str; 2] = ["full_", "incr_"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum DatabaseError {
-    #[error("no agent with a [database] configuration next to a primary is connected and UP")]
-    NoAgent,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// `full` or `incr`, as in the ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,15 +114,15 @@ pub fn start_backup(
     backup_type: BackupType,
     tags: BTreeMap<String, String>,
     requested_by: String,
-) -> Result<BackupAccepted, DatabaseError> {
+) -> Result<BackupAccepted, Error> {
     let store = coord.store.as_ref();
     if let Some(running) = list(store, Some(BackupStatus::InProgress))?.first() {
-        return Err(DatabaseError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "database backup {} is still in progress",
             running.backup_id
         )));
     }
-    let (agent, region) = pick_agent(coord).ok_or(DatabaseError::NoAgent)?;
+    let (agent, region) = pick_agent(coord).ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let estimated = estimate(store, backup_type)?;
     let rec = DatabaseBackup {
         backup_id: runbook_id(backup_type.prefix()),

@@ -21,31 +21,20 @@ use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts::{self, BACKUP_FAILED, REPLICATION_FAILED, VERIFICATION_FAILED};
+use crate::error::Error;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
+
+/// Why nothing can start: no agent that could do it.
+pub const NO_AGENT: &str = "no agent with a [documents] configuration is connected and UP";
 
 /// Capability an agent announces when it has a `[documents]` configuration.
 pub const CAPABILITY: &str = drmesh_protocol::capability::DOCUMENTS;
 
 /// Key prefix of document backups in the `backups` namespace (ids sort by time).
 const PREFIX: &str = "docs_";
-
-#[derive(Debug, thiserror::Error)]
-pub enum DocumentsError {
-    #[error("no agent with a [documents] configuration is connected and UP")]
-    NoAgent,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The agent was asked and failed.
-    #[error("{0}")]
-    Agent(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 pub fn get(store: &dyn Store, id: &str) -> Result<Option<DocumentBackup>, StoreError> {
     if !id.starts_with(PREFIX) {
@@ -54,8 +43,8 @@ pub fn get(store: &dyn Store, id: &str) -> Result<Option<DocumentBackup>, StoreE
     store.get_json(Namespace::Backups, id)
 }
 
-fn must_get(store: &dyn Store, id: &str) -> Result<DocumentBackup, DocumentsError> {
-    get(store, id)?.ok_or_else(|| DocumentsError::NotFound(format!("no document backup {id}")))
+fn must_get(store: &dyn Store, id: &str) -> Result<DocumentBackup, Error> {
+    get(store, id)?.ok_or_else(|| Error::NotFound(format!("no document backup {id}")))
 }
 
 /// A backup that finished well: COMPLETED, or VERIFIED since.
@@ -64,10 +53,10 @@ fn is_done(status: BackupStatus) -> bool {
 }
 
 /// The record of a finished backup, for an operation (`doing`) that needs one.
-fn completed(store: &dyn Store, id: &str, doing: &str) -> Result<DocumentBackup, DocumentsError> {
+fn completed(store: &dyn Store, id: &str, doing: &str) -> Result<DocumentBackup, Error> {
     let rec = must_get(store, id)?;
     if !is_done(rec.status) {
-        return Err(DocumentsError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "backup {id} is {:?}; only a completed backup can be {doing}",
             rec.status
         )));
@@ -116,15 +105,16 @@ pub fn start_backup(
     coord: &Arc<Coordinator>,
     tags: std::collections::BTreeMap<String, String>,
     requested_by: String,
-) -> Result<BackupAccepted, DocumentsError> {
+) -> Result<BackupAccepted, Error> {
     let store = coord.store.as_ref();
     if let Some(running) = list(store, Some(BackupStatus::InProgress))?.first() {
-        return Err(DocumentsError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "document backup {} is still in progress",
             running.backup_id
         )));
     }
-    let (agent, region) = pick_agent(coord, None).ok_or(DocumentsError::NoAgent)?;
+    let (agent, region) =
+        pick_agent(coord, None).ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let estimated = estimate(store)?;
     let rec = DocumentBackup {
         backup_id: runbook_id("docs"),
@@ -264,17 +254,18 @@ pub async fn check(
     coord: &Coordinator,
     document: Option<String>,
     checksums: bool,
-) -> Result<DocumentsReport, DocumentsError> {
+) -> Result<DocumentsReport, Error> {
     let newest = list(coord.store.as_ref(), None)?
         .into_iter()
         .find(|b| is_done(b.status))
         .ok_or_else(|| {
-            DocumentsError::NotFound(
+            Error::NotFound(
                 "no document backup has completed yet: take one first (POST /v1/backup-recovery/documents/backup)"
                     .into(),
             )
         })?;
-    let (agent, _) = pick_agent(coord, Some(&newest.agent_id)).ok_or(DocumentsError::NoAgent)?;
+    let (agent, _) = pick_agent(coord, Some(&newest.agent_id))
+        .ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let kind = CommandKind::DocumentsCheck {
         backup_id: newest.backup_id.clone(),
         document,
@@ -282,16 +273,11 @@ pub async fn check(
     };
     run_for(coord, &agent, kind, "document check")
         .await
-        .map_err(|why| {
-            DocumentsError::Agent(format!("{agent} could not check the documents: {why}"))
-        })
+        .map_err(|why| Error::AgentFailed(format!("{agent} could not check the documents: {why}")))
 }
 
 /// `POST /documents/backups/:id/verify`: starts a full verification on an agent.
-pub fn start_verify(
-    coord: &Arc<Coordinator>,
-    id: &str,
-) -> Result<DocumentVerification, DocumentsError> {
+pub fn start_verify(coord: &Arc<Coordinator>, id: &str) -> Result<DocumentVerification, Error> {
     let store = coord.store.as_ref();
     let mut rec = completed(store, id, "verified")?;
     if rec
@@ -299,11 +285,10 @@ pub fn start_verify(
         .as_ref()
         .is_some_and(|v| v.status == Verdict::InProgress)
     {
-        return Err(DocumentsError::Conflict(format!(
-            "backup {id} is being verified"
-        )));
+        return Err(Error::Conflict(format!("backup {id} is being verified")));
     }
-    let (agent, _) = pick_agent(coord, Some(&rec.agent_id)).ok_or(DocumentsError::NoAgent)?;
+    let (agent, _) = pick_agent(coord, Some(&rec.agent_id))
+        .ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let pending = DocumentVerification {
         backup_id: id.to_string(),
         status: Verdict::InProgress,
@@ -389,7 +374,7 @@ pub fn start_restore(
     coord: &Arc<Coordinator>,
     id: &str,
     req: DocumentRestoreRequest,
-) -> Result<DocumentRestoreOutcome, DocumentsError> {
+) -> Result<DocumentRestoreOutcome, Error> {
     let store = coord.store.as_ref();
     let mut rec = completed(store, id, "restored")?;
     if rec
@@ -397,11 +382,10 @@ pub fn start_restore(
         .as_ref()
         .is_some_and(|r| r.status == BackupStatus::InProgress)
     {
-        return Err(DocumentsError::Conflict(format!(
-            "backup {id} is being restored"
-        )));
+        return Err(Error::Conflict(format!("backup {id} is being restored")));
     }
-    let (agent, _) = pick_agent(coord, Some(&rec.agent_id)).ok_or(DocumentsError::NoAgent)?;
+    let (agent, _) = pick_agent(coord, Some(&rec.agent_id))
+        .ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let pending = DocumentRestoreOutcome {
         backup_id: id.to_string(),
         status: BackupStatus::InProgress,

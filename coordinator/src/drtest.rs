@@ -32,6 +32,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::database::{self, CAPABILITY};
+use crate::error::Error;
 use crate::jobs::{self, Finished, Job};
 use crate::plans;
 use crate::rules::schedule;
@@ -49,20 +50,6 @@ pub const DR_TEST_FAILED: &str = "DR_TEST_FAILED";
 const SCHEDULER_TICK: Duration = Duration::from_secs(10);
 /// At most this many scheduled tests run at once, across plans.
 const MAX_SCHEDULED_RUNNING: usize = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DrTestError {
-    #[error("{0}")]
-    NoAgent(String),
-    #[error("{0}")]
-    NoBackup(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 impl Job for DrTest {
     const NAMESPACE: Namespace = Namespace::DrTests;
@@ -217,14 +204,14 @@ pub fn start(
     plan_id: &str,
     requested_by: String,
     trigger: &str,
-) -> Result<DrTestAccepted, DrTestError> {
+) -> Result<DrTestAccepted, Error> {
     let store = coord.store.as_ref();
-    let plan = plans::get(store, plan_id)?
-        .ok_or_else(|| DrTestError::NotFound(format!("no plan {plan_id}")))?;
+    let plan =
+        plans::get(store, plan_id)?.ok_or_else(|| Error::NotFound(format!("no plan {plan_id}")))?;
     if let Some(running) =
         latest_for(store, plan_id)?.filter(|t| t.status == DrTestStatus::InProgress)
     {
-        return Err(DrTestError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "DR test {} of plan {plan_id} is still in progress",
             running.test_id
         )));
@@ -235,13 +222,13 @@ pub fn start(
             FailoverStatus::Initiated | FailoverStatus::InProgress
         )
     }) {
-        return Err(DrTestError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "failover {} of plan {} is running; a DR test waits until it ends",
             f.failover_id, f.plan_id
         )));
     }
     let backup_id = latest_backup(store)?.ok_or_else(|| {
-        DrTestError::NoBackup(
+        Error::Unavailable(
             "no COMPLETED or VERIFIED database base backup to restore: take one first".into(),
         )
     })?;
@@ -255,7 +242,7 @@ pub fn start(
         .collect();
     let (agent_id, region, reason) = pick_target(&plan.failover_regions, &candidates)
         .ok_or_else(|| {
-            DrTestError::NoAgent(format!(
+            Error::Unavailable(format!(
                 "no agent with a [database] configuration is connected and UP in plan {plan_id}'s failover regions ({})",
                 crate::plans::region_list(&plan.failover_regions)
             ))
@@ -527,10 +514,10 @@ fn schedule_once(coord: &Arc<Coordinator>, now: DateTime<Utc>) -> Result<(), Sto
                 running += 1;
             }
             // A failover running: try again at the next tick.
-            Err(DrTestError::Conflict(why)) => {
+            Err(Error::Conflict(why)) => {
                 info!(plan_id = %plan.id, %why, "scheduled DR test waits")
             }
-            Err(DrTestError::Store(e)) => return Err(e),
+            Err(Error::Store(e)) => return Err(e),
             Err(e) => {
                 warn!(plan_id = %plan.id, error = %e, "scheduled DR test could not start");
                 record_unstartable(coord, &plan, e.to_string());

@@ -24,6 +24,7 @@ use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole};
 use tracing::{info, warn, Instrument};
 
+use crate::error::Error;
 use crate::notify::{Event, Notifier};
 use crate::plans;
 use crate::rules;
@@ -31,18 +32,6 @@ use crate::rules::failover::{Readiness, Rpo};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FailoverError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// The runbook's steps, in order.
 pub const STEPS: [&str; 7] = [
@@ -91,12 +80,12 @@ pub fn start(
     coord: &Arc<Coordinator>,
     req: FailoverRequest,
     requested_by: String,
-) -> Result<FailoverAccepted, FailoverError> {
+) -> Result<FailoverAccepted, Error> {
     let store = coord.store.as_ref();
     let plan = plans::get(store, &req.plan_id)?
-        .ok_or_else(|| FailoverError::NotFound(format!("no plan {}", req.plan_id)))?;
+        .ok_or_else(|| Error::NotFound(format!("no plan {}", req.plan_id)))?;
     if !plan.failover_regions.contains(&req.target_region) {
-        return Err(FailoverError::BadRequest(format!(
+        return Err(Error::BadRequest(format!(
             "targetRegion {} is not one of plan {}'s failoverRegions ({})",
             req.target_region,
             plan.id,
@@ -104,7 +93,7 @@ pub fn start(
         )));
     }
     if let Some(f) = running(store)?.first() {
-        return Err(FailoverError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "failover {} (plan {}) is still running",
             f.failover_id, f.plan_id
         )));

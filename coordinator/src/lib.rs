@@ -10,6 +10,7 @@ pub mod database;
 pub mod dns;
 pub mod documents;
 pub mod drtest;
+pub mod error;
 pub mod failover;
 pub mod health;
 mod jobs;

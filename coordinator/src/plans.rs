@@ -12,19 +12,8 @@ use drmesh_protocol::api::{DrPlan, FieldError, PlanSpec};
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::RegionId;
 
+use crate::error::Error;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("invalid plan: {}", describe(.0))]
-    Invalid(Vec<FieldError>),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 fn describe(fields: &[FieldError]) -> String {
     fields
@@ -54,7 +43,7 @@ pub struct Known {
 
 /// Checks every field of `spec` (all problems at once, each naming its field) and makes
 /// the plan; `id` is the plan's id when it is being replaced.
-pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, PlanError> {
+pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, Error> {
     let mut bad = Vec::new();
     let mut fail = |field: &str, message: String| {
         bad.push(FieldError {
@@ -192,7 +181,10 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
         }
     }
     if !bad.is_empty() {
-        return Err(PlanError::Invalid(bad));
+        return Err(Error::Invalid {
+            message: format!("invalid plan: {}", describe(&bad)),
+            fields: bad,
+        });
     }
     let now = Utc::now();
     Ok(DrPlan {
@@ -245,9 +237,9 @@ pub fn list(store: &dyn Store) -> Result<Vec<DrPlan>, StoreError> {
 }
 
 /// Stores a new plan; 409 when its id is taken.
-pub fn create(store: &dyn Store, plan: &DrPlan) -> Result<(), PlanError> {
+pub fn create(store: &dyn Store, plan: &DrPlan) -> Result<(), Error> {
     if get(store, &plan.id)?.is_some() {
-        return Err(PlanError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "plan {} exists; PUT …/plans/{} replaces it",
             plan.id, plan.id
         )));
@@ -257,18 +249,18 @@ pub fn create(store: &dyn Store, plan: &DrPlan) -> Result<(), PlanError> {
 }
 
 /// Replaces plan `plan.id`, keeping when it was created.
-pub fn replace(store: &dyn Store, mut plan: DrPlan) -> Result<DrPlan, PlanError> {
+pub fn replace(store: &dyn Store, mut plan: DrPlan) -> Result<DrPlan, Error> {
     let old =
-        get(store, &plan.id)?.ok_or_else(|| PlanError::NotFound(format!("no plan {}", plan.id)))?;
+        get(store, &plan.id)?.ok_or_else(|| Error::NotFound(format!("no plan {}", plan.id)))?;
     plan.created_at = old.created_at;
     plan.active_region = old.active_region;
     store.put_json(Namespace::Plans, &plan.id, &plan)?;
     Ok(plan)
 }
 
-pub fn delete(store: &dyn Store, id: &str) -> Result<(), PlanError> {
+pub fn delete(store: &dyn Store, id: &str) -> Result<(), Error> {
     if get(store, id)?.is_none() || !store.delete(Namespace::Plans, id)? {
-        return Err(PlanError::NotFound(format!("no plan {id}")));
+        return Err(Error::NotFound(format!("no plan {id}")));
     }
     Ok(())
 }
@@ -335,7 +327,7 @@ mod tests {
         );
         body["retention"] = serde_json::json!({"database": {"full": "1d", "incremental": "2d"}});
         let spec: PlanSpec = serde_json::from_value(body.clone()).expect("parses");
-        let Err(PlanError::Invalid(fields)) = check(spec, &known, None) else {
+        let Err(Error::Invalid { fields, .. }) = check(spec, &known, None) else {
             panic!("refused");
         };
         assert_eq!(fields[0].field, "retention", "{fields:?}");
@@ -360,7 +352,7 @@ mod tests {
         spec.health_check_interval = Some(10);
         spec.test_interval = Some(1);
         spec.notification_channels = vec!["pager".into()];
-        let Err(PlanError::Invalid(fields)) = check(spec, &known, None) else {
+        let Err(Error::Invalid { fields, .. }) = check(spec, &known, None) else {
             panic!("refused");
         };
         let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
@@ -382,7 +374,7 @@ mod tests {
         let mut spec = runbook_body();
         spec.failover_regions.clear();
         spec.id = Some("../etc".into());
-        let Err(PlanError::Invalid(fields)) = check(spec, &known, None) else {
+        let Err(Error::Invalid { fields, .. }) = check(spec, &known, None) else {
             panic!("refused");
         };
         let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
@@ -403,7 +395,7 @@ mod tests {
         spec.id = None;
         let plan = check(spec, &known, Some("production_dr_plan")).expect("valid");
         assert_eq!(plan.id, "production_dr_plan");
-        let Err(PlanError::Invalid(fields)) = check(runbook_body(), &known, Some("other_plan"))
+        let Err(Error::Invalid { fields, .. }) = check(runbook_body(), &known, Some("other_plan"))
         else {
             panic!("refused");
         };

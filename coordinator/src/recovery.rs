@@ -12,6 +12,7 @@ use drmesh_protocol::{AgentId, CommandKind};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
+use crate::error::Error;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
@@ -24,20 +25,6 @@ pub const RECOVERY_FAILED: &str = "RECOVERY_FAILED";
 
 const PREFIX: &str = "pitr_";
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NoAgent(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Failed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// An UP, connected agent with `capability`; a primary's agent first, then by id.
 fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
     let candidates = jobs::capable_agents(coord, capability);
@@ -46,22 +33,20 @@ fn pick_agent(coord: &Coordinator, capability: &str) -> Option<AgentId> {
 }
 
 /// `GET /recovery/point-in-time/:timestamp`.
-pub async fn info(coord: &Coordinator, timestamp: &str) -> Result<PitrInfo, RecoveryError> {
-    let t = parse_instant(timestamp).map_err(|e| RecoveryError::BadRequest(e.to_string()))?;
+pub async fn info(coord: &Coordinator, timestamp: &str) -> Result<PitrInfo, Error> {
+    let t = parse_instant(timestamp).map_err(|e| Error::BadRequest(e.to_string()))?;
     let agent = pick_agent(coord, CAPABILITY).ok_or_else(|| {
-        RecoveryError::NoAgent(
-            "no agent with a [database] configuration is connected and UP".into(),
-        )
+        Error::Unavailable("no agent with a [database] configuration is connected and UP".into())
     })?;
     let kind = CommandKind::PitrInfo {
         target_time: t.to_rfc3339(),
     };
     match transport::send_command(coord, &agent, kind, Duration::from_secs(60)).await {
-        Ok(r) if r.ok => r.outcome_as().map_err(|e| {
-            RecoveryError::Failed(format!("the agent's answer could not be read: {e}"))
-        }),
-        Ok(r) => Err(RecoveryError::Failed(r.message)),
-        Err(e) => Err(RecoveryError::Failed(format!("ask {agent}: {e}"))),
+        Ok(r) if r.ok => r
+            .outcome_as()
+            .map_err(|e| Error::Unavailable(format!("the agent's answer could not be read: {e}"))),
+        Ok(r) => Err(Error::Unavailable(r.message)),
+        Err(e) => Err(Error::Unavailable(format!("ask {agent}: {e}"))),
     }
 }
 
@@ -81,11 +66,10 @@ pub fn start(
     coord: &Arc<Coordinator>,
     req: PitrRequest,
     requested_by: String,
-) -> Result<PitrRun, RecoveryError> {
-    let t = parse_instant(&req.target_timestamp)
-        .map_err(|e| RecoveryError::BadRequest(e.to_string()))?;
+) -> Result<PitrRun, Error> {
+    let t = parse_instant(&req.target_timestamp).map_err(|e| Error::BadRequest(e.to_string()))?;
     if t > Utc::now() {
-        return Err(RecoveryError::BadRequest(format!(
+        return Err(Error::BadRequest(format!(
             "targetTimestamp {} is in the future",
             t.to_rfc3339()
         )));
@@ -96,26 +80,26 @@ pub fn start(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(RecoveryError::BadRequest(format!(
+        return Err(Error::BadRequest(format!(
             "targetEnvironment {env:?}: letters, digits, '-' and '_' only"
         )));
     }
     if let Some(b) = &req.backup_id {
         if !(b.starts_with("full_") || b.starts_with("incr_")) {
-            return Err(RecoveryError::BadRequest(format!(
+            return Err(Error::BadRequest(format!(
                 "backupId {b:?} is not a database backup id (full_… or incr_…)"
             )));
         }
     }
     let store = coord.store.as_ref();
     if let Some(running) = latest(store)?.filter(|r| r.status == BackupStatus::InProgress) {
-        return Err(RecoveryError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "point-in-time recovery {} is still in progress",
             running.recovery_id
         )));
     }
     let agent = pick_agent(coord, &format!("environment:{env}")).ok_or_else(|| {
-        RecoveryError::NoAgent(format!(
+        Error::Unavailable(format!(
             "no connected, UP agent has an environment named {env:?} ([database.environments.{env}])"
         ))
     })?;

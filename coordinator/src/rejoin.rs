@@ -12,30 +12,12 @@ use drmesh_protocol::api::{
 use drmesh_protocol::{AgentId, CommandKind, PgRole, RegionId};
 use tracing::{info, warn, Instrument};
 
+use crate::error::Error;
 use crate::state::Coordinator;
-use crate::store::StoreError;
 use crate::transport::{self, TransportError};
 
 /// How long one agent may take: archiving, `pg_rewind`, start, streaming.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RejoinError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The agent could not be asked (not connected).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The agent was asked and failed, or its answer was unreadable.
-    #[error("{0}")]
-    AgentFailed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// One rejoin at a time: two would race on the same data directory.
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -68,10 +50,10 @@ pub fn targets(
     agents: &[AgentStatus],
     known_regions: &[RegionId],
     region: &RegionId,
-) -> Result<Targets, RejoinError> {
+) -> Result<Targets, Error> {
     let here: Vec<&AgentStatus> = agents.iter().filter(|a| &a.region == region).collect();
     if here.is_empty() && !known_regions.contains(region) {
-        return Err(RejoinError::NotFound(format!("no region {region}")));
+        return Err(Error::NotFound(format!("no region {region}")));
     }
     let fenced: Vec<AgentId> = here
         .iter()
@@ -79,7 +61,7 @@ pub fn targets(
         .map(|a| a.agent_id.clone())
         .collect();
     if fenced.is_empty() {
-        return Err(RejoinError::BadRequest(if here.is_empty() {
+        return Err(Error::BadRequest(if here.is_empty() {
             format!("no fenced server in {region}: no agent there")
         } else {
             format!(
@@ -97,10 +79,10 @@ pub fn targets(
             fenced,
             primary: one.agent_id.clone(),
         }),
-        [] => Err(RejoinError::Conflict(
+        [] => Err(Error::Conflict(
             "no connected agent reports a primary to rejoin".into(),
         )),
-        many => Err(RejoinError::Conflict(format!(
+        many => Err(Error::Conflict(format!(
             "{} agents report a primary ({}): resolve that first",
             many.len(),
             describe(many)
@@ -110,16 +92,16 @@ pub fn targets(
 
 /// `POST …/disaster-recovery/rejoin`: makes every fenced server of `region` a streaming
 /// standby of the current primary.
-pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnswer, RejoinError> {
+pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnswer, Error> {
     let Ok(_one) = RUNNING.try_lock() else {
-        return Err(RejoinError::Conflict("a rejoin is already running".into()));
+        return Err(Error::Conflict("a rejoin is already running".into()));
     };
     if let Some(f) = crate::failover::latest(coord.store.as_ref())? {
         if matches!(
             f.status,
             FailoverStatus::Initiated | FailoverStatus::InProgress
         ) {
-            return Err(RejoinError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "failover {} is running; rejoin once it has ended",
                 f.failover_id
             )));
@@ -133,7 +115,7 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
             .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
     }
     .ok_or_else(|| {
-        RejoinError::Conflict(format!(
+        Error::Conflict(format!(
             "the primary's agent {} did not say where its PostgreSQL is reached \
              (postgres.advertise)",
             t.primary
@@ -160,7 +142,7 @@ async fn ask(
     coord: &Coordinator,
     agent: &AgentId,
     primary: std::net::SocketAddr,
-) -> Result<RejoinOutcome, RejoinError> {
+) -> Result<RejoinOutcome, Error> {
     info!("asking the agent to rejoin its server as a standby");
     let kind = CommandKind::Rejoin {
         primary_host: primary.ip().to_string(),
@@ -169,7 +151,7 @@ async fn ask(
     match transport::send_command(coord, agent, kind, REJOIN_TIMEOUT).await {
         Ok(r) if r.ok => {
             let outcome: RejoinOutcome = r.outcome_as().map_err(|e| {
-                RejoinError::AgentFailed(format!("{agent}'s answer could not be read: {e}"))
+                Error::AgentFailed(format!("{agent}'s answer could not be read: {e}"))
             })?;
             info!(
                 archived = outcome.archived_segments.len(),
@@ -182,14 +164,14 @@ async fn ask(
         }
         Ok(r) => {
             warn!(error = %r.message, "rejoin failed");
-            Err(RejoinError::AgentFailed(format!("{agent}: {}", r.message)))
+            Err(Error::AgentFailed(format!("{agent}: {}", r.message)))
         }
         Err(e @ TransportError::NotConnected(_)) => {
-            Err(RejoinError::Unavailable(format!("ask {agent}: {e}")))
+            Err(Error::Unavailable(format!("ask {agent}: {e}")))
         }
         Err(e) => {
             warn!(error = %e, "rejoin command");
-            Err(RejoinError::AgentFailed(format!("ask {agent}: {e}")))
+            Err(Error::AgentFailed(format!("ask {agent}: {e}")))
         }
     }
 }
@@ -244,24 +226,24 @@ mod tests {
         // The primary's region has nothing fenced: refused, naming the agents.
         let err = targets(&after, &known, &region("us-east-1")).expect_err("not fenced");
         assert!(
-            matches!(&err, RejoinError::BadRequest(m) if m.contains("db-east (primary)")),
+            matches!(&err, Error::BadRequest(m) if m.contains("db-east (primary)")),
             "{err}"
         );
         // A configured region without agents; an unknown one.
         assert!(matches!(
             targets(&after, &known, &region("eu-west-1")),
-            Err(RejoinError::BadRequest(_))
+            Err(Error::BadRequest(_))
         ));
         assert!(matches!(
             targets(&after, &known, &region("ap-south-1")),
-            Err(RejoinError::NotFound(_))
+            Err(Error::NotFound(_))
         ));
 
         // No primary, or two: nothing to follow.
         let none = [agent("db-west", "us-west-2", None, true)];
         assert!(matches!(
             targets(&none, &known, &region("us-west-2")),
-            Err(RejoinError::Conflict(_))
+            Err(Error::Conflict(_))
         ));
         let two = [
             agent("db-west", "us-west-2", None, true),
@@ -270,7 +252,7 @@ mod tests {
         ];
         assert!(matches!(
             targets(&two, &known, &region("us-west-2")),
-            Err(RejoinError::Conflict(m)) if m.contains("2 agents")
+            Err(Error::Conflict(m)) if m.contains("2 agents")
         ));
     }
 }

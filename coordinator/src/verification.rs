@@ -29,26 +29,18 @@ use tracing::{error, info, Instrument};
 use crate::alerts;
 use crate::alerts::VERIFICATION_FAILED;
 use crate::database::{self, CAPABILITY};
+use crate::error::Error;
 use crate::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
+
+/// Why nothing can start: no agent that could do it.
+pub const NO_AGENT: &str = "no agent with a [database] configuration is connected and UP";
 
 const PREFIX: &str = "verify_";
 
 /// The progress message of a verification recorded but not yet sent to its agent.
 const QUEUED: &str = "queued";
-
-#[derive(Debug, thiserror::Error)]
-pub enum VerificationError {
-    #[error("no agent with a [database] configuration is connected and UP")]
-    NoAgent,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 fn save(store: &dyn Store, rec: &DatabaseVerification) -> Result<(), StoreError> {
     store.put_json(Namespace::Verifications, &rec.verification_id, rec)
@@ -86,7 +78,7 @@ pub fn start(
     coord: &Arc<Coordinator>,
     backup_id: &str,
     requested_by: String,
-) -> Result<VerificationAccepted, VerificationError> {
+) -> Result<VerificationAccepted, Error> {
     let rec = prepare(coord, backup_id, requested_by)?;
     let accepted = VerificationAccepted {
         status: rec.status,
@@ -104,33 +96,34 @@ fn prepare(
     coord: &Coordinator,
     backup_id: &str,
     requested_by: String,
-) -> Result<DatabaseVerification, VerificationError> {
+) -> Result<DatabaseVerification, Error> {
     let store = coord.store.as_ref();
     let backup = database::get(store, backup_id)?
-        .ok_or_else(|| VerificationError::NotFound(format!("no database backup {backup_id}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no database backup {backup_id}")))?;
     if !matches!(
         backup.status,
         BackupStatus::Completed | BackupStatus::Verified
     ) {
-        return Err(VerificationError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "backup {backup_id} is {:?}; only a completed backup can be verified",
             backup.status
         )));
     }
     if backup.backup_type == "logical" {
-        return Err(VerificationError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "backup {backup_id} is a logical dump; only base backups (full, incr) are verified"
         )));
     }
     if let Some(running) =
         latest(store, backup_id)?.filter(|v| v.status == BackupStatus::InProgress)
     {
-        return Err(VerificationError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "verification {} of backup {backup_id} is still in progress",
             running.verification_id
         )));
     }
-    let (agent, region) = pick_agent(coord, &backup.agent_id).ok_or(VerificationError::NoAgent)?;
+    let (agent, region) =
+        pick_agent(coord, &backup.agent_id).ok_or_else(|| Error::Unavailable(NO_AGENT.into()))?;
     let rec = DatabaseVerification {
         verification_id: runbook_id("verify"),
         backup_id: backup_id.to_string(),

@@ -617,8 +617,8 @@ async fn page_level_incrementals_store_only_changed_pages_and_restore_exactly() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_database_files_are_read_and_restored_in_parts_byte_for_byte() {
-    use crate::PageDelta;
     use crate::snapshot::FileHash;
+    use crate::PageDelta;
     use std::io::{Seek, SeekFrom, Write};
     let fx = Fixture::new(KeySource::None).await;
     let rel = fx.path("src/base/1/200");

@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, Instrument};
 
 use super::QUEUED;
-use super::{pick_agent, prepare, records, run_traced, save, VerificationError};
+use super::{pick_agent, prepare, records, run_traced, save, NO_AGENT};
 use crate::database::{self, CAPABILITY};
+use crate::error::Error;
 use crate::jobs;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
@@ -190,13 +191,10 @@ fn totals(results: &[VerifyAllItem], skipped: usize) -> VerifyAllTotals {
 
 /// `POST /verification/verify-all`: selects, records the run and its verifications
 /// (IN_PROGRESS, queued), and runs them `verify_concurrency` at a time.
-pub fn start(
-    coord: &Arc<Coordinator>,
-    requested_by: String,
-) -> Result<VerifyAllAccepted, VerificationError> {
+pub fn start(coord: &Arc<Coordinator>, requested_by: String) -> Result<VerifyAllAccepted, Error> {
     let store = coord.store.as_ref();
     if let Some(run) = newest(store)?.filter(|r| r.status == VerifyAllStatus::InProgress) {
-        return Err(VerificationError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "verify-all run {} is still in progress ({} of {} verifications running)",
             run.run_id, run.totals.running, run.totals.queued
         )));
@@ -217,13 +215,13 @@ pub fn start(
         }
     }
     if !wanted.is_empty() && jobs::capable_agents(coord, CAPABILITY).is_empty() {
-        return Err(VerificationError::NoAgent);
+        return Err(Error::Unavailable(NO_AGENT.into()));
     }
     let mut queued = Vec::new();
     for backup_id in wanted {
         match prepare(coord, &backup_id, requested_by.clone()) {
             Ok(rec) => queued.push(rec),
-            Err(VerificationError::Store(e)) => return Err(e.into()),
+            Err(Error::Store(e)) => return Err(e.into()),
             // Raced with a verification started by hand, or the agent went away.
             Err(e) => skipped.push(VerifyAllSkip {
                 backup_id,
