@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The layering check CI runs (DESIGN.md, "Target layout"). It fails on:
 
-- an import cycle between the top-level modules of a crate (`crate::a` used in `b` and
-  `crate::b` used in `a`, directly or through others);
+- an import cycle between sibling modules of a crate, at any depth (`crate::a` used
+  in `b` and `crate::b` used in `a`, directly or through others; `ops::x` and `ops::y`
+  likewise), test modules left out;
 - a crate using one of ours it must not: `protocol` none, `pg` only `protocol`, `repo`
   only `protocol` and `pg`, `agent` never the coordinator, the coordinator never the
   agent, `repo` or `pg`;
@@ -130,54 +131,120 @@ def crate_files(crate):
                 yield rel, path
 
 
-def top_module(rel):
-    """`foo.rs`, `foo/bar.rs`, `foo/mod.rs` → `foo`; `lib.rs`, `main.rs` → None (root);
-    `bin/x.rs` → None."""
+def module_path(rel):
+    """`foo.rs` → ("foo",), `foo/bar.rs` → ("foo", "bar"), `foo/mod.rs` → ("foo",);
+    `lib.rs`, `main.rs` → () (the root); `bin/x.rs` → None (another crate)."""
     parts = rel[:-3].split(os.sep)
-    if parts[0] in ("lib", "main") and len(parts) == 1:
-        return None
     if parts[0] == "bin":
         return None
-    return parts[0]
-
-
-def depth(rel):
-    """How many `super::` lead from this file to the crate root."""
-    parts = rel[:-3].split(os.sep)
     if parts[-1] == "mod":
         parts = parts[:-1]
-    return len(parts)
+    if parts in (["lib"], ["main"]):
+        return ()
+    return tuple(parts)
+
+
+def top_module(rel):
+    path = module_path(rel)
+    return path[0] if path else None
 
 
 def without_test_modules(code):
     """The code without its `#[cfg(test)] mod name { … }` blocks."""
     out = code
     for m in reversed(list(re.finditer(r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*mod\s+\w+\s*\{", code))):
-        start = m.start()
         body = braced(code, m.end() - 1)
-        out = out[:start] + out[m.end() + len(body) + 1 :]
+        out = out[: m.start()] + out[m.end() + len(body) + 1 :]
     return out
 
 
-def module_graph(crate):
-    graph = {}
+def group_paths(group):
+    """Every path a `{a, b::c, d::{e, f}}` use group names, as tuples."""
+    out, depth, item = [], 0, ""
+    items = []
+    for ch in group:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(item)
+            item = ""
+        else:
+            item += ch
+    items.append(item)
+    for it in items:
+        it = it.strip()
+        m = re.match(r"((?:\w+::)*)(\w+|\{)", it)
+        if not m:
+            continue
+        base = tuple(x for x in m.group(1).split("::") if x)
+        if m.group(2) == "{":
+            inner = braced(it, it.index("{"))
+            out.extend(base + p for p in group_paths(inner))
+        else:
+            out.append(base + (m.group(2),))
+    return out
+
+
+def paths_used(code, here):
+    """Module paths (tuples of names) this file's code names: `crate::a::b::…`, and
+    `super::…` resolved from `here`; use groups expanded."""
+    used = []
+    for m in re.finditer(r"\bcrate((?:::\w+)*)::(\{)?", code):
+        base = tuple(x for x in m.group(1).split("::") if x)
+        if m.group(2):
+            used.extend(base + p for p in group_paths(braced(code, m.end() - 1)))
+        else:
+            rest = re.match(r"\w+", code[m.end():])
+            used.append(base + ((rest.group(0),) if rest else ()))
+    for m in re.finditer(r"\b((?:super::)+)((?:\w+::)*)(\w+|\{)", code):
+        up = m.group(1).count("super::")
+        if up > len(here):
+            continue
+        base = here[: len(here) - up] + tuple(x for x in m.group(2).split("::") if x)
+        if m.group(3) == "{":
+            used.extend(base + p for p in group_paths(braced(code, m.end() - 1)))
+        else:
+            used.append(base + (m.group(3),))
+    return used
+
+
+def module_graph(crate, nested=False):
+    """Edges between modules of `crate`. Top-level modules by default; with `nested`,
+    between sibling modules at every level (a reference from `a::b` to `a::c` is an
+    edge `a::b` → `a::c`; one from `a::b` to `d` is `a` → `d`)."""
+    files = {}
     for rel, path in crate_files(crate):
-        top = top_module(rel)
-        if top is None:
+        mp = module_path(rel)
+        if mp is None:
             continue
         with open(path, encoding="utf-8") as f:
-            code = strip(f.read())
-        # Test modules may reach anywhere (a test of `archive` may build an `enforce`
-        # policy); the cycle rule is about the code that ships.
-        code = without_test_modules(code)
-        used = modules_used(code, "crate")
-        d = depth(rel)
-        # `super::x` from a top-level file, `super::super::x` one level down, … reach
-        # the crate root.
-        used |= {m.group(1) for m in re.finditer(r"\b" + r"super::" * d + r"(\w+)", code)}
-        graph.setdefault(top, set()).update(u for u in used if u != top)
-    names = set(graph)
-    return {k: {u for u in v if u in names} for k, v in graph.items()}
+            # Test modules may reach anywhere (a test of `archive` may build an
+            # `enforce` policy); the cycle rule is about the code that ships.
+            files[mp] = without_test_modules(strip(f.read()))
+    modules = set(files)
+    graph = {}
+    for here, code in files.items():
+        for target in paths_used(code, here):
+            # The longest prefix that is a module of ours.
+            while target and target not in modules:
+                target = target[:-1]
+            if not target:
+                continue
+            common = 0
+            while common < min(len(here), len(target)) and here[common] == target[common]:
+                common += 1
+            if common == len(here) or common == len(target):
+                continue  # parent and child
+            if not nested and common > 0:
+                continue
+            src, dst = here[: common + 1], target[: common + 1]
+            graph.setdefault(src, set()).add(dst)
+            graph.setdefault(dst, set())
+    if not nested:
+        return {k[0]: {d[0] for d in v} for k, v in graph.items()}
+    return graph
 
 
 def sccs(graph):
@@ -237,8 +304,8 @@ def violations():
             continue
         for dep in sorted(our_dependencies(crate) - allowed):
             out.append(f"crate {name} uses {dep}")
-        for comp in sccs(module_graph(crate)):
-            out.append(f"cycle in {name}: {' '.join(comp)}")
+        for comp in sccs(module_graph(crate, nested=True)):
+            out.append(f"cycle in {name}: {' '.join('::'.join(m) for m in comp)}")
     # The CLI reaches the coordinator through its façade only.
     cli_uses = set()
     for rel, path in crate_files("cli"):

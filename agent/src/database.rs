@@ -14,6 +14,33 @@ pub mod wal;
 use crate::config::DatabaseConfig;
 use drmesh_repo::{KeySource, Location, RepoError, RepoOptions, Repository};
 
+/// The snapshot kind of a PostgreSQL base backup.
+pub const KIND: &str = drmesh_repo::KIND_POSTGRES;
+
+/// Where a restore keeps its tablespaces, inside its own data directory.
+pub const TABLESPACES_DIR: &str = "drmesh_tablespaces";
+
+/// The user and database of the production conninfo (default `postgres`), or `dbname`.
+pub fn user_and_database(
+    conninfo: Option<&str>,
+    counts: Option<&drmesh_repo::RowCounts>,
+) -> (String, String) {
+    let parsed = conninfo.and_then(|c| c.parse::<tokio_postgres::Config>().ok());
+    let user = parsed
+        .as_ref()
+        .and_then(|c| c.get_user())
+        .unwrap_or("postgres")
+        .to_string();
+    let database = counts.map(|c| c.database.clone()).unwrap_or_else(|| {
+        parsed
+            .as_ref()
+            .and_then(|c| c.get_dbname())
+            .unwrap_or("postgres")
+            .to_string()
+    });
+    (user, database)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     #[error("{0:?} is not a WAL file name PostgreSQL archives")]

@@ -22,20 +22,20 @@ use tracing::error;
 
 use crate::alerts::{self, AlertFilter};
 use crate::auth::{self, Caller};
-use crate::database::{self};
-use crate::documents::{self};
-use crate::drtest::{self};
 use crate::error::Error;
-use crate::failover::{self};
 use crate::notify;
+use crate::ops::database::{self};
+use crate::ops::documents::{self};
+use crate::ops::drtest::{self};
+use crate::ops::failover::{self};
+use crate::ops::recovery::{self};
+use crate::ops::rejoin::{self};
+use crate::ops::retention;
+use crate::ops::verification::{self};
 use crate::plans::{self};
-use crate::recovery::{self};
-use crate::rejoin::{self};
-use crate::retention;
 use crate::state::Coordinator;
 use crate::store::{Namespace, StoreExt};
 use crate::transport::{self, TransportError};
-use crate::verification::{self};
 
 /// The one place errors become HTTP: a status, a stable code and a JSON body.
 impl ResponseError for Error {
@@ -515,7 +515,7 @@ async fn database_get(
         .ok_or_else(|| Error::NotFound(format!("no database backup {path}")))?;
     // Each `[[database.replicas]]` of the agent that took it: copied there or not yet.
     let locations: Vec<_> = match rec.completed_at {
-        Some(done) => crate::replication::statuses_of(coord.store.as_ref(), "database")
+        Some(done) => crate::ops::replication::statuses_of(coord.store.as_ref(), "database")
             .into_iter()
             .filter(|s| s.agent_id == rec.agent_id.as_str())
             .map(|s| s.backup(&rec.backup_id, done))

@@ -3,7 +3,7 @@
 //! Nothing in here reads a clock, sleeps, touches the store or the network: no tokio,
 //! quinn or actix. Each rule takes what it judges (registry entries, agent statuses,
 //! plan fields) and the time as arguments and returns a typed verdict; the drivers in
-//! [`crate::health`], [`crate::failover`], [`crate::drtest`] and [`crate::retention`]
+//! [`crate::ops::health`], [`crate::ops::failover`], [`crate::ops::drtest`] and [`crate::ops::retention`]
 //! persist what they must and act on it. That split is what lets the safety rules be
 //! unit- and property-tested without processes.
 //!

@@ -32,15 +32,16 @@ pub struct Ready {
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let store = RedbStore::open(&config.store_path)
         .with_context(|| format!("open state store {}", config.store_path.display()))?;
-    let interrupted = crate::documents::fail_interrupted(&store)
+    let interrupted = crate::ops::documents::fail_interrupted(&store)
         .context("mark interrupted backups as failed")?
-        + crate::database::fail_interrupted(&store)
+        + crate::ops::database::fail_interrupted(&store)
             .context("mark interrupted database backups as failed")?
-        + crate::recovery::fail_interrupted(&store)
+        + crate::ops::recovery::fail_interrupted(&store)
             .context("mark interrupted recoveries as failed")?
-        + crate::verification::fail_interrupted(&store)
+        + crate::ops::verification::fail_interrupted(&store)
             .context("mark interrupted verifications as failed")?
-        + crate::drtest::fail_interrupted(&store).context("mark interrupted DR tests as failed")?;
+        + crate::ops::drtest::fail_interrupted(&store)
+            .context("mark interrupted DR tests as failed")?;
     if interrupted > 0 {
         tracing::warn!(
             count = interrupted,
@@ -59,7 +60,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let quic = endpoint.local_addr().context("read QUIC address")?;
 
     tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
-    let resumed = crate::failover::resume_all(&coord).context("resume failovers")?;
+    let resumed = crate::ops::failover::resume_all(&coord).context("resume failovers")?;
     if resumed > 0 {
         tracing::warn!(
             count = resumed,
@@ -67,11 +68,11 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         );
     }
     tokio::spawn(coord.clone().watch_liveness());
-    tokio::spawn(crate::health::watch(coord.clone()));
-    tokio::spawn(crate::drtest::schedule(coord.clone()));
-    tokio::spawn(crate::retention::schedule(coord.clone()));
-    tokio::spawn(crate::storage::watch(coord.clone()));
-    tokio::spawn(crate::replication::schedule(coord.clone()));
+    tokio::spawn(crate::ops::health::watch(coord.clone()));
+    tokio::spawn(crate::ops::drtest::schedule(coord.clone()));
+    tokio::spawn(crate::ops::retention::schedule(coord.clone()));
+    tokio::spawn(crate::ops::storage::watch(coord.clone()));
+    tokio::spawn(crate::ops::replication::schedule(coord.clone()));
     tokio::spawn(coord.clone().apply_transitions(transitions));
 
     let data = web::Data::new(coord.clone());

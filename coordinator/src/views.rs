@@ -13,7 +13,7 @@ use drmesh_protocol::{PgRole, RegionId};
 
 use crate::state::Coordinator;
 use crate::store::StoreError;
-use crate::{alerts, documents, drtest, failover, recovery, replication};
+use crate::{alerts, ops::documents, ops::drtest, ops::failover, ops::recovery, ops::replication};
 
 /// `GET /v1/backup-recovery/disaster-recovery/status`
 pub fn dr_status(coord: &Coordinator) -> DrStatus {

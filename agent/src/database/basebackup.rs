@@ -25,7 +25,7 @@ use drmesh_repo::{
 };
 
 /// The snapshot kind of a PostgreSQL base backup.
-pub const KIND: &str = drmesh_repo::KIND_POSTGRES;
+pub use super::KIND;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackupType {
@@ -86,7 +86,7 @@ pub fn excluded(rel: &str) -> bool {
     }
     // A restored cluster's tablespaces live in `drmesh_tablespaces/`, reached (and
     // backed up) through their `pg_tblspc` links.
-    if first == super::recovery::TABLESPACES_DIR {
+    if first == super::TABLESPACES_DIR {
         return true;
     }
     if !below && (FILES.contains(&first) || first == "recovery.signal" || first == "standby.signal")

@@ -242,7 +242,7 @@ async fn steps_1_to_4(
     if let Err(e) = settings {
         return steps.end(2, Err(format!("isolation settings: {e}")), progress);
     }
-    let (user, database) = verify::user_and_database(conninfo, counts);
+    let (user, database) = super::user_and_database(conninfo, counts);
     let server = match verify::start_and_wait(db, dir, &pgdata, port, &user, &database).await {
         Ok(c) => c,
         Err(why) => return steps.end(2, Err(format!("recovery: {why}")), progress),

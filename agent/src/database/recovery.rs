@@ -8,8 +8,8 @@ use tracing::info;
 
 use drmesh_protocol::api::{PitrInfo, PitrOutcome};
 
-use super::basebackup::KIND;
 use super::DatabaseError;
+use super::{KIND, TABLESPACES_DIR};
 use drmesh_repo::{Repository, RestoreRequest, Snapshot};
 
 /// What to restore, and where.
@@ -607,7 +607,7 @@ pub async fn recover_into(
 /// The production conninfo's user and database, at the recovered server's port on
 /// the loopback.
 fn recovered_conninfo(conninfo: Option<&str>, port: u16) -> String {
-    let (user, dbname) = super::verify::user_and_database(conninfo, None);
+    let (user, dbname) = super::user_and_database(conninfo, None);
     format!("host=127.0.0.1 port={port} user={user} dbname={dbname} connect_timeout=2")
 }
 
@@ -616,9 +616,6 @@ fn log_tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join(" / ")
 }
-
-/// Where a restore keeps its tablespaces, inside its own data directory.
-pub const TABLESPACES_DIR: &str = "drmesh_tablespaces";
 
 /// A backup holds each tablespace in place of its `pg_tblspc/<oid>` link; PostgreSQL
 /// wants links there, so the contents move to `drmesh_tablespaces/<oid>` and the link

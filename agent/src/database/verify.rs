@@ -336,24 +336,6 @@ async fn check_wal(
     Ok(bad)
 }
 
-/// The user and database of the production conninfo (default `postgres`), or `dbname`.
-pub fn user_and_database(conninfo: Option<&str>, counts: Option<&RowCounts>) -> (String, String) {
-    let parsed = conninfo.and_then(|c| c.parse::<tokio_postgres::Config>().ok());
-    let user = parsed
-        .as_ref()
-        .and_then(|c| c.get_user())
-        .unwrap_or("postgres")
-        .to_string();
-    let database = counts.map(|c| c.database.clone()).unwrap_or_else(|| {
-        parsed
-            .as_ref()
-            .and_then(|c| c.get_dbname())
-            .unwrap_or("postgres")
-            .to_string()
-    });
-    (user, database)
-}
-
 /// What the throw-away server must not do, appended after the restored settings:
 /// listen on TCP, stream from or hold back anything, archive, or wait for standbys. A
 /// verification's copy (`durable` false) also skips every fsync: nothing in it needs to
@@ -449,7 +431,7 @@ async fn restorability(
 
     progress(60.0, "recovering".into());
     let started = Instant::now();
-    let (user, database) = user_and_database(conninfo, counts);
+    let (user, database) = super::user_and_database(conninfo, counts);
     let server = match start_and_wait(db, dir, &pgdata, port, &user, &database).await {
         Ok(c) => c,
         Err(why) => {

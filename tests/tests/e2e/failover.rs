@@ -187,7 +187,7 @@ fn interrupt(t: &mut TwoRegions, edit: impl FnOnce(&mut Option<FailoverRun>)) {
     {
         let store = RedbStore::open(&t.mesh.dir.path().join("state.redb")).expect("open store");
         let mut run: Option<FailoverRun> =
-            drmesh_coordinator::failover::latest(&store).expect("read failovers");
+            drmesh_coordinator::ops::failover::latest(&store).expect("read failovers");
         edit(&mut run);
         let run = run.expect("a failover record");
         store
@@ -223,7 +223,7 @@ fn a_coordinator_killed_in_step_1_or_7_resumes_and_finishes_once() {
             completed_at: None,
             timeline: None,
             current_step: Some(1),
-            steps: drmesh_coordinator::failover::STEPS
+            steps: drmesh_coordinator::ops::failover::STEPS
                 .iter()
                 .enumerate()
                 .map(|(i, name)| FailoverStep {

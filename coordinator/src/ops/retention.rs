@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::rules::schedule;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreExt};
-use crate::{jobs, transport};
+use crate::{ops::jobs, transport};
 
 /// How long one agent may take (an enforcement reads every manifest of its repositories).
 const TIMEOUT: Duration = Duration::from_secs(10 * 60);

@@ -13,7 +13,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::error::Error;
-use crate::jobs::{self, Finished};
+use crate::ops::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;

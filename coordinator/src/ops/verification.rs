@@ -28,9 +28,9 @@ use tracing::{error, info, Instrument};
 
 use crate::alerts;
 use crate::alerts::VERIFICATION_FAILED;
-use crate::database::{self, CAPABILITY};
 use crate::error::Error;
-use crate::jobs::{self, Finished};
+use crate::ops::database::{self, CAPABILITY};
+use crate::ops::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 

@@ -31,9 +31,9 @@ use drmesh_protocol::{AgentId, CommandKind, RegionId};
 use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
-use crate::database::{self, CAPABILITY};
 use crate::error::Error;
-use crate::jobs::{self, Finished, Job};
+use crate::ops::database::{self, CAPABILITY};
+use crate::ops::jobs::{self, Finished, Job};
 use crate::plans;
 use crate::rules::schedule;
 use crate::state::Coordinator;
@@ -216,7 +216,7 @@ pub fn start(
             running.test_id
         )));
     }
-    if let Some(f) = crate::failover::latest(store)?.filter(|f| {
+    if let Some(f) = crate::ops::failover::latest(store)?.filter(|f| {
         matches!(
             f.status,
             FailoverStatus::Initiated | FailoverStatus::InProgress

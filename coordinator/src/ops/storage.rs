@@ -71,7 +71,7 @@ pub async fn watch(coord: Arc<Coordinator>) {
             })
             .collect();
         // Object stores with a quota, as their agents' last replication rounds measured.
-        for s in crate::replication::statuses(coord.store.as_ref()) {
+        for s in crate::ops::replication::statuses(coord.store.as_ref()) {
             if let Some(u) = quota_usage(&s) {
                 reports.push((s.agent_id.clone(), None, vec![u]));
             }

@@ -32,9 +32,9 @@ use tracing::{info, Instrument};
 
 use super::QUEUED;
 use super::{pick_agent, prepare, records, run_traced, save, NO_AGENT};
-use crate::database::{self, CAPABILITY};
 use crate::error::Error;
-use crate::jobs;
+use crate::ops::database::{self, CAPABILITY};
+use crate::ops::jobs;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 

@@ -22,7 +22,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::alerts::{self, BACKUP_FAILED, REPLICATION_FAILED, VERIFICATION_FAILED};
 use crate::error::Error;
-use crate::jobs::{self, Finished};
+use crate::ops::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -472,7 +472,7 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
     }
     // Secondary locations: their replication state, lag and last error (the newest
     // report of any agent), and the locations known only from replication.
-    for status in crate::replication::statuses_of(store, "documents") {
+    for status in crate::ops::replication::statuses_of(store, "documents") {
         let name = status.report.name.clone();
         let newer = |x: &LocationStatistics| {
             x.replication

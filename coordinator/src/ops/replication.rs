@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::alerts;
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreExt};
-use crate::{jobs, transport};
+use crate::{ops::jobs, transport};
 
 /// Alert kind of a location unreachable for longer than `alert_after`.
 pub const LOCATION_UNREACHABLE: &str = "LOCATION_UNREACHABLE";

@@ -17,7 +17,7 @@ use crate::rules::health::Probe;
 use crate::rules::registry::AgentEntry;
 use crate::state::Coordinator;
 use crate::store::StoreExt;
-use crate::{alerts, failover, plans, rules};
+use crate::{alerts, ops::failover, plans, rules};
 
 /// Alert kind raised when an automatic failover should start but cannot.
 pub const AUTOMATIC_FAILOVER_BLOCKED: &str = "AUTOMATIC_FAILOVER_BLOCKED";
@@ -61,7 +61,7 @@ pub async fn check(coord: &Coordinator, primary: &AgentEntry) -> (PrimaryHealth,
             Some(addr) => {
                 let timeout = (coord.config.heartbeat_interval * 2)
                     .clamp(Duration::from_millis(300), Duration::from_secs(2));
-                match crate::probe::select_one(coord, addr, timeout).await {
+                match crate::ops::probe::select_one(coord, addr, timeout).await {
                     Ok(()) => Probe::Answers(addr),
                     Err(e) => Probe::Fails(addr, e),
                 }

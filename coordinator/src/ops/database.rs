@@ -20,7 +20,7 @@ use tracing::{error, info, Instrument};
 use crate::alerts;
 use crate::alerts::BACKUP_FAILED;
 use crate::error::Error;
-use crate::jobs::{self, Finished};
+use crate::ops::jobs::{self, Finished};
 use crate::state::Coordinator;
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 

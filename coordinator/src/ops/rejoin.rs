@@ -96,7 +96,7 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
     let Ok(_one) = RUNNING.try_lock() else {
         return Err(Error::Conflict("a rejoin is already running".into()));
     };
-    if let Some(f) = crate::failover::latest(coord.store.as_ref())? {
+    if let Some(f) = crate::ops::failover::latest(coord.store.as_ref())? {
         if matches!(
             f.status,
             FailoverStatus::Initiated | FailoverStatus::InProgress

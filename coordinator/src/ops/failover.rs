@@ -597,7 +597,7 @@ async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
         let mut checked = Vec::new();
         for (via, ip) in targets {
             let at = std::net::SocketAddr::new(ip, addr.port());
-            if let Err(e) = crate::probe::check_writable(coord, at, timeout).await {
+            if let Err(e) = crate::ops::probe::check_writable(coord, at, timeout).await {
                 return Outcome::Failed(format!("{via} → {at}: {e}"));
             }
             checked.push(format!("{via} → {at}"));

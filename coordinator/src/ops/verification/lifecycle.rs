@@ -15,7 +15,7 @@ use drmesh_protocol::api::{
 use super::all::last_change;
 use super::records;
 use crate::store::{Store, StoreError};
-use crate::{database, documents, drtest, plans};
+use crate::{ops::database, ops::documents, ops::drtest, plans};
 
 /// The window restore times are taken from.
 const RESTORE_TIME_DAYS: u32 = 30;
