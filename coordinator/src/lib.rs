@@ -3,11 +3,11 @@
 
 pub mod admin;
 pub mod alerts;
-pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

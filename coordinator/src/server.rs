@@ -14,7 +14,7 @@ use tracing::info;
 use crate::config::CoordinatorConfig;
 use crate::state::Coordinator;
 use crate::store::RedbStore;
-use crate::{api, transport};
+use crate::{http, transport};
 
 /// Written to `--ready-file` once both listeners are bound, so callers that asked for
 /// port 0 learn the real ports.
@@ -79,9 +79,9 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(from_fn(api::audited))
-            .wrap(from_fn(api::unversioned))
-            .configure(api::configure)
+            .wrap(from_fn(http::audited))
+            .wrap(from_fn(http::unversioned))
+            .configure(http::configure)
     })
     .workers(config.http_workers)
     .disable_signals()

@@ -1,0 +1,60 @@
+//! The bearer-token extractor: a handler that takes an [`Authenticated`] requires a token, and `require` checks its role.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use drmesh_protocol::api::Role;
+
+use super::Shared;
+use crate::auth::{self, Caller};
+use crate::error::Error;
+
+/// The authenticated caller; extracting it is what makes a route require a token.
+pub struct Authenticated(pub Caller);
+
+impl Authenticated {
+    pub fn require(&self, need: Role) -> Result<&Caller, Error> {
+        if self.0.role >= need {
+            Ok(&self.0)
+        } else {
+            Err(Error::Forbidden {
+                need,
+                have: self.0.role,
+            })
+        }
+    }
+}
+
+impl FromRequest for Authenticated {
+    type Error = Error;
+    type Future = Ready<Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+pub(super) fn authenticate(req: &HttpRequest) -> Result<Authenticated, Error> {
+    let coord = req
+        .app_data::<Shared>()
+        .ok_or_else(|| Error::Internal("application state missing".into()))?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::Unauthorized("Authorization header is not text".into()))?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?
+        .trim();
+    let caller = auth::authenticate(coord.store.as_ref(), secret)?
+        .ok_or_else(|| Error::Unauthorized("unknown or revoked token".into()))?;
+    req.extensions_mut().insert(caller.clone());
+    Ok(Authenticated(caller))
+}

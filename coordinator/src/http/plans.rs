@@ -1,0 +1,67 @@
+//! `/v1/backup-recovery/disaster-recovery/plans`: DR plans created, read, replaced and deleted.
+
+use actix_web::{web, HttpResponse};
+use drmesh_protocol::api::{PlanSpec, Role};
+
+use super::{required_json, Authenticated, Shared};
+use crate::error::Error;
+use crate::plans;
+
+/// A plan body: 400 naming the field serde stopped at (an unknown field, a wrong type).
+pub(super) fn plan_spec(body: &[u8]) -> Result<PlanSpec, Error> {
+    required_json(body)
+}
+
+pub(super) async fn plan_create(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, Error> {
+    caller.require(Role::Operator)?;
+    let known = coord.plan_vocabulary();
+    let plan = plans::check(plan_spec(&body)?, &known, None)?;
+    plans::create(coord.store.as_ref(), &plan)?;
+    Ok(HttpResponse::Created().json(plan))
+}
+
+pub(super) async fn plan_list(caller: Authenticated, coord: Shared) -> Result<HttpResponse, Error> {
+    caller.require(Role::Viewer)?;
+    let plans = plans::list(coord.store.as_ref())?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "total": plans.len(), "plans": plans })))
+}
+
+pub(super) async fn plan_get(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    caller.require(Role::Viewer)?;
+    let plan = plans::get(coord.store.as_ref(), &path)?
+        .ok_or_else(|| Error::NotFound(format!("no plan {path}")))?;
+    Ok(HttpResponse::Ok().json(plan))
+}
+
+pub(super) async fn plan_replace(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Error> {
+    caller.require(Role::Operator)?;
+    if plans::get(coord.store.as_ref(), &path)?.is_none() {
+        return Err(Error::NotFound(format!("no plan {path}")));
+    }
+    let known = coord.plan_vocabulary();
+    let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
+    Ok(HttpResponse::Ok().json(plans::replace(coord.store.as_ref(), plan)?))
+}
+
+pub(super) async fn plan_delete(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    caller.require(Role::Operator)?;
+    plans::delete(coord.store.as_ref(), &path)?;
+    Ok(HttpResponse::NoContent().finish())
+}
