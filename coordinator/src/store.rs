@@ -1,16 +1,22 @@
 //! The coordinator's durable state behind the [`Store`] trait: a namespaced key-value
 //! interface small enough to put on etcd later. The default backend is an embedded redb
-//! file; every `put` is committed durably before it returns.
-
-use std::path::Path;
+//! file (`store/embedded.rs`); every `put` is committed durably before it returns.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+mod embedded;
+
+pub use self::embedded::RedbStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
     Backend(String),
+    /// The embedded database failed; the error is kept as the source (boxed: it is
+    /// large, and errors travel through every store call).
+    #[error("state store: {0}")]
+    Redb(#[source] Box<redb::Error>),
     #[error("state store holds a damaged record {namespace}/{key}: {message}")]
     Corrupt {
         namespace: &'static str,
@@ -20,27 +26,6 @@ pub enum StoreError {
     #[error("encode record: {0}")]
     Encode(String),
 }
-
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        StoreError::Backend(e.to_string())
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::from(redb::Error::from(e)) }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// The kinds of records the coordinator keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,88 +133,16 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-fn decode<T: DeserializeOwned>(ns: Namespace, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    ns: Namespace,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         namespace: ns.name(),
         key: key.to_string(),
         message: e.to_string(),
     })
-}
-
-type Table = redb::TableDefinition<'static, &'static str, &'static [u8]>;
-
-fn table(ns: Namespace) -> Table {
-    redb::TableDefinition::new(ns.name())
-}
-
-/// The embedded single-file store.
-pub struct RedbStore {
-    db: redb::Database,
-}
-
-impl RedbStore {
-    /// Opens or creates the file and every table. Fails if another process holds it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Backend(format!("create {}: {e}", parent.display()))
-                })?;
-            }
-        }
-        let db = redb::Database::create(path)
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
-        let tx = db.begin_write()?;
-        for ns in Namespace::ALL {
-            tx.open_table(table(ns))?;
-        }
-        tx.commit()?;
-        Ok(Self { db })
-    }
-}
-
-impl Store for RedbStore {
-    fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(ns))?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
-    }
-
-    fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(table(ns))?;
-            t.insert(key, value)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
-        let existed = {
-            let mut t = tx.open_table(table(ns))?;
-            let existed = t.remove(key)?.is_some();
-            existed
-        };
-        tx.commit()?;
-        Ok(existed)
-    }
-
-    fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(ns))?;
-        let mut out = Vec::new();
-        for item in t.range(prefix..)? {
-            let (k, v) = item?;
-            let k = k.value();
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_string(), v.value().to_vec()));
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
