@@ -259,7 +259,7 @@ impl Documents {
         );
         tokio::task::spawn_blocking(move || -> Result<(), RepoError> {
             let io = |what: &str, p: &Path, e: std::io::Error| {
-                RepoError::Io(format!("{what} {}: {e}", p.display()))
+                RepoError::local(format!("{what} {}", p.display()), e)
             };
             std::fs::create_dir_all(&manifest_dir).map_err(|e| io("create", &manifest_dir, e))?;
             write_durably(&mpath2, &json)?;
@@ -300,7 +300,7 @@ impl Documents {
             Ok(())
         })
         .await
-        .map_err(|e| RepoError::Io(format!("archive task: {e}")))??;
+        .map_err(|e| RepoError::local("archive task", e))??;
         Ok((archive, manifest_path))
     }
 
@@ -401,7 +401,7 @@ impl Documents {
             let path = archive.clone();
             let checked = tokio::task::spawn_blocking(move || check_archive(&path))
                 .await
-                .map_err(|e| RepoError::Io(format!("archive check task: {e}")))?;
+                .map_err(|e| RepoError::local("archive check task", e))?;
             let (status, detail) = match checked {
                 Ok(n) => (Verdict::Passed, format!("{n} files match MANIFEST.json")),
                 Err(why) => {

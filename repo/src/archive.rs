@@ -255,6 +255,7 @@ fn to_io(e: RepoError) -> std::io::Error {
 fn damaged_io(what: &str, e: std::io::Error) -> RepoError {
     match from_io(what, e) {
         RepoError::Io(why) => RepoError::Damaged(why),
+        RepoError::Local { context, source } => RepoError::Damaged(format!("{context}: {source}")),
         other => other,
     }
 }
@@ -272,7 +273,7 @@ fn from_io(what: &str, e: std::io::Error) -> RepoError {
         std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
             RepoError::Damaged(format!("{what}: {e}"))
         }
-        _ => RepoError::Io(format!("{what}: {e}")),
+        _ => RepoError::local(what, e),
     }
 }
 
@@ -395,10 +396,8 @@ impl ColdArchive {
         });
         let written = writer
             .await
-            .map_err(|e| RepoError::Io(format!("archive task: {e}")));
-        let stored = upload
-            .await
-            .map_err(|e| RepoError::Io(format!("upload task: {e}")));
+            .map_err(|e| RepoError::local("archive task", e));
+        let stored = upload.await.map_err(|e| RepoError::local("upload task", e));
         let (manifest, size, sha256) = written??;
         let stored = stored??;
         if stored != size {
@@ -449,7 +448,7 @@ impl ColdArchive {
             read_back: !self.frozen,
         };
         let json = serde_json::to_vec_pretty(&listed)
-            .map_err(|e| RepoError::Io(format!("serialize {key}: {e}")))?;
+            .map_err(|e| RepoError::local(format!("serialize {key}"), e))?;
         self.backend
             .put(&sidecar_key(&snap.kind, id), Bytes::from(json))
             .await?;
@@ -552,7 +551,7 @@ impl ColdArchive {
         });
         let result = reader
             .await
-            .map_err(|e| RepoError::Io(format!("restore task: {e}")))?;
+            .map_err(|e| RepoError::local("restore task", e))?;
         download.abort();
         let report = result?;
         if report.snapshot_id != a.snapshot_id || report.kind != a.kind {
@@ -1156,12 +1155,12 @@ fn prepare_target(target: &Path) -> Result<(), RepoError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(target)
-                .map_err(|e| RepoError::Io(format!("create {}: {e}", target.display())))?;
+                .map_err(|e| RepoError::local(format!("create {}", target.display()), e))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| RepoError::Io(format!("chmod {}: {e}", target.display())))?;
+                .map_err(|e| RepoError::local(format!("chmod {}", target.display()), e))?;
         }
-        Err(e) => return Err(RepoError::Io(format!("open {}: {e}", target.display()))),
+        Err(e) => return Err(RepoError::local(format!("open {}", target.display()), e)),
     }
     Ok(())
 }
@@ -1276,7 +1275,7 @@ fn read_object(
                     report.dirs += 1;
                     if let Some(d) = dest {
                         std::fs::create_dir_all(&d).map_err(|err| {
-                            RepoError::Io(format!("create {}: {err}", d.display()))
+                            RepoError::local(format!("create {}", d.display()), err)
                         })?;
                         dirs.push((d, e));
                     }
@@ -1332,13 +1331,13 @@ fn read_object(
         for (d, e) in &links {
             if let Some(parent) = d.parent() {
                 std::fs::create_dir_all(parent)
-                    .map_err(|err| RepoError::Io(format!("create {}: {err}", parent.display())))?;
+                    .map_err(|err| RepoError::local(format!("create {}", parent.display()), err))?;
             }
             std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), d)
-                .map_err(|err| RepoError::Io(format!("symlink {}: {err}", d.display())))?;
+                .map_err(|err| RepoError::local(format!("symlink {}", d.display()), err))?;
             if root_owner {
                 std::os::unix::fs::lchown(d, Some(e.uid), Some(e.gid))
-                    .map_err(|err| RepoError::Io(format!("chown {}: {err}", d.display())))?;
+                    .map_err(|err| RepoError::local(format!("chown {}", d.display()), err))?;
             }
         }
         // Deepest first, so a directory's time is set after its contents are made.
@@ -1369,7 +1368,7 @@ fn write_file(
     root_owner: bool,
 ) -> Result<(), RepoError> {
     let err =
-        |what: &str, x: std::io::Error| RepoError::Io(format!("{what} {}: {x}", dest.display()));
+        |what: &str, x: std::io::Error| RepoError::local(format!("{what} {}", dest.display()), x);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|x| err("create directory for", x))?;
     }
@@ -1397,7 +1396,7 @@ fn write_file(
 fn set_metadata(path: &Path, e: &ColdEntry, root_owner: bool) -> Result<(), RepoError> {
     use std::os::unix::fs::PermissionsExt;
     let err =
-        |what: &str, x: std::io::Error| RepoError::Io(format!("{what} {}: {x}", path.display()));
+        |what: &str, x: std::io::Error| RepoError::local(format!("{what} {}", path.display()), x);
     if root_owner {
         std::os::unix::fs::chown(path, Some(e.uid), Some(e.gid)).map_err(|x| err("chown", x))?;
     }

@@ -112,7 +112,7 @@ impl Repository {
             )));
         }
         let meta = std::fs::metadata(&req.source)
-            .map_err(|e| RepoError::Io(format!("backup source {}: {e}", req.source.display())))?;
+            .map_err(|e| RepoError::local(format!("backup source {}", req.source.display()), e))?;
         if !meta.is_dir() {
             return Err(RepoError::Config(format!(
                 "backup source {} is not a directory",
@@ -167,7 +167,7 @@ impl Repository {
             )
         })
         .await
-        .map_err(|e| RepoError::Io(format!("backup task: {e}")))??;
+        .map_err(|e| RepoError::local("backup task", e))??;
         let PipelineOut {
             entries,
             index,
@@ -563,7 +563,7 @@ fn scan(
         if meta.file_type().is_symlink() && follow(&rel) {
             let link = source.join(&rel);
             let target = std::fs::metadata(&link)
-                .map_err(|e| RepoError::Io(format!("follow {}: {e}", link.display())))?;
+                .map_err(|e| RepoError::local(format!("follow {}", link.display()), e))?;
             if target.is_dir() {
                 out.push((rel, target));
                 out.extend(walk(source, &link, exclude)?);
@@ -602,7 +602,7 @@ fn walk(
                 if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) {
                     continue;
                 }
-                return Err(RepoError::Io(format!("walk {}: {e}", source.display())));
+                return Err(RepoError::local(format!("walk {}", source.display()), e));
             }
         };
         let rel = item
@@ -921,7 +921,7 @@ fn entry_for(
                 stats.skipped += 1;
                 return Ok(None);
             }
-            Err(e) => return Err(RepoError::Io(format!("readlink {}: {e}", full.display()))),
+            Err(e) => return Err(RepoError::local(format!("readlink {}", full.display()), e)),
         };
         let target = target.to_str().map(str::to_string).ok_or_else(|| {
             RepoError::Io(format!("symlink target of {} is not UTF-8", full.display()))
@@ -990,7 +990,7 @@ impl ReadError {
         if e.kind() == std::io::ErrorKind::NotFound {
             ReadError::Vanished
         } else {
-            ReadError::Repo(RepoError::Io(format!("{what} {}: {e}", full.display())))
+            ReadError::Repo(RepoError::local(format!("{what} {}", full.display()), e))
         }
     }
 }
@@ -1081,7 +1081,7 @@ fn read_file(
         let reader = std::io::Cursor::new(head).chain(&file);
         for chunk in fastcdc::v2020::StreamCDC::new(reader, chunker.min, chunker.avg, chunker.max) {
             let chunk = chunk.map_err(|e| {
-                ReadError::Repo(RepoError::Io(format!("read {}: {e}", full.display())))
+                ReadError::Repo(RepoError::local(format!("read {}", full.display()), e))
             })?;
             emit(chunk.data, false)?;
         }

@@ -129,7 +129,7 @@ fn write_archive(
     root: &str,
     out: impl Write,
 ) -> Result<ArchiveManifest, RepoError> {
-    let io = |e: std::io::Error| RepoError::Io(format!("write archive: {e}"));
+    let io = |e: std::io::Error| RepoError::local("write archive", e);
     let mut manifest = ArchiveManifest::of(snap, root);
     // The manifest promises `sha256sum`'s answer: files hashed by their chunk ids are
     // read once more to hash their content.
@@ -141,7 +141,7 @@ fn write_archive(
         if e.hash == FileHash::ChunkIds {
             let mut hasher = sha2::Sha256::new();
             std::io::copy(&mut chunk_reader(repo, handle, e)?, &mut hasher)
-                .map_err(|err| RepoError::Io(format!("read {}: {err}", e.path)))?;
+                .map_err(|err| RepoError::local(format!("read {}", e.path), err))?;
             f.sha256 = hex::encode(hasher.finalize());
         }
     }
@@ -219,7 +219,7 @@ impl Repository {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."));
             std::fs::create_dir_all(&dir)
-                .map_err(|e| RepoError::Io(format!("create {}: {e}", dir.display())))?;
+                .map_err(|e| RepoError::local(format!("create {}", dir.display()), e))?;
             let tmp = dir.join(format!(
                 ".{}.tmp-{}",
                 out.file_name()
@@ -229,16 +229,16 @@ impl Repository {
             ));
             let result = (|| {
                 let file = std::fs::File::create(&tmp)
-                    .map_err(|e| RepoError::Io(format!("create {}: {e}", tmp.display())))?;
+                    .map_err(|e| RepoError::local(format!("create {}", tmp.display()), e))?;
                 let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
                 let manifest = write_archive(&repo, &handle, &snap, &root, &mut writer)?;
                 let file = writer
                     .into_inner()
-                    .map_err(|e| RepoError::Io(format!("write {}: {e}", tmp.display())))?;
+                    .map_err(|e| RepoError::local(format!("write {}", tmp.display()), e))?;
                 file.sync_all()
-                    .map_err(|e| RepoError::Io(format!("sync {}: {e}", tmp.display())))?;
+                    .map_err(|e| RepoError::local(format!("sync {}", tmp.display()), e))?;
                 std::fs::rename(&tmp, &out)
-                    .map_err(|e| RepoError::Io(format!("rename to {}: {e}", out.display())))?;
+                    .map_err(|e| RepoError::local(format!("rename to {}", out.display()), e))?;
                 if let Ok(d) = std::fs::File::open(&dir) {
                     let _ = d.sync_all();
                 }
@@ -250,6 +250,6 @@ impl Repository {
             result
         })
         .await
-        .map_err(|e| RepoError::Io(format!("export task: {e}")))?
+        .map_err(|e| RepoError::local("export task", e))?
     }
 }

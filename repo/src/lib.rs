@@ -114,14 +114,35 @@ pub enum RepoError {
     Damaged(String),
     #[error("unsafe path {path:?} refused: {why}")]
     UnsafePath { path: String, why: String },
+    /// A local file, directory or task failed; what was being done, and why.
     #[error("local file: {0}")]
     Io(String),
+    /// As `Io`, keeping the error that caused it as the source.
+    #[error("local file: {context}: {source}")]
+    Local {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cancelled")]
     Cancelled,
     /// A write-once location refused to delete or replace an object: its lock has not
     /// ended. Permanent until then; never taken for a deletion.
     #[error("locked: {0}")]
     Locked(String),
+}
+
+impl RepoError {
+    /// A local failure while doing `context`, keeping `source`.
+    pub fn local(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> RepoError {
+        RepoError::Local {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Current repository format.
@@ -221,7 +242,7 @@ impl Repository {
             encryption,
         };
         let json = serde_json::to_vec_pretty(&config)
-            .map_err(|e| RepoError::Io(format!("serialize config: {e}")))?;
+            .map_err(|e| RepoError::local("serialize config", e))?;
         backend.put("config", Bytes::from(json)).await?;
         info!(repo = %backend.describe(), encrypted = key.is_some(), "repository created");
         Ok(Self {
@@ -428,7 +449,7 @@ impl Repository {
             pack::decode_blob(&stored, &id, loc.raw_length, repo.key())
         })
         .await
-        .map_err(|e| RepoError::Io(format!("decode task: {e}")))?
+        .map_err(|e| RepoError::local("decode task", e))?
     }
 
     /// A whole pack object into `buf` (for readers that use most of a pack's chunks).

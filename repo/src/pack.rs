@@ -98,17 +98,17 @@ fn with_codec<T>(f: impl FnOnce(&mut Codec) -> Result<T, RepoError>) -> Result<T
     CODEC.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                .map_err(|e| RepoError::Io(format!("zstd: {e}")))?;
+            let mut compressor =
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| RepoError::local("zstd", e))?;
             // A content checksum (XXH64) in every frame: decompression checks it, so a
             // reader of an unencrypted repository need not hash every chunk again.
             compressor
                 .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
-                .map_err(|e| RepoError::Io(format!("zstd: {e}")))?;
+                .map_err(|e| RepoError::local("zstd", e))?;
             *slot = Some(Codec {
                 compressor,
                 decompressor: zstd::bulk::Decompressor::new()
-                    .map_err(|e| RepoError::Io(format!("zstd: {e}")))?,
+                    .map_err(|e| RepoError::local("zstd", e))?,
                 scratch: Vec::new(),
             });
         }
@@ -137,7 +137,7 @@ pub fn encode_blob(data: &[u8], key: Option<&MasterKey>) -> Result<Vec<u8>, Repo
             let n = c
                 .compressor
                 .compress_to_buffer(&data[..PROBE], &mut c.scratch)
-                .map_err(|e| RepoError::Io(format!("compress: {e}")))?;
+                .map_err(|e| RepoError::local("compress", e))?;
             if n * 100 >= PROBE * 97 {
                 return Ok(data.len());
             }
@@ -146,7 +146,7 @@ pub fn encode_blob(data: &[u8], key: Option<&MasterKey>) -> Result<Vec<u8>, Repo
         cursor.set_position((header + 1) as u64);
         c.compressor
             .compress_to_buffer(data, &mut cursor)
-            .map_err(|e| RepoError::Io(format!("compress: {e}")))
+            .map_err(|e| RepoError::local("compress", e))
     })?;
     if compressed < data.len() {
         out[header] = FLAG_ZSTD;
@@ -226,8 +226,8 @@ pub fn decode_blob_checked(
 
 /// Seals a metadata document (index, snapshot): zstd JSON, encrypted when keyed.
 pub fn encode_doc<T: Serialize>(doc: &T, key: Option<&MasterKey>) -> Result<Vec<u8>, RepoError> {
-    let json = serde_json::to_vec(doc).map_err(|e| RepoError::Io(format!("serialize: {e}")))?;
-    let z = zstd::bulk::compress(&json, 3).map_err(|e| RepoError::Io(format!("compress: {e}")))?;
+    let json = serde_json::to_vec(doc).map_err(|e| RepoError::local("serialize", e))?;
+    let z = zstd::bulk::compress(&json, 3).map_err(|e| RepoError::local("compress", e))?;
     match key {
         Some(k) => k.seal(&z),
         None => Ok(z),

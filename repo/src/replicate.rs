@@ -225,7 +225,7 @@ impl Repository {
                     Ok::<_, RepoError>((c, data.len() as u32, blob))
                 })
                 .await
-                .map_err(|e| RepoError::Io(format!("encode task: {e}")))?
+                .map_err(|e| RepoError::local("encode task", e))?
             })
             .buffered(COPY_CONCURRENCY);
         let mut builder = PackBuilder::for_pack(pack_size);
@@ -236,9 +236,8 @@ impl Repository {
         let mut collect = |done: Result<Result<(u64, Vec<IndexEntry>), RepoError>, _>,
                            report: &mut CopyReport|
          -> Result<(), RepoError> {
-            let (n, entries) = done.map_err(|e: tokio::task::JoinError| {
-                RepoError::Io(format!("upload task: {e}"))
-            })??;
+            let (n, entries) =
+                done.map_err(|e: tokio::task::JoinError| RepoError::local("upload task", e))??;
             report.bytes_stored += n;
             index.extend(entries);
             Ok(())
@@ -288,7 +287,7 @@ async fn upload(
     let key = dest.clone();
     let (name, bytes, entries) = tokio::task::spawn_blocking(move || builder.finish(key.key()))
         .await
-        .map_err(|e| RepoError::Io(format!("pack task: {e}")))??;
+        .map_err(|e| RepoError::local("pack task", e))??;
     let n = bytes.len() as u64;
     dest.backend()
         .put(&pack_key(&name), bytes.into_bytes())

@@ -142,7 +142,7 @@ impl Repository {
             restore_blocking(&repo, &handle, &target, &owned, &progress, how)
         })
         .await
-        .map_err(|e| RepoError::Io(format!("restore task: {e}")))??;
+        .map_err(|e| RepoError::local("restore task", e))??;
         report.snapshot = snap.id.clone();
         report.target = req.target.clone();
         report.duration = started.elapsed();
@@ -221,9 +221,9 @@ fn prepare_parent(target: &Path, rel: &Path) -> Result<PathBuf, RepoError> {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     std::fs::create_dir(&dir)
-                        .map_err(|e| RepoError::Io(format!("create {}: {e}", dir.display())))?;
+                        .map_err(|e| RepoError::local(format!("create {}", dir.display()), e))?;
                 }
-                Err(e) => return Err(RepoError::Io(format!("stat {}: {e}", dir.display()))),
+                Err(e) => return Err(RepoError::local(format!("stat {}", dir.display()), e)),
             }
         }
     }
@@ -237,7 +237,7 @@ fn is_root() -> bool {
 /// Owner (when root) and mtime, never following a symlink.
 fn set_owner_and_time(path: &Path, e: &Entry) -> Result<(), RepoError> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
-    let io = |what: &str, err: String| RepoError::Io(format!("{what} {}: {err}", path.display()));
+    let io = |what: &str, err: String| RepoError::local(format!("{what} {}", path.display()), err);
     if is_root() {
         std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
             .map_err(|err| io("chown", err.to_string()))?;
@@ -257,7 +257,7 @@ fn mtime_spec(e: &Entry) -> nix::sys::time::TimeSpec {
 fn set_mode(path: &Path, mode: u32) -> Result<(), RepoError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| RepoError::Io(format!("chmod {}: {e}", path.display())))
+        .map_err(|e| RepoError::local(format!("chmod {}", path.display()), e))
 }
 
 /// Creates (or truncates) the file `rel` is restored to; its path.
@@ -275,15 +275,15 @@ fn create_file(target: &Path, rel: &Path) -> Result<(PathBuf, File), RepoError> 
     let created = match create() {
         // A symlink where the file goes is replaced, never followed.
         Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => std::fs::remove_file(&path)
-            .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))
+            .map_err(|err| RepoError::local(format!("remove {}", path.display()), err))
             .and_then(|()| {
-                create().map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))
+                create().map_err(|err| RepoError::local(format!("create {}", path.display()), err))
             }),
         Err(err) if err.raw_os_error() == Some(nix::libc::EISDIR) => Err(RepoError::Io(format!(
             "{} is a directory; cannot restore a file there",
             path.display()
         ))),
-        other => other.map_err(|err| RepoError::Io(format!("create {}: {err}", path.display()))),
+        other => other.map_err(|err| RepoError::local(format!("create {}", path.display()), err)),
     };
     Ok((path, created?))
 }
@@ -311,7 +311,7 @@ fn restore_file(
         (check_data && !e.is_single_chunk() && e.hash == FileHash::Content).then(Sha256::new);
     reader::content(source, e, |data| {
         f.write_all(data)
-            .map_err(|err| RepoError::Io(format!("write {}: {err}", path.display())))?;
+            .map_err(|err| RepoError::local(format!("write {}", path.display()), err))?;
         if let Some(h) = hasher.as_mut() {
             h.update(data);
         }
@@ -358,8 +358,8 @@ fn restore_part(
         Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => open(false),
         other => other,
     }
-    .map_err(|err| RepoError::Io(format!("open {}: {err}", path.display())))?;
-    let io = |err: std::io::Error| RepoError::Io(format!("write {}: {err}", path.display()));
+    .map_err(|err| RepoError::local(format!("open {}", path.display()), err))?;
+    let io = |err: std::io::Error| RepoError::local(format!("write {}", path.display()), err);
     let mut out = PartWriter::new(&f, part.offset).map_err(io)?;
     reader::content(source, &part.entry, |data| {
         out.write(data).map_err(io)?;
@@ -459,7 +459,7 @@ fn in_file(e: &Entry, err: RepoError) -> RepoError {
 /// Owner, then mode (a chown clears set-id bits), then times, all on the open file.
 fn finish_file(f: &File, path: &Path, e: &Entry) -> Result<(), RepoError> {
     let io = |what: &str, err: std::io::Error| {
-        RepoError::Io(format!("{what} {}: {err}", path.display()))
+        RepoError::local(format!("{what} {}", path.display()), err)
     };
     if is_root() {
         std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)).map_err(|err| io("chown", err))?;
@@ -619,7 +619,10 @@ fn restore_files(
                 nix::fcntl::fallocate(f.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, size)
             {
                 if err == nix::errno::Errno::ENOSPC {
-                    return Err(RepoError::Io(format!("allocate {}: {err}", path.display())));
+                    return Err(RepoError::local(
+                        format!("allocate {}", path.display()),
+                        err,
+                    ));
                 }
             }
         }
@@ -717,7 +720,7 @@ fn restore_blocking(
     how: How,
 ) -> Result<RestoreReport, RepoError> {
     std::fs::create_dir_all(target)
-        .map_err(|e| RepoError::Io(format!("create {}: {e}", target.display())))?;
+        .map_err(|e| RepoError::local(format!("create {}", target.display()), e))?;
     let mut report = RestoreReport::default();
     // Directories first, so files have somewhere to go.
     for (rel, e) in plan.iter().filter(|(_, e)| e.kind == EntryKind::Dir) {
@@ -731,7 +734,7 @@ fn restore_blocking(
                 })
             }
             Err(_) => std::fs::create_dir(&path)
-                .map_err(|err| RepoError::Io(format!("create {}: {err}", path.display())))?,
+                .map_err(|err| RepoError::local(format!("create {}", path.display()), err))?,
         }
         report.dirs += 1;
     }
@@ -773,11 +776,11 @@ fn restore_blocking(
                 )));
             }
             std::fs::remove_file(&path)
-                .map_err(|err| RepoError::Io(format!("remove {}: {err}", path.display())))?;
+                .map_err(|err| RepoError::local(format!("remove {}", path.display()), err))?;
         }
         let link_target = e.target.as_deref().unwrap_or_default();
         std::os::unix::fs::symlink(link_target, &path)
-            .map_err(|err| RepoError::Io(format!("symlink {}: {err}", path.display())))?;
+            .map_err(|err| RepoError::local(format!("symlink {}", path.display()), err))?;
         set_owner_and_time(&path, e)?;
         report.symlinks += 1;
     }
@@ -797,9 +800,9 @@ fn restore_blocking(
     }
     if how.sync {
         let d = File::open(target)
-            .map_err(|e| RepoError::Io(format!("open {}: {e}", target.display())))?;
+            .map_err(|e| RepoError::local(format!("open {}", target.display()), e))?;
         nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(|e| {
-            RepoError::Io(format!("sync the filesystem of {}: {e}", target.display()))
+            RepoError::local(format!("sync the filesystem of {}", target.display()), e)
         })?;
     }
     Ok(report)

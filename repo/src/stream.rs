@@ -46,7 +46,7 @@ impl Repository {
             }
             Err(e) => {
                 lock.release().await;
-                return Err(RepoError::Io(format!("backup task: {e}")));
+                return Err(RepoError::local("backup task", e));
             }
         };
         if !index.is_empty() {
@@ -116,7 +116,7 @@ fn store_stream<R: Read>(
         Ok::<(), RepoError>(())
     };
     for chunk in fastcdc::v2020::StreamCDC::new(reader, c.min, c.avg, c.max) {
-        let chunk = chunk.map_err(|e| RepoError::Io(format!("read the stream: {e}")))?;
+        let chunk = chunk.map_err(|e| RepoError::local("read the stream", e))?;
         let data = chunk.data;
         hasher.update(&data);
         size += data.len() as u64;

@@ -253,7 +253,7 @@ impl Repository {
         let outcome =
             tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files, &packs))
                 .await
-                .map_err(|e| RepoError::Io(format!("verify task: {e}")))??;
+                .map_err(|e| RepoError::local("verify task", e))??;
         report.chunks_checked = outcome.chunks;
         report.bytes_checked = outcome.bytes;
         let bad_chunks = outcome.bad_chunks.len();

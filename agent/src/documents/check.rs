@@ -48,7 +48,7 @@ impl Documents {
         let source = self.config.source.clone();
         tokio::task::spawn_blocking(move || compare(&snap, &source, document.as_deref(), checksums))
             .await
-            .map_err(|e| RepoError::Io(format!("document check: {e}")))?
+            .map_err(|e| RepoError::local("document check", e))?
     }
 }
 
