@@ -666,3 +666,41 @@ fn with_verdict<R: serde::Serialize>(
     let report = report?;
     Ok((serde_json::to_value(&report)?, passed(&report)))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Args, Command};
+
+    #[test]
+    fn restore_takes_target_and_still_the_old_to() {
+        Args::command().debug_assert();
+        for flag in ["--target", "--to"] {
+            let args = Args::try_parse_from([
+                "drmesh-agent",
+                "restore",
+                flag,
+                "/pg",
+                "--backup",
+                "latest",
+            ])
+            .expect("parses");
+            let Some(Command::Restore { target, backup, .. }) = args.command else {
+                panic!("not a restore");
+            };
+            assert_eq!(target, Some(std::path::PathBuf::from("/pg")));
+            assert_eq!(backup.as_deref(), Some("latest"));
+        }
+        let help = Args::command()
+            .find_subcommand_mut("restore")
+            .expect("restore")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--target"), "{help}");
+        assert!(
+            !help.contains("--to <"),
+            "the old name stays out of the help: {help}"
+        );
+    }
+}

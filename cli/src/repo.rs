@@ -690,3 +690,66 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::RepoCmd;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: RepoCmd,
+    }
+
+    fn parse(args: &[&str]) -> RepoCmd {
+        let mut all = vec!["repo"];
+        all.extend(args);
+        all.extend(["--repo", "/r"]);
+        Cli::try_parse_from(all).expect("parses").cmd
+    }
+
+    #[test]
+    fn restore_takes_target_and_still_the_old_to() {
+        Cli::command().debug_assert();
+        for flag in ["--target", "--to"] {
+            let RepoCmd::Restore {
+                snapshot, target, ..
+            } = parse(&["restore", "latest", flag, "/out"])
+            else {
+                panic!("not a restore");
+            };
+            assert_eq!(snapshot.as_deref(), Some("latest"));
+            assert_eq!(target, std::path::PathBuf::from("/out"));
+        }
+        let RepoCmd::Restore { snapshot, time, .. } =
+            parse(&["restore", "--time", "2026-01-01T00:00:00Z", "--to", "/pg"])
+        else {
+            panic!("not a restore");
+        };
+        assert_eq!((snapshot, time.is_some()), (None, true));
+        let help = Cli::command()
+            .find_subcommand_mut("restore")
+            .expect("restore")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--target"), "{help}");
+        assert!(
+            !help.contains("--to <"),
+            "the old name stays out of the help: {help}"
+        );
+    }
+
+    #[test]
+    fn verify_takes_no_snapshot_for_the_whole_repository() {
+        let RepoCmd::Verify { snapshot, .. } = parse(&["verify"]) else {
+            panic!("not a verify");
+        };
+        assert_eq!(snapshot, None);
+        let RepoCmd::Verify { snapshot, .. } = parse(&["verify", "latest", "--read-data"]) else {
+            panic!("not a verify");
+        };
+        assert_eq!(snapshot.as_deref(), Some("latest"));
+    }
+}
