@@ -64,13 +64,14 @@ enum Command {
     /// Restore a base backup into a new directory, set up to recover from the archive;
     /// or, with --environment, recover into that environment and start it.
     Restore {
-        /// The new data directory.
+        /// The new data directory. `--to` is an old name for it.
         #[arg(
             long,
+            alias = "to",
             required_unless_present = "environment",
             conflicts_with = "environment"
         )]
-        to: Option<PathBuf>,
+        target: Option<PathBuf>,
         /// A `[database.environments.<name>]`: its directory is replaced, PostgreSQL is
         /// started there, and the command returns once recovery is over and it accepts
         /// writes. Needs --time.
@@ -82,7 +83,8 @@ enum Command {
         /// Recover up to this instant (RFC 3339, e.g. 2026-11-25T10:00:00Z).
         #[arg(long)]
         time: Option<String>,
-        /// The base backup (default: the newest that can reach --time).
+        /// The base backup (default: the newest that can reach --time); `latest` is the
+        /// newest base backup.
         #[arg(long)]
         backup: Option<String>,
         /// The port the restored server will listen on.
@@ -349,7 +351,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore {
-            to,
+            target,
             environment,
             report_json,
             time,
@@ -359,6 +361,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let db = db()?;
             let repo = database::open_repository(db).await?;
+            let backup = match backup {
+                Some(b) => Some(repo.resolve(&b, Some(basebackup::KIND)).await?),
+                None => None,
+            };
             let time = time
                 .map(|t| {
                     chrono::DateTime::parse_from_rfc3339(&t)
@@ -397,8 +403,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let Some(to) = to else {
-                anyhow::bail!("--to or --environment is required");
+            let Some(target) = target else {
+                anyhow::bail!("--target or --environment is required");
             };
             let progress = std::sync::Arc::new(drmesh_repo::Progress::default());
             let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
@@ -406,7 +412,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &repo,
                 &recovery::Restore {
                     backup,
-                    target: to,
+                    target,
                     time,
                     immediate,
                     lsn: None,
@@ -659,4 +665,42 @@ fn with_verdict<R: serde::Serialize>(
 ) -> anyhow::Result<(serde_json::Value, bool)> {
     let report = report?;
     Ok((serde_json::to_value(&report)?, passed(&report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Args, Command};
+
+    #[test]
+    fn restore_takes_target_and_still_the_old_to() {
+        Args::command().debug_assert();
+        for flag in ["--target", "--to"] {
+            let args = Args::try_parse_from([
+                "drmesh-agent",
+                "restore",
+                flag,
+                "/pg",
+                "--backup",
+                "latest",
+            ])
+            .expect("parses");
+            let Some(Command::Restore { target, backup, .. }) = args.command else {
+                panic!("not a restore");
+            };
+            assert_eq!(target, Some(std::path::PathBuf::from("/pg")));
+            assert_eq!(backup.as_deref(), Some("latest"));
+        }
+        let help = Args::command()
+            .find_subcommand_mut("restore")
+            .expect("restore")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--target"), "{help}");
+        assert!(
+            !help.contains("--to <"),
+            "the old name stays out of the help: {help}"
+        );
+    }
 }

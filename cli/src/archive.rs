@@ -94,7 +94,8 @@ pub enum ArchiveCmd {
     Restore {
         #[command(flatten)]
         archive: ArchiveArgs,
-        /// The snapshot id, e.g. full_1705329600000_abc123.
+        /// The snapshot id, e.g. full_1705329600000_abc123, or `latest` for the newest
+        /// archived snapshot.
         snapshot: String,
         /// Absolute directory to restore into (created when missing).
         target: PathBuf,
@@ -106,6 +107,7 @@ pub enum ArchiveCmd {
     Verify {
         #[command(flatten)]
         archive: ArchiveArgs,
+        /// The snapshot id, or `latest` for the newest archived snapshot.
         snapshot: String,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
@@ -155,7 +157,9 @@ async fn run_async(cmd: ArchiveCmd) -> anyhow::Result<()> {
         } => {
             let target = std::path::absolute(&target)
                 .with_context(|| format!("resolve {}", target.display()))?;
-            let report = archive.open().await?.restore(&snapshot, &target).await?;
+            let archive = archive.open().await?;
+            let snapshot = archive.resolve(&snapshot, None).await?;
+            let report = archive.restore(&snapshot, &target).await?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => println!(
@@ -176,7 +180,9 @@ async fn run_async(cmd: ArchiveCmd) -> anyhow::Result<()> {
             snapshot,
             output,
         } => {
-            let report = archive.open().await?.verify(&snapshot).await?;
+            let archive = archive.open().await?;
+            let snapshot = archive.resolve(&snapshot, None).await?;
+            let report = archive.verify(&snapshot).await?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => println!(

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use drmesh_repo::{
-    BackupRequest, KeySource, Location, Policies, Progress, RepoOptions, Repository, RestoreRequest,
+    BackupRequest, KeySource, Location, Policies, Progress, RepoOptions, Repository,
+    RestoreRequest, VerifyReport, KIND_POSTGRES,
 };
 
 use crate::{fmt_bytes, print_json, Output};
@@ -104,7 +105,8 @@ pub enum RepoCmd {
         /// Tag KEY=VALUE, repeatable.
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
-        /// Parent snapshot (default: the newest of the same kind and source).
+        /// Parent snapshot (default: the newest of the same kind and source); `latest`
+        /// is the newest of --kind, whatever its source.
         #[arg(long, conflicts_with = "full")]
         parent: Option<String>,
         /// Read every file, reusing nothing from a parent.
@@ -126,9 +128,12 @@ pub enum RepoCmd {
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
-        /// The snapshot (with --time: default, the newest base backup before it).
+        /// The snapshot id, or `latest` for the newest snapshot. With --time: a base
+        /// backup, by default the newest that ended before it; `latest` is the newest
+        /// base backup.
         #[arg(required_unless_present = "time")]
         snapshot: Option<String>,
+        /// The directory to restore into (new or empty). `--to` is an old name for it.
         #[arg(long, alias = "to")]
         target: PathBuf,
         /// Point-in-time recovery target (RFC 3339, e.g. 2024-01-15T14:30:00Z).
@@ -143,11 +148,14 @@ pub enum RepoCmd {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
-    /// Check a snapshot; exits 1 when anything is damaged or missing.
+    /// Check a snapshot, or with no snapshot every snapshot in the repository (as
+    /// `restic check` does); exits 1 naming each damaged snapshot when anything is
+    /// damaged or missing.
     Verify {
         #[command(flatten)]
         repo: RepoArgs,
-        snapshot: String,
+        /// The snapshot id, or `latest` for the newest (default: every snapshot).
+        snapshot: Option<String>,
         /// Also read back and check every chunk and every file's SHA-256.
         #[arg(long)]
         read_data: bool,
@@ -211,6 +219,7 @@ pub enum RepoCmd {
 pub struct ExportArgs {
     #[command(flatten)]
     repo: RepoArgs,
+    /// The snapshot id, or `latest` for the newest.
     snapshot: String,
     /// Output file (default: `<snapshot>.tar.gz` in the current directory).
     #[arg(long)]
@@ -243,6 +252,32 @@ async fn with_progress<T>(
     work.await
 }
 
+/// One snapshot's verdicts, and each damaged file and missing object.
+fn print_verify(report: &VerifyReport) {
+    let verdict = |c: &drmesh_repo::Check| {
+        format!(
+            "{} ({})",
+            if c.passed { "PASSED" } else { "FAILED" },
+            c.detail
+        )
+    };
+    println!("snapshot {}", report.snapshot);
+    println!("  manifest:        {}", verdict(&report.manifest));
+    println!("  objects:         {}", verdict(&report.objects));
+    if let Some(c) = &report.data {
+        println!("  data:            {}", verdict(c));
+    }
+    if let Some(c) = &report.file_checksums {
+        println!("  file checksums:  {}", verdict(c));
+    }
+    for d in &report.damaged {
+        println!("  DAMAGED {}: {}", d.path, d.reason);
+    }
+    for m in &report.missing_objects {
+        println!("  MISSING {m}");
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -260,17 +295,16 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let repo = Repository::open(&args.repo.options()?).await?;
+    let snapshot = repo.resolve(&args.snapshot, None).await?;
     let out = args
         .out
-        .unwrap_or_else(|| PathBuf::from(format!("{}.tar.gz", args.snapshot)));
-    let manifest = repo
-        .export_archive(&args.snapshot, &out, &args.root)
-        .await?;
+        .unwrap_or_else(|| PathBuf::from(format!("{snapshot}.tar.gz")));
+    let manifest = repo.export_archive(&snapshot, &out, &args.root).await?;
     if args.manifest_beside {
         let dir = out
             .parent()
-            .map(|p| p.join(&args.snapshot))
-            .unwrap_or_else(|| PathBuf::from(&args.snapshot));
+            .map(|p| p.join(&snapshot))
+            .unwrap_or_else(|| PathBuf::from(&snapshot));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let path = dir.join("MANIFEST.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
@@ -278,7 +312,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}: {} files, {} → {}",
-        args.snapshot,
+        snapshot,
         manifest.file_count,
         fmt_bytes(manifest.total_bytes),
         out.display()
@@ -316,7 +350,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             let mut req = BackupRequest::new(id, kind.clone(), source.clone());
             req.tags = parse_tags(&tags)?;
             req.parent = match (parent, full) {
-                (Some(p), _) => Some(r.snapshot(&p).await?),
+                (Some(p), _) => Some(r.snapshot(&r.resolve(&p, Some(&kind)).await?).await?),
                 (None, true) => None,
                 (None, false) => r.latest(&kind, &source).await?,
             };
@@ -371,6 +405,10 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         } => {
             let r = Repository::open(&repo.options()?).await?;
             let time = drmesh_protocol::instant::parse_instant(&time)?;
+            let snapshot = match snapshot {
+                Some(s) => Some(r.resolve(&s, Some(KIND_POSTGRES)).await?),
+                None => None,
+            };
             let progress = Arc::new(Progress::default());
             let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
             let restored = drmesh_agent::database::recovery::restore(
@@ -428,6 +466,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         } => {
             let r = Repository::open(&repo.options()?).await?;
             let snapshot = snapshot.context("which snapshot? (or --time for a point in time)")?;
+            let snapshot = r.resolve(&snapshot, None).await?;
             let mut req = RestoreRequest::new(snapshot, target);
             req.paths = paths;
             let progress = req.progress.clone();
@@ -449,41 +488,52 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         }
         RepoCmd::Verify {
             repo,
-            snapshot,
+            snapshot: Some(snapshot),
             read_data,
             output,
         } => {
             let r = Repository::open(&repo.options()?).await?;
+            let snapshot = r.resolve(&snapshot, None).await?;
             let report = r.verify(&snapshot, read_data).await?;
             match output {
                 Output::Json => print_json(&report)?,
-                Output::Text => {
-                    let verdict = |c: &drmesh_repo::Check| {
-                        format!(
-                            "{} ({})",
-                            if c.passed { "PASSED" } else { "FAILED" },
-                            c.detail
-                        )
-                    };
-                    println!("snapshot {}", report.snapshot);
-                    println!("  manifest:        {}", verdict(&report.manifest));
-                    println!("  objects:         {}", verdict(&report.objects));
-                    if let Some(c) = &report.data {
-                        println!("  data:            {}", verdict(c));
-                    }
-                    if let Some(c) = &report.file_checksums {
-                        println!("  file checksums:  {}", verdict(c));
-                    }
-                    for d in &report.damaged {
-                        println!("  DAMAGED {}: {}", d.path, d.reason);
-                    }
-                    for m in &report.missing_objects {
-                        println!("  MISSING {m}");
-                    }
-                }
+                Output::Text => print_verify(&report),
             }
             if !report.passed() {
                 bail!("verification of {snapshot} FAILED");
+            }
+        }
+        RepoCmd::Verify {
+            repo,
+            snapshot: None,
+            read_data,
+            output,
+        } => {
+            let r = Repository::open(&repo.options()?).await?;
+            let all = r.verify_all(read_data).await?;
+            match output {
+                Output::Json => print_json(&all)?,
+                Output::Text => {
+                    for report in &all.snapshots {
+                        print_verify(report);
+                    }
+                    println!(
+                        "{} snapshots checked{} in {}: {} damaged",
+                        all.snapshots.len(),
+                        if read_data { " with their data" } else { "" },
+                        humantime::format_duration(Duration::from_millis(
+                            all.duration.as_millis() as u64
+                        )),
+                        all.damaged.len()
+                    );
+                }
+            }
+            if !all.passed() {
+                bail!(
+                    "verification FAILED: {} damaged snapshot(s): {}",
+                    all.damaged.len(),
+                    all.damaged.join(", ")
+                );
             }
         }
         RepoCmd::Retention {
@@ -639,4 +689,67 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         RepoCmd::Export(args) => export(args).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::RepoCmd;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: RepoCmd,
+    }
+
+    fn parse(args: &[&str]) -> RepoCmd {
+        let mut all = vec!["repo"];
+        all.extend(args);
+        all.extend(["--repo", "/r"]);
+        Cli::try_parse_from(all).expect("parses").cmd
+    }
+
+    #[test]
+    fn restore_takes_target_and_still_the_old_to() {
+        Cli::command().debug_assert();
+        for flag in ["--target", "--to"] {
+            let RepoCmd::Restore {
+                snapshot, target, ..
+            } = parse(&["restore", "latest", flag, "/out"])
+            else {
+                panic!("not a restore");
+            };
+            assert_eq!(snapshot.as_deref(), Some("latest"));
+            assert_eq!(target, std::path::PathBuf::from("/out"));
+        }
+        let RepoCmd::Restore { snapshot, time, .. } =
+            parse(&["restore", "--time", "2026-01-01T00:00:00Z", "--to", "/pg"])
+        else {
+            panic!("not a restore");
+        };
+        assert_eq!((snapshot, time.is_some()), (None, true));
+        let help = Cli::command()
+            .find_subcommand_mut("restore")
+            .expect("restore")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--target"), "{help}");
+        assert!(
+            !help.contains("--to <"),
+            "the old name stays out of the help: {help}"
+        );
+    }
+
+    #[test]
+    fn verify_takes_no_snapshot_for_the_whole_repository() {
+        let RepoCmd::Verify { snapshot, .. } = parse(&["verify"]) else {
+            panic!("not a verify");
+        };
+        assert_eq!(snapshot, None);
+        let RepoCmd::Verify { snapshot, .. } = parse(&["verify", "latest", "--read-data"]) else {
+            panic!("not a verify");
+        };
+        assert_eq!(snapshot.as_deref(), Some("latest"));
+    }
 }

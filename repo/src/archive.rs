@@ -341,6 +341,27 @@ impl ColdArchive {
         Ok(out)
     }
 
+    /// The snapshot id `id_or_latest` names in the archive: an id as it is, or for
+    /// [`LATEST`](crate::LATEST) the newest archived snapshot (of `kind` when given), by
+    /// the order of [`Self::list`] — the rule [`Repository::resolve`] follows.
+    pub async fn resolve(
+        &self,
+        id_or_latest: &str,
+        kind: Option<&str>,
+    ) -> Result<String, RepoError> {
+        if id_or_latest != crate::LATEST {
+            return Ok(id_or_latest.to_string());
+        }
+        let listed = self.list().await?;
+        crate::newest_of(
+            listed
+                .iter()
+                .map(|a| (a.snapshot_id.as_str(), a.kind.as_str())),
+            kind,
+            &format!("the archive at {}", self.describe()),
+        )
+    }
+
     /// One archived snapshot.
     pub async fn find(&self, id: &str) -> Result<ArchivedSnapshot, RepoError> {
         check_name("archived snapshot", id)?;

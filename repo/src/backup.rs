@@ -314,8 +314,15 @@ impl PendingBackup {
     }
 }
 
-/// Snapshot ids become object names: letters, digits, `_` and `-` only.
+/// Snapshot ids become object names: letters, digits, `_` and `-` only; and
+/// [`LATEST`](crate::LATEST) names the newest snapshot wherever an id is taken, so it is
+/// never one.
 pub fn valid_snapshot_id(id: &str) -> Result<(), RepoError> {
+    if id == crate::LATEST {
+        return Err(RepoError::Config(format!(
+            "snapshot id {id:?} is reserved: it names the newest snapshot"
+        )));
+    }
     if id.is_empty()
         || id.len() > 128
         || !id

@@ -82,7 +82,7 @@ pub use snapshot::{
     SnapshotStats, SnapshotSummary, KIND_POSTGRES,
 };
 pub use stream::StreamBackup;
-pub use verify::{Check, DamagedFile, VerifyReport};
+pub use verify::{Check, DamagedFile, RepositoryVerifyReport, VerifyReport};
 pub use wal::Pushed;
 
 use crypto::MasterKey;
@@ -212,6 +212,30 @@ impl std::fmt::Debug for Repository {
             self.inner.key.is_some()
         )
     }
+}
+
+/// What `drmesh repo restore latest` and every other command that takes a snapshot id
+/// accept for the newest snapshot, as restic does. Never a snapshot's own id
+/// ([`valid_snapshot_id`] refuses it).
+pub const LATEST: &str = "latest";
+
+/// The id of the newest of `listed` (ids and kinds, oldest first) of `kind` (any when
+/// `None`), for [`LATEST`]; `place` names the repository or archive in the error.
+pub(crate) fn newest_of<'a>(
+    listed: impl DoubleEndedIterator<Item = (&'a str, &'a str)>,
+    kind: Option<&str>,
+    place: &str,
+) -> Result<String, RepoError> {
+    listed
+        .rev()
+        .find(|(_, k)| kind.is_none_or(|want| *k == want))
+        .map(|(id, _)| id.to_string())
+        .ok_or_else(|| {
+            RepoError::NotFound(match kind {
+                None => format!("no snapshot yet in {place}"),
+                Some(k) => format!("no snapshot yet of kind {k} in {place}"),
+            })
+        })
 }
 
 /// The last part of an object key (the snapshot or pack id).
@@ -393,6 +417,29 @@ impl Repository {
         }
         out.sort_by(|a, b| a.finished_at.cmp(&b.finished_at).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// The snapshot id `id_or_latest` names: an id as it is, or for [`LATEST`] the newest
+    /// snapshot, of `kind` when one is given. Newest is the last that [`Self::snapshots`]
+    /// lists (by end time, then id; never by timeline or id alone), so it is the last line
+    /// of `drmesh repo snapshots` and what the retention policies keep as `latest`.
+    ///
+    /// An id is not looked up here: reading its manifest is the caller's first step, and
+    /// a damaged manifest is for `verify` to report, not for this to fail on.
+    pub async fn resolve(
+        &self,
+        id_or_latest: &str,
+        kind: Option<&str>,
+    ) -> Result<String, RepoError> {
+        if id_or_latest != LATEST {
+            return Ok(id_or_latest.to_string());
+        }
+        let listed = self.snapshots().await?;
+        newest_of(
+            listed.iter().map(|s| (s.id.as_str(), s.kind.as_str())),
+            kind,
+            self.inner.backend.describe(),
+        )
     }
 
     /// The newest snapshot of `kind` taken from `source`, the natural parent of the next.
@@ -768,6 +815,108 @@ pub type Tags = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A manifest with no files (resolving reads only summaries), ending at `end`; a
+    /// base backup on `timeline` when one is given.
+    async fn manifest(repo: &Repository, id: &str, kind: &str, end: &str, timeline: Option<u32>) {
+        let end: DateTime<Utc> = end.parse().expect("time");
+        let snap = Snapshot {
+            id: id.into(),
+            kind: kind.into(),
+            parent: None,
+            source: "/src".into(),
+            hostname: "db-1".into(),
+            started_at: end - chrono::Duration::minutes(5),
+            finished_at: end,
+            tags: BTreeMap::new(),
+            stats: SnapshotStats::default(),
+            postgres: timeline.map(|tl| PgBackupInfo {
+                start_lsn: "0/2000028".into(),
+                stop_lsn: "0/2000100".into(),
+                timeline: tl,
+                start_wal: format!("{tl:08X}0000000000000002"),
+                stop_wal: format!("{tl:08X}0000000000000002"),
+                wal_segment_size: 16 << 20,
+                system_identifier: "7".into(),
+                server_version: 150000,
+                stopped_at: end,
+                tablespace_map: None,
+                row_counts: None,
+            }),
+            entries: Vec::new(),
+        };
+        repo.put_doc(&format!("snapshots/{id}"), &snap)
+            .await
+            .expect("manifest");
+    }
+
+    #[tokio::test]
+    async fn latest_is_the_newest_by_end_time_of_its_kind_never_by_timeline_or_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RepoOptions {
+            location: Location::new(dir.path().to_string_lossy()),
+            key: KeySource::None,
+        };
+        let repo = Repository::init(&opts).await.expect("init");
+        let err = repo.resolve(LATEST, None).await.expect_err("empty");
+        assert!(
+            matches!(&err, RepoError::NotFound(m) if m.contains("no snapshot yet")),
+            "{err}"
+        );
+
+        // Base backups whose ids and timeline numbers both sort against their end times,
+        // as across a timeline switch: the highest timeline is not the newest backup.
+        manifest(
+            &repo,
+            "full_zz_tl3",
+            KIND_POSTGRES,
+            "2026-03-01T10:00:00Z",
+            Some(3),
+        )
+        .await;
+        manifest(
+            &repo,
+            "full_aa_tl2",
+            KIND_POSTGRES,
+            "2026-03-01T10:05:00Z",
+            Some(2),
+        )
+        .await;
+        manifest(&repo, "docs_00", "documents", "2026-03-01T10:10:00Z", None).await;
+        manifest(
+            &repo,
+            "full_mm_tl1",
+            KIND_POSTGRES,
+            "2026-02-28T23:00:00Z",
+            Some(1),
+        )
+        .await;
+
+        assert_eq!(repo.resolve(LATEST, None).await.expect("any"), "docs_00");
+        assert_eq!(
+            repo.resolve(LATEST, Some(KIND_POSTGRES))
+                .await
+                .expect("postgres"),
+            "full_aa_tl2"
+        );
+        // The last line of `drmesh repo snapshots` is what `latest` means.
+        let listed = repo.snapshots().await.expect("list");
+        assert_eq!(listed.last().map(|s| s.id.as_str()), Some("docs_00"));
+        // Another kind with none of it yet: said so, with the kind.
+        let err = repo.resolve(LATEST, Some("files")).await.expect_err("none");
+        assert!(
+            err.to_string().contains("no snapshot yet of kind files"),
+            "{err}"
+        );
+        // An id is passed through, looked up by whoever reads it.
+        assert_eq!(
+            repo.resolve("full_zz_tl3", None).await.expect("id"),
+            "full_zz_tl3"
+        );
+        assert_eq!(repo.resolve("nope", None).await.expect("id"), "nope");
+        // `latest` is never a snapshot's own id.
+        assert!(valid_snapshot_id(LATEST).is_err());
+    }
 
     #[tokio::test]
     async fn init_then_open_and_refuse_a_second_init() {

@@ -362,6 +362,40 @@ async fn verify_names_damaged_and_missing_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_all_checks_every_snapshot_and_names_only_the_damaged_ones() {
+    let fx = Fixture::new(KeySource::None).await;
+    make_tree(&fx.path("src"));
+    let first = fx.backup("snap_1", None).await;
+    std::fs::write(fx.path("src/added.bin"), noise(9, 400_000)).expect("write");
+    let second = fx.backup("snap_2", Some(first)).await;
+    let all = fx.repo.verify_all(true).await.expect("verify all");
+    assert!(all.passed(), "{all:?}");
+    assert_eq!(all.snapshots.len(), 2);
+
+    // Damage the one chunk only the second snapshot holds, and garble a third manifest.
+    let added = second
+        .entries
+        .iter()
+        .find(|e| e.path == "added.bin")
+        .expect("entry");
+    let loc = fx.repo.lookup(&added.chunks[0]).expect("indexed");
+    let pack_file = fx.path("repo").join(pack_key(&loc.pack));
+    let mut bytes = std::fs::read(&pack_file).expect("read pack");
+    bytes[loc.offset as usize + 10] ^= 0xff;
+    std::fs::write(&pack_file, &bytes).expect("write pack");
+    std::fs::write(fx.path("repo/snapshots/snap_3"), b"not a manifest").expect("write");
+
+    let all = fx.repo.verify_all(true).await.expect("verify all");
+    assert_eq!(all.damaged, ["snap_2", "snap_3"], "{all:?}");
+    let second = &all.snapshots[1];
+    assert_eq!(second.damaged.len(), 1, "{second:?}");
+    assert_eq!(second.damaged[0].path, "added.bin");
+    // Without reading data, only the unreadable manifest shows.
+    let all = fx.repo.verify_all(false).await.expect("verify all");
+    assert_eq!(all.damaged, ["snap_3"], "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_repository_holds_no_plaintext_and_needs_its_key() {
     let fx = Fixture::new(KeySource::Passphrase("correct horse battery".into())).await;
     std::fs::create_dir_all(fx.path("src")).expect("mkdir");

@@ -77,6 +77,25 @@ impl VerifyReport {
     }
 }
 
+/// Every snapshot of a repository checked, as `restic check` does: what `drmesh repo
+/// verify` with no snapshot reports.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryVerifyReport {
+    /// Every snapshot's report, by id.
+    pub snapshots: Vec<VerifyReport>,
+    /// The snapshots that failed, by id.
+    pub damaged: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl RepositoryVerifyReport {
+    pub fn passed(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
 const VERIFY_WORKERS: usize = 4;
 
 fn manifest_problems(snap: &Snapshot) -> Vec<String> {
@@ -117,6 +136,49 @@ impl Repository {
     /// Verifies one snapshot. Errors are for failures of the check itself (the store
     /// unreachable); damage is reported in the report.
     pub async fn verify(&self, id: &str, read_data: bool) -> Result<VerifyReport, RepoError> {
+        let packs = self.packs().await?;
+        self.verify_with(id, read_data, &packs).await
+    }
+
+    /// Verifies every snapshot in the repository, each as [`Self::verify`] does (with
+    /// `read_data`, every chunk of every snapshot read back). A snapshot whose manifest
+    /// does not even decode is reported damaged, not skipped: the ids come from the
+    /// listing, not from the manifests.
+    pub async fn verify_all(&self, read_data: bool) -> Result<RepositoryVerifyReport, RepoError> {
+        let started = Instant::now();
+        let packs = self.packs().await?;
+        let mut ids: Vec<String> = self
+            .inner
+            .backend
+            .list("snapshots")
+            .await?
+            .into_iter()
+            .map(|(key, _)| super::object_name(&key).to_string())
+            .collect();
+        ids.sort();
+        let mut snapshots = Vec::with_capacity(ids.len());
+        for id in &ids {
+            snapshots.push(self.verify_with(id, read_data, &packs).await?);
+        }
+        let damaged = snapshots
+            .iter()
+            .filter(|r| !r.passed())
+            .map(|r| r.snapshot.clone())
+            .collect();
+        Ok(RepositoryVerifyReport {
+            snapshots,
+            damaged,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// [`Self::verify`] against a listing of the packs (pack id → size) made beforehand.
+    async fn verify_with(
+        &self,
+        id: &str,
+        read_data: bool,
+        packs: &HashMap<String, u64>,
+    ) -> Result<VerifyReport, RepoError> {
         let started = Instant::now();
         let mut report = VerifyReport {
             snapshot: id.to_string(),
@@ -148,7 +210,6 @@ impl Repository {
         }
 
         // Objects: every chunk indexed, every pack present and long enough.
-        let packs = self.packs().await?;
         let mut damaged: BTreeMap<String, String> = BTreeMap::new();
         let mut missing: HashSet<String> = HashSet::new();
         for e in snap.entries.iter().filter(|e| e.kind == EntryKind::File) {
@@ -213,7 +274,7 @@ impl Repository {
 
         if read_data {
             let (data, checksums) = self
-                .read_back(&snap, packs, &mut damaged, &mut report)
+                .read_back(&snap, packs.clone(), &mut damaged, &mut report)
                 .await?;
             report.data = Some(data);
             report.file_checksums = Some(checksums);

@@ -305,6 +305,26 @@ fn point_in_time_recovery_stops_at_the_marker() {
     let offline = fx.restored("offline", &offline, port);
     start_recovered(&offline);
     assert_eq!(fingerprint(&offline), at_t, "the data at T, offline");
+
+    // The names restic users expect: `--target` (`--to` stays an alias) and `latest`.
+    offline.stop().expect("stop");
+    let named = fx.root.join("named");
+    let port = free_port().expect("port");
+    let out = fx.agent_ok(&[
+        "restore",
+        "--target",
+        named.to_str().expect("utf-8"),
+        "--backup",
+        "latest",
+        "--time",
+        &t,
+        "--port",
+        &port.to_string(),
+    ]);
+    assert!(out.contains("restored full_"), "{out}");
+    let named = fx.restored("named", &named, port);
+    start_recovered(&named);
+    assert_eq!(fingerprint(&named), at_t, "the data at T, latest");
 }
 
 #[test]

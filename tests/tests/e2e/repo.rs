@@ -329,6 +329,87 @@ fn a_backup_killed_mid_way_leaves_a_consistent_repository() {
     assert_eq!(digest(&src), digest(&out));
 }
 
+/// What restic users expect: `restore latest --target`, `verify` with no snapshot
+/// checking every snapshot, and a damaged pack failing it with exit 1 naming the snapshot
+/// it belongs to (and no other).
+#[test]
+fn latest_restores_the_newest_and_verify_checks_every_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cli = RepoCli {
+        repo: repo.to_string_lossy().into_owned(),
+        options: vec![],
+        key_file: Some(key_file(dir.path())),
+    };
+    let src = dir.path().join("uploads");
+    make_docs(&src);
+    let src_arg = src.to_str().unwrap();
+    cli.ok(&["init"]);
+    let nothing = cli.run(&["restore", "latest", "--target", "/nonexistent/none"]);
+    assert!(!nothing.status.success());
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("no snapshot yet"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+
+    let first = cli.json(&["backup", src_arg, "--kind", "documents"]);
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let packs_before = walk_files(&repo.join("data"));
+    std::fs::create_dir_all(src.join("documents/44")).unwrap();
+    std::fs::write(src.join("documents/44/survey.pdf"), noise(3, 900_000)).unwrap();
+    std::fs::write(src.join("documents/42/notes.txt"), b"rewritten\n").unwrap();
+    let second = cli.json(&["backup", src_arg, "--kind", "documents"]);
+    let second_id = second["id"].as_str().unwrap().to_string();
+    assert_ne!(first_id, second_id);
+
+    // `latest` is the second backup.
+    let out = dir.path().join("restored");
+    cli.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(digest(&src), digest(&out));
+    assert_eq!(
+        std::fs::read(out.join("documents/42/notes.txt")).unwrap(),
+        b"rewritten\n"
+    );
+    let report = cli.json(&["verify", "latest"]);
+    assert_eq!(report["snapshot"], second_id.as_str(), "{report}");
+
+    // No snapshot: every snapshot, every chunk.
+    let all = cli.ok(&["verify", "--read-data"]);
+    assert!(all.contains(&format!("snapshot {first_id}")), "{all}");
+    assert!(all.contains(&format!("snapshot {second_id}")), "{all}");
+    assert!(all.contains("2 snapshots checked"), "{all}");
+
+    // One byte flipped in a pack only the second backup wrote: its data fails to read.
+    let pack = walk_files(&repo.join("data"))
+        .into_iter()
+        .find(|p| !packs_before.contains(p))
+        .expect("the second backup wrote a pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+    let damaged = cli.run(&["verify", "--read-data"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&damaged.stdout),
+        String::from_utf8_lossy(&damaged.stderr),
+    );
+    assert_eq!(damaged.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&second_id), "{stderr}");
+    assert!(!stderr.contains(&first_id), "{stderr}");
+    assert!(stdout.contains("DAMAGED documents/"), "{stdout}");
+
+    // The pack cut short: the check without --read-data finds it too.
+    std::fs::write(&pack, &bytes[..middle]).unwrap();
+    let damaged = cli.run(&["verify"]);
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert_eq!(damaged.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&second_id), "{stderr}");
+    assert!(!stderr.contains(&first_id), "{stderr}");
+    // The first snapshot, by id, still verifies.
+    cli.ok(&["verify", &first_id, "--read-data"]);
+}
+
 /// SHA-256 of every file under `root`, by relative path (via `sha256sum`, independent of
 /// drmesh's own hashing).
 fn sha_tree(root: &Path) -> std::collections::BTreeMap<String, String> {
