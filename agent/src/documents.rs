@@ -171,7 +171,7 @@ impl Documents {
                 let url = resolve(&loc.url, at);
                 // Within the probe time: a location that does not answer is caught up
                 // later by the replication rounds instead of holding up the backup.
-                let copied = match crate::replication::open_or_init(&self.options(loc, at)).await {
+                let copied = match crate::copies::open_or_init(&self.options(loc, at)).await {
                     Ok(dest) => primary.copy_snapshot(backup_id, &dest).await,
                     Err(e) => Err(e),
                 };
@@ -443,12 +443,12 @@ impl Documents {
     }
 
     /// One replication round: each location after the first brought up to date with the
-    /// first (see `crate::replication`), after any backup in progress.
+    /// first (see `crate::copies`), after any backup in progress.
     pub async fn replicate(
         &self,
         now: DateTime<Utc>,
-    ) -> Vec<drmesh_protocol::replication::LocationReplication> {
-        use crate::replication::{merge, months, options_of, sync_location};
+    ) -> Vec<drmesh_protocol::copies::LocationCopy> {
+        use crate::copies::{merge, months, options_of, sync_location};
         let _turn = self.busy.lock().await;
         let Some((primary_loc, others)) = self.config.locations.split_first() else {
             return Vec::new();
@@ -480,7 +480,7 @@ impl Documents {
                     Err(RepoError::NotFound(_)) => continue,
                     Err(e) => {
                         warn!(location = %primary_loc.name, error = %e, "open the primary location");
-                        parts.push(crate::replication::primary_failed(KIND, loc, &dest, now, e));
+                        parts.push(crate::copies::primary_failed(KIND, loc, &dest, now, e));
                         continue;
                     }
                 };
@@ -491,7 +491,7 @@ impl Documents {
                 };
                 let part =
                     sync_location(KIND, loc, &primary, dest, false, now, &belongs).await;
-                let down = part.state == drmesh_protocol::replication::ReplicationState::Unreachable;
+                let down = part.state == drmesh_protocol::copies::CopyState::Unreachable;
                 parts.push(part);
                 // A location that does not answer is not asked about every other month.
                 if down {
@@ -503,9 +503,9 @@ impl Documents {
                 // Nothing to copy anywhere: the location is still probed.
                 None => {
                     let dest = options_of(loc, resolve(&loc.url, now), &self.key());
-                    match crate::replication::probe(&dest).await {
-                        Ok(()) => crate::replication::in_sync(KIND, loc, resolve(&loc.url, now), now),
-                        Err(e) => crate::replication::unreachable(KIND, loc, &dest, now, e),
+                    match crate::copies::probe(&dest).await {
+                        Ok(()) => crate::copies::in_sync(KIND, loc, resolve(&loc.url, now), now),
+                        Err(e) => crate::copies::unreachable(KIND, loc, &dest, now, e),
                     }
                 }
             }
@@ -514,7 +514,7 @@ impl Documents {
         let out = futures::future::join_all(rounds).await;
         let behind = out
             .iter()
-            .any(|l| l.state != drmesh_protocol::replication::ReplicationState::InSync);
+            .any(|l| l.state != drmesh_protocol::copies::CopyState::InSync);
         let mut state = self.deep_round.lock().unwrap_or_else(|e| e.into_inner());
         if deep && !behind {
             state.0 = Some(std::time::Instant::now());

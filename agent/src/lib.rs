@@ -3,6 +3,7 @@
 //! and replicates.
 
 pub mod config;
+pub mod copies;
 pub mod database;
 pub mod documents;
 pub mod failover;
@@ -11,7 +12,6 @@ pub mod mesh;
 pub mod observed;
 pub mod postgres;
 pub mod progress;
-pub mod replication;
 
 use std::sync::Arc;
 

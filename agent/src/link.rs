@@ -683,7 +683,7 @@ async fn execute(
                     "retention enforced",
                 )
             }
-            CommandKind::Replicate => outcome(replicate(ctx, progress).await, "replicated"),
+            CommandKind::Copy => outcome(replicate(ctx, progress).await, "replicated"),
             CommandKind::Promote => match &ctx.postgres {
                 None => no_postgres(),
                 Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
@@ -866,28 +866,28 @@ async fn enforce_retention(
     Ok(out)
 }
 
-/// One replication round (see `crate::replication`): the database repository's replicas
+/// One replication round (see `crate::copies`): the database repository's replicas
 /// in a child process as the cluster's owner, the document locations here.
 async fn replicate(
     ctx: &CommandContext,
     progress: ProgressFn,
-) -> Result<drmesh_protocol::replication::ReplicationOutcome, String> {
-    use drmesh_protocol::replication::ReplicationOutcome;
-    let mut out = ReplicationOutcome::default();
+) -> Result<drmesh_protocol::copies::CopiesOutcome, String> {
+    use drmesh_protocol::copies::CopiesOutcome;
+    let mut out = CopiesOutcome::default();
     if let Some((db, path)) = &ctx.database {
         if !db.replicas.is_empty() {
             let args: Vec<String> = vec!["replicate".into()];
-            let result: Result<ReplicationOutcome, _> =
+            let result: Result<CopiesOutcome, _> =
                 crate::database::child::run(path, &db.data_dir, &args, progress).await;
             match result {
                 Ok(o) => out.locations.extend(o.locations),
                 Err(e) => {
                     let now = chrono::Utc::now();
                     out.locations.extend(db.replicas.iter().map(|loc| {
-                        drmesh_protocol::replication::LocationReplication {
-                            state: drmesh_protocol::replication::ReplicationState::Behind,
+                        drmesh_protocol::copies::LocationCopy {
+                            state: drmesh_protocol::copies::CopyState::Behind,
                             last_error: Some(format!("the replication job failed: {e}")),
-                            ..crate::replication::in_sync("database", loc, loc.url.clone(), now)
+                            ..crate::copies::in_sync("database", loc, loc.url.clone(), now)
                         }
                     }));
                 }

@@ -549,8 +549,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Replicate { report_json } => {
             let locations =
-                drmesh_agent::replication::replicate_database(db()?, chrono::Utc::now()).await?;
-            let outcome = drmesh_protocol::replication::ReplicationOutcome { locations };
+                drmesh_agent::copies::replicate_database(db()?, chrono::Utc::now()).await?;
+            let outcome = drmesh_protocol::copies::CopiesOutcome { locations };
             if report_json {
                 database::child::report(&database::child::ChildLine::Outcome(
                     serde_json::to_value(&outcome)?,

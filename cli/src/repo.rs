@@ -657,8 +657,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                 Some(f) => KeySource::KeyFile(f),
                 None => source_options.key,
             };
-            let dest =
-                drmesh_agent::replication::open_or_init(&RepoOptions { location, key }).await?;
+            let dest = drmesh_agent::copies::open_or_init(&RepoOptions { location, key }).await?;
             let started = std::time::Instant::now();
             let report = source.sync_to(&dest, true).await?;
             let seconds = started.elapsed().as_secs_f64();

@@ -78,18 +78,20 @@ pub struct CoordinatorConfigFile {
     /// `incremental`, `weekly`, `monthly`, `yearly`) and `[retention] schedule` (cron,
     /// UTC, or `off`). Default: the runbook's (30d, 7d, 12, 12, 7; daily at 01:00 UTC).
     pub retention: Option<drmesh_protocol::retention::RetentionPolicies>,
-    /// Replication to the agents' secondary locations (`[replication]`).
-    pub replication: Option<ReplicationSection>,
+    /// Copies of backups to the agents' other locations (`[copies]`; the old name
+    /// `[replication]` is still read).
+    #[serde(alias = "replication")]
+    pub copies: Option<CopiesSection>,
 }
 
-/// `[replication]`: how often agents catch their secondary locations up (document
+/// `[copies]`: how often agents catch their secondary locations up (document
 /// locations after the first, `[[database.replicas]]`), and when an unreachable one
 /// raises an alert.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ReplicationSection {
-    /// Time between two replication rounds of an agent. Default `60s`; `0s` turns
-    /// replication rounds off (backups still copy to every location as they finish).
+pub struct CopiesSection {
+    /// Time between two copy rounds of an agent. Default `60s`; `0s` turns
+    /// the rounds off (backups still copy to every location as they finish).
     #[serde(with = "humantime_serde")]
     pub interval: Option<Duration>,
     /// How long a location may stay unreachable before the `LOCATION_UNREACHABLE`
@@ -98,9 +100,9 @@ pub struct ReplicationSection {
     pub alert_after: Option<Duration>,
 }
 
-/// `[replication]`, checked.
+/// `[copies]`, checked.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ReplicationConfig {
+pub struct CopiesConfig {
     /// `None`: off.
     pub interval: Option<Duration>,
     pub alert_after: Duration,
@@ -155,7 +157,7 @@ pub struct CoordinatorConfig {
     pub dns: Option<DnsConfig>,
     pub retention: drmesh_protocol::retention::RetentionPolicies,
     pub storage_full_percent: u8,
-    pub replication: ReplicationConfig,
+    pub copies: CopiesConfig,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -295,18 +297,16 @@ impl CoordinatorConfigFile {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::rules::schedule::parse_schedule(&retention.schedule)
             .map_err(ConfigError::Invalid)?;
-        let replication = self.replication.unwrap_or_default();
-        let interval = replication.interval.unwrap_or(Duration::from_secs(60));
+        let copies = self.copies.unwrap_or_default();
+        let interval = copies.interval.unwrap_or(Duration::from_secs(60));
         if !interval.is_zero() && interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
-                "replication.interval must be 0s (off) or at least 1s".into(),
+                "copies.interval must be 0s (off) or at least 1s".into(),
             ));
         }
-        let replication = ReplicationConfig {
+        let copies = CopiesConfig {
             interval: (!interval.is_zero()).then_some(interval),
-            alert_after: replication
-                .alert_after
-                .unwrap_or(Duration::from_secs(15 * 60)),
+            alert_after: copies.alert_after.unwrap_or(Duration::from_secs(15 * 60)),
         };
         Ok(CoordinatorConfig {
             http_listen: self
@@ -339,7 +339,7 @@ impl CoordinatorConfigFile {
             dns,
             retention,
             storage_full_percent,
-            replication,
+            copies,
         })
     }
 }
@@ -403,6 +403,29 @@ mod tests {
     use crate::dns::{DnsProviderConfig, TsigAlgorithmName};
 
     const TLS: &str = "[tls]\nca_cert = \"ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"c.key\"\n";
+
+    #[test]
+    fn copies_are_configured_under_their_name_or_the_old_one() {
+        let parse = |text: &str| {
+            CoordinatorConfigFile::parse(text, Path::new("c.toml"))
+                .expect("parse")
+                .validate(Path::new("/"))
+        };
+        for section in ["copies", "replication"] {
+            let cfg = parse(&format!(
+                "[{section}]\ninterval = \"5s\"\nalert_after = \"1m\"\n{TLS}"
+            ))
+            .expect("valid");
+            assert_eq!(
+                cfg.copies.interval,
+                Some(Duration::from_secs(5)),
+                "{section}"
+            );
+            assert_eq!(cfg.copies.alert_after, Duration::from_secs(60), "{section}");
+        }
+        let err = parse(&format!("[copies]\ninterval = \"10ms\"\n{TLS}")).expect_err("too short");
+        assert!(err.to_string().contains("copies.interval"), "{err}");
+    }
 
     #[test]
     fn lease_and_margin() {

@@ -13,9 +13,10 @@
 //! - [`verification`]: database backup verifications and `verify-all`.
 //! - [`drtest`]: DR tests, on demand and every `testInterval`.
 //! - [`retention`]: the retention policies enforced on every agent, on a schedule.
-//! - [`replication`]: copies of backups to the other locations, every interval.
+//! - [`copies`]: copies of backups to the other locations, every interval.
 //! - [`storage`]: the Storage Full alert.
 
+pub mod copies;
 pub mod database;
 pub mod documents;
 pub mod drtest;
@@ -25,7 +26,6 @@ pub(crate) mod jobs;
 pub mod probe;
 pub mod recovery;
 pub mod rejoin;
-pub mod replication;
 pub mod retention;
 pub mod storage;
 pub mod verification;

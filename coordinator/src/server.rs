@@ -72,7 +72,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     tokio::spawn(crate::ops::drtest::schedule(coord.clone()));
     tokio::spawn(crate::ops::retention::schedule(coord.clone()));
     tokio::spawn(crate::ops::storage::watch(coord.clone()));
-    tokio::spawn(crate::ops::replication::schedule(coord.clone()));
+    tokio::spawn(crate::ops::copies::schedule(coord.clone()));
     tokio::spawn(coord.clone().apply_transitions(transitions));
 
     let data = web::Data::new(coord.clone());

@@ -13,7 +13,7 @@ use drmesh_protocol::{PgRole, RegionId};
 
 use crate::state::Coordinator;
 use crate::store::StoreError;
-use crate::{alerts, ops::documents, ops::drtest, ops::failover, ops::recovery, ops::replication};
+use crate::{alerts, ops::copies, ops::documents, ops::drtest, ops::failover, ops::recovery};
 
 /// `GET /v1/backup-recovery/disaster-recovery/status`
 pub fn dr_status(coord: &Coordinator) -> DrStatus {
@@ -119,7 +119,7 @@ pub fn dashboard(coord: &Coordinator) -> Result<Dashboard, StoreError> {
             agents,
             regions: status.regions.len() as u64,
         },
-        replication: replication::statuses(coord.store.as_ref()),
+        replication: copies::statuses(coord.store.as_ref()),
         generated_at: Utc::now(),
     })
 }

@@ -258,7 +258,7 @@ pub struct Dashboard {
     pub system_health: SystemHealth,
     /// Every secondary location's replication state, lag and last error.
     #[serde(default)]
-    pub replication: Vec<crate::replication::LocationStatus>,
+    pub replication: Vec<crate::copies::LocationStatus>,
     pub generated_at: DateTime<Utc>,
 }
 
@@ -1020,7 +1020,7 @@ pub struct LocationStatistics {
     pub bytes_stored: u64,
     /// The location's last replication round (secondary locations only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication: Option<crate::replication::LocationStatus>,
+    pub replication: Option<crate::copies::LocationStatus>,
 }
 
 /// `GET /v1/backup-recovery/documents/statistics`

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod copies;
 pub mod ids;
 pub mod instant;
 pub mod lease;
@@ -13,7 +14,6 @@ pub mod mesh;
 pub mod message;
 pub mod outcome;
 pub mod pki;
-pub mod replication;
 pub mod retention;
 pub mod role;
 pub mod tls;

@@ -245,8 +245,9 @@ pub enum CommandKind {
     },
     /// Copy every snapshot and WAL segment each secondary location lacks (the other
     /// `[[documents.locations]]`, the `[[database.replicas]]`) and verify it there.
-    /// Outcome: `replication::ReplicationOutcome`.
-    Replicate,
+    /// Outcome: `copies::CopiesOutcome`.
+    #[serde(rename = "replicate")]
+    Copy,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

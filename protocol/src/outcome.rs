@@ -12,7 +12,7 @@ use crate::api::{
     DocumentRestoreOutcome, DocumentVerification, DocumentsReport, DrTestReport, PitrInfo,
     PitrOutcome, PromoteOutcome, RejoinOutcome,
 };
-use crate::replication::ReplicationOutcome;
+use crate::copies::CopiesOutcome;
 use crate::retention::RetentionOutcome;
 
 /// The outcome of a command that succeeded.
@@ -41,7 +41,8 @@ pub enum CommandOutcome {
     Repoint {
         timeline: u32,
     },
-    Replicate(ReplicationOutcome),
+    #[serde(rename = "replicate")]
+    Copy(CopiesOutcome),
 }
 
 impl From<()> for CommandOutcome {
@@ -110,7 +111,7 @@ typed_outcomes! {
     EnforceRetention => RetentionOutcome,
     Promote => PromoteOutcome,
     Rejoin => RejoinOutcome,
-    Replicate => ReplicationOutcome,
+    Copy => CopiesOutcome,
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 mod archive;
 mod backend;
 mod backup;
+mod copy;
 mod crypto;
 mod enforce;
 mod export;
@@ -36,7 +37,6 @@ mod gc;
 mod immutable;
 mod pack;
 mod reader;
-mod replicate;
 mod restore;
 mod retention;
 mod snapshot;
@@ -70,12 +70,12 @@ pub use archive::{ArchiveOptions, ArchivedSnapshot, ColdArchive, ColdReport};
 pub use backend::{write_durably, Backend, Location, Removal, Upload};
 pub use backup::pages::PageDelta;
 pub use backup::{valid_snapshot_id, BackupRequest, PendingBackup};
+pub use copy::{CopyReport, SyncReport};
 pub use crypto::{EncryptionConfig, KeySource};
 pub use enforce::{empty_report, enforce_history, merge_report, Kept, Policies};
 pub use export::{ArchiveManifest, ManifestFile};
 pub use gc::{GcOptions, GcReport};
 pub use pack::ChunkId;
-pub use replicate::{CopyReport, SyncReport};
 pub use restore::{FailedFile, RestoreReport, RestoreRequest};
 pub use snapshot::{
     safe_relative, Entry, EntryKind, Extent, FileHash, PgBackupInfo, RowCounts, Snapshot,

@@ -72,7 +72,7 @@ pub(super) async fn database_get(
         .ok_or_else(|| Error::NotFound(format!("no database backup {path}")))?;
     // Each `[[database.replicas]]` of the agent that took it: copied there or not yet.
     let locations: Vec<_> = match rec.completed_at {
-        Some(done) => crate::ops::replication::statuses_of(coord.store.as_ref(), "database")
+        Some(done) => crate::ops::copies::statuses_of(coord.store.as_ref(), "database")
             .into_iter()
             .filter(|s| s.agent_id == rec.agent_id.as_str())
             .map(|s| s.backup(&rec.backup_id, done))

@@ -472,7 +472,7 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
     }
     // Secondary locations: their replication state, lag and last error (the newest
     // report of any agent), and the locations known only from replication.
-    for status in crate::ops::replication::statuses_of(store, "documents") {
+    for status in crate::ops::copies::statuses_of(store, "documents") {
         let name = status.report.name.clone();
         let newer = |x: &LocationStatistics| {
             x.replication
@@ -481,7 +481,7 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
         };
         match locations.iter_mut().find(|x| x.name == name) {
             Some(x) if newer(x) => {
-                if status.report.state == drmesh_protocol::replication::ReplicationState::InSync
+                if status.report.state == drmesh_protocol::copies::CopyState::InSync
                     && x.last_status == BackupStatus::Failed
                 {
                     // Caught up since: the newest backup is there now.
@@ -493,9 +493,7 @@ pub fn statistics(store: &dyn Store) -> Result<DocumentStatistics, StoreError> {
             Some(_) => {}
             None => locations.push(LocationStatistics {
                 name,
-                last_status: if status.report.state
-                    == drmesh_protocol::replication::ReplicationState::InSync
-                {
+                last_status: if status.report.state == drmesh_protocol::copies::CopyState::InSync {
                     BackupStatus::Completed
                 } else {
                     BackupStatus::Failed

@@ -43,7 +43,7 @@ pub fn message(agent: &str, u: &StorageUsage) -> String {
 }
 
 /// A location's use of its configured quota, as a filesystem would report it.
-pub fn quota_usage(s: &drmesh_protocol::replication::LocationStatus) -> Option<StorageUsage> {
+pub fn quota_usage(s: &drmesh_protocol::copies::LocationStatus) -> Option<StorageUsage> {
     let quota = s.report.quota_bytes?;
     let used = s.report.bytes_used?;
     Some(StorageUsage {
@@ -71,7 +71,7 @@ pub async fn watch(coord: Arc<Coordinator>) {
             })
             .collect();
         // Object stores with a quota, as their agents' last replication rounds measured.
-        for s in crate::ops::replication::statuses(coord.store.as_ref()) {
+        for s in crate::ops::copies::statuses(coord.store.as_ref()) {
             if let Some(u) = quota_usage(&s) {
                 reports.push((s.agent_id.clone(), None, vec![u]));
             }
@@ -130,11 +130,10 @@ mod tests {
 
     #[test]
     fn an_object_store_past_its_quota_share_is_full_like_a_disk() {
-        use drmesh_protocol::replication::{LocationReplication, LocationStatus};
+        use drmesh_protocol::copies::{LocationCopy, LocationStatus};
         let mut report =
-            LocationReplication::in_sync("documents", "s3", "s3://b/p".into(), chrono::Utc::now());
-        let status =
-            |report: &LocationReplication| LocationStatus::next("docs-1", None, report.clone());
+            LocationCopy::in_sync("documents", "s3", "s3://b/p".into(), chrono::Utc::now());
+        let status = |report: &LocationCopy| LocationStatus::next("docs-1", None, report.clone());
         assert!(
             quota_usage(&status(&report)).is_none(),
             "no quota, nothing to watch"

@@ -77,7 +77,7 @@ fn write(uploads: &Path, name: &str, text: &str) {
 fn a_location_down_raises_an_alert_and_catches_up_and_verifies_when_back() {
     let mesh = Mesh::start_with(
         200,
-        "[replication]\ninterval = \"1s\"\nalert_after = \"2s\"\n",
+        "[copies]\ninterval = \"1s\"\nalert_after = \"2s\"\n",
     );
     let work = mesh.dir.path().join("work");
     let uploads = work.join("uploads");

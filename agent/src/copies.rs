@@ -1,7 +1,7 @@
-//! Replication: every snapshot and WAL segment of a primary location copied to each
+//! Copies: every snapshot and WAL segment of a primary location copied to each
 //! secondary one — the other `[[documents.locations]]`, the `[[database.replicas]]` —
-//! and verified there. The coordinator asks for a round every `[replication] interval`
-//! (`CommandKind::Replicate`); each round copies only what a location lacks, so a
+//! and verified there. The coordinator asks for a round every `[copies] interval`
+//! (`CommandKind::Copy`); each round copies only what a location lacks, so a
 //! location that was down catches up by itself once it answers again, and an
 //! interrupted round is finished by the next. A location that cannot even be opened
 //! within [`PROBE_TIMEOUT`] is reported `UNREACHABLE` (the coordinator alerts when that
@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
-use drmesh_protocol::replication::{LocationReplication, ReplicationState, MAX_MISSING_LISTED};
+use drmesh_protocol::copies::{CopyState, LocationCopy, MAX_MISSING_LISTED};
 use tracing::{warn, Instrument};
 
 use crate::config::DocumentLocation;
@@ -87,7 +87,7 @@ pub async fn sync_location(
     wal: bool,
     now: DateTime<Utc>,
     belongs: &(dyn Fn(&str) -> bool + Sync),
-) -> LocationReplication {
+) -> LocationCopy {
     let span = tracing::info_span!("replicate", repository, location = %loc.name);
     async {
         let mut out = in_sync(repository, loc, dest.location.url.clone(), now);
@@ -115,17 +115,17 @@ pub async fn sync_location(
                 out.lag_seconds = report.lag(now).as_secs_f64();
                 if let Some(e) = report.error {
                     out.state = if report.unreachable {
-                        ReplicationState::Unreachable
+                        CopyState::Unreachable
                     } else {
-                        ReplicationState::Behind
+                        CopyState::Behind
                     };
                     out.last_error = Some(e);
                 }
             }
             Err(e) => {
                 out.state = match e {
-                    RepoError::Backend(_) => ReplicationState::Unreachable,
-                    _ => ReplicationState::Behind,
+                    RepoError::Backend(_) => CopyState::Unreachable,
+                    _ => CopyState::Behind,
                 };
                 out.last_error = Some(e.to_string());
             }
@@ -147,7 +147,7 @@ pub async fn sync_location(
 pub async fn replicate_database(
     cfg: &crate::config::DatabaseConfig,
     now: DateTime<Utc>,
-) -> Result<Vec<LocationReplication>, crate::database::DatabaseError> {
+) -> Result<Vec<LocationCopy>, crate::database::DatabaseError> {
     let source = crate::database::open_repository(cfg).await?;
     let key = match &cfg.key_file {
         Some(f) => drmesh_repo::KeySource::KeyFile(f.clone()),
@@ -167,10 +167,10 @@ pub fn in_sync(
     loc: &DocumentLocation,
     url: String,
     now: DateTime<Utc>,
-) -> LocationReplication {
-    LocationReplication {
+) -> LocationCopy {
+    LocationCopy {
         quota_bytes: loc.quota,
-        ..LocationReplication::in_sync(repository, &loc.name, url, now)
+        ..LocationCopy::in_sync(repository, &loc.name, url, now)
     }
 }
 
@@ -181,9 +181,9 @@ pub fn unreachable(
     dest: &RepoOptions,
     now: DateTime<Utc>,
     error: RepoError,
-) -> LocationReplication {
-    LocationReplication {
-        state: ReplicationState::Unreachable,
+) -> LocationCopy {
+    LocationCopy {
+        state: CopyState::Unreachable,
         last_error: Some(error.to_string()),
         ..in_sync(repository, loc, dest.location.url.clone(), now)
     }
@@ -196,9 +196,9 @@ pub fn primary_failed(
     dest: &RepoOptions,
     now: DateTime<Utc>,
     error: impl std::fmt::Display,
-) -> LocationReplication {
-    LocationReplication {
-        state: ReplicationState::Behind,
+) -> LocationCopy {
+    LocationCopy {
+        state: CopyState::Behind,
         last_error: Some(format!("the primary location: {error}")),
         ..in_sync(repository, loc, dest.location.url.clone(), now)
     }
@@ -206,11 +206,11 @@ pub fn primary_failed(
 
 /// Merges the results of one location over several repositories (the months of a
 /// templated location): the worst state, every count added up, the largest lag.
-pub fn merge(parts: Vec<LocationReplication>) -> Option<LocationReplication> {
-    let rank = |s: ReplicationState| match s {
-        ReplicationState::InSync => 0,
-        ReplicationState::Behind => 1,
-        ReplicationState::Unreachable => 2,
+pub fn merge(parts: Vec<LocationCopy>) -> Option<LocationCopy> {
+    let rank = |s: CopyState| match s {
+        CopyState::InSync => 0,
+        CopyState::Behind => 1,
+        CopyState::Unreachable => 2,
     };
     let mut iter = parts.into_iter();
     let mut acc = iter.next()?;
@@ -248,15 +248,15 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn part(state: ReplicationState, copied: u64, lag: f64) -> LocationReplication {
-        LocationReplication {
+    fn part(state: CopyState, copied: u64, lag: f64) -> LocationCopy {
+        LocationCopy {
             state,
             snapshots_copied: copied,
             bytes_copied: copied * 10,
             lag_seconds: lag,
-            last_error: (state != ReplicationState::InSync).then(|| "down".to_string()),
+            last_error: (state != CopyState::InSync).then(|| "down".to_string()),
             bytes_used: Some(5),
-            ..LocationReplication::in_sync("documents", "s3", "s3://b/2026/11".into(), Utc::now())
+            ..LocationCopy::in_sync("documents", "s3", "s3://b/2026/11".into(), Utc::now())
         }
     }
 
@@ -276,13 +276,13 @@ mod tests {
     #[test]
     fn merged_months_take_the_worst_state_and_add_up() {
         let m = merge(vec![
-            part(ReplicationState::InSync, 2, 0.0),
-            part(ReplicationState::Behind, 1, 30.0),
+            part(CopyState::InSync, 2, 0.0),
+            part(CopyState::Behind, 1, 30.0),
         ]);
         let Some(m) = m else {
             panic!("two parts merge")
         };
-        assert_eq!(m.state, ReplicationState::Behind);
+        assert_eq!(m.state, CopyState::Behind);
         assert_eq!(m.last_error.as_deref(), Some("down"));
         assert_eq!((m.snapshots_copied, m.bytes_copied), (3, 30));
         assert_eq!(m.lag_seconds, 30.0);

@@ -1,5 +1,6 @@
-//! Replication to secondary locations: what an agent reports after catching a location
-//! up (`CommandKind::Replicate`), and what the coordinator shows of it (documents
+//! Copies of backups to secondary locations ("copies"; "replication" in drmesh means
+//! PostgreSQL streaming only, though the REST fields keep the runbook's `replication`
+//! name): what an agent reports after catching a location up (`CommandKind::Copy`), and what the coordinator shows of it (documents
 //! statistics, a database backup's details, the dashboard) and alerts on.
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ pub const MAX_MISSING_LISTED: usize = 100;
 /// Where a location stands after a replication round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ReplicationState {
+pub enum CopyState {
     /// Holds every snapshot and WAL segment of the primary location, verified.
     InSync,
     /// Reachable, but something could not be copied yet (see `last_error`).
@@ -23,14 +24,14 @@ pub enum ReplicationState {
 /// One secondary location after a replication round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LocationReplication {
+pub struct LocationCopy {
     /// `database` or `documents`.
     pub repository: String,
     /// The location's configured name.
     pub name: String,
     /// Its URL (credentials are never part of it).
     pub url: String,
-    pub state: ReplicationState,
+    pub state: CopyState,
     pub checked_at: DateTime<Utc>,
     /// Copied (and verified there) in this round.
     pub snapshots_copied: u64,
@@ -55,14 +56,14 @@ pub struct LocationReplication {
     pub quota_bytes: Option<u64>,
 }
 
-impl LocationReplication {
+impl LocationCopy {
     /// A location with nothing to copy, as checked at `at`.
     pub fn in_sync(repository: &str, name: &str, url: String, at: DateTime<Utc>) -> Self {
         Self {
             repository: repository.to_string(),
             name: name.to_string(),
             url,
-            state: ReplicationState::InSync,
+            state: CopyState::InSync,
             checked_at: at,
             snapshots_copied: 0,
             wal_copied: 0,
@@ -81,8 +82,8 @@ impl LocationReplication {
 /// The detail of a `Replicate` command.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReplicationOutcome {
-    pub locations: Vec<LocationReplication>,
+pub struct CopiesOutcome {
+    pub locations: Vec<LocationCopy>,
 }
 
 /// A location as the coordinator knows it: the agent's last report plus history.
@@ -91,7 +92,7 @@ pub struct ReplicationOutcome {
 pub struct LocationStatus {
     pub agent_id: String,
     #[serde(flatten)]
-    pub report: LocationReplication,
+    pub report: LocationCopy,
     /// The last round that left the location in sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_in_sync_at: Option<DateTime<Utc>>,
@@ -108,7 +109,7 @@ pub struct BackupLocation {
     pub url: String,
     /// The location's last round found the backup there (copied and verified).
     pub replicated: bool,
-    pub state: ReplicationState,
+    pub state: CopyState,
     pub checked_at: DateTime<Utc>,
     pub lag_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,7 +123,7 @@ impl LocationStatus {
         let r = &self.report;
         let listed_complete = r.missing_snapshot_count as usize == r.missing_snapshots.len();
         let replicated = r.checked_at >= finished_at
-            && r.state != ReplicationState::Unreachable
+            && r.state != CopyState::Unreachable
             && listed_complete
             && !r.missing_snapshots.iter().any(|m| m == id);
         BackupLocation {
@@ -145,14 +146,14 @@ impl LocationStatus {
     }
 
     /// The status after `report`, given the one before.
-    pub fn next(agent_id: &str, previous: Option<&Self>, report: LocationReplication) -> Self {
+    pub fn next(agent_id: &str, previous: Option<&Self>, report: LocationCopy) -> Self {
         let at = report.checked_at;
         let last_in_sync_at = match report.state {
-            ReplicationState::InSync => Some(at),
+            CopyState::InSync => Some(at),
             _ => previous.and_then(|p| p.last_in_sync_at),
         };
         let unreachable_since = match report.state {
-            ReplicationState::Unreachable => {
+            CopyState::Unreachable => {
                 Some(previous.and_then(|p| p.unreachable_since).unwrap_or(at))
             }
             _ => None,
@@ -171,17 +172,17 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn report(state: ReplicationState, secs: i64) -> LocationReplication {
+    fn report(state: CopyState, secs: i64) -> LocationCopy {
         let at = Utc.timestamp_opt(secs, 0).single().unwrap_or_default();
-        LocationReplication {
+        LocationCopy {
             state,
-            ..LocationReplication::in_sync("documents", "s3", "s3://b/p".into(), at)
+            ..LocationCopy::in_sync("documents", "s3", "s3://b/p".into(), at)
         }
     }
 
     #[test]
     fn unreachable_since_is_the_first_failure_of_a_run_and_clears_when_back() {
-        use ReplicationState::*;
+        use CopyState::*;
         let a = LocationStatus::next("docs-1", None, report(InSync, 100));
         assert_eq!(a.last_in_sync_at.map(|t| t.timestamp()), Some(100));
         let b = LocationStatus::next("docs-1", Some(&a), report(Unreachable, 200));

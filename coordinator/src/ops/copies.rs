@@ -1,8 +1,8 @@
-//! Replication to the agents' secondary locations: every `[replication] interval` each
-//! UP agent that backs up is asked for a round (`CommandKind::Replicate`: copy what each
+//! Copies of backups to the agents' secondary locations: every `[copies] interval` each
+//! UP agent that backs up is asked for a round (`CommandKind::Copy`: copy what each
 //! location lacks, verify it there). Each location's last report is kept in the store
 //! (`meta` namespace, `replication/<agent>/<repository>/<name>`) with since when it has
-//! been unreachable; past `[replication] alert_after` a HIGH `LOCATION_UNREACHABLE`
+//! been unreachable; past `[copies] alert_after` a HIGH `LOCATION_UNREACHABLE`
 //! alert is raised, resolved by itself by the first round that reaches it again (which
 //! also catches it up). The statuses feed the documents statistics, the database
 //! backups' details, the dashboard and the Storage Full check of object-store quotas.
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drmesh_protocol::api::Severity;
+use drmesh_protocol::copies::{CopiesOutcome, LocationStatus};
 use drmesh_protocol::message::CommandKind;
-use drmesh_protocol::replication::{LocationStatus, ReplicationOutcome};
 use tracing::{error, info, warn};
 
 use crate::alerts;
@@ -73,7 +73,7 @@ pub fn record(
     store: &dyn Store,
     agent: &str,
     region: Option<drmesh_protocol::RegionId>,
-    outcome: ReplicationOutcome,
+    outcome: CopiesOutcome,
     alert_after: Duration,
 ) {
     let known: BTreeMap<String, LocationStatus> = statuses(store)
@@ -131,19 +131,18 @@ pub async fn round(coord: &Coordinator) {
         .map(|c| (c.id, c.region))
         .collect();
     let asked = agents.into_iter().map(|(agent, region)| async move {
-        let answer =
-            transport::send_command(coord, &agent, CommandKind::Replicate, ROUND_TIMEOUT).await;
+        let answer = transport::send_command(coord, &agent, CommandKind::Copy, ROUND_TIMEOUT).await;
         (agent, region, answer)
     });
     for (agent, region, answer) in futures::future::join_all(asked).await {
         match answer {
-            Ok(r) if r.ok => match r.outcome_as::<ReplicationOutcome>() {
+            Ok(r) if r.ok => match r.outcome_as::<CopiesOutcome>() {
                 Ok(outcome) => record(
                     coord.store.as_ref(),
                     agent.as_str(),
                     Some(region),
                     outcome,
-                    coord.config.replication.alert_after,
+                    coord.config.copies.alert_after,
                 ),
                 _ => warn!(agent_id = %agent, "unreadable replication answer: {}", r.message),
             },
@@ -155,7 +154,7 @@ pub async fn round(coord: &Coordinator) {
 
 /// Runs a round every `[replication] interval` until the process ends.
 pub async fn schedule(coord: Arc<Coordinator>) {
-    let Some(interval) = coord.config.replication.interval else {
+    let Some(interval) = coord.config.copies.interval else {
         return;
     };
     loop {
