@@ -1,6 +1,10 @@
-//! The drmesh agent: runs on every database and documents host, keeps a QUIC link to the
-//! coordinator, reports its PostgreSQL's state, and (in later modules) backs up, verifies
-//! and replicates.
+//! The drmesh agent: runs on every database and documents host. It keeps a QUIC link to
+//! the coordinator ([`link`]: heartbeats, commands), probes its PostgreSQL ([`postgres`])
+//! and its peers ([`mesh`], which also holds the primary's lease), and runs the work the
+//! coordinator sends: database backups, WAL archiving, recovery, verification and DR
+//! tests ([`database`]), document backups ([`documents`]), copies to other locations
+//! ([`copies`]), promote, fence, rejoin ([`failover`]). The repository itself is the
+//! `drmesh-repo` crate; PostgreSQL knowledge without I/O is `drmesh-pg`.
 
 pub mod config;
 pub mod copies;

@@ -2,7 +2,7 @@
 //! `coordinator.toml` sent to every UP agent that backs up into a repository (its
 //! `[database]` repository, its document locations), all at once, and their reports
 //! gathered. The rules run on the agents, next to the repositories
-//! (`agent/src/repo/enforce.rs`). [`schedule`] runs it by itself at the times of
+//! (`repo/src/enforce.rs`). [`schedule`] runs it by itself at the times of
 //! `[retention] schedule` (a cron expression, UTC; daily at 01:00 by default), once for
 //! each due time, catching up once after the coordinator was down.
 

@@ -6,7 +6,7 @@
 //! `INITIAL_NO_AUTH_ACTION_COUNT`; then it refuses an access key it does not know
 //! (`InvalidClientTokenId`, HTTP 403), which is what the credentials test uses. A wrong
 //! secret for a known key (`SignatureDoesNotMatch`) is not exercised: that would need an
-//! IAM user created in moto first; its mapping to `Refused` is unit-tested in dns.rs.
+//! IAM user created in moto first; its mapping to `Refused` is unit-tested in coordinator/src/dns/route53.rs.
 
 use std::net::IpAddr;
 use std::path::Path;
