@@ -365,4 +365,118 @@ mod tests {
             prop_assert_eq!(rpo(&a, rpo_s, true), Rpo::Within);
         }
     }
+
+    /// A registry with one agent per `(id, region, role, heard ms ago)`, at `now`.
+    fn registry(
+        agents: &[(&str, &str, PgRole, u64)],
+        now: Instant,
+    ) -> super::super::registry::Registry {
+        use super::super::registry::{Liveness, Registry};
+        let mut r = Registry::new(Liveness {
+            interval: Duration::from_millis(500),
+            suspect_after: 2,
+            down_after: 4,
+        });
+        for (i, (id, reg, role, ago)) in agents.iter().enumerate() {
+            let id = AgentId::new(*id).expect("id");
+            let at = now - Duration::from_millis(*ago);
+            let (conn, _) = r.connect(&id, &region(reg), "0", &[], at);
+            let hb = drmesh_protocol::Heartbeat {
+                seq: i as u64 + 1,
+                sent_at_ms: 0,
+                postgres: Some(drmesh_protocol::PgStatus {
+                    role: *role,
+                    timeline: Some(1),
+                    lsn: None,
+                    receive_lsn: None,
+                    lag_seconds: None,
+                    server_version: None,
+                    error: None,
+                }),
+                disk_free_bytes: None,
+                last_backup_ids: vec![],
+                mesh: None,
+                storage: Vec::new(),
+            };
+            r.heartbeat(&id, conn, hb, at, chrono::Utc::now());
+        }
+        r
+    }
+
+    #[test]
+    fn the_automatic_target_is_the_first_failover_region_with_a_fresh_standby() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let t = timing();
+        let plan = [region("eu"), region("us"), region("ap")];
+        // us has a standby heard from just now; ap too: us comes first in the plan.
+        let r = registry(
+            &[
+                ("old", "eu", PgRole::Primary, 9000),
+                ("us1", "us", PgRole::Standby, 100),
+                ("ap1", "ap", PgRole::Standby, 100),
+            ],
+            now,
+        );
+        assert_eq!(
+            automatic_target(&plan, &region("eu"), r.agents(), now, &t),
+            Some(region("us"))
+        );
+        // The us standby is silent past the freshness window: ap.
+        let r = registry(
+            &[
+                ("us1", "us", PgRole::Standby, 2000),
+                ("ap1", "ap", PgRole::Standby, 100),
+            ],
+            now,
+        );
+        assert_eq!(
+            automatic_target(&plan, &region("eu"), r.agents(), now, &t),
+            Some(region("ap"))
+        );
+        // Never the failed region, never a server that is not a standby.
+        let r = registry(
+            &[
+                ("eu2", "eu", PgRole::Standby, 100),
+                ("us1", "us", PgRole::Primary, 100),
+            ],
+            now,
+        );
+        assert_eq!(
+            automatic_target(&plan, &region("eu"), r.agents(), now, &t),
+            None
+        );
+    }
+
+    proptest! {
+        /// The target is a failover region other than the failed one, holds a fresh
+        /// standby, and no region before it in the plan does.
+        #[test]
+        fn the_automatic_target_is_the_first_that_qualifies(
+            agents in proptest::collection::vec((0usize..3, 0usize..3, 0u64..3000), 0..7),
+            failed in 0usize..3,
+        ) {
+            let names = ["eu", "us", "ap"];
+            let roles = [PgRole::Primary, PgRole::Standby, PgRole::Unreachable];
+            let now = Instant::now() + Duration::from_secs(60);
+            let t = timing();
+            let ids: Vec<String> = (0..agents.len()).map(|i| format!("a{i}")).collect();
+            let spec: Vec<(&str, &str, PgRole, u64)> = agents
+                .iter()
+                .zip(&ids)
+                .map(|((r, role, ago), id)| (id.as_str(), names[*r], roles[*role], *ago))
+                .collect();
+            let r = registry(&spec, now);
+            let plan: Vec<RegionId> = names.iter().map(|n| region(n)).collect();
+            let qualifies = |reg: &RegionId| {
+                reg != &region(names[failed])
+                    && spec.iter().any(|(_, r2, role, ago)| {
+                        &region(r2) == reg
+                            && *role == PgRole::Standby
+                            && u128::from(*ago) <= t.fresh_age().as_millis()
+                    })
+            };
+            let got = automatic_target(&plan, &region(names[failed]), r.agents(), now, &t);
+            prop_assert_eq!(got, plan.iter().find(|r| qualifies(r)).cloned());
+        }
+    }
 }

@@ -427,4 +427,35 @@ mod tests {
             (AgentState::Suspect, AgentState::Down)
         );
     }
+
+    proptest::proptest! {
+        /// The state only worsens with silence: UP, then SUSPECT, then DOWN, at the
+        /// configured ages and never before.
+        #[test]
+        fn state_worsens_monotonically_with_silence(
+            a in 0u64..10_000,
+            b in 0u64..10_000,
+            interval in 50u64..2000,
+            suspect_after in 1u32..5,
+            extra in 1u32..5,
+        ) {
+            let l = Liveness {
+                interval: Duration::from_millis(interval),
+                suspect_after,
+                down_after: suspect_after + extra,
+            };
+            let rank = |s: AgentState| match s {
+                AgentState::Up => 0,
+                AgentState::Suspect => 1,
+                AgentState::Down => 2,
+            };
+            let (early, late) = (a.min(b), a.max(b));
+            let se = derive_state(Duration::from_millis(early), &l);
+            let sl = derive_state(Duration::from_millis(late), &l);
+            proptest::prop_assert!(rank(se) <= rank(sl));
+            let age = Duration::from_millis(late);
+            proptest::prop_assert_eq!(sl == AgentState::Up, age < l.suspect_age());
+            proptest::prop_assert_eq!(sl == AgentState::Down, age >= l.down_age());
+        }
+    }
 }

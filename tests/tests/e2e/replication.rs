@@ -75,10 +75,7 @@ fn write(uploads: &Path, name: &str, text: &str) {
 
 #[test]
 fn a_location_down_raises_an_alert_and_catches_up_and_verifies_when_back() {
-    let mesh = Mesh::start_with(
-        200,
-        "[copies]\ninterval = \"1s\"\nalert_after = \"2s\"\n",
-    );
+    let mesh = Mesh::start_with(200, "[copies]\ninterval = \"1s\"\nalert_after = \"2s\"\n");
     let work = mesh.dir.path().join("work");
     let uploads = work.join("uploads");
     write(&uploads, "documents/doc-001/original.pdf", "%PDF-1.7 one ");
