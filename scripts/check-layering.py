@@ -88,34 +88,12 @@ def braced(text, start):
     return text[start + 1 :]
 
 
-def heads(group):
-    """First identifiers of the items of a `{a, b::c, d::{e}}` use group."""
-    out, depth, item = [], 0, ""
-    for ch in group:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append(item)
-            item = ""
-        else:
-            item += ch
-    out.append(item)
-    names = []
-    for it in out:
-        m = re.match(r"\s*(\w+)", it)
-        if m:
-            names.append(m.group(1))
-    return names
-
-
 def modules_used(code, prefix):
     """Top-level names used through `prefix::` (`crate`, or another crate's name)."""
     used = set()
     for m in re.finditer(r"\b" + prefix + r"::(\{|\w+)", code):
         if m.group(1) == "{":
-            used.update(heads(braced(code, m.end(1) - 1)))
+            used.update(p[0] for p in group_paths(braced(code, m.end(1) - 1)))
         else:
             used.add(m.group(1))
     return used
