@@ -51,3 +51,38 @@ impl Timing {
         drmesh_protocol::lease::fence_wait(self.lease, self.fence_margin)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Small builders the rules' tests share.
+
+    use drmesh_protocol::mesh::MeshReport;
+    use drmesh_protocol::{Heartbeat, PgRole, PgStatus};
+
+    /// A heartbeat numbered `seq`, sent at `sent_at_ms`, reporting `role` (none: no
+    /// PostgreSQL) and `mesh`.
+    pub fn heartbeat(
+        seq: u64,
+        sent_at_ms: u64,
+        role: Option<PgRole>,
+        mesh: Option<MeshReport>,
+    ) -> Heartbeat {
+        Heartbeat {
+            seq,
+            sent_at_ms,
+            postgres: role.map(|role| PgStatus {
+                role,
+                timeline: Some(1),
+                lsn: None,
+                receive_lsn: None,
+                lag_seconds: None,
+                server_version: None,
+                error: None,
+            }),
+            disk_free_bytes: None,
+            last_backup_ids: vec![],
+            mesh,
+            storage: Vec::new(),
+        }
+    }
+}

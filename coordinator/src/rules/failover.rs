@@ -381,23 +381,7 @@ mod tests {
             let id = AgentId::new(*id).expect("id");
             let at = now - Duration::from_millis(*ago);
             let (conn, _) = r.connect(&id, &region(reg), "0", &[], at);
-            let hb = drmesh_protocol::Heartbeat {
-                seq: i as u64 + 1,
-                sent_at_ms: 0,
-                postgres: Some(drmesh_protocol::PgStatus {
-                    role: *role,
-                    timeline: Some(1),
-                    lsn: None,
-                    receive_lsn: None,
-                    lag_seconds: None,
-                    server_version: None,
-                    error: None,
-                }),
-                disk_free_bytes: None,
-                last_backup_ids: vec![],
-                mesh: None,
-                storage: Vec::new(),
-            };
+            let hb = crate::rules::fixtures::heartbeat(i as u64 + 1, 0, Some(*role), None);
             r.heartbeat(&id, conn, hb, at, chrono::Utc::now());
         }
         r

@@ -425,15 +425,7 @@ mod tests {
         let id = AgentId::new("a1").expect("id");
         let region = RegionId::new("eu-west-1").expect("region");
         let (conn, _) = r.connect(&id, &region, "0", &[], at);
-        let hb = drmesh_protocol::Heartbeat {
-            seq: 1,
-            sent_at_ms: 0,
-            postgres: None,
-            disk_free_bytes: None,
-            last_backup_ids: vec![],
-            mesh: None,
-            storage: Vec::new(),
-        };
+        let hb = crate::rules::fixtures::heartbeat(1, 0, None, None);
         r.heartbeat(&id, conn, hb, at, chrono::Utc::now());
         r.get(&id).cloned().expect("entry")
     }

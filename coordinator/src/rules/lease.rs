@@ -185,7 +185,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use drmesh_protocol::mesh::{MeshReport, PeerReport};
-    use drmesh_protocol::{Heartbeat, PgRole, PgStatus, RegionId};
+    use drmesh_protocol::{PgRole, RegionId};
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -450,23 +450,8 @@ mod tests {
                         }),
                         _ => None,
                     };
-                    let hb = Heartbeat {
-                        seq,
-                        sent_at_ms: sent,
-                        postgres: (from == Node::Old).then_some(PgStatus {
-                            role: PgRole::Primary,
-                            timeline: Some(1),
-                            lsn: None,
-                            receive_lsn: None,
-                            lag_seconds: None,
-                            server_version: None,
-                            error: None,
-                        }),
-                        disk_free_bytes: None,
-                        last_backup_ids: vec![],
-                        mesh,
-                        storage: Vec::new(),
-                    };
+                    let role = (from == Node::Old).then_some(PgRole::Primary);
+                    let hb = crate::rules::fixtures::heartbeat(seq, sent, role, mesh);
                     self.registry
                         .heartbeat(&agent, conn, hb, self.at(t), chrono::Utc::now());
                     if from == Node::Old {

@@ -307,15 +307,7 @@ mod tests {
     }
 
     fn hb(seq: u64) -> Heartbeat {
-        Heartbeat {
-            seq,
-            sent_at_ms: 0,
-            postgres: None,
-            disk_free_bytes: None,
-            last_backup_ids: vec![],
-            mesh: None,
-            storage: Vec::new(),
-        }
+        crate::rules::fixtures::heartbeat(seq, 0, None, None)
     }
 
     fn ids() -> (AgentId, RegionId) {
