@@ -555,211 +555,7 @@ async fn execute(
                 message,
             });
         });
-        let no_documents = || Err("this agent has no [documents] configuration".to_string());
-        let no_database = || {
-            Err(
-                "this agent has no [database] configuration (or was not started from a file)"
-                    .to_string(),
-            )
-        };
-        let no_postgres = || Err("this agent has no [postgres]".to_string());
-        let result: Result<(String, CommandOutcome), String> = match cmd.kind {
-            CommandKind::Ping => Ok((
-                "pong".to_string(),
-                CommandOutcome::Pong {
-                    agent_time_ms: unix_ms(),
-                },
-            )),
-            CommandKind::ProbePostgres => {
-                let status = ctx.observed.postgres.lock().clone();
-                match status {
-                    Some(s) => Ok((format!("postgres is {}", s.role), CommandOutcome::Done)),
-                    None => Err("no PostgreSQL configured".to_string()),
-                }
-            }
-            CommandKind::DocumentsBackup { backup_id, tags } => match &ctx.documents {
-                None => no_documents(),
-                Some(docs) => {
-                    let result = docs.backup(&backup_id, tags, progress).await;
-                    if result.is_ok() {
-                        let mut ids = ctx.observed.last_backup_ids.lock();
-                        ids.insert(0, backup_id.clone());
-                        ids.truncate(5);
-                    }
-                    outcome(result, "document backup completed")
-                }
-            },
-            CommandKind::DocumentsVerify { backup_id } => match &ctx.documents {
-                None => no_documents(),
-                Some(docs) => outcome(docs.verify(&backup_id, progress).await, "verified"),
-            },
-            CommandKind::DocumentsCheck {
-                backup_id,
-                document,
-                checksums,
-            } => match &ctx.documents {
-                None => no_documents(),
-                Some(docs) => outcome(
-                    docs.check(&backup_id, document, checksums).await,
-                    "documents checked",
-                ),
-            },
-            CommandKind::DocumentsRestore {
-                backup_id,
-                paths,
-                target,
-            } => match &ctx.documents {
-                None => no_documents(),
-                Some(docs) => outcome(
-                    docs.restore(&backup_id, paths, target, None, progress)
-                        .await,
-                    "restored",
-                ),
-            },
-            CommandKind::DatabaseBackup {
-                backup_id,
-                backup_type,
-                tags,
-            } => match &ctx.database {
-                None => no_database(),
-                Some((db, path)) => {
-                    let result = crate::database::child::backup(
-                        path,
-                        db,
-                        &backup_id,
-                        &backup_type,
-                        &tags,
-                        progress,
-                    )
-                    .await;
-                    if result.is_ok() {
-                        let mut ids = ctx.observed.last_backup_ids.lock();
-                        ids.insert(0, backup_id.clone());
-                        ids.truncate(5);
-                    }
-                    outcome(result, "database backup completed")
-                }
-            },
-            CommandKind::VerifyDatabaseBackup {
-                verification_id,
-                backup_id,
-            } => match &ctx.database {
-                None => no_database(),
-                Some((db, path)) => {
-                    info!(verification_id, backup_id, "verifying a database backup");
-                    outcome(
-                        verify_database_backup(
-                            db,
-                            path,
-                            &ctx.data_dir,
-                            &verification_id,
-                            &backup_id,
-                            progress,
-                        )
-                        .await,
-                        "verification finished",
-                    )
-                }
-            },
-            CommandKind::DrTest { test_id, backup_id } => match &ctx.database {
-                None => no_database(),
-                Some((db, path)) => {
-                    info!(test_id, backup_id, "DR test");
-                    outcome(
-                        dr_test(db, path, &ctx.data_dir, &test_id, &backup_id, progress).await,
-                        "DR test finished",
-                    )
-                }
-            },
-            CommandKind::EnforceRetention {
-                dry_run,
-                now,
-                policies,
-            } => {
-                let now = now.unwrap_or_else(chrono::Utc::now);
-                info!(dry_run, %now, "enforcing the retention policies");
-                outcome(
-                    enforce_retention(ctx, &policies, now, dry_run, progress).await,
-                    "retention enforced",
-                )
-            }
-            CommandKind::Copy => outcome(replicate(ctx, progress).await, "replicated"),
-            CommandKind::Promote => match &ctx.postgres {
-                None => no_postgres(),
-                Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
-            },
-            CommandKind::Fence => match &ctx.database {
-                None => no_database(),
-                Some((db, _)) => outcome(crate::failover::fence(db).await, "fenced"),
-            },
-            CommandKind::Rejoin {
-                primary_host,
-                primary_port,
-            } => match (&ctx.database, &ctx.postgres) {
-                (Some((db, path)), Some(pg)) => outcome(
-                    crate::failover::rejoin(db, path, pg, &primary_host, primary_port).await,
-                    "rejoined as a standby",
-                ),
-                (None, _) => no_database(),
-                (_, None) => no_postgres(),
-            },
-            CommandKind::Repoint {
-                primary_host,
-                primary_port,
-            } => match &ctx.postgres {
-                Some(pg) => outcome(
-                    crate::failover::repoint(pg, &primary_host, primary_port)
-                        .await
-                        .map(|timeline| CommandOutcome::Repoint { timeline }),
-                    "streaming from the new primary",
-                ),
-                None => no_postgres(),
-            },
-            CommandKind::PitrInfo { target_time } => match &ctx.database {
-                None => no_database(),
-                Some((db, _)) => outcome(
-                    pitr_info(db, &target_time).await,
-                    "point-in-time information",
-                ),
-            },
-            CommandKind::PointInTimeRecovery {
-                recovery_id,
-                target_time,
-                backup_id,
-                environment,
-            } => match &ctx.database {
-                None => no_database(),
-                Some((db, path)) => {
-                    info!(
-                        recovery_id,
-                        environment, target_time, "point-in-time recovery"
-                    );
-                    let owner = if db.data_dir.exists() {
-                        db.data_dir.clone()
-                    } else {
-                        db.environments
-                            .get(&environment)
-                            .and_then(|e| e.data_dir.parent().map(|p| p.to_path_buf()))
-                            .unwrap_or_else(|| db.data_dir.clone())
-                    };
-                    let mut args: Vec<String> = vec![
-                        "restore".into(),
-                        "--environment".into(),
-                        environment,
-                        "--time".into(),
-                        target_time,
-                    ];
-                    if let Some(b) = backup_id {
-                        args.push("--backup".into());
-                        args.push(b);
-                    }
-                    progress(10.0, "restoring the base backup".into());
-                    let result: Result<drmesh_protocol::api::PitrOutcome, _> =
-                        crate::database::child::run(path, &owner, &args, progress).await;
-                    outcome(result, "point-in-time recovery completed")
-                }
-            },
-        };
+        let result = dispatch(cmd.kind, ctx, progress).await;
         let (ok, message, outcome) = match result {
             Ok((message, outcome)) => (true, message, Some(outcome)),
             Err(message) => (false, message, None),
@@ -773,6 +569,247 @@ async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// Runs one command: its message and typed outcome, or why it failed.
+async fn dispatch(
+    kind: CommandKind,
+    ctx: &CommandContext,
+    progress: ProgressFn,
+) -> Result<(String, CommandOutcome), String> {
+    let no_documents = || Err("this agent has no [documents] configuration".to_string());
+    let no_database = || {
+        Err(
+            "this agent has no [database] configuration (or was not started from a file)"
+                .to_string(),
+        )
+    };
+    let no_postgres = || Err("this agent has no [postgres]".to_string());
+    match kind {
+        CommandKind::Ping => Ok((
+            "pong".to_string(),
+            CommandOutcome::Pong {
+                agent_time_ms: unix_ms(),
+            },
+        )),
+        CommandKind::ProbePostgres => {
+            let status = ctx.observed.postgres.lock().clone();
+            match status {
+                Some(s) => Ok((format!("postgres is {}", s.role), CommandOutcome::Done)),
+                None => Err("no PostgreSQL configured".to_string()),
+            }
+        }
+        CommandKind::DocumentsBackup { backup_id, tags } => match &ctx.documents {
+            None => no_documents(),
+            Some(docs) => {
+                let result = docs.backup(&backup_id, tags, progress).await;
+                if result.is_ok() {
+                    ctx.observed.remember_backup(&backup_id);
+                }
+                outcome(result, "document backup completed")
+            }
+        },
+        CommandKind::DocumentsVerify { backup_id } => match &ctx.documents {
+            None => no_documents(),
+            Some(docs) => outcome(docs.verify(&backup_id, progress).await, "verified"),
+        },
+        CommandKind::DocumentsCheck {
+            backup_id,
+            document,
+            checksums,
+        } => match &ctx.documents {
+            None => no_documents(),
+            Some(docs) => outcome(
+                docs.check(&backup_id, document, checksums).await,
+                "documents checked",
+            ),
+        },
+        CommandKind::DocumentsRestore {
+            backup_id,
+            paths,
+            target,
+        } => match &ctx.documents {
+            None => no_documents(),
+            Some(docs) => outcome(
+                docs.restore(&backup_id, paths, target, None, progress)
+                    .await,
+                "restored",
+            ),
+        },
+        CommandKind::DatabaseBackup {
+            backup_id,
+            backup_type,
+            tags,
+        } => match &ctx.database {
+            None => no_database(),
+            Some((db, path)) => {
+                let result = crate::database::child::backup(
+                    path,
+                    db,
+                    &backup_id,
+                    &backup_type,
+                    &tags,
+                    progress,
+                )
+                .await;
+                if result.is_ok() {
+                    ctx.observed.remember_backup(&backup_id);
+                }
+                outcome(result, "database backup completed")
+            }
+        },
+        CommandKind::VerifyDatabaseBackup {
+            verification_id,
+            backup_id,
+        } => match &ctx.database {
+            None => no_database(),
+            Some((db, path)) => {
+                info!(verification_id, backup_id, "verifying a database backup");
+                outcome(
+                    verify_database_backup(
+                        db,
+                        path,
+                        &ctx.data_dir,
+                        &verification_id,
+                        &backup_id,
+                        progress,
+                    )
+                    .await,
+                    "verification finished",
+                )
+            }
+        },
+        CommandKind::DrTest { test_id, backup_id } => match &ctx.database {
+            None => no_database(),
+            Some((db, path)) => {
+                info!(test_id, backup_id, "DR test");
+                outcome(
+                    dr_test(db, path, &ctx.data_dir, &test_id, &backup_id, progress).await,
+                    "DR test finished",
+                )
+            }
+        },
+        CommandKind::EnforceRetention {
+            dry_run,
+            now,
+            policies,
+        } => {
+            let now = now.unwrap_or_else(chrono::Utc::now);
+            info!(dry_run, %now, "enforcing the retention policies");
+            outcome(
+                enforce_retention(ctx, &policies, now, dry_run, progress).await,
+                "retention enforced",
+            )
+        }
+        CommandKind::Copy => outcome(replicate(ctx, progress).await, "replicated"),
+        CommandKind::Promote => match &ctx.postgres {
+            None => no_postgres(),
+            Some(pg) => outcome(crate::failover::promote(pg).await, "promoted"),
+        },
+        CommandKind::Fence => match &ctx.database {
+            None => no_database(),
+            Some((db, _)) => outcome(crate::failover::fence(db).await, "fenced"),
+        },
+        CommandKind::Rejoin {
+            primary_host,
+            primary_port,
+        } => match (&ctx.database, &ctx.postgres) {
+            (Some((db, path)), Some(pg)) => outcome(
+                crate::failover::rejoin(db, path, pg, &primary_host, primary_port).await,
+                "rejoined as a standby",
+            ),
+            (None, _) => no_database(),
+            (_, None) => no_postgres(),
+        },
+        CommandKind::Repoint {
+            primary_host,
+            primary_port,
+        } => match &ctx.postgres {
+            Some(pg) => outcome(
+                crate::failover::repoint(pg, &primary_host, primary_port)
+                    .await
+                    .map(|timeline| CommandOutcome::Repoint { timeline }),
+                "streaming from the new primary",
+            ),
+            None => no_postgres(),
+        },
+        CommandKind::PitrInfo { target_time } => match &ctx.database {
+            None => no_database(),
+            Some((db, _)) => outcome(
+                pitr_info(db, &target_time).await,
+                "point-in-time information",
+            ),
+        },
+        CommandKind::PointInTimeRecovery {
+            recovery_id,
+            target_time,
+            backup_id,
+            environment,
+        } => match &ctx.database {
+            None => no_database(),
+            Some((db, path)) => {
+                let recovery = PitrJob {
+                    recovery_id,
+                    target_time,
+                    backup_id,
+                    environment,
+                };
+                outcome(
+                    point_in_time_recovery(db, path, recovery, progress).await,
+                    "point-in-time recovery completed",
+                )
+            }
+        },
+    }
+}
+
+/// What a `PointInTimeRecovery` command asks for.
+struct PitrJob {
+    recovery_id: String,
+    target_time: String,
+    backup_id: Option<String>,
+    environment: String,
+}
+
+/// Restores into the environment and recovers to the instant, in a child process as the
+/// owner of the environment's directory (of the data directory when it exists).
+async fn point_in_time_recovery(
+    db: &crate::config::DatabaseConfig,
+    path: &std::path::Path,
+    job: PitrJob,
+    progress: ProgressFn,
+) -> Result<drmesh_protocol::api::PitrOutcome, crate::database::DatabaseError> {
+    let PitrJob {
+        recovery_id,
+        target_time,
+        backup_id,
+        environment,
+    } = job;
+    info!(
+        recovery_id,
+        environment, target_time, "point-in-time recovery"
+    );
+    let owner = if db.data_dir.exists() {
+        db.data_dir.clone()
+    } else {
+        db.environments
+            .get(&environment)
+            .and_then(|e| e.data_dir.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_else(|| db.data_dir.clone())
+    };
+    let mut args: Vec<String> = vec![
+        "restore".into(),
+        "--environment".into(),
+        environment,
+        "--time".into(),
+        target_time,
+    ];
+    if let Some(b) = backup_id {
+        args.push("--backup".into());
+        args.push(b);
+    }
+    progress(10.0, "restoring the base backup".into());
+    crate::database::child::run(path, &owner, &args, progress).await
 }
 
 /// Runs a verification in a child process as the cluster's owner, in a throw-away

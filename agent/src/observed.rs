@@ -10,3 +10,12 @@ pub struct Observed {
     pub postgres: Mutex<Option<PgStatus>>,
     pub last_backup_ids: Mutex<Vec<String>>,
 }
+
+impl Observed {
+    /// A backup finished: it heads the ids the next heartbeats carry (five at most).
+    pub fn remember_backup(&self, id: &str) {
+        let mut ids = self.last_backup_ids.lock();
+        ids.insert(0, id.to_string());
+        ids.truncate(5);
+    }
+}
