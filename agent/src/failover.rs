@@ -32,7 +32,7 @@ pub enum FailoverError {
 
 /// A program of the cluster's PostgreSQL installation (`pg_ctl`, `pg_rewind`, …).
 fn pg_program(db: &DatabaseConfig, name: &str) -> Result<std::process::Command, FailoverError> {
-    let bin = crate::postgres::local::pg_bin_of(db)
+    let bin = crate::postgres::pg_bin_of(db)
         .map_err(|e| FailoverError::Io(format!("find {name}: {e}")))?;
     Ok(std::process::Command::new(bin.dir().join(name)))
 }

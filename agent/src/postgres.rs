@@ -1,7 +1,7 @@
 //! The PostgreSQL next to the agent: status probe (role, LSN, lag, timeline), and local
 //! clusters for the quickstart and tests ([`local`]).
 
-pub mod local;
+pub use drmesh_pg::local;
 
 use std::time::Duration;
 
@@ -136,5 +136,14 @@ fn unreachable_status(error: String) -> PgStatus {
         lag_seconds: None,
         server_version: None,
         error: Some(error),
+    }
+}
+
+/// The PostgreSQL programs a `[database]` section names: `pg_bin_dir`, or the newest
+/// installed.
+pub fn pg_bin_of(db: &crate::config::DatabaseConfig) -> Result<local::PgBin, local::LocalPgError> {
+    match &db.pg_bin_dir {
+        Some(dir) => local::PgBin::at(dir),
+        None => local::PgBin::find(),
     }
 }

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use drmesh_agent::postgres::local::{self, LocalCluster, PgBin, PgNetwork};
+use drmesh_pg::local::{self, LocalCluster, PgBin, PgNetwork};
 use drmesh_protocol::api::{AgentState, DrPlan, DrStatus, Role};
 use drmesh_protocol::pki::{self, Validity};
 use drmesh_protocol::{AgentId, RegionId};

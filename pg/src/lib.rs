@@ -3,8 +3,12 @@
 //! history files ([`timeline`]) and which files of a data directory are relation main
 //! forks ([`datadir`]). Nothing here reads a file, opens a connection or runs a process,
 //! so all of it is unit-tested in memory; the agent and the repository do the I/O.
+//! The `process` feature adds [`local`]: local clusters run with `pg_ctl` as the data
+//! directory's owner, for the quickstart and the tests.
 
 pub mod datadir;
+#[cfg(feature = "process")]
+pub mod local;
 pub mod timeline;
 pub mod wal;
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use serde_json::Value;
 
 use crate::bind::Bind;

@@ -315,8 +315,8 @@ impl Topology {
     /// Where a region's PostgreSQL listens: its control and mesh addresses, reached by
     /// clients on the control address, trusting the namespaces' networks, started inside
     /// the namespace.
-    pub fn pg_network(&self, region: &str) -> drmesh_agent::postgres::local::PgNetwork {
-        drmesh_agent::postgres::local::PgNetwork {
+    pub fn pg_network(&self, region: &str) -> drmesh_pg::local::PgNetwork {
+        drmesh_pg::local::PgNetwork {
             listen_addresses: vec![self.control_ip(region), self.mesh_ip(region)],
             host: Some(self.control_ip(region)),
             trust: vec!["198.18.0.0/15".into()],

@@ -5,9 +5,7 @@
 use std::net::{IpAddr, TcpListener};
 use std::time::Duration;
 
-use drmesh_agent::postgres::local::{
-    free_port, prepare_parent_dir, LocalCluster, PgBin, PgNetwork,
-};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin, PgNetwork};
 use serde_json::Value;
 
 use crate::{wait_for, Mesh, Proc};

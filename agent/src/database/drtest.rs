@@ -177,7 +177,7 @@ async fn steps_1_to_4(
     // 1: the environment.
     steps.start(1, progress);
     let env = (|| -> Result<u16, String> {
-        crate::postgres::local::pg_bin_of(db).map_err(|e| e.to_string())?;
+        crate::postgres::pg_bin_of(db).map_err(|e| e.to_string())?;
         let port = crate::postgres::local::free_port().map_err(|e| e.to_string())?;
         std::fs::write(dir.join("pg_hba.conf"), "local all all trust\n")
             .map_err(|e| format!("write pg_hba.conf: {e}"))?;

@@ -62,8 +62,7 @@ pub async fn run(
     id: &str,
     tags: Tags,
 ) -> Result<Snapshot, DatabaseError> {
-    let bin = crate::postgres::local::pg_bin_of(db)
-        .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
+    let bin = crate::postgres::pg_bin_of(db).map_err(|e| DatabaseError::Postgres(e.to_string()))?;
     let mut child = Command::new(bin.dir().join("pg_dump"))
         .args(["-Fc", "--no-password", "-d", conninfo])
         .stdin(Stdio::null())

@@ -499,8 +499,7 @@ pub async fn recover_into(
             "no environment {environment:?} in this agent's [database.environments]"
         ))
     })?;
-    let bin = crate::postgres::local::pg_bin_of(db)
-        .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
+    let bin = crate::postgres::pg_bin_of(db).map_err(|e| DatabaseError::Postgres(e.to_string()))?;
     // The environment's previous server and directory go.
     let dir = env.data_dir.clone();
     if dir.join("PG_VERSION").exists() {

@@ -475,7 +475,7 @@ pub async fn start_and_wait(
     user: &str,
     database: &str,
 ) -> Result<RestoredServer, String> {
-    let bin = crate::postgres::local::pg_bin_of(db).map_err(|e| e.to_string())?;
+    let bin = crate::postgres::pg_bin_of(db).map_err(|e| e.to_string())?;
     let log = dir.join("postgres.log");
     let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out
@@ -535,7 +535,7 @@ pub async fn start_and_wait(
 
 /// `pg_ctl stop -m immediate`; the guard's signals are the fallback.
 pub fn stop(db: &DatabaseConfig, pgdata: &Path) {
-    if let Ok(bin) = crate::postgres::local::pg_bin_of(db) {
+    if let Ok(bin) = crate::postgres::pg_bin_of(db) {
         let _ = std::process::Command::new(bin.dir().join("pg_ctl"))
             .arg("-D")
             .arg(pgdata)

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use drmesh_repo::testing::{decode_doc, encode_doc};
 use drmesh_repo::Snapshot;
 use drmesh_repo::{KeySource, RepoConfig};

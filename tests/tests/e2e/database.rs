@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use drmesh_tests::{bin, wait_for, Mesh};
 use serde_json::Value;
 

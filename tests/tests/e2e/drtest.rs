@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use drmesh_agent::postgres::local::prepare_parent_dir;
+use drmesh_pg::local::prepare_parent_dir;
 use drmesh_tests::regions::{two_regions_opts, Options, STATUS};
 use drmesh_tests::{bin, wait_for, Mesh};
 use serde_json::Value;

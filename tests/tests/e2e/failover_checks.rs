@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drmesh_agent::postgres::local::PgBin;
+use drmesh_pg::local::PgBin;
 use drmesh_tests::bind::Bind;
 use drmesh_tests::regions::{finished, two_regions_opts, Options, TwoRegions, FAILOVER, STATUS};
 use drmesh_tests::wait_for;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use drmesh_tests::netns::{root_ip_forward, Topology};
 use drmesh_tests::splitbrain::{missing_writes, Probe, Writer, SETUP_SQL};
 use drmesh_tests::{processes_mentioning, wait_for};

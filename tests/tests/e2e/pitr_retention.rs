@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use drmesh_agent::postgres::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
+use drmesh_pg::local::{free_port, prepare_parent_dir, LocalCluster, PgBin};
 use drmesh_tests::regions::{finished, two_regions_opts, Options, FAILOVER};
 use drmesh_tests::{bin, wait_for, walk_files, Mesh};
 use serde_json::Value;

@@ -1,5 +1,5 @@
-//! Real local PostgreSQL clusters made with the machine's own binaries, for the
-//! quickstart and the end-to-end tests: a primary (`initdb`) and streaming standbys
+//! Real local PostgreSQL clusters made with the machine's own binaries (the `process`
+//! feature), for the quickstart and the end-to-end tests: a primary (`initdb`) and streaming standbys
 //! (`pg_basebackup -R`), started and stopped with `pg_ctl`.
 //!
 //! By default a cluster listens on 127.0.0.1 only. [`PgNetwork`] places it elsewhere: other
@@ -631,15 +631,6 @@ impl LocalCluster {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
-    }
-}
-
-/// The PostgreSQL programs a `[database]` section names: `pg_bin_dir`, or the newest
-/// installed.
-pub fn pg_bin_of(db: &crate::config::DatabaseConfig) -> Result<PgBin, LocalPgError> {
-    match &db.pg_bin_dir {
-        Some(dir) => PgBin::at(dir),
-        None => PgBin::find(),
     }
 }
 
