@@ -90,13 +90,7 @@ def braced(text, start):
 
 def modules_used(code, prefix):
     """Top-level names used through `prefix::` (`crate`, or another crate's name)."""
-    used = set()
-    for m in re.finditer(r"\b" + prefix + r"::(\{|\w+)", code):
-        if m.group(1) == "{":
-            used.update(p[0] for p in group_paths(braced(code, m.end(1) - 1)))
-        else:
-            used.add(m.group(1))
-    return used
+    return {p[0] for p in paths_used(code, (), prefix) if p}
 
 
 def crate_files(crate):
@@ -165,11 +159,11 @@ def group_paths(group):
     return out
 
 
-def paths_used(code, here):
-    """Module paths (tuples of names) this file's code names: `crate::a::b::…`, and
-    `super::…` resolved from `here`; use groups expanded."""
+def paths_used(code, here, prefix="crate"):
+    """Module paths (tuples of names) this file's code names: `crate::a::b::…` (or
+    `<prefix>::…`), and `super::…` resolved from `here`; use groups expanded."""
     used = []
-    for m in re.finditer(r"\bcrate((?:::\w+)*)::(\{)?", code):
+    for m in re.finditer(r"\b" + prefix + r"((?:::\w+)*)::(\{)?", code):
         base = tuple(x for x in m.group(1).split("::") if x)
         if m.group(2):
             used.extend(base + p for p in group_paths(braced(code, m.end() - 1)))

@@ -278,12 +278,13 @@ pub struct CommandResult {
 }
 
 impl CommandResult {
-    /// The outcome as the type the caller asked for: `Err` says what came instead.
-    pub fn outcome_as<T>(&self) -> Result<T, crate::outcome::WrongOutcome>
+    /// The outcome as the type the caller asked for (taken out, not copied: reports can
+    /// be large); `Err` says what came instead.
+    pub fn outcome_as<T>(self) -> Result<T, crate::outcome::WrongOutcome>
     where
         T: TryFrom<crate::outcome::CommandOutcome, Error = crate::outcome::WrongOutcome>,
     {
-        match self.outcome.clone() {
+        match self.outcome {
             Some(o) => T::try_from(o),
             None => Err(crate::outcome::WrongOutcome {
                 want: std::any::type_name::<T>(),

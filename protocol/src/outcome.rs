@@ -59,22 +59,20 @@ pub struct WrongOutcome {
     pub got: String,
 }
 
-impl CommandOutcome {
-    /// The variant's name, for messages.
-    pub fn name(&self) -> String {
-        match serde_json::to_value(self) {
-            Ok(v) => v
-                .get("command")
-                .and_then(|c| c.as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            Err(_) => "unknown".to_string(),
-        }
-    }
-}
-
 macro_rules! typed_outcomes {
-    ($($variant:ident => $ty:ty),* $(,)?) => {
+    ($($variant:ident => $ty:ty, $tag:literal;)*) => {
+        impl CommandOutcome {
+            /// The variant's name on the wire, for messages.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    CommandOutcome::Pong { .. } => "pong",
+                    CommandOutcome::Done => "done",
+                    CommandOutcome::Repoint { .. } => "repoint",
+                    $(CommandOutcome::$variant(_) => $tag,)*
+                }
+            }
+        }
+
         $(
             impl From<$ty> for CommandOutcome {
                 fn from(v: $ty) -> Self {
@@ -89,7 +87,7 @@ macro_rules! typed_outcomes {
                         CommandOutcome::$variant(v) => Ok(v),
                         other => Err(WrongOutcome {
                             want: stringify!($variant),
-                            got: other.name(),
+                            got: other.name().to_string(),
                         }),
                     }
                 }
@@ -99,19 +97,19 @@ macro_rules! typed_outcomes {
 }
 
 typed_outcomes! {
-    DocumentsBackup => DocumentBackupOutcome,
-    DocumentsVerify => DocumentVerification,
-    DocumentsRestore => DocumentRestoreOutcome,
-    DocumentsCheck => DocumentsReport,
-    DatabaseBackup => DatabaseBackupOutcome,
-    PitrInfo => PitrInfo,
-    PointInTimeRecovery => PitrOutcome,
-    VerifyDatabaseBackup => DatabaseVerificationReport,
-    DrTest => DrTestReport,
-    EnforceRetention => RetentionOutcome,
-    Promote => PromoteOutcome,
-    Rejoin => RejoinOutcome,
-    Copy => CopiesOutcome,
+    DocumentsBackup => DocumentBackupOutcome, "documents_backup";
+    DocumentsVerify => DocumentVerification, "documents_verify";
+    DocumentsRestore => DocumentRestoreOutcome, "documents_restore";
+    DocumentsCheck => DocumentsReport, "documents_check";
+    DatabaseBackup => DatabaseBackupOutcome, "database_backup";
+    PitrInfo => PitrInfo, "pitr_info";
+    PointInTimeRecovery => PitrOutcome, "point_in_time_recovery";
+    VerifyDatabaseBackup => DatabaseVerificationReport, "verify_database_backup";
+    DrTest => DrTestReport, "dr_test";
+    EnforceRetention => RetentionOutcome, "enforce_retention";
+    Promote => PromoteOutcome, "promote";
+    Rejoin => RejoinOutcome, "rejoin";
+    Copy => CopiesOutcome, "replicate";
 }
 
 #[cfg(test)]
@@ -135,6 +133,20 @@ mod tests {
             "the agent answered with a promote outcome, not Rejoin"
         );
         assert_eq!(CommandOutcome::from(()), CommandOutcome::Done);
+    }
+
+    #[test]
+    fn names_are_the_wire_tags() {
+        let outcomes = [
+            CommandOutcome::Pong { agent_time_ms: 1 },
+            CommandOutcome::Done,
+            CommandOutcome::Repoint { timeline: 2 },
+            CommandOutcome::Copy(CopiesOutcome::default()),
+        ];
+        for o in outcomes {
+            let v = serde_json::to_value(&o).expect("encode");
+            assert_eq!(v["command"], o.name(), "{o:?}");
+        }
     }
 
     #[test]

@@ -136,16 +136,19 @@ pub async fn round(coord: &Coordinator) {
     });
     for (agent, region, answer) in futures::future::join_all(asked).await {
         match answer {
-            Ok(r) if r.ok => match r.outcome_as::<CopiesOutcome>() {
-                Ok(outcome) => record(
-                    coord.store.as_ref(),
-                    agent.as_str(),
-                    Some(region),
-                    outcome,
-                    coord.config.copies.alert_after,
-                ),
-                _ => warn!(agent_id = %agent, "unreadable replication answer: {}", r.message),
-            },
+            Ok(r) if r.ok => {
+                let message = r.message.clone();
+                match r.outcome_as::<CopiesOutcome>() {
+                    Ok(outcome) => record(
+                        coord.store.as_ref(),
+                        agent.as_str(),
+                        Some(region),
+                        outcome,
+                        coord.config.copies.alert_after,
+                    ),
+                    _ => warn!(agent_id = %agent, "unreadable replication answer: {message}"),
+                }
+            }
             Ok(r) => warn!(agent_id = %agent, message = %r.message, "replication round failed"),
             Err(e) => warn!(agent_id = %agent, error = %e, "replication round not run"),
         }

@@ -317,12 +317,7 @@ async fn prepare(
         }
         tokio::time::sleep((interval / 2).min(Duration::from_millis(100))).await;
     };
-    let Some(target) = statuses.iter().find(|a| a.agent_id == target) else {
-        return Ok(Outcome::Failed(format!(
-            "no agent with PostgreSQL is up in {}",
-            run.target_region
-        )));
-    };
+    let target = &*target;
     // Step 2 always runs before anything is promoted, even when resumed.
     if target.role != Some(PgRole::Standby) {
         return Ok(Outcome::Failed(format!(

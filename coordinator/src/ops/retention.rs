@@ -61,13 +61,13 @@ pub async fn enforce(
         async move {
             let answer = transport::send_command(coord, agent, kind, TIMEOUT).await;
             let (repositories, error) = match answer {
-                Ok(r) if r.ok => match r.outcome_as::<RetentionOutcome>() {
-                    Ok(o) => (o.repositories, None),
-                    _ => (
-                        Vec::new(),
-                        Some(format!("unreadable answer: {}", r.message)),
-                    ),
-                },
+                Ok(r) if r.ok => {
+                    let message = r.message.clone();
+                    match r.outcome_as::<RetentionOutcome>() {
+                        Ok(o) => (o.repositories, None),
+                        _ => (Vec::new(), Some(format!("unreadable answer: {message}"))),
+                    }
+                }
                 Ok(r) => (Vec::new(), Some(r.message)),
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };

@@ -60,7 +60,7 @@ pub enum Readiness {
     /// A target is up, and every server to fence that is not heard from has surely
     /// fenced itself (`waited_out` says why, one line each).
     Ready {
-        target: AgentId,
+        target: Box<AgentStatus>,
         waited_out: Vec<String>,
     },
     /// Not yet: no target up (`no_target`), or servers whose lease may still be held.
@@ -80,13 +80,12 @@ pub fn readiness(
 ) -> Readiness {
     let target = statuses
         .iter()
-        .find(|a| target_up(a, target_region, timing))
-        .map(|a| a.agent_id.clone());
+        .find(|a| target_up(a, target_region, timing));
     let mut waited_out = Vec::new();
     let mut pending = Vec::new();
     for a in statuses
         .iter()
-        .filter(|a| must_fence(a, target.as_ref(), timing))
+        .filter(|a| must_fence(a, target.map(|t| &t.agent_id), timing))
     {
         if fresh_status(a, timing) {
             continue; // fenced by command
@@ -100,7 +99,10 @@ pub fn readiness(
         }
     }
     match target {
-        Some(target) if pending.is_empty() => Readiness::Ready { target, waited_out },
+        Some(target) if pending.is_empty() => Readiness::Ready {
+            target: Box::new(target.clone()),
+            waited_out,
+        },
         target => Readiness::Waiting {
             no_target: target.is_none(),
             pending,
@@ -247,7 +249,7 @@ mod tests {
         assert_eq!(
             ready,
             Readiness::Ready {
-                target: AgentId::new("new").expect("id"),
+                target: Box::new(s[1].clone()),
                 waited_out: vec![]
             }
         );
@@ -327,9 +329,10 @@ mod tests {
             let region = region(["eu", "us", "ap"][target_region]);
             let verdict = if lease_ended { ended } else { held };
             match readiness(&statuses, &region, verdict, &t) {
-                Readiness::Ready { target, waited_out } => {
-                    let tgt = statuses.iter().find(|a| a.agent_id == target).expect("target listed");
-                    prop_assert!(target_up(tgt, &region, &t));
+                Readiness::Ready { target: tgt, waited_out } => {
+                    let target = tgt.agent_id.clone();
+                    prop_assert!(statuses.contains(&*tgt));
+                    prop_assert!(target_up(&tgt, &region, &t));
                     let f = fencing(&statuses, &target, &region, &t);
                     prop_assert!(f.by_agent.iter().all(|a| a.agent_id != target));
                     for a in &statuses {
