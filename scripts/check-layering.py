@@ -6,7 +6,7 @@
   likewise), test modules left out;
 - a crate using one of ours it must not: `protocol` none, `pg` only `protocol`, `repo`
   only `protocol` and `pg`, `agent` never the coordinator, the coordinator never the
-  agent, `repo` or `pg`;
+  agent, `repo` or `pg`, the CLI never the agent;
 - the CLI using coordinator modules other than `admin`;
 - the coordinator's `rules/` reading a clock, or using tokio, quinn, actix, or a
   coordinator module outside `rules` (its tests may read a clock for a base time).
@@ -33,10 +33,7 @@ CRATES = {
     "repo": ("drmesh-repo", {"drmesh-protocol", "drmesh-pg"}),
     "agent": ("drmesh-agent", {"drmesh-protocol", "drmesh-pg", "drmesh-repo"}),
     "coordinator": ("drmesh-coordinator", {"drmesh-protocol"}),
-    "cli": (
-        "drmesh-cli",
-        {"drmesh-protocol", "drmesh-pg", "drmesh-repo", "drmesh-coordinator", "drmesh-agent"},
-    ),
+    "cli": ("drmesh-cli", {"drmesh-protocol", "drmesh-pg", "drmesh-repo", "drmesh-coordinator"}),
 }
 # The only coordinator module the CLI may reach.
 CLI_COORDINATOR_FACADE = "admin"

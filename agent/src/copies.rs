@@ -41,16 +41,7 @@ async fn within_probe_time<T>(
 
 /// Opens a repository, creating it the first time; `UNREACHABLE` within the timeout.
 pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError> {
-    within_probe_time(&options.location.url, async {
-        match Repository::open(options).await {
-            Err(RepoError::NotFound(_)) => match Repository::init(options).await {
-                Err(RepoError::AlreadyExists(_)) => Repository::open(options).await,
-                other => other,
-            },
-            other => other,
-        }
-    })
-    .await
+    within_probe_time(&options.location.url, Repository::open_or_init(options)).await
 }
 
 /// Whether a location answers (without creating anything there).

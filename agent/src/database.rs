@@ -1,6 +1,8 @@
 //! PostgreSQL backups on the database host: physical base backups taken with the
-//! low-level backup API ([`basebackup`]), the WAL archive that `archive_command` and
-//! `restore_command` use ([`wal`]), and restores to a point in time ([`recovery`]).
+//! low-level backup API ([`basebackup`]), and point-in-time recovery into a configured
+//! environment ([`recovery`]). The WAL archive that `archive_command` and
+//! `restore_command` use, and restores set up to recover, are the repository's
+//! (`Repository::push_wal_file`, `fetch_wal_file`, `restore_for_recovery`).
 //! Everything goes into the same repository format as documents.
 
 pub mod basebackup;
@@ -9,16 +11,12 @@ pub mod drtest;
 pub mod logical;
 pub mod recovery;
 pub mod verify;
-pub mod wal;
 
 use crate::config::DatabaseConfig;
 use drmesh_repo::{KeySource, Location, RepoError, RepoOptions, Repository};
 
 /// The snapshot kind of a PostgreSQL base backup.
 pub const KIND: &str = drmesh_repo::KIND_POSTGRES;
-
-/// Where a restore keeps its tablespaces, inside its own data directory.
-pub const TABLESPACES_DIR: &str = "drmesh_tablespaces";
 
 /// The user and database of the production conninfo (default `postgres`), or `dbname`.
 pub fn user_and_database(

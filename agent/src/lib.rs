@@ -25,23 +25,6 @@ use crate::config::AgentConfig;
 use crate::link::Link;
 use crate::observed::Observed;
 
-/// Keeps resident memory flat while large buffers stream through (backups, restores).
-/// glibc raises its mmap threshold each time a large block is freed; after that, chunk
-/// and pack buffers come from per-thread arenas that are rarely given back, and a
-/// backup's RSS grew with the amount of data (132 MB at 1 GB, 192 MB at 4 GB). Pinning
-/// the threshold at 1 MiB (larger buffers are mapped and unmapped) and capping the arenas
-/// keeps it bounded. Call first thing in `main`, before any thread starts.
-#[allow(unsafe_code)]
-pub fn bound_allocator_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters, and runs before other threads.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 6 << 20);
-        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 32 << 20);
-        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 4);
-    }
-}
-
 /// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
 pub fn init_logging(format: config::LogFormat) {
     init_logging_with(format, "info")

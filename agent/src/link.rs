@@ -982,7 +982,7 @@ async fn pitr_info(
         .map_err(|e| DatabaseError::Invalid(format!("target time {target_time:?}: {e}")))?
         .with_timezone(&chrono::Utc);
     let repo = crate::database::open_existing(db).await?;
-    crate::database::recovery::info(&repo, t).await
+    Ok(repo.pitr_info(t).await?)
 }
 
 /// Probes PostgreSQL every heartbeat interval and publishes the result for heartbeats.

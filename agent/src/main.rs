@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use drmesh_agent::config::{AgentConfig, DatabaseConfig};
-use drmesh_agent::database::{self, basebackup, recovery, wal};
+use drmesh_agent::database::{self, basebackup, recovery};
 
 /// The drmesh agent: heartbeats to the coordinator and runs its commands. With a
 /// subcommand it runs one job on this host and exits, without the coordinator.
@@ -169,7 +169,7 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    drmesh_agent::bound_allocator_memory();
+    drmesh_repo::bound_allocator_memory();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -215,14 +215,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::WalPush { path } => {
             let repo = database::open_repository(db()?).await?;
-            wal::push(&repo, &path)
+            repo.push_wal_file(&path)
                 .await
                 .with_context(|| format!("wal-push {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::WalFetch { name, dest } => {
             let repo = database::open_repository(db()?).await?;
-            if wal::fetch(&repo, &name, &dest)
+            if repo
+                .fetch_wal_file(&name, &dest)
                 .await
                 .with_context(|| format!("wal-fetch {name}"))?
             {
@@ -234,7 +235,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::ArchiveReady { report_json } => {
             let db = db()?;
             let repo = database::open_repository(db).await?;
-            let archived = wal::archive_ready(&repo, &db.data_dir)
+            let archived = repo
+                .archive_ready(&db.data_dir)
                 .await
                 .context("archive leftover WAL")?;
             if report_json {
@@ -408,9 +410,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let progress = std::sync::Arc::new(drmesh_repo::Progress::default());
             let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
-            let restored = recovery::restore(
-                &repo,
-                &recovery::Restore {
+            let restored = repo
+                .restore_for_recovery(&drmesh_repo::RecoveryRequest {
                     backup,
                     target,
                     time,
@@ -421,9 +422,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     progress,
                     check_data: false,
                     durable: true,
-                },
-            )
-            .await;
+                })
+                .await;
             drop(bar);
             let restored = restored?;
             println!(

@@ -455,7 +455,7 @@ fn default_sigpipe() {
 }
 
 fn main() -> anyhow::Result<()> {
-    drmesh_agent::bound_allocator_memory();
+    drmesh_repo::bound_allocator_memory();
     default_sigpipe();
     let cli = Cli::parse();
     let client = || Client::new(&cli.url, cli.token.clone());

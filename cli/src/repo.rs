@@ -15,6 +15,9 @@ use drmesh_repo::{
 
 use crate::{fmt_bytes, print_json, Output};
 
+/// How long a copy's destination may take to open (or be created).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the repository is and how to unlock it.
 #[derive(Args, Clone, Debug)]
 pub struct RepoArgs {
@@ -58,7 +61,7 @@ impl RepoArgs {
     /// `restore_command` for a server recovering from this repository without an agent:
     /// `drmesh repo wal-fetch --repo … %f %p`.
     fn wal_fetch_command(&self) -> anyhow::Result<String> {
-        use drmesh_agent::database::recovery::shell_quote;
+        use drmesh_repo::shell_quote;
         if std::env::var_os("DRMESH_REPO_PASSPHRASE").is_some() && self.key_file.is_none() {
             bail!(
                 "a passphrase cannot be handed to PostgreSQL's restore_command: \
@@ -411,9 +414,8 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
             };
             let progress = Arc::new(Progress::default());
             let bar = drmesh_repo::terminal_bar(progress.clone(), "restore");
-            let restored = drmesh_agent::database::recovery::restore(
-                &r,
-                &drmesh_agent::database::recovery::Restore {
+            let restored = r
+                .restore_for_recovery(&drmesh_repo::RecoveryRequest {
                     backup: snapshot,
                     target,
                     time: Some(time),
@@ -424,9 +426,8 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     progress: progress.clone(),
                     check_data: false,
                     durable: true,
-                },
-            )
-            .await;
+                })
+                .await;
             drop(bar);
             let restored = restored?;
             match output {
@@ -450,7 +451,7 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
         }
         RepoCmd::WalFetch { repo, name, dest } => {
             let r = Repository::open(&repo.options()?).await?;
-            if !drmesh_agent::database::wal::fetch(&r, &name, &dest).await? {
+            if !r.fetch_wal_file(&name, &dest).await? {
                 eprintln!("drmesh: {name} is not in the archive");
                 std::process::exit(1);
             }
@@ -657,7 +658,14 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                 Some(f) => KeySource::KeyFile(f),
                 None => source_options.key,
             };
-            let dest = drmesh_agent::copies::open_or_init(&RepoOptions { location, key }).await?;
+            // Object stores retry a refused connection for minutes: say so sooner.
+            let url = location.url.clone();
+            let dest = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                Repository::open_or_init(&RepoOptions { location, key }),
+            )
+            .await
+            .with_context(|| format!("{url} did not answer within {OPEN_TIMEOUT:?}"))??;
             let started = std::time::Instant::now();
             let report = source.sync_to(&dest, true).await?;
             let seconds = started.elapsed().as_secs_f64();

@@ -1,5 +1,10 @@
 //! Which files of a data directory are what, by their path relative to it.
 
+/// Where a drmesh restore keeps a backup's tablespaces, inside the restored data
+/// directory (`pg_tblspc/<oid>` links point there), so that a restore never touches the
+/// paths production's tablespaces use. A base backup leaves this directory out.
+pub const TABLESPACES_DIR: &str = "drmesh_tablespaces";
+
 /// `pg_tblspc/<oid>`: a tablespace's link, whose target is backed up in its place (and
 /// restored there, inside the data directory).
 pub fn tablespace_link(rel: &str) -> bool {

@@ -12,7 +12,7 @@ pub mod local;
 pub mod timeline;
 pub mod wal;
 
-pub use datadir::{relation_main_fork, tablespace_link};
+pub use datadir::{relation_main_fork, tablespace_link, TABLESPACES_DIR};
 pub use timeline::parse_history;
 pub use wal::{
     check_segment, gaps, needed_segments, segment_before, segment_name, segment_of, SegmentHeader,

@@ -17,6 +17,8 @@ use tracing::warn;
 use super::pack::{self, ChunkId};
 use super::{RepoError, Repository};
 
+mod commands;
+
 const MAGIC: &[u8; 8] = b"DRMWAL01";
 const HEADER: usize = MAGIC.len() + 4;
 

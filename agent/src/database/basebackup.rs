@@ -86,7 +86,7 @@ pub fn excluded(rel: &str) -> bool {
     }
     // A restored cluster's tablespaces live in `drmesh_tablespaces/`, reached (and
     // backed up) through their `pg_tblspc` links.
-    if first == super::TABLESPACES_DIR {
+    if first == drmesh_pg::TABLESPACES_DIR {
         return true;
     }
     if !below && (FILES.contains(&first) || first == "recovery.signal" || first == "standby.signal")

@@ -23,10 +23,10 @@ use chrono::Utc;
 use drmesh_protocol::api::{DrTestReport, DrTestStep, StepStatus};
 use tracing::warn;
 
-use super::recovery::{self, Restore};
 use super::verify::{self, Findings, Report, Scratch, PGDATA};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
+use drmesh_repo::RecoveryRequest;
 use drmesh_repo::Repository;
 
 /// The steps as they run.
@@ -212,9 +212,8 @@ async fn steps_1_to_4(
         );
     };
     let counts = pg.row_counts.as_ref();
-    let restored = recovery::restore(
-        repo,
-        &Restore {
+    let restored = repo
+        .restore_for_recovery(&RecoveryRequest {
             backup: Some(snap.id.clone()),
             target: pgdata.clone(),
             time: None,
@@ -225,9 +224,8 @@ async fn steps_1_to_4(
             progress: Default::default(),
             check_data: false,
             durable: true,
-        },
-    )
-    .await;
+        })
+        .await;
     let restored = match restored {
         Ok(r) => r,
         Err(e) => return steps.end(2, Err(format!("restore: {e}")), progress),

@@ -33,9 +33,9 @@ use drmesh_protocol::api::{
 };
 use tracing::{info, warn};
 
-use super::recovery::{self, Restore};
 use super::DatabaseError;
 use crate::config::DatabaseConfig;
+use drmesh_repo::RecoveryRequest;
 use drmesh_repo::{PgBackupInfo, RepoError, Repository, RowCounts};
 
 /// The directory under the agent's `data_dir` that holds the throw-away directories.
@@ -394,9 +394,8 @@ async fn restorability(
         "restoring into the throw-away directory, re-hashing every chunk".into(),
     );
     let started = Instant::now();
-    let restored = recovery::restore(
-        repo,
-        &Restore {
+    let restored = repo
+        .restore_for_recovery(&RecoveryRequest {
             backup: Some(backup.to_string()),
             target: pgdata.clone(),
             time: None,
@@ -407,9 +406,8 @@ async fn restorability(
             progress: Default::default(),
             check_data: true,
             durable: false,
-        },
-    )
-    .await;
+        })
+        .await;
     f.report.timings.restore_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = restored {
         f.add("restorability", "restore", e.to_string());

@@ -1,30 +1,50 @@
-//! WAL file names, the checks a segment must pass before it is archived, and the
-//! `wal-push` / `wal-fetch` commands PostgreSQL runs as `archive_command` and
-//! `restore_command`.
+//! The commands PostgreSQL runs on the archive: `wal-push` as `archive_command` (after
+//! the checks a segment must pass), `wal-fetch` as `restore_command`, and the archiving of
+//! what a stopped server's archiver left `.ready`. The agent and the CLI both run them.
 
 use std::path::Path;
 
-use drmesh_pg::{check_segment, WalKind, WalName};
+use drmesh_pg::{check_segment, WalError, WalKind, WalName};
 
-use super::DatabaseError;
-use drmesh_repo::{Pushed, Repository};
+use super::Pushed;
+use crate::{RepoError, Repository};
 
-/// `wal-push`: archives the file at `path` (PostgreSQL's `%p`, relative to the data
-/// directory or absolute). Returns only once it is durably in the repository.
-pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, DatabaseError> {
+impl Repository {
+    /// `wal-push`: archives the file at `path` (PostgreSQL's `%p`, relative to the data
+    /// directory or absolute). Returns only once it is durably in the repository.
+    pub async fn push_wal_file(&self, path: &Path) -> Result<Pushed, RepoError> {
+        push(self, path).await
+    }
+
+    /// `wal-fetch`: writes the archived file `name` (PostgreSQL's `%f`) to `dest` (`%p`),
+    /// durably and atomically (temporary file, fsync, rename), checked against its
+    /// digest. `Ok(false)` when it is not archived, which PostgreSQL expects at the end of
+    /// the archive.
+    pub async fn fetch_wal_file(&self, name: &str, dest: &Path) -> Result<bool, RepoError> {
+        fetch(self, name, dest).await
+    }
+
+    /// Archives what PostgreSQL's archiver left behind in a stopped data directory; see
+    /// [`archive_ready`].
+    pub async fn archive_ready(&self, data_dir: &Path) -> Result<Vec<String>, RepoError> {
+        archive_ready(self, data_dir).await
+    }
+}
+
+async fn push(repo: &Repository, path: &Path) -> Result<Pushed, RepoError> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| DatabaseError::BadWalName(path.display().to_string()))?;
+        .ok_or_else(|| WalError::BadName(path.display().to_string()))?;
     let name = WalName::parse(file_name)?;
     let data = tokio::fs::read(path)
         .await
-        .map_err(|e| DatabaseError::Io(format!("read {}: {e}", path.display())))?;
+        .map_err(|e| RepoError::local(format!("read {}", path.display()), e))?;
     if matches!(name.kind, WalKind::Segment | WalKind::Partial) {
         let header = check_segment(&name, &data)?;
         check_system(repo, &name, header.system_identifier).await?;
     }
-    Ok(repo.put_wal(name.timeline, &name.name, &data).await?)
+    repo.put_wal(name.timeline, &name.name, &data).await
 }
 
 /// Archives what PostgreSQL's archiver left behind in a stopped data directory: every
@@ -33,10 +53,7 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, DatabaseErro
 /// `archive_command`. In WAL order (history files first), stopping at the first file
 /// that cannot be archived, so nothing is marked done that is not in the repository.
 /// Returns the names archived. Nothing is deleted.
-pub async fn archive_ready(
-    repo: &Repository,
-    data_dir: &Path,
-) -> Result<Vec<String>, DatabaseError> {
+async fn archive_ready(repo: &Repository, data_dir: &Path) -> Result<Vec<String>, RepoError> {
     let status_dir = data_dir.join("pg_wal/archive_status");
     let mut ready = match std::fs::read_dir(&status_dir) {
         Ok(entries) => entries
@@ -50,10 +67,10 @@ pub async fn archive_ready(
             .collect::<Vec<String>>(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
-            return Err(DatabaseError::Io(format!(
-                "read {}: {e}",
-                status_dir.display()
-            )))
+            return Err(RepoError::local(
+                format!("read {}", status_dir.display()),
+                e,
+            ))
         }
     };
     // History files name the timelines the segments after them belong to.
@@ -63,11 +80,11 @@ pub async fn archive_ready(
         let file = data_dir.join("pg_wal").join(&name);
         push(repo, &file)
             .await
-            .map_err(|e| DatabaseError::Invalid(format!("archive {name}: {e}")))?;
+            .map_err(|e| RepoError::Invalid(format!("archive {name}: {e}")))?;
         let from = status_dir.join(format!("{name}.ready"));
         let to = status_dir.join(format!("{name}.done"));
         std::fs::rename(&from, &to)
-            .map_err(|e| DatabaseError::Io(format!("rename {}: {e}", from.display())))?;
+            .map_err(|e| RepoError::local(format!("rename {}", from.display()), e))?;
         archived.push(name);
     }
     if !archived.is_empty() {
@@ -80,14 +97,13 @@ pub async fn archive_ready(
 
 /// One cluster per archive: the first segment pushed records its system identifier,
 /// and a segment from another cluster is refused.
-async fn check_system(repo: &Repository, name: &WalName, system: u64) -> Result<(), DatabaseError> {
-    use drmesh_repo::RepoError;
+async fn check_system(repo: &Repository, name: &WalName, system: u64) -> Result<(), RepoError> {
     const KEY: &str = "wal/system-identifier";
     match repo.backend().get(KEY).await {
         Ok(raw) => {
             let archived = String::from_utf8_lossy(&raw).trim().to_string();
             if archived != system.to_string() {
-                return Err(DatabaseError::OtherCluster {
+                return Err(RepoError::OtherCluster {
                     name: name.name.clone(),
                     archived,
                     this: system,
@@ -95,29 +111,26 @@ async fn check_system(repo: &Repository, name: &WalName, system: u64) -> Result<
             }
             Ok(())
         }
-        Err(RepoError::NotFound(_)) => Ok(repo
-            .backend()
-            .put(KEY, bytes::Bytes::from(system.to_string()))
-            .await?),
-        Err(e) => Err(e.into()),
+        Err(RepoError::NotFound(_)) => {
+            repo.backend()
+                .put(KEY, bytes::Bytes::from(system.to_string()))
+                .await
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// `wal-fetch`: writes the archived file `name` (PostgreSQL's `%f`) to `dest` (`%p`),
-/// durably and atomically (temporary file, fsync, rename), checked against its digest.
-/// `Ok(false)` when it is not archived, which PostgreSQL expects at the end of the archive.
-pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, DatabaseError> {
-    use drmesh_repo::RepoError;
+async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, RepoError> {
     let parsed = WalName::parse(name)?;
     let data = match repo.get_wal(parsed.timeline, &parsed.name).await {
         Ok(d) => d,
         Err(RepoError::NotFound(_)) => return Ok(false),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || drmesh_repo::write_durably(&dest, &data))
+    tokio::task::spawn_blocking(move || crate::write_durably(&dest, &data))
         .await
-        .map_err(|e| DatabaseError::Io(format!("write task: {e}")))??;
+        .map_err(|e| RepoError::local("write task", e))??;
     Ok(true)
 }
 
@@ -129,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn leftover_ready_segments_are_archived_then_marked_done() {
-        use drmesh_repo::{KeySource, Location, RepoOptions};
+        use crate::{KeySource, Location, RepoOptions};
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let status = data.join("pg_wal/archive_status");
