@@ -129,6 +129,29 @@ fn exercise(cli: &RepoCli, work: &Path) {
     cli.ok(&["restore", second_id, "--target", out.to_str().unwrap()]);
     assert_eq!(digest(&src), digest(&out));
 
+    // `repo copy` creates the destination, copies both snapshots (with the same key),
+    // and a second run has nothing left to copy; the copy restores the same files.
+    let copy = work.join("copy-repo");
+    let copy_url = copy.to_str().unwrap();
+    let copied = cli.json(&["copy", "--to", copy_url]);
+    assert_eq!(copied["snapshotsCopied"], 2, "{copied}");
+    assert_eq!(copied["error"], Value::Null, "{copied}");
+    let again = cli.json(&["copy", "--to", copy_url]);
+    assert_eq!(again["snapshotsCopied"], 0, "{again}");
+    let copy_cli = RepoCli {
+        repo: copy_url.to_string(),
+        options: vec![],
+        key_file: cli.key_file.clone(),
+    };
+    let from_copy = work.join("restored-from-copy");
+    copy_cli.ok(&[
+        "restore",
+        second_id,
+        "--target",
+        from_copy.to_str().unwrap(),
+    ]);
+    assert_eq!(digest(&src), digest(&from_copy));
+
     // The key is required and must be the right one.
     let without_key = RepoCli {
         repo: cli.repo.clone(),
