@@ -259,6 +259,45 @@ pub fn decode_doc<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&json).map_err(|e| RepoError::Damaged(format!("{what}: {e}")))
 }
 
+/// Bytes after a pack's trailer: the trailer's length, u32 little-endian.
+pub const FOOTER_LEN: u64 = 4;
+
+/// The length a pack was written with, from `tail`, its last bytes (at least its trailer
+/// and footer): the end of its last blob, as its trailer lists them, plus the trailer and
+/// the footer. [`PackBuilder`] lays the blobs end to end from offset 0 and the trailer
+/// right after them, so a whole pack's tail gives back the pack's own size.
+///
+/// A pack cut short has no such tail: its last four bytes are then part of a blob or of
+/// the trailer, and what they point at does not open as a trailer (sealed, hence
+/// authenticated, when the repository is encrypted; a zstd frame of JSON otherwise).
+/// That is `Damaged`.
+pub fn written_length(tail: &[u8], key: Option<&MasterKey>) -> Result<u64, RepoError> {
+    let footer_at = tail
+        .len()
+        .checked_sub(FOOTER_LEN as usize)
+        .ok_or_else(|| RepoError::Damaged("no room for its footer".into()))?;
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    footer.copy_from_slice(&tail[footer_at..]);
+    let trailer_len = u32::from_le_bytes(footer) as usize;
+    let trailer_at = footer_at.checked_sub(trailer_len).ok_or_else(|| {
+        RepoError::Damaged(format!(
+            "its footer names a {trailer_len}-byte trailer, longer than the \
+             {footer_at} bytes read before it"
+        ))
+    })?;
+    let entries: Vec<(ChunkId, u64, u32, u32)> =
+        decode_doc(&tail[trailer_at..footer_at], key, "trailer")?;
+    // Saturating: the offsets of an unencrypted trailer are whatever its bytes say.
+    let blobs_end = entries
+        .iter()
+        .map(|&(_, offset, length, _)| offset.saturating_add(u64::from(length)))
+        .max()
+        .unwrap_or(0);
+    Ok(blobs_end
+        .saturating_add(trailer_len as u64)
+        .saturating_add(FOOTER_LEN))
+}
+
 /// Pack buffers are aligned to the page, so the local backend can write them with
 /// `O_DIRECT`: the disk reads them in place instead of the kernel copying them into the
 /// page cache (a copy that cost a third of a backup's system time).
@@ -391,6 +430,50 @@ mod tests {
             data
         );
         assert!(decode_blob(&blob, &id, data.len() as u32, None).is_err());
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    /// A pack's tail gives back its length, and no cut of it gives back its own length:
+    /// checked at every length, for a plain and an encrypted pack.
+    #[test]
+    fn a_pack_knows_its_written_length_and_no_cut_of_it_passes() {
+        let (_, key) = crate::crypto::create(&crate::crypto::KeySource::Passphrase(
+            "correct horse".into(),
+        ))
+        .expect("create")
+        .expect("keyed");
+        for key in [None, Some(&key)] {
+            let mut builder = PackBuilder::for_pack(1 << 20);
+            for data in [b"rewritten\n".to_vec(), b"page 7\n".repeat(300)] {
+                let blob = encode_blob(&data, key).expect("encode");
+                builder.add(ChunkId::of(&data), data.len() as u32, &blob);
+            }
+            let (_, bytes, entries) = builder.finish(key).expect("finish");
+            let pack = bytes.as_ref();
+            let blobs_end = entries
+                .iter()
+                .map(|e| e.location.offset + u64::from(e.location.length))
+                .max()
+                .expect("blobs");
+            let len = pack.len() as u64;
+            assert_eq!(written_length(pack, key).expect("whole"), len);
+            // As verify reads it: from the end of the last blob.
+            let tail = &pack[blobs_end as usize..];
+            assert_eq!(written_length(tail, key).expect("whole"), len);
+            for cut in 0..pack.len() {
+                let short = &pack[..cut];
+                let from_blobs_end = short.get(blobs_end as usize..).unwrap_or_default();
+                for tail in [short, from_blobs_end] {
+                    if let Ok(written) = written_length(tail, key) {
+                        assert_ne!(written, cut as u64, "cut to {cut} of {len} passed");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -395,6 +395,134 @@ async fn verify_all_checks_every_snapshot_and_names_only_the_damaged_ones() {
     assert_eq!(all.damaged, ["snap_3"], "{all:?}");
 }
 
+/// Where the last blob the in-memory index places in `pack` ends: every blob of the
+/// pack, whichever snapshot references it.
+fn indexed_end(repo: &Repository, pack: &str) -> u64 {
+    repo.inner
+        .index
+        .read()
+        .values()
+        .filter(|l| l.pack == pack)
+        .map(|l| l.offset + u64::from(l.length))
+        .max()
+        .expect("the pack holds an indexed blob")
+}
+
+/// Cuts `pack`, which only `snapshot` references, to several lengths in turn and checks
+/// that `snapshot` then fails the check without read-data (and with it), naming a file
+/// and the pack; the whole pack is put back after each cut and passes again.
+async fn assert_every_cut_is_found(repo: &Repository, root: &Path, snapshot: &str, pack: &str) {
+    let file = root.join(pack_key(pack));
+    let whole = std::fs::read(&file).expect("read pack");
+    let written = whole.len() as u64;
+    let end = indexed_end(repo, pack);
+    assert!(end < written, "a trailer follows the blobs");
+    // Half (as the end-to-end test cut it), one byte short, just past the last blob
+    // (only the trailer and footer lost), at its very end, inside it, and nothing left.
+    let cuts: std::collections::BTreeSet<u64> =
+        [written / 2, written - 1, end + 1, end, end - 1, 0]
+            .into_iter()
+            .filter(|&n| n < written)
+            .collect();
+    for cut in cuts {
+        std::fs::write(&file, &whole[..cut as usize]).expect("cut pack");
+        let report = repo.verify(snapshot, false).await.expect("verify");
+        assert!(
+            !report.objects.passed && !report.passed(),
+            "{pack} cut to {cut} of {written} bytes (blobs end at {end}) passed: {report:?}"
+        );
+        assert_eq!(report.missing_objects, vec![pack_key(pack)], "cut {cut}");
+        assert!(!report.damaged.is_empty(), "cut {cut}: {report:?}");
+        let all = repo.verify_all(false).await.expect("verify all");
+        assert_eq!(all.damaged, [snapshot], "cut {cut}: {all:?}");
+        let read = repo.verify(snapshot, true).await.expect("verify");
+        assert!(!read.passed(), "cut {cut} passed with read-data: {read:?}");
+        std::fs::write(&file, &whole).expect("restore pack");
+        let report = repo.verify(snapshot, false).await.expect("verify");
+        assert!(report.passed(), "the whole pack again: {report:?}");
+    }
+}
+
+/// A pack is written once and its length never changes, so a pack shorter than it was
+/// written is damaged wherever it was cut: also when only its trailer is lost and every
+/// blob survives (a pack holding one small file is mostly trailer, so the end-to-end
+/// test's cut in half left its blob whole and the check passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_without_read_data_finds_a_pack_cut_to_any_length() {
+    for key in [
+        KeySource::None,
+        KeySource::Passphrase("correct horse battery".into()),
+    ] {
+        let fx = Fixture::new(key).await;
+        // Each backup alone, so each writes one pack of its own: one small file (the
+        // second backup of the end-to-end test wrote such a pack), and one large file
+        // of several chunks.
+        let small = fx.path("small");
+        std::fs::create_dir_all(&small).expect("mkdir");
+        std::fs::write(small.join("notes.txt"), b"rewritten\n").expect("write");
+        let large = fx.path("large");
+        std::fs::create_dir_all(&large).expect("mkdir");
+        std::fs::write(large.join("scan.bin"), noise(3, 3 * 1024 * 1024)).expect("write");
+        for (id, source) in [("snap_small", small), ("snap_large", large)] {
+            let snap = fx
+                .repo
+                .backup(BackupRequest::new(id, "files", source))
+                .await
+                .expect("backup");
+            let packs: std::collections::BTreeSet<String> = snap
+                .entries
+                .iter()
+                .flat_map(|e| &e.chunks)
+                .map(|c| fx.repo.lookup(c).expect("indexed").pack)
+                .collect();
+            assert_eq!(packs.len(), 1, "{id}: {packs:?}");
+            for pack in &packs {
+                assert_every_cut_is_found(&fx.repo, &fx.path("repo"), id, pack).await;
+            }
+        }
+    }
+}
+
+/// The length a pack must have comes from all of its blobs, not only from those the
+/// snapshot being verified references: a snapshot that deduplicated one early chunk of
+/// another backup's pack still depends on that pack being whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_is_judged_by_every_blob_in_it_not_only_the_snapshots() {
+    let fx = Fixture::new(KeySource::None).await;
+    std::fs::create_dir_all(fx.path("src")).expect("mkdir");
+    let data = noise(4, 3 * 1024 * 1024);
+    std::fs::write(fx.path("src/scan.bin"), &data).expect("write");
+    let first = fx.backup("snap_1", None).await;
+    let chunks = &first.entries[0].chunks;
+    assert!(chunks.len() > 2, "several chunks: {chunks:?}");
+    let head = fx.repo.lookup(&chunks[0]).expect("indexed");
+
+    // A second source holding only the first chunk's bytes: the same chunk, deduplicated.
+    std::fs::create_dir_all(fx.path("src2")).expect("mkdir");
+    std::fs::write(fx.path("src2/head.bin"), &data[..head.raw_length as usize]).expect("write");
+    let second = fx
+        .repo
+        .backup(BackupRequest::new("snap_2", "files", fx.path("src2")))
+        .await
+        .expect("backup");
+    assert_eq!(second.entries[0].chunks, [chunks[0]]);
+
+    // Cut inside a later blob: every blob snap_2 references survives, yet the pack is
+    // no longer the pack that was written.
+    let file = fx.path("repo").join(pack_key(&head.pack));
+    let whole = std::fs::read(&file).expect("read pack");
+    let cut = head.offset + u64::from(head.length) + 1;
+    assert!(cut < indexed_end(&fx.repo, &head.pack));
+    std::fs::write(&file, &whole[..cut as usize]).expect("cut pack");
+    let report = fx.repo.verify("snap_2", false).await.expect("verify");
+    assert!(!report.objects.passed, "{report:?}");
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    assert_eq!(report.damaged[0].path, "head.bin");
+    assert_eq!(report.missing_objects, vec![pack_key(&head.pack)]);
+    let all = fx.repo.verify_all(false).await.expect("verify all");
+    assert_eq!(all.damaged, ["snap_1", "snap_2"], "{all:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_repository_holds_no_plaintext_and_needs_its_key() {
     let fx = Fixture::new(KeySource::Passphrase("correct horse battery".into())).await;

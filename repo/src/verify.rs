@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::pack;
 use super::reader;
 use super::snapshot::{safe_relative, Entry, EntryKind, FileHash, Snapshot};
 use super::{RepoError, Repository};
@@ -51,7 +52,8 @@ pub struct VerifyReport {
     pub snapshot: String,
     /// The manifest decodes, authenticates, and its paths and sizes are consistent.
     pub manifest: Check,
-    /// Every chunk is in the index and every pack it lives in exists and is long enough.
+    /// Every chunk is in the index and every pack it lives in exists and is the length it
+    /// was written with, its trailer included (read from the pack's tail; no blob data).
     pub objects: Check,
     /// Every chunk read back matches its id (only with read-data).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,6 +100,39 @@ impl RepositoryVerifyReport {
 
 const VERIFY_WORKERS: usize = 4;
 
+/// The packs as listed, taken once for every snapshot one verification checks.
+struct PackListing {
+    /// Size of every pack object, by pack id.
+    sizes: HashMap<String, u64>,
+    /// Where the last blob the index places in each pack ends: every blob of the pack,
+    /// not only those of the snapshot being checked.
+    indexed_ends: HashMap<String, u64>,
+    /// Each pack judged so far: why it is not the pack that was written, or `None`. A
+    /// pack many snapshots share is judged once.
+    verdicts: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl PackListing {
+    fn new(repo: &Repository, sizes: HashMap<String, u64>) -> Self {
+        let mut indexed_ends: HashMap<String, u64> = HashMap::new();
+        for loc in repo.inner.index.read().values() {
+            // Saturating: an unencrypted index says whatever its bytes say.
+            let end = loc.offset.saturating_add(u64::from(loc.length));
+            match indexed_ends.get_mut(&loc.pack) {
+                Some(e) => *e = (*e).max(end),
+                None => {
+                    indexed_ends.insert(loc.pack.clone(), end);
+                }
+            }
+        }
+        Self {
+            sizes,
+            indexed_ends,
+            verdicts: Mutex::default(),
+        }
+    }
+}
+
 fn manifest_problems(snap: &Snapshot) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
@@ -136,7 +171,7 @@ impl Repository {
     /// Verifies one snapshot. Errors are for failures of the check itself (the store
     /// unreachable); damage is reported in the report.
     pub async fn verify(&self, id: &str, read_data: bool) -> Result<VerifyReport, RepoError> {
-        let packs = self.packs().await?;
+        let packs = PackListing::new(self, self.packs().await?);
         self.verify_with(id, read_data, &packs).await
     }
 
@@ -146,7 +181,7 @@ impl Repository {
     /// listing, not from the manifests.
     pub async fn verify_all(&self, read_data: bool) -> Result<RepositoryVerifyReport, RepoError> {
         let started = Instant::now();
-        let packs = self.packs().await?;
+        let packs = PackListing::new(self, self.packs().await?);
         let mut ids: Vec<String> = self
             .inner
             .backend
@@ -172,12 +207,12 @@ impl Repository {
         })
     }
 
-    /// [`Self::verify`] against a listing of the packs (pack id → size) made beforehand.
+    /// [`Self::verify`] against a listing of the packs made beforehand.
     async fn verify_with(
         &self,
         id: &str,
         read_data: bool,
-        packs: &HashMap<String, u64>,
+        packs: &PackListing,
     ) -> Result<VerifyReport, RepoError> {
         let started = Instant::now();
         let mut report = VerifyReport {
@@ -209,7 +244,16 @@ impl Repository {
             report.manifest = Check::fail(problems.join("; "));
         }
 
-        // Objects: every chunk indexed, every pack present and long enough.
+        // Objects: every chunk indexed, every pack present and whole.
+        let referenced: HashSet<String> = snap
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .flat_map(|e| &e.chunks)
+            .filter_map(|c| self.lookup(c))
+            .map(|loc| loc.pack)
+            .collect();
+        let verdicts = self.judge_packs(&referenced, packs).await?;
         let mut damaged: BTreeMap<String, String> = BTreeMap::new();
         let mut missing: HashSet<String> = HashSet::new();
         for e in snap.entries.iter().filter(|e| e.kind == EntryKind::File) {
@@ -223,20 +267,13 @@ impl Repository {
                     }
                     Some(loc) => {
                         total += loc.raw_length as u64;
-                        match packs.get(&loc.pack) {
-                            None => {
-                                missing.insert(super::pack_key(&loc.pack));
-                                damaged
-                                    .entry(e.path.clone())
-                                    .or_insert_with(|| format!("pack {} is missing", loc.pack));
-                            }
-                            Some(size) if *size < loc.offset + loc.length as u64 => {
-                                missing.insert(super::pack_key(&loc.pack));
-                                damaged
-                                    .entry(e.path.clone())
-                                    .or_insert_with(|| format!("pack {} is truncated", loc.pack));
-                            }
-                            Some(_) => {}
+                        let why = match packs.sizes.get(&loc.pack) {
+                            None => Some(format!("pack {} is missing", loc.pack)),
+                            Some(_) => verdicts.get(&loc.pack).cloned().flatten(),
+                        };
+                        if let Some(why) = why {
+                            missing.insert(super::pack_key(&loc.pack));
+                            damaged.entry(e.path.clone()).or_insert(why);
                         }
                     }
                 }
@@ -274,7 +311,7 @@ impl Repository {
 
         if read_data {
             let (data, checksums) = self
-                .read_back(&snap, packs.clone(), &mut damaged, &mut report)
+                .read_back(&snap, packs.sizes.clone(), &mut damaged, &mut report)
                 .await?;
             report.data = Some(data);
             report.file_checksums = Some(checksums);
@@ -293,6 +330,96 @@ impl Repository {
             .collect();
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The verdict on each of `packs` ([`Self::pack_damage`]), by pack id: each pack
+    /// judged once per listing, a few at a time. Packs not listed are left out: they are
+    /// missing.
+    async fn judge_packs(
+        &self,
+        packs: &HashSet<String>,
+        listing: &PackListing,
+    ) -> Result<HashMap<String, Option<String>>, RepoError> {
+        use futures::{StreamExt, TryStreamExt};
+        let todo: Vec<(String, u64, u64)> = {
+            let judged = listing.verdicts.lock();
+            packs
+                .iter()
+                .filter(|p| !judged.contains_key(*p))
+                .filter_map(|p| {
+                    let size = *listing.sizes.get(p)?;
+                    // A pack indexed since the listing was made: its trailer is then
+                    // looked for in the whole pack.
+                    let end = listing.indexed_ends.get(p).copied().unwrap_or(0);
+                    Some((p.clone(), size, end))
+                })
+                .collect()
+        };
+        let verdicts: Vec<(String, Option<String>)> = futures::stream::iter(todo)
+            .map(|(pack, size, end)| async move {
+                let why = self.pack_damage(&pack, size, end).await?;
+                Ok::<_, RepoError>((pack, why))
+            })
+            .buffer_unordered(VERIFY_WORKERS)
+            .try_collect()
+            .await?;
+        let mut judged = listing.verdicts.lock();
+        judged.extend(verdicts);
+        Ok(packs
+            .iter()
+            .filter_map(|p| Some((p.clone(), judged.get(p)?.clone())))
+            .collect())
+    }
+
+    /// Why `pack`, listed at `size` bytes, is not the pack that was written; `None` when
+    /// it is whole. `indexed_end` is where the last blob the index places in it ends.
+    ///
+    /// Invariant: a pack is uploaded once, whole, and never rewritten (see
+    /// [`pack::PackBuilder::finish`]), so its size is for ever the length it was written
+    /// with: its blobs, then its trailer, then its footer. Any other size is damage, even
+    /// when every blob one snapshot needs survives the cut (only the trailer lost, or
+    /// only blobs other snapshots reference): the store has lost bytes of an object that
+    /// never changes, and the trailer is what an index is rebuilt from. A pack holding
+    /// one small file is mostly trailer, so comparing the size with the blobs alone lets
+    /// a cut through its middle pass.
+    ///
+    /// The written length is in no index entry: it comes from the pack's tail (one
+    /// ranged read of the bytes after its last indexed blob, about the trailer's size),
+    /// see [`pack::written_length`]. No blob data is read.
+    async fn pack_damage(
+        &self,
+        pack: &str,
+        size: u64,
+        indexed_end: u64,
+    ) -> Result<Option<String>, RepoError> {
+        // Every blob the index places in the pack lies before its footer; checked
+        // first, as it costs no read.
+        if size < indexed_end.saturating_add(pack::FOOTER_LEN) {
+            return Ok(Some(format!(
+                "pack {pack} is truncated: {size} bytes, but its blobs alone end at byte \
+                 {indexed_end} and its trailer follows them"
+            )));
+        }
+        let tail = match self
+            .inner
+            .backend
+            .get_range(&super::pack_key(pack), indexed_end, size - indexed_end)
+            .await
+        {
+            Ok(tail) => tail,
+            Err(RepoError::NotFound(_)) => return Ok(Some(format!("pack {pack} is missing"))),
+            Err(e) => return Err(e),
+        };
+        Ok(match pack::written_length(&tail, self.key()) {
+            Ok(written) if written == size => None,
+            Ok(written) => Some(format!(
+                "pack {pack} is truncated or damaged: {size} bytes, written with {written}"
+            )),
+            Err(RepoError::Damaged(why) | RepoError::Corrupt(why)) => {
+                Some(format!("pack {pack} is truncated or damaged: {why}"))
+            }
+            Err(e) => return Err(e),
+        })
     }
 
     /// Reads every file back; returns the data and checksum verdicts.
