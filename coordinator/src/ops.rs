@@ -2,6 +2,7 @@
 //! [`crate::rules`] decided — sending commands to agents, probing databases, moving DNS,
 //! recording and alerting. Long work runs in tasks with a span naming its id.
 //!
+//! - [`admission`]: one transaction admits a failover, DR test or rejoin and records it.
 //! - [`failover`]: the runbook's seven steps as a durable state machine.
 //! - [`health`]: each plan's primary checked, automatic failover started.
 //! - [`probe`]: the coordinator's own `SELECT 1` and write check.
@@ -16,6 +17,7 @@
 //! - [`copies`]: copies of backups to the other locations, every interval.
 //! - [`storage`]: the Storage Full alert.
 
+pub mod admission;
 pub mod copies;
 pub mod database;
 pub mod documents;

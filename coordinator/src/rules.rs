@@ -15,7 +15,9 @@
 //! - [`failover`]: choosing the failover target, which servers must be fenced, the RPO
 //!   check.
 //! - [`schedule`]: when DR tests and retention runs are due.
+//! - [`admission`]: which failover, DR test or rejoin may start beside the running ones.
 
+pub mod admission;
 pub mod failover;
 pub mod health;
 pub mod lease;

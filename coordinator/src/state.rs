@@ -63,7 +63,7 @@ pub struct Coordinator {
     pub dns: std::sync::OnceLock<Arc<dyn crate::dns::DnsProvider>>,
 }
 
-const EPOCH_KEY: &str = "epoch";
+pub(crate) const EPOCH_KEY: &str = "epoch";
 const MESH_KEY: &str = "mesh_key";
 
 impl Coordinator {
@@ -135,7 +135,15 @@ impl Coordinator {
     /// every command sent from then on carries it, and agents refuse older ones.
     pub fn raise_epoch(&self, to: Epoch) -> Result<(), StoreError> {
         if to.0 > self.epoch.load(Ordering::SeqCst) {
-            self.store.put_json(Namespace::Meta, EPOCH_KEY, &to.0)?;
+            // Compared with what is stored in the same transaction: two raises at once
+            // never leave the lower one stored.
+            self.store.atomically(|tx| {
+                let stored = tx.get_json::<u64>(Namespace::Meta, EPOCH_KEY)?;
+                if stored.is_none_or(|s| s < to.0) {
+                    tx.put_json(Namespace::Meta, EPOCH_KEY, &to.0)?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
             self.epoch.fetch_max(to.0, Ordering::SeqCst);
         }
         Ok(())

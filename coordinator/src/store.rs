@@ -1,6 +1,10 @@
 //! The coordinator's durable state behind the [`Store`] trait: a namespaced key-value
 //! interface small enough to put on etcd later. The default backend is an embedded redb
 //! file (`store/embedded.rs`); every `put` is committed durably before it returns.
+//!
+//! Architecture Invariant: every check-then-act on shared state (admitting a failover,
+//! choosing its epoch) runs inside one [`Store::transaction`] — what it read is still
+//! true when its writes commit. A lone `get` followed by a `put` decides nothing.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,6 +29,10 @@ pub enum StoreError {
     },
     #[error("encode record: {0}")]
     Encode(String),
+    /// A transaction's body gave up (its own error is returned by
+    /// [`StoreExt::atomically`]); nothing it wrote was committed.
+    #[error("transaction aborted")]
+    Aborted,
 }
 
 /// The kinds of records the coordinator keeps.
@@ -95,6 +103,57 @@ pub trait Store: Send + Sync + 'static {
     fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError>;
     /// Every record whose key starts with `prefix`, in key order.
     fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Runs `body` as one serializable transaction: nothing another writer commits
+    /// changes what it reads before its own writes commit, durably and all together.
+    /// When `body` returns an error nothing it wrote is kept. `body` may run more than
+    /// once (a store with optimistic transactions retries it after a conflict), so it
+    /// must act on nothing outside the transaction. See [`StoreExt::atomically`].
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// What a transaction's body reads and writes through.
+pub trait Txn {
+    fn get(&mut self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&mut self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, ns: Namespace, key: &str) -> Result<bool, StoreError>;
+    fn scan(&mut self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// JSON inside a transaction, as [`StoreExt`] outside one.
+impl dyn Txn + '_ {
+    pub fn get_json<T: DeserializeOwned>(
+        &mut self,
+        ns: Namespace,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get(ns, key)?
+            .map(|bytes| decode(ns, key, &bytes))
+            .transpose()
+    }
+
+    pub fn put_json<T: Serialize>(
+        &mut self,
+        ns: Namespace,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.put(ns, key, &bytes)
+    }
+
+    pub fn scan_json<T: DeserializeOwned>(
+        &mut self,
+        ns: Namespace,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        self.scan(ns, prefix)?
+            .iter()
+            .map(|(k, v)| decode(ns, k, v))
+            .collect()
+    }
 }
 
 /// JSON helpers over any store.
@@ -129,6 +188,33 @@ pub trait StoreExt: Store {
             .map(|(k, v)| decode(ns, k, v))
             .collect()
     }
+
+    /// [`Store::transaction`] with the body's own result and error: `Ok` commits, and
+    /// its value is returned once the commit is durable; `Err` keeps nothing and is
+    /// returned as it is (a refusal, not a store failure).
+    fn atomically<T, E: From<StoreError>>(
+        &self,
+        mut body: impl FnMut(&mut dyn Txn) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut result = None;
+        let committed = self.transaction(&mut |tx| match body(tx) {
+            Ok(v) => {
+                result = Some(Ok(v));
+                Ok(())
+            }
+            Err(e) => {
+                result = Some(Err(e));
+                Err(StoreError::Aborted)
+            }
+        });
+        match (committed, result) {
+            (Ok(()), Some(r)) | (Err(StoreError::Aborted), Some(r @ Err(_))) => r,
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => {
+                Err(StoreError::Backend("a transaction ended without running".into()).into())
+            }
+        }
+    }
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}
@@ -148,6 +234,85 @@ pub(crate) fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Refused {
+        Taken(String),
+        Store(String),
+    }
+
+    impl From<StoreError> for Refused {
+        fn from(e: StoreError) -> Self {
+            Refused::Store(e.to_string())
+        }
+    }
+
+    /// Claims `slot` for `who` unless someone holds it: the check-then-act the
+    /// admission of a failover is.
+    fn claim(store: &RedbStore, who: &str) -> Result<(), Refused> {
+        store.atomically(|tx| {
+            if let Some(holder) = tx.get_json::<String>(Namespace::Meta, "slot")? {
+                return Err(Refused::Taken(holder));
+            }
+            tx.put_json(Namespace::Meta, "slot", &who.to_string())?;
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_refused_transaction_keeps_nothing_it_wrote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("state.redb")).expect("open");
+        let r: Result<(), Refused> = store.atomically(|tx| {
+            tx.put(Namespace::Meta, "half", b"written")?;
+            Err(Refused::Taken("someone".into()))
+        });
+        assert_eq!(r, Err(Refused::Taken("someone".into())));
+        assert_eq!(store.get(Namespace::Meta, "half").expect("get"), None);
+        // Reads inside see the transaction's own writes, and scans too.
+        let seen = store
+            .atomically(|tx| {
+                tx.put(Namespace::Alerts, "x_1", b"1")?;
+                tx.put(Namespace::Alerts, "x_2", b"2")?;
+                Ok::<_, StoreError>(tx.scan(Namespace::Alerts, "x_")?.len())
+            })
+            .expect("commit");
+        assert_eq!(seen, 2);
+        assert_eq!(store.scan(Namespace::Alerts, "x_").expect("scan").len(), 2);
+    }
+
+    #[test]
+    fn of_many_racing_claims_exactly_one_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            std::sync::Arc::new(RedbStore::open(&dir.path().join("state.redb")).expect("open"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    claim(&store, &format!("t{i}"))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        let holder: String = store
+            .get_json(Namespace::Meta, "slot")
+            .expect("get")
+            .expect("held");
+        // Every loser names the winner.
+        for r in &results {
+            if let Err(Refused::Taken(h)) = r {
+                assert_eq!(*h, holder);
+            }
+        }
+    }
 
     #[test]
     fn records_survive_reopening() {

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drmesh_protocol::api::{
-    BackupStatus, DrPlan, DrTest, DrTestAccepted, DrTestReport, DrTestStatus, DrTestStep,
-    FailoverStatus, Severity, StepStatus,
+    BackupStatus, DrPlan, DrTest, DrTestAccepted, DrTestReport, DrTestStatus, DrTestStep, Severity,
+    StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, RegionId};
@@ -208,25 +208,6 @@ pub fn start(
     let store = coord.store.as_ref();
     let plan =
         plans::get(store, plan_id)?.ok_or_else(|| Error::NotFound(format!("no plan {plan_id}")))?;
-    if let Some(running) =
-        latest_for(store, plan_id)?.filter(|t| t.status == DrTestStatus::InProgress)
-    {
-        return Err(Error::Conflict(format!(
-            "DR test {} of plan {plan_id} is still in progress",
-            running.test_id
-        )));
-    }
-    if let Some(f) = crate::ops::failover::latest(store)?.filter(|f| {
-        matches!(
-            f.status,
-            FailoverStatus::Initiated | FailoverStatus::InProgress
-        )
-    }) {
-        return Err(Error::Conflict(format!(
-            "failover {} of plan {} is running; a DR test waits until it ends",
-            f.failover_id, f.plan_id
-        )));
-    }
     let backup_id = latest_backup(store)?.ok_or_else(|| {
         Error::Unavailable(
             "no COMPLETED or VERIFIED database base backup to restore: take one first".into(),
@@ -271,7 +252,15 @@ pub fn start(
         details: Vec::new(),
         error: None,
     };
-    save(store, &rec)?;
+    // Checked and recorded in one transaction (the checks above only pick the target).
+    crate::ops::admission::admit(
+        store,
+        &crate::rules::admission::Operation::DrTest {
+            plan: plan.id.clone(),
+        },
+        rec.started_at,
+        |tx| tx.put_json(Namespace::DrTests, &rec.test_id, &rec),
+    )?;
     let accepted = DrTestAccepted {
         status: rec.status,
         test_id: rec.test_id.clone(),

@@ -26,10 +26,12 @@ use tracing::{info, warn, Instrument};
 
 use crate::error::Error;
 use crate::notify::{Event, Notifier};
+use crate::ops::admission;
 use crate::plans;
 use crate::rules;
+use crate::rules::admission::Operation;
 use crate::rules::failover::{Readiness, Rpo};
-use crate::state::Coordinator;
+use crate::state::{Coordinator, EPOCH_KEY};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
 
@@ -92,12 +94,6 @@ pub fn start(
             plans::region_list(&plan.failover_regions)
         )));
     }
-    if let Some(f) = running(store)?.first() {
-        return Err(Error::Conflict(format!(
-            "failover {} (plan {}) is still running",
-            f.failover_id, f.plan_id
-        )));
-    }
     let now = Utc::now();
     // The plan's RTO is what the operator expects; a failover here takes seconds.
     let estimate = Duration::from_secs(plan.rto_seconds.clamp(60, 30 * 60));
@@ -132,7 +128,16 @@ pub fn start(
             .collect(),
         error: None,
     };
-    store.put_json(Namespace::Failovers, &run.failover_id, &run)?;
+    // Checked and recorded in one transaction: of two requests, one is admitted and
+    // the other is told which failover runs.
+    admission::admit(
+        store,
+        &Operation::Failover {
+            plan: plan.id.clone(),
+        },
+        now,
+        |tx| tx.put_json(Namespace::Failovers, &run.failover_id, &run),
+    )?;
     info!(failover_id = %run.failover_id, plan = %run.plan_id, target = %run.target_region, "failover initiated");
     let accepted = FailoverAccepted {
         status: "INITIATED".into(),
@@ -353,16 +358,25 @@ async fn prepare(
         run.from_agent = Some(old.agent_id.clone());
         run.from_region = Some(old.region.clone());
     }
-    // The epoch: chosen and stored in the record before it is used, so a resumed
-    // failover raises it once.
+    // The epoch: one above the highest ever stored, chosen and stored with the record
+    // in one transaction before it is used — so epochs rise strictly, each belongs to
+    // one failover, and a resumed failover keeps its own.
     let epoch = match run.epoch {
         Some(e) => e,
         None => {
-            let e = Epoch(coord.epoch().0 + 1);
+            let e = coord.store.atomically(|tx| {
+                let highest = tx
+                    .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+                    .unwrap_or(0)
+                    .max(coord.epoch().0);
+                let e = Epoch(highest + 1);
+                let mut rec = run.clone();
+                rec.epoch = Some(e);
+                tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
+                tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
+                Ok::<_, StoreError>(e)
+            })?;
             run.epoch = Some(e);
-            coord
-                .store
-                .put_json(Namespace::Failovers, &run.failover_id, &*run)?;
             e
         }
     };

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use drmesh_protocol::api::{
-    AgentStatus, FailoverStatus, RejoinAnswer, RejoinOutcome, RejoinedAgent,
-};
+use drmesh_protocol::api::{AgentStatus, RejoinAnswer, RejoinOutcome, RejoinedAgent};
 use drmesh_protocol::{AgentId, CommandKind, PgRole, RegionId};
 use tracing::{info, warn, Instrument};
 
@@ -18,9 +16,6 @@ use crate::transport::{self, TransportError};
 
 /// How long one agent may take: archiving, `pg_rewind`, start, streaming.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// One rejoin at a time: two would race on the same data directory.
-static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a rejoin of `region` acts on, chosen from the agents' statuses: the fenced
 /// servers there, and the one primary they follow.
@@ -93,21 +88,15 @@ pub fn targets(
 /// `POST …/disaster-recovery/rejoin`: makes every fenced server of `region` a streaming
 /// standby of the current primary.
 pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnswer, Error> {
-    let Ok(_one) = RUNNING.try_lock() else {
-        return Err(Error::Conflict("a rejoin is already running".into()));
-    };
-    if let Some(f) = crate::ops::failover::latest(coord.store.as_ref())? {
-        if matches!(
-            f.status,
-            FailoverStatus::Initiated | FailoverStatus::InProgress
-        ) {
-            return Err(Error::Conflict(format!(
-                "failover {} is running; rejoin once it has ended",
-                f.failover_id
-            )));
-        }
-    }
     let t = targets(&coord.agent_statuses(), &coord.config.regions, region)?;
+    // No failover may start while the rejoin runs, nor another rejoin: one claim in
+    // the store, taken in the transaction that checks, held until this returns.
+    let _claim = crate::ops::admission::claim_rejoin(
+        coord.store.as_ref(),
+        region,
+        chrono::Utc::now(),
+        REJOIN_TIMEOUT * t.fenced.len() as u32 + Duration::from_secs(60),
+    )?;
     let address = {
         let registry = coord.registry.lock();
         registry

@@ -122,6 +122,68 @@ fn a_manual_failover_fences_the_old_primary_then_promotes_the_replica() {
 }
 
 #[test]
+fn ten_concurrent_failover_requests_over_two_clients_admit_exactly_one() {
+    let t = two_regions();
+    let mesh = &t.mesh;
+    const BODY: &str = r#"{"planId": "production_dr_plan", "targetRegion": "us-east-1"}"#;
+    // Five through the HTTP API, five through `drmesh failover`, all released at once.
+    let barrier = std::sync::Barrier::new(10);
+    let (http, cli): (Vec<_>, Vec<_>) = std::thread::scope(|s| {
+        let http: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let a = mesh.post(FAILOVER, Some(BODY));
+                    (
+                        a.status,
+                        a.body["failoverId"].as_str().map(String::from),
+                        a.text,
+                    )
+                })
+            })
+            .collect();
+        let cli: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    mesh.cli(
+                        &mesh.admin_token,
+                        &["failover", "production_dr_plan", "--to", "us-east-1"],
+                    )
+                })
+            })
+            .collect();
+        (
+            http.into_iter().map(|h| h.join().unwrap()).collect(),
+            cli.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
+    });
+    let mut admitted: Vec<String> = http.iter().filter_map(|(_, id, _)| id.clone()).collect();
+    admitted.extend(
+        cli.iter()
+            .filter(|(ok, _, _)| *ok)
+            .filter_map(|(_, out, _)| out.split_whitespace().nth(1).map(String::from)),
+    );
+    assert_eq!(admitted.len(), 1, "exactly one admitted: {http:?} {cli:?}");
+    let id = &admitted[0];
+    // Every other request was refused with 409, naming the admitted failover.
+    for (status, fid, text) in &http {
+        if fid.is_none() {
+            assert_eq!(*status, 409, "{text}");
+            assert!(text.contains(id.as_str()), "{text}");
+        }
+    }
+    for (ok, _, err) in &cli {
+        if !ok {
+            assert!(err.contains("409") && err.contains(id.as_str()), "{err}");
+        }
+    }
+    let done = finished(mesh);
+    assert_eq!(done["failover"]["failoverId"], id.as_str(), "{done:#}");
+    assert_completed(&t, &done);
+}
+
+#[test]
 fn a_coordinator_killed_during_a_failover_resumes_it_and_finishes_once() {
     let mut t = two_regions();
     let started = t.mesh.post(
