@@ -10,6 +10,7 @@ pub mod config;
 pub mod copies;
 pub mod database;
 pub mod documents;
+pub mod epoch;
 pub mod failover;
 pub mod link;
 pub mod mesh;

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +12,8 @@ use drmesh_protocol::codec::{encode, Frame};
 use drmesh_protocol::outcome::CommandOutcome;
 use drmesh_protocol::{
     close_code, error_code, AgentMessage, AgentMessageV1, Command, CommandKind, CommandResult,
-    CoordinatorMessage, CoordinatorMessageV1, DecodeError, Epoch, ErrorMessage, FrameDecoder,
-    Heartbeat, Hello, Progress as ProgressMessage, Welcome,
+    CoordinatorMessage, CoordinatorMessageV1, DecodeError, ErrorMessage, FrameDecoder, Heartbeat,
+    Hello, Progress as ProgressMessage, Welcome,
 };
 use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -23,12 +22,15 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::documents::Documents;
+use crate::epoch::Epochs;
 use crate::mesh::Mesh;
 use crate::postgres::Prober;
 use crate::progress::ProgressFn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    #[error("fencing epoch: {0}")]
+    Epoch(#[from] crate::epoch::EpochError),
     #[error("TLS: {0}")]
     Tls(#[from] drmesh_protocol::tls::TlsError),
     #[error("QUIC TLS config: {0}")]
@@ -68,19 +70,6 @@ pub enum LinkError {
 
 pub use crate::observed::Observed;
 
-/// Decides whether a command's epoch is acceptable and remembers the newest one.
-///
-/// Architecture Invariant: once an agent has seen epoch N it refuses anything from an
-/// older epoch, so a coordinator deposed by a failover cannot make it act.
-pub fn admit_epoch(highest: &AtomicU64, epoch: Epoch) -> Result<(), Epoch> {
-    let seen = highest.fetch_max(epoch.0, Ordering::SeqCst);
-    if epoch.0 < seen {
-        Err(Epoch(seen))
-    } else {
-        Ok(())
-    }
-}
-
 /// The next delay after a failed attempt: doubling from 100 ms up to `max`, with ±20%
 /// jitter so a coordinator restart is not met by every agent at the same instant.
 pub fn next_backoff(current: Duration, max: Duration) -> Duration {
@@ -108,7 +97,8 @@ const UNACKED: usize = 64;
 /// What commands run against; outlives any one connection, so work started before a
 /// reconnect goes on.
 pub struct CommandContext {
-    pub highest_epoch: Arc<AtomicU64>,
+    /// The highest fencing epoch seen, and its failover (kept in `<data_dir>/epoch-<id>.json`).
+    pub epochs: Arc<Epochs>,
     pub observed: Arc<Observed>,
     pub documents: Option<Arc<Documents>>,
     /// `[database]`, and the configuration file its backup processes are given.
@@ -236,12 +226,15 @@ impl Link {
         let postgres = config.postgres.clone();
         let data_dir = config.data_dir.clone();
         let archive = config.archive.clone();
+        let epochs = Arc::new(Epochs::load(
+            &data_dir.join(format!("epoch-{}.json", config.id)),
+        )?);
         Ok(Self {
             config,
             endpoint,
             client,
             commands: Arc::new(CommandContext {
-                highest_epoch: Arc::new(AtomicU64::new(0)),
+                epochs,
                 observed,
                 documents,
                 database,
@@ -316,7 +309,7 @@ impl Link {
             Err(LinkError::Read(_)) => return Err(EndOfStreamOrClose::reason(&conn)),
             Err(e) => return Err(e),
         };
-        admit_epoch(&self.commands.highest_epoch, welcome.epoch).ok();
+        self.commands.epochs.observe(welcome.epoch);
         if let Some(view) = welcome.mesh {
             self.mesh.set_view(view);
         }
@@ -330,7 +323,7 @@ impl Link {
                 conn.clone(),
                 unacked.clone(),
                 self.mesh.clone(),
-                self.commands.highest_epoch.clone(),
+                self.commands.epochs.clone(),
             )
             .in_current_span(),
         );
@@ -424,7 +417,7 @@ async fn receive_acks(
     conn: quinn::Connection,
     unacked: Unacked,
     mesh: Arc<Mesh>,
-    highest_epoch: Arc<AtomicU64>,
+    epochs: Arc<Epochs>,
 ) {
     loop {
         let Ok(datagram) = conn.read_datagram().await else {
@@ -442,7 +435,7 @@ async fn receive_acks(
                 if let Some(sent) = sent {
                     mesh.renewed_by_coordinator(sent);
                 }
-                admit_epoch(&highest_epoch, ack.epoch).ok();
+                epochs.observe(ack.epoch);
                 if let Some(view) = ack.mesh {
                     mesh.set_view(view);
                 }
@@ -540,11 +533,11 @@ async fn execute(
 ) -> AgentMessageV1 {
     let span = tracing::info_span!("command", command_id = %cmd.id, epoch = %cmd.epoch);
     async {
-        if let Err(seen) = admit_epoch(&ctx.highest_epoch, cmd.epoch) {
-            warn!(%seen, "refused command from a stale epoch");
+        if let Err(e) = ctx.epochs.admit(cmd.epoch, cmd.failover.as_deref()) {
+            warn!(error = %e, failover = ?cmd.failover, "refused command");
             return AgentMessageV1::Error(ErrorMessage::new(
                 error_code::STALE_EPOCH,
-                format!("command epoch {} is older than epoch {seen}", cmd.epoch),
+                e.to_string(),
             ));
         }
         let command_id = cmd.id;
@@ -999,16 +992,6 @@ pub async fn probe_postgres(mut prober: Prober, interval: Duration, observed: Ar
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn older_epochs_are_refused_newer_ones_raise_the_bar() {
-        let highest = AtomicU64::new(0);
-        assert_eq!(admit_epoch(&highest, Epoch(2)), Ok(()));
-        assert_eq!(admit_epoch(&highest, Epoch(2)), Ok(()));
-        assert_eq!(admit_epoch(&highest, Epoch(1)), Err(Epoch(2)));
-        assert_eq!(admit_epoch(&highest, Epoch(5)), Ok(()));
-        assert_eq!(admit_epoch(&highest, Epoch(4)), Err(Epoch(5)));
-    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -421,6 +421,44 @@ pub async fn send_command_with_progress(
     agent: &AgentId,
     kind: CommandKind,
     timeout: Duration,
+    on_progress: impl FnMut(drmesh_protocol::Progress),
+) -> Result<CommandResult, TransportError> {
+    let command = Command {
+        id: drmesh_protocol::CommandId::random(),
+        epoch: coord.epoch(),
+        kind,
+        failover: None,
+    };
+    exchange(coord, agent, command, timeout, on_progress).await
+}
+
+/// Sends a command on behalf of failover `failover`, under its `epoch`: the agent admits
+/// it only if it has seen no newer epoch, and no other failover at this one.
+pub async fn send_for_failover(
+    coord: &Coordinator,
+    agent: &AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+    failover: &str,
+    epoch: drmesh_protocol::Epoch,
+) -> Result<CommandResult, TransportError> {
+    let command = Command {
+        id: drmesh_protocol::CommandId::random(),
+        epoch,
+        kind,
+        failover: Some(failover.to_string()),
+    };
+    exchange(coord, agent, command, timeout, |p| {
+        info!(command_id = %p.command_id, percent = p.percent, message = %p.message, "command progress")
+    })
+    .await
+}
+
+async fn exchange(
+    coord: &Coordinator,
+    agent: &AgentId,
+    command: Command,
+    timeout: Duration,
     mut on_progress: impl FnMut(drmesh_protocol::Progress),
 ) -> Result<CommandResult, TransportError> {
     let session = coord
@@ -429,11 +467,6 @@ pub async fn send_command_with_progress(
         .get(agent)
         .cloned()
         .ok_or_else(|| TransportError::NotConnected(agent.clone()))?;
-    let command = Command {
-        id: drmesh_protocol::CommandId::random(),
-        epoch: coord.epoch(),
-        kind,
-    };
     let command_id = command.id;
     let exchange = async {
         let (mut send, mut recv) = session.conn.open_bi().await?;

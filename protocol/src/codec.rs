@@ -444,6 +444,7 @@ mod tests {
             CoordinatorMessageV1::Command(Command {
                 id: CommandId(uuid::Uuid::from_u128(id)),
                 epoch: Epoch(e),
+                failover: ping.then(|| format!("fo_{id}")),
                 kind: if ping {
                     CommandKind::Ping
                 } else {

@@ -256,6 +256,10 @@ pub struct Command {
     /// The fencing epoch the command was issued under.
     pub epoch: Epoch,
     pub kind: CommandKind,
+    /// The failover a fence, promote or repoint acts for. An agent admits a command of
+    /// the epoch it has seen only from that epoch's failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -410,7 +410,14 @@ impl Mesh {
 
     /// `kill -9` the coordinator and start it again on the same ports and store.
     pub fn restart_coordinator(&mut self) {
+        self.restart_coordinator_with(|_| {})
+    }
+
+    /// As [`Mesh::restart_coordinator`], running `between` on the mesh's directory (where
+    /// `state.redb` is) while the coordinator is down.
+    pub fn restart_coordinator_with(&mut self, between: impl FnOnce(&Path)) {
         self.coordinator.kill9();
+        between(self.dir.path());
         let config = self.dir.path().join("coordinator.toml");
         let text: String = fs::read_to_string(&config)
             .expect("read config")

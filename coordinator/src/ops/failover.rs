@@ -383,7 +383,7 @@ async fn prepare(
     coord.raise_epoch(epoch)?;
     let mut fenced = Vec::new();
     for a in &fencing.by_agent {
-        if let Err(why) = fence(coord, &a.agent_id).await {
+        if let Err(why) = fence(coord, run, &a.agent_id).await {
             return Ok(Outcome::Failed(format!(
                 "the server next to {} ({}) is not fenced: {why}; promoting now could leave \
                  two writable primaries",
@@ -412,10 +412,12 @@ fn lag_text(lag: Option<f64>) -> String {
     lag.map_or_else(|| "unknown".into(), |l| format!("{l:.1} s"))
 }
 
-/// Sends a command, first waiting (bounded) for the agent to be connected: a coordinator
-/// that resumes a failover right after a restart is ahead of the agents' reconnects.
+/// Sends a command on behalf of `run` (its id and epoch go with it), first waiting
+/// (bounded) for the agent to be connected: a coordinator that resumes a failover right
+/// after a restart is ahead of the agents' reconnects.
 async fn send(
     coord: &Arc<Coordinator>,
+    run: &FailoverRun,
     agent: &AgentId,
     kind: CommandKind,
     timeout: Duration,
@@ -423,8 +425,18 @@ async fn send(
     let deadline = tokio::time::Instant::now()
         + coord.config.heartbeat_interval * (4 * coord.config.down_after)
         + Duration::from_secs(10);
+    // Step 2 stores the epoch before any command goes out.
+    let epoch = run.epoch.unwrap_or_else(|| coord.epoch());
     loop {
-        match transport::send_command(coord, agent, kind.clone(), timeout).await {
+        let sent = transport::send_for_failover(
+            coord,
+            agent,
+            kind.clone(),
+            timeout,
+            &run.failover_id,
+            epoch,
+        );
+        match sent.await {
             Err(transport::TransportError::NotConnected(_))
                 if tokio::time::Instant::now() < deadline =>
             {
@@ -435,8 +447,16 @@ async fn send(
     }
 }
 
-async fn fence(coord: &Arc<Coordinator>, agent: &AgentId) -> Result<(), String> {
-    match send(coord, agent, CommandKind::Fence, Duration::from_secs(90)).await {
+async fn fence(coord: &Arc<Coordinator>, run: &FailoverRun, agent: &AgentId) -> Result<(), String> {
+    match send(
+        coord,
+        run,
+        agent,
+        CommandKind::Fence,
+        Duration::from_secs(90),
+    )
+    .await
+    {
         Ok(r) if r.ok => Ok(()),
         Ok(r) => Err(r.message),
         Err(e) => Err(e.to_string()),
@@ -449,6 +469,7 @@ async fn promote(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Outcome {
     };
     match send(
         coord,
+        run,
         &agent,
         CommandKind::Promote,
         Duration::from_secs(120),
@@ -616,7 +637,15 @@ async fn validate(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
             checked.join(", ")
         ));
     }
-    match send(coord, &agent, CommandKind::Promote, Duration::from_secs(60)).await {
+    match send(
+        coord,
+        run,
+        &agent,
+        CommandKind::Promote,
+        Duration::from_secs(60),
+    )
+    .await
+    {
         Ok(r) if r.ok => Outcome::Done(format!(
             "the server next to {agent} is out of recovery and took a write (checked by its agent)"
         )),
@@ -680,7 +709,7 @@ async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &
             primary_host: address.ip().to_string(),
             primary_port: address.port(),
         };
-        let r = match send(coord, s, kind, Duration::from_secs(90)).await {
+        let r = match send(coord, run, s, kind, Duration::from_secs(90)).await {
             Ok(r) if r.ok => Ok(()),
             Ok(r) => Err(r.message),
             Err(e) => Err(e.to_string()),

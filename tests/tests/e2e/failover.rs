@@ -184,6 +184,75 @@ fn ten_concurrent_failover_requests_over_two_clients_admit_exactly_one() {
 }
 
 #[test]
+fn a_coordinator_restored_from_before_a_failover_cannot_make_the_agents_act() {
+    const BODY: &str = r#"{"planId": "production_dr_plan", "targetRegion": "us-east-1"}"#;
+    let mut t = two_regions();
+    // A copy of the coordinator's state from before the failover, as a backup holds it.
+    t.mesh.restart_coordinator_with(|dir| {
+        std::fs::copy(dir.join("state.redb"), dir.join("state-before.redb")).unwrap();
+    });
+    let started = t.mesh.post(FAILOVER, Some(BODY));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let done = finished(&t.mesh);
+    assert_completed(&t, &done);
+    let first = done["failover"]["failoverId"].as_str().unwrap().to_string();
+    let epoch = t.epoch_before + 1;
+
+    // The new primary's agent is killed and started again: it remembers the epoch and
+    // the failover it belongs to.
+    t.agents[1].kill9();
+    t.agents[1] = t
+        .mesh
+        .spawn_agent(&t.mesh.dir.path().join("agent-db-east.toml"));
+    let seen: Value = serde_json::from_slice(
+        &std::fs::read(t.mesh.dir.path().join("epoch-db-east.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seen["epoch"].as_u64(), Some(epoch), "{seen}");
+    assert_eq!(seen["failover"], first.as_str(), "{seen}");
+
+    // The old primary's agent restarts too: it saw the epoch when it fenced its server.
+    t.agents[0].kill9();
+    t.agents[0] = t
+        .mesh
+        .spawn_agent(&t.mesh.dir.path().join("agent-db-west.toml"));
+
+    // The coordinator comes back from the copy: it has forgotten the failover and holds
+    // the older epoch. Whatever it asks is refused — here, to bring the fenced old
+    // primary back (as a standby) — and the server stays fenced.
+    t.mesh.restart_coordinator_with(|dir| {
+        std::fs::copy(dir.join("state-before.redb"), dir.join("state.redb")).unwrap();
+    });
+    drmesh_tests::wait_for(Duration::from_secs(30), || {
+        let up = |id| t.mesh.agent_state(id).as_deref() == Some("UP");
+        (up("db-west") && up("db-east")).then_some(())
+    })
+    .expect("both agents reconnect");
+    assert_eq!(
+        t.mesh.status().epoch.0,
+        t.epoch_before,
+        "the restored coordinator's epoch"
+    );
+    let refused = t.mesh.post(
+        "/v1/backup-recovery/disaster-recovery/rejoin",
+        Some(r#"{"region": "us-west-2"}"#),
+    );
+    assert_eq!(refused.status, 502, "{}", refused.text);
+    assert!(
+        refused
+            .text
+            .contains(&format!("is older than epoch {epoch}")),
+        "{}",
+        refused.text
+    );
+    assert!(drmesh_agent::failover::is_fenced(&t.primary.data_dir));
+    // The server promoted by the first failover still takes writes.
+    t.standby
+        .psql("insert into orders select coalesce(max(id), 0) + 1 from orders")
+        .expect("the promoted server takes writes");
+}
+
+#[test]
 fn a_coordinator_killed_during_a_failover_resumes_it_and_finishes_once() {
     let mut t = two_regions();
     let started = t.mesh.post(
