@@ -253,7 +253,39 @@ impl Repository {
             .filter_map(|c| self.lookup(c))
             .map(|loc| loc.pack)
             .collect();
-        let verdicts = self.judge_packs(&referenced, packs).await?;
+        // The packs' tails are read while the data is (with read-data): the two are
+        // independent reads, and the tails alone cost a round trip per pack. A file is
+        // read back when each of its chunks is indexed in a listed pack long enough to
+        // hold it; the others are damaged without reading.
+        let readable: Vec<Entry> = if read_data {
+            snap.entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter(|e| {
+                    e.chunks.iter().all(|c| {
+                        self.lookup(c).is_some_and(|loc| {
+                            packs.sizes.get(&loc.pack).is_some_and(|size| {
+                                *size >= loc.offset.saturating_add(u64::from(loc.length))
+                            })
+                        })
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let read_back = async {
+            if read_data {
+                self.read_back(readable, packs.sizes.clone())
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (verdicts, read) =
+            futures::future::try_join(self.judge_packs(&referenced, packs), read_back).await?;
         let mut damaged: BTreeMap<String, String> = BTreeMap::new();
         let mut missing: HashSet<String> = HashSet::new();
         for e in snap.entries.iter().filter(|e| e.kind == EntryKind::File) {
@@ -309,10 +341,8 @@ impl Repository {
             ));
         }
 
-        if read_data {
-            let (data, checksums) = self
-                .read_back(&snap, packs.sizes.clone(), &mut damaged, &mut report)
-                .await?;
+        if let Some(read) = read {
+            let (data, checksums) = fold_read_back(read, &mut damaged, &mut report);
             report.data = Some(data);
             report.file_checksums = Some(checksums);
         }
@@ -422,48 +452,49 @@ impl Repository {
         })
     }
 
-    /// Reads every file back; returns the data and checksum verdicts.
+    /// Reads `files` back in a blocking task: every chunk re-hashed, every file's
+    /// SHA-256 checked.
     async fn read_back(
         &self,
-        snap: &Snapshot,
+        files: Vec<Entry>,
         packs: HashMap<String, u64>,
-        damaged: &mut BTreeMap<String, String>,
-        report: &mut VerifyReport,
-    ) -> Result<(Check, Check), RepoError> {
-        let files: Vec<Entry> = snap
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && !damaged.contains_key(&e.path))
-            .cloned()
-            .collect();
+    ) -> Result<ReadBack, RepoError> {
         let repo = self.clone();
         let handle = tokio::runtime::Handle::current();
-        let outcome =
-            tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files, &packs))
-                .await
-                .map_err(|e| RepoError::local("verify task", e))??;
-        report.chunks_checked = outcome.chunks;
-        report.bytes_checked = outcome.bytes;
-        let bad_chunks = outcome.bad_chunks.len();
-        let bad_sums = outcome.bad_checksums.len();
-        for (path, reason) in outcome.bad_chunks.into_iter().chain(outcome.bad_checksums) {
-            damaged.entry(path).or_insert(reason);
-        }
-        let data = if bad_chunks == 0 {
-            Check::pass(format!("{} chunks read back intact", outcome.chunks))
-        } else {
-            Check::fail(format!("{bad_chunks} file(s) with damaged chunks"))
-        };
-        let sums = if bad_sums == 0 && bad_chunks == 0 {
-            Check::pass("every file matches its SHA-256")
-        } else {
-            Check::fail(format!(
-                "{} file(s) do not match their SHA-256",
-                bad_sums + bad_chunks
-            ))
-        };
-        Ok((data, sums))
+        tokio::task::spawn_blocking(move || read_back_blocking(&repo, &handle, &files, &packs))
+            .await
+            .map_err(|e| RepoError::local("verify task", e))?
     }
+}
+
+/// Folds what was read back into the report: a file's first reason stays (an object
+/// check's, when it found one).
+fn fold_read_back(
+    outcome: ReadBack,
+    damaged: &mut BTreeMap<String, String>,
+    report: &mut VerifyReport,
+) -> (Check, Check) {
+    report.chunks_checked = outcome.chunks;
+    report.bytes_checked = outcome.bytes;
+    let bad_chunks = outcome.bad_chunks.len();
+    let bad_sums = outcome.bad_checksums.len();
+    for (path, reason) in outcome.bad_chunks.into_iter().chain(outcome.bad_checksums) {
+        damaged.entry(path).or_insert(reason);
+    }
+    let data = if bad_chunks == 0 {
+        Check::pass(format!("{} chunks read back intact", outcome.chunks))
+    } else {
+        Check::fail(format!("{bad_chunks} file(s) with damaged chunks"))
+    };
+    let sums = if bad_sums == 0 && bad_chunks == 0 {
+        Check::pass("every file matches its SHA-256")
+    } else {
+        Check::fail(format!(
+            "{} file(s) do not match their SHA-256",
+            bad_sums + bad_chunks
+        ))
+    };
+    (data, sums)
 }
 
 struct ReadBack {
