@@ -317,6 +317,9 @@ fn print_status(s: &DrStatus) {
         for c in &h.checks {
             println!("  {c}");
         }
+        if let Some(a) = &h.automatic_failover {
+            println!("  automatic failover: {}", plans::describe_automatic(a));
+        }
     }
     if let Some(f) = &s.failover {
         print_failover(f);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use drmesh_protocol::api::DrPlan;
+use drmesh_protocol::api::{AutomaticFailover, DrPlan};
 use serde_json::json;
 
 use crate::client::Client;
@@ -35,6 +35,37 @@ pub enum PlansCmd {
     },
     /// Delete a plan.
     Delete { id: String },
+    /// Maintenance mode: pause the plan's automatic failover (health checks go on, a
+    /// manual failover is still accepted).
+    Pause {
+        id: String,
+        /// Why, for the status and the alerts.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End maintenance mode: automatic failover armed again.
+    Resume { id: String },
+}
+
+/// One line for a plan's automatic failover state.
+pub fn describe_automatic(a: &AutomaticFailover) -> String {
+    match a {
+        AutomaticFailover::Off => "off (the plan fails over by hand only)".into(),
+        AutomaticFailover::Armed => "armed".into(),
+        AutomaticFailover::Paused { since, by } => {
+            format!(
+                "PAUSED (maintenance mode since {}, by {by})",
+                since.to_rfc3339()
+            )
+        }
+        AutomaticFailover::CoolingDown {
+            until,
+            after_failover,
+        } => format!(
+            "cooling down until {} (after failover {after_failover})",
+            until.to_rfc3339()
+        ),
+    }
 }
 
 #[derive(Args)]
@@ -123,14 +154,14 @@ pub fn run(client: &Client, cmd: PlansCmd) -> anyhow::Result<()> {
                     }
                     for p in &plans {
                         println!(
-                            "{:<24} rpo {:<5} rto {:<5} {:<9} -> {}",
+                            "{:<24} rpo {:<5} rto {:<5} {:<11} -> {}",
                             p.id,
                             p.rpo,
                             p.rto,
-                            if p.automatic_failover {
-                                "automatic"
-                            } else {
-                                "manual"
+                            match (p.automatic_failover, p.maintenance.is_some()) {
+                                (true, false) => "automatic",
+                                (true, true) => "paused",
+                                (false, _) => "manual",
                             },
                             p.failover_regions
                                 .iter()
@@ -152,6 +183,25 @@ pub fn run(client: &Client, cmd: PlansCmd) -> anyhow::Result<()> {
         PlansCmd::Delete { id } => {
             client.delete(&format!("{PLANS}/{id}"))?;
             println!("plan {id} deleted");
+        }
+        PlansCmd::Pause { id, reason } => {
+            let plan: DrPlan = client.post(
+                &format!("{PLANS}/{id}/maintenance"),
+                &json!({ "reason": reason }),
+            )?;
+            println!(
+                "plan {} in maintenance mode: automatic failover paused{}",
+                plan.id,
+                if plan.automatic_failover {
+                    ""
+                } else {
+                    " (the plan does not fail over by itself anyway)"
+                }
+            );
+        }
+        PlansCmd::Resume { id } => {
+            client.delete(&format!("{PLANS}/{id}/maintenance"))?;
+            println!("plan {id}: maintenance mode ended, automatic failover armed again");
         }
     }
     Ok(())
@@ -176,6 +226,17 @@ fn print_plan(p: &DrPlan) {
             "manual only"
         }
     );
+    if let Some(m) = &p.maintenance {
+        println!(
+            "  maintenance          since {} by {}{}",
+            m.since.to_rfc3339(),
+            m.by,
+            m.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "  health checks every  {}",
         humantime::format_duration(std::time::Duration::from_millis(p.health_check_interval))

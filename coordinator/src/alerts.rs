@@ -44,8 +44,6 @@ fn open_for(store: &dyn Store, kind: &str, source: &str) -> Result<Vec<Alert>, S
     Ok(all)
 }
 
-/// Raises an alert unless one of the same kind about the same source is still open; then
-/// that one is returned and nothing is written.
 /// Raises an alert and logs it once when it is new; a store error is logged, not
 /// returned (for the drivers, which go on either way).
 pub fn raise_logged(
@@ -63,6 +61,9 @@ pub fn raise_logged(
     }
 }
 
+/// Raises an alert unless one of the same kind about the same source is still open; then
+/// that one is returned and nothing is written. Checked and written in one transaction,
+/// so two raisers at once make one alert.
 pub fn raise(
     store: &dyn Store,
     severity: Severity,
@@ -71,10 +72,28 @@ pub fn raise(
     region: Option<RegionId>,
     message: String,
 ) -> Result<(Alert, bool), StoreError> {
-    if let Some(existing) = open_for(store, kind, source)?.into_iter().next() {
-        return Ok((existing, false));
-    }
-    let alert = Alert {
+    store.atomically(|tx| {
+        let open = tx
+            .scan_json::<Alert>(Namespace::Alerts, "")?
+            .into_iter()
+            .find(|a| a.kind == kind && a.source == source && a.status != AlertStatus::Resolved);
+        if let Some(existing) = open {
+            return Ok((existing, false));
+        }
+        let alert = new_alert(severity, kind, source, region.clone(), message.clone());
+        tx.put_json(Namespace::Alerts, &alert.id, &alert)?;
+        Ok((alert, true))
+    })
+}
+
+fn new_alert(
+    severity: Severity,
+    kind: &str,
+    source: &str,
+    region: Option<RegionId>,
+    message: String,
+) -> Alert {
+    Alert {
         id: runbook_id("alert"),
         severity,
         kind: kind.to_string(),
@@ -87,9 +106,7 @@ pub fn raise(
         acknowledged_at: None,
         resolved_at: None,
         resolved_by: None,
-    };
-    store.put_json(Namespace::Alerts, &alert.id, &alert)?;
-    Ok((alert, true))
+    }
 }
 
 /// Resolves every open alert of `kind` about `source` because the condition cleared.

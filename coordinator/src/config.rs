@@ -42,6 +42,12 @@ pub struct CoordinatorConfigFile {
     /// time its agent takes to stop PostgreSQL, plus clock drift). Default `1s`.
     #[serde(with = "humantime_serde")]
     pub fence_margin: Option<Duration>,
+    /// How long after a plan's failover promoted a server no automatic failover of that
+    /// plan starts (manual ones still do): a flapping region or a failover that went
+    /// wrong after its promotion does not chain into another. Default `10m`; `0s` turns
+    /// it off.
+    #[serde(with = "humantime_serde")]
+    pub automatic_failover_cooldown: Option<Duration>,
     /// Credentials of the health check's `SELECT 1` on each region's PostgreSQL (the
     /// address comes from the agent's `postgres.advertise`), as a libpq conninfo
     /// without host or port. Default `user=postgres dbname=postgres`.
@@ -145,6 +151,7 @@ pub struct CoordinatorConfig {
     pub down_after: u32,
     pub lease: Duration,
     pub fence_margin: Duration,
+    pub automatic_failover_cooldown: Duration,
     pub health_probe_conninfo: String,
     pub log_format: LogFormat,
     pub http_workers: usize,
@@ -167,6 +174,7 @@ pub const DEFAULT_SUSPECT_AFTER: u32 = 2;
 pub const DEFAULT_DOWN_AFTER: u32 = 4;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_secs(1);
+pub const DEFAULT_AUTOMATIC_FAILOVER_COOLDOWN: Duration = Duration::from_secs(600);
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn default_addr(s: &str) -> SocketAddr {
@@ -323,6 +331,9 @@ impl CoordinatorConfigFile {
             down_after,
             lease,
             fence_margin,
+            automatic_failover_cooldown: self
+                .automatic_failover_cooldown
+                .unwrap_or(DEFAULT_AUTOMATIC_FAILOVER_COOLDOWN),
             health_probe_conninfo,
             log_format: self.log_format.unwrap_or_default(),
             http_workers,

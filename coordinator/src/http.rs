@@ -94,6 +94,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::delete().to(plans::plan_delete),
         )
         .route(
+            &format!("{base}/disaster-recovery/plans/{{planId}}/maintenance"),
+            web::post().to(plans::maintenance_start),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/plans/{{planId}}/maintenance"),
+            web::delete().to(plans::maintenance_end),
+        )
+        .route(
             &format!("{base}/monitoring/dashboard"),
             web::get().to(status::dashboard),
         )

@@ -7,8 +7,10 @@
 
 use std::collections::HashSet;
 
-use chrono::Utc;
-use drmesh_protocol::api::{DrPlan, FieldError, PlanSpec};
+use chrono::{DateTime, Utc};
+use drmesh_protocol::api::{
+    DrPlan, FieldError, Maintenance, PlanSpec, PLAN_ACTIVE, PLAN_MAINTENANCE,
+};
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::RegionId;
 
@@ -201,7 +203,8 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
         test_interval,
         retention: spec.retention,
         active_region: None,
-        status: "ACTIVE".into(),
+        status: PLAN_ACTIVE.into(),
+        maintenance: None,
         created_at: now,
         updated_at: now,
     })
@@ -236,26 +239,87 @@ pub fn list(store: &dyn Store) -> Result<Vec<DrPlan>, StoreError> {
     store.scan_json(Namespace::Plans, "")
 }
 
-/// Stores a new plan; 409 when its id is taken.
+/// Stores a new plan; 409 when its id is taken (checked in the transaction that writes).
 pub fn create(store: &dyn Store, plan: &DrPlan) -> Result<(), Error> {
-    if get(store, &plan.id)?.is_some() {
-        return Err(Error::Conflict(format!(
-            "plan {} exists; PUT …/plans/{} replaces it",
-            plan.id, plan.id
-        )));
-    }
-    store.put_json(Namespace::Plans, &plan.id, plan)?;
-    Ok(())
+    store.atomically(|tx| {
+        if tx.get(Namespace::Plans, &plan.id)?.is_some() {
+            return Err(Error::Conflict(format!(
+                "plan {} exists; PUT …/plans/{} replaces it",
+                plan.id, plan.id
+            )));
+        }
+        Ok(tx.put_json(Namespace::Plans, &plan.id, plan)?)
+    })
 }
 
-/// Replaces plan `plan.id`, keeping when it was created.
-pub fn replace(store: &dyn Store, mut plan: DrPlan) -> Result<DrPlan, Error> {
-    let old =
-        get(store, &plan.id)?.ok_or_else(|| Error::NotFound(format!("no plan {}", plan.id)))?;
-    plan.created_at = old.created_at;
-    plan.active_region = old.active_region;
-    store.put_json(Namespace::Plans, &plan.id, &plan)?;
-    Ok(plan)
+/// Changes plan `id` with `change` in one transaction (read, change, write), so two
+/// changes at once never lose one another; 404 when there is no such plan. Returns the
+/// plan as stored.
+pub fn update(
+    store: &dyn Store,
+    id: &str,
+    mut change: impl FnMut(&mut DrPlan) -> Result<(), Error>,
+) -> Result<DrPlan, Error> {
+    if !valid_id(id) {
+        return Err(Error::NotFound(format!("no plan {id}")));
+    }
+    store.atomically(|tx| {
+        let mut plan: DrPlan = tx
+            .get_json(Namespace::Plans, id)?
+            .ok_or_else(|| Error::NotFound(format!("no plan {id}")))?;
+        change(&mut plan)?;
+        tx.put_json(Namespace::Plans, id, &plan)?;
+        Ok(plan)
+    })
+}
+
+/// Replaces plan `plan.id`'s specification, keeping what is not in it: when it was
+/// created, its active region and its maintenance mode.
+pub fn replace(store: &dyn Store, plan: DrPlan) -> Result<DrPlan, Error> {
+    let id = plan.id.clone();
+    update(store, &id, |old| {
+        let mut new = plan.clone();
+        new.created_at = old.created_at;
+        new.active_region = old.active_region.clone();
+        new.status = old.status.clone();
+        new.maintenance = old.maintenance.clone();
+        *old = new;
+        Ok(())
+    })
+}
+
+/// Maintenance mode on: automatic failover of the plan paused (health checks go on; a
+/// manual failover is still accepted). Pausing a paused plan keeps who paused it first.
+pub fn pause(
+    store: &dyn Store,
+    id: &str,
+    by: &str,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<DrPlan, Error> {
+    update(store, id, |p| {
+        if p.maintenance.is_none() {
+            p.maintenance = Some(Maintenance {
+                since: now,
+                by: by.to_string(),
+                reason: reason.clone(),
+            });
+            p.status = PLAN_MAINTENANCE.into();
+            p.updated_at = now;
+        }
+        Ok(())
+    })
+}
+
+/// Maintenance mode off: automatic failover armed again (if the plan enables it).
+pub fn resume(store: &dyn Store, id: &str, now: DateTime<Utc>) -> Result<DrPlan, Error> {
+    update(store, id, |p| {
+        if p.maintenance.take().is_some() {
+            p.status = PLAN_ACTIVE.into();
+            p.updated_at = now;
+        }
+        Ok(())
+    })
 }
 
 pub fn delete(store: &dyn Store, id: &str) -> Result<(), Error> {

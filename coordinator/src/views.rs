@@ -15,6 +15,22 @@ use crate::state::Coordinator;
 use crate::store::StoreError;
 use crate::{alerts, ops::copies, ops::documents, ops::drtest, ops::failover, ops::recovery};
 
+/// Each plan's newest health check, with whether a DOWN verdict would start a failover
+/// now (maintenance mode, cool-down).
+fn health_checks(coord: &Coordinator) -> Vec<drmesh_protocol::api::PlanHealth> {
+    let checks: Vec<_> = coord.health.lock().values().cloned().collect();
+    checks
+        .into_iter()
+        .map(|mut h| {
+            h.automatic_failover = crate::plans::get(coord.store.as_ref(), &h.plan_id)
+                .ok()
+                .flatten()
+                .and_then(|plan| crate::ops::health::automatic_failover(coord, &plan).ok());
+            h
+        })
+        .collect()
+}
+
 /// `GET /v1/backup-recovery/disaster-recovery/status`
 pub fn dr_status(coord: &Coordinator) -> DrStatus {
     let agents = coord.agent_statuses();
@@ -75,7 +91,7 @@ pub fn dr_status(coord: &Coordinator) -> DrStatus {
         epoch: coord.epoch(),
         regions,
         generated_at: Utc::now(),
-        health_checks: coord.health.lock().values().cloned().collect(),
+        health_checks: health_checks(coord),
         failover: failover::latest(coord.store.as_ref()).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "read the latest failover");
             None

@@ -139,6 +139,9 @@ pub struct PlanHealth {
     /// What each check found.
     pub checks: Vec<String>,
     pub checked_at: DateTime<Utc>,
+    /// Whether a DOWN verdict would start a failover now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_failover: Option<AutomaticFailover>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -1102,11 +1105,61 @@ pub struct DrPlan {
     /// The region the plan's database runs in since its last failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_region: Option<RegionId>,
-    /// `ACTIVE` (health checks and, if enabled, automatic failover run) — the only state
-    /// for now.
+    /// `ACTIVE` (health checks and, if enabled, automatic failover run) or
+    /// `MAINTENANCE` (health checks run; automatic failover is paused: see `maintenance`).
     pub status: String,
+    /// Since when, by whom and why automatic failover is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A plan's status while automatic failover is paused.
+pub const PLAN_MAINTENANCE: &str = "MAINTENANCE";
+/// A plan's status otherwise.
+pub const PLAN_ACTIVE: &str = "ACTIVE";
+
+/// A plan's maintenance mode: automatic failover paused (health checks go on, manual
+/// failovers are accepted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    pub since: DateTime<Utc>,
+    /// The token that paused it.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST …/plans/:planId/maintenance`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Whether a plan's primary would be failed over automatically now, and why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "state",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase"
+)]
+pub enum AutomaticFailover {
+    /// The plan's `automaticFailover` is false.
+    Off,
+    /// A DOWN primary is failed over.
+    Armed,
+    /// Maintenance mode.
+    Paused { since: DateTime<Utc>, by: String },
+    /// The plan failed over lately; no automatic failover before `until` (the
+    /// coordinator's `automatic_failover_cooldown` after that failover started).
+    CoolingDown {
+        until: DateTime<Utc>,
+        after_failover: String,
+    },
 }
 
 /// One field the coordinator refused, with why.

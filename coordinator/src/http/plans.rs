@@ -1,9 +1,9 @@
 //! `/v1/backup-recovery/disaster-recovery/plans`: DR plans created, read, replaced and deleted.
 
 use actix_web::{web, HttpResponse};
-use drmesh_protocol::api::{PlanSpec, Role};
+use drmesh_protocol::api::{MaintenanceRequest, PlanSpec, Role};
 
-use super::{required_json, Authenticated, Shared};
+use super::{optional_json, required_json, Authenticated, Shared};
 use crate::error::Error;
 use crate::plans;
 
@@ -54,6 +54,42 @@ pub(super) async fn plan_replace(
     let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
     Ok(HttpResponse::Ok().json(plans::replace(coord.store.as_ref(), plan)?))
+}
+
+/// `POST …/plans/:planId/maintenance` `{"reason"?}`: automatic failover paused.
+pub(super) async fn maintenance_start(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Error> {
+    let who = caller.require(Role::Operator)?.label();
+    let req: MaintenanceRequest = optional_json(&body)?;
+    let reason = req
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let plan = plans::pause(
+        coord.store.as_ref(),
+        &path,
+        &who,
+        reason,
+        chrono::Utc::now(),
+    )?;
+    tracing::warn!(plan = %plan.id, by = %who, "maintenance mode: automatic failover paused");
+    Ok(HttpResponse::Ok().json(plan))
+}
+
+/// `DELETE …/plans/:planId/maintenance`: automatic failover armed again.
+pub(super) async fn maintenance_end(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let who = caller.require(Role::Operator)?.label();
+    let plan = plans::resume(coord.store.as_ref(), &path, chrono::Utc::now())?;
+    tracing::info!(plan = %plan.id, by = %who, "maintenance mode ended: automatic failover armed");
+    Ok(HttpResponse::Ok().json(plan))
 }
 
 pub(super) async fn plan_delete(

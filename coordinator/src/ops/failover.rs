@@ -57,6 +57,24 @@ pub fn get(store: &dyn Store, id: &str) -> Result<Option<FailoverRun>, StoreErro
     store.get_json(Namespace::Failovers, id)
 }
 
+/// The plan's newest failover that promoted a server (step 3 done), for the automatic
+/// failover's cool-down.
+pub fn last_promotion(
+    store: &dyn Store,
+    plan_id: &str,
+) -> Result<Option<rules::failover::LastPromotion>, StoreError> {
+    Ok(store
+        .scan_json::<FailoverRun>(Namespace::Failovers, "")?
+        .into_iter()
+        .filter(|f| f.plan_id == plan_id)
+        .filter(|f| f.steps.get(2).is_some_and(|s| s.status == StepStatus::Done))
+        .max_by_key(|f| f.failover_start_time)
+        .map(|f| rules::failover::LastPromotion {
+            failover_id: f.failover_id,
+            started_at: f.failover_start_time,
+        }))
+}
+
 /// The newest failover, for the DR status.
 pub fn latest(store: &dyn Store) -> Result<Option<FailoverRun>, StoreError> {
     Ok(store
@@ -755,11 +773,15 @@ fn confirm(
     plan: &DrPlan,
     run: &FailoverRun,
 ) -> Result<Outcome, StoreError> {
-    let store = coord.store.as_ref();
-    if let Some(mut p) = plans::get(store, &plan.id)? {
+    let moved = plans::update(coord.store.as_ref(), &plan.id, |p| {
         p.active_region = Some(run.target_region.clone());
         p.updated_at = Utc::now();
-        store.put_json(Namespace::Plans, &p.id, &p)?;
+        Ok(())
+    });
+    match moved {
+        Ok(_) | Err(Error::NotFound(_)) => {}
+        Err(Error::Store(e)) => return Err(e),
+        Err(e) => return Err(StoreError::Backend(e.to_string())),
     }
     let event = Event {
         plan_id: Some(plan.id.clone()),

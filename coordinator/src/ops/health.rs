@@ -9,18 +9,38 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use drmesh_protocol::api::{FailoverRequest, PlanHealth, PrimaryHealth, Severity};
+use drmesh_protocol::api::{
+    AutomaticFailover, DrPlan, FailoverRequest, PlanHealth, PrimaryHealth, Severity,
+};
 use drmesh_protocol::RegionId;
 use tracing::{info, warn};
 
 use crate::rules::health::Probe;
 use crate::rules::registry::AgentEntry;
 use crate::state::Coordinator;
-use crate::store::StoreExt;
 use crate::{alerts, ops::failover, plans, rules};
 
 /// Alert kind raised when an automatic failover should start but cannot.
 pub const AUTOMATIC_FAILOVER_BLOCKED: &str = "AUTOMATIC_FAILOVER_BLOCKED";
+
+/// Alert kind raised when a primary is DOWN and automatic failover is held: the plan is
+/// in maintenance mode, or in its cool-down after a failover.
+pub const AUTOMATIC_FAILOVER_HELD: &str = "AUTOMATIC_FAILOVER_HELD";
+
+/// Whether a DOWN primary of `plan` would be failed over by itself now
+/// ([`rules::failover::automatic_failover`] on the plan's last promotion).
+pub fn automatic_failover(
+    coord: &Coordinator,
+    plan: &DrPlan,
+) -> Result<AutomaticFailover, crate::store::StoreError> {
+    let last = failover::last_promotion(coord.store.as_ref(), &plan.id)?;
+    Ok(rules::failover::automatic_failover(
+        plan,
+        last.as_ref(),
+        coord.config.automatic_failover_cooldown,
+        Utc::now(),
+    ))
+}
 
 /// The agent that holds (or last held) a plan's primary
 /// ([`crate::rules::health::primary_agent`]).
@@ -32,18 +52,19 @@ pub fn primary_agent(coord: &Coordinator, active: Option<&RegionId>) -> Option<A
 /// Records where a plan's primary runs, the first time it is seen, so a restarted
 /// coordinator knows which region to watch.
 fn remember_active_region(coord: &Coordinator, plan: &str, region: &RegionId) {
-    let store = coord.store.as_ref();
-    match plans::get(store, plan) {
-        Ok(Some(mut p)) if p.active_region.is_none() => {
+    let mut recorded = false;
+    let result = plans::update(coord.store.as_ref(), plan, |p| {
+        // Only the first time: a failover moves it from then on.
+        if p.active_region.is_none() {
             p.active_region = Some(region.clone());
-            if let Err(e) = store.put_json(crate::store::Namespace::Plans, &p.id, &p) {
-                warn!(plan, error = %e, "record the plan's active region");
-            } else {
-                info!(plan, region = %region, "the plan's primary runs here");
-            }
+            recorded = true;
         }
+        Ok(())
+    });
+    match result {
+        Ok(_) if recorded => info!(plan, region = %region, "the plan's primary runs here"),
         Ok(_) => {}
-        Err(e) => warn!(plan, error = %e, "read the plan"),
+        Err(e) => warn!(plan, error = %e, "record the plan's active region"),
     }
 }
 
@@ -139,7 +160,14 @@ pub async fn watch(coord: Arc<Coordinator>) {
                 continue;
             }
             last_automatic.insert(plan.id.clone(), now);
-            start_automatic(&coord, &plan, &primary, &checks);
+            match automatic_failover(&coord, &plan) {
+                Ok(AutomaticFailover::Armed) => start_automatic(&coord, &plan, &primary, &checks),
+                Ok(AutomaticFailover::Off) => {}
+                Ok(held) => hold(&coord, &plan, &primary, &checks, &held),
+                Err(e) => {
+                    warn!(plan = %plan.id, error = %e, "automatic failover: read the plan's failovers")
+                }
+            }
         }
     }
 }
@@ -160,7 +188,51 @@ fn record(
             verdict,
             checks,
             checked_at: Utc::now(),
+            automatic_failover: None,
         },
+    );
+}
+
+/// A DOWN primary that is not failed over because automatic failover is held: said
+/// loudly, with what the operator can do.
+fn hold(
+    coord: &Coordinator,
+    plan: &DrPlan,
+    primary: &AgentEntry,
+    checks: &[String],
+    held: &AutomaticFailover,
+) {
+    let why = match held {
+        AutomaticFailover::Paused { since, by } => format!(
+            "the plan is in maintenance mode since {} (paused by {by}): resume it \
+             (`drmesh plans resume {}`) or fail over by hand",
+            since.to_rfc3339(),
+            plan.id
+        ),
+        AutomaticFailover::CoolingDown {
+            until,
+            after_failover,
+        } => format!(
+            "failover {after_failover} promoted a server lately; no automatic failover \
+             before {} (automatic_failover_cooldown); a manual failover is accepted",
+            until.to_rfc3339()
+        ),
+        AutomaticFailover::Armed | AutomaticFailover::Off => return,
+    };
+    warn!(plan = %plan.id, "automatic failover held: {why}");
+    let _ = alerts::raise(
+        coord.store.as_ref(),
+        Severity::Critical,
+        AUTOMATIC_FAILOVER_HELD,
+        &plan.id,
+        Some(primary.region.clone()),
+        format!(
+            "Plan {}: the primary in {} ({}) is DOWN ({}), and automatic failover is held: {why}",
+            plan.id,
+            primary.region,
+            primary.id,
+            checks.join("; ")
+        ),
     );
 }
 

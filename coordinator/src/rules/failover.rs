@@ -8,15 +8,64 @@
 //! by its agent before the promotion) or to have a lease that [`super::lease`] shows
 //! ended.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use drmesh_protocol::api::{AgentState, AgentStatus};
+use chrono::{DateTime, Utc};
+use drmesh_protocol::api::{AgentState, AgentStatus, AutomaticFailover, DrPlan};
 use drmesh_protocol::{AgentId, PgRole, RegionId};
 
 use super::health::{fresh, fresh_status, reported_role};
 use super::lease::LeaseVerdict;
 use super::registry::AgentEntry;
 use super::Timing;
+
+/// A plan's last failover that promoted a server: its id and when it started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastPromotion {
+    pub failover_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Whether a DOWN primary of `plan` is failed over by itself at `now`: not when the plan
+/// says no, not in maintenance mode, and not within `cooldown` of the start of the plan's
+/// last failover that promoted a server — so a region that flaps, or a failover that
+/// went wrong after its promotion, does not chain into another failover. (A failover
+/// that stopped before promoting changed nothing and does not count; a manual failover
+/// is never held.)
+pub fn automatic_failover(
+    plan: &DrPlan,
+    last: Option<&LastPromotion>,
+    cooldown: Duration,
+    now: DateTime<Utc>,
+) -> AutomaticFailover {
+    if !plan.automatic_failover {
+        return AutomaticFailover::Off;
+    }
+    if let Some(m) = &plan.maintenance {
+        return AutomaticFailover::Paused {
+            since: m.since,
+            by: m.by.clone(),
+        };
+    }
+    let cooldown = chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::MAX);
+    match last {
+        Some(l)
+            if now
+                < l.started_at
+                    .checked_add_signed(cooldown)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC) =>
+        {
+            AutomaticFailover::CoolingDown {
+                until: l
+                    .started_at
+                    .checked_add_signed(cooldown)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                after_failover: l.failover_id.clone(),
+            }
+        }
+        _ => AutomaticFailover::Armed,
+    }
+}
 
 /// The region an automatic failover goes to: the first of the plan's failover regions,
 /// other than the failed one, with a fresh agent reporting a standby.
@@ -184,6 +233,92 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn plan(automatic: bool, paused: bool) -> DrPlan {
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        DrPlan {
+            id: "p".into(),
+            name: "p".into(),
+            rpo: "1h".into(),
+            rto: "4h".into(),
+            rpo_seconds: 3600,
+            rto_seconds: 14400,
+            failover_regions: vec![region("us-east-1")],
+            health_check_interval: 30_000,
+            automatic_failover: automatic,
+            notification_channels: Vec::new(),
+            test_interval: 604_800_000,
+            retention: None,
+            active_region: None,
+            status: if paused { "MAINTENANCE" } else { "ACTIVE" }.into(),
+            maintenance: paused.then(|| drmesh_protocol::api::Maintenance {
+                since: at,
+                by: "tok_1 (ops)".into(),
+                reason: None,
+            }),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn automatic_failover_is_off_paused_cooling_down_or_armed() {
+        let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let ten = Duration::from_secs(600);
+        let last = LastPromotion {
+            failover_id: "fo_1".into(),
+            started_at: t0,
+        };
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert_eq!(
+            automatic_failover(&plan(false, true), Some(&last), ten, at(1)),
+            AutomaticFailover::Off
+        );
+        assert!(matches!(
+            automatic_failover(&plan(true, true), None, ten, at(10_000)),
+            AutomaticFailover::Paused { .. }
+        ));
+        assert_eq!(
+            automatic_failover(&plan(true, false), Some(&last), ten, at(599)),
+            AutomaticFailover::CoolingDown {
+                until: at(600),
+                after_failover: "fo_1".into()
+            }
+        );
+        assert_eq!(
+            automatic_failover(&plan(true, false), Some(&last), ten, at(600)),
+            AutomaticFailover::Armed
+        );
+        assert_eq!(
+            automatic_failover(&plan(true, false), None, ten, at(0)),
+            AutomaticFailover::Armed
+        );
+        // No cool-down configured: armed right after.
+        assert_eq!(
+            automatic_failover(&plan(true, false), Some(&last), Duration::ZERO, at(0)),
+            AutomaticFailover::Armed
+        );
+    }
+
+    proptest! {
+        /// Never armed inside the cool-down or in maintenance; always armed otherwise.
+        #[test]
+        fn armed_exactly_outside_the_cool_down_and_maintenance(
+            automatic in any::<bool>(),
+            paused in any::<bool>(),
+            since_last in proptest::option::of(-100i64..2_000),
+            cooldown in 0u64..1_500,
+        ) {
+            let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+            let last = since_last.map(|s| LastPromotion {
+                failover_id: "fo".into(),
+                started_at: t0 - chrono::Duration::seconds(s),
+            });
+            let v = automatic_failover(&plan(automatic, paused), last.as_ref(), Duration::from_secs(cooldown), t0);
+            let cooling = since_last.is_some_and(|s| s < cooldown as i64);
+            prop_assert_eq!(v == AutomaticFailover::Armed, automatic && !paused && !cooling);
+        }
+    }
 
     fn timing() -> Timing {
         Timing {

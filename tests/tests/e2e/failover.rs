@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use drmesh_tests::regions::{finished, two_regions, two_regions_with, TwoRegions, FAILOVER};
+use drmesh_tests::regions::{
+    finished, two_regions, two_regions_with, TwoRegions, FAILOVER, STATUS,
+};
 use serde_json::Value;
 
 /// What every completed failover shows: steps, epoch one higher, the old primary fenced,
@@ -308,6 +310,93 @@ fn a_crashed_primary_fails_over_by_itself() {
         "{}",
         t.mesh.cli(&t.mesh.admin_token, &["status"]).1
     );
+}
+
+#[test]
+fn maintenance_mode_holds_automatic_failover_until_it_is_resumed() {
+    const PLAN: &str = "/v1/backup-recovery/disaster-recovery/plans/production_dr_plan";
+    let t = two_regions_with(true);
+    let mesh = &t.mesh;
+    let (ok, out, err) = mesh.cli(
+        &mesh.admin_token,
+        &[
+            "plans",
+            "pause",
+            "production_dr_plan",
+            "--reason",
+            "kernel upgrade",
+        ],
+    );
+    assert!(ok && out.contains("maintenance mode"), "{out}{err}");
+    let plan = mesh.get(PLAN);
+    assert_eq!(plan.body["status"], "MAINTENANCE", "{}", plan.text);
+    assert_eq!(
+        plan.body["maintenance"]["reason"], "kernel upgrade",
+        "{}",
+        plan.text
+    );
+    let (ok, out, _) = mesh.cli(&mesh.admin_token, &["plans", "show", "production_dr_plan"]);
+    assert!(
+        ok && out.contains("maintenance") && out.contains("kernel upgrade"),
+        "{out}"
+    );
+
+    // The primary crashes: the health check finds it DOWN and says why nothing happens.
+    let pid = t.primary.postmaster_pid().expect("the primary runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the primary's postmaster");
+    let held = drmesh_tests::wait_for(Duration::from_secs(60), || {
+        let s = mesh.get(STATUS).body;
+        let h = &s["healthChecks"][0];
+        (h["verdict"] == "DOWN" && h["automaticFailover"]["state"] == "PAUSED").then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no DOWN verdict held by maintenance: {}",
+            mesh.get(STATUS).text
+        )
+    });
+    assert!(held["failover"].is_null(), "{held:#}");
+    let alert = drmesh_tests::wait_for(Duration::from_secs(30), || {
+        let a = mesh.get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL");
+        a.text.contains("AUTOMATIC_FAILOVER_HELD").then_some(a.text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no held alert: {}",
+            mesh.get("/v1/backup-recovery/monitoring/alerts").text
+        )
+    });
+    assert!(alert.contains("maintenance mode"), "{alert}");
+    // Several health checks later, still no failover.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = mesh.get(STATUS).body;
+    assert!(s["failover"].is_null(), "{s:#}");
+    let (ok, out, _) = mesh.cli(&mesh.admin_token, &["status"]);
+    assert!(ok && out.contains("automatic failover: PAUSED"), "{out}");
+
+    // Resumed: the DOWN primary is failed over by itself, and the plan cools down.
+    let (ok, out, err) = mesh.cli(
+        &mesh.admin_token,
+        &["plans", "resume", "production_dr_plan"],
+    );
+    assert!(ok && out.contains("armed"), "{out}{err}");
+    let done = finished(mesh);
+    let run = &done["failover"];
+    assert!(
+        run["requestedBy"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
+        "{run:#}"
+    );
+    assert_completed(&t, &done);
+    let cooling = &mesh.get(STATUS).body["healthChecks"][0]["automaticFailover"];
+    assert_eq!(cooling["state"], "COOLING_DOWN", "{cooling}");
+    assert_eq!(cooling["afterFailover"], run["failoverId"], "{cooling}");
+    assert_eq!(mesh.get(PLAN).body["status"], "ACTIVE");
 }
 
 /// Does to the stored failover what a coordinator killed at that point leaves: with the

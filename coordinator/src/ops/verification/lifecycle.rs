@@ -283,6 +283,7 @@ mod tests {
             retention: None,
             active_region: None,
             status: "ACTIVE".into(),
+            maintenance: None,
             created_at: now,
             updated_at: now,
         };
