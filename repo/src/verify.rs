@@ -100,6 +100,10 @@ impl RepositoryVerifyReport {
 
 const VERIFY_WORKERS: usize = 4;
 
+/// Pack tails read at once: each is one small ranged read, so a deeper queue keeps the
+/// disk (or the object store's connections) busy where four would wait on latency.
+const TAIL_READS: usize = 16;
+
 /// The packs as listed, taken once for every snapshot one verification checks.
 struct PackListing {
     /// Size of every pack object, by pack id.
@@ -390,7 +394,7 @@ impl Repository {
                 let why = self.pack_damage(&pack, size, end).await?;
                 Ok::<_, RepoError>((pack, why))
             })
-            .buffer_unordered(VERIFY_WORKERS)
+            .buffer_unordered(TAIL_READS)
             .try_collect()
             .await?;
         let mut judged = listing.verdicts.lock();
