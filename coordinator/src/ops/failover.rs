@@ -21,9 +21,10 @@ use drmesh_protocol::api::{
     FailoverStep, PromoteOutcome, Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
-use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole};
+use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
 use tracing::{info, warn, Instrument};
 
+use crate::alerts;
 use crate::error::Error;
 use crate::notify::{Event, Notifier};
 use crate::ops::admission;
@@ -50,6 +51,39 @@ pub const STEPS: [&str; 7] = [
 /// (step 6), in heartbeat intervals.
 const MONITOR_INTERVALS: u32 = 3;
 
+/// The index of step 3, "Promote read replica to primary", in [`STEPS`].
+const PROMOTE_STEP: usize = 2;
+
+/// Alert kind raised when a failover fails, at any step.
+pub const FAILOVER_FAILED: &str = "FAILOVER_FAILED";
+
+/// Whether the run's promotion (step 3) is done.
+fn promoted(run: &FailoverRun) -> bool {
+    run.steps
+        .get(PROMOTE_STEP)
+        .is_some_and(|s| s.status == StepStatus::Done)
+}
+
+/// The plan's active region moves to `region` (a plan deleted meanwhile is left alone).
+fn record_active_region(
+    store: &dyn Store,
+    plan: &str,
+    region: &RegionId,
+) -> Result<(), StoreError> {
+    let moved = plans::update(store, plan, |p| {
+        if p.active_region.as_ref() != Some(region) {
+            p.active_region = Some(region.clone());
+            p.updated_at = Utc::now();
+        }
+        Ok(())
+    });
+    match moved {
+        Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+        Err(Error::Store(e)) => Err(e),
+        Err(e) => Err(StoreError::Backend(e.to_string())),
+    }
+}
+
 /// Alert kind raised when a standby could not be re-pointed at a new primary.
 pub const STANDBY_NOT_REPOINTED: &str = "STANDBY_NOT_REPOINTED";
 
@@ -67,7 +101,7 @@ pub fn last_promotion(
         .scan_json::<FailoverRun>(Namespace::Failovers, "")?
         .into_iter()
         .filter(|f| f.plan_id == plan_id)
-        .filter(|f| f.steps.get(2).is_some_and(|s| s.status == StepStatus::Done))
+        .filter(promoted)
         .max_by_key(|f| f.failover_start_time)
         .map(|f| rules::failover::LastPromotion {
             failover_id: f.failover_id,
@@ -231,6 +265,11 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
             Outcome::Done(m) => {
                 step.status = StepStatus::Done;
                 step.message = m;
+                if i == PROMOTE_STEP {
+                    // From the promotion on, the new primary is the truth: the plan (and
+                    // its health checks) follow it even if a later step fails.
+                    record_active_region(store, &plan.id, &run.target_region)?;
+                }
             }
             Outcome::Skipped(m) => {
                 step.status = StepStatus::Skipped;
@@ -244,13 +283,37 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
                 store.put_json(Namespace::Failovers, id, &run)?;
+                let promoted = promoted(&run);
+                let error = run.error.clone().unwrap_or_default();
+                let message = if promoted {
+                    format!(
+                        "Failover {id} of plan {} FAILED after promoting the server in {}, which \
+                         is the primary now (the plan watches it): {error}. Finish what the \
+                         failed step left undone by hand.",
+                        plan.id, run.target_region
+                    )
+                } else {
+                    format!(
+                        "Failover {id} of plan {} to {} FAILED before any promotion; the \
+                         primary is where it was: {error}",
+                        plan.id, run.target_region
+                    )
+                };
+                alerts::raise_logged(
+                    store,
+                    Severity::Critical,
+                    FAILOVER_FAILED,
+                    id,
+                    Some(run.target_region.clone()),
+                    message,
+                );
                 let event = Event {
                     plan_id: Some(plan.id.clone()),
                     ..Event::new(
                         "failover.failed",
                         Severity::Critical,
                         format!("Failover of {} to {} FAILED", plan.id, run.target_region),
-                        run.error.clone().unwrap_or_default(),
+                        error,
                     )
                 };
                 Notifier::spawn(coord, &plan.notification_channels, event);
@@ -773,16 +836,7 @@ fn confirm(
     plan: &DrPlan,
     run: &FailoverRun,
 ) -> Result<Outcome, StoreError> {
-    let moved = plans::update(coord.store.as_ref(), &plan.id, |p| {
-        p.active_region = Some(run.target_region.clone());
-        p.updated_at = Utc::now();
-        Ok(())
-    });
-    match moved {
-        Ok(_) | Err(Error::NotFound(_)) => {}
-        Err(Error::Store(e)) => return Err(e),
-        Err(e) => return Err(StoreError::Backend(e.to_string())),
-    }
+    record_active_region(coord.store.as_ref(), &plan.id, &run.target_region)?;
     let event = Event {
         plan_id: Some(plan.id.clone()),
         ..Event::new(

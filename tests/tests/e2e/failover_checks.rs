@@ -198,7 +198,8 @@ fn psql_at(host: IpAddr, port: u16, sql: &str) -> Result<String, String> {
 }
 
 /// A failover that failed at step `n`: the failover FAILED with its error naming step
-/// `n`, every later step left undone, the plan's active region not moved.
+/// `n`, every later step left undone, a CRITICAL alert naming it, and the plan's active
+/// region moved only if step 3 promoted the target (the new primary is the truth).
 fn assert_failed_at(t: &TwoRegions, done: &Value, n: usize) {
     let run = &done["failover"];
     assert_eq!(run["status"], "FAILED", "{run:#}");
@@ -218,10 +219,27 @@ fn assert_failed_at(t: &TwoRegions, done: &Value, n: usize) {
     }
     assert!(run["completedAt"].as_str().is_some(), "{run:#}");
     let plan = t.mesh.get(PLAN);
-    assert_ne!(
-        plan.body["activeRegion"], "us-east-1",
-        "a failed failover moved the plan: {}",
-        plan.text
+    if n > 3 {
+        assert_eq!(
+            plan.body["activeRegion"], "us-east-1",
+            "the promotion did not move the plan: {}",
+            plan.text
+        );
+    } else {
+        assert_ne!(
+            plan.body["activeRegion"], "us-east-1",
+            "a failover that promoted nothing moved the plan: {}",
+            plan.text
+        );
+    }
+    let alerts = t
+        .mesh
+        .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL");
+    let id = run["failoverId"].as_str().unwrap_or_default();
+    assert!(
+        alerts.text.contains("FAILOVER_FAILED") && alerts.text.contains(id),
+        "{}",
+        alerts.text
     );
 }
 
