@@ -101,6 +101,15 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Run a FAILED failover again from the step that failed (once its cause is fixed);
+    /// what was done stays done.
+    FailoverRetry {
+        /// The failover, e.g. fo_1705329600000_abc123.
+        id: String,
+        /// Follow the steps until the failover ends (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Verify a database backup: checksums, file accessibility and a restorability test
     /// on its agent (the runbook's "Verify Database Backup Integrity").
     Verify {
@@ -264,6 +273,37 @@ fn fmt_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// Follows failover `id` until it ends; prints it, and exits 1 if it failed.
+fn wait_for_failover(c: &client::Client, id: &str) -> anyhow::Result<()> {
+    use drmesh_protocol::api::FailoverStatus;
+    let status: DrStatus = database::poll(
+        "failover",
+        || c.get("/v1/backup-recovery/disaster-recovery/status"),
+        |s: &DrStatus| {
+            s.failover
+                .as_ref()
+                .filter(|f| f.failover_id == id)
+                .filter(|f| matches!(f.status, FailoverStatus::Completed | FailoverStatus::Failed))
+                .map(|f| f.failover_id.clone())
+        },
+        |s: &DrStatus| {
+            let step = s
+                .failover
+                .as_ref()
+                .and_then(|f| f.current_step)
+                .unwrap_or(0);
+            (f32::from(step) * 100.0 / 7.0, format!("step {step} of 7"))
+        },
+    )?;
+    if let Some(f) = &status.failover {
+        print_failover(f);
+        if f.status == FailoverStatus::Failed {
+            std::process::exit(1);
+        }
+    }
+    Ok(())
 }
 
 fn print_status(s: &DrStatus) {
@@ -556,37 +596,18 @@ fn main() -> anyhow::Result<()> {
                 .to_string();
             println!("failover {id} initiated: {plan} -> {to}");
             if wait {
-                use drmesh_protocol::api::FailoverStatus;
-                let status: DrStatus = database::poll(
-                    "failover",
-                    || c.get("/v1/backup-recovery/disaster-recovery/status"),
-                    |s: &DrStatus| {
-                        s.failover
-                            .as_ref()
-                            .filter(|f| f.failover_id == id)
-                            .filter(|f| {
-                                matches!(
-                                    f.status,
-                                    FailoverStatus::Completed | FailoverStatus::Failed
-                                )
-                            })
-                            .map(|f| f.failover_id.clone())
-                    },
-                    |s: &DrStatus| {
-                        let step = s
-                            .failover
-                            .as_ref()
-                            .and_then(|f| f.current_step)
-                            .unwrap_or(0);
-                        (f32::from(step) * 100.0 / 7.0, format!("step {step} of 7"))
-                    },
-                )?;
-                if let Some(f) = &status.failover {
-                    print_failover(f);
-                    if f.status == FailoverStatus::Failed {
-                        std::process::exit(1);
-                    }
-                }
+                wait_for_failover(&c, &id)?;
+            }
+        }
+        Cmd::FailoverRetry { id, wait } => {
+            let c = client();
+            let _: serde_json::Value = c.post(
+                &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/retry"),
+                &json!({}),
+            )?;
+            println!("failover {id} retried from its failed step");
+            if wait {
+                wait_for_failover(&c, &id)?;
             }
         }
         Cmd::Verify {

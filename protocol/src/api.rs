@@ -1259,6 +1259,17 @@ pub enum FailoverStatus {
     Failed,
 }
 
+impl std::fmt::Display for FailoverStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailoverStatus::Initiated => "INITIATED",
+            FailoverStatus::InProgress => "IN_PROGRESS",
+            FailoverStatus::Completed => "COMPLETED",
+            FailoverStatus::Failed => "FAILED",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StepStatus {

@@ -19,6 +19,17 @@ pub(super) async fn failover_start(
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
+/// `POST …/failover/:id/retry`: a FAILED failover runs again from its failed step.
+pub(super) async fn failover_retry(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let caller = caller.require(Role::Operator)?;
+    let accepted = failover::retry(&coord, &path, &caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
 /// Makes the region's fenced old primary a standby of the current primary; answers
 /// once it streams.
 pub(super) async fn rejoin_region(

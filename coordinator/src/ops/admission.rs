@@ -68,10 +68,16 @@ pub fn admit(
     mut record: impl FnMut(&mut dyn Txn) -> Result<(), StoreError>,
 ) -> Result<(), Error> {
     store.atomically(|tx| {
-        admission::admit(&running(tx)?, op, now).map_err(|c| Error::Conflict(c.0))?;
+        check(tx, op, now)?;
         record(tx)?;
         Ok(())
     })
+}
+
+/// [`admission::admit`] on what `tx` says is running: for a caller that records the
+/// operation itself, in the same transaction.
+pub fn check(tx: &mut dyn Txn, op: &Operation, now: DateTime<Utc>) -> Result<(), Error> {
+    admission::admit(&running(tx)?, op, now).map_err(|c| Error::Conflict(c.0))
 }
 
 /// A rejoin's claim, held until dropped (or until its deadline, if the coordinator dies

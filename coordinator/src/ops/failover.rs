@@ -201,6 +201,59 @@ pub fn start(
     Ok(accepted)
 }
 
+/// `POST …/disaster-recovery/failover/:id/retry`: a FAILED failover runs again from
+/// the step that failed — admitted like a new failover, in the transaction that flips
+/// it back. What was done stays done (a promotion is not repeated) and the run keeps its
+/// epoch.
+pub fn retry(
+    coord: &Arc<Coordinator>,
+    id: &str,
+    requested_by: &str,
+) -> Result<FailoverAccepted, Error> {
+    let now = Utc::now();
+    let run = coord.store.atomically(|tx| {
+        let mut run: FailoverRun = tx
+            .get_json(Namespace::Failovers, id)?
+            .ok_or_else(|| Error::NotFound(format!("no failover {id}")))?;
+        if run.status != FailoverStatus::Failed {
+            return Err(Error::Conflict(format!(
+                "failover {id} is {}: only a FAILED failover is retried",
+                run.status
+            )));
+        }
+        admission::check(
+            tx,
+            &Operation::Failover {
+                plan: run.plan_id.clone(),
+            },
+            now,
+        )?;
+        for s in run
+            .steps
+            .iter_mut()
+            .filter(|s| s.status == StepStatus::Failed)
+        {
+            s.status = StepStatus::Pending;
+            s.started_at = None;
+            s.ended_at = None;
+            s.message = format!("retried by {requested_by}; before: {}", s.message);
+        }
+        run.status = FailoverStatus::Initiated;
+        run.error = None;
+        run.completed_at = None;
+        tx.put_json(Namespace::Failovers, id, &run)?;
+        Ok(run)
+    })?;
+    warn!(failover_id = %id, by = requested_by, "failover retried");
+    spawn(coord.clone(), id.to_string());
+    Ok(FailoverAccepted {
+        status: "INITIATED".into(),
+        failover_id: run.failover_id,
+        failover_start_time: run.failover_start_time,
+        estimated_completion_time: run.estimated_completion_time,
+    })
+}
+
 /// Resumes every failover a previous coordinator left running.
 pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
     let runs = running(coord.store.as_ref())?;
@@ -325,6 +378,10 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
     store.put_json(Namespace::Failovers, id, &run)?;
+    // A retried run that completes clears the alert its failure raised.
+    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, id) {
+        warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
+    }
     info!("failover completed");
     Ok(())
 }

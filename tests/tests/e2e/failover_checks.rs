@@ -308,9 +308,9 @@ fn the_runbooks_failover_moves_the_dns_name_to_the_new_primary() {
 // 2. DNS updates refused or stale.
 
 #[test]
-fn a_dns_update_signed_with_a_wrong_tsig_key_fails_the_failover() {
+fn a_dns_update_signed_with_a_wrong_tsig_key_fails_the_failover_and_a_retry_finishes_it() {
     let bind = bind_with(west());
-    let t = two_regions_with_dns(&bind, &bind.wrong_secret_file(), "");
+    let mut t = two_regions_with_dns(&bind, &bind.wrong_secret_file(), "");
     let id = post_runbook(&t, RUNBOOK);
     let done = finished_run(&t, &id);
     assert_failed_at(&t, &done, 4);
@@ -331,6 +331,41 @@ fn a_dns_update_signed_with_a_wrong_tsig_key_fails_the_failover() {
     assert_eq!(step_status(run, 2), "DONE", "{run:#}");
     assert_eq!(step_status(run, 3), "DONE", "{run:#}");
     eprintln!("wrong TSIG key: {}", run["error"]);
+
+    // The key is fixed (the coordinator reads it at start); the run is retried from
+    // step 4: it completes, the promotion is not repeated, the epoch is the run's.
+    let promoted = step(run, 3).clone();
+    let epoch = run["epoch"].clone();
+    std::fs::copy(bind.secret_file(), bind.wrong_secret_file()).unwrap();
+    t.mesh.restart_coordinator();
+    let (ok, out, err) = t
+        .mesh
+        .cli(&t.mesh.admin_token, &["failover-retry", &id, "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    let done = finished_run(&t, &id);
+    let run = &done["failover"];
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    assert_eq!(step(run, 3), &promoted, "step 3 was not run again: {run:#}");
+    assert_eq!(run["epoch"], epoch, "{run:#}");
+    assert_eq!(step_status(run, 4), "DONE", "{run:#}");
+    assert_eq!(bind.answer(), vec![east()]);
+    // The alert its failure raised is resolved.
+    let open = t
+        .mesh
+        .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN");
+    assert!(!open.text.contains(&id), "{}", open.text);
+    // Only a FAILED failover is retried.
+    let again = t.mesh.post(
+        &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/retry"),
+        None,
+    );
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert!(again.text.contains("COMPLETED"), "{}", again.text);
+    let unknown = t.mesh.post(
+        "/v1/backup-recovery/disaster-recovery/failover/fo_1_abcdef/retry",
+        None,
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
 }
 
 #[test]
