@@ -225,11 +225,26 @@ fn a_coordinator_restored_from_before_a_failover_cannot_make_the_agents_act() {
     t.mesh.restart_coordinator_with(|dir| {
         std::fs::copy(dir.join("state-before.redb"), dir.join("state.redb")).unwrap();
     });
+    // Both agents back, and reporting what a rejoin looks for: the old primary fenced,
+    // the new one primary (so what is refused below is the epoch, nothing else).
     drmesh_tests::wait_for(Duration::from_secs(30), || {
-        let up = |id| t.mesh.agent_state(id).as_deref() == Some("UP");
-        (up("db-west") && up("db-east")).then_some(())
+        let s = t.mesh.status();
+        let agent = |id: &str| {
+            s.regions
+                .iter()
+                .flat_map(|r| &r.agents)
+                .find(|a| a.agent_id.as_str() == id)
+                .cloned()
+        };
+        let west = agent("db-west")?;
+        let east = agent("db-east")?;
+        (west.state.to_string() == "UP"
+            && west.fenced
+            && east.state.to_string() == "UP"
+            && east.role.map(|r| r.to_string()).as_deref() == Some("primary"))
+        .then_some(())
     })
-    .expect("both agents reconnect");
+    .expect("both agents reconnect, the old primary fenced and the new one primary");
     assert_eq!(
         t.mesh.status().epoch.0,
         t.epoch_before,
