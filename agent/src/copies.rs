@@ -23,30 +23,19 @@ use drmesh_repo::{Location, RepoError, RepoOptions, Repository};
 /// (object stores retry a refused connection for minutes otherwise).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `step` on the location at `url`, given up (as a backend failure: unreachable) after
-/// [`PROBE_TIMEOUT`].
-async fn within_probe_time<T>(
-    url: &str,
-    step: impl std::future::Future<Output = Result<T, RepoError>>,
-) -> Result<T, RepoError> {
-    tokio::time::timeout(PROBE_TIMEOUT, step)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RepoError::Backend(format!(
-                "{url} did not answer within {}s",
-                PROBE_TIMEOUT.as_secs()
-            )))
-        })
-}
-
 /// Opens a repository, creating it the first time; `UNREACHABLE` within the timeout.
 pub async fn open_or_init(options: &RepoOptions) -> Result<Repository, RepoError> {
-    within_probe_time(&options.location.url, Repository::open_or_init(options)).await
+    drmesh_repo::within(
+        &options.location.url,
+        PROBE_TIMEOUT,
+        Repository::open_or_init(options),
+    )
+    .await
 }
 
 /// Whether a location answers (without creating anything there).
 pub async fn probe(options: &RepoOptions) -> Result<(), RepoError> {
-    within_probe_time(&options.location.url, async {
+    drmesh_repo::within(&options.location.url, PROBE_TIMEOUT, async {
         let backend = drmesh_repo::Backend::open(&options.location).await?;
         backend.size("config").await.map(|_| ())
     })

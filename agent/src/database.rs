@@ -41,19 +41,9 @@ pub fn user_and_database(
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
-    #[error("{0:?} is not a WAL file name PostgreSQL archives")]
-    BadWalName(String),
-    #[error("WAL segment {name} refused: {why}")]
-    BadSegment { name: String, why: String },
-    #[error(
-        "WAL segment {name} comes from another cluster (system identifier {this}; the \
-         archive holds {archived}'s): point this cluster at its own repository"
-    )]
-    OtherCluster {
-        name: String,
-        archived: String,
-        this: u64,
-    },
+    /// A WAL file name or segment that is not what PostgreSQL archives.
+    #[error(transparent)]
+    Wal(#[from] drmesh_pg::WalError),
     #[error("the agent configuration has no {0}")]
     NotConfigured(&'static str),
     #[error("PostgreSQL: {0}")]
@@ -70,17 +60,6 @@ pub enum DatabaseError {
     Io(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
-}
-
-impl From<drmesh_pg::WalError> for DatabaseError {
-    fn from(e: drmesh_pg::WalError) -> Self {
-        match e {
-            drmesh_pg::WalError::BadName(name) => DatabaseError::BadWalName(name),
-            drmesh_pg::WalError::BadSegment { name, why } => {
-                DatabaseError::BadSegment { name, why }
-            }
-        }
-    }
 }
 
 impl From<tokio_postgres::Error> for DatabaseError {

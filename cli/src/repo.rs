@@ -658,14 +658,13 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                 Some(f) => KeySource::KeyFile(f),
                 None => source_options.key,
             };
-            // Object stores retry a refused connection for minutes: say so sooner.
             let url = location.url.clone();
-            let dest = tokio::time::timeout(
+            let dest = drmesh_repo::within(
+                &url,
                 OPEN_TIMEOUT,
                 Repository::open_or_init(&RepoOptions { location, key }),
             )
-            .await
-            .with_context(|| format!("{url} did not answer within {OPEN_TIMEOUT:?}"))??;
+            .await?;
             let started = std::time::Instant::now();
             let report = source.sync_to(&dest, true).await?;
             let seconds = started.elapsed().as_secs_f64();

@@ -129,9 +129,7 @@ impl dyn Txn + '_ {
         ns: Namespace,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.get(ns, key)?
-            .map(|bytes| decode(ns, key, &bytes))
-            .transpose()
+        decode_some(ns, key, self.get(ns, key)?)
     }
 
     pub fn put_json<T: Serialize>(
@@ -140,8 +138,7 @@ impl dyn Txn + '_ {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
-        self.put(ns, key, &bytes)
+        self.put(ns, key, &encode(value)?)
     }
 
     pub fn scan_json<T: DeserializeOwned>(
@@ -149,10 +146,7 @@ impl dyn Txn + '_ {
         ns: Namespace,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.scan(ns, prefix)?
-            .iter()
-            .map(|(k, v)| decode(ns, k, v))
-            .collect()
+        decode_all(ns, self.scan(ns, prefix)?)
     }
 }
 
@@ -163,9 +157,7 @@ pub trait StoreExt: Store {
         ns: Namespace,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.get(ns, key)?
-            .map(|bytes| decode(ns, key, &bytes))
-            .transpose()
+        decode_some(ns, key, self.get(ns, key)?)
     }
 
     fn put_json<T: Serialize>(
@@ -174,8 +166,7 @@ pub trait StoreExt: Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
-        self.put(ns, key, &bytes)
+        self.put(ns, key, &encode(value)?)
     }
 
     fn scan_json<T: DeserializeOwned>(
@@ -183,10 +174,7 @@ pub trait StoreExt: Store {
         ns: Namespace,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.scan(ns, prefix)?
-            .iter()
-            .map(|(k, v)| decode(ns, k, v))
-            .collect()
+        decode_all(ns, self.scan(ns, prefix)?)
     }
 
     /// [`Store::transaction`] with the body's own result and error: `Ok` commits, and
@@ -218,6 +206,25 @@ pub trait StoreExt: Store {
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode_some<T: DeserializeOwned>(
+    ns: Namespace,
+    key: &str,
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<T>, StoreError> {
+    bytes.map(|b| decode(ns, key, &b)).transpose()
+}
+
+fn decode_all<T: DeserializeOwned>(
+    ns: Namespace,
+    rows: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(|(k, v)| decode(ns, k, v)).collect()
+}
 
 pub(crate) fn decode<T: DeserializeOwned>(
     ns: Namespace,

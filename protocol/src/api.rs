@@ -1259,6 +1259,13 @@ pub enum FailoverStatus {
     Failed,
 }
 
+impl FailoverStatus {
+    /// Started and not ended: a driver owns it (or will, once the coordinator resumes it).
+    pub fn is_running(self) -> bool {
+        matches!(self, FailoverStatus::Initiated | FailoverStatus::InProgress)
+    }
+}
+
 impl std::fmt::Display for FailoverStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

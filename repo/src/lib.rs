@@ -77,7 +77,7 @@ pub use enforce::{empty_report, enforce_history, merge_report, Kept, Policies};
 pub use export::{ArchiveManifest, ManifestFile};
 pub use gc::{GcOptions, GcReport};
 pub use pack::ChunkId;
-pub use recovery::{recovery_settings, shell_quote, RecoveryRequest, RestoredBackup};
+pub use recovery::{shell_quote, RecoveryRequest, RestoredBackup};
 pub use restore::{FailedFile, RestoreReport, RestoreRequest};
 pub use snapshot::{
     safe_relative, Entry, EntryKind, Extent, FileHash, PgBackupInfo, RowCounts, Snapshot,
@@ -179,6 +179,21 @@ pub fn bound_allocator_memory() {
         nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 32 << 20);
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 4);
     }
+}
+
+/// `step` on the location at `url`, given up after `limit` as a backend failure (the
+/// location is unreachable): object stores retry a refused connection for minutes.
+pub async fn within<T>(
+    url: &str,
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, RepoError>>,
+) -> Result<T, RepoError> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(RepoError::Backend(format!(
+            "{url} did not answer within {}s",
+            limit.as_secs()
+        )))
+    })
 }
 
 /// Current repository format.
@@ -868,34 +883,7 @@ mod tests {
     /// base backup on `timeline` when one is given.
     async fn manifest(repo: &Repository, id: &str, kind: &str, end: &str, timeline: Option<u32>) {
         let end: DateTime<Utc> = end.parse().expect("time");
-        let snap = Snapshot {
-            id: id.into(),
-            kind: kind.into(),
-            parent: None,
-            source: "/src".into(),
-            hostname: "db-1".into(),
-            started_at: end - chrono::Duration::minutes(5),
-            finished_at: end,
-            tags: BTreeMap::new(),
-            stats: SnapshotStats::default(),
-            postgres: timeline.map(|tl| PgBackupInfo {
-                start_lsn: "0/2000028".into(),
-                stop_lsn: "0/2000100".into(),
-                timeline: tl,
-                start_wal: format!("{tl:08X}0000000000000002"),
-                stop_wal: format!("{tl:08X}0000000000000002"),
-                wal_segment_size: 16 << 20,
-                system_identifier: "7".into(),
-                server_version: 150000,
-                stopped_at: end,
-                tablespace_map: None,
-                row_counts: None,
-            }),
-            entries: Vec::new(),
-        };
-        repo.put_doc(&format!("snapshots/{id}"), &snap)
-            .await
-            .expect("manifest");
+        crate::roundtrip_tests::empty_manifest(repo, id, kind, end, end, timeline).await;
     }
 
     #[tokio::test]

@@ -55,17 +55,6 @@ pub struct RestoredBackup {
 /// The base backup to restore for `time`: the newest whose end is at or before it (its
 /// consistent point), or the newest of all without a time.
 impl Repository {
-    /// The base backup to restore for `time`: the newest whose end is at or before it
-    /// (its consistent point), or the newest of all without a time; `backup` when given,
-    /// if it can reach `time`.
-    pub async fn base_backup_for(
-        &self,
-        backup: Option<&str>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Snapshot, RepoError> {
-        choose(self, backup, time).await
-    }
-
     /// Restores a base backup into `req.target` and sets it up to recover
     /// (`postgresql.auto.conf`, `recovery.signal`, tablespace links); the server is not
     /// started.
@@ -149,7 +138,7 @@ pub fn shell_quote(s: &str) -> Result<String, RepoError> {
 
 /// The settings appended to `postgresql.auto.conf`: fetch WAL from the archive, stop at
 /// the target time and promote, and do not archive into the production archive.
-pub fn recovery_settings(
+fn recovery_settings(
     restore_command: &str,
     time: Option<DateTime<Utc>>,
     immediate: bool,
@@ -588,49 +577,17 @@ mod tests {
     }
 
     use super::*;
-    use crate::{KeySource, Location, PgBackupInfo, RepoOptions, SnapshotStats};
 
     /// A base backup's manifest (no files: `choose` reads only its summary) that ended at
     /// `end` and finished `finish_after` later.
     async fn base_backup(repo: &Repository, id: &str, end: DateTime<Utc>, finish_after: i64) {
         let finished = end + chrono::Duration::seconds(finish_after);
-        let snap = Snapshot {
-            id: id.into(),
-            kind: KIND.into(),
-            parent: None,
-            source: "/var/lib/postgresql/15/main".into(),
-            hostname: "db-1".into(),
-            started_at: end - chrono::Duration::seconds(10),
-            finished_at: finished,
-            tags: Default::default(),
-            stats: SnapshotStats::default(),
-            postgres: Some(PgBackupInfo {
-                start_lsn: "0/2000028".into(),
-                stop_lsn: "0/2000100".into(),
-                timeline: 1,
-                start_wal: "000000010000000000000002".into(),
-                stop_wal: "000000010000000000000002".into(),
-                wal_segment_size: 16 << 20,
-                system_identifier: "7".into(),
-                server_version: 150000,
-                stopped_at: end,
-                tablespace_map: None,
-                row_counts: None,
-            }),
-            entries: Vec::new(),
-        };
-        repo.write_manifest(&snap).await.expect("manifest");
+        crate::roundtrip_tests::empty_manifest(repo, id, KIND, end, finished, Some(1)).await;
     }
 
     #[tokio::test]
     async fn a_target_at_the_oldest_backups_end_chooses_it_and_one_before_names_that_end() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Repository::init(&RepoOptions {
-            location: Location::new(dir.path().join("repo").to_string_lossy()),
-            key: KeySource::None,
-        })
-        .await
-        .expect("init");
+        let (_dir, repo) = crate::roundtrip_tests::temp_repo().await;
         let t0 = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456789Z")
             .expect("time")
             .with_timezone(&Utc);

@@ -88,6 +88,47 @@ fn tree_digest(root: &Path) -> BTreeMap<String, (String, u32, i64, Option<String
 
 use sha2::Digest;
 
+/// Writes a manifest with no files (what summaries, `latest` and the choice of a base
+/// backup read), ending at `end` and finished at `finished`; a base backup on
+/// `timeline`, stopped at `end`, when one is given.
+pub(crate) async fn empty_manifest(
+    repo: &Repository,
+    id: &str,
+    kind: &str,
+    end: chrono::DateTime<chrono::Utc>,
+    finished: chrono::DateTime<chrono::Utc>,
+    timeline: Option<u32>,
+) {
+    let snap = crate::Snapshot {
+        id: id.into(),
+        kind: kind.into(),
+        parent: None,
+        source: "/src".into(),
+        hostname: "db-1".into(),
+        started_at: end - chrono::Duration::minutes(5),
+        finished_at: finished,
+        tags: Default::default(),
+        stats: crate::SnapshotStats::default(),
+        postgres: timeline.map(|tl| crate::PgBackupInfo {
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            timeline: tl,
+            start_wal: format!("{tl:08X}0000000000000002"),
+            stop_wal: format!("{tl:08X}0000000000000002"),
+            wal_segment_size: 16 << 20,
+            system_identifier: "7".into(),
+            server_version: 150000,
+            stopped_at: end,
+            tablespace_map: None,
+            row_counts: None,
+        }),
+        entries: Vec::new(),
+    };
+    repo.put_doc(&format!("snapshots/{id}"), &snap)
+        .await
+        .expect("manifest");
+}
+
 /// An unencrypted repository in a temporary directory (kept while the guard lives).
 pub(crate) async fn temp_repo() -> (tempfile::TempDir, Repository) {
     let dir = tempfile::tempdir().expect("tempdir");

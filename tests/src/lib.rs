@@ -357,12 +357,16 @@ impl Mesh {
 
     /// The state of one agent, if the coordinator knows it.
     pub fn agent_state(&self, id: &str) -> Option<String> {
+        self.agent_status(id).map(|a| a.state.to_string())
+    }
+
+    /// One agent as the DR status shows it, if the coordinator knows it.
+    pub fn agent_status(&self, id: &str) -> Option<drmesh_protocol::api::AgentStatus> {
         self.status()
             .regions
-            .iter()
-            .flat_map(|r| &r.agents)
+            .into_iter()
+            .flat_map(|r| r.agents)
             .find(|a| a.agent_id.as_str() == id)
-            .map(|a| a.state.to_string())
     }
 
     /// Starts a document backup (the runbook's POST, no body) and waits (≤ 90 s) until it

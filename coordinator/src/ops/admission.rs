@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use drmesh_protocol::api::{DrTest, DrTestStatus, FailoverRun, FailoverStatus};
+use drmesh_protocol::api::{DrTest, DrTestStatus, FailoverRun};
 use drmesh_protocol::RegionId;
 
 use crate::error::Error;
@@ -29,12 +29,7 @@ fn running(tx: &mut dyn Txn) -> Result<Vec<Running>, StoreError> {
     let mut out: Vec<Running> = tx
         .scan_json::<FailoverRun>(Namespace::Failovers, "")?
         .into_iter()
-        .filter(|f| {
-            matches!(
-                f.status,
-                FailoverStatus::Initiated | FailoverStatus::InProgress
-            )
-        })
+        .filter(|f| f.status.is_running())
         .map(|f| Running::Failover {
             id: f.failover_id,
             plan: f.plan_id,

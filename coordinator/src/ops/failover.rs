@@ -119,12 +119,7 @@ pub fn latest(store: &dyn Store) -> Result<Option<FailoverRun>, StoreError> {
 
 fn running(store: &dyn Store) -> Result<Vec<FailoverRun>, StoreError> {
     let mut all: Vec<FailoverRun> = store.scan_json(Namespace::Failovers, "")?;
-    all.retain(|f| {
-        matches!(
-            f.status,
-            FailoverStatus::Initiated | FailoverStatus::InProgress
-        )
-    });
+    all.retain(|f| f.status.is_running());
     Ok(all)
 }
 
@@ -191,12 +186,7 @@ pub fn start(
         |tx| tx.put_json(Namespace::Failovers, &run.failover_id, &run),
     )?;
     info!(failover_id = %run.failover_id, plan = %run.plan_id, target = %run.target_region, "failover initiated");
-    let accepted = FailoverAccepted {
-        status: "INITIATED".into(),
-        failover_id: run.failover_id.clone(),
-        failover_start_time: run.failover_start_time,
-        estimated_completion_time: run.estimated_completion_time,
-    };
+    let accepted = accepted(&run);
     spawn(coord.clone(), run.failover_id);
     Ok(accepted)
 }
@@ -246,12 +236,17 @@ pub fn retry(
     })?;
     warn!(failover_id = %id, by = requested_by, "failover retried");
     spawn(coord.clone(), id.to_string());
-    Ok(FailoverAccepted {
+    Ok(accepted(&run))
+}
+
+/// The 202 body for a run that was just admitted.
+fn accepted(run: &FailoverRun) -> FailoverAccepted {
+    FailoverAccepted {
         status: "INITIATED".into(),
-        failover_id: run.failover_id,
+        failover_id: run.failover_id.clone(),
         failover_start_time: run.failover_start_time,
         estimated_completion_time: run.estimated_completion_time,
-    })
+    }
 }
 
 /// Resumes every failover a previous coordinator left running.
@@ -893,6 +888,8 @@ fn confirm(
     plan: &DrPlan,
     run: &FailoverRun,
 ) -> Result<Outcome, StoreError> {
+    // Step 3 moved it already; repeated (a no-op then) for a run whose step 3 was
+    // recorded by a coordinator that did not.
     record_active_region(coord.store.as_ref(), &plan.id, &run.target_region)?;
     let event = Event {
         plan_id: Some(plan.id.clone()),

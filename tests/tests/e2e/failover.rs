@@ -9,6 +9,26 @@ use drmesh_tests::regions::{
 };
 use serde_json::Value;
 
+/// `kill -9` of the primary's postmaster.
+fn crash_primary(t: &TwoRegions) {
+    let pid = t.primary.postmaster_pid().expect("the primary runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the primary's postmaster");
+}
+
+/// The run was started by the health checks, not by an operator.
+fn assert_automatic(run: &Value) {
+    assert!(
+        run["requestedBy"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
+        "{run:#}"
+    );
+}
+
 /// What every completed failover shows: steps, epoch one higher, the old primary fenced,
 /// the new one writable, the plan's active region moved.
 fn assert_completed(t: &TwoRegions, done: &Value) {
@@ -228,16 +248,8 @@ fn a_coordinator_restored_from_before_a_failover_cannot_make_the_agents_act() {
     // Both agents back, and reporting what a rejoin looks for: the old primary fenced,
     // the new one primary (so what is refused below is the epoch, nothing else).
     drmesh_tests::wait_for(Duration::from_secs(30), || {
-        let s = t.mesh.status();
-        let agent = |id: &str| {
-            s.regions
-                .iter()
-                .flat_map(|r| &r.agents)
-                .find(|a| a.agent_id.as_str() == id)
-                .cloned()
-        };
-        let west = agent("db-west")?;
-        let east = agent("db-east")?;
+        let west = t.mesh.agent_status("db-west")?;
+        let east = t.mesh.agent_status("db-east")?;
         (west.state.to_string() == "UP"
             && west.fenced
             && east.state.to_string() == "UP"
@@ -292,21 +304,11 @@ fn a_coordinator_killed_during_a_failover_resumes_it_and_finishes_once() {
 #[test]
 fn a_crashed_primary_fails_over_by_itself() {
     let t = two_regions_with(true);
-    let pid = t.primary.postmaster_pid().expect("the primary runs");
     let crashed = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the primary's postmaster");
+    crash_primary(&t);
     let done = finished(&t.mesh);
     let run = &done["failover"];
-    assert!(
-        run["requestedBy"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
-        "{run:#}"
-    );
+    assert_automatic(run);
     assert_completed(&t, &done);
     eprintln!(
         "automatic failover completed {} ms after the crash",
@@ -357,12 +359,7 @@ fn maintenance_mode_holds_automatic_failover_until_it_is_resumed() {
     );
 
     // The primary crashes: the health check finds it DOWN and says why nothing happens.
-    let pid = t.primary.postmaster_pid().expect("the primary runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the primary's postmaster");
+    crash_primary(&t);
     let held = drmesh_tests::wait_for(Duration::from_secs(60), || {
         let s = mesh.get(STATUS).body;
         let h = &s["healthChecks"][0];
@@ -401,12 +398,7 @@ fn maintenance_mode_holds_automatic_failover_until_it_is_resumed() {
     assert!(ok && out.contains("armed"), "{out}{err}");
     let done = finished(mesh);
     let run = &done["failover"];
-    assert!(
-        run["requestedBy"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("drmesh (automatic)")),
-        "{run:#}"
-    );
+    assert_automatic(run);
     assert_completed(&t, &done);
     let cooling = &mesh.get(STATUS).body["healthChecks"][0]["automaticFailover"];
     assert_eq!(cooling["state"], "COOLING_DOWN", "{cooling}");
