@@ -5,12 +5,24 @@
 //! `eu-west-1`, a coordinator, and one agent per region; writes `DIR/drmesh.env`; and on
 //! Ctrl-C (or SIGTERM) stops everything it started.
 //!
+//! Every region is set up as a real deployment would be, so that any of them can be the
+//! primary: each agent has the same `[database]` table (its own cluster, the one
+//! encrypted database repository, the `staging` and `forensics` recovery environments),
+//! and every cluster has the same `archive_command`, naming that repository and its key
+//! — so whichever server is primary archives its WAL (and, after a promotion, its
+//! timeline history) into the one repository, and backups run next to it. Once up, the
+//! quickstart supervises its coordinator and agents as systemd's `Restart=on-failure`
+//! would: a part that dies is reported and started again a few seconds later, and the
+//! rest keeps running. PostgreSQL is never restarted by it: a stopped server may be a
+//! fenced one.
+//!
 //! Each region's PostgreSQL has its own loopback address (127.0.0.1, .2, .3), so the
 //! database's DNS name, `db.drmesh.local`, served by the coordinator's embedded DNS
 //! server, has a different answer after a failover. Once the mesh is up the quickstart
 //! creates the runbook's DR plan, `production_dr_plan`; its notification channels,
 //! `slack` and `email`, deliver to local sinks that append to `DIR/notifications/`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -53,6 +65,21 @@ fn runbook_plan() -> serde_json::Value {
     })
 }
 
+/// The point-in-time recovery environments the runbook names
+/// (`"targetEnvironment": "staging"`, `"forensics"`); every region's agent has both.
+const ENVIRONMENTS: [&str; 2] = ["staging", "forensics"];
+
+/// PostgreSQL's `archive_timeout`, and the agents' wait for a backup's WAL: a segment is
+/// archived at least this often while anything is written, well within the plan's RPO.
+const ARCHIVE_TIMEOUT: &str = "60s";
+
+/// How long a dead coordinator or agent stays down before it is started again, and how
+/// many restarts within [`RESTART_WINDOW`] are tried before the quickstart gives up on
+/// it (systemd's `RestartSec` and `StartLimitBurst`).
+const RESTART_DELAY: Duration = Duration::from_secs(3);
+const RESTART_BURST: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(300);
+
 /// The loopback address of region `i`'s PostgreSQL: 127.0.0.1, 127.0.0.2, …
 fn region_host(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))
@@ -83,17 +110,127 @@ struct State {
     /// (all on 127.0.0.1 then).
     #[serde(default)]
     pg_hosts: Vec<IpAddr>,
+    /// The port of each region's recovery environments, by `region/environment`; absent
+    /// in directories made before the environments existed (picked then).
+    #[serde(default)]
+    env_ports: BTreeMap<String, u16>,
+}
+
+/// A process the quickstart runs and, once the mesh is up, keeps running.
+struct Part {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    /// Absent while it is dead and waiting to be started again.
+    child: Option<Child>,
+    /// When it was found dead.
+    died: Option<Instant>,
+    /// When it was restarted, within the last [`RESTART_WINDOW`].
+    restarts: Vec<Instant>,
+    /// Restarted too often: left dead.
+    given_up: bool,
 }
 
 /// Everything started, stopped in reverse on the way out (also on error).
 struct Mesh {
-    children: Vec<(String, Child)>,
+    parts: Vec<Part>,
     clusters: Vec<LocalCluster>,
+    /// The recovery environments' data directories: a point-in-time recovery leaves a
+    /// server running in one, stopped with the mesh.
+    environments: Vec<PathBuf>,
+    bin: PgBin,
 }
 
 impl Mesh {
+    /// Starts `program` as the part `name`, its output into `log` (a new file).
+    fn start(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = spawn(name, program, &args, log, false)?;
+        self.parts.push(Part {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args,
+            log: log.to_path_buf(),
+            child: Some(child),
+            died: None,
+            restarts: Vec::new(),
+            given_up: false,
+        });
+        Ok(())
+    }
+
+    /// One round of supervision: a part found dead is reported, and started again
+    /// [`RESTART_DELAY`] later unless it was restarted [`RESTART_BURST`] times within
+    /// [`RESTART_WINDOW`]. The rest of the mesh runs on meanwhile.
+    fn supervise(&mut self) {
+        let now = Instant::now();
+        for part in self.parts.iter_mut() {
+            if let Some(child) = part.child.as_mut() {
+                match child.try_wait() {
+                    Ok(None) => continue,
+                    Ok(Some(status)) => eprintln!(
+                        "{} exited unexpectedly ({status}); the rest of the mesh runs on, and \
+                         it is started again in {} s (see {})",
+                        part.name,
+                        RESTART_DELAY.as_secs(),
+                        part.log.display()
+                    ),
+                    Err(e) => eprintln!("{}: {e}; starting it again", part.name),
+                }
+                part.child = None;
+                part.died = Some(now);
+                continue;
+            }
+            let Some(died) = part.died else { continue };
+            if part.given_up || now.duration_since(died) < RESTART_DELAY {
+                continue;
+            }
+            part.restarts
+                .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+            if part.restarts.len() >= RESTART_BURST {
+                eprintln!(
+                    "{} died {} times within {} s: left stopped (see {})",
+                    part.name,
+                    RESTART_BURST + 1,
+                    RESTART_WINDOW.as_secs(),
+                    part.log.display()
+                );
+                part.given_up = true;
+                continue;
+            }
+            match spawn(&part.name, &part.program, &part.args, &part.log, true) {
+                Ok(child) => {
+                    println!("restarted {} (pid {})", part.name, child.id());
+                    part.child = Some(child);
+                    part.died = None;
+                    part.restarts.push(now);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}: {e:#}; trying again in {} s",
+                        part.name,
+                        RESTART_DELAY.as_secs()
+                    );
+                    part.died = Some(now);
+                    part.restarts.push(now);
+                }
+            }
+        }
+    }
+
     fn stop(&mut self) {
-        for (name, child) in self.children.iter_mut().rev() {
+        for part in self.parts.iter_mut().rev() {
+            let name = &part.name;
+            let Some(child) = part.child.as_mut() else {
+                continue;
+            };
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -112,7 +249,7 @@ impl Mesh {
                 }
             }
         }
-        self.children.clear();
+        self.parts.clear();
         for cluster in self.clusters.iter().rev() {
             if let Err(e) = cluster.stop() {
                 eprintln!("stop PostgreSQL {}: {e}", cluster.name);
@@ -120,6 +257,21 @@ impl Mesh {
             }
         }
         self.clusters.clear();
+        for data in self.environments.drain(..) {
+            if !data.join("postmaster.pid").exists() {
+                continue;
+            }
+            let name = data.display().to_string();
+            match LocalCluster::open(&self.bin, &name, &data, 0) {
+                Ok(server) => {
+                    if let Err(e) = server.stop() {
+                        eprintln!("stop the recovered server in {name}: {e}");
+                        let _ = server.stop_immediate();
+                    }
+                }
+                Err(e) => eprintln!("stop the recovered server in {name}: {e}"),
+            }
+        }
     }
 }
 
@@ -149,8 +301,22 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+/// Starts `program`, its output into `log`: a new file, or appended to when `append`
+/// (a restart keeps what the dead process wrote).
+fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    append: bool,
+) -> anyhow::Result<Child> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .with_context(|| format!("create {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -164,9 +330,31 @@ fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Resul
         .with_context(|| format!("start {name} ({})", program.display()))
 }
 
+/// The one key of both repositories, `DIR/repository.key` (32 random bytes in hex; a
+/// directory made when only the documents were encrypted has it as `documents.key`,
+/// renamed). PostgreSQL's `archive_command` reads it, so it belongs to the postgres user
+/// when the clusters run as that user.
+fn repository_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    let key = dir.join("repository.key");
+    let old = dir.join("documents.key");
+    if !key.exists() && old.exists() {
+        fs::rename(&old, &key).with_context(|| format!("rename {}", old.display()))?;
+    }
+    if !key.exists() {
+        let mut bytes = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .context("read /dev/urandom")?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&key, &hex)?;
+    }
+    local::hand_to_postgres(&key)?;
+    Ok(key)
+}
+
 /// The `[documents]` table of the primary region's agent: `DIR/uploads` (with a sample
 /// document the first time) into an encrypted repository under `DIR/backups/documents`.
-fn documents_section(dir: &Path) -> anyhow::Result<String> {
+fn documents_section(dir: &Path, key: &Path) -> anyhow::Result<String> {
     let uploads = dir.join("uploads");
     if !uploads.exists() {
         let sample = uploads.join("documents/doc-0001");
@@ -176,60 +364,104 @@ fn documents_section(dir: &Path) -> anyhow::Result<String> {
             "A sample upload: drmesh backs up everything under this directory.\n",
         )?;
     }
-    let key = dir.join("documents.key");
-    if !key.exists() {
-        let mut bytes = [0u8; 32];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-            .context("read /dev/urandom")?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        write_private(&key, &hex)?;
-    }
     Ok(format!(
         "\n[documents]\nsource = {}\nkey_file = {}\narchive_dir = {}\nrestore_dir = {}\n\n[[documents.locations]]\nname = \"local\"\nurl = {}\n",
         toml_str(&uploads),
-        toml_str(&key),
+        toml_str(key),
         toml_str(&dir.join("backups/documents/snapshots")),
         toml_str(&dir.join("restores")),
         toml_str(&dir.join("backups/documents/repo")),
     ))
 }
 
-/// The primary agent's configuration file (PostgreSQL's `archive_command` names it).
-fn primary_agent_config(dir: &Path) -> PathBuf {
-    dir.join(format!("agents/pg-{}.toml", REGIONS[0]))
+/// The database repository every region archives into and backs up to.
+fn database_repo(dir: &Path) -> PathBuf {
+    dir.join("backups/database")
 }
 
-/// The `[database]` table of the primary region's agent: its cluster, into a repository
-/// under `DIR/backups/database` that the postgres user owns (it archives WAL there).
-fn database_section(dir: &Path, primary: &LocalCluster) -> anyhow::Result<String> {
-    let repo = dir.join("backups/database");
+/// Creates the encrypted database repository (unless it exists) and gives it to the
+/// postgres user, whose `archive_command` writes into it.
+fn init_database_repo(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    let repo = database_repo(dir);
     local::prepare_parent_dir(&repo)?;
-    Ok(format!(
-        "\n[database]\ndata_dir = {}\nrepository = {}\n",
-        toml_str(&primary.data_dir),
-        toml_str(&repo),
-    ))
+    let options = drmesh_repo::RepoOptions {
+        location: drmesh_repo::Location::new(repo.display().to_string()),
+        key: drmesh_repo::KeySource::KeyFile(key.to_path_buf()),
+    };
+    runtime
+        .block_on(drmesh_repo::Repository::open_or_init(&options))
+        .with_context(|| format!("open the database repository {}", repo.display()))?;
+    local::hand_to_postgres(&repo)?;
+    Ok(())
 }
 
-/// Makes the primary archive its WAL through `drmesh-agent wal-push` (restarting it the
-/// first time, since `archive_mode` needs a restart).
-fn archive_wal(primary: &LocalCluster, agent_bin: &Path, dir: &Path) -> anyhow::Result<()> {
-    let command = format!(
-        "{} --config {} wal-push %p",
-        agent_bin.display(),
-        primary_agent_config(dir).display()
+/// Where region `region`'s agent recovers into environment `env`.
+fn environment_dir(dir: &Path, region: &str, env: &str) -> PathBuf {
+    dir.join("environments").join(region).join(env)
+}
+
+/// The `[database]` table of region `region`'s agent, the same in every region but for
+/// its own cluster and its environments' directories and ports: what lets any region
+/// back up, archive and recover once it holds the primary.
+fn database_section(
+    dir: &Path,
+    region: &str,
+    cluster: &LocalCluster,
+    key: &Path,
+    env_ports: &BTreeMap<String, u16>,
+) -> anyhow::Result<String> {
+    let mut text = format!(
+        "\n[database]\ndata_dir = {}\nrepository = {}\nkey_file = {}\narchive_timeout = \"{ARCHIVE_TIMEOUT}\"\n",
+        toml_str(&cluster.data_dir),
+        toml_str(&database_repo(dir)),
+        toml_str(key),
     );
-    primary.psql(&format!(
+    for env in ENVIRONMENTS {
+        let data = environment_dir(dir, region, env);
+        local::prepare_parent_dir(data.parent().unwrap_or(dir))?;
+        let port = env_ports
+            .get(&format!("{region}/{env}"))
+            .with_context(|| format!("no port for the {env} environment of {region}"))?;
+        text += &format!(
+            "\n[database.environments.{env}]\ndata_dir = {}\nport = {port}\n",
+            toml_str(&data)
+        );
+    }
+    Ok(text)
+}
+
+/// Every cluster's archiving, the same on all of them (a standby made by
+/// `pg_basebackup`, or rewound by `pg_rewind`, copies the primary's and needs no other):
+/// `drmesh repo wal-push` into the database repository with its key, named on the
+/// command line so nothing in PostgreSQL's environment changes it, and `archive_timeout`
+/// so a quiet primary still archives within it. A standby archives nothing until it is
+/// promoted. `archive_mode` needs a restart, the rest a reload.
+fn archive_wal(cluster: &LocalCluster, dir: &Path, key: &Path) -> anyhow::Result<()> {
+    use drmesh_repo::shell_quote;
+    let exe = std::env::current_exe().context("find this program's path")?;
+    let command = format!(
+        "{} repo wal-push --repo {} --key-file {} %p",
+        shell_quote(&exe.to_string_lossy())?,
+        shell_quote(&database_repo(dir).to_string_lossy())?,
+        shell_quote(&key.to_string_lossy())?,
+    );
+    cluster.psql(&format!(
         "alter system set archive_command = '{}'",
         command.replace('\'', "''")
     ))?;
-    if primary.psql("show archive_mode")? == "off" {
-        primary.psql("alter system set archive_mode = 'on'")?;
-        primary.stop()?;
-        primary.start()?;
+    cluster.psql(&format!(
+        "alter system set archive_timeout = '{ARCHIVE_TIMEOUT}'"
+    ))?;
+    if cluster.psql("show archive_mode")? == "off" {
+        cluster.psql("alter system set archive_mode = 'on'")?;
+        cluster.stop()?;
+        cluster.start()?;
     } else {
-        primary.psql("select pg_reload_conf()")?;
+        cluster.psql("select pg_reload_conf()")?;
     }
     Ok(())
 }
@@ -501,17 +733,34 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 .map(|_| local::free_port())
                 .collect::<Result<_, _>>()?,
             pg_hosts: (0..REGIONS.len()).map(region_host).collect(),
+            env_ports: BTreeMap::new(),
         },
     };
     if state.pg_hosts.len() != REGIONS.len() {
         state.pg_hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST); REGIONS.len()];
     }
+    for region in REGIONS {
+        for env in ENVIRONMENTS {
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                state.env_ports.entry(format!("{region}/{env}"))
+            {
+                e.insert(local::free_port()?);
+            }
+        }
+    }
     fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
     let pg_dir = dir.join("pg");
     local::prepare_parent_dir(&pg_dir)?;
+    let key = repository_key(&dir)?;
+    init_database_repo(&signals.runtime, &dir, &key)?;
     let mut mesh = Mesh {
-        children: Vec::new(),
+        parts: Vec::new(),
         clusters: Vec::new(),
+        environments: REGIONS
+            .iter()
+            .flat_map(|r| ENVIRONMENTS.map(|e| environment_dir(&dir, r, e)))
+            .collect(),
+        bin: bin.clone(),
     };
     for (i, region) in REGIONS.iter().enumerate() {
         let data = pg_dir.join(region);
@@ -550,9 +799,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         if !cluster.is_running() {
             cluster.start()?;
         }
-        if i == 0 {
-            archive_wal(&cluster, &agent_bin, &dir)?;
-        }
+        archive_wal(&cluster, &dir, &key)?;
         mesh.clusters.push(cluster);
     }
 
@@ -567,25 +814,28 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let sinks = Sinks::start(&dir.join("notifications"))?;
     let regions: Vec<String> = REGIONS.iter().map(|r| format!("\"{r}\"")).collect();
     let coord_config = coord_dir.join("coordinator.toml");
-    fs::write(
-        &coord_config,
-        format!(
-            "http_listen = \"127.0.0.1:{}\"\nquic_listen = \"127.0.0.1:0\"\nstore_path = {}\nheartbeat_interval = \"{heartbeat}\"\nregions = [{}]\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[dns]\nprovider = \"embedded\"\nrecord = \"{DB_NAME}\"\nlisten = \"127.0.0.1:{}\"\ninitial = \"{}\"\n{}",
-            opts.http_port,
-            toml_str(&store_path),
-            regions.join(", "),
-            toml_str(&pki::ca_files(&ca_dir).cert),
-            toml_str(&coord_files.cert),
-            toml_str(&coord_files.key),
-            opts.dns_port,
-            mesh.clusters[0].host(),
-            sinks.config(),
-        ),
-    )?;
+    let primary_host = mesh.clusters[0].host();
+    let write_coord_config = |quic: &str, dns: &str| {
+        fs::write(
+            &coord_config,
+            format!(
+                "http_listen = \"127.0.0.1:{}\"\nquic_listen = \"{quic}\"\nstore_path = {}\nheartbeat_interval = \"{heartbeat}\"\nregions = [{}]\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[dns]\nprovider = \"embedded\"\nrecord = \"{DB_NAME}\"\nlisten = \"{dns}\"\ninitial = \"{primary_host}\"\n{}",
+                opts.http_port,
+                toml_str(&store_path),
+                regions.join(", "),
+                toml_str(&pki::ca_files(&ca_dir).cert),
+                toml_str(&coord_files.cert),
+                toml_str(&coord_files.key),
+                sinks.config(),
+            ),
+        )
+        .with_context(|| format!("write {}", coord_config.display()))
+    };
+    write_coord_config("127.0.0.1:0", &format!("127.0.0.1:{}", opts.dns_port))?;
     let ready = coord_dir.join("ready.json");
     let _ = fs::remove_file(&ready);
     let coord_log = dir.join("logs/coordinator.log");
-    let child = spawn(
+    mesh.start(
         "coordinator",
         &coordinator_bin,
         &[
@@ -596,15 +846,17 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         ],
         &coord_log,
     )?;
-    mesh.children.push(("coordinator".into(), child));
     let ready = wait_ready(&ready, &mut mesh, &coord_log)?;
     let quic = ready.quic.to_string();
     let dns = ready
         .dns
         .context("the coordinator's ready file names no DNS server although [dns] is set")?;
+    // A restarted coordinator listens where the agents and drmesh.env expect it.
+    write_coord_config(&quic, &dns.to_string())?;
 
-    // 4. One agent per region; the primary region's also backs up the uploads.
-    let primary_extra = documents_section(&dir)? + &database_section(&dir, &mesh.clusters[0])?;
+    // 4. One agent per region, each with the same [database] table; the primary
+    // region's also backs up the uploads.
+    let documents = documents_section(&dir, &key)?;
     for (i, region) in REGIONS.iter().enumerate() {
         let id = AgentId::new(format!("pg-{region}"))?;
         let region_id = RegionId::new(*region)?;
@@ -625,16 +877,16 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 toml_str(&files.cert),
                 toml_str(&files.key),
                 mesh.clusters[i].port,
-            ) + if i == 0 { &primary_extra } else { "" },
+            ) + if i == 0 { &documents } else { "" }
+                + &database_section(&dir, region, &mesh.clusters[i], &key, &state.env_ports)?,
         )?;
         let log = dir.join(format!("logs/agent-{region}.log"));
-        let child = spawn(
+        mesh.start(
             &format!("agent {id}"),
             &agent_bin,
             &["--config", &config.display().to_string()],
             &log,
         )?;
-        mesh.children.push((format!("agent {id}"), child));
     }
 
     // 5. The operator's environment.
@@ -643,10 +895,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     write_private(
         &env_path,
         &format!(
-            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\nexport DRMESH_REPO={}\nexport DRMESH_REPO_KEY_FILE={}\nexport DRMESH_DNS_SERVER={}\nexport DRMESH_DNS_PORT={}\nexport DRMESH_DB_NAME={DB_NAME}\n",
+            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n# The two repositories, both encrypted with one key; drmesh repo uses DRMESH_REPO\n# unless --repo names another.\nexport DRMESH_DOCUMENTS_REPO={}\nexport DRMESH_DATABASE_REPO={}\nexport DRMESH_REPO=\"$DRMESH_DOCUMENTS_REPO\"\nexport DRMESH_REPO_KEY_FILE={}\nexport DRMESH_DNS_SERVER={}\nexport DRMESH_DNS_PORT={}\nexport DRMESH_DB_NAME={DB_NAME}\n",
             token.token,
             dir.join("backups/documents/repo").display(),
-            dir.join("documents.key").display(),
+            database_repo(&dir).display(),
+            key.display(),
             dns.ip(),
             dns.port(),
         ),
@@ -687,6 +940,12 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         dir.join("backups/documents/repo").display(),
         dir.join("backups/documents/snapshots").display()
     );
+    println!(
+        "Database: every region archives WAL and takes backups into {} when it holds the primary; both repositories are encrypted with {}. Offline:",
+        database_repo(&dir).display(),
+        key.display()
+    );
+    println!("  drmesh repo restore --repo \"$DRMESH_DATABASE_REPO\" --time \"$(date -u +%FT%TZ)\" --target /tmp/pitr --port 5499");
     println!(
         "Database name: {DB_NAME} answers {answer} (the primary's PostgreSQL; a failover points it at the new primary), from the coordinator's embedded DNS server at {dns}:"
     );
@@ -729,10 +988,17 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     outcome
 }
 
+/// While the mesh comes up, a part that exits is a mistake to report, not to restart.
 fn check_children(mesh: &mut Mesh) -> anyhow::Result<()> {
-    for (name, child) in mesh.children.iter_mut() {
-        if let Some(status) = child.try_wait()? {
-            bail!("{name} exited unexpectedly ({status}); see the logs directory");
+    for part in mesh.parts.iter_mut() {
+        if let Some(child) = part.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited unexpectedly ({status}); see {}",
+                    part.name,
+                    part.log.display()
+                );
+            }
         }
     }
     Ok(())
@@ -816,7 +1082,7 @@ fn wait_for_signal(signals: &mut Signals, mesh: &mut Mesh) -> anyhow::Result<()>
             tokio::select! {
                 _ = int.recv() => return Ok(()),
                 _ = term.recv() => return Ok(()),
-                _ = tick.tick() => check_children(mesh)?,
+                _ = tick.tick() => mesh.supervise(),
             }
         }
     })

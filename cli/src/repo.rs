@@ -33,6 +33,11 @@ pub struct RepoArgs {
     /// A passphrase is read from DRMESH_REPO_PASSPHRASE instead, never from the command line.
     #[arg(long, env = "DRMESH_REPO_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// The repository is not encrypted: use no key, whatever DRMESH_REPO_KEY_FILE or
+    /// DRMESH_REPO_PASSPHRASE say (what a `restore_command` written for a plain
+    /// repository says, so the environment PostgreSQL runs in cannot change it).
+    #[arg(long, conflicts_with = "key_file")]
+    unencrypted: bool,
 }
 
 impl RepoArgs {
@@ -43,6 +48,12 @@ impl RepoArgs {
                 .split_once('=')
                 .with_context(|| format!("--repo-option {kv:?} is not KEY=VALUE"))?;
             location.options.insert(k.to_string(), v.to_string());
+        }
+        if self.unencrypted {
+            return Ok(RepoOptions {
+                location,
+                key: KeySource::None,
+            });
         }
         let passphrase = std::env::var("DRMESH_REPO_PASSPHRASE")
             .ok()
@@ -59,7 +70,9 @@ impl RepoArgs {
     }
 
     /// `restore_command` for a server recovering from this repository without an agent:
-    /// `drmesh repo wal-fetch --repo … %f %p`.
+    /// `drmesh repo wal-fetch --repo … %f %p`. It names everything it needs (the key
+    /// file, or `--unencrypted`), so the environment PostgreSQL starts in cannot change
+    /// which repository or key it uses.
     fn wal_fetch_command(&self) -> anyhow::Result<String> {
         use drmesh_repo::shell_quote;
         if std::env::var_os("DRMESH_REPO_PASSPHRASE").is_some() && self.key_file.is_none() {
@@ -78,9 +91,12 @@ impl RepoArgs {
         for kv in &self.repo_options {
             cmd += &format!(" --repo-option {}", shell_quote(kv)?);
         }
-        if let Some(k) = &self.key_file {
-            let k = std::fs::canonicalize(k).unwrap_or_else(|_| k.clone());
-            cmd += &format!(" --key-file {}", shell_quote(&k.to_string_lossy())?);
+        match &self.key_file {
+            Some(k) if !self.unencrypted => {
+                let k = std::fs::canonicalize(k).unwrap_or_else(|_| k.clone());
+                cmd += &format!(" --key-file {}", shell_quote(&k.to_string_lossy())?);
+            }
+            _ => cmd += " --unencrypted",
         }
         Ok(cmd + " %f %p")
     }
@@ -208,6 +224,14 @@ pub enum RepoCmd {
     },
     /// Write a snapshot as a plain tar.gz with MANIFEST.json.
     Export(ExportArgs),
+    /// For `archive_command`: archive the WAL or history file at PATH (`%p`); exits 0
+    /// only once it is durably in the repository. The same command on every host of a
+    /// plan archives into the one repository, whichever server is primary.
+    WalPush {
+        #[command(flatten)]
+        repo: RepoArgs,
+        path: PathBuf,
+    },
     /// For `restore_command`: write archived WAL file NAME (`%f`) to DEST (`%p`); exits
     /// 1 when it is not archived.
     WalFetch {
@@ -448,6 +472,12 @@ async fn run_async(cmd: RepoCmd) -> anyhow::Result<()> {
                     time.to_rfc3339()
                 ),
             }
+        }
+        RepoCmd::WalPush { repo, path } => {
+            let r = Repository::open(&repo.options()?).await?;
+            r.push_wal_file(&path)
+                .await
+                .with_context(|| format!("wal-push {}", path.display()))?;
         }
         RepoCmd::WalFetch { repo, name, dest } => {
             let r = Repository::open(&repo.options()?).await?;

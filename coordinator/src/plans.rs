@@ -203,6 +203,7 @@ pub fn check(spec: PlanSpec, known: &Known, id: Option<&str>) -> Result<DrPlan, 
         test_interval,
         retention: spec.retention,
         active_region: None,
+        home_region: None,
         status: PLAN_ACTIVE.into(),
         maintenance: None,
         created_at: now,
@@ -281,6 +282,7 @@ pub fn replace(store: &dyn Store, plan: DrPlan) -> Result<DrPlan, Error> {
         let mut new = plan.clone();
         new.created_at = old.created_at;
         new.active_region = old.active_region.clone();
+        new.home_region = old.home_region.clone();
         new.status = old.status.clone();
         new.maintenance = old.maintenance.clone();
         *old = new;

@@ -218,6 +218,31 @@ fn chown_to_pg(path: &Path) -> Result<(), LocalPgError> {
     Ok(())
 }
 
+/// Gives `path` (and, for a directory, everything below it) to the postgres user when
+/// this process runs as root and starts PostgreSQL as that user; does nothing otherwise.
+/// What PostgreSQL's own commands (`archive_command`, `restore_command`) read or write
+/// must be theirs.
+pub fn hand_to_postgres(path: &Path) -> Result<(), LocalPgError> {
+    if run_as()?.is_none() {
+        return Ok(());
+    }
+    chown_to_pg(path)?;
+    if path.is_dir() {
+        for entry in fs::read_dir(path).map_err(io_err("read", path))? {
+            let entry = entry.map_err(io_err("read", path))?;
+            let file_type = entry
+                .file_type()
+                .map_err(io_err("inspect", &entry.path()))?;
+            if file_type.is_dir() {
+                hand_to_postgres(&entry.path())?;
+            } else if !file_type.is_symlink() {
+                chown_to_pg(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and parents) and makes sure the postgres user can reach and write it.
 pub fn prepare_parent_dir(dir: &Path) -> Result<(), LocalPgError> {
     fs::create_dir_all(dir).map_err(io_err("create", dir))?;

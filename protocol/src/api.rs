@@ -1105,6 +1105,10 @@ pub struct DrPlan {
     /// The region the plan's database runs in since its last failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_region: Option<RegionId>,
+    /// The region the plan's database ran in before its first failover: a failover may
+    /// go back to it as to a failover region (a failback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<RegionId>,
     /// `ACTIVE` (health checks and, if enabled, automatic failover run) or
     /// `MAINTENANCE` (health checks run; automatic failover is paused: see `maintenance`).
     pub status: String,

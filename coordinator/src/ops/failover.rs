@@ -64,13 +64,18 @@ fn promoted(run: &FailoverRun) -> bool {
         .is_some_and(|s| s.status == StepStatus::Done)
 }
 
-/// The plan's active region moves to `region` (a plan deleted meanwhile is left alone).
+/// The plan's active region moves to `region` from `from`, which becomes its home region
+/// if it had none (a plan deleted meanwhile is left alone).
 fn record_active_region(
     store: &dyn Store,
     plan: &str,
     region: &RegionId,
+    from: Option<&RegionId>,
 ) -> Result<(), StoreError> {
     let moved = plans::update(store, plan, |p| {
+        if p.home_region.is_none() {
+            p.home_region = from.cloned().or_else(|| p.active_region.clone());
+        }
         if p.active_region.as_ref() != Some(region) {
             p.active_region = Some(region.clone());
             p.updated_at = Utc::now();
@@ -133,12 +138,17 @@ pub fn start(
     let store = coord.store.as_ref();
     let plan = plans::get(store, &req.plan_id)?
         .ok_or_else(|| Error::NotFound(format!("no plan {}", req.plan_id)))?;
-    if !plan.failover_regions.contains(&req.target_region) {
+    let targets = rules::failover::targets(&plan);
+    if !targets.contains(&req.target_region) {
         return Err(Error::BadRequest(format!(
-            "targetRegion {} is not one of plan {}'s failoverRegions ({})",
+            "targetRegion {} is not one of plan {}'s failoverRegions ({}){}",
             req.target_region,
             plan.id,
-            plans::region_list(&plan.failover_regions)
+            plans::region_list(&plan.failover_regions),
+            match &plan.home_region {
+                Some(home) => format!(" nor its home region {home}"),
+                None => String::new(),
+            }
         )));
     }
     let now = Utc::now();
@@ -316,7 +326,12 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 if i == PROMOTE_STEP {
                     // From the promotion on, the new primary is the truth: the plan (and
                     // its health checks) follow it even if a later step fails.
-                    record_active_region(store, &plan.id, &run.target_region)?;
+                    record_active_region(
+                        store,
+                        &plan.id,
+                        &run.target_region,
+                        run.from_region.as_ref(),
+                    )?;
                 }
             }
             Outcome::Skipped(m) => {
@@ -890,7 +905,12 @@ fn confirm(
 ) -> Result<Outcome, StoreError> {
     // Step 3 moved it already; repeated (a no-op then) for a run whose step 3 was
     // recorded by a coordinator that did not.
-    record_active_region(coord.store.as_ref(), &plan.id, &run.target_region)?;
+    record_active_region(
+        coord.store.as_ref(),
+        &plan.id,
+        &run.target_region,
+        run.from_region.as_ref(),
+    )?;
     let event = Event {
         plan_id: Some(plan.id.clone()),
         ..Event::new(

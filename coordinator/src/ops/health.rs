@@ -54,9 +54,11 @@ pub fn primary_agent(coord: &Coordinator, active: Option<&RegionId>) -> Option<A
 fn remember_active_region(coord: &Coordinator, plan: &str, region: &RegionId) {
     let mut recorded = false;
     let result = plans::update(coord.store.as_ref(), plan, |p| {
-        // Only the first time: a failover moves it from then on.
+        // Only the first time: a failover moves it from then on. Where it is first seen
+        // is its home, the region a failback goes to.
         if p.active_region.is_none() {
             p.active_region = Some(region.clone());
+            p.home_region.get_or_insert_with(|| region.clone());
             recorded = true;
         }
         Ok(())
@@ -245,7 +247,7 @@ fn start_automatic(
     let target = {
         let registry = coord.registry.lock();
         rules::failover::automatic_target(
-            &plan.failover_regions,
+            &rules::failover::targets(plan),
             &primary.region,
             registry.agents(),
             Instant::now(),

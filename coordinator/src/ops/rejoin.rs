@@ -113,7 +113,8 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
     let mut rejoined = Vec::new();
     for agent in &t.fenced {
         let span = tracing::info_span!("rejoin", agent_id = %agent, %region, primary = %address);
-        let outcome = ask(coord, agent, address).instrument(span).await?;
+        let outcome = ask(coord, agent, address).instrument(span.clone()).await?;
+        reported_standby(coord, agent).instrument(span).await;
         rejoined.push(RejoinedAgent {
             agent_id: agent.clone(),
             outcome,
@@ -125,6 +126,28 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
         primary_address: address.to_string(),
         rejoined,
     })
+}
+
+/// Waits (a few heartbeats at most) until `agent`'s heartbeats report its server a
+/// standby, so that once a rejoin has answered the coordinator sees the standby too: a
+/// failover back to it, asked for right after, finds it ready.
+async fn reported_standby(coord: &Coordinator, agent: &AgentId) {
+    let interval = coord.config.heartbeat_interval;
+    let deadline = tokio::time::Instant::now() + interval * 6 + Duration::from_secs(2);
+    loop {
+        let standby = coord
+            .agent_statuses()
+            .iter()
+            .any(|a| &a.agent_id == agent && a.role == Some(PgRole::Standby));
+        if standby {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            warn!("the rejoined server is not reported a standby yet");
+            return;
+        }
+        tokio::time::sleep(interval / 4).await;
+    }
 }
 
 async fn ask(

@@ -67,8 +67,20 @@ pub fn automatic_failover(
     }
 }
 
-/// The region an automatic failover goes to: the first of the plan's failover regions,
-/// other than the failed one, with a fresh agent reporting a standby.
+/// The regions a failover of `plan` may go to, in order of preference: its failover
+/// regions, then its home region (where it ran before its first failover: a failback).
+pub fn targets(plan: &DrPlan) -> Vec<RegionId> {
+    let mut regions = plan.failover_regions.clone();
+    if let Some(home) = &plan.home_region {
+        if !regions.contains(home) {
+            regions.push(home.clone());
+        }
+    }
+    regions
+}
+
+/// The region an automatic failover goes to: the first of `failover_regions` (see
+/// [`targets`]), other than the failed one, with a fresh agent reporting a standby.
 pub fn automatic_target<'a>(
     failover_regions: &[RegionId],
     failed: &RegionId,
@@ -250,6 +262,7 @@ mod tests {
             test_interval: 604_800_000,
             retention: None,
             active_region: None,
+            home_region: None,
             status: if paused { "MAINTENANCE" } else { "ACTIVE" }.into(),
             maintenance: paused.then(|| drmesh_protocol::api::Maintenance {
                 since: at,
@@ -523,6 +536,25 @@ mod tests {
             r.heartbeat(&id, conn, hb, at, chrono::Utc::now());
         }
         r
+    }
+
+    #[test]
+    fn a_failover_may_go_to_the_failover_regions_then_back_home() {
+        let mut p = plan(false, false);
+        p.failover_regions = vec![region("us-east-1"), region("eu-west-1")];
+        assert_eq!(targets(&p), p.failover_regions);
+        p.home_region = Some(region("us-west-2"));
+        assert_eq!(
+            targets(&p),
+            vec![
+                region("us-east-1"),
+                region("eu-west-1"),
+                region("us-west-2")
+            ]
+        );
+        // A home region also listed as a failover region is not repeated.
+        p.home_region = Some(region("eu-west-1"));
+        assert_eq!(targets(&p), p.failover_regions);
     }
 
     #[test]

@@ -302,6 +302,11 @@ fn point_in_time_recovery_stops_at_the_marker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The restore_command names the repository and that it has no key, so a key in
+    // PostgreSQL's environment (DRMESH_REPO_KEY_FILE) cannot change how it reads.
+    let conf = std::fs::read_to_string(offline.join("postgresql.auto.conf")).expect("conf");
+    assert!(conf.contains("repo wal-fetch --repo"), "{conf}");
+    assert!(conf.contains("--unencrypted %f %p"), "{conf}");
     let offline = fx.restored("offline", &offline, port);
     start_recovered(&offline);
     assert_eq!(fingerprint(&offline), at_t, "the data at T, offline");

@@ -284,3 +284,387 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     assert_eq!(answer, "127.0.0.1", "{}", again.log_text());
     stop(&mut again, &dir);
 }
+
+/// The quickstart's operator shell: `drmesh` with `drmesh.env`'s variables.
+struct Shell {
+    vars: Vec<(String, String)>,
+}
+
+impl Shell {
+    fn new(env: &str) -> Shell {
+        let mut vars: Vec<(String, String)> = Vec::new();
+        for line in env.lines() {
+            let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            else {
+                continue;
+            };
+            // `DRMESH_REPO="$DRMESH_DOCUMENTS_REPO"`, as a shell expands it.
+            let value = value.trim_matches('"');
+            let value = match value.strip_prefix('$') {
+                Some(other) => vars
+                    .iter()
+                    .find(|(n, _)| n == other)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("{name} names unset {other}")),
+                None => value.to_string(),
+            };
+            vars.push((name.to_string(), value));
+        }
+        Shell { vars }
+    }
+
+    fn var(&self, name: &str) -> &str {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in drmesh.env"))
+    }
+
+    /// Runs `drmesh ARGS`; its stdout, or a panic with its output.
+    fn drmesh(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("drmesh"))
+            .args(args)
+            .envs(self.vars.iter().map(|(n, v)| (n, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "drmesh {args:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        let a = drmesh_tests::http(
+            "GET",
+            &format!("{}{path}", self.var("DRMESH_URL")),
+            Some(self.var("DRMESH_TOKEN")),
+            None,
+        );
+        assert_eq!(a.status, 200, "GET {path}: {}", a.text);
+        a.body
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let a = drmesh_tests::http(
+            "POST",
+            &format!("{}{path}", self.var("DRMESH_URL")),
+            Some(self.var("DRMESH_TOKEN")),
+            Some(&body.to_string()),
+        );
+        assert!(a.status / 100 == 2, "POST {path}: {} {}", a.status, a.text);
+        a.body
+    }
+}
+
+/// The quickstart's cluster of `region`, reached as the quickstart reaches it.
+fn cluster(dir: &Path, region: &str) -> drmesh_pg::local::LocalCluster {
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("quickstart.json")).unwrap()).unwrap();
+    let i = ["us-west-2", "us-east-1", "eu-west-1"]
+        .iter()
+        .position(|r| *r == region)
+        .unwrap();
+    let port = state["pg_ports"][i].as_u64().unwrap() as u16;
+    let bin = drmesh_pg::local::PgBin::find().unwrap();
+    drmesh_pg::local::LocalCluster::open(&bin, region, &dir.join("pg").join(region), port).unwrap()
+}
+
+/// Writes `{label}-before`, takes the instant after it, writes `{label}-after`, and
+/// waits until the segment holding both is archived: a point-in-time recovery to the
+/// instant must hold the first and not the second.
+fn marker(primary: &drmesh_pg::local::LocalCluster, label: &str) -> String {
+    primary
+        .psql("create table if not exists markers (label text primary key)")
+        .unwrap();
+    primary
+        .psql(&format!("insert into markers values ('{label}-before')"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let instant = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(Duration::from_millis(1100));
+    primary
+        .psql(&format!("insert into markers values ('{label}-after')"))
+        .unwrap();
+    let segment = primary
+        .psql("select pg_walfile_name(pg_switch_wal())")
+        .unwrap();
+    wait_for(Duration::from_secs(60), || {
+        let archived = primary
+            .psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
+            .ok()?;
+        (archived.as_str() >= segment.as_str()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{segment} not archived"));
+    instant
+}
+
+/// The markers a recovered server holds, sorted.
+fn markers(cluster: &drmesh_pg::local::LocalCluster) -> Vec<String> {
+    let text = cluster
+        .psql("select string_agg(label, ',' order by label) from markers")
+        .unwrap();
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn expected(labels: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = labels.iter().map(|l| format!("{l}-before")).collect();
+    for l in &labels[..labels.len() - 1] {
+        v.push(format!("{l}-after"));
+    }
+    v.sort();
+    v
+}
+
+const BASE: &str = "/v1/backup-recovery";
+
+/// The runbook's failover to `region`, followed to its end: COMPLETED.
+fn failover(sh: &Shell, region: &str) {
+    let out = sh.drmesh(&["failover", "production_dr_plan", "--to", region, "--wait"]);
+    assert!(out.contains("COMPLETED"), "{out}");
+    let status = sh.get(&format!("{BASE}/disaster-recovery/status"));
+    assert_eq!(status["primaryRegion"], region, "{status:#}");
+}
+
+/// A full backup through the API, taken next to the primary in `region`.
+fn backup_in(sh: &Shell, region: &str) {
+    let accepted = sh.post(
+        &format!("{BASE}/database/backup/full"),
+        serde_json::json!({}),
+    );
+    let id = accepted["backupId"].as_str().unwrap().to_string();
+    let done = wait_for(Duration::from_secs(120), || {
+        let b = sh.get(&format!("{BASE}/database/backups/{id}"));
+        (b["status"] != "IN_PROGRESS").then_some(b)
+    })
+    .unwrap_or_else(|| panic!("backup {id} did not finish"));
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(
+        done["agentId"],
+        format!("pg-{region}"),
+        "the backup ran next to the primary: {done:#}"
+    );
+}
+
+/// The runbook's point-in-time recovery into `env`, followed to its end; the recovered
+/// server's markers.
+fn pitr(sh: &Shell, dir: &Path, instant: &str, env: &str) -> Vec<String> {
+    let accepted = sh.post(
+        &format!("{BASE}/disaster-recovery/point-in-time-recovery"),
+        serde_json::json!({ "targetTimestamp": instant, "targetEnvironment": env }),
+    );
+    let id = accepted["recoveryId"].as_str().unwrap().to_string();
+    let run = wait_for(Duration::from_secs(180), || {
+        let s = sh.get(&format!("{BASE}/disaster-recovery/status"));
+        let run = s["pointInTimeRecovery"].clone();
+        (run["recoveryId"] == id.as_str()
+            && !["INITIATED", "IN_PROGRESS"].contains(&run["status"].as_str().unwrap_or("")))
+        .then_some(run)
+    })
+    .unwrap_or_else(|| panic!("recovery {id} did not finish"));
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    let outcome = &run["outcome"];
+    let recovered = drmesh_pg::local::LocalCluster::open(
+        &drmesh_pg::local::PgBin::find().unwrap(),
+        env,
+        Path::new(outcome["dataDirectory"].as_str().unwrap()),
+        outcome["port"].as_u64().unwrap() as u16,
+    )
+    .unwrap();
+    assert!(
+        recovered.data_dir.starts_with(dir.join("environments")),
+        "{run:#}"
+    );
+    markers(&recovered)
+}
+
+/// The quickstart is a small production: every region archives, backs up and recovers
+/// once it holds the primary. Failover, a backup there and an exact point-in-time
+/// recovery to a marker, then a failback home and the same again; the runbook's DR test
+/// and its `staging` recovery work as written; an offline restore from the operator's
+/// shell recovers across both failovers with a `restore_command` nothing in its
+/// environment changes; and a killed agent or coordinator is started again while the
+/// rest runs on.
+#[test]
+fn quickstart_regions_back_up_and_recover_wherever_the_primary_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("mesh");
+    let port = free_port();
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"));
+    let sh = Shell::new(&env);
+    assert_eq!(
+        sh.var("DRMESH_DATABASE_REPO"),
+        dir.join("backups/database").display().to_string()
+    );
+    assert_eq!(sh.var("DRMESH_REPO"), sh.var("DRMESH_DOCUMENTS_REPO"));
+
+    // The runbook's DR test of its plan works on the quickstart as written.
+    let test = sh.post(
+        &format!("{BASE}/disaster-recovery/test/production_dr_plan"),
+        serde_json::json!({}),
+    );
+    let test_id = test["testId"].as_str().unwrap().to_string();
+    let test = wait_for(Duration::from_secs(120), || {
+        let t = sh.get(&format!("{BASE}/disaster-recovery/test/production_dr_plan"));
+        (t["testId"] == test_id.as_str() && t["status"] != "IN_PROGRESS").then_some(t)
+    })
+    .unwrap_or_else(|| panic!("the DR test did not finish:\n{}", qs.log_text()));
+    assert_eq!(test["status"], "COMPLETED", "{test:#}");
+
+    // Home: a marker, and the runbook's recovery into `staging` lands exactly on it.
+    let west = cluster(&dir, "us-west-2");
+    let t1 = marker(&west, "one");
+    assert_eq!(pitr(&sh, &dir, &t1, "staging"), expected(&["one"]));
+
+    // Failover to us-east-1: it archives (its timeline's history too), backs up and
+    // recovers there.
+    failover(&sh, "us-east-1");
+    backup_in(&sh, "us-east-1");
+    let east = cluster(&dir, "us-east-1");
+    let t2 = marker(&east, "two");
+    assert_eq!(pitr(&sh, &dir, &t2, "staging"), expected(&["one", "two"]));
+    assert!(dir
+        .join("backups/database/wal/00000002/00000002.history")
+        .exists());
+
+    // A killed agent and a killed coordinator are started again; the mesh runs on.
+    for needle in [
+        format!(
+            "--config {}",
+            dir.join("agents/pg-eu-west-1.toml").display()
+        ),
+        format!(
+            "--config {}",
+            dir.join("coordinator/coordinator.toml").display()
+        ),
+    ] {
+        let (pid, _) = processes_mentioning(&needle)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no process with {needle}"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let restarted = wait_for(Duration::from_secs(30), || {
+            processes_mentioning(&needle)
+                .into_iter()
+                .any(|(p, _)| p != pid)
+                .then_some(())
+        });
+        assert!(restarted.is_some(), "not restarted:\n{}", qs.log_text());
+        assert!(qs.is_running(), "{}", qs.log_text());
+    }
+    let all_up = wait_for(Duration::from_secs(60), || {
+        // The restarted coordinator may not listen yet: not an error here.
+        let out = Command::new(bin("drmesh"))
+            .args(["status", "--output", "json"])
+            .envs(sh.vars.iter().map(|(n, v)| (n, v)))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let agents: Vec<&serde_json::Value> = s["regions"]
+            .as_array()?
+            .iter()
+            .flat_map(|r| r["agents"].as_array().into_iter().flatten())
+            .collect();
+        (agents.len() == 3 && agents.iter().all(|a| a["state"] == "UP")).then_some(())
+    });
+    assert!(all_up.is_some(), "{}", qs.log_text());
+    assert!(
+        qs.log_text().contains("restarted agent pg-eu-west-1"),
+        "{}",
+        qs.log_text()
+    );
+
+    // Failback: the fenced old primary rejoins, and the plan goes home to it.
+    sh.drmesh(&["rejoin", "us-west-2"]);
+    failover(&sh, "us-west-2");
+    backup_in(&sh, "us-west-2");
+    let t3 = marker(&west, "three");
+    assert_eq!(
+        pitr(&sh, &dir, &t3, "forensics"),
+        expected(&["one", "two", "three"])
+    );
+
+    // Offline, from the operator's shell: the first base backup (timeline 1) recovered
+    // across both failovers to the last marker. The restore_command names its
+    // repository and key, so a server started with another key in its environment
+    // recovers all the same.
+    let first = sh.drmesh(&["backups", "list", "--output", "json"]);
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let oldest = first["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["backupId"].as_str())
+        .min_by_key(|id| id.split('_').nth(1).and_then(|ms| ms.parse::<u64>().ok()))
+        .unwrap()
+        .to_string();
+    let target = tmp.path().join("offline/data");
+    let pg_port = free_port();
+    sh.drmesh(&[
+        "repo",
+        "restore",
+        &oldest,
+        "--repo",
+        sh.var("DRMESH_DATABASE_REPO"),
+        "--time",
+        &t3,
+        "--target",
+        &target.display().to_string(),
+        "--port",
+        &pg_port.to_string(),
+    ]);
+    let conf = fs::read_to_string(target.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("--key-file"), "{conf}");
+    let bin = drmesh_pg::local::PgBin::find().unwrap();
+    // Its directory (and the log beside it) belongs to the user PostgreSQL runs as.
+    drmesh_pg::local::hand_to_postgres(&tmp.path().join("offline")).unwrap();
+    let offline = drmesh_pg::local::LocalCluster::open(&bin, "offline", &target, pg_port).unwrap();
+    let mut pg_ctl = Command::new(bin.dir().join("pg_ctl"));
+    pg_ctl
+        .args(["-D", &target.display().to_string(), "-l"])
+        .arg(offline.log_path())
+        .args(["-w", "-t", "120", "start"])
+        .current_dir("/")
+        .env("DRMESH_REPO_KEY_FILE", tmp.path().join("no-such.key"))
+        .env("DRMESH_REPO", tmp.path().join("no-such-repo"));
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let pg = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("a postgres user");
+        pg_ctl.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
+    }
+    let started = pg_ctl.status().unwrap();
+    assert!(
+        started.success(),
+        "{}",
+        fs::read_to_string(offline.log_path()).unwrap_or_default()
+    );
+    let recovered = wait_for(Duration::from_secs(60), || {
+        offline
+            .psql("select not pg_is_in_recovery()")
+            .ok()
+            .filter(|v| v == "t")
+    });
+    assert!(
+        recovered.is_some(),
+        "{}",
+        fs::read_to_string(offline.log_path()).unwrap_or_default()
+    );
+    assert_eq!(markers(&offline), expected(&["one", "two", "three"]));
+    offline.stop_immediate().unwrap();
+
+    stop(&mut qs, &dir);
+}

@@ -282,6 +282,7 @@ mod tests {
             test_interval: 86_400_000,
             retention: None,
             active_region: None,
+            home_region: None,
             status: "ACTIVE".into(),
             maintenance: None,
             created_at: now,
