@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use drmesh_protocol::api::{PromoteOutcome, RejoinOutcome};
+use drmesh_protocol::api::{CatchUpOutcome, DemoteOutcome, PromoteOutcome, RejoinOutcome};
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
@@ -320,6 +320,11 @@ pub async fn rejoin(
         local.user, local.dbname
     );
     let primary_conninfo = format!("host={host} port={port} user={}", local.user);
+    // pg_rewind reads the source's timeline from its control file, which a server
+    // promoted moments ago (a switchover rejoins right after) updates only at its first
+    // checkpoint: without one, it would rewind against the old timeline. Patroni does
+    // the same before its pg_rewind.
+    checkpoint_source(&source).await?;
     let db2 = db.clone();
     let (rewound, rewind_message, log_file) = tokio::task::spawn_blocking(move || {
         let rewind = rewind_blocking(&db2, &source)?;
@@ -453,20 +458,159 @@ fn last_line(text: &str, program: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `pg_controldata`'s "Database cluster state".
-fn cluster_state(db: &DatabaseConfig, owner: Option<(u32, u32)>) -> Result<String, FailoverError> {
+/// `pg_controldata`'s output, as `(field, value)` pairs.
+fn control_data(
+    db: &DatabaseConfig,
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<(String, String)>, FailoverError> {
     let mut cmd = pg_program(db, "pg_controldata")?;
     cmd.arg("-D").arg(&db.data_dir);
     as_owner(&mut cmd, owner);
     let out = cmd
         .output()
         .map_err(|e| FailoverError::Io(format!("run pg_controldata: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("Database cluster state:"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default())
+    if !out.status.success() {
+        return Err(FailoverError::Io(format!(
+            "pg_controldata: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(parse_control_data(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_control_data(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `pg_controldata`'s "Database cluster state".
+fn cluster_state(db: &DatabaseConfig, owner: Option<(u32, u32)>) -> Result<String, FailoverError> {
+    let fields = control_data(db, owner)?;
+    Ok(field(&fields, "Database cluster state")
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// What a cleanly stopped primary's control file says of its last WAL: its shutdown
+/// checkpoint's location and timeline. Refused unless it says "shut down" — a server
+/// that crashed, or a standby ("shut down in recovery"), did not write a final WAL
+/// record for a standby to catch up to.
+fn final_wal(fields: &[(String, String)]) -> Result<(String, u32), FailoverError> {
+    let state = field(fields, "Database cluster state").unwrap_or_default();
+    if state != "shut down" {
+        return Err(FailoverError::Refused(format!(
+            "the server is {state:?}, not a primary shut down cleanly: there is no final \
+             WAL for the target to catch up to (fail over instead)"
+        )));
+    }
+    let lsn = field(fields, "Latest checkpoint location")
+        .filter(|l| {
+            l.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.chars().chain(b.chars()).all(|c| c.is_ascii_hexdigit())
+            })
+        })
+        .ok_or_else(|| FailoverError::Io("pg_controldata names no checkpoint location".into()))?;
+    let timeline = field(fields, "Latest checkpoint's TimeLineID")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| FailoverError::Io("pg_controldata names no timeline".into()))?;
+    Ok((lsn.to_string(), timeline))
+}
+
+/// A `CHECKPOINT` on the new primary at `conninfo` (see [`rejoin`]).
+async fn checkpoint_source(conninfo: &str) -> Result<(), FailoverError> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .map_err(|e| FailoverError::Rejoin(format!("connect to the new primary: {e}")))?;
+    let driver = tokio::spawn(connection);
+    let done = client
+        .batch_execute("checkpoint")
+        .await
+        .map_err(|e| FailoverError::Rejoin(format!("checkpoint on the new primary: {e}")));
+    drop(client);
+    driver.abort();
+    done
+}
+
+/// Stops the local primary for a switchover: `standby.signal` first (as [`fence`]), then
+/// a clean shutdown (`-m fast`), in which PostgreSQL sends every connected standby its
+/// WAL up to the shutdown checkpoint before it exits. Reports that checkpoint, the last
+/// WAL the server wrote. A server already stopped cleanly (a resumed switchover) reports
+/// the same.
+pub async fn demote(db: &DatabaseConfig) -> Result<DemoteOutcome, FailoverError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let was_running = postmaster_running(&db.data_dir);
+        if !was_running && !db.data_dir.join("standby.signal").exists() {
+            // Not ours to stop: whoever stopped it may have had a reason, and it was
+            // not necessarily clean.
+            info!("demote: the server was not running");
+        }
+        fence_blocking(&db, "fast")?;
+        let fields = control_data(&db, owner_ids(&db.data_dir)?)?;
+        let (final_lsn, timeline) = final_wal(&fields)?;
+        info!(%final_lsn, timeline, "demoted: stopped cleanly, standby.signal left");
+        Ok(DemoteOutcome {
+            final_lsn,
+            timeline,
+            was_running,
+        })
+    })
+    .await
+    .map_err(|e| FailoverError::Io(format!("demote task: {e}")))?
+}
+
+/// Waits until the local standby has replayed WAL past `lsn` (the old primary's
+/// shutdown checkpoint: past its start, the whole record is replayed, and nothing
+/// follows it), for at most `timeout`.
+pub async fn catch_up(
+    pg: &PostgresConfig,
+    lsn: &str,
+    timeout: Duration,
+) -> Result<CatchUpOutcome, FailoverError> {
+    let started = Instant::now();
+    let local = LocalConnection::open(pg).await?;
+    if !local.in_recovery().await? {
+        return Err(FailoverError::Refused(
+            "the server is not a standby: it has nothing to catch up".into(),
+        ));
+    }
+    loop {
+        let row = local
+            .client
+            .query_one(
+                "select coalesce(pg_last_wal_replay_lsn() > $1::text::pg_lsn, false), \
+                 coalesce(pg_last_wal_replay_lsn()::text, '0/0')",
+                &[&lsn],
+            )
+            .await
+            .map_err(pg_error)?;
+        let (past, replayed): (bool, String) = (row.get(0), row.get(1));
+        if past {
+            info!(%lsn, %replayed, "caught up");
+            return Ok(CatchUpOutcome {
+                replayed_lsn: replayed,
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        if started.elapsed() > timeout {
+            return Err(FailoverError::Refused(format!(
+                "replayed only up to {replayed} in {:.1} s, not past {lsn}",
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `pg_rewind` from `source` as the owner; (whether it rewound, its last line).
@@ -728,6 +872,39 @@ async fn receiver(pg: &PostgresConfig) -> Result<Option<(String, String, Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CONTROL: &str = "pg_control version number:            1300\n\
+                           Database cluster state:               shut down\n\
+                           Latest checkpoint location:           0/5000028\n\
+                           Latest checkpoint's REDO location:    0/5000028\n\
+                           Latest checkpoint's TimeLineID:       2\n";
+
+    #[test]
+    fn a_clean_shutdown_names_its_final_wal() {
+        let fields = parse_control_data(CONTROL);
+        assert_eq!(
+            final_wal(&fields).expect("final wal"),
+            ("0/5000028".to_string(), 2)
+        );
+    }
+
+    #[test]
+    fn a_crashed_server_or_a_standby_has_no_final_wal_to_catch_up_to() {
+        for state in [
+            "in production",
+            "shut down in recovery",
+            "in crash recovery",
+        ] {
+            let text = CONTROL.replace("shut down", state);
+            let err = final_wal(&parse_control_data(&text)).expect_err("no final wal");
+            assert!(matches!(err, FailoverError::Refused(_)), "{state}: {err}");
+        }
+        let text = CONTROL.replace(
+            "0/5000028\nLatest checkpoint's REDO",
+            "zz\nLatest checkpoint's REDO",
+        );
+        assert!(final_wal(&parse_control_data(&text)).is_err());
+    }
 
     #[test]
     fn the_auto_conf_names_the_new_primary_and_keeps_everything_else() {

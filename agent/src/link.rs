@@ -703,6 +703,17 @@ async fn dispatch(
             None => no_database(),
             Some((db, _)) => outcome(crate::failover::fence(db).await, "fenced"),
         },
+        CommandKind::Demote => match &ctx.database {
+            None => no_database(),
+            Some((db, _)) => outcome(crate::failover::demote(db).await, "stopped cleanly"),
+        },
+        CommandKind::CatchUp { lsn, timeout_ms } => match &ctx.postgres {
+            None => no_postgres(),
+            Some(pg) => outcome(
+                crate::failover::catch_up(pg, &lsn, Duration::from_millis(timeout_ms)).await,
+                "caught up",
+            ),
+        },
         CommandKind::Rejoin {
             primary_host,
             primary_port,

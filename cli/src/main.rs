@@ -101,6 +101,19 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Move a DR plan's primary to one of its regions with no data loss (planned): the
+    /// primary stops cleanly, the standby there replays its last WAL and is promoted, and
+    /// the old primary rejoins as a standby. Needs both servers up.
+    Switchover {
+        /// The DR plan, e.g. production_dr_plan.
+        plan: String,
+        /// The region to move the primary to.
+        #[arg(long)]
+        to: String,
+        /// Follow the steps until the switchover ends (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Run a FAILED failover again from the step that failed (once its cause is fixed);
     /// what was done stays done.
     FailoverRetry {
@@ -440,7 +453,11 @@ fn print_rejoin(a: &drmesh_protocol::api::RejoinAnswer) {
 
 fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
     println!(
-        "\nfailover {} (plan {}) to {}: {}, epoch {}",
+        "\n{} {} (plan {}) to {}: {}, epoch {}",
+        match f.kind {
+            drmesh_protocol::api::FailoverKind::Failover => "failover",
+            drmesh_protocol::api::FailoverKind::Switchover => "switchover",
+        },
         f.failover_id,
         f.plan_id,
         f.target_region,
@@ -462,6 +479,14 @@ fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
             format!("{:?}", step.status).to_uppercase(),
             took,
             step.message
+        );
+    }
+    if let Some(lsns) = &f.switchover {
+        println!(
+            "  old primary stopped at {} (timeline {}); the target replayed up to {}",
+            lsns.final_lsn,
+            lsns.final_timeline,
+            lsns.target_replayed_lsn.as_deref().unwrap_or("-")
         );
     }
     if let Some(e) = &f.error {
@@ -595,6 +620,21 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .to_string();
             println!("failover {id} initiated: {plan} -> {to}");
+            if wait {
+                wait_for_failover(&c, &id)?;
+            }
+        }
+        Cmd::Switchover { plan, to, wait } => {
+            let c = client();
+            let accepted: serde_json::Value = c.post(
+                "/v1/backup-recovery/disaster-recovery/switchover",
+                &json!({ "planId": plan, "targetRegion": to }),
+            )?;
+            let id = accepted["failoverId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            println!("switchover {id} initiated: {plan} -> {to}");
             if wait {
                 wait_for_failover(&c, &id)?;
             }

@@ -195,6 +195,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(failover::failover_start),
         )
         .route(
+            &format!("{base}/disaster-recovery/switchover"),
+            web::post().to(failover::switchover_start),
+        )
+        .route(
             &format!("{base}/disaster-recovery/failover/{{failoverId}}/retry"),
             web::post().to(failover::failover_retry),
         )

@@ -16,6 +16,7 @@
 //!   check.
 //! - [`schedule`]: when DR tests and retention runs are due.
 //! - [`admission`]: which failover, DR test or rejoin may start beside the running ones.
+//! - [`switchover`]: whether a planned switchover may go ahead, and between whom.
 
 pub mod admission;
 pub mod failover;
@@ -23,6 +24,7 @@ pub mod health;
 pub mod lease;
 pub mod registry;
 pub mod schedule;
+pub mod switchover;
 
 use std::time::{Duration, Instant};
 

@@ -1244,12 +1244,22 @@ pub struct FailoverRequest {
     pub allow_data_loss: bool,
 }
 
+/// `POST …/disaster-recovery/switchover`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    pub plan_id: String,
+    pub target_region: RegionId,
+}
+
 /// The `202 Accepted` answer to a failover request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverAccepted {
     pub status: String,
     pub failover_id: String,
+    #[serde(default)]
+    pub kind: FailoverKind,
     pub failover_start_time: DateTime<Utc>,
     pub estimated_completion_time: DateTime<Utc>,
 }
@@ -1330,6 +1340,59 @@ pub struct FailoverRun {
     pub current_step: Option<u8>,
     pub steps: Vec<FailoverStep>,
     pub error: Option<String>,
+    /// A failover, or a planned switchover (absent in runs stored before switchovers).
+    #[serde(default)]
+    pub kind: FailoverKind,
+    /// A switchover's LSNs, once the old primary has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverLsns>,
+}
+
+/// What a [`FailoverRun`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailoverKind {
+    /// The primary is lost or given up: fenced (by its agent or its lease), the target
+    /// promoted with what it has (within the plan's RPO).
+    #[default]
+    Failover,
+    /// Planned, with no data loss: the old primary stops cleanly (its final WAL sent to
+    /// the standbys), the target replays up to that final LSN, then it is promoted, and
+    /// the old primary rejoins it as a standby.
+    Switchover,
+}
+
+/// Where a switchover's old primary stopped, and how far the target had replayed when
+/// it was promoted (at least as far: nothing acknowledged is lost).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverLsns {
+    /// The old primary's shutdown checkpoint (`X/Y`): the last WAL it wrote.
+    pub final_lsn: String,
+    /// The old primary's timeline.
+    pub final_timeline: u32,
+    /// What the target had replayed (`X/Y`), past `final_lsn`.
+    pub target_replayed_lsn: Option<String>,
+}
+
+/// What an agent reports once its server stopped for a switchover (`Demote`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteOutcome {
+    /// The shutdown checkpoint's location (`X/Y`), from `pg_controldata`.
+    pub final_lsn: String,
+    pub timeline: u32,
+    /// False when the server was already stopped cleanly (a resumed switchover).
+    pub was_running: bool,
+}
+
+/// What an agent reports once its standby has replayed past an LSN (`CatchUp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchUpOutcome {
+    /// What it had replayed (`X/Y`).
+    pub replayed_lsn: String,
+    pub waited_ms: u64,
 }
 
 /// How a DR test stands.

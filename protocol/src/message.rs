@@ -230,6 +230,13 @@ pub enum CommandKind {
     /// Fence the local PostgreSQL: stop it and leave `standby.signal`, so no restart
     /// brings it back writable.
     Fence,
+    /// Stop taking writes for a switchover: `standby.signal`, then a clean (`-m fast`)
+    /// shutdown, which sends the connected standbys every WAL record up to its shutdown
+    /// checkpoint. Outcome: `DemoteOutcome` (that checkpoint's LSN).
+    Demote,
+    /// Wait until the local standby has replayed WAL past `lsn` (`X/Y`), for at most
+    /// `timeout_ms`. Outcome: `CatchUpOutcome`.
+    CatchUp { lsn: String, timeout_ms: u64 },
     /// Make the fenced local server a standby of the primary at `primary_host:primary_port`:
     /// archive its leftover `.ready` WAL, `pg_rewind`, `standby.signal` and
     /// `primary_conninfo`, start, wait for streaming. Outcome: `RejoinOutcome`.

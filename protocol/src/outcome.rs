@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    DatabaseBackupOutcome, DatabaseVerificationReport, DocumentBackupOutcome,
-    DocumentRestoreOutcome, DocumentVerification, DocumentsReport, DrTestReport, PitrInfo,
-    PitrOutcome, PromoteOutcome, RejoinOutcome,
+    CatchUpOutcome, DatabaseBackupOutcome, DatabaseVerificationReport, DemoteOutcome,
+    DocumentBackupOutcome, DocumentRestoreOutcome, DocumentVerification, DocumentsReport,
+    DrTestReport, PitrInfo, PitrOutcome, PromoteOutcome, RejoinOutcome,
 };
 use crate::copies::CopiesOutcome;
 use crate::retention::RetentionOutcome;
@@ -36,6 +36,8 @@ pub enum CommandOutcome {
     DrTest(DrTestReport),
     EnforceRetention(RetentionOutcome),
     Promote(PromoteOutcome),
+    Demote(DemoteOutcome),
+    CatchUp(CatchUpOutcome),
     Rejoin(RejoinOutcome),
     /// `Repoint`: the timeline the standby now receives.
     Repoint {
@@ -108,6 +110,8 @@ typed_outcomes! {
     DrTest => DrTestReport, "dr_test";
     EnforceRetention => RetentionOutcome, "enforce_retention";
     Promote => PromoteOutcome, "promote";
+    Demote => DemoteOutcome, "demote";
+    CatchUp => CatchUpOutcome, "catch_up";
     Rejoin => RejoinOutcome, "rejoin";
     Copy => CopiesOutcome, "replicate";
 }

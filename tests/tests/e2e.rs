@@ -30,5 +30,6 @@ mod e2e {
     pub mod retention;
     pub mod retention_months;
     pub mod route53;
+    pub mod switchover;
     pub mod verification;
 }

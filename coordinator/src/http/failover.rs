@@ -19,6 +19,18 @@ pub(super) async fn failover_start(
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
+/// `POST …/disaster-recovery/switchover`: a planned switchover, with no data loss.
+pub(super) async fn switchover_start(
+    caller: Authenticated,
+    coord: Shared,
+    body: web::Bytes,
+) -> Result<HttpResponse, Error> {
+    let caller = caller.require(Role::Operator)?;
+    let req: drmesh_protocol::api::SwitchoverRequest = required_json(&body)?;
+    let accepted = failover::switchover::start(&coord, req, caller.label())?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
 /// `POST …/failover/:id/retry`: a FAILED failover runs again from its failed step.
 pub(super) async fn failover_retry(
     caller: Authenticated,

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentState, DrPlan, FailoverAccepted, FailoverRequest, FailoverRun, FailoverStatus,
-    FailoverStep, PromoteOutcome, Severity, StepStatus,
+    AgentState, DrPlan, FailoverAccepted, FailoverKind, FailoverRequest, FailoverRun,
+    FailoverStatus, FailoverStep, PromoteOutcome, Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
@@ -35,6 +35,8 @@ use crate::rules::failover::{Readiness, Rpo};
 use crate::state::{Coordinator, EPOCH_KEY};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
+
+pub mod switchover;
 
 /// The runbook's steps, in order.
 pub const STEPS: [&str; 7] = [
@@ -135,14 +137,27 @@ pub fn start(
     req: FailoverRequest,
     requested_by: String,
 ) -> Result<FailoverAccepted, Error> {
-    let store = coord.store.as_ref();
-    let plan = plans::get(store, &req.plan_id)?
-        .ok_or_else(|| Error::NotFound(format!("no plan {}", req.plan_id)))?;
+    let plan = plan_for(coord.store.as_ref(), &req.plan_id, &req.target_region)?;
+    let run = new_run(
+        &plan,
+        req.target_region,
+        req.allow_data_loss,
+        requested_by,
+        FailoverKind::Failover,
+    );
+    admit_and_spawn(coord, run)
+}
+
+/// The plan a failover or switchover to `target` is asked for: 404 if there is none,
+/// 400 if `target` is none of its regions ([`rules::failover::targets`]).
+fn plan_for(store: &dyn Store, plan_id: &str, target: &RegionId) -> Result<DrPlan, Error> {
+    let plan =
+        plans::get(store, plan_id)?.ok_or_else(|| Error::NotFound(format!("no plan {plan_id}")))?;
     let targets = rules::failover::targets(&plan);
-    if !targets.contains(&req.target_region) {
+    if !targets.contains(target) {
         return Err(Error::BadRequest(format!(
             "targetRegion {} is not one of plan {}'s failoverRegions ({}){}",
-            req.target_region,
+            target,
             plan.id,
             plans::region_list(&plan.failover_regions),
             match &plan.home_region {
@@ -151,19 +166,33 @@ pub fn start(
             }
         )));
     }
+    Ok(plan)
+}
+
+/// A new run of `plan` to `target_region`, every step pending.
+fn new_run(
+    plan: &DrPlan,
+    target_region: RegionId,
+    allow_data_loss: bool,
+    requested_by: String,
+    kind: FailoverKind,
+) -> FailoverRun {
     let now = Utc::now();
     // The plan's RTO is what the operator expects; a failover here takes seconds.
     let estimate = Duration::from_secs(plan.rto_seconds.clamp(60, 30 * 60));
-    let run = FailoverRun {
-        failover_id: runbook_id("fo"),
+    FailoverRun {
+        failover_id: runbook_id(match kind {
+            FailoverKind::Failover => "fo",
+            FailoverKind::Switchover => "so",
+        }),
         plan_id: plan.id.clone(),
         status: FailoverStatus::Initiated,
-        target_region: req.target_region,
+        target_region,
         target_agent: None,
         from_region: None,
         from_agent: None,
         epoch: None,
-        allow_data_loss: req.allow_data_loss,
+        allow_data_loss,
         requested_by,
         failover_start_time: now,
         estimated_completion_time: now
@@ -184,18 +213,24 @@ pub fn start(
             })
             .collect(),
         error: None,
-    };
-    // Checked and recorded in one transaction: of two requests, one is admitted and
-    // the other is told which failover runs.
+        kind,
+        switchover: None,
+    }
+}
+
+/// Admits `run` and records it — checked and recorded in one transaction, so of two
+/// requests one is admitted and the other is told which failover runs — then drives it
+/// in the background.
+fn admit_and_spawn(coord: &Arc<Coordinator>, run: FailoverRun) -> Result<FailoverAccepted, Error> {
     admission::admit(
-        store,
+        coord.store.as_ref(),
         &Operation::Failover {
-            plan: plan.id.clone(),
+            plan: run.plan_id.clone(),
         },
-        now,
+        run.failover_start_time,
         |tx| tx.put_json(Namespace::Failovers, &run.failover_id, &run),
     )?;
-    info!(failover_id = %run.failover_id, plan = %run.plan_id, target = %run.target_region, "failover initiated");
+    info!(failover_id = %run.failover_id, plan = %run.plan_id, target = %run.target_region, kind = ?run.kind, "failover initiated");
     let accepted = accepted(&run);
     spawn(coord.clone(), run.failover_id);
     Ok(accepted)
@@ -252,6 +287,7 @@ pub fn retry(
 /// The 202 body for a run that was just admitted.
 fn accepted(run: &FailoverRun) -> FailoverAccepted {
     FailoverAccepted {
+        kind: run.kind,
         status: "INITIATED".into(),
         failover_id: run.failover_id.clone(),
         failover_start_time: run.failover_start_time,
@@ -310,11 +346,19 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
             0 => notify_start(coord, &plan, &run),
-            1 => prepare(coord, &plan, &mut run).await?,
+            1 => match run.kind {
+                FailoverKind::Failover => prepare(coord, &plan, &mut run).await?,
+                FailoverKind::Switchover => switchover::prepare(coord, &mut run).await?,
+            },
             2 => promote(coord, &mut run).await,
             3 => update_dns(coord, &run).await,
             4 => validate(coord, &run).await,
-            5 => monitor(coord, &run).await,
+            5 => match (monitor(coord, &run).await, run.kind) {
+                (Outcome::Done(m), FailoverKind::Switchover) => {
+                    switchover::rejoin_old_primary(coord, &run, m).await
+                }
+                (outcome, _) => outcome,
+            },
             _ => confirm(coord, &plan, &run)?,
         };
         let step = &mut run.steps[i];
@@ -509,26 +553,7 @@ async fn prepare(
     // The epoch: one above the highest ever stored, chosen and stored with the record
     // in one transaction before it is used — so epochs rise strictly, each belongs to
     // one failover, and a resumed failover keeps its own.
-    let epoch = match run.epoch {
-        Some(e) => e,
-        None => {
-            let e = coord.store.atomically(|tx| {
-                let highest = tx
-                    .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
-                    .unwrap_or(0)
-                    .max(coord.epoch().0);
-                let e = Epoch(highest + 1);
-                let mut rec = run.clone();
-                rec.epoch = Some(e);
-                tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
-                tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
-                Ok::<_, StoreError>(e)
-            })?;
-            run.epoch = Some(e);
-            e
-        }
-    };
-    coord.raise_epoch(epoch)?;
+    let epoch = choose_epoch(coord, run)?;
     let mut fenced = Vec::new();
     for a in &fencing.by_agent {
         if let Err(why) = fence(coord, run, &a.agent_id).await {
@@ -554,6 +579,34 @@ async fn prepare(
         lag_text(target.replication_lag_seconds),
         done.join("; ")
     )))
+}
+
+/// The run's epoch: one above the highest ever stored, chosen and stored with the
+/// record in one transaction before it is used — so epochs rise strictly, each belongs
+/// to one failover, and a resumed failover keeps its own. The coordinator's own epoch
+/// is raised to it.
+fn choose_epoch(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Result<Epoch, StoreError> {
+    let epoch = match run.epoch {
+        Some(e) => e,
+        None => {
+            let e = coord.store.atomically(|tx| {
+                let highest = tx
+                    .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+                    .unwrap_or(0)
+                    .max(coord.epoch().0);
+                let e = Epoch(highest + 1);
+                let mut rec = run.clone();
+                rec.epoch = Some(e);
+                tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
+                tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
+                Ok::<_, StoreError>(e)
+            })?;
+            run.epoch = Some(e);
+            e
+        }
+    };
+    coord.raise_epoch(epoch)?;
+    Ok(epoch)
 }
 
 fn lag_text(lag: Option<f64>) -> String {

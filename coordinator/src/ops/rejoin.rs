@@ -113,8 +113,7 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
     let mut rejoined = Vec::new();
     for agent in &t.fenced {
         let span = tracing::info_span!("rejoin", agent_id = %agent, %region, primary = %address);
-        let outcome = ask(coord, agent, address).instrument(span.clone()).await?;
-        reported_standby(coord, agent).instrument(span).await;
+        let outcome = rejoin_agent(coord, agent, address).instrument(span).await?;
         rejoined.push(RejoinedAgent {
             agent_id: agent.clone(),
             outcome,
@@ -126,6 +125,19 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
         primary_address: address.to_string(),
         rejoined,
     })
+}
+
+/// Asks `agent` to make its fenced server a standby of the primary at `primary`, and
+/// waits until its heartbeats report the standby. No admission: the caller holds the
+/// plan (a rejoin claim, or the switchover that stopped that server).
+pub async fn rejoin_agent(
+    coord: &Coordinator,
+    agent: &AgentId,
+    primary: std::net::SocketAddr,
+) -> Result<RejoinOutcome, Error> {
+    let outcome = ask(coord, agent, primary).await?;
+    reported_standby(coord, agent).await;
+    Ok(outcome)
 }
 
 /// Waits (a few heartbeats at most) until `agent`'s heartbeats report its server a

@@ -467,6 +467,8 @@ fn a_coordinator_killed_in_step_1_or_7_resumes_and_finishes_once() {
                 })
                 .collect(),
             error: None,
+            kind: Default::default(),
+            switchover: None,
         });
     });
     let done = finished(&t.mesh);
