@@ -17,12 +17,14 @@
 //! - [`schedule`]: when DR tests and retention runs are due.
 //! - [`admission`]: which failover, DR test or rejoin may start beside the running ones.
 //! - [`switchover`]: whether a planned switchover may go ahead, and between whom.
+//! - [`rejoin`]: when a plan's fenced old primary rejoins by itself (`autoRejoin`).
 
 pub mod admission;
 pub mod failover;
 pub mod health;
 pub mod lease;
 pub mod registry;
+pub mod rejoin;
 pub mod schedule;
 pub mod switchover;
 

@@ -69,6 +69,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     }
     tokio::spawn(coord.clone().watch_liveness());
     tokio::spawn(crate::ops::health::watch(coord.clone()));
+    tokio::spawn(crate::ops::rejoin::watch_auto(coord.clone()));
     tokio::spawn(crate::ops::drtest::schedule(coord.clone()));
     tokio::spawn(crate::ops::retention::schedule(coord.clone()));
     tokio::spawn(crate::ops::storage::watch(coord.clone()));

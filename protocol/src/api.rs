@@ -1072,6 +1072,11 @@ pub struct PlanSpec {
     pub health_check_interval: Option<u64>,
     #[serde(default)]
     pub automatic_failover: bool,
+    /// After a failover, a fenced old primary whose agent is heard from again (its
+    /// region is back) rejoins the new primary as a standby by itself (`pg_rewind`), as
+    /// Patroni's `use_pg_rewind` does. Default false.
+    #[serde(default)]
+    pub auto_rejoin: bool,
     /// Names of the coordinator's configured notification channels.
     #[serde(default)]
     pub notification_channels: Vec<String>,
@@ -1097,6 +1102,9 @@ pub struct DrPlan {
     pub failover_regions: Vec<RegionId>,
     pub health_check_interval: u64,
     pub automatic_failover: bool,
+    /// See [`PlanSpec::auto_rejoin`].
+    #[serde(default)]
+    pub auto_rejoin: bool,
     pub notification_channels: Vec<String>,
     pub test_interval: u64,
     /// The plan's own retention policies, if any.

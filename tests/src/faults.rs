@@ -34,6 +34,8 @@ pub struct FaultOptions {
     pub synchronous: bool,
     /// The plan fails over by itself.
     pub automatic: bool,
+    /// The plan's fenced old primary rejoins by itself once its region is back.
+    pub auto_rejoin: bool,
 }
 
 impl Default for FaultOptions {
@@ -44,6 +46,7 @@ impl Default for FaultOptions {
             lease: "5s".into(),
             synchronous: true,
             automatic: true,
+            auto_rejoin: false,
         }
     }
 }
@@ -193,8 +196,8 @@ impl FaultMesh {
                 format!(
                     r#"{{"id": "{PLAN}", "name": "Production", "rpo": "1h", "rto": "4h",
                         "failoverRegions": [{failover_regions}], "healthCheckInterval": 1000,
-                        "automaticFailover": {}}}"#,
-                    opts.automatic
+                        "automaticFailover": {}, "autoRejoin": {}}}"#,
+                    opts.automatic, opts.auto_rejoin
                 )
                 .as_str(),
             ),

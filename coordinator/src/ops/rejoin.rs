@@ -4,14 +4,21 @@
 //! archives its leftover WAL, runs `pg_rewind`, and starts it streaming (see the agent's
 //! `failover::rejoin`). Synchronous: the answer carries every agent's outcome.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use drmesh_protocol::api::{AgentStatus, RejoinAnswer, RejoinOutcome, RejoinedAgent};
+use drmesh_protocol::api::{
+    AgentStatus, FailoverRun, RejoinAnswer, RejoinOutcome, RejoinedAgent, Severity,
+};
 use drmesh_protocol::{AgentId, CommandKind, PgRole, RegionId};
 use tracing::{info, warn, Instrument};
 
+use crate::alerts;
 use crate::error::Error;
+use crate::rules;
 use crate::state::Coordinator;
+use crate::store::{Namespace, StoreExt};
 use crate::transport::{self, TransportError};
 
 /// How long one agent may take: archiving, `pg_rewind`, start, streaming.
@@ -125,6 +132,95 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
         primary_address: address.to_string(),
         rejoined,
     })
+}
+
+/// Alert kind raised when a plan's automatic rejoin failed (source: the region).
+pub const AUTO_REJOIN_FAILED: &str = "AUTO_REJOIN_FAILED";
+
+/// How long after a failed automatic rejoin of a region the next is tried.
+const AUTO_REJOIN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Rejoins the fenced old primaries of plans with `autoRejoin` once their regions are
+/// back ([`rules::rejoin::auto_rejoin`]), through [`rejoin`] (admitted like an
+/// operator's). A failure raises a HIGH `AUTO_REJOIN_FAILED` and is tried again
+/// [`AUTO_REJOIN_BACKOFF`] later; a success resolves it.
+pub async fn watch_auto(coord: Arc<Coordinator>) {
+    let tick = (coord.config.heartbeat_interval * 2).max(Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_at: HashMap<RegionId, tokio::time::Instant> = HashMap::new();
+    loop {
+        ticker.tick().await;
+        let store = coord.store.as_ref();
+        let (plans, runs) = match (
+            crate::plans::list(store),
+            store.scan_json::<FailoverRun>(Namespace::Failovers, ""),
+        ) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) => {
+                warn!(error = %e, "automatic rejoin: cannot read the plans");
+                continue;
+            }
+            (_, Err(e)) => {
+                warn!(error = %e, "automatic rejoin: cannot read the failovers");
+                continue;
+            }
+        };
+        let statuses = coord.agent_statuses();
+        for plan in plans.iter().filter(|p| p.auto_rejoin) {
+            let running = runs
+                .iter()
+                .any(|r| r.plan_id == plan.id && r.status.is_running());
+            let Some(region) =
+                rules::rejoin::auto_rejoin(plan, &statuses, running, &coord.timing())
+            else {
+                continue;
+            };
+            if failed_at
+                .get(&region)
+                .is_some_and(|t| t.elapsed() < AUTO_REJOIN_BACKOFF)
+            {
+                continue;
+            }
+            let span = tracing::info_span!("auto_rejoin", plan = %plan.id, %region);
+            async {
+                info!("the fenced old primary's region is back: rejoining it (autoRejoin)");
+                match rejoin(&coord, &region).await {
+                    Ok(answer) => {
+                        failed_at.remove(&region);
+                        info!(primary = %answer.primary_agent_id, "rejoined by itself");
+                        if let Err(e) =
+                            alerts::resolve_cleared(store, AUTO_REJOIN_FAILED, region.as_str())
+                        {
+                            warn!(error = %e, "resolve AUTO_REJOIN_FAILED");
+                        }
+                    }
+                    // Another failover or rejoin runs: the next tick sees.
+                    Err(Error::Conflict(why)) => info!(%why, "automatic rejoin waits"),
+                    Err(e) => {
+                        failed_at.insert(region.clone(), tokio::time::Instant::now());
+                        warn!(error = %e, "automatic rejoin failed");
+                        alerts::raise_logged(
+                            store,
+                            Severity::High,
+                            AUTO_REJOIN_FAILED,
+                            region.as_str(),
+                            Some(region.clone()),
+                            format!(
+                                "Plan {}'s fenced old primary in {region} did not rejoin the \
+                                 primary by itself: {e}. Tried again in {} s; `drmesh rejoin \
+                                 {region}` by hand.",
+                                plan.id,
+                                AUTO_REJOIN_BACKOFF.as_secs()
+                            ),
+                        );
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+    }
 }
 
 /// Asks `agent` to make its fenced server a standby of the primary at `primary`, and

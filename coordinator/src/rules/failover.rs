@@ -258,6 +258,7 @@ mod tests {
             failover_regions: vec![region("us-east-1")],
             health_check_interval: 30_000,
             automatic_failover: automatic,
+            auto_rejoin: false,
             notification_channels: Vec::new(),
             test_interval: 604_800_000,
             retention: None,

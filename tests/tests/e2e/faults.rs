@@ -354,3 +354,57 @@ fn a_coordinator_restarted_while_a_region_is_cut_off_still_waits_out_its_lease()
         cut.elapsed().as_millis()
     );
 }
+
+/// `autoRejoin`: a cut-off primary region fences itself and is failed over; once its
+/// links are back, its fenced server rejoins the new primary as a standby by itself
+/// (`pg_rewind`) and replays the new primary's writes.
+#[test]
+fn a_cut_off_old_primary_rejoins_by_itself_once_its_region_is_back() {
+    let fm = FaultMesh::start(FaultOptions {
+        auto_rejoin: true,
+        ..FaultOptions::default()
+    });
+    fm.topo.cut(&fm.regions[0]);
+    let done = fm.failover_finished(Duration::from_secs(60));
+    assert_automatic_completion(&done);
+    // Cut off, it stays fenced: nothing reaches it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+
+    let healed = Instant::now();
+    fm.topo.heal(&fm.regions[0]);
+    let standby = drmesh_tests::wait_for(Duration::from_secs(90), || {
+        (fm.cluster(0)
+            .psql("select status from pg_stat_wal_receiver")
+            .ok()?
+            == "streaming")
+            .then_some(())
+    });
+    assert!(
+        standby.is_some(),
+        "the old primary did not rejoin by itself:\n{}",
+        fm.mesh.coordinator_log()
+    );
+    eprintln!(
+        "autoRejoin: the old primary streams from the new one {} ms after its region is back",
+        healed.elapsed().as_millis()
+    );
+    fm.cluster(1)
+        .psql("insert into drmesh_writes (id) values (515151)")
+        .expect("a write on the new primary");
+    let replayed = drmesh_tests::wait_for(Duration::from_secs(20), || {
+        (fm.cluster(0)
+            .psql("select count(*) from drmesh_writes where id = 515151")
+            .ok()?
+            == "1")
+            .then_some(())
+    });
+    assert!(replayed.is_some(), "the rejoined server did not replay");
+    let logged = drmesh_tests::wait_for(Duration::from_secs(20), || {
+        fm.mesh
+            .coordinator_log()
+            .contains("rejoined by itself")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", fm.mesh.coordinator_log());
+}

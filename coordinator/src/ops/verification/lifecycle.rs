@@ -278,6 +278,7 @@ mod tests {
             failover_regions: Vec::new(),
             health_check_interval: 30_000,
             automatic_failover: false,
+            auto_rejoin: false,
             notification_channels: Vec::new(),
             test_interval: 86_400_000,
             retention: None,
