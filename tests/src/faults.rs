@@ -36,6 +36,9 @@ pub struct FaultOptions {
     pub automatic: bool,
     /// The plan's fenced old primary rejoins by itself once its region is back.
     pub auto_rejoin: bool,
+    /// The coordinator signs its DNS updates with a wrong TSIG secret (same key name):
+    /// BIND refuses them until the key file is fixed and the coordinator restarted.
+    pub wrong_tsig_key: bool,
 }
 
 impl Default for FaultOptions {
@@ -47,6 +50,7 @@ impl Default for FaultOptions {
             synchronous: true,
             automatic: true,
             auto_rejoin: false,
+            wrong_tsig_key: false,
         }
     }
 }
@@ -90,7 +94,12 @@ impl FaultMesh {
             opts.lease,
             bind.addr(),
             bind.key_name(),
-            bind.secret_file().display()
+            if opts.wrong_tsig_key {
+                bind.wrong_secret_file()
+            } else {
+                bind.secret_file()
+            }
+            .display()
         );
         let mesh = Mesh::start_on(opts.heartbeat_ms, &extra, topo.host_control_ip());
 

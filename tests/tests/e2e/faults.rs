@@ -408,3 +408,109 @@ fn a_cut_off_old_primary_rejoins_by_itself_once_its_region_is_back() {
     });
     assert!(logged.is_some(), "{}", fm.mesh.coordinator_log());
 }
+
+/// Three regions, automatic failover, and DNS updates signed with a wrong TSIG key: a
+/// crashed primary is failed over once — one promotion, the run FAILED at step 4 with a
+/// CRITICAL alert, the plan (and its health checks) on the promoted server, the third
+/// region untouched — and no second failover follows. With the key fixed, `retry`
+/// completes the run and moves the name. A crash of the new primary then, within the
+/// cool-down, is held, not failed over.
+#[test]
+fn a_wrong_tsig_key_fails_one_automatic_failover_which_a_retry_completes_and_no_second_follows() {
+    let mut fm = FaultMesh::start(FaultOptions {
+        regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
+        synchronous: false,
+        wrong_tsig_key: true,
+        ..FaultOptions::default()
+    });
+    let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the primary's postmaster");
+    let done = fm.failover_finished(Duration::from_secs(90));
+    let run = done["failover"].clone();
+    let id = run["failoverId"].as_str().unwrap().to_string();
+    assert_eq!(run["status"], "FAILED", "{run:#}");
+    assert_eq!(run["steps"][2]["status"], "DONE", "promoted: {run:#}");
+    assert_eq!(run["steps"][3]["status"], "FAILED", "DNS refused: {run:#}");
+    let critical = fm
+        .mesh
+        .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN");
+    assert!(
+        critical.text.contains("FAILOVER_FAILED") && critical.text.contains(&id),
+        "{}",
+        critical.text
+    );
+
+    // Three leases later: still this one failover, one promotion, the plan on it.
+    std::thread::sleep(LEASE * 3);
+    let status = fm
+        .mesh
+        .get("/v1/backup-recovery/disaster-recovery/status")
+        .body;
+    assert_eq!(status["failover"]["failoverId"], id.as_str(), "{status:#}");
+    let in_recovery =
+        |fm: &FaultMesh, i: usize| fm.cluster(i).psql("select pg_is_in_recovery()").ok();
+    assert_eq!(
+        in_recovery(&fm, 1).as_deref(),
+        Some("f"),
+        "us-east-1 promoted"
+    );
+    assert_eq!(
+        in_recovery(&fm, 2).as_deref(),
+        Some("t"),
+        "eu-west-1 still a standby"
+    );
+    let plan = fm
+        .mesh
+        .get("/v1/backup-recovery/disaster-recovery/plans/production_dr_plan");
+    assert_eq!(plan.body["activeRegion"], "us-east-1", "{}", plan.text);
+
+    // The key fixed and the coordinator restarted (it reads the key at start): the
+    // retry completes from step 4 and the name moves.
+    std::fs::copy(fm.bind.secret_file(), fm.bind.wrong_secret_file()).unwrap();
+    fm.mesh.restart_coordinator();
+    let (ok, out, err) = fm
+        .mesh
+        .cli(&fm.mesh.admin_token, &["failover-retry", &id, "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    let done = fm.failover_finished(Duration::from_secs(60));
+    assert_eq!(done["failover"]["status"], "COMPLETED", "{done:#}");
+    assert_eq!(fm.bind.answer(), vec![fm.db(1).ip()]);
+
+    // Within the cool-down, a crash of the new primary is held, not failed over.
+    let pid = fm
+        .cluster(1)
+        .postmaster_pid()
+        .expect("the new primary runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the new primary's postmaster");
+    let held = drmesh_tests::wait_for(Duration::from_secs(60), || {
+        fm.mesh
+            .get("/v1/backup-recovery/monitoring/alerts?status=OPEN")
+            .text
+            .contains("AUTOMATIC_FAILOVER_HELD")
+            .then_some(())
+    });
+    assert!(held.is_some(), "{}", fm.mesh.coordinator_log());
+    std::thread::sleep(LEASE);
+    let status = fm
+        .mesh
+        .get("/v1/backup-recovery/disaster-recovery/status")
+        .body;
+    assert_eq!(
+        status["failover"]["failoverId"],
+        id.as_str(),
+        "no second failover: {status:#}"
+    );
+    assert_eq!(
+        in_recovery(&fm, 2).as_deref(),
+        Some("t"),
+        "eu-west-1 not promoted"
+    );
+}
