@@ -274,6 +274,11 @@ pub struct EnvironmentFile {
     pub data_dir: Option<PathBuf>,
     /// The port the recovered server listens on. Required.
     pub port: Option<u16>,
+    /// The addresses it listens on (PostgreSQL's `listen_addresses`), whatever the
+    /// backed-up server's configuration said: that server's addresses may not exist on
+    /// this host. Default `127.0.0.1`. The agent reaches it at the first one
+    /// (`127.0.0.1` for `*`, `0.0.0.0` or `localhost`).
+    pub listen_addresses: Option<String>,
 }
 
 /// A target environment for point-in-time recoveries.
@@ -281,6 +286,19 @@ pub struct EnvironmentFile {
 pub struct Environment {
     pub data_dir: PathBuf,
     pub port: u16,
+    pub listen_addresses: String,
+}
+
+impl Environment {
+    /// Where the agent reaches the recovered server: the first listen address, or
+    /// loopback for a wildcard or `localhost`.
+    pub fn host(&self) -> String {
+        match self.listen_addresses.split(',').map(str::trim).next() {
+            Some("*" | "0.0.0.0" | "localhost" | "") | None => "127.0.0.1".into(),
+            Some("::") => "::1".into(),
+            Some(first) => first.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Debug for DatabaseFile {
@@ -363,7 +381,29 @@ impl DatabaseFile {
                 )));
             }
             let port = required(env.port, &format!("database.environments.{name}.port"))?;
-            environments.insert(name, Environment { data_dir, port });
+            let listen_addresses = env
+                .listen_addresses
+                .unwrap_or_else(|| "127.0.0.1".into())
+                .trim()
+                .to_string();
+            if listen_addresses.is_empty()
+                || !listen_addresses
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".:,*- _".contains(c))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "database.environments.{name}.listen_addresses {listen_addresses:?} is not \
+                     a list of host names or addresses"
+                )));
+            }
+            environments.insert(
+                name,
+                Environment {
+                    data_dir,
+                    port,
+                    listen_addresses,
+                },
+            );
         }
         let recovery_timeout = self.recovery_timeout.unwrap_or(Duration::from_secs(3600));
         let count_rows_timeout = self.count_rows_timeout.unwrap_or(Duration::from_secs(10));

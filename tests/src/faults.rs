@@ -39,6 +39,12 @@ pub struct FaultOptions {
     /// The coordinator signs its DNS updates with a wrong TSIG secret (same key name):
     /// BIND refuses them until the key file is fixed and the coordinator restarted.
     pub wrong_tsig_key: bool,
+    /// Every region configured alike, as the quickstart is: one encrypted database
+    /// repository (`repo`, key `repo.key`) that every cluster archives into with the
+    /// same `archive_command` (`drmesh repo wal-push`, `archive_timeout` 10 s), and a
+    /// `staging` recovery environment on every agent. Otherwise each agent has a
+    /// repository of its own and nothing is archived.
+    pub archive: bool,
 }
 
 impl Default for FaultOptions {
@@ -51,6 +57,7 @@ impl Default for FaultOptions {
             automatic: true,
             auto_rejoin: false,
             wrong_tsig_key: false,
+            archive: false,
         }
     }
 }
@@ -131,6 +138,11 @@ impl FaultMesh {
             .wait_ready(Duration::from_secs(30))
             .expect("primary ready");
         primary.psql(SETUP_SQL).expect("create the writer's tables");
+        let repo = root.join("repo");
+        let key = root.join("repo.key");
+        if opts.archive {
+            shared_archive(&primary, &repo, &key);
+        }
         for r in &names[1..] {
             let standby = LocalCluster::init_standby_from(
                 &pg,
@@ -160,16 +172,29 @@ impl FaultMesh {
             let c = &clusters.0[i];
             let id = format!("db-{r}");
             let files = mesh.issue_agent(&id, r);
+            let database = if opts.archive {
+                format!(
+                    "repository = \"{}\"\nkey_file = \"{}\"\n[database.environments.staging]\ndata_dir = \"{}\"\nport = {}\n",
+                    repo.display(),
+                    key.display(),
+                    root.join(r).join("staging").display(),
+                    free_port().expect("port")
+                )
+            } else {
+                format!(
+                    "repository = \"{}\"\n",
+                    root.join(format!("repo-{r}")).display()
+                )
+            };
             let config = mesh.agent_config_with(
                 &id,
                 r,
                 &files,
                 &format!("mesh_listen = \"{}:0\"", topo.mesh_ip(r)),
                 &format!(
-                    "[postgres]\nconninfo = \"{}\"\n[database]\ndata_dir = \"{}\"\nrepository = \"{}\"\n",
+                    "[postgres]\nconninfo = \"{}\"\n[database]\ndata_dir = \"{}\"\n{database}",
                     c.conninfo(),
                     c.data_dir.display(),
-                    root.join(format!("repo-{r}")).display()
                 ),
             );
             let log = mesh.dir.path().join(format!("agent-{id}.log"));
@@ -346,4 +371,52 @@ impl FaultMesh {
     pub fn agent_config(&self, i: usize) -> &PathBuf {
         &self.agent_configs[i]
     }
+}
+
+/// The quickstart's archiving on `primary`, before its standbys are made (they copy it):
+/// an encrypted repository at `repo` with the key `key`, both the postgres user's, and
+/// `drmesh repo wal-push` naming them as `archive_command` (restarts the primary).
+fn shared_archive(primary: &LocalCluster, repo: &std::path::Path, key: &std::path::Path) {
+    std::fs::write(
+        key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .expect("write the repository key");
+    let out = std::process::Command::new(bin("drmesh"))
+        .args(["repo", "init", "--repo"])
+        .arg(repo)
+        .arg("--key-file")
+        .arg(key)
+        .output()
+        .expect("drmesh repo init");
+    assert!(
+        out.status.success(),
+        "drmesh repo init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drmesh_pg::local::hand_to_postgres(repo).expect("give the repository to postgres");
+    drmesh_pg::local::hand_to_postgres(key).expect("give the key to postgres");
+    let command = format!(
+        "'{}' repo wal-push --repo '{}' --key-file '{}' %p",
+        bin("drmesh").display(),
+        repo.display(),
+        key.display()
+    );
+    primary
+        .psql(&format!(
+            "alter system set archive_command = '{}'",
+            command.replace('\'', "''")
+        ))
+        .expect("archive_command");
+    primary
+        .psql("alter system set archive_mode = 'on'")
+        .expect("archive_mode");
+    primary
+        .psql("alter system set archive_timeout = '10s'")
+        .expect("archive_timeout");
+    primary.stop().expect("stop the primary");
+    primary.start().expect("start the primary");
+    primary
+        .wait_ready(Duration::from_secs(30))
+        .expect("primary ready");
 }

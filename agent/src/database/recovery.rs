@@ -81,12 +81,19 @@ pub async fn recover_into(
     let recovery_started = std::time::Instant::now();
     let cluster = LocalCluster::open(&bin, environment, &dir, env.port)
         .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
+    // Its own addresses, not the backed-up server's (which this host may not have).
+    cluster
+        .append_config(
+            "postgresql.auto.conf",
+            &format!("listen_addresses = '{}'\n", env.listen_addresses),
+        )
+        .map_err(|e| DatabaseError::Postgres(e.to_string()))?;
     // `pg_ctl start` gives up waiting after a minute; a long recovery goes on, and the
     // loop below is what waits for it.
     if let Err(e) = cluster.start() {
         info!(error = %e, "the recovered server is not accepting connections yet");
     }
-    let conninfo = recovered_conninfo(conninfo, env.port);
+    let conninfo = recovered_conninfo(conninfo, &env.host(), env.port);
     let deadline = recovery_started + db.recovery_timeout;
     let client = loop {
         if let Ok((client, connection)) =
@@ -105,7 +112,9 @@ pub async fn recover_into(
             // PostgreSQL knows a target time has passed only from a commit after it.
             let why = if tail.contains("recovery ended before configured recovery target") {
                 format!(
-                    "the archived WAL holds no transaction committed after {} yet, and                      PostgreSQL needs one to know that instant has passed: choose an earlier                      time, or wait until a later commit is archived. ",
+                    "the archived WAL holds no transaction committed after {} yet, and \
+                     PostgreSQL needs one to know that instant has passed: choose an earlier \
+                     time, or wait until a later commit is archived. ",
                     time.to_rfc3339()
                 )
             } else {
@@ -150,9 +159,9 @@ pub async fn recover_into(
 
 /// The production conninfo's user and database, at the recovered server's port on
 /// the loopback.
-fn recovered_conninfo(conninfo: Option<&str>, port: u16) -> String {
+fn recovered_conninfo(conninfo: Option<&str>, host: &str, port: u16) -> String {
     let (user, dbname) = super::user_and_database(conninfo, None);
-    format!("host=127.0.0.1 port={port} user={user} dbname={dbname} connect_timeout=2")
+    format!("host={host} port={port} user={user} dbname={dbname} connect_timeout=2")
 }
 
 fn log_tail(path: &Path) -> String {

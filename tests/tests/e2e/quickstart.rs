@@ -376,7 +376,7 @@ fn cluster(dir: &Path, region: &str) -> drmesh_pg::local::LocalCluster {
 /// Writes `{label}-before`, takes the instant after it, writes `{label}-after`, and
 /// waits until the segment holding both is archived: a point-in-time recovery to the
 /// instant must hold the first and not the second.
-fn marker(primary: &drmesh_pg::local::LocalCluster, label: &str) -> String {
+pub(super) fn marker(primary: &drmesh_pg::local::LocalCluster, label: &str) -> String {
     primary
         .psql("create table if not exists markers (label text primary key)")
         .unwrap();
@@ -403,7 +403,7 @@ fn marker(primary: &drmesh_pg::local::LocalCluster, label: &str) -> String {
 }
 
 /// The markers a recovered server holds, sorted.
-fn markers(cluster: &drmesh_pg::local::LocalCluster) -> Vec<String> {
+pub(super) fn markers(cluster: &drmesh_pg::local::LocalCluster) -> Vec<String> {
     let text = cluster
         .psql("select string_agg(label, ',' order by label) from markers")
         .unwrap();
@@ -413,7 +413,7 @@ fn markers(cluster: &drmesh_pg::local::LocalCluster) -> Vec<String> {
         .collect()
 }
 
-fn expected(labels: &[&str]) -> Vec<String> {
+pub(super) fn expected(labels: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = labels.iter().map(|l| format!("{l}-before")).collect();
     for l in &labels[..labels.len() - 1] {
         v.push(format!("{l}-after"));
