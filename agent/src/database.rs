@@ -5,6 +5,7 @@
 //! (`Repository::push_wal_file`, `fetch_wal_file`, `restore_for_recovery`).
 //! Everything goes into the same repository format as documents.
 
+pub mod archiving;
 pub mod basebackup;
 pub mod child;
 pub mod drtest;

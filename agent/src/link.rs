@@ -707,6 +707,14 @@ async fn dispatch(
             None => no_database(),
             Some((db, _)) => outcome(crate::failover::demote(db).await, "stopped cleanly"),
         },
+        CommandKind::ConfirmArchiving => match (&ctx.database, &ctx.postgres) {
+            (Some((db, _)), Some(pg)) => outcome(
+                crate::database::archiving::confirm(db, pg).await,
+                "archiving confirmed",
+            ),
+            (None, _) => no_database(),
+            (_, None) => no_postgres(),
+        },
         CommandKind::CatchUp { lsn, timeout_ms } => match &ctx.postgres {
             None => no_postgres(),
             Some(pg) => outcome(

@@ -1394,6 +1394,17 @@ pub struct DemoteOutcome {
     pub was_running: bool,
 }
 
+/// What an agent reports once its primary's WAL reached the repository
+/// (`ConfirmArchiving`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivingOutcome {
+    /// The segment the server switched from, now in the repository.
+    pub segment: String,
+    pub timeline: u32,
+    pub waited_ms: u64,
+}
+
 /// What an agent reports once its standby has replayed past an LSN (`CatchUp`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -234,6 +234,10 @@ pub enum CommandKind {
     /// shutdown, which sends the connected standbys every WAL record up to its shutdown
     /// checkpoint. Outcome: `DemoteOutcome` (that checkpoint's LSN).
     Demote,
+    /// Switch the local primary to a new WAL segment and wait (at most the agent's
+    /// `archive_timeout`) until the finished one is in the database repository.
+    /// Outcome: `ArchivingOutcome`.
+    ConfirmArchiving,
     /// Wait until the local standby has replayed WAL past `lsn` (`X/Y`), for at most
     /// `timeout_ms`. Outcome: `CatchUpOutcome`.
     CatchUp { lsn: String, timeout_ms: u64 },

@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    CatchUpOutcome, DatabaseBackupOutcome, DatabaseVerificationReport, DemoteOutcome,
-    DocumentBackupOutcome, DocumentRestoreOutcome, DocumentVerification, DocumentsReport,
-    DrTestReport, PitrInfo, PitrOutcome, PromoteOutcome, RejoinOutcome,
+    ArchivingOutcome, CatchUpOutcome, DatabaseBackupOutcome, DatabaseVerificationReport,
+    DemoteOutcome, DocumentBackupOutcome, DocumentRestoreOutcome, DocumentVerification,
+    DocumentsReport, DrTestReport, PitrInfo, PitrOutcome, PromoteOutcome, RejoinOutcome,
 };
 use crate::copies::CopiesOutcome;
 use crate::retention::RetentionOutcome;
@@ -38,6 +38,7 @@ pub enum CommandOutcome {
     Promote(PromoteOutcome),
     Demote(DemoteOutcome),
     CatchUp(CatchUpOutcome),
+    ConfirmArchiving(ArchivingOutcome),
     Rejoin(RejoinOutcome),
     /// `Repoint`: the timeline the standby now receives.
     Repoint {
@@ -112,6 +113,7 @@ typed_outcomes! {
     Promote => PromoteOutcome, "promote";
     Demote => DemoteOutcome, "demote";
     CatchUp => CatchUpOutcome, "catch_up";
+    ConfirmArchiving => ArchivingOutcome, "confirm_archiving";
     Rejoin => RejoinOutcome, "rejoin";
     Copy => CopiesOutcome, "replicate";
 }
