@@ -110,6 +110,18 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Say that a server a failover waits on was stopped by hand (its agent cannot fence
+    /// it): step 2 goes on. Without --agent, every server the failover waits on.
+    FailoverConfirmFenced {
+        /// The failover, e.g. fo_1705329600000_abc123.
+        id: String,
+        /// The agent next to the server stopped by hand.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Follow the steps until the failover ends (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Verify a database backup: checksums, file accessibility and a restorability test
     /// on its agent (the runbook's "Verify Database Backup Integrity").
     Verify {
@@ -464,6 +476,26 @@ fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
             step.message
         );
     }
+    for c in &f.fenced_by_operator {
+        println!(
+            "  stopped by hand: {} (confirmed by {} at {})",
+            c.agent_id,
+            c.by,
+            c.at.format("%H:%M:%S")
+        );
+    }
+    if !f.awaiting_confirmation.is_empty() {
+        let names: Vec<String> = f
+            .awaiting_confirmation
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "  waiting for an operator: stop PostgreSQL on {} by hand, then `drmesh failover-confirm-fenced {}`",
+            names.join(", "),
+            f.failover_id
+        );
+    }
     if let Some(e) = &f.error {
         println!("  error: {e}");
     }
@@ -606,6 +638,21 @@ fn main() -> anyhow::Result<()> {
                 &json!({}),
             )?;
             println!("failover {id} retried from its failed step");
+            if wait {
+                wait_for_failover(&c, &id)?;
+            }
+        }
+        Cmd::FailoverConfirmFenced { id, agent, wait } => {
+            let c = client();
+            let body = match &agent {
+                Some(a) => json!({ "agentId": a }),
+                None => json!({}),
+            };
+            let confirmed: drmesh_protocol::api::FenceConfirmed = c.post(
+                &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/confirm-fenced"),
+                &body,
+            )?;
+            println!("failover {id}: {}", confirmed.message);
             if wait {
                 wait_for_failover(&c, &id)?;
             }

@@ -14,6 +14,7 @@ mod e2e {
     pub mod failover;
     pub mod failover_checks;
     pub mod faults;
+    pub mod fencing;
     pub mod gc_crash;
     pub mod http_api;
     pub mod liveness;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::Utc;
 use drmesh_protocol::api::{
     AgentState, DrPlan, FailoverAccepted, FailoverRequest, FailoverRun, FailoverStatus,
-    FailoverStep, PromoteOutcome, Severity, StepStatus,
+    FailoverStep, FenceConfirmation, FenceConfirmed, PromoteOutcome, Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
@@ -31,7 +31,7 @@ use crate::ops::admission;
 use crate::plans;
 use crate::rules;
 use crate::rules::admission::Operation;
-use crate::rules::failover::{Readiness, Rpo};
+use crate::rules::failover::{OperatorWord, Readiness, Rpo};
 use crate::state::{Coordinator, EPOCH_KEY};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -50,6 +50,9 @@ pub const STEPS: [&str; 7] = [
 /// How long the promoted server must be seen as the primary by its agent's heartbeats
 /// (step 6), in heartbeat intervals.
 const MONITOR_INTERVALS: u32 = 3;
+
+/// The index of step 2, "Prepare target infrastructure" (fencing), in [`STEPS`].
+const PREPARE_STEP: usize = 1;
 
 /// The index of step 3, "Promote read replica to primary", in [`STEPS`].
 const PROMOTE_STEP: usize = 2;
@@ -174,6 +177,9 @@ pub fn start(
             })
             .collect(),
         error: None,
+        awaiting_confirmation: Vec::new(),
+        fenced_by_operator: Vec::new(),
+        aborted: None,
     };
     // Checked and recorded in one transaction: of two requests, one is admitted and
     // the other is told which failover runs.
@@ -249,6 +255,93 @@ fn accepted(run: &FailoverRun) -> FailoverAccepted {
     }
 }
 
+/// `POST …/disaster-recovery/failover/:id/confirm-fenced`: an operator says the server
+/// next to `agent` (without one: every server step 2 waits on, its
+/// `awaitingConfirmation`) is stopped by hand. Recorded in the run, for step 2.
+pub fn confirm_fenced(
+    coord: &Arc<Coordinator>,
+    id: &str,
+    agent: Option<AgentId>,
+    by: &str,
+) -> Result<FenceConfirmed, Error> {
+    if let Some(a) = &agent {
+        if coord.registry.lock().get(a).is_none() {
+            let waits_on =
+                get(coord.store.as_ref(), id)?.is_some_and(|r| r.awaiting_confirmation.contains(a));
+            if !waits_on {
+                return Err(Error::BadRequest(format!("{a} is not a known agent")));
+            }
+        }
+    }
+    let now = Utc::now();
+    let confirmed = coord.store.atomically(|tx| {
+        let mut run: FailoverRun = tx
+            .get_json(Namespace::Failovers, id)?
+            .ok_or_else(|| Error::NotFound(format!("no failover {id}")))?;
+        if !run.status.is_running() {
+            return Err(Error::Conflict(format!(
+                "failover {id} is {}: only a running failover waits for a server to be fenced",
+                run.status
+            )));
+        }
+        if run
+            .steps
+            .get(PREPARE_STEP)
+            .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Skipped))
+        {
+            return Err(Error::Conflict(format!(
+                "failover {id} is past step 2 (fencing): there is nothing to confirm"
+            )));
+        }
+        let agents = match &agent {
+            Some(a) => vec![a.clone()],
+            None if run.awaiting_confirmation.is_empty() => {
+                return Err(Error::Conflict(format!(
+                    "failover {id} waits for no server to be confirmed fenced; name one with \
+                     {{\"agentId\": \"…\"}}"
+                )))
+            }
+            None => run.awaiting_confirmation.clone(),
+        };
+        for a in &agents {
+            if !run.fenced_by_operator.iter().any(|c| &c.agent_id == a) {
+                run.fenced_by_operator.push(FenceConfirmation {
+                    agent_id: a.clone(),
+                    by: by.to_string(),
+                    at: now,
+                });
+            }
+        }
+        tx.put_json(Namespace::Failovers, id, &run)?;
+        Ok(agents)
+    })?;
+    let names = confirmed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(failover_id = %id, by, agents = %names, "servers confirmed fenced by an operator");
+    Ok(FenceConfirmed {
+        failover_id: id.to_string(),
+        message: format!(
+            "recorded: {names} stopped by hand, as {by} confirmed; step 2 goes on without their \
+             agents' fencing"
+        ),
+        confirmed,
+    })
+}
+
+/// Writes the driver's copy of the run, keeping what operators recorded in the stored
+/// one meanwhile (fence confirmations), in one transaction.
+fn save(store: &dyn Store, run: &mut FailoverRun) -> Result<(), StoreError> {
+    store.atomically(|tx| {
+        if let Some(stored) = tx.get_json::<FailoverRun>(Namespace::Failovers, &run.failover_id)? {
+            run.fenced_by_operator = stored.fenced_by_operator;
+        }
+        tx.put_json(Namespace::Failovers, &run.failover_id, &*run)
+    })
+}
+
 /// Resumes every failover a previous coordinator left running.
 pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
     let runs = running(coord.store.as_ref())?;
@@ -285,10 +378,10 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
     let Some(plan) = plans::get(store, &run.plan_id)? else {
         run.status = FailoverStatus::Failed;
         run.error = Some(format!("plan {} was deleted", run.plan_id));
-        return store.put_json(Namespace::Failovers, id, &run);
+        return save(store, &mut run);
     };
     run.status = FailoverStatus::InProgress;
-    store.put_json(Namespace::Failovers, id, &run)?;
+    save(store, &mut run)?;
     for i in 0..run.steps.len() {
         if matches!(run.steps[i].status, StepStatus::Done | StepStatus::Skipped) {
             continue;
@@ -296,7 +389,7 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
         run.current_step = Some(run.steps[i].number);
         run.steps[i].status = StepStatus::Running;
         run.steps[i].started_at.get_or_insert_with(Utc::now);
-        store.put_json(Namespace::Failovers, id, &run)?;
+        save(store, &mut run)?;
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
             0 => notify_start(coord, &plan, &run),
@@ -330,7 +423,7 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 run.status = FailoverStatus::Failed;
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
-                store.put_json(Namespace::Failovers, id, &run)?;
+                save(store, &mut run)?;
                 let promoted = promoted(&run);
                 let error = run.error.clone().unwrap_or_default();
                 let message = if promoted {
@@ -368,11 +461,11 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 return Ok(());
             }
         }
-        store.put_json(Namespace::Failovers, id, &run)?;
+        save(store, &mut run)?;
     }
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
-    store.put_json(Namespace::Failovers, id, &run)?;
+    save(store, &mut run)?;
     // A retried run that completes clears the alert its failure raised.
     if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, id) {
         warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
@@ -421,7 +514,21 @@ async fn prepare(
         + Duration::from_secs(10);
     // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
     // agent not heard from lately may sit next to a writable primary.
+    let mut told: Option<Vec<String>> = None;
     let (statuses, target, waited_out) = loop {
+        // What operators confirmed meanwhile (`confirm-fenced`).
+        if let Some(stored) = get(coord.store.as_ref(), &run.failover_id)? {
+            run.fenced_by_operator = stored.fenced_by_operator;
+        }
+        let confirmed: Vec<AgentId> = run
+            .fenced_by_operator
+            .iter()
+            .map(|c| c.agent_id.clone())
+            .collect();
+        let word = OperatorWord {
+            confirmed: &confirmed,
+            allow_data_loss: run.allow_data_loss,
+        };
         let statuses = coord.agent_statuses();
         let readiness = {
             let now = std::time::Instant::now();
@@ -430,14 +537,43 @@ async fn prepare(
                 &statuses,
                 &run.target_region,
                 |old| rules::lease::old_primary(&registry, old, now, &timing),
+                &word,
                 &timing,
             )
         };
-        let (no_target, pending) = match readiness {
+        let (no_target, pending, awaiting) = match readiness {
             Readiness::Ready { target, waited_out } => break (statuses, target, waited_out),
-            Readiness::Waiting { no_target, pending } => (no_target, pending),
+            Readiness::Waiting {
+                no_target,
+                pending,
+                awaiting_operator,
+            } => (no_target, pending, awaiting_operator),
         };
-        if tokio::time::Instant::now() > deadline {
+        // Waiting on an operator: the step's message says exactly what to do. Written
+        // when what it waits on changes (its reasons without their millisecond counts),
+        // not every round.
+        let shape: Vec<String> = pending
+            .iter()
+            .map(|p| p.chars().filter(|c| !c.is_ascii_digit()).collect())
+            .collect();
+        if told.as_ref() != Some(&shape) && (!awaiting.is_empty() || told.is_some()) {
+            run.awaiting_confirmation = awaiting.clone();
+            let message = if awaiting.is_empty() {
+                format!("waiting: {}", pending.join("; "))
+            } else {
+                let m = operator_wanted(&run.failover_id, &awaiting, &pending);
+                warn!(waiting_on = ?awaiting, "{m}");
+                m
+            };
+            if let Some(step) = run.steps.get_mut(PREPARE_STEP) {
+                step.message = message;
+            }
+            save(coord.store.as_ref(), run)?;
+            told = Some(shape);
+        }
+        // Only what waiting can clear times out; a server only an operator can clear
+        // keeps the failover waiting for them (or for an abort).
+        if tokio::time::Instant::now() > deadline && (awaiting.is_empty() || no_target) {
             let mut why = Vec::new();
             if no_target {
                 why.push(format!(
@@ -451,10 +587,12 @@ async fn prepare(
                     pending.join("; ")
                 ));
             }
+            run.awaiting_confirmation.clear();
             return Ok(Outcome::Failed(why.join("; ")));
         }
         tokio::time::sleep((interval / 2).min(Duration::from_millis(100))).await;
     };
+    run.awaiting_confirmation.clear();
     let target = &*target;
     // Step 2 always runs before anything is promoted, even when resumed.
     if target.role != Some(PgRole::Standby) {
@@ -505,6 +643,11 @@ async fn prepare(
                 let e = Epoch(highest + 1);
                 let mut rec = run.clone();
                 rec.epoch = Some(e);
+                if let Some(stored) =
+                    tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
+                {
+                    rec.fenced_by_operator = stored.fenced_by_operator;
+                }
                 tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
                 tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
                 Ok::<_, StoreError>(e)
@@ -539,6 +682,25 @@ async fn prepare(
         lag_text(target.replication_lag_seconds),
         done.join("; ")
     )))
+}
+
+/// Step 2's message while it waits for an operator: what holds it, and exactly what to
+/// do about it.
+fn operator_wanted(id: &str, awaiting: &[AgentId], pending: &[String]) -> String {
+    let names = awaiting
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "waiting for an operator: {}. Stop PostgreSQL on {names} by hand (pg_ctl stop, and \
+         leave standby.signal in its data directory), then run `drmesh \
+         failover-confirm-fenced {id}` or POST \
+         /v1/backup-recovery/disaster-recovery/failover/{id}/confirm-fenced; or give up with \
+         `drmesh failover-abort {id}`. (A failover started with \"allowDataLoss\": true \
+         passes a server silent past its lease, losing what it still takes.)",
+        pending.join("; ")
+    )
 }
 
 fn lag_text(lag: Option<f64>) -> String {
