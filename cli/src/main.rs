@@ -122,6 +122,12 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Abort a running or FAILED failover: it stops at its next step boundary. A server
+    /// already promoted stays the primary.
+    FailoverAbort {
+        /// The failover, e.g. fo_1705329600000_abc123.
+        id: String,
+    },
     /// Verify a database backup: checksums, file accessibility and a restorability test
     /// on its agent (the runbook's "Verify Database Backup Integrity").
     Verify {
@@ -297,7 +303,14 @@ fn wait_for_failover(c: &client::Client, id: &str) -> anyhow::Result<()> {
             s.failover
                 .as_ref()
                 .filter(|f| f.failover_id == id)
-                .filter(|f| matches!(f.status, FailoverStatus::Completed | FailoverStatus::Failed))
+                .filter(|f| {
+                    matches!(
+                        f.status,
+                        FailoverStatus::Completed
+                            | FailoverStatus::Failed
+                            | FailoverStatus::Aborted
+                    )
+                })
                 .map(|f| f.failover_id.clone())
         },
         |s: &DrStatus| {
@@ -311,7 +324,7 @@ fn wait_for_failover(c: &client::Client, id: &str) -> anyhow::Result<()> {
     )?;
     if let Some(f) = &status.failover {
         print_failover(f);
-        if f.status == FailoverStatus::Failed {
+        if matches!(f.status, FailoverStatus::Failed | FailoverStatus::Aborted) {
             std::process::exit(1);
         }
     }
@@ -499,6 +512,9 @@ fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
     if let Some(e) = &f.error {
         println!("  error: {e}");
     }
+    if let Some(a) = &f.aborted {
+        println!("  ABORTED: {}", a.message);
+    }
 }
 
 fn print_alerts(alerts: &[Alert]) {
@@ -641,6 +657,13 @@ fn main() -> anyhow::Result<()> {
             if wait {
                 wait_for_failover(&c, &id)?;
             }
+        }
+        Cmd::FailoverAbort { id } => {
+            let aborted: drmesh_protocol::api::FailoverAborted = client().post(
+                &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/abort"),
+                &json!({}),
+            )?;
+            println!("{}", aborted.message);
         }
         Cmd::FailoverConfirmFenced { id, agent, wait } => {
             let c = client();

@@ -45,6 +45,18 @@ pub(super) async fn failover_confirm_fenced(
     Ok(HttpResponse::Ok().json(confirmed))
 }
 
+/// `POST …/failover/:id/abort`: a running or FAILED failover stops at its next step
+/// boundary; a promotion already done stays (the answer says so).
+pub(super) async fn failover_abort(
+    caller: Authenticated,
+    coord: Shared,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let caller = caller.require(Role::Operator)?;
+    let aborted = failover::abort(&coord, &path, &caller.label())?;
+    Ok(HttpResponse::Ok().json(aborted))
+}
+
 /// Makes the region's fenced old primary a standby of the current primary; answers
 /// once it streams.
 pub(super) async fn rejoin_region(

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentState, DrPlan, FailoverAccepted, FailoverRequest, FailoverRun, FailoverStatus,
-    FailoverStep, FenceConfirmation, FenceConfirmed, PromoteOutcome, Severity, StepStatus,
+    AgentState, DrPlan, FailoverAbort, FailoverAborted, FailoverAccepted, FailoverRequest,
+    FailoverRun, FailoverStatus, FailoverStep, FenceConfirmation, FenceConfirmed, PromoteOutcome,
+    Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
@@ -331,14 +332,135 @@ pub fn confirm_fenced(
     })
 }
 
+/// What the store held when the driver wrote its copy of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// Written; the run goes on.
+    Saved,
+    /// An operator aborted the run: the driver stops here.
+    Aborted,
+}
+
+/// How the driver writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// Moving on (starting a step, completing the run): nothing is written once the run
+    /// is aborted.
+    Advance,
+    /// Recording what happened (a step's outcome, a message): always written, since it
+    /// is the truth — into an aborted run too, keeping it ABORTED.
+    Record,
+}
+
 /// Writes the driver's copy of the run, keeping what operators recorded in the stored
-/// one meanwhile (fence confirmations), in one transaction.
-fn save(store: &dyn Store, run: &mut FailoverRun) -> Result<(), StoreError> {
+/// one meanwhile (fence confirmations, an abort), in one transaction: the abort is
+/// checked in the same transaction the driver advances with, so no step starts after
+/// it.
+fn save(store: &dyn Store, run: &mut FailoverRun, write: Write) -> Result<Saved, StoreError> {
     store.atomically(|tx| {
-        if let Some(stored) = tx.get_json::<FailoverRun>(Namespace::Failovers, &run.failover_id)? {
+        let stored = tx.get_json::<FailoverRun>(Namespace::Failovers, &run.failover_id)?;
+        let mut saved = Saved::Saved;
+        if let Some(stored) = stored {
             run.fenced_by_operator = stored.fenced_by_operator;
+            if stored.status == FailoverStatus::Aborted {
+                if write == Write::Advance {
+                    return Ok(Saved::Aborted);
+                }
+                run.status = FailoverStatus::Aborted;
+                run.completed_at = stored.completed_at;
+                run.aborted = stored.aborted;
+                run.awaiting_confirmation.clear();
+                // A promotion the driver finished after the abort is said, not hidden.
+                if promoted(run) {
+                    let by = run
+                        .aborted
+                        .as_ref()
+                        .filter(|a| !a.promoted)
+                        .map(|a| a.by.clone());
+                    if let Some(by) = by {
+                        let message = abort_message(run, &by);
+                        if let Some(a) = run.aborted.as_mut() {
+                            a.promoted = true;
+                            a.message = message;
+                        }
+                    }
+                }
+                saved = Saved::Aborted;
+            }
         }
-        tx.put_json(Namespace::Failovers, &run.failover_id, &*run)
+        tx.put_json(Namespace::Failovers, &run.failover_id, &*run)?;
+        Ok(saved)
+    })
+}
+
+/// What an abort leaves, in words.
+fn abort_message(run: &FailoverRun, by: &str) -> String {
+    let id = &run.failover_id;
+    if promoted(run) {
+        format!(
+            "failover {id} aborted by {by} after step 3 promoted {} in {}: that server STAYS \
+             THE PRIMARY (a promotion is never undone) and the plan watches it; the steps not \
+             run (DNS, validation, re-pointing standbys) are left to do by hand",
+            run.target_agent
+                .as_ref()
+                .map_or_else(|| "the target".to_string(), ToString::to_string),
+            run.target_region
+        )
+    } else {
+        format!(
+            "failover {id} aborted by {by} before any promotion: the primary is where it was \
+             (a server fenced in step 2 stays fenced until `drmesh rejoin` or an operator \
+             starts it); the plan is free for another failover"
+        )
+    }
+}
+
+/// `POST …/disaster-recovery/failover/:id/abort`: a running or FAILED failover stops;
+/// its driver at the next step boundary (the step it is in ends and is recorded). A
+/// promotion already done is not undone. A COMPLETED (or already aborted) run is a
+/// conflict.
+pub fn abort(coord: &Arc<Coordinator>, id: &str, by: &str) -> Result<FailoverAborted, Error> {
+    let now = Utc::now();
+    let run = coord.store.atomically(|tx| {
+        let mut run: FailoverRun = tx
+            .get_json(Namespace::Failovers, id)?
+            .ok_or_else(|| Error::NotFound(format!("no failover {id}")))?;
+        if matches!(
+            run.status,
+            FailoverStatus::Completed | FailoverStatus::Aborted
+        ) {
+            return Err(Error::Conflict(format!(
+                "failover {id} is {}: only a running or FAILED failover is aborted",
+                run.status
+            )));
+        }
+        run.status = FailoverStatus::Aborted;
+        run.completed_at = Some(now);
+        run.awaiting_confirmation.clear();
+        run.aborted = Some(FailoverAbort {
+            by: by.to_string(),
+            at: now,
+            promoted: promoted(&run),
+            message: abort_message(&run, by),
+        });
+        tx.put_json(Namespace::Failovers, id, &run)?;
+        Ok(run)
+    })?;
+    let abort = run.aborted.clone().unwrap_or(FailoverAbort {
+        by: by.to_string(),
+        at: now,
+        promoted: false,
+        message: String::new(),
+    });
+    warn!(failover_id = %id, by, promoted = abort.promoted, "failover aborted");
+    if let Err(e) = alerts::resolve_cleared(coord.store.as_ref(), FAILOVER_FAILED, id) {
+        warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
+    }
+    Ok(FailoverAborted {
+        failover_id: id.to_string(),
+        status: FailoverStatus::Aborted,
+        promoted: abort.promoted,
+        message: abort.message,
     })
 }
 
@@ -369,19 +491,27 @@ enum Outcome {
     Done(String),
     Skipped(String),
     Failed(String),
+    /// An operator aborted the run while the step waited.
+    Aborted,
 }
 
 async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
     let store = coord.store.as_ref();
-    let mut run =
-        get(store, id)?.ok_or_else(|| StoreError::Backend(format!("no failover {id}")))?;
+    let Some(mut run) = get(store, id)? else {
+        warn!("no such failover to drive");
+        return Ok(());
+    };
     let Some(plan) = plans::get(store, &run.plan_id)? else {
         run.status = FailoverStatus::Failed;
         run.error = Some(format!("plan {} was deleted", run.plan_id));
-        return save(store, &mut run);
+        save(store, &mut run, Write::Record)?;
+        return Ok(());
     };
     run.status = FailoverStatus::InProgress;
-    save(store, &mut run)?;
+    if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+        info!("failover aborted before it started");
+        return Ok(());
+    }
     for i in 0..run.steps.len() {
         if matches!(run.steps[i].status, StepStatus::Done | StepStatus::Skipped) {
             continue;
@@ -389,7 +519,10 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
         run.current_step = Some(run.steps[i].number);
         run.steps[i].status = StepStatus::Running;
         run.steps[i].started_at.get_or_insert_with(Utc::now);
-        save(store, &mut run)?;
+        if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+            info!(step = i + 1, "failover aborted: step not started");
+            return Ok(());
+        }
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
             0 => notify_start(coord, &plan, &run),
@@ -408,13 +541,18 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 step.message = m;
                 if i == PROMOTE_STEP {
                     // From the promotion on, the new primary is the truth: the plan (and
-                    // its health checks) follow it even if a later step fails.
+                    // its health checks) follow it even if a later step fails or the run
+                    // was aborted meanwhile.
                     record_active_region(store, &plan.id, &run.target_region)?;
                 }
             }
             Outcome::Skipped(m) => {
                 step.status = StepStatus::Skipped;
                 step.message = m;
+            }
+            Outcome::Aborted => {
+                step.status = StepStatus::Skipped;
+                step.message = format!("not finished: the failover was aborted; {}", step.message);
             }
             Outcome::Failed(m) => {
                 step.status = StepStatus::Failed;
@@ -423,55 +561,70 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 run.status = FailoverStatus::Failed;
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
-                save(store, &mut run)?;
-                let promoted = promoted(&run);
-                let error = run.error.clone().unwrap_or_default();
-                let message = if promoted {
-                    format!(
-                        "Failover {id} of plan {} FAILED after promoting the server in {}, which \
-                         is the primary now (the plan watches it): {error}. Finish what the \
-                         failed step left undone by hand.",
-                        plan.id, run.target_region
-                    )
-                } else {
-                    format!(
-                        "Failover {id} of plan {} to {} FAILED before any promotion; the \
-                         primary is where it was: {error}",
-                        plan.id, run.target_region
-                    )
-                };
-                alerts::raise_logged(
-                    store,
-                    Severity::Critical,
-                    FAILOVER_FAILED,
-                    id,
-                    Some(run.target_region.clone()),
-                    message,
-                );
-                let event = Event {
-                    plan_id: Some(plan.id.clone()),
-                    ..Event::new(
-                        "failover.failed",
-                        Severity::Critical,
-                        format!("Failover of {} to {} FAILED", plan.id, run.target_region),
-                        error,
-                    )
-                };
-                Notifier::spawn(coord, &plan.notification_channels, event);
+                if save(store, &mut run, Write::Record)? == Saved::Aborted {
+                    info!("failover aborted during a step that then failed");
+                    return Ok(());
+                }
+                failed(coord, &plan, &run);
                 return Ok(());
             }
         }
-        save(store, &mut run)?;
+        if save(store, &mut run, Write::Record)? == Saved::Aborted {
+            info!(step = i + 1, "failover aborted: stopped after the step");
+            return Ok(());
+        }
     }
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
-    save(store, &mut run)?;
+    if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+        info!("failover aborted after its last step");
+        return Ok(());
+    }
     // A retried run that completes clears the alert its failure raised.
     if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, id) {
         warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
     }
     info!("failover completed");
     Ok(())
+}
+
+/// A run that ended FAILED: the CRITICAL alert (saying whether it promoted) and the
+/// plan's channels.
+fn failed(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) {
+    let id = &run.failover_id;
+    let error = run.error.clone().unwrap_or_default();
+    let message = if promoted(run) {
+        format!(
+            "Failover {id} of plan {} FAILED after promoting the server in {}, which \
+             is the primary now (the plan watches it): {error}. Finish what the \
+             failed step left undone by hand.",
+            plan.id, run.target_region
+        )
+    } else {
+        format!(
+            "Failover {id} of plan {} to {} FAILED before any promotion; the \
+             primary is where it was: {error}",
+            plan.id, run.target_region
+        )
+    };
+    alerts::raise_logged(
+        coord.store.as_ref(),
+        Severity::Critical,
+        FAILOVER_FAILED,
+        id,
+        Some(run.target_region.clone()),
+        message,
+    );
+    let event = Event {
+        plan_id: Some(plan.id.clone()),
+        ..Event::new(
+            "failover.failed",
+            Severity::Critical,
+            format!("Failover of {} to {} FAILED", plan.id, run.target_region),
+            error,
+        )
+    };
+    Notifier::spawn(coord, &plan.notification_channels, event);
 }
 
 fn notify_start(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) -> Outcome {
@@ -516,8 +669,12 @@ async fn prepare(
     // agent not heard from lately may sit next to a writable primary.
     let mut told: Option<Vec<String>> = None;
     let (statuses, target, waited_out) = loop {
-        // What operators confirmed meanwhile (`confirm-fenced`).
+        // What operators confirmed meanwhile (`confirm-fenced`), or an abort.
         if let Some(stored) = get(coord.store.as_ref(), &run.failover_id)? {
+            if stored.status == FailoverStatus::Aborted {
+                run.awaiting_confirmation.clear();
+                return Ok(Outcome::Aborted);
+            }
             run.fenced_by_operator = stored.fenced_by_operator;
         }
         let confirmed: Vec<AgentId> = run
@@ -568,7 +725,10 @@ async fn prepare(
             if let Some(step) = run.steps.get_mut(PREPARE_STEP) {
                 step.message = message;
             }
-            save(coord.store.as_ref(), run)?;
+            if save(coord.store.as_ref(), run, Write::Record)? == Saved::Aborted {
+                run.awaiting_confirmation.clear();
+                return Ok(Outcome::Aborted);
+            }
             told = Some(shape);
         }
         // Only what waiting can clear times out; a server only an operator can clear
@@ -635,23 +795,30 @@ async fn prepare(
     let epoch = match run.epoch {
         Some(e) => e,
         None => {
-            let e = coord.store.atomically(|tx| {
+            // `None`: aborted meanwhile (checked in the same transaction); no epoch taken.
+            let chosen = coord.store.atomically(|tx| {
+                let mut rec = run.clone();
+                if let Some(stored) =
+                    tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
+                {
+                    if stored.status == FailoverStatus::Aborted {
+                        return Ok(None);
+                    }
+                    rec.fenced_by_operator = stored.fenced_by_operator;
+                }
                 let highest = tx
                     .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
                     .unwrap_or(0)
                     .max(coord.epoch().0);
                 let e = Epoch(highest + 1);
-                let mut rec = run.clone();
                 rec.epoch = Some(e);
-                if let Some(stored) =
-                    tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
-                {
-                    rec.fenced_by_operator = stored.fenced_by_operator;
-                }
                 tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
                 tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
-                Ok::<_, StoreError>(e)
+                Ok::<_, StoreError>(Some(e))
             })?;
+            let Some(e) = chosen else {
+                return Ok(Outcome::Aborted);
+            };
             run.epoch = Some(e);
             e
         }

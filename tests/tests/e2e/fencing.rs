@@ -132,3 +132,161 @@ fn a_cut_off_primary_whose_agent_cannot_fence_is_not_promoted_past_until_an_oper
     let late = t.mesh.post(&failover_path(&id, "confirm-fenced"), None);
     assert_eq!(late.status, 409, "{}", late.text);
 }
+
+/// The DR status's failover once it ended: COMPLETED, FAILED or ABORTED.
+fn ended(t: &TwoRegions) -> Value {
+    wait_for(Duration::from_secs(60), || {
+        let s = t.mesh.get(STATUS).body;
+        let status = s["failover"]["status"].as_str()?.to_string();
+        matches!(status.as_str(), "COMPLETED" | "FAILED" | "ABORTED").then(|| s["failover"].clone())
+    })
+    .unwrap_or_else(|| panic!("the failover did not end: {}", t.mesh.get(STATUS).text))
+}
+
+#[test]
+fn a_failover_waiting_in_step_2_is_aborted_and_the_plan_is_free_again() {
+    let mut t = two_regions_opts(Options {
+        primary_database: false,
+        ..Options::default()
+    });
+    t.agents[0].kill9();
+    let started = t.mesh.post(FAILOVER, Some(BODY));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let id = started.body["failoverId"].as_str().unwrap().to_string();
+    step2_says(&t, "not heard from for");
+
+    // A viewer may not abort; an unknown failover is 404.
+    let reader = t.mesh.create_token("viewer");
+    let denied = drmesh_tests::http(
+        "POST",
+        &t.mesh.url(&failover_path(&id, "abort")),
+        Some(&reader),
+        None,
+    );
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    let unknown = t.mesh.post(&failover_path("fo_1_nope", "abort"), None);
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+
+    let (ok, out, err) = t.mesh.cli(&t.mesh.admin_token, &["failover-abort", &id]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("before any promotion"), "{out}");
+    let run = ended(&t);
+    assert_eq!(run["failoverId"], id.as_str());
+    assert_eq!(run["status"], "ABORTED", "{run:#}");
+    assert_eq!(run["aborted"]["promoted"], false, "{run:#}");
+    // The driver stops: step 2 ends (recorded as not finished), nothing after it runs.
+    let step2 = wait_for(Duration::from_secs(10), || {
+        let run = t.mesh.get(STATUS).body["failover"].clone();
+        (run["steps"][1]["status"] == "SKIPPED").then_some(run)
+    })
+    .unwrap_or_else(|| panic!("step 2 did not stop: {}", t.mesh.get(STATUS).text));
+    assert!(
+        step2["steps"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("aborted"),
+        "{step2:#}"
+    );
+    for n in 2..7 {
+        assert_eq!(step2["steps"][n]["status"], "PENDING", "{step2:#}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_recovery(&t), "t", "nothing was promoted");
+    assert_eq!(t.mesh.get(STATUS).body["failover"]["status"], "ABORTED");
+    // Aborting again is a conflict.
+    let again = t.mesh.post(&failover_path(&id, "abort"), None);
+    assert_eq!(again.status, 409, "{}", again.text);
+
+    // The plan is free: a new failover is admitted; this time the operator stops the old
+    // primary and confirms, and it completes. A completed run is not aborted.
+    let next = t.mesh.post(FAILOVER, Some(BODY));
+    assert_eq!(next.status, 202, "{}", next.text);
+    let next_id = next.body["failoverId"].as_str().unwrap().to_string();
+    assert_ne!(next_id, id);
+    step2_says(&t, "not heard from for");
+    t.primary
+        .stop_immediate()
+        .expect("stop the old primary by hand");
+    let confirmed = t.mesh.post(
+        &failover_path(&next_id, "confirm-fenced"),
+        Some(r#"{"agentId": "db-west"}"#),
+    );
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text);
+    let run = ended(&t);
+    assert_eq!(run["failoverId"], next_id.as_str());
+    assert_eq!(run["status"], "COMPLETED", "{run:#}");
+    let late = t.mesh.post(&failover_path(&next_id, "abort"), None);
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert!(late.text.contains("COMPLETED"), "{}", late.text);
+}
+
+#[test]
+fn aborting_a_failover_that_failed_after_its_promotion_says_the_new_primary_stays() {
+    use drmesh_tests::bind::Bind;
+    let west: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let east: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let bind = Bind::start(
+        "127.0.0.1".parse().unwrap(),
+        "drmesh.test.",
+        "db.drmesh.test.",
+        west,
+    );
+    // Signed with a key BIND does not know: step 4 fails, after step 3 promoted.
+    let t = two_regions_opts(Options {
+        addresses: Some((west, east)),
+        coordinator_extra: format!(
+            "[dns]\nprovider = \"rfc2136\"\nrecord = \"db.drmesh.test.\"\nzone = \"drmesh.test.\"\nserver = \"{}\"\ntsig_key_name = \"{}\"\ntsig_secret_file = \"{}\"\n",
+            bind.addr(),
+            bind.key_name(),
+            bind.wrong_secret_file().display()
+        ),
+        ..Options::default()
+    });
+    let started = t.mesh.post(FAILOVER, Some(BODY));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let id = started.body["failoverId"].as_str().unwrap().to_string();
+    let done = finished(&t.mesh);
+    let run = &done["failover"];
+    assert_eq!(run["status"], "FAILED", "{run:#}");
+    assert_eq!(run["steps"][2]["status"], "DONE", "{run:#}");
+    let open = || {
+        t.mesh
+            .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN")
+            .text
+    };
+    assert!(open().contains(&id), "{}", open());
+
+    let aborted = t.mesh.post(&failover_path(&id, "abort"), None);
+    assert_eq!(aborted.status, 200, "{}", aborted.text);
+    assert_eq!(aborted.body["status"], "ABORTED", "{}", aborted.text);
+    assert_eq!(aborted.body["promoted"], true, "{}", aborted.text);
+    let message = aborted.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("STAYS THE PRIMARY") && message.contains("db-east"),
+        "{message}"
+    );
+    let run = t.mesh.get(STATUS).body["failover"].clone();
+    assert_eq!(run["status"], "ABORTED", "{run:#}");
+    assert_eq!(run["aborted"]["message"], message, "{run:#}");
+    // Its FAILOVER_FAILED alert is resolved; the promoted server stays writable and the
+    // plan keeps watching it.
+    assert!(!open().contains(&id), "{}", open());
+    assert_eq!(in_recovery(&t), "f");
+    let plan = t
+        .mesh
+        .get("/v1/backup-recovery/disaster-recovery/plans/production_dr_plan");
+    assert_eq!(plan.body["activeRegion"], "us-east-1", "{}", plan.text);
+    // An aborted run is not retried; a new failover is admitted.
+    let retry = t.mesh.post(&failover_path(&id, "retry"), None);
+    assert_eq!(retry.status, 409, "{}", retry.text);
+    let next = t.mesh.post(
+        FAILOVER,
+        Some(r#"{"planId": "production_dr_plan", "targetRegion": "us-east-1"}"#),
+    );
+    assert_eq!(next.status, 202, "{}", next.text);
+    let (ok, out, _) = t.mesh.cli(&t.mesh.admin_token, &["status"]);
+    assert!(ok, "{out}");
+    // (It fails in step 2: the server in us-east-1 is already the primary.)
+    let run = ended(&t);
+    assert_ne!(run["failoverId"], id.as_str());
+}
