@@ -23,7 +23,7 @@ use drmesh_protocol::api::{
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::error::Error;
@@ -476,14 +476,7 @@ pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
 
 fn spawn(coord: Arc<Coordinator>, id: String) {
     let span = tracing::info_span!("failover", failover_id = %id);
-    tokio::spawn(
-        async move {
-            if let Err(e) = drive(&coord, &id).await {
-                warn!(error = %e, "failover driver stopped");
-            }
-        }
-        .instrument(span),
-    );
+    tokio::spawn(async move { drive(&coord, &id).await }.instrument(span));
 }
 
 /// What one step did.
@@ -495,20 +488,63 @@ enum Outcome {
     Aborted,
 }
 
-async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
+/// Drives a run to its end. Every store operation is retried ([`STORE_RETRY`]); when one
+/// still fails, the run ends FAILED with the error — recorded at any cost, since a run
+/// left IN_PROGRESS with no driver would hold the plan (and every later failover).
+async fn drive(coord: &Arc<Coordinator>, id: &str) {
     let store = coord.store.as_ref();
-    let Some(mut run) = get(store, id)? else {
-        warn!("no such failover to drive");
-        return Ok(());
+    // Without the run nothing can be recorded: read until the store answers.
+    let loaded = until_stored("read the failover", RECORD_FAILED_MAX_PAUSE, || {
+        let Some(run) = get(store, id)? else {
+            return Ok(None);
+        };
+        let plan = plans::get(store, &run.plan_id)?;
+        Ok(Some((run, plan)))
+    })
+    .await;
+    let (mut run, plan) = match loaded {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => {
+            warn!("no such failover to drive");
+            return;
+        }
+        Err(e) => {
+            error!(error = %e, "cannot read the failover; it is not driven");
+            return;
+        }
     };
-    let Some(plan) = plans::get(store, &run.plan_id)? else {
+    let Some(plan) = plan else {
         run.status = FailoverStatus::Failed;
         run.error = Some(format!("plan {} was deleted", run.plan_id));
-        save(store, &mut run, Write::Record)?;
-        return Ok(());
+        run.completed_at = Some(Utc::now());
+        let _ = until_stored(
+            "record the failover FAILED",
+            RECORD_FAILED_MAX_PAUSE,
+            || save(store, &mut run, Write::Record),
+        )
+        .await;
+        return;
     };
+    if let Err(e) = steps(coord, &plan, &mut run).await {
+        store_failed(coord, &plan, &mut run, e).await;
+    }
+}
+
+/// The steps from where the run stands; `Err` when the store failed past its retries.
+async fn steps(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &mut FailoverRun,
+) -> Result<(), StoreError> {
+    let store = coord.store.as_ref();
+    let id = run.failover_id.clone();
     run.status = FailoverStatus::InProgress;
-    if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+    if retried("start the failover", STORE_RETRY, || {
+        save(store, run, Write::Advance)
+    })
+    .await?
+        == Saved::Aborted
+    {
         info!("failover aborted before it started");
         return Ok(());
     }
@@ -519,19 +555,24 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
         run.current_step = Some(run.steps[i].number);
         run.steps[i].status = StepStatus::Running;
         run.steps[i].started_at.get_or_insert_with(Utc::now);
-        if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+        if retried("start a step", STORE_RETRY, || {
+            save(store, run, Write::Advance)
+        })
+        .await?
+            == Saved::Aborted
+        {
             info!(step = i + 1, "failover aborted: step not started");
             return Ok(());
         }
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
-            0 => notify_start(coord, &plan, &run),
-            1 => prepare(coord, &plan, &mut run).await?,
-            2 => promote(coord, &mut run).await,
-            3 => update_dns(coord, &run).await,
-            4 => validate(coord, &run).await,
-            5 => monitor(coord, &run).await,
-            _ => confirm(coord, &plan, &run)?,
+            0 => notify_start(coord, plan, run),
+            1 => prepare(coord, plan, run).await?,
+            2 => promote(coord, run).await,
+            3 => update_dns(coord, run).await,
+            4 => validate(coord, run).await,
+            5 => monitor(coord, run).await,
+            _ => confirm(coord, plan, run).await?,
         };
         let step = &mut run.steps[i];
         step.ended_at = Some(Utc::now());
@@ -543,7 +584,11 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                     // From the promotion on, the new primary is the truth: the plan (and
                     // its health checks) follow it even if a later step fails or the run
                     // was aborted meanwhile.
-                    record_active_region(store, &plan.id, &run.target_region)?;
+                    let region = run.target_region.clone();
+                    retried("move the plan's active region", STORE_RETRY, || {
+                        record_active_region(store, &plan.id, &region)
+                    })
+                    .await?;
                 }
             }
             Outcome::Skipped(m) => {
@@ -561,31 +606,182 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 run.status = FailoverStatus::Failed;
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
-                if save(store, &mut run, Write::Record)? == Saved::Aborted {
+                if retried("record the failed step", STORE_RETRY, || {
+                    save(store, run, Write::Record)
+                })
+                .await?
+                    == Saved::Aborted
+                {
                     info!("failover aborted during a step that then failed");
                     return Ok(());
                 }
-                failed(coord, &plan, &run);
+                failed(coord, plan, run);
                 return Ok(());
             }
         }
-        if save(store, &mut run, Write::Record)? == Saved::Aborted {
+        if retried("record the step", STORE_RETRY, || {
+            save(store, run, Write::Record)
+        })
+        .await?
+            == Saved::Aborted
+        {
             info!(step = i + 1, "failover aborted: stopped after the step");
             return Ok(());
         }
     }
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
-    if save(store, &mut run, Write::Advance)? == Saved::Aborted {
+    if retried("complete the failover", STORE_RETRY, || {
+        save(store, run, Write::Advance)
+    })
+    .await?
+        == Saved::Aborted
+    {
         info!("failover aborted after its last step");
         return Ok(());
     }
     // A retried run that completes clears the alert its failure raised.
-    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, id) {
+    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, &id) {
         warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
     }
     info!("failover completed");
     Ok(())
+}
+
+/// How the driver retries a store operation: `attempts` tries in all, pausing `first`
+/// after the first and doubling the pause up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The pause after try `n` (1-based).
+    pub fn pause(&self, n: u32) -> Duration {
+        let doubled = 2u32
+            .checked_pow(n.saturating_sub(1))
+            .and_then(|f| self.first.checked_mul(f))
+            .unwrap_or(self.max);
+        doubled.min(self.max)
+    }
+
+    /// How long all the pauses take together.
+    pub fn total(&self) -> Duration {
+        (1..self.attempts).map(|n| self.pause(n)).sum()
+    }
+}
+
+/// Each store operation inside a failover: 6 tries, 1, 2, 4, 8 and 16 s apart (31 s):
+/// a store that fails for longer ends the run FAILED.
+pub const STORE_RETRY: Backoff = Backoff {
+    attempts: 6,
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(16),
+};
+
+/// Recording a run FAILED is tried until it works; its pause stops growing here.
+const RECORD_FAILED_MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// `op`, tried as `backoff` says while it fails with an error that may pass.
+async fn retried<T>(
+    what: &str,
+    backoff: Backoff,
+    mut op: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut n = 1;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_permanent() || n >= backoff.attempts => {
+                error!(error = %e, tries = n, what, "failover store operation failed; giving up");
+                return Err(e);
+            }
+            Err(e) => {
+                let pause = backoff.pause(n);
+                warn!(error = %e, tries = n, retry_in_ms = pause.as_millis() as u64, what, "failover store operation failed; retrying");
+                tokio::time::sleep(pause).await;
+                n += 1;
+            }
+        }
+    }
+}
+
+/// `op`, tried until it works (or fails for good), the pause doubling up to `max`.
+async fn until_stored<T>(
+    what: &str,
+    max: Duration,
+    op: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let forever = Backoff {
+        attempts: u32::MAX,
+        first: Duration::from_secs(1).min(max),
+        max,
+    };
+    retried(what, forever, op).await
+}
+
+/// The store failed past its retries: the run ends FAILED with the error, recorded
+/// whatever it takes (until the store works again), then the alert is raised.
+async fn store_failed(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &mut FailoverRun,
+    e: StoreError,
+) {
+    let store = coord.store.as_ref();
+    let now = Utc::now();
+    let why = format!(
+        "the coordinator's state store failed {} times over {} s: {e}",
+        STORE_RETRY.attempts,
+        STORE_RETRY.total().as_secs()
+    );
+    error!(error = %e, "{why}; the failover ends FAILED");
+    if run.status != FailoverStatus::Failed {
+        let at = run
+            .current_step
+            .and_then(|n| run.steps.iter_mut().find(|s| s.number == n));
+        let label = match at {
+            Some(step) => {
+                if step.status == StepStatus::Running {
+                    step.status = StepStatus::Failed;
+                    step.ended_at = Some(now);
+                    step.message = why.clone();
+                }
+                format!("step {} ({})", step.number, step.name)
+            }
+            None => "before the first step".to_string(),
+        };
+        run.status = FailoverStatus::Failed;
+        run.error = Some(format!("{label}: {why}"));
+        run.completed_at = Some(now);
+    }
+    match until_stored(
+        "record the failover FAILED",
+        RECORD_FAILED_MAX_PAUSE,
+        || save(store, run, Write::Record),
+    )
+    .await
+    {
+        Ok(Saved::Aborted) => return,
+        Ok(Saved::Saved) => {}
+        Err(e) => {
+            error!(error = %e, "cannot record the failover FAILED");
+            return;
+        }
+    }
+    if promoted(run) {
+        let region = run.target_region.clone();
+        if let Err(e) = retried("move the plan's active region", STORE_RETRY, || {
+            record_active_region(store, &plan.id, &region)
+        })
+        .await
+        {
+            error!(error = %e, "the plan's active region is not the promoted server's");
+        }
+    }
+    failed(coord, plan, run);
 }
 
 /// A run that ended FAILED: the CRITICAL alert (saying whether it promoted) and the
@@ -670,7 +866,11 @@ async fn prepare(
     let mut told: Option<Vec<String>> = None;
     let (statuses, target, waited_out) = loop {
         // What operators confirmed meanwhile (`confirm-fenced`), or an abort.
-        if let Some(stored) = get(coord.store.as_ref(), &run.failover_id)? {
+        let stored = retried("read the failover", STORE_RETRY, || {
+            get(coord.store.as_ref(), &run.failover_id)
+        })
+        .await?;
+        if let Some(stored) = stored {
             if stored.status == FailoverStatus::Aborted {
                 run.awaiting_confirmation.clear();
                 return Ok(Outcome::Aborted);
@@ -725,7 +925,12 @@ async fn prepare(
             if let Some(step) = run.steps.get_mut(PREPARE_STEP) {
                 step.message = message;
             }
-            if save(coord.store.as_ref(), run, Write::Record)? == Saved::Aborted {
+            if retried("record what step 2 waits for", STORE_RETRY, || {
+                save(coord.store.as_ref(), run, Write::Record)
+            })
+            .await?
+                == Saved::Aborted
+            {
                 run.awaiting_confirmation.clear();
                 return Ok(Outcome::Aborted);
             }
@@ -796,26 +1001,29 @@ async fn prepare(
         Some(e) => e,
         None => {
             // `None`: aborted meanwhile (checked in the same transaction); no epoch taken.
-            let chosen = coord.store.atomically(|tx| {
-                let mut rec = run.clone();
-                if let Some(stored) =
-                    tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
-                {
-                    if stored.status == FailoverStatus::Aborted {
-                        return Ok(None);
+            let chosen = retried("choose the epoch", STORE_RETRY, || {
+                coord.store.atomically(|tx| {
+                    let mut rec = run.clone();
+                    if let Some(stored) =
+                        tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
+                    {
+                        if stored.status == FailoverStatus::Aborted {
+                            return Ok(None);
+                        }
+                        rec.fenced_by_operator = stored.fenced_by_operator;
                     }
-                    rec.fenced_by_operator = stored.fenced_by_operator;
-                }
-                let highest = tx
-                    .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
-                    .unwrap_or(0)
-                    .max(coord.epoch().0);
-                let e = Epoch(highest + 1);
-                rec.epoch = Some(e);
-                tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
-                tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
-                Ok::<_, StoreError>(Some(e))
-            })?;
+                    let highest = tx
+                        .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+                        .unwrap_or(0)
+                        .max(coord.epoch().0);
+                    let e = Epoch(highest + 1);
+                    rec.epoch = Some(e);
+                    tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
+                    tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
+                    Ok::<_, StoreError>(Some(e))
+                })
+            })
+            .await?;
             let Some(e) = chosen else {
                 return Ok(Outcome::Aborted);
             };
@@ -823,7 +1031,7 @@ async fn prepare(
             e
         }
     };
-    coord.raise_epoch(epoch)?;
+    retried("raise the epoch", STORE_RETRY, || coord.raise_epoch(epoch)).await?;
     let mut fenced = Vec::new();
     for a in &fencing.by_agent {
         if let Err(why) = fence(coord, run, &a.agent_id).await {
@@ -1212,14 +1420,17 @@ async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &
 }
 
 /// Step 7: the plan's active region moves; the channels are told.
-fn confirm(
+async fn confirm(
     coord: &Arc<Coordinator>,
     plan: &DrPlan,
     run: &FailoverRun,
 ) -> Result<Outcome, StoreError> {
     // Step 3 moved it already; repeated (a no-op then) for a run whose step 3 was
     // recorded by a coordinator that did not.
-    record_active_region(coord.store.as_ref(), &plan.id, &run.target_region)?;
+    retried("move the plan's active region", STORE_RETRY, || {
+        record_active_region(coord.store.as_ref(), &plan.id, &run.target_region)
+    })
+    .await?;
     let event = Event {
         plan_id: Some(plan.id.clone()),
         ..Event::new(
@@ -1239,4 +1450,219 @@ fn confirm(
         "plan {} now runs in {}",
         plan.id, run.target_region
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::store::{RedbStore, Txn};
+
+    /// A store whose first `failing` writes fail as a full disk does.
+    struct FlakyStore {
+        inner: RedbStore,
+        failing: AtomicU32,
+        writes: AtomicU32,
+    }
+
+    impl FlakyStore {
+        fn new(dir: &tempfile::TempDir, failing: u32) -> FlakyStore {
+            FlakyStore {
+                inner: RedbStore::open(&dir.path().join("s.redb")).expect("open"),
+                failing: AtomicU32::new(failing),
+                writes: AtomicU32::new(0),
+            }
+        }
+
+        fn fail(&self) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let left = self.failing.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failing.store(left - 1, Ordering::SeqCst);
+                let enospc = std::io::Error::from_raw_os_error(28);
+                return Err(StoreError::Redb(Box::new(redb::Error::Io(enospc))));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for FlakyStore {
+        fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(ns, key)
+        }
+        fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.fail()?;
+            self.inner.put(ns, key, value)
+        }
+        fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError> {
+            self.fail()?;
+            self.inner.delete(ns, key)
+        }
+        fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.scan(ns, prefix)
+        }
+        fn transaction(
+            &self,
+            body: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            self.fail()?;
+            self.inner.transaction(body)
+        }
+    }
+
+    const QUICK: Backoff = Backoff {
+        attempts: 6,
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+    };
+
+    fn run(id: &str) -> FailoverRun {
+        let now = Utc::now();
+        FailoverRun {
+            failover_id: id.into(),
+            plan_id: "p".into(),
+            status: FailoverStatus::InProgress,
+            target_region: RegionId::new("us").expect("region"),
+            target_agent: Some(AgentId::new("new").expect("id")),
+            from_region: None,
+            from_agent: None,
+            epoch: None,
+            allow_data_loss: false,
+            requested_by: "test".into(),
+            failover_start_time: now,
+            estimated_completion_time: now,
+            completed_at: None,
+            timeline: None,
+            current_step: Some(3),
+            steps: STEPS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| FailoverStep {
+                    number: i as u8 + 1,
+                    name: (*name).to_string(),
+                    status: if i < 2 {
+                        StepStatus::Done
+                    } else {
+                        StepStatus::Pending
+                    },
+                    started_at: None,
+                    ended_at: None,
+                    message: String::new(),
+                })
+                .collect(),
+            error: None,
+            awaiting_confirmation: Vec::new(),
+            fenced_by_operator: Vec::new(),
+            aborted: None,
+        }
+    }
+
+    #[test]
+    fn the_store_retry_bound_is_six_tries_over_about_thirty_seconds() {
+        assert_eq!(STORE_RETRY.attempts, 6);
+        let pauses: Vec<u64> = (1..6).map(|n| STORE_RETRY.pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16]);
+        assert_eq!(STORE_RETRY.total(), Duration::from_secs(31));
+        // Never overflows, never exceeds its cap.
+        assert_eq!(STORE_RETRY.pause(u32::MAX), STORE_RETRY.max);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_fewer_times_than_the_bound_is_retried_until_the_write_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlakyStore::new(&dir, 5);
+        let mut r = run("fo_1");
+        let saved = retried("record", QUICK, || save(&store, &mut r, Write::Record)).await;
+        assert_eq!(saved.expect("stored on the sixth try"), Saved::Saved);
+        assert_eq!(store.writes.load(Ordering::SeqCst), 6);
+        assert_eq!(get(&store, "fo_1").expect("read"), Some(r));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_keeps_failing_gives_up_after_the_bound_and_failed_is_recorded_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlakyStore::new(&dir, 10);
+        let mut r = run("fo_1");
+        let err = retried("record", QUICK, || save(&store, &mut r, Write::Record))
+            .await
+            .expect_err("six failures in a row");
+        assert!(err.needs_reopen() && !err.is_permanent(), "{err}");
+        assert_eq!(store.writes.load(Ordering::SeqCst), 6);
+        assert_eq!(get(&store, "fo_1").expect("read"), None);
+        // Recording FAILED does not give up: the four failures left pass.
+        r.status = FailoverStatus::Failed;
+        r.error = Some("state store failed".into());
+        let saved = until_stored("record FAILED", Duration::from_millis(2), || {
+            save(&store, &mut r, Write::Record)
+        })
+        .await;
+        assert_eq!(saved.expect("recorded"), Saved::Saved);
+        assert_eq!(store.writes.load(Ordering::SeqCst), 11);
+        let stored = get(&store, "fo_1").expect("read").expect("the run");
+        assert_eq!(stored.status, FailoverStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_store_error_is_not_retried() {
+        let mut tries = 0;
+        let err = retried("encode", QUICK, || {
+            tries += 1;
+            Err::<(), _>(StoreError::Encode("bad".into()))
+        })
+        .await
+        .expect_err("permanent");
+        assert!(matches!(err, StoreError::Encode(_)));
+        assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn an_aborted_run_starts_no_step_but_records_the_one_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        let mut driver = run("fo_1");
+        driver.steps[PROMOTE_STEP].status = StepStatus::Running;
+        assert_eq!(
+            save(&store, &mut driver, Write::Advance).expect("save"),
+            Saved::Saved
+        );
+        // An operator aborts while step 3 runs, before it promoted; and confirms a fence.
+        let mut stored = get(&store, "fo_1").expect("read").expect("run");
+        stored.status = FailoverStatus::Aborted;
+        stored.aborted = Some(FailoverAbort {
+            by: "ops".into(),
+            at: Utc::now(),
+            promoted: false,
+            message: abort_message(&stored, "ops"),
+        });
+        stored.fenced_by_operator.push(FenceConfirmation {
+            agent_id: AgentId::new("old").expect("id"),
+            by: "ops".into(),
+            at: Utc::now(),
+        });
+        store
+            .put_json(Namespace::Failovers, "fo_1", &stored)
+            .expect("abort");
+        // The promotion ends after the abort: recorded, the run stays ABORTED, and its
+        // note now says the promoted server stays the primary.
+        driver.steps[PROMOTE_STEP].status = StepStatus::Done;
+        assert_eq!(
+            save(&store, &mut driver, Write::Record).expect("save"),
+            Saved::Aborted
+        );
+        let after = get(&store, "fo_1").expect("read").expect("run");
+        assert_eq!(after.status, FailoverStatus::Aborted);
+        assert_eq!(after.steps[PROMOTE_STEP].status, StepStatus::Done);
+        assert_eq!(after.fenced_by_operator.len(), 1);
+        let note = after.aborted.expect("abort note");
+        assert!(note.promoted && note.message.contains("STAYS THE PRIMARY"));
+        // The next step is not started: nothing is written.
+        driver.steps[3].status = StepStatus::Running;
+        assert_eq!(
+            save(&store, &mut driver, Write::Advance).expect("save"),
+            Saved::Aborted
+        );
+        let after = get(&store, "fo_1").expect("read").expect("run");
+        assert_eq!(after.steps[3].status, StepStatus::Pending);
+    }
 }
