@@ -46,8 +46,8 @@ fn table(ns: Namespace) -> Table {
 /// The embedded single-file store.
 pub struct RedbStore {
     path: PathBuf,
-    /// `None` while closed after an I/O error that a reopen has not cured yet.
-    db: RwLock<Option<::redb::Database>>,
+    /// `Err(why)` while closed after an I/O error that a reopen has not cured yet.
+    db: RwLock<Result<::redb::Database, String>>,
 }
 
 impl RedbStore {
@@ -69,7 +69,7 @@ impl RedbStore {
         tx.commit()?;
         Ok(Self {
             path: path.to_path_buf(),
-            db: RwLock::new(Some(db)),
+            db: RwLock::new(Ok(db)),
         })
     }
 
@@ -84,11 +84,8 @@ impl RedbStore {
             // store while a reopen waits.
             let guard = self.db.read_recursive();
             match guard.as_ref() {
-                Some(db) => op(db),
-                None => Err(StoreError::Unavailable(format!(
-                    "{} is closed after an I/O error",
-                    self.path.display()
-                ))),
+                Ok(db) => op(db),
+                Err(why) => Err(StoreError::Unavailable(why.clone())),
             }
         };
         if let Err(e) = &result {
@@ -108,12 +105,20 @@ impl RedbStore {
             warn!(file = %self.path.display(), "state store busy; not reopened this time");
             return;
         };
+        // What the store says until a reopen works: the first cause, not its echoes.
+        let why = match cause {
+            StoreError::Unavailable(why) => why.clone(),
+            other => format!(
+                "{} is closed after an I/O error ({other})",
+                self.path.display()
+            ),
+        };
         // Dropped first: redb refuses a second handle on the same file.
-        *guard = None;
+        *guard = Err(why);
         match ::redb::Database::create(&self.path) {
             Ok(db) => {
                 info!(file = %self.path.display(), after = %cause, "state store reopened");
-                *guard = Some(db);
+                *guard = Ok(db);
             }
             Err(e) => {
                 warn!(file = %self.path.display(), error = %e, after = %cause, "state store could not be reopened; the next operation tries again")
