@@ -61,6 +61,17 @@ const PROMOTE_STEP: usize = 2;
 /// Alert kind raised when a failover fails, at any step.
 pub const FAILOVER_FAILED: &str = "FAILOVER_FAILED";
 
+/// Alert kind raised while step 2 waits for an operator to stop a server by hand and
+/// confirm it (`confirm-fenced`); resolved when step 2 ends, however it ends.
+pub const FAILOVER_NEEDS_OPERATOR: &str = "FAILOVER_NEEDS_OPERATOR";
+
+/// Resolves the run's FAILOVER_NEEDS_OPERATOR alert, if any.
+fn operator_no_longer_needed(store: &dyn Store, id: &str) {
+    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_NEEDS_OPERATOR, id) {
+        warn!(error = %e, "resolve the failover's FAILOVER_NEEDS_OPERATOR alert");
+    }
+}
+
 /// Whether the run's promotion (step 3) is done.
 fn promoted(run: &FailoverRun) -> bool {
     run.steps
@@ -453,6 +464,7 @@ pub fn abort(coord: &Arc<Coordinator>, id: &str, by: &str) -> Result<FailoverAbo
         message: String::new(),
     });
     warn!(failover_id = %id, by, promoted = abort.promoted, "failover aborted");
+    operator_no_longer_needed(coord.store.as_ref(), id);
     if let Err(e) = alerts::resolve_cleared(coord.store.as_ref(), FAILOVER_FAILED, id) {
         warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
     }
@@ -567,7 +579,11 @@ async fn steps(
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
             0 => notify_start(coord, plan, run),
-            1 => prepare(coord, plan, run).await?,
+            1 => {
+                let outcome = prepare(coord, plan, run).await;
+                operator_no_longer_needed(store, &id);
+                outcome?
+            }
             2 => promote(coord, run).await,
             3 => update_dns(coord, run).await,
             4 => validate(coord, run).await,
@@ -916,10 +932,20 @@ async fn prepare(
         if told.as_ref() != Some(&shape) && (!awaiting.is_empty() || told.is_some()) {
             run.awaiting_confirmation = awaiting.clone();
             let message = if awaiting.is_empty() {
+                operator_no_longer_needed(coord.store.as_ref(), &run.failover_id);
                 format!("waiting: {}", pending.join("; "))
             } else {
                 let m = operator_wanted(&run.failover_id, &awaiting, &pending);
                 warn!(waiting_on = ?awaiting, "{m}");
+                // Whoever watches alerts (an automatic failover at night) is told.
+                alerts::raise_logged(
+                    coord.store.as_ref(),
+                    Severity::Critical,
+                    FAILOVER_NEEDS_OPERATOR,
+                    &run.failover_id,
+                    Some(run.target_region.clone()),
+                    format!("Failover {} of plan {}: {m}", run.failover_id, plan.id),
+                );
                 m
             };
             if let Some(step) = run.steps.get_mut(PREPARE_STEP) {

@@ -85,6 +85,17 @@ fn a_cut_off_primary_whose_agent_cannot_fence_is_not_promoted_past_until_an_oper
     assert_eq!(in_recovery(&t), "t", "nothing was promoted");
     let (ok, out, _) = t.mesh.cli(&t.mesh.admin_token, &["status"]);
     assert!(ok && out.contains("failover-confirm-fenced"), "{out}");
+    // Whoever watches the alerts is told.
+    let open_alerts = || {
+        t.mesh
+            .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN")
+            .text
+    };
+    let alert = open_alerts();
+    assert!(
+        alert.contains("FAILOVER_NEEDS_OPERATOR") && alert.contains(&id),
+        "{alert}"
+    );
 
     // A reader may not confirm; an unknown failover is 404.
     let reader = t.mesh.create_token("viewer");
@@ -131,6 +142,11 @@ fn a_cut_off_primary_whose_agent_cannot_fence_is_not_promoted_past_until_an_oper
     );
     let late = t.mesh.post(&failover_path(&id, "confirm-fenced"), None);
     assert_eq!(late.status, 409, "{}", late.text);
+    assert!(
+        !open_alerts().contains("FAILOVER_NEEDS_OPERATOR"),
+        "{}",
+        open_alerts()
+    );
 }
 
 /// The DR status's failover once it ended: COMPLETED, FAILED or ABORTED.
