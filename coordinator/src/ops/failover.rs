@@ -9,8 +9,15 @@
 //!
 //! Never two writable primaries: the new epoch is stored before anything is fenced or
 //! promoted, and the target is promoted only after the old primary's agent confirmed
-//! its server is stopped and marked `standby.signal` (see ARCHITECTURE.md, "Failover
-//! safety argument"). Without that confirmation the failover stops at step 2.
+//! its server is stopped and marked `standby.signal`, or its lease shows it fenced
+//! itself (its agent can fence and held a lease), or an operator confirmed it stopped
+//! by hand (`confirm_fenced`); see ARCHITECTURE.md, "Failover safety argument". Until
+//! then the failover waits in step 2.
+//!
+//! Operators act on a run through the store, never on the driver: a confirmation or an
+//! abort is written to the record, and the driver reads it in the transaction it writes
+//! with ([`save`]). Every store operation of the driver is retried ([`STORE_RETRY`]);
+//! past that the run ends FAILED, recorded whatever it takes.
 
 use std::sync::Arc;
 use std::time::Duration;
