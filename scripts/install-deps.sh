@@ -19,6 +19,8 @@ command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 # BIND 9 (named, tsig-keygen, nsupdate, dig): the failover tests' authoritative DNS server.
 command -v named >/dev/null 2>&1 || need+=(bind9 bind9-utils bind9-dnsutils)
+# strace: the failover store-fault test injects ENOSPC into the coordinator's writes.
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # GNU time: the benchmarks measure wall time and peak RSS with /usr/bin/time.
 [ -x /usr/bin/time ] || need+=(time)
 # The object-store end-to-end tests run real S3 (moto_server, from PyPI), Azure Blob

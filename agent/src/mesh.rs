@@ -166,8 +166,16 @@ impl Mesh {
             peer_count: st.view.as_ref().map_or(0, |v| v.peers.len() as u32),
             uptime_ms: uptime.as_millis() as u64,
             fenced: self.is_fenced(),
+            can_fence: self.can_fence(),
             peers,
         }
+    }
+
+    /// Whether this agent can fence its server when its lease runs out: only with a
+    /// `[database]` section naming the data directory it stops. The coordinator counts a
+    /// silent primary as self-fenced only when its agent said so.
+    fn can_fence(&self) -> bool {
+        self.database.is_some()
     }
 
     fn is_fenced(&self) -> bool {
@@ -359,7 +367,9 @@ impl Mesh {
                 continue;
             }
             let Some(db) = &self.database else {
-                error!("the lease ran out but there is no [database] section to fence: PostgreSQL stays writable");
+                // The coordinator knows (`can_fence: false` in every heartbeat): a failover
+                // waits for an operator to stop this server by hand and confirm it.
+                error!("the lease ran out but there is no [database] section to fence: PostgreSQL stays writable until an operator stops it");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             };

@@ -123,6 +123,24 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Say that a server a failover waits on was stopped by hand (its agent cannot fence
+    /// it): step 2 goes on. Without --agent, every server the failover waits on.
+    FailoverConfirmFenced {
+        /// The failover, e.g. fo_1705329600000_abc123.
+        id: String,
+        /// The agent next to the server stopped by hand.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Follow the steps until the failover ends (exit 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Abort a running or FAILED failover: it stops at its next step boundary. A server
+    /// already promoted stays the primary.
+    FailoverAbort {
+        /// The failover, e.g. fo_1705329600000_abc123.
+        id: String,
+    },
     /// Verify a database backup: checksums, file accessibility and a restorability test
     /// on its agent (the runbook's "Verify Database Backup Integrity").
     Verify {
@@ -298,7 +316,14 @@ fn wait_for_failover(c: &client::Client, id: &str) -> anyhow::Result<()> {
             s.failover
                 .as_ref()
                 .filter(|f| f.failover_id == id)
-                .filter(|f| matches!(f.status, FailoverStatus::Completed | FailoverStatus::Failed))
+                .filter(|f| {
+                    matches!(
+                        f.status,
+                        FailoverStatus::Completed
+                            | FailoverStatus::Failed
+                            | FailoverStatus::Aborted
+                    )
+                })
                 .map(|f| f.failover_id.clone())
         },
         |s: &DrStatus| {
@@ -312,7 +337,7 @@ fn wait_for_failover(c: &client::Client, id: &str) -> anyhow::Result<()> {
     )?;
     if let Some(f) = &status.failover {
         print_failover(f);
-        if f.status == FailoverStatus::Failed {
+        if matches!(f.status, FailoverStatus::Failed | FailoverStatus::Aborted) {
             std::process::exit(1);
         }
     }
@@ -481,6 +506,26 @@ fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
             step.message
         );
     }
+    for c in &f.fenced_by_operator {
+        println!(
+            "  stopped by hand: {} (confirmed by {} at {})",
+            c.agent_id,
+            c.by,
+            c.at.format("%H:%M:%S")
+        );
+    }
+    if !f.awaiting_confirmation.is_empty() {
+        let names: Vec<String> = f
+            .awaiting_confirmation
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "  waiting for an operator: stop PostgreSQL on {} by hand, then `drmesh failover-confirm-fenced {}`",
+            names.join(", "),
+            f.failover_id
+        );
+    }
     if let Some(lsns) = &f.switchover {
         println!(
             "  old primary stopped at {} (timeline {}); the target replayed up to {}",
@@ -491,6 +536,9 @@ fn print_failover(f: &drmesh_protocol::api::FailoverRun) {
     }
     if let Some(e) = &f.error {
         println!("  error: {e}");
+    }
+    if let Some(a) = &f.aborted {
+        println!("  ABORTED: {}", a.message);
     }
 }
 
@@ -646,6 +694,28 @@ fn main() -> anyhow::Result<()> {
                 &json!({}),
             )?;
             println!("failover {id} retried from its failed step");
+            if wait {
+                wait_for_failover(&c, &id)?;
+            }
+        }
+        Cmd::FailoverAbort { id } => {
+            let aborted: drmesh_protocol::api::FailoverAborted = client().post(
+                &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/abort"),
+                &json!({}),
+            )?;
+            println!("{}", aborted.message);
+        }
+        Cmd::FailoverConfirmFenced { id, agent, wait } => {
+            let c = client();
+            let body = match &agent {
+                Some(a) => json!({ "agentId": a }),
+                None => json!({}),
+            };
+            let confirmed: drmesh_protocol::api::FenceConfirmed = c.post(
+                &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/confirm-fenced"),
+                &body,
+            )?;
+            println!("failover {id}: {}", confirmed.message);
             if wait {
                 wait_for_failover(&c, &id)?;
             }

@@ -203,6 +203,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(failover::failover_retry),
         )
         .route(
+            &format!("{base}/disaster-recovery/failover/{{failoverId}}/confirm-fenced"),
+            web::post().to(failover::failover_confirm_fenced),
+        )
+        .route(
+            &format!("{base}/disaster-recovery/failover/{{failoverId}}/abort"),
+            web::post().to(failover::failover_abort),
+        )
+        .route(
             &format!("{base}/disaster-recovery/rejoin"),
             web::post().to(failover::rejoin_region),
         )

@@ -34,6 +34,9 @@ pub struct KnownAgent {
     /// The size of its mesh view, as it last reported.
     #[serde(default)]
     pub mesh_peers: Option<u32>,
+    /// Whether it said it can fence its server by itself, as it last reported.
+    #[serde(default)]
+    pub can_fence: Option<bool>,
 }
 
 /// A live QUIC session with an agent.
@@ -85,6 +88,7 @@ impl Coordinator {
             registry.remember(known.agent_id, known.region, known.version, now);
             registry.set_addresses(&id, known.addresses);
             registry.set_mesh_peers(&id, known.mesh_peers);
+            registry.set_can_fence(&id, known.can_fence);
         }
         let epoch = store
             .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
@@ -181,11 +185,18 @@ impl Coordinator {
         view
     }
 
-    /// Records the size of an agent's mesh view when it changed (rarely: a write to the
-    /// store), so a restarted coordinator still knows the majority the agent's lease is
-    /// counted against.
-    pub fn note_mesh_peers(&self, id: &AgentId, peers: u32) {
-        if !self.registry.lock().set_mesh_peers(id, Some(peers)) {
+    /// Records what an agent's lease rests on when it changed (rarely: a write to the
+    /// store): the size of its mesh view, the majority its lease is counted against, and
+    /// whether it can fence its server by itself — so a restarted coordinator still
+    /// knows both for an agent that has not reconnected.
+    pub fn note_lease_facts(&self, id: &AgentId, peers: Option<u32>, can_fence: bool) {
+        let changed = {
+            let mut registry = self.registry.lock();
+            let peers_changed = peers.is_some_and(|p| registry.set_mesh_peers(id, Some(p)));
+            let fence_changed = registry.set_can_fence(id, Some(can_fence));
+            peers_changed || fence_changed
+        };
+        if !changed {
             return;
         }
         let result = match self
@@ -193,14 +204,17 @@ impl Coordinator {
             .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
         {
             Ok(Some(mut known)) => {
-                known.mesh_peers = Some(peers);
+                if peers.is_some() {
+                    known.mesh_peers = peers;
+                }
+                known.can_fence = Some(can_fence);
                 self.store.put_json(Namespace::Agents, id.as_str(), &known)
             }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            error!(agent_id = %id, error = %e, "remember the agent's mesh view size");
+            error!(agent_id = %id, error = %e, "remember the agent's mesh view size and fencing capability");
         }
     }
 
@@ -239,6 +253,7 @@ impl Coordinator {
             first_seen: Utc::now(),
             addresses,
             mesh_peers: None,
+            can_fence: None,
         };
         let result = match self
             .store
@@ -257,6 +272,7 @@ impl Coordinator {
                 &KnownAgent {
                     first_seen: old.first_seen,
                     mesh_peers: old.mesh_peers,
+                    can_fence: old.can_fence,
                     ..known
                 },
             ),
@@ -363,6 +379,7 @@ impl Coordinator {
                         .is_some_and(|m| m.fenced),
                     postgres_address: e.addresses.postgres,
                     mesh_peers: e.mesh_peers,
+                    can_fence: e.can_fence == Some(true),
                 }
             })
             .collect();

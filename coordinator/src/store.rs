@@ -33,6 +33,40 @@ pub enum StoreError {
     /// [`StoreExt::atomically`]); nothing it wrote was committed.
     #[error("transaction aborted")]
     Aborted,
+    /// The backend is closed after an I/O error and could not be reopened yet.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether trying again cannot help: a damaged record, a value that does not encode,
+    /// a body that gave up. I/O errors (a full disk, a failing device) may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Encode(_) | StoreError::Aborted => true,
+            StoreError::Redb(e) => matches!(
+                **e,
+                redb::Error::Corrupted(_)
+                    | redb::Error::ValueTooLarge(_)
+                    | redb::Error::TableTypeMismatch { .. }
+                    | redb::Error::TableIsMultimap(_)
+                    | redb::Error::TableIsNotMultimap(_)
+                    | redb::Error::TypeDefinitionChanged { .. }
+                    | redb::Error::UpgradeRequired(_)
+            ),
+            StoreError::Backend(_) | StoreError::Unavailable(_) => false,
+        }
+    }
+
+    /// Whether the embedded database must be reopened before it works again: redb
+    /// answers every operation after an I/O error with `PreviousIo` until then.
+    pub fn needs_reopen(&self) -> bool {
+        match self {
+            StoreError::Redb(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            StoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The kinds of records the coordinator keeps.

@@ -341,6 +341,8 @@ async fn receive_heartbeats(
                     .as_ref()
                     .filter(|m| m.generation != 0)
                     .map(|m| m.peer_count);
+                // An agent that sends no mesh report cannot be shown to fence itself.
+                let can_fence = hb.mesh.as_ref().is_some_and(|m| m.can_fence);
                 let outcome = coord.registry.lock().heartbeat(
                     id,
                     connection,
@@ -351,9 +353,7 @@ async fn receive_heartbeats(
                 match outcome {
                     HeartbeatOutcome::Accepted(transition) => {
                         acknowledge(conn, coord, seq, generation);
-                        if let Some(n) = mesh_peers {
-                            coord.note_mesh_peers(id, n);
-                        }
+                        coord.note_lease_facts(id, mesh_peers, can_fence);
                         coord
                             .metrics
                             .heartbeat_update_seconds

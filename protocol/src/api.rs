@@ -76,6 +76,11 @@ pub struct AgentStatus {
     /// is counted against this mesh (none: it holds no lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_peers: Option<u32>,
+    /// The agent reported it can fence its PostgreSQL by itself when its lease runs out
+    /// (it has a `[database]` section). Without it, a failover never counts the server
+    /// as self-fenced and waits for an operator's confirmation.
+    #[serde(default)]
+    pub can_fence: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1279,6 +1284,9 @@ pub enum FailoverStatus {
     InProgress,
     Completed,
     Failed,
+    /// Stopped by an operator (`POST …/failover/:id/abort`): its driver stops at the
+    /// next step boundary, and the plan is free for another failover.
+    Aborted,
 }
 
 impl FailoverStatus {
@@ -1295,6 +1303,7 @@ impl std::fmt::Display for FailoverStatus {
             FailoverStatus::InProgress => "IN_PROGRESS",
             FailoverStatus::Completed => "COMPLETED",
             FailoverStatus::Failed => "FAILED",
+            FailoverStatus::Aborted => "ABORTED",
         })
     }
 }
@@ -1354,6 +1363,17 @@ pub struct FailoverRun {
     /// A switchover's LSNs, once the old primary has stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<SwitchoverLsns>,
+    /// Servers step 2 waits on that only an operator can clear: their agents cannot
+    /// show them fenced (no fencing capability, not known, no lease). Cleared by
+    /// `POST …/failover/:id/confirm-fenced`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting_confirmation: Vec<AgentId>,
+    /// Servers an operator confirmed stopped by hand, for step 2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_by_operator: Vec<FenceConfirmation>,
+    /// Set when an operator aborted the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<FailoverAbort>,
 }
 
 /// What a [`FailoverRun`] is.
@@ -1412,6 +1432,56 @@ pub struct CatchUpOutcome {
     /// What it had replayed (`X/Y`).
     pub replayed_lsn: String,
     pub waited_ms: u64,
+}
+
+/// An operator's word that the server next to `agent_id` is stopped (fenced by hand).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceConfirmation {
+    pub agent_id: AgentId,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Who aborted a failover, when, and what it left behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverAbort {
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// Whether step 3 had promoted the target: a promotion is never undone.
+    pub promoted: bool,
+    pub message: String,
+}
+
+/// `POST …/disaster-recovery/failover/:id/confirm-fenced`: the body is optional; without
+/// `agentId`, every server the failover waits on (its `awaitingConfirmation`) is
+/// confirmed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfirmFencedRequest {
+    #[serde(default)]
+    pub agent_id: Option<AgentId>,
+}
+
+/// The answer to a confirm-fenced call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceConfirmed {
+    pub failover_id: String,
+    pub confirmed: Vec<AgentId>,
+    pub message: String,
+}
+
+/// The answer to `POST …/disaster-recovery/failover/:id/abort`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverAborted {
+    pub failover_id: String,
+    pub status: FailoverStatus,
+    /// Whether the target had been promoted (it stays the primary).
+    pub promoted: bool,
+    pub message: String,
 }
 
 /// How a DR test stands.

@@ -126,6 +126,12 @@ pub struct MeshReport {
     pub uptime_ms: u64,
     /// The agent's PostgreSQL is fenced (stopped, `standby.signal` in place).
     pub fenced: bool,
+    /// The agent can fence its PostgreSQL by itself when its lease runs out (it has a
+    /// `[database]` section naming the data directory it stops). Absent from older
+    /// agents: taken as cannot, so a silent primary of theirs is never counted as
+    /// self-fenced.
+    #[serde(default)]
+    pub can_fence: bool,
     pub peers: Vec<PeerReport>,
 }
 

@@ -62,6 +62,9 @@ pub struct Options {
     /// More coordinator config after the `regions` key: top-level keys first, then tables
     /// such as `[dns]`.
     pub coordinator_extra: String,
+    /// The primary's agent has a `[database]` section, so it can fence its server; without
+    /// one it only watches it (`[postgres]`), and reports it cannot fence.
+    pub primary_database: bool,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
             heartbeat_ms: 200,
             addresses: None,
             coordinator_extra: String::new(),
+            primary_database: true,
         }
     }
 }
@@ -96,6 +100,7 @@ pub fn two_regions_opts(opts: Options) -> TwoRegions {
         heartbeat_ms,
         addresses,
         coordinator_extra,
+        primary_database,
     } = opts;
     let pg = PgBin::find().unwrap_or_else(|e| {
         panic!("{e}: install PostgreSQL (apt-get install -y postgresql), or set DRMESH_PG_BIN")
@@ -177,8 +182,12 @@ pub fn two_regions_opts(opts: Options) -> TwoRegions {
         )
     };
     let files = mesh.issue_agent("db-west", "us-west-2");
-    let west =
-        mesh.spawn_agent(&mesh.agent_config("db-west", "us-west-2", &files, &sections(&primary)));
+    let west_sections = if primary_database {
+        sections(&primary)
+    } else {
+        format!("[postgres]\nconninfo = \"{}\"\n", primary.conninfo())
+    };
+    let west = mesh.spawn_agent(&mesh.agent_config("db-west", "us-west-2", &files, &west_sections));
     let files = mesh.issue_agent("db-east", "us-east-1");
     let east =
         mesh.spawn_agent(&mesh.agent_config("db-east", "us-east-1", &files, &sections(&standby)));

@@ -14,7 +14,9 @@ mod e2e {
     pub mod drtest;
     pub mod failover;
     pub mod failover_checks;
+    pub mod failover_store;
     pub mod faults;
+    pub mod fencing;
     pub mod gc_crash;
     pub mod http_api;
     pub mod liveness;

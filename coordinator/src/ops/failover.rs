@@ -9,20 +9,28 @@
 //!
 //! Never two writable primaries: the new epoch is stored before anything is fenced or
 //! promoted, and the target is promoted only after the old primary's agent confirmed
-//! its server is stopped and marked `standby.signal` (see ARCHITECTURE.md, "Failover
-//! safety argument"). Without that confirmation the failover stops at step 2.
+//! its server is stopped and marked `standby.signal`, or its lease shows it fenced
+//! itself (its agent can fence and held a lease), or an operator confirmed it stopped
+//! by hand (`confirm_fenced`); see ARCHITECTURE.md, "Failover safety argument". Until
+//! then the failover waits in step 2.
+//!
+//! Operators act on a run through the store, never on the driver: a confirmation or an
+//! abort is written to the record, and the driver reads it in the transaction it writes
+//! with ([`save`]). Every store operation of the driver is retried ([`STORE_RETRY`]);
+//! past that the run ends FAILED, recorded whatever it takes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentState, DrPlan, FailoverAccepted, FailoverKind, FailoverRequest, FailoverRun,
-    FailoverStatus, FailoverStep, PromoteOutcome, Severity, StepStatus,
+    AgentState, DrPlan, FailoverAbort, FailoverAborted, FailoverAccepted, FailoverKind,
+    FailoverRequest, FailoverRun, FailoverStatus, FailoverStep, FenceConfirmation, FenceConfirmed,
+    PromoteOutcome, Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::alerts;
 use crate::error::Error;
@@ -31,7 +39,7 @@ use crate::ops::admission;
 use crate::plans;
 use crate::rules;
 use crate::rules::admission::Operation;
-use crate::rules::failover::{Readiness, Rpo};
+use crate::rules::failover::{OperatorWord, Readiness, Rpo};
 use crate::state::{Coordinator, EPOCH_KEY};
 use crate::store::{Namespace, Store, StoreError, StoreExt};
 use crate::transport;
@@ -53,11 +61,25 @@ pub const STEPS: [&str; 7] = [
 /// (step 6), in heartbeat intervals.
 const MONITOR_INTERVALS: u32 = 3;
 
+/// The index of step 2, "Prepare target infrastructure" (fencing), in [`STEPS`].
+const PREPARE_STEP: usize = 1;
+
 /// The index of step 3, "Promote read replica to primary", in [`STEPS`].
 const PROMOTE_STEP: usize = 2;
 
 /// Alert kind raised when a failover fails, at any step.
 pub const FAILOVER_FAILED: &str = "FAILOVER_FAILED";
+
+/// Alert kind raised while step 2 waits for an operator to stop a server by hand and
+/// confirm it (`confirm-fenced`); resolved when step 2 ends, however it ends.
+pub const FAILOVER_NEEDS_OPERATOR: &str = "FAILOVER_NEEDS_OPERATOR";
+
+/// Resolves the run's FAILOVER_NEEDS_OPERATOR alert, if any.
+fn operator_no_longer_needed(store: &dyn Store, id: &str) {
+    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_NEEDS_OPERATOR, id) {
+        warn!(error = %e, "resolve the failover's FAILOVER_NEEDS_OPERATOR alert");
+    }
+}
 
 /// Whether the run's promotion (step 3) is done.
 fn promoted(run: &FailoverRun) -> bool {
@@ -215,6 +237,9 @@ fn new_run(
         error: None,
         kind,
         switchover: None,
+        awaiting_confirmation: Vec::new(),
+        fenced_by_operator: Vec::new(),
+        aborted: None,
     }
 }
 
@@ -295,6 +320,215 @@ fn accepted(run: &FailoverRun) -> FailoverAccepted {
     }
 }
 
+/// `POST …/disaster-recovery/failover/:id/confirm-fenced`: an operator says the server
+/// next to `agent` (without one: every server step 2 waits on, its
+/// `awaitingConfirmation`) is stopped by hand. Recorded in the run, for step 2.
+pub fn confirm_fenced(
+    coord: &Arc<Coordinator>,
+    id: &str,
+    agent: Option<AgentId>,
+    by: &str,
+) -> Result<FenceConfirmed, Error> {
+    if let Some(a) = &agent {
+        if coord.registry.lock().get(a).is_none() {
+            let waits_on =
+                get(coord.store.as_ref(), id)?.is_some_and(|r| r.awaiting_confirmation.contains(a));
+            if !waits_on {
+                return Err(Error::BadRequest(format!("{a} is not a known agent")));
+            }
+        }
+    }
+    let now = Utc::now();
+    let confirmed = coord.store.atomically(|tx| {
+        let mut run: FailoverRun = tx
+            .get_json(Namespace::Failovers, id)?
+            .ok_or_else(|| Error::NotFound(format!("no failover {id}")))?;
+        if !run.status.is_running() {
+            return Err(Error::Conflict(format!(
+                "failover {id} is {}: only a running failover waits for a server to be fenced",
+                run.status
+            )));
+        }
+        if run
+            .steps
+            .get(PREPARE_STEP)
+            .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Skipped))
+        {
+            return Err(Error::Conflict(format!(
+                "failover {id} is past step 2 (fencing): there is nothing to confirm"
+            )));
+        }
+        let agents = match &agent {
+            Some(a) => vec![a.clone()],
+            None if run.awaiting_confirmation.is_empty() => {
+                return Err(Error::Conflict(format!(
+                    "failover {id} waits for no server to be confirmed fenced; name one with \
+                     {{\"agentId\": \"…\"}}"
+                )))
+            }
+            None => run.awaiting_confirmation.clone(),
+        };
+        for a in &agents {
+            if !run.fenced_by_operator.iter().any(|c| &c.agent_id == a) {
+                run.fenced_by_operator.push(FenceConfirmation {
+                    agent_id: a.clone(),
+                    by: by.to_string(),
+                    at: now,
+                });
+            }
+        }
+        tx.put_json(Namespace::Failovers, id, &run)?;
+        Ok(agents)
+    })?;
+    let names = confirmed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(failover_id = %id, by, agents = %names, "servers confirmed fenced by an operator");
+    Ok(FenceConfirmed {
+        failover_id: id.to_string(),
+        message: format!(
+            "recorded: {names} stopped by hand, as {by} confirmed; step 2 goes on without their \
+             agents' fencing"
+        ),
+        confirmed,
+    })
+}
+
+/// What the store held when the driver wrote its copy of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// Written; the run goes on.
+    Saved,
+    /// An operator aborted the run: the driver stops here.
+    Aborted,
+}
+
+/// How the driver writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// Moving on (starting a step, completing the run): nothing is written once the run
+    /// is aborted.
+    Advance,
+    /// Recording what happened (a step's outcome, a message): always written, since it
+    /// is the truth — into an aborted run too, keeping it ABORTED.
+    Record,
+}
+
+/// Writes the driver's copy of the run, keeping what operators recorded in the stored
+/// one meanwhile (fence confirmations, an abort), in one transaction: the abort is
+/// checked in the same transaction the driver advances with, so no step starts after
+/// it.
+fn save(store: &dyn Store, run: &mut FailoverRun, write: Write) -> Result<Saved, StoreError> {
+    store.atomically(|tx| {
+        let stored = tx.get_json::<FailoverRun>(Namespace::Failovers, &run.failover_id)?;
+        let mut saved = Saved::Saved;
+        if let Some(stored) = stored {
+            run.fenced_by_operator = stored.fenced_by_operator;
+            if stored.status == FailoverStatus::Aborted {
+                if write == Write::Advance {
+                    return Ok(Saved::Aborted);
+                }
+                run.status = FailoverStatus::Aborted;
+                run.completed_at = stored.completed_at;
+                run.aborted = stored.aborted;
+                run.awaiting_confirmation.clear();
+                // A promotion the driver finished after the abort is said, not hidden.
+                if promoted(run) {
+                    let by = run
+                        .aborted
+                        .as_ref()
+                        .filter(|a| !a.promoted)
+                        .map(|a| a.by.clone());
+                    if let Some(by) = by {
+                        let message = abort_message(run, &by);
+                        if let Some(a) = run.aborted.as_mut() {
+                            a.promoted = true;
+                            a.message = message;
+                        }
+                    }
+                }
+                saved = Saved::Aborted;
+            }
+        }
+        tx.put_json(Namespace::Failovers, &run.failover_id, &*run)?;
+        Ok(saved)
+    })
+}
+
+/// What an abort leaves, in words.
+fn abort_message(run: &FailoverRun, by: &str) -> String {
+    let id = &run.failover_id;
+    if promoted(run) {
+        format!(
+            "failover {id} aborted by {by} after step 3 promoted {} in {}: that server STAYS \
+             THE PRIMARY (a promotion is never undone) and the plan watches it; the steps not \
+             run (DNS, validation, re-pointing standbys) are left to do by hand",
+            run.target_agent
+                .as_ref()
+                .map_or_else(|| "the target".to_string(), ToString::to_string),
+            run.target_region
+        )
+    } else {
+        format!(
+            "failover {id} aborted by {by} before any promotion: the primary is where it was \
+             (a server fenced in step 2 stays fenced until `drmesh rejoin` or an operator \
+             starts it); the plan is free for another failover"
+        )
+    }
+}
+
+/// `POST …/disaster-recovery/failover/:id/abort`: a running or FAILED failover stops;
+/// its driver at the next step boundary (the step it is in ends and is recorded). A
+/// promotion already done is not undone. A COMPLETED (or already aborted) run is a
+/// conflict.
+pub fn abort(coord: &Arc<Coordinator>, id: &str, by: &str) -> Result<FailoverAborted, Error> {
+    let now = Utc::now();
+    let run = coord.store.atomically(|tx| {
+        let mut run: FailoverRun = tx
+            .get_json(Namespace::Failovers, id)?
+            .ok_or_else(|| Error::NotFound(format!("no failover {id}")))?;
+        if matches!(
+            run.status,
+            FailoverStatus::Completed | FailoverStatus::Aborted
+        ) {
+            return Err(Error::Conflict(format!(
+                "failover {id} is {}: only a running or FAILED failover is aborted",
+                run.status
+            )));
+        }
+        run.status = FailoverStatus::Aborted;
+        run.completed_at = Some(now);
+        run.awaiting_confirmation.clear();
+        run.aborted = Some(FailoverAbort {
+            by: by.to_string(),
+            at: now,
+            promoted: promoted(&run),
+            message: abort_message(&run, by),
+        });
+        tx.put_json(Namespace::Failovers, id, &run)?;
+        Ok(run)
+    })?;
+    let abort = run.aborted.clone().unwrap_or(FailoverAbort {
+        by: by.to_string(),
+        at: now,
+        promoted: false,
+        message: String::new(),
+    });
+    warn!(failover_id = %id, by, promoted = abort.promoted, "failover aborted");
+    operator_no_longer_needed(coord.store.as_ref(), id);
+    if let Err(e) = alerts::resolve_cleared(coord.store.as_ref(), FAILOVER_FAILED, id) {
+        warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
+    }
+    Ok(FailoverAborted {
+        failover_id: id.to_string(),
+        status: FailoverStatus::Aborted,
+        promoted: abort.promoted,
+        message: abort.message,
+    })
+}
+
 /// Resumes every failover a previous coordinator left running.
 pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
     let runs = running(coord.store.as_ref())?;
@@ -307,14 +541,7 @@ pub fn resume_all(coord: &Arc<Coordinator>) -> Result<usize, StoreError> {
 
 fn spawn(coord: Arc<Coordinator>, id: String) {
     let span = tracing::info_span!("failover", failover_id = %id);
-    tokio::spawn(
-        async move {
-            if let Err(e) = drive(&coord, &id).await {
-                warn!(error = %e, "failover driver stopped");
-            }
-        }
-        .instrument(span),
-    );
+    tokio::spawn(async move { drive(&coord, &id).await }.instrument(span));
 }
 
 /// What one step did.
@@ -322,19 +549,70 @@ enum Outcome {
     Done(String),
     Skipped(String),
     Failed(String),
+    /// An operator aborted the run while the step waited.
+    Aborted,
 }
 
-async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
+/// Drives a run to its end. Every store operation is retried ([`STORE_RETRY`]); when one
+/// still fails, the run ends FAILED with the error — recorded at any cost, since a run
+/// left IN_PROGRESS with no driver would hold the plan (and every later failover).
+async fn drive(coord: &Arc<Coordinator>, id: &str) {
     let store = coord.store.as_ref();
-    let mut run =
-        get(store, id)?.ok_or_else(|| StoreError::Backend(format!("no failover {id}")))?;
-    let Some(plan) = plans::get(store, &run.plan_id)? else {
+    // Without the run nothing can be recorded: read until the store answers.
+    let loaded = until_stored("read the failover", RECORD_FAILED_MAX_PAUSE, || {
+        let Some(run) = get(store, id)? else {
+            return Ok(None);
+        };
+        let plan = plans::get(store, &run.plan_id)?;
+        Ok(Some((run, plan)))
+    })
+    .await;
+    let (mut run, plan) = match loaded {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => {
+            warn!("no such failover to drive");
+            return;
+        }
+        Err(e) => {
+            error!(error = %e, "cannot read the failover; it is not driven");
+            return;
+        }
+    };
+    let Some(plan) = plan else {
         run.status = FailoverStatus::Failed;
         run.error = Some(format!("plan {} was deleted", run.plan_id));
-        return store.put_json(Namespace::Failovers, id, &run);
+        run.completed_at = Some(Utc::now());
+        let _ = until_stored(
+            "record the failover FAILED",
+            RECORD_FAILED_MAX_PAUSE,
+            || save(store, &mut run, Write::Record),
+        )
+        .await;
+        return;
     };
+    if let Err(e) = steps(coord, &plan, &mut run).await {
+        store_failed(coord, &plan, &mut run, e).await;
+    }
+}
+
+/// The steps from where the run stands; `Err` when the store failed past its retries.
+async fn steps(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &mut FailoverRun,
+) -> Result<(), StoreError> {
+    let store = coord.store.as_ref();
+    let id = run.failover_id.clone();
     run.status = FailoverStatus::InProgress;
-    store.put_json(Namespace::Failovers, id, &run)?;
+    if retried("start the failover", STORE_RETRY, || {
+        save(store, run, Write::Advance)
+    })
+    .await?
+        == Saved::Aborted
+    {
+        info!("failover aborted before it started");
+        return Ok(());
+    }
     for i in 0..run.steps.len() {
         if matches!(run.steps[i].status, StepStatus::Done | StepStatus::Skipped) {
             continue;
@@ -342,24 +620,36 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
         run.current_step = Some(run.steps[i].number);
         run.steps[i].status = StepStatus::Running;
         run.steps[i].started_at.get_or_insert_with(Utc::now);
-        store.put_json(Namespace::Failovers, id, &run)?;
+        if retried("start a step", STORE_RETRY, || {
+            save(store, run, Write::Advance)
+        })
+        .await?
+            == Saved::Aborted
+        {
+            info!(step = i + 1, "failover aborted: step not started");
+            return Ok(());
+        }
         info!(step = run.steps[i].number, name = %run.steps[i].name, "failover step");
         let outcome = match i {
-            0 => notify_start(coord, &plan, &run),
-            1 => match run.kind {
-                FailoverKind::Failover => prepare(coord, &plan, &mut run).await?,
-                FailoverKind::Switchover => switchover::prepare(coord, &mut run).await?,
-            },
-            2 => promote(coord, &mut run).await,
-            3 => update_dns(coord, &run).await,
-            4 => validate(coord, &run).await,
-            5 => match (monitor(coord, &run).await, run.kind) {
+            0 => notify_start(coord, plan, run),
+            1 => {
+                let outcome = match run.kind {
+                    FailoverKind::Failover => prepare(coord, plan, run).await,
+                    FailoverKind::Switchover => switchover::prepare(coord, run).await,
+                };
+                operator_no_longer_needed(store, &id);
+                outcome?
+            }
+            2 => promote(coord, run).await,
+            3 => update_dns(coord, run).await,
+            4 => validate(coord, run).await,
+            5 => match (monitor(coord, run).await, run.kind) {
                 (Outcome::Done(m), FailoverKind::Switchover) => {
-                    switchover::rejoin_old_primary(coord, &run, m).await
+                    switchover::rejoin_old_primary(coord, run, m).await
                 }
                 (outcome, _) => outcome,
             },
-            _ => confirm(coord, &plan, &run)?,
+            _ => confirm(coord, plan, run).await?,
         };
         let step = &mut run.steps[i];
         step.ended_at = Some(Utc::now());
@@ -369,18 +659,23 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 step.message = m;
                 if i == PROMOTE_STEP {
                     // From the promotion on, the new primary is the truth: the plan (and
-                    // its health checks) follow it even if a later step fails.
-                    record_active_region(
-                        store,
-                        &plan.id,
-                        &run.target_region,
-                        run.from_region.as_ref(),
-                    )?;
+                    // its health checks) follow it even if a later step fails or the run
+                    // was aborted meanwhile.
+                    let region = run.target_region.clone();
+                    let from = run.from_region.clone();
+                    retried("move the plan's active region", STORE_RETRY, || {
+                        record_active_region(store, &plan.id, &region, from.as_ref())
+                    })
+                    .await?;
                 }
             }
             Outcome::Skipped(m) => {
                 step.status = StepStatus::Skipped;
                 step.message = m;
+            }
+            Outcome::Aborted => {
+                step.status = StepStatus::Skipped;
+                step.message = format!("not finished: the failover was aborted; {}", step.message);
             }
             Outcome::Failed(m) => {
                 step.status = StepStatus::Failed;
@@ -389,55 +684,221 @@ async fn drive(coord: &Arc<Coordinator>, id: &str) -> Result<(), StoreError> {
                 run.status = FailoverStatus::Failed;
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
-                store.put_json(Namespace::Failovers, id, &run)?;
-                let promoted = promoted(&run);
-                let error = run.error.clone().unwrap_or_default();
-                let message = if promoted {
-                    format!(
-                        "Failover {id} of plan {} FAILED after promoting the server in {}, which \
-                         is the primary now (the plan watches it): {error}. Finish what the \
-                         failed step left undone by hand.",
-                        plan.id, run.target_region
-                    )
-                } else {
-                    format!(
-                        "Failover {id} of plan {} to {} FAILED before any promotion; the \
-                         primary is where it was: {error}",
-                        plan.id, run.target_region
-                    )
-                };
-                alerts::raise_logged(
-                    store,
-                    Severity::Critical,
-                    FAILOVER_FAILED,
-                    id,
-                    Some(run.target_region.clone()),
-                    message,
-                );
-                let event = Event {
-                    plan_id: Some(plan.id.clone()),
-                    ..Event::new(
-                        "failover.failed",
-                        Severity::Critical,
-                        format!("Failover of {} to {} FAILED", plan.id, run.target_region),
-                        error,
-                    )
-                };
-                Notifier::spawn(coord, &plan.notification_channels, event);
+                if retried("record the failed step", STORE_RETRY, || {
+                    save(store, run, Write::Record)
+                })
+                .await?
+                    == Saved::Aborted
+                {
+                    info!("failover aborted during a step that then failed");
+                    return Ok(());
+                }
+                failed(coord, plan, run);
                 return Ok(());
             }
         }
-        store.put_json(Namespace::Failovers, id, &run)?;
+        if retried("record the step", STORE_RETRY, || {
+            save(store, run, Write::Record)
+        })
+        .await?
+            == Saved::Aborted
+        {
+            info!(step = i + 1, "failover aborted: stopped after the step");
+            return Ok(());
+        }
     }
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
-    store.put_json(Namespace::Failovers, id, &run)?;
+    if retried("complete the failover", STORE_RETRY, || {
+        save(store, run, Write::Advance)
+    })
+    .await?
+        == Saved::Aborted
+    {
+        info!("failover aborted after its last step");
+        return Ok(());
+    }
     // A retried run that completes clears the alert its failure raised.
-    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, id) {
+    if let Err(e) = alerts::resolve_cleared(store, FAILOVER_FAILED, &id) {
         warn!(error = %e, "resolve the failover's FAILOVER_FAILED alert");
     }
     info!("failover completed");
     Ok(())
+}
+
+/// How the driver retries a store operation: `attempts` tries in all, pausing `first`
+/// after the first and doubling the pause up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The pause after try `n` (1-based).
+    pub fn pause(&self, n: u32) -> Duration {
+        let doubled = 2u32
+            .checked_pow(n.saturating_sub(1))
+            .and_then(|f| self.first.checked_mul(f))
+            .unwrap_or(self.max);
+        doubled.min(self.max)
+    }
+
+    /// How long all the pauses take together.
+    pub fn total(&self) -> Duration {
+        (1..self.attempts).map(|n| self.pause(n)).sum()
+    }
+}
+
+/// Each store operation inside a failover: 6 tries, 1, 2, 4, 8 and 16 s apart (31 s):
+/// a store that fails for longer ends the run FAILED.
+pub const STORE_RETRY: Backoff = Backoff {
+    attempts: 6,
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(16),
+};
+
+/// Recording a run FAILED is tried until it works; its pause stops growing here.
+const RECORD_FAILED_MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// `op`, tried as `backoff` says while it fails with an error that may pass.
+async fn retried<T>(
+    what: &str,
+    backoff: Backoff,
+    mut op: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut n = 1;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_permanent() || n >= backoff.attempts => {
+                error!(error = %e, tries = n, what, "failover store operation failed; giving up");
+                return Err(e);
+            }
+            Err(e) => {
+                let pause = backoff.pause(n);
+                warn!(error = %e, tries = n, retry_in_ms = pause.as_millis() as u64, what, "failover store operation failed; retrying");
+                tokio::time::sleep(pause).await;
+                n += 1;
+            }
+        }
+    }
+}
+
+/// `op`, tried until it works (or fails for good), the pause doubling up to `max`.
+async fn until_stored<T>(
+    what: &str,
+    max: Duration,
+    op: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let forever = Backoff {
+        attempts: u32::MAX,
+        first: Duration::from_secs(1).min(max),
+        max,
+    };
+    retried(what, forever, op).await
+}
+
+/// The store failed past its retries: the run ends FAILED with the error, recorded
+/// whatever it takes (until the store works again), then the alert is raised.
+async fn store_failed(
+    coord: &Arc<Coordinator>,
+    plan: &DrPlan,
+    run: &mut FailoverRun,
+    e: StoreError,
+) {
+    let store = coord.store.as_ref();
+    let now = Utc::now();
+    let why = format!(
+        "the coordinator's state store failed {} times over {} s: {e}",
+        STORE_RETRY.attempts,
+        STORE_RETRY.total().as_secs()
+    );
+    error!(error = %e, "{why}; the failover ends FAILED");
+    if run.status != FailoverStatus::Failed {
+        let at = run
+            .current_step
+            .and_then(|n| run.steps.iter_mut().find(|s| s.number == n));
+        let label = match at {
+            Some(step) => {
+                if step.status == StepStatus::Running {
+                    step.status = StepStatus::Failed;
+                    step.ended_at = Some(now);
+                    step.message = why.clone();
+                }
+                format!("step {} ({})", step.number, step.name)
+            }
+            None => "before the first step".to_string(),
+        };
+        run.status = FailoverStatus::Failed;
+        run.error = Some(format!("{label}: {why}"));
+        run.completed_at = Some(now);
+    }
+    match until_stored(
+        "record the failover FAILED",
+        RECORD_FAILED_MAX_PAUSE,
+        || save(store, run, Write::Record),
+    )
+    .await
+    {
+        Ok(Saved::Aborted) => return,
+        Ok(Saved::Saved) => {}
+        Err(e) => {
+            error!(error = %e, "cannot record the failover FAILED");
+            return;
+        }
+    }
+    if promoted(run) {
+        let (region, from) = (run.target_region.clone(), run.from_region.clone());
+        if let Err(e) = retried("move the plan's active region", STORE_RETRY, || {
+            record_active_region(store, &plan.id, &region, from.as_ref())
+        })
+        .await
+        {
+            error!(error = %e, "the plan's active region is not the promoted server's");
+        }
+    }
+    failed(coord, plan, run);
+}
+
+/// A run that ended FAILED: the CRITICAL alert (saying whether it promoted) and the
+/// plan's channels.
+fn failed(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) {
+    let id = &run.failover_id;
+    let error = run.error.clone().unwrap_or_default();
+    let message = if promoted(run) {
+        format!(
+            "Failover {id} of plan {} FAILED after promoting the server in {}, which \
+             is the primary now (the plan watches it): {error}. Finish what the \
+             failed step left undone by hand.",
+            plan.id, run.target_region
+        )
+    } else {
+        format!(
+            "Failover {id} of plan {} to {} FAILED before any promotion; the \
+             primary is where it was: {error}",
+            plan.id, run.target_region
+        )
+    };
+    alerts::raise_logged(
+        coord.store.as_ref(),
+        Severity::Critical,
+        FAILOVER_FAILED,
+        id,
+        Some(run.target_region.clone()),
+        message,
+    );
+    let event = Event {
+        plan_id: Some(plan.id.clone()),
+        ..Event::new(
+            "failover.failed",
+            Severity::Critical,
+            format!("Failover of {} to {} FAILED", plan.id, run.target_region),
+            error,
+        )
+    };
+    Notifier::spawn(coord, &plan.notification_channels, event);
 }
 
 fn notify_start(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) -> Outcome {
@@ -480,7 +941,29 @@ async fn prepare(
         + Duration::from_secs(10);
     // Reports count only when fresh: a restarted coordinator knows no roles yet, and an
     // agent not heard from lately may sit next to a writable primary.
+    let mut told: Option<Vec<String>> = None;
     let (statuses, target, waited_out) = loop {
+        // What operators confirmed meanwhile (`confirm-fenced`), or an abort.
+        let stored = retried("read the failover", STORE_RETRY, || {
+            get(coord.store.as_ref(), &run.failover_id)
+        })
+        .await?;
+        if let Some(stored) = stored {
+            if stored.status == FailoverStatus::Aborted {
+                run.awaiting_confirmation.clear();
+                return Ok(Outcome::Aborted);
+            }
+            run.fenced_by_operator = stored.fenced_by_operator;
+        }
+        let confirmed: Vec<AgentId> = run
+            .fenced_by_operator
+            .iter()
+            .map(|c| c.agent_id.clone())
+            .collect();
+        let word = OperatorWord {
+            confirmed: &confirmed,
+            allow_data_loss: run.allow_data_loss,
+        };
         let statuses = coord.agent_statuses();
         let readiness = {
             let now = std::time::Instant::now();
@@ -489,14 +972,61 @@ async fn prepare(
                 &statuses,
                 &run.target_region,
                 |old| rules::lease::old_primary(&registry, old, now, &timing),
+                &word,
                 &timing,
             )
         };
-        let (no_target, pending) = match readiness {
+        let (no_target, pending, awaiting) = match readiness {
             Readiness::Ready { target, waited_out } => break (statuses, target, waited_out),
-            Readiness::Waiting { no_target, pending } => (no_target, pending),
+            Readiness::Waiting {
+                no_target,
+                pending,
+                awaiting_operator,
+            } => (no_target, pending, awaiting_operator),
         };
-        if tokio::time::Instant::now() > deadline {
+        // Waiting on an operator: the step's message says exactly what to do. Written
+        // when what it waits on changes (its reasons without their millisecond counts),
+        // not every round.
+        let shape: Vec<String> = pending
+            .iter()
+            .map(|p| p.chars().filter(|c| !c.is_ascii_digit()).collect())
+            .collect();
+        if told.as_ref() != Some(&shape) && (!awaiting.is_empty() || told.is_some()) {
+            run.awaiting_confirmation = awaiting.clone();
+            let message = if awaiting.is_empty() {
+                operator_no_longer_needed(coord.store.as_ref(), &run.failover_id);
+                format!("waiting: {}", pending.join("; "))
+            } else {
+                let m = operator_wanted(&run.failover_id, &awaiting, &pending);
+                warn!(waiting_on = ?awaiting, "{m}");
+                // Whoever watches alerts (an automatic failover at night) is told.
+                alerts::raise_logged(
+                    coord.store.as_ref(),
+                    Severity::Critical,
+                    FAILOVER_NEEDS_OPERATOR,
+                    &run.failover_id,
+                    Some(run.target_region.clone()),
+                    format!("Failover {} of plan {}: {m}", run.failover_id, plan.id),
+                );
+                m
+            };
+            if let Some(step) = run.steps.get_mut(PREPARE_STEP) {
+                step.message = message;
+            }
+            if retried("record what step 2 waits for", STORE_RETRY, || {
+                save(coord.store.as_ref(), run, Write::Record)
+            })
+            .await?
+                == Saved::Aborted
+            {
+                run.awaiting_confirmation.clear();
+                return Ok(Outcome::Aborted);
+            }
+            told = Some(shape);
+        }
+        // Only what waiting can clear times out; a server only an operator can clear
+        // keeps the failover waiting for them (or for an abort).
+        if tokio::time::Instant::now() > deadline && (awaiting.is_empty() || no_target) {
             let mut why = Vec::new();
             if no_target {
                 why.push(format!(
@@ -510,10 +1040,12 @@ async fn prepare(
                     pending.join("; ")
                 ));
             }
+            run.awaiting_confirmation.clear();
             return Ok(Outcome::Failed(why.join("; ")));
         }
         tokio::time::sleep((interval / 2).min(Duration::from_millis(100))).await;
     };
+    run.awaiting_confirmation.clear();
     let target = &*target;
     // Step 2 always runs before anything is promoted, even when resumed.
     if target.role != Some(PgRole::Standby) {
@@ -553,7 +1085,9 @@ async fn prepare(
     // The epoch: one above the highest ever stored, chosen and stored with the record
     // in one transaction before it is used — so epochs rise strictly, each belongs to
     // one failover, and a resumed failover keeps its own.
-    let epoch = choose_epoch(coord, run)?;
+    let Some(epoch) = choose_epoch(coord, run).await? else {
+        return Ok(Outcome::Aborted);
+    };
     let mut fenced = Vec::new();
     for a in &fencing.by_agent {
         if let Err(why) = fence(coord, run, &a.agent_id).await {
@@ -584,29 +1118,67 @@ async fn prepare(
 /// The run's epoch: one above the highest ever stored, chosen and stored with the
 /// record in one transaction before it is used — so epochs rise strictly, each belongs
 /// to one failover, and a resumed failover keeps its own. The coordinator's own epoch
-/// is raised to it.
-fn choose_epoch(coord: &Arc<Coordinator>, run: &mut FailoverRun) -> Result<Epoch, StoreError> {
+/// is raised to it. `None`: the run was aborted meanwhile (checked in the same
+/// transaction), and no epoch was taken.
+async fn choose_epoch(
+    coord: &Arc<Coordinator>,
+    run: &mut FailoverRun,
+) -> Result<Option<Epoch>, StoreError> {
     let epoch = match run.epoch {
         Some(e) => e,
         None => {
-            let e = coord.store.atomically(|tx| {
-                let highest = tx
-                    .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
-                    .unwrap_or(0)
-                    .max(coord.epoch().0);
-                let e = Epoch(highest + 1);
-                let mut rec = run.clone();
-                rec.epoch = Some(e);
-                tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
-                tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
-                Ok::<_, StoreError>(e)
-            })?;
+            // `None`: aborted meanwhile (checked in the same transaction); no epoch taken.
+            let chosen = retried("choose the epoch", STORE_RETRY, || {
+                coord.store.atomically(|tx| {
+                    let mut rec = run.clone();
+                    if let Some(stored) =
+                        tx.get_json::<FailoverRun>(Namespace::Failovers, &rec.failover_id)?
+                    {
+                        if stored.status == FailoverStatus::Aborted {
+                            return Ok(None);
+                        }
+                        rec.fenced_by_operator = stored.fenced_by_operator;
+                    }
+                    let highest = tx
+                        .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+                        .unwrap_or(0)
+                        .max(coord.epoch().0);
+                    let e = Epoch(highest + 1);
+                    rec.epoch = Some(e);
+                    tx.put_json(Namespace::Meta, EPOCH_KEY, &e.0)?;
+                    tx.put_json(Namespace::Failovers, &rec.failover_id, &rec)?;
+                    Ok::<_, StoreError>(Some(e))
+                })
+            })
+            .await?;
+            let Some(e) = chosen else {
+                return Ok(None);
+            };
             run.epoch = Some(e);
             e
         }
     };
-    coord.raise_epoch(epoch)?;
-    Ok(epoch)
+    retried("raise the epoch", STORE_RETRY, || coord.raise_epoch(epoch)).await?;
+    Ok(Some(epoch))
+}
+
+/// Step 2's message while it waits for an operator: what holds it, and exactly what to
+/// do about it.
+fn operator_wanted(id: &str, awaiting: &[AgentId], pending: &[String]) -> String {
+    let names = awaiting
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "waiting for an operator: {}. Stop PostgreSQL on {names} by hand (pg_ctl stop, and \
+         leave standby.signal in its data directory), then run `drmesh \
+         failover-confirm-fenced {id}` or POST \
+         /v1/backup-recovery/disaster-recovery/failover/{id}/confirm-fenced; or give up with \
+         `drmesh failover-abort {id}`. (A failover started with \"allowDataLoss\": true \
+         passes a server silent past its lease, losing what it still takes.)",
+        pending.join("; ")
+    )
 }
 
 fn lag_text(lag: Option<f64>) -> String {
@@ -951,19 +1523,22 @@ async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &
 }
 
 /// Step 7: the plan's active region moves; the channels are told.
-fn confirm(
+async fn confirm(
     coord: &Arc<Coordinator>,
     plan: &DrPlan,
     run: &FailoverRun,
 ) -> Result<Outcome, StoreError> {
     // Step 3 moved it already; repeated (a no-op then) for a run whose step 3 was
     // recorded by a coordinator that did not.
-    record_active_region(
-        coord.store.as_ref(),
-        &plan.id,
-        &run.target_region,
-        run.from_region.as_ref(),
-    )?;
+    retried("move the plan's active region", STORE_RETRY, || {
+        record_active_region(
+            coord.store.as_ref(),
+            &plan.id,
+            &run.target_region,
+            run.from_region.as_ref(),
+        )
+    })
+    .await?;
     let event = Event {
         plan_id: Some(plan.id.clone()),
         ..Event::new(
@@ -983,4 +1558,221 @@ fn confirm(
         "plan {} now runs in {}",
         plan.id, run.target_region
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::store::{RedbStore, Txn};
+
+    /// A store whose first `failing` writes fail as a full disk does.
+    struct FlakyStore {
+        inner: RedbStore,
+        failing: AtomicU32,
+        writes: AtomicU32,
+    }
+
+    impl FlakyStore {
+        fn new(dir: &tempfile::TempDir, failing: u32) -> FlakyStore {
+            FlakyStore {
+                inner: RedbStore::open(&dir.path().join("s.redb")).expect("open"),
+                failing: AtomicU32::new(failing),
+                writes: AtomicU32::new(0),
+            }
+        }
+
+        fn fail(&self) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let left = self.failing.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failing.store(left - 1, Ordering::SeqCst);
+                let enospc = std::io::Error::from_raw_os_error(28);
+                return Err(StoreError::Redb(Box::new(redb::Error::Io(enospc))));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for FlakyStore {
+        fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(ns, key)
+        }
+        fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.fail()?;
+            self.inner.put(ns, key, value)
+        }
+        fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError> {
+            self.fail()?;
+            self.inner.delete(ns, key)
+        }
+        fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.scan(ns, prefix)
+        }
+        fn transaction(
+            &self,
+            body: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            self.fail()?;
+            self.inner.transaction(body)
+        }
+    }
+
+    const QUICK: Backoff = Backoff {
+        attempts: 6,
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+    };
+
+    fn run(id: &str) -> FailoverRun {
+        let now = Utc::now();
+        FailoverRun {
+            failover_id: id.into(),
+            plan_id: "p".into(),
+            status: FailoverStatus::InProgress,
+            target_region: RegionId::new("us").expect("region"),
+            target_agent: Some(AgentId::new("new").expect("id")),
+            from_region: None,
+            from_agent: None,
+            epoch: None,
+            allow_data_loss: false,
+            requested_by: "test".into(),
+            failover_start_time: now,
+            estimated_completion_time: now,
+            completed_at: None,
+            timeline: None,
+            current_step: Some(3),
+            steps: STEPS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| FailoverStep {
+                    number: i as u8 + 1,
+                    name: (*name).to_string(),
+                    status: if i < 2 {
+                        StepStatus::Done
+                    } else {
+                        StepStatus::Pending
+                    },
+                    started_at: None,
+                    ended_at: None,
+                    message: String::new(),
+                })
+                .collect(),
+            error: None,
+            kind: FailoverKind::Failover,
+            switchover: None,
+            awaiting_confirmation: Vec::new(),
+            fenced_by_operator: Vec::new(),
+            aborted: None,
+        }
+    }
+
+    #[test]
+    fn the_store_retry_bound_is_six_tries_over_about_thirty_seconds() {
+        assert_eq!(STORE_RETRY.attempts, 6);
+        let pauses: Vec<u64> = (1..6).map(|n| STORE_RETRY.pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16]);
+        assert_eq!(STORE_RETRY.total(), Duration::from_secs(31));
+        // Never overflows, never exceeds its cap.
+        assert_eq!(STORE_RETRY.pause(u32::MAX), STORE_RETRY.max);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_fewer_times_than_the_bound_is_retried_until_the_write_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlakyStore::new(&dir, 5);
+        let mut r = run("fo_1");
+        let saved = retried("record", QUICK, || save(&store, &mut r, Write::Record)).await;
+        assert_eq!(saved.expect("stored on the sixth try"), Saved::Saved);
+        assert_eq!(store.writes.load(Ordering::SeqCst), 6);
+        assert_eq!(get(&store, "fo_1").expect("read"), Some(r));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_keeps_failing_gives_up_after_the_bound_and_failed_is_recorded_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlakyStore::new(&dir, 10);
+        let mut r = run("fo_1");
+        let err = retried("record", QUICK, || save(&store, &mut r, Write::Record))
+            .await
+            .expect_err("six failures in a row");
+        assert!(err.needs_reopen() && !err.is_permanent(), "{err}");
+        assert_eq!(store.writes.load(Ordering::SeqCst), 6);
+        assert_eq!(get(&store, "fo_1").expect("read"), None);
+        // Recording FAILED does not give up: the four failures left pass.
+        r.status = FailoverStatus::Failed;
+        r.error = Some("state store failed".into());
+        let saved = until_stored("record FAILED", Duration::from_millis(2), || {
+            save(&store, &mut r, Write::Record)
+        })
+        .await;
+        assert_eq!(saved.expect("recorded"), Saved::Saved);
+        assert_eq!(store.writes.load(Ordering::SeqCst), 11);
+        let stored = get(&store, "fo_1").expect("read").expect("the run");
+        assert_eq!(stored.status, FailoverStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_store_error_is_not_retried() {
+        let mut tries = 0;
+        let err = retried("encode", QUICK, || {
+            tries += 1;
+            Err::<(), _>(StoreError::Encode("bad".into()))
+        })
+        .await
+        .expect_err("permanent");
+        assert!(matches!(err, StoreError::Encode(_)));
+        assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn an_aborted_run_starts_no_step_but_records_the_one_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
+        let mut driver = run("fo_1");
+        driver.steps[PROMOTE_STEP].status = StepStatus::Running;
+        assert_eq!(
+            save(&store, &mut driver, Write::Advance).expect("save"),
+            Saved::Saved
+        );
+        // An operator aborts while step 3 runs, before it promoted; and confirms a fence.
+        let mut stored = get(&store, "fo_1").expect("read").expect("run");
+        stored.status = FailoverStatus::Aborted;
+        stored.aborted = Some(FailoverAbort {
+            by: "ops".into(),
+            at: Utc::now(),
+            promoted: false,
+            message: abort_message(&stored, "ops"),
+        });
+        stored.fenced_by_operator.push(FenceConfirmation {
+            agent_id: AgentId::new("old").expect("id"),
+            by: "ops".into(),
+            at: Utc::now(),
+        });
+        store
+            .put_json(Namespace::Failovers, "fo_1", &stored)
+            .expect("abort");
+        // The promotion ends after the abort: recorded, the run stays ABORTED, and its
+        // note now says the promoted server stays the primary.
+        driver.steps[PROMOTE_STEP].status = StepStatus::Done;
+        assert_eq!(
+            save(&store, &mut driver, Write::Record).expect("save"),
+            Saved::Aborted
+        );
+        let after = get(&store, "fo_1").expect("read").expect("run");
+        assert_eq!(after.status, FailoverStatus::Aborted);
+        assert_eq!(after.steps[PROMOTE_STEP].status, StepStatus::Done);
+        assert_eq!(after.fenced_by_operator.len(), 1);
+        let note = after.aborted.expect("abort note");
+        assert!(note.promoted && note.message.contains("STAYS THE PRIMARY"));
+        // The next step is not started: nothing is written.
+        driver.steps[3].status = StepStatus::Running;
+        assert_eq!(
+            save(&store, &mut driver, Write::Advance).expect("save"),
+            Saved::Aborted
+        );
+        let after = get(&store, "fo_1").expect("read").expect("run");
+        assert_eq!(after.steps[3].status, StepStatus::Pending);
+    }
 }

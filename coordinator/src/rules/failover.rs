@@ -4,9 +4,11 @@
 //! servers its agents must fence.
 //!
 //! Architecture Invariant: the target is promoted only when [`readiness`] is `Ready`;
-//! that needs every server [`must_fence`] names to be either heard from (and then fenced
-//! by its agent before the promotion) or to have a lease that [`super::lease`] shows
-//! ended.
+//! that needs every server [`must_fence`] names to be either heard from with an agent
+//! that can fence it (and then fenced by that agent before the promotion), or to have a
+//! lease that [`super::lease`] shows ended (its agent can fence and held a lease), or to
+//! be confirmed stopped by an operator. Fencing is a capability the agent reports, never
+//! an assumption.
 
 use std::time::{Duration, Instant};
 
@@ -115,28 +117,49 @@ pub fn must_fence(a: &AgentStatus, target: Option<&AgentId>, timing: &Timing) ->
             || matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable)))
 }
 
+/// What an operator said about a run's servers: which they stopped by hand and
+/// confirmed (`confirm-fenced`), and whether they accepted data loss (`allowDataLoss`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OperatorWord<'a> {
+    pub confirmed: &'a [AgentId],
+    pub allow_data_loss: bool,
+}
+
 /// Whether step 2 may go on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Readiness {
-    /// A target is up, and every server to fence that is not heard from has surely
-    /// fenced itself (`waited_out` says why, one line each).
+    /// A target is up, and every server to fence that its agent will not fence by
+    /// command is accounted for: its lease ran out (its agent fenced it), or an operator
+    /// confirmed it stopped, or accepted the loss (`waited_out` says which, one line
+    /// each).
     Ready {
         target: Box<AgentStatus>,
         waited_out: Vec<String>,
     },
-    /// Not yet: no target up (`no_target`), or servers whose lease may still be held.
+    /// Not yet: no target up (`no_target`), or servers that may still be writable
+    /// (`pending`, one line each). Of those, `awaiting_operator` are the ones waiting
+    /// cannot clear: only an operator's confirmation (or their agent coming back) can.
     Waiting {
         no_target: bool,
         pending: Vec<String>,
+        awaiting_operator: Vec<AgentId>,
     },
 }
 
 /// Step 2's gate over the agents' statuses. `lease` judges a silent server's lease;
-/// servers heard from are fenced by their agents afterwards, so they do not wait here.
+/// servers heard from whose agents can fence are fenced by command afterwards, so they
+/// do not wait here.
+///
+/// Architecture Invariant: `Ready` only when every server [`must_fence`] names (but the
+/// target) is heard from with an agent that can fence it, or silent with a lease that
+/// [`LeaseVerdict::ended`] (its agent can fence, held a lease, and it ran out), or
+/// confirmed stopped by an operator (and not reported writable), or silent past its
+/// lease with the operator's `allowDataLoss`.
 pub fn readiness(
     statuses: &[AgentStatus],
     target_region: &RegionId,
     lease: impl Fn(&AgentId) -> LeaseVerdict,
+    operator: &OperatorWord<'_>,
     timing: &Timing,
 ) -> Readiness {
     let target = statuses
@@ -144,18 +167,54 @@ pub fn readiness(
         .find(|a| target_up(a, target_region, timing));
     let mut waited_out = Vec::new();
     let mut pending = Vec::new();
+    let mut awaiting_operator = Vec::new();
     for a in statuses
         .iter()
         .filter(|a| must_fence(a, target.map(|t| &t.agent_id), timing))
     {
+        let id = &a.agent_id;
+        let confirmed = operator.confirmed.contains(id);
         if fresh_status(a, timing) {
-            continue; // fenced by command
+            if a.can_fence {
+                continue; // fenced by command
+            }
+            if a.role == Some(PgRole::Primary) {
+                // Its agent says it is writable: no confirmation stands against that.
+                pending.push(format!(
+                    "{id} reports its PostgreSQL writable and cannot fence it (its agent has \
+                     no [database] section)"
+                ));
+                awaiting_operator.push(id.clone());
+            } else if confirmed {
+                waited_out.push(format!("{id}: stopped by hand, as an operator confirmed"));
+            } else {
+                pending.push(format!(
+                    "{id} reports its PostgreSQL unreachable and cannot fence it (its agent \
+                     has no [database] section), so it could come back writable"
+                ));
+                awaiting_operator.push(id.clone());
+            }
+            continue;
         }
-        let verdict = lease(&a.agent_id);
-        let why = verdict.explain(&a.agent_id, timing);
+        if confirmed {
+            waited_out.push(format!(
+                "{id} not heard from; stopped by hand, as an operator confirmed"
+            ));
+            continue;
+        }
+        let verdict = lease(id);
+        let why = verdict.explain(id, timing);
         if verdict.ended() {
             waited_out.push(why);
+        } else if verdict.needs_operator() && verdict.silent_past_wait() && operator.allow_data_loss
+        {
+            waited_out.push(format!(
+                "{why}; passed because the operator allowed data loss (what it still takes is lost)"
+            ));
         } else {
+            if verdict.needs_operator() {
+                awaiting_operator.push(id.clone());
+            }
             pending.push(why);
         }
     }
@@ -167,6 +226,7 @@ pub fn readiness(
         target => Readiness::Waiting {
             no_target: target.is_none(),
             pending,
+            awaiting_operator,
         },
     }
 }
@@ -202,7 +262,7 @@ pub fn rpo(target: &AgentStatus, rpo_seconds: u64, allow_data_loss: bool) -> Rpo
 /// Who step 2 fences, and which server the failover moves away from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fencing<'a> {
-    /// Servers to fence whose agents are heard from: fenced by command.
+    /// Servers to fence whose agents are heard from and can fence: fenced by command.
     pub by_agent: Vec<&'a AgentStatus>,
     /// The server the failover moves away from: the one reporting a primary, else the
     /// first outside the target region with a PostgreSQL, else the first to fence.
@@ -232,7 +292,7 @@ pub fn fencing<'a>(
     Fencing {
         by_agent: to_fence
             .into_iter()
-            .filter(|a| fresh_status(a, timing))
+            .filter(|a| fresh_status(a, timing) && a.can_fence)
             .collect(),
         from,
     }
@@ -245,6 +305,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::rules::lease::Unproven;
 
     fn plan(automatic: bool, paused: bool) -> DrPlan {
         let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
@@ -371,6 +432,7 @@ mod tests {
             fenced: false,
             postgres_address: None,
             mesh_peers: None,
+            can_fence: true,
         }
     }
 
@@ -378,6 +440,10 @@ mod tests {
         LeaseVerdict::Ended {
             silent_for: Duration::from_secs(7),
         }
+    }
+
+    fn none() -> OperatorWord<'static> {
+        OperatorWord::default()
     }
 
     fn held(_: &AgentId) -> LeaseVerdict {
@@ -394,7 +460,7 @@ mod tests {
             status("new", "us", Some(PgRole::Standby), Some(100)),
             status("other", "ap", Some(PgRole::Standby), Some(100)),
         ];
-        let ready = readiness(&s, &region("us"), held, &t);
+        let ready = readiness(&s, &region("us"), held, &none(), &t);
         assert_eq!(
             ready,
             Readiness::Ready {
@@ -415,21 +481,112 @@ mod tests {
             status("new", "us", Some(PgRole::Standby), Some(100)),
         ];
         assert!(matches!(
-            readiness(&s, &region("us"), held, &t),
-            Readiness::Waiting { no_target: false, ref pending } if pending.len() == 1
+            readiness(&s, &region("us"), held, &none(), &t),
+            Readiness::Waiting { no_target: false, ref pending, ref awaiting_operator }
+                if pending.len() == 1 && awaiting_operator.is_empty()
         ));
         assert!(matches!(
-            readiness(&s, &region("us"), ended, &t),
+            readiness(&s, &region("us"), ended, &none(), &t),
             Readiness::Ready { ref waited_out, .. } if waited_out.len() == 1
         ));
         // No target up: waiting, whatever the leases.
         assert!(matches!(
-            readiness(&s, &region("ap"), ended, &t),
+            readiness(&s, &region("ap"), ended, &none(), &t),
             Readiness::Waiting {
                 no_target: true,
                 ..
             }
         ));
+    }
+
+    fn cannot_fence(_: &AgentId) -> LeaseVerdict {
+        LeaseVerdict::CannotFence {
+            silent_for: Duration::from_secs(7),
+        }
+    }
+
+    #[test]
+    fn a_silent_primary_that_cannot_fence_waits_for_an_operator() {
+        let t = timing();
+        let s = vec![
+            status("old", "eu", Some(PgRole::Primary), Some(9000)),
+            status("new", "us", Some(PgRole::Standby), Some(100)),
+        ];
+        let old = AgentId::new("old").expect("id");
+        // Waiting does not clear it: only an operator.
+        assert_eq!(
+            readiness(&s, &region("us"), cannot_fence, &none(), &t),
+            Readiness::Waiting {
+                no_target: false,
+                pending: vec![cannot_fence(&old).explain(&old, &t)],
+                awaiting_operator: vec![old.clone()],
+            }
+        );
+        // An unknown agent is not taken as fenced either.
+        assert!(matches!(
+            readiness(&s, &region("us"), |_| LeaseVerdict::UnknownAgent, &none(), &t),
+            Readiness::Waiting { ref awaiting_operator, .. } if awaiting_operator == std::slice::from_ref(&old)
+        ));
+        // The operator stopped it by hand and said so.
+        let confirmed = [old.clone()];
+        let word = OperatorWord {
+            confirmed: &confirmed,
+            allow_data_loss: false,
+        };
+        assert!(matches!(
+            readiness(&s, &region("us"), cannot_fence, &word, &t),
+            Readiness::Ready { ref waited_out, .. } if waited_out[0].contains("operator confirmed")
+        ));
+        // Or accepted the loss: passed, once silent past its lease.
+        let loss = OperatorWord {
+            confirmed: &[],
+            allow_data_loss: true,
+        };
+        assert!(matches!(
+            readiness(&s, &region("us"), cannot_fence, &loss, &t),
+            Readiness::Ready { ref waited_out, .. } if waited_out[0].contains("allowed data loss")
+        ));
+        // An unknown agent is not passed by allowDataLoss: nothing shows it silent.
+        assert!(matches!(
+            readiness(&s, &region("us"), |_| LeaseVerdict::UnknownAgent, &loss, &t),
+            Readiness::Waiting { .. }
+        ));
+    }
+
+    #[test]
+    fn a_heard_primary_whose_agent_cannot_fence_is_not_commanded_and_waits_for_an_operator() {
+        let t = timing();
+        let mut old = status("old", "eu", Some(PgRole::Primary), Some(100));
+        old.can_fence = false;
+        let s = vec![old, status("new", "us", Some(PgRole::Standby), Some(100))];
+        let id = AgentId::new("old").expect("id");
+        let confirmed = [id.clone()];
+        let word = OperatorWord {
+            confirmed: &confirmed,
+            allow_data_loss: true,
+        };
+        // Reported writable: neither a confirmation nor allowDataLoss passes it.
+        for w in [none(), word] {
+            assert!(matches!(
+                readiness(&s, &region("us"), ended, &w, &t),
+                Readiness::Waiting { ref awaiting_operator, .. } if awaiting_operator == std::slice::from_ref(&id)
+            ));
+        }
+        // Stopped by hand (its agent now reports it unreachable) and confirmed: ready,
+        // and no fence command goes to an agent that cannot carry it out.
+        let mut s = s;
+        s[0].role = Some(PgRole::Unreachable);
+        assert!(matches!(
+            readiness(&s, &region("us"), ended, &none(), &t),
+            Readiness::Waiting { .. }
+        ));
+        assert!(matches!(
+            readiness(&s, &region("us"), ended, &word, &t),
+            Readiness::Ready { .. }
+        ));
+        let f = fencing(&s, &AgentId::new("new").expect("id"), &region("us"), &t);
+        assert!(f.by_agent.is_empty());
+        assert_eq!(f.from.map(|a| a.agent_id.as_str()), Some("old"));
     }
 
     #[test]
@@ -449,58 +606,112 @@ mod tests {
     }
 
     fn any_status(i: usize) -> impl Strategy<Value = AgentStatus> {
-        (0usize..3, 0usize..4, proptest::option::of(0u64..5000)).prop_map(move |(r, role, age)| {
-            let role = [
-                None,
-                Some(PgRole::Primary),
-                Some(PgRole::Standby),
-                Some(PgRole::Unreachable),
-            ][role];
-            status(&format!("a{i}"), ["eu", "us", "ap"][r], role, age)
-        })
+        (
+            0usize..3,
+            0usize..4,
+            proptest::option::of(0u64..5000),
+            any::<bool>(),
+        )
+            .prop_map(move |(r, role, age, can_fence)| {
+                let role = [
+                    None,
+                    Some(PgRole::Primary),
+                    Some(PgRole::Standby),
+                    Some(PgRole::Unreachable),
+                ][role];
+                let mut s = status(&format!("a{i}"), ["eu", "us", "ap"][r], role, age);
+                s.can_fence = can_fence;
+                s
+            })
     }
 
     fn any_statuses() -> impl Strategy<Value = Vec<AgentStatus>> {
         (1usize..6).prop_flat_map(|n| (0..n).map(any_status).collect::<Vec<_>>())
     }
 
+    /// The lease verdicts a silent agent can get, by index.
+    fn verdict(i: usize) -> LeaseVerdict {
+        let a = AgentId::new("p").expect("id");
+        let silent_for = Duration::from_secs(7);
+        match i % 7 {
+            0 => LeaseVerdict::Ended { silent_for },
+            1 => LeaseVerdict::HeardRecently {
+                ago: Duration::from_secs(1),
+            },
+            2 => LeaseVerdict::CannotFence { silent_for },
+            3 => LeaseVerdict::UnknownAgent,
+            4 => LeaseVerdict::NoView,
+            5 => LeaseVerdict::EmptyView,
+            _ => LeaseVerdict::MeshMayRenew {
+                unproven: vec![Unproven::NotHeard(a)],
+            },
+        }
+    }
+
     proptest! {
-        /// Never ready while a server that may be writable is neither heard from nor shown
-        /// fenced by its lease; the target is never fenced; every reported primary other
-        /// than the target is fenced by its agent or waited out.
+        /// Never ready while a server that may be writable has neither been heard from
+        /// with an agent that fences it by command, nor is silent with a lease shown
+        /// ended (capability and lease), nor was confirmed stopped by the operator (and
+        /// is not reported writable), nor is silent past its lease with the operator's
+        /// allowDataLoss. The target is never fenced. Waiting on an operator only for
+        /// what waiting cannot clear.
         #[test]
         fn ready_only_when_every_writable_server_is_accounted_for(
             statuses in any_statuses(),
             target_region in 0usize..3,
-            lease_ended in any::<bool>(),
+            verdicts in proptest::collection::vec(0usize..7, 6),
+            confirmed_mask in proptest::collection::vec(any::<bool>(), 6),
+            allow_data_loss in any::<bool>(),
         ) {
             let t = timing();
             let region = region(["eu", "us", "ap"][target_region]);
-            let verdict = if lease_ended { ended } else { held };
-            match readiness(&statuses, &region, verdict, &t) {
-                Readiness::Ready { target: tgt, waited_out } => {
+            let index = |id: &AgentId| id.as_str()[1..].parse::<usize>().unwrap_or(0);
+            let lease = |id: &AgentId| verdict(verdicts[index(id)]);
+            let confirmed: Vec<AgentId> = statuses
+                .iter()
+                .filter(|a| confirmed_mask[index(&a.agent_id)])
+                .map(|a| a.agent_id.clone())
+                .collect();
+            let word = OperatorWord { confirmed: &confirmed, allow_data_loss };
+            match readiness(&statuses, &region, lease, &word, &t) {
+                Readiness::Ready { target: tgt, .. } => {
                     let target = tgt.agent_id.clone();
                     prop_assert!(statuses.contains(&*tgt));
                     prop_assert!(target_up(&tgt, &region, &t));
                     let f = fencing(&statuses, &target, &region, &t);
-                    prop_assert!(f.by_agent.iter().all(|a| a.agent_id != target));
+                    prop_assert!(f.by_agent.iter().all(|b| b.agent_id != target && b.can_fence));
                     for a in &statuses {
                         if a.agent_id == target {
                             continue;
                         }
                         let writable = matches!(a.role, Some(PgRole::Primary | PgRole::Unreachable));
-                        if writable || !fresh_status(a, &t) {
-                            let by_agent = f.by_agent.iter().any(|b| b.agent_id == a.agent_id);
-                            prop_assert!(by_agent || (!fresh_status(a, &t) && lease_ended));
+                        let fresh = fresh_status(a, &t);
+                        if !writable && fresh {
+                            continue;
+                        }
+                        let v = lease(&a.agent_id);
+                        let by_agent = f.by_agent.iter().any(|b| b.agent_id == a.agent_id);
+                        let by_lease = !fresh && v.ended();
+                        let by_operator = confirmed.contains(&a.agent_id)
+                            && !(fresh && a.role == Some(PgRole::Primary));
+                        let by_loss = !fresh && allow_data_loss && v.needs_operator() && v.silent_past_wait();
+                        prop_assert!(
+                            by_agent || by_lease || by_operator || by_loss,
+                            "{} unaccounted for", a.agent_id
+                        );
+                        if fresh && a.can_fence {
+                            prop_assert!(by_agent);
                         }
                     }
-                    if !lease_ended {
-                        prop_assert!(waited_out.is_empty());
-                    }
                 }
-                Readiness::Waiting { no_target, pending } => {
+                Readiness::Waiting { no_target, pending, awaiting_operator } => {
                     prop_assert!(no_target || !pending.is_empty());
-                    prop_assert!(!lease_ended || no_target);
+                    prop_assert!(awaiting_operator.len() <= pending.len());
+                    for id in &awaiting_operator {
+                        prop_assert!(!confirmed.contains(id) || statuses.iter().any(|a| &a.agent_id == id && fresh_status(a, &t) && a.role == Some(PgRole::Primary)));
+                        let a = statuses.iter().find(|a| &a.agent_id == id);
+                        prop_assert!(a.is_some_and(|a| !a.can_fence || !fresh_status(a, &t)));
+                    }
                 }
             }
         }

@@ -36,8 +36,12 @@ pub enum LeaseVerdict {
     /// It has fenced itself: its newest renewal, through the coordinator or a mesh
     /// majority, is older than lease + margin.
     Ended { silent_for: Duration },
-    /// Not an agent this coordinator knows.
+    /// Not an agent this coordinator knows: nothing shows its server fenced.
     UnknownAgent,
+    /// Silent past its lease, but its agent never said it can fence its server (no
+    /// `[database]` section, or an agent too old to say): the server may still be
+    /// writable.
+    CannotFence { silent_for: Duration },
     /// Heard from within lease + margin.
     HeardRecently { ago: Duration },
     /// Never reported its mesh view, so whether it fences itself is unknown.
@@ -57,12 +61,34 @@ pub enum Unproven {
 }
 
 impl LeaseVerdict {
-    /// Whether a failover may promote past this agent without its confirmation.
+    /// Whether a failover may promote past this agent without its confirmation: only
+    /// when the agent can fence, held a lease, and the lease has surely run out.
     pub fn ended(&self) -> bool {
-        // An unknown agent is taken as ended, as before; issue 18 revisits this.
+        matches!(self, LeaseVerdict::Ended { .. })
+    }
+
+    /// Whether waiting longer cannot change the verdict: only an operator (who stops the
+    /// server by hand and confirms it) or the agent coming back can.
+    pub fn needs_operator(&self) -> bool {
         matches!(
             self,
-            LeaseVerdict::Ended { .. } | LeaseVerdict::UnknownAgent
+            LeaseVerdict::UnknownAgent
+                | LeaseVerdict::CannotFence { .. }
+                | LeaseVerdict::NoView
+                | LeaseVerdict::EmptyView
+        )
+    }
+
+    /// Whether the agent has been silent for longer than lease + margin (whatever that
+    /// proves about its server).
+    pub fn silent_past_wait(&self) -> bool {
+        matches!(
+            self,
+            LeaseVerdict::Ended { .. }
+                | LeaseVerdict::CannotFence { .. }
+                | LeaseVerdict::NoView
+                | LeaseVerdict::EmptyView
+                | LeaseVerdict::MeshMayRenew { .. }
         )
     }
 
@@ -75,7 +101,14 @@ impl LeaseVerdict {
                 "{agent} not heard from for {} ms, and no majority of the mesh in contact with it for longer than its lease ({lease} ms) plus margin ({margin} ms): it has fenced itself",
                 silent_for.as_millis()
             ),
-            LeaseVerdict::UnknownAgent => format!("{agent} is not a known agent"),
+            LeaseVerdict::UnknownAgent => format!(
+                "{agent} is not a known agent, so nothing shows its server fenced"
+            ),
+            LeaseVerdict::CannotFence { silent_for } => format!(
+                "{agent} not heard from for {} ms, and it cannot fence itself (its agent has no \
+                 [database] section, or never said it can), so its PostgreSQL may still be writable",
+                silent_for.as_millis()
+            ),
             LeaseVerdict::HeardRecently { ago } => format!(
                 "{agent} was heard from {} ms ago; its lease ({lease} ms) plus margin ({margin} ms) has not run out",
                 ago.as_millis()
@@ -128,6 +161,10 @@ pub fn old_primary(
     let since = now.saturating_duration_since(heard);
     if !lease::waited_out(heard, now, wait) {
         return LeaseVerdict::HeardRecently { ago: since };
+    }
+    // Only an agent that said it can fence does so when its lease runs out.
+    if entry.can_fence != Some(true) {
+        return LeaseVerdict::CannotFence { silent_for: since };
     }
     let mut unproven = Vec::new();
     let mut peers = 0usize;
@@ -392,6 +429,7 @@ mod tests {
             }
             self.registry
                 .set_mesh_peers(&id(Node::Old), Some(self.s.peers as u32));
+            self.registry.set_can_fence(&id(Node::Old), Some(true));
         }
 
         fn link_up(&self, a: Node, b: Node, t: u64) -> bool {
@@ -438,6 +476,7 @@ mod tests {
                             peer_count: self.s.peers as u32,
                             uptime_ms: sent,
                             fenced: false,
+                            can_fence: true,
                             peers: vec![PeerReport {
                                 agent_id: id(Node::Old),
                                 contact_age_ms: self.contact_at_send[i]
@@ -706,6 +745,85 @@ mod tests {
             "the gap is closed (decisions {:?}): turn this into a regular pinned case",
             r.decisions
         );
+    }
+
+    /// A silent primary is self-fenced only when its agent said it can fence (and held a
+    /// lease that ran out); an agent the registry does not know is never taken as fenced.
+    #[test]
+    fn a_silent_primary_counts_as_self_fenced_only_if_its_agent_can_fence() {
+        let t0 = Instant::now();
+        let timing = Timing {
+            heartbeat_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(5),
+            fence_margin: Duration::from_secs(1),
+            started: t0,
+        };
+        let now = t0 + Duration::from_secs(20);
+        let mut r = Registry::new(Liveness {
+            interval: Duration::from_millis(500),
+            suspect_after: 2,
+            down_after: 4,
+        });
+        let region = RegionId::new("r").expect("region");
+        let (old, peer) = (id(Node::Old), id(Node::Peer(0)));
+        r.remember(old.clone(), region.clone(), "0".into(), t0);
+        r.set_mesh_peers(&old, Some(1));
+        // Its one peer is heard from and lost contact with it 15 s ago.
+        let arrived = now - Duration::from_millis(100);
+        let (c, _) = r.connect(&peer, &region, "0", &[], arrived);
+        r.set_addresses(
+            &peer,
+            AgentAddresses {
+                mesh: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
+                postgres: None,
+                postgres_mesh: None,
+            },
+        );
+        let mesh = MeshReport {
+            generation: 1,
+            peer_count: 1,
+            uptime_ms: 19_000,
+            fenced: false,
+            can_fence: true,
+            peers: vec![PeerReport {
+                agent_id: old.clone(),
+                contact_age_ms: Some(15_000),
+                postgres_ok: Some(false),
+            }],
+        };
+        let hb = crate::rules::fixtures::heartbeat(1, 0, Some(PgRole::Standby), Some(mesh));
+        r.heartbeat(&peer, c, hb, arrived, chrono::Utc::now());
+
+        // Never said: not fenced.
+        let silent_for = Duration::from_secs(20);
+        let v = old_primary(&r, &old, now, &timing);
+        assert_eq!(v, LeaseVerdict::CannotFence { silent_for });
+        assert!(!v.ended() && v.needs_operator());
+        // Said it cannot: not fenced.
+        r.set_can_fence(&old, Some(false));
+        assert_eq!(
+            old_primary(&r, &old, now, &timing),
+            LeaseVerdict::CannotFence { silent_for }
+        );
+        // Said it can: its lease ran out, it fenced itself.
+        r.set_can_fence(&old, Some(true));
+        assert_eq!(
+            old_primary(&r, &old, now, &timing),
+            LeaseVerdict::Ended { silent_for }
+        );
+        // Heard from within the lease: waiting, whatever it can do.
+        r.set_can_fence(&old, Some(false));
+        let early = t0 + Duration::from_secs(3);
+        assert!(matches!(
+            old_primary(&r, &old, early, &timing),
+            LeaseVerdict::HeardRecently { .. }
+        ));
+        // Not in the registry (e.g. never reconnected to a coordinator whose store lost
+        // it): never taken as fenced.
+        let gone = AgentId::new("gone").expect("id");
+        let v = old_primary(&r, &gone, now, &timing);
+        assert_eq!(v, LeaseVerdict::UnknownAgent);
+        assert!(!v.ended() && v.needs_operator());
     }
 
     proptest! {

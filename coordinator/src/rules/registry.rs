@@ -66,6 +66,9 @@ pub struct AgentEntry {
     /// How many peers the agent's mesh view last had, as it reported (kept in the store
     /// across restarts): what its lease's majority is counted against.
     pub mesh_peers: Option<u32>,
+    /// Whether the agent said it can fence its server by itself (kept in the store
+    /// across restarts); `None`: never said.
+    pub can_fence: Option<bool>,
 }
 
 /// Where an agent and its PostgreSQL are reached, as its Hello said.
@@ -139,6 +142,7 @@ impl Registry {
             addresses: AgentAddresses::default(),
             last_primary_at: None,
             mesh_peers: None,
+            can_fence: None,
         });
     }
 
@@ -169,6 +173,7 @@ impl Registry {
             addresses: AgentAddresses::default(),
             last_primary_at: None,
             mesh_peers: None,
+            can_fence: None,
         });
         entry.region = region.clone();
         entry.version = version.to_string();
@@ -225,6 +230,17 @@ impl Registry {
         match self.agents.get_mut(id) {
             Some(entry) if entry.mesh_peers != peers => {
                 entry.mesh_peers = peers;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records whether the agent can fence its server by itself; true when it changed.
+    pub fn set_can_fence(&mut self, id: &AgentId, can: Option<bool>) -> bool {
+        match self.agents.get_mut(id) {
+            Some(entry) if entry.can_fence != can => {
+                entry.can_fence = can;
                 true
             }
             _ => false,

@@ -114,6 +114,7 @@ mod tests {
             fenced,
             postgres_address: None,
             mesh_peers: None,
+            can_fence: true,
         }
     }
 

@@ -129,6 +129,7 @@ mod tests {
             fenced: false,
             postgres_address: None,
             mesh_peers: None,
+            can_fence: true,
         }
     }
 

@@ -1,10 +1,18 @@
 //! The embedded single-file store (redb): one table per namespace, each `put` and
 //! `delete` its own durable write transaction. redb runs one write transaction at a
 //! time, so a [`Store::transaction`] is serializable: it reads and writes inside one.
+//!
+//! After an I/O error (a full disk) redb answers every later operation with
+//! `PreviousIo` until the database is opened again; so an operation that fails so
+//! closes and reopens the file, and once the cause is gone (space freed) the store works
+//! again without a coordinator restart. A reopen that fails leaves the store closed
+//! ([`StoreError::Unavailable`]) and the next operation tries again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ::redb::ReadableTable;
+use parking_lot::RwLock;
+use tracing::{info, warn};
 
 use super::{Namespace, Store, StoreError, Txn};
 
@@ -37,7 +45,9 @@ fn table(ns: Namespace) -> Table {
 
 /// The embedded single-file store.
 pub struct RedbStore {
-    db: ::redb::Database,
+    path: PathBuf,
+    /// `Err(why)` while closed after an I/O error that a reopen has not cured yet.
+    db: RwLock<Result<::redb::Database, String>>,
 }
 
 impl RedbStore {
@@ -57,57 +67,124 @@ impl RedbStore {
             tx.open_table(table(ns))?;
         }
         tx.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: RwLock::new(Ok(db)),
+        })
+    }
+
+    /// Runs `op` on the open database; an error that leaves redb unusable (I/O,
+    /// `PreviousIo`) reopens it for the next operation.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&::redb::Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = {
+            // Recursive: a transaction's body may (wrongly, but harmlessly) read the
+            // store while a reopen waits.
+            let guard = self.db.read_recursive();
+            match guard.as_ref() {
+                Ok(db) => op(db),
+                Err(why) => Err(StoreError::Unavailable(why.clone())),
+            }
+        };
+        if let Err(e) = &result {
+            if e.needs_reopen() {
+                self.reopen(e);
+            }
+        }
+        result
+    }
+
+    /// Closes the database (after every running operation ends) and opens the file
+    /// again; redb recovers it to its last commit.
+    fn reopen(&self, cause: &StoreError) {
+        // Bounded: a caller that (wrongly) holds the store inside a transaction body
+        // must not deadlock it; a later failing operation tries again.
+        let Some(mut guard) = self.db.try_write_for(std::time::Duration::from_secs(5)) else {
+            warn!(file = %self.path.display(), "state store busy; not reopened this time");
+            return;
+        };
+        // What the store says until a reopen works: the first cause, not its echoes.
+        let why = match cause {
+            StoreError::Unavailable(why) => why.clone(),
+            other => format!(
+                "{} is closed after an I/O error ({other})",
+                self.path.display()
+            ),
+        };
+        // Dropped first: redb refuses a second handle on the same file.
+        *guard = Err(why);
+        match ::redb::Database::create(&self.path) {
+            Ok(db) => {
+                info!(file = %self.path.display(), after = %cause, "state store reopened");
+                *guard = Ok(db);
+            }
+            Err(e) => {
+                warn!(file = %self.path.display(), error = %e, after = %cause, "state store could not be reopened; the next operation tries again")
+            }
+        }
     }
 }
 
 impl Store for RedbStore {
     fn get(&self, ns: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(ns))?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(table(ns))?;
+            let value = t.get(key)?.map(|v| v.value().to_vec());
+            Ok(value)
+        })
     }
 
     fn put(&self, ns: Namespace, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(table(ns))?;
-            t.insert(key, value)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(table(ns))?;
+                t.insert(key, value)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn delete(&self, ns: Namespace, key: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
-        let existed = {
-            let mut t = tx.open_table(table(ns))?;
-            let existed = t.remove(key)?.is_some();
-            existed
-        };
-        tx.commit()?;
-        Ok(existed)
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            let existed = {
+                let mut t = tx.open_table(table(ns))?;
+                let existed = t.remove(key)?.is_some();
+                existed
+            };
+            tx.commit()?;
+            Ok(existed)
+        })
     }
 
     fn scan(&self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table(ns))?;
-        scan_table(&t, prefix)
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(table(ns))?;
+            scan_table(&t, prefix)
+        })
     }
 
     fn transaction(
         &self,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        match body(&mut WriteTxn(&tx)) {
-            Ok(()) => Ok(tx.commit()?),
-            Err(e) => {
-                // Nothing the body wrote is kept.
-                tx.abort()?;
-                Err(e)
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            match body(&mut WriteTxn(&tx)) {
+                Ok(()) => Ok(tx.commit()?),
+                Err(e) => {
+                    // Nothing the body wrote is kept.
+                    tx.abort()?;
+                    Err(e)
+                }
             }
-        }
+        })
     }
 }
 

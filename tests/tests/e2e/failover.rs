@@ -469,6 +469,9 @@ fn a_coordinator_killed_in_step_1_or_7_resumes_and_finishes_once() {
             error: None,
             kind: Default::default(),
             switchover: None,
+            awaiting_confirmation: Vec::new(),
+            fenced_by_operator: Vec::new(),
+            aborted: None,
         });
     });
     let done = finished(&t.mesh);

@@ -74,7 +74,9 @@ pub(super) async fn prepare(
     run.target_agent = Some(target.agent_id.clone());
     run.from_agent = Some(old.agent_id.clone());
     run.from_region = Some(old.region.clone());
-    let epoch = choose_epoch(coord, run)?;
+    let Some(epoch) = choose_epoch(coord, run).await? else {
+        return Ok(Outcome::Aborted);
+    };
 
     let demoted: DemoteOutcome = match send(
         coord,
