@@ -20,24 +20,61 @@ pub async fn confirm(
     let repo = open_repository(db).await?;
     let (client, connection) = tokio_postgres::connect(&pg.conninfo, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
+    let result = wait_archived(&client, &repo, db, started).await;
+    driver.abort();
+    result
+}
+
+async fn wait_archived(
+    client: &tokio_postgres::Client,
+    repo: &drmesh_repo::Repository,
+    db: &DatabaseConfig,
+    started: Instant,
+) -> Result<ArchivingOutcome, DatabaseError> {
     let row = client
         .query_one(
-            "select pg_is_in_recovery(), \
-             case when pg_is_in_recovery() then '' else pg_walfile_name(pg_switch_wal()) end",
+            "select pg_is_in_recovery(), current_setting('archive_mode')",
             &[],
         )
-        .await;
-    driver.abort();
-    let row = row?;
+        .await?;
     if row.get::<_, bool>(0) {
         return Err(DatabaseError::Invalid(
             "the server is a standby: only a primary archives".into(),
         ));
     }
-    let segment: String = row.get(1);
+    let mode: String = row.get(1);
+    if mode == "off" {
+        return Err(DatabaseError::Invalid(
+            "archive_mode is off: nothing is archived, so no backup taken here can be restored"
+                .into(),
+        ));
+    }
+    let segment: String = client
+        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+        .await?
+        .get(0);
     let timeline = segment_timeline(&segment)?;
     let timeout = db.archive_timeout;
     loop {
+        // PostgreSQL retries a failed archive_command; its first failure on this
+        // segment is answer enough.
+        let failed: Option<String> = client
+            .query_opt(
+                "select last_failed_wal from pg_stat_archiver where last_failed_wal = $1 \
+                 and last_failed_time > now() - $2::text::interval",
+                &[
+                    &segment,
+                    &format!("{} ms", started.elapsed().as_millis() + 1000),
+                ],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if failed.is_some() {
+            return Err(DatabaseError::Invalid(format!(
+                "archive_command failed for WAL segment {segment} (pg_stat_archiver): check \
+                 the server's log"
+            )));
+        }
         if repo.has_wal(timeline, &segment).await? {
             let waited = started.elapsed();
             info!(%segment, waited_ms = waited.as_millis() as u64, "archiving confirmed");

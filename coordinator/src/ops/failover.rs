@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentState, DrPlan, FailoverAbort, FailoverAborted, FailoverAccepted, FailoverKind,
-    FailoverRequest, FailoverRun, FailoverStatus, FailoverStep, FenceConfirmation, FenceConfirmed,
-    PromoteOutcome, Severity, StepStatus,
+    AgentState, ArchivingOutcome, DrPlan, FailoverAbort, FailoverAborted, FailoverAccepted,
+    FailoverKind, FailoverRequest, FailoverRun, FailoverStatus, FailoverStep, FenceConfirmation,
+    FenceConfirmed, PromoteOutcome, Severity, StepStatus,
 };
 use drmesh_protocol::ids::runbook_id;
 use drmesh_protocol::{AgentId, CommandKind, Epoch, PgRole, RegionId};
@@ -1554,10 +1554,76 @@ async fn confirm(
         )
     };
     Notifier::spawn(coord, &plan.notification_channels, event);
+    let archiving = confirm_archiving(coord, plan, run).await;
     Ok(Outcome::Done(format!(
-        "plan {} now runs in {}",
+        "plan {} now runs in {}; {archiving}",
         plan.id, run.target_region
     )))
+}
+
+/// Alert kind raised when a failover's new primary did not show its WAL reaching the
+/// repository (source: the plan): backups and point-in-time recovery there would fail.
+pub const ARCHIVING_NOT_CONFIRMED: &str = "ARCHIVING_NOT_CONFIRMED";
+
+/// How long step 7 waits for the new primary's agent to confirm its archiving.
+const ARCHIVING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Step 7's check that the new primary archives: its agent switches WAL segment and
+/// waits until the finished one is in the repository (its `archive_timeout` at most).
+/// The failover is done either way; a failure raises a HIGH `ARCHIVING_NOT_CONFIRMED`
+/// alert, which a later confirmation for the plan resolves. A clause for the message.
+async fn confirm_archiving(coord: &Arc<Coordinator>, plan: &DrPlan, run: &FailoverRun) -> String {
+    let Some(agent) = run.target_agent.clone() else {
+        return "archiving not checked: no target agent was recorded".into();
+    };
+    let has_database = coord
+        .agent_statuses()
+        .iter()
+        .any(|a| a.agent_id == agent && a.can_fence);
+    if !has_database {
+        return format!("archiving not checked: {agent} has no [database] section");
+    }
+    let store = coord.store.as_ref();
+    let failed = |why: String| {
+        alerts::raise_logged(
+            store,
+            Severity::High,
+            ARCHIVING_NOT_CONFIRMED,
+            &plan.id,
+            Some(run.target_region.clone()),
+            format!(
+                "The new primary of plan {} ({agent}, {}) did not show its WAL reaching the \
+                 repository: {why}. Backups and point-in-time recovery need it: check its \
+                 archive_command and pg_stat_archiver.",
+                plan.id, run.target_region
+            ),
+        );
+        format!("archiving NOT confirmed: {why}")
+    };
+    match send(
+        coord,
+        run,
+        &agent,
+        CommandKind::ConfirmArchiving,
+        ARCHIVING_TIMEOUT,
+    )
+    .await
+    {
+        Ok(r) if r.ok => match r.outcome_as::<ArchivingOutcome>() {
+            Ok(o) => {
+                if let Err(e) = alerts::resolve_cleared(store, ARCHIVING_NOT_CONFIRMED, &plan.id) {
+                    warn!(error = %e, "resolve ARCHIVING_NOT_CONFIRMED");
+                }
+                format!(
+                    "archiving confirmed: {} in the repository {} ms after the switch",
+                    o.segment, o.waited_ms
+                )
+            }
+            Err(e) => failed(format!("{agent}'s answer could not be read: {e}")),
+        },
+        Ok(r) => failed(r.message),
+        Err(e) => failed(e.to_string()),
+    }
 }
 
 #[cfg(test)]

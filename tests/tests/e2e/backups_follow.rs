@@ -16,6 +16,28 @@ use super::quickstart::{expected, marker, markers};
 const BASE: &str = "/v1/backup-recovery";
 
 fn failover(fm: &FaultMesh, region: &str) {
+    // The standby there has caught up (right after a backup's WAL switch its lag in time
+    // cannot be measured, and the RPO check would refuse it).
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        let s = fm
+            .mesh
+            .get(&format!("{BASE}/disaster-recovery/status"))
+            .body;
+        s["regions"]
+            .as_array()?
+            .iter()
+            .flat_map(|r| r["agents"].as_array().cloned().unwrap_or_default())
+            .any(|a| {
+                a["agentId"] == format!("db-{region}")
+                    && a["role"] == "standby"
+                    && a["replicationLagBytes"] == 0
+            })
+            .then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "the standby in {region} did not catch up"
+    );
     let body = serde_json::json!({ "planId": "production_dr_plan", "targetRegion": region });
     let a = fm.mesh.post(
         &format!("{BASE}/disaster-recovery/failover"),
@@ -25,6 +47,11 @@ fn failover(fm: &FaultMesh, region: &str) {
     let done = fm.failover_finished(Duration::from_secs(90));
     assert_eq!(done["failover"]["status"], "COMPLETED", "{done:#}");
     assert_eq!(done["primaryRegion"], region, "{done:#}");
+    // Step 7 saw the new primary's WAL reach the repository.
+    let step7 = done["failover"]["steps"][6]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(step7.contains("archiving confirmed"), "{step7}");
 }
 
 fn backup_next_to(fm: &FaultMesh, region: &str) {

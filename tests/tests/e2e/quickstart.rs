@@ -428,6 +428,7 @@ const BASE: &str = "/v1/backup-recovery";
 fn failover(sh: &Shell, region: &str) {
     let out = sh.drmesh(&["failover", "production_dr_plan", "--to", region, "--wait"]);
     assert!(out.contains("COMPLETED"), "{out}");
+    assert!(out.contains("archiving confirmed"), "{out}");
     let status = sh.get(&format!("{BASE}/disaster-recovery/status"));
     assert_eq!(status["primaryRegion"], region, "{status:#}");
 }
