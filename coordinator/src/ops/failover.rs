@@ -1460,9 +1460,7 @@ async fn monitor(coord: &Arc<Coordinator>, run: &FailoverRun) -> Outcome {
 async fn repoint_standbys(coord: &Arc<Coordinator>, run: &FailoverRun, target: &AgentId) -> String {
     let address = {
         let registry = coord.registry.lock();
-        registry
-            .get(target)
-            .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
+        registry.get(target).and_then(|e| e.replication_address())
     };
     let Some(address) = address else {
         return format!("standbys not re-pointed: {target} advertises no PostgreSQL address");

@@ -108,7 +108,7 @@ pub async fn rejoin(coord: &Coordinator, region: &RegionId) -> Result<RejoinAnsw
         let registry = coord.registry.lock();
         registry
             .get(&t.primary)
-            .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
+            .and_then(|e| e.replication_address())
     }
     .ok_or_else(|| {
         Error::Conflict(format!(

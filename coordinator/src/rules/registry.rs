@@ -71,6 +71,14 @@ pub struct AgentEntry {
     pub can_fence: Option<bool>,
 }
 
+impl AgentEntry {
+    /// Where standbys stream from this agent's PostgreSQL: its mesh address, else the
+    /// address it advertises to clients.
+    pub fn replication_address(&self) -> Option<std::net::SocketAddr> {
+        self.addresses.postgres_mesh.or(self.addresses.postgres)
+    }
+}
+
 /// Where an agent and its PostgreSQL are reached, as its Hello said.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

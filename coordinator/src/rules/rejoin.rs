@@ -44,27 +44,12 @@ pub fn auto_rejoin(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use chrono::Utc;
     use drmesh_protocol::api::PLAN_ACTIVE;
-    use drmesh_protocol::AgentId;
     use proptest::prelude::*;
 
     use super::*;
-
-    fn timing() -> Timing {
-        Timing {
-            heartbeat_interval: Duration::from_millis(500),
-            lease: Duration::from_secs(5),
-            fence_margin: Duration::from_secs(1),
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn region(r: &str) -> RegionId {
-        RegionId::new(r).expect("region")
-    }
+    use crate::rules::testing::{agent_status, region, timing};
 
     fn plan(auto_rejoin: bool) -> DrPlan {
         DrPlan {
@@ -92,29 +77,8 @@ mod tests {
 
     fn status(r: &str, role: Option<PgRole>, fenced: bool, age_ms: Option<u64>) -> AgentStatus {
         AgentStatus {
-            agent_id: AgentId::new(format!("pg-{r}")).expect("id"),
-            region: region(r),
-            state: if age_ms.is_some_and(|a| a < 1000) {
-                AgentState::Up
-            } else {
-                AgentState::Down
-            },
-            role,
-            version: String::new(),
-            connected: age_ms.is_some(),
-            last_heartbeat_age_ms: age_ms,
-            last_heartbeat_at: None,
-            timeline: None,
-            lsn: None,
-            replication_lag_bytes: None,
-            replication_lag_seconds: None,
-            disk_free_bytes: None,
-            last_backup_ids: vec![],
-            postgres_error: None,
             fenced,
-            postgres_address: None,
-            mesh_peers: None,
-            can_fence: true,
+            ..agent_status(&format!("pg-{r}"), r, role, age_ms)
         }
     }
 

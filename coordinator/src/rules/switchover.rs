@@ -93,48 +93,16 @@ pub fn parties<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use drmesh_protocol::api::AgentState;
     use proptest::prelude::*;
 
     use super::*;
-
-    fn timing() -> Timing {
-        Timing {
-            heartbeat_interval: Duration::from_millis(500),
-            lease: Duration::from_secs(5),
-            fence_margin: Duration::from_secs(1),
-            started: std::time::Instant::now(),
-        }
-    }
+    use crate::rules::testing::{agent_status, region, timing};
 
     fn status(id: &str, region: &str, role: Option<PgRole>, age_ms: Option<u64>) -> AgentStatus {
-        AgentStatus {
-            agent_id: AgentId::new(id).expect("id"),
-            region: RegionId::new(region).expect("region"),
-            state: AgentState::Up,
-            role,
-            version: String::new(),
-            connected: age_ms.is_some(),
-            last_heartbeat_age_ms: age_ms,
-            last_heartbeat_at: None,
-            timeline: Some(1),
-            lsn: None,
-            replication_lag_bytes: Some(0),
-            replication_lag_seconds: Some(0.0),
-            disk_free_bytes: None,
-            last_backup_ids: Vec::new(),
-            postgres_error: None,
-            fenced: false,
-            postgres_address: None,
-            mesh_peers: None,
-            can_fence: true,
-        }
-    }
-
-    fn region(r: &str) -> RegionId {
-        RegionId::new(r).expect("region")
+        let mut s = agent_status(id, region, role, age_ms);
+        s.state = AgentState::Up;
+        s
     }
 
     #[test]

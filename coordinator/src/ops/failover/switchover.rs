@@ -78,7 +78,7 @@ pub(super) async fn prepare(
         return Ok(Outcome::Aborted);
     };
 
-    let demoted: DemoteOutcome = match send(
+    let demoted: DemoteOutcome = match ask(
         coord,
         run,
         &old.agent_id,
@@ -87,22 +87,13 @@ pub(super) async fn prepare(
     )
     .await
     {
-        Ok(r) if r.ok => match r.outcome_as() {
-            Ok(o) => o,
-            Err(e) => {
-                return Ok(Outcome::Failed(format!(
-                    "{}'s answer could not be read: {e}",
-                    old.agent_id
-                )))
-            }
-        },
-        Ok(r) => {
+        Ok(o) => o,
+        Err(why) => {
             return Ok(Outcome::Failed(format!(
-                "{} could not stop its server cleanly: {}",
-                old.agent_id, r.message
+                "{} could not stop its server cleanly: {why}",
+                old.agent_id
             )))
         }
-        Err(e) => return Ok(Outcome::Failed(format!("{}: {e}", old.agent_id))),
     };
     info!(final_lsn = %demoted.final_lsn, timeline = demoted.timeline, "the old primary stopped cleanly");
     // Stored before the target is asked: a resumed run reports what the stop said.
@@ -120,7 +111,7 @@ pub(super) async fn prepare(
         lsn: demoted.final_lsn.clone(),
         timeout_ms: CATCH_UP_TIMEOUT.as_millis() as u64,
     };
-    let caught_up: CatchUpOutcome = match send(
+    let caught_up: CatchUpOutcome = match ask(
         coord,
         run,
         &target.agent_id,
@@ -129,27 +120,12 @@ pub(super) async fn prepare(
     )
     .await
     {
-        Ok(r) if r.ok => match r.outcome_as() {
-            Ok(o) => o,
-            Err(e) => {
-                return Ok(Outcome::Failed(format!(
-                    "{}'s answer could not be read: {e}",
-                    target.agent_id
-                )))
-            }
-        },
-        Ok(r) => {
+        Ok(o) => o,
+        Err(why) => {
             return Ok(Outcome::Failed(stopped_but(
                 &old.agent_id,
                 &demoted,
-                &format!("{} did not catch up: {}", target.agent_id, r.message),
-            )))
-        }
-        Err(e) => {
-            return Ok(Outcome::Failed(stopped_but(
-                &old.agent_id,
-                &demoted,
-                &format!("{}: {e}", target.agent_id),
+                &format!("{} did not catch up: {why}", target.agent_id),
             )))
         }
     };
@@ -165,6 +141,29 @@ pub(super) async fn prepare(
         caught_up.replayed_lsn,
         caught_up.waited_ms,
     )))
+}
+
+/// Sends `kind` for `run` and takes out its typed outcome; the agent's error otherwise.
+async fn ask<T>(
+    coord: &Arc<Coordinator>,
+    run: &FailoverRun,
+    agent: &drmesh_protocol::AgentId,
+    kind: CommandKind,
+    timeout: Duration,
+) -> Result<T, String>
+where
+    T: TryFrom<
+        drmesh_protocol::outcome::CommandOutcome,
+        Error = drmesh_protocol::outcome::WrongOutcome,
+    >,
+{
+    match send(coord, run, agent, kind, timeout).await {
+        Ok(r) if r.ok => r
+            .outcome_as()
+            .map_err(|e| format!("its answer could not be read: {e}")),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A step-2 failure after the old primary stopped: what to do next.
@@ -188,9 +187,7 @@ pub(super) async fn rejoin_old_primary(
     };
     let address = {
         let registry = coord.registry.lock();
-        registry
-            .get(target)
-            .and_then(|e| e.addresses.postgres_mesh.or(e.addresses.postgres))
+        registry.get(target).and_then(|e| e.replication_address())
     };
     let Some(address) = address else {
         return Outcome::Failed(format!(
