@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use drmesh_protocol::api::ArchivingOutcome;
 use tracing::info;
 
-use super::{open_repository, DatabaseError};
+use super::{open_existing, DatabaseError};
 use crate::config::{DatabaseConfig, PostgresConfig};
 
 /// Switches the local primary to a new WAL segment and waits (at most
@@ -17,17 +17,15 @@ pub async fn confirm(
     pg: &PostgresConfig,
 ) -> Result<ArchivingOutcome, DatabaseError> {
     let started = Instant::now();
-    let repo = open_repository(db).await?;
     let (client, connection) = tokio_postgres::connect(&pg.conninfo, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
-    let result = wait_archived(&client, &repo, db, started).await;
+    let result = wait_archived(&client, db, started).await;
     driver.abort();
     result
 }
 
 async fn wait_archived(
     client: &tokio_postgres::Client,
-    repo: &drmesh_repo::Repository,
     db: &DatabaseConfig,
     started: Instant,
 ) -> Result<ArchivingOutcome, DatabaseError> {
@@ -49,6 +47,14 @@ async fn wait_archived(
                 .into(),
         ));
     }
+    // Read only: the repository is the archiver's to create (with the server owner's
+    // rights), never this agent's.
+    let repo = open_existing(db).await.map_err(|e| {
+        DatabaseError::Invalid(format!(
+            "the repository {} cannot be opened ({e}): nothing has been archived there",
+            db.repository
+        ))
+    })?;
     let segment: String = client
         .query_one("select pg_walfile_name(pg_switch_wal())", &[])
         .await?

@@ -236,22 +236,24 @@ pub async fn rejoin_agent(
     Ok(outcome)
 }
 
-/// Waits (a few heartbeats at most) until `agent`'s heartbeats report its server a
-/// standby, so that once a rejoin has answered the coordinator sees the standby too: a
-/// failover back to it, asked for right after, finds it ready.
+/// Waits (bounded) until `agent`'s heartbeats report its server a standby whose lag can
+/// be judged — it has replayed a transaction (its lag in time is known) or is not behind
+/// at all — so that once a rejoin has answered, a failover back to it, asked for right
+/// after, finds it ready and passes the RPO check.
 async fn reported_standby(coord: &Coordinator, agent: &AgentId) {
     let interval = coord.config.heartbeat_interval;
-    let deadline = tokio::time::Instant::now() + interval * 6 + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + (interval * 6).max(Duration::from_secs(30));
     loop {
-        let standby = coord
-            .agent_statuses()
-            .iter()
-            .any(|a| &a.agent_id == agent && a.role == Some(PgRole::Standby));
-        if standby {
+        let ready = coord.agent_statuses().iter().any(|a| {
+            &a.agent_id == agent
+                && a.role == Some(PgRole::Standby)
+                && (a.replication_lag_seconds.is_some() || a.replication_lag_bytes == Some(0))
+        });
+        if ready {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            warn!("the rejoined server is not reported a standby yet");
+            warn!("the rejoined server is not reported a caught-up standby yet");
             return;
         }
         tokio::time::sleep(interval / 4).await;

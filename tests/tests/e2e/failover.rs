@@ -126,14 +126,15 @@ fn a_manual_failover_fences_the_old_primary_then_promotes_the_replica() {
         out.contains("Promote read replica to primary") && out.contains("COMPLETED"),
         "{out}"
     );
-    // `drmesh failover` speaks the same route: a region outside the plan is refused.
+    // `drmesh failover` speaks the same route: a region outside the plan (neither a
+    // failover region nor its home, us-west-2, where a failback may go) is refused.
     let (ok, _, err) = mesh.cli(
         &mesh.admin_token,
         &[
             "failover",
             "production_dr_plan",
             "--to",
-            "us-west-2",
+            "ap-south-1",
             "--wait",
         ],
     );
