@@ -19,9 +19,42 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A running quickstart. Dropped (a test that failed half-way), it is asked to stop as
+/// Ctrl-C would, so it stops everything it started: a `kill -9` would leave its
+/// coordinator, agents and PostgreSQL servers running.
+struct Quickstart(Proc);
+
+impl std::ops::Deref for Quickstart {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Quickstart {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.0
+    }
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        if !self.0.is_running() {
+            return;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.pid() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = wait_for(Duration::from_secs(60), || {
+            (!self.0.is_running()).then_some(())
+        });
+    }
+}
+
 /// Starts `drmesh quickstart` on `dir` and waits until it is up; its `drmesh.env`.
-fn start(dir: &Path, port: u16, log: &Path) -> (Proc, String) {
-    let mut qs = Proc::spawn(
+fn start(dir: &Path, port: u16, log: &Path) -> (Quickstart, String) {
+    let mut qs = Quickstart(Proc::spawn(
         "quickstart",
         &bin("drmesh"),
         &[
@@ -32,7 +65,7 @@ fn start(dir: &Path, port: u16, log: &Path) -> (Proc, String) {
             &port.to_string(),
         ],
         log,
-    );
+    ));
     let env = wait_for(Duration::from_secs(120), || {
         assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
         qs.log_text()
@@ -45,7 +78,7 @@ fn start(dir: &Path, port: u16, log: &Path) -> (Proc, String) {
 }
 
 /// Ctrl-C stops everything: coordinator, agents and all three postmasters.
-fn stop(qs: &mut Proc, dir: &Path) {
+fn stop(qs: &mut Quickstart, dir: &Path) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(qs.pid() as i32),
         nix::sys::signal::Signal::SIGINT,
