@@ -354,6 +354,16 @@ impl FaultMesh {
             .map(str::to_string)
     }
 
+    /// `kill -9` of region `i`'s postmaster: a crash of its PostgreSQL (its agent lives on).
+    pub fn crash_postgres(&self, i: usize) {
+        let pid = self.cluster(i).postmaster_pid().expect("the server runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9 the postmaster");
+    }
+
     /// `kill -9` the agent of region `i`.
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut a) = self.agents[i].take() {

@@ -405,6 +405,30 @@ enum Saved {
     Aborted,
 }
 
+/// [`save`] with the driver's retries ([`STORE_RETRY`]).
+async fn persist(
+    store: &dyn Store,
+    run: &mut FailoverRun,
+    write: Write,
+    what: &str,
+) -> Result<Saved, StoreError> {
+    retried(what, STORE_RETRY, || save(store, run, write)).await
+}
+
+/// The plan follows a promotion (see [`record_active_region`]), with the driver's
+/// retries.
+async fn follow_promotion(
+    store: &dyn Store,
+    plan: &str,
+    region: &RegionId,
+    from: Option<&RegionId>,
+) -> Result<(), StoreError> {
+    retried("move the plan's active region", STORE_RETRY, || {
+        record_active_region(store, plan, region, from)
+    })
+    .await
+}
+
 /// How the driver writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Write {
@@ -604,12 +628,7 @@ async fn steps(
     let store = coord.store.as_ref();
     let id = run.failover_id.clone();
     run.status = FailoverStatus::InProgress;
-    if retried("start the failover", STORE_RETRY, || {
-        save(store, run, Write::Advance)
-    })
-    .await?
-        == Saved::Aborted
-    {
+    if persist(store, run, Write::Advance, "start the failover").await? == Saved::Aborted {
         info!("failover aborted before it started");
         return Ok(());
     }
@@ -620,12 +639,7 @@ async fn steps(
         run.current_step = Some(run.steps[i].number);
         run.steps[i].status = StepStatus::Running;
         run.steps[i].started_at.get_or_insert_with(Utc::now);
-        if retried("start a step", STORE_RETRY, || {
-            save(store, run, Write::Advance)
-        })
-        .await?
-            == Saved::Aborted
-        {
+        if persist(store, run, Write::Advance, "start a step").await? == Saved::Aborted {
             info!(step = i + 1, "failover aborted: step not started");
             return Ok(());
         }
@@ -661,11 +675,12 @@ async fn steps(
                     // From the promotion on, the new primary is the truth: the plan (and
                     // its health checks) follow it even if a later step fails or the run
                     // was aborted meanwhile.
-                    let region = run.target_region.clone();
-                    let from = run.from_region.clone();
-                    retried("move the plan's active region", STORE_RETRY, || {
-                        record_active_region(store, &plan.id, &region, from.as_ref())
-                    })
+                    follow_promotion(
+                        store,
+                        &plan.id,
+                        &run.target_region,
+                        run.from_region.as_ref(),
+                    )
                     .await?;
                 }
             }
@@ -684,10 +699,7 @@ async fn steps(
                 run.status = FailoverStatus::Failed;
                 run.error = Some(format!("step {} ({}): {m}", step.number, step.name));
                 run.completed_at = Some(Utc::now());
-                if retried("record the failed step", STORE_RETRY, || {
-                    save(store, run, Write::Record)
-                })
-                .await?
+                if persist(store, run, Write::Record, "record the failed step").await?
                     == Saved::Aborted
                 {
                     info!("failover aborted during a step that then failed");
@@ -697,24 +709,14 @@ async fn steps(
                 return Ok(());
             }
         }
-        if retried("record the step", STORE_RETRY, || {
-            save(store, run, Write::Record)
-        })
-        .await?
-            == Saved::Aborted
-        {
+        if persist(store, run, Write::Record, "record the step").await? == Saved::Aborted {
             info!(step = i + 1, "failover aborted: stopped after the step");
             return Ok(());
         }
     }
     run.status = FailoverStatus::Completed;
     run.completed_at = Some(Utc::now());
-    if retried("complete the failover", STORE_RETRY, || {
-        save(store, run, Write::Advance)
-    })
-    .await?
-        == Saved::Aborted
-    {
+    if persist(store, run, Write::Advance, "complete the failover").await? == Saved::Aborted {
         info!("failover aborted after its last step");
         return Ok(());
     }
@@ -850,12 +852,14 @@ async fn store_failed(
         }
     }
     if promoted(run) {
-        let (region, from) = (run.target_region.clone(), run.from_region.clone());
-        if let Err(e) = retried("move the plan's active region", STORE_RETRY, || {
-            record_active_region(store, &plan.id, &region, from.as_ref())
-        })
-        .await
-        {
+        let followed = follow_promotion(
+            store,
+            &plan.id,
+            &run.target_region,
+            run.from_region.as_ref(),
+        )
+        .await;
+        if let Err(e) = followed {
             error!(error = %e, "the plan's active region is not the promoted server's");
         }
     }
@@ -1528,14 +1532,12 @@ async fn confirm(
 ) -> Result<Outcome, StoreError> {
     // Step 3 moved it already; repeated (a no-op then) for a run whose step 3 was
     // recorded by a coordinator that did not.
-    retried("move the plan's active region", STORE_RETRY, || {
-        record_active_region(
-            coord.store.as_ref(),
-            &plan.id,
-            &run.target_region,
-            run.from_region.as_ref(),
-        )
-    })
+    follow_promotion(
+        coord.store.as_ref(),
+        &plan.id,
+        &run.target_region,
+        run.from_region.as_ref(),
+    )
     .await?;
     let event = Event {
         plan_id: Some(plan.id.clone()),

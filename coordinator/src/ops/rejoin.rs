@@ -152,22 +152,26 @@ pub async fn watch_auto(coord: Arc<Coordinator>) {
     loop {
         ticker.tick().await;
         let store = coord.store.as_ref();
-        let (plans, runs) = match (
-            crate::plans::list(store),
-            store.scan_json::<FailoverRun>(Namespace::Failovers, ""),
-        ) {
-            (Ok(p), Ok(r)) => (p, r),
-            (Err(e), _) => {
+        let plans: Vec<_> = match crate::plans::list(store) {
+            Ok(p) => p.into_iter().filter(|p| p.auto_rejoin).collect(),
+            Err(e) => {
                 warn!(error = %e, "automatic rejoin: cannot read the plans");
                 continue;
             }
-            (_, Err(e)) => {
+        };
+        // The failovers (a namespace that only grows) are read only when a plan asks.
+        if plans.is_empty() {
+            continue;
+        }
+        let runs = match store.scan_json::<FailoverRun>(Namespace::Failovers, "") {
+            Ok(r) => r,
+            Err(e) => {
                 warn!(error = %e, "automatic rejoin: cannot read the failovers");
                 continue;
             }
         };
         let statuses = coord.agent_statuses();
-        for plan in plans.iter().filter(|p| p.auto_rejoin) {
+        for plan in &plans {
             let running = runs
                 .iter()
                 .any(|r| r.plan_id == plan.id && r.status.is_running());

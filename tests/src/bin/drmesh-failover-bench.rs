@@ -42,14 +42,7 @@ fn one(kind: &str) -> Run {
     std::thread::sleep(Duration::from_millis(1500));
     let fault = Instant::now();
     match kind {
-        "crash" => {
-            let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .expect("kill -9");
-        }
+        "crash" => fm.crash_postgres(0),
         "cut" => fm.topo.cut(&fm.regions[0]),
         other => panic!("unknown fault kind {other}: crash or cut"),
     }

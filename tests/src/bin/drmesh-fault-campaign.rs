@@ -243,8 +243,7 @@ fn one(kind: &str, synchronous: bool, rng: &mut Rng) -> Outcome {
     let region = fm.regions[0].clone();
     match kind {
         "crash" => {
-            let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            fm.crash_postgres(0);
             settle(&watcher, Duration::from_secs(30), Duration::from_secs(120));
         }
         "cut" => {
@@ -258,8 +257,7 @@ fn one(kind: &str, synchronous: bool, rng: &mut Rng) -> Outcome {
             settle(&watcher, Duration::from_secs(5), Duration::from_secs(120));
         }
         "coordinator" => {
-            let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            fm.crash_postgres(0);
             // Into the failover, then a kill -9 and a restart after a random pause.
             let begun = Instant::now();
             while !watcher.running() && begun.elapsed() < Duration::from_secs(30) {

@@ -130,13 +130,8 @@ fn a_crashed_primary_postgres_fails_over_and_loses_no_acknowledged_write() {
     let probe = Probe::start(vec![old, new], limit);
     std::thread::sleep(Duration::from_millis(1500));
 
-    let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
     let crash = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the primary's postmaster");
+    fm.crash_postgres(0);
     let done = fm.failover_finished(Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let writes = writer.stop();
@@ -286,12 +281,7 @@ fn the_remaining_standby_follows_the_new_primary() {
         synchronous: false,
         ..FaultOptions::default()
     });
-    let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the primary's postmaster");
+    fm.crash_postgres(0);
     let done = fm.failover_finished(Duration::from_secs(90));
     assert_automatic_completion(&done);
     assert_eq!(done["failover"]["targetAgent"], "db-us-east-1", "{done:#}");
@@ -423,12 +413,7 @@ fn a_wrong_tsig_key_fails_one_automatic_failover_which_a_retry_completes_and_no_
         wrong_tsig_key: true,
         ..FaultOptions::default()
     });
-    let pid = fm.cluster(0).postmaster_pid().expect("the primary runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the primary's postmaster");
+    fm.crash_postgres(0);
     let done = fm.failover_finished(Duration::from_secs(90));
     let run = done["failover"].clone();
     let id = run["failoverId"].as_str().unwrap().to_string();
@@ -481,15 +466,7 @@ fn a_wrong_tsig_key_fails_one_automatic_failover_which_a_retry_completes_and_no_
     assert_eq!(fm.bind.answer(), vec![fm.db(1).ip()]);
 
     // Within the cool-down, a crash of the new primary is held, not failed over.
-    let pid = fm
-        .cluster(1)
-        .postmaster_pid()
-        .expect("the new primary runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the new primary's postmaster");
+    fm.crash_postgres(1);
     let held = drmesh_tests::wait_for(Duration::from_secs(60), || {
         fm.mesh
             .get("/v1/backup-recovery/monitoring/alerts?status=OPEN")
