@@ -27,7 +27,6 @@ pub mod registry;
 pub mod rejoin;
 pub mod schedule;
 pub mod switchover;
-#[cfg(test)]
 pub mod testing;
 
 use std::time::{Duration, Instant};

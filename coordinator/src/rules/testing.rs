@@ -1,6 +1,8 @@
 //! Fixtures the rules' tests share: the timing of a 500 ms heartbeat and a 5 s lease,
 //! and an agent's status as the registry reports it.
 
+#![cfg(test)]
+
 use std::time::Duration;
 
 use drmesh_protocol::api::{AgentState, AgentStatus};
