@@ -19,6 +19,11 @@ command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 # BIND 9 (named, tsig-keygen, nsupdate, dig): the failover tests' authoritative DNS server.
 command -v named >/dev/null 2>&1 || need+=(bind9 bind9-utils bind9-dnsutils)
+# etcd: the coordinators' shared store in the high-availability tests; protoc: the
+# etcd client's build generates its gRPC code with it.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # strace: the failover store-fault test injects ENOSPC into the coordinator's writes.
 command -v strace >/dev/null 2>&1 || need+=(strace)
 # GNU time: the benchmarks measure wall time and peak RSS with /usr/bin/time.

@@ -47,6 +47,26 @@ enum Output {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy every record of one state store into another, empty one, and compare
+    /// (redb to etcd to move to several coordinators, and back). Stop every coordinator
+    /// first.
+    Migrate {
+        /// `redb:PATH` or `etcd:URL[,URL…]`.
+        #[arg(long)]
+        from: String,
+        /// `redb:PATH` or `etcd:URL[,URL…]`.
+        #[arg(long)]
+        to: String,
+        /// The etcd key prefix (`[store] prefix`). Default `/drmesh/`.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Regions, agents, roles, heartbeat ages and replication lag.
     Status {
@@ -62,6 +82,9 @@ enum Cmd {
     /// Certificate authority for agents and coordinator.
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// The coordinators' state store, offline.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Run a whole local mesh in the foreground: CA, coordinator, three regions with
     /// PostgreSQL (one primary, two streaming standbys) and their agents.
     Quickstart(quickstart::Opts),
@@ -643,6 +666,27 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Ca(cmd) => ca::run(cmd)?,
+        Cmd::Store(StoreCmd::Migrate {
+            from,
+            to,
+            prefix,
+            output,
+        }) => {
+            let done = drmesh_coordinator::admin::migrate_store(&from, &to, prefix.as_deref())
+                .map_err(|e| anyhow::anyhow!("store migrate: {e}"))?;
+            match output {
+                Output::Json => print_json(&done)?,
+                Output::Text => {
+                    for (ns, n) in &done.records {
+                        println!("{ns:<14} {n:>8}");
+                    }
+                    println!(
+                        "{} records copied from {from} to {to} and compared",
+                        done.total()
+                    );
+                }
+            }
+        }
         Cmd::Quickstart(opts) => quickstart::run(opts)?,
         Cmd::Repo(cmd) => repo::run(cmd)?,
         Cmd::Export(args) => repo::run_export(args)?,

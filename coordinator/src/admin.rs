@@ -21,6 +21,19 @@ pub fn create_token(
     crate::auth::create_token(&store, role, name)
 }
 
+/// `drmesh store migrate`: the stores named by `from` and `to` (`redb:PATH`,
+/// `etcd:URL[,URL…]`), every record copied and compared ([`crate::store::migrate`]).
+pub fn migrate_store(
+    from: &str,
+    to: &str,
+    prefix: Option<&str>,
+) -> Result<crate::store::migrate::Migrated, String> {
+    use crate::store::migrate;
+    let from = migrate::parse_spec(from, prefix).map_err(|e| format!("--from {e}"))?;
+    let to = migrate::parse_spec(to, prefix).map_err(|e| format!("--to {e}"))?;
+    migrate::migrate(&from, &to).map_err(|e| e.to_string())
+}
+
 /// Asks one DNS server for the A/AAAA records of `name` (no cache, no recursion).
 pub async fn query_dns(
     server: SocketAddr,

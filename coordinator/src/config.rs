@@ -23,7 +23,18 @@ pub struct CoordinatorConfigFile {
     /// QUIC address agents connect to. Default `0.0.0.0:7443`.
     pub quic_listen: Option<SocketAddr>,
     /// State store file (redb). Default `drmesh-state.redb` next to the config file.
+    /// The same as `[store] path`.
     pub store_path: Option<PathBuf>,
+    /// Where the state lives (`[store]`: `backend = "redb"` or `"etcd"`, …). Default: a
+    /// redb file at `store_path`.
+    pub store: Option<crate::store::settings::StoreSection>,
+    /// The REST API's URL as other coordinators and the CLI reach it (with an etcd
+    /// store, followers forward writes there). Default `http://` + `http_listen` (its
+    /// host name when `http_listen` is a wildcard address).
+    pub http_advertise: Option<String>,
+    /// `host:port` where agents reach this coordinator's QUIC endpoint (followers send
+    /// agents to the leader's). Default `quic_listen` (its host name when a wildcard).
+    pub quic_advertise: Option<String>,
     /// Interval at which agents heartbeat. Default `500ms`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
@@ -145,7 +156,9 @@ pub enum NotifyChannel {
 pub struct CoordinatorConfig {
     pub http_listen: SocketAddr,
     pub quic_listen: SocketAddr,
-    pub store_path: PathBuf,
+    pub store: crate::store::settings::StoreConfig,
+    pub http_advertise: Option<String>,
+    pub quic_advertise: Option<String>,
     pub heartbeat_interval: Duration,
     pub suspect_after: u32,
     pub down_after: u32,
@@ -323,9 +336,12 @@ impl CoordinatorConfigFile {
             quic_listen: self
                 .quic_listen
                 .unwrap_or_else(|| default_addr(DEFAULT_QUIC_LISTEN)),
-            store_path: abs(self
-                .store_path
-                .unwrap_or_else(|| PathBuf::from("drmesh-state.redb"))),
+            store: self
+                .store
+                .unwrap_or_default()
+                .validate(self.store_path, base)?,
+            http_advertise: self.http_advertise,
+            quic_advertise: self.quic_advertise,
             heartbeat_interval,
             suspect_after,
             down_after,
@@ -475,8 +491,10 @@ mod tests {
         assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
         assert_eq!((cfg.suspect_after, cfg.down_after), (2, 4));
         assert_eq!(
-            cfg.store_path,
-            PathBuf::from("/etc/drmesh/drmesh-state.redb")
+            cfg.store,
+            crate::store::settings::StoreConfig::Redb {
+                path: PathBuf::from("/etc/drmesh/drmesh-state.redb")
+            }
         );
         assert_eq!(cfg.tls.ca_cert, PathBuf::from("/etc/drmesh/ca.pem"));
         assert_eq!(cfg.tls.cert, PathBuf::from("/etc/c.pem"));

@@ -55,6 +55,8 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "unavailable",
             Error::AgentFailed(_) => "agent_failed",
+            Error::Store(StoreError::NotLeader(_)) => "not_leader",
+            Error::Store(StoreError::Unavailable(_)) => "unavailable",
             Error::Store(_) | Error::Internal(_) => "internal",
         }
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

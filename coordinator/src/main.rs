@@ -1,9 +1,7 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drmesh_coordinator::config::CoordinatorConfig;
-use drmesh_coordinator::store::RedbStore;
 use drmesh_protocol::api::Role;
 
 /// The drmesh coordinator: agent registry, health, alerts and the REST API.
@@ -37,9 +35,8 @@ fn main() -> anyhow::Result<()> {
     drmesh_coordinator::init_logging(config.log_format);
     match args.command {
         Some(Cmd::CreateToken { role, name }) => {
-            let store = RedbStore::open(&config.store_path)
-                .with_context(|| format!("open {}", config.store_path.display()))?;
-            let token = drmesh_coordinator::auth::create_token(&store, role, name)?;
+            let store = drmesh_coordinator::store::open_for_tools(&config.store)?;
+            let token = drmesh_coordinator::auth::create_token(store.as_ref(), role, name)?;
             println!("{}", token.token);
             Ok(())
         }

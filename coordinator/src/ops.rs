@@ -16,6 +16,7 @@
 //! - [`retention`]: the retention policies enforced on every agent, on a schedule.
 //! - [`copies`]: copies of backups to the other locations, every interval.
 //! - [`storage`]: the Storage Full alert.
+//! - [`office`]: taking office (resuming what the last term left) and leaving it.
 
 pub mod admission;
 pub mod copies;
@@ -25,6 +26,7 @@ pub mod drtest;
 pub mod failover;
 pub mod health;
 pub(crate) mod jobs;
+pub mod office;
 pub mod probe;
 pub mod recovery;
 pub mod rejoin;

@@ -12,8 +12,10 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::config::CoordinatorConfig;
+use crate::leader::{Announcement, Leadership};
 use crate::state::Coordinator;
-use crate::store::RedbStore;
+use crate::store::settings::StoreConfig;
+use crate::store::{EtcdStore, RedbStore, Store};
 use crate::{http, transport};
 
 /// Written to `--ready-file` once both listeners are bound, so callers that asked for
@@ -30,25 +32,32 @@ pub struct Ready {
 }
 
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
-    let store = RedbStore::open(&config.store_path)
-        .with_context(|| format!("open state store {}", config.store_path.display()))?;
-    let interrupted = crate::ops::documents::fail_interrupted(&store)
-        .context("mark interrupted backups as failed")?
-        + crate::ops::database::fail_interrupted(&store)
-            .context("mark interrupted database backups as failed")?
-        + crate::ops::recovery::fail_interrupted(&store)
-            .context("mark interrupted recoveries as failed")?
-        + crate::ops::verification::fail_interrupted(&store)
-            .context("mark interrupted verifications as failed")?
-        + crate::ops::drtest::fail_interrupted(&store)
-            .context("mark interrupted DR tests as failed")?;
-    if interrupted > 0 {
-        tracing::warn!(
-            count = interrupted,
-            "backups interrupted by the last stop are marked FAILED"
-        );
-    }
-    let (coord, transitions) = Coordinator::new(config.clone(), Arc::new(store))?;
+    let (store, etcd): (Arc<dyn Store>, Option<Arc<EtcdStore>>) = match &config.store {
+        StoreConfig::Redb { path } => (
+            Arc::new(
+                RedbStore::open(path)
+                    .with_context(|| format!("open state store {}", path.display()))?,
+            ),
+            None,
+        ),
+        StoreConfig::Etcd(settings) => {
+            let etcd = Arc::new(EtcdStore::connect(settings).with_context(|| {
+                format!("connect to etcd at {}", settings.endpoints.join(", "))
+            })?);
+            (etcd.clone(), Some(etcd))
+        }
+    };
+    let initial = if etcd.is_some() {
+        Leadership::Follower {
+            leader: None,
+            term: None,
+            members: Vec::new(),
+        }
+    } else {
+        Leadership::Sole
+    };
+    let (standing, leadership) = tokio::sync::watch::channel(initial);
+    let (coord, transitions) = Coordinator::new(config.clone(), store, leadership)?;
     if let Some(dns) = &config.dns {
         let provider = crate::dns::from_config(dns, coord.store.clone())
             .await
@@ -59,14 +68,11 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let endpoint = transport::endpoint(&coord)?;
     let quic = endpoint.local_addr().context("read QUIC address")?;
 
-    tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
-    let resumed = crate::ops::failover::resume_all(&coord).context("resume failovers")?;
-    if resumed > 0 {
-        tracing::warn!(
-            count = resumed,
-            "failovers interrupted by the last stop resume"
-        );
+    if etcd.is_none() {
+        // Alone: in office from the start, resuming what the last run left.
+        crate::ops::office::take(&coord).context("resume the stored work")?;
     }
+    tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
     tokio::spawn(coord.clone().watch_liveness());
     tokio::spawn(crate::ops::health::watch(coord.clone()));
     tokio::spawn(crate::ops::rejoin::watch_auto(coord.clone()));
@@ -97,6 +103,29 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let handle = server.handle();
     let server_task = tokio::spawn(server);
 
+    if let (Some(etcd), StoreConfig::Etcd(settings)) = (&etcd, &config.store) {
+        let me = Announcement {
+            name: settings.name.clone(),
+            api: config
+                .http_advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", advertised(http))),
+            quic: config
+                .quic_advertise
+                .clone()
+                .unwrap_or_else(|| advertised(quic)),
+        };
+        info!(name = %me.name, api = %me.api, quic = %me.quic, "campaigning for leadership");
+        etcd.handle().spawn(crate::leader::campaign(
+            etcd.clone(),
+            me,
+            settings.leader_ttl,
+            standing,
+        ));
+    } else {
+        drop(standing);
+    }
+    tokio::spawn(crate::ops::office::follow(coord.clone()));
     info!(%http, %quic, epoch = %coord.epoch(), "coordinator ready");
     if let Some(path) = ready_file {
         let ready = Ready {
@@ -116,6 +145,15 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
 
     shutdown_signal().await?;
     info!("shutting down");
+    if let Some(etcd) = &etcd {
+        // Hand the leadership over at once rather than after the lease.
+        let etcd2 = etcd.clone();
+        let _ = etcd
+            .handle()
+            .spawn(async move { crate::leader::resign(&etcd2).await })
+            .await;
+        coord.end_term();
+    }
     endpoint.close(
         drmesh_protocol::close_code::SHUTDOWN.into(),
         b"coordinator shutting down",
@@ -124,6 +162,19 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     let _ = server_task.await;
     endpoint.wait_idle().await;
     Ok(())
+}
+
+/// `addr` as others reach it: a wildcard address is replaced by the host name.
+fn advertised(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! [`crate::views`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,12 +54,18 @@ pub struct Coordinator {
     pub metrics: Metrics,
     epoch: AtomicU64,
     transitions: mpsc::UnboundedSender<Transition>,
-    /// The key agents sign their mesh probes with; made once, kept in the store.
-    mesh_key: drmesh_protocol::mesh::MeshKey,
+    /// The key agents sign their mesh probes with; made once, kept in the store (read
+    /// again when this coordinator takes office).
+    mesh_key: Mutex<drmesh_protocol::mesh::MeshKey>,
     mesh_view: Mutex<Option<Arc<drmesh_protocol::mesh::MeshView>>>,
-    /// When this coordinator process started: no agent's lease can have been renewed by
-    /// this process before it.
-    pub started: Instant,
+    /// When this coordinator took office (started, with a redb store; was elected, with
+    /// etcd): no agent's lease can have been renewed by this coordinator before it.
+    started: Mutex<Instant>,
+    /// Where this coordinator stands among the coordinators ([`crate::leader`]).
+    leadership: tokio::sync::watch::Receiver<crate::leader::Leadership>,
+    /// Whether it acts: from [`Coordinator::begin_term`] and the resumption of the
+    /// stored work (`ops::office`) until [`Coordinator::end_term`].
+    in_office: AtomicBool,
     /// The newest health check of each plan.
     pub health: Mutex<BTreeMap<String, drmesh_protocol::api::PlanHealth>>,
     /// Where failover points the database's DNS name (`[dns]`), once started.
@@ -67,6 +73,28 @@ pub struct Coordinator {
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
+
+/// A registry of every agent the store remembers, none connected yet.
+fn load_registry(
+    config: &CoordinatorConfig,
+    store: &dyn Store,
+    now: Instant,
+) -> Result<Registry, StoreError> {
+    let mut registry = Registry::new(Liveness {
+        interval: config.heartbeat_interval,
+        suspect_after: config.suspect_after,
+        down_after: config.down_after,
+    });
+    for known in store.scan_json::<KnownAgent>(Namespace::Agents, "")? {
+        let id = known.agent_id.clone();
+        registry.remember(known.agent_id, known.region, known.version, now);
+        registry.set_addresses(&id, known.addresses);
+        registry.set_mesh_peers(&id, known.mesh_peers);
+        registry.set_can_fence(&id, known.can_fence);
+    }
+    Ok(registry)
+}
+
 const MESH_KEY: &str = "mesh_key";
 
 impl Coordinator {
@@ -75,32 +103,17 @@ impl Coordinator {
     pub fn new(
         config: CoordinatorConfig,
         store: Arc<dyn Store>,
+        leadership: tokio::sync::watch::Receiver<crate::leader::Leadership>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Transition>), StoreError> {
-        let liveness = Liveness {
-            interval: config.heartbeat_interval,
-            suspect_after: config.suspect_after,
-            down_after: config.down_after,
-        };
-        let mut registry = Registry::new(liveness);
         let now = Instant::now();
-        for known in store.scan_json::<KnownAgent>(Namespace::Agents, "")? {
-            let id = known.agent_id.clone();
-            registry.remember(known.agent_id, known.region, known.version, now);
-            registry.set_addresses(&id, known.addresses);
-            registry.set_mesh_peers(&id, known.mesh_peers);
-            registry.set_can_fence(&id, known.can_fence);
-        }
+        let registry = load_registry(&config, store.as_ref(), now)?;
         let epoch = store
             .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
             .unwrap_or(0);
-        let mesh_key = match store.get_json(Namespace::Meta, MESH_KEY)? {
-            Some(k) => k,
-            None => {
-                let k = drmesh_protocol::mesh::MeshKey::random();
-                store.put_json(Namespace::Meta, MESH_KEY, &k)?;
-                k
-            }
-        };
+        // Made and stored by the first coordinator to take office (`begin_term`).
+        let mesh_key = store
+            .get_json(Namespace::Meta, MESH_KEY)?
+            .unwrap_or_else(drmesh_protocol::mesh::MeshKey::random);
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Self {
@@ -111,9 +124,11 @@ impl Coordinator {
                 metrics: Metrics::default(),
                 epoch: AtomicU64::new(epoch),
                 transitions: tx,
-                mesh_key,
+                mesh_key: Mutex::new(mesh_key),
                 mesh_view: Mutex::new(None),
-                started: now,
+                started: Mutex::new(now),
+                leadership,
+                in_office: AtomicBool::new(false),
                 health: Mutex::new(BTreeMap::new()),
                 dns: std::sync::OnceLock::new(),
             }),
@@ -127,8 +142,73 @@ impl Coordinator {
             heartbeat_interval: self.config.heartbeat_interval,
             lease: self.config.lease,
             fence_margin: self.config.fence_margin,
-            started: self.started,
+            started: *self.started.lock(),
         }
+    }
+
+    /// Where this coordinator stands among the coordinators.
+    pub fn leadership(&self) -> crate::leader::Leadership {
+        self.leadership.borrow().clone()
+    }
+
+    /// A receiver of every change of [`Coordinator::leadership`].
+    pub fn leadership_changes(&self) -> tokio::sync::watch::Receiver<crate::leader::Leadership> {
+        self.leadership.clone()
+    }
+
+    /// Whether this coordinator acts: health checks, schedules, jobs, failovers and
+    /// agent commands run only while it is in office.
+    pub fn in_office(&self) -> bool {
+        self.in_office.load(Ordering::SeqCst)
+    }
+
+    /// The start of a term: what the previous leader left in the store is read again
+    /// (the epoch it raised, the agents it met, the mesh key), and the lease clock
+    /// starts now — no agent's lease can have been renewed by this coordinator before,
+    /// so a silent primary is waited out as after a restart. Work stored as running is
+    /// resumed by `ops::office`, which then declares the coordinator in office.
+    pub fn begin_term(&self) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let epoch = self
+            .store
+            .get_json::<u64>(Namespace::Meta, EPOCH_KEY)?
+            .unwrap_or(0);
+        self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        let mesh_key = self.store.atomically(|tx| {
+            match tx.get_json::<drmesh_protocol::mesh::MeshKey>(Namespace::Meta, MESH_KEY)? {
+                Some(k) => Ok::<_, StoreError>(k),
+                None => {
+                    let k = self.mesh_key.lock().clone();
+                    tx.put_json(Namespace::Meta, MESH_KEY, &k)?;
+                    Ok(k)
+                }
+            }
+        })?;
+        *self.mesh_key.lock() = mesh_key;
+        let registry = load_registry(&self.config, self.store.as_ref(), now)?;
+        *self.registry.lock() = registry;
+        *self.mesh_view.lock() = None;
+        *self.started.lock() = now;
+        Ok(())
+    }
+
+    /// Declares the coordinator in office (after `begin_term` and the resumption).
+    pub fn open_term(&self) {
+        self.in_office.store(true, Ordering::SeqCst);
+    }
+
+    /// The end of a term: nothing more is started, and every agent is disconnected so
+    /// that it finds the new leader.
+    pub fn end_term(&self) {
+        self.in_office.store(false, Ordering::SeqCst);
+        let sessions: Vec<Session> = self.sessions.lock().drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            s.conn.close(
+                drmesh_protocol::close_code::NOT_LEADER.into(),
+                b"this coordinator no longer leads",
+            );
+        }
+        self.health.lock().clear();
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -175,10 +255,11 @@ impl Coordinator {
             })
             .collect();
         let lease_ms = self.config.lease.as_millis() as u64;
+        let key = self.mesh_key.lock().clone();
         let view = Arc::new(MeshView {
-            generation: MeshView::generation_of(lease_ms, &self.mesh_key, &peers),
+            generation: MeshView::generation_of(lease_ms, &key, &peers),
             lease_ms,
-            key: self.mesh_key.clone(),
+            key,
             peers,
         });
         *self.mesh_view.lock() = Some(view.clone());
@@ -291,6 +372,9 @@ impl Coordinator {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            if !self.in_office() {
+                continue;
+            }
             let transitions = self.registry.lock().tick(Instant::now());
             self.report(transitions);
         }
@@ -299,6 +383,9 @@ impl Coordinator {
     /// Logs each transition and raises or clears the matching alert.
     pub async fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
         while let Some(t) = rx.recv().await {
+            if !self.in_office() {
+                continue;
+            }
             self.metrics.transition(t.to.as_str());
             match t.to {
                 AgentState::Down => {

@@ -1,6 +1,7 @@
 //! The coordinator's durable state behind the [`Store`] trait: a namespaced key-value
-//! interface small enough to put on etcd later. The default backend is an embedded redb
-//! file (`store/embedded.rs`); every `put` is committed durably before it returns.
+//! interface. The default backend is an embedded redb file (`store/embedded.rs`); with
+//! several coordinators it is an etcd cluster (`store/etcd.rs`). Every `put` is
+//! committed durably before it returns.
 //!
 //! Architecture Invariant: every check-then-act on shared state (admitting a failover,
 //! choosing its epoch) runs inside one [`Store::transaction`] — what it read is still
@@ -10,8 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 mod embedded;
+mod etcd;
+pub mod migrate;
+pub mod settings;
 
 pub use self::embedded::RedbStore;
+pub use self::etcd::{EtcdStore, WriteGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,9 +38,13 @@ pub enum StoreError {
     /// [`StoreExt::atomically`]); nothing it wrote was committed.
     #[error("transaction aborted")]
     Aborted,
-    /// The backend is closed after an I/O error and could not be reopened yet.
+    /// The backend is closed after an I/O error and could not be reopened yet, or
+    /// etcd does not answer.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// This coordinator does not lead (any more): its writes are refused.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
 }
 
 impl StoreError {
@@ -43,7 +52,10 @@ impl StoreError {
     /// a body that gave up. I/O errors (a full disk, a failing device) may pass.
     pub fn is_permanent(&self) -> bool {
         match self {
-            StoreError::Corrupt { .. } | StoreError::Encode(_) | StoreError::Aborted => true,
+            StoreError::Corrupt { .. }
+            | StoreError::Encode(_)
+            | StoreError::Aborted
+            | StoreError::NotLeader(_) => true,
             StoreError::Redb(e) => matches!(
                 **e,
                 redb::Error::Corrupted(_)
@@ -67,6 +79,21 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// Opens the store a configuration names for a tool run beside (or instead of) the
+/// coordinators — `create-token`, `store migrate` — whose writes are unconditioned.
+pub fn open_for_tools(
+    config: &settings::StoreConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        settings::StoreConfig::Redb { path } => std::sync::Arc::new(RedbStore::open(path)?),
+        settings::StoreConfig::Etcd(s) => {
+            let store = EtcdStore::connect(s)?;
+            store.set_guard(WriteGuard::Unconditioned);
+            std::sync::Arc::new(store)
+        }
+    })
 }
 
 /// The kinds of records the coordinator keeps.

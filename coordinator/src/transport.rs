@@ -35,6 +35,8 @@ pub enum TransportError {
     },
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    #[error("this coordinator does not lead: it sends agents no command")]
+    NotLeader,
     #[error("stream read: {0}")]
     Read(#[from] quinn::ReadError),
     #[error("stream write: {0}")]
@@ -185,6 +187,34 @@ async fn refuse(
     conn.close(close_code::REFUSED.into(), message.as_bytes());
 }
 
+/// A follower's answer to a hello: the leader's QUIC address, when known, in an error
+/// frame and in the close reason ([`close_code::NOT_LEADER`]).
+async fn redirect(coord: &Coordinator, conn: &quinn::Connection, send: &mut quinn::SendStream) {
+    let leader = match coord.leadership() {
+        crate::leader::Leadership::Follower {
+            leader: Some(l), ..
+        } => Some(l.quic),
+        _ => None,
+    };
+    coord.metrics.refused("not_leader");
+    let reason = leader
+        .as_deref()
+        .map(|l| format!("leader={l}"))
+        .unwrap_or_default();
+    debug!(leader = ?leader, "hello to a follower: the agent is sent to the leader");
+    let msg = CoordinatorMessage::V1(CoordinatorMessageV1::Error(ErrorMessage::new(
+        error_code::NOT_LEADER,
+        match &leader {
+            Some(l) => format!("this coordinator does not lead; the leader is at {l}"),
+            None => "this coordinator does not lead, and knows no leader yet".into(),
+        },
+    )));
+    let _ = write_frame(send, &msg).await;
+    let _ = send.finish();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.close(close_code::NOT_LEADER.into(), reason.as_bytes());
+}
+
 async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(), TransportError> {
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -259,6 +289,10 @@ async fn handle(incoming: quinn::Incoming, coord: &Arc<Coordinator>) -> Result<(
                 hello.agent_id, hello.region, cert_id, cert_region
             );
             refuse(coord, &conn, Some(&mut send), "identity_mismatch", message).await;
+            return Ok(());
+        }
+        if !coord.in_office() {
+            redirect(coord, &conn, &mut send).await;
             return Ok(());
         }
         let (connection, transition) = coord.registry.lock().connect(
@@ -461,6 +495,9 @@ async fn exchange(
     timeout: Duration,
     mut on_progress: impl FnMut(drmesh_protocol::Progress),
 ) -> Result<CommandResult, TransportError> {
+    if !coord.in_office() {
+        return Err(TransportError::NotLeader);
+    }
     let session = coord
         .sessions
         .lock()

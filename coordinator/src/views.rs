@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use drmesh_protocol::api::{
-    AgentCounts, AgentState, AgentStatus, Dashboard, DrStatus, Health, RegionStatus, SystemHealth,
+    AgentCounts, AgentState, AgentStatus, CoordinatorMember, CoordinatorsStatus, Dashboard,
+    DrStatus, Health, RegionStatus, Standing, SystemHealth,
 };
 use drmesh_protocol::{PgRole, RegionId};
 
+use crate::leader::Leadership;
 use crate::state::Coordinator;
+use crate::store::settings::StoreConfig;
 use crate::store::StoreError;
 use crate::{alerts, ops::copies, ops::documents, ops::drtest, ops::failover, ops::recovery};
 
@@ -104,6 +107,43 @@ pub fn dr_status(coord: &Coordinator) -> DrStatus {
             tracing::warn!(error = %e, "read the latest recovery");
             None
         }),
+        coordinators: Some(coordinators(coord)),
+    }
+}
+
+/// The coordinators as this one sees them.
+pub fn coordinators(coord: &Coordinator) -> CoordinatorsStatus {
+    let name = match &coord.config.store {
+        StoreConfig::Etcd(s) => Some(s.name.clone()),
+        StoreConfig::Redb { .. } => None,
+    };
+    let l = coord.leadership();
+    let (standing, leader, error) = match &l {
+        Leadership::Sole => (Standing::Sole, name.clone(), None),
+        Leadership::Leader { .. } => (Standing::Leader, name.clone(), None),
+        Leadership::Follower { leader, .. } => (
+            Standing::Follower,
+            leader.as_ref().map(|a| a.name.clone()),
+            None,
+        ),
+        Leadership::Cut { error, .. } => (Standing::Cut, None, Some(error.clone())),
+    };
+    CoordinatorsStatus {
+        answered_by: name,
+        standing,
+        members: l
+            .members()
+            .iter()
+            .map(|m| CoordinatorMember {
+                name: m.name.clone(),
+                api: m.api.clone(),
+                quic: m.quic.clone(),
+                leader: leader.as_deref() == Some(m.name.as_str()),
+            })
+            .collect(),
+        leader,
+        term: l.term(),
+        error,
     }
 }
 

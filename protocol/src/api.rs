@@ -115,6 +115,50 @@ pub struct DrStatus {
     /// The newest health check of each DR plan's primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<PlanHealth>,
+    /// The coordinators: which one answered, which one leads, and the term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinators: Option<CoordinatorsStatus>,
+}
+
+/// Where the coordinator that answered stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Standing {
+    /// The only coordinator (a redb store): it leads.
+    Sole,
+    Leader,
+    Follower,
+    /// It cannot reach etcd (no quorum): it decides nothing.
+    Cut,
+}
+
+/// The coordinators as the one that answered sees them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorsStatus {
+    /// The coordinator that answered.
+    pub answered_by: Option<String>,
+    pub standing: Standing,
+    /// The leader's name, when known.
+    pub leader: Option<String>,
+    /// The leader's term (the etcd revision of its election), when known.
+    pub term: Option<i64>,
+    /// Every coordinator holding a lease, by name.
+    pub members: Vec<CoordinatorMember>,
+    /// Why this coordinator decides nothing, when it is cut off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorMember {
+    pub name: String,
+    /// Its REST API's URL.
+    pub api: String,
+    /// Its QUIC address.
+    pub quic: String,
+    pub leader: bool,
 }
 
 /// The verdict of a health check on a plan's primary.

@@ -316,6 +316,8 @@ pub mod error_code {
     pub const UNEXPECTED_MESSAGE: &str = "unexpected_message";
     pub const STALE_EPOCH: &str = "stale_epoch";
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    /// The coordinator does not lead; the message names the leader when it knows it.
+    pub const NOT_LEADER: &str = "not_leader";
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,4 +341,8 @@ pub mod close_code {
     pub const REFUSED: u32 = 1;
     pub const PROTOCOL: u32 = 2;
     pub const SHUTDOWN: u32 = 3;
+    /// This coordinator does not lead. The reason is `leader=<host:port>` (the
+    /// leader's QUIC address) when it knows the leader, else empty: the agent connects
+    /// there, or to its next coordinator, at once.
+    pub const NOT_LEADER: u32 = 4;
 }

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod bind;
+pub mod etcd;
 pub mod faults;
+pub mod ha;
 pub mod netns;
 pub mod objstore;
 pub mod proxy;

@@ -6,6 +6,7 @@ use drmesh_protocol::api::ErrorBody;
 use tracing::error;
 
 use crate::error::Error;
+use crate::store::StoreError;
 
 /// The one place errors become HTTP: a status, a stable code and a JSON body.
 impl ResponseError for Error {
@@ -18,6 +19,9 @@ impl ResponseError for Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::AgentFailed(_) => StatusCode::BAD_GATEWAY,
+            Error::Store(StoreError::NotLeader(_) | StoreError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -29,6 +33,9 @@ impl ResponseError for Error {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
         let message = match self {
+            Error::Store(e @ (StoreError::NotLeader(_) | StoreError::Unavailable(_))) => {
+                e.to_string()
+            }
             Error::Store(e) => {
                 error!(error = %e, "state store");
                 format!("internal error: {e}")

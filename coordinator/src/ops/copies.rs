@@ -162,6 +162,9 @@ pub async fn schedule(coord: Arc<Coordinator>) {
     };
     loop {
         tokio::time::sleep(interval).await;
+        if !coord.in_office() {
+            continue;
+        }
         round(&coord).await;
     }
 }

@@ -472,6 +472,9 @@ fn record_unstartable(coord: &Coordinator, plan: &DrPlan, why: String) {
 pub async fn schedule(coord: Arc<Coordinator>) {
     loop {
         tokio::time::sleep(SCHEDULER_TICK).await;
+        if !coord.in_office() {
+            continue;
+        }
         if let Err(e) = schedule_once(&coord, Utc::now()) {
             warn!(error = %e, "DR test scheduler");
         }

@@ -110,6 +110,9 @@ pub async fn watch(coord: Arc<Coordinator>) {
     let mut last_automatic: HashMap<String, Instant> = HashMap::new();
     loop {
         ticker.tick().await;
+        if !coord.in_office() {
+            continue;
+        }
         let all = match plans::list(coord.store.as_ref()) {
             Ok(p) => p,
             Err(e) => {

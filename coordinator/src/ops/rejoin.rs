@@ -151,6 +151,9 @@ pub async fn watch_auto(coord: Arc<Coordinator>) {
     let mut failed_at: HashMap<RegionId, tokio::time::Instant> = HashMap::new();
     loop {
         ticker.tick().await;
+        if !coord.in_office() {
+            continue;
+        }
         let store = coord.store.as_ref();
         let plans: Vec<_> = match crate::plans::list(store) {
             Ok(p) => p.into_iter().filter(|p| p.auto_rejoin).collect(),

@@ -181,6 +181,9 @@ pub async fn schedule(coord: Arc<Coordinator>) {
     let since = Utc::now();
     loop {
         tokio::time::sleep(TICK).await;
+        if !coord.in_office() {
+            continue;
+        }
         let now = Utc::now();
         if !schedule::retention_due(&cron, last_run(coord.store.as_ref()), since, now) {
             continue;

@@ -61,6 +61,9 @@ pub async fn watch(coord: Arc<Coordinator>) {
     let percent = coord.config.storage_full_percent;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
+        if !coord.in_office() {
+            continue;
+        }
         let mut reports: Vec<(String, Option<RegionId>, Vec<StorageUsage>)> = coord
             .registry
             .lock()

@@ -1,0 +1,308 @@
+//! Which coordinator acts. With a redb store there is one, and it always leads
+//! ([`Leadership::Sole`]). With etcd, every coordinator campaigns for one key,
+//! `<prefix>_leader`, attached to its own etcd lease: whoever creates it leads until its
+//! lease ends; the key's creation revision is its **term**. The others follow, serve
+//! reads, and point agents and writers at the leader.
+//!
+//! Architecture Invariant: a coordinator acts (health checks, schedules, jobs,
+//! failovers, agent commands) only while in office — between
+//! [`crate::state::Coordinator::take_office`] and `leave_office` — and every store write
+//! it makes is conditioned on its term ([`WriteGuard::Leader`]), so a deposed leader
+//! commits nothing even before it learns it was deposed. It also leaves office by
+//! itself once its lease may have ended: when no renewal has been confirmed for
+//! `leader_ttl * 2/3` (etcd dates the lease from its receipt of a renewal, after the
+//! leader sent it), so at least `leader_ttl / 3` passes between an old leader stopping
+//! and another being elected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::store::{EtcdStore, WriteGuard};
+
+/// Where this coordinator stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Leadership {
+    /// The only coordinator (a redb store): it always leads.
+    Sole,
+    /// This coordinator leads, since `since`, in `term` (the leader key's revision);
+    /// `members` are the coordinators announced.
+    Leader {
+        term: i64,
+        since: Instant,
+        members: Vec<Announcement>,
+    },
+    /// Another coordinator leads (`leader`, in `term`), or none is known yet.
+    Follower {
+        leader: Option<Announcement>,
+        term: Option<i64>,
+        members: Vec<Announcement>,
+    },
+    /// etcd does not answer (no quorum, or no member reachable): this coordinator decides
+    /// nothing, and cannot know who does.
+    Cut { error: String, since: Instant },
+}
+
+impl Leadership {
+    pub fn leads(&self) -> bool {
+        matches!(self, Leadership::Sole | Leadership::Leader { .. })
+    }
+
+    /// The coordinators announced, as last read.
+    pub fn members(&self) -> &[Announcement] {
+        match self {
+            Leadership::Leader { members, .. } | Leadership::Follower { members, .. } => members,
+            Leadership::Sole | Leadership::Cut { .. } => &[],
+        }
+    }
+
+    /// The term, when known.
+    pub fn term(&self) -> Option<i64> {
+        match self {
+            Leadership::Leader { term, .. } => Some(*term),
+            Leadership::Follower { term, .. } => *term,
+            Leadership::Sole | Leadership::Cut { .. } => None,
+        }
+    }
+}
+
+/// What a coordinator tells the others about itself, under `<prefix>_coordinators/` and,
+/// while it leads, in the leader key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Announcement {
+    pub name: String,
+    /// The REST API's base URL, e.g. `http://10.0.1.5:3000`.
+    pub api: String,
+    /// Where agents reach its QUIC endpoint, `host:port`.
+    pub quic: String,
+}
+
+/// One campaign round's pause: how soon a follower notices a vacant leader key.
+const ROUND: Duration = Duration::from_millis(250);
+
+/// Campaigns for leadership, forever: holds a lease, announces this coordinator, takes
+/// the leader key when it is free, and publishes every change of standing on `tx`.
+/// Runs on the store's own runtime ([`EtcdStore::handle`]).
+pub async fn campaign(
+    store: Arc<EtcdStore>,
+    me: Announcement,
+    ttl: Duration,
+    tx: watch::Sender<Leadership>,
+) {
+    loop {
+        let err = hold_lease(&store, &me, ttl, &tx).await;
+        store.set_guard(WriteGuard::Follower);
+        let since = match &*tx.borrow() {
+            Leadership::Cut { since, .. } => *since,
+            _ => Instant::now(),
+        };
+        warn!(error = %err, "etcd: no lease held; this coordinator decides nothing until it holds one");
+        store.set_cut(Some(format!("cut off from etcd: {err}")));
+        tx.send_replace(Leadership::Cut { error: err, since });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One lease's life: returns why it ended.
+async fn hold_lease(
+    store: &EtcdStore,
+    me: &Announcement,
+    ttl: Duration,
+    tx: &watch::Sender<Leadership>,
+) -> String {
+    let mut client = store.client();
+    let request = ttl.min(ttl / 3).max(Duration::from_millis(500));
+    let lease = match tokio::time::timeout(
+        request,
+        client.lease_grant(ttl.as_secs().max(1) as i64, None),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l.id(),
+        Ok(Err(e)) => return format!("grant a lease: {e}"),
+        Err(_) => return format!("grant a lease: no answer within {request:?}"),
+    };
+    store.set_own_lease(Some(lease));
+    store.set_cut(None);
+    let mut renewed = Instant::now();
+    let (mut keeper, mut stream) =
+        match tokio::time::timeout(request, client.lease_keep_alive(lease)).await {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => return format!("keep the lease alive: {e}"),
+            Err(_) => return format!("keep the lease alive: no answer within {request:?}"),
+        };
+    let me_json = match serde_json::to_vec(me) {
+        Ok(j) => j,
+        Err(e) => return format!("encode this coordinator's announcement: {e}"),
+    };
+    let announced = tokio::time::timeout(
+        request,
+        client.put(
+            format!("{}{}", store.coordinators_prefix(), me.name),
+            me_json.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await;
+    if !matches!(announced, Ok(Ok(_))) {
+        return "announce this coordinator: etcd did not answer".into();
+    }
+    let leader_key = store.leader_key();
+    let mut term: Option<i64> = None;
+    let outcome = loop {
+        // Renew a third of the way through the lease.
+        if renewed.elapsed() >= ttl / 3 {
+            let sent = Instant::now();
+            match tokio::time::timeout(request, async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await
+            {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
+                Ok(Ok(_)) => break "the lease expired".to_string(),
+                Ok(Err(e)) => warn!(error = %e, "etcd: renewing the lease failed"),
+                Err(_) => warn!("etcd: renewing the lease got no answer within {request:?}"),
+            }
+        }
+        if term.is_some() && renewed.elapsed() >= ttl * 2 / 3 {
+            break format!(
+                "the lease was not renewed for {:?}: it may end within {:?}",
+                renewed.elapsed(),
+                ttl.saturating_sub(renewed.elapsed())
+            );
+        }
+        // Take the key if it is free, else read who holds it; and who is announced.
+        let members_get = || {
+            TxnOp::get(
+                store.coordinators_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                leader_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(
+                    leader_key.clone(),
+                    me_json.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                members_get(),
+            ])
+            .or_else([
+                TxnOp::get(leader_key.clone(), None::<GetOptions>),
+                members_get(),
+            ]);
+        let resp = match tokio::time::timeout(request, client.txn(txn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if term.is_none() {
+                    break format!("read the leader key: {e}");
+                }
+                warn!(error = %e, "etcd: reading the leader key failed");
+                tokio::time::sleep(ROUND).await;
+                continue;
+            }
+            Err(_) => {
+                if term.is_none() {
+                    break format!("read the leader key: no answer within {request:?}");
+                }
+                tokio::time::sleep(ROUND).await;
+                continue;
+            }
+        };
+        let responses = resp.op_responses();
+        let members: Vec<Announcement> = match responses.get(1) {
+            Some(TxnOpResponse::Get(g)) => g
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if resp.succeeded() {
+            let t = resp.header().map(|h| h.revision()).unwrap_or(0);
+            store.set_guard(WriteGuard::Leader { term: t });
+            term = Some(t);
+            info!(term = t, name = %me.name, "this coordinator leads");
+            tx.send_replace(Leadership::Leader {
+                term: t,
+                since: Instant::now(),
+                members,
+            });
+        } else {
+            let holder = match responses.first() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+                _ => None,
+            };
+            match holder {
+                Some(kv) if kv.lease() == lease => {
+                    // Still ours.
+                    if term != Some(kv.create_revision()) {
+                        break "the leader key changed under this coordinator".into();
+                    }
+                    tx.send_if_modified(|l| match l {
+                        Leadership::Leader { members: m, .. } if *m != members => {
+                            *m = members;
+                            true
+                        }
+                        _ => false,
+                    });
+                }
+                Some(kv) => {
+                    if term.is_some() {
+                        break format!(
+                            "another coordinator holds the leader key (term {})",
+                            kv.create_revision()
+                        );
+                    }
+                    let leader = serde_json::from_slice::<Announcement>(kv.value()).ok();
+                    let standing = Leadership::Follower {
+                        leader,
+                        term: Some(kv.create_revision()),
+                        members,
+                    };
+                    if *tx.borrow() != standing {
+                        tx.send_replace(standing);
+                    }
+                }
+                None => {
+                    if term.is_some() {
+                        break "the leader key is gone".into();
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(ROUND).await;
+    };
+    // Leave at once: refuse writes, then say so, then free the key for the others.
+    store.set_guard(WriteGuard::Follower);
+    if term.is_some() {
+        tx.send_replace(Leadership::Follower {
+            leader: None,
+            term: None,
+            members: Vec::new(),
+        });
+    }
+    store.set_own_lease(None);
+    let _ = tokio::time::timeout(request, client.lease_revoke(lease)).await;
+    outcome
+}
+
+/// Gives up this coordinator's lease (and so its leadership, at once) on a clean stop.
+pub async fn resign(store: &EtcdStore) {
+    store.set_guard(WriteGuard::Follower);
+    if let Some(lease) = store.own_lease() {
+        let mut client = store.client();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+    }
+}

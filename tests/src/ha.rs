@@ -1,0 +1,245 @@
+//! Several coordinators on one etcd store ([`crate::etcd::Etcd`]): each its own process,
+//! config, free ports and log, sharing one CA and one admin token. Processes are killed
+//! on drop.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drmesh_protocol::api::{DrStatus, Standing};
+use drmesh_protocol::pki::{self, Validity};
+use serde_json::Value;
+
+use crate::{bin, wait_for, Proc};
+
+pub struct Coord {
+    pub name: String,
+    pub config: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub proc: Option<Proc>,
+}
+
+pub struct Ha {
+    pub dir: tempfile::TempDir,
+    pub coords: Vec<Coord>,
+    pub admin_token: String,
+}
+
+/// `[store]` naming `endpoints` for coordinator `name`, with a `ttl_s` leader lease.
+pub fn store_table(name: &str, endpoints: &[String], ttl_s: u64) -> String {
+    let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[store]\nbackend = \"etcd\"\nname = \"{name}\"\nendpoints = [{}]\nleader_ttl = \"{ttl_s}s\"\ntimeout = \"2s\"\n",
+        quoted.join(", ")
+    )
+}
+
+impl Ha {
+    /// Starts one coordinator per entry of `endpoints` (the etcd URLs it is given),
+    /// `c0`, `c1`, …, in that order, each after the previous is ready.
+    pub fn start(endpoints: &[Vec<String>], heartbeat_ms: u64, ttl_s: u64) -> Ha {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "test CA").expect("init CA");
+        let files = pki::coordinator_files(&ca);
+        pki::issue_coordinator(&ca, &["localhost".into()], Validity::days(1), &files)
+            .expect("coordinator cert");
+        let mut ha = Ha {
+            dir,
+            coords: Vec::new(),
+            admin_token: String::new(),
+        };
+        for (i, eps) in endpoints.iter().enumerate() {
+            let name = format!("c{i}");
+            let config = ha.dir.path().join(format!("{name}.toml"));
+            fs::write(
+                &config,
+                format!(
+                    "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                    store_table(&name, eps, ttl_s)
+                ),
+            )
+            .expect("write config");
+            if i == 0 {
+                ha.admin_token = create_token(&config);
+            }
+            ha.coords.push(Coord {
+                name,
+                config,
+                http: SocketAddr::from(([127, 0, 0, 1], 0)),
+                quic: SocketAddr::from(([127, 0, 0, 1], 0)),
+                proc: None,
+            });
+            ha.spawn(i);
+        }
+        ha
+    }
+
+    /// Adds and starts one more coordinator, like the first but on `endpoints`.
+    pub fn add(&mut self, endpoints: &[String]) -> usize {
+        let i = self.coords.len();
+        let name = format!("c{i}");
+        let config = self.dir.path().join(format!("{name}.toml"));
+        let first = fs::read_to_string(&self.coords[0].config).expect("read config");
+        let ttl = first
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("leader_ttl = \"")?
+                    .strip_suffix("s\"")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(5);
+        let heartbeat = first
+            .lines()
+            .find(|l| l.starts_with("heartbeat_interval = "))
+            .unwrap_or("heartbeat_interval = \"500ms\"")
+            .to_string();
+        fs::write(
+            &config,
+            format!(
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\n{heartbeat}\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                store_table(&name, endpoints, ttl)
+            ),
+        )
+        .expect("write config");
+        self.coords.push(Coord {
+            name,
+            config,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            quic: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proc: None,
+        });
+        self.spawn(i);
+        i
+    }
+
+    /// Starts coordinator `i` (again: on the ports it had) and waits until it listens.
+    pub fn spawn(&mut self, i: usize) {
+        let c = &mut self.coords[i];
+        if c.http.port() != 0 {
+            let text: String = fs::read_to_string(&c.config)
+                .expect("read config")
+                .lines()
+                .map(|l| {
+                    if l.starts_with("http_listen = ") {
+                        format!("http_listen = \"{}\"\n", c.http)
+                    } else if l.starts_with("quic_listen = ") {
+                        format!("quic_listen = \"{}\"\n", c.quic)
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            fs::write(&c.config, text).expect("write config");
+        }
+        let ready = self.dir.path().join(format!("{}.ready", c.name));
+        let _ = fs::remove_file(&ready);
+        let n = fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let proc = Proc::spawn(
+            &c.name,
+            &bin("drmesh-coordinator"),
+            &[
+                "--config",
+                &c.config.display().to_string(),
+                "--ready-file",
+                &ready.display().to_string(),
+            ],
+            &self.dir.path().join(format!("{}-{n}.log", c.name)),
+        );
+        let ready: Value = wait_for(Duration::from_secs(20), || {
+            fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        })
+        .unwrap_or_else(|| panic!("coordinator {} not ready:\n{}", c.name, proc.log_text()));
+        c.http = ready["http"].as_str().unwrap().parse().unwrap();
+        c.quic = ready["quic"].as_str().unwrap().parse().unwrap();
+        c.proc = Some(proc);
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.coords[i].http)
+    }
+
+    /// The DR status as coordinator `i` answers it, or `None` if it does not answer.
+    pub fn status(&self, i: usize) -> Option<DrStatus> {
+        let resp = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .get(&self.url(i, "/v1/backup-recovery/disaster-recovery/status"))
+            .set("Authorization", &format!("Bearer {}", self.admin_token))
+            .call()
+            .ok()?;
+        resp.into_json().ok()
+    }
+
+    pub fn standing(&self, i: usize) -> Option<Standing> {
+        Some(self.status(i)?.coordinators?.standing)
+    }
+
+    /// The one coordinator (not in `except`) that says it leads, within `timeout`.
+    pub fn wait_leader(&self, timeout: Duration, except: &[usize]) -> Option<(usize, Duration)> {
+        let t0 = Instant::now();
+        wait_for(timeout, || {
+            (0..self.coords.len())
+                .filter(|i| !except.contains(i))
+                .find(|&i| self.standing(i) == Some(Standing::Leader))
+        })
+        .map(|i| (i, t0.elapsed()))
+    }
+
+    /// `kill -9` of coordinator `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.coords[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<_> = fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{}-", self.coords[i].name)) && n.ends_with(".log")
+                })
+            })
+            .collect();
+        logs.sort();
+        for l in logs {
+            out.push_str(&fs::read_to_string(l).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// `drmesh-coordinator create-token` against `config`'s store.
+pub fn create_token(config: &std::path::Path) -> String {
+    let out = Command::new(bin("drmesh-coordinator"))
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "create-token",
+            "--role",
+            "admin",
+            "--name",
+            "test",
+        ])
+        .output()
+        .expect("run create-token");
+    assert!(
+        out.status.success(),
+        "create-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,351 @@
+//! Several coordinators on a real etcd cluster (issue 19): the store's transactions, the
+//! election, a leader's crash, a leader cut off from etcd, and a migration there and
+//! back.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use drmesh_coordinator::store::settings::{StoreConfig, StoreSection};
+use drmesh_coordinator::store::{open_for_tools, Namespace, StoreError, StoreExt};
+use drmesh_protocol::api::Standing;
+use drmesh_tests::etcd::Etcd;
+use drmesh_tests::ha::Ha;
+use drmesh_tests::{http, wait_for, Mesh};
+
+const TTL_S: u64 = 3;
+
+fn etcd_config(etcd: &Etcd) -> StoreConfig {
+    let section: StoreSection = toml_section(&drmesh_tests::ha::store_table(
+        "test",
+        &etcd.endpoints(),
+        TTL_S,
+    ));
+    section
+        .validate(None, std::path::Path::new("/"))
+        .expect("valid [store]")
+}
+
+fn toml_section(table: &str) -> StoreSection {
+    let body = table.trim_start_matches("[store]\n");
+    toml_from(body)
+}
+
+fn toml_from(body: &str) -> StoreSection {
+    // The tests crate has no toml dependency: the section's keys are simple.
+    let mut s = StoreSection::default();
+    for line in body.lines() {
+        let Some((k, v)) = line.split_once(" = ") else {
+            continue;
+        };
+        let unq = |v: &str| v.trim_matches('"').to_string();
+        match k {
+            "backend" => s.backend = Some(unq(v)),
+            "name" => s.name = Some(unq(v)),
+            "endpoints" => {
+                s.endpoints = Some(
+                    v.trim_matches(|c| c == '[' || c == ']')
+                        .split(", ")
+                        .map(unq)
+                        .collect(),
+                )
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+#[derive(Debug, PartialEq)]
+enum Claim {
+    Won,
+    Taken(String),
+    Store(String),
+}
+
+impl From<StoreError> for Claim {
+    fn from(e: StoreError) -> Self {
+        Claim::Store(e.to_string())
+    }
+}
+
+#[test]
+fn two_coordinators_stores_racing_on_etcd_admit_exactly_one_claim_and_scan_every_page() {
+    let etcd = Etcd::start(1);
+    let config = etcd_config(&etcd);
+    let stores: Vec<_> = (0..2)
+        .map(|_| open_for_tools(&config).expect("connect"))
+        .collect();
+    // 16 threads over two independent clients: exactly one claim wins, and every loser
+    // names the winner.
+    let barrier = Arc::new(Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.atomically(|tx| {
+                    if let Some(h) = tx.get_json::<String>(Namespace::Meta, "slot")? {
+                        return Err(Claim::Taken(h));
+                    }
+                    tx.put_json(Namespace::Meta, "slot", &format!("t{i}"))?;
+                    Ok(Claim::Won)
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Claim::Won)))
+        .count();
+    assert_eq!(won, 1, "{results:?}");
+    let holder: String = stores[0]
+        .get_json(Namespace::Meta, "slot")
+        .unwrap()
+        .unwrap();
+    for r in &results {
+        match r {
+            Ok(Claim::Won) => {}
+            Err(Claim::Taken(h)) => assert_eq!(*h, holder),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A refused body keeps nothing; reads inside see the body's own writes.
+    let r: Result<(), Claim> = stores[1].atomically(|tx| {
+        tx.put(Namespace::Meta, "half", b"x")?;
+        assert_eq!(tx.get(Namespace::Meta, "half")?, Some(b"x".to_vec()));
+        Err(Claim::Taken("no".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(stores[0].get(Namespace::Meta, "half").unwrap(), None);
+    // Scans cross pages (256 records per request) in key order, and see deletes.
+    for i in 0..600 {
+        stores[i % 2]
+            .put(Namespace::Audit, &format!("a{i:05}"), b"{}")
+            .unwrap();
+    }
+    let keys: Vec<String> = stores[1]
+        .scan(Namespace::Audit, "a")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 600);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    assert!(stores[0].delete(Namespace::Audit, "a00007").unwrap());
+    assert!(!stores[1].delete(Namespace::Audit, "a00007").unwrap());
+    assert_eq!(stores[1].scan(Namespace::Audit, "a0000").unwrap().len(), 9);
+}
+
+#[test]
+fn the_leader_killed_a_follower_leads_within_the_lease_and_takes_writes() {
+    let etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("a leader");
+    // Every coordinator agrees on the leader and the term, and lists all three.
+    let statuses: Vec<_> = (0..3)
+        .map(|i| ha.status(i).unwrap().coordinators.unwrap())
+        .collect();
+    let term = statuses[leader].term;
+    assert!(term.is_some());
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(
+            s.leader.as_deref(),
+            Some(ha.coords[leader].name.as_str()),
+            "{s:?}"
+        );
+        assert_eq!(s.term, term, "{s:?}");
+        let want = if i == leader {
+            Standing::Leader
+        } else {
+            Standing::Follower
+        };
+        assert_eq!(s.standing, want);
+    }
+    let members = wait_for(Duration::from_secs(5), || {
+        let s = ha.status(leader)?.coordinators?;
+        (s.members.len() == 3).then_some(s.members)
+    });
+    assert!(members.is_some(), "{:?}", ha.status(leader));
+
+    ha.kill(leader);
+    let t0 = Instant::now();
+    let (next, took) = ha
+        .wait_leader(Duration::from_secs(TTL_S + 10), &[leader])
+        .expect("a new leader");
+    let took = took.max(t0.elapsed().min(took));
+    assert!(
+        took <= Duration::from_secs(TTL_S + 2),
+        "a new leader after {took:?} (lease {TTL_S}s)"
+    );
+    let new_term = ha.status(next).unwrap().coordinators.unwrap().term;
+    assert!(new_term > term, "{new_term:?} after {term:?}");
+    // Writes succeed on the new leader: a token, then a plan.
+    let created = http(
+        "POST",
+        &ha.url(next, "/v1/tokens"),
+        Some(&ha.admin_token),
+        Some(r#"{"role": "viewer", "name": "after-the-crash"}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    eprintln!("leader {leader} killed; {next} leads after {took:?}");
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_stops_acting_and_its_writes_are_refused() {
+    let mut etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    // c0 reaches etcd only through member 0, which the test kills: the cluster keeps its
+    // quorum (members 1 and 2, which c1 and c2 use), and c0 is cut off from it.
+    let mut ha = Ha::start(&[vec![eps[0].clone()]], 200, TTL_S);
+    let (first, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
+    assert_eq!(first, 0);
+    let in_office = wait_for(Duration::from_secs(10), || {
+        ha.log(0).contains("in office").then_some(())
+    });
+    assert!(in_office.is_some(), "{}", ha.log(0));
+    ha.add(&eps[1..]);
+    ha.add(&eps[1..]);
+    assert_eq!(ha.standing(1), Some(Standing::Follower));
+    assert_eq!(ha.standing(2), Some(Standing::Follower));
+
+    etcd.kill(0);
+    let t0 = Instant::now();
+    // c0 leaves office by itself: it can no longer prove its lease.
+    let left = wait_for(Duration::from_secs(TTL_S + 5), || {
+        ha.log(0).contains("leaving office").then(|| t0.elapsed())
+    })
+    .expect("the cut-off leader stops leading");
+    assert!(left < Duration::from_secs(TTL_S), "left after {left:?}");
+    let (next, _) = ha
+        .wait_leader(Duration::from_secs(TTL_S + 10), &[0])
+        .expect("another leader");
+    let elected = t0.elapsed();
+    assert!(
+        elected > left,
+        "elected at {elected:?}, old leader left at {left:?}"
+    );
+    // It answers at once, saying why it decides nothing (its token check needs etcd).
+    let t1 = Instant::now();
+    let cut = http(
+        "GET",
+        &ha.url(0, "/v1/backup-recovery/disaster-recovery/status"),
+        Some(&ha.admin_token),
+        None,
+    );
+    assert_eq!(cut.status, 503, "{}", cut.text);
+    assert!(cut.text.contains("cut off from etcd"), "{}", cut.text);
+    assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
+    // Its writes are refused; the new leader's are not.
+    let refused = http(
+        "POST",
+        &ha.url(0, "/v1/tokens"),
+        Some(&ha.admin_token),
+        Some(r#"{"role": "viewer"}"#),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    let ok = http(
+        "POST",
+        &ha.url(next, "/v1/tokens"),
+        Some(&ha.admin_token),
+        Some(r#"{"role": "viewer"}"#),
+    );
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    let log = ha.log(0);
+    assert!(log.contains("leaving office"), "{log}");
+    // Back in touch, it follows.
+    etcd.start_member(0);
+    let follows = wait_for(Duration::from_secs(20), || {
+        (ha.standing(0) == Some(Standing::Follower)).then_some(())
+    });
+    assert!(follows.is_some(), "{:?}", ha.status(0));
+    eprintln!("cut-off leader left office after {left:?}; c{next} elected after {elected:?}");
+}
+
+#[test]
+fn a_redb_state_migrated_to_etcd_and_back_loses_nothing() {
+    let mut mesh = Mesh::start_with(200, "regions = [\"us-east-1\", \"eu-west-1\"]");
+    let plan = r#"{"id": "production_dr_plan", "name": "p", "rpo": "1h", "rto": "4h", "failoverRegions": ["us-east-1", "eu-west-1"], "automaticFailover": false}"#;
+    let created = mesh.post("/v1/backup-recovery/disaster-recovery/plans", Some(plan));
+    assert!(created.status < 300, "{}", created.text);
+    for i in 0..5 {
+        let t = http(
+            "POST",
+            &mesh.url("/v1/tokens"),
+            Some(&mesh.admin_token),
+            Some(&format!(r#"{{"role": "viewer", "name": "t{i}"}}"#)),
+        );
+        assert_eq!(t.status, 201, "{}", t.text);
+    }
+    mesh.coordinator.kill9();
+    let redb = mesh.dir.path().join("state.redb");
+    let etcd = Etcd::start(1);
+    let to = format!("etcd:{}", etcd.endpoints().join(","));
+    let there = migrate(&format!("redb:{}", redb.display()), &to);
+    let back_path = mesh.dir.path().join("back.redb");
+    let back = migrate(&to, &format!("redb:{}", back_path.display()));
+    assert_eq!(there, back);
+    assert!(there["tokens"].as_u64().unwrap() >= 6, "{there}");
+    assert_eq!(there["plans"], 1);
+    // Into a store that holds records: refused.
+    let (ok, _, err) = run_cli(&[
+        "store",
+        "migrate",
+        "--from",
+        &format!("redb:{}", redb.display()),
+        "--to",
+        &to,
+    ]);
+    assert!(!ok && err.contains("empty store"), "{err}");
+    // Every record is the same, byte for byte.
+    let a = open_for_tools(&StoreConfig::Redb { path: redb }).unwrap();
+    let b = open_for_tools(&StoreConfig::Redb { path: back_path }).unwrap();
+    for ns in Namespace::ALL {
+        assert_eq!(
+            a.scan(ns, "").unwrap(),
+            b.scan(ns, "").unwrap(),
+            "{}",
+            ns.name()
+        );
+    }
+    drop((a, b));
+    // A coordinator on the etcd store serves the plan to the old token.
+    let ha_etcd = etcd.endpoints();
+    let ha = Ha::start(&[ha_etcd], 200, TTL_S);
+    ha.wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
+    let plans = http(
+        "GET",
+        &ha.url(0, "/v1/backup-recovery/disaster-recovery/plans"),
+        Some(&mesh.admin_token),
+        None,
+    );
+    assert_eq!(plans.status, 200, "{}", plans.text);
+    assert!(plans.text.contains("production_dr_plan"), "{}", plans.text);
+}
+
+fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(drmesh_tests::bin("drmesh"))
+        .args(args)
+        .output()
+        .expect("run drmesh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn migrate(from: &str, to: &str) -> serde_json::Value {
+    let (ok, out, err) = run_cli(&[
+        "store", "migrate", "--from", from, "--to", to, "--output", "json",
+    ]);
+    assert!(ok, "migrate {from} -> {to}: {err}");
+    serde_json::from_str::<serde_json::Value>(&out).expect("json")["records"].clone()
+}
