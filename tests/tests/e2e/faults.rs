@@ -420,14 +420,14 @@ fn a_wrong_tsig_key_fails_one_automatic_failover_which_a_retry_completes_and_no_
     assert_eq!(run["status"], "FAILED", "{run:#}");
     assert_eq!(run["steps"][2]["status"], "DONE", "promoted: {run:#}");
     assert_eq!(run["steps"][3]["status"], "FAILED", "DNS refused: {run:#}");
-    let critical = fm
-        .mesh
-        .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN");
-    assert!(
-        critical.text.contains("FAILOVER_FAILED") && critical.text.contains(&id),
-        "{}",
-        critical.text
-    );
+    // The alert is raised just after the FAILED record is stored.
+    let critical = drmesh_tests::wait_for(Duration::from_secs(10), || {
+        let a = fm
+            .mesh
+            .get("/v1/backup-recovery/monitoring/alerts?severity=CRITICAL&status=OPEN");
+        (a.text.contains("FAILOVER_FAILED") && a.text.contains(&id)).then_some(a)
+    });
+    assert!(critical.is_some(), "no FAILOVER_FAILED alert for {id}");
 
     // Three leases later: still this one failover, one promotion, the plan on it.
     std::thread::sleep(LEASE * 3);
