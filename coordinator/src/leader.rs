@@ -116,7 +116,7 @@ async fn hold_lease(
     tx: &watch::Sender<Leadership>,
 ) -> String {
     let mut client = store.client();
-    let request = ttl.min(ttl / 3).max(Duration::from_millis(500));
+    let request = (ttl / 3).max(Duration::from_millis(500));
     let lease = match tokio::time::timeout(
         request,
         client.lease_grant(ttl.as_secs().max(1) as i64, None),

@@ -26,6 +26,8 @@ pub struct Ha {
     pub dir: tempfile::TempDir,
     pub coords: Vec<Coord>,
     pub admin_token: String,
+    heartbeat_ms: u64,
+    ttl_s: u64,
 }
 
 /// `[store]` naming `endpoints` for coordinator `name`, with a `ttl_s` leader lease.
@@ -51,61 +53,33 @@ impl Ha {
             dir,
             coords: Vec::new(),
             admin_token: String::new(),
+            heartbeat_ms,
+            ttl_s,
         };
-        for (i, eps) in endpoints.iter().enumerate() {
-            let name = format!("c{i}");
-            let config = ha.dir.path().join(format!("{name}.toml"));
-            fs::write(
-                &config,
-                format!(
-                    "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
-                    store_table(&name, eps, ttl_s)
-                ),
-            )
-            .expect("write config");
-            if i == 0 {
-                ha.admin_token = create_token(&config);
-            }
-            ha.coords.push(Coord {
-                name,
-                config,
-                http: SocketAddr::from(([127, 0, 0, 1], 0)),
-                quic: SocketAddr::from(([127, 0, 0, 1], 0)),
-                proc: None,
-            });
-            ha.spawn(i);
+        for eps in endpoints {
+            ha.add(eps);
         }
         ha
     }
 
-    /// Adds and starts one more coordinator, like the first but on `endpoints`.
+    /// Adds and starts one more coordinator on `endpoints`; the first also makes the
+    /// admin token.
     pub fn add(&mut self, endpoints: &[String]) -> usize {
         let i = self.coords.len();
         let name = format!("c{i}");
         let config = self.dir.path().join(format!("{name}.toml"));
-        let first = fs::read_to_string(&self.coords[0].config).expect("read config");
-        let ttl = first
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("leader_ttl = \"")?
-                    .strip_suffix("s\"")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(5);
-        let heartbeat = first
-            .lines()
-            .find(|l| l.starts_with("heartbeat_interval = "))
-            .unwrap_or("heartbeat_interval = \"500ms\"")
-            .to_string();
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\n{heartbeat}\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
-                store_table(&name, endpoints, ttl)
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                self.heartbeat_ms,
+                store_table(&name, endpoints, self.ttl_s)
             ),
         )
         .expect("write config");
+        if i == 0 {
+            self.admin_token = create_token(&config);
+        }
         self.coords.push(Coord {
             name,
             config,
@@ -121,20 +95,7 @@ impl Ha {
     pub fn spawn(&mut self, i: usize) {
         let c = &mut self.coords[i];
         if c.http.port() != 0 {
-            let text: String = fs::read_to_string(&c.config)
-                .expect("read config")
-                .lines()
-                .map(|l| {
-                    if l.starts_with("http_listen = ") {
-                        format!("http_listen = \"{}\"\n", c.http)
-                    } else if l.starts_with("quic_listen = ") {
-                        format!("quic_listen = \"{}\"\n", c.quic)
-                    } else {
-                        format!("{l}\n")
-                    }
-                })
-                .collect();
-            fs::write(&c.config, text).expect("write config");
+            crate::pin_listen_addresses(&c.config, c.http, c.quic);
         }
         let ready = self.dir.path().join(format!("{}.ready", c.name));
         let _ = fs::remove_file(&ready);

@@ -425,20 +425,7 @@ impl Mesh {
         self.coordinator.kill9();
         between(self.dir.path());
         let config = self.dir.path().join("coordinator.toml");
-        let text: String = fs::read_to_string(&config)
-            .expect("read config")
-            .lines()
-            .map(|l| {
-                if l.starts_with("http_listen = ") {
-                    format!("http_listen = \"{}\"\n", self.http)
-                } else if l.starts_with("quic_listen = ") {
-                    format!("quic_listen = \"{}\"\n", self.quic)
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        fs::write(&config, text).expect("write config");
+        pin_listen_addresses(&config, self.http, self.quic);
         let ready = self.dir.path().join("ready.json");
         let _ = fs::remove_file(&ready);
         self.coordinator = Proc::spawn(
@@ -459,6 +446,25 @@ impl Mesh {
             self.coordinator.log_text()
         );
     }
+}
+
+/// Rewrites a coordinator.toml's `http_listen` and `quic_listen` to the addresses it
+/// bound before, so a restarted coordinator listens where it did.
+pub fn pin_listen_addresses(config: &Path, http: SocketAddr, quic: SocketAddr) {
+    let text: String = fs::read_to_string(config)
+        .expect("read config")
+        .lines()
+        .map(|l| {
+            if l.starts_with("http_listen = ") {
+                format!("http_listen = \"{http}\"\n")
+            } else if l.starts_with("quic_listen = ") {
+                format!("quic_listen = \"{quic}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(config, text).expect("write config");
 }
 
 /// Connects to a coordinator with a raw QUIC client config and sends a Hello; returns

@@ -347,6 +347,7 @@ impl EtcdStore {
         commit_mod: Option<i64>,
     ) -> Result<Option<Vec<TxnOpResponse>>, StoreError> {
         let mut compares = self.guard_compares()?;
+        let guarded = !compares.is_empty();
         if let Some(m) = commit_mod {
             compares.push(Compare::mod_revision(
                 self.commit_key(),
@@ -354,7 +355,6 @@ impl EtcdStore {
                 m,
             ));
         }
-        let guarded = compares.len() > usize::from(commit_mod.is_some());
         let mut ops: Vec<TxnOp> = writes
             .iter()
             .map(|(k, v)| match v {

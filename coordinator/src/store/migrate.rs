@@ -3,9 +3,10 @@
 //! is locked by its coordinator, and an etcd store with a leader is refused.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::settings::{EtcdSettings, StoreConfig};
-use super::{open_for_tools, EtcdStore, Namespace, Store, StoreError};
+use super::{open_for_tools, EtcdStore, Namespace, Store, StoreError, WriteGuard};
 
 /// Records per transaction (etcd allows 128 operations in one; one more is the commit
 /// marker).
@@ -71,13 +72,8 @@ pub fn migrate(from: &StoreConfig, to: &StoreConfig) -> Result<Migrated, StoreEr
             "the source and the destination are the same store".into(),
         ));
     }
-    for c in [from, to] {
-        if let StoreConfig::Etcd(s) = c {
-            refuse_if_led(s)?;
-        }
-    }
-    let source = open_for_tools(from)?;
-    let dest = open_for_tools(to)?;
+    let source = open(from)?;
+    let dest = open(to)?;
     for ns in Namespace::ALL {
         if !dest.scan(ns, "")?.is_empty() {
             return Err(StoreError::Backend(format!(
@@ -115,15 +111,20 @@ fn copy(dest: &dyn Store, ns: Namespace, batch: &[(String, Vec<u8>)]) -> Result<
     })
 }
 
-/// A migration beside a running coordinator would miss what it writes meanwhile.
-fn refuse_if_led(settings: &EtcdSettings) -> Result<(), StoreError> {
+/// [`open_for_tools`], refusing an etcd store on which a coordinator leads: a migration
+/// beside it would miss what it writes meanwhile.
+fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let StoreConfig::Etcd(settings) = config else {
+        return open_for_tools(config);
+    };
     let store = EtcdStore::connect(settings)?;
     if let Some(leader) = store.current_leader()? {
         return Err(StoreError::Backend(format!(
             "coordinator {leader} leads on this etcd store: stop every coordinator before migrating"
         )));
     }
-    Ok(())
+    store.set_guard(WriteGuard::Unconditioned);
+    Ok(Arc::new(store))
 }
 
 #[cfg(test)]

@@ -15,44 +15,14 @@ use drmesh_tests::{http, wait_for, Mesh};
 const TTL_S: u64 = 3;
 
 fn etcd_config(etcd: &Etcd) -> StoreConfig {
-    let section: StoreSection = toml_section(&drmesh_tests::ha::store_table(
-        "test",
-        &etcd.endpoints(),
-        TTL_S,
-    ));
-    section
-        .validate(None, std::path::Path::new("/"))
-        .expect("valid [store]")
-}
-
-fn toml_section(table: &str) -> StoreSection {
-    let body = table.trim_start_matches("[store]\n");
-    toml_from(body)
-}
-
-fn toml_from(body: &str) -> StoreSection {
-    // The tests crate has no toml dependency: the section's keys are simple.
-    let mut s = StoreSection::default();
-    for line in body.lines() {
-        let Some((k, v)) = line.split_once(" = ") else {
-            continue;
-        };
-        let unq = |v: &str| v.trim_matches('"').to_string();
-        match k {
-            "backend" => s.backend = Some(unq(v)),
-            "name" => s.name = Some(unq(v)),
-            "endpoints" => {
-                s.endpoints = Some(
-                    v.trim_matches(|c| c == '[' || c == ']')
-                        .split(", ")
-                        .map(unq)
-                        .collect(),
-                )
-            }
-            _ => {}
-        }
+    StoreSection {
+        backend: Some("etcd".into()),
+        name: Some("test".into()),
+        endpoints: Some(etcd.endpoints()),
+        ..StoreSection::default()
     }
-    s
+    .validate(None, std::path::Path::new("/"))
+    .expect("valid [store]")
 }
 
 #[derive(Debug, PartialEq)]
