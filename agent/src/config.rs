@@ -557,8 +557,12 @@ pub struct AgentConfigFile {
     pub id: Option<String>,
     /// Region this agent runs in. Must equal its certificate's region. Required.
     pub region: Option<String>,
-    /// Coordinator QUIC address `host:port`. Required.
+    /// Coordinator QUIC address `host:port`. Required, unless `coordinators` is set.
     pub coordinator: Option<String>,
+    /// Every coordinator's QUIC address `host:port`, when several share an etcd store:
+    /// the agent connects to one, is sent on to the leader by a follower, and tries the
+    /// next when one does not answer. Default: `[coordinator]`.
+    pub coordinators: Option<Vec<String>>,
     /// Name the coordinator's certificate must carry. Default: the host part of
     /// `coordinator`.
     pub coordinator_name: Option<String>,
@@ -604,6 +608,8 @@ pub struct AgentConfig {
     pub id: AgentId,
     pub region: RegionId,
     pub coordinator: String,
+    /// `coordinator` first, then the rest of `coordinators`.
+    pub coordinators: Vec<String>,
     pub coordinator_name: String,
     pub heartbeat_interval: Duration,
     pub reconnect_max_backoff: Duration,
@@ -635,7 +641,23 @@ impl AgentConfigFile {
             .map_err(|e| ConfigError::Invalid(format!("id: {e}")))?;
         let region = RegionId::new(required(self.region, "region")?)
             .map_err(|e| ConfigError::Invalid(format!("region: {e}")))?;
-        let coordinator = required(self.coordinator, "coordinator")?;
+        let mut coordinators: Vec<String> = self.coordinator.clone().into_iter().collect();
+        for c in self.coordinators.clone().unwrap_or_default() {
+            if !coordinators.contains(&c) {
+                coordinators.push(c);
+            }
+        }
+        for c in &coordinators {
+            if !c.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                return Err(ConfigError::Invalid(format!(
+                    "coordinator {c:?} must be host:port"
+                )));
+            }
+        }
+        let coordinator = match coordinators.first() {
+            Some(c) => c.clone(),
+            None => required(self.coordinator, "coordinator")?,
+        };
         let host = coordinator
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
@@ -711,6 +733,7 @@ impl AgentConfigFile {
             region,
             coordinator_name: self.coordinator_name.unwrap_or(host),
             coordinator,
+            coordinators,
             heartbeat_interval,
             reconnect_max_backoff,
             data_dir,
@@ -769,14 +792,19 @@ impl AgentConfig {
 
     /// Resolves `coordinator` to a socket address.
     pub fn coordinator_addr(&self) -> std::io::Result<SocketAddr> {
-        use std::net::ToSocketAddrs;
-        self.coordinator.to_socket_addrs()?.next().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} resolves to no address", self.coordinator),
-            )
-        })
+        resolve(&self.coordinator)
     }
+}
+
+/// The first address `host:port` resolves to.
+pub fn resolve(host_port: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    host_port.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host_port} resolves to no address"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -86,10 +86,24 @@ pub struct Link {
     mesh: Arc<Mesh>,
     /// Where peers reach this agent's mesh socket.
     mesh_addr: SocketAddr,
+    /// Which coordinator to try: a leader a follower named, else the next of
+    /// `coordinators` after one that failed.
+    target: Mutex<Target>,
+}
+
+#[derive(Default)]
+struct Target {
+    /// The leader a follower named (tried once, next).
+    leader: Option<String>,
+    /// The index in `coordinators` tried when no leader is named.
+    index: usize,
 }
 
 /// Heartbeats waiting for their acknowledgement: sequence number and send time.
 type Unacked = Arc<Mutex<VecDeque<(u64, Instant)>>>;
+
+/// How long a QUIC handshake may take when there are other coordinators to try.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many heartbeats wait for an acknowledgement at most.
 const UNACKED: usize = 64;
@@ -244,20 +258,54 @@ impl Link {
             }),
             mesh,
             mesh_addr,
+            target: Mutex::new(Target::default()),
         })
     }
 
-    /// Keeps the link up forever: connect, run, back off, again.
+    /// Keeps the link up forever: connect, run, back off, again. With several
+    /// coordinators, a follower's answer names the leader, tried at once; a coordinator
+    /// that fails is followed by the next, with a fresh backoff once the list wraps.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.session().await {
+            let target = self.next_target();
+            match self.session(&target).await {
                 Ok(reason) => {
                     info!(%reason, "link closed");
                     backoff = Duration::from_millis(100);
+                    // The leader may have changed: start again from the list.
+                    self.target.lock().index += 1;
+                }
+                Err(LinkError::Refused { code, message }) if is_not_leader(&code) => {
+                    let leader = leader_named(&message);
+                    debug!(coordinator = %target, leader = ?leader, "not the leader");
+                    let known = leader.is_some();
+                    {
+                        let mut t = self.target.lock();
+                        t.leader = leader;
+                        if !known {
+                            t.index += 1;
+                        }
+                    }
+                    // A named leader at once; no leader known yet: a short pause.
+                    tokio::time::sleep(if known {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_millis(200)
+                    })
+                    .await;
+                    continue;
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed")
+                    warn!(coordinator = %target, error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed");
+                    let mut t = self.target.lock();
+                    t.index += 1;
+                    if self.config.coordinators.len() > 1
+                        && t.index % self.config.coordinators.len() != 0
+                    {
+                        // More coordinators to try before backing off.
+                        continue;
+                    }
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -265,19 +313,37 @@ impl Link {
         }
     }
 
+    fn next_target(&self) -> String {
+        let mut t = self.target.lock();
+        if let Some(l) = t.leader.take() {
+            return l;
+        }
+        let list = &self.config.coordinators;
+        if list.is_empty() {
+            return self.config.coordinator.clone();
+        }
+        list[t.index % list.len()].clone()
+    }
+
     /// One connection, from handshake to close. `Ok` carries why a healthy link ended.
-    async fn session(&self) -> Result<String, LinkError> {
-        let addr = self
-            .config
-            .coordinator_addr()
-            .map_err(|source| LinkError::Resolve {
-                addr: self.config.coordinator.clone(),
+    async fn session(&self, target: &str) -> Result<String, LinkError> {
+        let addr =
+            crate::config::resolve(target).map_err(|source| LinkError::Resolve {
+                addr: target.to_string(),
                 source,
             })?;
-        let conn = self
-            .endpoint
-            .connect_with(self.client.clone(), addr, &self.config.coordinator_name)?
-            .await?;
+        let connecting =
+            self.endpoint
+                .connect_with(self.client.clone(), addr, &self.config.coordinator_name)?;
+        let conn = if self.config.coordinators.len() > 1 {
+            // Bounded: a dead coordinator answers nothing, and the next one should be
+            // tried well within the lease.
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                .await
+                .map_err(|_| LinkError::Timeout("handshake"))??
+        } else {
+            connecting.await?
+        };
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
             agent_id: self.config.id.clone(),
@@ -444,6 +510,23 @@ async fn receive_acks(
             Err(e) => warn!(error = %e, "undecodable datagram from the coordinator"),
         }
     }
+}
+
+/// Whether a refusal says the coordinator does not lead (an error frame's code, or the
+/// close code).
+fn is_not_leader(code: &str) -> bool {
+    code == drmesh_protocol::error_code::NOT_LEADER
+        || code == drmesh_protocol::close_code::NOT_LEADER.to_string()
+}
+
+/// The leader's QUIC address a follower named: `leader=HOST:PORT` (a close reason) or
+/// `… the leader is at HOST:PORT` (an error frame).
+fn leader_named(message: &str) -> Option<String> {
+    let named = message
+        .strip_prefix("leader=")
+        .or_else(|| message.rsplit_once("the leader is at ").map(|(_, l)| l))?
+        .trim();
+    (!named.is_empty()).then(|| named.to_string())
 }
 
 /// Names the reason the coordinator gave when it closed the connection.

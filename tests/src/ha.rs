@@ -155,6 +155,56 @@ impl Ha {
         .map(|i| (i, t0.elapsed()))
     }
 
+    /// Issues a certificate for agent `id` in `region` and starts it with
+    /// `coordinators` = the QUIC addresses of `order` (indexes into `coords`).
+    pub fn agent(&self, id: &str, region: &str, order: &[usize]) -> Proc {
+        let ca = self.dir.path().join("ca");
+        let agent = drmesh_protocol::AgentId::new(id).unwrap();
+        let files = pki::agent_files(&self.dir.path().join("agents"), &agent);
+        pki::issue_agent(
+            &ca,
+            &agent,
+            &drmesh_protocol::RegionId::new(region).unwrap(),
+            Validity::days(1),
+            &files,
+        )
+        .expect("issue agent cert");
+        let list: Vec<String> = order
+            .iter()
+            .map(|&i| format!("\"{}\"", self.coords[i].quic))
+            .collect();
+        let config = self.dir.path().join(format!("agent-{id}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "id = \"{id}\"\nregion = \"{region}\"\ncoordinators = [{}]\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"200ms\"\nreconnect_max_backoff = \"1s\"\ndata_dir = \"{}\"\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                list.join(", "),
+                self.dir.path().display(),
+                ca.join("ca.pem").display(),
+                files.cert.display(),
+                files.key.display(),
+            ),
+        )
+        .expect("write agent config");
+        Proc::spawn(
+            id,
+            &bin("drmesh-agent"),
+            &["--config", &config.display().to_string()],
+            &self.dir.path().join(format!("agent-{id}.log")),
+        )
+    }
+
+    /// Whether coordinator `i` has agent `id` connected and UP.
+    pub fn agent_up(&self, i: usize, id: &str) -> bool {
+        self.status(i).is_some_and(|s| {
+            s.regions.iter().flat_map(|r| &r.agents).any(|a| {
+                a.agent_id.as_str() == id
+                    && a.connected
+                    && a.state == drmesh_protocol::api::AgentState::Up
+            })
+        })
+    }
+
     /// `kill -9` of coordinator `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.coords[i].proc.take() {
