@@ -648,7 +648,10 @@ impl AgentConfigFile {
             }
         }
         for c in &coordinators {
-            if !c.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            if !c
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
                 return Err(ConfigError::Invalid(format!(
                     "coordinator {c:?} must be host:port"
                 )));

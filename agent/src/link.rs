@@ -97,6 +97,34 @@ struct Target {
     leader: Option<String>,
     /// The index in `coordinators` tried when no leader is named.
     index: usize,
+    /// The last coordinator that could not be reached, and when: a follower still
+    /// names a dead leader until its lease runs out, and it is not tried again then.
+    unreachable: Option<(String, Instant)>,
+}
+
+impl Target {
+    /// Whether `addr` failed to answer within the last `within`.
+    fn recently_unreachable(&self, addr: &str, within: Duration) -> bool {
+        self.unreachable
+            .as_ref()
+            .is_some_and(|(a, at)| a == addr && at.elapsed() < within)
+    }
+}
+
+/// Why a connection that was up ended.
+struct Ended {
+    reason: String,
+    /// The coordinator stopped answering (rather than closing the connection).
+    silent: bool,
+}
+
+impl Ended {
+    fn closed(reason: String) -> Self {
+        Self {
+            reason,
+            silent: false,
+        }
+    }
 }
 
 /// Heartbeats waiting for their acknowledgement: sequence number and send time.
@@ -104,6 +132,18 @@ type Unacked = Arc<Mutex<VecDeque<(u64, Instant)>>>;
 
 /// How long a QUIC handshake may take when there are other coordinators to try.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a coordinator that did not answer is not tried again on a follower's word.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
+
+/// With several coordinators, a link whose oldest unacknowledged heartbeat is this many
+/// intervals old (and at least [`SILENT_MIN`]) is given up: a coordinator killed outright
+/// sends no close, and QUIC's idle timeout is far longer than a leader change.
+const SILENT_INTERVALS: u32 = 5;
+const SILENT_MIN: Duration = Duration::from_secs(1);
+
+/// The longest pause between rounds over several coordinators.
+const SEVERAL_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How many heartbeats wait for an acknowledgement at most.
 const UNACKED: usize = 64;
@@ -270,23 +310,30 @@ impl Link {
         loop {
             let target = self.next_target();
             match self.session(&target).await {
-                Ok(reason) => {
+                Ok(Ended { reason, silent }) => {
                     info!(%reason, "link closed");
                     backoff = Duration::from_millis(100);
-                    // The leader may have changed: start again from the list.
-                    self.target.lock().index += 1;
+                    // The leader may have changed: go on to the next of the list.
+                    let mut t = self.target.lock();
+                    t.index += 1;
+                    if silent {
+                        t.unreachable = Some((target.clone(), Instant::now()));
+                    }
                 }
                 Err(LinkError::Refused { code, message }) if is_not_leader(&code) => {
-                    let leader = leader_named(&message);
+                    let mut t = self.target.lock();
+                    // A leader that just failed to answer is dead, not yet replaced.
+                    let leader = leader_named(&message)
+                        .filter(|l| !t.recently_unreachable(l, UNREACHABLE_FOR));
                     debug!(coordinator = %target, leader = ?leader, "not the leader");
                     let known = leader.is_some();
                     {
-                        let mut t = self.target.lock();
                         t.leader = leader;
                         if !known {
                             t.index += 1;
                         }
                     }
+                    drop(t);
                     // A named leader at once; no leader known yet: a short pause.
                     tokio::time::sleep(if known {
                         Duration::ZERO
@@ -300,6 +347,12 @@ impl Link {
                     warn!(coordinator = %target, error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed");
                     let mut t = self.target.lock();
                     t.index += 1;
+                    if matches!(
+                        e,
+                        LinkError::Timeout(_) | LinkError::Connection(_) | LinkError::Connect(_)
+                    ) {
+                        t.unreachable = Some((target.clone(), Instant::now()));
+                    }
                     if self.config.coordinators.len() > 1
                         && t.index % self.config.coordinators.len() != 0
                     {
@@ -309,7 +362,14 @@ impl Link {
                 }
             }
             tokio::time::sleep(backoff).await;
-            backoff = next_backoff(backoff, self.config.reconnect_max_backoff);
+            // With several coordinators a whole round has failed: one of them will lead
+            // again within a lease, so the pause stays short.
+            let cap = if self.config.coordinators.len() > 1 {
+                self.config.reconnect_max_backoff.min(SEVERAL_MAX_BACKOFF)
+            } else {
+                self.config.reconnect_max_backoff
+            };
+            backoff = next_backoff(backoff, cap);
         }
     }
 
@@ -326,12 +386,11 @@ impl Link {
     }
 
     /// One connection, from handshake to close. `Ok` carries why a healthy link ended.
-    async fn session(&self, target: &str) -> Result<String, LinkError> {
-        let addr =
-            crate::config::resolve(target).map_err(|source| LinkError::Resolve {
-                addr: target.to_string(),
-                source,
-            })?;
+    async fn session(&self, target: &str) -> Result<Ended, LinkError> {
+        let addr = crate::config::resolve(target).map_err(|source| LinkError::Resolve {
+            addr: target.to_string(),
+            source,
+        })?;
         let connecting =
             self.endpoint
                 .connect_with(self.client.clone(), addr, &self.config.coordinator_name)?;
@@ -393,11 +452,11 @@ impl Link {
             )
             .in_current_span(),
         );
-        let reason = self.heartbeat_loop(&conn, &unacked).await;
+        let ended = self.heartbeat_loop(&conn, &unacked).await;
         commands.abort();
         acks.abort();
         conn.close(close_code::NORMAL.into(), b"agent link restarting");
-        Ok(reason)
+        Ok(ended)
     }
 
     fn capabilities(&self) -> Vec<String> {
@@ -436,15 +495,27 @@ impl Link {
         caps
     }
 
-    async fn heartbeat_loop(&self, conn: &quinn::Connection, unacked: &Unacked) -> String {
+    async fn heartbeat_loop(&self, conn: &quinn::Connection, unacked: &Unacked) -> Ended {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
         let repositories = local_repositories(&self.config);
+        let silent_limit = (self.config.heartbeat_interval * SILENT_INTERVALS).max(SILENT_MIN);
+        let several = self.config.coordinators.len() > 1;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                e = conn.closed() => return e.to_string(),
+                e = conn.closed() => return Ended::closed(e.to_string()),
+            }
+            let oldest = unacked.lock().front().map(|(_, at)| at.elapsed());
+            if several && oldest.is_some_and(|age| age >= silent_limit) {
+                return Ended {
+                    reason: format!(
+                        "no heartbeat acknowledged for {} ms: trying the other coordinators",
+                        silent_limit.as_millis()
+                    ),
+                    silent: true,
+                };
             }
             seq += 1;
             let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
@@ -471,7 +542,7 @@ impl Link {
                 u.push_back((seq, Instant::now()));
             }
             if let Err(e) = conn.send_datagram(bytes.into()) {
-                return format!("send heartbeat: {e}");
+                return Ended::closed(format!("send heartbeat: {e}"));
             }
         }
     }
@@ -1106,5 +1177,34 @@ mod tests {
             d = next;
         }
         assert!(d >= Duration::from_secs(4), "{d:?}");
+    }
+
+    #[test]
+    fn a_follower_names_the_leader_in_a_close_reason_or_an_error() {
+        assert_eq!(
+            leader_named("leader=10.0.0.1:7443").as_deref(),
+            Some("10.0.0.1:7443")
+        );
+        assert_eq!(
+            leader_named("c2 does not lead; the leader is at c1.example:7443").as_deref(),
+            Some("c1.example:7443")
+        );
+        assert_eq!(leader_named("leader="), None);
+        assert_eq!(leader_named("no leader is known yet"), None);
+        assert!(is_not_leader(drmesh_protocol::error_code::NOT_LEADER));
+        assert!(is_not_leader(
+            &drmesh_protocol::close_code::NOT_LEADER.to_string()
+        ));
+        assert!(!is_not_leader("unauthorized"));
+    }
+
+    #[test]
+    fn a_coordinator_that_did_not_answer_is_passed_over_for_a_while() {
+        let mut t = Target::default();
+        assert!(!t.recently_unreachable("a:1", UNREACHABLE_FOR));
+        t.unreachable = Some(("a:1".into(), Instant::now()));
+        assert!(t.recently_unreachable("a:1", UNREACHABLE_FOR));
+        assert!(!t.recently_unreachable("b:1", UNREACHABLE_FOR));
+        assert!(!t.recently_unreachable("a:1", Duration::ZERO));
     }
 }

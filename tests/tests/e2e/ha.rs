@@ -170,12 +170,16 @@ fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
     let etcd = Etcd::start(3);
     let eps = etcd.endpoints();
     let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
-    let (leader, _) = ha.wait_leader(Duration::from_secs(10), &[]).expect("leader");
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
     let follower = (leader + 1) % 3;
     // The agent tries a follower first: it is sent on to the leader.
     let order = [follower, (leader + 2) % 3, leader];
     let mut agent = ha.agent("db-1", "eu-west-1", &order);
-    let up = wait_for(Duration::from_secs(10), || ha.agent_up(leader, "db-1").then_some(()));
+    let up = wait_for(Duration::from_secs(10), || {
+        ha.agent_up(leader, "db-1").then_some(())
+    });
     assert!(up.is_some(), "{}", agent.log_text());
     assert!(!ha.agent_up(follower, "db-1"));
 
@@ -188,7 +192,10 @@ fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
         ha.agent_up(next, "db-1").then(|| t0.elapsed())
     });
     let took = up.unwrap_or_else(|| panic!("agent never reached c{next}:\n{}", agent.log_text()));
-    assert!(took <= Duration::from_secs(2), "the agent reached the new leader {took:?} after it led");
+    assert!(
+        took <= Duration::from_secs(2),
+        "the agent reached the new leader {took:?} after it led"
+    );
     assert!(agent.is_running());
     eprintln!("agent reconnected to the new leader {took:?} after it led");
 }
