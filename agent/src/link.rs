@@ -319,21 +319,22 @@ impl Link {
                     if silent {
                         t.unreachable = Some((target.clone(), Instant::now()));
                     }
+                    drop(t);
                 }
                 Err(LinkError::Refused { code, message }) if is_not_leader(&code) => {
-                    let mut t = self.target.lock();
-                    // A leader that just failed to answer is dead, not yet replaced.
-                    let leader = leader_named(&message)
-                        .filter(|l| !t.recently_unreachable(l, UNREACHABLE_FOR));
-                    debug!(coordinator = %target, leader = ?leader, "not the leader");
-                    let known = leader.is_some();
-                    {
+                    let known = {
+                        let mut t = self.target.lock();
+                        // A leader that just failed to answer is dead, not yet replaced.
+                        let leader = leader_named(&message)
+                            .filter(|l| !t.recently_unreachable(l, UNREACHABLE_FOR));
+                        debug!(coordinator = %target, leader = ?leader, "not the leader");
+                        let known = leader.is_some();
                         t.leader = leader;
                         if !known {
                             t.index += 1;
                         }
-                    }
-                    drop(t);
+                        known
+                    };
                     // A named leader at once; no leader known yet: a short pause.
                     tokio::time::sleep(if known {
                         Duration::ZERO
@@ -345,17 +346,21 @@ impl Link {
                 }
                 Err(e) => {
                     warn!(coordinator = %target, error = %e, retry_in_ms = backoff.as_millis() as u64, "link failed");
-                    let mut t = self.target.lock();
-                    t.index += 1;
-                    if matches!(
-                        e,
-                        LinkError::Timeout(_) | LinkError::Connection(_) | LinkError::Connect(_)
-                    ) {
-                        t.unreachable = Some((target.clone(), Instant::now()));
-                    }
-                    if self.config.coordinators.len() > 1
-                        && t.index % self.config.coordinators.len() != 0
-                    {
+                    let more = {
+                        let mut t = self.target.lock();
+                        t.index += 1;
+                        if matches!(
+                            e,
+                            LinkError::Timeout(_)
+                                | LinkError::Connection(_)
+                                | LinkError::Connect(_)
+                        ) {
+                            t.unreachable = Some((target.clone(), Instant::now()));
+                        }
+                        let n = self.config.coordinators.len();
+                        n > 1 && !t.index.is_multiple_of(n)
+                    };
+                    if more {
                         // More coordinators to try before backing off.
                         continue;
                     }

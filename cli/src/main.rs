@@ -24,7 +24,8 @@ use crate::client::Client;
 #[derive(Parser)]
 #[command(version, about = "drmesh: backup and disaster recovery mesh")]
 struct Cli {
-    /// Coordinator REST URL.
+    /// Coordinator REST URL; several, comma-separated, are tried in turn (any
+    /// coordinator answers: a follower forwards writes to the leader).
     #[arg(
         long,
         global = true,

@@ -5,6 +5,7 @@
 //! - [`auth`]: the bearer-token extractor and roles;
 //! - [`audit`]: the audit middleware and log;
 //! - [`paths`]: the runbook's unversioned paths, JSON 404s;
+//! - [`forward`]: a follower forwards writes and live reads to the leader;
 //! - `error`: [`crate::error::Error`] as HTTP, in one place;
 //! - one file of handlers per noun: `status`, `plans`, `failover`, `drtest`, `alerts`,
 //!   `tokens`, `backups`, `recovery`, `verification`, `documents`, `retention`.
@@ -17,6 +18,7 @@ mod documents;
 mod drtest;
 mod error;
 mod failover;
+pub mod forward;
 pub mod paths;
 mod plans;
 mod recovery;
@@ -35,6 +37,7 @@ use crate::state::Coordinator;
 
 pub use audit::audited;
 pub use auth::Authenticated;
+pub use forward::forwarded;
 pub use paths::unversioned;
 
 pub type Shared = web::Data<Arc<Coordinator>>;

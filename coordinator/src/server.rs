@@ -87,6 +87,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(http::audited))
+            .wrap(from_fn(http::forwarded))
             .wrap(from_fn(http::unversioned))
             .configure(http::configure)
     })

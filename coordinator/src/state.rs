@@ -151,6 +151,14 @@ impl Coordinator {
         self.leadership.borrow().clone()
     }
 
+    /// This coordinator's name among several (`[store] name`); `coordinator` alone.
+    pub fn name(&self) -> String {
+        match &self.config.store {
+            crate::store::settings::StoreConfig::Etcd(s) => s.name.clone(),
+            crate::store::settings::StoreConfig::Redb { .. } => "coordinator".to_string(),
+        }
+    }
+
     /// A receiver of every change of [`Coordinator::leadership`].
     pub fn leadership_changes(&self) -> tokio::sync::watch::Receiver<crate::leader::Leadership> {
         self.leadership.clone()

@@ -71,7 +71,7 @@ impl Ha {
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                "regions = [\"eu-west-1\", \"us-east-1\", \"us-west-2\"]\nhttp_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
                 self.heartbeat_ms,
                 store_table(&name, endpoints, self.ttl_s)
             ),

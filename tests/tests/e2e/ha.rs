@@ -181,7 +181,10 @@ fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
         ha.agent_up(leader, "db-1").then_some(())
     });
     assert!(up.is_some(), "{}", agent.log_text());
-    assert!(!ha.agent_up(follower, "db-1"));
+    // A follower's status shows the leader's agents (forwarded), and says who answered.
+    let via = ha.status(follower).expect("the follower's status");
+    assert_eq!(via.coordinators.unwrap().standing, Standing::Follower);
+    assert!(ha.agent_up(follower, "db-1"));
 
     ha.kill(leader);
     let (next, _) = ha
@@ -198,6 +201,185 @@ fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
     );
     assert!(agent.is_running());
     eprintln!("agent reconnected to the new leader {took:?} after it led");
+}
+
+const PLANS: &str = "/v1/backup-recovery/disaster-recovery/plans";
+
+fn plan(id: &str) -> String {
+    format!(
+        r#"{{"id": "{id}", "name": "{id}", "rpo": "1h", "rto": "4h",
+            "failoverRegions": ["us-east-1", "eu-west-1"], "automaticFailover": false,
+            "notificationChannels": []}}"#
+    )
+}
+
+/// `drmesh` with `DRMESH_URL` = `urls` joined by commas.
+fn cli(urls: &[String], token: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(drmesh_tests::bin("drmesh"))
+        .args(args)
+        .env("DRMESH_URL", urls.join(","))
+        .env("DRMESH_TOKEN", token)
+        .output()
+        .expect("run drmesh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn any_coordinator_takes_writes_for_the_leader_and_the_cli_follows_the_leader() {
+    let etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+    // A write to a follower is forwarded: the leader's answer, naming the leader.
+    let resp = ureq::post(&ha.url(f1, PLANS))
+        .set("Authorization", &format!("Bearer {}", ha.admin_token))
+        .set("Content-Type", "application/json")
+        .send_string(&plan("via-follower"))
+        .expect("create a plan through a follower");
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        resp.header("Drmesh-Leader"),
+        Some(ha.coords[leader].name.as_str())
+    );
+    // The other follower reads it from the store.
+    let got = http(
+        "GET",
+        &ha.url(f2, &format!("{PLANS}/via-follower")),
+        Some(&ha.admin_token),
+        None,
+    );
+    assert_eq!(got.status, 200, "{}", got.text);
+    // The token is checked by the leader: a bad one is refused through a follower too.
+    let refused = http("POST", &ha.url(f1, PLANS), Some("nope"), Some(&plan("x")));
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    // A bad body is the leader's 400, unchanged, and changes nothing.
+    let bad = http("POST", &ha.url(f2, PLANS), Some(&ha.admin_token), Some("{"));
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    // The audit holds each request once, recorded by the leader.
+    let audit = http("GET", &ha.url(f2, "/v1/audit"), Some(&ha.admin_token), None);
+    let records = audit.body["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let statuses: Vec<_> = records
+        .iter()
+        .filter(|r| r["path"] == PLANS)
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{}",
+        audit.text
+    );
+    assert_eq!(statuses.len(), 3, "{}", audit.text);
+
+    // The CLI with a dead URL first, then the coordinators.
+    let mut urls = vec!["http://127.0.0.1:1".to_string()];
+    urls.extend((0..3).map(|i| ha.url(i, "")));
+    let (ok, out) = cli(
+        &urls,
+        &ha.admin_token,
+        &["plans", "pause", "via-follower", "--reason", "ha test"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        &urls,
+        &ha.admin_token,
+        &["plans", "show", "via-follower", "--output", "json"],
+    );
+    assert!(ok && out.contains("MAINTENANCE"), "{out}");
+
+    // The leader killed: the CLI gets through once another leads, through any URL.
+    ha.kill(leader);
+    let t0 = Instant::now();
+    let resumed = wait_for(Duration::from_secs(TTL_S + 10), || {
+        let (ok, out) = cli(&urls, &ha.admin_token, &["plans", "resume", "via-follower"]);
+        ok.then_some(out)
+    });
+    assert!(
+        resumed.is_some(),
+        "{:?}",
+        cli(&urls, &ha.admin_token, &["plans", "resume", "via-follower"])
+    );
+    eprintln!(
+        "the CLI wrote through the new leader {:?} after the kill",
+        t0.elapsed()
+    );
+    let (ok, out) = cli(
+        &urls,
+        &ha.admin_token,
+        &["plans", "show", "via-follower", "--output", "json"],
+    );
+    assert!(ok && out.contains("ACTIVE"), "{out}");
+}
+
+#[test]
+fn failover_requests_sent_at_once_to_two_coordinators_admit_exactly_one() {
+    let etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    let ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
+    let created = http(
+        "POST",
+        &ha.url(leader, PLANS),
+        Some(&ha.admin_token),
+        Some(&plan("race")),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    // Ten requests, five to the leader and five to a follower (which forwards them),
+    // all released at once.
+    let targets = [leader, (leader + 1) % 3];
+    let barrier = Arc::new(Barrier::new(10));
+    let threads: Vec<_> = (0..10)
+        .map(|k| {
+            let url = ha.url(
+                targets[k % 2],
+                "/v1/backup-recovery/disaster-recovery/failover",
+            );
+            let token = ha.admin_token.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                http(
+                    "POST",
+                    &url,
+                    Some(&token),
+                    Some(r#"{"planId": "race", "targetRegion": "us-east-1"}"#),
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted: Vec<_> = answers.iter().filter(|a| a.status == 202).collect();
+    assert_eq!(
+        accepted.len(),
+        1,
+        "{:?}",
+        answers.iter().map(|a| &a.text).collect::<Vec<_>>()
+    );
+    let id = accepted[0].body["failoverId"]
+        .as_str()
+        .expect("failoverId")
+        .to_string();
+    for a in answers.iter().filter(|a| a.status != 202) {
+        assert_eq!(a.status, 409, "{}", a.text);
+        assert!(
+            a.text.contains(&id),
+            "the 409 names the admitted failover: {}",
+            a.text
+        );
+    }
 }
 
 #[test]
