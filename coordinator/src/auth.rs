@@ -71,6 +71,56 @@ pub fn create_token(
     })
 }
 
+/// The callers this coordinator authenticated lately, by token hash: while the store
+/// does not answer (etcd lost its quorum), a read by a known token is still answered,
+/// so the status can say why nothing is decided. Bounded in size and age; a token the
+/// store says is unknown is forgotten at once.
+pub struct RecentCallers {
+    seen: parking_lot::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+/// How long a caller is remembered for reads without the store.
+pub const RECENT_CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const RECENT_CALLERS_MAX: usize = 1024;
+
+impl Default for RecentCallers {
+    fn default() -> Self {
+        Self {
+            seen: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl RecentCallers {
+    pub fn remember(&self, secret: &str, caller: &Caller, now: std::time::Instant) {
+        let mut seen = self.seen.lock();
+        if seen.len() >= RECENT_CALLERS_MAX {
+            seen.retain(|_, (_, at)| now.duration_since(*at) < RECENT_CALLER_TTL);
+            if seen.len() >= RECENT_CALLERS_MAX {
+                if let Some(oldest) = seen
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(k, _)| k.clone())
+                {
+                    seen.remove(&oldest);
+                }
+            }
+        }
+        seen.insert(hash(secret), (caller.clone(), now));
+    }
+
+    pub fn forget(&self, secret: &str) {
+        self.seen.lock().remove(&hash(secret));
+    }
+
+    /// The caller behind `secret` if it was authenticated within [`RECENT_CALLER_TTL`].
+    pub fn recall(&self, secret: &str, now: std::time::Instant) -> Option<Caller> {
+        let seen = self.seen.lock();
+        let (caller, at) = seen.get(&hash(secret))?;
+        (now.duration_since(*at) < RECENT_CALLER_TTL).then(|| caller.clone())
+    }
+}
+
 /// Looks a presented secret up. `Ok(None)` for an unknown token.
 pub fn authenticate(store: &dyn Store, secret: &str) -> Result<Option<Caller>, StoreError> {
     if !secret.starts_with(TOKEN_PREFIX) {
@@ -87,6 +137,37 @@ pub fn authenticate(store: &dyn Store, secret: &str) -> Result<Option<Caller>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_callers_are_recalled_for_a_while_and_forgotten_when_unknown() {
+        let callers = RecentCallers::default();
+        let t0 = std::time::Instant::now();
+        let c = Caller {
+            token_id: "tok_1".into(),
+            role: Role::Viewer,
+            name: None,
+        };
+        assert_eq!(callers.recall("drm_a", t0), None);
+        callers.remember("drm_a", &c, t0);
+        assert_eq!(callers.recall("drm_a", t0), Some(c.clone()));
+        assert_eq!(callers.recall("drm_b", t0), None);
+        assert_eq!(callers.recall("drm_a", t0 + RECENT_CALLER_TTL), None);
+        callers.forget("drm_a");
+        assert_eq!(callers.recall("drm_a", t0), None);
+        // Bounded: the oldest goes first.
+        for i in 0..RECENT_CALLERS_MAX + 10 {
+            callers.remember(
+                &format!("drm_{i}"),
+                &c,
+                t0 + std::time::Duration::from_millis(i as u64),
+            );
+        }
+        assert!(callers.seen.lock().len() <= RECENT_CALLERS_MAX);
+        assert_eq!(callers.recall("drm_0", t0), None);
+        assert!(callers
+            .recall(&format!("drm_{}", RECENT_CALLERS_MAX + 9), t0)
+            .is_some());
+    }
     use crate::store::RedbStore;
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`copies`]: copies of backups to the other locations, every interval.
 //! - [`storage`]: the Storage Full alert.
 //! - [`office`]: taking office (resuming what the last term left) and leaving it.
+//! - [`quorum`]: a coordinator cut off from etcd tells every channel itself.
 
 pub mod admission;
 pub mod copies;
@@ -28,6 +29,7 @@ pub mod health;
 pub(crate) mod jobs;
 pub mod office;
 pub mod probe;
+pub mod quorum;
 pub mod recovery;
 pub mod rejoin;
 pub mod retention;

@@ -123,6 +123,10 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
             settings.leader_ttl,
             standing,
         ));
+        tokio::spawn(crate::ops::quorum::watch(
+            coord.clone(),
+            settings.leader_ttl,
+        ));
     } else {
         drop(standing);
     }

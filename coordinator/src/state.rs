@@ -70,6 +70,8 @@ pub struct Coordinator {
     pub health: Mutex<BTreeMap<String, drmesh_protocol::api::PlanHealth>>,
     /// Where failover points the database's DNS name (`[dns]`), once started.
     pub dns: std::sync::OnceLock<Arc<dyn crate::dns::DnsProvider>>,
+    /// Tokens authenticated lately, for reads while the store does not answer.
+    pub recent_callers: crate::auth::RecentCallers,
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
@@ -130,6 +132,7 @@ impl Coordinator {
                 leadership,
                 in_office: AtomicBool::new(false),
                 health: Mutex::new(BTreeMap::new()),
+                recent_callers: crate::auth::RecentCallers::default(),
                 dns: std::sync::OnceLock::new(),
             }),
             rx,

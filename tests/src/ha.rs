@@ -28,6 +28,8 @@ pub struct Ha {
     pub admin_token: String,
     heartbeat_ms: u64,
     ttl_s: u64,
+    /// More top-level configuration, the same for every coordinator.
+    extra: String,
 }
 
 /// `[store]` naming `endpoints` for coordinator `name`, with a `ttl_s` leader lease.
@@ -43,6 +45,12 @@ impl Ha {
     /// Starts one coordinator per entry of `endpoints` (the etcd URLs it is given),
     /// `c0`, `c1`, …, in that order, each after the previous is ready.
     pub fn start(endpoints: &[Vec<String>], heartbeat_ms: u64, ttl_s: u64) -> Ha {
+        Self::start_with(endpoints, heartbeat_ms, ttl_s, "")
+    }
+
+    /// As [`Ha::start`], with `extra` configuration (tables such as `[notify.x]`)
+    /// given to every coordinator.
+    pub fn start_with(endpoints: &[Vec<String>], heartbeat_ms: u64, ttl_s: u64, extra: &str) -> Ha {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
@@ -55,6 +63,7 @@ impl Ha {
             admin_token: String::new(),
             heartbeat_ms,
             ttl_s,
+            extra: extra.to_string(),
         };
         for eps in endpoints {
             ha.add(eps);
@@ -71,9 +80,10 @@ impl Ha {
         fs::write(
             &config,
             format!(
-                "regions = [\"eu-west-1\", \"us-east-1\", \"us-west-2\"]\nhttp_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                "regions = [\"eu-west-1\", \"us-east-1\", \"us-west-2\"]\nhttp_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n{}\n",
                 self.heartbeat_ms,
-                store_table(&name, endpoints, self.ttl_s)
+                store_table(&name, endpoints, self.ttl_s),
+                self.extra
             ),
         )
         .expect("write config");

@@ -8,6 +8,7 @@ pub mod bind;
 pub mod etcd;
 pub mod faults;
 pub mod ha;
+pub mod hook;
 pub mod netns;
 pub mod objstore;
 pub mod proxy;

@@ -87,6 +87,9 @@ pub async fn forwarded<B: MessageBody + 'static>(
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let me = coord.name();
+    // The leader checks the token; checking it here too keeps the caller in this
+    // coordinator's recent callers, so its status still answers them if etcd goes.
+    let _ = super::auth::authenticate(req.request());
     if let Some(by) = req.headers().get(FORWARDED_BY) {
         // Sent here by a coordinator that took this one for the leader: it no longer is.
         let by = by.to_str().unwrap_or("?").to_string();

@@ -383,6 +383,118 @@ fn failover_requests_sent_at_once_to_two_coordinators_admit_exactly_one() {
 }
 
 #[test]
+fn etcd_losing_its_quorum_stops_every_decision_says_why_and_decisions_resume_with_it() {
+    let mut etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    let (hook, heard) = drmesh_tests::hook::receiver(200, 50);
+    let extra = format!("[notify.ops]\ntype = \"webhook\"\nurl = \"{hook}\"\n");
+    let ha = Ha::start_with(&[eps.clone(), eps.clone(), eps], 200, TTL_S, &extra);
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("leader");
+    let created = http(
+        "POST",
+        &ha.url(leader, PLANS),
+        Some(&ha.admin_token),
+        Some(&plan("q")),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    for i in 0..3 {
+        assert!(ha.status(i).is_some());
+    }
+
+    // Two of three members gone: no quorum.
+    etcd.kill(1);
+    etcd.kill(2);
+    let t0 = Instant::now();
+    let all_cut = wait_for(Duration::from_secs(TTL_S + 15), || {
+        (0..3)
+            .all(|i| ha.standing(i) == Some(Standing::Cut))
+            .then(|| t0.elapsed())
+    });
+    assert!(
+        all_cut.is_some(),
+        "{:?}",
+        (0..3).map(|i| ha.standing(i)).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "every coordinator cut off {:?} after the quorum was lost",
+        all_cut.unwrap()
+    );
+    // No decision: a failover is refused, through any coordinator.
+    for i in 0..3 {
+        let refused = http(
+            "POST",
+            &ha.url(i, "/v1/backup-recovery/disaster-recovery/failover"),
+            Some(&ha.admin_token),
+            Some(r#"{"planId": "q", "targetRegion": "us-east-1"}"#),
+        );
+        assert_eq!(refused.status, 503, "{}", refused.text);
+    }
+    // The status says why, and every channel is told, by each coordinator.
+    let c = ha
+        .status(leader)
+        .and_then(|s| s.coordinators)
+        .expect("status");
+    assert_eq!(c.standing, Standing::Cut);
+    assert!(c.error.is_some(), "{c:?}");
+    let mut told = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(TTL_S + 15);
+    while told.len() < 3 && Instant::now() < deadline {
+        if let Ok(r) = heard.recv_timeout(Duration::from_millis(500)) {
+            let event: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if event["kind"] == "store.unreachable" {
+                assert_eq!(event["severity"], "CRITICAL", "{event}");
+                told.insert(event["title"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert_eq!(told.len(), 3, "{told:?}");
+
+    // The quorum back: a leader again, and writes and decisions resume.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    let t1 = Instant::now();
+    let (next, _) = ha
+        .wait_leader(Duration::from_secs(TTL_S + 30), &[])
+        .expect("a leader once the quorum is back");
+    eprintln!("a leader {:?} after the quorum came back", t1.elapsed());
+    let written = wait_for(Duration::from_secs(10), || {
+        let a = http(
+            "POST",
+            &ha.url(next, "/v1/tokens"),
+            Some(&ha.admin_token),
+            Some(r#"{"role": "viewer"}"#),
+        );
+        (a.status == 201).then_some(())
+    });
+    assert!(written.is_some());
+    let restored = wait_for(Duration::from_secs(15), || {
+        let r = heard.recv_timeout(Duration::from_millis(500)).ok()?;
+        let event: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        (event["kind"] == "store.restored").then_some(event)
+    });
+    assert!(
+        restored.is_some(),
+        "the channels hear that decisions resume"
+    );
+    // The leader's own cut is kept in the alert history, resolved.
+    let kept = wait_for(Duration::from_secs(10), || {
+        let a = http(
+            "GET",
+            &ha.url(
+                next,
+                "/v1/backup-recovery/monitoring/alerts?status=RESOLVED",
+            ),
+            Some(&ha.admin_token),
+            None,
+        );
+        a.text.contains("STORE_UNREACHABLE").then_some(a.text)
+    });
+    assert!(kept.is_some());
+}
+
+#[test]
 fn a_leader_cut_off_from_etcd_stops_acting_and_its_writes_are_refused() {
     let mut etcd = Etcd::start(3);
     let eps = etcd.endpoints();
@@ -418,14 +530,14 @@ fn a_leader_cut_off_from_etcd_stops_acting_and_its_writes_are_refused() {
         elected > left,
         "elected at {elected:?}, old leader left at {left:?}"
     );
-    // It answers at once, saying why it decides nothing (its token check needs etcd).
+    // It answers at once, saying why it decides nothing: its status (a read by a token it
+    // checked lately) says it is cut off; a read of records needs etcd and is refused.
     let t1 = Instant::now();
-    let cut = http(
-        "GET",
-        &ha.url(0, "/v1/backup-recovery/disaster-recovery/status"),
-        Some(&ha.admin_token),
-        None,
-    );
+    let status = ha.status(0).expect("the cut-off coordinator's status");
+    let c = status.coordinators.expect("coordinators");
+    assert_eq!(c.standing, Standing::Cut, "{c:?}");
+    assert!(c.error.is_some(), "{c:?}");
+    let cut = http("GET", &ha.url(0, PLANS), Some(&ha.admin_token), None);
     assert_eq!(cut.status, 503, "{}", cut.text);
     assert!(cut.text.contains("cut off from etcd"), "{}", cut.text);
     assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
