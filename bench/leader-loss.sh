@@ -74,7 +74,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }   # s from
 
 # etcd: three members, the flags of tests/src/etcd.rs.
 read -r -a PORTS <<<"$(free_ports 6)"
-CLUSTER= ENDPOINTS=() 
+CLUSTER= ENDPOINTS=()
 for i in 0 1 2; do
   CLUSTER+="${CLUSTER:+,}m$i=http://127.0.0.1:${PORTS[2 * i + 1]}"
   ENDPOINTS+=("http://127.0.0.1:${PORTS[2 * i]}")

@@ -103,35 +103,7 @@ impl Ha {
 
     /// Starts coordinator `i` (again: on the ports it had) and waits until it listens.
     pub fn spawn(&mut self, i: usize) {
-        let c = &mut self.coords[i];
-        if c.http.port() != 0 {
-            crate::pin_listen_addresses(&c.config, c.http, c.quic);
-        }
-        let ready = self.dir.path().join(format!("{}.ready", c.name));
-        let _ = fs::remove_file(&ready);
-        let n = fs::read_dir(self.dir.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let proc = Proc::spawn(
-            &c.name,
-            &bin("drmesh-coordinator"),
-            &[
-                "--config",
-                &c.config.display().to_string(),
-                "--ready-file",
-                &ready.display().to_string(),
-            ],
-            &self.dir.path().join(format!("{}-{n}.log", c.name)),
-        );
-        let ready: Value = wait_for(Duration::from_secs(20), || {
-            fs::read(&ready)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        })
-        .unwrap_or_else(|| panic!("coordinator {} not ready:\n{}", c.name, proc.log_text()));
-        c.http = ready["http"].as_str().unwrap().parse().unwrap();
-        c.quic = ready["quic"].as_str().unwrap().parse().unwrap();
-        c.proc = Some(proc);
+        spawn_coordinator(self.dir.path(), &mut self.coords[i]);
     }
 
     pub fn url(&self, i: usize, path: &str) -> String {
@@ -241,6 +213,37 @@ impl Ha {
         }
         out
     }
+}
+
+/// Starts coordinator `c` (again: on the ports it had), its log and ready file in `dir`,
+/// and waits until it listens.
+pub fn spawn_coordinator(dir: &std::path::Path, c: &mut Coord) {
+    if c.http.port() != 0 {
+        crate::pin_listen_addresses(&c.config, c.http, c.quic);
+    }
+    let ready = dir.join(format!("{}.ready", c.name));
+    let _ = fs::remove_file(&ready);
+    let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let proc = Proc::spawn(
+        &c.name,
+        &bin("drmesh-coordinator"),
+        &[
+            "--config",
+            &c.config.display().to_string(),
+            "--ready-file",
+            &ready.display().to_string(),
+        ],
+        &dir.join(format!("{}-{n}.log", c.name)),
+    );
+    let ready: Value = wait_for(Duration::from_secs(20), || {
+        fs::read(&ready)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    })
+    .unwrap_or_else(|| panic!("coordinator {} not ready:\n{}", c.name, proc.log_text()));
+    c.http = ready["http"].as_str().unwrap().parse().unwrap();
+    c.quic = ready["quic"].as_str().unwrap().parse().unwrap();
+    c.proc = Some(proc);
 }
 
 /// `drmesh-coordinator create-token` against `config`'s store.

@@ -195,6 +195,9 @@ pub struct Mesh {
     pub admin_token: String,
     pub coordinator: Proc,
     pub heartbeat_ms: u64,
+    /// With an etcd store: the other coordinators, followers at the start (see
+    /// [`Mesh::start_etcd`]); agents are given all of them.
+    pub next_coordinators: Vec<ha::Coord>,
 }
 
 impl Mesh {
@@ -220,6 +223,64 @@ impl Mesh {
     /// Like [`Mesh::start_with`], with agents' QUIC on `quic_ip` (e.g. the host's
     /// address on a network-namespace bridge).
     pub fn start_on(heartbeat_ms: u64, extra: &str, quic_ip: std::net::IpAddr) -> Mesh {
+        Self::start_store(heartbeat_ms, extra, quic_ip, None)
+    }
+
+    /// Like [`Mesh::start_with`], with `count` coordinators on one etcd cluster
+    /// (`endpoints`, leader lease `ttl_s`): `c0` is started first and waited for as the
+    /// leader; the others follow. Every coordinator gets the same `extra`.
+    pub fn start_etcd(
+        heartbeat_ms: u64,
+        extra: &str,
+        endpoints: &[String],
+        ttl_s: u64,
+        count: usize,
+    ) -> Mesh {
+        let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+        let table = |i: usize| ha::store_table(&format!("c{i}"), endpoints, ttl_s);
+        let mut mesh = Self::start_store(heartbeat_ms, extra, localhost, Some(table(0)));
+        let leads = wait_for(Duration::from_secs(15), || {
+            let s: Value = mesh
+                .get("/v1/backup-recovery/disaster-recovery/status")
+                .body;
+            (s["coordinators"]["standing"] == "LEADER").then_some(())
+        });
+        assert!(leads.is_some(), "c0 never led:\n{}", mesh.coordinator_log());
+        let base =
+            fs::read_to_string(mesh.dir.path().join("coordinator.toml")).expect("read config");
+        for i in 1..count {
+            let config = mesh.dir.path().join(format!("c{i}.toml"));
+            fs::write(&config, base.replace(&table(0), &table(i))).expect("write config");
+            let mut c = ha::Coord {
+                name: format!("c{i}"),
+                config,
+                http: SocketAddr::from(([127, 0, 0, 1], 0)),
+                quic: SocketAddr::from(([127, 0, 0, 1], 0)),
+                proc: None,
+            };
+            ha::spawn_coordinator(mesh.dir.path(), &mut c);
+            mesh.next_coordinators.push(c);
+        }
+        mesh
+    }
+
+    /// `kill -9` of the coordinator the mesh talks to (with [`Mesh::start_etcd`], the
+    /// leader); from then on the mesh talks to the next one.
+    pub fn kill_coordinator_for_the_next(&mut self) {
+        assert!(!self.next_coordinators.is_empty(), "no other coordinator");
+        self.coordinator.kill9();
+        let mut next = self.next_coordinators.remove(0);
+        self.http = next.http;
+        self.quic = next.quic;
+        self.coordinator = next.proc.take().expect("the next coordinator runs");
+    }
+
+    fn start_store(
+        heartbeat_ms: u64,
+        extra: &str,
+        quic_ip: std::net::IpAddr,
+        store: Option<String>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
@@ -230,8 +291,10 @@ impl Mesh {
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"{}\"\nstore_path = \"state.redb\"\nheartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
-                SocketAddr::new(quic_ip, 0)
+                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"{}\"\n{}heartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                SocketAddr::new(quic_ip, 0),
+                if store.is_some() { "" } else { "store_path = \"state.redb\"\n" },
+                store.as_deref().unwrap_or("")
             ),
         )
         .expect("write config");
@@ -279,6 +342,7 @@ impl Mesh {
             coordinator,
             heartbeat_ms,
             dir,
+            next_coordinators: Vec::new(),
         }
     }
 
@@ -312,6 +376,16 @@ impl Mesh {
         extra: &str,
     ) -> PathBuf {
         let path = self.dir.path().join(format!("agent-{id}.toml"));
+        let others: Vec<String> = self
+            .next_coordinators
+            .iter()
+            .map(|c| format!("\"{}\"", c.quic))
+            .collect();
+        let top = if others.is_empty() {
+            top.to_string()
+        } else {
+            format!("{top}\ncoordinators = [{}]", others.join(", "))
+        };
         fs::write(
             &path,
             format!(

@@ -65,6 +65,9 @@ pub struct Options {
     /// The primary's agent has a `[database]` section, so it can fence its server; without
     /// one it only watches it (`[postgres]`), and reports it cannot fence.
     pub primary_database: bool,
+    /// Two coordinators on this etcd cluster (its endpoints) rather than one on redb:
+    /// `c0` leads, `c1` follows ([`Mesh::start_etcd`], a 3 s leader lease).
+    pub etcd: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             addresses: None,
             coordinator_extra: String::new(),
             primary_database: true,
+            etcd: None,
         }
     }
 }
@@ -101,14 +105,17 @@ pub fn two_regions_opts(opts: Options) -> TwoRegions {
         addresses,
         coordinator_extra,
         primary_database,
+        etcd,
     } = opts;
     let pg = PgBin::find().unwrap_or_else(|e| {
         panic!("{e}: install PostgreSQL (apt-get install -y postgresql), or set DRMESH_PG_BIN")
     });
-    let mesh = Mesh::start_with(
-        heartbeat_ms,
-        &format!("regions = [\"us-west-2\", \"us-east-1\", \"eu-west-1\"]\n{coordinator_extra}"),
-    );
+    let config =
+        format!("regions = [\"us-west-2\", \"us-east-1\", \"eu-west-1\"]\n{coordinator_extra}");
+    let mesh = match &etcd {
+        None => Mesh::start_with(heartbeat_ms, &config),
+        Some(endpoints) => Mesh::start_etcd(heartbeat_ms, &config, endpoints, 3, 2),
+    };
     let root = mesh.dir.path().join("pg");
     std::fs::create_dir_all(&root).unwrap();
     prepare_parent_dir(&root).unwrap();

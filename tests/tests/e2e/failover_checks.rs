@@ -58,9 +58,20 @@ fn dns_section(bind: &Bind, secret: &Path) -> String {
 /// coordinator changing `db.drmesh.test.` at `bind` with the key in `secret`.
 /// `top_level` is more top-level coordinator config (before `[dns]`).
 fn two_regions_with_dns(bind: &Bind, secret: &Path, top_level: &str) -> TwoRegions {
+    two_regions_with_dns_on(bind, secret, top_level, None)
+}
+
+/// As [`two_regions_with_dns`]; with `etcd`, two coordinators on that etcd cluster.
+fn two_regions_with_dns_on(
+    bind: &Bind,
+    secret: &Path,
+    top_level: &str,
+    etcd: Option<Vec<String>>,
+) -> TwoRegions {
     let t = two_regions_opts(Options {
         addresses: Some((west(), east())),
         coordinator_extra: format!("{top_level}\n{}", dns_section(bind, secret)),
+        etcd,
         ..Options::default()
     });
     assert_eq!(t.primary.host(), west());
@@ -523,9 +534,22 @@ fn count_messages(log: &str, message: &str) -> usize {
 /// with the epoch one higher. Returns the step the restarted coordinator resumed in, or
 /// `None` if the failover had ended before the kill.
 fn kill_the_coordinator_in_step(n: u64) -> Option<u64> {
+    kill_in_step(n, false)
+}
+
+/// As [`kill_the_coordinator_in_step`]; with `leader`, two coordinators on a three-member
+/// etcd cluster, and the killed leader is not restarted: the other one is elected and
+/// finishes the failover.
+fn kill_in_step(n: u64, leader: bool) -> Option<u64> {
     let began = Instant::now();
     let bind = bind_with(west());
-    let mut t = two_regions_with_dns(&bind, &bind.secret_file(), "log_format = \"json\"");
+    let etcd = leader.then(|| drmesh_tests::etcd::Etcd::start(3));
+    let mut t = two_regions_with_dns_on(
+        &bind,
+        &bind.secret_file(),
+        "log_format = \"json\"",
+        etcd.as_ref().map(|e| e.endpoints()),
+    );
     let id = post_runbook(&t, RUNBOOK);
     let deadline = Instant::now() + Duration::from_secs(60);
     let seen = loop {
@@ -554,8 +578,19 @@ fn kill_the_coordinator_in_step(n: u64) -> Option<u64> {
             20
         }));
     };
-    t.mesh.restart_coordinator();
+    let killed = Instant::now();
+    if leader {
+        t.mesh.kill_coordinator_for_the_next();
+    } else {
+        t.mesh.restart_coordinator();
+    }
     let done = finished_run(&t, &id);
+    if leader {
+        eprintln!(
+            "the leader killed in step {n}: the failover completed {} ms later by the next leader",
+            killed.elapsed().as_millis()
+        );
+    }
     let first = std::fs::read_to_string(t.mesh.dir.path().join("coordinator.log")).unwrap();
     let second = t.mesh.coordinator_log();
     if done["failover"]["status"] != "COMPLETED" {
@@ -603,6 +638,14 @@ fn a_coordinator_killed_in_step_2_resumes_and_completes_once() {
 #[test]
 fn a_coordinator_killed_in_step_3_resumes_and_completes_once() {
     assert_eq!(kill_the_coordinator_in_step(3), Some(3));
+}
+
+/// Issue 19: the leader of two coordinators on etcd is killed while step 3 promotes; the
+/// follower is elected, resumes the failover from the store and completes it once, the
+/// epoch one higher.
+#[test]
+fn the_leader_killed_in_step_3_its_successor_completes_the_failover_once() {
+    assert_eq!(kill_in_step(3, true), Some(3));
 }
 
 #[test]
