@@ -3,10 +3,12 @@
 # database's DNS name on the new primary, median and worst of RUNS runs each, for
 #   (a) the primary's PostgreSQL killed (kill -9 of the postmaster; its agent alive), and
 #   (b) the primary's region cut off (both of its namespace's links down),
+#   (c) "cut-leader" (issue 19): three regions, each with a coordinator and an etcd
+#       member; the region of the primary, the leader and one member cut off,
 # at a 500 ms heartbeat and a 5 s lease, with a synchronous standby; also counts
 # acknowledged writes missing on the new primary afterwards (must be 0).
 #
-#   bash bench/failover.sh [RUNS]        (default 10; env KINDS=crash,cut)
+#   bash bench/failover.sh [RUNS]        (default 10; env KINDS=crash,cut[,cut-leader])
 #
 # Each run is a fresh mesh: regions us-west-2 (primary) and us-east-1 (standby) as network
 # namespaces, coordinator and BIND 9 (RFC 2136 + TSIG) in the root namespace, and a client

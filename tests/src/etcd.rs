@@ -19,6 +19,8 @@ pub struct Member {
     pub client: SocketAddr,
     pub peer: SocketAddr,
     pub proc: Option<Proc>,
+    /// What it runs under, e.g. `ip netns exec NS` (empty: the test's namespace).
+    pub prefix: Vec<String>,
 }
 
 pub struct Etcd {
@@ -50,8 +52,33 @@ impl Etcd {
                 client: free_addr(),
                 peer: free_addr(),
                 proc: None,
+                prefix: Vec::new(),
             })
             .collect();
+        Self::start_members(dir, members)
+    }
+
+    /// Starts one member per entry of `places`: at that address (the default ports,
+    /// 2379 for clients and 2380 for peers: each address is a namespace's own), run
+    /// under that prefix (e.g. [`crate::netns::Topology::exec_prefix`]).
+    pub fn start_in(places: &[(std::net::IpAddr, Vec<String>)]) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members = places
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, prefix))| Member {
+                name: format!("m{i}"),
+                client: SocketAddr::new(*ip, 2379),
+                peer: SocketAddr::new(*ip, 2380),
+                proc: None,
+                prefix: prefix.clone(),
+            })
+            .collect();
+        Self::start_members(dir, members)
+    }
+
+    fn start_members(dir: tempfile::TempDir, members: Vec<Member>) -> Etcd {
+        let n = members.len();
         let mut etcd = Etcd { dir, members };
         for i in 0..n {
             etcd.start_member(i);
@@ -108,7 +135,8 @@ impl Etcd {
         ]
         .map(str::to_string);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        m.proc = Some(Proc::spawn(
+        m.proc = Some(crate::spawn_under(
+            &m.prefix,
             &m.name.clone(),
             &program(),
             &args,

@@ -45,6 +45,11 @@ pub struct FaultOptions {
     /// `staging` recovery environment on every agent. Otherwise each agent has a
     /// repository of its own and nothing is archived.
     pub archive: bool,
+    /// Issue 19's layout: in each region's namespace an etcd member and a coordinator
+    /// (all on one etcd cluster, a 3 s leader lease; the first region's leads at the
+    /// start), rather than one coordinator in the root namespace. BIND listens on the
+    /// root namespace's control address, where the coordinators reach it.
+    pub coordinators_in_regions: bool,
 }
 
 impl Default for FaultOptions {
@@ -58,6 +63,7 @@ impl Default for FaultOptions {
             auto_rejoin: false,
             wrong_tsig_key: false,
             archive: false,
+            coordinators_in_regions: false,
         }
     }
 }
@@ -71,6 +77,9 @@ pub struct FaultMesh {
     pub bind: Bind,
     pub mesh: Mesh,
     pub regions: Vec<String>,
+    /// With [`FaultOptions::coordinators_in_regions`]: the etcd cluster, a member in
+    /// each region.
+    pub etcd: Option<crate::etcd::Etcd>,
     /// Every region's PostgreSQL listens on this port.
     pub port: u16,
     agent_configs: Vec<PathBuf>,
@@ -86,7 +95,11 @@ impl FaultMesh {
         let topo = Topology::new(&names);
         let primary_region = names[0];
         let bind = Bind::start(
-            IpAddr::from([127, 0, 0, 1]),
+            if opts.coordinators_in_regions {
+                topo.host_control_ip()
+            } else {
+                IpAddr::from([127, 0, 0, 1])
+            },
             ZONE,
             RECORD,
             topo.control_ip(primary_region),
@@ -108,7 +121,19 @@ impl FaultMesh {
             }
             .display()
         );
-        let mesh = Mesh::start_on(opts.heartbeat_ms, &extra, topo.host_control_ip());
+        let (mesh, etcd) = if opts.coordinators_in_regions {
+            let places: Vec<(IpAddr, Vec<String>)> = names
+                .iter()
+                .map(|r| (topo.control_ip(r), topo.exec_prefix(r)))
+                .collect();
+            let etcd = crate::etcd::Etcd::start_in(&places);
+            let mesh =
+                Mesh::start_etcd_in(opts.heartbeat_ms, &extra, &etcd.endpoints(), 3, &places);
+            (mesh, Some(etcd))
+        } else {
+            let mesh = Mesh::start_on(opts.heartbeat_ms, &extra, topo.host_control_ip());
+            (mesh, None)
+        };
 
         let pg_dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(pg_dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -214,6 +239,7 @@ impl FaultMesh {
             bind,
             mesh,
             regions: opts.regions.clone(),
+            etcd,
             port,
             agent_configs,
             _pg_dir: pg_dir,

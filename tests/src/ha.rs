@@ -20,6 +20,8 @@ pub struct Coord {
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub proc: Option<Proc>,
+    /// What it runs under, e.g. `ip netns exec NS` (empty: the test's namespace).
+    pub prefix: Vec<String>,
 }
 
 pub struct Ha {
@@ -96,6 +98,7 @@ impl Ha {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             quic: SocketAddr::from(([127, 0, 0, 1], 0)),
             proc: None,
+            prefix: Vec::new(),
         });
         self.spawn(i);
         i
@@ -224,7 +227,8 @@ pub fn spawn_coordinator(dir: &std::path::Path, c: &mut Coord) {
     let ready = dir.join(format!("{}.ready", c.name));
     let _ = fs::remove_file(&ready);
     let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    let proc = Proc::spawn(
+    let proc = crate::spawn_under(
+        &c.prefix,
         &c.name,
         &bin("drmesh-coordinator"),
         &[

@@ -223,7 +223,8 @@ impl Mesh {
     /// Like [`Mesh::start_with`], with agents' QUIC on `quic_ip` (e.g. the host's
     /// address on a network-namespace bridge).
     pub fn start_on(heartbeat_ms: u64, extra: &str, quic_ip: std::net::IpAddr) -> Mesh {
-        Self::start_store(heartbeat_ms, extra, quic_ip, None)
+        let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+        Self::start_store(heartbeat_ms, extra, (localhost, quic_ip), &[], None)
     }
 
     /// Like [`Mesh::start_with`], with `count` coordinators on one etcd cluster
@@ -236,9 +237,24 @@ impl Mesh {
         ttl_s: u64,
         count: usize,
     ) -> Mesh {
-        let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+        let localhost: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let places = vec![(localhost, Vec::new()); count];
+        Self::start_etcd_in(heartbeat_ms, extra, endpoints, ttl_s, &places)
+    }
+
+    /// As [`Mesh::start_etcd`], coordinator `i` listening (REST and QUIC) on
+    /// `places[i].0` and run under `places[i].1` (e.g. `ip netns exec NS`).
+    pub fn start_etcd_in(
+        heartbeat_ms: u64,
+        extra: &str,
+        endpoints: &[String],
+        ttl_s: u64,
+        places: &[(std::net::IpAddr, Vec<String>)],
+    ) -> Mesh {
         let table = |i: usize| ha::store_table(&format!("c{i}"), endpoints, ttl_s);
-        let mut mesh = Self::start_store(heartbeat_ms, extra, localhost, Some(table(0)));
+        let (ip0, prefix0) = &places[0];
+        let mut mesh =
+            Self::start_store(heartbeat_ms, extra, (*ip0, *ip0), prefix0, Some(table(0)));
         let leads = wait_for(Duration::from_secs(15), || {
             let s: Value = mesh
                 .get("/v1/backup-recovery/disaster-recovery/status")
@@ -248,15 +264,29 @@ impl Mesh {
         assert!(leads.is_some(), "c0 never led:\n{}", mesh.coordinator_log());
         let base =
             fs::read_to_string(mesh.dir.path().join("coordinator.toml")).expect("read config");
-        for i in 1..count {
+        for (i, (ip, prefix)) in places.iter().enumerate().skip(1) {
             let config = mesh.dir.path().join(format!("c{i}.toml"));
-            fs::write(&config, base.replace(&table(0), &table(i))).expect("write config");
+            let text: String = base
+                .replace(&table(0), &table(i))
+                .lines()
+                .map(|l| {
+                    if l.starts_with("http_listen = ") {
+                        format!("http_listen = \"{}\"\n", SocketAddr::new(*ip, 0))
+                    } else if l.starts_with("quic_listen = ") {
+                        format!("quic_listen = \"{}\"\n", SocketAddr::new(*ip, 0))
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            fs::write(&config, text).expect("write config");
             let mut c = ha::Coord {
                 name: format!("c{i}"),
                 config,
                 http: SocketAddr::from(([127, 0, 0, 1], 0)),
                 quic: SocketAddr::from(([127, 0, 0, 1], 0)),
                 proc: None,
+                prefix: prefix.clone(),
             };
             ha::spawn_coordinator(mesh.dir.path(), &mut c);
             mesh.next_coordinators.push(c);
@@ -267,18 +297,31 @@ impl Mesh {
     /// `kill -9` of the coordinator the mesh talks to (with [`Mesh::start_etcd`], the
     /// leader); from then on the mesh talks to the next one.
     pub fn kill_coordinator_for_the_next(&mut self) {
-        assert!(!self.next_coordinators.is_empty(), "no other coordinator");
         self.coordinator.kill9();
+        self.talk_to_the_next_coordinator();
+    }
+
+    /// From now on the mesh talks to the next coordinator; the one it talked to (still
+    /// running, or not) goes to the end of the line.
+    pub fn talk_to_the_next_coordinator(&mut self) {
+        assert!(!self.next_coordinators.is_empty(), "no other coordinator");
         let mut next = self.next_coordinators.remove(0);
+        let proc = next.proc.take().expect("the next coordinator runs");
+        let old = std::mem::replace(&mut self.coordinator, proc);
+        let (http, quic) = (self.http, self.quic);
         self.http = next.http;
         self.quic = next.quic;
-        self.coordinator = next.proc.take().expect("the next coordinator runs");
+        next.http = http;
+        next.quic = quic;
+        next.proc = Some(old);
+        self.next_coordinators.push(next);
     }
 
     fn start_store(
         heartbeat_ms: u64,
         extra: &str,
-        quic_ip: std::net::IpAddr,
+        (http_ip, quic_ip): (std::net::IpAddr, std::net::IpAddr),
+        prefix: &[String],
         store: Option<String>,
     ) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -291,7 +334,8 @@ impl Mesh {
         fs::write(
             &config,
             format!(
-                "http_listen = \"127.0.0.1:0\"\nquic_listen = \"{}\"\n{}heartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                "http_listen = \"{}\"\nquic_listen = \"{}\"\n{}heartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                SocketAddr::new(http_ip, 0),
                 SocketAddr::new(quic_ip, 0),
                 if store.is_some() { "" } else { "store_path = \"state.redb\"\n" },
                 store.as_deref().unwrap_or("")
@@ -318,7 +362,8 @@ impl Mesh {
         );
         let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let ready = dir.path().join("ready.json");
-        let coordinator = Proc::spawn(
+        let coordinator = spawn_under(
+            prefix,
             "coordinator",
             &bin("drmesh-coordinator"),
             &[
@@ -520,6 +565,27 @@ impl Mesh {
             "coordinator did not restart:\n{}",
             self.coordinator.log_text()
         );
+    }
+}
+
+/// Starts `program ARGS` as a [`Proc`], under `prefix` if any (e.g. `ip netns exec NS`,
+/// which execs the program, so the child's pid is the program's).
+pub fn spawn_under(
+    prefix: &[String],
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+) -> Proc {
+    match prefix.split_first() {
+        None => Proc::spawn(name, program, args, log),
+        Some((first, rest)) => {
+            let program = program.to_str().expect("program path is UTF-8");
+            let mut full: Vec<&str> = rest.iter().map(String::as_str).collect();
+            full.push(program);
+            full.extend_from_slice(args);
+            Proc::spawn(name, Path::new(first), &full, log)
+        }
     }
 }
 

@@ -1,14 +1,17 @@
 //! Failover benchmark (issue 5): time from a fault to the first write accepted through
 //! the database's DNS name on the new primary, for (a) the primary's PostgreSQL crashing
 //! (`kill -9` of the postmaster, agent alive) and (b) the primary's region cut off (both
-//! of its links down: database, agent and all), at a 500 ms heartbeat and a 5 s lease.
+//! of its links down: database, agent and all), at a 500 ms heartbeat and a 5 s lease;
+//! and (c, issue 19) the region holding the primary, the leading coordinator and one of
+//! three etcd members cut off (three regions, a coordinator and an etcd member in each,
+//! a 3 s leader lease).
 //!
 //! Each run builds a fresh mesh in network namespaces (`drmesh_tests::faults`), starts a
 //! client that resolves the name at BIND and writes every 50 ms, waits 1.5 s, causes the
 //! fault, and waits for the automatic failover to complete. Prints one line per run and a
 //! markdown table with the median and the worst.
 //!
-//!   drmesh-failover-bench [--runs N] [--kinds crash,cut]
+//!   drmesh-failover-bench [--runs N] [--kinds crash,cut,cut-leader]
 //!
 //! Needs root (namespaces) and the workspace binaries (`cargo build --workspace --bins`).
 #![allow(clippy::unwrap_used)]
@@ -24,7 +27,7 @@ struct Args {
     /// Runs per fault kind.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Which faults: `crash`, `cut`.
+    /// Which faults: `crash`, `cut`, `cut-leader`.
     #[arg(long, value_delimiter = ',', default_value = "crash,cut")]
     kinds: Vec<String>,
 }
@@ -36,7 +39,15 @@ struct Run {
 }
 
 fn one(kind: &str) -> Run {
-    let fm = FaultMesh::start(FaultOptions::default());
+    let mut fm = FaultMesh::start(if kind == "cut-leader" {
+        FaultOptions {
+            regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
+            coordinators_in_regions: true,
+            ..FaultOptions::default()
+        }
+    } else {
+        FaultOptions::default()
+    });
     let new = fm.db(1);
     let writer = Writer::start(fm.resolver(), Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(1500));
@@ -44,7 +55,11 @@ fn one(kind: &str) -> Run {
     match kind {
         "crash" => fm.crash_postgres(0),
         "cut" => fm.topo.cut(&fm.regions[0]),
-        other => panic!("unknown fault kind {other}: crash or cut"),
+        "cut-leader" => {
+            fm.topo.cut(&fm.regions[0]);
+            fm.mesh.talk_to_the_next_coordinator();
+        }
+        other => panic!("unknown fault kind {other}: crash, cut or cut-leader"),
     }
     let done = fm.failover_finished(Duration::from_secs(90));
     let failover_ms = fault.elapsed().as_millis();
@@ -107,6 +122,7 @@ fn main() {
         let name = match kind.as_str() {
             "crash" => "(a) primary PostgreSQL killed (kill -9), agent alive",
             "cut" => "(b) primary region cut off (both links down)",
+            "cut-leader" => "(c) region of the primary, the leading coordinator and an etcd member cut off (3 coordinators on etcd)",
             k => k,
         };
         println!(

@@ -121,6 +121,66 @@ fn a_primary_region_cut_off_fences_itself_before_the_standby_is_promoted() {
     );
 }
 
+/// Issue 19: the region holding the primary, the leading coordinator and one etcd member
+/// is cut off. The other two coordinators (with the other two members, a quorum) elect a
+/// leader, which waits out the primary's lease and fails over by itself; the old primary
+/// fenced itself first, and no acknowledged write is lost (synchronous standby).
+#[test]
+fn the_region_of_the_primary_and_the_leader_cut_off_the_others_elect_and_fail_over() {
+    let mut fm = FaultMesh::start(FaultOptions {
+        regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
+        coordinators_in_regions: true,
+        ..FaultOptions::default()
+    });
+    let leader = fm.mesh.get(drmesh_tests::regions::STATUS).body["coordinators"].clone();
+    assert_eq!(leader["standing"], "LEADER", "{leader:#}");
+    assert_eq!(leader["answeredBy"], "c0", "{leader:#}");
+    let (old, new, third) = (fm.db(0), fm.db(1), fm.db(2));
+    let limit = Duration::from_secs(120);
+    let writer = Writer::start(fm.resolver(), limit);
+    let inside = fm
+        .topo
+        .in_ns(&fm.regions[0], || Probe::start(vec![old], limit));
+    let outside = Probe::start(vec![new, third], limit);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let cut = Instant::now();
+    fm.topo.cut(&fm.regions[0]);
+    // The test asks c1 from now on (a follower forwards what the leader holds).
+    fm.mesh.talk_to_the_next_coordinator();
+    let done = fm.failover_finished(Duration::from_secs(90));
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = writer.stop();
+    let (inside, outside) = (inside.stop(), outside.stop());
+
+    assert_automatic_completion(&done);
+    assert_one_writable_at_a_time(&inside, &outside, &fm);
+    assert!(
+        outside.overlaps().is_empty() && outside.first_accepted(third).is_none(),
+        "only the failover's target took writes outside the cut region"
+    );
+    let c = &done["coordinators"];
+    assert_ne!(c["leader"], "c0", "{c:#}");
+    assert!(c["term"].as_i64() > leader["term"].as_i64(), "{c:#} after {leader:#}");
+    assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    let first = writes
+        .first_ack_by_after(new, cut)
+        .expect("a write through the name on the new primary after the cut");
+    assert_only_in_flight_acks(&writes, old, cut);
+    eprintln!(
+        "region of the primary and the leader cut: new leader {}, first write through the DNS \
+         name on the new primary {} ms after the cut",
+        c["leader"],
+        first.duration_since(cut).as_millis()
+    );
+    assert_eq!(fm.bind.answer(), vec![new.ip()]);
+    let missing = missing_writes(&writes, new);
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on the new primary: {missing:?}"
+    );
+}
+
 #[test]
 fn a_crashed_primary_postgres_fails_over_and_loses_no_acknowledged_write() {
     let fm = FaultMesh::start(FaultOptions::default());
