@@ -3,20 +3,52 @@
 # certificate, heartbeating at 2 Hz against one coordinator for HOLD seconds.
 #
 #   bash bench/heartbeat-scale.sh [N ...]        (default: 1000 2500 5000)
+#   STORE=etcd bash bench/heartbeat-scale.sh 5000 (the coordinator on a 3-member etcd
+#                                                  cluster on loopback, as the leader)
 #
 # Prints one JSON line per N and a markdown table. Both coordinator and load generator
-# run on this machine (the load generator takes CPU from the same two cores).
+# run on this machine (the load generator takes CPU from the same two cores): the
+# "loadgen late" column counts agents of the load generator that themselves sent a
+# heartbeat two intervals late during the hold (it starved), which the coordinator then
+# rightly marks SUSPECT. With etcd, "etcd writes/s" is the cluster's committed write
+# transactions (etcd_mvcc_txn_total + etcd_mvcc_put_total on one member) per second of
+# the hold: heartbeats are never written, only state changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOLD=${HOLD:-60s}
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 2500 5000)
 
+STORE=${STORE:-redb}
 cargo build --release -q --workspace --bins
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/drmesh-bench.XXXXXX)
-cleanup() { [ -n "${COORD_PID:-}" ] && kill "$COORD_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+ETCD_PIDS=()
+cleanup() {
+  [ -n "${COORD_PID:-}" ] && kill "$COORD_PID" 2>/dev/null
+  for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null; rm -rf "$WORK"
+}
 trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+STORE_TOML='store_path = "state.redb"'
+if [ "$STORE" = etcd ]; then
+  command -v etcd >/dev/null || { echo "etcd is missing: apt-get install -y etcd-server" >&2; exit 1; }
+  CLIENT=(); PEER=(); CLUSTER=""
+  for i in 0 1 2; do CLIENT+=("$(free_port)"); PEER+=("$(free_port)"); CLUSTER+="${CLUSTER:+,}m$i=http://127.0.0.1:${PEER[$i]}"; done
+  for i in 0 1 2; do
+    etcd --name "m$i" --data-dir "$WORK/etcd-$i" \
+      --listen-client-urls "http://127.0.0.1:${CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PEER[$i]}" \
+      --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token drmesh-bench \
+      --heartbeat-interval 100 --election-timeout 1000 > "$WORK/etcd-$i.log" 2>&1 &
+    ETCD_PIDS+=($!)
+  done
+  ETCD0=${CLIENT[0]}
+  ENDPOINTS="\"http://127.0.0.1:${CLIENT[0]}\", \"http://127.0.0.1:${CLIENT[1]}\", \"http://127.0.0.1:${CLIENT[2]}\""
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ETCD0/health" | grep -q true && break; sleep 0.2; done
+fi
 
 ulimit -n 65536 2>/dev/null || true
 $BIN/drmesh ca init --dir "$WORK/ca" >/dev/null
@@ -25,15 +57,22 @@ $BIN/drmesh ca issue coordinator --host localhost --dir "$WORK/ca" >/dev/null
 results=()
 for N in "${COUNTS[@]}"; do
   rm -f "$WORK/state.redb" "$WORK/ready.json"
+  if [ "$STORE" = etcd ]; then
+    STORE_TOML="[store]
+backend = \"etcd\"
+endpoints = [$ENDPOINTS]
+prefix = \"/bench-$N/\"
+name = \"bench\""
+  fi
   cat > "$WORK/coordinator.toml" <<TOML
 http_listen = "127.0.0.1:0"
 quic_listen = "127.0.0.1:0"
-store_path = "state.redb"
 heartbeat_interval = "500ms"
 [tls]
 ca_cert = "ca/ca.pem"
 cert = "ca/coordinator.pem"
 key = "ca/coordinator.key"
+$STORE_TOML
 TOML
   TOKEN=$($BIN/drmesh-coordinator --config "$WORK/coordinator.toml" create-token --role admin)
   RUST_LOG=warn $BIN/drmesh-coordinator --config "$WORK/coordinator.toml" --ready-file "$WORK/ready.json" \
@@ -42,21 +81,24 @@ TOML
   for _ in $(seq 100); do [ -s "$WORK/ready.json" ] && break; sleep 0.1; done
   HTTP=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$WORK/ready.json")
   QUIC=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["quic"])' "$WORK/ready.json")
+  ETCD_ARGS=(); [ "$STORE" = etcd ] && ETCD_ARGS=(--etcd-metrics "http://127.0.0.1:$ETCD0/metrics")
   line=$(DRMESH_TOKEN=$TOKEN $BIN/drmesh-loadgen --agents "$N" --quic "$QUIC" --ca-dir "$WORK/ca" \
-    --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD")
+    --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD" "${ETCD_ARGS[@]}")
+  line=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["store"]=sys.argv[2]; print(json.dumps(r))' "$line" "$STORE")
   echo "$line"
   results+=("$line")
   kill "$COORD_PID"; wait "$COORD_PID" 2>/dev/null || true; COORD_PID=
 done
 
 echo
-echo "| agents | connected | wrongly SUSPECT | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| store | agents | connected | wrongly SUSPECT | loadgen late (longest gap) | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update | etcd writes/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   python3 - "$r" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 us = lambda s: f"≤ {s*1e6:.0f} µs"
-print(f"| {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} |")
+w = r.get("etcdWritesPerSecond")
+print(f"| {r.get('store', 'redb')} | {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r.get('loadgenLateAgents', '-')} ({r.get('loadgenLongestGapMs', '-')} ms) | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} | {'-' if w is None else f'{w:.1f}'} |")
 PY
 done

@@ -82,6 +82,52 @@ pub struct Announcement {
     pub quic: String,
 }
 
+/// Until when this coordinator's leadership is proven: the send time of its last lease
+/// renewal that etcd confirmed, plus 2/3 of the lease (etcd counts the lease from its own
+/// receipt of that renewal, later). Read on every heartbeat acknowledgement and every
+/// command to an agent: a coordinator whose runtime stalled past its proof acts on
+/// nothing, even before it has noticed that it lost office. A sole coordinator's proof
+/// always holds.
+pub struct Proof {
+    base: Instant,
+    /// Nanoseconds after `base`; 0: no proof; `u64::MAX`: always.
+    until: std::sync::atomic::AtomicU64,
+}
+
+impl Proof {
+    pub fn always() -> Self {
+        Self {
+            base: Instant::now(),
+            until: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn none() -> Self {
+        Self {
+            base: Instant::now(),
+            until: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The proof now holds until `until`.
+    pub fn extend_to(&self, until: Instant) {
+        let nanos = until.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1).max(1);
+        self.until.store(nanos, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn revoke(&self) {
+        self.until.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the proof holds at `now`.
+    pub fn holds_at(&self, now: Instant) -> bool {
+        let until = self.until.load(std::sync::atomic::Ordering::SeqCst);
+        until == u64::MAX
+            || (until != 0 && now.saturating_duration_since(self.base).as_nanos() < until as u128)
+    }
+}
+
 /// One campaign round's pause: how soon a follower notices a vacant leader key.
 const ROUND: Duration = Duration::from_millis(250);
 
@@ -93,9 +139,11 @@ pub async fn campaign(
     me: Announcement,
     ttl: Duration,
     tx: watch::Sender<Leadership>,
+    proof: Arc<Proof>,
 ) {
     loop {
-        let err = hold_lease(&store, &me, ttl, &tx).await;
+        let err = hold_lease(&store, &me, ttl, &tx, &proof).await;
+        proof.revoke();
         store.set_guard(WriteGuard::Follower);
         let since = match &*tx.borrow() {
             Leadership::Cut { since, .. } => *since,
@@ -114,6 +162,7 @@ async fn hold_lease(
     me: &Announcement,
     ttl: Duration,
     tx: &watch::Sender<Leadership>,
+    proof: &Proof,
 ) -> String {
     let mut client = store.client();
     let request = (ttl / 3).max(Duration::from_millis(500));
@@ -164,7 +213,12 @@ async fn hold_lease(
             })
             .await
             {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    renewed = sent;
+                    if term.is_some() {
+                        proof.extend_to(renewed + ttl * 2 / 3);
+                    }
+                }
                 Ok(Ok(_)) => break "the lease expired".to_string(),
                 Ok(Err(e)) => warn!(error = %e, "etcd: renewing the lease failed"),
                 Err(_) => warn!("etcd: renewing the lease got no answer within {request:?}"),
@@ -232,6 +286,7 @@ async fn hold_lease(
         if resp.succeeded() {
             let t = resp.header().map(|h| h.revision()).unwrap_or(0);
             store.set_guard(WriteGuard::Leader { term: t });
+            proof.extend_to(renewed + ttl * 2 / 3);
             term = Some(t);
             info!(term = t, name = %me.name, "this coordinator leads");
             tx.send_replace(Leadership::Leader {
@@ -284,7 +339,9 @@ async fn hold_lease(
         }
         tokio::time::sleep(ROUND).await;
     };
-    // Leave at once: refuse writes, then say so, then free the key for the others.
+    // Leave at once: act on nothing, refuse writes, then say so, then free the key for
+    // the others.
+    proof.revoke();
     store.set_guard(WriteGuard::Follower);
     if term.is_some() {
         tx.send_replace(Leadership::Follower {
@@ -299,10 +356,29 @@ async fn hold_lease(
 }
 
 /// Gives up this coordinator's lease (and so its leadership, at once) on a clean stop.
-pub async fn resign(store: &EtcdStore) {
+pub async fn resign(store: &EtcdStore, proof: &Proof) {
+    proof.revoke();
     store.set_guard(WriteGuard::Follower);
     if let Some(lease) = store.own_lease() {
         let mut client = store.client();
         let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+    }
+}
+
+#[cfg(test)]
+mod proof_tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_holds_until_its_instant_and_not_once_revoked() {
+        let t0 = Instant::now();
+        let p = Proof::none();
+        assert!(!p.holds_at(t0));
+        p.extend_to(t0 + Duration::from_secs(2));
+        assert!(p.holds_at(t0 + Duration::from_secs(1)));
+        assert!(!p.holds_at(t0 + Duration::from_secs(2)));
+        p.revoke();
+        assert!(!p.holds_at(t0));
+        assert!(Proof::always().holds_at(t0 + Duration::from_secs(1_000_000)));
     }
 }

@@ -57,7 +57,12 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         Leadership::Sole
     };
     let (standing, leadership) = tokio::sync::watch::channel(initial);
-    let (coord, transitions) = Coordinator::new(config.clone(), store, leadership)?;
+    let proof = Arc::new(if etcd.is_some() {
+        crate::leader::Proof::none()
+    } else {
+        crate::leader::Proof::always()
+    });
+    let (coord, transitions) = Coordinator::new(config.clone(), store, leadership, proof.clone())?;
     if let Some(dns) = &config.dns {
         let provider = crate::dns::from_config(dns, coord.store.clone())
             .await
@@ -80,7 +85,13 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     tokio::spawn(crate::ops::retention::schedule(coord.clone()));
     tokio::spawn(crate::ops::storage::watch(coord.clone()));
     tokio::spawn(crate::ops::copies::schedule(coord.clone()));
-    tokio::spawn(coord.clone().apply_transitions(transitions));
+    {
+        let coord = coord.clone();
+        std::thread::Builder::new()
+            .name("transitions".into())
+            .spawn(move || coord.apply_transitions(transitions))
+            .context("start the transitions thread")?;
+    }
 
     let data = web::Data::new(coord.clone());
     let server = HttpServer::new(move || {
@@ -122,6 +133,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
             me,
             settings.leader_ttl,
             standing,
+            proof.clone(),
         ));
         tokio::spawn(crate::ops::quorum::watch(
             coord.clone(),
@@ -152,10 +164,10 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     info!("shutting down");
     if let Some(etcd) = &etcd {
         // Hand the leadership over at once rather than after the lease.
-        let etcd2 = etcd.clone();
+        let (etcd2, proof) = (etcd.clone(), proof.clone());
         let _ = etcd
             .handle()
-            .spawn(async move { crate::leader::resign(&etcd2).await })
+            .spawn(async move { crate::leader::resign(&etcd2, &proof).await })
             .await;
         coord.end_term();
     }

@@ -63,6 +63,8 @@ pub struct Coordinator {
     started: Mutex<Instant>,
     /// Where this coordinator stands among the coordinators ([`crate::leader`]).
     leadership: tokio::sync::watch::Receiver<crate::leader::Leadership>,
+    /// Until when its leadership is proven ([`crate::leader::Proof`]).
+    pub proof: Arc<crate::leader::Proof>,
     /// Whether it acts: from [`Coordinator::begin_term`] and the resumption of the
     /// stored work (`ops::office`) until [`Coordinator::end_term`].
     in_office: AtomicBool,
@@ -106,6 +108,7 @@ impl Coordinator {
         config: CoordinatorConfig,
         store: Arc<dyn Store>,
         leadership: tokio::sync::watch::Receiver<crate::leader::Leadership>,
+        proof: Arc<crate::leader::Proof>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Transition>), StoreError> {
         let now = Instant::now();
         let registry = load_registry(&config, store.as_ref(), now)?;
@@ -130,6 +133,7 @@ impl Coordinator {
                 mesh_view: Mutex::new(None),
                 started: Mutex::new(now),
                 leadership,
+                proof,
                 in_office: AtomicBool::new(false),
                 health: Mutex::new(BTreeMap::new()),
                 recent_callers: crate::auth::RecentCallers::default(),
@@ -171,6 +175,13 @@ impl Coordinator {
     /// agent commands run only while it is in office.
     pub fn in_office(&self) -> bool {
         self.in_office.load(Ordering::SeqCst)
+    }
+
+    /// Whether this coordinator may tell an agent anything now: in office, and its
+    /// leadership proven at this instant ([`crate::leader::Proof`]). Checked on every
+    /// heartbeat acknowledgement (which renews the agent's lease) and every command.
+    pub fn may_act(&self) -> bool {
+        self.in_office() && self.proof.holds_at(Instant::now())
     }
 
     /// The start of a term: what the previous leader left in the store is read again
@@ -392,8 +403,12 @@ impl Coordinator {
     }
 
     /// Logs each transition and raises or clears the matching alert.
-    pub async fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
-        while let Some(t) = rx.recv().await {
+    ///
+    /// Blocking: run it on a thread of its own. Raising and resolving an alert are store
+    /// transactions (an etcd round trip, a redb commit); on the runtime thread they would
+    /// hold up the heartbeats of every other agent while many change state at once.
+    pub fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
+        while let Some(t) = rx.blocking_recv() {
             if !self.in_office() {
                 continue;
             }

@@ -414,8 +414,14 @@ async fn receive_heartbeats(
 }
 
 /// Answers an accepted heartbeat (renewing the agent's lease), with the mesh view when
-/// the agent's is out of date.
+/// the agent's is out of date. Not while this coordinator's leadership is unproven: an
+/// acknowledgement sent after a successor could have been elected would renew a lease
+/// the successor is waiting out.
 fn acknowledge(conn: &quinn::Connection, coord: &Coordinator, seq: u64, generation: u64) {
+    if !coord.may_act() {
+        debug!("not acknowledged: this coordinator's leadership is not proven now");
+        return;
+    }
     let view = coord.mesh_view();
     let ack = CoordinatorMessage::V1(CoordinatorMessageV1::HeartbeatAck(
         drmesh_protocol::HeartbeatAck {
@@ -495,7 +501,7 @@ async fn exchange(
     timeout: Duration,
     mut on_progress: impl FnMut(drmesh_protocol::Progress),
 ) -> Result<CommandResult, TransportError> {
-    if !coord.in_office() {
+    if !coord.may_act() {
         return Err(TransportError::NotLeader);
     }
     let session = coord

@@ -72,11 +72,36 @@ fn one(kind: &str) -> Run {
     let first = writes
         .first_ack_by_after(new, fault)
         .expect("a write through the name on the new primary after the fault");
+    if first.duration_since(fault) > SLOW {
+        keep_logs(&fm, kind);
+    }
     Run {
         ms: first.duration_since(fault).as_millis(),
         failover_ms,
         lost: missing_writes(&writes, new).len(),
     }
+}
+
+/// A run slower than this keeps its coordinators' and agents' logs.
+const SLOW: Duration = Duration::from_secs(20);
+
+/// Copies the mesh directory's logs to `/tmp/drmesh-failover-bench-<kind>-<ms>/`.
+fn keep_logs(fm: &FaultMesh, kind: &str) {
+    let to = std::path::PathBuf::from(format!(
+        "/tmp/drmesh-failover-bench-{kind}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    let _ = std::fs::create_dir_all(&to);
+    for entry in std::fs::read_dir(fm.mesh.dir.path()).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log" || e == "toml") {
+            let _ = std::fs::copy(&path, to.join(entry.file_name()));
+        }
+    }
+    eprintln!("a slow run: its logs are in {}", to.display());
 }
 
 fn median(v: &mut [u128]) -> u128 {

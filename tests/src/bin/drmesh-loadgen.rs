@@ -4,9 +4,14 @@
 //! heartbeats every `--interval` on each, holds for `--hold`, and reports what the
 //! coordinator did meanwhile: agents wrongly marked SUSPECT/DOWN, its CPU and RSS (from
 //! /proc), and the p99 heartbeat-arrival-to-registry-update time (from /metrics).
+//!
+//! It also reports how many of its own agents sent late during the hold: a gap of two
+//! intervals or more between two heartbeats of one agent (the coordinator's default
+//! `suspect_after`), which is the load generator starving on the shared cores, not the
+//! coordinator. An agent wrongly SUSPECT that did not send late was the coordinator's.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +54,21 @@ struct Args {
     /// Handshakes in flight at once while ramping up.
     #[arg(long, default_value_t = 64)]
     ramp_concurrency: usize,
+    /// An etcd member's metrics URL (`http://HOST:PORT/metrics`): its committed writes
+    /// (`etcd_mvcc_put_total` + `etcd_mvcc_txn_total`) over the hold are reported.
+    #[arg(long)]
+    etcd_metrics: Option<String>,
+}
+
+/// etcd's committed writes so far, from its metrics.
+fn etcd_writes(url: &str) -> anyhow::Result<f64> {
+    let text = ureq::get(url).call()?.into_string()?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| *name == "etcd_mvcc_put_total" || *name == "etcd_mvcc_txn_total")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum())
 }
 
 fn unix_ms() -> u64 {
@@ -167,6 +187,12 @@ struct Shared {
     failures: AtomicU64,
     stop: tokio::sync::Notify,
     ramp: tokio::sync::Semaphore,
+    /// Set during the hold window.
+    holding: AtomicBool,
+    /// Agents that sent late at least once during the hold (see the module docs).
+    late_agents: AtomicU64,
+    /// The longest gap between two heartbeats of one agent during the hold, in ms.
+    longest_gap_ms: AtomicU64,
 }
 
 async fn run_agent(
@@ -212,12 +238,26 @@ async fn run_agent(
     tokio::time::sleep(offset).await;
     let mut ticker = tokio::time::interval(interval);
     let mut seq = 0;
+    let mut last_sent: Option<Instant> = None;
+    let mut was_late = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.notified() => break,
             e = conn.closed() => bail!("{id}: connection closed: {e}"),
         }
+        let now = Instant::now();
+        if let (Some(last), true) = (last_sent, shared.holding.load(Ordering::Relaxed)) {
+            let gap = now.duration_since(last);
+            shared
+                .longest_gap_ms
+                .fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+            if gap >= interval * 2 && !was_late {
+                was_late = true;
+                shared.late_agents.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        last_sent = Some(now);
         seq += 1;
         let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
             seq,
@@ -290,6 +330,9 @@ fn main() -> anyhow::Result<()> {
             failures: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
             ramp: tokio::sync::Semaphore::new(args.ramp_concurrency),
+            holding: AtomicBool::new(false),
+            late_agents: AtomicU64::new(0),
+            longest_gap_ms: AtomicU64::new(0),
         });
         let ramp_start = Instant::now();
         let mut tasks = Vec::new();
@@ -328,14 +371,25 @@ fn main() -> anyhow::Result<()> {
             move || scrape(&u, &t)
         })
         .await??;
+        let etcd_url = args.etcd_metrics.clone();
+        let etcd_before = match etcd_url.clone() {
+            Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
+            None => None,
+        };
         let cpu_before = sample(args.coordinator_pid)?;
         let mut max_rss = cpu_before.rss_kib;
         let hold_end = Instant::now() + *args.hold;
+        shared.holding.store(true, Ordering::Relaxed);
         while Instant::now() < hold_end {
             tokio::time::sleep(Duration::from_secs(1)).await;
             max_rss = max_rss.max(sample(args.coordinator_pid)?.rss_kib);
         }
+        shared.holding.store(false, Ordering::Relaxed);
         let cpu_after = sample(args.coordinator_pid)?;
+        let etcd_after = match etcd_url {
+            Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
+            None => None,
+        };
         let after = tokio::task::spawn_blocking(move || scrape(&url, &token)).await??;
         stop.notify_waiters();
         for t in tasks {
@@ -355,6 +409,9 @@ fn main() -> anyhow::Result<()> {
             "holdSeconds": seconds,
             "wronglySuspect": after.suspect - before.suspect,
             "wronglyDown": after.down - before.down,
+            "etcdWritesPerSecond": etcd_before.zip(etcd_after).map(|(b, a)| (a - b) / seconds),
+            "loadgenLateAgents": shared.late_agents.load(Ordering::Relaxed),
+            "loadgenLongestGapMs": shared.longest_gap_ms.load(Ordering::Relaxed),
             "heartbeatsPerSecond": rate,
             "coordinatorCpuCores": cores,
             "coordinatorRssMiB": max_rss as f64 / 1024.0,
