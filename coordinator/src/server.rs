@@ -75,7 +75,8 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
 
     if etcd.is_none() {
         // Alone: in office from the start, resuming what the last run left.
-        crate::ops::office::take(&coord).context("resume the stored work")?;
+        crate::ops::office::take(&coord, std::time::Instant::now())
+            .context("resume the stored work")?;
     }
     tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
     tokio::spawn(coord.clone().watch_liveness());

@@ -186,10 +186,15 @@ impl Coordinator {
 
     /// The start of a term: what the previous leader left in the store is read again
     /// (the epoch it raised, the agents it met, the mesh key), and the lease clock
-    /// starts now — no agent's lease can have been renewed by this coordinator before,
-    /// so a silent primary is waited out as after a restart. Work stored as running is
-    /// resumed by `ops::office`, which then declares the coordinator in office.
-    pub fn begin_term(&self) -> Result<(), StoreError> {
+    /// starts at `acts_from` — no agent's lease can have been renewed by an earlier term
+    /// after it, so a silent primary is waited out as after a restart. Work stored as
+    /// running is resumed by `ops::office`, which then declares the coordinator in
+    /// office.
+    ///
+    /// `acts_from` is when the previous term's acknowledgements surely ended, which
+    /// starts this coordinator's lease clock (`Timing::started`): now, for a coordinator
+    /// starting alone; for an elected one, see [`crate::ops::office::term_start`].
+    pub fn begin_term(&self, acts_from: Instant) -> Result<(), StoreError> {
         let now = Instant::now();
         let epoch = self
             .store
@@ -210,7 +215,7 @@ impl Coordinator {
         let registry = load_registry(&self.config, self.store.as_ref(), now)?;
         *self.registry.lock() = registry;
         *self.mesh_view.lock() = None;
-        *self.started.lock() = now;
+        *self.started.lock() = acts_from.min(now);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! starts alone) and when it stops leading.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
@@ -15,8 +15,8 @@ use crate::store::StoreError;
 /// agents report to it, not to this coordinator), declares this coordinator in office,
 /// and resumes every failover stored as running — each from its stored step, with its
 /// own epoch.
-pub fn take(coord: &Arc<Coordinator>) -> Result<(), StoreError> {
-    coord.begin_term()?;
+pub fn take(coord: &Arc<Coordinator>, acts_from: Instant) -> Result<(), StoreError> {
+    coord.begin_term(acts_from)?;
     let store = coord.store.as_ref();
     let interrupted = crate::ops::documents::fail_interrupted(store)?
         + crate::ops::database::fail_interrupted(store)?
@@ -52,7 +52,7 @@ pub async fn follow(coord: Arc<Coordinator>) {
                 // leave an elected leader idle.
                 let mut pause = Duration::from_millis(200);
                 while coord.leadership().leads() && !coord.in_office() {
-                    match take(&coord) {
+                    match take(&coord, term_start(&standing, leader_ttl(&coord))) {
                         Ok(()) => info!(term = ?standing.term(), "in office"),
                         Err(e) => {
                             error!(error = %e, "taking office failed; trying again");
@@ -74,6 +74,28 @@ pub async fn follow(coord: Arc<Coordinator>) {
     }
 }
 
+/// When the previous term's acknowledgements surely ended, for a coordinator taking
+/// office in `standing`: an elected leader's predecessor acknowledged nothing after its
+/// proof ran out ([`crate::leader::Proof`]: a confirmed renewal's send time + 2/3 of the
+/// lease), and the leader key outlives that renewal by the whole lease, so every
+/// acknowledgement of an earlier term precedes this election by at least a third of the
+/// lease. A coordinator alone starts its clock now.
+pub fn term_start(standing: &Leadership, leader_ttl: Option<Duration>) -> Instant {
+    match (standing, leader_ttl) {
+        (Leadership::Leader { since, .. }, Some(ttl)) => {
+            since.checked_sub(ttl / 3).unwrap_or(*since)
+        }
+        _ => Instant::now(),
+    }
+}
+
+fn leader_ttl(coord: &Coordinator) -> Option<Duration> {
+    match &coord.config.store {
+        crate::store::settings::StoreConfig::Etcd(s) => Some(s.leader_ttl),
+        crate::store::settings::StoreConfig::Redb { .. } => None,
+    }
+}
+
 fn describe(l: &Leadership) -> String {
     match l {
         Leadership::Sole => "sole".into(),
@@ -84,5 +106,29 @@ fn describe(l: &Leadership) -> String {
             term.map_or("-".into(), |t| t.to_string())
         ),
         Leadership::Cut { error, .. } => format!("cut off from etcd: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_elected_leader_counts_from_a_third_of_the_lease_before_its_election() {
+        let since = Instant::now();
+        let leader = Leadership::Leader {
+            term: 7,
+            since,
+            members: Vec::new(),
+        };
+        let ttl = Duration::from_secs(3);
+        assert_eq!(
+            term_start(&leader, Some(ttl)),
+            since - Duration::from_secs(1)
+        );
+        // Alone, or without a lease: now.
+        let before = Instant::now();
+        assert!(term_start(&Leadership::Sole, None) >= before);
+        assert!(term_start(&leader, None) >= before);
     }
 }

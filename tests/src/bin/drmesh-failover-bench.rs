@@ -95,7 +95,11 @@ fn keep_logs(fm: &FaultMesh, kind: &str) {
             .unwrap_or(0)
     ));
     let _ = std::fs::create_dir_all(&to);
-    for entry in std::fs::read_dir(fm.mesh.dir.path()).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(fm.mesh.dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "log" || e == "toml") {
             let _ = std::fs::copy(&path, to.join(entry.file_name()));

@@ -161,7 +161,10 @@ fn the_region_of_the_primary_and_the_leader_cut_off_the_others_elect_and_fail_ov
     );
     let c = &done["coordinators"];
     assert_ne!(c["leader"], "c0", "{c:#}");
-    assert!(c["term"].as_i64() > leader["term"].as_i64(), "{c:#} after {leader:#}");
+    assert!(
+        c["term"].as_i64() > leader["term"].as_i64(),
+        "{c:#} after {leader:#}"
+    );
     assert!(drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
     let first = writes
         .first_ack_by_after(new, cut)

@@ -627,6 +627,27 @@ fn a_redb_state_migrated_to_etcd_and_back_loses_nothing() {
     );
     assert_eq!(plans.status, 200, "{}", plans.text);
     assert!(plans.text.contains("production_dr_plan"), "{}", plans.text);
+    // `config:PATH` names the store of a coordinator.toml (with its TLS and user): the
+    // same etcd store, where c0 leads now: refused.
+    let config = format!("config:{}", ha.coords[0].config.display());
+    let (ok, _, err) = run_cli(&[
+        "store",
+        "migrate",
+        "--from",
+        &format!("redb:{}", mesh.dir.path().join("back.redb").display()),
+        "--to",
+        &config,
+    ]);
+    assert!(!ok && err.contains("c0 leads"), "{err}");
+    let (ok, _, err) = run_cli(&[
+        "store",
+        "migrate",
+        "--from",
+        "config:/nonexistent.toml",
+        "--to",
+        &to,
+    ]);
+    assert!(!ok && err.contains("nonexistent"), "{err}");
 }
 
 fn run_cli(args: &[&str]) -> (bool, String, String) {
