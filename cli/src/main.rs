@@ -53,10 +53,11 @@ enum StoreCmd {
     /// (redb to etcd to move to several coordinators, and back). Stop every coordinator
     /// first.
     Migrate {
-        /// `redb:PATH` or `etcd:URL[,URL…]`.
+        /// `redb:PATH`, `etcd:URL[,URL…]`, or `config:PATH` (the `[store]` of that
+        /// coordinator.toml, with its TLS and user).
         #[arg(long)]
         from: String,
-        /// `redb:PATH` or `etcd:URL[,URL…]`.
+        /// `redb:PATH`, `etcd:URL[,URL…]`, or `config:PATH`.
         #[arg(long)]
         to: String,
         /// The etcd key prefix (`[store] prefix`). Default `/drmesh/`.

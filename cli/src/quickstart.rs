@@ -21,6 +21,10 @@
 //! server, has a different answer after a failover. Once the mesh is up the quickstart
 //! creates the runbook's DR plan, `production_dr_plan`; its notification channels,
 //! `slack` and `email`, deliver to local sinks that append to `DIR/notifications/`.
+//!
+//! With `--ha` the one coordinator becomes three, one per region, on a three-member etcd
+//! cluster the quickstart runs too (`quickstart/ha.rs`): the agents know all three,
+//! `drmesh.env` names all three URLs, and a killed leader is replaced by another.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -34,12 +38,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use drmesh_pg::local::{self, LocalCluster, PgBin, PgNetwork};
-use drmesh_protocol::api::{AgentState, DrPlan, DrStatus, Role};
+use drmesh_protocol::api::{AgentState, DrPlan, DrStatus, Role, Standing};
 use drmesh_protocol::pki::{self, Validity};
 use drmesh_protocol::{AgentId, RegionId};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
+
+mod ha;
 
 /// The regions of the quickstart mesh; the first holds the primary.
 const REGIONS: [&str; 3] = ["us-west-2", "us-east-1", "eu-west-1"];
@@ -100,6 +106,16 @@ pub struct Opts {
     /// db.drmesh.local; 0 picks a free port (printed, and in DIR/drmesh.env).
     #[arg(long, default_value_t = 0)]
     dns_port: u16,
+    /// Three coordinators, one per region, on a three-member etcd cluster (also run
+    /// here, from Debian's etcd-server), instead of one on a local file: kill the
+    /// leader and another takes over. The first coordinator's REST API is on
+    /// --http-port, its DNS server on --dns-port.
+    #[arg(long)]
+    ha: bool,
+    /// With --ha: the leader's lease ([store] leader_ttl); another coordinator leads
+    /// within about this long after the leader dies.
+    #[arg(long, default_value = "5s", requires = "ha")]
+    leader_ttl: humantime::Duration,
 }
 
 /// Remembered between runs so a second quickstart on the same directory reuses clusters.
@@ -114,6 +130,10 @@ struct State {
     /// in directories made before the environments existed (picked then).
     #[serde(default)]
     env_ports: BTreeMap<String, u16>,
+    /// The etcd members' and the other coordinators' ports, from the first `--ha` run;
+    /// kept by runs without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ha: Option<ha::HaState>,
 }
 
 /// A process the quickstart runs and, once the mesh is up, keeps running.
@@ -122,6 +142,8 @@ struct Part {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+    /// How long it stays dead before it is started again.
+    restart_delay: Duration,
     /// Absent while it is dead and waiting to be started again.
     child: Option<Child>,
     /// When it was found dead.
@@ -143,13 +165,15 @@ struct Mesh {
 }
 
 impl Mesh {
-    /// Starts `program` as the part `name`, its output into `log` (a new file).
+    /// Starts `program` as the part `name`, its output into `log` (a new file); once
+    /// dead, it is started again `restart_delay` later.
     fn start(
         &mut self,
         name: &str,
         program: &Path,
         args: &[&str],
         log: &Path,
+        restart_delay: Duration,
     ) -> anyhow::Result<()> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let child = spawn(name, program, &args, log, false)?;
@@ -158,6 +182,7 @@ impl Mesh {
             program: program.to_path_buf(),
             args,
             log: log.to_path_buf(),
+            restart_delay,
             child: Some(child),
             died: None,
             restarts: Vec::new(),
@@ -167,7 +192,7 @@ impl Mesh {
     }
 
     /// One round of supervision: a part found dead is reported, and started again
-    /// [`RESTART_DELAY`] later unless it was restarted [`RESTART_BURST`] times within
+    /// its restart delay later unless it was restarted [`RESTART_BURST`] times within
     /// [`RESTART_WINDOW`]. The rest of the mesh runs on meanwhile.
     fn supervise(&mut self) {
         let now = Instant::now();
@@ -179,7 +204,7 @@ impl Mesh {
                         "{} exited unexpectedly ({status}); the rest of the mesh runs on, and \
                          it is started again in {} s (see {})",
                         part.name,
-                        RESTART_DELAY.as_secs(),
+                        part.restart_delay.as_secs(),
                         part.log.display()
                     ),
                     Err(e) => eprintln!("{}: {e}; starting it again", part.name),
@@ -189,7 +214,7 @@ impl Mesh {
                 continue;
             }
             let Some(died) = part.died else { continue };
-            if part.given_up || now.duration_since(died) < RESTART_DELAY {
+            if part.given_up || now.duration_since(died) < part.restart_delay {
                 continue;
             }
             part.restarts
@@ -216,7 +241,7 @@ impl Mesh {
                     eprintln!(
                         "{}: {e:#}; trying again in {} s",
                         part.name,
-                        RESTART_DELAY.as_secs()
+                        part.restart_delay.as_secs()
                     );
                     part.died = Some(now);
                     part.restarts.push(now);
@@ -707,6 +732,13 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let coordinator_bin = sibling_binary("drmesh-coordinator")?;
     let agent_bin = sibling_binary("drmesh-agent")?;
     let bin = PgBin::find()?;
+    // Found before anything starts: a missing etcd stops the quickstart at once.
+    let etcd_bin = if opts.ha {
+        ha::check_leader_ttl(*opts.leader_ttl)?;
+        Some(ha::etcd_program()?)
+    } else {
+        None
+    };
 
     // 1. Certificates.
     let ca_dir = dir.join("ca");
@@ -734,6 +766,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 .collect::<Result<_, _>>()?,
             pg_hosts: (0..REGIONS.len()).map(region_host).collect(),
             env_ports: BTreeMap::new(),
+            ha: None,
         },
     };
     if state.pg_hosts.len() != REGIONS.len() {
@@ -747,6 +780,16 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 e.insert(local::free_port()?);
             }
         }
+    }
+    if opts.ha {
+        let taken: Vec<u16> = state
+            .pg_ports
+            .iter()
+            .chain(state.env_ports.values())
+            .chain([&opts.http_port, &opts.dns_port])
+            .copied()
+            .collect();
+        state.ha = Some(ha::HaState::complete(state.ha.take(), &taken)?);
     }
     fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
     let pg_dir = dir.join("pg");
@@ -803,56 +846,36 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         mesh.clusters.push(cluster);
     }
 
-    // 3. Coordinator, with a fresh admin token written into its store first.
-    let coord_dir = dir.join("coordinator");
-    let store_path = coord_dir.join("state.redb");
-    let token = drmesh_coordinator::admin::create_token(
-        &store_path,
-        Role::Admin,
-        Some("quickstart".into()),
-    )?;
+    // 3. The coordinator, or (--ha) the etcd cluster and one coordinator per region,
+    // with a fresh admin token written into the store first.
     let sinks = Sinks::start(&dir.join("notifications"))?;
-    let regions: Vec<String> = REGIONS.iter().map(|r| format!("\"{r}\"")).collect();
-    let coord_config = coord_dir.join("coordinator.toml");
-    let primary_host = mesh.clusters[0].host();
-    let write_coord_config = |quic: &str, dns: &str| {
-        fs::write(
-            &coord_config,
-            format!(
-                "http_listen = \"127.0.0.1:{}\"\nquic_listen = \"{quic}\"\nstore_path = {}\nheartbeat_interval = \"{heartbeat}\"\nregions = [{}]\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[dns]\nprovider = \"embedded\"\nrecord = \"{DB_NAME}\"\nlisten = \"{dns}\"\ninitial = \"{primary_host}\"\n{}",
-                opts.http_port,
-                toml_str(&store_path),
-                regions.join(", "),
-                toml_str(&pki::ca_files(&ca_dir).cert),
-                toml_str(&coord_files.cert),
-                toml_str(&coord_files.key),
-                sinks.config(),
-            ),
-        )
-        .with_context(|| format!("write {}", coord_config.display()))
+    let base = CoordinatorBase {
+        program: coordinator_bin,
+        heartbeat: heartbeat.clone(),
+        regions: REGIONS
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ca_cert: pki::ca_files(&ca_dir).cert,
+        cert: coord_files.cert.clone(),
+        key: coord_files.key.clone(),
+        primary_host: mesh.clusters[0].host(),
+        notify: sinks.config(),
     };
-    write_coord_config("127.0.0.1:0", &format!("127.0.0.1:{}", opts.dns_port))?;
-    let ready = coord_dir.join("ready.json");
-    let _ = fs::remove_file(&ready);
-    let coord_log = dir.join("logs/coordinator.log");
-    mesh.start(
-        "coordinator",
-        &coordinator_bin,
-        &[
-            "--config",
-            &coord_config.display().to_string(),
-            "--ready-file",
-            &ready.display().to_string(),
-        ],
-        &coord_log,
-    )?;
-    let ready = wait_ready(&ready, &mut mesh, &coord_log)?;
-    let quic = ready.quic.to_string();
-    let dns = ready
-        .dns
-        .context("the coordinator's ready file names no DNS server although [dns] is set")?;
-    // A restarted coordinator listens where the agents and drmesh.env expect it.
-    write_coord_config(&quic, &dns.to_string())?;
+    let coordinators = match (&state.ha, &etcd_bin) {
+        (Some(ha_state), Some(etcd)) => start_ha_coordinators(
+            &mut mesh,
+            &base,
+            &opts,
+            &dir,
+            etcd,
+            ha_state,
+            &state.pg_hosts,
+        )?,
+        _ => start_sole_coordinator(&mut mesh, &base, &opts, &dir)?,
+    };
+    let token = &coordinators.token;
 
     // 4. One agent per region, each with the same [database] table; the primary
     // region's also backs up the uploads.
@@ -868,10 +891,14 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         // The region's own address: its PostgreSQL's (which the agent advertises, and
         // the DNS name points at when it is primary) and its mesh probes'.
         let host = state.pg_hosts[i];
+        let coordinator = match coordinators.quic.as_slice() {
+            [one] => format!("coordinator = \"{one}\""),
+            all => ha::agent_coordinators(all, i),
+        };
         fs::write(
             &config,
             format!(
-                "id = \"{id}\"\nregion = \"{region}\"\ncoordinator = \"{quic}\"\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{heartbeat}\"\ndata_dir = {}\nmesh_listen = \"{host}:0\"\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[postgres]\nconninfo = \"host={host} port={} user=postgres dbname=postgres\"\n",
+                "id = \"{id}\"\nregion = \"{region}\"\n{coordinator}\ncoordinator_name = \"localhost\"\nheartbeat_interval = \"{heartbeat}\"\ndata_dir = {}\nmesh_listen = \"{host}:0\"\n\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[postgres]\nconninfo = \"host={host} port={} user=postgres dbname=postgres\"\n",
                 toml_str(&pg_dir),
                 toml_str(&pki::ca_files(&ca_dir).cert),
                 toml_str(&files.cert),
@@ -886,11 +913,13 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             &agent_bin,
             &["--config", &config.display().to_string()],
             &log,
+            RESTART_DELAY,
         )?;
     }
 
     // 5. The operator's environment.
-    let url = format!("http://127.0.0.1:{}", opts.http_port);
+    let url = coordinators.urls.join(",");
+    let dns = coordinators.dns[0];
     let env_path = dir.join("drmesh.env");
     write_private(
         &env_path,
@@ -928,12 +957,29 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         "drmesh quickstart is running ({} regions).",
         status.regions.len()
     );
+    // curl takes one URL: with several, the first (any coordinator answers).
+    let api = if coordinators.urls.len() > 1 {
+        "${DRMESH_URL%%,*}"
+    } else {
+        "$DRMESH_URL"
+    };
     println!("  source {}", env_path.display());
     println!("  drmesh status");
-    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/monitoring/dashboard");
-    println!("  curl -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/documents/backup");
+    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/monitoring/dashboard");
+    println!("  curl -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/documents/backup");
     println!("  drmesh backups list              # database backups");
     println!("  drmesh repo snapshots            # the document repository, offline");
+    if let (true, Some(ha_state)) = (opts.ha, &state.ha) {
+        for line in ha::summary(
+            &coordinators.urls,
+            &token.token,
+            ha_state,
+            &coordinators.dns,
+            &dir,
+        ) {
+            println!("{line}");
+        }
+    }
     println!(
         "Documents: {} is backed up to {} (plain archives in {}).",
         dir.join("uploads").display(),
@@ -946,8 +992,13 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         key.display()
     );
     println!("  drmesh repo restore --repo \"$DRMESH_DATABASE_REPO\" --time \"$(date -u +%FT%TZ)\" --target /tmp/pitr --port 5499");
+    let server = if coordinators.dns.len() > 1 {
+        "every coordinator's embedded DNS server, the first"
+    } else {
+        "the coordinator's embedded DNS server"
+    };
     println!(
-        "Database name: {DB_NAME} answers {answer} (the primary's PostgreSQL; a failover points it at the new primary), from the coordinator's embedded DNS server at {dns}:"
+        "Database name: {DB_NAME} answers {answer} (the primary's PostgreSQL; a failover points it at the new primary), from {server} at {dns}:"
     );
     println!("  dig @{} -p {} {DB_NAME}", dns.ip(), dns.port());
     let ports: Vec<String> = mesh
@@ -975,7 +1026,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         ),
         None => println!("DR plan {PLAN_ID} is missing (see above):"),
     }
-    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" $DRMESH_URL/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
+    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
     println!(
         "Logs are in {}. Press Ctrl-C to stop everything.",
         dir.join("logs").display()
@@ -986,6 +1037,213 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     mesh.stop();
     println!("stopped.");
     outcome
+}
+
+/// What every coordinator's configuration shares: whichever leads acts with its own.
+struct CoordinatorBase {
+    program: PathBuf,
+    heartbeat: String,
+    /// `"us-west-2", "us-east-1", …`
+    regions: String,
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The DNS name's answer before the first failover.
+    primary_host: IpAddr,
+    /// The `[notify.*]` tables.
+    notify: String,
+}
+
+/// Where a coordinator keeps its state.
+enum StoreLines {
+    /// `store_path`: one coordinator.
+    Redb(PathBuf),
+    /// The `[store]` table naming the etcd cluster.
+    Etcd(String),
+}
+
+/// One coordinator as the quickstart runs it.
+struct CoordinatorSpec {
+    /// Its part's name.
+    name: String,
+    /// Holds its `coordinator.toml` and `ready.json`.
+    dir: PathBuf,
+    log: PathBuf,
+    http: SocketAddr,
+    /// Port 0 on the first start; then where it listened.
+    quic: SocketAddr,
+    /// Its embedded DNS server; port 0 as `quic`.
+    dns: SocketAddr,
+    store: StoreLines,
+    restart_delay: Duration,
+}
+
+impl CoordinatorSpec {
+    fn config(&self) -> PathBuf {
+        self.dir.join("coordinator.toml")
+    }
+
+    /// Its `coordinator.toml`. Beside others on etcd it says where it is reached
+    /// (`http_advertise`, `quic_advertise`: shown in the status, and the address a
+    /// follower sends agents to when it leads).
+    fn toml(&self, base: &CoordinatorBase) -> String {
+        let etcd = matches!(self.store, StoreLines::Etcd(_));
+        let mut top = format!("http_listen = \"{}\"\n", self.http);
+        if etcd {
+            top += &format!("http_advertise = \"http://{}\"\n", self.http);
+        }
+        top += &format!("quic_listen = \"{}\"\n", self.quic);
+        if etcd && self.quic.port() != 0 {
+            top += &format!("quic_advertise = \"{}\"\n", self.quic);
+        }
+        let table = match &self.store {
+            StoreLines::Redb(path) => {
+                top += &format!("store_path = {}\n", toml_str(path));
+                String::new()
+            }
+            StoreLines::Etcd(table) => table.clone(),
+        };
+        format!(
+            "{top}heartbeat_interval = \"{}\"\nregions = [{}]\n{table}\n[tls]\nca_cert = {}\ncert = {}\nkey = {}\n\n[dns]\nprovider = \"embedded\"\nrecord = \"{DB_NAME}\"\nlisten = \"{}\"\ninitial = \"{}\"\n{}",
+            base.heartbeat,
+            base.regions,
+            toml_str(&base.ca_cert),
+            toml_str(&base.cert),
+            toml_str(&base.key),
+            self.dns,
+            base.primary_host,
+            base.notify,
+        )
+    }
+
+    fn write(&self, base: &CoordinatorBase) -> anyhow::Result<()> {
+        let path = self.config();
+        fs::write(&path, self.toml(base)).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// The coordinators running, as the agents and the operator reach them.
+struct Coordinators {
+    token: drmesh_protocol::api::CreatedToken,
+    /// Their REST APIs, the first on `--http-port`.
+    urls: Vec<String>,
+    quic: Vec<SocketAddr>,
+    /// Their embedded DNS servers.
+    dns: Vec<SocketAddr>,
+}
+
+/// Starts the coordinator `spec` and waits until it listens; then pins its QUIC and DNS
+/// ports in its configuration, so a restarted coordinator listens where the agents and
+/// `drmesh.env` expect it.
+fn start_coordinator(
+    mesh: &mut Mesh,
+    base: &CoordinatorBase,
+    spec: &mut CoordinatorSpec,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(&spec.dir).with_context(|| format!("create {}", spec.dir.display()))?;
+    spec.write(base)?;
+    let ready = spec.dir.join("ready.json");
+    let _ = fs::remove_file(&ready);
+    mesh.start(
+        &spec.name,
+        &base.program,
+        &[
+            "--config",
+            &spec.config().display().to_string(),
+            "--ready-file",
+            &ready.display().to_string(),
+        ],
+        &spec.log,
+        spec.restart_delay,
+    )?;
+    let ready = wait_ready(&ready, mesh, &spec.log)?;
+    spec.quic = ready.quic;
+    spec.dns = ready
+        .dns
+        .context("the coordinator's ready file names no DNS server although [dns] is set")?;
+    spec.write(base)
+}
+
+/// The one coordinator on `DIR/coordinator/state.redb`, its admin token written there
+/// first (redb is locked while the coordinator runs).
+fn start_sole_coordinator(
+    mesh: &mut Mesh,
+    base: &CoordinatorBase,
+    opts: &Opts,
+    dir: &Path,
+) -> anyhow::Result<Coordinators> {
+    let coord_dir = dir.join("coordinator");
+    let store_path = coord_dir.join("state.redb");
+    let token = drmesh_coordinator::admin::create_token(
+        &store_path,
+        Role::Admin,
+        Some("quickstart".into()),
+    )?;
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut spec = CoordinatorSpec {
+        name: "coordinator".into(),
+        dir: coord_dir,
+        log: dir.join("logs/coordinator.log"),
+        http: SocketAddr::new(localhost, opts.http_port),
+        quic: SocketAddr::new(localhost, 0),
+        dns: SocketAddr::new(localhost, opts.dns_port),
+        store: StoreLines::Redb(store_path),
+        restart_delay: RESTART_DELAY,
+    };
+    start_coordinator(mesh, base, &mut spec)?;
+    Ok(Coordinators {
+        token,
+        urls: vec![format!("http://{}", spec.http)],
+        quic: vec![spec.quic],
+        dns: vec![spec.dns],
+    })
+}
+
+/// `--ha`: the three etcd members, the admin token written into etcd, then one
+/// coordinator per region (`DIR/coordinator/<region>/`), each with its QUIC and DNS
+/// servers on its region's address.
+fn start_ha_coordinators(
+    mesh: &mut Mesh,
+    base: &CoordinatorBase,
+    opts: &Opts,
+    dir: &Path,
+    etcd: &Path,
+    state: &ha::HaState,
+    hosts: &[IpAddr],
+) -> anyhow::Result<Coordinators> {
+    let ttl = *opts.leader_ttl;
+    ha::start_etcd(mesh, dir, etcd, state)?;
+    let token = ha::create_token(mesh, dir, state, ttl)?;
+    let mut out = Coordinators {
+        token,
+        urls: Vec::new(),
+        quic: Vec::new(),
+        dns: Vec::new(),
+    };
+    for (i, region) in REGIONS.iter().enumerate() {
+        let host = hosts[i];
+        let mut spec = CoordinatorSpec {
+            name: format!("coordinator {region}"),
+            dir: dir.join("coordinator").join(region),
+            log: dir.join(format!("logs/coordinator-{region}.log")),
+            http: ha::http_addr(state, opts.http_port, i),
+            quic: SocketAddr::new(host, 0),
+            dns: SocketAddr::new(host, if i == 0 { opts.dns_port } else { 0 }),
+            store: StoreLines::Etcd(ha::store_table(state, region, ttl)),
+            // Back only once the others have elected a successor (a lease and a
+            // round): a killed leader is replaced, as a lost region's would be.
+            restart_delay: ttl + RESTART_DELAY,
+        };
+        start_coordinator(mesh, base, &mut spec)?;
+        println!(
+            "coordinator {region}: REST API http://{}, QUIC {}, DNS {}",
+            spec.http, spec.quic, spec.dns
+        );
+        out.urls.push(format!("http://{}", spec.http));
+        out.quic.push(spec.quic);
+        out.dns.push(spec.dns);
+    }
+    Ok(out)
 }
 
 /// While the mesh comes up, a part that exits is a mistake to report, not to restart.
@@ -1041,7 +1299,12 @@ fn wait_mesh_up(client: &Client, mesh: &mut Mesh) -> anyhow::Result<DrStatus> {
                 && agents
                     .iter()
                     .all(|a| a.state == AgentState::Up && a.role.is_some());
-            if all_up && status.primary_region.is_some() {
+            // With several coordinators, one leads (the status came through it).
+            let led = status
+                .coordinators
+                .as_ref()
+                .is_none_or(|c| c.standing == Standing::Sole || c.leader.is_some());
+            if all_up && led && status.primary_region.is_some() {
                 return Ok(status);
             }
             last = Some(status);

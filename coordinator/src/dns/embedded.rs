@@ -1,6 +1,11 @@
 //! The embedded authoritative server (hickory-server) for the mesh's zone: SOA, NS and
 //! the record, whose answer is kept in the store so that a restarted coordinator serves
 //! at least what it served before.
+//!
+//! With several coordinators on one etcd store every one of them runs a server, but only
+//! the leader changes the answer. The others re-read it from the store every
+//! [`REFRESH_EVERY`] and serve the stored answer once its serial is higher than theirs, so
+//! a follower does not keep serving the old primary after a failover.
 
 use std::fmt;
 use std::iter;
@@ -26,6 +31,10 @@ use crate::store::{Namespace, Store, StoreExt};
 /// Idle TCP connections to the embedded server are closed after this long.
 const EMBEDDED_TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the server re-reads its answer from the store, where another coordinator
+/// (the leader, on a shared store) may have changed it.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 /// The embedded server's answer, as kept in the store (key: the record's name).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ZoneState {
@@ -34,6 +43,19 @@ struct ZoneState {
     /// The SOA serial, raised by every change.
     serial: u32,
 }
+
+/// What to serve after reading `stored` from the store while serving `current`: the
+/// stored state when its serial is higher (another coordinator changed the answer), else
+/// nothing. An equal or lower serial is this server's own state, or a read that raced
+/// one of its updates, and must not undo it.
+fn newer(current: &ZoneState, stored: Option<ZoneState>) -> Option<ZoneState> {
+    stored.filter(|s| s.serial > current.serial)
+}
+
+/// The refresh task's way to the store. [`Embedded`]'s drop empties it, waiting for a
+/// read in flight, so that nothing of a dropped server still holds the store (redb locks
+/// its file while it is open).
+type StoreSlot = Arc<Mutex<Option<Arc<dyn Store>>>>;
 
 /// An authoritative server for the mesh's zone inside the coordinator: SOA, NS (with
 /// `ns.<zone>` at the listen address) and the record. It stops when dropped.
@@ -45,10 +67,13 @@ pub struct Embedded {
     ttl: u32,
     state: Arc<RwLock<ZoneState>>,
     store: Arc<dyn Store>,
-    /// Serialises updates: check, persist, then publish, one at a time.
-    updating: Mutex<()>,
-    /// Dropping it shuts the server down.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Serialises updates, and the refresh's compare-and-swap with them: check,
+    /// persist, then publish, one at a time.
+    updating: Arc<Mutex<()>>,
+    /// The refresh task's store, emptied on drop.
+    refresh_store: StoreSlot,
+    /// Dropping it shuts the server and the refresh down.
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl fmt::Debug for Embedded {
@@ -109,14 +134,26 @@ impl Embedded {
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, EMBEDDED_TCP_TIMEOUT, 64);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, mut stopped) = tokio::sync::watch::channel(());
+        let refresh_stop = stopped.clone();
         tokio::spawn(async move {
-            // Either a send or the sender's drop ends the wait.
-            let _ = stopped.await;
+            // The sender's drop ends the wait.
+            let _ = stopped.changed().await;
             if let Err(e) = server.shutdown_gracefully().await {
                 tracing::warn!(error = %e, "embedded DNS server stopped with an error");
             }
         });
+        let updating = Arc::new(Mutex::new(()));
+        let refresh_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));
+        tokio::spawn(refresh(
+            Refresh {
+                state: state.clone(),
+                updating: updating.clone(),
+                store: refresh_store.clone(),
+                key: record_text.clone(),
+            },
+            refresh_stop,
+        ));
         tracing::info!(listen = %bound, zone = %zone, record = %record_text, "embedded DNS server started");
         Ok(Embedded {
             listen: bound,
@@ -126,7 +163,8 @@ impl Embedded {
             ttl,
             state,
             store,
-            updating: Mutex::new(()),
+            updating,
+            refresh_store,
             _stop: stop,
         })
     }
@@ -139,6 +177,75 @@ impl Embedded {
     /// The record's current addresses.
     pub fn current(&self) -> Vec<IpAddr> {
         self.state.read().addrs.clone()
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.refresh_store.lock().take();
+    }
+}
+
+/// What the refresh task shares with its server.
+struct Refresh {
+    state: Arc<RwLock<ZoneState>>,
+    updating: Arc<Mutex<()>>,
+    store: StoreSlot,
+    /// The record's name: its key in the store.
+    key: String,
+}
+
+impl Refresh {
+    /// The stored state; `None` once the server is dropped. Blocking: an etcd store
+    /// waits for its answer.
+    fn read(&self) -> Option<Result<Option<ZoneState>, crate::store::StoreError>> {
+        let store = self.store.lock();
+        store
+            .as_ref()
+            .map(|s| s.get_json::<ZoneState>(Namespace::Dns, &self.key))
+    }
+
+    /// Serves `stored` if it is [`newer`]; under the update lock, so an update's check,
+    /// persist and publish is never interleaved with it.
+    fn adopt(&self, stored: Option<ZoneState>) {
+        let _one_at_a_time = self.updating.lock();
+        let current = self.state.read().clone();
+        if let Some(next) = newer(&current, stored) {
+            tracing::info!(
+                record = %self.key,
+                addrs = ?next.addrs,
+                serial = next.serial,
+                "embedded DNS answer taken from the store (changed by another coordinator)"
+            );
+            *self.state.write() = next;
+        }
+    }
+}
+
+/// Every [`REFRESH_EVERY`] until `stop`'s sender is dropped: re-reads the answer from
+/// the store and serves it when it is newer. A store that fails is logged at debug and
+/// the answer served stays.
+async fn refresh(refresh: Refresh, mut stop: tokio::sync::watch::Receiver<()>) {
+    let refresh = Arc::new(refresh);
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let reader = refresh.clone();
+        match tokio::task::spawn_blocking(move || reader.read()).await {
+            Ok(Some(Ok(stored))) => refresh.adopt(stored),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, record = %refresh.key, "embedded DNS: re-reading the answer from the store failed; serving the one held");
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "embedded DNS: the store read did not finish");
+            }
+        }
     }
 }
 
@@ -416,6 +523,53 @@ mod tests {
             query(server, "db.drmesh.test.", t).await.expect("query"),
             vec![ip("2001:db8::12")]
         );
+    }
+
+    fn zone(addr: &str, serial: u32) -> ZoneState {
+        ZoneState {
+            addrs: vec![ip(addr)],
+            serial,
+        }
+    }
+
+    #[test]
+    fn a_stored_answer_is_served_only_when_its_serial_is_higher() {
+        let current = zone("198.18.0.1", 5);
+        assert_eq!(
+            newer(&current, Some(zone("198.18.0.2", 6))),
+            Some(zone("198.18.0.2", 6))
+        );
+        // This server's own state, read back, and an older one (a read that raced an
+        // update) are left alone; so is a store with no answer yet.
+        assert_eq!(newer(&current, Some(zone("198.18.0.1", 5))), None);
+        assert_eq!(newer(&current, Some(zone("198.18.0.2", 5))), None);
+        assert_eq!(newer(&current, Some(zone("198.18.0.3", 4))), None);
+        assert_eq!(newer(&current, None), None);
+    }
+
+    /// Two servers on one store, as a leader and a follower on one etcd: the follower
+    /// serves the leader's change within a refresh or two.
+    #[tokio::test]
+    async fn a_server_serves_the_answer_another_one_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("s.redb")).expect("open"));
+        let leader = embedded(store.clone(), Some(ip("198.18.0.31"))).await;
+        let follower = embedded(store, Some(ip("198.18.0.31"))).await;
+        leader
+            .update(Some(ip("198.18.0.31")), ip("198.18.0.32"))
+            .await
+            .expect("update");
+        assert_eq!(follower.current(), vec![ip("198.18.0.31")]);
+        let lines = confirm(&follower, ip("198.18.0.32"), REFRESH_EVERY * 3)
+            .await
+            .expect("the follower serves the new answer");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        // The follower's own later update starts from what it now serves.
+        follower
+            .update(Some(ip("198.18.0.32")), ip("198.18.0.33"))
+            .await
+            .expect("update from the refreshed answer");
     }
 
     #[tokio::test]

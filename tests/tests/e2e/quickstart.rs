@@ -1,13 +1,14 @@
 //! `drmesh quickstart` brings up three regions with real PostgreSQL (one primary, two
 //! streaming standbys), `drmesh status` shows them, the runbook's DR plan exists, the
 //! database's DNS name answers the primary's address, Ctrl-C leaves nothing behind, and
-//! a second run on the same directory keeps the plan.
+//! a second run on the same directory keeps the plan. With `--ha` it runs three
+//! coordinators on a three-member etcd cluster, and survives the leader's death.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drmesh_tests::{bin, processes_mentioning, wait_for, Proc};
 
@@ -52,21 +53,15 @@ impl Drop for Quickstart {
     }
 }
 
-/// Starts `drmesh quickstart` on `dir` and waits until it is up; its `drmesh.env`.
-fn start(dir: &Path, port: u16, log: &Path) -> (Quickstart, String) {
-    let mut qs = Quickstart(Proc::spawn(
-        "quickstart",
-        &bin("drmesh"),
-        &[
-            "quickstart",
-            "--dir",
-            &dir.display().to_string(),
-            "--http-port",
-            &port.to_string(),
-        ],
-        log,
-    ));
-    let env = wait_for(Duration::from_secs(120), || {
+/// Starts `drmesh quickstart` on `dir` with `extra` arguments and waits until it is up;
+/// its `drmesh.env`.
+fn start(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> (Quickstart, String) {
+    let dir_arg = dir.display().to_string();
+    let port_arg = port.to_string();
+    let mut args = vec!["quickstart", "--dir", &dir_arg, "--http-port", &port_arg];
+    args.extend_from_slice(extra);
+    let mut qs = Quickstart(Proc::spawn("quickstart", &bin("drmesh"), &args, log));
+    let env = wait_for(Duration::from_secs(180), || {
         assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
         qs.log_text()
             .contains("Press Ctrl-C")
@@ -139,7 +134,7 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("mesh");
     let port = free_port();
-    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"));
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"), &[]);
     let var = |name: &str| env_var(&env, name);
     let (url, token) = (var("DRMESH_URL"), var("DRMESH_TOKEN"));
     assert_eq!(url, format!("http://127.0.0.1:{port}"));
@@ -298,7 +293,7 @@ fn quickstart_runs_a_three_region_mesh_and_stops_cleanly() {
 
     stop(&mut qs, &dir);
 
-    let (mut again, env) = start(&dir, port, &tmp.path().join("quickstart-2.log"));
+    let (mut again, env) = start(&dir, port, &tmp.path().join("quickstart-2.log"), &[]);
     assert!(
         again
             .log_text()
@@ -354,6 +349,12 @@ impl Shell {
             .unwrap_or_else(|| panic!("no {name} in drmesh.env"))
     }
 
+    /// The first of `DRMESH_URL`'s coordinators (with `--ha` there are three; any of
+    /// them answers).
+    fn url(&self) -> &str {
+        self.var("DRMESH_URL").split(',').next().unwrap_or("")
+    }
+
     /// Runs `drmesh ARGS`; its stdout, or a panic with its output.
     fn drmesh(&self, args: &[&str]) -> String {
         let out = Command::new(bin("drmesh"))
@@ -373,7 +374,7 @@ impl Shell {
     fn get(&self, path: &str) -> serde_json::Value {
         let a = drmesh_tests::http(
             "GET",
-            &format!("{}{path}", self.var("DRMESH_URL")),
+            &format!("{}{path}", self.url()),
             Some(self.var("DRMESH_TOKEN")),
             None,
         );
@@ -384,7 +385,7 @@ impl Shell {
     fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let a = drmesh_tests::http(
             "POST",
-            &format!("{}{path}", self.var("DRMESH_URL")),
+            &format!("{}{path}", self.url()),
             Some(self.var("DRMESH_TOKEN")),
             Some(&body.to_string()),
         );
@@ -531,7 +532,7 @@ fn quickstart_regions_back_up_and_recover_wherever_the_primary_is() {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("mesh");
     let port = free_port();
-    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"));
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"), &[]);
     let sh = Shell::new(&env);
     assert_eq!(
         sh.var("DRMESH_DATABASE_REPO"),
@@ -701,4 +702,245 @@ fn quickstart_regions_back_up_and_recover_wherever_the_primary_is() {
     offline.stop_immediate().unwrap();
 
     stop(&mut qs, &dir);
+}
+
+/// The DR status as the coordinator at `url` answers it (a follower keeps its own
+/// `coordinators` block); `None` when it does not answer.
+fn status_at(url: &str, token: &str) -> Option<serde_json::Value> {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .get(&format!("{url}{BASE}/disaster-recovery/status"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()
+}
+
+/// `--ha`: three etcd members and three coordinators, one leading. The leader is
+/// `kill -9`'d: another leads within a lease or so, `drmesh` with drmesh.env's URLs
+/// reads and writes on, every agent follows the new leader, and the killed coordinator
+/// comes back as a follower. Ctrl-C leaves no etcd, coordinator or agent behind.
+#[test]
+fn quickstart_ha_runs_three_coordinators_on_etcd_and_survives_the_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("mesh");
+    let port = free_port();
+    let t0 = Instant::now();
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"), &["--ha"]);
+    println!("quickstart --ha up in {:.1} s", t0.elapsed().as_secs_f64());
+    let sh = Shell::new(&env);
+    let token = sh.var("DRMESH_TOKEN").to_string();
+    let urls: Vec<String> = sh
+        .var("DRMESH_URL")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(urls.len(), 3, "{env}");
+    assert_eq!(urls[0], format!("http://127.0.0.1:{port}"));
+    let regions = ["us-west-2", "us-east-1", "eu-west-1"];
+    for region in regions {
+        assert!(
+            dir.join("etcd").join(region).is_dir(),
+            "no etcd data for {region}"
+        );
+    }
+
+    // Each coordinator answers for itself: three members, one LEADER, two FOLLOWERs,
+    // all naming the same leader.
+    let leader = wait_for(Duration::from_secs(30), || {
+        let views: Vec<serde_json::Value> = urls
+            .iter()
+            .map(|u| status_at(u, &token).map(|s| s["coordinators"].clone()))
+            .collect::<Option<_>>()?;
+        let leading: Vec<&serde_json::Value> =
+            views.iter().filter(|c| c["standing"] == "LEADER").collect();
+        let agreed = views.iter().all(|c| c["leader"] == views[0]["leader"]);
+        let all_members = views
+            .iter()
+            .all(|c| c["members"].as_array().map_or(0, Vec::len) == 3);
+        (leading.len() == 1
+            && views.iter().filter(|c| c["standing"] == "FOLLOWER").count() == 2
+            && agreed
+            && all_members)
+            .then(|| leading[0]["answeredBy"].as_str().unwrap_or("").to_string())
+    })
+    .unwrap_or_else(|| {
+        let views: Vec<_> = urls.iter().map(|u| status_at(u, &token)).collect();
+        panic!(
+            "no single leader among three: {views:#?}\n{}",
+            qs.log_text()
+        )
+    });
+    let killed = regions
+        .iter()
+        .position(|r| *r == leader)
+        .unwrap_or_else(|| panic!("the leader {leader} is no region"));
+    let log = qs.log_text();
+    assert!(log.contains(&format!("{leader} leads (term ")), "{log}");
+    for url in &urls {
+        assert!(
+            log.contains(url.as_str()),
+            "{url} not in the summary:\n{log}"
+        );
+    }
+    let out = sh.drmesh(&["status"]);
+    assert!(out.contains("primary"), "{out}");
+
+    // Every coordinator's DNS server answers the primary's address.
+    let ready = |region: &str| -> serde_json::Value {
+        let path = dir.join("coordinator").join(region).join("ready.json");
+        serde_json::from_slice(&fs::read(&path).unwrap()).unwrap()
+    };
+    for region in regions {
+        let dns: std::net::SocketAddr = ready(region)["dns"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            dig(&dns.ip().to_string(), &dns.port().to_string()),
+            "127.0.0.1",
+            "{region}"
+        );
+    }
+
+    // kill -9 of the leading coordinator.
+    let pid = ready(&leader)["pid"].as_u64().unwrap() as u32;
+    let config = dir
+        .join("coordinator")
+        .join(&leader)
+        .join("coordinator.toml");
+    assert!(
+        processes_mentioning(&config.display().to_string())
+            .iter()
+            .any(|(p, _)| *p == pid),
+        "pid {pid} is not the coordinator of {leader}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed_at = Instant::now();
+    let (successor, successor_url) = wait_for(Duration::from_secs(15), || {
+        urls.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != killed)
+            .find_map(|(_, u)| {
+                let c = status_at(u, &token)?["coordinators"].clone();
+                (c["standing"] == "LEADER").then(|| {
+                    (
+                        c["answeredBy"].as_str().unwrap_or("").to_string(),
+                        u.clone(),
+                    )
+                })
+            })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no other coordinator leads 15 s after the leader died:\n{}",
+            qs.log_text()
+        )
+    });
+    println!(
+        "{successor} leads {:.1} s after {leader} was killed",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_ne!(successor, leader);
+
+    // The operator's shell reads and writes on (its URL list passes over the dead one).
+    let out = sh.drmesh(&["status"]);
+    for r in regions {
+        assert!(out.contains(r), "{out}");
+    }
+    let out = sh.drmesh(&["plans", "pause", "production_dr_plan", "--reason", "t"]);
+    assert!(out.contains("maintenance mode"), "{out}");
+    let out = sh.drmesh(&["plans", "resume", "production_dr_plan"]);
+    assert!(out.contains("maintenance mode ended"), "{out}");
+    println!(
+        "status, pause and resume through DRMESH_URL done {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // Every agent is connected to the new leader, and UP.
+    let followed = wait_for(Duration::from_secs(15), || {
+        let s = status_at(&successor_url, &token)?;
+        let agents: Vec<&serde_json::Value> = s["regions"]
+            .as_array()?
+            .iter()
+            .flat_map(|r| r["agents"].as_array().into_iter().flatten())
+            .collect();
+        (agents.len() == 3
+            && agents
+                .iter()
+                .all(|a| a["connected"] == true && a["state"] == "UP"))
+        .then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "the agents did not follow {successor}: {:#?}\n{}",
+        status_at(&successor_url, &token),
+        qs.log_text()
+    );
+    println!(
+        "all three agents connected to {successor} {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // The killed coordinator is started again after the election, as a follower.
+    let back = wait_for(Duration::from_secs(30), || {
+        let c = status_at(&urls[killed], &token)?["coordinators"].clone();
+        (c["standing"] == "FOLLOWER" && c["leader"] == successor.as_str()).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "{leader} did not come back:\n{}",
+        qs.log_text()
+    );
+    println!(
+        "{leader} is back as a follower {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // The new leader's failover moves the database's name, and every coordinator's DNS
+    // server answers the new primary: the followers re-read the answer from etcd.
+    failover(&sh, "us-east-1");
+    let moved = Instant::now();
+    for region in regions {
+        let dns: std::net::SocketAddr = ready(region)["dns"].as_str().unwrap().parse().unwrap();
+        let answer = wait_for(Duration::from_secs(5), || {
+            let a = dig(&dns.ip().to_string(), &dns.port().to_string());
+            (a == "127.0.0.2").then_some(a)
+        });
+        assert!(
+            answer.is_some(),
+            "{region}'s DNS server at {dns} still answers {}",
+            dig(&dns.ip().to_string(), &dns.port().to_string())
+        );
+    }
+    println!(
+        "every coordinator's DNS answers the new primary {:.1} s after the failover completed",
+        moved.elapsed().as_secs_f64()
+    );
+
+    stop(&mut qs, &dir);
+
+    // A second run on the same directory rejoins the same etcd cluster on the same ports.
+    let state = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(dir.join("quickstart.json")).unwrap()).unwrap()
+    };
+    let before = state(&dir)["ha"].clone();
+    assert_eq!(before["etcd"].as_array().map(Vec::len), Some(3), "{before}");
+    let t1 = Instant::now();
+    let (mut again, env) = start(&dir, port, &tmp.path().join("quickstart-2.log"), &["--ha"]);
+    println!("second run up in {:.1} s", t1.elapsed().as_secs_f64());
+    assert_eq!(state(&dir)["ha"], before);
+    assert_eq!(env_var(&env, "DRMESH_URL"), urls.join(","));
+    assert!(
+        again
+            .log_text()
+            .contains("DR plan production_dr_plan exists; left as it is"),
+        "{}",
+        again.log_text()
+    );
+    stop(&mut again, &dir);
 }
