@@ -32,7 +32,9 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-STORE_TOML='store_path = "state.redb"'
+# redb: a top-level key (before [tls]); etcd: a [store] table (after it).
+STORE_TOP='store_path = "state.redb"'
+STORE_TABLE=''
 if [ "$STORE" = etcd ]; then
   command -v etcd >/dev/null || { echo "etcd is missing: apt-get install -y etcd-server" >&2; exit 1; }
   CLIENT=(); PEER=(); CLUSTER=""
@@ -58,7 +60,8 @@ results=()
 for N in "${COUNTS[@]}"; do
   rm -f "$WORK/state.redb" "$WORK/ready.json"
   if [ "$STORE" = etcd ]; then
-    STORE_TOML="[store]
+    STORE_TOP=''
+    STORE_TABLE="[store]
 backend = \"etcd\"
 endpoints = [$ENDPOINTS]
 prefix = \"/bench-$N/\"
@@ -68,11 +71,12 @@ name = \"bench\""
 http_listen = "127.0.0.1:0"
 quic_listen = "127.0.0.1:0"
 heartbeat_interval = "500ms"
+$STORE_TOP
 [tls]
 ca_cert = "ca/ca.pem"
 cert = "ca/coordinator.pem"
 key = "ca/coordinator.key"
-$STORE_TOML
+$STORE_TABLE
 TOML
   TOKEN=$($BIN/drmesh-coordinator --config "$WORK/coordinator.toml" create-token --role admin)
   RUST_LOG=warn $BIN/drmesh-coordinator --config "$WORK/coordinator.toml" --ready-file "$WORK/ready.json" \

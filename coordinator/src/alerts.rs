@@ -86,6 +86,82 @@ pub fn raise(
     })
 }
 
+/// The most alerts written in one store transaction (an etcd transaction takes at most
+/// 128 operations by default).
+const WRITES_PER_TRANSACTION: usize = 100;
+
+/// [`raise`] for many sources of one kind at once: one scan of the alerts per
+/// transaction of at most [`WRITES_PER_TRANSACTION`] writes, rather than one per source.
+/// A source with an open alert of `kind` gets none. Returns the alerts raised.
+pub fn raise_each(
+    store: &dyn Store,
+    severity: Severity,
+    kind: &str,
+    items: &[(String, Option<RegionId>, String)],
+) -> Result<Vec<Alert>, StoreError> {
+    let mut raised: Vec<Alert> = Vec::new();
+    for chunk in items.chunks(WRITES_PER_TRANSACTION) {
+        let mut batch = store.atomically(|tx| {
+            let open: std::collections::HashSet<String> = tx
+                .scan_json::<Alert>(Namespace::Alerts, "")?
+                .into_iter()
+                .filter(|a| a.kind == kind && a.status != AlertStatus::Resolved)
+                .map(|a| a.source)
+                .collect();
+            let mut batch: Vec<Alert> = Vec::new();
+            for (source, region, message) in chunk {
+                if open.contains(source) || batch.iter().any(|a| &a.source == source) {
+                    continue;
+                }
+                let alert = new_alert(severity, kind, source, region.clone(), message.clone());
+                tx.put_json(Namespace::Alerts, &alert.id, &alert)?;
+                batch.push(alert);
+            }
+            Ok::<_, StoreError>(batch)
+        })?;
+        raised.append(&mut batch);
+    }
+    Ok(raised)
+}
+
+/// [`resolve_cleared`] for many sources of one kind at once, in transactions of at most
+/// [`WRITES_PER_TRANSACTION`] writes. Returns the alerts resolved.
+pub fn resolve_cleared_each(
+    store: &dyn Store,
+    kind: &str,
+    sources: &[String],
+) -> Result<Vec<Alert>, StoreError> {
+    let wanted: std::collections::HashSet<&str> = sources.iter().map(String::as_str).collect();
+    let mut resolved: Vec<Alert> = Vec::new();
+    loop {
+        let mut batch = store.atomically(|tx| {
+            let open: Vec<Alert> = tx
+                .scan_json::<Alert>(Namespace::Alerts, "")?
+                .into_iter()
+                .filter(|a| {
+                    a.kind == kind
+                        && a.status != AlertStatus::Resolved
+                        && wanted.contains(a.source.as_str())
+                })
+                .take(WRITES_PER_TRANSACTION)
+                .collect();
+            let mut batch = Vec::new();
+            for mut alert in open {
+                alert.status = AlertStatus::Resolved;
+                alert.resolved_at = Some(Utc::now());
+                alert.resolved_by = Some("system".into());
+                tx.put_json(Namespace::Alerts, &alert.id, &alert)?;
+                batch.push(alert);
+            }
+            Ok::<_, StoreError>(batch)
+        })?;
+        if batch.is_empty() {
+            return Ok(resolved);
+        }
+        resolved.append(&mut batch);
+    }
+}
+
 fn new_alert(
     severity: Severity,
     kind: &str,
@@ -183,6 +259,41 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RedbStore::open(&dir.path().join("s.redb")).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn many_alerts_are_raised_and_cleared_in_batches_once_each() {
+        let (_d, s) = store();
+        let (_, fresh) = raise(&s, Severity::Critical, AGENT_DOWN, "a-0", None, "m".into())
+            .expect("raise");
+        assert!(fresh);
+        // 250 sources (more than one transaction), one already open, one twice.
+        let mut items: Vec<(String, Option<RegionId>, String)> = (0..250)
+            .map(|i| (format!("a-{i}"), None, format!("down {i}")))
+            .collect();
+        items.push(("a-7".into(), None, "again".into()));
+        let raised = raise_each(&s, Severity::Critical, AGENT_DOWN, &items).expect("raise");
+        assert_eq!(raised.len(), 249);
+        let open = |s: &RedbStore| {
+            list(s, &AlertFilter::default())
+                .expect("list")
+                .into_iter()
+                .filter(|a| a.status != AlertStatus::Resolved)
+                .count()
+        };
+        assert_eq!(open(&s), 250);
+        // Raised again: nothing new.
+        assert!(raise_each(&s, Severity::Critical, AGENT_DOWN, &items)
+            .expect("raise")
+            .is_empty());
+        let back: Vec<String> = (0..200).map(|i| format!("a-{i}")).collect();
+        let resolved = resolve_cleared_each(&s, AGENT_DOWN, &back).expect("resolve");
+        assert_eq!(resolved.len(), 200);
+        assert!(resolved.iter().all(|a| a.resolved_by.as_deref() == Some("system")));
+        assert_eq!(open(&s), 50);
+        assert!(resolve_cleared_each(&s, AGENT_DOWN, &back)
+            .expect("resolve")
+            .is_empty());
     }
 
     #[test]

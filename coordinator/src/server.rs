@@ -62,7 +62,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     } else {
         crate::leader::Proof::always()
     });
-    let (coord, transitions) = Coordinator::new(config.clone(), store, leadership, proof.clone())?;
+    let (coord, queues) = Coordinator::new(config.clone(), store, leadership, proof.clone())?;
     if let Some(dns) = &config.dns {
         let provider = crate::dns::from_config(dns, coord.store.clone())
             .await
@@ -87,11 +87,19 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     tokio::spawn(crate::ops::storage::watch(coord.clone()));
     tokio::spawn(crate::ops::copies::schedule(coord.clone()));
     {
-        let coord = coord.clone();
+        let (c1, c2) = (coord.clone(), coord.clone());
+        let crate::state::Queues {
+            transitions,
+            agent_records,
+        } = queues;
         std::thread::Builder::new()
             .name("transitions".into())
-            .spawn(move || coord.apply_transitions(transitions))
+            .spawn(move || c1.apply_transitions(transitions))
             .context("start the transitions thread")?;
+        std::thread::Builder::new()
+            .name("agent-records".into())
+            .spawn(move || c2.keep_agent_records(agent_records))
+            .context("start the agent records thread")?;
     }
 
     let data = web::Data::new(coord.clone());

@@ -54,6 +54,8 @@ pub struct Coordinator {
     pub metrics: Metrics,
     epoch: AtomicU64,
     transitions: mpsc::UnboundedSender<Transition>,
+    /// What to keep of the agents in the store, written by [`Coordinator::keep_agent_records`].
+    agent_records: mpsc::UnboundedSender<AgentRecord>,
     /// The key agents sign their mesh probes with; made once, kept in the store (read
     /// again when this coordinator takes office).
     mesh_key: Mutex<drmesh_protocol::mesh::MeshKey>,
@@ -77,6 +79,32 @@ pub struct Coordinator {
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
+
+/// The queues a [`Coordinator`] hands work to, each drained by a thread of its own.
+pub struct Queues {
+    pub transitions: mpsc::UnboundedReceiver<Transition>,
+    pub agent_records: mpsc::UnboundedReceiver<AgentRecord>,
+}
+
+/// What to keep of an agent in the store.
+pub enum AgentRecord {
+    /// Connected with these addresses.
+    Seen {
+        id: AgentId,
+        region: RegionId,
+        version: String,
+        addresses: crate::rules::registry::AgentAddresses,
+    },
+    /// Its lease facts changed (see [`Coordinator::note_lease_facts`]).
+    LeaseFacts {
+        id: AgentId,
+        peers: Option<u32>,
+        can_fence: bool,
+    },
+}
+
+/// The most transitions applied in one batch.
+const TRANSITION_BATCH: usize = 2_000;
 
 /// A registry of every agent the store remembers, none connected yet.
 fn load_registry(
@@ -102,14 +130,16 @@ fn load_registry(
 const MESH_KEY: &str = "mesh_key";
 
 impl Coordinator {
-    /// Loads the epoch and the known agents from the store. The returned receiver carries
-    /// state transitions; hand it to [`Coordinator::apply_transitions`].
+    /// Loads the epoch and the known agents from the store. The returned [`Queues`]
+    /// carry state transitions and agent records: hand them to
+    /// [`Coordinator::apply_transitions`] and [`Coordinator::keep_agent_records`], each
+    /// on a thread of its own.
     pub fn new(
         config: CoordinatorConfig,
         store: Arc<dyn Store>,
         leadership: tokio::sync::watch::Receiver<crate::leader::Leadership>,
         proof: Arc<crate::leader::Proof>,
-    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Transition>), StoreError> {
+    ) -> Result<(Arc<Self>, Queues), StoreError> {
         let now = Instant::now();
         let registry = load_registry(&config, store.as_ref(), now)?;
         let epoch = store
@@ -120,6 +150,7 @@ impl Coordinator {
             .get_json(Namespace::Meta, MESH_KEY)?
             .unwrap_or_else(drmesh_protocol::mesh::MeshKey::random);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (records_tx, records_rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Self {
                 config,
@@ -129,6 +160,7 @@ impl Coordinator {
                 metrics: Metrics::default(),
                 epoch: AtomicU64::new(epoch),
                 transitions: tx,
+                agent_records: records_tx,
                 mesh_key: Mutex::new(mesh_key),
                 mesh_view: Mutex::new(None),
                 started: Mutex::new(now),
@@ -139,7 +171,10 @@ impl Coordinator {
                 recent_callers: crate::auth::RecentCallers::default(),
                 dns: std::sync::OnceLock::new(),
             }),
-            rx,
+            Queues {
+                transitions: rx,
+                agent_records: records_rx,
+            },
         ))
     }
 
@@ -304,9 +339,17 @@ impl Coordinator {
             let fence_changed = registry.set_can_fence(id, Some(can_fence));
             peers_changed || fence_changed
         };
-        if !changed {
-            return;
+        if changed {
+            let _ = self.agent_records.send(AgentRecord::LeaseFacts {
+                id: id.clone(),
+                peers,
+                can_fence,
+            });
         }
+    }
+
+    /// Writes an agent's lease facts into its stored record (see `note_lease_facts`).
+    fn persist_lease_facts(&self, id: &AgentId, peers: Option<u32>, can_fence: bool) {
         let result = match self
             .store
             .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
@@ -336,7 +379,35 @@ impl Coordinator {
     ) {
         self.registry.lock().set_addresses(id, addresses);
         *self.mesh_view.lock() = None;
-        self.remember_agent(id, region, version, addresses);
+        let _ = self.agent_records.send(AgentRecord::Seen {
+            id: id.clone(),
+            region: region.clone(),
+            version: version.to_string(),
+            addresses,
+        });
+    }
+
+    /// Writes the agents' records into the store, in the order they were noted, until
+    /// the process ends. Blocking: run it on a thread of its own, so that a store round
+    /// trip (an etcd read, a redb commit) never holds up the QUIC endpoint while
+    /// thousands of agents connect at once. The registry in memory is what decides; the
+    /// store is what a restarted or newly elected coordinator starts from.
+    pub fn keep_agent_records(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AgentRecord>) {
+        while let Some(record) = rx.blocking_recv() {
+            match record {
+                AgentRecord::Seen {
+                    id,
+                    region,
+                    version,
+                    addresses,
+                } => self.remember_agent(&id, &region, &version, addresses),
+                AgentRecord::LeaseFacts {
+                    id,
+                    peers,
+                    can_fence,
+                } => self.persist_lease_facts(&id, peers, can_fence),
+            }
+        }
     }
 
     pub fn report(&self, transitions: impl IntoIterator<Item = Transition>) {
@@ -346,8 +417,9 @@ impl Coordinator {
         }
     }
 
-    /// Remembers an agent in the store the first time it connects.
-    pub fn remember_agent(
+    /// Remembers an agent in the store the first time it connects (and its addresses
+    /// when they change).
+    fn remember_agent(
         &self,
         id: &AgentId,
         region: &RegionId,
@@ -413,49 +485,80 @@ impl Coordinator {
     /// transactions (an etcd round trip, a redb commit); on the runtime thread they would
     /// hold up the heartbeats of every other agent while many change state at once.
     pub fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
-        while let Some(t) = rx.blocking_recv() {
-            if !self.in_office() {
-                continue;
+        while let Some(first) = rx.blocking_recv() {
+            // Whatever queued meanwhile goes in one batch: a mesh-wide blip (thousands
+            // of agents at once) is a few transactions, not one each.
+            let mut batch = vec![first];
+            while batch.len() < TRANSITION_BATCH {
+                match rx.try_recv() {
+                    Ok(t) => batch.push(t),
+                    Err(_) => break,
+                }
             }
+            if self.in_office() {
+                self.apply_batch(batch);
+            }
+        }
+    }
+
+    /// One batch of transitions: each logged and counted; then each agent's last state
+    /// in the batch decides its alert (DOWN raises one, UP resolves it).
+    fn apply_batch(&self, batch: Vec<Transition>) {
+        let mut last: BTreeMap<AgentId, &Transition> = BTreeMap::new();
+        for t in &batch {
             self.metrics.transition(t.to.as_str());
             match t.to {
                 AgentState::Down => {
-                    warn!(agent_id = %t.agent, region = %t.region, from = %t.from, reason = %t.reason, "agent DOWN");
-                    let message =
-                        format!("Agent {} in {} is DOWN ({})", t.agent, t.region, t.reason);
-                    match alerts::raise(
-                        self.store.as_ref(),
-                        Severity::Critical,
-                        alerts::AGENT_DOWN,
-                        t.agent.as_str(),
-                        Some(t.region.clone()),
-                        message,
-                    ) {
-                        Ok((alert, true)) => {
-                            warn!(alert_id = %alert.id, agent_id = %t.agent, "CRITICAL alert raised")
-                        }
-                        Ok((_, false)) => {}
-                        Err(e) => error!(agent_id = %t.agent, error = %e, "raise alert"),
-                    }
+                    warn!(agent_id = %t.agent, region = %t.region, from = %t.from, reason = %t.reason, "agent DOWN")
                 }
                 AgentState::Suspect => {
                     warn!(agent_id = %t.agent, region = %t.region, reason = %t.reason, "agent SUSPECT")
                 }
                 AgentState::Up => {
-                    info!(agent_id = %t.agent, region = %t.region, from = %t.from, "agent UP");
-                    match alerts::resolve_cleared(
-                        self.store.as_ref(),
-                        alerts::AGENT_DOWN,
-                        t.agent.as_str(),
-                    ) {
-                        Ok(resolved) => {
-                            for a in resolved {
-                                info!(alert_id = %a.id, agent_id = %t.agent, "alert resolved: agent is back")
-                            }
-                        }
-                        Err(e) => error!(agent_id = %t.agent, error = %e, "resolve alert"),
+                    info!(agent_id = %t.agent, region = %t.region, from = %t.from, "agent UP")
+                }
+            }
+            last.insert(t.agent.clone(), t);
+        }
+        let downs: Vec<(String, Option<RegionId>, String)> = last
+            .values()
+            .filter(|t| t.to == AgentState::Down)
+            .map(|t| {
+                (
+                    t.agent.to_string(),
+                    Some(t.region.clone()),
+                    format!("Agent {} in {} is DOWN ({})", t.agent, t.region, t.reason),
+                )
+            })
+            .collect();
+        let ups: Vec<String> = last
+            .values()
+            .filter(|t| t.to == AgentState::Up)
+            .map(|t| t.agent.to_string())
+            .collect();
+        if !downs.is_empty() {
+            match alerts::raise_each(
+                self.store.as_ref(),
+                Severity::Critical,
+                alerts::AGENT_DOWN,
+                &downs,
+            ) {
+                Ok(raised) => {
+                    for a in raised {
+                        warn!(alert_id = %a.id, agent_id = %a.source, "CRITICAL alert raised")
                     }
                 }
+                Err(e) => error!(agents = downs.len(), error = %e, "raise agent DOWN alerts"),
+            }
+        }
+        if !ups.is_empty() {
+            match alerts::resolve_cleared_each(self.store.as_ref(), alerts::AGENT_DOWN, &ups) {
+                Ok(resolved) => {
+                    for a in resolved {
+                        info!(alert_id = %a.id, agent_id = %a.source, "alert resolved: agent is back")
+                    }
+                }
+                Err(e) => error!(agents = ups.len(), error = %e, "resolve agent DOWN alerts"),
             }
         }
     }
