@@ -20,7 +20,7 @@ COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 2500 5000)
 
 STORE=${STORE:-redb}
-cargo build --release -q --workspace --bins
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -q --workspace --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/drmesh-bench.XXXXXX)
 ETCD_PIDS=()
@@ -85,6 +85,14 @@ TOML
   for _ in $(seq 100); do [ -s "$WORK/ready.json" ] && break; sleep 0.1; done
   HTTP=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$WORK/ready.json")
   QUIC=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["quic"])' "$WORK/ready.json")
+  if [ "$STORE" = etcd ]; then
+    # Agents are sent away until it leads.
+    for _ in $(seq 100); do
+      curl -s -H "Authorization: Bearer $TOKEN" "http://$HTTP/v1/backup-recovery/disaster-recovery/status" \
+        | grep -q '"standing":"LEADER"' && break
+      sleep 0.1
+    done
+  fi
   ETCD_ARGS=(); [ "$STORE" = etcd ] && ETCD_ARGS=(--etcd-metrics "http://127.0.0.1:$ETCD0/metrics")
   line=$(DRMESH_TOKEN=$TOKEN $BIN/drmesh-loadgen --agents "$N" --quic "$QUIC" --ca-dir "$WORK/ca" \
     --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD" "${ETCD_ARGS[@]}")

@@ -264,8 +264,8 @@ mod tests {
     #[test]
     fn many_alerts_are_raised_and_cleared_in_batches_once_each() {
         let (_d, s) = store();
-        let (_, fresh) = raise(&s, Severity::Critical, AGENT_DOWN, "a-0", None, "m".into())
-            .expect("raise");
+        let (_, fresh) =
+            raise(&s, Severity::Critical, AGENT_DOWN, "a-0", None, "m".into()).expect("raise");
         assert!(fresh);
         // 250 sources (more than one transaction), one already open, one twice.
         let mut items: Vec<(String, Option<RegionId>, String)> = (0..250)
@@ -289,7 +289,9 @@ mod tests {
         let back: Vec<String> = (0..200).map(|i| format!("a-{i}")).collect();
         let resolved = resolve_cleared_each(&s, AGENT_DOWN, &back).expect("resolve");
         assert_eq!(resolved.len(), 200);
-        assert!(resolved.iter().all(|a| a.resolved_by.as_deref() == Some("system")));
+        assert!(resolved
+            .iter()
+            .all(|a| a.resolved_by.as_deref() == Some("system")));
         assert_eq!(open(&s), 50);
         assert!(resolve_cleared_each(&s, AGENT_DOWN, &back)
             .expect("resolve")

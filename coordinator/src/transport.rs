@@ -104,6 +104,7 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
     let addr = coord.config.quic_listen;
     let bind_err = |source| TransportError::Bind { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    widen_buffers(&socket);
     let (reset, cid_key) = restart_keys(&coord.config.tls.key)?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
     endpoint_config.cid_generator(move || {
@@ -116,6 +117,40 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(bind_err)
+}
+
+/// The socket buffers asked for: 10,000 heartbeats a second (5,000 agents) overflow the
+/// kernel's default 208 KiB receive buffer in a few tens of milliseconds of a busy
+/// runtime, and every datagram dropped there is a heartbeat the coordinator never sees
+/// (agents wrongly SUSPECT). 8 MiB holds about a second of them.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Widens the QUIC socket's receive and send buffers to [`SOCKET_BUFFER`]: past
+/// `net.core.rmem_max` when the process may (`SO_RCVBUFFORCE`, root), else up to it.
+/// Logs what the kernel granted.
+fn widen_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    let got = |o: Result<usize, nix::Error>| o.map(|b| b / 2).unwrap_or(0);
+    let (recv, send) = (
+        got(getsockopt(socket, sockopt::RcvBuf)),
+        got(getsockopt(socket, sockopt::SndBuf)),
+    );
+    if recv < SOCKET_BUFFER / 2 {
+        warn!(
+            granted_bytes = recv,
+            asked_bytes = SOCKET_BUFFER,
+            "the QUIC socket's receive buffer is small: raise net.core.rmem_max, or heartbeats \
+             of many agents may be dropped"
+        );
+    } else {
+        debug!(recv_bytes = recv, send_bytes = send, "QUIC socket buffers");
+    }
 }
 
 /// The keys of QUIC stateless resets and of connection-id validation, derived from the

@@ -391,9 +391,12 @@ fn main() -> anyhow::Result<()> {
             None => None,
         };
         let after = tokio::task::spawn_blocking(move || scrape(&url, &token)).await??;
+        // `notify_waiters` reaches only the agents waiting at that instant; the rest are
+        // stopped outright (the measures are taken).
         stop.notify_waiters();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for t in &tasks {
+            t.abort();
         }
         let ticks_per_sec = 100.0; // Linux USER_HZ
         let seconds = cpu_after.at.duration_since(cpu_before.at).as_secs_f64();
