@@ -184,6 +184,89 @@ fn the_region_of_the_primary_and_the_leader_cut_off_the_others_elect_and_fail_ov
     );
 }
 
+/// Issue 19: etcd loses its quorum (two of three members killed). Every coordinator is
+/// cut off and decides nothing, and the primary keeps its lease through the mesh: it
+/// takes writes all along, no failover starts, and decisions resume with the quorum.
+#[test]
+fn etcd_losing_its_quorum_leaves_the_primary_writable_through_the_mesh() {
+    let mut fm = FaultMesh::start(FaultOptions {
+        regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
+        coordinators_in_regions: true,
+        ..FaultOptions::default()
+    });
+    let primary = fm.db(0);
+    let limit = Duration::from_secs(90);
+    let writer = Writer::start(fm.resolver(), limit);
+    let probe = Probe::start(vec![primary, fm.db(1), fm.db(2)], limit);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let lost = Instant::now();
+    let etcd = fm.etcd.as_mut().expect("an etcd cluster");
+    etcd.kill(1);
+    etcd.kill(2);
+    let cut = drmesh_tests::wait_for(Duration::from_secs(20), || {
+        let s = fm.mesh.get(drmesh_tests::regions::STATUS).body;
+        (s["coordinators"]["standing"] == "CUT").then_some(())
+    });
+    assert!(
+        cut.is_some(),
+        "{}",
+        fm.mesh.get(drmesh_tests::regions::STATUS).text
+    );
+    // Three leases with no coordinator deciding: the primary's lease holds by its peers.
+    std::thread::sleep(LEASE * 3);
+    let etcd = fm.etcd.as_mut().expect("an etcd cluster");
+    etcd.start_member(1);
+    etcd.start_member(2);
+    // A leader again (c0, or another that c0 follows).
+    let leads = drmesh_tests::wait_for(Duration::from_secs(30), || {
+        let s = fm.mesh.get(drmesh_tests::regions::STATUS).body;
+        let c = &s["coordinators"];
+        (c["standing"] != "CUT" && c["leader"].is_string()).then_some(())
+    });
+    assert!(
+        leads.is_some(),
+        "{}",
+        fm.mesh.get(drmesh_tests::regions::STATUS).text
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let writes = writer.stop();
+    let rounds = probe.stop();
+
+    assert!(rounds.overlaps().is_empty(), "{:?}", rounds.overlaps());
+    assert!(rounds.first_accepted(fm.db(1)).is_none() && rounds.first_accepted(fm.db(2)).is_none());
+    let last = rounds
+        .last_accepted(primary)
+        .expect("the primary took writes");
+    assert!(
+        last > lost + LEASE * 3,
+        "the primary stopped taking writes during the cut"
+    );
+    // No gap in its writes longer than a couple of seconds while etcd was gone.
+    let acked: Vec<Instant> = writes
+        .acknowledged
+        .iter()
+        .filter(|(_, _, s)| *s == primary)
+        .map(|(_, at, _)| *at)
+        .collect();
+    let gap = acked
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    assert!(gap < Duration::from_secs(2), "writes paused {gap:?}");
+    assert!(
+        fm.failover_status().is_none(),
+        "no failover while nothing could decide"
+    );
+    assert!(!drmesh_agent::failover::is_fenced(&fm.cluster(0).data_dir));
+    eprintln!(
+        "etcd quorum lost for {:?}: the primary took {} writes, longest pause {gap:?}",
+        LEASE * 3,
+        acked.len()
+    );
+}
+
 #[test]
 fn a_crashed_primary_postgres_fails_over_and_loses_no_acknowledged_write() {
     let fm = FaultMesh::start(FaultOptions::default());
