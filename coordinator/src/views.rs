@@ -113,10 +113,7 @@ pub fn dr_status(coord: &Coordinator) -> DrStatus {
 
 /// The coordinators as this one sees them.
 pub fn coordinators(coord: &Coordinator) -> CoordinatorsStatus {
-    let name = match &coord.config.store {
-        StoreConfig::Etcd(s) => Some(s.name.clone()),
-        StoreConfig::Redb { .. } => None,
-    };
+    let name = matches!(coord.config.store, StoreConfig::Etcd(_)).then(|| coord.name());
     let l = coord.leadership();
     let (standing, leader, error) = match &l {
         Leadership::Sole => (Standing::Sole, name.clone(), None),

@@ -68,6 +68,18 @@ impl Default for FaultOptions {
     }
 }
 
+impl FaultOptions {
+    /// Issue 19's layout with the defaults: three regions, each with an etcd member and a
+    /// coordinator ([`FaultOptions::coordinators_in_regions`]).
+    pub fn three_regions_on_etcd() -> Self {
+        FaultOptions {
+            regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
+            coordinators_in_regions: true,
+            ..FaultOptions::default()
+        }
+    }
+}
+
 /// Everything of one fault mesh; dropping it stops it all (agents, then PostgreSQL,
 /// then the namespaces, BIND and the coordinator).
 pub struct FaultMesh {

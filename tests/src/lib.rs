@@ -343,24 +343,7 @@ impl Mesh {
         )
         .expect("write config");
         let config_s = config.display().to_string();
-        let out = Command::new(bin("drmesh-coordinator"))
-            .args([
-                "--config",
-                &config_s,
-                "create-token",
-                "--role",
-                "admin",
-                "--name",
-                "test",
-            ])
-            .output()
-            .expect("run create-token");
-        assert!(
-            out.status.success(),
-            "create-token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let admin_token = ha::create_token(&config);
         let ready = dir.path().join("ready.json");
         let coordinator = spawn_under(
             prefix,

@@ -40,11 +40,7 @@ struct Run {
 
 fn one(kind: &str) -> Run {
     let mut fm = FaultMesh::start(if kind == "cut-leader" {
-        FaultOptions {
-            regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
-            coordinators_in_regions: true,
-            ..FaultOptions::default()
-        }
+        FaultOptions::three_regions_on_etcd()
     } else {
         FaultOptions::default()
     });

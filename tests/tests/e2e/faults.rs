@@ -127,11 +127,7 @@ fn a_primary_region_cut_off_fences_itself_before_the_standby_is_promoted() {
 /// fenced itself first, and no acknowledged write is lost (synchronous standby).
 #[test]
 fn the_region_of_the_primary_and_the_leader_cut_off_the_others_elect_and_fail_over() {
-    let mut fm = FaultMesh::start(FaultOptions {
-        regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
-        coordinators_in_regions: true,
-        ..FaultOptions::default()
-    });
+    let mut fm = FaultMesh::start(FaultOptions::three_regions_on_etcd());
     let leader = fm.mesh.get(drmesh_tests::regions::STATUS).body["coordinators"].clone();
     assert_eq!(leader["standing"], "LEADER", "{leader:#}");
     assert_eq!(leader["answeredBy"], "c0", "{leader:#}");
@@ -189,11 +185,7 @@ fn the_region_of_the_primary_and_the_leader_cut_off_the_others_elect_and_fail_ov
 /// takes writes all along, no failover starts, and decisions resume with the quorum.
 #[test]
 fn etcd_losing_its_quorum_leaves_the_primary_writable_through_the_mesh() {
-    let mut fm = FaultMesh::start(FaultOptions {
-        regions: vec!["us-west-2".into(), "us-east-1".into(), "eu-west-1".into()],
-        coordinators_in_regions: true,
-        ..FaultOptions::default()
-    });
+    let mut fm = FaultMesh::start(FaultOptions::three_regions_on_etcd());
     let primary = fm.db(0);
     let limit = Duration::from_secs(90);
     let writer = Writer::start(fm.resolver(), limit);

@@ -110,12 +110,7 @@ fn two_coordinators_stores_racing_on_etcd_admit_exactly_one_claim_and_scan_every
 
 #[test]
 fn the_leader_killed_a_follower_leads_within_the_lease_and_takes_writes() {
-    let etcd = Etcd::start(3);
-    let eps = etcd.endpoints();
-    let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
-    let (leader, _) = ha
-        .wait_leader(Duration::from_secs(10), &[])
-        .expect("a leader");
+    let (_etcd, mut ha, leader) = three_coordinators("");
     // Every coordinator agrees on the leader and the term, and lists all three.
     let statuses: Vec<_> = (0..3)
         .map(|i| ha.status(i).unwrap().coordinators.unwrap())
@@ -167,12 +162,7 @@ fn the_leader_killed_a_follower_leads_within_the_lease_and_takes_writes() {
 
 #[test]
 fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
-    let etcd = Etcd::start(3);
-    let eps = etcd.endpoints();
-    let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
-    let (leader, _) = ha
-        .wait_leader(Duration::from_secs(10), &[])
-        .expect("leader");
+    let (_etcd, mut ha, leader) = three_coordinators("");
     let follower = (leader + 1) % 3;
     // The agent tries a follower first: it is sent on to the leader.
     let order = [follower, (leader + 2) % 3, leader];
@@ -213,6 +203,29 @@ fn plan(id: &str) -> String {
     )
 }
 
+/// Three coordinators on one three-member etcd cluster (each given every member), with
+/// `extra` configuration; the leader once one leads.
+fn three_coordinators(extra: &str) -> (Etcd, Ha, usize) {
+    let etcd = Etcd::start(3);
+    let eps = etcd.endpoints();
+    let ha = Ha::start_with(&[eps.clone(), eps.clone(), eps], 200, TTL_S, extra);
+    let (leader, _) = ha
+        .wait_leader(Duration::from_secs(10), &[])
+        .expect("a leader");
+    (etcd, ha, leader)
+}
+
+/// Creates plan `id` through coordinator `i`.
+fn create_plan(ha: &Ha, i: usize, id: &str) {
+    let created = http(
+        "POST",
+        &ha.url(i, PLANS),
+        Some(&ha.admin_token),
+        Some(&plan(id)),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+}
+
 /// `drmesh` with `DRMESH_URL` = `urls` joined by commas.
 fn cli(urls: &[String], token: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(drmesh_tests::bin("drmesh"))
@@ -231,12 +244,7 @@ fn cli(urls: &[String], token: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn any_coordinator_takes_writes_for_the_leader_and_the_cli_follows_the_leader() {
-    let etcd = Etcd::start(3);
-    let eps = etcd.endpoints();
-    let mut ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
-    let (leader, _) = ha
-        .wait_leader(Duration::from_secs(10), &[])
-        .expect("leader");
+    let (_etcd, mut ha, leader) = three_coordinators("");
     let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
     // A write to a follower is forwarded: the leader's answer, naming the leader.
     let resp = ureq::post(&ha.url(f1, PLANS))
@@ -324,19 +332,8 @@ fn any_coordinator_takes_writes_for_the_leader_and_the_cli_follows_the_leader() 
 
 #[test]
 fn failover_requests_sent_at_once_to_two_coordinators_admit_exactly_one() {
-    let etcd = Etcd::start(3);
-    let eps = etcd.endpoints();
-    let ha = Ha::start(&[eps.clone(), eps.clone(), eps], 200, TTL_S);
-    let (leader, _) = ha
-        .wait_leader(Duration::from_secs(10), &[])
-        .expect("leader");
-    let created = http(
-        "POST",
-        &ha.url(leader, PLANS),
-        Some(&ha.admin_token),
-        Some(&plan("race")),
-    );
-    assert_eq!(created.status, 201, "{}", created.text);
+    let (_etcd, ha, leader) = three_coordinators("");
+    create_plan(&ha, leader, "race");
     // Ten requests, five to the leader and five to a follower (which forwards them),
     // all released at once.
     let targets = [leader, (leader + 1) % 3];
@@ -384,21 +381,10 @@ fn failover_requests_sent_at_once_to_two_coordinators_admit_exactly_one() {
 
 #[test]
 fn etcd_losing_its_quorum_stops_every_decision_says_why_and_decisions_resume_with_it() {
-    let mut etcd = Etcd::start(3);
-    let eps = etcd.endpoints();
     let (hook, heard) = drmesh_tests::hook::receiver(200, 50);
     let extra = format!("[notify.ops]\ntype = \"webhook\"\nurl = \"{hook}\"\n");
-    let ha = Ha::start_with(&[eps.clone(), eps.clone(), eps], 200, TTL_S, &extra);
-    let (leader, _) = ha
-        .wait_leader(Duration::from_secs(10), &[])
-        .expect("leader");
-    let created = http(
-        "POST",
-        &ha.url(leader, PLANS),
-        Some(&ha.admin_token),
-        Some(&plan("q")),
-    );
-    assert_eq!(created.status, 201, "{}", created.text);
+    let (mut etcd, ha, leader) = three_coordinators(&extra);
+    create_plan(&ha, leader, "q");
     for i in 0..3 {
         assert!(ha.status(i).is_some());
     }
