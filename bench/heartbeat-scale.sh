@@ -5,6 +5,10 @@
 #   bash bench/heartbeat-scale.sh [N ...]        (default: 1000 2500 5000)
 #   STORE=etcd bash bench/heartbeat-scale.sh 5000 (the coordinator on a 3-member etcd
 #                                                  cluster on loopback, as the leader)
+#   PIN=1 ...    gives the coordinator core 0 to itself and the load generator and etcd the
+#                other (taskset): "under one core" measured literally, and the load
+#                generator cannot starve the coordinator (nor the reverse)
+#   KEEP=1 ...   keeps the work directory (the coordinator's log: every SUSPECT with its reason)
 #
 # Prints one JSON line per N and a markdown table. Both coordinator and load generator
 # run on this machine (the load generator takes CPU from the same two cores): the
@@ -12,7 +16,10 @@
 # heartbeat two intervals late during the hold (it starved), which the coordinator then
 # rightly marks SUSPECT. With etcd, "etcd writes/s" is the cluster's committed write
 # transactions (etcd_mvcc_txn_total + etcd_mvcc_put_total on one member) per second of
-# the hold: heartbeats are never written, only state changes.
+# the hold: heartbeats are never written, only state changes. "socket drops" are datagrams
+# the kernel dropped at the coordinator's QUIC socket during the hold, "QUIC lost packets"
+# the load generator's packets QUIC declared lost (a heartbeat's acknowledgement too late,
+# or never), and "reconnects" the connection attempts the ramp repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOLD=${HOLD:-60s}
@@ -24,10 +31,16 @@ STORE=${STORE:-redb}
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/drmesh-bench.XXXXXX)
 ETCD_PIDS=()
+COORD_CPU=(); LOAD_CPU=()
+if [ "${PIN:-0}" = 1 ]; then
+  command -v taskset >/dev/null || { echo "taskset is missing: apt-get install -y util-linux" >&2; exit 1; }
+  COORD_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
+fi
 cleanup() {
   [ -n "${COORD_PID:-}" ] && kill "$COORD_PID" 2>/dev/null
   for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-  wait 2>/dev/null; rm -rf "$WORK"
+  wait 2>/dev/null
+  if [ "${KEEP:-0}" = 1 ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -40,7 +53,7 @@ if [ "$STORE" = etcd ]; then
   CLIENT=(); PEER=(); CLUSTER=""
   for i in 0 1 2; do CLIENT+=("$(free_port)"); PEER+=("$(free_port)"); CLUSTER+="${CLUSTER:+,}m$i=http://127.0.0.1:${PEER[$i]}"; done
   for i in 0 1 2; do
-    etcd --name "m$i" --data-dir "$WORK/etcd-$i" \
+    "${LOAD_CPU[@]}" etcd --name "m$i" --data-dir "$WORK/etcd-$i" \
       --listen-client-urls "http://127.0.0.1:${CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
       --listen-peer-urls "http://127.0.0.1:${PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PEER[$i]}" \
       --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token drmesh-bench \
@@ -79,7 +92,7 @@ key = "ca/coordinator.key"
 $STORE_TABLE
 TOML
   TOKEN=$($BIN/drmesh-coordinator --config "$WORK/coordinator.toml" create-token --role admin)
-  RUST_LOG=warn $BIN/drmesh-coordinator --config "$WORK/coordinator.toml" --ready-file "$WORK/ready.json" \
+  RUST_LOG=warn "${COORD_CPU[@]}" $BIN/drmesh-coordinator --config "$WORK/coordinator.toml" --ready-file "$WORK/ready.json" \
     > "$WORK/coordinator-$N.log" 2>&1 &
   COORD_PID=$!
   for _ in $(seq 100); do [ -s "$WORK/ready.json" ] && break; sleep 0.1; done
@@ -94,7 +107,7 @@ TOML
     done
   fi
   ETCD_ARGS=(); [ "$STORE" = etcd ] && ETCD_ARGS=(--etcd-metrics "http://127.0.0.1:$ETCD0/metrics")
-  line=$(DRMESH_TOKEN=$TOKEN $BIN/drmesh-loadgen --agents "$N" --quic "$QUIC" --ca-dir "$WORK/ca" \
+  line=$(DRMESH_TOKEN=$TOKEN "${LOAD_CPU[@]}" $BIN/drmesh-loadgen --agents "$N" --quic "$QUIC" --ca-dir "$WORK/ca" \
     --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD" "${ETCD_ARGS[@]}")
   line=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["store"]=sys.argv[2]; print(json.dumps(r))' "$line" "$STORE")
   echo "$line"
@@ -103,14 +116,14 @@ TOML
 done
 
 echo
-echo "| store | agents | connected | wrongly SUSPECT | loadgen late (longest gap) | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update | etcd writes/s |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| store | agents | connected | wrongly SUSPECT | loadgen late (longest gap) | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update | etcd writes/s | socket drops | QUIC lost packets | ramp (reconnects) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   python3 - "$r" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 us = lambda s: f"≤ {s*1e6:.0f} µs"
 w = r.get("etcdWritesPerSecond")
-print(f"| {r.get('store', 'redb')} | {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r.get('loadgenLateAgents', '-')} ({r.get('loadgenLongestGapMs', '-')} ms) | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} | {'-' if w is None else f'{w:.1f}'} |")
+print(f"| {r.get('store', 'redb')} | {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r.get('loadgenLateAgents', '-')} ({r.get('loadgenLongestGapMs', '-')} ms) | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} | {'-' if w is None else f'{w:.1f}'} | {r.get('coordinatorSocketDrops', '-')} | {r.get('loadgenLostPackets', '-')} | {r['rampSeconds']:.0f} s ({r.get('rampReconnects', '-')}) |")
 PY
 done

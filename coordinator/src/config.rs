@@ -67,6 +67,10 @@ pub struct CoordinatorConfigFile {
     pub log_format: Option<LogFormat>,
     /// HTTP worker threads. Default 2.
     pub http_workers: Option<usize>,
+    /// Threads of the runtime that drives the QUIC endpoint: every agent connection, its
+    /// heartbeats and their acknowledgements. Its own runtime, so that nothing else the
+    /// coordinator runs can delay a heartbeat. Default 2.
+    pub quic_threads: Option<usize>,
     /// A backup still running after this long is failed with a CRITICAL "Backup
     /// Timeout" alert. Default `30m` (the runbook's).
     #[serde(with = "humantime_serde")]
@@ -168,6 +172,7 @@ pub struct CoordinatorConfig {
     pub health_probe_conninfo: String,
     pub log_format: LogFormat,
     pub http_workers: usize,
+    pub quic_threads: usize,
     pub backup_timeout: Duration,
     pub recovery_timeout: Duration,
     pub verify_concurrency: usize,
@@ -258,6 +263,12 @@ impl CoordinatorConfigFile {
         if http_workers == 0 || http_workers > 64 {
             return Err(ConfigError::Invalid(format!(
                 "http_workers {http_workers} must be between 1 and 64"
+            )));
+        }
+        let quic_threads = self.quic_threads.unwrap_or(2);
+        if quic_threads == 0 || quic_threads > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "quic_threads {quic_threads} must be between 1 and 64"
             )));
         }
         let backup_timeout = self.backup_timeout.unwrap_or(DEFAULT_BACKUP_TIMEOUT);
@@ -353,6 +364,7 @@ impl CoordinatorConfigFile {
             health_probe_conninfo,
             log_format: self.log_format.unwrap_or_default(),
             http_workers,
+            quic_threads,
             backup_timeout,
             recovery_timeout,
             verify_concurrency,

@@ -17,6 +17,9 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     /// Seconds from a heartbeat datagram's arrival to the registry's update.
     pub heartbeat_update_seconds: Histogram,
+    /// How late the QUIC runtime wakes a timer: the time a heartbeat waits before its
+    /// connection is even looked at (`transport::watch_lag`).
+    pub quic_runtime_lag_seconds: Histogram,
     pub heartbeats: Counter,
     pub bad_frames: Counter,
     /// Connections refused, by reason.
@@ -30,6 +33,8 @@ impl Default for Metrics {
         Self {
             // 1 µs .. ~0.5 s
             heartbeat_update_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            // 100 µs .. ~3 s
+            quic_runtime_lag_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
             heartbeats: Counter::default(),
             bad_frames: Counter::default(),
             refused_connections: Family::default(),
@@ -62,6 +67,11 @@ impl Metrics {
             "drmesh_heartbeat_update_seconds",
             "Time from a heartbeat's arrival to the registry's update",
             self.heartbeat_update_seconds.clone(),
+        );
+        registry.register(
+            "drmesh_quic_runtime_lag_seconds",
+            "How late the QUIC runtime wakes a timer (heartbeats wait as long)",
+            self.quic_runtime_lag_seconds.clone(),
         );
         registry.register(
             "drmesh_heartbeats",

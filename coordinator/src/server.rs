@@ -70,7 +70,13 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         info!(provider = %provider.describe(), record = %provider.record(), "DNS provider ready");
         let _ = coord.dns.set(provider);
     }
-    let endpoint = transport::endpoint(&coord)?;
+    let quic_runtime =
+        transport::QuicRuntime::new(config.quic_threads).context("start the QUIC runtime")?;
+    let quic_handle = quic_runtime.handle();
+    let endpoint = {
+        let _inside = quic_handle.enter();
+        transport::endpoint(&coord)?
+    };
     let quic = endpoint.local_addr().context("read QUIC address")?;
 
     if etcd.is_none() {
@@ -78,8 +84,10 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         crate::ops::office::take(&coord, std::time::Instant::now())
             .context("resume the stored work")?;
     }
-    tokio::spawn(transport::serve(endpoint.clone(), coord.clone()));
-    tokio::spawn(coord.clone().watch_liveness());
+    // The heartbeats and the liveness that judges them, on the QUIC runtime.
+    quic_handle.spawn(transport::serve(endpoint.clone(), coord.clone()));
+    quic_handle.spawn(coord.clone().watch_liveness());
+    quic_handle.spawn(transport::watch_lag(coord.clone()));
     tokio::spawn(crate::ops::health::watch(coord.clone()));
     tokio::spawn(crate::ops::rejoin::watch_auto(coord.clone()));
     tokio::spawn(crate::ops::drtest::schedule(coord.clone()));
@@ -187,6 +195,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     handle.stop(true).await;
     let _ = server_task.await;
     endpoint.wait_idle().await;
+    drop(quic_runtime);
     Ok(())
 }
 

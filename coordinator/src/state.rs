@@ -19,7 +19,7 @@ use crate::alerts;
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
 use crate::rules::registry::{Liveness, Registry, Transition};
-use crate::store::{Namespace, Store, StoreError, StoreExt};
+use crate::store::{Namespace, Store, StoreError, StoreExt, Txn};
 
 /// An agent as remembered across coordinator restarts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +101,79 @@ pub enum AgentRecord {
         peers: Option<u32>,
         can_fence: bool,
     },
+}
+
+impl AgentRecord {
+    fn agent(&self) -> &AgentId {
+        match self {
+            AgentRecord::Seen { id, .. } | AgentRecord::LeaseFacts { id, .. } => id,
+        }
+    }
+}
+
+/// The most agent records written in one transaction.
+const RECORD_BATCH: usize = 100;
+
+/// Writes one agent record inside a transaction: an agent is remembered the first time it
+/// connects (and again when its region, version or addresses change), keeping when it was
+/// first seen and its lease facts; lease facts change a remembered agent only.
+fn keep_agent_record(
+    tx: &mut dyn Txn,
+    record: &AgentRecord,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match record {
+        AgentRecord::Seen {
+            id,
+            region,
+            version,
+            addresses,
+        } => {
+            let known = KnownAgent {
+                agent_id: id.clone(),
+                region: region.clone(),
+                version: version.clone(),
+                first_seen: now,
+                addresses: *addresses,
+                mesh_peers: None,
+                can_fence: None,
+            };
+            match tx.get_json::<KnownAgent>(Namespace::Agents, id.as_str())? {
+                Some(old)
+                    if old.region == known.region
+                        && old.version == known.version
+                        && old.addresses == known.addresses =>
+                {
+                    Ok(())
+                }
+                Some(old) => tx.put_json(
+                    Namespace::Agents,
+                    id.as_str(),
+                    &KnownAgent {
+                        first_seen: old.first_seen,
+                        mesh_peers: old.mesh_peers,
+                        can_fence: old.can_fence,
+                        ..known
+                    },
+                ),
+                None => tx.put_json(Namespace::Agents, id.as_str(), &known),
+            }
+        }
+        AgentRecord::LeaseFacts {
+            id,
+            peers,
+            can_fence,
+        } => match tx.get_json::<KnownAgent>(Namespace::Agents, id.as_str())? {
+            Some(mut known) => {
+                if peers.is_some() {
+                    known.mesh_peers = *peers;
+                }
+                known.can_fence = Some(*can_fence);
+                tx.put_json(Namespace::Agents, id.as_str(), &known)
+            }
+            None => Ok(()),
+        },
+    }
 }
 
 /// The most transitions applied in one batch.
@@ -348,27 +421,6 @@ impl Coordinator {
         }
     }
 
-    /// Writes an agent's lease facts into its stored record (see `note_lease_facts`).
-    fn persist_lease_facts(&self, id: &AgentId, peers: Option<u32>, can_fence: bool) {
-        let result = match self
-            .store
-            .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
-        {
-            Ok(Some(mut known)) => {
-                if peers.is_some() {
-                    known.mesh_peers = peers;
-                }
-                known.can_fence = Some(can_fence);
-                self.store.put_json(Namespace::Agents, id.as_str(), &known)
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            error!(agent_id = %id, error = %e, "remember the agent's mesh view size and fencing capability");
-        }
-    }
-
     /// Records an agent's addresses (from its Hello), in the registry and the store.
     pub fn set_addresses(
         &self,
@@ -388,24 +440,38 @@ impl Coordinator {
     }
 
     /// Writes the agents' records into the store, in the order they were noted, until
-    /// the process ends. Blocking: run it on a thread of its own, so that a store round
-    /// trip (an etcd read, a redb commit) never holds up the QUIC endpoint while
-    /// thousands of agents connect at once. The registry in memory is what decides; the
-    /// store is what a restarted or newly elected coordinator starts from.
+    /// the process ends: whatever queued meanwhile in one transaction (at most
+    /// [`RECORD_BATCH`]), so thousands of agents connecting at once are tens of store
+    /// commits (raft rounds on etcd), not thousands. Blocking: run it on a thread of its
+    /// own, so that a store round trip (an etcd read, a redb commit) never holds up the
+    /// QUIC endpoint. The registry in memory is what decides; the store is what a
+    /// restarted or newly elected coordinator starts from.
     pub fn keep_agent_records(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AgentRecord>) {
-        while let Some(record) = rx.blocking_recv() {
-            match record {
-                AgentRecord::Seen {
-                    id,
-                    region,
-                    version,
-                    addresses,
-                } => self.remember_agent(&id, &region, &version, addresses),
-                AgentRecord::LeaseFacts {
-                    id,
-                    peers,
-                    can_fence,
-                } => self.persist_lease_facts(&id, peers, can_fence),
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let now = Utc::now();
+            let written = self.store.atomically(|tx| {
+                for record in &batch {
+                    keep_agent_record(tx, record, now)?;
+                }
+                Ok::<_, StoreError>(())
+            });
+            if written.is_err() {
+                // One damaged record must not cost the others theirs: one at a time.
+                for record in &batch {
+                    if let Err(e) = self
+                        .store
+                        .atomically(|tx| keep_agent_record(tx, record, now))
+                    {
+                        error!(agent_id = %record.agent(), error = %e, "remember agent");
+                    }
+                }
             }
         }
     }
@@ -414,53 +480,6 @@ impl Coordinator {
         for t in transitions {
             // The receiver lives as long as the process; a send error means shutdown.
             let _ = self.transitions.send(t);
-        }
-    }
-
-    /// Remembers an agent in the store the first time it connects (and its addresses
-    /// when they change).
-    fn remember_agent(
-        &self,
-        id: &AgentId,
-        region: &RegionId,
-        version: &str,
-        addresses: crate::rules::registry::AgentAddresses,
-    ) {
-        let known = KnownAgent {
-            agent_id: id.clone(),
-            region: region.clone(),
-            version: version.to_string(),
-            first_seen: Utc::now(),
-            addresses,
-            mesh_peers: None,
-            can_fence: None,
-        };
-        let result = match self
-            .store
-            .get_json::<KnownAgent>(Namespace::Agents, id.as_str())
-        {
-            Ok(Some(old))
-                if old.region == known.region
-                    && old.version == known.version
-                    && old.addresses == known.addresses =>
-            {
-                Ok(())
-            }
-            Ok(Some(old)) => self.store.put_json(
-                Namespace::Agents,
-                id.as_str(),
-                &KnownAgent {
-                    first_seen: old.first_seen,
-                    mesh_peers: old.mesh_peers,
-                    can_fence: old.can_fence,
-                    ..known
-                },
-            ),
-            Ok(None) => self.store.put_json(Namespace::Agents, id.as_str(), &known),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            error!(agent_id = %id, error = %e, "remember agent");
         }
     }
 

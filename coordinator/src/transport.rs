@@ -88,8 +88,68 @@ async fn write_frame(
     Ok(())
 }
 
+/// The runtime the QUIC endpoint runs on, apart from everything else the coordinator
+/// runs (REST, health checks, jobs, failovers): `quic_threads` worker threads named
+/// `quic`. Thousands of agents' heartbeats arrive as one stream of datagrams on one
+/// socket; on a runtime shared with other work, any slow task there delays all of them,
+/// the kernel drops what overflows the socket, and QUIC's loss recovery on both sides
+/// answers the delay with probes that add to it. Shut down in the background when
+/// dropped, which an async context allows.
+pub struct QuicRuntime(Option<tokio::runtime::Runtime>);
+
+impl QuicRuntime {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("quic")
+            .enable_all()
+            .build()?;
+        Ok(QuicRuntime(Some(runtime)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the QUIC runtime is only taken when dropped"),
+        }
+    }
+}
+
+impl Drop for QuicRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Measures, every 100 ms, how late the QUIC runtime wakes a timer, into
+/// `drmesh_quic_runtime_lag_seconds`; a lag of a heartbeat interval or more is logged,
+/// since agents are then wrongly SUSPECT for the coordinator's own delay.
+pub async fn watch_lag(coord: Arc<Coordinator>) {
+    const PERIOD: Duration = Duration::from_millis(100);
+    let warn_from = coord.config.heartbeat_interval;
+    loop {
+        let asked = Instant::now();
+        tokio::time::sleep(PERIOD).await;
+        let lag = asked.elapsed().saturating_sub(PERIOD);
+        coord
+            .metrics
+            .quic_runtime_lag_seconds
+            .observe(lag.as_secs_f64());
+        if lag >= warn_from {
+            warn!(
+                lag_ms = lag.as_millis() as u64,
+                "the QUIC runtime fell behind: heartbeats waited as long (the host's CPUs are \
+                 busy, or quic_threads is too small)"
+            );
+        }
+    }
+}
+
 /// Binds the QUIC endpoint with the coordinator's certificate and the CA as the only
-/// accepted issuer of client certificates.
+/// accepted issuer of client certificates. Call it inside the runtime that is to drive
+/// the endpoint (`Handle::enter`): quinn spawns its driver there.
 pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> {
     let tls = drmesh_protocol::tls::server_config(&coord.config.tls)?;
     let crypto =
@@ -100,6 +160,7 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
     transport.max_idle_timeout(idle.try_into().ok());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.max_concurrent_bidi_streams(16u32.into());
+    transport.ack_frequency_config(Some(immediate_acks()));
     server.transport_config(Arc::new(transport));
     let addr = coord.config.quic_listen;
     let bind_err = |source| TransportError::Bind { addr, source };
@@ -117,6 +178,22 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(bind_err)
+}
+
+/// Asks the peer to acknowledge every ack-eliciting packet at once (QUIC's acknowledgement
+/// frequency extension, which every quinn peer supports), instead of after its
+/// `max_ack_delay` (25 ms). A heartbeat acknowledgement is a lone packet with nothing to
+/// ride on for half a second, so the peer's ACK for it would come at exactly 25 ms, while
+/// the sender's probe timeout is that 25 ms plus a loopback- or LAN-sized RTT: a few
+/// milliseconds of scheduling delay anywhere fire probes on thousands of connections at
+/// once, whose answers bury the socket they are meant to test. Acknowledged at once, the
+/// ACK has the whole 25 ms of margin. (Agents do not ask it of the coordinator: its
+/// acknowledgement datagram, sent as soon as the heartbeat is read, carries the ACK; an
+/// immediate ACK would be one more packet per heartbeat.)
+pub fn immediate_acks() -> quinn::AckFrequencyConfig {
+    let mut config = quinn::AckFrequencyConfig::default();
+    config.ack_eliciting_threshold(0u32.into());
+    config
 }
 
 /// The socket buffers asked for: 10,000 heartbeats a second (5,000 agents) overflow the
@@ -185,8 +262,14 @@ pub async fn serve(endpoint: quinn::Endpoint, coord: Arc<Coordinator>) {
         let remote = incoming.remote_address();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(incoming, &coord).await {
-                    debug!(error = %e, "agent connection ended");
+                match handle(incoming, &coord).await {
+                    Ok(()) => {}
+                    // Connected, but no hello in time: worth an operator's eye (an
+                    // overloaded coordinator, or something that is not an agent).
+                    Err(e @ TransportError::Timeout(_)) => {
+                        warn!(error = %e, "agent connection dropped before its hello")
+                    }
+                    Err(e) => debug!(error = %e, "agent connection ended"),
                 }
             }
             .instrument(tracing::info_span!("agent_conn", %remote)),
@@ -404,7 +487,9 @@ async fn receive_heartbeats(
         match decode_exact::<AgentMessage>(&datagram) {
             Ok(AgentMessage::V1(AgentMessageV1::Heartbeat(hb))) => {
                 let seq = hb.seq;
-                let generation = hb.mesh.as_ref().map_or(0, |m| m.generation);
+                // An agent that sends no mesh report takes no part in the mesh: it is
+                // sent no view.
+                let generation = hb.mesh.as_ref().map(|m| m.generation);
                 let mesh_peers = hb
                     .mesh
                     .as_ref()
@@ -449,10 +534,10 @@ async fn receive_heartbeats(
 }
 
 /// Answers an accepted heartbeat (renewing the agent's lease), with the mesh view when
-/// the agent's is out of date. Not while this coordinator's leadership is unproven: an
+/// the agent reported one (`generation`) and it is out of date. Not while this coordinator's leadership is unproven: an
 /// acknowledgement sent after a successor could have been elected would renew a lease
 /// the successor is waiting out.
-fn acknowledge(conn: &quinn::Connection, coord: &Coordinator, seq: u64, generation: u64) {
+fn acknowledge(conn: &quinn::Connection, coord: &Coordinator, seq: u64, generation: Option<u64>) {
     if !coord.may_act() {
         debug!("not acknowledged: this coordinator's leadership is not proven now");
         return;
@@ -462,7 +547,9 @@ fn acknowledge(conn: &quinn::Connection, coord: &Coordinator, seq: u64, generati
         drmesh_protocol::HeartbeatAck {
             seq,
             epoch: coord.epoch(),
-            mesh: (view.generation != generation).then(|| view.as_ref().clone()),
+            mesh: generation
+                .is_some_and(|g| g != view.generation)
+                .then(|| view.as_ref().clone()),
         },
     ));
     match encode(&ack) {

@@ -286,9 +286,9 @@ impl Registry {
                     (_, n) => n,
                 };
             }
-            let reason = format!("no heartbeat for {} ms", silent.as_millis());
-            if let Some(t) = set_state(entry, next, &reason) {
-                out.push(t);
+            if entry.state != next {
+                let reason = format!("no heartbeat for {} ms", silent.as_millis());
+                out.extend(set_state(entry, next, &reason));
             }
         }
         out

@@ -104,6 +104,29 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
+/// Datagrams the kernel dropped at the UDP sockets bound to `port` (the coordinator's
+/// QUIC socket: its receive buffer overflowed), from /proc/net/udp and udp6.
+fn socket_drops(port: u16) -> u64 {
+    let wanted = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local = fields.get(1)?;
+                    if !local.ends_with(&wanted) {
+                        return None;
+                    }
+                    fields.last()?.parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -193,23 +216,82 @@ struct Shared {
     late_agents: AtomicU64,
     /// The longest gap between two heartbeats of one agent during the hold, in ms.
     longest_gap_ms: AtomicU64,
+    /// Heartbeats handed to QUIC during the hold.
+    sent_in_hold: AtomicU64,
+    /// Connection attempts repeated during the ramp.
+    reconnects: AtomicU64,
+    /// Every agent's connection, for its QUIC statistics around the hold.
+    connections: std::sync::Mutex<Vec<quinn::Connection>>,
 }
 
-async fn run_agent(
-    shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    config: quinn::ClientConfig,
-    id: AgentId,
-) -> anyhow::Result<()> {
-    let Shared { quic, interval, .. } = *shared;
-    let region = shared.region.clone();
-    let (connected, stop, ramp) = (&shared.connected, &shared.stop, &shared.ramp);
-    let permit = ramp.acquire().await?;
-    let conn = endpoint.connect_with(config, quic, "localhost")?.await?;
+/// The agents' QUIC statistics, summed: what left on the wire and what QUIC's loss
+/// recovery did. A heartbeat handed to QUIC on time can still leave late (held by the
+/// congestion window after losses); these tell that apart from a late sender.
+#[derive(Default, Clone, Copy)]
+struct QuicTotals {
+    datagrams_sent: u64,
+    datagrams_received: u64,
+    pings_sent: u64,
+    lost_packets: u64,
+    congestion_events: u64,
+    min_cwnd: u64,
+}
+
+impl QuicTotals {
+    fn of(connections: &[quinn::Connection]) -> Self {
+        let mut t = QuicTotals {
+            min_cwnd: u64::MAX,
+            ..Default::default()
+        };
+        for c in connections {
+            let s = c.stats();
+            t.datagrams_sent += s.frame_tx.datagram;
+            t.datagrams_received += s.frame_rx.datagram;
+            t.pings_sent += s.frame_tx.ping;
+            t.lost_packets += s.path.lost_packets;
+            t.congestion_events += s.path.congestion_events;
+            t.min_cwnd = t.min_cwnd.min(s.path.cwnd);
+        }
+        t
+    }
+}
+
+const JOIN_ATTEMPTS: u32 = 5;
+
+/// A client endpoint on loopback whose socket buffers are 8 MiB (as the coordinator's).
+fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const BUFFER: usize = 8 << 20;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    if setsockopt(&socket, sockopt::RcvBufForce, &BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &BUFFER);
+    }
+    if setsockopt(&socket, sockopt::SndBufForce, &BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::SndBuf, &BUFFER);
+    }
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// Connects, says hello and waits for the welcome.
+async fn join(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    quic: std::net::SocketAddr,
+    id: &AgentId,
+    region: &RegionId,
+) -> anyhow::Result<quinn::Connection> {
+    let conn = endpoint
+        .connect_with(config.clone(), quic, "localhost")?
+        .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = AgentMessage::V1(AgentMessageV1::Hello(Hello {
         agent_id: id.clone(),
-        region,
+        region: region.clone(),
         version: "loadgen".into(),
         capabilities: vec!["heartbeat".into()],
         mesh_addr: None,
@@ -222,7 +304,7 @@ async fn run_agent(
     loop {
         if let Some(m) = dec.next_frame::<CoordinatorMessage>()? {
             match m {
-                CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(_)) => break,
+                CoordinatorMessage::V1(CoordinatorMessageV1::Welcome(_)) => return Ok(conn),
                 other => bail!("{id}: unexpected {other:?}"),
             }
         }
@@ -231,7 +313,37 @@ async fn run_agent(
             None => bail!("{id}: no welcome"),
         }
     }
+}
+
+async fn run_agent(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    id: AgentId,
+) -> anyhow::Result<()> {
+    let Shared { quic, interval, .. } = *shared;
+    let region = shared.region.clone();
+    let (connected, stop, ramp) = (&shared.connected, &shared.stop, &shared.ramp);
+    let permit = ramp.acquire().await?;
+    // As a real agent does, one that is refused or times out during the ramp tries again
+    // after a second (counted: `reconnects`).
+    let mut attempt = 1;
+    let conn = loop {
+        match join(&endpoint, &config, quic, &id, &region).await {
+            Ok(conn) => break conn,
+            Err(e) if attempt < JOIN_ATTEMPTS => {
+                eprintln!("{id}: attempt {attempt}: {e:#}");
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     drop(permit);
+    if let Ok(mut all) = shared.connections.lock() {
+        all.push(conn.clone());
+    }
     connected.fetch_add(1, Ordering::SeqCst);
     // Spread the agents' ticks over the interval, as real agents started at random times.
     let offset = Duration::from_millis(rand_offset(&id, interval));
@@ -258,6 +370,9 @@ async fn run_agent(
             }
         }
         last_sent = Some(now);
+        if shared.holding.load(Ordering::Relaxed) {
+            shared.sent_in_hold.fetch_add(1, Ordering::Relaxed);
+        }
         seq += 1;
         let hb = AgentMessage::V1(AgentMessageV1::Heartbeat(Heartbeat {
             seq,
@@ -296,6 +411,14 @@ fn main() -> anyhow::Result<()> {
     let region = RegionId::new("bench-1")?;
     let ca_cert = args.ca_dir.join("ca.pem");
     let mut configs = Vec::with_capacity(args.agents);
+    // The QUIC transport of a real agent (agent/src/link.rs): idle timeout and keep-alive.
+    let transport = {
+        let mut t = quinn::TransportConfig::default();
+        let idle = (*args.interval * 20).max(Duration::from_secs(10));
+        t.max_idle_timeout(idle.try_into().ok());
+        t.keep_alive_interval(Some((*args.interval).max(Duration::from_secs(1))));
+        Arc::new(t)
+    };
     let t = Instant::now();
     for i in 0..args.agents {
         let id = AgentId::new(format!("load-{i:05}"))?;
@@ -309,7 +432,9 @@ fn main() -> anyhow::Result<()> {
             key: files.key,
         })?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        configs.push((id, quinn::ClientConfig::new(Arc::new(crypto))));
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport.clone());
+        configs.push((id, client));
     }
     eprintln!("{} certificates ready in {:?}", args.agents, t.elapsed());
 
@@ -318,10 +443,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        // Several client sockets, so the kernel's per-socket buffers are not the limit.
+        // Several client sockets with wide buffers: a real agent has a socket to itself,
+        // here 625 share one, and a burst of acknowledgements must not overflow it.
         let endpoints: Vec<quinn::Endpoint> = (0..8)
-            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address")))
-            .collect::<Result<_, _>>()?;
+            .map(|_| client_endpoint())
+            .collect::<anyhow::Result<_>>()?;
         let shared = Arc::new(Shared {
             quic: args.quic,
             region: region.clone(),
@@ -333,6 +459,9 @@ fn main() -> anyhow::Result<()> {
             holding: AtomicBool::new(false),
             late_agents: AtomicU64::new(0),
             longest_gap_ms: AtomicU64::new(0),
+            sent_in_hold: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connections: std::sync::Mutex::new(Vec::new()),
         });
         let ramp_start = Instant::now();
         let mut tasks = Vec::new();
@@ -376,6 +505,15 @@ fn main() -> anyhow::Result<()> {
             Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
             None => None,
         };
+        let quic_totals = || {
+            shared
+                .connections
+                .lock()
+                .map(|all| QuicTotals::of(&all))
+                .unwrap_or_default()
+        };
+        let quic_before = quic_totals();
+        let drops_before = socket_drops(args.quic.port());
         let cpu_before = sample(args.coordinator_pid)?;
         let mut max_rss = cpu_before.rss_kib;
         let hold_end = Instant::now() + *args.hold;
@@ -385,6 +523,8 @@ fn main() -> anyhow::Result<()> {
             max_rss = max_rss.max(sample(args.coordinator_pid)?.rss_kib);
         }
         shared.holding.store(false, Ordering::Relaxed);
+        let quic_after = quic_totals();
+        let drops_after = socket_drops(args.quic.port());
         let cpu_after = sample(args.coordinator_pid)?;
         let etcd_after = match etcd_url {
             Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
@@ -409,12 +549,21 @@ fn main() -> anyhow::Result<()> {
             "connected": connected.load(Ordering::SeqCst),
             "failed": failures.load(Ordering::SeqCst),
             "rampSeconds": ramp_time.as_secs_f64(),
+            "rampReconnects": shared.reconnects.load(Ordering::Relaxed),
             "holdSeconds": seconds,
             "wronglySuspect": after.suspect - before.suspect,
             "wronglyDown": after.down - before.down,
             "etcdWritesPerSecond": etcd_before.zip(etcd_after).map(|(b, a)| (a - b) / seconds),
             "loadgenLateAgents": shared.late_agents.load(Ordering::Relaxed),
             "loadgenLongestGapMs": shared.longest_gap_ms.load(Ordering::Relaxed),
+            "coordinatorSocketDrops": drops_after - drops_before,
+            "loadgenHeartbeatsSent": shared.sent_in_hold.load(Ordering::Relaxed),
+            "loadgenDatagramsOnWire": quic_after.datagrams_sent - quic_before.datagrams_sent,
+            "loadgenAcksReceived": quic_after.datagrams_received - quic_before.datagrams_received,
+            "loadgenPingsSent": quic_after.pings_sent - quic_before.pings_sent,
+            "loadgenLostPackets": quic_after.lost_packets - quic_before.lost_packets,
+            "loadgenCongestionEvents": quic_after.congestion_events - quic_before.congestion_events,
+            "loadgenMinCwnd": quic_after.min_cwnd,
             "heartbeatsPerSecond": rate,
             "coordinatorCpuCores": cores,
             "coordinatorRssMiB": max_rss as f64 / 1024.0,
