@@ -117,35 +117,40 @@ async fn tell(coord: &Arc<Coordinator>, event: Event) {
 }
 
 /// Stores the cut as a resolved CRITICAL alert (who was cut off, from when, how long)
-/// once this coordinator is in office: only the leader writes. A coordinator that does
-/// not take office within [`HISTORY_WAIT`] leaves its cut to the logs and the channels.
+/// once this coordinator is in office: only the leader writes. A freshly restored
+/// cluster may cut it off again for a moment, or refuse a write while an election
+/// settles: it keeps trying until [`HISTORY_WAIT`], then leaves its cut to the logs and
+/// the channels.
 async fn keep_history(coord: Arc<Coordinator>, at: DateTime<Utc>, error: String, lasted: Duration) {
     let deadline = Instant::now() + HISTORY_WAIT;
-    while !coord.in_office() {
-        if Instant::now() >= deadline || matches!(coord.leadership(), Leadership::Cut { .. }) {
-            tracing::debug!("not in office: the cut is not kept in the alert history");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let store = coord.store.as_ref();
     let source = format!("coordinator:{}", coord.name());
     let message = format!(
         "coordinator {} was cut off from etcd from {at} for {:.0} s: {error}",
         coord.name(),
         lasted.as_secs_f64(),
     );
-    let kept = crate::alerts::raise(
-        store,
-        Severity::Critical,
-        STORE_UNREACHABLE,
-        &source,
-        None,
-        message,
-    )
-    .and_then(|_| crate::alerts::resolve_cleared(store, STORE_UNREACHABLE, &source));
-    if let Err(e) = kept {
-        warn!(error = %e, "keep the cut in the alert history");
+    loop {
+        if coord.in_office() {
+            let store = coord.store.as_ref();
+            let kept = crate::alerts::raise(
+                store,
+                Severity::Critical,
+                STORE_UNREACHABLE,
+                &source,
+                None,
+                message.clone(),
+            )
+            .and_then(|_| crate::alerts::resolve_cleared(store, STORE_UNREACHABLE, &source));
+            match kept {
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "keep the cut in the alert history (trying again)"),
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::debug!("not in office: the cut is kept by the logs and the channels only");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
