@@ -14,6 +14,7 @@ pub mod notify;
 pub mod ops;
 pub mod plans;
 pub mod rules;
+pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -70,8 +70,11 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
         info!(provider = %provider.describe(), record = %provider.record(), "DNS provider ready");
         let _ = coord.dns.set(provider);
     }
-    let quic_runtime =
-        transport::QuicRuntime::new(config.quic_threads).context("start the QUIC runtime")?;
+    // Apart from everything else the coordinator runs: thousands of agents' heartbeats
+    // arrive as one stream on one socket, and on a runtime shared with other work any
+    // slow task there delays all of them (see `transport::immediate_acks`).
+    let quic_runtime = crate::runtime::OwnRuntime::new("quic", config.quic_threads)
+        .context("start the QUIC runtime")?;
     let quic_handle = quic_runtime.handle();
     let endpoint = {
         let _inside = quic_handle.enter();

@@ -111,6 +111,19 @@ impl AgentRecord {
     }
 }
 
+/// Waits for the next item, then takes whatever else is queued, up to `max` in all;
+/// `None` once every sender is gone. Blocking: for the store threads.
+fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.blocking_recv()?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// The most agent records written in one transaction.
 const RECORD_BATCH: usize = 100;
 
@@ -447,14 +460,7 @@ impl Coordinator {
     /// QUIC endpoint. The registry in memory is what decides; the store is what a
     /// restarted or newly elected coordinator starts from.
     pub fn keep_agent_records(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AgentRecord>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < RECORD_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, RECORD_BATCH) {
             let now = Utc::now();
             let written = self.store.atomically(|tx| {
                 for record in &batch {
@@ -504,16 +510,9 @@ impl Coordinator {
     /// transactions (an etcd round trip, a redb commit); on the runtime thread they would
     /// hold up the heartbeats of every other agent while many change state at once.
     pub fn apply_transitions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Transition>) {
-        while let Some(first) = rx.blocking_recv() {
-            // Whatever queued meanwhile goes in one batch: a mesh-wide blip (thousands
-            // of agents at once) is a few transactions, not one each.
-            let mut batch = vec![first];
-            while batch.len() < TRANSITION_BATCH {
-                match rx.try_recv() {
-                    Ok(t) => batch.push(t),
-                    Err(_) => break,
-                }
-            }
+        // Whatever queued meanwhile goes in one batch: a mesh-wide blip (thousands of
+        // agents at once) is a few transactions, not one each.
+        while let Some(batch) = next_batch(&mut rx, TRANSITION_BATCH) {
             if self.in_office() {
                 self.apply_batch(batch);
             }

@@ -88,41 +88,6 @@ async fn write_frame(
     Ok(())
 }
 
-/// The runtime the QUIC endpoint runs on, apart from everything else the coordinator
-/// runs (REST, health checks, jobs, failovers): `quic_threads` worker threads named
-/// `quic`. Thousands of agents' heartbeats arrive as one stream of datagrams on one
-/// socket; on a runtime shared with other work, any slow task there delays all of them,
-/// the kernel drops what overflows the socket, and QUIC's loss recovery on both sides
-/// answers the delay with probes that add to it. Shut down in the background when
-/// dropped, which an async context allows.
-pub struct QuicRuntime(Option<tokio::runtime::Runtime>);
-
-impl QuicRuntime {
-    pub fn new(threads: usize) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("quic")
-            .enable_all()
-            .build()?;
-        Ok(QuicRuntime(Some(runtime)))
-    }
-
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            None => unreachable!("the QUIC runtime is only taken when dropped"),
-        }
-    }
-}
-
-impl Drop for QuicRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// Measures, every 100 ms, how late the QUIC runtime wakes a timer, into
 /// `drmesh_quic_runtime_lag_seconds`; a lag of a heartbeat interval or more is logged,
 /// since agents are then wrongly SUSPECT for the coordinator's own delay.
@@ -205,7 +170,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// Widens the QUIC socket's receive and send buffers to [`SOCKET_BUFFER`]: past
 /// `net.core.rmem_max` when the process may (`SO_RCVBUFFORCE`, root), else up to it.
 /// Logs what the kernel granted.
-fn widen_buffers(socket: &std::net::UdpSocket) {
+pub fn widen_buffers(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);

@@ -29,6 +29,7 @@ use parking_lot::RwLock;
 
 use super::settings::EtcdSettings;
 use super::{Namespace, Store, StoreError, Txn as StoreTxn};
+use crate::runtime::OwnRuntime;
 
 /// Records per range request when scanning (a page stays far below gRPC's 4 MiB).
 const PAGE: i64 = 256;
@@ -47,9 +48,9 @@ pub enum WriteGuard {
 }
 
 pub struct EtcdStore {
-    /// Always `Some` until dropped (a runtime is shut down in the background, since a
-    /// store may be dropped inside another runtime).
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Shut down in the background when dropped: a store may be dropped inside another
+    /// runtime.
+    runtime: OwnRuntime,
     client: Client,
     prefix: String,
     timeout: Duration,
@@ -65,11 +66,7 @@ impl EtcdStore {
     /// Connects to the cluster (waiting at most `timeout` for a member to answer).
     /// Writes start [`WriteGuard::Follower`]: refused until [`EtcdStore::set_guard`].
     pub fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("etcd-store")
-            .enable_all()
-            .build()
+        let runtime = OwnRuntime::new("etcd-store", 2)
             .map_err(|e| StoreError::Backend(format!("start the etcd client's runtime: {e}")))?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.timeout)
@@ -97,7 +94,7 @@ impl EtcdStore {
         let timeout = settings.timeout;
         // Not `block_on`: the caller may itself be inside a runtime (the coordinator's).
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
+        runtime.get().spawn(async move {
             let _ = tx.send(
                 tokio::time::timeout(timeout, Client::connect(endpoints, Some(options))).await,
             );
@@ -113,7 +110,7 @@ impl EtcdStore {
             })?
             .map_err(|e| etcd_error("connect", e))?;
         let store = Self {
-            runtime: Some(runtime),
+            runtime,
             client,
             prefix: settings.prefix.clone(),
             timeout,
@@ -163,11 +160,7 @@ impl EtcdStore {
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
-        match &self.runtime {
-            Some(rt) => rt,
-            // Taken only in `drop`.
-            None => unreachable!("the etcd store's runtime is gone before the store"),
-        }
+        self.runtime.get()
     }
 
     /// The key whose creator leads.
@@ -405,14 +398,6 @@ impl EtcdStore {
         Err(StoreError::Backend(
             "etcd: a write's condition failed for no reason this store knows".into(),
         ))
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -258,17 +258,10 @@ impl QuicTotals {
 
 const JOIN_ATTEMPTS: u32 = 5;
 
-/// A client endpoint on loopback whose socket buffers are 8 MiB (as the coordinator's).
+/// A client endpoint on loopback with the coordinator's wide socket buffers.
 fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    const BUFFER: usize = 8 << 20;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    if setsockopt(&socket, sockopt::RcvBufForce, &BUFFER).is_err() {
-        let _ = setsockopt(&socket, sockopt::RcvBuf, &BUFFER);
-    }
-    if setsockopt(&socket, sockopt::SndBufForce, &BUFFER).is_err() {
-        let _ = setsockopt(&socket, sockopt::SndBuf, &BUFFER);
-    }
+    drmesh_coordinator::transport::widen_buffers(&socket);
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
