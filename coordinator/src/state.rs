@@ -13,7 +13,7 @@ use drmesh_protocol::{AgentId, Epoch, PgRole, RegionId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::alerts;
 use crate::config::CoordinatorConfig;
@@ -211,6 +211,47 @@ fn load_registry(
         registry.set_can_fence(&id, known.can_fence);
     }
     Ok(registry)
+}
+
+/// The agents of `registry` as the status shows them (lag in bytes left to the caller).
+fn statuses(registry: &Registry, now: Instant) -> Vec<AgentStatus> {
+    registry
+        .agents()
+        .map(|e| {
+            let pg = e.heartbeat.as_ref().and_then(|h| h.postgres.as_ref());
+            AgentStatus {
+                agent_id: e.id.clone(),
+                region: e.region.clone(),
+                state: e.state,
+                role: pg.map(|p| p.role),
+                version: e.version.clone(),
+                connected: e.connected,
+                last_heartbeat_age_ms: e
+                    .last_heartbeat_instant
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                last_heartbeat_at: e.last_heartbeat_at,
+                timeline: pg.and_then(|p| p.timeline),
+                lsn: pg.and_then(|p| p.lsn).map(|l| l.to_string()),
+                replication_lag_bytes: None,
+                replication_lag_seconds: pg.and_then(|p| p.lag_seconds),
+                disk_free_bytes: e.heartbeat.as_ref().and_then(|h| h.disk_free_bytes),
+                last_backup_ids: e
+                    .heartbeat
+                    .as_ref()
+                    .map(|h| h.last_backup_ids.clone())
+                    .unwrap_or_default(),
+                postgres_error: pg.and_then(|p| p.error.clone()),
+                fenced: e
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.mesh.as_ref())
+                    .is_some_and(|m| m.fenced),
+                postgres_address: e.addresses.postgres,
+                mesh_peers: e.mesh_peers,
+                can_fence: e.can_fence == Some(true),
+            }
+        })
+        .collect()
 }
 
 const MESH_KEY: &str = "mesh_key";
@@ -582,47 +623,24 @@ impl Coordinator {
     }
 
     /// Every agent's status, computed now.
+    ///
+    /// A coordinator out of office (a follower, or one cut from the store) holds no
+    /// agent's link, and its own registry dates from its start or its last term: it
+    /// shows the agents the store remembers instead, none connected. Only if the store
+    /// cannot be read does it show its own.
     pub fn agent_statuses(&self) -> Vec<AgentStatus> {
         let now = Instant::now();
-        let registry = self.registry.lock();
-        let mut out: Vec<AgentStatus> = registry
-            .agents()
-            .map(|e| {
-                let pg = e.heartbeat.as_ref().and_then(|h| h.postgres.as_ref());
-                AgentStatus {
-                    agent_id: e.id.clone(),
-                    region: e.region.clone(),
-                    state: e.state,
-                    role: pg.map(|p| p.role),
-                    version: e.version.clone(),
-                    connected: e.connected,
-                    last_heartbeat_age_ms: e
-                        .last_heartbeat_instant
-                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
-                    last_heartbeat_at: e.last_heartbeat_at,
-                    timeline: pg.and_then(|p| p.timeline),
-                    lsn: pg.and_then(|p| p.lsn).map(|l| l.to_string()),
-                    replication_lag_bytes: None,
-                    replication_lag_seconds: pg.and_then(|p| p.lag_seconds),
-                    disk_free_bytes: e.heartbeat.as_ref().and_then(|h| h.disk_free_bytes),
-                    last_backup_ids: e
-                        .heartbeat
-                        .as_ref()
-                        .map(|h| h.last_backup_ids.clone())
-                        .unwrap_or_default(),
-                    postgres_error: pg.and_then(|p| p.error.clone()),
-                    fenced: e
-                        .heartbeat
-                        .as_ref()
-                        .and_then(|h| h.mesh.as_ref())
-                        .is_some_and(|m| m.fenced),
-                    postgres_address: e.addresses.postgres,
-                    mesh_peers: e.mesh_peers,
-                    can_fence: e.can_fence == Some(true),
-                }
-            })
-            .collect();
-        drop(registry);
+        let remembered = if self.in_office() {
+            None
+        } else {
+            load_registry(&self.config, self.store.as_ref(), now)
+                .map_err(|e| debug!(error = %e, "read the remembered agents"))
+                .ok()
+        };
+        let mut out = match remembered {
+            Some(r) => statuses(&r, now),
+            None => statuses(&self.registry.lock(), now),
+        };
         // Lag in bytes is the primary's write position minus the standby's replay position.
         let primary_lsn = out
             .iter()

@@ -11,6 +11,10 @@
 //!   with the reason.
 //! - A forwarded request carries [`FORWARDED_BY`]; a coordinator that receives one and
 //!   does not lead answers 503 `not_leader` rather than forwarding it again.
+//! - A request the follower could not deliver (no connection to the leader it knows, as
+//!   while a dead leader's key lasts) is answered 503 `not_leader` too: nothing was
+//!   done, so the caller may ask another coordinator. One that may have reached the
+//!   leader is answered 503 `unavailable`, and is not to be sent again blindly.
 //!
 //! Forwarding is chosen over a redirect: curl and most HTTP clients drop the bearer
 //! token when a redirect changes host or port, and a redirected POST may be replayed as
@@ -155,7 +159,14 @@ pub async fn forwarded<B: MessageBody + 'static>(
                 }
                 return Ok(ServiceResponse::new(http, HttpResponse::Ok().json(status)));
             }
-            let err = Error::Unavailable(unreachable(&leader, &e));
+            let err = match e {
+                // Nothing was done: the caller may ask another coordinator (the CLI
+                // passes over a `not_leader` answer).
+                ForwardError::NotDelivered(_) => Error::Store(crate::store::StoreError::NotLeader(
+                    unreachable(&leader, &e),
+                )),
+                _ => Error::Unavailable(unreachable(&leader, &e)),
+            };
             return Ok(ServiceResponse::new(http, HttpResponse::from_error(err)));
         }
     };
@@ -193,6 +204,10 @@ fn unreachable(leader: &Announcement, e: &ForwardError) -> String {
 
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
+    /// No connection to the leader: the request surely did nothing.
+    #[error("{0}")]
+    NotDelivered(String),
+    /// The request may have reached the leader.
     #[error("{0}")]
     Transport(String),
     #[error("read the leader's answer: {0}")]
@@ -240,6 +255,14 @@ impl Forward {
         let resp = match req.send_bytes(&self.body) {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t))
+                if matches!(
+                    t.kind(),
+                    ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns
+                ) =>
+            {
+                return Err(ForwardError::NotDelivered(t.to_string()))
+            }
             Err(ureq::Error::Transport(t)) => return Err(ForwardError::Transport(t.to_string())),
         };
         let status = resp.status();

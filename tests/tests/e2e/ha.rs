@@ -177,6 +177,32 @@ fn an_agent_is_sent_to_the_leader_and_follows_it_to_the_next_one() {
     assert!(ha.agent_up(follower, "db-1"));
 
     ha.kill(leader);
+    // While the dead leader's key lasts, the follower cannot forward its status: it
+    // answers with its own view, which lists the agents the store remembers (the
+    // follower started before the agent was first seen), none connected, and says why.
+    let own = ha.status(follower).expect("the follower's own status");
+    let coordinators = own.coordinators.clone().unwrap();
+    let db1 = own
+        .regions
+        .iter()
+        .flat_map(|r| &r.agents)
+        .find(|a| a.agent_id.as_str() == "db-1");
+    let db1 = db1.unwrap_or_else(|| panic!("db-1 not in the follower's own view: {own:?}"));
+    if coordinators.standing == Standing::Follower {
+        assert!(coordinators.error.is_some(), "{coordinators:?}");
+        assert!(!db1.connected, "{db1:?}");
+        // A write it cannot deliver did nothing: `not_leader`, so a client asks another.
+        let write = http(
+            "POST",
+            &ha.url(follower, "/v1/tokens"),
+            Some(&ha.admin_token),
+            Some(r#"{"role": "viewer", "name": "during-the-election"}"#),
+        );
+        if write.status != 201 {
+            assert_eq!(write.status, 503, "{}", write.text);
+            assert!(write.text.contains("not_leader"), "{}", write.text);
+        }
+    }
     let (next, _) = ha
         .wait_leader(Duration::from_secs(TTL_S + 10), &[leader])
         .expect("a new leader");
