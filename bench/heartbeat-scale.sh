@@ -8,6 +8,10 @@
 #   PIN=1 ...    gives the coordinator core 0 to itself and the load generator and etcd the
 #                other (taskset): "under one core" measured literally, and the load
 #                generator cannot starve the coordinator (nor the reverse)
+#   FREEZES=5 [FREEZE_FOR=300ms] ...  freezes the load generator (SIGSTOP/SIGCONT) 5 times in
+#                the hold: all agents silent at once, then all answering together, as after
+#                a network blip at the coordinator; none may go SUSPECT for a freeze shorter
+#                than suspect_after minus an interval (1 s - 0.5 s here)
 #   KEEP=1 ...   keeps the work directory (the coordinator's log: every SUSPECT with its reason)
 #
 # Prints one JSON line per N and a markdown table. Both coordinator and load generator
@@ -19,7 +23,11 @@
 # the hold: heartbeats are never written, only state changes. "socket drops" are datagrams
 # the kernel dropped at the coordinator's QUIC socket during the hold, "QUIC lost packets"
 # the load generator's packets QUIC declared lost (a heartbeat's acknowledgement too late,
-# or never), and "reconnects" the connection attempts the ramp repeated.
+# or never), and "reconnects" the connection attempts the ramp repeated. "peak queue" is
+# the fullest the coordinator's socket receive queue was, sampled every 10 ms; the JSON
+# line also lists each moment of drops (coordinatorDropEvents) and each moment the load
+# generator's process was not scheduled for 50 ms or more (lateWakeups, with the
+# hypervisor's steal time meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOLD=${HOLD:-60s}
@@ -108,7 +116,8 @@ TOML
   fi
   ETCD_ARGS=(); [ "$STORE" = etcd ] && ETCD_ARGS=(--etcd-metrics "http://127.0.0.1:$ETCD0/metrics")
   line=$(DRMESH_TOKEN=$TOKEN "${LOAD_CPU[@]}" $BIN/drmesh-loadgen --agents "$N" --quic "$QUIC" --ca-dir "$WORK/ca" \
-    --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD" "${ETCD_ARGS[@]}")
+    --cert-dir "$WORK/certs" --url "http://$HTTP" --coordinator-pid "$COORD_PID" --hold "$HOLD" \
+    --freezes "${FREEZES:-0}" --freeze-for "${FREEZE_FOR:-300ms}" "${ETCD_ARGS[@]}")
   line=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["store"]=sys.argv[2]; print(json.dumps(r))' "$line" "$STORE")
   echo "$line"
   results+=("$line")
@@ -116,7 +125,7 @@ TOML
 done
 
 echo
-echo "| store | agents | connected | wrongly SUSPECT | loadgen late (longest gap) | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update | etcd writes/s | socket drops | QUIC lost packets | ramp (reconnects) |"
+echo "| store | agents | connected | wrongly SUSPECT | loadgen late (longest gap) | heartbeats/s | coordinator CPU (cores) | coordinator RSS (MiB) | p50 update | p99 update | etcd writes/s | socket drops (peak queue) | QUIC lost packets | ramp (reconnects) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   python3 - "$r" <<'PY'
@@ -124,6 +133,6 @@ import json, sys
 r = json.loads(sys.argv[1])
 us = lambda s: f"≤ {s*1e6:.0f} µs"
 w = r.get("etcdWritesPerSecond")
-print(f"| {r.get('store', 'redb')} | {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r.get('loadgenLateAgents', '-')} ({r.get('loadgenLongestGapMs', '-')} ms) | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} | {'-' if w is None else f'{w:.1f}'} | {r.get('coordinatorSocketDrops', '-')} | {r.get('loadgenLostPackets', '-')} | {r['rampSeconds']:.0f} s ({r.get('rampReconnects', '-')}) |")
+print(f"| {r.get('store', 'redb')} | {r['agents']} | {r['connected']} | {int(r['wronglySuspect'])} | {r.get('loadgenLateAgents', '-')} ({r.get('loadgenLongestGapMs', '-')} ms) | {r['heartbeatsPerSecond']:.0f} | {r['coordinatorCpuCores']:.2f} | {r['coordinatorPeakRssMiB']:.0f} | {us(r['updateP50Seconds'])} | {us(r['updateP99Seconds'])} | {'-' if w is None else f'{w:.1f}'} | {r.get('coordinatorSocketDrops', '-')} ({r.get('coordinatorPeakRxQueueBytes', 0)/2**20:.1f} MiB) | {r.get('loadgenLostPackets', '-')} | {r['rampSeconds']:.0f} s ({r.get('rampReconnects', '-')}) |")
 PY
 done

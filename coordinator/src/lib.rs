@@ -19,6 +19,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod transport;
+pub mod udp;
 pub mod views;
 
 /// Sets up logging: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub quic_runtime_lag_seconds: Histogram,
     pub heartbeats: Counter,
     pub bad_frames: Counter,
+    /// Bytes waiting unread in the QUIC socket, sampled on every liveness tick.
+    pub quic_receive_queue_bytes: Gauge,
     /// Connections refused, by reason.
     pub refused_connections: Family<Labels, Counter>,
     /// Agent state changes, by the state entered.
@@ -37,6 +39,7 @@ impl Default for Metrics {
             quic_runtime_lag_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
             heartbeats: Counter::default(),
             bad_frames: Counter::default(),
+            quic_receive_queue_bytes: Gauge::default(),
             refused_connections: Family::default(),
             transitions: Family::default(),
         }
@@ -72,6 +75,11 @@ impl Metrics {
             "drmesh_quic_runtime_lag_seconds",
             "How late the QUIC runtime wakes a timer (heartbeats wait as long)",
             self.quic_runtime_lag_seconds.clone(),
+        );
+        registry.register(
+            "drmesh_quic_receive_queue_bytes",
+            "Bytes waiting unread in the QUIC socket (over 2 MiB: agents are not newly SUSPECT)",
+            self.quic_receive_queue_bytes.clone(),
         );
         registry.register(
             "drmesh_heartbeats",

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::alerts;
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
-use crate::rules::registry::{Liveness, Registry, Transition};
+use crate::rules::registry::{Hearing, Liveness, Registry, Transition};
 use crate::store::{Namespace, Store, StoreError, StoreExt, Txn};
 
 /// An agent as remembered across coordinator restarts.
@@ -76,6 +76,9 @@ pub struct Coordinator {
     pub dns: std::sync::OnceLock<Arc<dyn crate::dns::DnsProvider>>,
     /// Tokens authenticated lately, for reads while the store does not answer.
     pub recent_callers: crate::auth::RecentCallers,
+    /// The QUIC socket's receive queue, once bound: whether heartbeats wait unread
+    /// (`watch_liveness`).
+    pub receive_queue: std::sync::OnceLock<crate::udp::ReceiveQueue>,
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
@@ -254,6 +257,45 @@ fn statuses(registry: &Registry, now: Instant) -> Vec<AgentStatus> {
         .collect()
 }
 
+/// Bytes queued in the QUIC socket past which the coordinator is behind reading it: at
+/// 10,000 heartbeats a second a steady queue peaks near 0.7 MiB, and a burst that piles
+/// up faster than it is read passes 2 MiB within tens of milliseconds.
+const BEHIND_BYTES: usize = 2 << 20;
+
+/// Tells [`Hearing`] from the socket's receive queue, sampled on every liveness tick.
+/// Behind from a sample over [`BEHIND_BYTES`] until the queue has stayed short for one
+/// heartbeat interval: datagrams read from the socket may still wait for their
+/// connection's task, so the heartbeats a backlog held are counted before agents are
+/// judged again. Logs each change.
+#[derive(Default)]
+struct HearingWatch {
+    behind_at: Option<Instant>,
+}
+
+impl HearingWatch {
+    fn update(&mut self, queued: Option<usize>, now: Instant, interval: Duration) -> Hearing {
+        if let Some(bytes) = queued.filter(|b| *b > BEHIND_BYTES) {
+            if self.behind_at.is_none() {
+                warn!(
+                    queued_bytes = bytes,
+                    "the coordinator is behind reading its QUIC socket: no agent is newly \
+                     SUSPECT for silence until it catches up (DOWN is not delayed)"
+                );
+            }
+            self.behind_at = Some(now);
+        }
+        match self.behind_at {
+            Some(at) if now.saturating_duration_since(at) < interval => Hearing::Behind,
+            Some(_) => {
+                info!("the coordinator has caught up reading its QUIC socket");
+                self.behind_at = None;
+                Hearing::Current
+            }
+            None => Hearing::Current,
+        }
+    }
+}
+
 const MESH_KEY: &str = "mesh_key";
 
 impl Coordinator {
@@ -297,6 +339,7 @@ impl Coordinator {
                 health: Mutex::new(BTreeMap::new()),
                 recent_callers: crate::auth::RecentCallers::default(),
                 dns: std::sync::OnceLock::new(),
+                receive_queue: std::sync::OnceLock::new(),
             }),
             Queues {
                 transitions: rx,
@@ -535,12 +578,19 @@ impl Coordinator {
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hearing = HearingWatch::default();
         loop {
             ticker.tick().await;
             if !self.in_office() {
                 continue;
             }
-            let transitions = self.registry.lock().tick(Instant::now());
+            let now = Instant::now();
+            let queued = self.receive_queue.get().and_then(|q| q.queued_bytes());
+            if let Some(bytes) = queued {
+                self.metrics.quic_receive_queue_bytes.set(bytes as i64);
+            }
+            let heard = hearing.update(queued, now, self.config.heartbeat_interval);
+            let transitions = self.registry.lock().tick(now, heard);
             self.report(transitions);
         }
     }

@@ -131,6 +131,12 @@ pub fn endpoint(coord: &Coordinator) -> Result<quinn::Endpoint, TransportError> 
     let bind_err = |source| TransportError::Bind { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
     widen_buffers(&socket);
+    match crate::udp::ReceiveQueue::new(&socket) {
+        Some(queue) => {
+            let _ = coord.receive_queue.set(queue);
+        }
+        None => warn!("cannot watch the QUIC socket's receive queue (no /proc/self/fd)"),
+    }
     let (reset, cid_key) = restart_keys(&coord.config.tls.key)?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
     endpoint_config.cid_generator(move || {
@@ -161,11 +167,14 @@ pub fn immediate_acks() -> quinn::AckFrequencyConfig {
     config
 }
 
-/// The socket buffers asked for: 10,000 heartbeats a second (5,000 agents) overflow the
-/// kernel's default 208 KiB receive buffer in a few tens of milliseconds of a busy
-/// runtime, and every datagram dropped there is a heartbeat the coordinator never sees
-/// (agents wrongly SUSPECT). 8 MiB holds about a second of them.
-const SOCKET_BUFFER: usize = 8 << 20;
+/// The socket buffers asked for (the kernel doubles them: 64 MiB). 10,000 heartbeats a
+/// second (5,000 agents) overflow the kernel's default 208 KiB in a few tens of
+/// milliseconds of a busy runtime. After a moment when every agent fell silent at once
+/// (a blip, a pause of either host), their overdue heartbeats and the probes QUIC fires
+/// while the agents' ACKs wait unread here piled up to 28 MiB in the heartbeat-scale
+/// bench (`FREEZES=5`); every datagram dropped is a heartbeat or an ACK lost, and losses
+/// collapse the agents' congestion windows. Memory is charged only while datagrams wait.
+const SOCKET_BUFFER: usize = 32 << 20;
 
 /// Widens the QUIC socket's receive and send buffers to [`SOCKET_BUFFER`]: past
 /// `net.core.rmem_max` when the process may (`SO_RCVBUFFORCE`, root), else up to it.

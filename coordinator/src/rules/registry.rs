@@ -42,6 +42,57 @@ pub fn derive_state(since_heard: Duration, liveness: &Liveness) -> AgentState {
     }
 }
 
+/// Whether the coordinator hears its agents on time: the judge's own state, which
+/// [`Registry::tick`] weighs before it blames an agent for silence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hearing {
+    /// Datagrams are read as they arrive: silence is the agent's.
+    Current,
+    /// Datagrams wait in the coordinator's own socket (it fell behind reading it, as
+    /// after a burst): a heartbeat may be there, unread.
+    Behind,
+}
+
+/// The state an agent moves to on a tick: as [`derive_state`] says, except that a
+/// coordinator that is [`Hearing::Behind`] does not newly blame a connected agent
+/// silent for less than the down age — its heartbeat may be waiting in the
+/// coordinator's own socket. A backlog never hides a silent agent past the down age.
+///
+/// Architecture Invariant: a coordinator behind on its own socket delays SUSPECT by at
+/// most `down_after - suspect_after` intervals, and DOWN not at all.
+pub fn next_state(
+    current: AgentState,
+    since_heard: Duration,
+    connected: bool,
+    liveness: &Liveness,
+    hearing: Hearing,
+) -> AgentState {
+    let derived = derive_state(since_heard, liveness);
+    if !connected {
+        // Without a connection an agent is never UP, and once DOWN it stays DOWN until
+        // it reconnects.
+        return match (current, derived) {
+            (AgentState::Down, _) => AgentState::Down,
+            (_, AgentState::Up) => AgentState::Suspect,
+            (_, n) => n,
+        };
+    }
+    let worse = severity(derived) > severity(current);
+    if hearing == Hearing::Behind && worse && since_heard < liveness.down_age() {
+        current
+    } else {
+        derived
+    }
+}
+
+fn severity(state: AgentState) -> u8 {
+    match state {
+        AgentState::Up => 0,
+        AgentState::Suspect => 1,
+        AgentState::Down => 2,
+    }
+}
+
 /// One agent as the coordinator knows it.
 #[derive(Clone, Debug)]
 pub struct AgentEntry {
@@ -270,22 +321,13 @@ impl Registry {
         set_state(entry, AgentState::Down, reason)
     }
 
-    /// Re-derives every agent's state from its heartbeat age.
-    pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
+    /// Re-derives every agent's state from its heartbeat age ([`next_state`]).
+    pub fn tick(&mut self, now: Instant, hearing: Hearing) -> Vec<Transition> {
         let liveness = self.liveness;
         let mut out = Vec::new();
         for entry in self.agents.values_mut() {
             let silent = now.saturating_duration_since(entry.last_heard);
-            let mut next = derive_state(silent, &liveness);
-            if !entry.connected {
-                // Without a connection an agent is never UP, and once DOWN it stays DOWN
-                // until it reconnects.
-                next = match (entry.state, next) {
-                    (AgentState::Down, _) => AgentState::Down,
-                    (_, AgentState::Up) => AgentState::Suspect,
-                    (_, n) => n,
-                };
-            }
+            let next = next_state(entry.state, silent, entry.connected, &liveness, hearing);
             if entry.state != next {
                 let reason = format!("no heartbeat for {} ms", silent.as_millis());
                 out.extend(set_state(entry, next, &reason));
@@ -366,15 +408,19 @@ mod tests {
             r.heartbeat(&id, conn, hb(1), t0, Utc::now()),
             HeartbeatOutcome::Accepted(None)
         ));
-        assert!(r.tick(t0 + Duration::from_millis(900)).is_empty());
-        let t = r.tick(t0 + Duration::from_millis(1100));
+        assert!(r
+            .tick(t0 + Duration::from_millis(900), Hearing::Current)
+            .is_empty());
+        let t = r.tick(t0 + Duration::from_millis(1100), Hearing::Current);
         assert_eq!(t[0].to, AgentState::Suspect);
-        let t = r.tick(t0 + Duration::from_millis(2100));
+        let t = r.tick(t0 + Duration::from_millis(2100), Hearing::Current);
         assert_eq!(
             (t[0].from, t[0].to),
             (AgentState::Suspect, AgentState::Down)
         );
-        assert!(r.tick(t0 + Duration::from_millis(5000)).is_empty());
+        assert!(r
+            .tick(t0 + Duration::from_millis(5000), Hearing::Current)
+            .is_empty());
         let back = r.heartbeat(
             &id,
             conn,
@@ -427,7 +473,10 @@ mod tests {
         assert_eq!(r.get(&id).map(|e| e.state), Some(AgentState::Up));
         let t = r.disconnect(&id, new, "closed").expect("transition");
         assert_eq!(t.to, AgentState::Down);
-        assert!(r.tick(t0).is_empty(), "a disconnected agent stays down");
+        assert!(
+            r.tick(t0, Hearing::Current).is_empty(),
+            "a disconnected agent stays down"
+        );
     }
 
     #[test]
@@ -436,8 +485,10 @@ mod tests {
         let mut r = Registry::new(liveness());
         let t0 = Instant::now();
         r.remember(id.clone(), region, "0.1.0".into(), t0);
-        assert!(r.tick(t0 + Duration::from_millis(1500)).is_empty());
-        let t = r.tick(t0 + Duration::from_millis(2000));
+        assert!(r
+            .tick(t0 + Duration::from_millis(1500), Hearing::Current)
+            .is_empty());
+        let t = r.tick(t0 + Duration::from_millis(2000), Hearing::Current);
         assert_eq!(
             (t[0].from, t[0].to),
             (AgentState::Suspect, AgentState::Down)
@@ -460,11 +511,7 @@ mod tests {
                 suspect_after,
                 down_after: suspect_after + extra,
             };
-            let rank = |s: AgentState| match s {
-                AgentState::Up => 0,
-                AgentState::Suspect => 1,
-                AgentState::Down => 2,
-            };
+            let rank = severity;
             let (early, late) = (a.min(b), a.max(b));
             let se = derive_state(Duration::from_millis(early), &l);
             let sl = derive_state(Duration::from_millis(late), &l);
@@ -473,5 +520,60 @@ mod tests {
             proptest::prop_assert_eq!(sl == AgentState::Up, age < l.suspect_age());
             proptest::prop_assert_eq!(sl == AgentState::Down, age >= l.down_age());
         }
+
+        /// A coordinator behind on its own socket blames no agent sooner, never more
+        /// than the coordinator that hears on time would, and no later than the down
+        /// age; it changes nothing for a disconnected agent.
+        #[test]
+        fn a_coordinator_behind_blames_later_but_by_the_down_age(
+            silent in 0u64..10_000,
+            interval in 50u64..2000,
+            suspect_after in 1u32..5,
+            extra in 1u32..5,
+            current in 0u8..3,
+            connected: bool,
+        ) {
+            let l = Liveness {
+                interval: Duration::from_millis(interval),
+                suspect_after,
+                down_after: suspect_after + extra,
+            };
+            let current = [AgentState::Up, AgentState::Suspect, AgentState::Down][current as usize];
+            let age = Duration::from_millis(silent);
+            let on_time = next_state(current, age, connected, &l, Hearing::Current);
+            let behind = next_state(current, age, connected, &l, Hearing::Behind);
+            proptest::prop_assert!(severity(behind) <= severity(on_time));
+            proptest::prop_assert!(behind == on_time || behind == current);
+            if !connected || age >= l.down_age() {
+                proptest::prop_assert_eq!(behind, on_time);
+            }
+        }
+    }
+
+    #[test]
+    fn behind_on_its_socket_the_coordinator_holds_suspicion_until_the_down_age() {
+        let (id, region) = ids();
+        let mut r = Registry::new(liveness());
+        let t0 = Instant::now();
+        let (conn, _) = r.connect(&id, &region, "0.1.0", &[], t0);
+        r.heartbeat(&id, conn, hb(1), t0, Utc::now());
+        // Silent 1.1 s (past suspect_after, 1 s) while datagrams wait unread: still UP.
+        assert!(r
+            .tick(t0 + Duration::from_millis(1100), Hearing::Behind)
+            .is_empty());
+        // The backlog read, its heartbeat was there: UP all along, no transition.
+        r.heartbeat(
+            &id,
+            conn,
+            hb(2),
+            t0 + Duration::from_millis(1200),
+            Utc::now(),
+        );
+        assert!(r
+            .tick(t0 + Duration::from_millis(1300), Hearing::Current)
+            .is_empty());
+        // Silent past the down age (2 s): DOWN even while behind.
+        let t = r.tick(t0 + Duration::from_millis(3300), Hearing::Behind);
+        assert_eq!((t[0].from, t[0].to), (AgentState::Up, AgentState::Down));
     }
 }

@@ -58,6 +58,30 @@ struct Args {
     /// (`etcd_mvcc_put_total` + `etcd_mvcc_txn_total`) over the hold are reported.
     #[arg(long)]
     etcd_metrics: Option<String>,
+    /// Freezes this whole process (SIGSTOP, then SIGCONT from a child) this many times
+    /// during the hold, evenly spaced: every simulated agent falls silent at once, as
+    /// when a network blip cuts the coordinator off for a moment, and then all answer
+    /// together. Reported as `freezes` and, like any stall, in `lateWakeups`.
+    #[arg(long, default_value_t = 0)]
+    freezes: u32,
+    /// How long each freeze lasts; keep it under `suspect_after` minus one interval,
+    /// or the agents are rightly SUSPECT.
+    #[arg(long, default_value = "300ms")]
+    freeze_for: humantime::Duration,
+}
+
+/// Stops this process for `for_` and lets a child resume it (we cannot while stopped).
+fn freeze(for_: Duration) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "kill -STOP {pid}; sleep {:.3}; kill -CONT {pid}",
+            for_.as_secs_f64()
+        ))
+        .spawn()
+        .context("start the freezing shell")?;
+    Ok(())
 }
 
 /// etcd's committed writes so far, from its metrics.
@@ -104,27 +128,92 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
-/// Datagrams the kernel dropped at the UDP sockets bound to `port` (the coordinator's
-/// QUIC socket: its receive buffer overflowed), from /proc/net/udp and udp6.
-fn socket_drops(port: u16) -> u64 {
-    let wanted = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"]
+/// The UDP sockets bound to `port` (the coordinator's QUIC socket), from /proc/net/udp
+/// and udp6: the bytes queued in their receive buffers now (`rx_queue`, counted as the
+/// kernel charges them against the buffer), and the datagrams dropped so far because
+/// the buffer was full.
+#[derive(Default, Clone, Copy)]
+struct UdpSocketState {
+    rx_queue: u64,
+    drops: u64,
+}
+
+fn udp_socket(port: u16) -> UdpSocketState {
+    drmesh_coordinator::udp::udp_sockets()
         .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    let local = fields.get(1)?;
-                    if !local.ends_with(&wanted) {
-                        return None;
-                    }
-                    fields.last()?.parse::<u64>().ok()
-                })
-                .collect::<Vec<_>>()
+        .filter(|s| s.local_port == port)
+        .fold(UdpSocketState::default(), |acc, s| UdpSocketState {
+            rx_queue: acc.rx_queue + s.rx_queue,
+            drops: acc.drops + s.drops,
         })
-        .sum()
+}
+
+/// Time the hypervisor took from this machine's CPUs so far (steal, /proc/stat), in ms.
+fn steal_ms() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            line.split_whitespace().nth(8)?.parse::<u64>().ok()
+        })
+        .map_or(0, |ticks| ticks * 10)
+}
+
+/// What a thread of its own saw every [`WATCH_EVERY`] during the hold: the coordinator's
+/// socket (its fullest receive queue, and each moment datagrams were dropped), and
+/// moments this process was not scheduled (the thread woke late), with the hypervisor's
+/// steal meanwhile. A drop at a moment the queue was near the buffer's size is a burst
+/// the coordinator could not read in time; a late wake-up with steal is the machine.
+#[derive(Default)]
+struct Watch {
+    peak_rx_queue: u64,
+    drop_events: Vec<serde_json::Value>,
+    late_wakeups: Vec<serde_json::Value>,
+    steal_ms: u64,
+}
+
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+/// A wake-up this late is reported.
+const LATE_WAKEUP: Duration = Duration::from_millis(50);
+
+fn watch(port: u16, holding: &AtomicBool, done: &AtomicBool) -> Watch {
+    let mut w = Watch::default();
+    let start = Instant::now();
+    let steal_start = steal_ms();
+    let mut last = udp_socket(port);
+    let mut last_steal = steal_start;
+    let mut expected = Instant::now() + WATCH_EVERY;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(WATCH_EVERY);
+        let now = Instant::now();
+        let late = now.saturating_duration_since(expected);
+        expected = now + WATCH_EVERY;
+        if !holding.load(Ordering::Relaxed) {
+            continue;
+        }
+        let at = (now - start).as_secs_f64();
+        let steal = steal_ms();
+        if late >= LATE_WAKEUP {
+            w.late_wakeups.push(serde_json::json!({
+                "atS": (at * 100.0).round() / 100.0,
+                "lateMs": late.as_millis() as u64,
+                "stealMs": steal - last_steal,
+            }));
+        }
+        last_steal = steal;
+        let s = udp_socket(port);
+        w.peak_rx_queue = w.peak_rx_queue.max(s.rx_queue);
+        if s.drops > last.drops {
+            w.drop_events.push(serde_json::json!({
+                "atS": (at * 100.0).round() / 100.0,
+                "drops": s.drops - last.drops,
+                "rxQueueBytes": s.rx_queue.max(last.rx_queue),
+            }));
+        }
+        last = s;
+    }
+    w.steal_ms = steal_ms() - steal_start;
+    w
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -506,18 +595,35 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let quic_before = quic_totals();
-        let drops_before = socket_drops(args.quic.port());
+        let drops_before = udp_socket(args.quic.port()).drops;
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = std::thread::spawn({
+            let (shared, done, port) = (shared.clone(), done.clone(), args.quic.port());
+            move || watch(port, &shared.holding, &done)
+        });
         let cpu_before = sample(args.coordinator_pid)?;
         let mut max_rss = cpu_before.rss_kib;
         let hold_end = Instant::now() + *args.hold;
         shared.holding.store(true, Ordering::Relaxed);
+        let freeze_every = (args.freezes > 0).then(|| *args.hold / (args.freezes + 1));
+        let mut next_freeze = freeze_every.map(|e| Instant::now() + e);
+        let mut freezes = 0;
         while Instant::now() < hold_end {
             tokio::time::sleep(Duration::from_secs(1)).await;
             max_rss = max_rss.max(sample(args.coordinator_pid)?.rss_kib);
+            if let (Some(at), Some(every)) = (next_freeze, freeze_every) {
+                if Instant::now() >= at && freezes < args.freezes {
+                    freeze(*args.freeze_for)?;
+                    freezes += 1;
+                    next_freeze = Some(at + every);
+                }
+            }
         }
         shared.holding.store(false, Ordering::Relaxed);
         let quic_after = quic_totals();
-        let drops_after = socket_drops(args.quic.port());
+        let drops_after = udp_socket(args.quic.port()).drops;
+        done.store(true, Ordering::Relaxed);
+        let watched = watcher.join().unwrap_or_default();
         let cpu_after = sample(args.coordinator_pid)?;
         let etcd_after = match etcd_url {
             Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
@@ -550,6 +656,12 @@ fn main() -> anyhow::Result<()> {
             "loadgenLateAgents": shared.late_agents.load(Ordering::Relaxed),
             "loadgenLongestGapMs": shared.longest_gap_ms.load(Ordering::Relaxed),
             "coordinatorSocketDrops": drops_after - drops_before,
+            "coordinatorPeakRxQueueBytes": watched.peak_rx_queue,
+            "coordinatorDropEvents": watched.drop_events,
+            "lateWakeups": watched.late_wakeups,
+            "stealMsInHold": watched.steal_ms,
+            "freezes": freezes,
+            "freezeMs": args.freeze_for.as_millis() as u64,
             "loadgenHeartbeatsSent": shared.sent_in_hold.load(Ordering::Relaxed),
             "loadgenDatagramsOnWire": quic_after.datagrams_sent - quic_before.datagrams_sent,
             "loadgenAcksReceived": quic_after.datagrams_received - quic_before.datagrams_received,
