@@ -719,3 +719,26 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_makes_the_coordinator_behind_until_it_stayed_short_for_an_interval() {
+        let interval = Duration::from_millis(500);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = HearingWatch::default();
+        assert_eq!(w.update(Some(700 << 10), at(0), interval), Hearing::Current);
+        assert_eq!(w.update(None, at(50), interval), Hearing::Current);
+        assert_eq!(w.update(Some(3 << 20), at(100), interval), Hearing::Behind);
+        // Drained, but for less than an interval: datagrams read may still wait for
+        // their connection's task.
+        assert_eq!(w.update(Some(0), at(400), interval), Hearing::Behind);
+        assert_eq!(w.update(Some(3 << 20), at(500), interval), Hearing::Behind);
+        assert_eq!(w.update(Some(0), at(999), interval), Hearing::Behind);
+        assert_eq!(w.update(Some(0), at(1000), interval), Hearing::Current);
+        assert_eq!(w.update(Some(0), at(1050), interval), Hearing::Current);
+    }
+}
