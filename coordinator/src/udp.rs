@@ -42,9 +42,12 @@ fn parse_udp_line(line: &str) -> Option<UdpSocketEntry> {
 }
 
 /// The QUIC socket's receive queue: the bytes of datagrams the kernel holds that quinn
-/// has not read yet, found by the socket's inode in `/proc/net/udp`.
+/// has not read yet, found by the socket's inode in `/proc/net/udp` (or `udp6`, by the
+/// socket's family). Read on every liveness tick: one file, and only the socket's line
+/// is parsed.
 pub struct ReceiveQueue {
     inode: u64,
+    table: &'static str,
 }
 
 impl ReceiveQueue {
@@ -54,14 +57,24 @@ impl ReceiveQueue {
         use std::os::unix::fs::MetadataExt;
         let fd = socket.as_raw_fd();
         let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
-        Some(Self { inode: meta.ino() })
+        let table = match socket.local_addr().ok()? {
+            std::net::SocketAddr::V4(_) => "/proc/net/udp",
+            std::net::SocketAddr::V6(_) => "/proc/net/udp6",
+        };
+        Some(Self {
+            inode: meta.ino(),
+            table,
+        })
     }
 
     /// The bytes queued now; `None` if the socket is not listed.
     pub fn queued_bytes(&self) -> Option<usize> {
-        udp_sockets()
-            .iter()
-            .find(|s| s.inode == self.inode)
+        let text = std::fs::read_to_string(self.table).ok()?;
+        let inode = self.inode.to_string();
+        text.lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(9) == Some(inode.as_str()))
+            .find_map(parse_udp_line)
             .map(|s| s.rx_queue as usize)
     }
 }

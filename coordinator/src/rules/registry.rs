@@ -495,6 +495,15 @@ mod tests {
         );
     }
 
+    /// The liveness the property tests draw: `down_after` is `extra` past `suspect_after`.
+    fn liveness_of(interval_ms: u64, suspect_after: u32, extra: u32) -> Liveness {
+        Liveness {
+            interval: Duration::from_millis(interval_ms),
+            suspect_after,
+            down_after: suspect_after + extra,
+        }
+    }
+
     proptest::proptest! {
         /// The state only worsens with silence: UP, then SUSPECT, then DOWN, at the
         /// configured ages and never before.
@@ -506,11 +515,7 @@ mod tests {
             suspect_after in 1u32..5,
             extra in 1u32..5,
         ) {
-            let l = Liveness {
-                interval: Duration::from_millis(interval),
-                suspect_after,
-                down_after: suspect_after + extra,
-            };
+            let l = liveness_of(interval, suspect_after, extra);
             let rank = severity;
             let (early, late) = (a.min(b), a.max(b));
             let se = derive_state(Duration::from_millis(early), &l);
@@ -533,11 +538,7 @@ mod tests {
             current in 0u8..3,
             connected: bool,
         ) {
-            let l = Liveness {
-                interval: Duration::from_millis(interval),
-                suspect_after,
-                down_after: suspect_after + extra,
-            };
+            let l = liveness_of(interval, suspect_after, extra);
             let current = [AgentState::Up, AgentState::Suspect, AgentState::Down][current as usize];
             let age = Duration::from_millis(silent);
             let on_time = next_state(current, age, connected, &l, Hearing::Current);
