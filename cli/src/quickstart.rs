@@ -1252,9 +1252,10 @@ fn check_children(mesh: &mut Mesh) -> anyhow::Result<()> {
         if let Some(child) = part.child.as_mut() {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "{} exited unexpectedly ({status}); see {}",
+                    "{} exited unexpectedly ({status}); see {}:\n{}",
                     part.name,
-                    part.log.display()
+                    part.log.display(),
+                    tail(&part.log)
                 );
             }
         }

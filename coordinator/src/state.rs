@@ -465,12 +465,19 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Queues transitions for [`Coordinator::apply_transitions`] (off the hot path).
     /// The mesh every agent is told about: each agent with a probe address (an agent
     /// leaves itself out). Cached until an agent's addresses change.
+    ///
+    /// The cache stays locked while the view is built: an invalidation (which takes the
+    /// same lock after changing the registry) then either comes before the registry is
+    /// read or clears the view built from it. Built outside the lock, a view read just
+    /// before an agent's Hello could be stored just after its invalidation and be served
+    /// to every agent until the next address change (seen in CI: a primary whose view
+    /// never held its standby).
     pub fn mesh_view(&self) -> Arc<drmesh_protocol::mesh::MeshView> {
         use drmesh_protocol::mesh::{MeshPeer, MeshView};
-        if let Some(v) = self.mesh_view.lock().as_ref() {
+        let mut cached = self.mesh_view.lock();
+        if let Some(v) = cached.as_ref() {
             return v.clone();
         }
         let peers: Vec<MeshPeer> = self
@@ -494,7 +501,7 @@ impl Coordinator {
             key,
             peers,
         });
-        *self.mesh_view.lock() = Some(view.clone());
+        *cached = Some(view.clone());
         view
     }
 

@@ -891,11 +891,18 @@ fn quickstart_ha_runs_three_coordinators_on_etcd_and_survives_the_leader() {
         let c = status_at(&urls[killed], &token)?["coordinators"].clone();
         (c["standing"] == "FOLLOWER" && c["leader"] == successor.as_str()).then_some(())
     });
-    assert!(
-        back.is_some(),
-        "{leader} did not come back:\n{}",
-        qs.log_text()
-    );
+    if back.is_none() {
+        let log = dir.join(format!("logs/coordinator-{leader}.log"));
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        panic!(
+            "{leader} did not come back: its status {:#?}\n{}\nthe last of {}:\n{}",
+            status_at(&urls[killed], &token).map(|s| s["coordinators"].clone()),
+            qs.log_text(),
+            log.display(),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
     println!(
         "{leader} is back as a follower {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
