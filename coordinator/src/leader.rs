@@ -1,18 +1,26 @@
 //! Which coordinator acts. With a redb store there is one, and it always leads
 //! ([`Leadership::Sole`]). With etcd, every coordinator campaigns for one key,
 //! `<prefix>_leader`, attached to its own etcd lease: whoever creates it leads until its
-//! lease ends; the key's creation revision is its **term**. The others follow, serve
-//! reads, and point agents and writers at the leader.
+//! lease ends, or until a follower deposes it; the key's creation revision is its
+//! **term**. The others follow, serve reads, and point agents and writers at the leader.
+//!
+//! The leader renews every `leader_ttl / 3`: it keeps its lease alive and rewrites the
+//! leader key (conditioned on its term). A follower that has seen the key's revision
+//! stand for a whole `leader_ttl` deletes it (conditioned on that revision) and
+//! campaigns ([`crate::rules::leadership`]): it does not wait for etcd to end the lease,
+//! which etcd renews whenever it elects a leader of its own — so a coordinator lost
+//! with etcd's leader is replaced as fast as one lost alone.
 //!
 //! Architecture Invariant: a coordinator acts (health checks, schedules, jobs,
 //! failovers, agent commands) only while in office — between
 //! [`crate::state::Coordinator::take_office`] and `leave_office` — and every store write
 //! it makes is conditioned on its term ([`WriteGuard::Leader`]), so a deposed leader
 //! commits nothing even before it learns it was deposed. It also leaves office by
-//! itself once its lease may have ended: when no renewal has been confirmed for
-//! `leader_ttl * 2/3` (etcd dates the lease from its receipt of a renewal, after the
-//! leader sent it), so at least `leader_ttl / 3` passes between an old leader stopping
-//! and another being elected.
+//! itself once it may be deposed: when no renewal has been confirmed for
+//! `leader_ttl * 2/3` (etcd dates the lease from its receipt of a renewal, and a
+//! follower the key's revision from its own read of it, both after the leader sent
+//! it), so at least `leader_ttl / 3` passes between an old leader stopping and another
+//! being elected.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::rules::leadership::{proof_until, Sighting};
 use crate::store::{EtcdStore, WriteGuard};
 
 /// Where this coordinator stands.
@@ -141,8 +150,11 @@ pub async fn campaign(
     tx: watch::Sender<Leadership>,
     proof: Arc<Proof>,
 ) {
+    // Kept across leases: a follower cut from etcd for a moment still knows how long
+    // the leader key has stood unchanged.
+    let mut sighting = None;
     loop {
-        let err = hold_lease(&store, &me, ttl, &tx, &proof).await;
+        let err = hold_lease(&store, &me, ttl, &tx, &proof, &mut sighting).await;
         proof.revoke();
         store.set_guard(WriteGuard::Follower);
         let since = match &*tx.borrow() {
@@ -163,6 +175,7 @@ async fn hold_lease(
     ttl: Duration,
     tx: &watch::Sender<Leadership>,
     proof: &Proof,
+    sighting: &mut Option<Sighting>,
 ) -> String {
     let mut client = store.client();
     let request = (ttl / 3).max(Duration::from_millis(500));
@@ -204,19 +217,41 @@ async fn hold_lease(
     let leader_key = store.leader_key();
     let mut term: Option<i64> = None;
     let outcome = loop {
-        // Renew a third of the way through the lease.
+        // Renew a third of the way through the lease; a leader also rewrites its key, so
+        // that the followers see it alive.
         if renewed.elapsed() >= ttl / 3 {
             let sent = Instant::now();
+            let touch = term.map(|t| {
+                Txn::new()
+                    .when([Compare::create_revision(
+                        leader_key.clone(),
+                        CompareOp::Equal,
+                        t,
+                    )])
+                    .and_then([TxnOp::put(
+                        leader_key.clone(),
+                        me_json.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+            });
             match tokio::time::timeout(request, async {
                 keeper.keep_alive().await?;
-                stream.message().await
+                let kept = stream.message().await?;
+                let touched = match touch {
+                    Some(txn) => Some(client.txn(txn).await?.succeeded()),
+                    None => None,
+                };
+                Ok::<_, etcd_client::Error>((kept, touched))
             })
             .await
             {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                Ok(Ok((_, Some(false)))) => {
+                    break "the leader key changed under this coordinator".into()
+                }
+                Ok(Ok((Some(r), _))) if r.ttl() > 0 => {
                     renewed = sent;
                     if term.is_some() {
-                        proof.extend_to(renewed + ttl * 2 / 3);
+                        proof.extend_to(proof_until(renewed, ttl));
                     }
                 }
                 Ok(Ok(_)) => break "the lease expired".to_string(),
@@ -286,7 +321,7 @@ async fn hold_lease(
         if resp.succeeded() {
             let t = resp.header().map(|h| h.revision()).unwrap_or(0);
             store.set_guard(WriteGuard::Leader { term: t });
-            proof.extend_to(renewed + ttl * 2 / 3);
+            proof.extend_to(proof_until(renewed, ttl));
             term = Some(t);
             info!(term = t, name = %me.name, "this coordinator leads");
             tx.send_replace(Leadership::Leader {
@@ -320,6 +355,20 @@ async fn hold_lease(
                             kv.create_revision()
                         );
                     }
+                    let now = Instant::now();
+                    let seen = Sighting::observe(*sighting, kv.mod_revision(), now);
+                    *sighting = Some(seen);
+                    if seen.may_depose(now, ttl)
+                        && depose(&mut client, &leader_key, seen, request).await
+                    {
+                        info!(
+                            term = kv.create_revision(),
+                            unchanged_for = ?now.saturating_duration_since(seen.since),
+                            "deposed a silent leader: its key was not renewed within the lease"
+                        );
+                        // Campaign at once.
+                        continue;
+                    }
                     let leader = serde_json::from_slice::<Announcement>(kv.value()).ok();
                     let standing = Leadership::Follower {
                         leader,
@@ -334,6 +383,7 @@ async fn hold_lease(
                     if term.is_some() {
                         break "the leader key is gone".into();
                     }
+                    *sighting = None;
                 }
             }
         }
@@ -353,6 +403,31 @@ async fn hold_lease(
     store.set_own_lease(None);
     let _ = tokio::time::timeout(request, client.lease_revoke(lease)).await;
     outcome
+}
+
+/// Deletes the leader key if it still has the revision `seen` (no renewal since):
+/// whether it did.
+async fn depose(
+    client: &mut etcd_client::Client,
+    leader_key: &[u8],
+    seen: Sighting,
+    request: Duration,
+) -> bool {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            leader_key.to_vec(),
+            CompareOp::Equal,
+            seen.revision,
+        )])
+        .and_then([TxnOp::delete(leader_key.to_vec(), None)]);
+    match tokio::time::timeout(request, client.txn(txn)).await {
+        Ok(Ok(r)) => r.succeeded(),
+        Ok(Err(e)) => {
+            warn!(error = %e, "etcd: deposing a silent leader failed");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Gives up this coordinator's lease (and so its leadership, at once) on a clean stop.

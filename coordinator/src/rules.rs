@@ -10,6 +10,8 @@
 //! - [`registry`]: agents, connections, heartbeats; an agent's state from its heartbeat
 //!   age.
 //! - [`health`]: freshness, the plan's primary, and the DOWN rule's three witnesses.
+//! - [`leadership`]: when a follower coordinator may depose a silent leader, and how
+//!   long a leader acts on its last renewal.
 //! - [`lease`]: the coordinator's half of the lease argument — whether a silent old
 //!   primary has surely fenced itself.
 //! - [`failover`]: choosing the failover target, which servers must be fenced, the RPO
@@ -22,6 +24,7 @@
 pub mod admission;
 pub mod failover;
 pub mod health;
+pub mod leadership;
 pub mod lease;
 pub mod registry;
 pub mod rejoin;

@@ -896,8 +896,10 @@ fn quickstart_ha_runs_three_coordinators_on_etcd_and_survives_the_leader() {
         let text = fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         panic!(
-            "{leader} did not come back: its status {:#?}\n{}\nthe last of {}:\n{}",
-            status_at(&urls[killed], &token).map(|s| s["coordinators"].clone()),
+            "{leader} did not come back; the coordinators say {:#?}\n{}\nthe last of {}:\n{}",
+            urls.iter()
+                .map(|u| status_at(u, &token).map(|s| s["coordinators"].clone()))
+                .collect::<Vec<_>>(),
             qs.log_text(),
             log.display(),
             lines[lines.len().saturating_sub(40)..].join("\n")
