@@ -6,6 +6,8 @@
 //! done), is passed over for the next; the one that answered is asked first next time.
 
 use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -17,7 +19,19 @@ pub struct Client {
     /// The coordinator asked first: the last one that answered.
     current: Cell<usize>,
     token: Option<String>,
+    /// Trusting only the `--ca-cert` CA, when given.
+    tls: Option<Arc<rustls::ClientConfig>>,
     agent: ureq::Agent,
+}
+
+/// An agent with `timeout` per request, trusting `tls`'s CA (else the public ones).
+fn agent(timeout: Duration, tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new().timeout(timeout);
+    match tls {
+        Some(tls) => builder.tls_config(tls.clone()),
+        None => builder,
+    }
+    .build()
 }
 
 /// The coordinator URLs in `list` (comma-separated), without trailing slashes.
@@ -69,20 +83,27 @@ fn final_or_retry(result: Result<ureq::Response, ureq::Error>) -> Next {
 }
 
 impl Client {
-    pub fn new(url: &str, token: Option<String>) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build();
+    /// A client of the coordinators at `url` (comma-separated), trusting the CA
+    /// certificate in `ca_cert` for `https://` ones.
+    pub fn new(url: &str, token: Option<String>, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let tls = ca_cert
+            .map(|p| {
+                drmesh_protocol::tls::https_client_config(p)
+                    .map(Arc::new)
+                    .with_context(|| format!("--ca-cert {}", p.display()))
+            })
+            .transpose()?;
         let mut urls = parse_urls(url);
         if urls.is_empty() {
             urls.push(url.to_string());
         }
-        Self {
+        Ok(Self {
             urls,
             current: Cell::new(0),
             token,
-            agent,
-        }
+            agent: agent(Duration::from_secs(30), tls.as_ref()),
+            tls,
+        })
     }
 
     /// The coordinator URL asked first.
@@ -114,7 +135,7 @@ impl Client {
 
     /// The same client with another per-request timeout (30 s by default).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        self.agent = agent(timeout, self.tls.as_ref());
         self
     }
 

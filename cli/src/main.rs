@@ -36,6 +36,10 @@ struct Cli {
     /// API bearer token.
     #[arg(long, global = true, env = "DRMESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificate (PEM) an `https://` coordinator's certificate must chain to
+    /// (the mesh's `ca.pem`); without it, the public CAs.
+    #[arg(long, global = true, env = "DRMESH_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -236,15 +240,18 @@ enum AlertsCmd {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Acknowledge an alert: it records the name of the token used (else its id).
     Ack {
         id: String,
-        /// Who takes it (recorded on the alert).
-        #[arg(long = "by")]
-        by: String,
+        /// Accepted for older scripts and ignored: the token's name is recorded.
+        #[arg(long = "by", hide = true)]
+        by: Option<String>,
     },
+    /// Resolve an alert: it records the name of the token used (else its id).
     Resolve {
         id: String,
-        #[arg(long = "by")]
+        /// Accepted for older scripts and ignored.
+        #[arg(long = "by", hide = true)]
         by: Option<String>,
     },
 }
@@ -261,9 +268,41 @@ enum TokenCmd {
         /// API (how the first admin token is made).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// How long it is accepted (`90d`, `12h`; 1s to 10 years); default: until revoked.
+        #[arg(long, conflicts_with = "store")]
+        ttl: Option<String>,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Every token: id, name, role, state, created, expires, last used (never a secret).
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by id (`tok_…`): from then on it is refused (401).
+    Revoke { id: String },
+}
+
+fn print_tokens(tokens: &[drmesh_protocol::api::TokenInfo]) {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    };
+    println!(
+        "{:<17} {:<20} {:<8} {:<8} {:<20} {:<20} LAST USED",
+        "ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES"
+    );
+    for t in tokens {
+        println!(
+            "{:<17} {:<20} {:<8} {:<8} {:<20} {:<20} {}",
+            t.id,
+            t.name.as_deref().unwrap_or("-"),
+            t.role,
+            format!("{:?}", t.state).to_uppercase(),
+            when(Some(t.created_at)),
+            when(t.expires_at),
+            when(t.last_used_at)
+        );
+    }
 }
 
 fn print_verification(v: &drmesh_protocol::api::DatabaseVerification) {
@@ -599,10 +638,10 @@ fn main() -> anyhow::Result<()> {
     drmesh_repo::bound_allocator_memory();
     default_sigpipe();
     let cli = Cli::parse();
-    let client = || Client::new(&cli.url, cli.token.clone());
+    let client = || Client::new(&cli.url, cli.token.clone(), cli.ca_cert.as_deref());
     match cli.cmd {
         Cmd::Status { output } => {
-            let status: DrStatus = client().get("/v1/backup-recovery/disaster-recovery/status")?;
+            let status: DrStatus = client()?.get("/v1/backup-recovery/disaster-recovery/status")?;
             match output {
                 Output::Json => print_json(&status)?,
                 Output::Text => print_status(&status),
@@ -625,7 +664,7 @@ fn main() -> anyhow::Result<()> {
                 if query.is_empty() { "" } else { "?" },
                 query.join("&")
             );
-            let body: serde_json::Value = client().get(&path)?;
+            let body: serde_json::Value = client()?.get(&path)?;
             match output {
                 Output::Json => print_json(&body)?,
                 Output::Text => {
@@ -635,24 +674,33 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Alerts(AlertsCmd::Ack { id, by }) => {
-            let alert: Alert = client().post(
+        Cmd::Alerts(AlertsCmd::Ack { id, by: _ }) => {
+            let alert: Alert = client()?.post(
                 &format!("/v1/backup-recovery/monitoring/alerts/{id}/acknowledge"),
-                &json!({ "acknowledgedBy": by }),
+                &json!({}),
             )?;
-            println!("{} acknowledged by {}", alert.id, by);
+            println!(
+                "{} acknowledged by {}",
+                alert.id,
+                alert.acknowledged_by.as_deref().unwrap_or("?")
+            );
         }
-        Cmd::Alerts(AlertsCmd::Resolve { id, by }) => {
-            let alert: Alert = client().post(
+        Cmd::Alerts(AlertsCmd::Resolve { id, by: _ }) => {
+            let alert: Alert = client()?.post(
                 &format!("/v1/backup-recovery/monitoring/alerts/{id}/resolve"),
-                &json!({ "resolvedBy": by }),
+                &json!({}),
             )?;
-            println!("{} resolved", alert.id);
+            println!(
+                "{} resolved by {}",
+                alert.id,
+                alert.resolved_by.as_deref().unwrap_or("?")
+            );
         }
         Cmd::Token(TokenCmd::Create {
             role,
             name,
             store,
+            ttl,
             output,
         }) => {
             let created: CreatedToken = match store {
@@ -660,12 +708,32 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("open {} (is the coordinator stopped?)", path.display())
                     })?,
-                None => client().post("/v1/tokens", &json!({ "role": role, "name": name }))?,
+                None => client()?.post(
+                    "/v1/tokens",
+                    &json!({ "role": role, "name": name, "ttl": ttl }),
+                )?,
             };
             match output {
                 Output::Json => print_json(&created)?,
                 Output::Text => println!("{}", created.token),
             }
+        }
+        Cmd::Token(TokenCmd::List { output }) => {
+            let list: drmesh_protocol::api::TokenList = client()?.get("/v1/tokens")?;
+            match output {
+                Output::Json => print_json(&list)?,
+                Output::Text => print_tokens(&list.tokens),
+            }
+        }
+        Cmd::Token(TokenCmd::Revoke { id }) => {
+            let t: drmesh_protocol::api::TokenInfo =
+                client()?.post(&format!("/v1/tokens/{id}/revoke"), &json!({}))?;
+            println!(
+                "{} revoked at {} by {}",
+                t.id,
+                t.revoked_at.map_or("?".into(), |at| at.to_rfc3339()),
+                t.revoked_by.as_deref().unwrap_or("?")
+            );
         }
         Cmd::Ca(cmd) => ca::run(cmd)?,
         Cmd::Store(StoreCmd::Migrate {
@@ -693,18 +761,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::Repo(cmd) => repo::run(cmd)?,
         Cmd::Export(args) => repo::run_export(args)?,
         Cmd::Archive(cmd) => archive::run(cmd)?,
-        Cmd::Backup(args) => database::backup(&client(), args)?,
-        Cmd::Backups(cmd) => database::backups(&client(), cmd)?,
-        Cmd::Documents(cmd) => documents::run(&client(), cmd)?,
-        Cmd::Pitr(cmd) => database::pitr(&client(), cmd)?,
-        Cmd::Plans(cmd) => plans::run(&client(), cmd)?,
+        Cmd::Backup(args) => database::backup(&client()?, args)?,
+        Cmd::Backups(cmd) => database::backups(&client()?, cmd)?,
+        Cmd::Documents(cmd) => documents::run(&client()?, cmd)?,
+        Cmd::Pitr(cmd) => database::pitr(&client()?, cmd)?,
+        Cmd::Plans(cmd) => plans::run(&client()?, cmd)?,
         Cmd::Failover {
             plan,
             to,
             allow_data_loss,
             wait,
         } => {
-            let c = client();
+            let c = client()?;
             let accepted: serde_json::Value = c.post(
                 "/v1/backup-recovery/disaster-recovery/failover",
                 &json!({ "planId": plan, "targetRegion": to, "allowDataLoss": allow_data_loss }),
@@ -719,7 +787,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Switchover { plan, to, wait } => {
-            let c = client();
+            let c = client()?;
             let accepted: serde_json::Value = c.post(
                 "/v1/backup-recovery/disaster-recovery/switchover",
                 &json!({ "planId": plan, "targetRegion": to }),
@@ -734,7 +802,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::FailoverRetry { id, wait } => {
-            let c = client();
+            let c = client()?;
             let _: serde_json::Value = c.post(
                 &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/retry"),
                 &json!({}),
@@ -745,14 +813,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::FailoverAbort { id } => {
-            let aborted: drmesh_protocol::api::FailoverAborted = client().post(
+            let aborted: drmesh_protocol::api::FailoverAborted = client()?.post(
                 &format!("/v1/backup-recovery/disaster-recovery/failover/{id}/abort"),
                 &json!({}),
             )?;
             println!("{}", aborted.message);
         }
         Cmd::FailoverConfirmFenced { id, agent, wait } => {
-            let c = client();
+            let c = client()?;
             let body = match &agent {
                 Some(a) => json!({ "agentId": a }),
                 None => json!({}),
@@ -771,7 +839,7 @@ fn main() -> anyhow::Result<()> {
             wait,
             output,
             ..
-        } => verify::all(&client(), wait, output)?,
+        } => verify::all(&client()?, wait, output)?,
         Cmd::Verify {
             backup,
             wait,
@@ -780,7 +848,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let backup = backup.unwrap_or_default();
             use drmesh_protocol::api::{BackupStatus, DatabaseVerification, VerificationAccepted};
-            let c = client();
+            let c = client()?;
             let accepted: VerificationAccepted = c.post(
                 &format!("/v1/backup-recovery/verification/verify/{backup}"),
                 &json!({}),
@@ -815,7 +883,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Drtest { plan, wait, output } => {
             use drmesh_protocol::api::{DrTest, DrTestAccepted, DrTestStatus};
-            let c = client();
+            let c = client()?;
             let accepted: DrTestAccepted = c.post(
                 &format!("/v1/backup-recovery/disaster-recovery/test/{plan}"),
                 &json!({}),
@@ -857,7 +925,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Rejoin { region, output } => {
             // pg_rewind and the wait for streaming take longer than other calls.
-            let answer: drmesh_protocol::api::RejoinAnswer = client()
+            let answer: drmesh_protocol::api::RejoinAnswer = client()?
                 .with_timeout(std::time::Duration::from_secs(15 * 60))
                 .post(
                     "/v1/backup-recovery/disaster-recovery/rejoin",
@@ -868,10 +936,10 @@ fn main() -> anyhow::Result<()> {
                 Output::Text => print_rejoin(&answer),
             }
         }
-        Cmd::Stats { output } => verify::stats(&client(), output)?,
-        Cmd::Retention(cmd) => retention::run(&client(), cmd)?,
+        Cmd::Stats { output } => verify::stats(&client()?, output)?,
+        Cmd::Retention(cmd) => retention::run(&client()?, cmd)?,
         Cmd::Notify(NotifyCmd::Test { channel }) => {
-            let _: serde_json::Value = client().post(
+            let _: serde_json::Value = client()?.post(
                 "/v1/backup-recovery/notifications/test",
                 &json!({ "channel": channel }),
             )?;

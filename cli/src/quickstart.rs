@@ -116,6 +116,11 @@ pub struct Opts {
     /// within about this long after the leader dies.
     #[arg(long, default_value = "5s", requires = "ha")]
     leader_ttl: humantime::Duration,
+    /// Serve the REST API over HTTPS (`http_tls`), with the coordinator certificate
+    /// the quickstart's CA issues for 127.0.0.1 and localhost; DIR/drmesh.env then sets
+    /// DRMESH_CA_CERT for the CLI. Without it, plain HTTP on 127.0.0.1.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Remembered between runs so a second quickstart on the same directory reuses clusters.
@@ -862,6 +867,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         key: coord_files.key.clone(),
         primary_host: mesh.clusters[0].host(),
         notify: sinks.config(),
+        https: opts.tls,
     };
     let coordinators = match (&state.ha, &etcd_bin) {
         (Some(ha_state), Some(etcd)) => start_ha_coordinators(
@@ -921,10 +927,19 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     let url = coordinators.urls.join(",");
     let dns = coordinators.dns[0];
     let env_path = dir.join("drmesh.env");
+    let ca_cert = pki::ca_files(&ca_dir).cert;
+    let trust = if opts.tls {
+        format!(
+            "# The REST API is on HTTPS, its certificate from this CA.\nexport DRMESH_CA_CERT={}\n",
+            ca_cert.display()
+        )
+    } else {
+        String::new()
+    };
     write_private(
         &env_path,
         &format!(
-            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n# The two repositories, both encrypted with one key; drmesh repo uses DRMESH_REPO\n# unless --repo names another.\nexport DRMESH_DOCUMENTS_REPO={}\nexport DRMESH_DATABASE_REPO={}\nexport DRMESH_REPO=\"$DRMESH_DOCUMENTS_REPO\"\nexport DRMESH_REPO_KEY_FILE={}\nexport DRMESH_DNS_SERVER={}\nexport DRMESH_DNS_PORT={}\nexport DRMESH_DB_NAME={DB_NAME}\n",
+            "export DRMESH_URL={url}\nexport DRMESH_TOKEN={}\n{trust}# The two repositories, both encrypted with one key; drmesh repo uses DRMESH_REPO\n# unless --repo names another.\nexport DRMESH_DOCUMENTS_REPO={}\nexport DRMESH_DATABASE_REPO={}\nexport DRMESH_REPO=\"$DRMESH_DOCUMENTS_REPO\"\nexport DRMESH_REPO_KEY_FILE={}\nexport DRMESH_DNS_SERVER={}\nexport DRMESH_DNS_PORT={}\nexport DRMESH_DB_NAME={DB_NAME}\n",
             token.token,
             dir.join("backups/documents/repo").display(),
             database_repo(&dir).display(),
@@ -933,7 +948,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             dns.port(),
         ),
     )?;
-    let client = Client::new(&url, Some(token.token.clone()));
+    let client = Client::new(
+        &url,
+        Some(token.token.clone()),
+        opts.tls.then_some(ca_cert.as_path()),
+    )?;
     let status = wait_mesh_up(&client, &mut mesh)?;
     crate::print_status(&status);
     first_backup(&client, &mut mesh);
@@ -965,8 +984,13 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     };
     println!("  source {}", env_path.display());
     println!("  drmesh status");
-    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/monitoring/dashboard");
-    println!("  curl -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/documents/backup");
+    let curl = if opts.tls {
+        "curl --cacert \"$DRMESH_CA_CERT\""
+    } else {
+        "curl"
+    };
+    println!("  {curl} -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/monitoring/dashboard");
+    println!("  {curl} -X POST -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/documents/backup");
     println!("  drmesh backups list              # database backups");
     println!("  drmesh repo snapshots            # the document repository, offline");
     if let (true, Some(ha_state)) = (opts.ha, &state.ha) {
@@ -976,6 +1000,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             ha_state,
             &coordinators.dns,
             &dir,
+            opts.tls.then_some(ca_cert.as_path()),
         ) {
             println!("{line}");
         }
@@ -1026,7 +1051,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         ),
         None => println!("DR plan {PLAN_ID} is missing (see above):"),
     }
-    println!("  curl -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
+    println!("  {curl} -H \"Authorization: Bearer $DRMESH_TOKEN\" {api}/v1/backup-recovery/disaster-recovery/plans/{PLAN_ID}");
     println!(
         "Logs are in {}. Press Ctrl-C to stop everything.",
         dir.join("logs").display()
@@ -1052,6 +1077,16 @@ struct CoordinatorBase {
     primary_host: IpAddr,
     /// The `[notify.*]` tables.
     notify: String,
+    /// The REST API on HTTPS (`--tls`).
+    https: bool,
+}
+
+impl CoordinatorBase {
+    /// The REST API's URL at `addr`.
+    fn url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
 }
 
 /// Where a coordinator keeps its state.
@@ -1089,8 +1124,11 @@ impl CoordinatorSpec {
     fn toml(&self, base: &CoordinatorBase) -> String {
         let etcd = matches!(self.store, StoreLines::Etcd(_));
         let mut top = format!("http_listen = \"{}\"\n", self.http);
+        if base.https {
+            top += "http_tls = true\n";
+        }
         if etcd {
-            top += &format!("http_advertise = \"http://{}\"\n", self.http);
+            top += &format!("http_advertise = \"{}\"\n", base.url(self.http));
         }
         top += &format!("quic_listen = \"{}\"\n", self.quic);
         if etcd && self.quic.port() != 0 {
@@ -1193,7 +1231,7 @@ fn start_sole_coordinator(
     start_coordinator(mesh, base, &mut spec)?;
     Ok(Coordinators {
         token,
-        urls: vec![format!("http://{}", spec.http)],
+        urls: vec![base.url(spec.http)],
         quic: vec![spec.quic],
         dns: vec![spec.dns],
     })
@@ -1236,10 +1274,12 @@ fn start_ha_coordinators(
         };
         start_coordinator(mesh, base, &mut spec)?;
         println!(
-            "coordinator {region}: REST API http://{}, QUIC {}, DNS {}",
-            spec.http, spec.quic, spec.dns
+            "coordinator {region}: REST API {}, QUIC {}, DNS {}",
+            base.url(spec.http),
+            spec.quic,
+            spec.dns
         );
-        out.urls.push(format!("http://{}", spec.http));
+        out.urls.push(base.url(spec.http));
         out.quic.push(spec.quic);
         out.dns.push(spec.dns);
     }

@@ -18,8 +18,16 @@ pub use drmesh_protocol::config::{ConfigError, LogFormat};
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfigFile {
-    /// REST API address. Default `127.0.0.1:3000`.
+    /// REST API address. Default `127.0.0.1:3000`. Plain HTTP only on a loopback
+    /// address: any other needs `http_tls = true` (or `insecure_http = true`).
     pub http_listen: Option<SocketAddr>,
+    /// Serve the REST API over HTTPS with the `[tls]` certificate and key (`drmesh ca
+    /// issue coordinator --host …`: name every host operators and the other
+    /// coordinators use). Default `false`.
+    pub http_tls: Option<bool>,
+    /// Allow plain HTTP on an address other than loopback (bearer tokens then cross
+    /// the network in the clear). Default `false`: such a configuration is refused.
+    pub insecure_http: Option<bool>,
     /// QUIC address agents connect to. Default `0.0.0.0:7443`.
     pub quic_listen: Option<SocketAddr>,
     /// State store file (redb). Default `drmesh-state.redb` next to the config file.
@@ -29,8 +37,9 @@ pub struct CoordinatorConfigFile {
     /// redb file at `store_path`.
     pub store: Option<crate::store::settings::StoreSection>,
     /// The REST API's URL as other coordinators and the CLI reach it (with an etcd
-    /// store, followers forward writes there). Default `http://` + `http_listen` (its
-    /// host name when `http_listen` is a wildcard address).
+    /// store, followers forward writes there). Default `http://` (`https://` with
+    /// `http_tls`) + `http_listen` (its host name when `http_listen` is a wildcard
+    /// address).
     pub http_advertise: Option<String>,
     /// `host:port` where agents reach this coordinator's QUIC endpoint (followers send
     /// agents to the leader's). Default `quic_listen` (its host name when a wildcard).
@@ -159,6 +168,8 @@ pub enum NotifyChannel {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoordinatorConfig {
     pub http_listen: SocketAddr,
+    /// HTTPS with `tls.cert` and `tls.key`.
+    pub http_tls: bool,
     pub quic_listen: SocketAddr,
     pub store: crate::store::settings::StoreConfig,
     pub http_advertise: Option<String>,
@@ -340,10 +351,21 @@ impl CoordinatorConfigFile {
             interval: (!interval.is_zero()).then_some(interval),
             alert_after: copies.alert_after.unwrap_or(Duration::from_secs(15 * 60)),
         };
+        let http_listen = self
+            .http_listen
+            .unwrap_or_else(|| default_addr(DEFAULT_HTTP_LISTEN));
+        let http_tls = self.http_tls.unwrap_or(false);
+        if !http_tls && !http_listen.ip().is_loopback() && !self.insecure_http.unwrap_or(false) {
+            return Err(ConfigError::Invalid(format!(
+                "http_listen {http_listen} is not a loopback address, and the REST API would \
+                 carry bearer tokens there in plain HTTP: set http_tls = true (the [tls] \
+                 certificate, from `drmesh ca issue coordinator --host …`), or \
+                 insecure_http = true to accept plain HTTP"
+            )));
+        }
         Ok(CoordinatorConfig {
-            http_listen: self
-                .http_listen
-                .unwrap_or_else(|| default_addr(DEFAULT_HTTP_LISTEN)),
+            http_listen,
+            http_tls,
             quic_listen: self
                 .quic_listen
                 .unwrap_or_else(|| default_addr(DEFAULT_QUIC_LISTEN)),
@@ -489,6 +511,26 @@ mod tests {
         ))
         .expect_err("host");
         assert!(err.to_string().contains("must not name a host"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_asked_for() {
+        let parse = |text: &str| {
+            CoordinatorConfigFile::parse(&format!("{text}\n{TLS}"), Path::new("c.toml"))
+                .expect("parse")
+                .validate(Path::new("/"))
+        };
+        for addr in ["0.0.0.0:3000", "10.0.0.5:3000", "[::]:3000"] {
+            let err = parse(&format!("http_listen = \"{addr}\"")).expect_err(addr);
+            assert!(err.to_string().contains("http_tls = true"), "{err}");
+            let cfg = parse(&format!("http_listen = \"{addr}\"\nhttp_tls = true")).expect(addr);
+            assert!(cfg.http_tls);
+            parse(&format!("http_listen = \"{addr}\"\ninsecure_http = true")).expect(addr);
+        }
+        for addr in ["127.0.0.1:3000", "127.0.0.2:0", "[::1]:3000"] {
+            let cfg = parse(&format!("http_listen = \"{addr}\"")).expect(addr);
+            assert!(!cfg.http_tls);
+        }
     }
 
     #[test]

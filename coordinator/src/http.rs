@@ -243,6 +243,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(documents::document_get),
         )
         .route("/v1/tokens", web::post().to(tokens::token_create))
+        .route("/v1/tokens", web::get().to(tokens::token_list))
+        .route(
+            "/v1/tokens/{tokenId}/revoke",
+            web::post().to(tokens::token_revoke),
+        )
         .route("/v1/audit", web::get().to(audit::audit_list))
         .route(
             "/v1/agents/{agentId}/ping",

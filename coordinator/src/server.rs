@@ -24,6 +24,8 @@ use crate::{http, transport};
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
     pub http: SocketAddr,
+    /// The REST API's base URL on `http`: `http://…`, or `https://…` with `http_tls`.
+    pub api: String,
     pub quic: SocketAddr,
     pub pid: u32,
     /// The first authoritative server of the database's DNS name, when `[dns]` is set.
@@ -123,9 +125,17 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
             .configure(http::configure)
     })
     .workers(config.http_workers)
-    .disable_signals()
-    .bind(config.http_listen)
+    .disable_signals();
+    let server = if config.http_tls {
+        let tls = drmesh_protocol::tls::https_server_config(&config.tls.cert, &config.tls.key)
+            .context("the REST API's TLS (http_tls = true: the [tls] cert and key)")?;
+        server.bind_rustls_0_23(config.http_listen, tls)
+    } else {
+        server.bind(config.http_listen)
+    }
     .with_context(|| format!("bind REST API on {}", config.http_listen))?;
+    let scheme = if config.http_tls { "https" } else { "http" };
+    info!(address = %config.http_listen, scheme, "REST API");
     let http = server
         .addrs()
         .first()
@@ -141,7 +151,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
             api: config
                 .http_advertise
                 .clone()
-                .unwrap_or_else(|| format!("http://{}", advertised(http))),
+                .unwrap_or_else(|| format!("{scheme}://{}", advertised(http))),
             quic: config
                 .quic_advertise
                 .clone()
@@ -167,6 +177,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     if let Some(path) = ready_file {
         let ready = Ready {
             http,
+            api: format!("{scheme}://{http}"),
             quic,
             pid: std::process::id(),
             dns: coord

@@ -79,6 +79,9 @@ pub struct Coordinator {
     /// The QUIC socket's receive queue, once bound: whether heartbeats wait unread
     /// (`watch_liveness`).
     pub receive_queue: std::sync::OnceLock<crate::udp::ReceiveQueue>,
+    /// The HTTP client a follower forwards requests to the leader with (it trusts the
+    /// `[tls]` CA for a leader on HTTPS), made on first use.
+    pub forward_agent: std::sync::OnceLock<ureq::Agent>,
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
@@ -340,6 +343,7 @@ impl Coordinator {
                 recent_callers: crate::auth::RecentCallers::default(),
                 dns: std::sync::OnceLock::new(),
                 receive_queue: std::sync::OnceLock::new(),
+                forward_agent: std::sync::OnceLock::new(),
             }),
             Queues {
                 transitions: rx,

@@ -261,15 +261,19 @@ pub struct Alert {
     pub resolved_by: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AcknowledgeRequest {
-    pub acknowledged_by: String,
+    /// Accepted as the runbook sends it, and not recorded: the alert records the
+    /// caller's token name (else its id), which a caller cannot make up.
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResolveRequest {
+    /// As `acknowledgedBy`: accepted, not recorded.
     pub resolved_by: Option<String>,
 }
 
@@ -356,6 +360,10 @@ impl std::fmt::Display for Role {
 pub struct CreateTokenRequest {
     pub role: Role,
     pub name: Option<String>,
+    /// How long the token is good for (`"90d"`, `"12h"`: 1 second to 10 years); none:
+    /// until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +374,42 @@ pub struct CreatedToken {
     pub name: Option<String>,
     /// The secret, shown once; only its hash is stored.
     pub token: String,
+    /// When it stops being accepted (with a `ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Whether a token is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TokenState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// One token as `GET /v1/tokens` lists it (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub state: TokenState,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The last request it authenticated at the leader, to within a minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The token that revoked it (its name, else its id).
+    pub revoked_by: Option<String>,
+}
+
+/// `GET /v1/tokens`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
 }
 
 /// Body of every error response.

@@ -1,5 +1,7 @@
 //! rustls configurations for both ends of the agent link: TLS 1.3 only, ALPN `drmesh/1`,
 //! the drmesh CA as the only trust root, client certificates mandatory on the server.
+//! And for the REST API over HTTPS ([`https_server_config`], [`https_client_config`]):
+//! the coordinator's certificate, callers authenticated by their bearer token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,4 +124,23 @@ pub fn anonymous_client_config(ca_cert: &Path) -> Result<rustls::ClientConfig, T
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// The REST API's server side: the coordinator's certificate and key, TLS 1.2 or 1.3,
+/// no client certificate (callers authenticate with bearer tokens). actix adds the ALPN
+/// protocols.
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?)
+}
+
+/// A REST API client that trusts only the CA certificate(s) in `ca_cert` (PEM): the
+/// CLI's `--ca-cert`, a follower forwarding to the leader.
+pub fn https_client_config(ca_cert: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_cert)?)
+        .with_no_client_auth())
 }

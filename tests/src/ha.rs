@@ -30,8 +30,10 @@ pub struct Ha {
     pub admin_token: String,
     heartbeat_ms: u64,
     ttl_s: u64,
-    /// More top-level configuration, the same for every coordinator.
+    /// More configuration after the `[tls]` table, the same for every coordinator.
     extra: String,
+    /// The REST APIs on HTTPS (`http_tls = true`).
+    https: bool,
 }
 
 /// `[store]` naming `endpoints` for coordinator `name`, with a `ttl_s` leader lease.
@@ -53,12 +55,33 @@ impl Ha {
     /// As [`Ha::start`], with `extra` configuration (tables such as `[notify.x]`)
     /// given to every coordinator.
     pub fn start_with(endpoints: &[Vec<String>], heartbeat_ms: u64, ttl_s: u64, extra: &str) -> Ha {
+        Self::start_all(endpoints, heartbeat_ms, ttl_s, extra, false)
+    }
+
+    /// As [`Ha::start`], every REST API on HTTPS with the coordinator certificate (for
+    /// `localhost` and 127.0.0.1).
+    pub fn start_https(endpoints: &[Vec<String>], heartbeat_ms: u64, ttl_s: u64) -> Ha {
+        Self::start_all(endpoints, heartbeat_ms, ttl_s, "", true)
+    }
+
+    fn start_all(
+        endpoints: &[Vec<String>],
+        heartbeat_ms: u64,
+        ttl_s: u64,
+        extra: &str,
+        https: bool,
+    ) -> Ha {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
         let files = pki::coordinator_files(&ca);
-        pki::issue_coordinator(&ca, &["localhost".into()], Validity::days(1), &files)
-            .expect("coordinator cert");
+        pki::issue_coordinator(
+            &ca,
+            &["localhost".into(), "127.0.0.1".into()],
+            Validity::days(1),
+            &files,
+        )
+        .expect("coordinator cert");
         let mut ha = Ha {
             dir,
             coords: Vec::new(),
@@ -66,6 +89,7 @@ impl Ha {
             heartbeat_ms,
             ttl_s,
             extra: extra.to_string(),
+            https,
         };
         for eps in endpoints {
             ha.add(eps);
@@ -82,7 +106,8 @@ impl Ha {
         fs::write(
             &config,
             format!(
-                "regions = [\"eu-west-1\", \"us-east-1\", \"us-west-2\"]\nhttp_listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n{}\n",
+                "regions = [\"eu-west-1\", \"us-east-1\", \"us-west-2\"]\nhttp_listen = \"127.0.0.1:0\"\nhttp_tls = {}\nquic_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"{}ms\"\n\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n{}\n",
+                self.https,
                 self.heartbeat_ms,
                 store_table(&name, endpoints, self.ttl_s),
                 self.extra
@@ -110,13 +135,21 @@ impl Ha {
     }
 
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("http://{}{path}", self.coords[i].http)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.coords[i].http)
+    }
+
+    /// The CA certificate the coordinators' certificates chain to.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca/ca.pem")
     }
 
     /// The DR status as coordinator `i` answers it, or `None` if it does not answer.
     pub fn status(&self, i: usize) -> Option<DrStatus> {
+        let tls = drmesh_protocol::tls::https_client_config(&self.ca_cert()).ok()?;
         let resp = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(3))
+            .tls_config(std::sync::Arc::new(tls))
             .build()
             .get(&self.url(i, "/v1/backup-recovery/disaster-recovery/status"))
             .set("Authorization", &format!("Bearer {}", self.admin_token))

@@ -165,9 +165,30 @@ pub struct Answer {
 }
 
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(15))
-        .build();
+    http_via(&agent_trusting(None), method, url, token, body)
+}
+
+/// An HTTP client (15 s per request) that trusts the CA certificate at `ca` for
+/// `https://` URLs (else the public CAs).
+pub fn agent_trusting(ca: Option<&Path>) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(15));
+    match ca {
+        Some(ca) => builder.tls_config(std::sync::Arc::new(
+            drmesh_protocol::tls::https_client_config(ca).expect("the test CA"),
+        )),
+        None => builder,
+    }
+    .build()
+}
+
+/// As [`http`], through `agent`.
+pub fn http_via(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
     let mut req = agent.request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -191,6 +212,8 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
 pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
+    /// The REST API's base URL (`https://…` with `http_tls = true`).
+    pub api: String,
     pub quic: SocketAddr,
     pub admin_token: String,
     pub coordinator: Proc,
@@ -206,7 +229,12 @@ impl Mesh {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("{}{path}", self.api)
+    }
+
+    /// An HTTP client that trusts the mesh's CA (for a coordinator on HTTPS).
+    pub fn http_agent(&self) -> ureq::Agent {
+        agent_trusting(Some(&self.ca_dir().join("ca.pem")))
     }
 
     /// Starts a coordinator on free ports with the given heartbeat interval.
@@ -271,7 +299,12 @@ impl Mesh {
                 .lines()
                 .map(|l| {
                     if l.starts_with("http_listen = ") {
-                        format!("http_listen = \"{}\"\n", SocketAddr::new(*ip, 0))
+                        let insecure = if ip.is_loopback() || base.contains("insecure_http") {
+                            ""
+                        } else {
+                            "insecure_http = true\n"
+                        };
+                        format!("http_listen = \"{}\"\n{insecure}", SocketAddr::new(*ip, 0))
                     } else if l.starts_with("quic_listen = ") {
                         format!("quic_listen = \"{}\"\n", SocketAddr::new(*ip, 0))
                     } else {
@@ -311,6 +344,8 @@ impl Mesh {
         let (http, quic) = (self.http, self.quic);
         self.http = next.http;
         self.quic = next.quic;
+        let scheme = self.api.split("://").next().unwrap_or("http").to_string();
+        self.api = format!("{scheme}://{}", self.http);
         next.http = http;
         next.quic = quic;
         next.proc = Some(old);
@@ -328,13 +363,25 @@ impl Mesh {
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA").expect("init CA");
         let files = pki::coordinator_files(&ca);
-        pki::issue_coordinator(&ca, &["localhost".into()], Validity::days(1), &files)
-            .expect("coordinator cert");
+        pki::issue_coordinator(
+            &ca,
+            &["localhost".into(), "127.0.0.1".into()],
+            Validity::days(1),
+            &files,
+        )
+        .expect("coordinator cert");
         let config = dir.path().join("coordinator.toml");
+        // A namespace's address is no loopback: its tests' REST API is plain HTTP on a
+        // network of their own.
+        let insecure = if http_ip.is_loopback() {
+            ""
+        } else {
+            "insecure_http = true\n"
+        };
         fs::write(
             &config,
             format!(
-                "http_listen = \"{}\"\nquic_listen = \"{}\"\n{}heartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
+                "http_listen = \"{}\"\n{insecure}quic_listen = \"{}\"\n{}heartbeat_interval = \"{heartbeat_ms}ms\"\n{extra}\n{}\n[tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\n",
                 SocketAddr::new(http_ip, 0),
                 SocketAddr::new(quic_ip, 0),
                 if store.is_some() { "" } else { "store_path = \"state.redb\"\n" },
@@ -363,8 +410,12 @@ impl Mesh {
                 .and_then(|b| serde_json::from_slice(&b).ok())
         })
         .unwrap_or_else(|| panic!("coordinator not ready:\n{}", coordinator.log_text()));
+        let http: SocketAddr = ready["http"].as_str().unwrap().parse().unwrap();
         Mesh {
-            http: ready["http"].as_str().unwrap().parse().unwrap(),
+            http,
+            api: ready["api"]
+                .as_str()
+                .map_or_else(|| format!("http://{http}"), str::to_string),
             quic: ready["quic"].as_str().unwrap().parse().unwrap(),
             admin_token,
             coordinator,
@@ -447,11 +498,23 @@ impl Mesh {
     }
 
     pub fn get(&self, path: &str) -> Answer {
-        http("GET", &self.url(path), Some(&self.admin_token), None)
+        http_via(
+            &self.http_agent(),
+            "GET",
+            &self.url(path),
+            Some(&self.admin_token),
+            None,
+        )
     }
 
     pub fn post(&self, path: &str, body: Option<&str>) -> Answer {
-        http("POST", &self.url(path), Some(&self.admin_token), body)
+        http_via(
+            &self.http_agent(),
+            "POST",
+            &self.url(path),
+            Some(&self.admin_token),
+            body,
+        )
     }
 
     pub fn status(&self) -> DrStatus {
@@ -502,7 +565,8 @@ impl Mesh {
     pub fn cli(&self, token: &str, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin("drmesh"))
             .args(args)
-            .env("DRMESH_URL", format!("http://{}", self.http))
+            .env("DRMESH_URL", &self.api)
+            .env("DRMESH_CA_CERT", self.ca_dir().join("ca.pem"))
             .env("DRMESH_TOKEN", token)
             .output()
             .expect("run drmesh");

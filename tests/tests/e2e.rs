@@ -20,6 +20,7 @@ mod e2e {
     pub mod gc_crash;
     pub mod ha;
     pub mod http_api;
+    pub mod https;
     pub mod liveness;
     pub mod netns;
     pub mod notify;
@@ -35,5 +36,6 @@ mod e2e {
     pub mod retention_months;
     pub mod route53;
     pub mod switchover;
+    pub mod tokens;
     pub mod verification;
 }

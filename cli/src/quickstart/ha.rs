@@ -265,10 +265,16 @@ pub(super) fn agent_coordinators(quic: &[SocketAddr], own: usize) -> String {
 
 /// Each coordinator's own answer to "who are you": its standing, and the leader's
 /// name and term as it sees them. `None` for one that does not answer.
-pub(super) fn standings(urls: &[String], token: &str) -> Vec<Option<(Standing, String, i64)>> {
+/// `ca_cert`: the CA of coordinators on HTTPS.
+pub(super) fn standings(
+    urls: &[String],
+    token: &str,
+    ca_cert: Option<&Path>,
+) -> Vec<Option<(Standing, String, i64)>> {
     urls.iter()
         .map(|url| {
-            let status: DrStatus = Client::new(url, Some(token.to_string()))
+            let status: DrStatus = Client::new(url, Some(token.to_string()), ca_cert)
+                .ok()?
                 .get("/v1/backup-recovery/disaster-recovery/status")
                 .ok()?;
             let c = status.coordinators?;
@@ -288,8 +294,9 @@ pub(super) fn summary(
     state: &HaState,
     dns: &[SocketAddr],
     dir: &Path,
+    ca_cert: Option<&Path>,
 ) -> Vec<String> {
-    let answers = standings(urls, token);
+    let answers = standings(urls, token, ca_cert);
     let leader = answers
         .iter()
         .flatten()

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use drmesh_protocol::api::{AcknowledgeRequest, AlertStatus, ResolveRequest, Role, Severity};
 use serde::Deserialize;
 
-use super::{optional_json, required_json, Authenticated, Shared};
+use super::{optional_json, Authenticated, Shared};
 use crate::alerts::{self, AlertFilter};
 use crate::error::Error;
 
@@ -45,12 +45,9 @@ pub(super) async fn alert_acknowledge(
     body: web::Bytes,
 ) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
-    let req: AcknowledgeRequest = required_json(&body)?;
-    if req.acknowledged_by.trim().is_empty() {
-        return Err(Error::BadRequest("acknowledgedBy must not be empty".into()));
-    }
-    let _ = caller;
-    let alert = alerts::acknowledge(coord.store.as_ref(), &path, &req.acknowledged_by)?;
+    // The body is checked, but who acknowledged is the token's, not what it says.
+    let _: AcknowledgeRequest = optional_json(&body)?;
+    let alert = alerts::acknowledge(coord.store.as_ref(), &path, &caller.who())?;
     Ok(HttpResponse::Ok().json(alert))
 }
 
@@ -61,8 +58,7 @@ pub(super) async fn alert_resolve(
     body: web::Bytes,
 ) -> Result<HttpResponse, Error> {
     let caller = caller.require(Role::Operator)?;
-    let req: ResolveRequest = optional_json(&body)?;
-    let by = req.resolved_by.unwrap_or_else(|| caller.label());
-    let alert = alerts::resolve(coord.store.as_ref(), &path, &by)?;
+    let _: ResolveRequest = optional_json(&body)?;
+    let alert = alerts::resolve(coord.store.as_ref(), &path, &caller.who())?;
     Ok(HttpResponse::Ok().json(alert))
 }

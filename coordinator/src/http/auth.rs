@@ -7,7 +7,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use drmesh_protocol::api::Role;
 
 use super::Shared;
-use crate::auth::{self, Caller};
+use crate::auth::{self, Authentication, Caller};
 use crate::error::Error;
 use crate::store::StoreError;
 
@@ -55,14 +55,33 @@ pub(super) fn authenticate(req: &HttpRequest) -> Result<Authenticated, Error> {
         .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?
         .trim();
     let now = std::time::Instant::now();
-    let caller = match auth::authenticate(coord.store.as_ref(), secret) {
-        Ok(Some(caller)) => {
+    let wall = chrono::Utc::now();
+    let refused = |why: String| {
+        coord.recent_callers.forget(secret);
+        Err(Error::Unauthorized(why))
+    };
+    let caller = match auth::authenticate(coord.store.as_ref(), secret, wall) {
+        Ok(Authentication::Known {
+            caller,
+            last_used_at,
+        }) => {
             coord.recent_callers.remember(secret, &caller, now);
+            // Only the coordinator in office writes; at most once a minute a token.
+            if coord.in_office()
+                && last_used_at.is_none_or(|t| wall - t >= auth::LAST_USED_RESOLUTION)
+            {
+                if let Err(e) = auth::note_use(coord.store.as_ref(), secret, wall) {
+                    tracing::debug!(token = %caller.token_id, error = %e, "last use not recorded");
+                }
+            }
             caller
         }
-        Ok(None) => {
-            coord.recent_callers.forget(secret);
-            return Err(Error::Unauthorized("unknown or revoked token".into()));
+        Ok(Authentication::Unknown) => return refused("unknown token".into()),
+        Ok(Authentication::Revoked { id, at }) => {
+            return refused(format!("token {id} was revoked at {}", at.to_rfc3339()))
+        }
+        Ok(Authentication::Expired { id, at }) => {
+            return refused(format!("token {id} expired at {}", at.to_rfc3339()))
         }
         // The store does not answer: a read by a caller seen lately is answered (the
         // status says why nothing is decided); nothing else is.

@@ -143,7 +143,8 @@ pub async fn forwarded<B: MessageBody + 'static>(
     };
     debug!(leader = %leader.name, method = %forward.method, url = %forward.url, "forward to the leader");
     let is_status = http.path() == STATUS;
-    let answer = web::block(move || forward.send())
+    let agent = forward_agent(&coord);
+    let answer = web::block(move || forward.send(agent?))
         .await
         .map_err(ForwardError::from)
         .and_then(|r| r);
@@ -237,15 +238,30 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// The client forwards go through, made once: it trusts the `[tls]` CA for a leader whose
+/// API is on HTTPS, and keeps no idle connection (one to a leader that died would fail
+/// a write that may then not be retried elsewhere). A CA that cannot be read delivers
+/// nothing, and is tried again on the next forward.
+fn forward_agent(coord: &crate::state::Coordinator) -> Result<ureq::Agent, ForwardError> {
+    if let Some(agent) = coord.forward_agent.get() {
+        return Ok(agent.clone());
+    }
+    let tls = drmesh_protocol::tls::https_client_config(&coord.config.tls.ca_cert)
+        .map_err(|e| ForwardError::NotDelivered(format!("the [tls] CA: {e}")))?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout(ANSWER_TIMEOUT)
+        .redirects(0)
+        .max_idle_connections(0)
+        .tls_config(std::sync::Arc::new(tls))
+        .build();
+    Ok(coord.forward_agent.get_or_init(|| agent).clone())
+}
+
 impl Forward {
     /// Sends the request to the leader and reads its whole answer (blocking: run it on
     /// actix's blocking pool).
-    fn send(self) -> Result<Answer, ForwardError> {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(ANSWER_TIMEOUT)
-            .redirects(0)
-            .build();
+    fn send(self, agent: ureq::Agent) -> Result<Answer, ForwardError> {
         let mut req = agent
             .request(&self.method, &self.url)
             .set(FORWARDED_BY, &self.by);

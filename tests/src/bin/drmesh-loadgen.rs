@@ -236,8 +236,10 @@ struct Scrape {
     buckets: Vec<(f64, f64)>,
 }
 
-fn scrape(url: &str, token: &str) -> anyhow::Result<Scrape> {
-    let text = ureq::get(&format!("{url}/metrics"))
+/// Reads the coordinator's `/metrics` (on HTTPS too: the CA in `ca_dir` is trusted).
+fn scrape(url: &str, token: &str, ca_dir: &std::path::Path) -> anyhow::Result<Scrape> {
+    let text = drmesh_tests::agent_trusting(Some(&ca_dir.join("ca.pem")))
+        .get(&format!("{url}/metrics"))
         .set("Authorization", &format!("Bearer {token}"))
         .call()?
         .into_string()?;
@@ -577,9 +579,10 @@ fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let url = args.url.clone();
         let token = args.token.clone();
+        let ca_dir = args.ca_dir.clone();
         let before = tokio::task::spawn_blocking({
-            let (u, t) = (url.clone(), token.clone());
-            move || scrape(&u, &t)
+            let (u, t, c) = (url.clone(), token.clone(), ca_dir.clone());
+            move || scrape(&u, &t, &c)
         })
         .await??;
         let etcd_url = args.etcd_metrics.clone();
@@ -629,7 +632,7 @@ fn main() -> anyhow::Result<()> {
             Some(u) => Some(tokio::task::spawn_blocking(move || etcd_writes(&u)).await??),
             None => None,
         };
-        let after = tokio::task::spawn_blocking(move || scrape(&url, &token)).await??;
+        let after = tokio::task::spawn_blocking(move || scrape(&url, &token, &ca_dir)).await??;
         // `notify_waiters` reaches only the agents waiting at that instant; the rest are
         // stopped outright (the measures are taken).
         stop.notify_waiters();

@@ -130,7 +130,8 @@ fn http_errors_are_json_with_a_message() {
         ),
         400,
     );
-    assert_error(&http("POST", &mesh.url(ack), Some(&operator), None), 400);
+    // No body is no mistake (who acknowledges is the token's): the alert is unknown.
+    assert_error(&http("POST", &mesh.url(ack), Some(&operator), None), 404);
     assert_error(
         &http(
             "POST",

@@ -953,3 +953,39 @@ fn quickstart_ha_runs_three_coordinators_on_etcd_and_survives_the_leader() {
     );
     stop(&mut again, &dir);
 }
+
+/// `--tls`: the REST API on HTTPS with the quickstart CA's certificate, and the CA in
+/// drmesh.env, so the CLI as the operator runs it works; a client without the CA is
+/// refused.
+#[test]
+fn quickstart_tls_serves_the_api_on_https_to_the_cli_in_its_env() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("mesh");
+    let port = free_port();
+    let (mut qs, env) = start(&dir, port, &tmp.path().join("quickstart.log"), &["--tls"]);
+    let sh = Shell::new(&env);
+    assert_eq!(sh.var("DRMESH_URL"), format!("https://127.0.0.1:{port}"));
+    assert!(Path::new(sh.var("DRMESH_CA_CERT")).is_file(), "{env}");
+    let out = sh.drmesh(&["status"]);
+    assert!(out.contains("primary"), "{out}");
+    assert!(
+        qs.log_text().contains("curl --cacert \"$DRMESH_CA_CERT\""),
+        "{}",
+        qs.log_text()
+    );
+    let refused = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .get(&format!("{}{BASE}/disaster-recovery/status", sh.url()))
+        .set(
+            "Authorization",
+            &format!("Bearer {}", sh.var("DRMESH_TOKEN")),
+        )
+        .call();
+    assert!(
+        matches!(refused, Err(ureq::Error::Transport(_))),
+        "answered without the CA: {refused:?}"
+    );
+    stop(&mut qs, &dir);
+}
