@@ -112,6 +112,20 @@ pub struct CoordinatorConfigFile {
     /// `[replication]` is still read).
     #[serde(alias = "replication")]
     pub copies: Option<CopiesSection>,
+    /// How long the audit log is kept (`[audit]`: `retention`, `max_records`).
+    pub audit: Option<AuditSection>,
+}
+
+/// `[audit]`: the audit log's bounds; the oldest records past either are deleted, every
+/// minute, by the coordinator in office.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// How long a record is kept. Default `365d`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// The most records kept. Default 1000000.
+    pub max_records: Option<usize>,
 }
 
 /// `[copies]`: how often agents catch their secondary locations up (document
@@ -194,6 +208,7 @@ pub struct CoordinatorConfig {
     pub retention: drmesh_protocol::retention::RetentionPolicies,
     pub storage_full_percent: u8,
     pub copies: CopiesConfig,
+    pub audit: crate::audit::Keeping,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -351,6 +366,19 @@ impl CoordinatorConfigFile {
             interval: (!interval.is_zero()).then_some(interval),
             alert_after: copies.alert_after.unwrap_or(Duration::from_secs(15 * 60)),
         };
+        let audit = self.audit.unwrap_or_default();
+        let audit = crate::audit::Keeping {
+            retention: audit.retention.unwrap_or(Duration::from_secs(365 * 86_400)),
+            max_records: audit.max_records.unwrap_or(1_000_000),
+        };
+        if audit.retention < Duration::from_secs(60)
+            || !(1..=100_000_000).contains(&audit.max_records)
+        {
+            return Err(ConfigError::Invalid(
+                "[audit] retention must be at least 1m and max_records between 1 and 100000000"
+                    .into(),
+            ));
+        }
         let http_listen = self
             .http_listen
             .unwrap_or_else(|| default_addr(DEFAULT_HTTP_LISTEN));
@@ -401,6 +429,7 @@ impl CoordinatorConfigFile {
             retention,
             storage_full_percent,
             copies,
+            audit,
         })
     }
 }

@@ -30,6 +30,9 @@ pub enum Error {
     /// It clashes with what runs or exists: 409.
     #[error("{0}")]
     Conflict(String),
+    /// The request's body is larger than any the API takes: 413.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// No agent that could do it is connected and UP, or it could not be asked: 503.
     #[error("{0}")]
     Unavailable(String),
@@ -53,6 +56,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::BadRequest(_) | Error::Invalid { .. } => "bad_request",
             Error::Conflict(_) => "conflict",
+            Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Unavailable(_) => "unavailable",
             Error::AgentFailed(_) => "agent_failed",
             Error::Store(StoreError::NotLeader(_)) => "not_leader",

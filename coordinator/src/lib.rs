@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod dns;

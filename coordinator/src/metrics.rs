@@ -28,6 +28,9 @@ pub struct Metrics {
     pub refused_connections: Family<Labels, Counter>,
     /// Agent state changes, by the state entered.
     pub transitions: Family<Labels, Counter>,
+    /// REST requests refused 401 (no token, a bad one, an expired or revoked one), by
+    /// method: counted here, never written to the store.
+    pub unauthenticated_requests: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,7 @@ impl Default for Metrics {
             quic_receive_queue_bytes: Gauge::default(),
             refused_connections: Family::default(),
             transitions: Family::default(),
+            unauthenticated_requests: Family::default(),
         }
     }
 }
@@ -50,6 +54,12 @@ impl Metrics {
     pub fn refused(&self, reason: &str) {
         self.refused_connections
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    pub fn unauthenticated(&self, method: &str) {
+        self.unauthenticated_requests
+            .get_or_create(&vec![("method".to_string(), method.to_string())])
             .inc();
     }
 
@@ -100,6 +110,11 @@ impl Metrics {
             "drmesh_agent_transitions",
             "Agent state changes, by the state entered",
             self.transitions.clone(),
+        );
+        registry.register(
+            "drmesh_api_unauthenticated_requests",
+            "REST requests refused 401, by method (never written to the store)",
+            self.unauthenticated_requests.clone(),
         );
         registry.register(
             "drmesh_refused_connections",

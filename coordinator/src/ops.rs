@@ -18,8 +18,10 @@
 //! - [`storage`]: the Storage Full alert.
 //! - [`office`]: taking office (resuming what the last term left) and leaving it.
 //! - [`quorum`]: a coordinator cut off from etcd tells every channel itself.
+//! - [`audit`]: the audit log kept within `[audit]`.
 
 pub mod admission;
+pub mod audit;
 pub mod copies;
 pub mod database;
 pub mod documents;

@@ -98,6 +98,7 @@ pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow
     tokio::spawn(crate::ops::drtest::schedule(coord.clone()));
     tokio::spawn(crate::ops::retention::schedule(coord.clone()));
     tokio::spawn(crate::ops::storage::watch(coord.clone()));
+    tokio::spawn(crate::ops::audit::keep(coord.clone()));
     tokio::spawn(crate::ops::copies::schedule(coord.clone()));
     {
         let (c1, c2) = (coord.clone(), coord.clone());

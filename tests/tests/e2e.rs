@@ -4,6 +4,7 @@
 
 mod e2e {
     pub mod archive;
+    pub mod audit;
     pub mod backups_follow;
     pub mod certificates;
     pub mod cli;
