@@ -778,6 +778,18 @@ fn conninfo_addr(conninfo: &str) -> Result<Option<SocketAddr>, ConfigError> {
 }
 
 impl AgentConfig {
+    /// The files holding secrets this configuration names: the TLS key and the
+    /// repositories' key files (checked for their modes at start).
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.tls.key.clone()];
+        files.extend(self.documents.as_ref().and_then(|d| d.key_file.clone()));
+        files.extend(self.database.as_ref().and_then(|d| d.key_file.clone()));
+        files.extend(self.archive.as_ref().and_then(|a| a.key_file.clone()));
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Where peers reach this agent's PostgreSQL on the mesh network: the mesh IP and
     /// the server's port.
     pub fn postgres_mesh_addr(&self) -> Option<SocketAddr> {

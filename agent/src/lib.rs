@@ -51,6 +51,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     use tracing::Instrument;
     let span = tracing::info_span!("agent", agent_id = %config.id, region = %config.region);
     async move {
+        for file in config.secret_files() {
+            if let Some(why) = drmesh_protocol::files::loose_mode(&file) {
+                tracing::warn!(file = %file.display(), "a file with secrets is not private: {why}");
+            }
+        }
         if config.database.is_some() {
             let data_dir = config.data_dir.clone();
             // Verifications a kill left behind: their servers stopped, directories gone.

@@ -114,6 +114,18 @@ pub struct CoordinatorConfigFile {
     pub copies: Option<CopiesSection>,
     /// How long the audit log is kept (`[audit]`: `retention`, `max_records`).
     pub audit: Option<AuditSection>,
+    /// Per-token limits (`[limits]`).
+    pub limits: Option<LimitsSection>,
+}
+
+/// `[limits]`: how many expensive calls a token may make.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Calls a minute one token may make of each expensive kind (backups,
+    /// verifications, restores, failovers and their kin), with a burst of as many; over
+    /// it, 429 with `Retry-After`. Default 60.
+    pub expensive_per_minute: Option<u32>,
 }
 
 /// `[audit]`: the audit log's bounds; the oldest records past either are deleted, every
@@ -209,6 +221,8 @@ pub struct CoordinatorConfig {
     pub storage_full_percent: u8,
     pub copies: CopiesConfig,
     pub audit: crate::audit::Keeping,
+    /// `[limits] expensive_per_minute`.
+    pub expensive_per_minute: u32,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:3000";
@@ -379,6 +393,16 @@ impl CoordinatorConfigFile {
                     .into(),
             ));
         }
+        let expensive_per_minute = self
+            .limits
+            .unwrap_or_default()
+            .expensive_per_minute
+            .unwrap_or(60);
+        if !(1..=100_000).contains(&expensive_per_minute) {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] expensive_per_minute {expensive_per_minute} must be between 1 and 100000"
+            )));
+        }
         let http_listen = self
             .http_listen
             .unwrap_or_else(|| default_addr(DEFAULT_HTTP_LISTEN));
@@ -430,6 +454,7 @@ impl CoordinatorConfigFile {
             storage_full_percent,
             copies,
             audit,
+            expensive_per_minute,
         })
     }
 }
@@ -479,6 +504,30 @@ fn check_channel(name: &str, channel: &NotifyChannel) -> Result<(), ConfigError>
 }
 
 impl CoordinatorConfig {
+    /// The files holding secrets this configuration names: the state store, the TLS key,
+    /// the notification channels' secret and password files (checked for their modes at
+    /// start).
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.tls.key.clone()];
+        if let crate::store::settings::StoreConfig::Redb { path } = &self.store {
+            files.push(path.clone());
+        }
+        for channel in self.notify.values() {
+            match channel {
+                NotifyChannel::Webhook {
+                    secret_file: Some(f),
+                    ..
+                }
+                | NotifyChannel::Email {
+                    password_file: Some(f),
+                    ..
+                } => files.push(f.clone()),
+                _ => {}
+            }
+        }
+        files
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = drmesh_protocol::config::read(path)?;

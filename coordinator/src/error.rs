@@ -33,6 +33,13 @@ pub enum Error {
     /// The request's body is larger than any the API takes: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The token made too many expensive calls of this kind lately: 429, with when to
+    /// retry.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// No agent that could do it is connected and UP, or it could not be asked: 503.
     #[error("{0}")]
     Unavailable(String),
@@ -57,6 +64,7 @@ impl Error {
             Error::BadRequest(_) | Error::Invalid { .. } => "bad_request",
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::TooManyRequests { .. } => "too_many_requests",
             Error::Unavailable(_) => "unavailable",
             Error::AgentFailed(_) => "agent_failed",
             Error::Store(StoreError::NotLeader(_)) => "not_leader",

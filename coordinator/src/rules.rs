@@ -12,6 +12,7 @@
 //! - [`health`]: freshness, the plan's primary, and the DOWN rule's three witnesses.
 //! - [`leadership`]: when a follower coordinator may depose a silent leader, and how
 //!   long a leader acts on its last renewal.
+//! - [`limits`]: which calls are expensive, and the per-token bucket that limits them.
 //! - [`lease`]: the coordinator's half of the lease argument — whether a silent old
 //!   primary has surely fenced itself.
 //! - [`failover`]: choosing the failover target, which servers must be fenced, the RPO
@@ -26,6 +27,7 @@ pub mod failover;
 pub mod health;
 pub mod leadership;
 pub mod lease;
+pub mod limits;
 pub mod registry;
 pub mod rejoin;
 pub mod schedule;

@@ -34,6 +34,11 @@ pub struct Ready {
 }
 
 pub async fn run(config: CoordinatorConfig, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    for file in config.secret_files() {
+        if let Some(why) = drmesh_protocol::files::loose_mode(&file) {
+            tracing::warn!(file = %file.display(), "a file with secrets is not private: {why}");
+        }
+    }
     let (store, etcd): (Arc<dyn Store>, Option<Arc<EtcdStore>>) = match &config.store {
         StoreConfig::Redb { path } => (
             Arc::new(

@@ -82,6 +82,9 @@ pub struct Coordinator {
     /// The HTTP client a follower forwards requests to the leader with (it trusts the
     /// `[tls]` CA for a leader on HTTPS), made on first use.
     pub forward_agent: std::sync::OnceLock<ureq::Agent>,
+    /// Each token's bucket for each expensive kind of call ([`crate::rules::limits`]).
+    pub buckets:
+        Mutex<HashMap<(String, crate::rules::limits::Expensive), crate::rules::limits::Bucket>>,
 }
 
 pub(crate) const EPOCH_KEY: &str = "epoch";
@@ -344,6 +347,7 @@ impl Coordinator {
                 dns: std::sync::OnceLock::new(),
                 receive_queue: std::sync::OnceLock::new(),
                 forward_agent: std::sync::OnceLock::new(),
+                buckets: Mutex::new(HashMap::new()),
             }),
             Queues {
                 transitions: rx,

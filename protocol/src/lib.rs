@@ -7,6 +7,7 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod copies;
+pub mod files;
 pub mod ids;
 pub mod instant;
 pub mod lease;

@@ -18,6 +18,7 @@ mod e2e {
     pub mod failover_store;
     pub mod faults;
     pub mod fencing;
+    pub mod files;
     pub mod gc_crash;
     pub mod ha;
     pub mod http_api;

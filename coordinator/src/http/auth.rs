@@ -9,6 +9,7 @@ use drmesh_protocol::api::Role;
 use super::Shared;
 use crate::auth::{self, Authentication, Caller};
 use crate::error::Error;
+use crate::rules::limits::{Bucket, Expensive};
 use crate::store::StoreError;
 
 /// The authenticated caller; extracting it is what makes a route require a token.
@@ -91,6 +92,53 @@ pub(super) fn authenticate(req: &HttpRequest) -> Result<Authenticated, Error> {
         },
         Err(e) => return Err(e.into()),
     };
+    if req.method() == actix_web::http::Method::POST {
+        if let Some(kind) = Expensive::of(req.path()) {
+            take_one(coord, &caller, kind, now)?;
+        }
+    }
     req.extensions_mut().insert(caller.clone());
     Ok(Authenticated(caller))
+}
+
+/// The most buckets kept: past it, the full ones (tokens idle for a minute) go.
+const MAX_BUCKETS: usize = 10_000;
+
+/// One expensive call of `kind` by `caller`'s token, or 429 with when to retry.
+fn take_one(
+    coord: &Shared,
+    caller: &Caller,
+    kind: Expensive,
+    now: std::time::Instant,
+) -> Result<(), Error> {
+    let per_minute = coord.config.expensive_per_minute;
+    let mut buckets = coord.buckets.lock();
+    if buckets.len() >= MAX_BUCKETS {
+        buckets.retain(|_, b| {
+            now.saturating_duration_since(b.at) < std::time::Duration::from_secs(60)
+        });
+    }
+    let key = (caller.token_id.clone(), kind);
+    let bucket = buckets
+        .get(&key)
+        .copied()
+        .unwrap_or_else(|| Bucket::full(per_minute, now));
+    match bucket.take(now, per_minute) {
+        Ok(next) => {
+            buckets.insert(key, next);
+            Ok(())
+        }
+        Err(wait) => {
+            let secs = wait.as_secs() + 1;
+            Err(Error::TooManyRequests {
+                message: format!(
+                    "token {} made its {per_minute} {} calls of the last minute \
+                     ([limits] expensive_per_minute); retry in {secs} s",
+                    caller.token_id,
+                    kind.name()
+                ),
+                retry_after_secs: secs,
+            })
+        }
+    }
 }

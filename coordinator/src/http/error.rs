@@ -18,6 +18,7 @@ impl ResponseError for Error {
             Error::BadRequest(_) | Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::AgentFailed(_) => StatusCode::BAD_GATEWAY,
             Error::Store(StoreError::NotLeader(_) | StoreError::Unavailable(_)) => {
@@ -32,6 +33,12 @@ impl ResponseError for Error {
         let mut resp = HttpResponse::build(status);
         if status == StatusCode::UNAUTHORIZED {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let Error::TooManyRequests {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.insert_header(("Retry-After", retry_after_secs.to_string()));
         }
         let message = match self {
             Error::Store(e @ (StoreError::NotLeader(_) | StoreError::Unavailable(_))) => {

@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use drmesh_protocol::api::{MaintenanceRequest, PlanSpec, Role};
+use drmesh_protocol::retention::PlanRetention;
 
 use super::{optional_json, required_json, Authenticated, Shared};
 use crate::error::Error;
@@ -12,6 +13,20 @@ pub(super) fn plan_spec(body: &[u8]) -> Result<PlanSpec, Error> {
     required_json(body)
 }
 
+/// A plan's own retention replaces the coordinator's for its regions, so setting,
+/// changing or removing it can delete backups at the next enforcement: an
+/// administrator's call, whoever may edit the rest of the plan.
+fn retention_change_allowed(
+    caller: &Authenticated,
+    before: Option<&PlanRetention>,
+    after: Option<&PlanRetention>,
+) -> Result<(), Error> {
+    if before != after {
+        caller.require(Role::Admin)?;
+    }
+    Ok(())
+}
+
 pub(super) async fn plan_create(
     caller: Authenticated,
     coord: Shared,
@@ -20,6 +35,7 @@ pub(super) async fn plan_create(
     caller.require(Role::Operator)?;
     let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, None)?;
+    retention_change_allowed(&caller, None, plan.retention.as_ref())?;
     plans::create(coord.store.as_ref(), &plan)?;
     Ok(HttpResponse::Created().json(plan))
 }
@@ -48,11 +64,12 @@ pub(super) async fn plan_replace(
     body: web::Bytes,
 ) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
-    if plans::get(coord.store.as_ref(), &path)?.is_none() {
+    let Some(before) = plans::get(coord.store.as_ref(), &path)? else {
         return Err(Error::NotFound(format!("no plan {path}")));
-    }
+    };
     let known = coord.plan_vocabulary();
     let plan = plans::check(plan_spec(&body)?, &known, Some(&path))?;
+    retention_change_allowed(&caller, before.retention.as_ref(), plan.retention.as_ref())?;
     Ok(HttpResponse::Ok().json(plans::replace(coord.store.as_ref(), plan)?))
 }
 
@@ -98,6 +115,9 @@ pub(super) async fn plan_delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
     caller.require(Role::Operator)?;
+    if let Some(before) = plans::get(coord.store.as_ref(), &path)? {
+        retention_change_allowed(&caller, before.retention.as_ref(), None)?;
+    }
     plans::delete(coord.store.as_ref(), &path)?;
     Ok(HttpResponse::NoContent().finish())
 }

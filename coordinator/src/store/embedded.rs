@@ -52,16 +52,29 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Opens or creates the file and every table. Fails if another process holds it.
+    /// Opens the store at `path`, creating it (mode 0600, in directories made 0700) when
+    /// it does not exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Backend(format!("create {}: {e}", parent.display()))
-                })?;
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| {
+                        StoreError::Backend(format!("create {}: {e}", parent.display()))
+                    })?;
             }
         }
+        let new = !path.exists();
         let db = ::redb::Database::create(path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        if new {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Backend(format!("make {} private: {e}", path.display())),
+            )?;
+        }
         let tx = db.begin_write()?;
         for ns in Namespace::ALL {
             tx.open_table(table(ns))?;
@@ -229,5 +242,27 @@ impl Txn for WriteTxn<'_> {
     fn scan(&mut self, ns: Namespace, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let t = self.0.open_table(table(ns))?;
         scan_table(&t, prefix)
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_new_store_is_private_in_private_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/state.redb");
+        drop(RedbStore::open(&path).expect("open"));
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        // An existing store keeps the mode its operator gave it (the start warns).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        drop(RedbStore::open(&path).expect("open"));
+        assert_eq!(mode(&path), 0o640);
     }
 }

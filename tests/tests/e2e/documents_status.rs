@@ -108,6 +108,16 @@ fn failed_documents_are_named_with_their_restore_and_ok_once_restored() {
         "{}",
         quick.text
     );
+    // Reading every file is an operator's; a viewer still gets the quick look.
+    let viewer = mesh.create_token("viewer");
+    for (path, want) in [
+        ("/v1/documents?checksums=true", 403),
+        ("/v1/documents/doc-002?checksums=true", 403),
+        ("/v1/documents", 200),
+    ] {
+        let a = drmesh_tests::http("GET", &mesh.url(path), Some(&viewer), None);
+        assert_eq!(a.status, want, "{path}: {}", a.text);
+    }
     // With checksums, the runbook's step 2 names both, each with its restore.
     let failed = mesh.get("/v1/documents?status=failed&checksums=true");
     assert_eq!(failed.status, 200, "{}", failed.text);

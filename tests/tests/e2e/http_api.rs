@@ -197,3 +197,68 @@ fn http_errors_are_json_with_a_message() {
         403,
     );
 }
+
+/// Expensive calls are limited per token (`[limits] expensive_per_minute`): past it,
+/// 429 with `Retry-After` and what to do; another token is not held back. A body nested
+/// too deep is a clear 400.
+#[test]
+fn expensive_calls_are_limited_per_token_and_deep_bodies_refused() {
+    let mesh = Mesh::start_with(200, "[limits]\nexpensive_per_minute = 3\n");
+    let backup = mesh.url("/v1/backup-recovery/database/backup/full");
+    for _ in 0..3 {
+        // No agent: refused 503, but counted.
+        let a = http("POST", &backup, Some(&mesh.admin_token), None);
+        assert_eq!(a.status, 503, "{}", a.text);
+    }
+    let agent = ureq::AgentBuilder::new().build();
+    let limited = agent
+        .post(&backup)
+        .set("Authorization", &format!("Bearer {}", mesh.admin_token))
+        .call();
+    let Err(ureq::Error::Status(429, resp)) = limited else {
+        panic!("not limited: {limited:?}");
+    };
+    let retry: u64 = resp.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=21).contains(&retry), "{retry}");
+    let body: serde_json::Value = resp.into_json().unwrap();
+    assert_eq!(body["error"], "too_many_requests", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expensive_per_minute"),
+        "{body}"
+    );
+    // Another kind and another token are not held back.
+    let other = mesh.create_token("operator");
+    let a = http("POST", &backup, Some(&other), None);
+    assert_eq!(a.status, 503, "{}", a.text);
+    let a = http(
+        "POST",
+        &mesh.url("/v1/backup-recovery/documents/backups/nope/restore"),
+        Some(&mesh.admin_token),
+        Some("{}"),
+    );
+    assert_ne!(a.status, 429, "{}", a.text);
+
+    // JSON nested 5,000 deep (past serde's 128): 400 with a message, and the
+    // coordinator (which reads every mutating body for its audit line) answers on.
+    for deep in [
+        format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+        format!("{}1{}", r#"{"a":"#.repeat(5000), "}".repeat(5000)),
+    ] {
+        let a = http(
+            "POST",
+            &mesh.url("/v1/backup-recovery/disaster-recovery/plans"),
+            Some(&mesh.admin_token),
+            Some(&deep),
+        );
+        assert_eq!(a.status, 400, "{}", a.text);
+        assert!(a.body["message"].is_string(), "{}", a.text);
+    }
+    assert_eq!(
+        mesh.get("/v1/backup-recovery/disaster-recovery/plans")
+            .status,
+        200
+    );
+}

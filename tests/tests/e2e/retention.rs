@@ -394,3 +394,53 @@ fn a_plan_s_own_policy_replaces_the_coordinator_s_for_the_agents_of_its_regions(
     );
     assert_eq!(snapshots(&repo), [first, second], "{}", agent.log_text());
 }
+
+/// A plan's retention can delete backups, so only an administrator sets, changes or
+/// removes it; an operator still edits the rest of such a plan.
+#[test]
+fn an_operator_cannot_set_change_or_drop_a_plan_s_retention() {
+    let mesh = Mesh::start_with(200, "regions = [\"us-west-2\"]\n");
+    let operator = mesh.create_token("operator");
+    let plans = "/v1/backup-recovery/disaster-recovery/plans";
+    let body = |rto: &str, full: Option<&str>| {
+        let retention = full.map_or(String::new(), |f| {
+            format!(r#", "retention": {{"documents": {{"full": "{f}", "incremental": "{f}"}}}}"#)
+        });
+        format!(
+            r#"{{"id": "kept", "name": "Kept", "rpo": "1h", "rto": "{rto}", "failoverRegions": ["us-west-2"]{retention}}}"#
+        )
+    };
+    let as_operator = |method: &str, path: &str, b: Option<&str>| {
+        drmesh_tests::http(method, &mesh.url(path), Some(&operator), b)
+    };
+    let refused = as_operator("POST", plans, Some(&body("4h", Some("1s"))));
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(
+        mesh.get(&format!("{plans}/kept")).status,
+        404,
+        "a refused plan was made"
+    );
+
+    let made = mesh.post(plans, Some(&body("4h", Some("30d"))));
+    assert_eq!(made.status, 201, "{}", made.text);
+    let path = format!("{plans}/kept");
+    // The same policy with another RTO: the operator's to change.
+    let edited = as_operator("PUT", &path, Some(&body("2h", Some("30d"))));
+    assert_eq!(edited.status, 200, "{}", edited.text);
+    for (what, b) in [
+        ("shortened", body("2h", Some("1s"))),
+        ("dropped", body("2h", None)),
+    ] {
+        let a = as_operator("PUT", &path, Some(&b));
+        assert_eq!(a.status, 403, "{what}: {}", a.text);
+    }
+    let a = as_operator("DELETE", &path, None);
+    assert_eq!(a.status, 403, "{}", a.text);
+    let kept = mesh.get(&path);
+    assert_eq!(
+        kept.body["retention"]["documents"]["full"], "30days",
+        "{}",
+        kept.text
+    );
+    assert_eq!(kept.body["rto"], "2h", "{}", kept.text);
+}
