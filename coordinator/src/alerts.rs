@@ -173,7 +173,8 @@ fn new_alert(
         id: runbook_id("alert"),
         severity,
         kind: kind.to_string(),
-        message,
+        // Viewers read alerts: a password or URL credential in an error is masked.
+        message: drmesh_protocol::redact::text(&message),
         source: source.to_string(),
         region,
         status: AlertStatus::Open,

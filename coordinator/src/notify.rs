@@ -92,17 +92,23 @@ pub fn send_once(name: &str, channel: &NotifyChannel, event: &Event) -> Result<(
         for (k, v) in headers {
             req = req.set(k, v);
         }
+        // The URL is a secret (a Slack webhook's is its path): said as far as its host.
+        let shown = drmesh_protocol::redact::url(url);
         match req.send_bytes(&body) {
             Ok(_) => Ok(()),
             Err(ureq::Error::Status(code, resp)) => Err(fail(format!(
-                "{url} answered HTTP {code}: {}",
+                "{shown} answered HTTP {code}: {}",
                 resp.into_string()
                     .unwrap_or_default()
                     .chars()
                     .take(200)
                     .collect::<String>()
             ))),
-            Err(e) => Err(fail(format!("{url}: {e}"))),
+            Err(ureq::Error::Transport(t)) => Err(fail(format!(
+                "{shown}: {}{}",
+                t.kind(),
+                t.message().map(|m| format!(": {m}")).unwrap_or_default()
+            ))),
         }
     };
     match channel {

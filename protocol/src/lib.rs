@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod message;
 pub mod outcome;
 pub mod pki;
+pub mod redact;
 pub mod retention;
 pub mod role;
 pub mod tls;

@@ -54,6 +54,113 @@ impl Drop for DumpReader {
     }
 }
 
+/// `conninfo` without its password, and the password: a `password=…` pair of a
+/// key/value conninfo (quoted or not), or the password of a URI's user info or its
+/// `password` query parameter.
+pub fn split_password(conninfo: &str) -> (String, Option<String>) {
+    let c = conninfo.trim();
+    if c.starts_with("postgres://") || c.starts_with("postgresql://") {
+        return split_uri_password(c);
+    }
+    let bytes = c.as_bytes();
+    let mut out = String::with_capacity(c.len());
+    let mut password = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        // One `key = value` pair (libpq allows spaces around `=`).
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &c[start..i];
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let vstart = i;
+        let mut value = Vec::new();
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    i += 1;
+                }
+                value.push(bytes[i]);
+                i += 1;
+            }
+            i = (i + 1).min(bytes.len());
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            value.extend_from_slice(&bytes[vstart..i]);
+        }
+        let value = String::from_utf8_lossy(&value).into_owned();
+        if key.is_empty() {
+            continue;
+        }
+        if key == "password" {
+            password = Some(value);
+        } else {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(&c[vstart..i]);
+        }
+    }
+    (out, password)
+}
+
+fn split_uri_password(uri: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return (uri.to_string(), None);
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut password = None;
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, pw)) => {
+                password = Some(pw.to_string());
+                format!("{user}@{host}")
+            }
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| match kv.split_once('=') {
+                    Some(("password", v)) => {
+                        password = Some(v.to_string());
+                        false
+                    }
+                    _ => true,
+                })
+                .collect();
+            if kept.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_string(),
+    };
+    (format!("{scheme}://{authority}{tail}"), password)
+}
+
 /// Dumps the database of `conninfo` into a new snapshot `id`.
 pub async fn run(
     repo: &Repository,
@@ -63,8 +170,15 @@ pub async fn run(
     tags: Tags,
 ) -> Result<Snapshot, DatabaseError> {
     let bin = crate::postgres::pg_bin_of(db).map_err(|e| DatabaseError::Postgres(e.to_string()))?;
-    let mut child = Command::new(bin.dir().join("pg_dump"))
-        .args(["-Fc", "--no-password", "-d", conninfo])
+    // The password goes through the environment, never the command line (which any
+    // local user can read in /proc).
+    let (conninfo, password) = split_password(conninfo);
+    let mut command = Command::new(bin.dir().join("pg_dump"));
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let mut child = command
+        .args(["-Fc", "--no-password", "-d", &conninfo])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,4 +214,42 @@ pub async fn run(
         tags,
     };
     Ok(repo.backup_stream(req, reader).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_leaves_the_conninfo() {
+        assert_eq!(
+            split_password("host=db port=5432 user=app password=s3cr3t dbname=x"),
+            (
+                "host=db port=5432 user=app dbname=x".into(),
+                Some("s3cr3t".into())
+            )
+        );
+        assert_eq!(
+            split_password("host=db password = 'a b\\'cé' dbname=x"),
+            ("host=db dbname=x".into(), Some("a b'cé".into()))
+        );
+        assert_eq!(
+            split_password("host=db dbname=x"),
+            ("host=db dbname=x".into(), None)
+        );
+        assert_eq!(
+            split_password("postgresql://app:s3cr3t@db:5432/x?sslmode=require"),
+            (
+                "postgresql://app@db:5432/x?sslmode=require".into(),
+                Some("s3cr3t".into())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://app@db/x?password=p&sslmode=disable"),
+            (
+                "postgres://app@db/x?sslmode=disable".into(),
+                Some("p".into())
+            )
+        );
+    }
 }

@@ -92,12 +92,13 @@ pub(super) fn authenticate(req: &HttpRequest) -> Result<Authenticated, Error> {
         },
         Err(e) => return Err(e.into()),
     };
+    // Known before the limit is applied, so a call refused 429 is audited too.
+    req.extensions_mut().insert(caller.clone());
     if req.method() == actix_web::http::Method::POST {
         if let Some(kind) = Expensive::of(req.path()) {
             take_one(coord, &caller, kind, now)?;
         }
     }
-    req.extensions_mut().insert(caller.clone());
     Ok(Authenticated(caller))
 }
 

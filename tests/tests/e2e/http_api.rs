@@ -222,6 +222,16 @@ fn expensive_calls_are_limited_per_token_and_deep_bodies_refused() {
     assert!((1..=21).contains(&retry), "{retry}");
     let body: serde_json::Value = resp.into_json().unwrap();
     assert_eq!(body["error"], "too_many_requests", "{body}");
+    let audit = mesh.get("/v1/audit?limit=10");
+    assert!(
+        audit.body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == 429),
+        "a refused expensive call is audited: {}",
+        audit.text
+    );
     assert!(
         body["message"]
             .as_str()

@@ -70,7 +70,7 @@ url = "{hook_url}"
 secret_file = "{}"
 [notify.broken]
 type = "webhook"
-url = "{broken_url}"
+url = "{broken_url}/T000/B000/PATH-SECRET"
 "#,
         secret.display()
     );
@@ -123,6 +123,8 @@ url = "{broken_url}"
     let (ok, _, err) = drmesh(&["notify", "test", "broken"]);
     assert!(!ok);
     assert!(err.contains("broken") && err.contains("500"), "{err}");
+    // The URL (a webhook's secret may be its path) is said as far as its host.
+    assert!(!err.contains("PATH-SECRET"), "{err}");
     assert_eq!(broken.try_iter().count(), 4, "four tries");
     let (ok, _, err) = drmesh(&["notify", "test", "pager"]);
     assert!(!ok && err.contains("404"), "{err}");
@@ -130,4 +132,10 @@ url = "{broken_url}"
         !mesh.coordinator_log().contains("s3cret-key"),
         "the webhook secret is never logged"
     );
+    assert!(
+        !mesh.coordinator_log().contains("PATH-SECRET"),
+        "a webhook URL's path is never logged"
+    );
+    let alerts = mesh.get("/v1/backup-recovery/monitoring/alerts");
+    assert!(!alerts.text.contains("PATH-SECRET"), "{}", alerts.text);
 }
