@@ -72,16 +72,7 @@ impl Ha {
         https: bool,
     ) -> Ha {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = dir.path().join("ca");
-        pki::init_ca(&ca, "test CA").expect("init CA");
-        let files = pki::coordinator_files(&ca);
-        pki::issue_coordinator(
-            &ca,
-            &["localhost".into(), "127.0.0.1".into()],
-            Validity::days(1),
-            &files,
-        )
-        .expect("coordinator cert");
+        crate::test_ca(dir.path());
         let mut ha = Ha {
             dir,
             coords: Vec::new(),
@@ -146,11 +137,7 @@ impl Ha {
 
     /// The DR status as coordinator `i` answers it, or `None` if it does not answer.
     pub fn status(&self, i: usize) -> Option<DrStatus> {
-        let tls = drmesh_protocol::tls::https_client_config(&self.ca_cert()).ok()?;
-        let resp = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(3))
-            .tls_config(std::sync::Arc::new(tls))
-            .build()
+        let resp = crate::agent_trusting_within(Some(&self.ca_cert()), Duration::from_secs(3))
             .get(&self.url(i, "/v1/backup-recovery/disaster-recovery/status"))
             .set("Authorization", &format!("Bearer {}", self.admin_token))
             .call()

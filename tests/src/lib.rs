@@ -168,10 +168,31 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     http_via(&agent_trusting(None), method, url, token, body)
 }
 
+/// `DIR/ca`: a test CA, and a coordinator certificate from it (`ca/coordinator.pem`,
+/// `.key`) for `localhost` and 127.0.0.1.
+pub fn test_ca(dir: &Path) -> PathBuf {
+    let ca = dir.join("ca");
+    pki::init_ca(&ca, "test CA").expect("init CA");
+    let files = pki::coordinator_files(&ca);
+    pki::issue_coordinator(
+        &ca,
+        &["localhost".into(), "127.0.0.1".into()],
+        Validity::days(1),
+        &files,
+    )
+    .expect("coordinator cert");
+    ca
+}
+
 /// An HTTP client (15 s per request) that trusts the CA certificate at `ca` for
 /// `https://` URLs (else the public CAs).
 pub fn agent_trusting(ca: Option<&Path>) -> ureq::Agent {
-    let builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(15));
+    agent_trusting_within(ca, Duration::from_secs(15))
+}
+
+/// As [`agent_trusting`], with `timeout` per request.
+pub fn agent_trusting_within(ca: Option<&Path>, timeout: Duration) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new().timeout(timeout);
     match ca {
         Some(ca) => builder.tls_config(std::sync::Arc::new(
             drmesh_protocol::tls::https_client_config(ca).expect("the test CA"),
@@ -360,16 +381,7 @@ impl Mesh {
         store: Option<String>,
     ) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = dir.path().join("ca");
-        pki::init_ca(&ca, "test CA").expect("init CA");
-        let files = pki::coordinator_files(&ca);
-        pki::issue_coordinator(
-            &ca,
-            &["localhost".into(), "127.0.0.1".into()],
-            Validity::days(1),
-            &files,
-        )
-        .expect("coordinator cert");
+        test_ca(dir.path());
         let config = dir.path().join("coordinator.toml");
         // A namespace's address is no loopback: its tests' REST API is plain HTTP on a
         // network of their own.

@@ -2,13 +2,15 @@
 //! a follower forwards to a leader on HTTPS, and plain HTTP off loopback does not start.
 
 use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use drmesh_protocol::pki::{self, Validity};
 use drmesh_tests::etcd::Etcd;
-use drmesh_tests::ha::Ha;
-use drmesh_tests::{bin, http_via, wait_for, Mesh};
+use drmesh_tests::ha::{Coord, Ha};
+use drmesh_tests::{bin, http_via, Mesh, Proc};
 
 const STATUS: &str = "/v1/backup-recovery/disaster-recovery/status";
 
@@ -28,6 +30,25 @@ fn drmesh(env: &[(&str, String)], args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Starts the coordinator of `config` (its log and ready file in `dir`) and waits until
+/// it listens: its REST API's base URL, and its process.
+fn coordinator(dir: &Path, name: &str, config: PathBuf) -> (String, Proc) {
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut c = Coord {
+        name: name.to_string(),
+        config,
+        http: nowhere,
+        quic: nowhere,
+        proc: None,
+        prefix: Vec::new(),
+    };
+    drmesh_tests::ha::spawn_coordinator(dir, &mut c);
+    let ready: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join(format!("{name}.ready"))).unwrap()).unwrap();
+    let api = ready["api"].as_str().unwrap().to_string();
+    (api, c.proc.take().unwrap())
 }
 
 #[test]
@@ -112,23 +133,7 @@ fn the_rest_api_on_https_serves_a_cli_trusting_the_mesh_ca_and_no_other() {
         ),
     )
     .unwrap();
-    let ready = mesh.dir.path().join("wrong-host.ready");
-    let mut proc = drmesh_tests::Proc::spawn(
-        "coordinator (wrong host)",
-        &bin("drmesh-coordinator"),
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--ready-file",
-            &ready.display().to_string(),
-        ],
-        &mesh.dir.path().join("wrong-host.log"),
-    );
-    let api = wait_for(Duration::from_secs(20), || {
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(&ready).ok()?).ok()?;
-        v["api"].as_str().map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("not ready:\n{}", proc.log_text()));
+    let (api, mut proc) = coordinator(mesh.dir.path(), "wrong-host", config);
     let (ok, out) = drmesh(
         &[
             ("DRMESH_URL", api),
@@ -145,10 +150,7 @@ fn the_rest_api_on_https_serves_a_cli_trusting_the_mesh_ca_and_no_other() {
 #[test]
 fn plain_http_off_loopback_does_not_start_unless_asked_for() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    pki::init_ca(&ca, "test CA").unwrap();
-    let files = pki::coordinator_files(&ca);
-    pki::issue_coordinator(&ca, &["localhost".into()], Validity::days(1), &files).unwrap();
+    drmesh_tests::test_ca(dir.path());
     let config = |extra: &str| {
         let path = dir.path().join("coordinator.toml");
         fs::write(
@@ -176,23 +178,7 @@ fn plain_http_off_loopback_does_not_start_unless_asked_for() {
     );
 
     // Asked for: it starts, plain, on every address.
-    let ready = dir.path().join("ready.json");
-    let mut proc = drmesh_tests::Proc::spawn(
-        "coordinator",
-        &bin("drmesh-coordinator"),
-        &[
-            "--config",
-            &config("insecure_http = true\n").display().to_string(),
-            "--ready-file",
-            &ready.display().to_string(),
-        ],
-        &dir.path().join("coordinator.log"),
-    );
-    let api = wait_for(Duration::from_secs(20), || {
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(&ready).ok()?).ok()?;
-        v["api"].as_str().map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("not ready:\n{}", proc.log_text()));
+    let (api, mut proc) = coordinator(dir.path(), "coordinator", config("insecure_http = true\n"));
     assert!(api.starts_with("http://0.0.0.0:"), "{api}");
     proc.kill9();
 }
